@@ -1,0 +1,139 @@
+//! The parsed model of a `#[derive(Synced)]` struct.
+
+use proc_macro2::Span;
+use syn::ext::IdentExt as _;
+use syn::{Data, DeriveInput, Fields, Ident, Type};
+
+use crate::attr::{self, Algorithm, DefaultValue, Errors};
+
+/// A struct that derives `Synced`.
+pub(crate) struct Model<'a> {
+    pub(crate) ident: &'a Ident,
+    pub(crate) table: String,
+    pub(crate) algorithm: Algorithm,
+    pub(crate) fields: Vec<Field<'a>>,
+}
+
+/// One named field.
+pub(crate) struct Field<'a> {
+    pub(crate) ident: &'a Ident,
+    pub(crate) ty: &'a Type,
+    /// The column's name (the field's name unless renamed).
+    pub(crate) column: String,
+    /// Where the column name comes from, for errors.
+    pub(crate) column_span: Span,
+    pub(crate) primary_key: Option<Span>,
+    pub(crate) integer_key: Option<Span>,
+    pub(crate) default: Option<DefaultValue>,
+    pub(crate) skip: Option<Span>,
+}
+
+impl Field<'_> {
+    pub(crate) fn is_stored(&self) -> bool {
+        self.skip.is_none()
+    }
+
+    pub(crate) fn is_key(&self) -> bool {
+        self.primary_key.is_some()
+    }
+}
+
+impl<'a> Model<'a> {
+    /// Parses the struct and its attributes; problems found on the way are pushed
+    /// to `errors` and parsing goes on where it can.
+    pub(crate) fn parse(input: &'a DeriveInput, errors: &mut Errors) -> Option<Self> {
+        let attrs = attr::struct_attrs(&input.attrs, errors);
+        if !input.generics.params.is_empty() {
+            errors.push(syn::Error::new_spanned(
+                &input.generics,
+                "`#[derive(Synced)]` does not support generic structs",
+            ));
+        }
+        let named = match &input.data {
+            Data::Struct(data) => match &data.fields {
+                Fields::Named(named) => named,
+                _ => {
+                    errors.push(syn::Error::new(
+                        input.ident.span(),
+                        "`#[derive(Synced)]` needs a struct with named fields",
+                    ));
+                    return None;
+                }
+            },
+            _ => {
+                errors.push(syn::Error::new(
+                    input.ident.span(),
+                    "`#[derive(Synced)]` can only be used on structs",
+                ));
+                return None;
+            }
+        };
+        let fields = named
+            .named
+            .iter()
+            .filter_map(|f| {
+                let ident = f.ident.as_ref()?;
+                let attrs = attr::field_attrs(&f.attrs, errors);
+                let (column, column_span) = match &attrs.rename {
+                    Some(lit) => (lit.value(), lit.span()),
+                    None => (ident.unraw().to_string(), ident.span()),
+                };
+                Some(Field {
+                    ident,
+                    ty: &f.ty,
+                    column,
+                    column_span,
+                    primary_key: attrs.primary_key,
+                    integer_key: attrs.integer_key,
+                    default: attrs.default,
+                    skip: attrs.skip,
+                })
+            })
+            .collect();
+        Some(Model {
+            ident: &input.ident,
+            table: attrs
+                .table
+                .map_or_else(|| snake_case(&input.ident.to_string()), |t| t.value()),
+            algorithm: attrs.algorithm.map_or(Algorithm::Cls, |(a, _)| a),
+            fields,
+        })
+    }
+
+    pub(crate) fn stored(&self) -> impl Iterator<Item = &Field<'a>> {
+        self.fields.iter().filter(|f| f.is_stored())
+    }
+
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &Field<'a>> {
+        self.stored().filter(|f| f.is_key())
+    }
+
+    pub(crate) fn span(&self) -> Span {
+        self.ident.span()
+    }
+}
+
+/// `TodoItem` → `todo_item`.
+fn snake_case(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, ch) in name.char_indices() {
+        if ch.is_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.extend(ch.to_lowercase());
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn snake_case() {
+        assert_eq!(super::snake_case("TodoItem"), "todo_item");
+        assert_eq!(super::snake_case("Todo"), "todo");
+    }
+}

@@ -1,0 +1,212 @@
+//! Parsing of `#[synced(...)]` attributes.
+
+use proc_macro2::Span;
+use syn::spanned::Spanned;
+use syn::{Attribute, Expr, ExprLit, ExprUnary, Lit, LitStr, UnOp};
+
+pub(crate) const SYNCED: &str = "synced";
+
+pub(crate) const TABLE: &str = "table";
+pub(crate) const ALGORITHM: &str = "algorithm";
+const STRUCT_KEYS: &str = "`table`, `algorithm`";
+
+pub(crate) const PRIMARY_KEY: &str = "primary_key";
+pub(crate) const INTEGER_KEY: &str = "integer_key";
+pub(crate) const RENAME: &str = "rename";
+pub(crate) const DEFAULT: &str = "default";
+pub(crate) const SKIP: &str = "skip";
+pub(crate) const COUNTER: &str = "counter";
+const FIELD_KEYS: &str = "`primary_key`, `integer_key`, `rename`, `default`, `skip`, `counter`";
+
+/// The merge algorithms the runtime implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Algorithm {
+    Cls,
+    Gos,
+}
+
+/// Struct-level attributes.
+#[derive(Default)]
+pub(crate) struct StructAttrs {
+    pub(crate) table: Option<LitStr>,
+    pub(crate) algorithm: Option<(Algorithm, Span)>,
+}
+
+/// A default value, already rendered as an SQL literal, with the Rust literal for
+/// the type check.
+pub(crate) struct DefaultValue {
+    pub(crate) sql: String,
+    pub(crate) expr: Expr,
+}
+
+/// Field-level attributes.
+#[derive(Default)]
+pub(crate) struct FieldAttrs {
+    pub(crate) primary_key: Option<Span>,
+    pub(crate) integer_key: Option<Span>,
+    pub(crate) rename: Option<LitStr>,
+    pub(crate) default: Option<DefaultValue>,
+    pub(crate) skip: Option<Span>,
+}
+
+/// Collects errors so that all of them are reported at once.
+#[derive(Default)]
+pub(crate) struct Errors(Option<syn::Error>);
+
+impl Errors {
+    pub(crate) fn push(&mut self, error: syn::Error) {
+        match &mut self.0 {
+            Some(all) => all.combine(error),
+            None => self.0 = Some(error),
+        }
+    }
+
+    pub(crate) fn finish(self) -> Result<(), syn::Error> {
+        self.0.map_or(Ok(()), Err)
+    }
+}
+
+fn synced_attrs(attrs: &[Attribute]) -> impl Iterator<Item = &Attribute> {
+    attrs.iter().filter(|a| a.path().is_ident(SYNCED))
+}
+
+pub(crate) fn struct_attrs(attrs: &[Attribute], errors: &mut Errors) -> StructAttrs {
+    let mut out = StructAttrs::default();
+    for attr in synced_attrs(attrs) {
+        let result = attr.parse_nested_meta(|meta| {
+            if meta.path.is_ident(TABLE) {
+                out.table = Some(meta.value()?.parse()?);
+            } else if meta.path.is_ident(ALGORITHM) {
+                let lit: LitStr = meta.value()?.parse()?;
+                let algorithm = match lit.value().as_str() {
+                    "cls" => Algorithm::Cls,
+                    "gos" => Algorithm::Gos,
+                    "dws" | "aws" => {
+                        return Err(syn::Error::new(
+                            lit.span(),
+                            format!(
+                                "algorithm `{}` is not yet supported; use `cls` or `gos`",
+                                lit.value()
+                            ),
+                        ));
+                    }
+                    other => {
+                        return Err(syn::Error::new(
+                            lit.span(),
+                            format!(
+                                "unknown algorithm `{other}`; expected `cls` (default) or `gos`"
+                            ),
+                        ));
+                    }
+                };
+                out.algorithm = Some((algorithm, lit.span()));
+            } else {
+                return Err(meta.error(format!(
+                    "unknown attribute `{}`; expected one of {STRUCT_KEYS}",
+                    path_name(&meta.path)
+                )));
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            errors.push(e);
+        }
+    }
+    out
+}
+
+pub(crate) fn field_attrs(attrs: &[Attribute], errors: &mut Errors) -> FieldAttrs {
+    let mut out = FieldAttrs::default();
+    for attr in synced_attrs(attrs) {
+        let result = attr.parse_nested_meta(|meta| {
+            let span = meta.path.span();
+            if meta.path.is_ident(PRIMARY_KEY) {
+                out.primary_key = Some(span);
+            } else if meta.path.is_ident(INTEGER_KEY) {
+                out.integer_key = Some(span);
+            } else if meta.path.is_ident(SKIP) {
+                out.skip = Some(span);
+            } else if meta.path.is_ident(RENAME) {
+                out.rename = Some(meta.value()?.parse()?);
+            } else if meta.path.is_ident(DEFAULT) {
+                let expr: Expr = meta.value()?.parse()?;
+                out.default = Some(DefaultValue {
+                    sql: sql_literal(&expr)?,
+                    expr,
+                });
+            } else if meta.path.is_ident(COUNTER) {
+                return Err(meta.error(
+                    "counter columns are not yet supported; use a last-writer-wins column for now",
+                ));
+            } else {
+                return Err(meta.error(format!(
+                    "unknown attribute `{}`; expected one of {FIELD_KEYS}",
+                    path_name(&meta.path)
+                )));
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            errors.push(e);
+        }
+    }
+    out
+}
+
+fn path_name(path: &syn::Path) -> String {
+    path.segments
+        .iter()
+        .map(|s| s.ident.to_string())
+        .collect::<Vec<_>>()
+        .join("::")
+}
+
+/// Renders a default literal as SQL: `false` → `0`, `-3` → `-3`, `"a'b"` → `'a''b'`,
+/// `b"\x01"` → `x'01'`.
+fn sql_literal(expr: &Expr) -> syn::Result<String> {
+    let unsupported = || {
+        syn::Error::new_spanned(
+            expr,
+            "a default must be a literal: `false`, `0`, `-1`, `1.5`, `\"text\"` or `b\"bytes\"`",
+        )
+    };
+    match expr {
+        Expr::Lit(ExprLit { lit, .. }) => match lit {
+            Lit::Bool(b) => Ok(if b.value { "1" } else { "0" }.to_owned()),
+            Lit::Int(i) => Ok(i.base10_digits().to_owned()),
+            Lit::Float(f) => Ok(float_sql(f.base10_digits())),
+            Lit::Str(s) => Ok(format!("'{}'", s.value().replace('\'', "''"))),
+            Lit::ByteStr(b) => Ok(format!(
+                "x'{}'",
+                b.value()
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            )),
+            _ => Err(unsupported()),
+        },
+        Expr::Unary(ExprUnary {
+            op: UnOp::Neg(_),
+            expr: inner,
+            ..
+        }) => match inner.as_ref() {
+            Expr::Lit(ExprLit {
+                lit: Lit::Int(i), ..
+            }) => Ok(format!("-{}", i.base10_digits())),
+            Expr::Lit(ExprLit {
+                lit: Lit::Float(f), ..
+            }) => Ok(format!("-{}", float_sql(f.base10_digits()))),
+            _ => Err(unsupported()),
+        },
+        _ => Err(unsupported()),
+    }
+}
+
+/// SQLite reads `1` as an integer; a REAL default keeps its decimal point.
+fn float_sql(digits: &str) -> String {
+    if digits.contains(['.', 'e', 'E']) {
+        digits.to_owned()
+    } else {
+        format!("{digits}.0")
+    }
+}

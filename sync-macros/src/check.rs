@@ -1,0 +1,74 @@
+//! Rules that look at the whole struct. Rules that depend on field types (supported
+//! type, nullable key, default needed, integer key) are checked by the compiler on
+//! the generated code, see `expand.rs`.
+
+use std::collections::HashMap;
+
+use crate::ast::Model;
+use crate::attr::Errors;
+
+const RESERVED_PREFIX: &str = "_synced";
+
+pub(crate) fn check(model: &Model<'_>, errors: &mut Errors) {
+    if model.keys().next().is_none() {
+        errors.push(syn::Error::new(
+            model.span(),
+            "a synced struct needs a primary key: mark its key field(s) with #[synced(primary_key)]",
+        ));
+    }
+    if model.table.is_empty() || model.table.starts_with(RESERVED_PREFIX) {
+        errors.push(syn::Error::new(
+            model.span(),
+            format!(
+                "table name `{}` is not allowed: it must be non-empty and not start with `{RESERVED_PREFIX}`",
+                model.table
+            ),
+        ));
+    }
+    let mut seen: HashMap<&str, &syn::Ident> = HashMap::new();
+    for field in &model.fields {
+        if let Some(skip) = field.skip {
+            if field.primary_key.is_some() || field.default.is_some() || field.integer_key.is_some()
+            {
+                errors.push(syn::Error::new(
+                    skip,
+                    "a skipped field has no column: it cannot be a key or have a default",
+                ));
+            }
+            continue;
+        }
+        if let (Some(span), None) = (field.integer_key, field.primary_key) {
+            errors.push(syn::Error::new(
+                span,
+                "`integer_key` only applies to a #[synced(primary_key)] field",
+            ));
+        }
+        if let (Some(default), Some(_)) = (&field.default, field.primary_key) {
+            errors.push(syn::Error::new_spanned(
+                &default.expr,
+                "key columns take no default: every row carries its key",
+            ));
+        }
+        if field.column.is_empty()
+            || field.column.starts_with(RESERVED_PREFIX)
+            || field.column.contains('.')
+        {
+            errors.push(syn::Error::new(
+                field.column_span,
+                format!(
+                    "column name `{}` is not allowed: it must be non-empty, contain no `.` and not start with `{RESERVED_PREFIX}`",
+                    field.column
+                ),
+            ));
+        }
+        if let Some(first) = seen.insert(&field.column, field.ident) {
+            errors.push(syn::Error::new(
+                field.column_span,
+                format!(
+                    "duplicate column name `{}`: field `{first}` already uses it; rename one with #[synced(rename = \"...\")]",
+                    field.column
+                ),
+            ));
+        }
+    }
+}

@@ -1,0 +1,444 @@
+//! [`SyncDb`]: the handle apps use, and the thread that owns the connection.
+
+use std::panic::{self, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, mpsc};
+use std::thread;
+
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use tokio::sync::oneshot;
+
+use crate::change::{self, Change};
+use crate::error::{Error, Result};
+use crate::id::SiteId;
+use crate::model::Synced;
+use crate::schema::TableSchema;
+use crate::sql::{self, TableSql};
+use crate::tracking;
+use crate::tx::{self, Registered, Registry, Transaction};
+use crate::value::Value;
+
+/// How a database is opened. `Options::default()` is what [`SyncDb::open`] uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Options {
+    /// The most memory SQLite may use to cache pages, in KiB (default 65,536: 64 MiB).
+    /// Pages are only allocated when used, so a small database uses little; a larger
+    /// cache makes writes to large tables markedly faster (see the book's
+    /// performance page).
+    pub cache_size_kib: u32,
+    /// How long a write waits for another connection's lock before failing, in
+    /// milliseconds (default 5,000).
+    pub busy_timeout_ms: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            cache_size_kib: 64 * 1024,
+            busy_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// A synced SQLite database: the handle an app keeps for its whole life.
+///
+/// Cheap to clone and `Send + Sync`: every clone talks to the same connection, which
+/// lives on a dedicated thread so that SQLite never blocks the async runtime. The
+/// connection closes when the last clone is dropped.
+///
+/// ```
+/// use sync_runtime::{Synced, SyncDb, SyncId, params};
+///
+/// #[derive(Synced, Debug, Clone, PartialEq)]
+/// #[synced(table = "todos")]
+/// struct Todo {
+///     #[synced(primary_key)]
+///     id: SyncId,
+///     title: String,
+///     #[synced(default = false)]
+///     done: bool,
+///     note: Option<String>,
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> sync_runtime::Result<()> {
+/// let db = SyncDb::open_in_memory().await?;
+/// db.register::<Todo>().await?;
+///
+/// let mut todo = Todo { id: SyncId::new(), title: "Buy milk".into(), done: false, note: None };
+/// db.insert(&todo).await?;
+/// todo.done = true;
+/// db.update(&todo).await?;
+///
+/// assert_eq!(db.get::<Todo>(&todo.id).await?, Some(todo.clone()));
+/// let open: Vec<Todo> = db.query("done = ?1", params![false]).await?;
+/// assert!(open.is_empty());
+///
+/// // Two transactions so far: the insert and the update.
+/// assert_eq!(db.db_version().await?, 2);
+/// let changes = db.changes_since(0).await?;
+/// assert_eq!(changes.len(), 4); // the insert, then title, done and note
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct SyncDb {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    jobs: mpsc::Sender<Job>,
+    site_id: SiteId,
+    path: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for SyncDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncDb")
+            .field("path", &self.inner.path)
+            .field("site_id", &self.inner.site_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The connection and what this handle registered, owned by the worker thread.
+pub(crate) struct Worker {
+    pub(crate) conn: Connection,
+    pub(crate) registry: Registry,
+}
+
+type Job = Box<dyn FnOnce(&mut Worker) + Send>;
+type Reply<R> = std::thread::Result<R>;
+
+impl SyncDb {
+    /// Opens (or creates) a database file with default [`Options`].
+    ///
+    /// A new file gets a fresh site id; an existing one keeps its site id, versions,
+    /// registered tables and tracking. A file that is not a SQLite database gives
+    /// [`Error::NotADatabase`].
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(path, Options::default()).await
+    }
+
+    /// Opens (or creates) a database file.
+    pub async fn open_with(path: impl AsRef<Path>, options: Options) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        Self::start(Some(path), options).await
+    }
+
+    /// Opens a private in-memory database (gone when the last handle is dropped).
+    pub async fn open_in_memory() -> Result<Self> {
+        Self::start(None, Options::default()).await
+    }
+
+    async fn start(path: Option<PathBuf>, options: Options) -> Result<Self> {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let (ready, opened) = oneshot::channel();
+        let thread_path = path.clone();
+        thread::Builder::new()
+            .name("synced-sqlite".into())
+            .spawn(move || {
+                let mut worker = match open_connection(thread_path.as_deref(), &options) {
+                    Ok((worker, site_id)) => {
+                        let _ = ready.send(Ok(site_id));
+                        worker
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                        return;
+                    }
+                };
+                for job in queue {
+                    job(&mut worker);
+                }
+            })
+            .map_err(|_| Error::Closed)?;
+        let site_id = opened.await.map_err(|_| Error::Closed)??;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                jobs,
+                site_id,
+                path,
+            }),
+        })
+    }
+
+    /// Runs `f` on the connection's thread and returns its result. A panic in `f`
+    /// is resumed in the caller.
+    async fn call<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Worker) -> Result<R> + Send + 'static,
+    {
+        self.call_raw(f).await.map_err(|()| Error::Closed)?
+    }
+
+    async fn call_raw<R, F>(&self, f: F) -> Result<R, ()>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Worker) -> R + Send + 'static,
+    {
+        let (reply, result) = oneshot::channel::<Reply<R>>();
+        let job: Job = Box::new(move |worker| {
+            let _ = reply.send(panic::catch_unwind(AssertUnwindSafe(|| f(worker))));
+        });
+        self.inner.jobs.send(job).map_err(|_| ())?;
+        match result.await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(panic)) => panic::resume_unwind(panic),
+            Err(_) => Err(()),
+        }
+    }
+
+    /// This database's site id: created with the file, never changes.
+    pub fn site_id(&self) -> SiteId {
+        self.inner.site_id
+    }
+
+    /// The file this database lives in (`None` in memory).
+    pub fn path(&self) -> Option<&Path> {
+        self.inner.path.as_deref()
+    }
+
+    /// The database's logical clock: the version of its last transaction that changed
+    /// a synced table (0 for a new database).
+    pub async fn db_version(&self) -> Result<i64> {
+        self.call(|w| Ok(w.conn.query_row(sql::CURRENT_VERSION, [], |r| r.get(0))?))
+            .await
+    }
+
+    /// Creates `T`'s table (`STRICT`), its clock table and its change-tracking
+    /// triggers; idempotent. A table that already exists must have the shape `T`
+    /// describes ([`Error::SchemaMismatch`] otherwise); rows it holds that were not
+    /// tracked yet are recorded as inserted.
+    pub async fn register<T: Synced>(&self) -> Result<()> {
+        self.register_schema(T::SCHEMA.clone()).await
+    }
+
+    /// [`register`](Self::register) for a descriptor built at run time.
+    pub async fn register_schema(&self, schema: TableSchema) -> Result<()> {
+        self.call(move |w| tracking::register(w, schema)).await
+    }
+
+    /// Stops recording changes to `T`'s table (its rows stay). Writes made while
+    /// tracking is off are not synced, except that [`enable_tracking`]
+    /// (Self::enable_tracking) records rows that appeared or disappeared meanwhile.
+    pub async fn disable_tracking<T: Synced>(&self) -> Result<()> {
+        let name = T::SCHEMA.name.to_string();
+        self.call(move |w| tracking::set_tracking(w, &name, false))
+            .await
+    }
+
+    /// Resumes recording changes to `T`'s table. Rows inserted while tracking was off
+    /// are recorded as inserted, rows deleted meanwhile as deleted; updates made
+    /// meanwhile to rows that existed before are not detected.
+    pub async fn enable_tracking<T: Synced>(&self) -> Result<()> {
+        let name = T::SCHEMA.name.to_string();
+        self.call(move |w| tracking::set_tracking(w, &name, true))
+            .await
+    }
+
+    /// Removes all sync metadata of `T`'s table (triggers, clock table, registration)
+    /// and leaves the table and its rows as plain SQLite data.
+    pub async fn drop_tracking<T: Synced>(&self) -> Result<()> {
+        let name = T::SCHEMA.name.to_string();
+        self.call(move |w| tracking::drop_tracking(w, &name)).await
+    }
+
+    /// Runs `f` in one write transaction: it commits if `f` returns `Ok`, and rolls
+    /// back if `f` returns `Err` or panics. All its changes share one `db_version`.
+    ///
+    /// `f` runs on the database's thread: keep it to database work.
+    pub async fn transaction<R, E, F>(&self, f: F) -> Result<R, E>
+    where
+        R: Send + 'static,
+        E: From<Error> + Send + 'static,
+        F: FnOnce(&mut Transaction<'_>) -> Result<R, E> + Send + 'static,
+    {
+        self.call_raw(move |w| write(w, f))
+            .await
+            .map_err(|()| E::from(Error::Closed))?
+    }
+
+    /// Inserts a row in its own transaction. Fails with [`Error::Constraint`] if a
+    /// row with the same key exists.
+    pub async fn insert<T: Synced>(&self, row: &T) -> Result<()> {
+        let values = row_values(row);
+        self.call(move |w| {
+            write(w, |tx| {
+                let table = tx::table_of(tx.registry(), T::SCHEMA)?;
+                tx::insert(tx.conn(), table, |i| values[i].as_ref())
+            })
+        })
+        .await
+    }
+
+    /// Writes every column of the row with `row`'s key, in its own transaction; only
+    /// columns whose value changed are recorded. [`Error::NotFound`] if no such row.
+    pub async fn update<T: Synced>(&self, row: &T) -> Result<()> {
+        let values = row_values(row);
+        self.call(move |w| {
+            write(w, |tx| {
+                let table = tx::table_of(tx.registry(), T::SCHEMA)?;
+                tx::update(tx.conn(), table, |i| values[i].as_ref())
+            })
+        })
+        .await
+    }
+
+    /// Deletes the row with this key in its own transaction; returns whether there
+    /// was one. [`Error::GrowOnly`] for a `gos` table.
+    pub async fn delete<T: Synced>(&self, key: &T::Key) -> Result<bool> {
+        let key = key_values::<T>(key);
+        self.call(move |w| {
+            write(w, |tx| {
+                let table = tx::table_of(tx.registry(), T::SCHEMA)?;
+                tx::delete(tx.conn(), table, |i| key[i].as_ref())
+            })
+        })
+        .await
+    }
+
+    /// The row with this key, if any.
+    pub async fn get<T: Synced>(&self, key: &T::Key) -> Result<Option<T>> {
+        let key = key_values::<T>(key);
+        self.call(move |w| {
+            let table = tx::table_of(&w.registry, T::SCHEMA)?;
+            tx::get(&w.conn, table, |i| key[i].as_ref())
+        })
+        .await
+    }
+
+    /// The rows matching an SQL filter: what follows `WHERE` (optionally with
+    /// `ORDER BY` and `LIMIT`), with `?N` parameters from [`params!`](crate::params).
+    /// An empty filter returns every row.
+    pub async fn query<T: Synced>(
+        &self,
+        filter: &str,
+        params: impl Into<Vec<Value>>,
+    ) -> Result<Vec<T>> {
+        let (filter, params) = (filter.to_owned(), params.into());
+        self.call(move |w| {
+            let table = tx::table_of(&w.registry, T::SCHEMA)?;
+            tx::query(&w.conn, table, &filter, &params)
+        })
+        .await
+    }
+
+    /// Runs one raw SQL statement in its own transaction; returns the number of
+    /// changed rows. Writes to synced tables are tracked exactly like typed writes.
+    pub async fn execute_raw(&self, sql: &str, params: impl Into<Vec<Value>>) -> Result<usize> {
+        let (sql, params) = (sql.to_owned(), params.into());
+        self.call(move |w| write(w, |tx| tx.execute_raw(&sql, &params)))
+            .await
+    }
+
+    /// Every change recorded after `db_version` (0: all), in every tracked table,
+    /// ordered by version and sequence.
+    pub async fn changes_since(&self, db_version: i64) -> Result<Vec<Change>> {
+        self.call(move |w| {
+            let tables = tracking::synced_tables(&w.conn)?;
+            change::changes_since(&w.conn, &tables, db_version)
+        })
+        .await
+    }
+}
+
+fn row_values<T: Synced>(row: &T) -> Vec<Value> {
+    (0..T::SCHEMA.columns.len())
+        .map(|i| row.column_value(i).to_owned())
+        .collect()
+}
+
+fn key_values<T: Synced>(key: &T::Key) -> Vec<Value> {
+    (0..T::SCHEMA.key_columns().count())
+        .map(|i| T::key_value(key, i).to_owned())
+        .collect()
+}
+
+/// Runs `f` in an immediate write transaction that closes its version on commit.
+pub(crate) fn write<R, E>(
+    worker: &mut Worker,
+    f: impl FnOnce(&mut Transaction<'_>) -> Result<R, E>,
+) -> Result<R, E>
+where
+    E: From<Error>,
+{
+    let tx = worker
+        .conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(Error::from)?;
+    close_version(&tx)?;
+    let result = f(&mut Transaction::new(&tx, &worker.registry))?;
+    close_version(&tx)?;
+    tx.commit().map_err(Error::from)?;
+    Ok(result)
+}
+
+fn close_version(conn: &Connection) -> Result<()> {
+    conn.prepare_cached(sql::CLOSE_VERSION)?.execute([])?;
+    Ok(())
+}
+
+fn open_connection(path: Option<&Path>, options: &Options) -> Result<(Worker, SiteId)> {
+    let conn = match path {
+        Some(path) => Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_URI,
+        ),
+        None => Connection::open_in_memory(),
+    }
+    .map_err(|source| Error::Open {
+        path: path.map(Path::to_path_buf).unwrap_or_default(),
+        source: source.into(),
+    })?;
+    let not_a_database = |e: rusqlite::Error| match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::NotADatabase) => Error::NotADatabase {
+            path: path.map(Path::to_path_buf).unwrap_or_default(),
+        },
+        _ => Error::from(e),
+    };
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(not_a_database)?;
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -{}; PRAGMA busy_timeout = {};",
+        options.cache_size_kib, options.busy_timeout_ms
+    ))
+    .map_err(not_a_database)?;
+    conn.set_prepared_statement_cache_capacity(128);
+    conn.execute_batch(sql::CREATE_META)
+        .map_err(not_a_database)?;
+    conn.execute(
+        "INSERT INTO _synced_state (id, site_id, db_version, seq, applying) VALUES (0, ?1, 0, 0, 0) \
+         ON CONFLICT DO NOTHING",
+        [SiteId::random().as_bytes().as_slice()],
+    )?;
+    conn.execute_batch(
+        "UPDATE _synced_state SET applying = 0;
+         INSERT INTO _synced_sites (ordinal, site_id) SELECT 0, site_id FROM _synced_state
+           WHERE true ON CONFLICT DO NOTHING;",
+    )?;
+    let bytes: Vec<u8> = conn.query_row("SELECT site_id FROM _synced_state", [], |r| r.get(0))?;
+    let site_id = <[u8; 16]>::try_from(bytes.as_slice())
+        .map(SiteId::from_bytes)
+        .map_err(|_| Error::SchemaMismatch {
+            table: "_synced_state".into(),
+            details: format!("the stored site id has {} bytes instead of 16", bytes.len()),
+        })?;
+    Ok((
+        Worker {
+            conn,
+            registry: Registry::new(),
+        },
+        site_id,
+    ))
+}
+
+pub(crate) fn registered(schema: TableSchema) -> Arc<Registered> {
+    let sql = TableSql::new(&schema);
+    Arc::new(Registered { schema, sql })
+}

@@ -1,0 +1,131 @@
+//! The runtime's error type.
+
+use std::path::PathBuf;
+
+use crate::schema::SchemaError;
+use crate::sql::GROW_ONLY_PREFIX;
+use crate::value::ValueError;
+
+/// `Result` with [`Error`] as the default error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the runtime.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The file exists but is not a SQLite database (or is encrypted).
+    #[error("{} is not a SQLite database; open a database file or a new path", path.display())]
+    NotADatabase {
+        /// The file.
+        path: PathBuf,
+    },
+
+    /// The database file could not be opened or created.
+    #[error("cannot open {}: {source}", path.display())]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// What SQLite said.
+        #[source]
+        source: SqliteError,
+    },
+
+    /// A table descriptor breaks the rules of synced tables.
+    #[error(transparent)]
+    InvalidSchema(#[from] SchemaError),
+
+    /// The table exists with a shape other than the struct describes.
+    #[error(
+        "table `{table}` already exists with another shape: {details}; migrate it or use another table name"
+    )]
+    SchemaMismatch {
+        /// The table.
+        table: String,
+        /// The first difference found.
+        details: String,
+    },
+
+    /// A typed operation on a struct whose table was not registered with this database.
+    #[error("table `{table}` is not registered; call `db.register::<T>()` first")]
+    NotRegistered {
+        /// The table.
+        table: String,
+    },
+
+    /// `update` found no row with the struct's key.
+    #[error("no row of `{table}` has this key")]
+    NotFound {
+        /// The table.
+        table: String,
+    },
+
+    /// A write broke a constraint of the table: a value of the wrong type for a
+    /// `STRICT` column, `NULL` in a `NOT NULL` column, a duplicate key, …
+    /// Nothing of the failed statement was written.
+    #[error("constraint violated: {message}")]
+    Constraint {
+        /// SQLite's message, naming the table and column.
+        message: String,
+    },
+
+    /// A row of a grow-only (`gos`) table was to be deleted or given another key.
+    #[error("rows of `{table}` cannot be deleted or re-keyed: the table is grow-only (gos)")]
+    GrowOnly {
+        /// The table.
+        table: String,
+    },
+
+    /// A stored value could not be read as the field's type (usually a value written
+    /// by raw SQL that the struct cannot represent).
+    #[error("cannot read `{table}.{column}`: {source}")]
+    Decode {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+        /// Why.
+        #[source]
+        source: ValueError,
+    },
+
+    /// Any other error reported by SQLite.
+    #[error(transparent)]
+    Sqlite(#[from] SqliteError),
+
+    /// The database's worker thread is gone (it panicked or the process is exiting).
+    #[error("the database connection is closed")]
+    Closed,
+}
+
+/// An error reported by SQLite, with its message.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SqliteError(#[from] rusqlite::Error);
+
+impl SqliteError {
+    /// SQLite's extended result code, if the error came from SQLite itself.
+    pub fn code(&self) -> Option<i32> {
+        match &self.0 {
+            rusqlite::Error::SqliteFailure(e, _) => Some(e.extended_code),
+            _ => None,
+        }
+    }
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode;
+        if let rusqlite::Error::SqliteFailure(code, message) = &e {
+            let message = message.clone().unwrap_or_else(|| code.to_string());
+            if let Some(table) = message.strip_prefix(GROW_ONLY_PREFIX) {
+                return Error::GrowOnly {
+                    table: table.to_owned(),
+                };
+            }
+            if code.code == ErrorCode::ConstraintViolation {
+                return Error::Constraint { message };
+            }
+        }
+        Error::Sqlite(SqliteError(e))
+    }
+}

@@ -1,0 +1,170 @@
+//! Identifiers: row ids ([`SyncId`]) and replica ids ([`SiteId`]).
+
+use std::fmt;
+use std::str::FromStr;
+
+use uuid::Uuid;
+
+use crate::value::{SqlType, SyncValue, ValueError, ValueRef};
+
+/// A globally unique, time-ordered row id: a UUIDv7 stored as 36 characters of text.
+///
+/// Two devices can create rows offline without ever picking the same key, and ids
+/// created later sort after earlier ones, which keeps the primary-key index compact.
+///
+/// ```
+/// use sync_runtime::SyncId;
+///
+/// let a = SyncId::new();
+/// let b = SyncId::new();
+/// assert!(a < b);
+/// assert_eq!(a.as_str().len(), 36);
+/// assert_eq!(a.as_str().parse::<SyncId>()?, a);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SyncId {
+    // The hyphenated lowercase text, kept so that writing a row borrows it.
+    text: [u8; 36],
+}
+
+impl SyncId {
+    /// A new UUIDv7 id (milliseconds since the epoch, then random bits; monotonic
+    /// within this process).
+    pub fn new() -> Self {
+        Self::from_uuid(Uuid::now_v7())
+    }
+
+    /// Wraps any UUID (for example a random v4 id from another system).
+    pub fn from_uuid(uuid: Uuid) -> Self {
+        let mut text = [0u8; 36];
+        uuid.hyphenated().encode_lower(&mut text);
+        Self { text }
+    }
+
+    /// The UUID this id stands for.
+    pub fn to_uuid(&self) -> Uuid {
+        // The text was produced by `encode_lower` or checked by `parse`.
+        Uuid::try_parse_ascii(&self.text).unwrap_or_default()
+    }
+
+    /// The stored text: 36 characters, hyphenated, lowercase.
+    pub fn as_str(&self) -> &str {
+        // Only ASCII is ever stored (see `from_uuid`), so this cannot fail.
+        std::str::from_utf8(&self.text).unwrap_or_default()
+    }
+}
+
+impl Default for SyncId {
+    /// A fresh id, like [`SyncId::new`].
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for SyncId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for SyncId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SyncId({})", self.as_str())
+    }
+}
+
+impl FromStr for SyncId {
+    type Err = ValueError;
+
+    /// Parses a UUID in any of the usual text forms and normalises it.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s)
+            .map(Self::from_uuid)
+            .map_err(|_| ValueError::InvalidId(s.to_owned()))
+    }
+}
+
+impl From<Uuid> for SyncId {
+    fn from(uuid: Uuid) -> Self {
+        Self::from_uuid(uuid)
+    }
+}
+
+impl SyncValue for SyncId {
+    const SQL_TYPE: SqlType = SqlType::Text;
+    const DEFAULT_SQL: Option<&'static str> = None;
+
+    fn to_value_ref(&self) -> ValueRef<'_> {
+        ValueRef::Text(self.as_str())
+    }
+
+    fn from_value_ref(value: ValueRef<'_>) -> Result<Self, ValueError> {
+        match value {
+            // Stored ids are always the canonical 36-character form; anything else
+            // (written by raw SQL) is normalised or rejected.
+            ValueRef::Text(t) => t.parse(),
+            other => Err(ValueError::WrongType {
+                expected: "TEXT",
+                found: other.type_name(),
+            }),
+        }
+    }
+}
+
+/// The identity of one replica (one database file): 16 random bytes, created once
+/// when the database is first opened and kept for its whole life.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SiteId([u8; 16]);
+
+impl SiteId {
+    /// A new random site id.
+    pub(crate) fn random() -> Self {
+        Self(*Uuid::new_v4().as_bytes())
+    }
+
+    /// Wraps 16 bytes.
+    pub const fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(bytes)
+    }
+
+    /// The 16 bytes.
+    pub const fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+}
+
+impl fmt::Display for SiteId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for SiteId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SiteId({self})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_ordered_by_creation() {
+        let ids: Vec<SyncId> = (0..1000).map(|_| SyncId::new()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn parse_normalises_and_rejects() {
+        let id = SyncId::new();
+        let upper = id.as_str().to_uppercase();
+        assert_eq!(upper.parse::<SyncId>(), Ok(id));
+        assert_eq!(id.to_uuid().get_version_num(), 7);
+        assert!("not-an-id".parse::<SyncId>().is_err());
+    }
+}

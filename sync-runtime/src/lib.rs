@@ -1,0 +1,140 @@
+//! Local-first sync for SQLite, typed.
+//!
+//! Put `#[derive(Synced)]` on a model struct, register it with a [`SyncDb`], and
+//! write rows as usual, online or offline. Every write, through the typed API or raw
+//! SQL on the same connection, is recorded by triggers in compact clock metadata, so
+//! that replicas can exchange changes and converge without conflicts.
+//!
+//! ```
+//! use sync_runtime::{Synced, SyncDb, SyncId, params};
+//!
+//! #[derive(Synced, Debug, Clone, PartialEq)]
+//! #[synced(table = "todos")]
+//! struct Todo {
+//!     #[synced(primary_key)]
+//!     id: SyncId,
+//!     title: String,
+//!     #[synced(default = false)]
+//!     done: bool,
+//!     note: Option<String>,
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> sync_runtime::Result<()> {
+//! let db = SyncDb::open_in_memory().await?;
+//! db.register::<Todo>().await?;
+//!
+//! let todo = Todo { id: SyncId::new(), title: "Write docs".into(), done: false, note: None };
+//! db.insert(&todo).await?;
+//! db.execute_raw("UPDATE todos SET done = 1 WHERE title = ?1", params!["Write docs"]).await?;
+//!
+//! let done: Vec<Todo> = db.query("done = ?1", params![true]).await?;
+//! assert_eq!(done.len(), 1);
+//! for change in db.changes_since(0).await? {
+//!     println!("{change:?}");
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # The derive
+//!
+//! `#[derive(Synced)]` reads these attributes:
+//!
+//! | attribute | where | meaning |
+//! |---|---|---|
+//! | `table = "name"` | struct | the table's name (default: the struct's name in snake case) |
+//! | `algorithm = "cls"` / `"gos"` | struct | merge algorithm: causal-length set (default) or grow-only |
+//! | `primary_key` | field | part of the primary key (one or more fields, in order) |
+//! | `integer_key` | field | allows a single integer primary key (ids may collide across devices) |
+//! | `rename = "name"` | field | the column's name |
+//! | `default = literal` | field | the column's default (`false`, `0`, `1.5`, `"text"`) |
+//! | `skip` | field | not stored; filled with `Default::default()` when read |
+//!
+//! Field types map to `STRICT` column types: integers and `bool` → `INTEGER`,
+//! `f32`/`f64` → `REAL`, `String` and [`SyncId`] → `TEXT`, `Vec<u8>` → `BLOB`,
+//! `Option<T>` → nullable. See [`SyncValue`].
+
+pub mod change;
+mod db;
+pub mod error;
+mod id;
+mod model;
+pub mod schema;
+mod sql;
+mod tracking;
+mod tx;
+pub mod value;
+
+pub use change::{Change, ChangeKind};
+pub use db::{Options, SyncDb};
+pub use error::{Error, Result};
+pub use id::{SiteId, SyncId};
+pub use model::{RowReader, Synced};
+pub use schema::{Algorithm, ColumnSchema, TableSchema};
+pub use tx::Transaction;
+pub use value::{SqlType, SyncValue, Value, ValueRef};
+
+/// Derives [`Synced`](trait@Synced) for a struct; see the [crate docs](crate#the-derive).
+pub use sync_macros::Synced;
+
+/// Builds the parameter list of a query or raw statement: `params![a, b]` binds `a`
+/// to `?1` and `b` to `?2`. Accepts every field type, `&str` and `Option`s.
+///
+/// ```
+/// use sync_runtime::{Value, params};
+///
+/// assert_eq!(params![1, "x", None::<i64>], vec![Value::Integer(1), Value::Text("x".into()), Value::Null]);
+/// ```
+#[macro_export]
+macro_rules! params {
+    () => { ::std::vec::Vec::<$crate::Value>::new() };
+    ($($param:expr),+ $(,)?) => { ::std::vec![$($crate::Value::from($param)),+] };
+}
+
+/// Support for the code `#[derive(Synced)]` generates. Not public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::value::SyncValue;
+
+    /// Checks at compile time that a default literal suits the field's type.
+    pub trait DefaultLiteral<T> {}
+    impl DefaultLiteral<bool> for bool {}
+    impl DefaultLiteral<String> for &str {}
+    impl DefaultLiteral<Vec<u8>> for &[u8] {}
+    impl<const N: usize> DefaultLiteral<Vec<u8>> for &[u8; N] {}
+    impl DefaultLiteral<f64> for f64 {}
+    impl DefaultLiteral<f32> for f32 {}
+    macro_rules! int_default {
+        ($($t:ty),*) => {$( impl DefaultLiteral<$t> for $t {} )*};
+    }
+    int_default!(i8, i16, i32, i64, u8, u16, u32);
+    impl<T, L: DefaultLiteral<T>> DefaultLiteral<Option<T>> for L {}
+
+    /// Called (never run) by generated code to type-check a default literal.
+    pub const fn check_default<T, L: DefaultLiteral<T>>(_: &L) {}
+
+    /// The descriptor of a field's column. Without an explicit default, a `NOT NULL`
+    /// value column takes its type's natural default.
+    pub const fn column<T: SyncValue>(
+        name: &'static str,
+        primary_key: bool,
+        default: Option<&'static str>,
+    ) -> crate::ColumnSchema {
+        let default = match default {
+            Some(sql) => Some(sql),
+            None if primary_key || T::NULLABLE => None,
+            None => T::DEFAULT_SQL,
+        };
+        crate::ColumnSchema {
+            name: std::borrow::Cow::Borrowed(name),
+            sql_type: T::SQL_TYPE,
+            nullable: T::NULLABLE,
+            primary_key,
+            default: match default {
+                Some(sql) => Some(std::borrow::Cow::Borrowed(sql)),
+                None => None,
+            },
+        }
+    }
+}

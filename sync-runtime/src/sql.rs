@@ -1,0 +1,588 @@
+//! Every SQL statement the runtime runs, generated in one place from descriptors.
+//!
+//! # Layout
+//!
+//! Runtime-owned tables (all prefixed `_synced`):
+//!
+//! - `_synced_state`: one row; this database's site id, its `db_version` (the last
+//!   committed version), the `seq` of the next change in the open transaction and the
+//!   `applying` flag set while remote changes are merged.
+//! - `_synced_sites`: site-id dictionary; ordinal 0 is this database.
+//! - `_synced_tables`: every synced table with its algorithm, descriptor (JSON) and
+//!   whether tracking is on.
+//! - `_synced_clock_<table>`: one clock row per app row (live or deleted), keyed by
+//!   the primary key: the causal length (`_synced_cl`, odd = live) with the version
+//!   and site of its last change, the row's last `db_version` and `seq`, and per value
+//!   column `<col>.v` (col_version), `<col>.dv` (db_version of the write) and
+//!   `<col>.site` (site ordinal of the writer). An index on `_synced_dv` serves
+//!   "changes since".
+//!
+//! # Why the triggers look like this
+//!
+//! The triggers call no SQL functions: a function call inside a trigger makes SQLite
+//! keep a statement journal for every written row. They read the open transaction's
+//! version from `_synced_state` (`db_version + 1`); the runtime closes a transaction
+//! by bumping `db_version` once, just before `COMMIT`, if anything was recorded.
+
+use std::fmt::{self, Write as _};
+
+use crate::schema::{Algorithm, ColumnSchema, TableSchema};
+
+/// The runtime's own tables.
+pub(crate) const CREATE_META: &str = "\
+CREATE TABLE IF NOT EXISTS _synced_state (
+  id INTEGER PRIMARY KEY,
+  site_id BLOB,
+  db_version INTEGER,
+  seq INTEGER,
+  applying INTEGER
+) STRICT;
+CREATE TABLE IF NOT EXISTS _synced_sites (
+  ordinal INTEGER PRIMARY KEY,
+  site_id BLOB NOT NULL UNIQUE
+) STRICT;
+CREATE TABLE IF NOT EXISTS _synced_tables (
+  name TEXT PRIMARY KEY,
+  algorithm TEXT NOT NULL,
+  descriptor TEXT NOT NULL,
+  tracking INTEGER NOT NULL
+) STRICT;";
+
+/// Ends the open transaction's version: taken only when it recorded something.
+/// Also run at the start of every write, which closes changes that another
+/// connection recorded without this runtime.
+pub(crate) const CLOSE_VERSION: &str =
+    "UPDATE _synced_state SET db_version = db_version + 1, seq = 0 WHERE seq > 0";
+
+/// The current version: the last committed one, or the open one if changes are pending.
+pub(crate) const CURRENT_VERSION: &str = "SELECT db_version + (seq > 0) FROM _synced_state";
+
+/// Message prefix of the error raised when a row of a grow-only table would be
+/// deleted (or re-keyed); the table name follows.
+pub(crate) const GROW_ONLY_PREFIX: &str = "synced: grow-only table rows cannot be deleted: ";
+
+const CL: &str = "_synced_cl";
+const CL_DV: &str = "_synced_cl_dv";
+const CL_SITE: &str = "_synced_cl_site";
+const DV: &str = "_synced_dv";
+const SEQ: &str = "_synced_seq";
+const STATE: &str = "_synced_state";
+const OPEN_VERSION: &str = "(SELECT db_version + 1 FROM _synced_state)";
+const OPEN_SEQ: &str = "(SELECT seq FROM _synced_state)";
+const NOT_APPLYING: &str = "(SELECT applying FROM _synced_state) = 0";
+const NEW_ROW_SOURCE: &str = "_synced_state WHERE true";
+const NEXT_SEQ: &str = "UPDATE _synced_state SET seq = seq + 1;";
+
+/// Quotes an identifier: `a"b` → `"a""b"`.
+pub(crate) fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Quotes a string literal: `it's` → `'it''s'`.
+pub(crate) fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+fn meta_col(column: &str, part: &str) -> String {
+    ident(&format!("{column}.{part}"))
+}
+
+/// The name of a table's clock table.
+pub(crate) fn clock_table(table: &str) -> String {
+    format!("_synced_clock_{table}")
+}
+
+fn trigger(table: &str, what: &str) -> String {
+    ident(&format!("_synced_{table}_{what}"))
+}
+
+/// `"a", "b"` for the given columns, optionally qualified.
+fn list<'a>(columns: impl Iterator<Item = &'a ColumnSchema>, qualifier: &str) -> String {
+    columns
+        .map(|c| format!("{qualifier}{}", ident(&c.name)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `l."a" = r."a" AND l."b" = r."b"` over the key columns.
+fn key_match(schema: &TableSchema, left: &str, right: &str) -> String {
+    schema
+        .key_columns()
+        .map(|c| format!("{left}{0} = {right}{0}", ident(&c.name)))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+/// Every statement for one synced table.
+#[derive(Debug, Clone)]
+pub(crate) struct TableSql {
+    pub(crate) create_table: String,
+    pub(crate) create_clock: String,
+    pub(crate) create_triggers: String,
+    pub(crate) drop_triggers: String,
+    pub(crate) create_guards: String,
+    pub(crate) drop_guards: String,
+    pub(crate) drop_clock: String,
+    pub(crate) insert: String,
+    pub(crate) update: Option<String>,
+    pub(crate) delete: String,
+    pub(crate) select: String,
+    pub(crate) select_by_key: String,
+    pub(crate) changes_since: String,
+    pub(crate) backfill_live: String,
+    pub(crate) backfill_deleted: String,
+}
+
+impl TableSql {
+    pub(crate) fn new(schema: &TableSchema) -> Self {
+        let table = ident(&schema.name);
+        let clock = ident(&clock_table(&schema.name));
+        let all = list(schema.columns.iter(), "");
+        let key_params = schema
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.primary_key)
+            .map(|(i, c)| format!("{} = ?{}", ident(&c.name), i + 1))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let by_key_params = schema
+            .key_columns()
+            .enumerate()
+            .map(|(i, c)| format!("{} = ?{}", ident(&c.name), i + 1))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let placeholders = (1..=schema.columns.len())
+            .map(|i| format!("?{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sets = schema
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !c.primary_key)
+            .map(|(i, c)| format!("{} = ?{}", ident(&c.name), i + 1))
+            .collect::<Vec<_>>();
+
+        Self {
+            create_table: create_table(schema),
+            create_clock: create_clock(schema),
+            create_triggers: create_triggers(schema),
+            drop_triggers: drop_triggers(schema, &["insert", "update", "rekey", "delete"]),
+            create_guards: create_guards(schema),
+            drop_guards: drop_triggers(schema, &["guard_delete", "guard_rekey"]),
+            drop_clock: format!("DROP TABLE IF EXISTS {clock};"),
+            insert: format!("INSERT OR FAIL INTO {table} ({all}) VALUES ({placeholders})"),
+            update: (!sets.is_empty()).then(|| {
+                format!(
+                    "UPDATE OR FAIL {table} SET {} WHERE {key_params}",
+                    sets.join(", ")
+                )
+            }),
+            delete: format!("DELETE FROM {table} WHERE {by_key_params}"),
+            select: format!("SELECT {all} FROM {table}"),
+            select_by_key: format!("SELECT {all} FROM {table} WHERE {by_key_params}"),
+            changes_since: changes_since(schema),
+            backfill_live: backfill_live(schema),
+            backfill_deleted: tombstone(
+                schema,
+                &format!(
+                    "{CL} % 2 = 1 AND NOT EXISTS (SELECT 1 FROM {table} AS t WHERE {})",
+                    key_match(schema, "t.", &format!("{clock}."))
+                ),
+            ),
+        }
+    }
+}
+
+impl fmt::Display for TableSql {
+    /// The schema objects of the table, as a script.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{}\n", self.create_table)?;
+        writeln!(f, "{}\n", self.create_clock)?;
+        write!(f, "{}{}", self.create_triggers, self.create_guards)
+    }
+}
+
+impl TableSchema {
+    /// The `CREATE` statements (table, clock table, index, triggers) the runtime runs
+    /// when this table is registered, as one script for inspection.
+    pub fn sql(&self) -> String {
+        TableSql::new(self).to_string()
+    }
+}
+
+fn create_table(schema: &TableSchema) -> String {
+    let mut sql = format!("CREATE TABLE IF NOT EXISTS {} (\n", ident(&schema.name));
+    let single_key = schema.key_columns().count() == 1;
+    for c in schema.columns.iter() {
+        let _ = write!(sql, "  {} {}", ident(&c.name), c.sql_type.as_sql());
+        if !c.nullable {
+            sql.push_str(" NOT NULL");
+        }
+        if c.primary_key && single_key {
+            sql.push_str(" PRIMARY KEY");
+        }
+        if let Some(default) = &c.default {
+            let _ = write!(sql, " DEFAULT {default}");
+        }
+        sql.push_str(",\n");
+    }
+    if single_key {
+        sql.truncate(sql.len() - 2);
+        sql.push('\n');
+    } else {
+        let _ = writeln!(sql, "  PRIMARY KEY ({})", list(schema.key_columns(), ""));
+    }
+    sql.push_str(") STRICT;");
+    sql
+}
+
+fn clock_columns(schema: &TableSchema) -> Vec<String> {
+    let mut cols: Vec<String> = schema.key_columns().map(|c| ident(&c.name)).collect();
+    cols.extend([CL, CL_DV, CL_SITE, DV, SEQ].map(String::from));
+    for c in schema.value_columns() {
+        for part in ["v", "dv", "site"] {
+            cols.push(meta_col(&c.name, part));
+        }
+    }
+    cols
+}
+
+fn create_clock(schema: &TableSchema) -> String {
+    let clock = clock_table(&schema.name);
+    let mut sql = format!("CREATE TABLE IF NOT EXISTS {} (\n", ident(&clock));
+    for c in schema.key_columns() {
+        let _ = writeln!(
+            sql,
+            "  {} {} NOT NULL,",
+            ident(&c.name),
+            c.sql_type.as_sql()
+        );
+    }
+    for c in [CL, CL_DV, CL_SITE, DV, SEQ] {
+        let _ = writeln!(sql, "  {c} INTEGER,");
+    }
+    for c in schema.value_columns() {
+        for part in ["v", "dv", "site"] {
+            let _ = writeln!(sql, "  {} INTEGER,", meta_col(&c.name, part));
+        }
+    }
+    let _ = write!(
+        sql,
+        "  PRIMARY KEY ({})\n) STRICT, WITHOUT ROWID;\nCREATE INDEX IF NOT EXISTS {} ON {} ({DV});",
+        list(schema.key_columns(), ""),
+        ident(&format!("{clock}_dv")),
+        ident(&clock),
+    );
+    sql
+}
+
+/// Records the row `source` (e.g. `NEW.`) as inserted: a new clock row, or, when the
+/// key has a clock already, a resurrection (deleted row: causal length + 1, column
+/// versions start afresh) or a rewrite of every column (live row, e.g. `INSERT OR
+/// REPLACE`). `source_where` is the `FROM … WHERE …` tail that supplies the rows
+/// and the state's `db_version` and `seq` columns (a `WHERE` is required there:
+/// it keeps SQLite from reading `ON CONFLICT` as a join constraint).
+fn record_insert(schema: &TableSchema, source: &str, source_where: &str, seq: &str) -> String {
+    let clock = ident(&clock_table(&schema.name));
+    let mut values: Vec<String> = schema
+        .key_columns()
+        .map(|c| format!("{source}{}", ident(&c.name)))
+        .collect();
+    values.extend([
+        "1".into(),
+        "db_version + 1".into(),
+        "0".into(),
+        "db_version + 1".into(),
+        seq.into(),
+    ]);
+    let mut updates = vec![
+        format!("{CL} = {CL} + 1 - {CL} % 2"),
+        format!("{CL_DV} = CASE WHEN {CL} % 2 = 0 THEN excluded.{DV} ELSE {CL_DV} END"),
+        format!("{CL_SITE} = CASE WHEN {CL} % 2 = 0 THEN 0 ELSE {CL_SITE} END"),
+        format!("{DV} = excluded.{DV}"),
+        format!("{SEQ} = excluded.{SEQ}"),
+    ];
+    for c in schema.value_columns() {
+        values.extend(["1".into(), "db_version + 1".into(), "0".into()]);
+        let (v, dv, site) = (
+            meta_col(&c.name, "v"),
+            meta_col(&c.name, "dv"),
+            meta_col(&c.name, "site"),
+        );
+        updates.push(format!(
+            "{v} = CASE WHEN {CL} % 2 = 0 THEN 1 ELSE {v} + 1 END"
+        ));
+        updates.push(format!("{dv} = excluded.{DV}"));
+        updates.push(format!("{site} = 0"));
+    }
+    format!(
+        "INSERT INTO {clock} ({}) SELECT {} FROM {source_where} ON CONFLICT DO UPDATE SET {};",
+        clock_columns(schema).join(", "),
+        values.join(", "),
+        updates.join(", "),
+    )
+}
+
+/// Marks the live clock rows matching `filter` as deleted (causal length + 1).
+fn tombstone(schema: &TableSchema, filter: &str) -> String {
+    format!(
+        "UPDATE {} SET {CL} = {CL} + 1, {CL_DV} = {OPEN_VERSION}, {CL_SITE} = 0, {DV} = {OPEN_VERSION}, {SEQ} = {OPEN_SEQ} WHERE {filter};",
+        ident(&clock_table(&schema.name)),
+    )
+}
+
+fn drop_triggers(schema: &TableSchema, which: &[&str]) -> String {
+    which
+        .iter()
+        .map(|t| format!("DROP TRIGGER IF EXISTS {};\n", trigger(&schema.name, t)))
+        .collect()
+}
+
+fn key_changed(schema: &TableSchema) -> String {
+    schema
+        .key_columns()
+        .map(|c| format!("OLD.{0} IS NOT NEW.{0}", ident(&c.name)))
+        .collect::<Vec<_>>()
+        .join(" OR ")
+}
+
+/// Grow-only tables refuse deletes and key changes (a key change deletes the old
+/// key). These guards stay while tracking is off.
+fn create_guards(schema: &TableSchema) -> String {
+    if schema.algorithm != Algorithm::Gos {
+        return String::new();
+    }
+    let name = &schema.name;
+    let table = ident(name);
+    let raise = format!(
+        "SELECT RAISE(ABORT, {});",
+        literal(&format!("{GROW_ONLY_PREFIX}{name}"))
+    );
+    format!(
+        "CREATE TRIGGER IF NOT EXISTS {} BEFORE DELETE ON {table} WHEN {NOT_APPLYING} BEGIN\n  {raise}\nEND;\n\
+         CREATE TRIGGER IF NOT EXISTS {} BEFORE UPDATE ON {table} WHEN {NOT_APPLYING} AND ({}) BEGIN\n  {raise}\nEND;\n",
+        trigger(name, "guard_delete"),
+        trigger(name, "guard_rekey"),
+        key_changed(schema),
+    )
+}
+
+/// Tracking triggers: insert, update of value columns, key change and delete.
+fn create_triggers(schema: &TableSchema) -> String {
+    let name = &schema.name;
+    let table = ident(name);
+    let clock = ident(&clock_table(name));
+    let key_changed = key_changed(schema);
+    let old_key = key_match(schema, "", "OLD.");
+    let mut sql = String::new();
+
+    let _ = writeln!(
+        sql,
+        "CREATE TRIGGER IF NOT EXISTS {} AFTER INSERT ON {table} WHEN {NOT_APPLYING} BEGIN\n  {}\n  {NEXT_SEQ}\nEND;",
+        trigger(name, "insert"),
+        record_insert(schema, "NEW.", NEW_ROW_SOURCE, "seq"),
+    );
+
+    let value_columns: Vec<_> = schema.value_columns().collect();
+    if !value_columns.is_empty() {
+        let changed = |c: &ColumnSchema| format!("OLD.{0} IS NOT NEW.{0}", ident(&c.name));
+        let mut sets = Vec::new();
+        for c in &value_columns {
+            let (v, dv, site) = (
+                meta_col(&c.name, "v"),
+                meta_col(&c.name, "dv"),
+                meta_col(&c.name, "site"),
+            );
+            let ch = changed(c);
+            sets.push(format!("{v} = {v} + ({ch})"));
+            sets.push(format!(
+                "{dv} = CASE WHEN {ch} THEN {OPEN_VERSION} ELSE {dv} END"
+            ));
+            sets.push(format!("{site} = CASE WHEN {ch} THEN 0 ELSE {site} END"));
+        }
+        sets.push(format!("{DV} = {OPEN_VERSION}"));
+        sets.push(format!("{SEQ} = {OPEN_SEQ}"));
+        let any_changed = value_columns
+            .iter()
+            .map(|c| changed(c))
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        let _ = writeln!(
+            sql,
+            "CREATE TRIGGER IF NOT EXISTS {} AFTER UPDATE ON {table} WHEN {NOT_APPLYING} AND NOT ({key_changed}) AND ({any_changed}) BEGIN\n  UPDATE {clock} SET {} WHERE {};\n  {NEXT_SEQ}\nEND;",
+            trigger(name, "update"),
+            sets.join(", "),
+            key_match(schema, "", "NEW."),
+        );
+    }
+
+    if schema.algorithm == Algorithm::Cls {
+        let _ = writeln!(
+            sql,
+            "CREATE TRIGGER IF NOT EXISTS {} AFTER UPDATE ON {table} WHEN {NOT_APPLYING} AND ({key_changed}) BEGIN\n  {}\n  {NEXT_SEQ}\n  {}\n  {NEXT_SEQ}\nEND;",
+            trigger(name, "rekey"),
+            tombstone(schema, &format!("{old_key} AND {CL} % 2 = 1")),
+            record_insert(schema, "NEW.", NEW_ROW_SOURCE, "seq"),
+        );
+        let _ = writeln!(
+            sql,
+            "CREATE TRIGGER IF NOT EXISTS {} AFTER DELETE ON {table} WHEN {NOT_APPLYING} BEGIN\n  {}\n  {NEXT_SEQ}\nEND;",
+            trigger(name, "delete"),
+            tombstone(schema, &format!("{old_key} AND {CL} % 2 = 1")),
+        );
+    }
+    sql
+}
+
+/// Clock rows changed after `?1`, joined with the app row for current values. Columns:
+/// key columns, cl, cl_dv, cl_site, seq, then per value column (v, dv, site, value),
+/// then whether the app row exists.
+fn changes_since(schema: &TableSchema) -> String {
+    let mut cols: Vec<String> = schema
+        .key_columns()
+        .map(|c| format!("c.{}", ident(&c.name)))
+        .collect();
+    cols.extend([CL, CL_DV, CL_SITE, SEQ].map(|m| format!("c.{m}")));
+    for c in schema.value_columns() {
+        for part in ["v", "dv", "site"] {
+            cols.push(format!("c.{}", meta_col(&c.name, part)));
+        }
+        cols.push(format!("t.{}", ident(&c.name)));
+    }
+    let first_key = schema
+        .key_columns()
+        .next()
+        .map(|c| ident(&c.name))
+        .unwrap_or_default();
+    cols.push(format!("t.{first_key} IS NOT NULL"));
+    format!(
+        "SELECT {} FROM {} AS c LEFT JOIN {} AS t ON {} WHERE c.{DV} > ?1",
+        cols.join(", "),
+        ident(&clock_table(&schema.name)),
+        ident(&schema.name),
+        key_match(schema, "t.", "c."),
+    )
+}
+
+/// Records every app row without a live clock as inserted (tracking turned on for
+/// rows written while it was off, or for a table that existed before).
+fn backfill_live(schema: &TableSchema) -> String {
+    let table = ident(&schema.name);
+    let clock = ident(&clock_table(&schema.name));
+    let from = format!(
+        "{table} AS t, {STATE} WHERE NOT EXISTS (SELECT 1 FROM {clock} AS c WHERE {} AND c.{CL} % 2 = 1)",
+        key_match(schema, "c.", "t.")
+    );
+    record_insert(schema, "t.", &from, "seq + row_number() OVER () - 1")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::value::SqlType;
+
+    fn todos() -> TableSchema {
+        TableSchema::new(
+            "todos",
+            Algorithm::Cls,
+            vec![
+                ColumnSchema::new("id", SqlType::Text).primary_key(),
+                ColumnSchema::new("title", SqlType::Text).default_sql("''"),
+                ColumnSchema::new("done", SqlType::Integer).default_sql("0"),
+                ColumnSchema::new("note", SqlType::Text).nullable(true),
+            ],
+        )
+    }
+
+    fn pairs() -> TableSchema {
+        TableSchema::new(
+            "pairs",
+            Algorithm::Gos,
+            vec![
+                ColumnSchema::new("a", SqlType::Text).primary_key(),
+                ColumnSchema::new("b", SqlType::Integer).primary_key(),
+            ],
+        )
+    }
+
+    fn conn_with(schema: &TableSchema) -> rusqlite::Connection {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch(CREATE_META).unwrap();
+        let sql = TableSql::new(schema);
+        conn.execute_batch(&sql.create_table).unwrap();
+        conn.execute_batch(&sql.create_clock).unwrap();
+        conn.execute_batch(&sql.create_triggers).unwrap();
+        conn
+    }
+
+    #[test]
+    fn identifiers_and_literals_are_quoted() {
+        assert_eq!(ident(r#"a"b"#), r#""a""b""#);
+        assert_eq!(literal("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn tables_are_strict_with_defaults() {
+        let sql = TableSql::new(&todos()).create_table;
+        assert!(sql.ends_with(") STRICT;"), "{sql}");
+        assert!(sql.contains(r#""id" TEXT NOT NULL PRIMARY KEY"#), "{sql}");
+        assert!(
+            sql.contains(r#""done" INTEGER NOT NULL DEFAULT 0"#),
+            "{sql}"
+        );
+        assert!(sql.contains(r#""note" TEXT,"#) || sql.contains(r#""note" TEXT"#));
+        let pairs = TableSql::new(&pairs()).create_table;
+        assert!(pairs.contains(r#"PRIMARY KEY ("a", "b")"#), "{pairs}");
+    }
+
+    #[test]
+    fn every_generated_statement_prepares() {
+        for schema in [&todos(), &pairs()] {
+            let conn = conn_with(schema);
+            let sql = TableSql::new(schema);
+            for stmt in [
+                &sql.insert,
+                &sql.delete,
+                &sql.select,
+                &sql.select_by_key,
+                &sql.changes_since,
+                &sql.backfill_live,
+                &sql.backfill_deleted,
+            ] {
+                conn.prepare(stmt).unwrap_or_else(|e| panic!("{e}\n{stmt}"));
+            }
+            if let Some(update) = &sql.update {
+                conn.prepare(update).unwrap();
+            }
+            conn.execute_batch(&sql.drop_triggers).unwrap();
+            conn.execute_batch(&sql.drop_clock).unwrap();
+        }
+    }
+
+    #[test]
+    fn triggers_call_no_functions() {
+        // A function call inside a trigger costs a statement journal per row. The
+        // row_number() window is only used by the one-off backfill.
+        let triggers = TableSql::new(&todos()).create_triggers;
+        for f in [
+            "(SELECT RAISE",
+            "coalesce(",
+            "max(",
+            "min(",
+            "iif(",
+            "ifnull(",
+        ] {
+            assert!(!triggers.to_lowercase().contains(f), "{f} in {triggers}");
+        }
+    }
+
+    #[test]
+    fn schema_script_is_printable() {
+        let script = todos().sql();
+        assert!(script.contains("CREATE TABLE IF NOT EXISTS \"todos\""));
+        assert!(script.contains("CREATE TRIGGER IF NOT EXISTS \"_synced_todos_insert\""));
+        assert!(pairs().sql().contains("RAISE(ABORT"));
+    }
+}

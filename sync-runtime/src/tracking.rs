@@ -1,0 +1,247 @@
+//! Registering tables and turning their change tracking on and off.
+
+use rusqlite::{Connection, OptionalExtension};
+
+use crate::db::{Worker, registered, write};
+use crate::error::{Error, Result};
+use crate::schema::TableSchema;
+use crate::sql::TableSql;
+
+/// Creates (or checks) a synced table and its metadata; see `SyncDb::register`.
+pub(crate) fn register(worker: &mut Worker, schema: TableSchema) -> Result<()> {
+    schema.validate()?;
+    let table = registered(schema);
+    write(worker, |tx| {
+        let conn = tx.conn();
+        let (schema, sql) = (&table.schema, &table.sql);
+        match stored(conn, &schema.name)? {
+            Some((stored, tracking)) => {
+                if stored != *schema {
+                    return Err(Error::SchemaMismatch {
+                        table: schema.name.to_string(),
+                        details: describe_difference(&stored, schema),
+                    });
+                }
+                check_shape(conn, schema)?;
+                create(conn, sql, tracking)?;
+            }
+            None => {
+                check_shape(conn, schema)?;
+                create(conn, sql, true)?;
+                let descriptor =
+                    serde_json::to_string(schema).map_err(|e| Error::SchemaMismatch {
+                        table: schema.name.to_string(),
+                        details: e.to_string(),
+                    })?;
+                conn.execute(
+                    "INSERT INTO _synced_tables (name, algorithm, descriptor, tracking) VALUES (?1, ?2, ?3, 1)",
+                    (schema.name.as_ref(), schema.algorithm.as_str(), descriptor),
+                )?;
+                backfill(conn, sql)?;
+            }
+        }
+        Ok::<_, Error>(())
+    })?;
+    worker.registry.insert(table.schema.name.to_string(), table);
+    Ok(())
+}
+
+/// Turns tracking of a registered table on (recording what changed while it was off)
+/// or off.
+pub(crate) fn set_tracking(worker: &mut Worker, name: &str, on: bool) -> Result<()> {
+    write(worker, |tx| {
+        let conn = tx.conn();
+        let (schema, tracking) = stored(conn, name)?.ok_or_else(|| not_registered(name))?;
+        let sql = TableSql::new(&schema);
+        if on && !tracking {
+            conn.execute_batch(&sql.create_triggers)?;
+            backfill(conn, &sql)?;
+        } else if !on {
+            conn.execute_batch(&sql.drop_triggers)?;
+        }
+        conn.execute(
+            "UPDATE _synced_tables SET tracking = ?2 WHERE name = ?1",
+            (name, on),
+        )?;
+        Ok(())
+    })
+}
+
+/// Removes every trace of sync from a table, keeping its rows.
+pub(crate) fn drop_tracking(worker: &mut Worker, name: &str) -> Result<()> {
+    write(worker, |tx| {
+        let conn = tx.conn();
+        let (schema, _) = stored(conn, name)?.ok_or_else(|| not_registered(name))?;
+        let sql = TableSql::new(&schema);
+        conn.execute_batch(&sql.drop_triggers)?;
+        conn.execute_batch(&sql.drop_guards)?;
+        conn.execute_batch(&sql.drop_clock)?;
+        conn.execute("DELETE FROM _synced_tables WHERE name = ?1", [name])?;
+        Ok::<_, Error>(())
+    })?;
+    worker.registry.remove(name);
+    Ok(())
+}
+
+/// The descriptors of every synced table in the database, whether or not this handle
+/// registered it and whether or not tracking is on.
+pub(crate) fn synced_tables(conn: &Connection) -> Result<Vec<TableSchema>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT name, descriptor FROM _synced_tables ORDER BY name")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    rows.map(|row| {
+        let (name, descriptor) = row?;
+        parse_descriptor(&name, &descriptor)
+    })
+    .collect()
+}
+
+fn not_registered(name: &str) -> Error {
+    Error::NotRegistered {
+        table: name.to_owned(),
+    }
+}
+
+fn parse_descriptor(name: &str, descriptor: &str) -> Result<TableSchema> {
+    serde_json::from_str(descriptor).map_err(|e| Error::SchemaMismatch {
+        table: name.to_owned(),
+        details: format!("its stored descriptor is unreadable ({e})"),
+    })
+}
+
+/// The stored descriptor and tracking flag of a synced table.
+fn stored(conn: &Connection, name: &str) -> Result<Option<(TableSchema, bool)>> {
+    let row = conn
+        .query_row(
+            "SELECT descriptor, tracking FROM _synced_tables WHERE name = ?1",
+            [name],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?)),
+        )
+        .optional()?;
+    row.map(|(descriptor, tracking)| Ok((parse_descriptor(name, &descriptor)?, tracking)))
+        .transpose()
+}
+
+fn create(conn: &Connection, sql: &TableSql, tracking: bool) -> Result<()> {
+    conn.execute_batch(&sql.create_table)?;
+    conn.execute_batch(&sql.create_clock)?;
+    conn.execute_batch(&sql.create_guards)?;
+    if tracking {
+        conn.execute_batch(&sql.create_triggers)?;
+    }
+    Ok(())
+}
+
+/// Records app rows without a live clock as inserted and live clocks without an app
+/// row as deleted.
+fn backfill(conn: &Connection, sql: &TableSql) -> Result<()> {
+    let inserted = conn.execute(&sql.backfill_live, [])?;
+    let deleted = conn.execute(&sql.backfill_deleted, [])?;
+    let used = inserted + usize::from(deleted > 0);
+    if used > 0 {
+        conn.execute("UPDATE _synced_state SET seq = seq + ?1", [used as i64])?;
+    }
+    Ok(())
+}
+
+/// Checks that an existing table has exactly the shape the descriptor creates.
+fn check_shape(conn: &Connection, schema: &TableSchema) -> Result<()> {
+    let name = schema.name.as_ref();
+    let mismatch = |details: String| {
+        Err(Error::SchemaMismatch {
+            table: name.to_owned(),
+            details,
+        })
+    };
+    let strict: Option<bool> = conn
+        .query_row(
+            "SELECT strict FROM pragma_table_list WHERE schema = 'main' AND name = ?1",
+            [name],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match strict {
+        None => return Ok(()),
+        Some(false) => return mismatch("it is not a STRICT table".into()),
+        Some(true) => {}
+    }
+    let mut stmt =
+        conn.prepare("SELECT name, type, \"notnull\", pk FROM pragma_table_info(?1) ORDER BY cid")?;
+    let existing = stmt
+        .query_map([name], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, bool>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    if existing.len() != schema.columns.len() {
+        let names: Vec<_> = existing.iter().map(|c| c.0.as_str()).collect();
+        return mismatch(format!(
+            "it has {} columns ({}), the struct describes {}",
+            existing.len(),
+            names.join(", "),
+            schema.columns.len()
+        ));
+    }
+    let mut key_position = 0i64;
+    for (column, (name, sql_type, not_null, pk)) in schema.columns.iter().zip(&existing) {
+        let expected_pk = if column.primary_key {
+            key_position += 1;
+            key_position
+        } else {
+            0
+        };
+        let problem = if *name != column.name {
+            Some(format!("expected column `{}`, found `{name}`", column.name))
+        } else if !sql_type.eq_ignore_ascii_case(column.sql_type.as_sql()) {
+            Some(format!(
+                "column `{name}` is {sql_type}, expected {}",
+                column.sql_type
+            ))
+        } else if *not_null == column.nullable {
+            Some(format!(
+                "column `{name}` is {}, expected {}",
+                if *not_null { "NOT NULL" } else { "nullable" },
+                if column.nullable {
+                    "nullable"
+                } else {
+                    "NOT NULL"
+                }
+            ))
+        } else if *pk != expected_pk {
+            Some(format!("column `{name}` differs in its primary-key role"))
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return mismatch(problem);
+        }
+    }
+    Ok(())
+}
+
+/// A short human description of how two descriptors of the same table differ.
+fn describe_difference(stored: &TableSchema, new: &TableSchema) -> String {
+    if stored.algorithm != new.algorithm {
+        return format!(
+            "it was registered with algorithm {}, the struct says {}",
+            stored.algorithm, new.algorithm
+        );
+    }
+    for (old, new) in stored.columns.iter().zip(new.columns.iter()) {
+        if old != new {
+            return format!(
+                "column `{}` was registered as {old:?}, the struct says {new:?}",
+                old.name
+            );
+        }
+    }
+    format!(
+        "it was registered with {} columns, the struct has {}",
+        stored.columns.len(),
+        new.columns.len()
+    )
+}

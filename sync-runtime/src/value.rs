@@ -1,0 +1,424 @@
+//! SQLite values and the mapping between Rust field types and SQLite column types.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The storage type of a column in a `STRICT` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum SqlType {
+    /// A 64-bit signed integer (`INTEGER`); also used for `bool`.
+    Integer,
+    /// A 64-bit float (`REAL`).
+    Real,
+    /// UTF-8 text (`TEXT`).
+    Text,
+    /// Raw bytes (`BLOB`).
+    Blob,
+}
+
+impl SqlType {
+    /// The type's name as written in `CREATE TABLE`.
+    pub const fn as_sql(self) -> &'static str {
+        match self {
+            SqlType::Integer => "INTEGER",
+            SqlType::Real => "REAL",
+            SqlType::Text => "TEXT",
+            SqlType::Blob => "BLOB",
+        }
+    }
+}
+
+impl fmt::Display for SqlType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_sql())
+    }
+}
+
+/// An owned SQLite value.
+///
+/// Used for query parameters (see [`params!`](crate::params)), primary keys in
+/// [`Change`](crate::Change) records and anywhere a value has to outlive the row it
+/// came from.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Value {
+    /// `NULL`.
+    #[default]
+    Null,
+    /// An `INTEGER`.
+    Integer(i64),
+    /// A `REAL`.
+    Real(f64),
+    /// A `TEXT`.
+    Text(String),
+    /// A `BLOB`.
+    Blob(Vec<u8>),
+}
+
+/// A borrowed SQLite value: what a field hands to the database when a row is written.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ValueRef<'a> {
+    /// `NULL`.
+    Null,
+    /// An `INTEGER`.
+    Integer(i64),
+    /// A `REAL`.
+    Real(f64),
+    /// A `TEXT`.
+    Text(&'a str),
+    /// A `BLOB`.
+    Blob(&'a [u8]),
+}
+
+impl ValueRef<'_> {
+    /// Copies the value into an owned [`Value`].
+    pub fn to_owned(self) -> Value {
+        match self {
+            ValueRef::Null => Value::Null,
+            ValueRef::Integer(i) => Value::Integer(i),
+            ValueRef::Real(r) => Value::Real(r),
+            ValueRef::Text(t) => Value::Text(t.to_owned()),
+            ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+        }
+    }
+
+    /// The name of the value's storage class, for error messages.
+    pub fn type_name(self) -> &'static str {
+        match self {
+            ValueRef::Null => "NULL",
+            ValueRef::Integer(_) => "INTEGER",
+            ValueRef::Real(_) => "REAL",
+            ValueRef::Text(_) => "TEXT",
+            ValueRef::Blob(_) => "BLOB",
+        }
+    }
+}
+
+impl Value {
+    /// Borrows the value.
+    pub fn as_ref(&self) -> ValueRef<'_> {
+        match self {
+            Value::Null => ValueRef::Null,
+            Value::Integer(i) => ValueRef::Integer(*i),
+            Value::Real(r) => ValueRef::Real(*r),
+            Value::Text(t) => ValueRef::Text(t),
+            Value::Blob(b) => ValueRef::Blob(b),
+        }
+    }
+}
+
+impl rusqlite::ToSql for ValueRef<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, ValueRef as R};
+        Ok(ToSqlOutput::Borrowed(match *self {
+            ValueRef::Null => R::Null,
+            ValueRef::Integer(i) => R::Integer(i),
+            ValueRef::Real(r) => R::Real(r),
+            ValueRef::Text(t) => R::Text(t.as_bytes()),
+            ValueRef::Blob(b) => R::Blob(b),
+        }))
+    }
+}
+
+impl rusqlite::ToSql for Value {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, ValueRef as R};
+        Ok(ToSqlOutput::Borrowed(match self {
+            Value::Null => R::Null,
+            Value::Integer(i) => R::Integer(*i),
+            Value::Real(r) => R::Real(*r),
+            Value::Text(t) => R::Text(t.as_bytes()),
+            Value::Blob(b) => R::Blob(b),
+        }))
+    }
+}
+
+/// Reads a column of a SQLite row as our borrowed value.
+pub(crate) fn from_sqlite(
+    value: rusqlite::types::ValueRef<'_>,
+) -> Result<ValueRef<'_>, ValueError> {
+    use rusqlite::types::ValueRef as R;
+    Ok(match value {
+        R::Null => ValueRef::Null,
+        R::Integer(i) => ValueRef::Integer(i),
+        R::Real(r) => ValueRef::Real(r),
+        R::Text(t) => ValueRef::Text(std::str::from_utf8(t).map_err(|_| ValueError::InvalidUtf8)?),
+        R::Blob(b) => ValueRef::Blob(b),
+    })
+}
+
+/// Why a stored value could not become a field's Rust type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ValueError {
+    /// The stored value has another storage class than the field expects.
+    #[error("expected {expected}, found {found}")]
+    WrongType {
+        /// What the field's type reads.
+        expected: &'static str,
+        /// What was stored.
+        found: &'static str,
+    },
+    /// An integer does not fit the field's integer type (or a `bool` is not 0 or 1).
+    #[error("integer {value} is out of range for {target}")]
+    OutOfRange {
+        /// The stored integer.
+        value: i64,
+        /// The field's Rust type.
+        target: &'static str,
+    },
+    /// Stored text is not valid UTF-8.
+    #[error("text is not valid UTF-8")]
+    InvalidUtf8,
+    /// Stored text is not a valid id.
+    #[error("{0:?} is not a valid id (expected a hyphenated UUID)")]
+    InvalidId(String),
+}
+
+/// A Rust type that can be stored in a synced column.
+///
+/// Implemented for `bool`, the integer types up to `i64`/`u32`, `f32`, `f64`,
+/// `String`, `Vec<u8>`, [`SyncId`](crate::SyncId) and `Option<T>` of any of them.
+/// The derive checks every field against this trait, so an unsupported field type is
+/// a compile error that names the field.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be stored in a synced column",
+    label = "unsupported field type",
+    note = "supported: bool, i8..i64, u8..u32, f32, f64, String, Vec<u8>, SyncId and Option<T> of these; \
+            mark the field #[synced(skip)] to keep it out of the table"
+)]
+pub trait SyncValue: Sized {
+    /// The column's storage type.
+    const SQL_TYPE: SqlType;
+    /// Whether the column accepts `NULL` (only `Option<T>`).
+    const NULLABLE: bool = false;
+    /// The SQL literal used as the column's default when the field has no explicit
+    /// `#[synced(default = …)]`; `None` when the type has no natural default.
+    const DEFAULT_SQL: Option<&'static str>;
+
+    /// The value to write.
+    fn to_value_ref(&self) -> ValueRef<'_>;
+
+    /// Reads the value back.
+    fn from_value_ref(value: ValueRef<'_>) -> Result<Self, ValueError>;
+}
+
+fn wrong_type(expected: &'static str, found: ValueRef<'_>) -> ValueError {
+    ValueError::WrongType {
+        expected,
+        found: found.type_name(),
+    }
+}
+
+macro_rules! integer_value {
+    ($($t:ty),*) => {$(
+        impl SyncValue for $t {
+            const SQL_TYPE: SqlType = SqlType::Integer;
+            const DEFAULT_SQL: Option<&'static str> = Some("0");
+
+            fn to_value_ref(&self) -> ValueRef<'_> {
+                ValueRef::Integer(i64::from(*self))
+            }
+
+            fn from_value_ref(value: ValueRef<'_>) -> Result<Self, ValueError> {
+                match value {
+                    ValueRef::Integer(i) => <$t>::try_from(i).map_err(|_| ValueError::OutOfRange {
+                        value: i,
+                        target: stringify!($t),
+                    }),
+                    other => Err(wrong_type("INTEGER", other)),
+                }
+            }
+        }
+    )*};
+}
+
+integer_value!(i8, i16, i32, i64, u8, u16, u32);
+
+impl SyncValue for bool {
+    const SQL_TYPE: SqlType = SqlType::Integer;
+    const DEFAULT_SQL: Option<&'static str> = Some("0");
+
+    fn to_value_ref(&self) -> ValueRef<'_> {
+        ValueRef::Integer(i64::from(*self))
+    }
+
+    fn from_value_ref(value: ValueRef<'_>) -> Result<Self, ValueError> {
+        match value {
+            ValueRef::Integer(0) => Ok(false),
+            ValueRef::Integer(1) => Ok(true),
+            ValueRef::Integer(i) => Err(ValueError::OutOfRange {
+                value: i,
+                target: "bool",
+            }),
+            other => Err(wrong_type("INTEGER", other)),
+        }
+    }
+}
+
+impl SyncValue for f64 {
+    const SQL_TYPE: SqlType = SqlType::Real;
+    const DEFAULT_SQL: Option<&'static str> = Some("0.0");
+
+    fn to_value_ref(&self) -> ValueRef<'_> {
+        ValueRef::Real(*self)
+    }
+
+    fn from_value_ref(value: ValueRef<'_>) -> Result<Self, ValueError> {
+        match value {
+            ValueRef::Real(r) => Ok(r),
+            other => Err(wrong_type("REAL", other)),
+        }
+    }
+}
+
+impl SyncValue for f32 {
+    const SQL_TYPE: SqlType = SqlType::Real;
+    const DEFAULT_SQL: Option<&'static str> = Some("0.0");
+
+    fn to_value_ref(&self) -> ValueRef<'_> {
+        ValueRef::Real(f64::from(*self))
+    }
+
+    fn from_value_ref(value: ValueRef<'_>) -> Result<Self, ValueError> {
+        // Narrowing is the documented behaviour of an f32 field: it stores what it holds.
+        f64::from_value_ref(value).map(|r| r as f32)
+    }
+}
+
+impl SyncValue for String {
+    const SQL_TYPE: SqlType = SqlType::Text;
+    const DEFAULT_SQL: Option<&'static str> = Some("''");
+
+    fn to_value_ref(&self) -> ValueRef<'_> {
+        ValueRef::Text(self)
+    }
+
+    fn from_value_ref(value: ValueRef<'_>) -> Result<Self, ValueError> {
+        match value {
+            ValueRef::Text(t) => Ok(t.to_owned()),
+            other => Err(wrong_type("TEXT", other)),
+        }
+    }
+}
+
+impl SyncValue for Vec<u8> {
+    const SQL_TYPE: SqlType = SqlType::Blob;
+    const DEFAULT_SQL: Option<&'static str> = Some("x''");
+
+    fn to_value_ref(&self) -> ValueRef<'_> {
+        ValueRef::Blob(self)
+    }
+
+    fn from_value_ref(value: ValueRef<'_>) -> Result<Self, ValueError> {
+        match value {
+            ValueRef::Blob(b) => Ok(b.to_vec()),
+            other => Err(wrong_type("BLOB", other)),
+        }
+    }
+}
+
+impl<T: SyncValue> SyncValue for Option<T> {
+    const SQL_TYPE: SqlType = T::SQL_TYPE;
+    const NULLABLE: bool = true;
+    const DEFAULT_SQL: Option<&'static str> = Some("NULL");
+
+    fn to_value_ref(&self) -> ValueRef<'_> {
+        match self {
+            Some(v) => v.to_value_ref(),
+            None => ValueRef::Null,
+        }
+    }
+
+    fn from_value_ref(value: ValueRef<'_>) -> Result<Self, ValueError> {
+        match value {
+            ValueRef::Null => Ok(None),
+            other => T::from_value_ref(other).map(Some),
+        }
+    }
+}
+
+macro_rules! value_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Value {
+            fn from(v: $t) -> Self {
+                v.to_value_ref().to_owned()
+            }
+        }
+        impl From<&$t> for Value {
+            fn from(v: &$t) -> Self {
+                v.to_value_ref().to_owned()
+            }
+        }
+    )*};
+}
+
+value_from!(
+    bool,
+    i8,
+    i16,
+    i32,
+    i64,
+    u8,
+    u16,
+    u32,
+    f32,
+    f64,
+    String,
+    Vec<u8>,
+    crate::SyncId
+);
+
+impl From<&str> for Value {
+    fn from(v: &str) -> Self {
+        Value::Text(v.to_owned())
+    }
+}
+
+impl From<&[u8]> for Value {
+    fn from(v: &[u8]) -> Self {
+        Value::Blob(v.to_vec())
+    }
+}
+
+impl<T: Into<Value>> From<Option<T>> for Value {
+    fn from(v: Option<T>) -> Self {
+        v.map_or(Value::Null, Into::into)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integers_out_of_range_are_errors() {
+        assert_eq!(
+            u8::from_value_ref(ValueRef::Integer(300)),
+            Err(ValueError::OutOfRange {
+                value: 300,
+                target: "u8"
+            })
+        );
+        assert_eq!(
+            bool::from_value_ref(ValueRef::Integer(2)),
+            Err(ValueError::OutOfRange {
+                value: 2,
+                target: "bool"
+            })
+        );
+    }
+
+    #[test]
+    fn wrong_storage_class_is_an_error() {
+        assert_eq!(
+            String::from_value_ref(ValueRef::Integer(1)),
+            Err(ValueError::WrongType {
+                expected: "TEXT",
+                found: "INTEGER"
+            })
+        );
+        assert_eq!(Option::<String>::from_value_ref(ValueRef::Null), Ok(None));
+    }
+}
