@@ -10,6 +10,8 @@ use crate::attr::{self, Algorithm, DefaultValue, Errors};
 pub(crate) struct Model<'a> {
     pub(crate) ident: &'a Ident,
     pub(crate) table: String,
+    /// Where the table name comes from, for errors.
+    pub(crate) table_span: Span,
     pub(crate) algorithm: Algorithm,
     pub(crate) fields: Vec<Field<'a>>,
 }
@@ -46,16 +48,22 @@ impl<'a> Model<'a> {
         if !input.generics.params.is_empty() {
             errors.push(syn::Error::new_spanned(
                 &input.generics,
-                "`#[derive(Synced)]` does not support generic structs",
+                "`#[derive(Synced)]` does not support generic structs: a table has one fixed set of \
+                 column types; remove the generic parameters and use concrete field types",
             ));
         }
         let named = match &input.data {
             Data::Struct(data) => match &data.fields {
                 Fields::Named(named) => named,
-                _ => {
+                fields => {
+                    let span = match fields {
+                        Fields::Unnamed(unnamed) => unnamed.paren_token.span.join(),
+                        _ => input.ident.span(),
+                    };
                     errors.push(syn::Error::new(
-                        input.ident.span(),
-                        "`#[derive(Synced)]` needs a struct with named fields",
+                        span,
+                        "`#[derive(Synced)]` needs a struct with named fields, which name its columns: \
+                         `struct Name { field: Type, ... }`",
                     ));
                     return None;
                 }
@@ -90,11 +98,14 @@ impl<'a> Model<'a> {
                 })
             })
             .collect();
+        let (table, table_span) = match &attrs.table {
+            Some(lit) => (lit.value(), lit.span()),
+            None => (snake_case(&input.ident.to_string()), input.ident.span()),
+        };
         Some(Model {
             ident: &input.ident,
-            table: attrs
-                .table
-                .map_or_else(|| snake_case(&input.ident.to_string()), |t| t.value()),
+            table,
+            table_span,
             algorithm: attrs.algorithm.map_or(Algorithm::Cls, |(a, _)| a),
             fields,
         })

@@ -136,7 +136,8 @@ pub(crate) fn field_attrs(attrs: &[Attribute], errors: &mut Errors) -> FieldAttr
                 });
             } else if meta.path.is_ident(COUNTER) {
                 return Err(meta.error(
-                    "counter columns are not yet supported; use a last-writer-wins column for now",
+                    "counter columns are not yet supported; remove `counter` to make this a \
+                     last-writer-wins column for now",
                 ));
             } else {
                 return Err(meta.error(format!(

@@ -10,7 +10,8 @@ use crate::attr::Errors;
 const RESERVED_PREFIX: &str = "_synced";
 
 pub(crate) fn check(model: &Model<'_>, errors: &mut Errors) {
-    if model.keys().next().is_none() {
+    // A skipped key field is reported below; it is not also a missing key.
+    if !model.fields.iter().any(|f| f.is_key()) {
         errors.push(syn::Error::new(
             model.span(),
             "a synced struct needs a primary key: mark its key field(s) with #[synced(primary_key)]",
@@ -18,7 +19,7 @@ pub(crate) fn check(model: &Model<'_>, errors: &mut Errors) {
     }
     if model.table.is_empty() || model.table.starts_with(RESERVED_PREFIX) {
         errors.push(syn::Error::new(
-            model.span(),
+            model.table_span,
             format!(
                 "table name `{}` is not allowed: it must be non-empty and not start with `{RESERVED_PREFIX}`",
                 model.table
@@ -28,11 +29,22 @@ pub(crate) fn check(model: &Model<'_>, errors: &mut Errors) {
     let mut seen: HashMap<&str, &syn::Ident> = HashMap::new();
     for field in &model.fields {
         if let Some(skip) = field.skip {
-            if field.primary_key.is_some() || field.default.is_some() || field.integer_key.is_some()
-            {
+            let conflicts: Vec<&str> = [
+                (field.primary_key.is_some(), "`primary_key`"),
+                (field.integer_key.is_some(), "`integer_key`"),
+                (field.default.is_some(), "`default`"),
+            ]
+            .into_iter()
+            .filter_map(|(set, name)| set.then_some(name))
+            .collect();
+            if !conflicts.is_empty() {
+                let conflicts = conflicts.join(" and ");
                 errors.push(syn::Error::new(
                     skip,
-                    "a skipped field has no column: it cannot be a key or have a default",
+                    format!(
+                        "a skipped field has no column, so it cannot take {conflicts}; \
+                         remove `skip` to store the field, or remove {conflicts}"
+                    ),
                 ));
             }
             continue;

@@ -39,7 +39,8 @@ fn expand(model: &Model<'_>) -> TokenStream {
     let keys: Vec<&Field<'_>> = model.keys().collect();
 
     let columns = stored.iter().map(|f| {
-        let (ty, name, key) = (f.ty, &f.column, f.is_key());
+        let (name, key) = (&f.column, f.is_key());
+        let value = sync_value(f);
         let default = match &f.default {
             Some(d) => {
                 let sql = &d.sql;
@@ -47,40 +48,52 @@ fn expand(model: &Model<'_>) -> TokenStream {
             }
             None => quote!(::core::option::Option::None),
         };
-        quote_spanned!(ty.span()=> ::sync_runtime::__private::column::<#ty>(#name, #key, #default))
+        quote! {
+            ::sync_runtime::__private::column(
+                #name, #key, #default, #value::SQL_TYPE, #value::NULLABLE, #value::DEFAULT_SQL,
+            )
+        }
     });
 
     let checks = stored.iter().map(|f| field_checks(f, keys.len() == 1));
 
     let values = stored.iter().enumerate().map(|(i, f)| {
-        let field = f.ident;
-        quote!(#i => ::sync_runtime::SyncValue::to_value_ref(&self.#field))
+        let (field, value) = (f.ident, sync_value(f));
+        quote!(#i => #value::to_value_ref(&self.#field))
     });
 
     let (key_type, key_expr, key_values) = if let [key] = keys.as_slice() {
-        let (ty, field) = (key.ty, key.ident);
+        let (ty, value) = (key.ty, sync_value(key));
         (
             quote!(#ty),
-            quote!(::core::clone::Clone::clone(&self.#field)),
-            quote!(0 => ::sync_runtime::SyncValue::to_value_ref(key),),
+            clone_field(key),
+            quote!(0 => #value::to_value_ref(key),),
         )
     } else {
         let types = keys.iter().map(|k| k.ty);
-        let fields = keys.iter().map(|k| k.ident);
-        let values = (0..keys.len()).map(|i| {
-            let index = Index::from(i);
-            quote!(#i => ::sync_runtime::SyncValue::to_value_ref(&key.#index),)
+        let clones = keys.iter().map(|k| clone_field(k));
+        let values = keys.iter().enumerate().map(|(i, k)| {
+            let (index, value) = (Index::from(i), sync_value(k));
+            quote!(#i => #value::to_value_ref(&key.#index),)
         });
         (
             quote!((#(#types,)*)),
-            quote!((#(::core::clone::Clone::clone(&self.#fields),)*)),
+            quote!((#(#clones,)*)),
             quote!(#(#values)*),
         )
     };
 
+    // `RowReader::read` bounds its type by `SyncValue`. Naming each type through
+    // the trait first makes the compiler report an unsupported type once, like the
+    // other uses, instead of adding an error that points at the derive and into
+    // sync-runtime.
+    let witnesses = stored.iter().map(|f| {
+        let value = sync_value(f);
+        quote!(let _ = #value::SQL_TYPE;)
+    });
     let reads = stored.iter().map(|f| {
         let (field, ty) = (f.ident, f.ty);
-        quote!(#field: row.next::<#ty>()?)
+        quote!(#field: row.read::<#ty>()?)
     });
     let skipped = model.fields.iter().filter(|f| !f.is_stored()).map(|f| {
         let field = f.ident;
@@ -124,6 +137,7 @@ fn expand(model: &Model<'_>) -> TokenStream {
                 fn from_row(
                     row: &mut ::sync_runtime::RowReader<'_>,
                 ) -> ::sync_runtime::Result<Self> {
+                    #(#witnesses)*
                     ::core::result::Result::Ok(Self {
                         #(#reads,)*
                         #(#skipped,)*
@@ -134,15 +148,35 @@ fn expand(model: &Model<'_>) -> TokenStream {
     }
 }
 
+/// `<T as ::sync_runtime::SyncValue>` for a field's type, spanned at the type.
+///
+/// Every use of a field type's `SyncValue` impl goes through this qualified path
+/// (never through the bound of a generic function), so that the compiler's errors
+/// for an unsupported type are all the same error at the same place, which it
+/// reports once.
+fn sync_value(field: &Field<'_>) -> TokenStream {
+    let ty = field.ty;
+    quote_spanned!(ty.span()=> <#ty as ::sync_runtime::SyncValue>)
+}
+
+/// A copy of a key field, for `Synced::key`.
+fn clone_field(field: &Field<'_>) -> TokenStream {
+    let ident = field.ident;
+    quote_spanned!(field.ty.span()=> ::core::clone::Clone::clone(&self.#ident))
+}
+
 /// Checks that need the field's type, evaluated by the compiler; each error points
-/// at the field.
+/// at the field's type or at its default.
 fn field_checks(field: &Field<'_>, single_key: bool) -> TokenStream {
     let ty = field.ty;
     let name = field.ident.to_string();
-    let value = quote_spanned!(ty.span()=> <#ty as ::sync_runtime::SyncValue>);
+    let value = sync_value(field);
     let mut checks = TokenStream::new();
     if field.is_key() {
-        let message = format!("field `{name}` is a primary key and cannot be an Option");
+        let message = format!(
+            "field `{name}` is part of the primary key and cannot be an Option: \
+             key columns are never NULL; use the inner type"
+        );
         checks.extend(quote_spanned! {ty.span()=>
             const _: () = if #value::NULLABLE { ::core::panic!(#message) };
         });
@@ -158,14 +192,18 @@ fn field_checks(field: &Field<'_>, single_key: bool) -> TokenStream {
             });
         }
     } else if let Some(default) = &field.default {
+        // A typed constant: a literal of the wrong type is a type mismatch at the
+        // literal, an out-of-range integer a compile error.
         let expr = &default.expr;
         checks.extend(quote_spanned! {expr.span()=>
-            const _: () = ::sync_runtime::__private::check_default::<#ty, _>(&#expr);
+            const _: <#ty as ::sync_runtime::__private::DefaultLiteral>::Literal = #expr;
         });
     } else {
         let message = format!(
-            "field `{name}` is NOT NULL and its type has no natural default; a row may arrive column by column, \
-             so add #[synced(default = ...)] or make it an Option"
+            "field `{name}` needs a column default: a row may arrive column by column, so every NOT NULL \
+             column needs one, and `{}` has none; make the field an `Option<{}>`",
+            type_name(ty),
+            type_name(ty),
         );
         checks.extend(quote_spanned! {ty.span()=>
             const _: () = if !#value::NULLABLE && #value::DEFAULT_SQL.is_none() {
@@ -174,6 +212,18 @@ fn field_checks(field: &Field<'_>, single_key: bool) -> TokenStream {
         });
     }
     checks
+}
+
+/// A type as written, for messages: `sync_runtime::SyncId`, `Vec<u8>`.
+fn type_name(ty: &syn::Type) -> String {
+    quote!(#ty)
+        .to_string()
+        .replace(" :: ", "::")
+        .replace(":: ", "::")
+        .replace(" <", "<")
+        .replace("< ", "<")
+        .replace(" >", ">")
+        .replace(" ,", ",")
 }
 
 /// An impl that lets the rest of the user's code compile while the derive reports

@@ -69,7 +69,7 @@ pub(crate) fn changes_since(
         sites
             .get(&ordinal)
             .copied()
-            .unwrap_or(SiteId::from_bytes([0; 16]))
+            .ok_or_else(|| corrupt(format!("site ordinal {ordinal} is not in _synced_sites")))
     };
     let mut changes = Vec::new();
     for schema in tables {
@@ -83,8 +83,8 @@ pub(crate) fn changes_since(
                 .map(|i| owned(row.get_ref(i)?))
                 .collect::<Result<Vec<_>>>()?;
             let cl: i64 = row.get(keys)?;
-            let cl_dv: i64 = row.get(keys + 1)?;
-            let cl_site: i64 = row.get(keys + 2)?;
+            let cl_site: i64 = row.get(keys + 1)?;
+            let row_version: i64 = row.get(keys + 2)?;
             let seq: i64 = row.get(keys + 3)?;
             let exists: bool = row.get(keys + 4 + 4 * value_columns.len())?;
             let change = |kind, db_version, site_id| Change {
@@ -96,30 +96,37 @@ pub(crate) fn changes_since(
                 seq,
                 site_id,
             };
-            if cl_dv > since {
-                let kind = if cl % 2 == 1 {
-                    ChangeKind::Insert
-                } else {
-                    ChangeKind::Delete
-                };
-                changes.push(change(kind, cl_dv, site(cl_site)));
-            }
-            if cl % 2 == 0 || !exists {
+            if cl % 2 == 0 {
+                // A deleted row's last change is its delete.
+                changes.push(change(ChangeKind::Delete, row_version, site(cl_site)?));
                 continue;
             }
+            let mut columns = Vec::new();
+            // The (re)creation of a row writes every column at col_version 1: a column
+            // still at version 1 carries the version of the row's creation.
+            let mut created = value_columns.is_empty().then_some(row_version);
             for (i, column) in value_columns.iter().enumerate() {
                 let base = keys + 4 + 4 * i;
-                let dv: i64 = row.get(base + 1)?;
+                let (col_version, dv): (i64, i64) = (row.get(base)?, row.get(base + 1)?);
                 if dv <= since {
                     continue;
                 }
-                let kind = ChangeKind::Set {
-                    column: column.name.to_string(),
-                    value: owned(row.get_ref(base + 3)?)?,
-                    col_version: row.get(base)?,
-                };
-                changes.push(change(kind, dv, site(row.get(base + 2)?)));
+                if col_version == 1 {
+                    created = Some(created.map_or(dv, |c: i64| c.min(dv)));
+                }
+                if exists {
+                    let kind = ChangeKind::Set {
+                        column: column.name.to_string(),
+                        value: owned(row.get_ref(base + 3)?)?,
+                        col_version,
+                    };
+                    columns.push(change(kind, dv, site(row.get(base + 2)?)?));
+                }
             }
+            if let Some(version) = created {
+                changes.push(change(ChangeKind::Insert, version, site(cl_site)?));
+            }
+            changes.extend(columns);
         }
     }
     changes.sort_by_key(|c| (c.db_version, c.seq));
@@ -129,11 +136,11 @@ pub(crate) fn changes_since(
 fn owned(raw: rusqlite::types::ValueRef<'_>) -> Result<Value> {
     value::from_sqlite(raw)
         .map(|v| v.to_owned())
-        .map_err(|e| crate::Error::Decode {
-            table: "_synced_clock".into(),
-            column: "key".into(),
-            source: e,
-        })
+        .map_err(|e| corrupt(e.to_string()))
+}
+
+fn corrupt(details: String) -> crate::Error {
+    crate::Error::Corrupt { details }
 }
 
 fn site_dictionary(conn: &Connection) -> Result<HashMap<i64, SiteId>> {

@@ -19,17 +19,17 @@ use crate::tx::{self, Registered, Registry, Transaction};
 use crate::value::Value;
 
 /// How a database is opened. `Options::default()` is what [`SyncDb::open`] uses.
+///
+/// ```
+/// use sync_runtime::Options;
+///
+/// let options = Options::default().cache_size_kib(16 * 1024);
+/// assert_eq!(options.cache_size(), 16 * 1024);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct Options {
-    /// The most memory SQLite may use to cache pages, in KiB (default 65,536: 64 MiB).
-    /// Pages are only allocated when used, so a small database uses little; a larger
-    /// cache makes writes to large tables markedly faster (see the book's
-    /// performance page).
-    pub cache_size_kib: u32,
-    /// How long a write waits for another connection's lock before failing, in
-    /// milliseconds (default 5,000).
-    pub busy_timeout_ms: u32,
+    cache_size_kib: u32,
+    busy_timeout_ms: u32,
 }
 
 impl Default for Options {
@@ -38,6 +38,29 @@ impl Default for Options {
             cache_size_kib: 64 * 1024,
             busy_timeout_ms: 5_000,
         }
+    }
+}
+
+impl Options {
+    /// The most memory SQLite may use to cache pages, in KiB (default 65,536: 64 MiB).
+    /// Pages are only allocated when used, so a small database uses little; a larger
+    /// cache makes writes to large tables markedly faster (see the book's
+    /// performance page).
+    pub fn cache_size_kib(mut self, kib: u32) -> Self {
+        self.cache_size_kib = kib;
+        self
+    }
+
+    /// The page-cache limit in KiB.
+    pub fn cache_size(&self) -> u32 {
+        self.cache_size_kib
+    }
+
+    /// How long a write waits for another connection's lock before failing
+    /// (default 5 s).
+    pub fn busy_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.busy_timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+        self
     }
 }
 
@@ -334,6 +357,11 @@ impl SyncDb {
             .await
     }
 
+    /// Rebuilds the database file to its smallest size (SQLite's `VACUUM`).
+    pub async fn vacuum(&self) -> Result<()> {
+        self.call(|w| Ok(w.conn.execute_batch("VACUUM")?)).await
+    }
+
     /// Every change recorded after `db_version` (0: all), in every tracked table,
     /// ordered by version and sequence.
     pub async fn changes_since(&self, db_version: i64) -> Result<Vec<Change>> {
@@ -413,13 +441,12 @@ fn open_connection(path: Option<&Path>, options: &Options) -> Result<(Worker, Si
     conn.execute_batch(sql::CREATE_META)
         .map_err(not_a_database)?;
     conn.execute(
-        "INSERT INTO _synced_state (id, site_id, db_version, seq, applying) VALUES (0, ?1, 0, 0, 0) \
+        "INSERT INTO _synced_state (id, site_id, db_version, seq) VALUES (0, ?1, 0, 0) \
          ON CONFLICT DO NOTHING",
         [SiteId::random().as_bytes().as_slice()],
     )?;
     conn.execute_batch(
-        "UPDATE _synced_state SET applying = 0;
-         INSERT INTO _synced_sites (ordinal, site_id) SELECT 0, site_id FROM _synced_state
+        "INSERT INTO _synced_sites (ordinal, site_id) SELECT 0, site_id FROM _synced_state
            WHERE true ON CONFLICT DO NOTHING;",
     )?;
     let bytes: Vec<u8> = conn.query_row("SELECT site_id FROM _synced_state", [], |r| r.get(0))?;

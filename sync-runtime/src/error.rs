@@ -88,6 +88,13 @@ pub enum Error {
         source: ValueError,
     },
 
+    /// The runtime's metadata is inconsistent (edited by hand, or a bug).
+    #[error("sync metadata is inconsistent: {details}")]
+    Corrupt {
+        /// What was found.
+        details: String,
+    },
+
     /// Any other error reported by SQLite.
     #[error(transparent)]
     Sqlite(#[from] SqliteError),

@@ -93,43 +93,66 @@ macro_rules! params {
 }
 
 /// Support for the code `#[derive(Synced)]` generates. Not public API.
+///
+/// The generated code names field types only through qualified paths
+/// (`<T as SyncValue>::SQL_TYPE`, `<T as DefaultLiteral>::Literal`), never through
+/// the bounds of a generic function, so that an unsupported field type is reported
+/// once, at the field, without notes pointing into this crate.
 #[doc(hidden)]
 pub mod __private {
     pub use crate::value::SyncValue;
 
-    /// Checks at compile time that a default literal suits the field's type.
-    pub trait DefaultLiteral<T> {}
-    impl DefaultLiteral<bool> for bool {}
-    impl DefaultLiteral<String> for &str {}
-    impl DefaultLiteral<Vec<u8>> for &[u8] {}
-    impl<const N: usize> DefaultLiteral<Vec<u8>> for &[u8; N] {}
-    impl DefaultLiteral<f64> for f64 {}
-    impl DefaultLiteral<f32> for f32 {}
-    macro_rules! int_default {
-        ($($t:ty),*) => {$( impl DefaultLiteral<$t> for $t {} )*};
+    /// The Rust type of a `#[synced(default = …)]` literal for a field type. The
+    /// derive checks a default with `const _: <T as DefaultLiteral>::Literal = …;`,
+    /// so a literal of the wrong type is an ordinary type mismatch at the literal,
+    /// and an out-of-range integer is refused by the compiler.
+    #[diagnostic::on_unimplemented(
+        message = "a field of type `{Self}` cannot have a `default`",
+        label = "`{Self}` has no default literal",
+        note = "defaults can be given to bool, integer, float, String and Vec<u8> fields \
+                and to Options of these; remove the `default`"
+    )]
+    pub trait DefaultLiteral {
+        /// The literal's type.
+        type Literal;
     }
-    int_default!(i8, i16, i32, i64, u8, u16, u32);
-    impl<T, L: DefaultLiteral<T>> DefaultLiteral<Option<T>> for L {}
+    impl DefaultLiteral for bool {
+        type Literal = bool;
+    }
+    impl DefaultLiteral for String {
+        type Literal = &'static str;
+    }
+    impl DefaultLiteral for Vec<u8> {
+        type Literal = &'static [u8];
+    }
+    macro_rules! same_type_default {
+        ($($t:ty),*) => {$( impl DefaultLiteral for $t { type Literal = $t; } )*};
+    }
+    same_type_default!(i8, i16, i32, i64, u8, u16, u32, f32, f64);
+    impl<T: DefaultLiteral> DefaultLiteral for Option<T> {
+        type Literal = T::Literal;
+    }
 
-    /// Called (never run) by generated code to type-check a default literal.
-    pub const fn check_default<T, L: DefaultLiteral<T>>(_: &L) {}
-
-    /// The descriptor of a field's column. Without an explicit default, a `NOT NULL`
-    /// value column takes its type's natural default.
-    pub const fn column<T: SyncValue>(
+    /// The descriptor of a field's column, from the field type's `SyncValue`
+    /// constants. Without an explicit default, a `NOT NULL` value column takes its
+    /// type's natural default.
+    pub const fn column(
         name: &'static str,
         primary_key: bool,
         default: Option<&'static str>,
+        sql_type: crate::SqlType,
+        nullable: bool,
+        natural_default: Option<&'static str>,
     ) -> crate::ColumnSchema {
         let default = match default {
             Some(sql) => Some(sql),
-            None if primary_key || T::NULLABLE => None,
-            None => T::DEFAULT_SQL,
+            None if primary_key || nullable => None,
+            None => natural_default,
         };
         crate::ColumnSchema {
             name: std::borrow::Cow::Borrowed(name),
-            sql_type: T::SQL_TYPE,
-            nullable: T::NULLABLE,
+            sql_type,
+            nullable,
             primary_key,
             default: match default {
                 Some(sql) => Some(std::borrow::Cow::Borrowed(sql)),

@@ -51,7 +51,7 @@ pub trait Synced: Sized + Send + 'static {
 
 /// Reads the columns of one result row in order, with errors that name the column.
 ///
-/// Handed to [`Synced::from_row`]; the derive calls [`RowReader::next`] once per
+/// Handed to [`Synced::from_row`]; the derive calls [`RowReader::read`] once per
 /// stored field.
 pub struct RowReader<'r> {
     row: &'r rusqlite::Row<'r>,
@@ -69,7 +69,7 @@ impl<'r> RowReader<'r> {
     }
 
     /// Reads the next column as `T`.
-    pub fn next<T: SyncValue>(&mut self) -> Result<T> {
+    pub fn read<T: SyncValue>(&mut self) -> Result<T> {
         let index = self.index;
         self.index += 1;
         let decode_error = |source| Error::Decode {

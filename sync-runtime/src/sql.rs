@@ -5,24 +5,35 @@
 //! Runtime-owned tables (all prefixed `_synced`):
 //!
 //! - `_synced_state`: one row; this database's site id, its `db_version` (the last
-//!   committed version), the `seq` of the next change in the open transaction and the
-//!   `applying` flag set while remote changes are merged.
+//!   committed version) and the `seq` of the next change in the open transaction.
 //! - `_synced_sites`: site-id dictionary; ordinal 0 is this database.
 //! - `_synced_tables`: every synced table with its algorithm, descriptor (JSON) and
 //!   whether tracking is on.
-//! - `_synced_clock_<table>`: one clock row per app row (live or deleted), keyed by
-//!   the primary key: the causal length (`_synced_cl`, odd = live) with the version
-//!   and site of its last change, the row's last `db_version` and `seq`, and per value
-//!   column `<col>.v` (col_version), `<col>.dv` (db_version of the write) and
-//!   `<col>.site` (site ordinal of the writer). An index on `_synced_dv` serves
-//!   "changes since".
+//! - `_synced_clock_<table>`: one clock row per app row (live or deleted), found by
+//!   a unique index on the primary key: the causal length (`_synced_cl`, odd = live)
+//!   and the site of its last change (`_synced_cl_site`), the row's last `db_version`
+//!   (`_synced_dv`) and `seq`, and per value column `<col>.v` (col_version),
+//!   `<col>.dv` (db_version of the write) and `<col>.site` (site ordinal of the
+//!   writer). An index on `_synced_dv` serves "changes since". The version of a
+//!   row's (re)creation is not stored: a (re)created row writes every column at
+//!   `col_version` 1, and a deleted row's last change is its delete.
 //!
 //! # Why the triggers look like this
 //!
-//! The triggers call no SQL functions: a function call inside a trigger makes SQLite
-//! keep a statement journal for every written row. They read the open transaction's
-//! version from `_synced_state` (`db_version + 1`); the runtime closes a transaction
-//! by bumping `db_version` once, just before `COMMIT`, if anything was recorded.
+//! Every statement here runs once per written row, so each one was measured (see the
+//! book's performance page):
+//!
+//! - No SQL functions: a function call inside a trigger makes SQLite keep a
+//!   statement journal for every written row.
+//! - The open transaction's version is read from `_synced_state` (`db_version + 1`),
+//!   with one row-value subquery per statement; the runtime closes a transaction by
+//!   bumping `db_version` once, just before `COMMIT`, if anything was recorded.
+//! - No `WHEN` guard for remote changes: the merge disables trigger firing on its
+//!   connection (`SQLITE_DBCONFIG_ENABLE_TRIGGER`) while it writes.
+//! - The clock is a table with an implicit rowid and a unique index on the key:
+//!   updates rewrite a small record in place and the `_synced_dv` index holds
+//!   integers only (a `WITHOUT ROWID` clock keyed by the primary key measured
+//!   1.5–2x slower on updates and deletes).
 
 use std::fmt::{self, Write as _};
 
@@ -34,9 +45,8 @@ CREATE TABLE IF NOT EXISTS _synced_state (
   id INTEGER PRIMARY KEY,
   site_id BLOB,
   db_version INTEGER,
-  seq INTEGER,
-  applying INTEGER
-) STRICT;
+  seq INTEGER
+);
 CREATE TABLE IF NOT EXISTS _synced_sites (
   ordinal INTEGER PRIMARY KEY,
   site_id BLOB NOT NULL UNIQUE
@@ -62,14 +72,10 @@ pub(crate) const CURRENT_VERSION: &str = "SELECT db_version + (seq > 0) FROM _sy
 pub(crate) const GROW_ONLY_PREFIX: &str = "synced: grow-only table rows cannot be deleted: ";
 
 const CL: &str = "_synced_cl";
-const CL_DV: &str = "_synced_cl_dv";
 const CL_SITE: &str = "_synced_cl_site";
 const DV: &str = "_synced_dv";
 const SEQ: &str = "_synced_seq";
 const STATE: &str = "_synced_state";
-const OPEN_VERSION: &str = "(SELECT db_version + 1 FROM _synced_state)";
-const OPEN_SEQ: &str = "(SELECT seq FROM _synced_state)";
-const NOT_APPLYING: &str = "(SELECT applying FROM _synced_state) = 0";
 const NEW_ROW_SOURCE: &str = "_synced_state WHERE true";
 const NEXT_SEQ: &str = "UPDATE _synced_state SET seq = seq + 1;";
 
@@ -240,7 +246,7 @@ fn create_table(schema: &TableSchema) -> String {
 
 fn clock_columns(schema: &TableSchema) -> Vec<String> {
     let mut cols: Vec<String> = schema.key_columns().map(|c| ident(&c.name)).collect();
-    cols.extend([CL, CL_DV, CL_SITE, DV, SEQ].map(String::from));
+    cols.extend([CL, CL_SITE, DV, SEQ].map(String::from));
     for c in schema.value_columns() {
         for part in ["v", "dv", "site"] {
             cols.push(meta_col(&c.name, part));
@@ -253,24 +259,21 @@ fn create_clock(schema: &TableSchema) -> String {
     let clock = clock_table(&schema.name);
     let mut sql = format!("CREATE TABLE IF NOT EXISTS {} (\n", ident(&clock));
     for c in schema.key_columns() {
-        let _ = writeln!(
-            sql,
-            "  {} {} NOT NULL,",
-            ident(&c.name),
-            c.sql_type.as_sql()
-        );
+        let _ = writeln!(sql, "  {} {},", ident(&c.name), c.sql_type.as_sql());
     }
-    for c in [CL, CL_DV, CL_SITE, DV, SEQ] {
-        let _ = writeln!(sql, "  {c} INTEGER,");
-    }
+    let mut meta: Vec<String> = [CL, CL_SITE, DV, SEQ].map(String::from).to_vec();
     for c in schema.value_columns() {
         for part in ["v", "dv", "site"] {
-            let _ = writeln!(sql, "  {} INTEGER,", meta_col(&c.name, part));
+            meta.push(meta_col(&c.name, part));
         }
     }
+    let meta: Vec<String> = meta.iter().map(|m| format!("  {m} INTEGER")).collect();
     let _ = write!(
         sql,
-        "  PRIMARY KEY ({})\n) STRICT, WITHOUT ROWID;\nCREATE INDEX IF NOT EXISTS {} ON {} ({DV});",
+        "{}\n);\nCREATE UNIQUE INDEX IF NOT EXISTS {} ON {} ({});\nCREATE INDEX IF NOT EXISTS {} ON {} ({DV});",
+        meta.join(",\n"),
+        ident(&format!("{clock}_key")),
+        ident(&clock),
         list(schema.key_columns(), ""),
         ident(&format!("{clock}_dv")),
         ident(&clock),
@@ -290,16 +293,9 @@ fn record_insert(schema: &TableSchema, source: &str, source_where: &str, seq: &s
         .key_columns()
         .map(|c| format!("{source}{}", ident(&c.name)))
         .collect();
-    values.extend([
-        "1".into(),
-        "db_version + 1".into(),
-        "0".into(),
-        "db_version + 1".into(),
-        seq.into(),
-    ]);
+    values.extend(["1".into(), "0".into(), "db_version + 1".into(), seq.into()]);
     let mut updates = vec![
         format!("{CL} = {CL} + 1 - {CL} % 2"),
-        format!("{CL_DV} = CASE WHEN {CL} % 2 = 0 THEN excluded.{DV} ELSE {CL_DV} END"),
         format!("{CL_SITE} = CASE WHEN {CL} % 2 = 0 THEN 0 ELSE {CL_SITE} END"),
         format!("{DV} = excluded.{DV}"),
         format!("{SEQ} = excluded.{SEQ}"),
@@ -318,9 +314,10 @@ fn record_insert(schema: &TableSchema, source: &str, source_where: &str, seq: &s
         updates.push(format!("{site} = 0"));
     }
     format!(
-        "INSERT INTO {clock} ({}) SELECT {} FROM {source_where} ON CONFLICT DO UPDATE SET {};",
+        "INSERT INTO {clock} ({}) SELECT {} FROM {source_where} ON CONFLICT ({}) DO UPDATE SET {};",
         clock_columns(schema).join(", "),
         values.join(", "),
+        list(schema.key_columns(), ""),
         updates.join(", "),
     )
 }
@@ -328,7 +325,7 @@ fn record_insert(schema: &TableSchema, source: &str, source_where: &str, seq: &s
 /// Marks the live clock rows matching `filter` as deleted (causal length + 1).
 fn tombstone(schema: &TableSchema, filter: &str) -> String {
     format!(
-        "UPDATE {} SET {CL} = {CL} + 1, {CL_DV} = {OPEN_VERSION}, {CL_SITE} = 0, {DV} = {OPEN_VERSION}, {SEQ} = {OPEN_SEQ} WHERE {filter};",
+        "UPDATE {} SET {CL} = {CL} + 1, {CL_SITE} = 0, ({DV}, {SEQ}) = (SELECT db_version + 1, seq FROM {STATE}) WHERE {filter};",
         ident(&clock_table(&schema.name)),
     )
 }
@@ -361,8 +358,8 @@ fn create_guards(schema: &TableSchema) -> String {
         literal(&format!("{GROW_ONLY_PREFIX}{name}"))
     );
     format!(
-        "CREATE TRIGGER IF NOT EXISTS {} BEFORE DELETE ON {table} WHEN {NOT_APPLYING} BEGIN\n  {raise}\nEND;\n\
-         CREATE TRIGGER IF NOT EXISTS {} BEFORE UPDATE ON {table} WHEN {NOT_APPLYING} AND ({}) BEGIN\n  {raise}\nEND;\n",
+        "CREATE TRIGGER IF NOT EXISTS {} BEFORE DELETE ON {table} BEGIN\n  {raise}\nEND;\n\
+         CREATE TRIGGER IF NOT EXISTS {} BEFORE UPDATE ON {table} WHEN ({}) BEGIN\n  {raise}\nEND;\n",
         trigger(name, "guard_delete"),
         trigger(name, "guard_rekey"),
         key_changed(schema),
@@ -380,7 +377,7 @@ fn create_triggers(schema: &TableSchema) -> String {
 
     let _ = writeln!(
         sql,
-        "CREATE TRIGGER IF NOT EXISTS {} AFTER INSERT ON {table} WHEN {NOT_APPLYING} BEGIN\n  {}\n  {NEXT_SEQ}\nEND;",
+        "CREATE TRIGGER IF NOT EXISTS {} AFTER INSERT ON {table} BEGIN\n  {}\n  {NEXT_SEQ}\nEND;",
         trigger(name, "insert"),
         record_insert(schema, "NEW.", NEW_ROW_SOURCE, "seq"),
     );
@@ -388,7 +385,10 @@ fn create_triggers(schema: &TableSchema) -> String {
     let value_columns: Vec<_> = schema.value_columns().collect();
     if !value_columns.is_empty() {
         let changed = |c: &ColumnSchema| format!("OLD.{0} IS NOT NEW.{0}", ident(&c.name));
+        // Plain assignments for versions and sites; the columns that need the open
+        // version come from one row-value subquery of the state.
         let mut sets = Vec::new();
+        let (mut targets, mut stamps) = (Vec::new(), Vec::new());
         for c in &value_columns {
             let (v, dv, site) = (
                 meta_col(&c.name, "v"),
@@ -397,13 +397,17 @@ fn create_triggers(schema: &TableSchema) -> String {
             );
             let ch = changed(c);
             sets.push(format!("{v} = {v} + ({ch})"));
-            sets.push(format!(
-                "{dv} = CASE WHEN {ch} THEN {OPEN_VERSION} ELSE {dv} END"
-            ));
             sets.push(format!("{site} = CASE WHEN {ch} THEN 0 ELSE {site} END"));
+            targets.push(dv.clone());
+            stamps.push(format!("CASE WHEN {ch} THEN db_version + 1 ELSE {dv} END"));
         }
-        sets.push(format!("{DV} = {OPEN_VERSION}"));
-        sets.push(format!("{SEQ} = {OPEN_SEQ}"));
+        targets.extend([DV.to_owned(), SEQ.to_owned()]);
+        stamps.extend(["db_version + 1".to_owned(), "seq".to_owned()]);
+        sets.push(format!(
+            "({}) = (SELECT {} FROM {STATE})",
+            targets.join(", "),
+            stamps.join(", ")
+        ));
         let any_changed = value_columns
             .iter()
             .map(|c| changed(c))
@@ -411,7 +415,7 @@ fn create_triggers(schema: &TableSchema) -> String {
             .join(" OR ");
         let _ = writeln!(
             sql,
-            "CREATE TRIGGER IF NOT EXISTS {} AFTER UPDATE ON {table} WHEN {NOT_APPLYING} AND NOT ({key_changed}) AND ({any_changed}) BEGIN\n  UPDATE {clock} SET {} WHERE {};\n  {NEXT_SEQ}\nEND;",
+            "CREATE TRIGGER IF NOT EXISTS {} AFTER UPDATE ON {table} WHEN NOT ({key_changed}) AND ({any_changed}) BEGIN\n  UPDATE {clock} SET {} WHERE {};\n  {NEXT_SEQ}\nEND;",
             trigger(name, "update"),
             sets.join(", "),
             key_match(schema, "", "NEW."),
@@ -421,14 +425,14 @@ fn create_triggers(schema: &TableSchema) -> String {
     if schema.algorithm == Algorithm::Cls {
         let _ = writeln!(
             sql,
-            "CREATE TRIGGER IF NOT EXISTS {} AFTER UPDATE ON {table} WHEN {NOT_APPLYING} AND ({key_changed}) BEGIN\n  {}\n  {NEXT_SEQ}\n  {}\n  {NEXT_SEQ}\nEND;",
+            "CREATE TRIGGER IF NOT EXISTS {} AFTER UPDATE ON {table} WHEN ({key_changed}) BEGIN\n  {}\n  {NEXT_SEQ}\n  {}\n  {NEXT_SEQ}\nEND;",
             trigger(name, "rekey"),
             tombstone(schema, &format!("{old_key} AND {CL} % 2 = 1")),
             record_insert(schema, "NEW.", NEW_ROW_SOURCE, "seq"),
         );
         let _ = writeln!(
             sql,
-            "CREATE TRIGGER IF NOT EXISTS {} AFTER DELETE ON {table} WHEN {NOT_APPLYING} BEGIN\n  {}\n  {NEXT_SEQ}\nEND;",
+            "CREATE TRIGGER IF NOT EXISTS {} AFTER DELETE ON {table} BEGIN\n  {}\n  {NEXT_SEQ}\nEND;",
             trigger(name, "delete"),
             tombstone(schema, &format!("{old_key} AND {CL} % 2 = 1")),
         );
@@ -437,14 +441,14 @@ fn create_triggers(schema: &TableSchema) -> String {
 }
 
 /// Clock rows changed after `?1`, joined with the app row for current values. Columns:
-/// key columns, cl, cl_dv, cl_site, seq, then per value column (v, dv, site, value),
+/// key columns, cl, cl_site, dv, seq, then per value column (v, dv, site, value),
 /// then whether the app row exists.
 fn changes_since(schema: &TableSchema) -> String {
     let mut cols: Vec<String> = schema
         .key_columns()
         .map(|c| format!("c.{}", ident(&c.name)))
         .collect();
-    cols.extend([CL, CL_DV, CL_SITE, SEQ].map(|m| format!("c.{m}")));
+    cols.extend([CL, CL_SITE, DV, SEQ].map(|m| format!("c.{m}")));
     for c in schema.value_columns() {
         for part in ["v", "dv", "site"] {
             cols.push(format!("c.{}", meta_col(&c.name, part)));

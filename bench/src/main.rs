@@ -1,0 +1,346 @@
+//! Local write overhead of Synced against plain SQLite, side by side.
+//!
+//! ```text
+//! cargo run --release -p synced-bench                 # 100,000 rows, UUIDv4 and UUIDv7 keys
+//! cargo run --release -p synced-bench -- --rows 20000 --keys v7
+//! ```
+//!
+//! Both sides use the same file settings (WAL, `synchronous = NORMAL`, the same page
+//! cache), the same table shape and the same pre-generated keys. The last line of
+//! output is one JSON object with every figure.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use rusqlite::{Connection, params};
+use serde_json::{Value as Json, json};
+use sync_runtime::{Options, SyncDb, SyncId, Synced};
+
+/// The benchmark table: `id TEXT` key, title TEXT, done INTEGER, note TEXT nullable,
+/// score REAL.
+#[derive(Synced, Debug, Clone, PartialEq)]
+#[synced(table = "todos")]
+struct Todo {
+    #[synced(primary_key)]
+    id: SyncId,
+    title: String,
+    done: bool,
+    note: Option<String>,
+    score: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Keys {
+    /// Random UUIDv4 keys, comparable with the published reference figures.
+    V4,
+    /// Time-ordered UUIDv7 keys, what `SyncId::new()` creates.
+    V7,
+    /// Both, one after the other.
+    Both,
+}
+
+#[derive(Debug, Parser)]
+#[command(about = "Synced vs plain SQLite: local write overhead")]
+struct Args {
+    /// Rows in the table.
+    #[arg(long, default_value_t = 100_000)]
+    rows: usize,
+    /// Single-row transactions to time.
+    #[arg(long, default_value_t = 2_000)]
+    singles: usize,
+    /// Which keys to use.
+    #[arg(long, value_enum, default_value_t = Keys::Both)]
+    keys: Keys,
+    /// SQLite page cache of both sides, in KiB (the runtime's default is 65,536).
+    #[arg(long, default_value_t = Options::default().cache_size())]
+    cache_kib: u32,
+}
+
+const PLAIN_TABLE: &str = "CREATE TABLE todos (
+  id TEXT NOT NULL PRIMARY KEY,
+  title TEXT NOT NULL DEFAULT '',
+  done INTEGER NOT NULL DEFAULT 0,
+  note TEXT,
+  score REAL NOT NULL DEFAULT 0.0
+) STRICT";
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn main() -> Result<(), BoxError> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+    let kinds: &[Keys] = match args.keys {
+        Keys::Both => &[Keys::V4, Keys::V7],
+        one => std::slice::from_ref(match one {
+            Keys::V4 => &Keys::V4,
+            _ => &Keys::V7,
+        }),
+    };
+    let mut report = serde_json::Map::new();
+    report.insert("rows".into(), json!(args.rows));
+    report.insert("singles".into(), json!(args.singles));
+    report.insert("cache_kib".into(), json!(args.cache_kib));
+    for &kind in kinds {
+        let figures = runtime.block_on(run(&args, kind))?;
+        report.insert(format!("{kind:?}").to_lowercase(), figures);
+    }
+    println!("{}", Json::Object(report));
+    Ok(())
+}
+
+fn rows(count: usize, kind: Keys) -> Vec<Todo> {
+    (0..count)
+        .map(|i| Todo {
+            id: match kind {
+                Keys::V4 => SyncId::from_uuid(uuid::Uuid::new_v4()),
+                _ => SyncId::new(),
+            },
+            title: format!("todo number {i}"),
+            done: i % 3 == 0,
+            note: (i % 2 == 0).then(|| format!("note {i}")),
+            score: i as f64 * 0.5,
+        })
+        .collect()
+}
+
+struct Side {
+    plain: Duration,
+    synced: Duration,
+}
+
+impl Side {
+    fn ratio(&self) -> f64 {
+        self.synced.as_secs_f64() / self.plain.as_secs_f64()
+    }
+}
+
+fn print_row(name: &str, side: &Side, per: usize) {
+    let us = |d: Duration| d.as_secs_f64() * 1e6 / per as f64;
+    println!(
+        "{name:<34} {:>10.1} ms {:>10.1} ms {:>7.2}x   ({:.2} / {:.2} µs per row)",
+        side.plain.as_secs_f64() * 1e3,
+        side.synced.as_secs_f64() * 1e3,
+        side.ratio(),
+        us(side.plain),
+        us(side.synced),
+    );
+}
+
+fn figure(side: &Side, per: usize) -> Json {
+    json!({
+        "plain_ms": side.plain.as_secs_f64() * 1e3,
+        "synced_ms": side.synced.as_secs_f64() * 1e3,
+        "ratio": side.ratio(),
+        "plain_us_per_row": side.plain.as_secs_f64() * 1e6 / per as f64,
+        "synced_us_per_row": side.synced.as_secs_f64() * 1e6 / per as f64,
+    })
+}
+
+fn open_plain(path: &Path, cache_kib: u32) -> Result<Connection, BoxError> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -{cache_kib};"
+    ))?;
+    conn.execute_batch(PLAIN_TABLE)?;
+    Ok(conn)
+}
+
+fn file_size(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+async fn run(args: &Args, kind: Keys) -> Result<Json, BoxError> {
+    let dir = tempfile::tempdir()?;
+    let (plain_path, synced_path) = (dir.path().join("plain.db"), dir.path().join("synced.db"));
+    let plain = open_plain(&plain_path, args.cache_kib)?;
+    let options = Options::default().cache_size_kib(args.cache_kib);
+    let db = SyncDb::open_with(&synced_path, options).await?;
+    db.register::<Todo>().await?;
+
+    let data = Arc::new(rows(args.rows, kind));
+    let singles = rows(args.singles, kind);
+    println!(
+        "\n{} rows, {:?} keys, cache {} KiB",
+        args.rows, kind, args.cache_kib
+    );
+    println!(
+        "{:<34} {:>13} {:>13} {:>8}",
+        "operation", "plain", "synced", "ratio"
+    );
+
+    // INSERT every row in one transaction.
+    let start = Instant::now();
+    {
+        let tx = plain.unchecked_transaction()?;
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO todos (id, title, done, note, score) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        for r in data.iter() {
+            stmt.execute(params![r.id.as_str(), r.title, r.done, r.note, r.score])?;
+        }
+        drop(stmt);
+        tx.commit()?;
+    }
+    let plain_time = start.elapsed();
+    let rows_in = Arc::clone(&data);
+    let start = Instant::now();
+    db.transaction(move |tx| {
+        for r in rows_in.iter() {
+            tx.insert(r)?;
+        }
+        Ok::<_, sync_runtime::Error>(())
+    })
+    .await?;
+    let insert = Side {
+        plain: plain_time,
+        synced: start.elapsed(),
+    };
+    print_row("INSERT all rows, one transaction", &insert, args.rows);
+
+    // One transaction per INSERT.
+    let start = Instant::now();
+    for r in &singles {
+        plain.execute(
+            "INSERT INTO todos (id, title, done, note, score) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![r.id.as_str(), r.title, r.done, r.note, r.score],
+        )?;
+    }
+    let plain_time = start.elapsed();
+    let start = Instant::now();
+    for r in &singles {
+        db.insert(r).await?;
+    }
+    let single = Side {
+        plain: plain_time,
+        synced: start.elapsed(),
+    };
+    print_row(
+        &format!("{} INSERTs, one transaction each", args.singles),
+        &single,
+        args.singles,
+    );
+
+    // UPDATE one column of every row: typed (whole row written, one column differs)
+    // and raw SQL (one column), each against the same statement on the plain table.
+    let start = Instant::now();
+    {
+        let tx = plain.unchecked_transaction()?;
+        let mut stmt = tx.prepare_cached(
+            "UPDATE todos SET title = ?2, done = ?3, note = ?4, score = ?5 WHERE id = ?1",
+        )?;
+        for r in data.iter() {
+            stmt.execute(params![
+                r.id.as_str(),
+                r.title,
+                r.done,
+                r.note,
+                r.score + 1.0
+            ])?;
+        }
+        drop(stmt);
+        tx.commit()?;
+    }
+    let plain_time = start.elapsed();
+    let rows_in = Arc::clone(&data);
+    let start = Instant::now();
+    db.transaction(move |tx| {
+        for r in rows_in.iter() {
+            let mut changed = r.clone();
+            changed.score += 1.0;
+            tx.update(&changed)?;
+        }
+        Ok::<_, sync_runtime::Error>(())
+    })
+    .await?;
+    let update_typed = Side {
+        plain: plain_time,
+        synced: start.elapsed(),
+    };
+    print_row("UPDATE one column, typed", &update_typed, args.rows);
+
+    let start = Instant::now();
+    {
+        let tx = plain.unchecked_transaction()?;
+        let mut stmt = tx.prepare_cached("UPDATE todos SET score = ?2 WHERE id = ?1")?;
+        for r in data.iter() {
+            stmt.execute(params![r.id.as_str(), r.score + 2.0])?;
+        }
+        drop(stmt);
+        tx.commit()?;
+    }
+    let plain_time = start.elapsed();
+    let rows_in = Arc::clone(&data);
+    let start = Instant::now();
+    db.transaction(move |tx| {
+        for r in rows_in.iter() {
+            tx.execute_raw(
+                "UPDATE todos SET score = ?2 WHERE id = ?1",
+                sync_runtime::params![r.id, r.score + 2.0],
+            )?;
+        }
+        Ok::<_, sync_runtime::Error>(())
+    })
+    .await?;
+    let update_raw = Side {
+        plain: plain_time,
+        synced: start.elapsed(),
+    };
+    print_row("UPDATE one column, raw SQL", &update_raw, args.rows);
+
+    // Size after VACUUM, with every row present.
+    plain.execute_batch("VACUUM; PRAGMA wal_checkpoint(TRUNCATE);")?;
+    db.vacuum().await?;
+    db.execute_raw("PRAGMA wal_checkpoint(TRUNCATE)", sync_runtime::params![])
+        .await
+        .ok();
+    let (plain_size, synced_size) = (file_size(&plain_path), file_size(&synced_path));
+
+    // DELETE every row, one statement per row, one transaction.
+    let start = Instant::now();
+    {
+        let tx = plain.unchecked_transaction()?;
+        let mut stmt = tx.prepare_cached("DELETE FROM todos WHERE id = ?1")?;
+        for r in data.iter().chain(&singles) {
+            stmt.execute([r.id.as_str()])?;
+        }
+        drop(stmt);
+        tx.commit()?;
+    }
+    let plain_time = start.elapsed();
+    let keys: Vec<SyncId> = data.iter().chain(&singles).map(|r| r.id).collect();
+    let start = Instant::now();
+    db.transaction(move |tx| {
+        for id in &keys {
+            tx.delete::<Todo>(id)?;
+        }
+        Ok::<_, sync_runtime::Error>(())
+    })
+    .await?;
+    let delete = Side {
+        plain: plain_time,
+        synced: start.elapsed(),
+    };
+    let deleted = args.rows + args.singles;
+    print_row("DELETE every row, row by row", &delete, deleted);
+
+    let size_ratio = synced_size as f64 / plain_size as f64;
+    println!(
+        "{:<34} {:>10.2} MB {:>10.2} MB {:>7.2}x",
+        "size after VACUUM",
+        plain_size as f64 / 1e6,
+        synced_size as f64 / 1e6,
+        size_ratio
+    );
+
+    Ok(json!({
+        "insert_bulk": figure(&insert, args.rows),
+        "insert_single_tx": figure(&single, args.singles),
+        "update_typed": figure(&update_typed, args.rows),
+        "update_raw": figure(&update_raw, args.rows),
+        "delete": figure(&delete, deleted),
+        "size": {"plain_bytes": plain_size, "synced_bytes": synced_size, "ratio": size_ratio},
+    }))
+}

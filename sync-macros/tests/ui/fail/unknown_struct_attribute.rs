@@ -1,0 +1,11 @@
+use sync_runtime::{SyncId, Synced};
+
+#[derive(Synced)]
+#[synced(tabel = "todos")]
+struct Todo {
+    #[synced(primary_key)]
+    id: SyncId,
+    title: String,
+}
+
+fn main() {}
