@@ -335,7 +335,8 @@ impl SyncDb {
 
     /// The rows matching an SQL filter: what follows `WHERE` (optionally with
     /// `ORDER BY` and `LIMIT`), with `?N` parameters from [`params!`](crate::params).
-    /// An empty filter returns every row.
+    /// A filter that starts with `ORDER BY` or `LIMIT` applies to every row, and an
+    /// empty filter returns every row.
     pub async fn query<T: Synced>(
         &self,
         filter: &str,

@@ -92,8 +92,8 @@ impl<'c> Transaction<'c> {
         get(self.conn, self.table::<T>()?, |i| T::key_value(key, i))
     }
 
-    /// The rows matching an SQL filter (what follows `WHERE`, optionally with
-    /// `ORDER BY`/`LIMIT`), with `?N` parameters; an empty filter returns every row.
+    /// The rows matching an SQL filter, with `?N` parameters; see
+    /// [`SyncDb::query`](crate::SyncDb::query).
     pub fn query<T: Synced>(
         &mut self,
         filter: &str,
@@ -210,11 +210,7 @@ pub(crate) fn query<T: Synced>(
     filter: &str,
     params: &[Value],
 ) -> Result<Vec<T>> {
-    let sql = if filter.trim().is_empty() {
-        table.sql.select.clone()
-    } else {
-        format!("{} WHERE {filter}", table.sql.select)
-    };
+    let sql = format!("{}{}", table.sql.select, where_clause(filter));
     let mut stmt = conn.prepare_cached(&sql)?;
     let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
     let mut out = Vec::new();
@@ -224,7 +220,39 @@ pub(crate) fn query<T: Synced>(
     Ok(out)
 }
 
+/// What follows `SELECT … FROM t` for a user's filter: nothing, `WHERE filter`, or
+/// the filter itself when it starts with `ORDER BY` or `LIMIT`.
+fn where_clause(filter: &str) -> String {
+    let trimmed = filter.trim_start();
+    let starts_with = |keyword: &str| {
+        trimmed
+            .get(..keyword.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(keyword))
+    };
+    if trimmed.is_empty() {
+        String::new()
+    } else if starts_with("ORDER BY") || starts_with("LIMIT") {
+        format!(" {trimmed}")
+    } else {
+        format!(" WHERE {filter}")
+    }
+}
+
 pub(crate) fn execute_raw(conn: &Connection, sql: &str, params: &[Value]) -> Result<usize> {
     let mut stmt = conn.prepare_cached(sql)?;
     Ok(stmt.execute(rusqlite::params_from_iter(params))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::where_clause;
+
+    #[test]
+    fn filters_become_where_clauses_unless_they_only_order() {
+        assert_eq!(where_clause(""), "");
+        assert_eq!(where_clause("done = ?1"), " WHERE done = ?1");
+        assert_eq!(where_clause(" order by title"), " order by title");
+        assert_eq!(where_clause("LIMIT 3"), " LIMIT 3");
+        assert_eq!(where_clause("ordering = 1"), " WHERE ordering = 1");
+    }
 }

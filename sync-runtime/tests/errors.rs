@@ -1,0 +1,227 @@
+//! Bad input gets a clear, typed error and changes nothing.
+
+#![allow(clippy::unwrap_used)] // in tests, a failed unwrap is a failed assertion
+
+use sync_runtime::{
+    Algorithm, ColumnSchema, Error, SqlType, SyncDb, SyncId, Synced, TableSchema, params,
+};
+
+#[derive(Synced, Debug, Clone, PartialEq)]
+#[synced(table = "todos")]
+struct Todo {
+    #[synced(primary_key)]
+    id: SyncId,
+    title: String,
+    #[synced(default = false)]
+    done: bool,
+    note: Option<String>,
+}
+
+/// Another struct for the same table name, with another shape.
+#[derive(Synced, Debug, Clone, PartialEq)]
+#[synced(table = "todos")]
+struct TodoV2 {
+    #[synced(primary_key)]
+    id: SyncId,
+    title: String,
+    priority: i64,
+}
+
+#[tokio::test]
+async fn a_file_that_is_not_a_database_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notes.txt");
+    let text = "these are notes, not a database ".repeat(200);
+    std::fs::write(&path, &text).unwrap();
+    let err = SyncDb::open(&path).await.unwrap_err();
+    assert!(
+        matches!(err, Error::NotADatabase { ref path } if path.ends_with("notes.txt")),
+        "{err}"
+    );
+    assert!(err.to_string().contains("not a SQLite database"));
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        text,
+        "file untouched"
+    );
+}
+
+#[tokio::test]
+async fn a_directory_cannot_be_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = SyncDb::open(dir.path()).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Open { .. } | Error::NotADatabase { .. }),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn registering_another_shape_for_a_registered_table_is_a_mismatch() {
+    let db = SyncDb::open_in_memory().await.unwrap();
+    db.register::<Todo>().await.unwrap();
+    let err = db.register::<TodoV2>().await.unwrap_err();
+    assert!(
+        matches!(err, Error::SchemaMismatch { ref table, .. } if table == "todos"),
+        "{err}"
+    );
+    // Still usable with the original struct.
+    db.insert(&Todo {
+        id: SyncId::new(),
+        title: "ok".into(),
+        done: false,
+        note: None,
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn an_existing_table_of_another_shape_is_a_mismatch_and_stays_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE todos (id TEXT PRIMARY KEY, title TEXT, done INTEGER) STRICT;
+             INSERT INTO todos VALUES ('a', 'legacy', 0);",
+        )
+        .unwrap();
+    }
+    let db = SyncDb::open(&path).await.unwrap();
+    let err = db.register::<Todo>().await.unwrap_err();
+    let Error::SchemaMismatch { table, details } = &err else {
+        panic!("{err}");
+    };
+    assert_eq!(table, "todos");
+    assert!(details.contains("3 columns"), "{details}");
+    drop(db);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let synced: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE name LIKE '_synced_clock%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(synced, 0, "nothing was created");
+}
+
+#[tokio::test]
+async fn a_non_strict_table_is_a_mismatch() {
+    let db = SyncDb::open_in_memory().await.unwrap();
+    db.execute_raw(
+        "CREATE TABLE todos (id TEXT NOT NULL PRIMARY KEY, title TEXT NOT NULL DEFAULT '', done INTEGER NOT NULL DEFAULT 0, note TEXT)",
+        params![],
+    )
+    .await
+    .unwrap();
+    let err = db.register::<Todo>().await.unwrap_err();
+    assert!(err.to_string().contains("STRICT"), "{err}");
+}
+
+#[tokio::test]
+async fn an_existing_table_of_the_right_shape_is_adopted_with_its_rows() {
+    let db = SyncDb::open_in_memory().await.unwrap();
+    db.execute_raw(
+        "CREATE TABLE todos (id TEXT NOT NULL PRIMARY KEY, title TEXT NOT NULL DEFAULT '', done INTEGER NOT NULL DEFAULT 0, note TEXT) STRICT",
+        params![],
+    )
+    .await
+    .unwrap();
+    let id = SyncId::new();
+    db.execute_raw(
+        "INSERT INTO todos (id, title) VALUES (?1, 'from before')",
+        params![id],
+    )
+    .await
+    .unwrap();
+    db.register::<Todo>().await.unwrap();
+    let changes = db.changes_since(0).await.unwrap();
+    assert_eq!(changes.len(), 4, "{changes:?}");
+    assert_eq!(
+        db.get::<Todo>(&id).await.unwrap().unwrap().title,
+        "from before"
+    );
+}
+
+#[tokio::test]
+async fn writes_that_violate_the_schema_are_constraint_errors_and_change_nothing() {
+    let db = SyncDb::open_in_memory().await.unwrap();
+    db.register::<Todo>().await.unwrap();
+    for (sql, what) in [
+        (
+            "INSERT INTO todos (id, title, done) VALUES ('x', 'a', 'yes')",
+            "INTEGER",
+        ),
+        (
+            "INSERT INTO todos (id, title) VALUES ('y', x'00ff')",
+            "TEXT",
+        ),
+        (
+            "INSERT INTO todos (id, title) VALUES ('z', NULL)",
+            "NOT NULL",
+        ),
+        (
+            "INSERT INTO todos (id, title) VALUES (NULL, 'no key')",
+            "NOT NULL",
+        ),
+    ] {
+        let err = db.execute_raw(sql, params![]).await.unwrap_err();
+        assert!(matches!(err, Error::Constraint { .. }), "{sql}: {err}");
+        assert!(err.to_string().contains(what), "{sql}: {err}");
+    }
+    assert_eq!(db.db_version().await.unwrap(), 0);
+    assert!(db.changes_since(0).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_stored_value_the_struct_cannot_read_is_a_decode_error() {
+    let db = SyncDb::open_in_memory().await.unwrap();
+    db.register::<Todo>().await.unwrap();
+    let id = SyncId::new();
+    db.execute_raw(
+        "INSERT INTO todos (id, title, done) VALUES (?1, 't', 7)",
+        params![id],
+    )
+    .await
+    .unwrap();
+    let err = db.get::<Todo>(&id).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Decode { ref table, ref column, .. } if table == "todos" && column == "done"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("out of range for bool"), "{err}");
+}
+
+#[tokio::test]
+async fn invalid_descriptors_are_refused_before_anything_is_created() {
+    let db = SyncDb::open_in_memory().await.unwrap();
+    let keyless = TableSchema::new(
+        "keyless",
+        Algorithm::Cls,
+        vec![ColumnSchema::new("a", SqlType::Text).nullable(true)],
+    );
+    let err = db.register_schema(keyless).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidSchema(_)), "{err}");
+    let err = db
+        .execute_raw("SELECT * FROM keyless", params![])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no such table"), "{err}");
+}
+
+#[tokio::test]
+async fn raw_sql_errors_are_typed() {
+    let db = SyncDb::open_in_memory().await.unwrap();
+    let err = db
+        .execute_raw("THIS IS NOT SQL", params![])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Sqlite(_)), "{err}");
+    let err = db
+        .execute_raw("BEGIN; COMMIT;", params![])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Sqlite(_)), "{err}");
+}

@@ -1,0 +1,499 @@
+//! Change tracking: every local write, typed or raw, lands in the clock metadata.
+
+#![allow(clippy::unwrap_used)] // in tests, a failed unwrap is a failed assertion
+
+use std::path::Path;
+
+use sync_runtime::{Change, ChangeKind, Error, SyncDb, SyncId, Synced, Value, params};
+
+#[derive(Synced, Debug, Clone, PartialEq)]
+#[synced(table = "todos")]
+struct Todo {
+    #[synced(primary_key)]
+    id: SyncId,
+    title: String,
+    #[synced(default = false)]
+    done: bool,
+    note: Option<String>,
+}
+
+#[derive(Synced, Debug, Clone, PartialEq)]
+#[synced(table = "events", algorithm = "gos")]
+struct Event {
+    #[synced(primary_key)]
+    id: SyncId,
+    body: String,
+}
+
+fn todo(title: &str) -> Todo {
+    Todo {
+        id: SyncId::new(),
+        title: title.into(),
+        done: false,
+        note: None,
+    }
+}
+
+async fn open(path: &Path) -> SyncDb {
+    let db = SyncDb::open(path).await.unwrap();
+    db.register::<Todo>().await.unwrap();
+    db.register::<Event>().await.unwrap();
+    db
+}
+
+async fn memory() -> SyncDb {
+    let db = SyncDb::open_in_memory().await.unwrap();
+    db.register::<Todo>().await.unwrap();
+    db.register::<Event>().await.unwrap();
+    db
+}
+
+/// The changes of one row, as (kind, column, value, col_version, cl, db_version).
+fn of_row(changes: &[Change], id: SyncId) -> Vec<(String, Option<Value>, i64, i64, i64)> {
+    changes
+        .iter()
+        .filter(|c| c.pk == vec![Value::from(id)])
+        .map(|c| match &c.kind {
+            ChangeKind::Insert => ("insert".to_owned(), None, 0, c.cl, c.db_version),
+            ChangeKind::Delete => ("delete".to_owned(), None, 0, c.cl, c.db_version),
+            ChangeKind::Set {
+                column,
+                value,
+                col_version,
+            } => (
+                column.clone(),
+                Some(value.clone()),
+                *col_version,
+                c.cl,
+                c.db_version,
+            ),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect()
+}
+
+/// Reads a table of the file directly, to check the metadata itself.
+fn count(path: &Path, sql: &str) -> i64 {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+#[tokio::test]
+async fn insert_records_the_row_and_every_column() {
+    let db = memory().await;
+    let t = todo("milk");
+    db.insert(&t).await.unwrap();
+    let changes = db.changes_since(0).await.unwrap();
+    assert_eq!(
+        of_row(&changes, t.id),
+        vec![
+            ("insert".into(), None, 0, 1, 1),
+            ("title".into(), Some(Value::Text("milk".into())), 1, 1, 1),
+            ("done".into(), Some(Value::Integer(0)), 1, 1, 1),
+            ("note".into(), Some(Value::Null), 1, 1, 1),
+        ]
+    );
+    assert!(changes.iter().all(|c| c.site_id == db.site_id()));
+}
+
+#[tokio::test]
+async fn update_records_only_changed_columns() {
+    let db = memory().await;
+    let mut t = todo("milk");
+    db.insert(&t).await.unwrap();
+    t.done = true;
+    db.update(&t).await.unwrap();
+    db.update(&t).await.unwrap(); // nothing changed: nothing recorded, no version taken
+    assert_eq!(db.db_version().await.unwrap(), 2);
+    let changes = db.changes_since(1).await.unwrap();
+    assert_eq!(
+        of_row(&changes, t.id),
+        vec![("done".into(), Some(Value::Integer(1)), 2, 1, 2)]
+    );
+}
+
+#[tokio::test]
+async fn raw_sql_is_tracked_like_typed_writes() {
+    let (typed, raw) = (memory().await, memory().await);
+    let mut t = todo("bread");
+
+    typed.insert(&t).await.unwrap();
+    raw.execute_raw(
+        "INSERT INTO todos (id, title, done, note) VALUES (?1, ?2, ?3, ?4)",
+        params![t.id, t.title.as_str(), t.done, t.note.clone()],
+    )
+    .await
+    .unwrap();
+
+    t.note = Some("whole grain".into());
+    typed.update(&t).await.unwrap();
+    raw.execute_raw(
+        "UPDATE todos SET note = ?1 WHERE id = ?2",
+        params!["whole grain", t.id],
+    )
+    .await
+    .unwrap();
+
+    let (a, b) = (
+        typed.changes_since(0).await.unwrap(),
+        raw.changes_since(0).await.unwrap(),
+    );
+    assert_eq!(of_row(&a, t.id), of_row(&b, t.id));
+    assert!(!a.is_empty());
+
+    typed.delete::<Todo>(&t.id).await.unwrap();
+    raw.execute_raw("DELETE FROM todos WHERE id = ?1", params![t.id])
+        .await
+        .unwrap();
+    let (a, b) = (
+        typed.changes_since(2).await.unwrap(),
+        raw.changes_since(2).await.unwrap(),
+    );
+    assert_eq!(of_row(&a, t.id), vec![("delete".into(), None, 0, 2, 3)]);
+    assert_eq!(of_row(&a, t.id), of_row(&b, t.id));
+}
+
+#[tokio::test]
+async fn one_db_version_per_transaction_with_increasing_seq() {
+    let db = memory().await;
+    let rows: Vec<Todo> = (0..5).map(|i| todo(&format!("t{i}"))).collect();
+    let ids: Vec<SyncId> = rows.iter().map(|r| r.id).collect();
+    db.transaction(move |tx| {
+        for r in &rows {
+            tx.insert(r)?;
+        }
+        tx.execute_raw("UPDATE todos SET done = 1 WHERE title = 't4'", params![])?;
+        Ok::<_, Error>(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(db.db_version().await.unwrap(), 1);
+    let changes = db.changes_since(0).await.unwrap();
+    assert!(changes.iter().all(|c| c.db_version == 1));
+    let inserts: Vec<&Change> = changes
+        .iter()
+        .filter(|c| c.kind == ChangeKind::Insert)
+        .collect();
+    assert_eq!(inserts.len(), 5);
+    let seqs: Vec<i64> = ids
+        .iter()
+        .map(|id| {
+            inserts
+                .iter()
+                .find(|c| c.pk == vec![Value::from(*id)])
+                .unwrap()
+                .seq
+        })
+        .collect();
+    // Rows in insert order; the last row was written twice, its seq is its last change.
+    assert_eq!(seqs, vec![0, 1, 2, 3, 5]);
+
+    db.insert(&todo("next")).await.unwrap();
+    let next = db.changes_since(1).await.unwrap();
+    assert!(next.iter().all(|c| c.db_version == 2 && c.seq == 0));
+}
+
+#[tokio::test]
+async fn rollback_leaves_no_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    let db = open(&path).await;
+    db.insert(&todo("kept")).await.unwrap();
+    let before = db.changes_since(0).await.unwrap();
+
+    // The closure fails after writing.
+    let failing = todo("rolled back");
+    let result = db
+        .transaction(move |tx| {
+            tx.insert(&failing)?;
+            tx.execute_raw("UPDATE todos SET done = 1", params![])?;
+            Err::<(), _>(Error::NotFound {
+                table: "todos".into(),
+            })
+        })
+        .await;
+    assert!(result.is_err());
+
+    // A statement fails halfway (the second row breaks the key constraint).
+    let dup = SyncId::new();
+    let err = db
+        .execute_raw(
+            "INSERT INTO todos (id, title) VALUES (?1, 'a'), (?1, 'b')",
+            params![dup],
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Constraint { .. }), "{err}");
+
+    // The closure panics.
+    let panicking = todo("panics");
+    let handle = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            db.transaction(move |tx| {
+                tx.insert(&panicking)?;
+                if panicking.title == "panics" {
+                    panic!("boom");
+                }
+                Ok::<_, Error>(())
+            })
+            .await
+        })
+    };
+    assert!(handle.await.unwrap_err().is_panic());
+
+    assert_eq!(db.changes_since(0).await.unwrap(), before);
+    assert_eq!(db.db_version().await.unwrap(), 1);
+    assert_eq!(db.query::<Todo>("", params![]).await.unwrap().len(), 1);
+    drop(db);
+    assert_eq!(count(&path, "SELECT count(*) FROM _synced_clock_todos"), 1);
+    assert_eq!(count(&path, "SELECT seq FROM _synced_state"), 0);
+}
+
+#[tokio::test]
+async fn causal_length_counts_deletes_and_reinserts() {
+    let db = memory().await;
+    let mut t = todo("again");
+    db.insert(&t).await.unwrap();
+    for expected_cl in 2..=5 {
+        if expected_cl % 2 == 0 {
+            db.delete::<Todo>(&t.id).await.unwrap();
+        } else {
+            t.title = format!("again {expected_cl}");
+            db.insert(&t).await.unwrap();
+        }
+        let version = db.db_version().await.unwrap();
+        let changes = db.changes_since(version - 1).await.unwrap();
+        let row = of_row(&changes, t.id);
+        assert!(row.iter().all(|c| c.3 == expected_cl), "{row:?}");
+        if expected_cl % 2 == 0 {
+            assert_eq!(row, vec![("delete".into(), None, 0, expected_cl, version)]);
+        } else {
+            // A resurrected row starts its column versions afresh.
+            assert_eq!(row[0], ("insert".into(), None, 0, expected_cl, version));
+            assert!(row[1..].iter().all(|c| c.2 == 1), "{row:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn grow_only_tables_refuse_deletes_and_key_changes() {
+    let db = memory().await;
+    let e = Event {
+        id: SyncId::new(),
+        body: "created".into(),
+    };
+    db.insert(&e).await.unwrap();
+
+    let err = db.delete::<Event>(&e.id).await.unwrap_err();
+    assert!(
+        matches!(err, Error::GrowOnly { ref table } if table == "events"),
+        "{err}"
+    );
+    let err = db
+        .execute_raw("DELETE FROM events", params![])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::GrowOnly { .. }), "{err}");
+    let err = db
+        .execute_raw("UPDATE events SET id = ?1", params![SyncId::new()])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::GrowOnly { .. }), "{err}");
+
+    // Updates are allowed and tracked.
+    db.update(&Event {
+        body: "edited".into(),
+        ..e.clone()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        db.get::<Event>(&e.id).await.unwrap().unwrap().body,
+        "edited"
+    );
+    let changes = db.changes_since(1).await.unwrap();
+    assert_eq!(changes.len(), 1);
+}
+
+#[tokio::test]
+async fn key_change_is_a_delete_and_an_insert_of_every_column() {
+    let db = memory().await;
+    let mut t = todo("move me");
+    t.note = Some("n".into());
+    db.insert(&t).await.unwrap();
+    t.done = true;
+    db.update(&t).await.unwrap();
+
+    let new_id = SyncId::new();
+    db.execute_raw(
+        "UPDATE todos SET id = ?1 WHERE id = ?2",
+        params![new_id, t.id],
+    )
+    .await
+    .unwrap();
+    let changes = db.changes_since(2).await.unwrap();
+    assert_eq!(
+        of_row(&changes, t.id),
+        vec![("delete".into(), None, 0, 2, 3)]
+    );
+    assert_eq!(
+        of_row(&changes, new_id),
+        vec![
+            ("insert".into(), None, 0, 1, 3),
+            ("title".into(), Some(Value::Text("move me".into())), 1, 1, 3),
+            ("done".into(), Some(Value::Integer(1)), 1, 1, 3),
+            ("note".into(), Some(Value::Text("n".into())), 1, 1, 3),
+        ]
+    );
+    // Moving back resurrects the old key with every current column.
+    db.execute_raw(
+        "UPDATE todos SET id = ?1 WHERE id = ?2",
+        params![t.id, new_id],
+    )
+    .await
+    .unwrap();
+    let changes = db.changes_since(3).await.unwrap();
+    assert_eq!(of_row(&changes, t.id)[0], ("insert".into(), None, 0, 3, 4));
+    assert_eq!(
+        of_row(&changes, new_id),
+        vec![("delete".into(), None, 0, 2, 4)]
+    );
+}
+
+#[tokio::test]
+async fn tracking_can_be_disabled_enabled_and_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    let db = open(&path).await;
+    let kept = todo("tracked");
+    let removed = todo("removed while off");
+    db.insert(&kept).await.unwrap();
+    db.insert(&removed).await.unwrap();
+    let version = db.db_version().await.unwrap();
+
+    db.disable_tracking::<Todo>().await.unwrap();
+    let added = todo("added while off");
+    db.insert(&added).await.unwrap();
+    db.delete::<Todo>(&removed.id).await.unwrap();
+    db.execute_raw("UPDATE todos SET title = 'edited while off'", params![])
+        .await
+        .unwrap();
+    assert!(db.changes_since(version).await.unwrap().is_empty());
+    assert_eq!(db.db_version().await.unwrap(), version);
+
+    db.enable_tracking::<Todo>().await.unwrap();
+    let changes = db.changes_since(version).await.unwrap();
+    assert_eq!(of_row(&changes, added.id)[0].0, "insert");
+    assert_eq!(
+        of_row(&changes, removed.id),
+        vec![("delete".into(), None, 0, 2, version + 1)]
+    );
+    assert!(
+        of_row(&changes, kept.id).is_empty(),
+        "updates made while off are not detected"
+    );
+
+    // Tracking is on again for new writes.
+    db.delete::<Todo>(&kept.id).await.unwrap();
+    assert_eq!(
+        of_row(&db.changes_since(version + 1).await.unwrap(), kept.id)[0].0,
+        "delete"
+    );
+
+    db.drop_tracking::<Todo>().await.unwrap();
+    assert!(matches!(
+        db.insert(&todo("x")).await.unwrap_err(),
+        Error::NotRegistered { .. }
+    ));
+    drop(db);
+    assert_eq!(count(&path, "SELECT count(*) FROM todos"), 1);
+    assert_eq!(
+        count(
+            &path,
+            "SELECT count(*) FROM sqlite_schema WHERE name LIKE '\\_synced%todos%' ESCAPE '\\'"
+        ),
+        0
+    );
+    assert_eq!(
+        count(
+            &path,
+            "SELECT count(*) FROM _synced_tables WHERE name = 'todos'"
+        ),
+        0
+    );
+    // The events table is untouched.
+    assert_eq!(
+        count(
+            &path,
+            "SELECT count(*) FROM _synced_tables WHERE name = 'events'"
+        ),
+        1
+    );
+}
+
+#[tokio::test]
+async fn reopening_keeps_site_versions_and_tracking() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    let db = open(&path).await;
+    let site = db.site_id();
+    let t = todo("persist");
+    db.insert(&t).await.unwrap();
+    db.disable_tracking::<Event>().await.unwrap();
+    let changes = db.changes_since(0).await.unwrap();
+    drop(db);
+
+    let db = open(&path).await; // registering again is a no-op
+    assert_eq!(db.site_id(), site);
+    assert_eq!(db.db_version().await.unwrap(), 1);
+    assert_eq!(db.changes_since(0).await.unwrap(), changes);
+    db.delete::<Todo>(&t.id).await.unwrap();
+    assert_eq!(db.db_version().await.unwrap(), 2);
+    // Tracking of events stayed off across the reopen.
+    db.insert(&Event {
+        id: SyncId::new(),
+        body: "untracked".into(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(db.db_version().await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn registering_twice_is_a_no_op() {
+    let db = memory().await;
+    db.insert(&todo("one")).await.unwrap();
+    db.register::<Todo>().await.unwrap();
+    db.register::<Todo>().await.unwrap();
+    assert_eq!(db.db_version().await.unwrap(), 1);
+    assert_eq!(db.changes_since(0).await.unwrap().len(), 4);
+}
+
+#[tokio::test]
+async fn writes_from_another_connection_are_tracked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    let db = open(&path).await;
+    db.insert(&todo("mine")).await.unwrap();
+
+    // A plain SQLite connection, e.g. a command-line tool, writes the file.
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other
+        .execute(
+            "INSERT INTO todos (id, title) VALUES (?1, 'theirs')",
+            [SyncId::new().as_str()],
+        )
+        .unwrap();
+    drop(other);
+
+    // Its change gets its own version, before this connection's next write.
+    db.insert(&todo("mine again")).await.unwrap();
+    let changes = db.changes_since(1).await.unwrap();
+    let versions: Vec<i64> = changes
+        .iter()
+        .filter(|c| c.kind == ChangeKind::Insert)
+        .map(|c| c.db_version)
+        .collect();
+    assert_eq!(versions, vec![2, 3]);
+}
