@@ -32,7 +32,10 @@ pub struct Change {
     /// The version of the transaction that made the change (on the replica that
     /// made it: this database's version for local changes).
     pub db_version: i64,
-    /// The position of the row's latest change within its transaction.
+    /// The position of the row among the rows changed by the transaction
+    /// `db_version`: rows are ordered by table, then by when they were first
+    /// created on this replica. Like the changes view it belongs to, it describes
+    /// the current state, not the order of individual statements.
     pub seq: i64,
     /// The replica that made the change.
     pub site_id: SiteId,
@@ -57,8 +60,9 @@ pub enum ChangeKind {
     },
 }
 
-/// Reads every change after `since` in the given tables, ordered by
-/// (`db_version`, `seq`).
+/// Reads every change after `since` in the given tables, ordered by `db_version`,
+/// then by row (table order, then the row's creation order), with `seq` numbering
+/// the rows of each version.
 pub(crate) fn changes_since(
     conn: &Connection,
     tables: &[TableSchema],
@@ -71,11 +75,13 @@ pub(crate) fn changes_since(
             .copied()
             .ok_or_else(|| corrupt(format!("site ordinal {ordinal} is not in _synced_sites")))
     };
-    let mut changes = Vec::new();
-    for schema in tables {
+    // (db_version, table, clock rowid) orders the records; seq is assigned after.
+    let mut records: Vec<((i64, usize, i64), Change)> = Vec::new();
+    for (table_index, schema) in tables.iter().enumerate() {
         let sql = TableSql::new(schema);
         let keys = schema.key_columns().count();
         let value_columns: Vec<_> = schema.value_columns().collect();
+        let after_columns = keys + 3 + 4 * value_columns.len();
         let mut stmt = conn.prepare_cached(&sql.changes_since)?;
         let mut rows = stmt.query([since])?;
         while let Some(row) = rows.next()? {
@@ -85,28 +91,31 @@ pub(crate) fn changes_since(
             let cl: i64 = row.get(keys)?;
             let cl_site: i64 = row.get(keys + 1)?;
             let row_version: i64 = row.get(keys + 2)?;
-            let seq: i64 = row.get(keys + 3)?;
-            let exists: bool = row.get(keys + 4 + 4 * value_columns.len())?;
-            let change = |kind, db_version, site_id| Change {
-                table: schema.name.to_string(),
-                pk: pk.clone(),
-                kind,
-                cl,
-                db_version,
-                seq,
-                site_id,
+            let exists: bool = row.get(after_columns)?;
+            let rowid: i64 = row.get(after_columns + 1)?;
+            let mut record = |kind, db_version, site_id| {
+                let change = Change {
+                    table: schema.name.to_string(),
+                    pk: pk.clone(),
+                    kind,
+                    cl,
+                    db_version,
+                    seq: 0,
+                    site_id,
+                };
+                records.push(((db_version, table_index, rowid), change));
             };
             if cl % 2 == 0 {
                 // A deleted row's last change is its delete.
-                changes.push(change(ChangeKind::Delete, row_version, site(cl_site)?));
+                record(ChangeKind::Delete, row_version, site(cl_site)?);
                 continue;
             }
-            let mut columns = Vec::new();
             // The (re)creation of a row writes every column at col_version 1: a column
             // still at version 1 carries the version of the row's creation.
             let mut created = value_columns.is_empty().then_some(row_version);
+            let mut columns = Vec::new();
             for (i, column) in value_columns.iter().enumerate() {
-                let base = keys + 4 + 4 * i;
+                let base = keys + 3 + 4 * i;
                 let (col_version, dv): (i64, i64) = (row.get(base)?, row.get(base + 1)?);
                 if dv <= since {
                     continue;
@@ -120,17 +129,33 @@ pub(crate) fn changes_since(
                         value: owned(row.get_ref(base + 3)?)?,
                         col_version,
                     };
-                    columns.push(change(kind, dv, site(row.get(base + 2)?)?));
+                    columns.push((kind, dv, site(row.get(base + 2)?)?));
                 }
             }
             if let Some(version) = created {
-                changes.push(change(ChangeKind::Insert, version, site(cl_site)?));
+                record(ChangeKind::Insert, version, site(cl_site)?);
             }
-            changes.extend(columns);
+            for (kind, dv, site_id) in columns {
+                record(kind, dv, site_id);
+            }
         }
     }
-    changes.sort_by_key(|c| (c.db_version, c.seq));
-    Ok(changes)
+    records.sort_by_key(|(key, _)| *key);
+    let mut seq = 0;
+    let mut previous: Option<(i64, usize, i64)> = None;
+    Ok(records
+        .into_iter()
+        .map(|(key, mut change)| {
+            match previous {
+                Some(p) if p == key => {}
+                Some(p) if p.0 == key.0 => seq += 1,
+                _ => seq = 0,
+            }
+            previous = Some(key);
+            change.seq = seq;
+            change
+        })
+        .collect())
 }
 
 fn owned(raw: rusqlite::types::ValueRef<'_>) -> Result<Value> {

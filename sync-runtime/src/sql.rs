@@ -5,14 +5,14 @@
 //! Runtime-owned tables (all prefixed `_synced`):
 //!
 //! - `_synced_state`: one row; this database's site id, its `db_version` (the last
-//!   committed version) and the `seq` of the next change in the open transaction.
+//!   committed version) and the number of changes `pending` in the open transaction.
 //! - `_synced_sites`: site-id dictionary; ordinal 0 is this database.
 //! - `_synced_tables`: every synced table with its algorithm, descriptor (JSON) and
 //!   whether tracking is on.
 //! - `_synced_clock_<table>`: one clock row per app row (live or deleted), found by
 //!   a unique index on the primary key: the causal length (`_synced_cl`, odd = live)
 //!   and the site of its last change (`_synced_cl_site`), the row's last `db_version`
-//!   (`_synced_dv`) and `seq`, and per value column `<col>.v` (col_version),
+//!   (`_synced_dv`), and per value column `<col>.v` (col_version),
 //!   `<col>.dv` (db_version of the write) and `<col>.site` (site ordinal of the
 //!   writer). An index on `_synced_dv` serves "changes since". The version of a
 //!   row's (re)creation is not stored: a (re)created row writes every column at
@@ -45,7 +45,7 @@ CREATE TABLE IF NOT EXISTS _synced_state (
   id INTEGER PRIMARY KEY,
   site_id BLOB,
   db_version INTEGER,
-  seq INTEGER
+  pending INTEGER
 );
 CREATE TABLE IF NOT EXISTS _synced_sites (
   ordinal INTEGER PRIMARY KEY,
@@ -62,10 +62,10 @@ CREATE TABLE IF NOT EXISTS _synced_tables (
 /// Also run at the start of every write, which closes changes that another
 /// connection recorded without this runtime.
 pub(crate) const CLOSE_VERSION: &str =
-    "UPDATE _synced_state SET db_version = db_version + 1, seq = 0 WHERE seq > 0";
+    "UPDATE _synced_state SET db_version = db_version + 1, pending = 0 WHERE pending > 0";
 
 /// The current version: the last committed one, or the open one if changes are pending.
-pub(crate) const CURRENT_VERSION: &str = "SELECT db_version + (seq > 0) FROM _synced_state";
+pub(crate) const CURRENT_VERSION: &str = "SELECT db_version + (pending > 0) FROM _synced_state";
 
 /// Message prefix of the error raised when a row of a grow-only table would be
 /// deleted (or re-keyed); the table name follows.
@@ -74,10 +74,11 @@ pub(crate) const GROW_ONLY_PREFIX: &str = "synced: grow-only table rows cannot b
 const CL: &str = "_synced_cl";
 const CL_SITE: &str = "_synced_cl_site";
 const DV: &str = "_synced_dv";
-const SEQ: &str = "_synced_seq";
 const STATE: &str = "_synced_state";
 const NEW_ROW_SOURCE: &str = "_synced_state WHERE true";
-const NEXT_SEQ: &str = "UPDATE _synced_state SET seq = seq + 1;";
+/// Counts the open transaction's changes, so that the runtime knows whether to
+/// close a version.
+const COUNT_CHANGE: &str = "UPDATE _synced_state SET pending = pending + 1;";
 
 /// Quotes an identifier: `a"b` → `"a""b"`.
 pub(crate) fn ident(name: &str) -> String {
@@ -246,7 +247,7 @@ fn create_table(schema: &TableSchema) -> String {
 
 fn clock_columns(schema: &TableSchema) -> Vec<String> {
     let mut cols: Vec<String> = schema.key_columns().map(|c| ident(&c.name)).collect();
-    cols.extend([CL, CL_SITE, DV, SEQ].map(String::from));
+    cols.extend([CL, CL_SITE, DV].map(String::from));
     for c in schema.value_columns() {
         for part in ["v", "dv", "site"] {
             cols.push(meta_col(&c.name, part));
@@ -261,7 +262,7 @@ fn create_clock(schema: &TableSchema) -> String {
     for c in schema.key_columns() {
         let _ = writeln!(sql, "  {} {},", ident(&c.name), c.sql_type.as_sql());
     }
-    let mut meta: Vec<String> = [CL, CL_SITE, DV, SEQ].map(String::from).to_vec();
+    let mut meta: Vec<String> = [CL, CL_SITE, DV].map(String::from).to_vec();
     for c in schema.value_columns() {
         for part in ["v", "dv", "site"] {
             meta.push(meta_col(&c.name, part));
@@ -285,20 +286,19 @@ fn create_clock(schema: &TableSchema) -> String {
 /// key has a clock already, a resurrection (deleted row: causal length + 1, column
 /// versions start afresh) or a rewrite of every column (live row, e.g. `INSERT OR
 /// REPLACE`). `source_where` is the `FROM … WHERE …` tail that supplies the rows
-/// and the state's `db_version` and `seq` columns (a `WHERE` is required there:
+/// and the state's `db_version` (a `WHERE` is required there:
 /// it keeps SQLite from reading `ON CONFLICT` as a join constraint).
-fn record_insert(schema: &TableSchema, source: &str, source_where: &str, seq: &str) -> String {
+fn record_insert(schema: &TableSchema, source: &str, source_where: &str) -> String {
     let clock = ident(&clock_table(&schema.name));
     let mut values: Vec<String> = schema
         .key_columns()
         .map(|c| format!("{source}{}", ident(&c.name)))
         .collect();
-    values.extend(["1".into(), "0".into(), "db_version + 1".into(), seq.into()]);
+    values.extend(["1".into(), "0".into(), "db_version + 1".into()]);
     let mut updates = vec![
         format!("{CL} = {CL} + 1 - {CL} % 2"),
         format!("{CL_SITE} = CASE WHEN {CL} % 2 = 0 THEN 0 ELSE {CL_SITE} END"),
         format!("{DV} = excluded.{DV}"),
-        format!("{SEQ} = excluded.{SEQ}"),
     ];
     for c in schema.value_columns() {
         values.extend(["1".into(), "db_version + 1".into(), "0".into()]);
@@ -325,7 +325,7 @@ fn record_insert(schema: &TableSchema, source: &str, source_where: &str, seq: &s
 /// Marks the live clock rows matching `filter` as deleted (causal length + 1).
 fn tombstone(schema: &TableSchema, filter: &str) -> String {
     format!(
-        "UPDATE {} SET {CL} = {CL} + 1, {CL_SITE} = 0, ({DV}, {SEQ}) = (SELECT db_version + 1, seq FROM {STATE}) WHERE {filter};",
+        "UPDATE {} SET {CL} = {CL} + 1, {CL_SITE} = 0, {DV} = (SELECT db_version + 1 FROM {STATE}) WHERE {filter};",
         ident(&clock_table(&schema.name)),
     )
 }
@@ -377,9 +377,9 @@ fn create_triggers(schema: &TableSchema) -> String {
 
     let _ = writeln!(
         sql,
-        "CREATE TRIGGER IF NOT EXISTS {} AFTER INSERT ON {table} BEGIN\n  {}\n  {NEXT_SEQ}\nEND;",
+        "CREATE TRIGGER IF NOT EXISTS {} AFTER INSERT ON {table} BEGIN\n  {}\n  {COUNT_CHANGE}\nEND;",
         trigger(name, "insert"),
-        record_insert(schema, "NEW.", NEW_ROW_SOURCE, "seq"),
+        record_insert(schema, "NEW.", NEW_ROW_SOURCE),
     );
 
     let value_columns: Vec<_> = schema.value_columns().collect();
@@ -401,8 +401,8 @@ fn create_triggers(schema: &TableSchema) -> String {
             targets.push(dv.clone());
             stamps.push(format!("CASE WHEN {ch} THEN db_version + 1 ELSE {dv} END"));
         }
-        targets.extend([DV.to_owned(), SEQ.to_owned()]);
-        stamps.extend(["db_version + 1".to_owned(), "seq".to_owned()]);
+        targets.push(DV.to_owned());
+        stamps.push("db_version + 1".to_owned());
         sets.push(format!(
             "({}) = (SELECT {} FROM {STATE})",
             targets.join(", "),
@@ -415,7 +415,7 @@ fn create_triggers(schema: &TableSchema) -> String {
             .join(" OR ");
         let _ = writeln!(
             sql,
-            "CREATE TRIGGER IF NOT EXISTS {} AFTER UPDATE ON {table} WHEN NOT ({key_changed}) AND ({any_changed}) BEGIN\n  UPDATE {clock} SET {} WHERE {};\n  {NEXT_SEQ}\nEND;",
+            "CREATE TRIGGER IF NOT EXISTS {} AFTER UPDATE ON {table} WHEN NOT ({key_changed}) AND ({any_changed}) BEGIN\n  UPDATE {clock} SET {} WHERE {};\n  {COUNT_CHANGE}\nEND;",
             trigger(name, "update"),
             sets.join(", "),
             key_match(schema, "", "NEW."),
@@ -425,14 +425,14 @@ fn create_triggers(schema: &TableSchema) -> String {
     if schema.algorithm == Algorithm::Cls {
         let _ = writeln!(
             sql,
-            "CREATE TRIGGER IF NOT EXISTS {} AFTER UPDATE ON {table} WHEN ({key_changed}) BEGIN\n  {}\n  {NEXT_SEQ}\n  {}\n  {NEXT_SEQ}\nEND;",
+            "CREATE TRIGGER IF NOT EXISTS {} AFTER UPDATE ON {table} WHEN ({key_changed}) BEGIN\n  {}\n  {COUNT_CHANGE}\n  {}\n  {COUNT_CHANGE}\nEND;",
             trigger(name, "rekey"),
             tombstone(schema, &format!("{old_key} AND {CL} % 2 = 1")),
-            record_insert(schema, "NEW.", NEW_ROW_SOURCE, "seq"),
+            record_insert(schema, "NEW.", NEW_ROW_SOURCE),
         );
         let _ = writeln!(
             sql,
-            "CREATE TRIGGER IF NOT EXISTS {} AFTER DELETE ON {table} BEGIN\n  {}\n  {NEXT_SEQ}\nEND;",
+            "CREATE TRIGGER IF NOT EXISTS {} AFTER DELETE ON {table} BEGIN\n  {}\n  {COUNT_CHANGE}\nEND;",
             trigger(name, "delete"),
             tombstone(schema, &format!("{old_key} AND {CL} % 2 = 1")),
         );
@@ -441,14 +441,14 @@ fn create_triggers(schema: &TableSchema) -> String {
 }
 
 /// Clock rows changed after `?1`, joined with the app row for current values. Columns:
-/// key columns, cl, cl_site, dv, seq, then per value column (v, dv, site, value),
-/// then whether the app row exists.
+/// key columns, cl, cl_site, dv, then per value column (v, dv, site, value), then
+/// whether the app row exists and the clock row's rowid (its creation order).
 fn changes_since(schema: &TableSchema) -> String {
     let mut cols: Vec<String> = schema
         .key_columns()
         .map(|c| format!("c.{}", ident(&c.name)))
         .collect();
-    cols.extend([CL, CL_SITE, DV, SEQ].map(|m| format!("c.{m}")));
+    cols.extend([CL, CL_SITE, DV].map(|m| format!("c.{m}")));
     for c in schema.value_columns() {
         for part in ["v", "dv", "site"] {
             cols.push(format!("c.{}", meta_col(&c.name, part)));
@@ -461,6 +461,7 @@ fn changes_since(schema: &TableSchema) -> String {
         .map(|c| ident(&c.name))
         .unwrap_or_default();
     cols.push(format!("t.{first_key} IS NOT NULL"));
+    cols.push("c.rowid".to_owned());
     format!(
         "SELECT {} FROM {} AS c LEFT JOIN {} AS t ON {} WHERE c.{DV} > ?1",
         cols.join(", "),
@@ -479,7 +480,7 @@ fn backfill_live(schema: &TableSchema) -> String {
         "{table} AS t, {STATE} WHERE NOT EXISTS (SELECT 1 FROM {clock} AS c WHERE {} AND c.{CL} % 2 = 1)",
         key_match(schema, "c.", "t.")
     );
-    record_insert(schema, "t.", &from, "seq + row_number() OVER () - 1")
+    record_insert(schema, "t.", &from)
 }
 
 #[cfg(test)]

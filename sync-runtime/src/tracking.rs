@@ -139,7 +139,10 @@ fn backfill(conn: &Connection, sql: &TableSql) -> Result<()> {
     let deleted = conn.execute(&sql.backfill_deleted, [])?;
     let used = inserted + usize::from(deleted > 0);
     if used > 0 {
-        conn.execute("UPDATE _synced_state SET seq = seq + ?1", [used as i64])?;
+        conn.execute(
+            "UPDATE _synced_state SET pending = pending + ?1",
+            [used as i64],
+        )?;
     }
     Ok(())
 }
