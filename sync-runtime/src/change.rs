@@ -69,7 +69,10 @@ pub(crate) fn changes_since(
     since: i64,
 ) -> Result<Vec<Change>> {
     let sites = site_dictionary(conn)?;
-    let site = |ordinal: i64| {
+    let origins = version_origins(conn, since)?;
+    // The writer of a change is the origin of its version (local unless listed).
+    let site = |version: i64| {
+        let ordinal = origins.get(&version).copied().unwrap_or(0);
         sites
             .get(&ordinal)
             .copied()
@@ -81,7 +84,7 @@ pub(crate) fn changes_since(
         let sql = TableSql::new(schema);
         let keys = schema.key_columns().count();
         let value_columns: Vec<_> = schema.value_columns().collect();
-        let after_columns = keys + 3 + 4 * value_columns.len();
+        let after_columns = keys + 2 + 3 * value_columns.len();
         let mut stmt = conn.prepare_cached(&sql.changes_since)?;
         let mut rows = stmt.query([since])?;
         while let Some(row) = rows.next()? {
@@ -89,8 +92,7 @@ pub(crate) fn changes_since(
                 .map(|i| owned(row.get_ref(i)?))
                 .collect::<Result<Vec<_>>>()?;
             let cl: i64 = row.get(keys)?;
-            let cl_site: i64 = row.get(keys + 1)?;
-            let row_version: i64 = row.get(keys + 2)?;
+            let row_version: i64 = row.get(keys + 1)?;
             let exists: bool = row.get(after_columns)?;
             let rowid: i64 = row.get(after_columns + 1)?;
             let mut record = |kind, db_version, site_id| {
@@ -107,7 +109,7 @@ pub(crate) fn changes_since(
             };
             if cl % 2 == 0 {
                 // A deleted row's last change is its delete.
-                record(ChangeKind::Delete, row_version, site(cl_site)?);
+                record(ChangeKind::Delete, row_version, site(row_version)?);
                 continue;
             }
             // The (re)creation of a row writes every column at col_version 1: a column
@@ -115,7 +117,7 @@ pub(crate) fn changes_since(
             let mut created = value_columns.is_empty().then_some(row_version);
             let mut columns = Vec::new();
             for (i, column) in value_columns.iter().enumerate() {
-                let base = keys + 3 + 4 * i;
+                let base = keys + 2 + 3 * i;
                 let (col_version, dv): (i64, i64) = (row.get(base)?, row.get(base + 1)?);
                 if dv <= since {
                     continue;
@@ -126,14 +128,14 @@ pub(crate) fn changes_since(
                 if exists {
                     let kind = ChangeKind::Set {
                         column: column.name.to_string(),
-                        value: owned(row.get_ref(base + 3)?)?,
+                        value: owned(row.get_ref(base + 2)?)?,
                         col_version,
                     };
-                    columns.push((kind, dv, site(row.get(base + 2)?)?));
+                    columns.push((kind, dv, site(dv)?));
                 }
             }
             if let Some(version) = created {
-                record(ChangeKind::Insert, version, site(cl_site)?);
+                record(ChangeKind::Insert, version, site(version)?);
             }
             for (kind, dv, site_id) in columns {
                 record(kind, dv, site_id);
@@ -166,6 +168,14 @@ fn owned(raw: rusqlite::types::ValueRef<'_>) -> Result<Value> {
 
 fn corrupt(details: String) -> crate::Error {
     crate::Error::Corrupt { details }
+}
+
+/// The origin site ordinal of the versions after `since` that were made elsewhere.
+fn version_origins(conn: &Connection, since: i64) -> Result<HashMap<i64, i64>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT db_version, site FROM _synced_versions WHERE db_version > ?1")?;
+    let rows = stmt.query_map([since], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 fn site_dictionary(conn: &Connection) -> Result<HashMap<i64, SiteId>> {

@@ -7,16 +7,19 @@
 //! - `_synced_state`: one row; this database's site id, its `db_version` (the last
 //!   committed version) and the number of changes `pending` in the open transaction.
 //! - `_synced_sites`: site-id dictionary; ordinal 0 is this database.
+//! - `_synced_versions`: the origin site of every version that holds changes made
+//!   elsewhere (merging gives each origin its own version); a version not listed
+//!   was made here. So the writer of any change is the origin of its version, and
+//!   no clock row stores a site.
 //! - `_synced_tables`: every synced table with its algorithm, descriptor (JSON) and
 //!   whether tracking is on.
 //! - `_synced_clock_<table>`: one clock row per app row (live or deleted), found by
-//!   a unique index on the primary key: the causal length (`_synced_cl`, odd = live)
-//!   and the site of its last change (`_synced_cl_site`), the row's last `db_version`
-//!   (`_synced_dv`), and per value column `<col>.v` (col_version),
-//!   `<col>.dv` (db_version of the write) and `<col>.site` (site ordinal of the
-//!   writer). An index on `_synced_dv` serves "changes since". The version of a
-//!   row's (re)creation is not stored: a (re)created row writes every column at
-//!   `col_version` 1, and a deleted row's last change is its delete.
+//!   a unique index on the primary key: the causal length (`_synced_cl`, odd = live),
+//!   the version of the row's last change (`_synced_dv`, indexed for "changes
+//!   since"), and per value column `<col>.v` (col_version) and `<col>.dv` (version
+//!   of the write). A (re)created row writes every column at `col_version` 1, so a
+//!   column still at 1 carries the version of the row's creation; a deleted row's
+//!   last change is its delete.
 //!
 //! # Why the triggers look like this
 //!
@@ -51,6 +54,10 @@ CREATE TABLE IF NOT EXISTS _synced_sites (
   ordinal INTEGER PRIMARY KEY,
   site_id BLOB NOT NULL UNIQUE
 ) STRICT;
+CREATE TABLE IF NOT EXISTS _synced_versions (
+  db_version INTEGER PRIMARY KEY,
+  site INTEGER NOT NULL
+) STRICT;
 CREATE TABLE IF NOT EXISTS _synced_tables (
   name TEXT PRIMARY KEY,
   algorithm TEXT NOT NULL,
@@ -72,7 +79,6 @@ pub(crate) const CURRENT_VERSION: &str = "SELECT db_version + (pending > 0) FROM
 pub(crate) const GROW_ONLY_PREFIX: &str = "synced: grow-only table rows cannot be deleted: ";
 
 const CL: &str = "_synced_cl";
-const CL_SITE: &str = "_synced_cl_site";
 const DV: &str = "_synced_dv";
 const STATE: &str = "_synced_state";
 const NEW_ROW_SOURCE: &str = "_synced_state WHERE true";
@@ -247,9 +253,9 @@ fn create_table(schema: &TableSchema) -> String {
 
 fn clock_columns(schema: &TableSchema) -> Vec<String> {
     let mut cols: Vec<String> = schema.key_columns().map(|c| ident(&c.name)).collect();
-    cols.extend([CL, CL_SITE, DV].map(String::from));
+    cols.extend([CL, DV].map(String::from));
     for c in schema.value_columns() {
-        for part in ["v", "dv", "site"] {
+        for part in ["v", "dv"] {
             cols.push(meta_col(&c.name, part));
         }
     }
@@ -262,9 +268,9 @@ fn create_clock(schema: &TableSchema) -> String {
     for c in schema.key_columns() {
         let _ = writeln!(sql, "  {} {},", ident(&c.name), c.sql_type.as_sql());
     }
-    let mut meta: Vec<String> = [CL, CL_SITE, DV].map(String::from).to_vec();
+    let mut meta: Vec<String> = [CL, DV].map(String::from).to_vec();
     for c in schema.value_columns() {
-        for part in ["v", "dv", "site"] {
+        for part in ["v", "dv"] {
             meta.push(meta_col(&c.name, part));
         }
     }
@@ -294,24 +300,18 @@ fn record_insert(schema: &TableSchema, source: &str, source_where: &str) -> Stri
         .key_columns()
         .map(|c| format!("{source}{}", ident(&c.name)))
         .collect();
-    values.extend(["1".into(), "0".into(), "db_version + 1".into()]);
+    values.extend(["1".into(), "db_version + 1".into()]);
     let mut updates = vec![
         format!("{CL} = {CL} + 1 - {CL} % 2"),
-        format!("{CL_SITE} = CASE WHEN {CL} % 2 = 0 THEN 0 ELSE {CL_SITE} END"),
         format!("{DV} = excluded.{DV}"),
     ];
     for c in schema.value_columns() {
-        values.extend(["1".into(), "db_version + 1".into(), "0".into()]);
-        let (v, dv, site) = (
-            meta_col(&c.name, "v"),
-            meta_col(&c.name, "dv"),
-            meta_col(&c.name, "site"),
-        );
+        values.extend(["1".into(), "db_version + 1".into()]);
+        let (v, dv) = (meta_col(&c.name, "v"), meta_col(&c.name, "dv"));
         updates.push(format!(
             "{v} = CASE WHEN {CL} % 2 = 0 THEN 1 ELSE {v} + 1 END"
         ));
         updates.push(format!("{dv} = excluded.{DV}"));
-        updates.push(format!("{site} = 0"));
     }
     format!(
         "INSERT INTO {clock} ({}) SELECT {} FROM {source_where} ON CONFLICT ({}) DO UPDATE SET {};",
@@ -325,7 +325,7 @@ fn record_insert(schema: &TableSchema, source: &str, source_where: &str) -> Stri
 /// Marks the live clock rows matching `filter` as deleted (causal length + 1).
 fn tombstone(schema: &TableSchema, filter: &str) -> String {
     format!(
-        "UPDATE {} SET {CL} = {CL} + 1, {CL_SITE} = 0, {DV} = (SELECT db_version + 1 FROM {STATE}) WHERE {filter};",
+        "UPDATE {} SET {CL} = {CL} + 1, {DV} = (SELECT db_version + 1 FROM {STATE}) WHERE {filter};",
         ident(&clock_table(&schema.name)),
     )
 }
@@ -385,19 +385,14 @@ fn create_triggers(schema: &TableSchema) -> String {
     let value_columns: Vec<_> = schema.value_columns().collect();
     if !value_columns.is_empty() {
         let changed = |c: &ColumnSchema| format!("OLD.{0} IS NOT NEW.{0}", ident(&c.name));
-        // Plain assignments for versions and sites; the columns that need the open
+        // Column versions are plain assignments; the columns that need the open
         // version come from one row-value subquery of the state.
         let mut sets = Vec::new();
         let (mut targets, mut stamps) = (Vec::new(), Vec::new());
         for c in &value_columns {
-            let (v, dv, site) = (
-                meta_col(&c.name, "v"),
-                meta_col(&c.name, "dv"),
-                meta_col(&c.name, "site"),
-            );
+            let (v, dv) = (meta_col(&c.name, "v"), meta_col(&c.name, "dv"));
             let ch = changed(c);
             sets.push(format!("{v} = {v} + ({ch})"));
-            sets.push(format!("{site} = CASE WHEN {ch} THEN 0 ELSE {site} END"));
             targets.push(dv.clone());
             stamps.push(format!("CASE WHEN {ch} THEN db_version + 1 ELSE {dv} END"));
         }
@@ -441,16 +436,16 @@ fn create_triggers(schema: &TableSchema) -> String {
 }
 
 /// Clock rows changed after `?1`, joined with the app row for current values. Columns:
-/// key columns, cl, cl_site, dv, then per value column (v, dv, site, value), then
+/// key columns, cl, dv, then per value column (v, dv, value), then
 /// whether the app row exists and the clock row's rowid (its creation order).
 fn changes_since(schema: &TableSchema) -> String {
     let mut cols: Vec<String> = schema
         .key_columns()
         .map(|c| format!("c.{}", ident(&c.name)))
         .collect();
-    cols.extend([CL, CL_SITE, DV].map(|m| format!("c.{m}")));
+    cols.extend([CL, DV].map(|m| format!("c.{m}")));
     for c in schema.value_columns() {
-        for part in ["v", "dv", "site"] {
+        for part in ["v", "dv"] {
             cols.push(format!("c.{}", meta_col(&c.name, part)));
         }
         cols.push(format!("t.{}", ident(&c.name)));

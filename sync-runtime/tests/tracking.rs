@@ -502,3 +502,48 @@ async fn writes_from_another_connection_are_tracked() {
         .collect();
     assert_eq!(versions, vec![2, 3]);
 }
+
+#[tokio::test]
+async fn the_writer_of_a_change_is_the_origin_of_its_version() {
+    let db = memory().await;
+    let local = todo("written here");
+    db.insert(&local).await.unwrap();
+    // What a merge records for a version holding another replica's changes.
+    let elsewhere = [7u8; 16];
+    db.execute_raw(
+        "INSERT INTO _synced_sites (ordinal, site_id) VALUES (1, ?1)",
+        vec![Value::Blob(elsewhere.to_vec())],
+    )
+    .await
+    .unwrap();
+    db.execute_raw(
+        "INSERT INTO _synced_versions (db_version, site) VALUES (3, 1)",
+        params![],
+    )
+    .await
+    .unwrap();
+    let remote = todo("written elsewhere");
+    db.insert(&remote).await.unwrap(); // version 2, here
+    // Version 3 brought another replica's title.
+    db.execute_raw(
+        "UPDATE _synced_clock_todos SET \"title.dv\" = 3, _synced_dv = 3 WHERE id = ?1",
+        params![remote.id],
+    )
+    .await
+    .unwrap();
+
+    let changes = db.changes_since(0).await.unwrap();
+    let site_of = |id: SyncId, column: &str| {
+        changes
+            .iter()
+            .find(|c| {
+                c.pk == vec![Value::from(id)]
+                    && matches!(&c.kind, ChangeKind::Set { column: name, .. } if name == column)
+            })
+            .unwrap()
+            .site_id
+    };
+    assert_eq!(site_of(local.id, "title"), db.site_id());
+    assert_eq!(site_of(remote.id, "title").as_bytes(), &elsewhere);
+    assert_eq!(site_of(remote.id, "done"), db.site_id());
+}
