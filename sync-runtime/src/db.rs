@@ -442,7 +442,7 @@ fn open_connection(path: Option<&Path>, options: &Options) -> Result<(Worker, Si
     conn.execute_batch(sql::CREATE_META)
         .map_err(not_a_database)?;
     conn.execute(
-        "INSERT INTO _synced_state (id, site_id, db_version, pending) VALUES (0, ?1, 0, 0) \
+        "INSERT INTO _synced_state (id, site_id, db_version, pending, applying) VALUES (0, ?1, 0, 0, 0) \
          ON CONFLICT DO NOTHING",
         [SiteId::random().as_bytes().as_slice()],
     )?;

@@ -5,7 +5,8 @@
 //! Runtime-owned tables (all prefixed `_synced`):
 //!
 //! - `_synced_state`: one row; this database's site id, its `db_version` (the last
-//!   committed version) and the number of changes `pending` in the open transaction.
+//!   committed version), the number of changes `pending` in the open transaction
+//!   and the `applying` flag of the merge.
 //! - `_synced_sites`: site-id dictionary; ordinal 0 is this database.
 //! - `_synced_versions`: the origin site of every version that holds changes made
 //!   elsewhere (merging gives each origin its own version); a version not listed
@@ -31,8 +32,10 @@
 //! - The open transaction's version is read from `_synced_state` (`db_version + 1`),
 //!   with one row-value subquery per statement; the runtime closes a transaction by
 //!   bumping `db_version` once, just before `COMMIT`, if anything was recorded.
-//! - No `WHEN` guard for remote changes: the merge disables trigger firing on its
-//!   connection (`SQLITE_DBCONFIG_ENABLE_TRIGGER`) while it writes.
+//! - Every trigger is guarded by the state's `applying` flag, which the merge sets
+//!   while it writes remote changes: the merge records its own metadata, and the
+//!   app's own triggers (full-text indexes, audit tables) keep firing for remote
+//!   changes. The guard costs no measurable time.
 //! - The clock is a table with an implicit rowid and a unique index on the key:
 //!   updates rewrite a small record in place and the `_synced_dv` index holds
 //!   integers only (a `WITHOUT ROWID` clock keyed by the primary key measured
@@ -48,7 +51,8 @@ CREATE TABLE IF NOT EXISTS _synced_state (
   id INTEGER PRIMARY KEY,
   site_id BLOB,
   db_version INTEGER,
-  pending INTEGER
+  pending INTEGER,
+  applying INTEGER
 );
 CREATE TABLE IF NOT EXISTS _synced_sites (
   ordinal INTEGER PRIMARY KEY,
@@ -81,10 +85,14 @@ pub(crate) const GROW_ONLY_PREFIX: &str = "synced: grow-only table rows cannot b
 const CL: &str = "_synced_cl";
 const DV: &str = "_synced_dv";
 const STATE: &str = "_synced_state";
-const NEW_ROW_SOURCE: &str = "_synced_state WHERE true";
+/// The state row, unless the merge is writing: the insert trigger needs no `WHEN`
+/// (and no second read of the state) when its `SELECT` filters on the flag.
+const NEW_ROW_SOURCE: &str = "_synced_state WHERE applying = 0";
 /// Counts the open transaction's changes, so that the runtime knows whether to
 /// close a version.
-const COUNT_CHANGE: &str = "UPDATE _synced_state SET pending = pending + 1;";
+/// True unless the merge is writing remote changes.
+const LOCAL: &str = "(SELECT applying FROM _synced_state) = 0";
+const COUNT_CHANGE: &str = "UPDATE _synced_state SET pending = pending + 1 WHERE applying = 0;";
 
 /// Quotes an identifier: `a"b` → `"a""b"`.
 pub(crate) fn ident(name: &str) -> String {
@@ -358,8 +366,8 @@ fn create_guards(schema: &TableSchema) -> String {
         literal(&format!("{GROW_ONLY_PREFIX}{name}"))
     );
     format!(
-        "CREATE TRIGGER IF NOT EXISTS {} BEFORE DELETE ON {table} BEGIN\n  {raise}\nEND;\n\
-         CREATE TRIGGER IF NOT EXISTS {} BEFORE UPDATE ON {table} WHEN ({}) BEGIN\n  {raise}\nEND;\n",
+        "CREATE TRIGGER IF NOT EXISTS {} BEFORE DELETE ON {table} WHEN {LOCAL} BEGIN\n  {raise}\nEND;\n\
+         CREATE TRIGGER IF NOT EXISTS {} BEFORE UPDATE ON {table} WHEN {LOCAL} AND ({}) BEGIN\n  {raise}\nEND;\n",
         trigger(name, "guard_delete"),
         trigger(name, "guard_rekey"),
         key_changed(schema),
@@ -410,7 +418,7 @@ fn create_triggers(schema: &TableSchema) -> String {
             .join(" OR ");
         let _ = writeln!(
             sql,
-            "CREATE TRIGGER IF NOT EXISTS {} AFTER UPDATE ON {table} WHEN NOT ({key_changed}) AND ({any_changed}) BEGIN\n  UPDATE {clock} SET {} WHERE {};\n  {COUNT_CHANGE}\nEND;",
+            "CREATE TRIGGER IF NOT EXISTS {} AFTER UPDATE ON {table} WHEN {LOCAL} AND NOT ({key_changed}) AND ({any_changed}) BEGIN\n  UPDATE {clock} SET {} WHERE {};\n  {COUNT_CHANGE}\nEND;",
             trigger(name, "update"),
             sets.join(", "),
             key_match(schema, "", "NEW."),
@@ -420,14 +428,14 @@ fn create_triggers(schema: &TableSchema) -> String {
     if schema.algorithm == Algorithm::Cls {
         let _ = writeln!(
             sql,
-            "CREATE TRIGGER IF NOT EXISTS {} AFTER UPDATE ON {table} WHEN ({key_changed}) BEGIN\n  {}\n  {COUNT_CHANGE}\n  {}\n  {COUNT_CHANGE}\nEND;",
+            "CREATE TRIGGER IF NOT EXISTS {} AFTER UPDATE ON {table} WHEN {LOCAL} AND ({key_changed}) BEGIN\n  {}\n  {COUNT_CHANGE}\n  {}\n  {COUNT_CHANGE}\nEND;",
             trigger(name, "rekey"),
             tombstone(schema, &format!("{old_key} AND {CL} % 2 = 1")),
             record_insert(schema, "NEW.", NEW_ROW_SOURCE),
         );
         let _ = writeln!(
             sql,
-            "CREATE TRIGGER IF NOT EXISTS {} AFTER DELETE ON {table} BEGIN\n  {}\n  {COUNT_CHANGE}\nEND;",
+            "CREATE TRIGGER IF NOT EXISTS {} AFTER DELETE ON {table} WHEN {LOCAL} BEGIN\n  {}\n  {COUNT_CHANGE}\nEND;",
             trigger(name, "delete"),
             tombstone(schema, &format!("{old_key} AND {CL} % 2 = 1")),
         );

@@ -547,3 +547,61 @@ async fn the_writer_of_a_change_is_the_origin_of_its_version() {
     assert_eq!(site_of(remote.id, "title").as_bytes(), &elsewhere);
     assert_eq!(site_of(remote.id, "done"), db.site_id());
 }
+
+#[tokio::test]
+async fn writes_under_the_merge_flag_are_not_recorded_and_app_triggers_still_fire() {
+    let db = memory().await;
+    let kept = todo("existing");
+    db.insert(&kept).await.unwrap();
+    db.execute_raw("CREATE TABLE audit (what TEXT) STRICT", params![])
+        .await
+        .unwrap();
+    db.execute_raw(
+        "CREATE TRIGGER audit_todos AFTER INSERT ON todos BEGIN INSERT INTO audit VALUES (NEW.title); END",
+        params![],
+    )
+    .await
+    .unwrap();
+    let before = db.changes_since(0).await.unwrap();
+
+    let id = SyncId::new();
+    db.transaction(move |tx| {
+        // What the merge does around the rows it writes.
+        tx.execute_raw("UPDATE _synced_state SET applying = 1", params![])?;
+        tx.execute_raw(
+            "INSERT INTO todos (id, title) VALUES (?1, 'from a peer')",
+            params![id],
+        )?;
+        tx.execute_raw("UPDATE todos SET done = 1", params![])?;
+        tx.execute_raw("UPDATE _synced_state SET applying = 0", params![])?;
+        Ok::<_, Error>(())
+    })
+    .await
+    .unwrap();
+
+    // The metadata is as before (the changes view reads current values, so
+    // compare the clocks only): the merge writes its own metadata.
+    let clocks = |changes: Vec<Change>| {
+        changes
+            .into_iter()
+            .map(|c| match c.kind {
+                ChangeKind::Set {
+                    column,
+                    col_version,
+                    ..
+                } => (c.pk, Some(column), col_version, c.cl, c.db_version),
+                _ => (c.pk, None, 0, c.cl, c.db_version),
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(clocks(db.changes_since(0).await.unwrap()), clocks(before));
+    assert_eq!(db.db_version().await.unwrap(), 1);
+    let audited = db
+        .execute_raw(
+            "UPDATE audit SET what = what WHERE what = 'from a peer'",
+            params![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(audited, 1, "the app's own trigger fired for the merged row");
+}
