@@ -201,8 +201,8 @@ fn field_checks(field: &Field<'_>, single_key: bool) -> TokenStream {
     } else {
         let message = format!(
             "field `{name}` needs a column default: a row may arrive column by column, so every NOT NULL \
-             column needs one, and `{}` has none; make the field an `Option<{}>`",
-            type_name(ty),
+             column needs one, and `{}` has no natural default; make the field an Option, or give it \
+             #[synced(default = ...)] if its type takes a literal",
             type_name(ty),
         );
         checks.extend(quote_spanned! {ty.span()=>
@@ -253,5 +253,48 @@ fn fallback(input: &DeriveInput) -> TokenStream {
                 }
             }
         };
+    }
+}
+
+/// Snapshots of the generated code, so that every change to it is reviewed.
+#[cfg(test)]
+mod tests {
+    use syn::parse_quote;
+
+    fn expand(input: syn::DeriveInput) -> String {
+        let file: syn::File = syn::parse2(super::derive(&input)).expect("the expansion parses");
+        prettyplease::unparse(&file)
+    }
+
+    #[test]
+    fn single_key() {
+        insta::assert_snapshot!(expand(parse_quote! {
+            #[synced(table = "todos")]
+            struct Todo {
+                #[synced(primary_key)]
+                id: SyncId,
+                title: String,
+                #[synced(default = false)]
+                done: bool,
+                note: Option<String>,
+                #[synced(skip)]
+                cache: Vec<String>,
+            }
+        }));
+    }
+
+    #[test]
+    fn composite_key_grow_only() {
+        insta::assert_snapshot!(expand(parse_quote! {
+            #[synced(algorithm = "gos")]
+            struct ListItem {
+                #[synced(primary_key)]
+                list: SyncId,
+                #[synced(primary_key, rename = "pos")]
+                position: i64,
+                #[synced(default = "untitled")]
+                label: String,
+            }
+        }));
     }
 }
