@@ -24,6 +24,8 @@ pub(crate) struct Field<'a> {
     pub(crate) column: String,
     /// Where the column name comes from, for errors.
     pub(crate) column_span: Span,
+    /// Whether the column name comes from `rename`.
+    pub(crate) renamed: bool,
     pub(crate) primary_key: Option<Span>,
     pub(crate) integer_key: Option<Span>,
     pub(crate) default: Option<DefaultValue>,
@@ -89,6 +91,7 @@ impl<'a> Model<'a> {
                 Some(Field {
                     ident,
                     ty: &f.ty,
+                    renamed: attrs.rename.is_some(),
                     column,
                     column_span,
                     primary_key: attrs.primary_key,
@@ -124,18 +127,24 @@ impl<'a> Model<'a> {
     }
 }
 
-/// `TodoItem` → `todo_item`.
+/// `TodoItem` → `todo_item`, `HTTPServer` → `http_server`, `Item2` → `item2`.
 fn snake_case(name: &str) -> String {
+    let chars: Vec<char> = name.chars().collect();
     let mut out = String::with_capacity(name.len() + 4);
-    for (i, ch) in name.char_indices() {
-        if ch.is_uppercase() {
-            if i > 0 {
+    for (i, &ch) in chars.iter().enumerate() {
+        if ch.is_uppercase() && i > 0 {
+            let previous = chars[i - 1];
+            let next_is_lower = chars.get(i + 1).is_some_and(|c| c.is_lowercase());
+            // A word starts after a lowercase letter or digit, or at the last capital
+            // of an acronym that a lowercase word follows.
+            if previous.is_lowercase()
+                || previous.is_ascii_digit()
+                || (previous.is_uppercase() && next_is_lower)
+            {
                 out.push('_');
             }
-            out.extend(ch.to_lowercase());
-        } else {
-            out.push(ch);
         }
+        out.extend(ch.to_lowercase());
     }
     out
 }
@@ -146,5 +155,8 @@ mod tests {
     fn snake_case() {
         assert_eq!(super::snake_case("TodoItem"), "todo_item");
         assert_eq!(super::snake_case("Todo"), "todo");
+        assert_eq!(super::snake_case("HTTPServer"), "http_server");
+        assert_eq!(super::snake_case("UserID"), "user_id");
+        assert_eq!(super::snake_case("Item2Tag"), "item2_tag");
     }
 }

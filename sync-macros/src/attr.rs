@@ -1,6 +1,7 @@
 //! Parsing of `#[synced(...)]` attributes.
 
 use proc_macro2::Span;
+use syn::meta::ParseNestedMeta;
 use syn::spanned::Spanned;
 use syn::{Attribute, Expr, ExprLit, ExprUnary, Lit, LitStr, UnOp};
 
@@ -70,12 +71,25 @@ fn synced_attrs(attrs: &[Attribute]) -> impl Iterator<Item = &Attribute> {
     attrs.iter().filter(|a| a.path().is_ident(SYNCED))
 }
 
+/// Stores an attribute's value, refusing a second occurrence of the same key.
+fn set_once<T>(slot: &mut Option<T>, value: T, meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
+    if slot.is_some() {
+        return Err(meta.error(format!(
+            "duplicate `{}` attribute; give it once",
+            path_name(&meta.path)
+        )));
+    }
+    *slot = Some(value);
+    Ok(())
+}
+
 pub(crate) fn struct_attrs(attrs: &[Attribute], errors: &mut Errors) -> StructAttrs {
     let mut out = StructAttrs::default();
     for attr in synced_attrs(attrs) {
         let result = attr.parse_nested_meta(|meta| {
             if meta.path.is_ident(TABLE) {
-                out.table = Some(meta.value()?.parse()?);
+                let table = meta.value()?.parse()?;
+                set_once(&mut out.table, table, &meta)?;
             } else if meta.path.is_ident(ALGORITHM) {
                 let lit: LitStr = meta.value()?.parse()?;
                 let algorithm = match lit.value().as_str() {
@@ -99,7 +113,7 @@ pub(crate) fn struct_attrs(attrs: &[Attribute], errors: &mut Errors) -> StructAt
                         ));
                     }
                 };
-                out.algorithm = Some((algorithm, lit.span()));
+                set_once(&mut out.algorithm, (algorithm, lit.span()), &meta)?;
             } else {
                 return Err(meta.error(format!(
                     "unknown attribute `{}`; expected one of {STRUCT_KEYS}",
@@ -121,19 +135,21 @@ pub(crate) fn field_attrs(attrs: &[Attribute], errors: &mut Errors) -> FieldAttr
         let result = attr.parse_nested_meta(|meta| {
             let span = meta.path.span();
             if meta.path.is_ident(PRIMARY_KEY) {
-                out.primary_key = Some(span);
+                set_once(&mut out.primary_key, span, &meta)?;
             } else if meta.path.is_ident(INTEGER_KEY) {
-                out.integer_key = Some(span);
+                set_once(&mut out.integer_key, span, &meta)?;
             } else if meta.path.is_ident(SKIP) {
-                out.skip = Some(span);
+                set_once(&mut out.skip, span, &meta)?;
             } else if meta.path.is_ident(RENAME) {
-                out.rename = Some(meta.value()?.parse()?);
+                let rename = meta.value()?.parse()?;
+                set_once(&mut out.rename, rename, &meta)?;
             } else if meta.path.is_ident(DEFAULT) {
                 let expr: Expr = meta.value()?.parse()?;
-                out.default = Some(DefaultValue {
+                let default = DefaultValue {
                     sql: sql_literal(&expr)?,
                     expr,
-                });
+                };
+                set_once(&mut out.default, default, &meta)?;
             } else if meta.path.is_ident(COUNTER) {
                 return Err(meta.error(
                     "counter columns are not yet supported; remove `counter` to make this a \

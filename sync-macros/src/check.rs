@@ -17,7 +17,7 @@ pub(crate) fn check(model: &Model<'_>, errors: &mut Errors) {
             "a synced struct needs a primary key: mark its key field(s) with #[synced(primary_key)]",
         ));
     }
-    if model.table.is_empty() || model.table.starts_with(RESERVED_PREFIX) {
+    if model.table.is_empty() || reserved(&model.table) {
         errors.push(syn::Error::new(
             model.table_span,
             format!(
@@ -26,13 +26,16 @@ pub(crate) fn check(model: &Model<'_>, errors: &mut Errors) {
             ),
         ));
     }
-    let mut seen: HashMap<&str, &syn::Ident> = HashMap::new();
+    let keys = model.keys().count();
+    // SQLite compares column names without regard to ASCII case.
+    let mut seen: HashMap<String, &syn::Ident> = HashMap::new();
     for field in &model.fields {
         if let Some(skip) = field.skip {
             let conflicts: Vec<&str> = [
                 (field.primary_key.is_some(), "`primary_key`"),
                 (field.integer_key.is_some(), "`integer_key`"),
                 (field.default.is_some(), "`default`"),
+                (field.renamed, "`rename`"),
             ]
             .into_iter()
             .filter_map(|(set, name)| set.then_some(name))
@@ -49,11 +52,14 @@ pub(crate) fn check(model: &Model<'_>, errors: &mut Errors) {
             }
             continue;
         }
-        if let (Some(span), None) = (field.integer_key, field.primary_key) {
-            errors.push(syn::Error::new(
-                span,
-                "`integer_key` only applies to a #[synced(primary_key)] field",
-            ));
+        if let Some(span) = field.integer_key {
+            if field.primary_key.is_none() || keys > 1 {
+                errors.push(syn::Error::new(
+                    span,
+                    "`integer_key` only applies to the field of a single-column #[synced(primary_key)]; \
+                     integers in composite keys need no opt-in",
+                ));
+            }
         }
         if let (Some(default), Some(_)) = (&field.default, field.primary_key) {
             errors.push(syn::Error::new_spanned(
@@ -61,10 +67,7 @@ pub(crate) fn check(model: &Model<'_>, errors: &mut Errors) {
                 "key columns take no default: every row carries its key",
             ));
         }
-        if field.column.is_empty()
-            || field.column.starts_with(RESERVED_PREFIX)
-            || field.column.contains('.')
-        {
+        if field.column.is_empty() || reserved(&field.column) || field.column.contains('.') {
             errors.push(syn::Error::new(
                 field.column_span,
                 format!(
@@ -73,7 +76,7 @@ pub(crate) fn check(model: &Model<'_>, errors: &mut Errors) {
                 ),
             ));
         }
-        if let Some(first) = seen.insert(&field.column, field.ident) {
+        if let Some(first) = seen.insert(field.column.to_ascii_lowercase(), field.ident) {
             errors.push(syn::Error::new(
                 field.column_span,
                 format!(
@@ -83,4 +86,9 @@ pub(crate) fn check(model: &Model<'_>, errors: &mut Errors) {
             ));
         }
     }
+}
+
+fn reserved(name: &str) -> bool {
+    name.get(..RESERVED_PREFIX.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(RESERVED_PREFIX))
 }

@@ -172,6 +172,12 @@ fn field_checks(field: &Field<'_>, single_key: bool) -> TokenStream {
     let name = field.ident.to_string();
     let value = sync_value(field);
     let mut checks = TokenStream::new();
+    let message = format!(
+        "field `{name}` cannot be an Option of an Option: NULL cannot tell Some(None) from None"
+    );
+    checks.extend(quote_spanned! {ty.span()=>
+        const _: () = if #value::NESTED_OPTION { ::core::panic!(#message) };
+    });
     if field.is_key() {
         let message = format!(
             "field `{name}` is part of the primary key and cannot be an Option: \
@@ -187,6 +193,16 @@ fn field_checks(field: &Field<'_>, single_key: bool) -> TokenStream {
             );
             checks.extend(quote_spanned! {ty.span()=>
                 const _: () = if ::core::matches!(#value::SQL_TYPE, ::sync_runtime::SqlType::Integer) {
+                    ::core::panic!(#message)
+                };
+            });
+        }
+        if let Some(span) = field.integer_key {
+            let message = format!(
+                "`integer_key` opts in to an integer primary key, but field `{name}` is not an integer; remove it"
+            );
+            checks.extend(quote_spanned! {span=>
+                const _: () = if !::core::matches!(#value::SQL_TYPE, ::sync_runtime::SqlType::Integer) {
                     ::core::panic!(#message)
                 };
             });

@@ -165,7 +165,7 @@ impl TableSchema {
                 reason,
             })
         };
-        if self.name.is_empty() || self.name.starts_with(RESERVED_PREFIX) {
+        if self.name.is_empty() || reserved(&self.name) {
             return err(format!(
                 "table names must be non-empty and must not start with `{RESERVED_PREFIX}`"
             ));
@@ -175,13 +175,17 @@ impl TableSchema {
             return err("a synced table needs a primary key".into());
         }
         for (i, c) in self.columns.iter().enumerate() {
-            if c.name.is_empty() || c.name.starts_with(RESERVED_PREFIX) || c.name.contains('.') {
+            if c.name.is_empty() || reserved(&c.name) || c.name.contains('.') {
                 return err(format!(
                     "column `{}`: names must be non-empty, contain no `.` and not start with `{RESERVED_PREFIX}`",
                     c.name
                 ));
             }
-            if self.columns[..i].iter().any(|o| o.name == c.name) {
+            // SQLite compares column names without regard to ASCII case.
+            if self.columns[..i]
+                .iter()
+                .any(|o| o.name.eq_ignore_ascii_case(&c.name))
+            {
                 return err(format!("column `{}` appears twice", c.name));
             }
             if c.primary_key && c.nullable {
@@ -196,6 +200,11 @@ impl TableSchema {
         }
         Ok(())
     }
+}
+
+fn reserved(name: &str) -> bool {
+    name.get(..RESERVED_PREFIX.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(RESERVED_PREFIX))
 }
 
 /// A table descriptor that breaks the rules of synced tables.

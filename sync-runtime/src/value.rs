@@ -193,6 +193,9 @@ pub trait SyncValue: Sized {
     const SQL_TYPE: SqlType;
     /// Whether the column accepts `NULL` (only `Option<T>`).
     const NULLABLE: bool = false;
+    /// Whether this is an `Option` of a nullable type, which cannot round-trip.
+    #[doc(hidden)]
+    const NESTED_OPTION: bool = false;
     /// The SQL literal used as the column's default when the field has no explicit
     /// `#[synced(default = …)]`; `None` when the type has no natural default.
     const DEFAULT_SQL: Option<&'static str>;
@@ -321,6 +324,9 @@ impl SyncValue for Vec<u8> {
 
 impl<T: SyncValue> SyncValue for Option<T> {
     const SQL_TYPE: SqlType = T::SQL_TYPE;
+    // `Some(None)` would be stored as NULL and read back as `None`; the derive
+    // refuses such a field.
+    const NESTED_OPTION: bool = T::NULLABLE;
     const NULLABLE: bool = true;
     const DEFAULT_SQL: Option<&'static str> = Some("NULL");
 
