@@ -84,7 +84,7 @@ pub(crate) fn changes_since(
         let sql = TableSql::new(schema);
         let keys = schema.key_columns().count();
         let value_columns: Vec<_> = schema.value_columns().collect();
-        let after_columns = keys + 2 + 3 * value_columns.len();
+        let after_columns = keys + 3 + 3 * value_columns.len();
         let mut stmt = conn.prepare_cached(&sql.changes_since)?;
         let mut rows = stmt.query([since])?;
         while let Some(row) = rows.next()? {
@@ -93,6 +93,7 @@ pub(crate) fn changes_since(
                 .collect::<Result<Vec<_>>>()?;
             let cl: i64 = row.get(keys)?;
             let row_version: i64 = row.get(keys + 1)?;
+            let created: i64 = row.get(keys + 2)?;
             let exists: bool = row.get(after_columns)?;
             let rowid: i64 = row.get(after_columns + 1)?;
             let mut record = |kind, db_version, site_id| {
@@ -112,18 +113,14 @@ pub(crate) fn changes_since(
                 record(ChangeKind::Delete, row_version, site(row_version)?);
                 continue;
             }
-            // The (re)creation of a row writes every column at col_version 1: a column
-            // still at version 1 carries the version of the row's creation.
-            let mut created = value_columns.is_empty().then_some(row_version);
-            let mut columns = Vec::new();
+            if created > since {
+                record(ChangeKind::Insert, created, site(created)?);
+            }
             for (i, column) in value_columns.iter().enumerate() {
-                let base = keys + 2 + 3 * i;
+                let base = keys + 3 + 3 * i;
                 let (col_version, dv): (i64, i64) = (row.get(base)?, row.get(base + 1)?);
                 if dv <= since {
                     continue;
-                }
-                if col_version == 1 {
-                    created = Some(created.map_or(dv, |c: i64| c.min(dv)));
                 }
                 if exists {
                     let kind = ChangeKind::Set {
@@ -131,14 +128,8 @@ pub(crate) fn changes_since(
                         value: owned(row.get_ref(base + 2)?)?,
                         col_version,
                     };
-                    columns.push((kind, dv, site(dv)?));
+                    record(kind, dv, site(dv)?);
                 }
-            }
-            if let Some(version) = created {
-                record(ChangeKind::Insert, version, site(version)?);
-            }
-            for (kind, dv, site_id) in columns {
-                record(kind, dv, site_id);
             }
         }
     }

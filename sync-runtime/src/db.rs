@@ -225,7 +225,10 @@ impl SyncDb {
     }
 
     /// The database's logical clock: the version of its last transaction that changed
-    /// a synced table (0 for a new database).
+    /// a synced table (0 for a new database). Every version up to it is final: its
+    /// changes are all in [`changes_since`](Self::changes_since). Changes written
+    /// by other connections to the file get their version when this handle next
+    /// writes or reads changes.
     pub async fn db_version(&self) -> Result<i64> {
         self.call(|w| Ok(w.conn.query_row(sql::CURRENT_VERSION, [], |r| r.get(0))?))
             .await
@@ -364,11 +367,25 @@ impl SyncDb {
     }
 
     /// Every change recorded after `db_version` (0: all), in every tracked table,
-    /// ordered by version and sequence.
+    /// ordered by version and sequence. Only final versions are reported, so a
+    /// reader that keeps the highest version it has seen as its cursor never misses
+    /// a change.
     pub async fn changes_since(&self, db_version: i64) -> Result<Vec<Change>> {
         self.call(move |w| {
-            let tables = tracking::synced_tables(&w.conn)?;
-            change::changes_since(&w.conn, &tables, db_version)
+            let read = |conn: &Connection| {
+                change::changes_since(conn, &tracking::synced_tables(conn)?, db_version)
+            };
+            // One snapshot; if another connection left changes in an open version,
+            // close it first, inside the same (write) transaction.
+            let tx = w.conn.transaction()?;
+            let pending: i64 = tx.query_row(sql::PENDING, [], |r| r.get(0))?;
+            if pending == 0 {
+                let changes = read(&tx)?;
+                tx.commit()?;
+                return Ok(changes);
+            }
+            drop(tx);
+            write(w, |tx| read(tx.conn()))
         })
         .await
     }

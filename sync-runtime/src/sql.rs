@@ -17,9 +17,8 @@
 //! - `_synced_clock_<table>`: one clock row per app row (live or deleted), found by
 //!   a unique index on the primary key: the causal length (`_synced_cl`, odd = live),
 //!   the version of the row's last change (`_synced_dv`, indexed for "changes
-//!   since"), and per value column `<col>.v` (col_version) and `<col>.dv` (version
-//!   of the write). A (re)created row writes every column at `col_version` 1, so a
-//!   column still at 1 carries the version of the row's creation; a deleted row's
+//!   since") and of its (re)creation (`_synced_created`), and per value column
+//!   `<col>.v` (col_version) and `<col>.dv` (version of the write). A deleted row's
 //!   last change is its delete.
 //!
 //! # Why the triggers look like this
@@ -76,7 +75,10 @@ pub(crate) const CLOSE_VERSION: &str =
     "UPDATE _synced_state SET db_version = db_version + 1, pending = 0 WHERE pending > 0";
 
 /// The current version: the last committed one, or the open one if changes are pending.
-pub(crate) const CURRENT_VERSION: &str = "SELECT db_version + (pending > 0) FROM _synced_state";
+pub(crate) const CURRENT_VERSION: &str = "SELECT db_version FROM _synced_state";
+
+/// Changes recorded in the open transaction (or left open by another connection).
+pub(crate) const PENDING: &str = "SELECT pending FROM _synced_state";
 
 /// Message prefix of the error raised when a row of a grow-only table would be
 /// deleted (or re-keyed); the table name follows.
@@ -84,6 +86,7 @@ pub(crate) const GROW_ONLY_PREFIX: &str = "synced: grow-only table rows cannot b
 
 const CL: &str = "_synced_cl";
 const DV: &str = "_synced_dv";
+const CREATED: &str = "_synced_created";
 const STATE: &str = "_synced_state";
 /// The state row, unless the merge is writing: the insert trigger needs no `WHEN`
 /// (and no second read of the state) when its `SELECT` filters on the flag.
@@ -261,7 +264,7 @@ fn create_table(schema: &TableSchema) -> String {
 
 fn clock_columns(schema: &TableSchema) -> Vec<String> {
     let mut cols: Vec<String> = schema.key_columns().map(|c| ident(&c.name)).collect();
-    cols.extend([CL, DV].map(String::from));
+    cols.extend([CL, DV, CREATED].map(String::from));
     for c in schema.value_columns() {
         for part in ["v", "dv"] {
             cols.push(meta_col(&c.name, part));
@@ -276,7 +279,7 @@ fn create_clock(schema: &TableSchema) -> String {
     for c in schema.key_columns() {
         let _ = writeln!(sql, "  {} {},", ident(&c.name), c.sql_type.as_sql());
     }
-    let mut meta: Vec<String> = [CL, DV].map(String::from).to_vec();
+    let mut meta: Vec<String> = [CL, DV, CREATED].map(String::from).to_vec();
     for c in schema.value_columns() {
         for part in ["v", "dv"] {
             meta.push(meta_col(&c.name, part));
@@ -308,10 +311,11 @@ fn record_insert(schema: &TableSchema, source: &str, source_where: &str) -> Stri
         .key_columns()
         .map(|c| format!("{source}{}", ident(&c.name)))
         .collect();
-    values.extend(["1".into(), "db_version + 1".into()]);
+    values.extend(["1".into(), "db_version + 1".into(), "db_version + 1".into()]);
     let mut updates = vec![
         format!("{CL} = {CL} + 1 - {CL} % 2"),
         format!("{DV} = excluded.{DV}"),
+        format!("{CREATED} = CASE WHEN {CL} % 2 = 0 THEN excluded.{DV} ELSE {CREATED} END"),
     ];
     for c in schema.value_columns() {
         values.extend(["1".into(), "db_version + 1".into()]);
@@ -444,14 +448,14 @@ fn create_triggers(schema: &TableSchema) -> String {
 }
 
 /// Clock rows changed after `?1`, joined with the app row for current values. Columns:
-/// key columns, cl, dv, then per value column (v, dv, value), then
+/// key columns, cl, dv, created, then per value column (v, dv, value), then
 /// whether the app row exists and the clock row's rowid (its creation order).
 fn changes_since(schema: &TableSchema) -> String {
     let mut cols: Vec<String> = schema
         .key_columns()
         .map(|c| format!("c.{}", ident(&c.name)))
         .collect();
-    cols.extend([CL, DV].map(|m| format!("c.{m}")));
+    cols.extend([CL, DV, CREATED].map(|m| format!("c.{m}")));
     for c in schema.value_columns() {
         for part in ["v", "dv"] {
             cols.push(format!("c.{}", meta_col(&c.name, part)));

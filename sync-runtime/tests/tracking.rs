@@ -605,3 +605,58 @@ async fn writes_under_the_merge_flag_are_not_recorded_and_app_triggers_still_fir
         .unwrap();
     assert_eq!(audited, 1, "the app's own trigger fired for the merged row");
 }
+
+#[tokio::test]
+async fn a_row_created_after_the_cursor_is_reported_as_inserted_even_if_rewritten() {
+    let db = memory().await;
+    let mut t = todo("first");
+    db.insert(&t).await.unwrap();
+    t.title = "second".into();
+    t.done = true;
+    t.note = Some("n".into());
+    db.update(&t).await.unwrap(); // every value column rewritten
+    let row = of_row(&db.changes_since(0).await.unwrap(), t.id);
+    assert_eq!(row[0], ("insert".into(), None, 0, 1, 1));
+    assert!(row[1..].iter().all(|c| c.2 == 2 && c.4 == 2), "{row:?}");
+    // After the insert, only the update.
+    let row = of_row(&db.changes_since(1).await.unwrap(), t.id);
+    assert!(row.iter().all(|c| c.0 != "insert"), "{row:?}");
+}
+
+#[tokio::test]
+async fn a_reader_keeping_its_cursor_never_misses_changes_from_other_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    let db = open(&path).await;
+    db.insert(&todo("mine")).await.unwrap();
+    let foreign_insert = |title: &str| {
+        let other = rusqlite::Connection::open(&path).unwrap();
+        other
+            .execute(
+                "INSERT INTO todos (id, title) VALUES (?1, ?2)",
+                [SyncId::new().as_str(), title],
+            )
+            .unwrap();
+    };
+
+    let mut cursor = db.db_version().await.unwrap();
+    let mut seen = Vec::new();
+    for title in ["theirs 1", "theirs 2", "theirs 3"] {
+        foreign_insert(title);
+        // The open version is closed by the read, so everything it reports is final.
+        let changes = db.changes_since(cursor).await.unwrap();
+        for c in &changes {
+            if let ChangeKind::Set { column, value, .. } = &c.kind {
+                if column == "title" {
+                    seen.push(value.clone());
+                }
+            }
+        }
+        cursor = changes.iter().map(|c| c.db_version).max().unwrap_or(cursor);
+        assert_eq!(cursor, db.db_version().await.unwrap());
+    }
+    assert_eq!(
+        seen,
+        ["theirs 1", "theirs 2", "theirs 3"].map(|t| Value::Text(t.into()))
+    );
+}

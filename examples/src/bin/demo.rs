@@ -33,12 +33,12 @@ impl Todo {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Error> {
-    let dir = tempfile::tempdir().map_err(|_| Error::Closed)?;
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
     let path = std::env::args()
         .nth(1)
         .map_or_else(|| dir.path().join("demo.db"), PathBuf::from);
-    run(&path).await
+    Ok(run(&path).await?)
 }
 
 async fn run(path: &Path) -> Result<(), Error> {
