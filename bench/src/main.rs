@@ -293,9 +293,6 @@ async fn run(args: &Args, kind: Keys) -> Result<Json, BoxError> {
     // Size after VACUUM, with every row present.
     plain.execute_batch("VACUUM; PRAGMA wal_checkpoint(TRUNCATE);")?;
     db.vacuum().await?;
-    db.execute_raw("PRAGMA wal_checkpoint(TRUNCATE)", sync_runtime::params![])
-        .await
-        .ok();
     let (plain_size, synced_size) = (file_size(&plain_path), file_size(&synced_path));
 
     // DELETE every row, one statement per row, one transaction.

@@ -361,9 +361,11 @@ impl SyncDb {
             .await
     }
 
-    /// Rebuilds the database file to its smallest size (SQLite's `VACUUM`).
+    /// Rebuilds the database file to its smallest size (SQLite's `VACUUM`), then
+    /// moves the write-ahead log into the file and truncates the log.
     pub async fn vacuum(&self) -> Result<()> {
-        self.call(|w| Ok(w.conn.execute_batch("VACUUM")?)).await
+        self.call(|w| Ok(w.conn.execute_batch("VACUUM; PRAGMA wal_checkpoint(TRUNCATE);")?))
+            .await
     }
 
     /// Every change recorded after `db_version` (0: all), in every tracked table,

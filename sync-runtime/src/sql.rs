@@ -5,7 +5,7 @@
 //! Runtime-owned tables (all prefixed `_synced`):
 //!
 //! - `_synced_state`: one row; this database's site id, its `db_version` (the last
-//!   committed version), the number of changes `pending` in the open transaction
+//!   committed version), whether changes are `pending` in the open transaction
 //!   and the `applying` flag of the merge.
 //! - `_synced_sites`: site-id dictionary; ordinal 0 is this database.
 //! - `_synced_versions`: the origin site of every version that holds changes made
@@ -74,7 +74,7 @@ CREATE TABLE IF NOT EXISTS _synced_tables (
 pub(crate) const CLOSE_VERSION: &str =
     "UPDATE _synced_state SET db_version = db_version + 1, pending = 0 WHERE pending > 0";
 
-/// The current version: the last committed one, or the open one if changes are pending.
+/// The current version: the last closed one.
 pub(crate) const CURRENT_VERSION: &str = "SELECT db_version FROM _synced_state";
 
 /// Changes recorded in the open transaction (or left open by another connection).
@@ -91,11 +91,11 @@ const STATE: &str = "_synced_state";
 /// The state row, unless the merge is writing: the insert trigger needs no `WHEN`
 /// (and no second read of the state) when its `SELECT` filters on the flag.
 const NEW_ROW_SOURCE: &str = "_synced_state WHERE applying = 0";
-/// Counts the open transaction's changes, so that the runtime knows whether to
-/// close a version.
 /// True unless the merge is writing remote changes.
 const LOCAL: &str = "(SELECT applying FROM _synced_state) = 0";
-const COUNT_CHANGE: &str = "UPDATE _synced_state SET pending = pending + 1 WHERE applying = 0;";
+/// Flags that the open transaction recorded a change, so that the runtime knows
+/// to close a version; only the first change of a transaction writes the row.
+const COUNT_CHANGE: &str = "UPDATE _synced_state SET pending = 1 WHERE pending = 0 AND applying = 0;";
 
 /// Quotes an identifier: `a"b` → `"a""b"`.
 pub(crate) fn ident(name: &str) -> String {

@@ -137,12 +137,8 @@ fn create(conn: &Connection, sql: &TableSql, tracking: bool) -> Result<()> {
 fn backfill(conn: &Connection, sql: &TableSql) -> Result<()> {
     let inserted = conn.execute(&sql.backfill_live, [])?;
     let deleted = conn.execute(&sql.backfill_deleted, [])?;
-    let used = inserted + usize::from(deleted > 0);
-    if used > 0 {
-        conn.execute(
-            "UPDATE _synced_state SET pending = pending + ?1",
-            [used as i64],
-        )?;
+    if inserted + deleted > 0 {
+        conn.execute("UPDATE _synced_state SET pending = 1", [])?;
     }
     Ok(())
 }
