@@ -2,6 +2,7 @@
 
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread;
 
@@ -129,6 +130,12 @@ impl std::fmt::Debug for SyncDb {
 pub(crate) struct Worker {
     pub(crate) conn: Connection,
     pub(crate) registry: Registry,
+    /// Set by the connection's update hook whenever a trigger writes a clock row:
+    /// the open transaction recorded changes and takes a version.
+    recorded: Arc<AtomicBool>,
+    /// `PRAGMA data_version` when this handle last looked for changes that other
+    /// connections recorded; `None` before the first look.
+    seen_data_version: Option<i64>,
 }
 
 type Job = Box<dyn FnOnce(&mut Worker) + Send>;
@@ -364,8 +371,11 @@ impl SyncDb {
     /// Rebuilds the database file to its smallest size (SQLite's `VACUUM`), then
     /// moves the write-ahead log into the file and truncates the log.
     pub async fn vacuum(&self) -> Result<()> {
-        self.call(|w| Ok(w.conn.execute_batch("VACUUM; PRAGMA wal_checkpoint(TRUNCATE);")?))
-            .await
+        self.call(|w| {
+            Ok(w.conn
+                .execute_batch("VACUUM; PRAGMA wal_checkpoint(TRUNCATE);")?)
+        })
+        .await
     }
 
     /// Every change recorded after `db_version` (0: all), in every tracked table,
@@ -380,8 +390,7 @@ impl SyncDb {
             // One snapshot; if another connection left changes in an open version,
             // close it first, inside the same (write) transaction.
             let tx = w.conn.transaction()?;
-            let pending: i64 = tx.query_row(sql::PENDING, [], |r| r.get(0))?;
-            if pending == 0 {
+            if !open_elsewhere(&tx, &mut w.seen_data_version)? {
                 let changes = read(&tx)?;
                 tx.commit()?;
                 return Ok(changes);
@@ -417,9 +426,17 @@ where
         .conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(Error::from)?;
-    close_version(&tx)?;
+    // Changes another connection recorded get their own version, before ours.
+    if open_elsewhere(&tx, &mut worker.seen_data_version)? {
+        close_version(&tx)?;
+        worker.seen_data_version = None;
+        open_elsewhere(&tx, &mut worker.seen_data_version)?;
+    }
+    worker.recorded.store(false, Ordering::Relaxed);
     let result = f(&mut Transaction::new(&tx, &worker.registry))?;
-    close_version(&tx)?;
+    if worker.recorded.swap(false, Ordering::Relaxed) {
+        close_version(&tx)?;
+    }
     tx.commit().map_err(Error::from)?;
     Ok(result)
 }
@@ -429,8 +446,26 @@ fn close_version(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// Whether another connection recorded changes that no version closed yet. Probes
+/// the clocks only when another connection committed since the last look, and
+/// remembers the look only when it found nothing to close.
+fn open_elsewhere(conn: &Connection, seen: &mut Option<i64>) -> Result<bool> {
+    let now: i64 = conn.query_row(sql::DATA_VERSION, [], |r| r.get(0))?;
+    if *seen == Some(now) {
+        return Ok(false);
+    }
+    for schema in tracking::synced_tables(conn)? {
+        let open: bool = conn.query_row(&TableSql::new(&schema).open_changes, [], |r| r.get(0))?;
+        if open {
+            return Ok(true);
+        }
+    }
+    *seen = Some(now);
+    Ok(false)
+}
+
 fn open_connection(path: Option<&Path>, options: &Options) -> Result<(Worker, SiteId)> {
-    let conn = match path {
+    let mut conn = match path {
         Some(path) => Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -461,7 +496,7 @@ fn open_connection(path: Option<&Path>, options: &Options) -> Result<(Worker, Si
     conn.execute_batch(sql::CREATE_META)
         .map_err(not_a_database)?;
     conn.execute(
-        "INSERT INTO _synced_state (id, site_id, db_version, pending, applying) VALUES (0, ?1, 0, 0, 0) \
+        "INSERT INTO _synced_state (id, site_id, db_version, applying) VALUES (0, ?1, 0, 0) \
          ON CONFLICT DO NOTHING",
         [SiteId::random().as_bytes().as_slice()],
     )?;
@@ -476,10 +511,21 @@ fn open_connection(path: Option<&Path>, options: &Options) -> Result<(Worker, Si
             table: "_synced_state".into(),
             details: format!("the stored site id has {} bytes instead of 16", bytes.len()),
         })?;
+    let recorded = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&recorded);
+    conn.update_hook(Some(
+        move |_: rusqlite::hooks::Action, _: &str, table: &str, _: i64| {
+            if table.starts_with(sql::CLOCK_PREFIX) {
+                flag.store(true, Ordering::Relaxed);
+            }
+        },
+    ))?;
     Ok((
         Worker {
             conn,
             registry: Registry::new(),
+            recorded,
+            seen_data_version: None,
         },
         site_id,
     ))

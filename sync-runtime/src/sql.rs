@@ -5,8 +5,7 @@
 //! Runtime-owned tables (all prefixed `_synced`):
 //!
 //! - `_synced_state`: one row; this database's site id, its `db_version` (the last
-//!   committed version), whether changes are `pending` in the open transaction
-//!   and the `applying` flag of the merge.
+//!   closed version) and the `applying` flag of the merge.
 //! - `_synced_sites`: site-id dictionary; ordinal 0 is this database.
 //! - `_synced_versions`: the origin site of every version that holds changes made
 //!   elsewhere (merging gives each origin its own version); a version not listed
@@ -29,12 +28,16 @@
 //! - No SQL functions: a function call inside a trigger makes SQLite keep a
 //!   statement journal for every written row.
 //! - The open transaction's version is read from `_synced_state` (`db_version + 1`),
-//!   with one row-value subquery per statement; the runtime closes a transaction by
-//!   bumping `db_version` once, just before `COMMIT`, if anything was recorded.
+//!   with one row-value subquery per statement. The triggers write nothing else:
+//!   the runtime learns that a transaction recorded changes from SQLite's update
+//!   hook on its connection, and closes the version once, just before `COMMIT`.
+//!   Changes recorded by other connections are found by a probe of each clock's
+//!   `_synced_dv` index, run only when `PRAGMA data_version` says that another
+//!   connection committed.
 //! - Every trigger is guarded by the state's `applying` flag, which the merge sets
 //!   while it writes remote changes: the merge records its own metadata, and the
 //!   app's own triggers (full-text indexes, audit tables) keep firing for remote
-//!   changes. The guard costs no measurable time.
+//!   changes. The insert trigger tests it in the `SELECT` it runs anyway.
 //! - The clock is a table with an implicit rowid and a unique index on the key:
 //!   updates rewrite a small record in place and the `_synced_dv` index holds
 //!   integers only (a `WITHOUT ROWID` clock keyed by the primary key measured
@@ -50,7 +53,6 @@ CREATE TABLE IF NOT EXISTS _synced_state (
   id INTEGER PRIMARY KEY,
   site_id BLOB,
   db_version INTEGER,
-  pending INTEGER,
   applying INTEGER
 );
 CREATE TABLE IF NOT EXISTS _synced_sites (
@@ -68,17 +70,16 @@ CREATE TABLE IF NOT EXISTS _synced_tables (
   tracking INTEGER NOT NULL
 ) STRICT;";
 
-/// Ends the open transaction's version: taken only when it recorded something.
-/// Also run at the start of every write, which closes changes that another
-/// connection recorded without this runtime.
-pub(crate) const CLOSE_VERSION: &str =
-    "UPDATE _synced_state SET db_version = db_version + 1, pending = 0 WHERE pending > 0";
+/// Closes the open version: the changes recorded since the last close keep the
+/// version they were stamped with (`db_version + 1`), and the next ones get the
+/// one after.
+pub(crate) const CLOSE_VERSION: &str = "UPDATE _synced_state SET db_version = db_version + 1";
 
-/// The current version: the last closed one.
+/// The last closed version.
 pub(crate) const CURRENT_VERSION: &str = "SELECT db_version FROM _synced_state";
 
-/// Changes recorded in the open transaction (or left open by another connection).
-pub(crate) const PENDING: &str = "SELECT pending FROM _synced_state";
+/// A change counter of the database file that moves when another connection commits.
+pub(crate) const DATA_VERSION: &str = "PRAGMA data_version";
 
 /// Message prefix of the error raised when a row of a grow-only table would be
 /// deleted (or re-keyed); the table name follows.
@@ -93,9 +94,6 @@ const STATE: &str = "_synced_state";
 const NEW_ROW_SOURCE: &str = "_synced_state WHERE applying = 0";
 /// True unless the merge is writing remote changes.
 const LOCAL: &str = "(SELECT applying FROM _synced_state) = 0";
-/// Flags that the open transaction recorded a change, so that the runtime knows
-/// to close a version; only the first change of a transaction writes the row.
-const COUNT_CHANGE: &str = "UPDATE _synced_state SET pending = 1 WHERE pending = 0 AND applying = 0;";
 
 /// Quotes an identifier: `a"b` → `"a""b"`.
 pub(crate) fn ident(name: &str) -> String {
@@ -111,9 +109,12 @@ fn meta_col(column: &str, part: &str) -> String {
     ident(&format!("{column}.{part}"))
 }
 
+/// The prefix of every clock table's name.
+pub(crate) const CLOCK_PREFIX: &str = "_synced_clock_";
+
 /// The name of a table's clock table.
 pub(crate) fn clock_table(table: &str) -> String {
-    format!("_synced_clock_{table}")
+    format!("{CLOCK_PREFIX}{table}")
 }
 
 fn trigger(table: &str, what: &str) -> String {
@@ -153,6 +154,7 @@ pub(crate) struct TableSql {
     pub(crate) select: String,
     pub(crate) select_by_key: String,
     pub(crate) changes_since: String,
+    pub(crate) open_changes: String,
     pub(crate) backfill_live: String,
     pub(crate) backfill_deleted: String,
 }
@@ -207,6 +209,9 @@ impl TableSql {
             select: format!("SELECT {all} FROM {table}"),
             select_by_key: format!("SELECT {all} FROM {table} WHERE {by_key_params}"),
             changes_since: changes_since(schema),
+            open_changes: format!(
+                "SELECT EXISTS (SELECT 1 FROM {clock} WHERE {DV} > (SELECT db_version FROM {STATE}))"
+            ),
             backfill_live: backfill_live(schema),
             backfill_deleted: tombstone(
                 schema,
@@ -389,7 +394,7 @@ fn create_triggers(schema: &TableSchema) -> String {
 
     let _ = writeln!(
         sql,
-        "CREATE TRIGGER IF NOT EXISTS {} AFTER INSERT ON {table} BEGIN\n  {}\n  {COUNT_CHANGE}\nEND;",
+        "CREATE TRIGGER IF NOT EXISTS {} AFTER INSERT ON {table} BEGIN\n  {}\nEND;",
         trigger(name, "insert"),
         record_insert(schema, "NEW.", NEW_ROW_SOURCE),
     );
@@ -422,7 +427,7 @@ fn create_triggers(schema: &TableSchema) -> String {
             .join(" OR ");
         let _ = writeln!(
             sql,
-            "CREATE TRIGGER IF NOT EXISTS {} AFTER UPDATE ON {table} WHEN {LOCAL} AND NOT ({key_changed}) AND ({any_changed}) BEGIN\n  UPDATE {clock} SET {} WHERE {};\n  {COUNT_CHANGE}\nEND;",
+            "CREATE TRIGGER IF NOT EXISTS {} AFTER UPDATE ON {table} WHEN {LOCAL} AND NOT ({key_changed}) AND ({any_changed}) BEGIN\n  UPDATE {clock} SET {} WHERE {};\nEND;",
             trigger(name, "update"),
             sets.join(", "),
             key_match(schema, "", "NEW."),
@@ -432,14 +437,14 @@ fn create_triggers(schema: &TableSchema) -> String {
     if schema.algorithm == Algorithm::Cls {
         let _ = writeln!(
             sql,
-            "CREATE TRIGGER IF NOT EXISTS {} AFTER UPDATE ON {table} WHEN {LOCAL} AND ({key_changed}) BEGIN\n  {}\n  {COUNT_CHANGE}\n  {}\n  {COUNT_CHANGE}\nEND;",
+            "CREATE TRIGGER IF NOT EXISTS {} AFTER UPDATE ON {table} WHEN {LOCAL} AND ({key_changed}) BEGIN\n  {}\n  {}\nEND;",
             trigger(name, "rekey"),
             tombstone(schema, &format!("{old_key} AND {CL} % 2 = 1")),
             record_insert(schema, "NEW.", NEW_ROW_SOURCE),
         );
         let _ = writeln!(
             sql,
-            "CREATE TRIGGER IF NOT EXISTS {} AFTER DELETE ON {table} WHEN {LOCAL} BEGIN\n  {}\n  {COUNT_CHANGE}\nEND;",
+            "CREATE TRIGGER IF NOT EXISTS {} AFTER DELETE ON {table} WHEN {LOCAL} BEGIN\n  {}\nEND;",
             trigger(name, "delete"),
             tombstone(schema, &format!("{old_key} AND {CL} % 2 = 1")),
         );

@@ -135,11 +135,9 @@ fn create(conn: &Connection, sql: &TableSql, tracking: bool) -> Result<()> {
 /// Records app rows without a live clock as inserted and live clocks without an app
 /// row as deleted.
 fn backfill(conn: &Connection, sql: &TableSql) -> Result<()> {
-    let inserted = conn.execute(&sql.backfill_live, [])?;
-    let deleted = conn.execute(&sql.backfill_deleted, [])?;
-    if inserted + deleted > 0 {
-        conn.execute("UPDATE _synced_state SET pending = 1", [])?;
-    }
+    // The clock writes mark the transaction as recording changes (update hook).
+    conn.execute(&sql.backfill_live, [])?;
+    conn.execute(&sql.backfill_deleted, [])?;
     Ok(())
 }
 
