@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 use rusqlite::{Connection, params};
 use serde_json::{Value as Json, json};
-use sync_runtime::{Options, SyncDb, SyncId, Synced};
+use sync_runtime::{Options, SyncDb, SyncId, Synced, Transaction};
 
 /// The benchmark table: `id TEXT` key, title TEXT, done INTEGER, note TEXT nullable,
 /// score REAL.
@@ -148,6 +148,39 @@ fn open_plain(path: &Path, cache_kib: u32) -> Result<Connection, BoxError> {
     Ok(conn)
 }
 
+/// Times `each` run for every item with one prepared statement on the plain table,
+/// in one transaction.
+fn plain_batch<T>(
+    conn: &Connection,
+    sql: &str,
+    items: impl IntoIterator<Item = T>,
+    mut each: impl FnMut(&mut rusqlite::CachedStatement<'_>, T) -> rusqlite::Result<usize>,
+) -> Result<Duration, BoxError> {
+    let start = Instant::now();
+    let tx = conn.unchecked_transaction()?;
+    {
+        let mut stmt = tx.prepare_cached(sql)?;
+        for item in items {
+            each(&mut stmt, item)?;
+        }
+    }
+    tx.commit()?;
+    Ok(start.elapsed())
+}
+
+/// Times `each` run for every row through the typed API, in one transaction.
+async fn synced_batch(
+    db: &SyncDb,
+    rows: &Arc<Vec<Todo>>,
+    each: impl Fn(&mut Transaction<'_>, &Todo) -> sync_runtime::Result<()> + Send + 'static,
+) -> Result<Duration, BoxError> {
+    let rows = Arc::clone(rows);
+    let start = Instant::now();
+    db.transaction(move |tx| rows.iter().try_for_each(|r| each(tx, r)))
+        .await?;
+    Ok(start.elapsed())
+}
+
 fn file_size(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
@@ -171,32 +204,15 @@ async fn run(args: &Args, kind: Keys) -> Result<Json, BoxError> {
         "operation", "plain", "synced", "ratio"
     );
 
+    const INSERT: &str =
+        "INSERT INTO todos (id, title, done, note, score) VALUES (?1, ?2, ?3, ?4, ?5)";
+
     // INSERT every row in one transaction.
-    let start = Instant::now();
-    {
-        let tx = plain.unchecked_transaction()?;
-        let mut stmt = tx.prepare_cached(
-            "INSERT INTO todos (id, title, done, note, score) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?;
-        for r in data.iter() {
-            stmt.execute(params![r.id.as_str(), r.title, r.done, r.note, r.score])?;
-        }
-        drop(stmt);
-        tx.commit()?;
-    }
-    let plain_time = start.elapsed();
-    let rows_in = Arc::clone(&data);
-    let start = Instant::now();
-    db.transaction(move |tx| {
-        for r in rows_in.iter() {
-            tx.insert(r)?;
-        }
-        Ok::<_, sync_runtime::Error>(())
-    })
-    .await?;
     let insert = Side {
-        plain: plain_time,
-        synced: start.elapsed(),
+        plain: plain_batch(&plain, INSERT, data.iter(), |stmt, r| {
+            stmt.execute(params![r.id.as_str(), r.title, r.done, r.note, r.score])
+        })?,
+        synced: synced_batch(&db, &data, |tx, r| tx.insert(r)).await?,
     };
     print_row("INSERT all rows, one transaction", &insert, args.rows);
 
@@ -204,7 +220,7 @@ async fn run(args: &Args, kind: Keys) -> Result<Json, BoxError> {
     let start = Instant::now();
     for r in &singles {
         plain.execute(
-            "INSERT INTO todos (id, title, done, note, score) VALUES (?1, ?2, ?3, ?4, ?5)",
+            INSERT,
             params![r.id.as_str(), r.title, r.done, r.note, r.score],
         )?;
     }
@@ -225,68 +241,40 @@ async fn run(args: &Args, kind: Keys) -> Result<Json, BoxError> {
 
     // UPDATE one column of every row: typed (whole row written, one column differs)
     // and raw SQL (one column), each against the same statement on the plain table.
-    let start = Instant::now();
-    {
-        let tx = plain.unchecked_transaction()?;
-        let mut stmt = tx.prepare_cached(
+    let update_typed = Side {
+        plain: plain_batch(
+            &plain,
             "UPDATE todos SET title = ?2, done = ?3, note = ?4, score = ?5 WHERE id = ?1",
-        )?;
-        for r in data.iter() {
-            stmt.execute(params![
-                r.id.as_str(),
-                r.title,
-                r.done,
-                r.note,
-                r.score + 1.0
-            ])?;
-        }
-        drop(stmt);
-        tx.commit()?;
-    }
-    let plain_time = start.elapsed();
-    let rows_in = Arc::clone(&data);
-    let start = Instant::now();
-    db.transaction(move |tx| {
-        for r in rows_in.iter() {
+            data.iter(),
+            |stmt, r| {
+                stmt.execute(params![
+                    r.id.as_str(),
+                    r.title,
+                    r.done,
+                    r.note,
+                    r.score + 1.0
+                ])
+            },
+        )?,
+        synced: synced_batch(&db, &data, |tx, r| {
             let mut changed = r.clone();
             changed.score += 1.0;
-            tx.update(&changed)?;
-        }
-        Ok::<_, sync_runtime::Error>(())
-    })
-    .await?;
-    let update_typed = Side {
-        plain: plain_time,
-        synced: start.elapsed(),
+            tx.update(&changed)
+        })
+        .await?,
     };
     print_row("UPDATE one column, typed", &update_typed, args.rows);
 
-    let start = Instant::now();
-    {
-        let tx = plain.unchecked_transaction()?;
-        let mut stmt = tx.prepare_cached("UPDATE todos SET score = ?2 WHERE id = ?1")?;
-        for r in data.iter() {
-            stmt.execute(params![r.id.as_str(), r.score + 2.0])?;
-        }
-        drop(stmt);
-        tx.commit()?;
-    }
-    let plain_time = start.elapsed();
-    let rows_in = Arc::clone(&data);
-    let start = Instant::now();
-    db.transaction(move |tx| {
-        for r in rows_in.iter() {
-            tx.execute_raw(
-                "UPDATE todos SET score = ?2 WHERE id = ?1",
-                sync_runtime::params![r.id, r.score + 2.0],
-            )?;
-        }
-        Ok::<_, sync_runtime::Error>(())
-    })
-    .await?;
+    const UPDATE_SCORE: &str = "UPDATE todos SET score = ?2 WHERE id = ?1";
     let update_raw = Side {
-        plain: plain_time,
-        synced: start.elapsed(),
+        plain: plain_batch(&plain, UPDATE_SCORE, data.iter(), |stmt, r| {
+            stmt.execute(params![r.id.as_str(), r.score + 2.0])
+        })?,
+        synced: synced_batch(&db, &data, |tx, r| {
+            tx.execute_raw(UPDATE_SCORE, sync_runtime::params![r.id, r.score + 2.0])
+                .map(drop)
+        })
+        .await?,
     };
     print_row("UPDATE one column, raw SQL", &update_raw, args.rows);
 
@@ -296,31 +284,17 @@ async fn run(args: &Args, kind: Keys) -> Result<Json, BoxError> {
     let (plain_size, synced_size) = (file_size(&plain_path), file_size(&synced_path));
 
     // DELETE every row, one statement per row, one transaction.
-    let start = Instant::now();
-    {
-        let tx = plain.unchecked_transaction()?;
-        let mut stmt = tx.prepare_cached("DELETE FROM todos WHERE id = ?1")?;
-        for r in data.iter().chain(&singles) {
-            stmt.execute([r.id.as_str()])?;
-        }
-        drop(stmt);
-        tx.commit()?;
-    }
-    let plain_time = start.elapsed();
-    let keys: Vec<SyncId> = data.iter().chain(&singles).map(|r| r.id).collect();
-    let start = Instant::now();
-    db.transaction(move |tx| {
-        for id in &keys {
-            tx.delete::<Todo>(id)?;
-        }
-        Ok::<_, sync_runtime::Error>(())
-    })
-    .await?;
+    let all: Arc<Vec<Todo>> = Arc::new(data.iter().chain(&singles).cloned().collect());
     let delete = Side {
-        plain: plain_time,
-        synced: start.elapsed(),
+        plain: plain_batch(
+            &plain,
+            "DELETE FROM todos WHERE id = ?1",
+            all.iter(),
+            |stmt, r| stmt.execute([r.id.as_str()]),
+        )?,
+        synced: synced_batch(&db, &all, |tx, r| tx.delete::<Todo>(&r.id).map(drop)).await?,
     };
-    let deleted = args.rows + args.singles;
+    let deleted = all.len();
     print_row("DELETE every row, row by row", &delete, deleted);
 
     let size_ratio = synced_size as f64 / plain_size as f64;
