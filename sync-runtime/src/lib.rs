@@ -65,6 +65,7 @@ mod sql;
 mod tracking;
 mod tx;
 pub mod value;
+pub mod wire;
 
 pub use change::{Change, ChangeKind};
 pub use db::{Options, SyncDb};
