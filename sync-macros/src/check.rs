@@ -17,11 +17,11 @@ pub(crate) fn check(model: &Model<'_>, errors: &mut Errors) {
             "a synced struct needs a primary key: mark its key field(s) with #[synced(primary_key)]",
         ));
     }
-    if model.table.is_empty() || reserved(&model.table) {
+    if model.table.is_empty() || reserved(&model.table) || model.table.contains('.') {
         errors.push(syn::Error::new(
             model.table_span,
             format!(
-                "table name `{}` is not allowed: it must be non-empty and not start with `{RESERVED_PREFIX}`",
+                "table name `{}` is not allowed: it must be non-empty, contain no `.` and not start with `{RESERVED_PREFIX}`",
                 model.table
             ),
         ));
@@ -67,11 +67,17 @@ pub(crate) fn check(model: &Model<'_>, errors: &mut Errors) {
                 "key columns take no default: every row carries its key",
             ));
         }
-        if field.column.is_empty() || reserved(&field.column) || field.column.contains('.') {
+        if field.column.is_empty()
+            || reserved(&field.column)
+            || field.column.contains('.')
+            || ["rowid", "oid", "_rowid_"]
+                .iter()
+                .any(|alias| field.column.eq_ignore_ascii_case(alias))
+        {
             errors.push(syn::Error::new(
                 field.column_span,
                 format!(
-                    "column name `{}` is not allowed: it must be non-empty, contain no `.` and not start with `{RESERVED_PREFIX}`",
+                    "column name `{}` is not allowed: it must be non-empty, contain no `.`, not start with `{RESERVED_PREFIX}` and not be `rowid`, `oid` or `_rowid_`",
                     field.column
                 ),
             ));

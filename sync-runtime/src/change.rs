@@ -113,6 +113,11 @@ pub(crate) fn changes_since(
                 record(ChangeKind::Delete, row_version, site(row_version)?);
                 continue;
             }
+            if !exists {
+                // A live clock without its row: the row went while tracking was
+                // off; it is recorded as deleted when tracking comes back.
+                continue;
+            }
             if created > since {
                 record(ChangeKind::Insert, created, site(created)?);
             }
@@ -122,14 +127,12 @@ pub(crate) fn changes_since(
                 if dv <= since {
                     continue;
                 }
-                if exists {
-                    let kind = ChangeKind::Set {
-                        column: column.name.to_string(),
-                        value: owned(row.get_ref(base + 2)?)?,
-                        col_version,
-                    };
-                    record(kind, dv, site(dv)?);
-                }
+                let kind = ChangeKind::Set {
+                    column: column.name.to_string(),
+                    value: owned(row.get_ref(base + 2)?)?,
+                    col_version,
+                };
+                record(kind, dv, site(dv)?);
             }
         }
     }

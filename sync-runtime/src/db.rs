@@ -16,7 +16,7 @@ use crate::model::Synced;
 use crate::schema::TableSchema;
 use crate::sql::{self, TableSql};
 use crate::tracking;
-use crate::tx::{self, Registered, Registry, Transaction};
+use crate::tx::{self, Registry, Transaction};
 use crate::value::Value;
 
 /// How a database is opened. `Options::default()` is what [`SyncDb::open`] uses.
@@ -48,7 +48,8 @@ impl Options {
     /// cache makes writes to large tables markedly faster (see the book's
     /// performance page).
     pub fn cache_size_kib(mut self, kib: u32) -> Self {
-        self.cache_size_kib = kib;
+        // SQLite takes the size as a signed 32-bit number.
+        self.cache_size_kib = kib.min(i32::MAX as u32);
         self
     }
 
@@ -60,7 +61,10 @@ impl Options {
     /// How long a write waits for another connection's lock before failing
     /// (default 5 s).
     pub fn busy_timeout(mut self, timeout: std::time::Duration) -> Self {
-        self.busy_timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+        // SQLite takes the timeout as a signed 32-bit number of milliseconds.
+        self.busy_timeout_ms = u32::try_from(timeout.as_millis())
+            .unwrap_or(u32::MAX)
+            .min(i32::MAX as u32);
         self
     }
 }
@@ -133,6 +137,9 @@ pub(crate) struct Worker {
     /// Set by the connection's update hook whenever a trigger writes a clock row:
     /// the open transaction recorded changes and takes a version.
     recorded: Arc<AtomicBool>,
+    /// Set while the app's SQL runs: the authorizer then refuses transaction
+    /// control.
+    pub(crate) user_sql: Arc<AtomicBool>,
     /// `PRAGMA data_version` when this handle last looked for changes that other
     /// connections recorded; `None` before the first look.
     seen_data_version: Option<i64>,
@@ -246,12 +253,16 @@ impl SyncDb {
     /// describes ([`Error::SchemaMismatch`] otherwise); rows it holds that were not
     /// tracked yet are recorded as inserted.
     pub async fn register<T: Synced>(&self) -> Result<()> {
-        self.register_schema(T::SCHEMA.clone()).await
+        let source = T::SCHEMA as *const TableSchema as usize;
+        let schema = T::SCHEMA.clone();
+        self.call(move |w| tracking::register(w, schema, Some(source)))
+            .await
     }
 
     /// [`register`](Self::register) for a descriptor built at run time.
     pub async fn register_schema(&self, schema: TableSchema) -> Result<()> {
-        self.call(move |w| tracking::register(w, schema)).await
+        self.call(move |w| tracking::register(w, schema, None))
+            .await
     }
 
     /// Stops recording changes to `T`'s table (its rows stay). Writes made while
@@ -355,7 +366,7 @@ impl SyncDb {
         let (filter, params) = (filter.to_owned(), params.into());
         self.call(move |w| {
             let table = tx::table_of(&w.registry, T::SCHEMA)?;
-            tx::query(&w.conn, table, &filter, &params)
+            tx::query(&w.conn, &w.user_sql, table, &filter, &params)
         })
         .await
     }
@@ -385,7 +396,9 @@ impl SyncDb {
     pub async fn changes_since(&self, db_version: i64) -> Result<Vec<Change>> {
         self.call(move |w| {
             let read = |conn: &Connection| {
-                change::changes_since(conn, &tracking::synced_tables(conn)?, db_version)
+                // A table whose tracking is off is left out: its rows may have
+                // changed in ways its clock does not know.
+                change::changes_since(conn, &tracking::synced_tables(conn, true)?, db_version)
             };
             // One snapshot; if another connection left changes in an open version,
             // close it first, inside the same (write) transaction.
@@ -396,6 +409,7 @@ impl SyncDb {
                 return Ok(changes);
             }
             drop(tx);
+            w.seen_data_version = None;
             write(w, |tx| read(tx.conn()))
         })
         .await
@@ -422,6 +436,22 @@ pub(crate) fn write<R, E>(
 where
     E: From<Error>,
 {
+    let outcome = write_inner(worker, f);
+    if outcome.is_err() {
+        // The rollback undid any version this transaction closed for another
+        // connection: look again next time.
+        worker.seen_data_version = None;
+    }
+    outcome
+}
+
+fn write_inner<R, E>(
+    worker: &mut Worker,
+    f: impl FnOnce(&mut Transaction<'_>) -> Result<R, E>,
+) -> Result<R, E>
+where
+    E: From<Error>,
+{
     let tx = worker
         .conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -429,13 +459,19 @@ where
     // Changes another connection recorded get their own version, before ours.
     if open_elsewhere(&tx, &mut worker.seen_data_version)? {
         close_version(&tx)?;
-        worker.seen_data_version = None;
-        open_elsewhere(&tx, &mut worker.seen_data_version)?;
     }
     worker.recorded.store(false, Ordering::Relaxed);
-    let result = f(&mut Transaction::new(&tx, &worker.registry))?;
-    if worker.recorded.swap(false, Ordering::Relaxed) {
+    let mut transaction = Transaction::new(&tx, &worker.registry, &worker.user_sql);
+    let result = f(&mut transaction)?;
+    // A statement that failed took its clock writes back with it; if one did, the
+    // hook's flag may be stale, so ask the clocks.
+    let recorded = worker.recorded.swap(false, Ordering::Relaxed)
+        && (!transaction.failed() || open_changes(&tx)?);
+    if recorded {
         close_version(&tx)?;
+    }
+    if tx.is_autocommit() {
+        return Err(E::from(Error::TransactionEnded));
     }
     tx.commit().map_err(Error::from)?;
     Ok(result)
@@ -447,20 +483,24 @@ fn close_version(conn: &Connection) -> Result<()> {
 }
 
 /// Whether another connection recorded changes that no version closed yet. Probes
-/// the clocks only when another connection committed since the last look, and
-/// remembers the look only when it found nothing to close.
+/// the clocks only when another connection committed since the last look.
 fn open_elsewhere(conn: &Connection, seen: &mut Option<i64>) -> Result<bool> {
     let now: i64 = conn.query_row(sql::DATA_VERSION, [], |r| r.get(0))?;
     if *seen == Some(now) {
         return Ok(false);
     }
-    for schema in tracking::synced_tables(conn)? {
+    *seen = Some(now);
+    open_changes(conn)
+}
+
+/// Whether any clock holds a change stamped with the open version.
+fn open_changes(conn: &Connection) -> Result<bool> {
+    for schema in tracking::synced_tables(conn, false)? {
         let open: bool = conn.query_row(&TableSql::new(&schema).open_changes, [], |r| r.get(0))?;
         if open {
             return Ok(true);
         }
     }
-    *seen = Some(now);
     Ok(false)
 }
 
@@ -498,7 +538,10 @@ fn open_connection(path: Option<&Path>, options: &Options) -> Result<(Worker, Si
     conn.execute(
         "INSERT INTO _synced_state (id, site_id, db_version, applying) VALUES (0, ?1, 0, 0) \
          ON CONFLICT DO NOTHING",
-        [SiteId::random().as_bytes().as_slice()],
+        [SiteId::random()
+            .map_err(|e| Error::NoRandomness(e.to_string()))?
+            .as_bytes()
+            .as_slice()],
     )?;
     conn.execute_batch(
         "INSERT INTO _synced_sites (ordinal, site_id) SELECT 0, site_id FROM _synced_state
@@ -511,6 +554,20 @@ fn open_connection(path: Option<&Path>, options: &Options) -> Result<(Worker, Si
             table: "_synced_state".into(),
             details: format!("the stored site id has {} bytes instead of 16", bytes.len()),
         })?;
+    let user_sql = Arc::new(AtomicBool::new(false));
+    let refuse = Arc::clone(&user_sql);
+    conn.authorizer(Some(move |context: rusqlite::hooks::AuthContext<'_>| {
+        use rusqlite::hooks::{AuthAction, Authorization};
+        let control = matches!(
+            context.action,
+            AuthAction::Transaction { .. } | AuthAction::Savepoint { .. }
+        );
+        if control && refuse.load(Ordering::Relaxed) {
+            Authorization::Deny
+        } else {
+            Authorization::Allow
+        }
+    }))?;
     let recorded = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&recorded);
     conn.update_hook(Some(
@@ -525,13 +582,9 @@ fn open_connection(path: Option<&Path>, options: &Options) -> Result<(Worker, Si
             conn,
             registry: Registry::new(),
             recorded,
+            user_sql,
             seen_data_version: None,
         },
         site_id,
     ))
-}
-
-pub(crate) fn registered(schema: TableSchema) -> Arc<Registered> {
-    let sql = TableSql::new(&schema);
-    Arc::new(Registered { schema, sql })
 }

@@ -88,6 +88,17 @@ pub enum Error {
         source: ValueError,
     },
 
+    /// The app's SQL ended the runtime's transaction (it is refused up front; this
+    /// is the check behind that).
+    #[error(
+        "the transaction was ended by the app's SQL; use db.transaction instead of BEGIN/COMMIT"
+    )]
+    TransactionEnded,
+
+    /// The operating system gave no random bytes for a new database's site id.
+    #[error("the system has no randomness for a new site id: {0}")]
+    NoRandomness(String),
+
     /// The runtime's metadata is inconsistent (edited by hand, or a bug).
     #[error("sync metadata is inconsistent: {details}")]
     Corrupt {

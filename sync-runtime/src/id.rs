@@ -101,9 +101,13 @@ impl SyncValue for SyncId {
 
     fn from_value_ref(value: ValueRef<'_>) -> Result<Self, ValueError> {
         match value {
-            // Stored ids are always the canonical 36-character form; anything else
-            // (written by raw SQL) is normalised or rejected.
-            ValueRef::Text(t) => t.parse(),
+            // Only the canonical form the runtime writes: an id stored in another
+            // form (by raw SQL) could never be found by its key, so reading it is
+            // an error rather than a silent normalisation.
+            ValueRef::Text(t) => match t.parse::<SyncId>() {
+                Ok(id) if id.as_str() == t => Ok(id),
+                _ => Err(ValueError::InvalidId(t.to_owned())),
+            },
             other => Err(ValueError::WrongType {
                 expected: "TEXT",
                 found: other.type_name(),
@@ -119,8 +123,10 @@ pub struct SiteId([u8; 16]);
 
 impl SiteId {
     /// A new random site id.
-    pub(crate) fn random() -> Self {
-        Self(*Uuid::new_v4().as_bytes())
+    pub(crate) fn random() -> Result<Self, getrandom::Error> {
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes)?;
+        Ok(Self(bytes))
     }
 
     /// Wraps 16 bytes.

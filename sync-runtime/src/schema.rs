@@ -165,9 +165,9 @@ impl TableSchema {
                 reason,
             })
         };
-        if self.name.is_empty() || reserved(&self.name) {
+        if self.name.is_empty() || reserved(&self.name) || self.name.contains('.') {
             return err(format!(
-                "table names must be non-empty and must not start with `{RESERVED_PREFIX}`"
+                "table names must be non-empty, contain no `.` and not start with `{RESERVED_PREFIX}`"
             ));
         }
         let keys: Vec<_> = self.key_columns().collect();
@@ -175,9 +175,14 @@ impl TableSchema {
             return err("a synced table needs a primary key".into());
         }
         for (i, c) in self.columns.iter().enumerate() {
-            if c.name.is_empty() || reserved(&c.name) || c.name.contains('.') {
+            if c.name.is_empty()
+                || reserved(&c.name)
+                || c.name.contains('.')
+                || rowid_alias(&c.name)
+            {
                 return err(format!(
-                    "column `{}`: names must be non-empty, contain no `.` and not start with `{RESERVED_PREFIX}`",
+                    "column `{}`: names must be non-empty, contain no `.`, not start with `{RESERVED_PREFIX}` \
+                     and not be `rowid`, `oid` or `_rowid_`",
                     c.name
                 ));
             }
@@ -200,6 +205,13 @@ impl TableSchema {
         }
         Ok(())
     }
+}
+
+/// SQLite's names for a table's rowid, which the clock queries use.
+pub(crate) fn rowid_alias(name: &str) -> bool {
+    ["rowid", "oid", "_rowid_"]
+        .iter()
+        .any(|alias| name.eq_ignore_ascii_case(alias))
 }
 
 fn reserved(name: &str) -> bool {

@@ -13,7 +13,7 @@
 //!   no clock row stores a site.
 //! - `_synced_tables`: every synced table with its algorithm, descriptor (JSON) and
 //!   whether tracking is on.
-//! - `_synced_clock_<table>`: one clock row per app row (live or deleted), found by
+//! - `_synced_clock.<table>`: one clock row per app row (live or deleted), found by
 //!   a unique index on the primary key: the causal length (`_synced_cl`, odd = live),
 //!   the version of the row's last change (`_synced_dv`, indexed for "changes
 //!   since") and of its (re)creation (`_synced_created`), and per value column
@@ -64,7 +64,7 @@ CREATE TABLE IF NOT EXISTS _synced_versions (
   site INTEGER NOT NULL
 ) STRICT;
 CREATE TABLE IF NOT EXISTS _synced_tables (
-  name TEXT PRIMARY KEY,
+  name TEXT PRIMARY KEY COLLATE NOCASE,
   algorithm TEXT NOT NULL,
   descriptor TEXT NOT NULL,
   tracking INTEGER NOT NULL
@@ -89,9 +89,11 @@ const CL: &str = "_synced_cl";
 const DV: &str = "_synced_dv";
 const CREATED: &str = "_synced_created";
 const STATE: &str = "_synced_state";
+/// The open version, qualified: an app column may be called `db_version`.
+const OPEN_VERSION: &str = "_synced_state.db_version + 1";
 /// The state row, unless the merge is writing: the insert trigger needs no `WHEN`
 /// (and no second read of the state) when its `SELECT` filters on the flag.
-const NEW_ROW_SOURCE: &str = "_synced_state WHERE applying = 0";
+const NEW_ROW_SOURCE: &str = "_synced_state WHERE _synced_state.applying = 0";
 /// True unless the merge is writing remote changes.
 const LOCAL: &str = "(SELECT applying FROM _synced_state) = 0";
 
@@ -109,8 +111,9 @@ fn meta_col(column: &str, part: &str) -> String {
     ident(&format!("{column}.{part}"))
 }
 
-/// The prefix of every clock table's name.
-pub(crate) const CLOCK_PREFIX: &str = "_synced_clock_";
+/// The prefix of every clock table's name. Generated names join their parts with
+/// `.`, which table names cannot contain, so no two tables' objects share a name.
+pub(crate) const CLOCK_PREFIX: &str = "_synced_clock.";
 
 /// The name of a table's clock table.
 pub(crate) fn clock_table(table: &str) -> String {
@@ -118,7 +121,7 @@ pub(crate) fn clock_table(table: &str) -> String {
 }
 
 fn trigger(table: &str, what: &str) -> String {
-    ident(&format!("_synced_{table}_{what}"))
+    ident(&format!("_synced_trigger.{table}.{what}"))
 }
 
 /// `"a", "b"` for the given columns, optionally qualified.
@@ -210,7 +213,7 @@ impl TableSql {
             select_by_key: format!("SELECT {all} FROM {table} WHERE {by_key_params}"),
             changes_since: changes_since(schema),
             open_changes: format!(
-                "SELECT EXISTS (SELECT 1 FROM {clock} WHERE {DV} > (SELECT db_version FROM {STATE}))"
+                "SELECT EXISTS (SELECT 1 FROM {clock} WHERE {DV} > (SELECT {STATE}.db_version FROM {STATE}))"
             ),
             backfill_live: backfill_live(schema),
             backfill_deleted: tombstone(
@@ -295,10 +298,10 @@ fn create_clock(schema: &TableSchema) -> String {
         sql,
         "{}\n);\nCREATE UNIQUE INDEX IF NOT EXISTS {} ON {} ({});\nCREATE INDEX IF NOT EXISTS {} ON {} ({DV});",
         meta.join(",\n"),
-        ident(&format!("{clock}_key")),
+        ident(&format!("{clock}.key")),
         ident(&clock),
         list(schema.key_columns(), ""),
-        ident(&format!("{clock}_dv")),
+        ident(&format!("{clock}.dv")),
         ident(&clock),
     );
     sql
@@ -316,14 +319,14 @@ fn record_insert(schema: &TableSchema, source: &str, source_where: &str) -> Stri
         .key_columns()
         .map(|c| format!("{source}{}", ident(&c.name)))
         .collect();
-    values.extend(["1".into(), "db_version + 1".into(), "db_version + 1".into()]);
+    values.extend(["1".into(), OPEN_VERSION.into(), OPEN_VERSION.into()]);
     let mut updates = vec![
         format!("{CL} = {CL} + 1 - {CL} % 2"),
         format!("{DV} = excluded.{DV}"),
         format!("{CREATED} = CASE WHEN {CL} % 2 = 0 THEN excluded.{DV} ELSE {CREATED} END"),
     ];
     for c in schema.value_columns() {
-        values.extend(["1".into(), "db_version + 1".into()]);
+        values.extend(["1".into(), OPEN_VERSION.into()]);
         let (v, dv) = (meta_col(&c.name, "v"), meta_col(&c.name, "dv"));
         updates.push(format!(
             "{v} = CASE WHEN {CL} % 2 = 0 THEN 1 ELSE {v} + 1 END"
@@ -342,7 +345,7 @@ fn record_insert(schema: &TableSchema, source: &str, source_where: &str) -> Stri
 /// Marks the live clock rows matching `filter` as deleted (causal length + 1).
 fn tombstone(schema: &TableSchema, filter: &str) -> String {
     format!(
-        "UPDATE {} SET {CL} = {CL} + 1, {DV} = (SELECT db_version + 1 FROM {STATE}) WHERE {filter};",
+        "UPDATE {} SET {CL} = {CL} + 1, {DV} = (SELECT {OPEN_VERSION} FROM {STATE}) WHERE {filter};",
         ident(&clock_table(&schema.name)),
     )
 }
@@ -411,10 +414,10 @@ fn create_triggers(schema: &TableSchema) -> String {
             let ch = changed(c);
             sets.push(format!("{v} = {v} + ({ch})"));
             targets.push(dv.clone());
-            stamps.push(format!("CASE WHEN {ch} THEN db_version + 1 ELSE {dv} END"));
+            stamps.push(format!("CASE WHEN {ch} THEN {OPEN_VERSION} ELSE {dv} END"));
         }
         targets.push(DV.to_owned());
-        stamps.push("db_version + 1".to_owned());
+        stamps.push(OPEN_VERSION.to_owned());
         sets.push(format!(
             "({}) = (SELECT {} FROM {STATE})",
             targets.join(", "),
@@ -475,7 +478,9 @@ fn changes_since(schema: &TableSchema) -> String {
     cols.push(format!("t.{first_key} IS NOT NULL"));
     cols.push("c.rowid".to_owned());
     format!(
-        "SELECT {} FROM {} AS c LEFT JOIN {} AS t ON {} WHERE c.{DV} > ?1",
+        // Never a change of the open version: it is final only once closed.
+        "SELECT {} FROM {} AS c LEFT JOIN {} AS t ON {} \
+         WHERE c.{DV} > ?1 AND c.{DV} <= (SELECT {STATE}.db_version FROM {STATE})",
         cols.join(", "),
         ident(&clock_table(&schema.name)),
         ident(&schema.name),
@@ -599,7 +604,7 @@ mod tests {
     fn schema_script_is_printable() {
         let script = todos().sql();
         assert!(script.contains("CREATE TABLE IF NOT EXISTS \"todos\""));
-        assert!(script.contains("CREATE TRIGGER IF NOT EXISTS \"_synced_todos_insert\""));
+        assert!(script.contains("CREATE TRIGGER IF NOT EXISTS \"_synced_trigger.todos.insert\""));
         assert!(pairs().sql().contains("RAISE(ABORT"));
     }
 }

@@ -2,15 +2,20 @@
 
 use rusqlite::{Connection, OptionalExtension};
 
-use crate::db::{Worker, registered, write};
+use crate::db::{Worker, write};
 use crate::error::{Error, Result};
 use crate::schema::TableSchema;
 use crate::sql::TableSql;
+use crate::tx::Registered;
 
 /// Creates (or checks) a synced table and its metadata; see `SyncDb::register`.
-pub(crate) fn register(worker: &mut Worker, schema: TableSchema) -> Result<()> {
+pub(crate) fn register(
+    worker: &mut Worker,
+    schema: TableSchema,
+    source: Option<usize>,
+) -> Result<()> {
     schema.validate()?;
-    let table = registered(schema);
+    let table = Registered::new(schema, source);
     write(worker, |tx| {
         let conn = tx.conn();
         let (schema, sql) = (&table.schema, &table.sql);
@@ -83,11 +88,14 @@ pub(crate) fn drop_tracking(worker: &mut Worker, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// The descriptors of every synced table in the database, whether or not this handle
-/// registered it and whether or not tracking is on.
-pub(crate) fn synced_tables(conn: &Connection) -> Result<Vec<TableSchema>> {
-    let mut stmt =
-        conn.prepare_cached("SELECT name, descriptor FROM _synced_tables ORDER BY name")?;
+/// The descriptors of every synced table in the database (or only those whose
+/// tracking is on), whether or not this handle registered it.
+pub(crate) fn synced_tables(conn: &Connection, tracked_only: bool) -> Result<Vec<TableSchema>> {
+    let mut stmt = conn.prepare_cached(if tracked_only {
+        "SELECT name, descriptor FROM _synced_tables WHERE tracking ORDER BY name"
+    } else {
+        "SELECT name, descriptor FROM _synced_tables ORDER BY name"
+    })?;
     let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
     rows.map(|row| {
         let (name, descriptor) = row?;
@@ -152,7 +160,7 @@ fn check_shape(conn: &Connection, schema: &TableSchema) -> Result<()> {
     };
     let strict: Option<bool> = conn
         .query_row(
-            "SELECT strict FROM pragma_table_list WHERE schema = 'main' AND name = ?1",
+            "SELECT strict FROM pragma_table_list WHERE schema = 'main' AND name = ?1 COLLATE NOCASE",
             [name],
             |r| r.get(0),
         )

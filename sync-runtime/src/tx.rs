@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rusqlite::Connection;
 
@@ -16,6 +17,9 @@ use crate::value::{Value, ValueRef};
 pub(crate) struct Registered {
     pub(crate) schema: TableSchema,
     pub(crate) sql: TableSql,
+    /// The address of the static descriptor it was registered from, if any: a
+    /// typed call with the same descriptor skips comparing the columns.
+    pub(crate) source: Option<usize>,
 }
 
 /// Tables registered with a database handle, by name.
@@ -51,11 +55,44 @@ pub(crate) type Registry = HashMap<String, Arc<Registered>>;
 pub struct Transaction<'c> {
     conn: &'c Connection,
     registry: &'c Registry,
+    user_sql: &'c AtomicBool,
+    failed: bool,
+}
+
+impl Registered {
+    pub(crate) fn new(schema: TableSchema, source: Option<usize>) -> Arc<Self> {
+        let sql = TableSql::new(&schema);
+        Arc::new(Self {
+            schema,
+            sql,
+            source,
+        })
+    }
 }
 
 impl<'c> Transaction<'c> {
-    pub(crate) fn new(conn: &'c Connection, registry: &'c Registry) -> Self {
-        Self { conn, registry }
+    pub(crate) fn new(
+        conn: &'c Connection,
+        registry: &'c Registry,
+        user_sql: &'c AtomicBool,
+    ) -> Self {
+        Self {
+            conn,
+            registry,
+            user_sql,
+            failed: false,
+        }
+    }
+
+    /// Whether a statement of this transaction failed (its error may have been
+    /// handled by the caller).
+    pub(crate) fn failed(&self) -> bool {
+        self.failed
+    }
+
+    fn track<R>(&mut self, result: Result<R>) -> Result<R> {
+        self.failed |= result.is_err();
+        result
     }
 
     pub(crate) fn conn(&self) -> &'c Connection {
@@ -72,19 +109,28 @@ impl<'c> Transaction<'c> {
 
     /// Inserts a row. Fails with [`Error::Constraint`] if the key exists.
     pub fn insert<T: Synced>(&mut self, row: &T) -> Result<()> {
-        insert(self.conn, self.table::<T>()?, |i| row.column_value(i))
+        let result = self
+            .table::<T>()
+            .and_then(|table| insert(self.conn, table, |i| row.column_value(i)));
+        self.track(result)
     }
 
     /// Writes every column of an existing row (the row with `row`'s key); only the
     /// columns whose value differs are recorded as changed. Fails with
     /// [`Error::NotFound`] if there is no such row.
     pub fn update<T: Synced>(&mut self, row: &T) -> Result<()> {
-        update(self.conn, self.table::<T>()?, |i| row.column_value(i))
+        let result = self
+            .table::<T>()
+            .and_then(|table| update(self.conn, table, |i| row.column_value(i)));
+        self.track(result)
     }
 
     /// Deletes the row with this key; returns whether there was one.
     pub fn delete<T: Synced>(&mut self, key: &T::Key) -> Result<bool> {
-        delete(self.conn, self.table::<T>()?, |i| T::key_value(key, i))
+        let result = self
+            .table::<T>()
+            .and_then(|table| delete(self.conn, table, |i| T::key_value(key, i)));
+        self.track(result)
     }
 
     /// The row with this key, if any.
@@ -99,23 +145,38 @@ impl<'c> Transaction<'c> {
         filter: &str,
         params: impl AsRef<[Value]>,
     ) -> Result<Vec<T>> {
-        query(self.conn, self.table::<T>()?, filter, params.as_ref())
+        let table = self.table::<T>()?;
+        query(self.conn, self.user_sql, table, filter, params.as_ref())
     }
 
     /// Runs raw SQL (one statement) with parameters; returns the number of changed
     /// rows. Writes to synced tables are tracked like typed writes.
     pub fn execute_raw(&mut self, sql: &str, params: impl AsRef<[Value]>) -> Result<usize> {
-        execute_raw(self.conn, sql, params.as_ref())
+        let result = execute_raw(self.conn, self.user_sql, sql, params.as_ref());
+        self.track(result)
     }
 }
 
+/// The registration of `schema`'s table, if it was registered with this very
+/// descriptor (another struct for the same table name does not match).
 pub(crate) fn table_of<'r>(registry: &'r Registry, schema: &TableSchema) -> Result<&'r Registered> {
-    registry
+    let not_registered = || Error::NotRegistered {
+        table: schema.name.to_string(),
+    };
+    let table = registry
         .get(schema.name.as_ref())
         .map(Arc::as_ref)
-        .ok_or_else(|| Error::NotRegistered {
+        .ok_or_else(not_registered)?;
+    let same =
+        table.source == Some(schema as *const TableSchema as usize) || table.schema == *schema;
+    if same {
+        Ok(table)
+    } else {
+        Err(Error::SchemaMismatch {
             table: schema.name.to_string(),
+            details: "it was registered with another struct or descriptor".into(),
         })
+    }
 }
 
 fn bind<'v>(
@@ -206,41 +267,66 @@ fn get_raw<'v, R>(
 
 pub(crate) fn query<T: Synced>(
     conn: &Connection,
+    user_sql: &AtomicBool,
     table: &Registered,
     filter: &str,
     params: &[Value],
 ) -> Result<Vec<T>> {
     let sql = format!("{}{}", table.sql.select, where_clause(filter));
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
-    let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
-        out.push(T::from_row(&mut RowReader::new(row, &table.schema))?);
-    }
-    Ok(out)
+    as_user(user_sql, || {
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            out.push(T::from_row(&mut RowReader::new(row, &table.schema))?);
+        }
+        Ok(out)
+    })
 }
 
 /// What follows `SELECT … FROM t` for a user's filter: nothing, `WHERE filter`, or
 /// the filter itself when it starts with `ORDER BY` or `LIMIT`.
 fn where_clause(filter: &str) -> String {
     let trimmed = filter.trim_start();
-    let starts_with = |keyword: &str| {
-        trimmed
-            .get(..keyword.len())
-            .is_some_and(|head| head.eq_ignore_ascii_case(keyword))
-    };
+    let mut words = trimmed.split_whitespace();
+    let first = words.next().unwrap_or_default();
+    let clause = first.eq_ignore_ascii_case("LIMIT")
+        || (first.eq_ignore_ascii_case("ORDER")
+            && words.next().is_some_and(|w| w.eq_ignore_ascii_case("BY")));
     if trimmed.is_empty() {
         String::new()
-    } else if starts_with("ORDER BY") || starts_with("LIMIT") {
+    } else if clause {
         format!(" {trimmed}")
     } else {
         format!(" WHERE {filter}")
     }
 }
 
-pub(crate) fn execute_raw(conn: &Connection, sql: &str, params: &[Value]) -> Result<usize> {
-    let mut stmt = conn.prepare_cached(sql)?;
-    Ok(stmt.execute(rusqlite::params_from_iter(params))?)
+pub(crate) fn execute_raw(
+    conn: &Connection,
+    user_sql: &AtomicBool,
+    sql: &str,
+    params: &[Value],
+) -> Result<usize> {
+    as_user(user_sql, || {
+        let mut stmt = conn.prepare_cached(sql)?;
+        Ok(stmt.execute(rusqlite::params_from_iter(params))?)
+    })
+}
+
+/// Runs `f` with the app's SQL flag set: the connection's authorizer then refuses
+/// transaction control (`BEGIN`, `COMMIT`, `ROLLBACK`, savepoints), which would
+/// end the runtime's transaction halfway.
+fn as_user<R>(flag: &AtomicBool, f: impl FnOnce() -> R) -> R {
+    struct Reset<'a>(&'a AtomicBool);
+    impl Drop for Reset<'_> {
+        fn drop(&mut self) {
+            self.0.store(false, Ordering::Relaxed);
+        }
+    }
+    flag.store(true, Ordering::Relaxed);
+    let _reset = Reset(flag);
+    f()
 }
 
 #[cfg(test)]
@@ -254,5 +340,7 @@ mod tests {
         assert_eq!(where_clause(" order by title"), " order by title");
         assert_eq!(where_clause("LIMIT 3"), " LIMIT 3");
         assert_eq!(where_clause("ordering = 1"), " WHERE ordering = 1");
+        assert_eq!(where_clause("limited = ?1"), " WHERE limited = ?1");
+        assert_eq!(where_clause("ORDER\n  BY title"), " ORDER\n  BY title");
     }
 }

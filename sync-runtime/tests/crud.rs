@@ -223,3 +223,20 @@ async fn transactions_see_their_own_writes() {
         1
     );
 }
+
+#[tokio::test]
+async fn an_id_stored_in_another_text_form_is_a_decode_error() {
+    let db = db().await;
+    let id = SyncId::new();
+    db.execute_raw(
+        "INSERT INTO everything (id) VALUES (?1)",
+        params![id.as_str().to_uppercase()],
+    )
+    .await
+    .unwrap();
+    let err = db.query::<Everything>("", params![]).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Decode { ref column, .. } if column == "id"),
+        "{err}"
+    );
+}

@@ -225,3 +225,119 @@ async fn raw_sql_errors_are_typed() {
         .unwrap_err();
     assert!(matches!(err, Error::Sqlite(_)), "{err}");
 }
+
+fn keyed(name: &'static str, algorithm: Algorithm, value: &'static str) -> TableSchema {
+    TableSchema::new(
+        name,
+        algorithm,
+        vec![
+            ColumnSchema::new("id", SqlType::Text).primary_key(),
+            ColumnSchema::new(value, SqlType::Integer).default_sql("0"),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn tables_whose_names_extend_each_other_keep_separate_metadata() {
+    let db = SyncDb::open_in_memory().await.unwrap();
+    // `api` + `_key` and a grow-only `x` next to `x_guard`: generated names never meet.
+    for (name, algorithm) in [
+        ("api", Algorithm::Cls),
+        ("api_key", Algorithm::Cls),
+        ("x", Algorithm::Gos),
+        ("x_guard", Algorithm::Cls),
+    ] {
+        db.register_schema(keyed(name, algorithm, "n"))
+            .await
+            .unwrap();
+    }
+    db.execute_raw("INSERT INTO x_guard (id) VALUES ('a')", params![])
+        .await
+        .unwrap();
+    db.execute_raw("DELETE FROM x_guard", params![])
+        .await
+        .unwrap();
+    let deletes = db
+        .changes_since(1)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.table == "x_guard" && c.kind == sync_runtime::ChangeKind::Delete)
+        .count();
+    assert_eq!(deletes, 1);
+    db.execute_raw("INSERT INTO x (id) VALUES ('a')", params![])
+        .await
+        .unwrap();
+    let err = db
+        .execute_raw("DELETE FROM x", params![])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::GrowOnly { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_column_named_like_the_runtimes_state_is_fine() {
+    let db = SyncDb::open_in_memory().await.unwrap();
+    db.execute_raw(
+        "CREATE TABLE odd (id TEXT NOT NULL PRIMARY KEY, db_version INTEGER NOT NULL DEFAULT 0) STRICT",
+        params![],
+    )
+    .await
+    .unwrap();
+    db.execute_raw(
+        "INSERT INTO odd (id, db_version) VALUES ('a', 42)",
+        params![],
+    )
+    .await
+    .unwrap();
+    db.register_schema(keyed("odd", Algorithm::Cls, "db_version"))
+        .await
+        .unwrap();
+    assert_eq!(db.changes_since(0).await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn rowid_names_are_refused_as_columns() {
+    let db = SyncDb::open_in_memory().await.unwrap();
+    let err = db
+        .register_schema(keyed("r", Algorithm::Cls, "rowid"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidSchema(_)), "{err}");
+}
+
+#[tokio::test]
+async fn table_names_differing_in_case_are_the_same_table() {
+    let db = SyncDb::open_in_memory().await.unwrap();
+    db.execute_raw(
+        "CREATE TABLE Todos (id TEXT NOT NULL PRIMARY KEY, title TEXT NOT NULL DEFAULT '', done INTEGER NOT NULL DEFAULT 0, note TEXT)",
+        params![],
+    )
+    .await
+    .unwrap();
+    let err = db.register::<Todo>().await.unwrap_err();
+    assert!(err.to_string().contains("STRICT"), "{err}");
+}
+
+/// A second struct for the table `todos`, never registered.
+#[derive(Synced, Debug, Clone, PartialEq)]
+#[synced(table = "todos")]
+struct TodoTitle {
+    #[synced(primary_key)]
+    id: SyncId,
+    title: String,
+}
+
+#[tokio::test]
+async fn a_struct_that_was_not_registered_is_refused_even_for_a_registered_table() {
+    let db = SyncDb::open_in_memory().await.unwrap();
+    db.register::<Todo>().await.unwrap();
+    let row = TodoTitle {
+        id: SyncId::new(),
+        title: "t".into(),
+    };
+    let err = db.insert(&row).await.unwrap_err();
+    assert!(matches!(err, Error::SchemaMismatch { .. }), "{err}");
+    let err = db.transaction(move |tx| tx.insert(&row)).await.unwrap_err();
+    assert!(matches!(err, Error::SchemaMismatch { .. }), "{err}");
+}

@@ -251,7 +251,10 @@ async fn rollback_leaves_no_trace() {
     assert_eq!(db.db_version().await.unwrap(), 1);
     assert_eq!(db.query::<Todo>("", params![]).await.unwrap().len(), 1);
     drop(db);
-    assert_eq!(count(&path, "SELECT count(*) FROM _synced_clock_todos"), 1);
+    assert_eq!(
+        count(&path, "SELECT count(*) FROM \"_synced_clock.todos\""),
+        1
+    );
 }
 
 #[tokio::test]
@@ -525,7 +528,7 @@ async fn the_writer_of_a_change_is_the_origin_of_its_version() {
     db.insert(&remote).await.unwrap(); // version 2, here
     // Version 3 brought another replica's title.
     db.execute_raw(
-        "UPDATE _synced_clock_todos SET \"title.dv\" = 3, _synced_dv = 3 WHERE id = ?1",
+        "UPDATE \"_synced_clock.todos\" SET \"title.dv\" = 3, _synced_dv = 3 WHERE id = ?1",
         params![remote.id],
     )
     .await
@@ -658,4 +661,98 @@ async fn a_reader_keeping_its_cursor_never_misses_changes_from_other_connections
         seen,
         ["theirs 1", "theirs 2", "theirs 3"].map(|t| Value::Text(t.into()))
     );
+}
+
+#[tokio::test]
+async fn a_failed_write_after_another_connection_committed_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    let db = open(&path).await;
+    let dup = todo("dup");
+    db.insert(&dup).await.unwrap();
+    let mut cursor = db.db_version().await.unwrap();
+
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other
+        .execute(
+            "INSERT INTO todos (id, title) VALUES (?1, 'theirs')",
+            [SyncId::new().as_str()],
+        )
+        .unwrap();
+    // This write closes their version, then fails and rolls the close back.
+    assert!(db.insert(&dup).await.is_err());
+
+    let mut titles = Vec::new();
+    for write in ["mine", ""] {
+        if !write.is_empty() {
+            db.insert(&todo(write)).await.unwrap();
+        }
+        let changes = db.changes_since(cursor).await.unwrap();
+        for c in &changes {
+            if let ChangeKind::Set { column, value, .. } = &c.kind {
+                if column == "title" {
+                    titles.push(value.clone());
+                }
+            }
+        }
+        cursor = changes.iter().map(|c| c.db_version).max().unwrap_or(cursor);
+        assert_eq!(cursor, db.db_version().await.unwrap());
+    }
+    assert_eq!(titles, ["theirs", "mine"].map(|t| Value::Text(t.into())));
+}
+
+#[tokio::test]
+async fn transaction_control_in_the_apps_sql_is_refused() {
+    let db = memory().await;
+    let t = todo("inside");
+    for statement in ["COMMIT", "ROLLBACK", "BEGIN", "SAVEPOINT s", "RELEASE s"] {
+        let t = t.clone();
+        let err = db
+            .transaction(move |tx| {
+                tx.insert(&t)?;
+                tx.execute_raw(statement, params![])?;
+                Ok::<_, Error>(())
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("not authorized"),
+            "{statement}: {err}"
+        );
+    }
+    assert!(db.get::<Todo>(&t.id).await.unwrap().is_none());
+    assert_eq!(db.db_version().await.unwrap(), 0);
+    // The runtime's own transactions still work.
+    db.insert(&t).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_handled_statement_failure_takes_no_version() {
+    let db = memory().await;
+    let t = todo("one");
+    db.insert(&t).await.unwrap();
+    let id = t.id;
+    db.transaction(move |tx| {
+        // Aborts at the second row: the statement, clocks included, is undone.
+        let failed = tx.execute_raw(
+            "INSERT INTO todos (id, title) VALUES (?1, 'new'), (?2, 'dup')",
+            params![SyncId::new(), id],
+        );
+        assert!(failed.is_err());
+        Ok::<_, Error>(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(db.db_version().await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn changes_of_a_table_whose_tracking_is_off_are_not_reported() {
+    let db = memory().await;
+    let mut t = todo("a");
+    db.insert(&t).await.unwrap();
+    db.disable_tracking::<Todo>().await.unwrap();
+    t.title = "changed while off".into();
+    db.update(&t).await.unwrap();
+    assert!(db.changes_since(0).await.unwrap().is_empty());
 }

@@ -205,7 +205,7 @@ fn function_call(conn: &Connection) -> Result<(), BoxError> {
 
 fn without_rowid_clock(conn: &Connection) -> Result<(), BoxError> {
     let sql: String = conn.query_row(
-        "SELECT sql FROM sqlite_schema WHERE name = '_synced_clock_todos'",
+        "SELECT sql FROM sqlite_schema WHERE name = '_synced_clock.todos'",
         [],
         |r| r.get(0),
     )?;
@@ -216,8 +216,8 @@ fn without_rowid_clock(conn: &Connection) -> Result<(), BoxError> {
         .to_owned()
         + ", PRIMARY KEY (\"id\")) WITHOUT ROWID";
     conn.execute_batch(&format!(
-        "DROP TABLE _synced_clock_todos; {keyed}; \
-         CREATE INDEX \"_synced_clock_todos_dv\" ON _synced_clock_todos (_synced_dv);"
+        "DROP TABLE \"_synced_clock.todos\"; {keyed}; \
+         CREATE INDEX \"_synced_clock.todos.dv\" ON \"_synced_clock.todos\" (_synced_dv);"
     ))?;
     // The triggers' upserts name the key as conflict target: still valid.
     Ok(())
