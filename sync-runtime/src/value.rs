@@ -72,6 +72,32 @@ pub enum ValueRef<'a> {
 }
 
 impl ValueRef<'_> {
+    /// SQLite's order of values; see [`Value::sqlite_cmp`].
+    pub fn sqlite_cmp(self, other: ValueRef<'_>) -> std::cmp::Ordering {
+        use std::cmp::Ordering;
+        fn class(v: ValueRef<'_>) -> u8 {
+            match v {
+                ValueRef::Null => 0,
+                ValueRef::Integer(_) | ValueRef::Real(_) => 1,
+                ValueRef::Text(_) => 2,
+                ValueRef::Blob(_) => 3,
+            }
+        }
+        match (self, other) {
+            (ValueRef::Integer(a), ValueRef::Integer(b)) => a.cmp(&b),
+            (ValueRef::Integer(a), ValueRef::Real(b)) => compare_int_real(a, b),
+            (ValueRef::Real(a), ValueRef::Integer(b)) => compare_int_real(b, a).reverse(),
+            // SQLite stores no NaN (it becomes NULL), so a total order is safe.
+            (ValueRef::Real(a), ValueRef::Real(b)) => a.total_cmp(&b),
+            (ValueRef::Text(a), ValueRef::Text(b)) => a.as_bytes().cmp(b.as_bytes()),
+            (ValueRef::Blob(a), ValueRef::Blob(b)) => a.cmp(b),
+            (a, b) => match class(a).cmp(&class(b)) {
+                Ordering::Equal => Ordering::Equal,
+                unequal => unequal,
+            },
+        }
+    }
+
     /// Copies the value into an owned [`Value`].
     pub fn to_owned(self) -> Value {
         match self {
@@ -96,6 +122,24 @@ impl ValueRef<'_> {
 }
 
 impl Value {
+    /// Compares two values the way SQLite orders them: `NULL` first, then numbers
+    /// (integers and reals compared by value), then text (byte-wise, SQLite's
+    /// `BINARY` collation), then blobs (byte-wise). The merge uses this order to
+    /// break a tie between two writes of the same column version: the greater
+    /// value wins, on every replica alike.
+    ///
+    /// ```
+    /// use std::cmp::Ordering;
+    /// use sync_runtime::Value;
+    ///
+    /// assert_eq!(Value::Integer(2).sqlite_cmp(&Value::Real(1.5)), Ordering::Greater);
+    /// assert_eq!(Value::Text("a".into()).sqlite_cmp(&Value::Integer(9)), Ordering::Greater);
+    /// assert_eq!(Value::Null.sqlite_cmp(&Value::Blob(vec![])), Ordering::Less);
+    /// ```
+    pub fn sqlite_cmp(&self, other: &Value) -> std::cmp::Ordering {
+        self.as_ref().sqlite_cmp(other.as_ref())
+    }
+
     /// Borrows the value.
     pub fn as_ref(&self) -> ValueRef<'_> {
         match self {
@@ -131,6 +175,27 @@ impl rusqlite::ToSql for Value {
             Value::Text(t) => R::Text(t.as_bytes()),
             Value::Blob(b) => R::Blob(b),
         }))
+    }
+}
+
+/// An integer against a real, exactly (a cast of large integers to f64 rounds).
+fn compare_int_real(i: i64, r: f64) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    if r.is_nan() {
+        return Ordering::Greater;
+    }
+    // Beyond ±2^63 every i64 compares the same way.
+    if r >= 9_223_372_036_854_775_808.0 {
+        return Ordering::Less;
+    }
+    if r < -9_223_372_036_854_775_808.0 {
+        return Ordering::Greater;
+    }
+    let truncated = r.trunc();
+    // `truncated` is within i64 range here, so the cast is exact.
+    match i.cmp(&(truncated as i64)) {
+        Ordering::Equal => 0.0f64.total_cmp(&(r - truncated)),
+        unequal => unequal,
     }
 }
 
@@ -414,6 +479,48 @@ mod tests {
                 target: "bool"
             })
         );
+    }
+
+    #[test]
+    fn values_order_like_sqlite() {
+        use std::cmp::Ordering::*;
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        let values = [
+            Value::Null,
+            Value::Integer(i64::MIN),
+            Value::Real(-1.5),
+            Value::Integer(-1),
+            Value::Real(0.0),
+            Value::Integer(1),
+            Value::Real(1.5),
+            Value::Integer(i64::MAX),
+            Value::Real(1e300),
+            Value::Text(String::new()),
+            Value::Text("a".into()),
+            Value::Text("é".into()),
+            Value::Blob(vec![]),
+            Value::Blob(vec![0]),
+        ];
+        for a in &values {
+            for b in &values {
+                // SQLite's comparison operators give NULL with a NULL operand; its
+                // sort order puts NULL first.
+                if matches!(a, Value::Null) || matches!(b, Value::Null) {
+                    continue;
+                }
+                let sqlite: i64 = conn
+                    .query_row("SELECT (?1 > ?2) - (?1 < ?2)", [a, b], |r| r.get(0))
+                    .unwrap();
+                let expected = match sqlite {
+                    -1 => Less,
+                    0 => Equal,
+                    _ => Greater,
+                };
+                assert_eq!(a.sqlite_cmp(b), expected, "{a:?} vs {b:?}");
+            }
+        }
+        assert_eq!(Value::Null.sqlite_cmp(&Value::Integer(0)), Less);
+        assert_eq!(Value::Null.sqlite_cmp(&Value::Null), Equal);
     }
 
     #[test]
