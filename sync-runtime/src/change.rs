@@ -60,6 +60,112 @@ pub enum ChangeKind {
     },
 }
 
+/// One clock row changed after some version, with its app row's current values.
+pub(crate) struct ClockRow {
+    pub(crate) pk: Vec<Value>,
+    pub(crate) cl: i64,
+    /// The version of the row's last change.
+    pub(crate) version: i64,
+    /// The version of the row's (re)creation.
+    pub(crate) created: i64,
+    /// Whether the app row exists (a live clock without it: the row went while
+    /// tracking was off).
+    pub(crate) exists: bool,
+    /// The clock row's rowid: the order in which rows were first created here.
+    pub(crate) rowid: i64,
+    /// The value columns written after the version asked for.
+    pub(crate) columns: Vec<ClockColumn>,
+}
+
+/// One value column of a [`ClockRow`].
+pub(crate) struct ClockColumn {
+    /// Index among the table's value columns.
+    pub(crate) index: usize,
+    pub(crate) col_version: i64,
+    /// The version of the write.
+    pub(crate) version: i64,
+    pub(crate) value: Value,
+}
+
+/// Calls `each` for every clock row of `schema` changed after `since` (final
+/// versions only).
+pub(crate) fn scan(
+    conn: &Connection,
+    schema: &TableSchema,
+    since: i64,
+    mut each: impl FnMut(ClockRow) -> Result<()>,
+) -> Result<()> {
+    let sql = TableSql::new(schema);
+    let keys = schema.key_columns().count();
+    let values = schema.value_columns().count();
+    let after_columns = keys + 3 + 3 * values;
+    let mut stmt = conn.prepare_cached(&sql.changes_since)?;
+    let mut rows = stmt.query([since])?;
+    while let Some(row) = rows.next()? {
+        let mut columns = Vec::new();
+        for index in 0..values {
+            let base = keys + 3 + 3 * index;
+            let (col_version, version): (i64, i64) = (row.get(base)?, row.get(base + 1)?);
+            if version > since {
+                columns.push(ClockColumn {
+                    index,
+                    col_version,
+                    version,
+                    value: owned(row.get_ref(base + 2)?)?,
+                });
+            }
+        }
+        each(ClockRow {
+            pk: (0..keys)
+                .map(|i| owned(row.get_ref(i)?))
+                .collect::<Result<Vec<_>>>()?,
+            cl: row.get(keys)?,
+            version: row.get(keys + 1)?,
+            created: row.get(keys + 2)?,
+            exists: row.get(after_columns)?,
+            rowid: row.get(after_columns + 1)?,
+            columns,
+        })?;
+    }
+    Ok(())
+}
+
+/// Where the changes of each local version came from: the site that made them and
+/// their version there. A version not listed in `_synced_versions` was made here.
+pub(crate) struct Origins {
+    sites: HashMap<i64, SiteId>,
+    remote: HashMap<i64, (i64, i64)>,
+}
+
+impl Origins {
+    /// The origins of the versions after `since`.
+    pub(crate) fn load(conn: &Connection, since: i64) -> Result<Self> {
+        let mut stmt = conn.prepare_cached(
+            "SELECT db_version, site, origin_version FROM _synced_versions WHERE db_version > ?1",
+        )?;
+        let remote = stmt
+            .query_map([since], |row| Ok((row.get(0)?, (row.get(1)?, row.get(2)?))))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(Self {
+            sites: site_dictionary(conn)?,
+            remote,
+        })
+    }
+
+    /// The site ordinal and the version there of local version `version`.
+    pub(crate) fn of(&self, version: i64) -> (i64, i64) {
+        self.remote.get(&version).copied().unwrap_or((0, version))
+    }
+
+    /// The site id of a site ordinal.
+    pub(crate) fn site(&self, ordinal: i64) -> Result<SiteId> {
+        self.sites
+            .get(&ordinal)
+            .copied()
+            .ok_or_else(|| corrupt(format!("site ordinal {ordinal} is not in _synced_sites")))
+    }
+}
+
 /// Reads every change after `since` in the given tables, ordered by `db_version`,
 /// then by row (table order, then the row's creation order), with `seq` numbering
 /// the rows of each version.
@@ -68,73 +174,49 @@ pub(crate) fn changes_since(
     tables: &[TableSchema],
     since: i64,
 ) -> Result<Vec<Change>> {
-    let sites = site_dictionary(conn)?;
-    let origins = version_origins(conn, since)?;
-    // The writer of a change is the origin of its version (local unless listed).
-    let site = |version: i64| {
-        let ordinal = origins.get(&version).copied().unwrap_or(0);
-        sites
-            .get(&ordinal)
-            .copied()
-            .ok_or_else(|| corrupt(format!("site ordinal {ordinal} is not in _synced_sites")))
-    };
+    let origins = Origins::load(conn, since)?;
+    // The writer of a change is the origin of its version.
+    let site = |version: i64| origins.site(origins.of(version).0);
     // (db_version, table, clock rowid) orders the records; seq is assigned after.
     let mut records: Vec<((i64, usize, i64), Change)> = Vec::new();
     for (table_index, schema) in tables.iter().enumerate() {
-        let sql = TableSql::new(schema);
-        let keys = schema.key_columns().count();
-        let value_columns: Vec<_> = schema.value_columns().collect();
-        let after_columns = keys + 3 + 3 * value_columns.len();
-        let mut stmt = conn.prepare_cached(&sql.changes_since)?;
-        let mut rows = stmt.query([since])?;
-        while let Some(row) = rows.next()? {
-            let pk = (0..keys)
-                .map(|i| owned(row.get_ref(i)?))
-                .collect::<Result<Vec<_>>>()?;
-            let cl: i64 = row.get(keys)?;
-            let row_version: i64 = row.get(keys + 1)?;
-            let created: i64 = row.get(keys + 2)?;
-            let exists: bool = row.get(after_columns)?;
-            let rowid: i64 = row.get(after_columns + 1)?;
+        let names: Vec<_> = schema.value_columns().map(|c| c.name.to_string()).collect();
+        scan(conn, schema, since, |row| {
             let mut record = |kind, db_version, site_id| {
                 let change = Change {
                     table: schema.name.to_string(),
-                    pk: pk.clone(),
+                    pk: row.pk.clone(),
                     kind,
-                    cl,
+                    cl: row.cl,
                     db_version,
                     seq: 0,
                     site_id,
                 };
-                records.push(((db_version, table_index, rowid), change));
+                records.push(((db_version, table_index, row.rowid), change));
             };
-            if cl % 2 == 0 {
+            if row.cl % 2 == 0 {
                 // A deleted row's last change is its delete.
-                record(ChangeKind::Delete, row_version, site(row_version)?);
-                continue;
+                record(ChangeKind::Delete, row.version, site(row.version)?);
+                return Ok(());
             }
-            if !exists {
-                // A live clock without its row: the row went while tracking was
-                // off; it is recorded as deleted when tracking comes back.
-                continue;
+            if !row.exists {
+                // The row went while tracking was off; it is recorded as deleted
+                // when tracking comes back.
+                return Ok(());
             }
-            if created > since {
-                record(ChangeKind::Insert, created, site(created)?);
+            if row.created > since {
+                record(ChangeKind::Insert, row.created, site(row.created)?);
             }
-            for (i, column) in value_columns.iter().enumerate() {
-                let base = keys + 3 + 3 * i;
-                let (col_version, dv): (i64, i64) = (row.get(base)?, row.get(base + 1)?);
-                if dv <= since {
-                    continue;
-                }
+            for column in row.columns {
                 let kind = ChangeKind::Set {
-                    column: column.name.to_string(),
-                    value: owned(row.get_ref(base + 2)?)?,
-                    col_version,
+                    column: names[column.index].clone(),
+                    value: column.value,
+                    col_version: column.col_version,
                 };
-                record(kind, dv, site(dv)?);
+                record(kind, column.version, site(column.version)?);
             }
-        }
+            Ok(())
+        })?;
     }
     records.sort_by_key(|(key, _)| *key);
     let mut seq = 0;
@@ -164,27 +246,21 @@ fn corrupt(details: String) -> crate::Error {
     crate::Error::Corrupt { details }
 }
 
-/// The origin site ordinal of the versions after `since` that were made elsewhere.
-fn version_origins(conn: &Connection, since: i64) -> Result<HashMap<i64, i64>> {
-    let mut stmt =
-        conn.prepare_cached("SELECT db_version, site FROM _synced_versions WHERE db_version > ?1")?;
-    let rows = stmt.query_map([since], |row| Ok((row.get(0)?, row.get(1)?)))?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
-}
-
 fn site_dictionary(conn: &Connection) -> Result<HashMap<i64, SiteId>> {
     let mut stmt = conn.prepare_cached("SELECT ordinal, site_id FROM _synced_sites")?;
     let rows = stmt.query_map([], |row| {
-        let ordinal: i64 = row.get(0)?;
-        let bytes: Vec<u8> = row.get(1)?;
-        Ok((ordinal, bytes))
+        Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?))
     })?;
     let mut sites = HashMap::new();
     for row in rows {
         let (ordinal, bytes) = row?;
-        if let Ok(bytes) = <[u8; 16]>::try_from(bytes.as_slice()) {
-            sites.insert(ordinal, SiteId::from_bytes(bytes));
-        }
+        let bytes = <[u8; 16]>::try_from(bytes.as_slice()).map_err(|_| {
+            corrupt(format!(
+                "site ordinal {ordinal} has {} bytes, not 16",
+                bytes.len()
+            ))
+        })?;
+        sites.insert(ordinal, SiteId::from_bytes(bytes));
     }
     Ok(sites)
 }

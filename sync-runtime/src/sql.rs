@@ -7,10 +7,12 @@
 //! - `_synced_state`: one row; this database's site id, its `db_version` (the last
 //!   closed version) and the `applying` flag of the merge.
 //! - `_synced_sites`: site-id dictionary; ordinal 0 is this database.
-//! - `_synced_versions`: the origin site of every version that holds changes made
-//!   elsewhere (merging gives each origin its own version); a version not listed
-//!   was made here. So the writer of any change is the origin of its version, and
-//!   no clock row stores a site.
+//! - `_synced_versions`: for every version that holds changes made elsewhere, the
+//!   site that made them and their version there (merging gives each remote
+//!   transaction its own local version); a version not listed was made here. So
+//!   the writer of any change is the origin of its version, and no clock row
+//!   stores a site.
+//! - `_synced_peers`: per site, the highest of its versions this database has seen.
 //! - `_synced_tables`: every synced table with its algorithm, descriptor (JSON) and
 //!   whether tracking is on.
 //! - `_synced_clock.<table>`: one clock row per app row (live or deleted), found by
@@ -61,7 +63,12 @@ CREATE TABLE IF NOT EXISTS _synced_sites (
 ) STRICT;
 CREATE TABLE IF NOT EXISTS _synced_versions (
   db_version INTEGER PRIMARY KEY,
-  site INTEGER NOT NULL
+  site INTEGER NOT NULL,
+  origin_version INTEGER NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS _synced_peers (
+  site INTEGER PRIMARY KEY,
+  seen INTEGER NOT NULL
 ) STRICT;
 CREATE TABLE IF NOT EXISTS _synced_tables (
   name TEXT PRIMARY KEY COLLATE NOCASE,

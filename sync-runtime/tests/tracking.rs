@@ -519,7 +519,7 @@ async fn the_writer_of_a_change_is_the_origin_of_its_version() {
     .await
     .unwrap();
     db.execute_raw(
-        "INSERT INTO _synced_versions (db_version, site) VALUES (3, 1)",
+        "INSERT INTO _synced_versions (db_version, site, origin_version) VALUES (3, 1, 40)",
         params![],
     )
     .await
