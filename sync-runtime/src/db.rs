@@ -11,6 +11,7 @@ use tokio::sync::oneshot;
 
 use crate::change::{self, Change};
 use crate::error::{Error, Result};
+use crate::export::{self, Scope, Since};
 use crate::id::SiteId;
 use crate::model::Synced;
 use crate::schema::TableSchema;
@@ -395,22 +396,32 @@ impl SyncDb {
     /// a change.
     pub async fn changes_since(&self, db_version: i64) -> Result<Vec<Change>> {
         self.call(move |w| {
-            let read = |conn: &Connection| {
-                // A table whose tracking is off is left out: its rows may have
-                // changed in ways its clock does not know.
-                change::changes_since(conn, &tracking::synced_tables(conn, true)?, db_version)
-            };
-            // One snapshot; if another connection left changes in an open version,
-            // close it first, inside the same (write) transaction.
-            let tx = w.conn.transaction()?;
-            if !open_elsewhere(&tx, &mut w.seen_data_version)? {
-                let changes = read(&tx)?;
-                tx.commit()?;
-                return Ok(changes);
-            }
-            drop(tx);
-            w.seen_data_version = None;
-            write(w, |tx| read(tx.conn()))
+            read_final(w, |conn, tables| {
+                change::changes_since(conn, tables, db_version)
+            })
+        })
+        .await
+    }
+
+    /// Every change after `since`, whoever made it, as a payload for another
+    /// replica's [`apply_changes`](Self::apply_changes): a replica relays what it
+    /// received. The payload format is described in [`wire`](crate::wire).
+    pub async fn export_changes(&self, since: Since) -> Result<Vec<u8>> {
+        self.call(move |w| {
+            read_final(w, |conn, tables| {
+                export::export(conn, tables, since.version(), Scope::All)
+            })
+        })
+        .await
+    }
+
+    /// Like [`export_changes`](Self::export_changes), with only the changes made
+    /// on this database.
+    pub async fn export_local_changes(&self, since: Since) -> Result<Vec<u8>> {
+        self.call(move |w| {
+            read_final(w, |conn, tables| {
+                export::export(conn, tables, since.version(), Scope::Local)
+            })
         })
         .await
     }
@@ -475,6 +486,26 @@ where
     }
     tx.commit().map_err(Error::from)?;
     Ok(result)
+}
+
+/// Runs `read` on one snapshot of the tracked tables in which every version is
+/// final: if another connection left changes in an open version, it is closed
+/// first, inside the same (write) transaction. A table whose tracking is off is
+/// left out: its rows may have changed in ways its clock does not know.
+fn read_final<R>(
+    worker: &mut Worker,
+    read: impl Fn(&Connection, &[TableSchema]) -> Result<R>,
+) -> Result<R> {
+    let read = |conn: &Connection| read(conn, &tracking::synced_tables(conn, true)?);
+    let tx = worker.conn.transaction()?;
+    if !open_elsewhere(&tx, &mut worker.seen_data_version)? {
+        let result = read(&tx)?;
+        tx.commit()?;
+        return Ok(result);
+    }
+    drop(tx);
+    worker.seen_data_version = None;
+    write(worker, |tx| read(tx.conn()))
 }
 
 fn close_version(conn: &Connection) -> Result<()> {

@@ -58,6 +58,7 @@
 pub mod change;
 mod db;
 pub mod error;
+mod export;
 mod id;
 mod model;
 pub mod schema;
@@ -70,6 +71,7 @@ pub mod wire;
 pub use change::{Change, ChangeKind};
 pub use db::{Options, SyncDb};
 pub use error::{Error, Result};
+pub use export::Since;
 pub use id::{SiteId, SyncId};
 pub use model::{RowReader, Synced};
 pub use schema::{Algorithm, ColumnSchema, TableSchema};
