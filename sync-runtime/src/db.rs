@@ -6,13 +6,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread;
 
-use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use crate::change::{self, Change};
 use crate::error::{Error, Result};
 use crate::export::{self, Scope, Since};
 use crate::id::SiteId;
+use crate::merge::{self, ApplyReport};
 use crate::model::Synced;
 use crate::schema::TableSchema;
 use crate::sql::{self, TableSql};
@@ -415,6 +416,46 @@ impl SyncDb {
         .await
     }
 
+    /// Merges a payload from another replica (made by
+    /// [`export_changes`](Self::export_changes)) into this database, in one
+    /// transaction: all of it or, on any error, nothing. The merge rules are in
+    /// the book's "Offline and conflicts" chapter; the changes it takes are not
+    /// recorded as local changes, yet they are exported again by
+    /// `export_changes`, so a replica can relay them.
+    pub async fn apply_changes(&self, payload: &[u8]) -> Result<ApplyReport> {
+        let payload = payload.to_vec();
+        self.call(move |w| {
+            write(w, |tx| {
+                tx.set_versions();
+                merge::apply(tx.conn(), &payload).map(|(report, _)| report)
+            })
+        })
+        .await
+    }
+
+    /// The highest version of `site` whose changes this database has seen (0 if
+    /// none); for this database's own site, its current version. A peer that
+    /// keeps a cursor per site can ask for exactly what it is missing.
+    pub async fn seen_version(&self, site: SiteId) -> Result<i64> {
+        let local = self.site_id();
+        self.call(move |w| {
+            if site == local {
+                return Ok(w.conn.query_row(sql::CURRENT_VERSION, [], |r| r.get(0))?);
+            }
+            let seen = w
+                .conn
+                .query_row(
+                    "SELECT p.seen FROM _synced_peers AS p JOIN _synced_sites AS s ON s.ordinal = p.site \
+                     WHERE s.site_id = ?1",
+                    [site.as_bytes().as_slice()],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(seen.unwrap_or(0))
+        })
+        .await
+    }
+
     /// Like [`export_changes`](Self::export_changes), with only the changes made
     /// on this database.
     pub async fn export_local_changes(&self, since: Since) -> Result<Vec<u8>> {
@@ -477,6 +518,7 @@ where
     // A statement that failed took its clock writes back with it; if one did, the
     // hook's flag may be stale, so ask the clocks.
     let recorded = worker.recorded.swap(false, Ordering::Relaxed)
+        && !transaction.versions_set()
         && (!transaction.failed() || open_changes(&tx)?);
     if recorded {
         close_version(&tx)?;

@@ -88,6 +88,41 @@ pub enum Error {
         source: ValueError,
     },
 
+    /// A payload could not be read: damaged, truncated, or not a payload at all.
+    /// Nothing of it was applied.
+    #[error("payload rejected: {0}")]
+    Payload(#[from] crate::wire::WireError),
+
+    /// A payload names a table this database does not sync. Nothing was applied.
+    #[error("payload rejected: table `{table}` is not synced here; register it first")]
+    UnknownTable {
+        /// The table.
+        table: String,
+    },
+
+    /// A payload names a column the table does not have here. Nothing was applied.
+    #[error("payload rejected: table `{table}` has no column `{column}` here")]
+    UnknownColumn {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+    },
+
+    /// A payload carries a value of another type than its column's (or `NULL` for
+    /// a `NOT NULL` column). Nothing was applied.
+    #[error("payload rejected: `{table}.{column}` is {expected}, the payload has {found}")]
+    WrongType {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+        /// The column's type.
+        expected: String,
+        /// What the payload holds.
+        found: &'static str,
+    },
+
     /// The app's SQL ended the runtime's transaction (it is refused up front; this
     /// is the check behind that).
     #[error(

@@ -167,6 +167,15 @@ pub(crate) struct TableSql {
     pub(crate) open_changes: String,
     pub(crate) backfill_live: String,
     pub(crate) backfill_deleted: String,
+    /// The merge: a row's clock by key (cl, dv, created, then per value column
+    /// v and dv).
+    pub(crate) merge_read_clock: String,
+    /// The merge: writes a whole clock row (key columns, then as read).
+    pub(crate) merge_write_clock: String,
+    /// The merge: writes a whole app row (every column, table order).
+    pub(crate) merge_write_row: String,
+    /// The merge: the defaults of the value columns, as one row.
+    pub(crate) value_defaults: String,
 }
 
 impl TableSql {
@@ -223,6 +232,56 @@ impl TableSql {
                 "SELECT EXISTS (SELECT 1 FROM {clock} WHERE {DV} > (SELECT {STATE}.db_version FROM {STATE}))"
             ),
             backfill_live: backfill_live(schema),
+            merge_read_clock: {
+                let meta = clock_columns(schema);
+                let keys = schema.key_columns().count();
+                format!(
+                    "SELECT {} FROM {clock} WHERE {by_key_params}",
+                    meta[keys..].join(", ")
+                )
+            },
+            merge_write_clock: {
+                let cols = clock_columns(schema);
+                let keys = schema.key_columns().count();
+                let params = (1..=cols.len())
+                    .map(|i| format!("?{i}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let sets = cols[keys..]
+                    .iter()
+                    .map(|c| format!("{c} = excluded.{c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                format!(
+                    "INSERT INTO {clock} ({}) VALUES ({params}) ON CONFLICT ({}) DO UPDATE SET {sets}",
+                    cols.join(", "),
+                    list(schema.key_columns(), ""),
+                )
+            },
+            merge_write_row: {
+                let values: Vec<String> = schema
+                    .value_columns()
+                    .map(|c| format!("{0} = excluded.{0}", ident(&c.name)))
+                    .collect();
+                let action = if values.is_empty() {
+                    "NOTHING".to_owned()
+                } else {
+                    format!("UPDATE SET {}", values.join(", "))
+                };
+                format!(
+                    "INSERT INTO {table} ({all}) VALUES ({placeholders}) ON CONFLICT ({}) DO {action}",
+                    list(schema.key_columns(), ""),
+                )
+            },
+            value_defaults: format!(
+                "SELECT {}",
+                schema
+                    .value_columns()
+                    .map(|c| c.default.as_deref().unwrap_or("NULL").to_owned())
+                    .chain(std::iter::once("0".to_owned()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             backfill_deleted: tombstone(
                 schema,
                 &format!(

@@ -57,6 +57,7 @@ pub struct Transaction<'c> {
     registry: &'c Registry,
     user_sql: &'c AtomicBool,
     failed: bool,
+    versions_set: bool,
 }
 
 impl Registered {
@@ -81,7 +82,18 @@ impl<'c> Transaction<'c> {
             registry,
             user_sql,
             failed: false,
+            versions_set: false,
         }
+    }
+
+    /// The merge sets the database's version itself: the transaction then takes
+    /// no version of its own.
+    pub(crate) fn set_versions(&mut self) {
+        self.versions_set = true;
+    }
+
+    pub(crate) fn versions_set(&self) -> bool {
+        self.versions_set
     }
 
     /// Whether a statement of this transaction failed (its error may have been

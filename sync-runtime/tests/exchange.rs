@@ -148,3 +148,339 @@ async fn exports_of_the_same_schema_share_a_fingerprint() {
     assert_eq!(fa, fb);
     assert_ne!(fa, 0);
 }
+
+/// Sends everything `from` has to `to`.
+async fn sync(from: &SyncDb, to: &SyncDb) -> sync_runtime::ApplyReport {
+    let payload = from.export_changes(Since::Beginning).await.unwrap();
+    to.apply_changes(&payload).await.unwrap()
+}
+
+async fn rows(db: &SyncDb) -> Vec<Todo> {
+    db.query::<Todo>("ORDER BY id", params![]).await.unwrap()
+}
+
+/// (pk, column, col_version, site) of every column change: the clocks that must
+/// agree on every replica (local versions differ, by design).
+async fn clocks(db: &SyncDb) -> Vec<(Vec<Value>, String, i64, i64, sync_runtime::SiteId)> {
+    let mut out: Vec<_> = db
+        .changes_since(0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| match c.kind {
+            sync_runtime::ChangeKind::Set {
+                column,
+                col_version,
+                ..
+            } => (c.pk, column, col_version, c.cl, c.site_id),
+            _ => (c.pk, String::new(), 0, c.cl, c.site_id),
+        })
+        .collect();
+    out.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+    out
+}
+
+async fn converged(dbs: &[&SyncDb]) {
+    for pair in dbs.windows(2) {
+        assert_eq!(rows(pair[0]).await, rows(pair[1]).await);
+        assert_eq!(clocks(pair[0]).await, clocks(pair[1]).await);
+    }
+}
+
+#[tokio::test]
+async fn two_databases_exchange_and_become_equal() {
+    let (a, b) = (db().await, db().await);
+    a.insert(&todo("from a")).await.unwrap();
+    b.insert(&todo("from b")).await.unwrap();
+    let report = sync(&a, &b).await;
+    assert_eq!((report.rows, report.ignored), (1, 0));
+    sync(&b, &a).await;
+    assert_eq!(rows(&a).await.len(), 2);
+    converged(&[&a, &b]).await;
+    // Applying again changes nothing.
+    let again = sync(&a, &b).await;
+    assert_eq!((again.applied, again.rows), (0, 0));
+}
+
+#[tokio::test]
+async fn merged_changes_are_not_local_yet_are_relayed() {
+    let (a, b, c) = (db().await, db().await, db().await);
+    a.insert(&todo("from a")).await.unwrap();
+    sync(&a, &b).await;
+    let local = decode(&b.export_local_changes(Since::Beginning).await.unwrap());
+    assert!(local.rows.is_empty());
+    // b relays a's row to c, with a as its origin.
+    sync(&b, &c).await;
+    converged(&[&a, &b, &c]).await;
+    assert_eq!(c.seen_version(a.site_id()).await.unwrap(), 1);
+    assert_eq!(c.seen_version(b.site_id()).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn db_version_moves_past_every_version_seen() {
+    let (a, b) = (db().await, db().await);
+    for i in 0..5 {
+        a.insert(&todo(&format!("a{i}"))).await.unwrap();
+    }
+    sync(&a, &b).await;
+    assert!(b.db_version().await.unwrap() > 5);
+    b.insert(&todo("after")).await.unwrap();
+    let fresh = b.db_version().await.unwrap();
+    // The local write after the merge has a version of its own, after the merge's.
+    let changes = b.changes_since(fresh - 1).await.unwrap();
+    assert!(changes.iter().all(|c| c.site_id == b.site_id()));
+}
+
+#[tokio::test]
+async fn higher_col_version_wins() {
+    let (a, b) = (db().await, db().await);
+    let mut t = todo("x");
+    a.insert(&t).await.unwrap();
+    sync(&a, &b).await;
+    t.title = "a once".into();
+    a.update(&t).await.unwrap();
+    t.title = "a twice".into();
+    a.update(&t).await.unwrap();
+    t.title = "b once".into();
+    b.update(&t).await.unwrap();
+    sync(&a, &b).await;
+    sync(&b, &a).await;
+    assert_eq!(
+        b.get::<Todo>(&t.id).await.unwrap().unwrap().title,
+        "a twice"
+    );
+    converged(&[&a, &b]).await;
+}
+
+#[tokio::test]
+async fn equal_col_version_greater_value_wins() {
+    let (a, b) = (db().await, db().await);
+    let mut t = todo("x");
+    a.insert(&t).await.unwrap();
+    sync(&a, &b).await;
+    t.title = "apple".into();
+    a.update(&t).await.unwrap();
+    t.title = "banana".into();
+    b.update(&t).await.unwrap();
+    sync(&a, &b).await;
+    sync(&b, &a).await;
+    assert_eq!(a.get::<Todo>(&t.id).await.unwrap().unwrap().title, "banana");
+    converged(&[&a, &b]).await;
+}
+
+#[tokio::test]
+async fn equal_value_greater_site_id_wins() {
+    let (a, b) = (db().await, db().await);
+    let mut t = todo("x");
+    a.insert(&t).await.unwrap();
+    sync(&a, &b).await;
+    t.title = "same".into();
+    a.update(&t).await.unwrap();
+    b.update(&t).await.unwrap();
+    sync(&a, &b).await;
+    sync(&b, &a).await;
+    converged(&[&a, &b]).await;
+    let winner = a.site_id().max(b.site_id());
+    let title_site = clocks(&a)
+        .await
+        .into_iter()
+        .find(|c| c.1 == "title")
+        .unwrap()
+        .4;
+    assert_eq!(title_site, winner);
+}
+
+#[tokio::test]
+async fn a_delete_beats_the_concurrent_update_of_the_row_it_saw() {
+    let (a, b) = (db().await, db().await);
+    let mut t = todo("x");
+    a.insert(&t).await.unwrap();
+    sync(&a, &b).await;
+    a.delete::<Todo>(&t.id).await.unwrap();
+    t.title = "edited".into();
+    b.update(&t).await.unwrap();
+    sync(&a, &b).await;
+    sync(&b, &a).await;
+    assert!(rows(&a).await.is_empty());
+    converged(&[&a, &b]).await;
+}
+
+#[tokio::test]
+async fn a_reinsert_beats_a_concurrent_delete() {
+    let (a, b) = (db().await, db().await);
+    let mut t = todo("x");
+    a.insert(&t).await.unwrap();
+    sync(&a, &b).await;
+    a.delete::<Todo>(&t.id).await.unwrap();
+    sync(&a, &b).await; // both at cl 2
+    t.title = "back".into();
+    a.insert(&t).await.unwrap(); // cl 3
+    // b deletes concurrently? It already saw the delete; a second replica c deletes.
+    let c = db().await;
+    sync(&b, &c).await;
+    sync(&a, &b).await;
+    sync(&b, &a).await;
+    sync(&a, &c).await;
+    sync(&c, &a).await;
+    assert_eq!(rows(&a).await.len(), 1);
+    assert_eq!(rows(&a).await[0].title, "back");
+    converged(&[&a, &b, &c]).await;
+}
+
+#[tokio::test]
+async fn a_change_with_a_lower_causal_length_is_ignored() {
+    let (a, b) = (db().await, db().await);
+    let mut t = todo("x");
+    a.insert(&t).await.unwrap();
+    let stale = a.export_changes(Since::Beginning).await.unwrap();
+    t.title = "later".into();
+    a.update(&t).await.unwrap();
+    a.delete::<Todo>(&t.id).await.unwrap();
+    sync(&a, &b).await;
+    let report = b.apply_changes(&stale).await.unwrap();
+    assert_eq!(report.applied, 0);
+    assert!(rows(&b).await.is_empty());
+}
+
+#[tokio::test]
+async fn concurrent_inserts_of_one_key_merge_column_by_column() {
+    let (a, b) = (db().await, db().await);
+    let id = SyncId::new();
+    a.insert(&Todo {
+        id,
+        title: "from a".into(),
+        done: false,
+        note: Some("a's note".into()),
+    })
+    .await
+    .unwrap();
+    b.insert(&Todo {
+        id,
+        title: "from b".into(),
+        done: true,
+        note: None,
+    })
+    .await
+    .unwrap();
+    sync(&a, &b).await;
+    sync(&b, &a).await;
+    converged(&[&a, &b]).await;
+    let merged = a.get::<Todo>(&id).await.unwrap().unwrap();
+    // Equal versions everywhere: the greater value of each column.
+    assert_eq!(merged.title, "from b");
+    assert!(merged.done);
+    assert_eq!(merged.note.as_deref(), Some("a's note"));
+}
+
+#[tokio::test]
+async fn a_key_change_keeps_the_value_another_replica_wrote() {
+    let (a, b) = (db().await, db().await);
+    let mut t = todo("x");
+    a.insert(&t).await.unwrap();
+    sync(&a, &b).await;
+    t.note = Some("b's note".into());
+    b.update(&t).await.unwrap();
+    sync(&b, &a).await;
+    let new_id = SyncId::new();
+    a.execute_raw(
+        "UPDATE todos SET id = ?1 WHERE id = ?2",
+        params![new_id, t.id],
+    )
+    .await
+    .unwrap();
+    sync(&a, &b).await;
+    sync(&b, &a).await;
+    for db in [&a, &b] {
+        let all = rows(db).await;
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].id, new_id);
+        assert_eq!(all[0].note.as_deref(), Some("b's note"));
+    }
+    converged(&[&a, &b]).await;
+}
+
+#[derive(Synced, Debug, Clone, PartialEq)]
+#[synced(table = "log", algorithm = "gos")]
+struct Entry {
+    #[synced(primary_key)]
+    id: SyncId,
+    text: String,
+}
+
+#[tokio::test]
+async fn a_payload_deleting_from_a_grow_only_table_is_rejected() {
+    let (a, b) = (
+        SyncDb::open_in_memory().await.unwrap(),
+        SyncDb::open_in_memory().await.unwrap(),
+    );
+    // `a` believes the table is a plain cls table, `b` that it is grow-only.
+    a.register_schema(sync_runtime::TableSchema::new(
+        "log",
+        sync_runtime::Algorithm::Cls,
+        Entry::SCHEMA.columns.to_vec(),
+    ))
+    .await
+    .unwrap();
+    b.register::<Entry>().await.unwrap();
+    let id = SyncId::new();
+    a.execute_raw("INSERT INTO log (id, text) VALUES (?1, 'x')", params![id])
+        .await
+        .unwrap();
+    a.execute_raw("DELETE FROM log", params![]).await.unwrap();
+    let err = b
+        .apply_changes(&a.export_changes(Since::Beginning).await.unwrap())
+        .await
+        .unwrap_err();
+    // The schemas differ, so the fingerprint refuses it before the rule does.
+    assert!(
+        matches!(err, Error::SchemaMismatch { .. } | Error::GrowOnly { .. }),
+        "{err}"
+    );
+    assert_eq!(b.db_version().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_payload_applies_whole_or_not_at_all() {
+    let (a, b) = (db().await, db().await);
+    a.insert(&todo("fine")).await.unwrap();
+    a.insert(&todo("bad")).await.unwrap();
+    let mut payload = decode(&a.export_changes(Since::Beginning).await.unwrap());
+    // The second row's title becomes an integer, which the STRICT column refuses.
+    payload.rows[1].columns[0].value = Value::Integer(7);
+    let err = b
+        .apply_changes(&wire::encode(&payload, wire::Compression::Zstd))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::WrongType { ref column, found: "INTEGER", .. } if column == "title"),
+        "{err}"
+    );
+    // NULL for a NOT NULL column.
+    payload.rows[1].columns[0].value = Value::Null;
+    let err = b
+        .apply_changes(&wire::encode(&payload, wire::Compression::Zstd))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::WrongType { found: "NULL", .. }),
+        "{err}"
+    );
+    assert!(rows(&b).await.is_empty());
+    assert_eq!(b.db_version().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn damaged_payloads_are_rejected_and_change_nothing() {
+    let (a, b) = (db().await, db().await);
+    a.insert(&todo("x")).await.unwrap();
+    let good = a.export_changes(Since::Beginning).await.unwrap();
+    let mut flipped = good.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x10;
+    for bad in [&good[..good.len() - 1], &flipped[..], b"not a payload"] {
+        let err = b.apply_changes(bad).await.unwrap_err();
+        assert!(matches!(err, Error::Payload(_)), "{err}");
+    }
+    assert!(rows(&b).await.is_empty());
+    assert_eq!(b.db_version().await.unwrap(), 0);
+}

@@ -1,0 +1,492 @@
+//! Applying a payload: the merge rules every replica follows.
+//!
+//! For each row of the payload, against the local clock of that row:
+//!
+//! - A lower causal length than the local one: the change is ignored (it was
+//!   overtaken by a delete or a re-insert this replica already has).
+//! - A higher causal length: the row's existence changes first. An even one
+//!   deletes the row; an odd one (re)creates it with every column at its default
+//!   and `col_version` 0, so that columns the payload does not carry come out the
+//!   same on every replica.
+//! - Then, if the row exists, every column merges on its own: the higher
+//!   `col_version` wins; on a tie the greater value (SQLite's order) wins; on a tie
+//!   of values the greater site id wins, so that the clocks agree too.
+//!
+//! Every remote transaction whose changes win gets one local version, listed with
+//! its origin in `_synced_versions`; the database's version moves past every
+//! version the payload showed. The whole payload applies in one transaction, with
+//! the tracking triggers off (the merge writes the clocks itself).
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+
+use rusqlite::Connection;
+
+use crate::change::Origins;
+use crate::error::{Error, Result};
+use crate::export::fingerprint;
+use crate::id::SiteId;
+use crate::schema::{Algorithm, TableSchema};
+use crate::sql::TableSql;
+use crate::tracking;
+use crate::value::{self, SqlType, Value};
+use crate::wire::{self, Origin, Payload, RowChange};
+
+/// What applying a payload did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct ApplyReport {
+    /// Changes (column values and row existences) that won and were written.
+    pub applied: usize,
+    /// Changes that lost against what this replica already had.
+    pub ignored: usize,
+    /// Rows that changed here.
+    pub rows: usize,
+}
+
+/// A payload table matched to its local descriptor.
+struct Target {
+    schema: TableSchema,
+    sql: TableSql,
+    /// Local value-column index of each payload value column.
+    columns: Vec<usize>,
+    defaults: Vec<Value>,
+}
+
+/// A row's clock as stored: causal length, versions, and per value column its
+/// `col_version` and local version.
+struct Clock {
+    cl: i64,
+    dv: i64,
+    created: i64,
+    columns: Vec<(i64, i64)>,
+}
+
+/// Applies an encoded payload inside the caller's write transaction; returns what
+/// it did and the version the database is at afterwards.
+pub(crate) fn apply(conn: &Connection, bytes: &[u8]) -> Result<(ApplyReport, i64)> {
+    let payload = wire::decode(bytes)?;
+    let targets = resolve(conn, &payload)?;
+    check_types(&payload, &targets)?;
+    let sites = local_sites(conn, &payload.sites)?;
+    for row in &payload.rows {
+        let target = &targets[row.table as usize];
+        if target.schema.algorithm == Algorithm::Gos && row.cl % 2 == 0 {
+            return Err(Error::GrowOnly {
+                table: target.schema.name.to_string(),
+            });
+        }
+    }
+
+    let current: i64 = conn.query_row(crate::sql::CURRENT_VERSION, [], |r| r.get(0))?;
+    let seen = payload
+        .rows
+        .iter()
+        .flat_map(|r| std::iter::once(r.origin).chain(r.columns.iter().map(|c| c.origin)))
+        .map(|o| o.version)
+        .max()
+        .unwrap_or(0);
+    let mut versions = Versions {
+        next: current.max(i64::try_from(seen).unwrap_or(i64::MAX)),
+        assigned: HashMap::new(),
+    };
+    remember_peers(conn, &payload, &sites)?;
+
+    conn.execute("UPDATE _synced_state SET applying = 1", [])?;
+    let origins = Origins::load(conn, 0)?;
+    let mut report = ApplyReport::default();
+    for row in &payload.rows {
+        let target = &targets[row.table as usize];
+        merge_row(
+            conn,
+            target,
+            row,
+            &payload,
+            &sites,
+            &origins,
+            &mut versions,
+            &mut report,
+        )?;
+    }
+    conn.execute("UPDATE _synced_state SET applying = 0", [])?;
+
+    for (&(site, origin_version), &local) in &versions.assigned {
+        conn.prepare_cached(
+            "INSERT INTO _synced_versions (db_version, site, origin_version) VALUES (?1, ?2, ?3)",
+        )?
+        .execute((local, site, origin_version))?;
+    }
+    let version = versions.next.max(current);
+    conn.execute("UPDATE _synced_state SET db_version = ?1", [version])?;
+    Ok((report, version))
+}
+
+/// Local versions for the remote transactions whose changes win, one each.
+struct Versions {
+    next: i64,
+    assigned: HashMap<(i64, i64), i64>,
+}
+
+impl Versions {
+    fn local(&mut self, site: i64, origin_version: i64) -> i64 {
+        *self
+            .assigned
+            .entry((site, origin_version))
+            .or_insert_with(|| {
+                self.next += 1;
+                self.next
+            })
+    }
+}
+
+/// Matches every payload table to its local descriptor and checks the schema.
+fn resolve(conn: &Connection, payload: &Payload) -> Result<Vec<Target>> {
+    let local = tracking::synced_tables(conn, false)?;
+    let mut targets = Vec::with_capacity(payload.tables.len());
+    for entry in &payload.tables {
+        let schema = local
+            .iter()
+            .find(|s| s.name.eq_ignore_ascii_case(&entry.name))
+            .ok_or_else(|| Error::UnknownTable {
+                table: entry.name.clone(),
+            })?;
+        let keys: Vec<&str> = schema.key_columns().map(|c| c.name.as_ref()).collect();
+        if keys != entry.keys {
+            return Err(Error::SchemaMismatch {
+                table: entry.name.clone(),
+                details: format!(
+                    "the payload's key is ({}), here it is ({})",
+                    entry.keys.join(", "),
+                    keys.join(", ")
+                ),
+            });
+        }
+        let values: Vec<&str> = schema.value_columns().map(|c| c.name.as_ref()).collect();
+        let columns = entry
+            .values
+            .iter()
+            .map(|name| {
+                values
+                    .iter()
+                    .position(|v| v == name)
+                    .ok_or_else(|| Error::UnknownColumn {
+                        table: entry.name.clone(),
+                        column: name.clone(),
+                    })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let sql = TableSql::new(schema);
+        let defaults = {
+            let mut stmt = conn.prepare_cached(&sql.value_defaults)?;
+            let mut rows = stmt.query([])?;
+            let row = rows.next()?.ok_or_else(|| Error::Corrupt {
+                details: "the defaults query returned no row".into(),
+            })?;
+            (0..values.len())
+                .map(|i| {
+                    value::from_sqlite(row.get_ref(i)?)
+                        .map(|v| v.to_owned())
+                        .map_err(|e| Error::Corrupt {
+                            details: format!("default of `{}`: {e}", values[i]),
+                        })
+                })
+                .collect::<Result<Vec<_>>>()?
+        };
+        targets.push(Target {
+            schema: schema.clone(),
+            sql,
+            columns,
+            defaults,
+        });
+    }
+    let here = fingerprint(targets.iter().map(|t| &t.schema));
+    if !payload.tables.is_empty() && here != payload.schema_fingerprint {
+        return Err(Error::SchemaMismatch {
+            table: payload
+                .tables
+                .iter()
+                .map(|t| t.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            details: "the payload was made with another schema (its fingerprint differs)".into(),
+        });
+    }
+    Ok(targets)
+}
+
+/// Every value must have its column's type exactly: a STRICT table would quietly
+/// turn an integer into text, and the replicas would then disagree.
+fn check_types(payload: &Payload, targets: &[Target]) -> Result<()> {
+    for row in &payload.rows {
+        let target = &targets[row.table as usize];
+        let keys = target.schema.key_columns();
+        let values: Vec<_> = target.schema.value_columns().collect();
+        let pairs = keys.zip(&row.pk).chain(
+            row.columns
+                .iter()
+                .map(|c| (values[target.columns[c.column as usize]], &c.value)),
+        );
+        for (column, value) in pairs {
+            let fits = match value {
+                Value::Null => column.nullable,
+                Value::Integer(_) => column.sql_type == SqlType::Integer,
+                Value::Real(_) => column.sql_type == SqlType::Real,
+                Value::Text(_) => column.sql_type == SqlType::Text,
+                Value::Blob(_) => column.sql_type == SqlType::Blob,
+            };
+            if !fits {
+                return Err(Error::WrongType {
+                    table: target.schema.name.to_string(),
+                    column: column.name.to_string(),
+                    expected: if column.nullable {
+                        format!("{} (nullable)", column.sql_type)
+                    } else {
+                        format!("{} NOT NULL", column.sql_type)
+                    },
+                    found: value.as_ref().type_name(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The local ordinal of every payload site (this database is 0), adding new sites
+/// to the dictionary.
+fn local_sites(conn: &Connection, sites: &[SiteId]) -> Result<Vec<i64>> {
+    sites
+        .iter()
+        .map(|site| {
+            conn.prepare_cached(
+                "INSERT INTO _synced_sites (ordinal, site_id) \
+                 SELECT coalesce(max(ordinal), 0) + 1, ?1 FROM _synced_sites WHERE true \
+                 ON CONFLICT (site_id) DO NOTHING",
+            )?
+            .execute([site.as_bytes().as_slice()])?;
+            Ok(conn
+                .prepare_cached("SELECT ordinal FROM _synced_sites WHERE site_id = ?1")?
+                .query_row([site.as_bytes().as_slice()], |r| r.get(0))?)
+        })
+        .collect()
+}
+
+/// Raises the highest version seen of every site in the payload.
+fn remember_peers(conn: &Connection, payload: &Payload, sites: &[i64]) -> Result<()> {
+    let mut seen: HashMap<i64, u64> = HashMap::new();
+    for row in &payload.rows {
+        for origin in std::iter::once(row.origin).chain(row.columns.iter().map(|c| c.origin)) {
+            let site = sites[origin.site as usize];
+            let entry = seen.entry(site).or_insert(0);
+            *entry = (*entry).max(origin.version);
+        }
+    }
+    for (site, version) in seen {
+        if site == 0 {
+            continue;
+        }
+        conn.prepare_cached(
+            "INSERT INTO _synced_peers (site, seen) VALUES (?1, ?2) \
+             ON CONFLICT (site) DO UPDATE SET seen = max(seen, excluded.seen)",
+        )?
+        .execute((site, i64::try_from(version).unwrap_or(i64::MAX)))?;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn merge_row(
+    conn: &Connection,
+    target: &Target,
+    row: &RowChange,
+    payload: &Payload,
+    sites: &[i64],
+    origins: &Origins,
+    versions: &mut Versions,
+    report: &mut ApplyReport,
+) -> Result<()> {
+    let cl = i64::try_from(row.cl).unwrap_or(i64::MAX);
+    let value_count = target.defaults.len();
+    let stored = read_clock(conn, target, &row.pk, value_count)?;
+    let local_cl = stored.as_ref().map_or(0, |c| c.cl);
+    let changes = 1 + row.columns.len();
+    if cl < local_cl {
+        report.ignored += changes;
+        return Ok(());
+    }
+    let local_version = |versions: &mut Versions, origin: Origin| {
+        versions.local(
+            sites[origin.site as usize],
+            i64::try_from(origin.version).unwrap_or(i64::MAX),
+        )
+    };
+    let mut values = read_row(conn, target, &row.pk)?;
+    let mut clock = stored.unwrap_or(Clock {
+        cl: 0,
+        dv: 0,
+        created: 0,
+        columns: vec![(0, 0); value_count],
+    });
+    let mut changed = false;
+    if cl > local_cl {
+        let version = local_version(versions, row.origin);
+        clock.cl = cl;
+        clock.dv = version;
+        changed = true;
+        report.applied += 1;
+        if cl % 2 == 0 {
+            report.ignored += row.columns.len();
+            if values.is_some() {
+                conn.prepare_cached(&target.sql.delete)?
+                    .execute(rusqlite::params_from_iter(&row.pk))?;
+            }
+            write_clock(conn, target, &row.pk, &clock)?;
+            report.rows += 1;
+            return Ok(());
+        }
+        // (Re)created: every column starts afresh, at its default.
+        clock.created = version;
+        clock.columns = vec![(0, version); value_count];
+        values = Some(target.defaults.clone());
+    } else if existence_wins(payload, origins, row, &clock)? {
+        // The same causal length reached twice (two creations, or two deletes):
+        // the greater site id keeps the record, so that every clock agrees.
+        let version = local_version(versions, row.origin);
+        if cl % 2 == 0 {
+            clock.dv = version;
+        } else {
+            clock.created = version;
+            clock.dv = clock.dv.max(version);
+        }
+        changed = true;
+        report.applied += 1;
+    } else {
+        report.ignored += 1;
+    }
+    let Some(mut current) = values.filter(|_| clock.cl % 2 == 1) else {
+        report.ignored += row.columns.len();
+        return Ok(());
+    };
+    for change in &row.columns {
+        let column = target.columns[change.column as usize];
+        let incoming = i64::try_from(change.col_version).unwrap_or(i64::MAX);
+        let (local, local_dv) = clock.columns[column];
+        let wins = match incoming.cmp(&local) {
+            Ordering::Greater => true,
+            Ordering::Less => false,
+            Ordering::Equal => match change.value.sqlite_cmp(&current[column]) {
+                Ordering::Greater => true,
+                Ordering::Less => false,
+                Ordering::Equal => {
+                    let theirs = payload.sites[change.origin.site as usize];
+                    let ours = origins.site(origins.of(local_dv).0)?;
+                    theirs > ours
+                }
+            },
+        };
+        if wins {
+            clock.columns[column] = (incoming, local_version(versions, change.origin));
+            clock.dv = clock.dv.max(clock.columns[column].1);
+            current[column] = change.value.clone();
+            changed = true;
+            report.applied += 1;
+        } else {
+            report.ignored += 1;
+        }
+    }
+    if changed {
+        write_row(conn, target, &row.pk, &current)?;
+        write_clock(conn, target, &row.pk, &clock)?;
+        report.rows += 1;
+    }
+    Ok(())
+}
+
+/// Whether the payload's record of a row's existence replaces the local one, for
+/// the same causal length: the greater site id wins.
+fn existence_wins(
+    payload: &Payload,
+    origins: &Origins,
+    row: &RowChange,
+    clock: &Clock,
+) -> Result<bool> {
+    let local = if clock.cl % 2 == 0 {
+        clock.dv
+    } else {
+        clock.created
+    };
+    let ours = origins.site(origins.of(local).0)?;
+    Ok(payload.sites[row.origin.site as usize] > ours)
+}
+
+fn read_clock(
+    conn: &Connection,
+    target: &Target,
+    pk: &[Value],
+    value_count: usize,
+) -> Result<Option<Clock>> {
+    let mut stmt = conn.prepare_cached(&target.sql.merge_read_clock)?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(pk))?;
+    let Some(row) = rows.next()? else {
+        return Ok(None);
+    };
+    let columns = (0..value_count)
+        .map(|i| Ok((row.get(3 + 2 * i)?, row.get(4 + 2 * i)?)))
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(Some(Clock {
+        cl: row.get(0)?,
+        dv: row.get(1)?,
+        created: row.get(2)?,
+        columns,
+    }))
+}
+
+/// The current values of the row's value columns, if the row exists.
+fn read_row(conn: &Connection, target: &Target, pk: &[Value]) -> Result<Option<Vec<Value>>> {
+    let mut stmt = conn.prepare_cached(&target.sql.select_by_key)?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(pk))?;
+    let Some(row) = rows.next()? else {
+        return Ok(None);
+    };
+    let mut values = Vec::with_capacity(target.defaults.len());
+    for (i, column) in target.schema.columns.iter().enumerate() {
+        if !column.primary_key {
+            let value = value::from_sqlite(row.get_ref(i)?).map_err(|source| Error::Decode {
+                table: target.schema.name.to_string(),
+                column: column.name.to_string(),
+                source,
+            })?;
+            values.push(value.to_owned());
+        }
+    }
+    Ok(Some(values))
+}
+
+fn write_row(conn: &Connection, target: &Target, pk: &[Value], values: &[Value]) -> Result<()> {
+    let (mut keys, mut rest) = (pk.iter(), values.iter());
+    let all: Vec<&Value> = target
+        .schema
+        .columns
+        .iter()
+        .filter_map(|c| {
+            if c.primary_key {
+                keys.next()
+            } else {
+                rest.next()
+            }
+        })
+        .collect();
+    conn.prepare_cached(&target.sql.merge_write_row)?
+        .execute(rusqlite::params_from_iter(all))?;
+    Ok(())
+}
+
+fn write_clock(conn: &Connection, target: &Target, pk: &[Value], clock: &Clock) -> Result<()> {
+    let mut params: Vec<Value> = pk.to_vec();
+    params.extend([clock.cl, clock.dv, clock.created].map(Value::Integer));
+    for &(col_version, version) in &clock.columns {
+        params.extend([Value::Integer(col_version), Value::Integer(version)]);
+    }
+    conn.prepare_cached(&target.sql.merge_write_clock)?
+        .execute(rusqlite::params_from_iter(params))?;
+    Ok(())
+}
