@@ -363,7 +363,13 @@ fn merge_row(
         report.ignored += 1;
     }
     let Some(mut current) = values.filter(|_| clock.cl % 2 == 1) else {
+        // A deleted row: nothing of its columns applies, its clock may still have
+        // taken the other site's record of the delete.
         report.ignored += row.columns.len();
+        if changed {
+            write_clock(conn, target, &row.pk, &clock)?;
+            report.rows += 1;
+        }
         return Ok(());
     };
     for change in &row.columns {

@@ -484,3 +484,18 @@ async fn damaged_payloads_are_rejected_and_change_nothing() {
     assert!(rows(&b).await.is_empty());
     assert_eq!(b.db_version().await.unwrap(), 0);
 }
+
+#[tokio::test]
+async fn two_deletes_of_one_row_agree_on_their_site() {
+    let (a, b) = (db().await, db().await);
+    let t = todo("x");
+    a.insert(&t).await.unwrap();
+    b.insert(&t).await.unwrap();
+    a.delete::<Todo>(&t.id).await.unwrap();
+    b.delete::<Todo>(&t.id).await.unwrap();
+    for _ in 0..2 {
+        sync(&a, &b).await;
+        sync(&b, &a).await;
+    }
+    converged(&[&a, &b]).await;
+}

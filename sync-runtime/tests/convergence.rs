@@ -1,0 +1,392 @@
+//! Proof of convergence: replicas that edit the same rows offline and exchange
+//! payloads in any order, any number of times, end with the same rows and the same
+//! clocks.
+//!
+//! ```text
+//! cargo test -p sync-runtime --test convergence                      # 500 scripts
+//! SYNCED_CONVERGENCE_CASES=20000 cargo test --release -p sync-runtime --test convergence
+//! ```
+
+#![allow(clippy::unwrap_used)] // in tests, a failed unwrap is a failed assertion
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+use sync_runtime::{ChangeKind, Error, Since, SiteId, SyncDb, SyncId, Synced, Value, params};
+
+/// A table with every supported column type.
+#[derive(Synced, Debug, Clone, PartialEq)]
+#[synced(table = "items")]
+struct Item {
+    #[synced(primary_key)]
+    id: SyncId,
+    title: String,
+    qty: i64,
+    price: f64,
+    data: Vec<u8>,
+    flag: bool,
+    note: Option<String>,
+}
+
+/// A composite key.
+#[derive(Synced, Debug, Clone, PartialEq)]
+#[synced(table = "pairs")]
+struct Pair {
+    #[synced(primary_key)]
+    a: String,
+    #[synced(primary_key)]
+    b: i64,
+    val: Option<i64>,
+}
+
+/// A grow-only table.
+#[derive(Synced, Debug, Clone, PartialEq)]
+#[synced(table = "events", algorithm = "gos")]
+struct Event {
+    #[synced(primary_key)]
+    id: SyncId,
+    text: String,
+}
+
+const KEYS: usize = 4;
+
+/// One step of a script.
+#[derive(Debug, Clone)]
+enum Step {
+    InsertItem {
+        replica: usize,
+        key: usize,
+        title: usize,
+        qty: i64,
+    },
+    UpdateItem {
+        replica: usize,
+        key: usize,
+        column: usize,
+        value: usize,
+    },
+    RawUpdateItems {
+        replica: usize,
+        qty: i64,
+    },
+    DeleteItem {
+        replica: usize,
+        key: usize,
+    },
+    RekeyItem {
+        replica: usize,
+        from: usize,
+        to: usize,
+    },
+    UpsertPair {
+        replica: usize,
+        a: usize,
+        b: i64,
+        val: Option<i64>,
+    },
+    DeletePair {
+        replica: usize,
+        a: usize,
+        b: i64,
+    },
+    InsertEvent {
+        replica: usize,
+        key: usize,
+        text: usize,
+    },
+    UpdateEvent {
+        replica: usize,
+        key: usize,
+        text: usize,
+    },
+    /// Sends `from`'s changes after a cursor (`None`: all) to `to`, maybe twice.
+    Sync {
+        from: usize,
+        to: usize,
+        cursor: Option<u8>,
+        twice: bool,
+    },
+    /// Delivers a payload made earlier again, late.
+    Replay {
+        payload: usize,
+        to: usize,
+    },
+}
+
+fn step(replicas: usize) -> impl Strategy<Value = Step> {
+    let r = 0..replicas;
+    let k = 0..KEYS;
+    prop_oneof![
+        (r.clone(), k.clone(), 0..3usize, -2i64..3).prop_map(|(replica, key, title, qty)| {
+            Step::InsertItem {
+                replica,
+                key,
+                title,
+                qty,
+            }
+        }),
+        (r.clone(), k.clone(), 0..6usize, 0..3usize).prop_map(|(replica, key, column, value)| {
+            Step::UpdateItem {
+                replica,
+                key,
+                column,
+                value,
+            }
+        }),
+        (r.clone(), -2i64..3).prop_map(|(replica, qty)| Step::RawUpdateItems { replica, qty }),
+        (r.clone(), k.clone()).prop_map(|(replica, key)| Step::DeleteItem { replica, key }),
+        (r.clone(), k.clone(), k.clone()).prop_map(|(replica, from, to)| Step::RekeyItem {
+            replica,
+            from,
+            to
+        }),
+        (r.clone(), 0..2usize, 0..2i64, proptest::option::of(0..3i64))
+            .prop_map(|(replica, a, b, val)| Step::UpsertPair { replica, a, b, val }),
+        (r.clone(), 0..2usize, 0..2i64).prop_map(|(replica, a, b)| Step::DeletePair {
+            replica,
+            a,
+            b
+        }),
+        (r.clone(), k.clone(), 0..3usize).prop_map(|(replica, key, text)| Step::InsertEvent {
+            replica,
+            key,
+            text
+        }),
+        (r.clone(), k.clone(), 0..3usize).prop_map(|(replica, key, text)| Step::UpdateEvent {
+            replica,
+            key,
+            text
+        }),
+        (
+            r.clone(),
+            r.clone(),
+            proptest::option::of(any::<u8>()),
+            any::<bool>()
+        )
+            .prop_map(|(from, to, cursor, twice)| Step::Sync {
+                from,
+                to,
+                cursor,
+                twice
+            }),
+        (0..16usize, r).prop_map(|(payload, to)| Step::Replay { payload, to }),
+    ]
+}
+
+fn script() -> impl Strategy<Value = (usize, Vec<Step>)> {
+    (2usize..=5).prop_flat_map(|replicas| {
+        (
+            Just(replicas),
+            proptest::collection::vec(step(replicas), 1..40),
+        )
+    })
+}
+
+const TITLES: [&str; 3] = ["a", "b", "c"];
+
+/// Ignores the errors a script provokes on purpose (a key that exists already).
+fn tolerate<T>(result: Result<T, Error>) {
+    match result {
+        Ok(_) | Err(Error::Constraint { .. }) => {}
+        Err(e) => panic!("unexpected error: {e}"),
+    }
+}
+
+async fn run(replicas: usize, steps: Vec<Step>, keys: &[SyncId]) {
+    let mut dbs = Vec::new();
+    for _ in 0..replicas {
+        let db = SyncDb::open_in_memory().await.unwrap();
+        db.register::<Item>().await.unwrap();
+        db.register::<Pair>().await.unwrap();
+        db.register::<Event>().await.unwrap();
+        dbs.push(db);
+    }
+    let mut sent: Vec<Vec<u8>> = Vec::new();
+    for step in steps {
+        match step {
+            Step::InsertItem {
+                replica,
+                key,
+                title,
+                qty,
+            } => tolerate(
+                dbs[replica]
+                    .insert(&Item {
+                        id: keys[key],
+                        title: TITLES[title].into(),
+                        qty,
+                        price: qty as f64 / 2.0,
+                        data: vec![title as u8],
+                        flag: qty > 0,
+                        note: (title > 0).then(|| TITLES[title].into()),
+                    })
+                    .await,
+            ),
+            Step::UpdateItem {
+                replica,
+                key,
+                column,
+                value,
+            } => {
+                let (column, v): (&str, Value) = match column {
+                    0 => ("title", TITLES[value].into()),
+                    1 => ("qty", (value as i64).into()),
+                    2 => ("price", (value as f64 * 1.5).into()),
+                    3 => ("data", vec![value as u8; value].into()),
+                    4 => ("flag", (value % 2 == 0).into()),
+                    _ => ("note", (value > 0).then(|| TITLES[value].to_owned()).into()),
+                };
+                tolerate(
+                    dbs[replica]
+                        .execute_raw(
+                            &format!("UPDATE items SET {column} = ?1 WHERE id = ?2"),
+                            vec![v, keys[key].into()],
+                        )
+                        .await,
+                );
+            }
+            Step::RawUpdateItems { replica, qty } => tolerate(
+                dbs[replica]
+                    .execute_raw("UPDATE items SET qty = qty + ?1", params![qty])
+                    .await,
+            ),
+            Step::DeleteItem { replica, key } => {
+                tolerate(dbs[replica].delete::<Item>(&keys[key]).await)
+            }
+            Step::RekeyItem { replica, from, to } => tolerate(
+                dbs[replica]
+                    .execute_raw(
+                        "UPDATE items SET id = ?1 WHERE id = ?2",
+                        params![keys[to], keys[from]],
+                    )
+                    .await,
+            ),
+            Step::UpsertPair { replica, a, b, val } => {
+                let pair = Pair {
+                    a: ["x", "y"][a].into(),
+                    b,
+                    val,
+                };
+                let db = &dbs[replica];
+                if db.update(&pair).await.is_err() {
+                    tolerate(db.insert(&pair).await);
+                }
+            }
+            Step::DeletePair { replica, a, b } => tolerate(
+                dbs[replica]
+                    .delete::<Pair>(&(["x", "y"][a].to_owned(), b))
+                    .await,
+            ),
+            Step::InsertEvent { replica, key, text } => tolerate(
+                dbs[replica]
+                    .insert(&Event {
+                        id: keys[key],
+                        text: TITLES[text].into(),
+                    })
+                    .await,
+            ),
+            Step::UpdateEvent { replica, key, text } => tolerate(
+                dbs[replica]
+                    .execute_raw(
+                        "UPDATE events SET text = ?1 WHERE id = ?2",
+                        params![TITLES[text], keys[key]],
+                    )
+                    .await,
+            ),
+            Step::Sync {
+                from,
+                to,
+                cursor,
+                twice,
+            } => {
+                let source = &dbs[from];
+                let since = match cursor {
+                    None => Since::Beginning,
+                    Some(c) => {
+                        let version = source.db_version().await.unwrap();
+                        Since::Version(i64::from(c) % (version + 1))
+                    }
+                };
+                let payload = source.export_changes(since).await.unwrap();
+                dbs[to].apply_changes(&payload).await.unwrap();
+                if twice {
+                    dbs[to].apply_changes(&payload).await.unwrap();
+                }
+                sent.push(payload);
+            }
+            Step::Replay { payload, to } => {
+                if let Some(bytes) = sent.get(payload) {
+                    dbs[to].apply_changes(bytes).await.unwrap();
+                }
+            }
+        }
+    }
+    // A full round, twice: every replica has seen everything.
+    for _ in 0..2 {
+        for from in 0..replicas {
+            for to in 0..replicas {
+                if from != to {
+                    let payload = dbs[from].export_changes(Since::Beginning).await.unwrap();
+                    dbs[to].apply_changes(&payload).await.unwrap();
+                }
+            }
+        }
+    }
+    let first = snapshot(&dbs[0]).await;
+    for db in &dbs[1..] {
+        assert_eq!(snapshot(db).await, first);
+    }
+}
+
+/// Every row and every clock of a replica (local versions aside, which differ by
+/// design).
+type Clock = (String, Vec<Value>, String, i64, i64, SiteId);
+
+async fn snapshot(db: &SyncDb) -> (Vec<Item>, Vec<Pair>, Vec<Event>, Vec<Clock>) {
+    let mut clocks: Vec<Clock> = db
+        .changes_since(0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| {
+            let (column, col_version) = match c.kind {
+                ChangeKind::Set {
+                    column,
+                    col_version,
+                    ..
+                } => (column, col_version),
+                ChangeKind::Delete => ("-".into(), 0),
+                _ => (String::new(), 0),
+            };
+            (c.table, c.pk, column, col_version, c.cl, c.site_id)
+        })
+        .collect();
+    clocks.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+    (
+        db.query("ORDER BY id", params![]).await.unwrap(),
+        db.query("ORDER BY a, b", params![]).await.unwrap(),
+        db.query("ORDER BY id", params![]).await.unwrap(),
+        clocks,
+    )
+}
+
+#[test]
+fn replicas_converge_whatever_the_order_of_deliveries() {
+    let cases = std::env::var("SYNCED_CONVERGENCE_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(500);
+    let keys: Vec<SyncId> = (0..KEYS).map(|_| SyncId::new()).collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut runner = TestRunner::new(Config {
+        cases,
+        ..Config::default()
+    });
+    runner
+        .run(&script(), |(replicas, steps)| {
+            runtime.block_on(run(replicas, steps, &keys));
+            Ok(())
+        })
+        .unwrap();
+}
