@@ -38,7 +38,8 @@ use crate::wire::{self, Origin, Payload, RowChange};
 pub struct ApplyReport {
     /// Changes (column values and row existences) that won and were written.
     pub applied: usize,
-    /// Changes that lost against what this replica already had.
+    /// Changes that lost against what this replica already had (a column value
+    /// older than the one here, or a row overtaken by a delete or re-insert).
     pub ignored: usize,
     /// Rows that changed here.
     pub rows: usize,
@@ -359,8 +360,6 @@ fn merge_row(
         }
         changed = true;
         report.applied += 1;
-    } else {
-        report.ignored += 1;
     }
     let Some(mut current) = values.filter(|_| clock.cl % 2 == 1) else {
         // A deleted row: nothing of its columns applies, its clock may still have
