@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 use rusqlite::{Connection, params};
 use serde_json::{Value as Json, json};
-use sync_runtime::{Options, SyncDb, SyncId, Synced, Transaction};
+use sync_runtime::{Options, Since, SyncDb, SyncId, Synced, Transaction};
 
 /// The benchmark table: `id TEXT` key, title TEXT, done INTEGER, note TEXT nullable,
 /// score REAL.
@@ -83,7 +83,11 @@ fn main() -> Result<(), BoxError> {
     report.insert("singles".into(), json!(args.singles));
     report.insert("cache_kib".into(), json!(args.cache_kib));
     for &kind in kinds {
-        let figures = runtime.block_on(run(&args, kind))?;
+        let mut figures = runtime.block_on(run(&args, kind))?;
+        let sync = runtime.block_on(exchange(&args, kind))?;
+        if let Json::Object(map) = &mut figures {
+            map.insert("sync".into(), sync);
+        }
         report.insert(format!("{kind:?}").to_lowercase(), figures);
     }
     println!("{}", Json::Object(report));
@@ -313,5 +317,82 @@ async fn run(args: &Args, kind: Keys) -> Result<Json, BoxError> {
         "update_raw": figure(&update_raw, args.rows),
         "delete": figure(&delete, deleted),
         "size": {"plain_bytes": plain_size, "synced_bytes": synced_size, "ratio": size_ratio},
+    }))
+}
+
+/// Export and merge: payload size, encode time and apply throughput.
+async fn exchange(args: &Args, kind: Keys) -> Result<Json, BoxError> {
+    let dir = tempfile::tempdir()?;
+    let options = Options::default().cache_size_kib(args.cache_kib);
+    let source = SyncDb::open_with(dir.path().join("a.db"), options.clone()).await?;
+    let target = SyncDb::open_with(dir.path().join("b.db"), options).await?;
+    for db in [&source, &target] {
+        db.register::<Todo>().await?;
+    }
+    let data = Arc::new(rows(args.rows, kind));
+    synced_batch(&source, &data, |tx, r| tx.insert(r)).await?;
+    let rows = args.rows as f64;
+    let changes = rows * 4.0; // four value columns per row
+    println!(
+        "\nexchange of {} rows ({} column changes), {:?} keys",
+        args.rows, changes, kind
+    );
+
+    let start = Instant::now();
+    let payload = source.export_changes(Since::Beginning).await?;
+    let export = start.elapsed();
+    println!(
+        "{:<34} {:>10.1} ms   {:.2} bytes per column change, {:.1} per row",
+        "export + encode",
+        export.as_secs_f64() * 1e3,
+        payload.len() as f64 / changes,
+        payload.len() as f64 / rows
+    );
+
+    let timed_apply = |label: &'static str, payload: Vec<u8>| {
+        let target = target.clone();
+        async move {
+            let start = Instant::now();
+            let report = target.apply_changes(&payload).await?;
+            let seconds = start.elapsed().as_secs_f64();
+            println!(
+                "{label:<34} {:>10.1} ms   {:>9.0} column changes/s {:>9.0} rows/s  ({} applied, {} lost)",
+                seconds * 1e3,
+                changes / seconds,
+                rows / seconds,
+                report.applied,
+                report.ignored
+            );
+            Ok::<_, BoxError>(json!({
+                "ms": seconds * 1e3,
+                "column_changes_per_s": changes / seconds,
+                "rows_per_s": rows / seconds,
+                "applied": report.applied,
+                "ignored": report.ignored,
+            }))
+        }
+    };
+    let empty = timed_apply("apply into an empty replica", payload.clone()).await?;
+
+    // Every column of every row written once more: the next payload wins everywhere.
+    let before = source.db_version().await?;
+    source
+        .execute_raw(
+            "UPDATE todos SET title = title || '!', done = 1 - done, note = coalesce(note, '') || '!', score = score + 1",
+            sync_runtime::params![],
+        )
+        .await?;
+    let newer = source.export_changes(Since::Version(before)).await?;
+    let wins = timed_apply("apply newer versions (all win)", newer.clone()).await?;
+    let loses = timed_apply("apply the same again (all lose)", newer).await?;
+
+    Ok(json!({
+        "export_ms": export.as_secs_f64() * 1e3,
+        "payload_bytes": payload.len(),
+        "bytes_per_column_change": payload.len() as f64 / changes,
+        "bytes_per_row": payload.len() as f64 / rows,
+        "apply_empty": empty,
+        "apply_all_win": wins,
+        "apply_all_lose": loses,
     }))
 }
