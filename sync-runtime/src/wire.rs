@@ -11,7 +11,8 @@
 //! | 8..16 | schema fingerprint, u64 little-endian |
 //! | 16..20 | stored body length, u32 little-endian |
 //! | 20..24 | body length once decompressed, u32 little-endian (at most [`MAX_BODY`]) |
-//! | 24..24+n | the body, compressed or not |
+//! | 24..28 | number of rows, u32 little-endian (the body must hold exactly as many) |
+//! | 28..28+n | the body, compressed or not |
 //! | last 4 | CRC-32 (IEEE) of everything before it, little-endian |
 //!
 //! The body, once decompressed, is a sequence of unsigned LEB128 varints
@@ -51,7 +52,7 @@ pub const FORMAT_VERSION: u8 = 1;
 /// The largest body a payload may hold once decompressed: 256 MiB.
 pub const MAX_BODY: u32 = 256 * 1024 * 1024;
 
-const HEADER: usize = 24;
+const HEADER: usize = 28;
 const CHECKSUM: usize = 4;
 
 /// How the body of a payload is compressed.
@@ -179,6 +180,7 @@ pub fn encode(payload: &Payload, compression: Compression) -> Vec<u8> {
     out.extend_from_slice(&payload.schema_fingerprint.to_le_bytes());
     out.extend_from_slice(&len32(stored.len()).to_le_bytes());
     out.extend_from_slice(&len32(body.len()).to_le_bytes());
+    out.extend_from_slice(&len32(payload.rows.len()).to_le_bytes());
     out.extend_from_slice(&stored);
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
@@ -253,6 +255,11 @@ pub fn decode(bytes: &[u8]) -> Result<Payload, WireError> {
     let payload = reader.body(fingerprint)?;
     if !reader.bytes.is_empty() {
         return Err(WireError::Malformed("bytes after the last row"));
+    }
+    if payload.rows.len() != u32_at(24) as usize {
+        return Err(WireError::Malformed(
+            "the header's row count differs from the body's",
+        ));
     }
     Ok(payload)
 }
@@ -603,6 +610,21 @@ mod tests {
     }
 
     #[test]
+    fn a_row_count_that_lies_is_an_error() {
+        let mut bytes = encode(&sample(), Compression::None);
+        bytes[24..28].copy_from_slice(&3u32.to_le_bytes());
+        let end = bytes.len() - CHECKSUM;
+        let crc = crc32fast::hash(&bytes[..end]);
+        bytes[end..].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            decode(&bytes),
+            Err(WireError::Malformed(
+                "the header's row count differs from the body's"
+            ))
+        );
+    }
+
+    #[test]
     fn header_errors_are_named() {
         let bytes = encode(&sample(), Compression::None);
         let mut wrong = bytes.clone();
@@ -634,6 +656,7 @@ mod tests {
         bytes.extend_from_slice(&0u64.to_le_bytes());
         bytes.extend_from_slice(&len32(body.len()).to_le_bytes());
         bytes.extend_from_slice(&len32(body.len()).to_le_bytes());
+        bytes.extend_from_slice(&0u32.to_le_bytes());
         bytes.extend_from_slice(&body);
         let crc = crc32fast::hash(&bytes);
         bytes.extend_from_slice(&crc.to_le_bytes());

@@ -501,3 +501,62 @@ async fn two_deletes_of_one_row_agree_on_their_site() {
     }
     converged(&[&a, &b]).await;
 }
+
+#[tokio::test]
+async fn a_payload_of_another_schema_is_rejected() {
+    let (a, b) = (db().await, db().await);
+    a.insert(&todo("x")).await.unwrap();
+    let mut payload = decode(&a.export_changes(Since::Beginning).await.unwrap());
+    payload.schema_fingerprint ^= 1;
+    let err = b
+        .apply_changes(&wire::encode(&payload, wire::Compression::None))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::SchemaMismatch { .. }), "{err}");
+    assert!(err.to_string().contains("fingerprint"), "{err}");
+    // A table this database does not sync.
+    payload.tables[0].name = "elsewhere".into();
+    let err = b
+        .apply_changes(&wire::encode(&payload, wire::Compression::None))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::UnknownTable { ref table } if table == "elsewhere"),
+        "{err}"
+    );
+    assert!(rows(&b).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_resurrected_row_starts_afresh_and_unsent_columns_agree() {
+    let (a, b, c) = (db().await, db().await, db().await);
+    let mut t = todo("first life");
+    t.note = Some("old note".into());
+    a.insert(&t).await.unwrap();
+    sync(&a, &b).await;
+    sync(&a, &c).await;
+    a.delete::<Todo>(&t.id).await.unwrap();
+    t.title = "second life".into();
+    a.insert(&t).await.unwrap(); // cl 3, every column at version 1
+    // The resurrection reaches b and c with its title only.
+    let mut payload = decode(&a.export_changes(Since::Beginning).await.unwrap());
+    payload.rows[0].columns.retain(|c| c.column == 0);
+    let partial = wire::encode(&payload, wire::Compression::None);
+    for db in [&b, &c] {
+        db.apply_changes(&partial).await.unwrap();
+        let row = db.get::<Todo>(&t.id).await.unwrap().unwrap();
+        assert_eq!(row.title, "second life");
+        // Columns not sent start at their defaults, not at the first life's values.
+        assert_eq!(row.note, None);
+        assert!(!row.done);
+    }
+    converged(&[&b, &c]).await;
+    // The rest arrives later; everyone agrees.
+    sync(&a, &b).await;
+    sync(&a, &c).await;
+    converged(&[&a, &b, &c]).await;
+    assert_eq!(
+        b.get::<Todo>(&t.id).await.unwrap().unwrap().note.as_deref(),
+        Some("old note")
+    );
+}

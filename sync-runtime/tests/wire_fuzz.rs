@@ -106,6 +106,7 @@ fn framed(body: &[u8]) -> Vec<u8> {
     bytes.extend_from_slice(&0u64.to_le_bytes());
     bytes.extend_from_slice(&len);
     bytes.extend_from_slice(&len);
+    bytes.extend_from_slice(&0u32.to_le_bytes()); // rows: the bodies here hold none
     bytes.extend_from_slice(body);
     let crc = crc32(&bytes);
     bytes.extend_from_slice(&crc.to_le_bytes());
