@@ -610,6 +610,24 @@ mod tests {
     }
 
     #[test]
+    fn dictionary_indexes_out_of_range_are_errors() {
+        let cases: [(fn(&mut Payload), &str); 3] = [
+            (|p| p.rows[0].table = 1, "table index out of range"),
+            (|p| p.rows[0].origin.site = 2, "site index out of range"),
+            (
+                |p| p.rows[0].columns[0].column = 4,
+                "column index out of range",
+            ),
+        ];
+        for (damage, message) in cases {
+            let mut payload = sample();
+            damage(&mut payload);
+            let bytes = encode(&payload, Compression::None);
+            assert_eq!(decode(&bytes), Err(WireError::Malformed(message)));
+        }
+    }
+
+    #[test]
     fn a_row_count_that_lies_is_an_error() {
         let mut bytes = encode(&sample(), Compression::None);
         bytes[24..28].copy_from_slice(&3u32.to_le_bytes());
