@@ -611,7 +611,8 @@ mod tests {
 
     #[test]
     fn dictionary_indexes_out_of_range_are_errors() {
-        let cases: [(fn(&mut Payload), &str); 3] = [
+        type Damage = fn(&mut Payload);
+        let cases: [(Damage, &str); 3] = [
             (|p| p.rows[0].table = 1, "table index out of range"),
             (|p| p.rows[0].origin.site = 2, "site index out of range"),
             (
