@@ -1,9 +1,10 @@
 //! Change records: what the clock metadata says happened, one record per row event
 //! or column value.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 
 use crate::error::Result;
 use crate::id::SiteId;
@@ -132,29 +133,37 @@ pub(crate) fn scan(
 
 /// Where the changes of each local version came from: the site that made them and
 /// their version there. A version not listed in `_synced_versions` was made here.
-pub(crate) struct Origins {
+/// Versions are looked up as needed and remembered.
+pub(crate) struct Origins<'c> {
+    conn: &'c Connection,
     sites: HashMap<i64, SiteId>,
-    remote: HashMap<i64, (i64, i64)>,
+    known: RefCell<HashMap<i64, (i64, i64)>>,
 }
 
-impl Origins {
-    /// The origins of the versions after `since`.
-    pub(crate) fn load(conn: &Connection, since: i64) -> Result<Self> {
-        let mut stmt = conn.prepare_cached(
-            "SELECT db_version, site, origin_version FROM _synced_versions WHERE db_version > ?1",
-        )?;
-        let remote = stmt
-            .query_map([since], |row| Ok((row.get(0)?, (row.get(1)?, row.get(2)?))))?
-            .collect::<rusqlite::Result<_>>()?;
+impl<'c> Origins<'c> {
+    pub(crate) fn new(conn: &'c Connection) -> Result<Self> {
         Ok(Self {
+            conn,
             sites: site_dictionary(conn)?,
-            remote,
+            known: RefCell::new(HashMap::new()),
         })
     }
 
     /// The site ordinal and the version there of local version `version`.
-    pub(crate) fn of(&self, version: i64) -> (i64, i64) {
-        self.remote.get(&version).copied().unwrap_or((0, version))
+    pub(crate) fn of(&self, version: i64) -> Result<(i64, i64)> {
+        if let Some(&origin) = self.known.borrow().get(&version) {
+            return Ok(origin);
+        }
+        let origin = self
+            .conn
+            .prepare_cached(
+                "SELECT site, origin_version FROM _synced_versions WHERE db_version = ?1",
+            )?
+            .query_row([version], |row| Ok((row.get(0)?, row.get(1)?)))
+            .optional()?
+            .unwrap_or((0, version));
+        self.known.borrow_mut().insert(version, origin);
+        Ok(origin)
     }
 
     /// The site id of a site ordinal.
@@ -163,6 +172,11 @@ impl Origins {
             .get(&ordinal)
             .copied()
             .ok_or_else(|| corrupt(format!("site ordinal {ordinal} is not in _synced_sites")))
+    }
+
+    /// The site id that made local version `version`.
+    pub(crate) fn site_of(&self, version: i64) -> Result<SiteId> {
+        self.site(self.of(version)?.0)
     }
 }
 
@@ -174,9 +188,9 @@ pub(crate) fn changes_since(
     tables: &[TableSchema],
     since: i64,
 ) -> Result<Vec<Change>> {
-    let origins = Origins::load(conn, since)?;
+    let origins = Origins::new(conn)?;
     // The writer of a change is the origin of its version.
-    let site = |version: i64| origins.site(origins.of(version).0);
+    let site = |version: i64| origins.site_of(version);
     // (db_version, table, clock rowid) orders the records; seq is assigned after.
     let mut records: Vec<((i64, usize, i64), Change)> = Vec::new();
     for (table_index, schema) in tables.iter().enumerate() {

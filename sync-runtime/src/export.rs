@@ -44,7 +44,7 @@ pub(crate) fn export(
     since: i64,
     scope: Scope,
 ) -> Result<Vec<u8>> {
-    let origins = Origins::load(conn, since)?;
+    let origins = Origins::new(conn)?;
     let mut sites = SiteDictionary::new(&origins);
     let mut payload = Payload::default();
     let mut included = Vec::new();
@@ -52,12 +52,12 @@ pub(crate) fn export(
         let table = payload.tables.len() as u32;
         let mut rows = Vec::new();
         scan(conn, schema, since, |row| {
-            let wanted = |sites: &SiteDictionary<'_>, version| {
-                scope == Scope::All || sites.is_local(version)
+            let wanted = |sites: &SiteDictionary<'_>, version| -> Result<bool> {
+                Ok(scope == Scope::All || sites.is_local(version)?)
             };
             let cl = u64::try_from(row.cl).unwrap_or_default();
             if row.cl % 2 == 0 {
-                if wanted(&sites, row.version) {
+                if wanted(&sites, row.version)? {
                     rows.push(RowChange {
                         table,
                         pk: row.pk,
@@ -73,7 +73,7 @@ pub(crate) fn export(
             }
             let mut columns = Vec::new();
             for column in row.columns {
-                if wanted(&sites, column.version) {
+                if wanted(&sites, column.version)? {
                     columns.push(ColumnChange {
                         column: column.index as u32,
                         col_version: u64::try_from(column.col_version).unwrap_or_default(),
@@ -84,7 +84,7 @@ pub(crate) fn export(
             }
             // The row's creation goes with its columns as their context, and alone
             // when the creation itself is one of the changes asked for.
-            if columns.is_empty() && !(row.created > since && wanted(&sites, row.created)) {
+            if columns.is_empty() && !(row.created > since && wanted(&sites, row.created)?) {
                 return Ok(());
             }
             rows.push(RowChange {
@@ -113,13 +113,13 @@ pub(crate) fn export(
 
 /// The payload's site dictionary, filled as origins are looked up.
 struct SiteDictionary<'o> {
-    origins: &'o Origins,
+    origins: &'o Origins<'o>,
     index: HashMap<i64, u32>,
     list: Vec<SiteId>,
 }
 
 impl<'o> SiteDictionary<'o> {
-    fn new(origins: &'o Origins) -> Self {
+    fn new(origins: &'o Origins<'o>) -> Self {
         Self {
             origins,
             index: HashMap::new(),
@@ -128,14 +128,14 @@ impl<'o> SiteDictionary<'o> {
     }
 
     /// Whether local version `version` was made here.
-    fn is_local(&self, version: i64) -> bool {
-        self.origins.of(version).0 == 0
+    fn is_local(&self, version: i64) -> Result<bool> {
+        Ok(self.origins.of(version)?.0 == 0)
     }
 
     /// The payload origin of local version `version`, its site added to the
     /// dictionary.
     fn origin(&mut self, version: i64) -> Result<Origin> {
-        let (ordinal, origin_version) = self.origins.of(version);
+        let (ordinal, origin_version) = self.origins.of(version)?;
         let site = match self.index.get(&ordinal) {
             Some(&index) => index,
             None => {

@@ -72,7 +72,8 @@ pub(crate) fn apply(conn: &Connection, bytes: &[u8]) -> Result<(ApplyReport, i64
     let sites = local_sites(conn, &payload.sites)?;
     for row in &payload.rows {
         let target = &targets[row.table as usize];
-        if target.schema.algorithm == Algorithm::Gos && row.cl % 2 == 0 {
+        // A grow-only row is created once and never deleted: its causal length is 1.
+        if target.schema.algorithm == Algorithm::Gos && row.cl != 1 {
             return Err(Error::GrowOnly {
                 table: target.schema.name.to_string(),
             });
@@ -94,7 +95,7 @@ pub(crate) fn apply(conn: &Connection, bytes: &[u8]) -> Result<(ApplyReport, i64
     remember_peers(conn, &payload, &sites)?;
 
     conn.execute("UPDATE _synced_state SET applying = 1", [])?;
-    let origins = Origins::load(conn, 0)?;
+    let origins = Origins::new(conn)?;
     let mut report = ApplyReport::default();
     for row in &payload.rows {
         let target = &targets[row.table as usize];
@@ -111,32 +112,33 @@ pub(crate) fn apply(conn: &Connection, bytes: &[u8]) -> Result<(ApplyReport, i64
     }
     conn.execute("UPDATE _synced_state SET applying = 0", [])?;
 
-    for (&(site, origin_version), &local) in &versions.assigned {
-        conn.prepare_cached(
-            "INSERT INTO _synced_versions (db_version, site, origin_version) VALUES (?1, ?2, ?3)",
-        )?
-        .execute((local, site, origin_version))?;
-    }
     let version = versions.next.max(current);
     conn.execute("UPDATE _synced_state SET db_version = ?1", [version])?;
     Ok((report, version))
 }
 
-/// Local versions for the remote transactions whose changes win, one each.
+/// Local versions for the remote transactions whose changes win, one each, listed
+/// with their origin as soon as they are given out.
 struct Versions {
     next: i64,
     assigned: HashMap<(i64, i64), i64>,
 }
 
 impl Versions {
-    fn local(&mut self, site: i64, origin_version: i64) -> i64 {
-        *self
-            .assigned
-            .entry((site, origin_version))
-            .or_insert_with(|| {
-                self.next += 1;
-                self.next
-            })
+    fn local(&mut self, conn: &Connection, site: i64, origin_version: i64) -> Result<i64> {
+        if let Some(&local) = self.assigned.get(&(site, origin_version)) {
+            return Ok(local);
+        }
+        // Payload versions are bounded far below i64::MAX (see wire::MAX_CLOCK).
+        self.next = self.next.checked_add(1).ok_or_else(|| Error::Corrupt {
+            details: "the database version would overflow".into(),
+        })?;
+        conn.prepare_cached(
+            "INSERT INTO _synced_versions (db_version, site, origin_version) VALUES (?1, ?2, ?3)",
+        )?
+        .execute((self.next, site, origin_version))?;
+        self.assigned.insert((site, origin_version), self.next);
+        Ok(self.next)
     }
 }
 
@@ -231,7 +233,8 @@ fn check_types(payload: &Payload, targets: &[Target]) -> Result<()> {
             let fits = match value {
                 Value::Null => column.nullable,
                 Value::Integer(_) => column.sql_type == SqlType::Integer,
-                Value::Real(_) => column.sql_type == SqlType::Real,
+                // SQLite would store NaN as NULL.
+                Value::Real(r) => column.sql_type == SqlType::Real && !r.is_nan(),
                 Value::Text(_) => column.sql_type == SqlType::Text,
                 Value::Blob(_) => column.sql_type == SqlType::Blob,
             };
@@ -244,7 +247,10 @@ fn check_types(payload: &Payload, targets: &[Target]) -> Result<()> {
                     } else {
                         format!("{} NOT NULL", column.sql_type)
                     },
-                    found: value.as_ref().type_name(),
+                    found: match value {
+                        Value::Real(r) if r.is_nan() => "NaN",
+                        other => other.as_ref().type_name(),
+                    },
                 });
             }
         }
@@ -316,6 +322,7 @@ fn merge_row(
     }
     let local_version = |versions: &mut Versions, origin: Origin| {
         versions.local(
+            conn,
             sites[origin.site as usize],
             i64::try_from(origin.version).unwrap_or(i64::MAX),
         )
@@ -329,7 +336,7 @@ fn merge_row(
     });
     let mut changed = false;
     if cl > local_cl {
-        let version = local_version(versions, row.origin);
+        let version = local_version(versions, row.origin)?;
         clock.cl = cl;
         clock.dv = version;
         changed = true;
@@ -351,7 +358,7 @@ fn merge_row(
     } else if existence_wins(payload, origins, row, &clock)? {
         // The same causal length reached twice (two creations, or two deletes):
         // the greater site id keeps the record, so that every clock agrees.
-        let version = local_version(versions, row.origin);
+        let version = local_version(versions, row.origin)?;
         if cl % 2 == 0 {
             clock.dv = version;
         } else {
@@ -383,13 +390,13 @@ fn merge_row(
                 Ordering::Less => false,
                 Ordering::Equal => {
                     let theirs = payload.sites[change.origin.site as usize];
-                    let ours = origins.site(origins.of(local_dv).0)?;
+                    let ours = origins.site_of(local_dv)?;
                     theirs > ours
                 }
             },
         };
         if wins {
-            clock.columns[column] = (incoming, local_version(versions, change.origin));
+            clock.columns[column] = (incoming, local_version(versions, change.origin)?);
             clock.dv = clock.dv.max(clock.columns[column].1);
             current[column] = change.value.clone();
             changed = true;
@@ -419,7 +426,7 @@ fn existence_wins(
     } else {
         clock.created
     };
-    let ours = origins.site(origins.of(local).0)?;
+    let ours = origins.site_of(local)?;
     Ok(payload.sites[row.origin.site as usize] > ours)
 }
 

@@ -49,6 +49,9 @@ use crate::value::Value;
 pub const MAGIC: [u8; 4] = *b"SYNC";
 /// The format version this build writes and reads.
 pub const FORMAT_VERSION: u8 = 1;
+/// The largest causal length, column version or version a payload may carry: far
+/// from `i64::MAX`, so that every replica can keep counting from any of them.
+pub const MAX_CLOCK: u64 = 1 << 62;
 /// The largest body a payload may hold once decompressed: 256 MiB.
 pub const MAX_BODY: u32 = 256 * 1024 * 1024;
 
@@ -252,14 +255,9 @@ pub fn decode(bytes: &[u8]) -> Result<Payload, WireError> {
         bytes[8], bytes[9], bytes[10], bytes[11], bytes[12], bytes[13], bytes[14], bytes[15],
     ]);
     let mut reader = Reader { bytes: body };
-    let payload = reader.body(fingerprint)?;
+    let payload = reader.body(fingerprint, u32_at(24) as usize)?;
     if !reader.bytes.is_empty() {
         return Err(WireError::Malformed("bytes after the last row"));
-    }
-    if payload.rows.len() != u32_at(24) as usize {
-        return Err(WireError::Malformed(
-            "the header's row count differs from the body's",
-        ));
     }
     Ok(payload)
 }
@@ -349,7 +347,7 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    fn body(&mut self, schema_fingerprint: u64) -> Result<Payload, WireError> {
+    fn body(&mut self, schema_fingerprint: u64, header_rows: usize) -> Result<Payload, WireError> {
         // Each site takes 16 bytes; each table, key, column and row at least one.
         let sites = self.count(16)?;
         let sites = (0..sites)
@@ -378,7 +376,12 @@ impl<'a> Reader<'a> {
             })
             .collect::<Result<Vec<_>, WireError>>()?;
         let rows = self.count(5)?;
-        let mut out = Vec::with_capacity(rows);
+        if rows != header_rows {
+            return Err(WireError::Malformed(
+                "the header's row count differs from the body's",
+            ));
+        }
+        let mut out = Vec::with_capacity(rows.min(1 << 16));
         for _ in 0..rows {
             out.push(self.row(&tables, sites.len())?);
         }
@@ -396,7 +399,7 @@ impl<'a> Reader<'a> {
         let pk = (0..entry.keys.len())
             .map(|_| self.value())
             .collect::<Result<Vec<_>, _>>()?;
-        let cl = self.varint()?;
+        let cl = self.clock()?;
         if cl == 0 {
             return Err(WireError::Malformed("causal length 0"));
         }
@@ -409,7 +412,7 @@ impl<'a> Reader<'a> {
                 .ok()
                 .filter(|&c| (c as usize) < entry.values.len())
                 .ok_or(WireError::Malformed("column index out of range"))?;
-            let col_version = self.varint()?;
+            let col_version = self.clock()?;
             let origin = if tagged & 1 == 1 {
                 self.origin(sites)?
             } else {
@@ -460,6 +463,15 @@ impl<'a> Reader<'a> {
         Err(WireError::Malformed("varint longer than 10 bytes"))
     }
 
+    /// A causal length, column version or version: at most [`MAX_CLOCK`].
+    fn clock(&mut self) -> Result<u64, WireError> {
+        let n = self.varint()?;
+        if n > MAX_CLOCK {
+            return Err(WireError::Malformed("a clock value above 2^62"));
+        }
+        Ok(n)
+    }
+
     /// A count of items that take at least `min_bytes` each: a count that the
     /// remaining bytes cannot hold is refused before anything is allocated.
     fn count(&mut self, min_bytes: usize) -> Result<usize, WireError> {
@@ -481,7 +493,7 @@ impl<'a> Reader<'a> {
     fn origin(&mut self, sites: usize) -> Result<Origin, WireError> {
         Ok(Origin {
             site: self.index(sites, "site index out of range")?,
-            version: self.varint()?,
+            version: self.clock()?,
         })
     }
 
@@ -551,7 +563,7 @@ mod tests {
                             col_version: 3,
                             origin: Origin {
                                 site: 1,
-                                version: u64::MAX,
+                                version: MAX_CLOCK,
                             },
                             value: Value::Integer(i64::MIN),
                         },
@@ -626,6 +638,19 @@ mod tests {
             let bytes = encode(&payload, Compression::None);
             assert_eq!(decode(&bytes), Err(WireError::Malformed(message)));
         }
+    }
+
+    #[test]
+    fn clock_values_above_the_bound_are_errors() {
+        let mut payload = sample();
+        payload.rows[0].columns[1].col_version = MAX_CLOCK + 1;
+        assert_eq!(
+            decode(&encode(&payload, Compression::None)),
+            Err(WireError::Malformed("a clock value above 2^62"))
+        );
+        let mut payload = sample();
+        payload.rows[1].origin.version = u64::MAX;
+        assert!(decode(&encode(&payload, Compression::None)).is_err());
     }
 
     #[test]

@@ -24,8 +24,9 @@ fn value() -> impl Strategy<Value = Value> {
 
 /// Payloads over two sites and one table with one key and three value columns.
 fn payload() -> impl Strategy<Value = Payload> {
-    let origin = (0u32..2, any::<u64>()).prop_map(|(site, version)| Origin { site, version });
-    let column = (0u32..3, 1u64..u64::MAX, origin.clone(), value()).prop_map(
+    let clock = 0..=sync_runtime::wire::MAX_CLOCK;
+    let origin = (0u32..2, clock.clone()).prop_map(|(site, version)| Origin { site, version });
+    let column = (0u32..3, clock, origin.clone(), value()).prop_map(
         |(column, col_version, origin, value)| ColumnChange {
             column,
             col_version,
