@@ -433,9 +433,11 @@ impl SyncDb {
         .await
     }
 
-    /// The highest version of `site` whose changes this database has seen (0 if
-    /// none); for this database's own site, its current version. A peer that
-    /// keeps a cursor per site can ask for exactly what it is missing.
+    /// The version up to which this database holds every change `site` made (0 if
+    /// none); for this database's own site, its current version. It rises when a
+    /// payload exported by `site` since a version at or below it is applied, never
+    /// through changes relayed by others, so a peer can ask `site` for exactly what
+    /// is missing: `export_local_changes(Since::Version(seen))`.
     pub async fn seen_version(&self, site: SiteId) -> Result<i64> {
         let local = self.site_id();
         self.call(move |w| {

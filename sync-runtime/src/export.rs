@@ -45,6 +45,7 @@ pub(crate) fn export(
     scope: Scope,
 ) -> Result<Vec<u8>> {
     let origins = Origins::new(conn)?;
+    let upto: i64 = conn.query_row(crate::sql::CURRENT_VERSION, [], |r| r.get(0))?;
     let mut sites = SiteDictionary::new(&origins);
     let mut payload = Payload::default();
     let mut included = Vec::new();
@@ -108,6 +109,9 @@ pub(crate) fn export(
     }
     payload.sites = sites.list;
     payload.schema_fingerprint = fingerprint(included.iter().copied());
+    payload.exporter = origins.site(0)?;
+    payload.upto = u64::try_from(upto).unwrap_or_default();
+    payload.since = u64::try_from(since).unwrap_or_default().min(payload.upto);
     Ok(wire::encode(&payload, Compression::Zstd))
 }
 

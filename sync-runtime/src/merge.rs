@@ -20,7 +20,7 @@
 use std::cmp::Ordering;
 use std::collections::HashMap;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 
 use crate::change::Origins;
 use crate::error::{Error, Result};
@@ -86,13 +86,14 @@ pub(crate) fn apply(conn: &Connection, bytes: &[u8]) -> Result<(ApplyReport, i64
         .iter()
         .flat_map(|r| std::iter::once(r.origin).chain(r.columns.iter().map(|c| c.origin)))
         .map(|o| o.version)
+        .chain(std::iter::once(payload.upto))
         .max()
         .unwrap_or(0);
     let mut versions = Versions {
         next: current.max(i64::try_from(seen).unwrap_or(i64::MAX)),
         assigned: HashMap::new(),
     };
-    remember_peers(conn, &payload, &sites)?;
+    remember_exporter(conn, &payload)?;
 
     conn.execute("UPDATE _synced_state SET applying = 1", [])?;
     let origins = Origins::new(conn)?;
@@ -277,25 +278,30 @@ fn local_sites(conn: &Connection, sites: &[SiteId]) -> Result<Vec<i64>> {
         .collect()
 }
 
-/// Raises the highest version seen of every site in the payload.
-fn remember_peers(conn: &Connection, payload: &Payload, sites: &[i64]) -> Result<()> {
-    let mut seen: HashMap<i64, u64> = HashMap::new();
-    for row in &payload.rows {
-        for origin in std::iter::once(row.origin).chain(row.columns.iter().map(|c| c.origin)) {
-            let site = sites[origin.site as usize];
-            let entry = seen.entry(site).or_insert(0);
-            *entry = (*entry).max(origin.version);
-        }
+/// Records that this database holds every change the exporter made up to
+/// `upto`, if it held them up to `since` before (a payload holds every change of
+/// its exporter's versions between the two). Relayed or partial changes of other
+/// sites never raise their mark.
+fn remember_exporter(conn: &Connection, payload: &Payload) -> Result<()> {
+    let exporter = local_sites(conn, std::slice::from_ref(&payload.exporter))?[0];
+    if exporter == 0 {
+        return Ok(());
     }
-    for (site, version) in seen {
-        if site == 0 {
-            continue;
-        }
+    let seen: i64 = conn
+        .prepare_cached("SELECT seen FROM _synced_peers WHERE site = ?1")?
+        .query_row([exporter], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0);
+    let (since, upto) = (
+        i64::try_from(payload.since).unwrap_or(i64::MAX),
+        i64::try_from(payload.upto).unwrap_or(i64::MAX),
+    );
+    if since <= seen && upto > seen {
         conn.prepare_cached(
             "INSERT INTO _synced_peers (site, seen) VALUES (?1, ?2) \
-             ON CONFLICT (site) DO UPDATE SET seen = max(seen, excluded.seen)",
+             ON CONFLICT (site) DO UPDATE SET seen = excluded.seen",
         )?
-        .execute((site, i64::try_from(version).unwrap_or(i64::MAX)))?;
+        .execute((exporter, upto))?;
     }
     Ok(())
 }

@@ -12,7 +12,10 @@
 //! | 16..20 | stored body length, u32 little-endian |
 //! | 20..24 | body length once decompressed, u32 little-endian (at most [`MAX_BODY`]) |
 //! | 24..28 | number of rows, u32 little-endian (the body must hold exactly as many) |
-//! | 28..28+n | the body, compressed or not |
+//! | 28..44 | the exporter's site id |
+//! | 44..52 | `since`: the payload holds every change of the exporter's versions after it… |
+//! | 52..60 | …`upto` this one, u64s little-endian (`since` ≤ `upto` ≤ [`MAX_CLOCK`]) |
+//! | 60..60+n | the body, compressed or not |
 //! | last 4 | CRC-32 (IEEE) of everything before it, little-endian |
 //!
 //! The body, once decompressed, is a sequence of unsigned LEB128 varints
@@ -55,7 +58,7 @@ pub const MAX_CLOCK: u64 = 1 << 62;
 /// The largest body a payload may hold once decompressed: 256 MiB.
 pub const MAX_BODY: u32 = 256 * 1024 * 1024;
 
-const HEADER: usize = 28;
+const HEADER: usize = 60;
 const CHECKSUM: usize = 4;
 
 /// How the body of a payload is compressed.
@@ -69,16 +72,37 @@ pub enum Compression {
 }
 
 /// Changes as they travel: dictionaries and one record per changed row.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Payload {
     /// Fingerprint of the schema of the tables the changes belong to.
     pub schema_fingerprint: u64,
+    /// The database that exported the payload.
+    pub exporter: SiteId,
+    /// The payload holds every change of the exporter's versions after this one…
+    pub since: u64,
+    /// …up to this one (the exporter's version when it exported): a receiver
+    /// that had the exporter's changes up to `since` has them up to `upto`.
+    pub upto: u64,
     /// The sites that made the changes; [`Origin::site`] indexes this list.
     pub sites: Vec<SiteId>,
     /// The tables of the changes; [`RowChange::table`] indexes this list.
     pub tables: Vec<TableEntry>,
     /// One record per changed row.
     pub rows: Vec<RowChange>,
+}
+
+impl Default for Payload {
+    fn default() -> Self {
+        Self {
+            schema_fingerprint: 0,
+            exporter: SiteId::from_bytes([0; 16]),
+            since: 0,
+            upto: 0,
+            sites: Vec::new(),
+            tables: Vec::new(),
+            rows: Vec::new(),
+        }
+    }
 }
 
 /// A table in a payload's dictionary.
@@ -184,6 +208,9 @@ pub fn encode(payload: &Payload, compression: Compression) -> Vec<u8> {
     out.extend_from_slice(&len32(stored.len()).to_le_bytes());
     out.extend_from_slice(&len32(body.len()).to_le_bytes());
     out.extend_from_slice(&len32(payload.rows.len()).to_le_bytes());
+    out.extend_from_slice(payload.exporter.as_bytes());
+    out.extend_from_slice(&payload.since.to_le_bytes());
+    out.extend_from_slice(&payload.upto.to_le_bytes());
     out.extend_from_slice(&stored);
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
@@ -251,11 +278,23 @@ pub fn decode(bytes: &[u8]) -> Result<Payload, WireError> {
         }
         other => return Err(WireError::UnknownCompression(other)),
     };
-    let fingerprint = u64::from_le_bytes([
-        bytes[8], bytes[9], bytes[10], bytes[11], bytes[12], bytes[13], bytes[14], bytes[15],
-    ]);
+    let u64_at = |at: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&bytes[at..at + 8]);
+        u64::from_le_bytes(b)
+    };
+    let (since, upto) = (u64_at(44), u64_at(52));
+    if since > upto || upto > MAX_CLOCK {
+        return Err(WireError::Malformed(
+            "the header's versions are out of order or too large",
+        ));
+    }
+    let mut exporter = [0u8; 16];
+    exporter.copy_from_slice(&bytes[28..44]);
     let mut reader = Reader { bytes: body };
-    let payload = reader.body(fingerprint, u32_at(24) as usize)?;
+    let mut payload = reader.body(u64_at(8), u32_at(24) as usize)?;
+    payload.exporter = SiteId::from_bytes(exporter);
+    (payload.since, payload.upto) = (since, upto);
     if !reader.bytes.is_empty() {
         return Err(WireError::Malformed("bytes after the last row"));
     }
@@ -390,6 +429,7 @@ impl<'a> Reader<'a> {
             sites,
             tables,
             rows: out,
+            ..Payload::default()
         })
     }
 
@@ -539,6 +579,9 @@ mod tests {
         };
         Payload {
             schema_fingerprint: 0xdead_beef_0123_4567,
+            exporter: SiteId::from_bytes([1; 16]),
+            since: 3,
+            upto: 9,
             sites: vec![SiteId::from_bytes([1; 16]), SiteId::from_bytes([2; 16])],
             tables: vec![TableEntry {
                 name: "todos".into(),
@@ -701,6 +744,7 @@ mod tests {
         bytes.extend_from_slice(&len32(body.len()).to_le_bytes());
         bytes.extend_from_slice(&len32(body.len()).to_le_bytes());
         bytes.extend_from_slice(&0u32.to_le_bytes());
+        bytes.extend_from_slice(&[0u8; 32]);
         bytes.extend_from_slice(&body);
         let crc = crc32fast::hash(&bytes);
         bytes.extend_from_slice(&crc.to_le_bytes());

@@ -212,8 +212,12 @@ async fn merged_changes_are_not_local_yet_are_relayed() {
     // b relays a's row to c, with a as its origin.
     sync(&b, &c).await;
     converged(&[&a, &b, &c]).await;
-    assert_eq!(c.seen_version(a.site_id()).await.unwrap(), 1);
-    assert_eq!(c.seen_version(b.site_id()).await.unwrap(), 0);
+    // c holds everything b had up to its version, but a's changes only by relay.
+    assert_eq!(c.seen_version(a.site_id()).await.unwrap(), 0);
+    assert_eq!(
+        c.seen_version(b.site_id()).await.unwrap(),
+        b.db_version().await.unwrap()
+    );
 }
 
 #[tokio::test]
@@ -559,4 +563,43 @@ async fn a_resurrected_row_starts_afresh_and_unsent_columns_agree() {
         b.get::<Todo>(&t.id).await.unwrap().unwrap().note.as_deref(),
         Some("old note")
     );
+}
+
+#[tokio::test]
+async fn relayed_changes_do_not_count_as_seen_from_their_origin() {
+    let (a, b, c) = (db().await, db().await, db().await);
+    let (q, mut r) = (todo("q"), todo("r"));
+    r.done = true;
+    r.note = Some("n".into());
+    a.insert(&q).await.unwrap();
+    a.insert(&r).await.unwrap();
+    sync(&a, &b).await;
+    r.title = "r, edited on b".into();
+    b.update(&r).await.unwrap();
+    // b relays only what changed since a's payload: r's creation comes along as
+    // context, yet c has not seen all of a.
+    let cursor = b.db_version().await.unwrap() - 1;
+    c.apply_changes(&b.export_changes(Since::Version(cursor)).await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(c.seen_version(a.site_id()).await.unwrap(), 0);
+    // Every device asks every other for what it has not seen of it.
+    for _ in 0..2 {
+        for (from, to) in [(&a, &b), (&a, &c), (&b, &a), (&b, &c), (&c, &a), (&c, &b)] {
+            let seen = to.seen_version(from.site_id()).await.unwrap();
+            let payload = from
+                .export_local_changes(Since::Version(seen))
+                .await
+                .unwrap();
+            to.apply_changes(&payload).await.unwrap();
+        }
+    }
+    assert_eq!(
+        c.seen_version(a.site_id()).await.unwrap(),
+        a.db_version().await.unwrap()
+    );
+    converged(&[&a, &b, &c]).await;
+    let on_c = c.get::<Todo>(&r.id).await.unwrap().unwrap();
+    assert_eq!((on_c.done, on_c.note.as_deref()), (true, Some("n")));
+    assert!(c.get::<Todo>(&q.id).await.unwrap().is_some());
 }

@@ -49,6 +49,9 @@ fn payload() -> impl Strategy<Value = Payload> {
         });
     (any::<u64>(), proptest::collection::vec(row, 0..8)).prop_map(|(fingerprint, rows)| Payload {
         schema_fingerprint: fingerprint,
+        exporter: SiteId::from_bytes([3; 16]),
+        since: 1,
+        upto: 5,
         sites: vec![SiteId::from_bytes([1; 16]), SiteId::from_bytes([2; 16])],
         tables: vec![TableEntry {
             name: "t".into(),
@@ -108,6 +111,7 @@ fn framed(body: &[u8]) -> Vec<u8> {
     bytes.extend_from_slice(&len);
     bytes.extend_from_slice(&len);
     bytes.extend_from_slice(&0u32.to_le_bytes()); // rows: the bodies here hold none
+    bytes.extend_from_slice(&[0u8; 32]); // exporter, since, upto
     bytes.extend_from_slice(body);
     let crc = crc32(&bytes);
     bytes.extend_from_slice(&crc.to_le_bytes());
