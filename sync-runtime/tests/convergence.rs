@@ -105,6 +105,11 @@ enum Step {
         cursor: Option<u8>,
         twice: bool,
     },
+    /// Sends `from`'s own changes that `to` has not seen of it (the cursor protocol).
+    SyncSeen {
+        from: usize,
+        to: usize,
+    },
     /// Delivers a payload made earlier again, late.
     Replay {
         payload: usize,
@@ -168,6 +173,7 @@ fn step(replicas: usize) -> impl Strategy<Value = Step> {
                 cursor,
                 twice
             }),
+        (r.clone(), r.clone()).prop_map(|(from, to)| Step::SyncSeen { from, to }),
         (0..16usize, r).prop_map(|(payload, to)| Step::Replay { payload, to }),
     ]
 }
@@ -311,6 +317,15 @@ async fn run(replicas: usize, steps: Vec<Step>, keys: &[SyncId]) {
                 if twice {
                     dbs[to].apply_changes(&payload).await.unwrap();
                 }
+                sent.push(payload);
+            }
+            Step::SyncSeen { from, to } => {
+                let seen = dbs[to].seen_version(dbs[from].site_id()).await.unwrap();
+                let payload = dbs[from]
+                    .export_local_changes(Since::Version(seen))
+                    .await
+                    .unwrap();
+                dbs[to].apply_changes(&payload).await.unwrap();
                 sent.push(payload);
             }
             Step::Replay { payload, to } => {
