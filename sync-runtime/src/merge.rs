@@ -30,7 +30,7 @@ use crate::schema::{Algorithm, TableSchema};
 use crate::sql::TableSql;
 use crate::tracking;
 use crate::value::{self, SqlType, Value};
-use crate::wire::{self, Origin, Payload, RowChange};
+use crate::wire::{self, ColumnChange, Origin, Payload, RowChange};
 
 /// What applying a payload did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -89,29 +89,26 @@ pub(crate) fn apply(conn: &Connection, bytes: &[u8]) -> Result<(ApplyReport, i64
         .chain(std::iter::once(payload.upto))
         .max()
         .unwrap_or(0);
-    let mut versions = Versions {
+    let versions = Versions {
         next: current.max(i64::try_from(seen).unwrap_or(i64::MAX)),
         assigned: HashMap::new(),
     };
     remember_exporter(conn, &payload)?;
 
     conn.execute("UPDATE _synced_state SET applying = 1", [])?;
-    let origins = Origins::new(conn)?;
-    let mut report = ApplyReport::default();
+    let mut merge = Merge {
+        conn,
+        payload: &payload,
+        sites,
+        origins: Origins::new(conn)?,
+        versions,
+        report: ApplyReport::default(),
+    };
     for row in &payload.rows {
-        let target = &targets[row.table as usize];
-        merge_row(
-            conn,
-            target,
-            row,
-            &payload,
-            &sites,
-            &origins,
-            &mut versions,
-            &mut report,
-        )?;
+        merge.row(&targets[row.table as usize], row)?;
     }
     conn.execute("UPDATE _synced_state SET applying = 0", [])?;
+    let (report, versions) = (merge.report, merge.versions);
 
     let version = versions.next.max(current);
     conn.execute("UPDATE _synced_state SET db_version = ?1", [version])?;
@@ -306,134 +303,142 @@ fn remember_exporter(conn: &Connection, payload: &Payload) -> Result<()> {
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn merge_row(
-    conn: &Connection,
-    target: &Target,
-    row: &RowChange,
-    payload: &Payload,
-    sites: &[i64],
-    origins: &Origins,
-    versions: &mut Versions,
-    report: &mut ApplyReport,
-) -> Result<()> {
-    let cl = i64::try_from(row.cl).unwrap_or(i64::MAX);
-    let value_count = target.defaults.len();
-    let stored = read_clock(conn, target, &row.pk, value_count)?;
-    let local_cl = stored.as_ref().map_or(0, |c| c.cl);
-    let changes = 1 + row.columns.len();
-    if cl < local_cl {
-        report.ignored += changes;
-        return Ok(());
-    }
-    let local_version = |versions: &mut Versions, origin: Origin| {
-        versions.local(
-            conn,
-            sites[origin.site as usize],
+/// The state of one apply: the payload, what it maps to here, and what it did.
+struct Merge<'a> {
+    conn: &'a Connection,
+    payload: &'a Payload,
+    /// The local ordinal of each payload site.
+    sites: Vec<i64>,
+    origins: Origins<'a>,
+    versions: Versions,
+    report: ApplyReport,
+}
+
+impl Merge<'_> {
+    /// The local version for a change of `origin` (one per remote transaction).
+    fn local_version(&mut self, origin: Origin) -> Result<i64> {
+        self.versions.local(
+            self.conn,
+            self.sites[origin.site as usize],
             i64::try_from(origin.version).unwrap_or(i64::MAX),
         )
-    };
-    let mut values = read_row(conn, target, &row.pk)?;
-    let mut clock = stored.unwrap_or(Clock {
-        cl: 0,
-        dv: 0,
-        created: 0,
-        columns: vec![(0, 0); value_count],
-    });
-    let mut changed = false;
-    if cl > local_cl {
-        let version = local_version(versions, row.origin)?;
-        clock.cl = cl;
-        clock.dv = version;
-        changed = true;
-        report.applied += 1;
-        if cl % 2 == 0 {
-            report.ignored += row.columns.len();
-            if values.is_some() {
-                conn.prepare_cached(&target.sql.delete)?
-                    .execute(rusqlite::params_from_iter(&row.pk))?;
-            }
-            write_clock(conn, target, &row.pk, &clock)?;
-            report.rows += 1;
-            return Ok(());
-        }
-        // (Re)created: every column starts afresh, at its default.
-        clock.created = version;
-        clock.columns = vec![(0, version); value_count];
-        values = Some(target.defaults.clone());
-    } else if existence_wins(payload, origins, row, &clock)? {
-        // The same causal length reached twice (two creations, or two deletes):
-        // the greater site id keeps the record, so that every clock agrees.
-        let version = local_version(versions, row.origin)?;
-        if cl % 2 == 0 {
-            clock.dv = version;
-        } else {
-            clock.created = version;
-            clock.dv = clock.dv.max(version);
-        }
-        changed = true;
-        report.applied += 1;
     }
-    let Some(mut current) = values.filter(|_| clock.cl % 2 == 1) else {
-        // A deleted row: nothing of its columns applies, its clock may still have
-        // taken the other site's record of the delete.
-        report.ignored += row.columns.len();
-        if changed {
-            write_clock(conn, target, &row.pk, &clock)?;
-            report.rows += 1;
-        }
-        return Ok(());
-    };
-    for change in &row.columns {
-        let column = target.columns[change.column as usize];
+
+    /// Whether the payload's record of a row's existence replaces the local one,
+    /// for the same causal length: the greater site id wins.
+    fn existence_wins(&self, row: &RowChange, clock: &Clock) -> Result<bool> {
+        let local = if clock.cl % 2 == 0 {
+            clock.dv
+        } else {
+            clock.created
+        };
+        let ours = self.origins.site_of(local)?;
+        Ok(self.payload.sites[row.origin.site as usize] > ours)
+    }
+
+    /// Whether a column change beats the column's local value and clock.
+    fn column_wins(
+        &self,
+        change: &ColumnChange,
+        current: &Value,
+        local: (i64, i64),
+    ) -> Result<bool> {
         let incoming = i64::try_from(change.col_version).unwrap_or(i64::MAX);
-        let (local, local_dv) = clock.columns[column];
-        let wins = match incoming.cmp(&local) {
+        Ok(match incoming.cmp(&local.0) {
             Ordering::Greater => true,
             Ordering::Less => false,
-            Ordering::Equal => match change.value.sqlite_cmp(&current[column]) {
+            Ordering::Equal => match change.value.sqlite_cmp(current) {
                 Ordering::Greater => true,
                 Ordering::Less => false,
                 Ordering::Equal => {
-                    let theirs = payload.sites[change.origin.site as usize];
-                    let ours = origins.site_of(local_dv)?;
-                    theirs > ours
+                    let theirs = self.payload.sites[change.origin.site as usize];
+                    theirs > self.origins.site_of(local.1)?
                 }
             },
-        };
-        if wins {
-            clock.columns[column] = (incoming, local_version(versions, change.origin)?);
-            clock.dv = clock.dv.max(clock.columns[column].1);
-            current[column] = change.value.clone();
-            changed = true;
-            report.applied += 1;
-        } else {
-            report.ignored += 1;
-        }
+        })
     }
-    if changed {
-        write_row(conn, target, &row.pk, &current)?;
-        write_clock(conn, target, &row.pk, &clock)?;
-        report.rows += 1;
-    }
-    Ok(())
-}
 
-/// Whether the payload's record of a row's existence replaces the local one, for
-/// the same causal length: the greater site id wins.
-fn existence_wins(
-    payload: &Payload,
-    origins: &Origins,
-    row: &RowChange,
-    clock: &Clock,
-) -> Result<bool> {
-    let local = if clock.cl % 2 == 0 {
-        clock.dv
-    } else {
-        clock.created
-    };
-    let ours = origins.site_of(local)?;
-    Ok(payload.sites[row.origin.site as usize] > ours)
+    fn row(&mut self, target: &Target, row: &RowChange) -> Result<()> {
+        let conn = self.conn;
+        let cl = i64::try_from(row.cl).unwrap_or(i64::MAX);
+        let value_count = target.defaults.len();
+        let stored = read_clock(conn, target, &row.pk, value_count)?;
+        let local_cl = stored.as_ref().map_or(0, |c| c.cl);
+        if cl < local_cl {
+            self.report.ignored += 1 + row.columns.len();
+            return Ok(());
+        }
+        let mut values = read_row(conn, target, &row.pk)?;
+        let mut clock = stored.unwrap_or(Clock {
+            cl: 0,
+            dv: 0,
+            created: 0,
+            columns: vec![(0, 0); value_count],
+        });
+        let mut changed = false;
+        if cl > local_cl {
+            let version = self.local_version(row.origin)?;
+            clock.cl = cl;
+            clock.dv = version;
+            changed = true;
+            self.report.applied += 1;
+            if cl % 2 == 0 {
+                self.report.ignored += row.columns.len();
+                if values.is_some() {
+                    conn.prepare_cached(&target.sql.delete)?
+                        .execute(rusqlite::params_from_iter(&row.pk))?;
+                }
+                write_clock(conn, target, &row.pk, &clock)?;
+                self.report.rows += 1;
+                return Ok(());
+            }
+            // (Re)created: every column starts afresh, at its default.
+            clock.created = version;
+            clock.columns = vec![(0, version); value_count];
+            values = Some(target.defaults.clone());
+        } else if self.existence_wins(row, &clock)? {
+            // The same causal length reached twice (two creations, or two deletes):
+            // the greater site id keeps the record, so that every clock agrees.
+            let version = self.local_version(row.origin)?;
+            if cl % 2 == 0 {
+                clock.dv = version;
+            } else {
+                clock.created = version;
+                clock.dv = clock.dv.max(version);
+            }
+            changed = true;
+            self.report.applied += 1;
+        }
+        let Some(mut current) = values.filter(|_| clock.cl % 2 == 1) else {
+            // A deleted row: nothing of its columns applies, its clock may still
+            // have taken the other site's record of the delete.
+            self.report.ignored += row.columns.len();
+            if changed {
+                write_clock(conn, target, &row.pk, &clock)?;
+                self.report.rows += 1;
+            }
+            return Ok(());
+        };
+        for change in &row.columns {
+            let column = target.columns[change.column as usize];
+            if self.column_wins(change, &current[column], clock.columns[column])? {
+                let incoming = i64::try_from(change.col_version).unwrap_or(i64::MAX);
+                clock.columns[column] = (incoming, self.local_version(change.origin)?);
+                clock.dv = clock.dv.max(clock.columns[column].1);
+                current[column] = change.value.clone();
+                changed = true;
+                self.report.applied += 1;
+            } else {
+                self.report.ignored += 1;
+            }
+        }
+        if changed {
+            write_row(conn, target, &row.pk, &current)?;
+            write_clock(conn, target, &row.pk, &clock)?;
+            self.report.rows += 1;
+        }
+        Ok(())
+    }
 }
 
 fn read_clock(
