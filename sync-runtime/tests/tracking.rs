@@ -625,6 +625,26 @@ async fn a_row_created_after_the_cursor_is_reported_as_inserted_even_if_rewritte
     assert!(row.iter().all(|c| c.0 != "insert"), "{row:?}");
 }
 
+/// Reads the changes after `cursor` the way a sync client would: collects the titles
+/// written, moves the cursor to the highest version read and checks that it is the
+/// database's version (every version reported is final).
+async fn read_titles(db: &SyncDb, cursor: &mut i64, titles: &mut Vec<Value>) {
+    let changes = db.changes_since(*cursor).await.unwrap();
+    for c in &changes {
+        if let ChangeKind::Set { column, value, .. } = &c.kind {
+            if column == "title" {
+                titles.push(value.clone());
+            }
+        }
+    }
+    *cursor = changes
+        .iter()
+        .map(|c| c.db_version)
+        .max()
+        .unwrap_or(*cursor);
+    assert_eq!(*cursor, db.db_version().await.unwrap());
+}
+
 #[tokio::test]
 async fn a_reader_keeping_its_cursor_never_misses_changes_from_other_connections() {
     let dir = tempfile::tempdir().unwrap();
@@ -646,16 +666,7 @@ async fn a_reader_keeping_its_cursor_never_misses_changes_from_other_connections
     for title in ["theirs 1", "theirs 2", "theirs 3"] {
         foreign_insert(title);
         // The open version is closed by the read, so everything it reports is final.
-        let changes = db.changes_since(cursor).await.unwrap();
-        for c in &changes {
-            if let ChangeKind::Set { column, value, .. } = &c.kind {
-                if column == "title" {
-                    seen.push(value.clone());
-                }
-            }
-        }
-        cursor = changes.iter().map(|c| c.db_version).max().unwrap_or(cursor);
-        assert_eq!(cursor, db.db_version().await.unwrap());
+        read_titles(&db, &mut cursor, &mut seen).await;
     }
     assert_eq!(
         seen,
@@ -687,16 +698,7 @@ async fn a_failed_write_after_another_connection_committed_loses_nothing() {
         if !write.is_empty() {
             db.insert(&todo(write)).await.unwrap();
         }
-        let changes = db.changes_since(cursor).await.unwrap();
-        for c in &changes {
-            if let ChangeKind::Set { column, value, .. } = &c.kind {
-                if column == "title" {
-                    titles.push(value.clone());
-                }
-            }
-        }
-        cursor = changes.iter().map(|c| c.db_version).max().unwrap_or(cursor);
-        assert_eq!(cursor, db.db_version().await.unwrap());
+        read_titles(&db, &mut cursor, &mut titles).await;
     }
     assert_eq!(titles, ["theirs", "mine"].map(|t| Value::Text(t.into())));
 }
