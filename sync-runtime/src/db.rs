@@ -268,8 +268,9 @@ impl SyncDb {
     }
 
     /// Stops recording changes to `T`'s table (its rows stay). Writes made while
-    /// tracking is off are not synced, except that [`enable_tracking`]
-    /// (Self::enable_tracking) records rows that appeared or disappeared meanwhile.
+    /// tracking is off are not synced, except that
+    /// [`enable_tracking`](Self::enable_tracking) records rows that appeared or
+    /// disappeared meanwhile.
     pub async fn disable_tracking<T: Synced>(&self) -> Result<()> {
         let name = T::SCHEMA.name.to_string();
         self.call(move |w| tracking::set_tracking(w, &name, false))

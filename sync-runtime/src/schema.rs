@@ -2,7 +2,8 @@
 //!
 //! `#[derive(Synced)]` emits one static [`TableSchema`] per struct; the same type can
 //! be built by hand (tests, tools, a server that learns schemas at run time). All SQL
-//! for a table is generated from its descriptor by [`crate::sql`].
+//! for a table is generated from its descriptor in one module of the runtime, and
+//! [`TableSchema::sql`] prints what `register` creates.
 
 use std::borrow::Cow;
 use std::fmt;
