@@ -417,6 +417,17 @@ impl SyncDb {
         .await
     }
 
+    /// Like [`export_changes`](Self::export_changes), without the changes `site`
+    /// made: what a relay (a server) sends back to `site`, which has them already.
+    pub async fn export_changes_except(&self, since: Since, site: SiteId) -> Result<Vec<u8>> {
+        self.call(move |w| {
+            read_final(w, |conn, tables| {
+                export::export(conn, tables, since.version(), Scope::Except(site))
+            })
+        })
+        .await
+    }
+
     /// Merges a payload from another replica (made by
     /// [`export_changes`](Self::export_changes)) into this database, in one
     /// transaction: all of it or, on any error, nothing. The merge rules are in

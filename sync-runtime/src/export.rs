@@ -35,6 +35,8 @@ pub(crate) enum Scope {
     All,
     /// Only the changes made on this database.
     Local,
+    /// Every change except those made by one site (a relay answering that site).
+    Except(SiteId),
 }
 
 /// Builds and encodes the payload of the changes after `since` in `tables`.
@@ -54,7 +56,11 @@ pub(crate) fn export(
         let mut rows = Vec::new();
         scan(conn, schema, since, |row| {
             let wanted = |sites: &SiteDictionary<'_>, version| -> Result<bool> {
-                Ok(scope == Scope::All || sites.is_local(version)?)
+                Ok(match scope {
+                    Scope::All => true,
+                    Scope::Local => sites.is_local(version)?,
+                    Scope::Except(site) => !sites.made_by(version, site)?,
+                })
             };
             let cl = u64::try_from(row.cl).unwrap_or_default();
             if row.cl % 2 == 0 {
@@ -134,6 +140,11 @@ impl<'o> SiteDictionary<'o> {
     /// Whether local version `version` was made here.
     fn is_local(&self, version: i64) -> Result<bool> {
         Ok(self.origins.of(version)?.0 == 0)
+    }
+
+    /// Whether local version `version` holds changes that `site` made.
+    fn made_by(&self, version: i64, site: SiteId) -> Result<bool> {
+        Ok(self.origins.site_of(version)? == site)
     }
 
     /// The payload origin of local version `version`, its site added to the

@@ -603,3 +603,30 @@ async fn relayed_changes_do_not_count_as_seen_from_their_origin() {
     assert_eq!((on_c.done, on_c.note.as_deref()), (true, Some("n")));
     assert!(c.get::<Todo>(&q.id).await.unwrap().is_some());
 }
+
+#[tokio::test]
+async fn a_relay_leaves_out_what_the_receiver_made() {
+    let (a, b, relay) = (db().await, db().await, db().await);
+    let (from_a, from_b) = (todo("from a"), todo("from b"));
+    a.insert(&from_a).await.unwrap();
+    b.insert(&from_b).await.unwrap();
+    sync(&a, &relay).await;
+    sync(&b, &relay).await;
+    let for_a = decode(
+        &relay
+            .export_changes_except(Since::Beginning, a.site_id())
+            .await
+            .unwrap(),
+    );
+    assert_eq!(for_a.rows.len(), 1);
+    assert_eq!(for_a.rows[0].pk, vec![Value::from(from_b.id)]);
+    a.apply_changes(
+        &relay
+            .export_changes_except(Since::Beginning, a.site_id())
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(rows(&a).await.len(), 2);
+}
