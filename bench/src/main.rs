@@ -16,20 +16,8 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 use rusqlite::{Connection, params};
 use serde_json::{Value as Json, json};
-use sync_runtime::{Options, Since, SyncDb, SyncId, Synced, Transaction};
-
-/// The benchmark table: `id TEXT` key, title TEXT, done INTEGER, note TEXT nullable,
-/// score REAL.
-#[derive(Synced, Debug, Clone, PartialEq)]
-#[synced(table = "todos")]
-struct Todo {
-    #[synced(primary_key)]
-    id: SyncId,
-    title: String,
-    done: bool,
-    note: Option<String>,
-    score: f64,
-}
+use sync_runtime::{Options, Since, SyncDb, SyncId, Transaction};
+use synced_bench::Todo;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Keys {

@@ -10,7 +10,7 @@ use crate::error::Result;
 use crate::id::SiteId;
 use crate::schema::TableSchema;
 use crate::sql::TableSql;
-use crate::value::{self, Value};
+use crate::value::{self, Value, ValueRef};
 
 /// One tracked change, as [`SyncDb::changes_since`](crate::SyncDb::changes_since)
 /// reports it.
@@ -97,22 +97,21 @@ pub(crate) fn scan(
     mut each: impl FnMut(ClockRow) -> Result<()>,
 ) -> Result<()> {
     let sql = TableSql::new(schema);
+    let layout = sql.changes_layout;
     let keys = schema.key_columns().count();
     let values = schema.value_columns().count();
-    let after_columns = keys + 3 + 3 * values;
     let mut stmt = conn.prepare_cached(&sql.changes_since)?;
     let mut rows = stmt.query([since])?;
     while let Some(row) = rows.next()? {
         let mut columns = Vec::new();
         for index in 0..values {
-            let base = keys + 3 + 3 * index;
-            let (col_version, version): (i64, i64) = (row.get(base)?, row.get(base + 1)?);
+            let version: i64 = row.get(layout.col_dv(index))?;
             if version > since {
                 columns.push(ClockColumn {
                     index,
-                    col_version,
+                    col_version: row.get(layout.col_version(index))?,
                     version,
-                    value: owned(row.get_ref(base + 2)?)?,
+                    value: owned(row.get_ref(layout.value(index))?)?,
                 });
             }
         }
@@ -120,11 +119,11 @@ pub(crate) fn scan(
             pk: (0..keys)
                 .map(|i| owned(row.get_ref(i)?))
                 .collect::<Result<Vec<_>>>()?,
-            cl: row.get(keys)?,
-            version: row.get(keys + 1)?,
-            created: row.get(keys + 2)?,
-            exists: row.get(after_columns)?,
-            rowid: row.get(after_columns + 1)?,
+            cl: row.get(layout.cl())?,
+            version: row.get(layout.dv())?,
+            created: row.get(layout.created())?,
+            exists: row.get(layout.after(values))?,
+            rowid: row.get(layout.after(values) + 1)?,
             columns,
         })?;
     }
@@ -252,7 +251,7 @@ pub(crate) fn changes_since(
 
 fn owned(raw: rusqlite::types::ValueRef<'_>) -> Result<Value> {
     value::from_sqlite(raw)
-        .map(|v| v.to_owned())
+        .map(ValueRef::into_owned)
         .map_err(|e| corrupt(e.to_string()))
 }
 

@@ -439,7 +439,7 @@ impl SyncDb {
         self.call(move |w| {
             write(w, |tx| {
                 tx.set_versions();
-                merge::apply(tx.conn(), &payload).map(|(report, _)| report)
+                merge::apply(tx.conn(), &payload)
             })
         })
         .await
@@ -484,13 +484,13 @@ impl SyncDb {
 
 fn row_values<T: Synced>(row: &T) -> Vec<Value> {
     (0..T::SCHEMA.columns.len())
-        .map(|i| row.column_value(i).to_owned())
+        .map(|i| row.column_value(i).into_owned())
         .collect()
 }
 
 fn key_values<T: Synced>(key: &T::Key) -> Vec<Value> {
     (0..T::SCHEMA.key_columns().count())
-        .map(|i| T::key_value(key, i).to_owned())
+        .map(|i| T::key_value(key, i).into_owned())
         .collect()
 }
 

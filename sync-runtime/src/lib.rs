@@ -2,8 +2,11 @@
 //!
 //! Put `#[derive(Synced)]` on a model struct, register it with a [`SyncDb`], and
 //! write rows as usual, online or offline. Every write, through the typed API or raw
-//! SQL on the same connection, is recorded by triggers in compact clock metadata, so
-//! that replicas can exchange changes and converge without conflicts.
+//! SQL on the same connection, is recorded by triggers in compact clock metadata.
+//! Replicas exchange their changes as payloads
+//! ([`export_changes`](SyncDb::export_changes),
+//! [`apply_changes`](SyncDb::apply_changes)) and converge without conflicts, whatever
+//! the order of deliveries.
 //!
 //! ```
 //! use sync_runtime::{Synced, SyncDb, SyncId, params};

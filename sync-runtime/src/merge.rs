@@ -64,8 +64,8 @@ struct Clock {
 }
 
 /// Applies an encoded payload inside the caller's write transaction; returns what
-/// it did and the version the database is at afterwards.
-pub(crate) fn apply(conn: &Connection, bytes: &[u8]) -> Result<(ApplyReport, i64)> {
+/// it did.
+pub(crate) fn apply(conn: &Connection, bytes: &[u8]) -> Result<ApplyReport> {
     let payload = wire::decode(bytes)?;
     let targets = resolve(conn, &payload)?;
     check_types(&payload, &targets)?;
@@ -110,9 +110,11 @@ pub(crate) fn apply(conn: &Connection, bytes: &[u8]) -> Result<(ApplyReport, i64
     conn.execute("UPDATE _synced_state SET applying = 0", [])?;
     let (report, versions) = (merge.report, merge.versions);
 
-    let version = versions.next.max(current);
-    conn.execute("UPDATE _synced_state SET db_version = ?1", [version])?;
-    Ok((report, version))
+    conn.execute(
+        "UPDATE _synced_state SET db_version = ?1",
+        [versions.next.max(current)],
+    )?;
+    Ok(report)
 }
 
 /// Local versions for the remote transactions whose changes win, one each, listed
@@ -186,7 +188,7 @@ fn resolve(conn: &Connection, payload: &Payload) -> Result<Vec<Target>> {
             (0..values.len())
                 .map(|i| {
                     value::from_sqlite(row.get_ref(i)?)
-                        .map(|v| v.to_owned())
+                        .map(|v| v.into_owned())
                         .map_err(|e| Error::Corrupt {
                             details: format!("default of `{}`: {e}", values[i]),
                         })
@@ -452,13 +454,14 @@ fn read_clock(
     let Some(row) = rows.next()? else {
         return Ok(None);
     };
+    let layout = target.sql.merge_clock_layout;
     let columns = (0..value_count)
-        .map(|i| Ok((row.get(3 + 2 * i)?, row.get(4 + 2 * i)?)))
+        .map(|i| Ok((row.get(layout.col_version(i))?, row.get(layout.col_dv(i))?)))
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(Some(Clock {
-        cl: row.get(0)?,
-        dv: row.get(1)?,
-        created: row.get(2)?,
+        cl: row.get(layout.cl())?,
+        dv: row.get(layout.dv())?,
+        created: row.get(layout.created())?,
         columns,
     }))
 }
@@ -478,7 +481,7 @@ fn read_row(conn: &Connection, target: &Target, pk: &[Value]) -> Result<Option<V
                 column: column.name.to_string(),
                 source,
             })?;
-            values.push(value.to_owned());
+            values.push(value.into_owned());
         }
     }
     Ok(Some(values))

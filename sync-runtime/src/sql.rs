@@ -148,6 +148,48 @@ fn key_match(schema: &TableSchema, left: &str, right: &str) -> String {
         .join(" AND ")
 }
 
+/// Where a clock row's columns sit in a query's result: after `offset` leading
+/// columns come the row's causal length, version and creation version, then per
+/// value column its col_version and version (and, in `changes_since`, its current
+/// value). The queries below and the code that reads them share this one layout.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClockLayout {
+    offset: usize,
+    per_column: usize,
+}
+
+impl ClockLayout {
+    pub(crate) fn cl(self) -> usize {
+        self.offset
+    }
+
+    pub(crate) fn dv(self) -> usize {
+        self.offset + 1
+    }
+
+    pub(crate) fn created(self) -> usize {
+        self.offset + 2
+    }
+
+    pub(crate) fn col_version(self, column: usize) -> usize {
+        self.offset + 3 + self.per_column * column
+    }
+
+    pub(crate) fn col_dv(self, column: usize) -> usize {
+        self.col_version(column) + 1
+    }
+
+    /// The current value of a column (`changes_since` only).
+    pub(crate) fn value(self, column: usize) -> usize {
+        self.col_version(column) + 2
+    }
+
+    /// The first result column after those of `columns` value columns.
+    pub(crate) fn after(self, columns: usize) -> usize {
+        self.col_version(columns)
+    }
+}
+
 /// Every statement for one synced table.
 #[derive(Debug, Clone)]
 pub(crate) struct TableSql {
@@ -164,12 +206,15 @@ pub(crate) struct TableSql {
     pub(crate) select: String,
     pub(crate) select_by_key: String,
     pub(crate) changes_since: String,
+    /// How `changes_since` lays out its result: the key columns, the clock, then
+    /// whether the app row exists and the clock row's rowid.
+    pub(crate) changes_layout: ClockLayout,
     pub(crate) open_changes: String,
     pub(crate) backfill_live: String,
     pub(crate) backfill_deleted: String,
-    /// The merge: a row's clock by key (cl, dv, created, then per value column
-    /// v and dv).
+    /// The merge: a row's clock by key, laid out as `merge_clock_layout` says.
     pub(crate) merge_read_clock: String,
+    pub(crate) merge_clock_layout: ClockLayout,
     /// The merge: writes a whole clock row (key columns, then as read).
     pub(crate) merge_write_clock: String,
     /// The merge: writes a whole app row (every column, table order).
@@ -228,6 +273,14 @@ impl TableSql {
             select: format!("SELECT {all} FROM {table}"),
             select_by_key: format!("SELECT {all} FROM {table} WHERE {by_key_params}"),
             changes_since: changes_since(schema),
+            changes_layout: ClockLayout {
+                offset: schema.key_columns().count(),
+                per_column: 3,
+            },
+            merge_clock_layout: ClockLayout {
+                offset: 0,
+                per_column: 2,
+            },
             open_changes: format!(
                 "SELECT EXISTS (SELECT 1 FROM {clock} WHERE {DV} > (SELECT {STATE}.db_version FROM {STATE}))"
             ),
@@ -521,9 +574,8 @@ fn create_triggers(schema: &TableSchema) -> String {
     sql
 }
 
-/// Clock rows changed after `?1`, joined with the app row for current values. Columns:
-/// key columns, cl, dv, created, then per value column (v, dv, value), then
-/// whether the app row exists and the clock row's rowid (its creation order).
+/// Clock rows changed after `?1`, joined with the app row for current values, laid
+/// out as `TableSql::changes_layout` says.
 fn changes_since(schema: &TableSchema) -> String {
     let mut cols: Vec<String> = schema
         .key_columns()
@@ -651,16 +703,17 @@ mod tests {
 
     #[test]
     fn triggers_call_no_functions() {
-        // A function call inside a trigger costs a statement journal per row. The
-        // row_number() window is only used by the one-off backfill.
+        // A function call inside a trigger costs a statement journal per row.
         let triggers = TableSql::new(&todos()).create_triggers;
         for f in [
-            "(SELECT RAISE",
             "coalesce(",
             "max(",
             "min(",
             "iif(",
             "ifnull(",
+            "abs(",
+            "changes(",
+            "last_insert_rowid(",
         ] {
             assert!(!triggers.to_lowercase().contains(f), "{f} in {triggers}");
         }

@@ -99,7 +99,7 @@ impl ValueRef<'_> {
     }
 
     /// Copies the value into an owned [`Value`].
-    pub fn to_owned(self) -> Value {
+    pub fn into_owned(self) -> Value {
         match self {
             ValueRef::Null => Value::Null,
             ValueRef::Integer(i) => Value::Integer(i),
@@ -414,12 +414,12 @@ macro_rules! value_from {
     ($($t:ty),*) => {$(
         impl From<$t> for Value {
             fn from(v: $t) -> Self {
-                v.to_value_ref().to_owned()
+                v.to_value_ref().into_owned()
             }
         }
         impl From<&$t> for Value {
             fn from(v: &$t) -> Self {
-                v.to_value_ref().to_owned()
+                v.to_value_ref().into_owned()
             }
         }
     )*};

@@ -17,19 +17,8 @@ use std::time::Instant;
 use clap::Parser;
 use rusqlite::Connection;
 use serde_json::json;
-use sync_runtime::{SyncDb, SyncId, Synced};
-
-/// The same table as the main benchmark.
-#[derive(Synced, Debug, Clone, PartialEq)]
-#[synced(table = "todos")]
-struct Todo {
-    #[synced(primary_key)]
-    id: SyncId,
-    title: String,
-    done: bool,
-    note: Option<String>,
-    score: f64,
-}
+use sync_runtime::SyncDb;
+use synced_bench::Todo;
 
 #[derive(Debug, Parser)]
 #[command(about = "Tracking trigger design variants, measured side by side")]

@@ -1,0 +1,21 @@
+//! What the benchmark binaries share: the table they measure.
+
+use sync_runtime::{SyncId, Synced};
+
+/// The benchmark table: `id TEXT` key, title TEXT, done INTEGER, note TEXT nullable,
+/// score REAL.
+#[derive(Synced, Debug, Clone, PartialEq)]
+#[synced(table = "todos")]
+pub struct Todo {
+    /// The key.
+    #[synced(primary_key)]
+    pub id: SyncId,
+    /// A text column.
+    pub title: String,
+    /// An integer column.
+    pub done: bool,
+    /// A nullable text column.
+    pub note: Option<String>,
+    /// A real column.
+    pub score: f64,
+}
