@@ -52,14 +52,14 @@ pub(crate) fn check(model: &Model<'_>, errors: &mut Errors) {
             }
             continue;
         }
-        if let Some(span) = field.integer_key {
-            if field.primary_key.is_none() || keys > 1 {
-                errors.push(syn::Error::new(
-                    span,
-                    "`integer_key` only applies to the field of a single-column #[synced(primary_key)]; \
-                     integers in composite keys need no opt-in",
-                ));
-            }
+        if let Some(span) = field.integer_key
+            && (field.primary_key.is_none() || keys > 1)
+        {
+            errors.push(syn::Error::new(
+                span,
+                "`integer_key` only applies to the field of a single-column #[synced(primary_key)]; \
+                 integers in composite keys need no opt-in",
+            ));
         }
         if let (Some(default), Some(_)) = (&field.default, field.primary_key) {
             errors.push(syn::Error::new_spanned(

@@ -88,20 +88,41 @@ pub(crate) struct ClockColumn {
     pub(crate) value: Value,
 }
 
-/// Calls `each` for every clock row of `schema` changed after `since` (final
-/// versions only).
+/// Which clock rows a [`scan`] reads.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Range {
+    /// Every row changed after a version.
+    Since(i64),
+    /// The rows whose `(version of the last change, rowid)` lies after `after` and
+    /// up to `upto`, with the columns written after `base`: a page of a batched
+    /// export.
+    Page {
+        base: i64,
+        after: (i64, i64),
+        upto: (i64, i64),
+    },
+}
+
+/// Calls `each` for every clock row of `schema` in `range` (final versions only),
+/// with the value columns written after the range's base version.
 pub(crate) fn scan(
     conn: &Connection,
     schema: &TableSchema,
-    since: i64,
+    range: Range,
     mut each: impl FnMut(ClockRow) -> Result<()>,
 ) -> Result<()> {
     let sql = TableSql::new(schema);
     let layout = sql.changes_layout;
     let keys = schema.key_columns().count();
     let values = schema.value_columns().count();
-    let mut stmt = conn.prepare_cached(&sql.changes_since)?;
-    let mut rows = stmt.query([since])?;
+    let (mut stmt, since) = match range {
+        Range::Since(since) => (conn.prepare_cached(&sql.changes_since)?, since),
+        Range::Page { base, .. } => (conn.prepare_cached(&sql.changes_between)?, base),
+    };
+    let mut rows = match range {
+        Range::Since(since) => stmt.query([since])?,
+        Range::Page { after, upto, .. } => stmt.query([after.0, after.1, upto.0, upto.1])?,
+    };
     while let Some(row) = rows.next()? {
         let mut columns = Vec::new();
         for index in 0..values {
@@ -194,7 +215,7 @@ pub(crate) fn changes_since(
     let mut records: Vec<((i64, usize, i64), Change)> = Vec::new();
     for (table_index, schema) in tables.iter().enumerate() {
         let names: Vec<_> = schema.value_columns().map(|c| c.name.to_string()).collect();
-        scan(conn, schema, since, |row| {
+        scan(conn, schema, Range::Since(since), |row| {
             let mut record = |kind, db_version, site_id| {
                 let change = Change {
                     table: schema.name.to_string(),

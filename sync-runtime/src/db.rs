@@ -7,11 +7,11 @@ use std::sync::{Arc, mpsc};
 use std::thread;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::change::{self, Change};
 use crate::error::{Error, Result};
-use crate::export::{self, Scope, Since};
+use crate::export::{self, Batch, BatchLimits, Cursor, Scope, Since};
 use crate::id::SiteId;
 use crate::merge::{self, ApplyReport};
 use crate::model::Synced;
@@ -121,6 +121,7 @@ struct Inner {
     jobs: mpsc::Sender<Job>,
     site_id: SiteId,
     path: Option<PathBuf>,
+    versions: Arc<watch::Sender<i64>>,
 }
 
 impl std::fmt::Debug for SyncDb {
@@ -145,6 +146,23 @@ pub(crate) struct Worker {
     /// `PRAGMA data_version` when this handle last looked for changes that other
     /// connections recorded; `None` before the first look.
     seen_data_version: Option<i64>,
+    /// The database's version, published after every commit that moved it.
+    versions: Arc<watch::Sender<i64>>,
+}
+
+impl Worker {
+    /// Tells subscribers the database's current version.
+    fn publish_version(&self) -> Result<()> {
+        let version: i64 = self
+            .conn
+            .query_row(sql::CURRENT_VERSION, [], |r| r.get(0))?;
+        self.versions.send_if_modified(|seen| {
+            let moved = *seen != version;
+            *seen = version;
+            moved
+        });
+        Ok(())
+    }
 }
 
 type Job = Box<dyn FnOnce(&mut Worker) + Send>;
@@ -175,12 +193,15 @@ impl SyncDb {
         let (jobs, queue) = mpsc::channel::<Job>();
         let (ready, opened) = oneshot::channel();
         let thread_path = path.clone();
+        let versions = Arc::new(watch::Sender::new(0));
+        let thread_versions = Arc::clone(&versions);
         thread::Builder::new()
             .name("synced-sqlite".into())
             .spawn(move || {
-                let mut worker = match open_connection(thread_path.as_deref(), &options) {
+                let opened = open_connection(thread_path.as_deref(), &options, thread_versions);
+                let mut worker = match opened {
                     Ok((worker, site_id)) => {
-                        let _ = ready.send(Ok(site_id));
+                        let _ = ready.send(worker.publish_version().map(|()| site_id));
                         worker
                     }
                     Err(e) => {
@@ -199,6 +220,7 @@ impl SyncDb {
                 jobs,
                 site_id,
                 path,
+                versions,
             }),
         })
     }
@@ -480,6 +502,75 @@ impl SyncDb {
         })
         .await
     }
+
+    /// The next bounded part of an export: the changes in `scope` after `from`, at
+    /// most `limits` of them. Keep [`Batch::next`] once the batch is delivered and
+    /// ask again from it until a batch is [`complete`](Batch::complete); however
+    /// many changes there are, each batch (and the memory it takes) stays bounded.
+    ///
+    /// ```
+    /// # use sync_runtime::{Synced, SyncDb, SyncId, Cursor, Scope, BatchLimits};
+    /// # #[derive(Synced, Debug, Clone, PartialEq)]
+    /// # struct Note { #[synced(primary_key)] id: SyncId, text: String }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> sync_runtime::Result<()> {
+    /// let a = SyncDb::open_in_memory().await?;
+    /// let b = SyncDb::open_in_memory().await?;
+    /// for db in [&a, &b] {
+    ///     db.register::<Note>().await?;
+    /// }
+    /// for i in 0..5 {
+    ///     a.insert(&Note { id: SyncId::new(), text: format!("note {i}") }).await?;
+    /// }
+    /// let limits = BatchLimits { max_rows: 2, ..BatchLimits::default() };
+    /// let mut cursor = Cursor::BEGINNING;
+    /// loop {
+    ///     let batch = a.export_batch(cursor, Scope::Local, limits).await?;
+    ///     assert!(batch.rows <= 2);
+    ///     b.apply_changes(&batch.payload).await?;
+    ///     cursor = batch.next; // once delivered
+    ///     if batch.complete {
+    ///         break;
+    ///     }
+    /// }
+    /// assert_eq!(b.query::<Note>("", []).await?.len(), 5);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn export_batch(
+        &self,
+        from: Cursor,
+        scope: Scope,
+        limits: BatchLimits,
+    ) -> Result<Batch> {
+        self.call(move |w| {
+            read_final(w, |conn, tables| {
+                export::export_batch(conn, tables, &from, scope, limits)
+            })
+        })
+        .await
+    }
+
+    /// The tables registered here, in name order (case-insensitive): the schema a
+    /// server holds for its devices.
+    pub async fn schemas(&self) -> Result<Vec<TableSchema>> {
+        self.call(|w| tracking::synced_tables(&w.conn, false)).await
+    }
+
+    /// A fingerprint of every registered table's descriptor (name, algorithm,
+    /// columns): two databases with the same fingerprint sync the same tables the
+    /// same way. A device sends it to the server, which refuses a different one.
+    pub async fn schema_fingerprint(&self) -> Result<u64> {
+        let schemas = self.schemas().await?;
+        Ok(export::fingerprint(schemas.iter()))
+    }
+
+    /// This database's version, now and after every commit that moves it (local
+    /// writes, merges): wait on [`changed`](watch::Receiver::changed) to learn of new
+    /// changes without polling.
+    pub fn subscribe(&self) -> watch::Receiver<i64> {
+        self.inner.versions.subscribe()
+    }
 }
 
 fn row_values<T: Synced>(row: &T) -> Vec<Value> {
@@ -540,7 +631,11 @@ where
     if tx.is_autocommit() {
         return Err(E::from(Error::TransactionEnded));
     }
+    let moved = recorded || transaction.versions_set();
     tx.commit().map_err(Error::from)?;
+    if moved {
+        worker.publish_version()?;
+    }
     Ok(result)
 }
 
@@ -591,7 +686,11 @@ fn open_changes(conn: &Connection) -> Result<bool> {
     Ok(false)
 }
 
-fn open_connection(path: Option<&Path>, options: &Options) -> Result<(Worker, SiteId)> {
+fn open_connection(
+    path: Option<&Path>,
+    options: &Options,
+    versions: Arc<watch::Sender<i64>>,
+) -> Result<(Worker, SiteId)> {
     let mut conn = match path {
         Some(path) => Connection::open_with_flags(
             path,
@@ -671,6 +770,7 @@ fn open_connection(path: Option<&Path>, options: &Options) -> Result<(Worker, Si
             recorded,
             user_sql,
             seen_data_version: None,
+            versions,
         },
         site_id,
     ))

@@ -4,10 +4,12 @@ use std::collections::HashMap;
 
 use rusqlite::Connection;
 
-use crate::change::{Origins, scan};
+use crate::change::{ClockRow, Origins, Range, scan};
 use crate::error::Result;
 use crate::id::SiteId;
 use crate::schema::TableSchema;
+use crate::sql::TableSql;
+use crate::value::Value;
 use crate::wire::{self, ColumnChange, Compression, Origin, Payload, RowChange, TableEntry};
 
 /// Where an export starts.
@@ -30,13 +32,193 @@ impl Since {
 
 /// Which changes an export carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Scope {
+#[non_exhaustive]
+pub enum Scope {
     /// Every change, whoever made it: a replica relays what it received.
     All,
-    /// Only the changes made on this database.
+    /// Only the changes made on this database: what a device sends to a server.
     Local,
-    /// Every change except those made by one site (a relay answering that site).
+    /// Every change except those made by one site: what a relay (a server) sends
+    /// back to that site, which has them already.
     Except(SiteId),
+}
+
+/// A position in a replica's change history, where a batched export
+/// ([`SyncDb::export_batch`](crate::SyncDb::export_batch)) resumes.
+///
+/// A cursor is exact: every change up to it was in the batches before it, and the
+/// next batch starts right after it, even inside one large transaction. Keep the
+/// [`Batch::next`] cursor of the last batch that was delivered (sent and
+/// acknowledged, or received and committed) and ask from there; asking again from
+/// an older cursor is harmless, since merging a change twice changes nothing.
+///
+/// Its text form (`Display` / `FromStr`) is meant to be stored or put in a URL:
+///
+/// ```
+/// use sync_runtime::Cursor;
+///
+/// let cursor = Cursor::at(42);
+/// assert_eq!(cursor.to_string(), "42");
+/// assert_eq!("42".parse::<Cursor>(), Ok(cursor.clone()));
+/// assert_eq!(Cursor::BEGINNING.version(), 0);
+/// assert!("42.x".parse::<Cursor>().is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Cursor {
+    base: i64,
+    page: Option<PageEnd>,
+}
+
+/// Where a batch that stopped inside the changes after a cursor's base version
+/// ended: the last clock row it carried, in export order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PageEnd {
+    /// The version of the row's last change.
+    version: i64,
+    /// The row's table (lowercase: tables are exported in case-insensitive order).
+    table: String,
+    /// The row's clock rowid.
+    rowid: i64,
+}
+
+impl Cursor {
+    /// Before every change.
+    pub const BEGINNING: Cursor = Cursor {
+        base: 0,
+        page: None,
+    };
+
+    /// After every change up to `version` of the exporting database.
+    pub fn at(version: i64) -> Cursor {
+        Cursor {
+            base: version.max(0),
+            page: None,
+        }
+    }
+
+    /// The version up to which every change was delivered (a batch that stopped
+    /// inside the changes after it carried some of the later ones too).
+    pub fn version(&self) -> i64 {
+        self.base
+    }
+
+    /// Where the scan of `table` (at `index` in export order) starts: after this
+    /// `(version, rowid)`. Rows are exported in `(version, table, rowid)` order.
+    fn after(&self, table: &str) -> (i64, i64) {
+        match &self.page {
+            None => (self.base, i64::MAX),
+            Some(end) => match table.cmp(end.table.as_str()) {
+                std::cmp::Ordering::Less => (end.version, i64::MAX),
+                std::cmp::Ordering::Equal => (end.version, end.rowid),
+                std::cmp::Ordering::Greater => (end.version, i64::MIN),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.page {
+            None => write!(f, "{}", self.base),
+            Some(end) => write!(
+                f,
+                "{}.{}.{}.{}",
+                self.base, end.version, end.rowid, end.table
+            ),
+        }
+    }
+}
+
+/// The text is not a [`Cursor`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a sync cursor")]
+pub struct BadCursor(String);
+
+impl std::str::FromStr for Cursor {
+    type Err = BadCursor;
+
+    fn from_str(text: &str) -> Result<Self, BadCursor> {
+        let bad = || BadCursor(text.chars().take(100).collect());
+        let number = |part: Option<&str>| -> Result<i64, BadCursor> {
+            part.and_then(|p| p.parse::<i64>().ok())
+                .filter(|n| (0..=MAX_VERSION).contains(n))
+                .ok_or_else(bad)
+        };
+        let mut parts = text.splitn(4, '.');
+        let base = number(parts.next())?;
+        let Some(version) = parts.next() else {
+            return Ok(Cursor::at(base));
+        };
+        let version = number(Some(version))?;
+        let rowid = number(parts.next())?;
+        let table = parts.next().filter(|t| !t.is_empty()).ok_or_else(bad)?;
+        if version <= base || table.chars().any(|c| c.is_ascii_uppercase()) {
+            return Err(bad());
+        }
+        Ok(Cursor {
+            base,
+            page: Some(PageEnd {
+                version,
+                table: table.to_owned(),
+                rowid,
+            }),
+        })
+    }
+}
+
+/// The largest version a cursor may name (see [`wire::MAX_CLOCK`]).
+const MAX_VERSION: i64 = 1 << 62;
+
+/// How much one batch may carry.
+///
+/// ```
+/// use sync_runtime::BatchLimits;
+///
+/// let limits = BatchLimits { max_rows: 1_000, ..BatchLimits::default() };
+/// assert_eq!(limits.max_bytes, 4 * 1024 * 1024);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    /// The most rows (each with any number of its column changes); at least one is
+    /// always carried. Default 10,000.
+    pub max_rows: usize,
+    /// Roughly the most bytes of values (before compression); a single row larger
+    /// than this still goes, alone. Default 4 MiB.
+    pub max_bytes: usize,
+}
+
+impl Default for BatchLimits {
+    fn default() -> Self {
+        Self {
+            max_rows: 10_000,
+            max_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+impl BatchLimits {
+    /// No limit: one batch holds everything.
+    pub const UNLIMITED: BatchLimits = BatchLimits {
+        max_rows: usize::MAX,
+        max_bytes: usize::MAX,
+    };
+}
+
+/// One bounded part of an export: see
+/// [`SyncDb::export_batch`](crate::SyncDb::export_batch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Batch {
+    /// The payload, for [`apply_changes`](crate::SyncDb::apply_changes).
+    pub payload: Vec<u8>,
+    /// Where the next batch starts.
+    pub next: Cursor,
+    /// Whether this batch reached the end of the changes (when it was made).
+    pub complete: bool,
+    /// The rows the payload carries.
+    pub rows: usize,
+    /// The changes the payload carries: row existences and column values.
+    pub changes: usize,
 }
 
 /// Builds and encodes the payload of the changes after `since` in `tables`.
@@ -46,79 +228,242 @@ pub(crate) fn export(
     since: i64,
     scope: Scope,
 ) -> Result<Vec<u8>> {
+    Ok(export_batch(
+        conn,
+        tables,
+        &Cursor::at(since),
+        scope,
+        BatchLimits::UNLIMITED,
+    )?
+    .payload)
+}
+
+/// A row of a batch with its place in export order: (version, table, rowid).
+type Placed = ((i64, usize, i64), RowChange);
+
+/// Builds the batch of the changes after `from` in `tables` (in the
+/// case-insensitive name order `synced_tables` gives), within `limits`.
+///
+/// Rows go in `(version of their last change, table, rowid)` order. A row whose
+/// later change moves it past the cursor is carried again by a later batch, whole
+/// (every column written after the cursor's base), so a change is never skipped.
+pub(crate) fn export_batch(
+    conn: &Connection,
+    tables: &[TableSchema],
+    from: &Cursor,
+    scope: Scope,
+    limits: BatchLimits,
+) -> Result<Batch> {
     let origins = Origins::new(conn)?;
     let upto: i64 = conn.query_row(crate::sql::CURRENT_VERSION, [], |r| r.get(0))?;
+    // A cursor past this database's history came from another database (one that
+    // was replaced, or restored from a backup): start over, which is harmless.
+    let from = if from.base > upto {
+        &Cursor::BEGINNING
+    } else {
+        from
+    };
+    let mut tables: Vec<&TableSchema> = tables.iter().collect();
+    tables.sort_by_cached_key(|t| t.name.to_ascii_lowercase());
+    let names: Vec<String> = tables.iter().map(|t| t.name.to_ascii_lowercase()).collect();
+    let max_rows = limits.max_rows.max(1);
+    let mut end = page_end(conn, &tables, &names, from, max_rows)?;
     let mut sites = SiteDictionary::new(&origins);
-    let mut payload = Payload::default();
-    let mut included = Vec::new();
-    for schema in tables {
-        let table = payload.tables.len() as u32;
-        let mut rows = Vec::new();
-        scan(conn, schema, since, |row| {
-            let wanted = |sites: &SiteDictionary<'_>, version| -> Result<bool> {
-                Ok(match scope {
-                    Scope::All => true,
-                    Scope::Local => sites.is_local(version)?,
-                    Scope::Except(site) => !sites.made_by(version, site)?,
-                })
-            };
-            let cl = u64::try_from(row.cl).unwrap_or_default();
-            if row.cl % 2 == 0 {
-                if wanted(&sites, row.version)? {
-                    rows.push(RowChange {
-                        table,
-                        pk: row.pk,
-                        cl,
-                        origin: sites.origin(row.version)?,
-                        columns: Vec::new(),
-                    });
-                }
-                return Ok(());
+    let base = from.base;
+    let mut placed: Vec<Placed> = Vec::new();
+    for (index, schema) in tables.iter().enumerate() {
+        let after = from.after(&names[index]);
+        let last = match &end {
+            None => (upto, i64::MAX),
+            Some(end) => end.after(&names[index]),
+        };
+        if after >= last {
+            continue;
+        }
+        let range = Range::Page {
+            base,
+            after,
+            upto: last,
+        };
+        scan(conn, schema, range, |row| {
+            let place = (row.version, index, row.rowid);
+            if let Some(change) = row_change(&mut sites, row, index as u32, base, scope)? {
+                placed.push((place, change));
             }
-            if !row.exists {
-                return Ok(());
-            }
-            let mut columns = Vec::new();
-            for column in row.columns {
-                if wanted(&sites, column.version)? {
-                    columns.push(ColumnChange {
-                        column: column.index as u32,
-                        col_version: u64::try_from(column.col_version).unwrap_or_default(),
-                        origin: sites.origin(column.version)?,
-                        value: column.value,
-                    });
-                }
-            }
-            // The row's creation goes with its columns as their context, and alone
-            // when the creation itself is one of the changes asked for.
-            if columns.is_empty() && !(row.created > since && wanted(&sites, row.created)?) {
-                return Ok(());
-            }
-            rows.push(RowChange {
-                table,
-                pk: row.pk,
-                cl,
-                origin: sites.origin(row.created)?,
-                columns,
-            });
             Ok(())
         })?;
-        if !rows.is_empty() {
+    }
+    placed.sort_by_key(|(place, _)| *place);
+    // The byte limit: stop after the row that reaches it.
+    let mut bytes = 0usize;
+    if let Some(cut) = placed.iter().position(|(_, row)| {
+        bytes = bytes.saturating_add(row_size(row));
+        bytes >= limits.max_bytes
+    }) && cut + 1 < placed.len()
+    {
+        placed.truncate(cut + 1);
+        let (version, table, rowid) = placed[cut].0;
+        end = Some(Cursor {
+            base,
+            page: Some(PageEnd {
+                version,
+                table: names[table].clone(),
+                rowid,
+            }),
+        });
+    }
+
+    let mut payload = Payload::default();
+    let mut local_index = vec![u32::MAX; tables.len()];
+    let mut included = Vec::new();
+    let mut changes = 0;
+    for (_, mut row) in placed {
+        let table = row.table as usize;
+        if local_index[table] == u32::MAX {
+            local_index[table] = payload.tables.len() as u32;
+            let schema = tables[table];
             payload.tables.push(TableEntry {
                 name: schema.name.to_string(),
                 keys: schema.key_columns().map(|c| c.name.to_string()).collect(),
                 values: schema.value_columns().map(|c| c.name.to_string()).collect(),
             });
-            payload.rows.extend(rows);
             included.push(schema);
         }
+        row.table = local_index[table];
+        changes += row.columns.len() + 1;
+        payload.rows.push(row);
     }
+    let complete = end.is_none();
+    let next = end.unwrap_or_else(|| Cursor::at(upto));
     payload.sites = sites.list;
     payload.schema_fingerprint = fingerprint(included.iter().copied());
     payload.exporter = origins.site(0)?;
-    payload.upto = u64::try_from(upto).unwrap_or_default();
-    payload.since = u64::try_from(since).unwrap_or_default().min(payload.upto);
-    Ok(wire::encode(&payload, Compression::Zstd))
+    // A payload claims to hold everything between `since` and `upto` only when it
+    // does: a partial batch claims nothing beyond its base.
+    let upto = u64::try_from(upto).unwrap_or_default();
+    payload.since = u64::try_from(base).unwrap_or_default().min(upto);
+    payload.upto = if complete { upto } else { payload.since };
+    let rows = payload.rows.len();
+    Ok(Batch {
+        payload: wire::encode(&payload, Compression::Zstd),
+        next,
+        complete,
+        rows,
+        changes,
+    })
+}
+
+/// Where the batch starting after `from` ends if more than `max_rows` rows follow
+/// it: the cursor after its last row; `None` if the rest fits.
+fn page_end(
+    conn: &Connection,
+    tables: &[&TableSchema],
+    names: &[String],
+    from: &Cursor,
+    max_rows: usize,
+) -> Result<Option<Cursor>> {
+    if max_rows == usize::MAX {
+        return Ok(None);
+    }
+    let limit = i64::try_from(max_rows)
+        .unwrap_or(i64::MAX)
+        .saturating_add(1);
+    let mut keys: Vec<(i64, usize, i64)> = Vec::new();
+    for (index, schema) in tables.iter().enumerate() {
+        let (version, rowid) = from.after(&names[index]);
+        let sql = TableSql::new(schema);
+        let mut stmt = conn.prepare_cached(&sql.batch_keys)?;
+        let mut rows = stmt.query((version, rowid, limit))?;
+        while let Some(row) = rows.next()? {
+            keys.push((row.get(0)?, index, row.get(1)?));
+        }
+    }
+    if keys.len() <= max_rows {
+        return Ok(None);
+    }
+    keys.sort_unstable();
+    let (version, table, rowid) = keys[max_rows - 1];
+    Ok(Some(Cursor {
+        base: from.base,
+        page: Some(PageEnd {
+            version,
+            table: names[table].clone(),
+            rowid,
+        }),
+    }))
+}
+
+/// The payload row for a clock row: its existence and the columns written after
+/// `base` that `scope` wants; `None` if nothing of it is wanted.
+fn row_change(
+    sites: &mut SiteDictionary<'_>,
+    row: ClockRow,
+    table: u32,
+    base: i64,
+    scope: Scope,
+) -> Result<Option<RowChange>> {
+    let wanted = |sites: &SiteDictionary<'_>, version| -> Result<bool> {
+        Ok(match scope {
+            Scope::All => true,
+            Scope::Local => sites.is_local(version)?,
+            Scope::Except(site) => !sites.made_by(version, site)?,
+        })
+    };
+    let cl = u64::try_from(row.cl).unwrap_or_default();
+    if row.cl % 2 == 0 {
+        if !wanted(sites, row.version)? {
+            return Ok(None);
+        }
+        return Ok(Some(RowChange {
+            table,
+            pk: row.pk,
+            cl,
+            origin: sites.origin(row.version)?,
+            columns: Vec::new(),
+        }));
+    }
+    if !row.exists {
+        return Ok(None);
+    }
+    let mut columns = Vec::new();
+    for column in row.columns {
+        if wanted(sites, column.version)? {
+            columns.push(ColumnChange {
+                column: column.index as u32,
+                col_version: u64::try_from(column.col_version).unwrap_or_default(),
+                origin: sites.origin(column.version)?,
+                value: column.value,
+            });
+        }
+    }
+    // The row's creation goes with its columns as their context, and alone when
+    // the creation itself is one of the changes asked for.
+    if columns.is_empty() && !(row.created > base && wanted(sites, row.created)?) {
+        return Ok(None);
+    }
+    Ok(Some(RowChange {
+        table,
+        pk: row.pk,
+        cl,
+        origin: sites.origin(row.created)?,
+        columns,
+    }))
+}
+
+/// Roughly the bytes a row takes in a payload body, before compression.
+fn row_size(row: &RowChange) -> usize {
+    let value = |v: &Value| match v {
+        Value::Text(t) => t.len() + 2,
+        Value::Blob(b) => b.len() + 2,
+        _ => 9,
+    };
+    row.pk.iter().map(value).sum::<usize>()
+        + row
+            .columns
+            .iter()
+            .map(|c| value(&c.value) + 6)
+            .sum::<usize>()
+        + 8
 }
 
 /// The payload's site dictionary, filled as origins are looked up.

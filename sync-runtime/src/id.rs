@@ -149,6 +149,29 @@ impl fmt::Display for SiteId {
     }
 }
 
+/// The text is not a site id (32 hex digits).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a site id: expected 32 hex digits")]
+pub struct BadSiteId;
+
+impl FromStr for SiteId {
+    type Err = BadSiteId;
+
+    /// Reads the form `Display` writes (32 hex digits, either case).
+    fn from_str(text: &str) -> Result<Self, BadSiteId> {
+        let text = text.as_bytes();
+        if text.len() != 32 {
+            return Err(BadSiteId);
+        }
+        let digit = |c: u8| (c as char).to_digit(16).ok_or(BadSiteId);
+        let mut bytes = [0u8; 16];
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            *byte = (digit(text[2 * i])? << 4 | digit(text[2 * i + 1])?) as u8;
+        }
+        Ok(Self(bytes))
+    }
+}
+
 impl fmt::Debug for SiteId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "SiteId({self})")
@@ -163,6 +186,15 @@ mod tests {
     fn ids_are_ordered_by_creation() {
         let ids: Vec<SyncId> = (0..1000).map(|_| SyncId::new()).collect();
         assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn site_ids_read_back_their_text() {
+        let site = SiteId::random().unwrap();
+        assert_eq!(site.to_string().parse::<SiteId>(), Ok(site));
+        assert_eq!(site.to_string().to_uppercase().parse::<SiteId>(), Ok(site));
+        assert!("00".parse::<SiteId>().is_err());
+        assert!("g".repeat(32).parse::<SiteId>().is_err());
     }
 
     #[test]

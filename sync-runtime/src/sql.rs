@@ -206,6 +206,12 @@ pub(crate) struct TableSql {
     pub(crate) select: String,
     pub(crate) select_by_key: String,
     pub(crate) changes_since: String,
+    /// `changes_since` for the clock rows whose `(_synced_dv, rowid)` lies after
+    /// `(?1, ?2)` and up to `(?3, ?4)`: one page of a batched export.
+    pub(crate) changes_between: String,
+    /// The `(_synced_dv, rowid)` of up to `?3` clock rows after `(?1, ?2)`, in that
+    /// order: where the pages of a batched export end.
+    pub(crate) batch_keys: String,
     /// How `changes_since` lays out its result: the key columns, the clock, then
     /// whether the app row exists and the clock row's rowid.
     pub(crate) changes_layout: ClockLayout,
@@ -272,7 +278,15 @@ impl TableSql {
             delete: format!("DELETE FROM {table} WHERE {by_key_params}"),
             select: format!("SELECT {all} FROM {table}"),
             select_by_key: format!("SELECT {all} FROM {table} WHERE {by_key_params}"),
-            changes_since: changes_since(schema),
+            changes_since: changes_since(schema, &format!("c.{DV} > ?1")),
+            changes_between: changes_since(
+                schema,
+                &format!("(c.{DV}, c.rowid) > (?1, ?2) AND (c.{DV}, c.rowid) <= (?3, ?4)"),
+            ),
+            batch_keys: format!(
+                "SELECT {DV}, rowid FROM {clock} WHERE ({DV}, rowid) > (?1, ?2) \
+                 AND {DV} <= (SELECT {STATE}.db_version FROM {STATE}) ORDER BY {DV}, rowid LIMIT ?3"
+            ),
             changes_layout: ClockLayout {
                 offset: schema.key_columns().count(),
                 per_column: 3,
@@ -574,9 +588,9 @@ fn create_triggers(schema: &TableSchema) -> String {
     sql
 }
 
-/// Clock rows changed after `?1`, joined with the app row for current values, laid
-/// out as `TableSql::changes_layout` says.
-fn changes_since(schema: &TableSchema) -> String {
+/// Clock rows that match `filter` (changed after `?1`, or in a page), joined with
+/// the app row for current values, laid out as `TableSql::changes_layout` says.
+fn changes_since(schema: &TableSchema, filter: &str) -> String {
     let mut cols: Vec<String> = schema
         .key_columns()
         .map(|c| format!("c.{}", ident(&c.name)))
@@ -598,7 +612,7 @@ fn changes_since(schema: &TableSchema) -> String {
     format!(
         // Never a change of the open version: it is final only once closed.
         "SELECT {} FROM {} AS c LEFT JOIN {} AS t ON {} \
-         WHERE c.{DV} > ?1 AND c.{DV} <= (SELECT {STATE}.db_version FROM {STATE})",
+         WHERE {filter} AND c.{DV} <= (SELECT {STATE}.db_version FROM {STATE})",
         cols.join(", "),
         ident(&clock_table(&schema.name)),
         ident(&schema.name),
@@ -688,6 +702,8 @@ mod tests {
                 &sql.select,
                 &sql.select_by_key,
                 &sql.changes_since,
+                &sql.changes_between,
+                &sql.batch_keys,
                 &sql.backfill_live,
                 &sql.backfill_deleted,
             ] {

@@ -11,7 +11,10 @@
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
-use sync_runtime::{ChangeKind, Error, Since, SiteId, SyncDb, SyncId, Synced, Value, params};
+use sync_runtime::{
+    BatchLimits, ChangeKind, Cursor, Error, Scope, Since, SiteId, SyncDb, SyncId, Synced, Value,
+    params,
+};
 
 /// A table with every supported column type.
 #[derive(Synced, Debug, Clone, PartialEq)]
@@ -110,6 +113,13 @@ enum Step {
         from: usize,
         to: usize,
     },
+    /// Sends the next batch of at most `max_rows` rows of `from`'s changes after
+    /// the cursor `to` keeps for it, and moves the cursor.
+    Batch {
+        from: usize,
+        to: usize,
+        max_rows: usize,
+    },
     /// Delivers a payload made earlier again, late.
     Replay {
         payload: usize,
@@ -174,6 +184,11 @@ fn step(replicas: usize) -> impl Strategy<Value = Step> {
                 twice
             }),
         (r.clone(), r.clone()).prop_map(|(from, to)| Step::SyncSeen { from, to }),
+        (r.clone(), r.clone(), 1..4usize).prop_map(|(from, to, max_rows)| Step::Batch {
+            from,
+            to,
+            max_rows
+        }),
         (0..16usize, r).prop_map(|(payload, to)| Step::Replay { payload, to }),
     ]
 }
@@ -197,7 +212,15 @@ fn tolerate<T>(result: Result<T, Error>) {
     }
 }
 
-async fn run(replicas: usize, steps: Vec<Step>, keys: &[SyncId]) {
+/// How a script ends: every replica sends everything to every other, or only what
+/// follows the batch cursors each one kept (which must be enough).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Finish {
+    Everything,
+    FromCursors,
+}
+
+async fn run(replicas: usize, steps: Vec<Step>, keys: &[SyncId], finish: Finish) {
     let mut dbs = Vec::new();
     for _ in 0..replicas {
         let db = SyncDb::open_in_memory().await.unwrap();
@@ -207,6 +230,7 @@ async fn run(replicas: usize, steps: Vec<Step>, keys: &[SyncId]) {
         dbs.push(db);
     }
     let mut sent: Vec<Vec<u8>> = Vec::new();
+    let mut cursors = vec![vec![Cursor::BEGINNING; replicas]; replicas];
     for step in steps {
         match step {
             Step::InsertItem {
@@ -328,6 +352,21 @@ async fn run(replicas: usize, steps: Vec<Step>, keys: &[SyncId]) {
                 dbs[to].apply_changes(&payload).await.unwrap();
                 sent.push(payload);
             }
+            Step::Batch { from, to, max_rows } => {
+                let limits = BatchLimits {
+                    max_rows,
+                    ..BatchLimits::default()
+                };
+                let cursor = cursors[from][to].clone();
+                let batch = dbs[from]
+                    .export_batch(cursor, Scope::All, limits)
+                    .await
+                    .unwrap();
+                assert!(batch.rows <= max_rows);
+                dbs[to].apply_changes(&batch.payload).await.unwrap();
+                cursors[from][to] = batch.next;
+                sent.push(batch.payload);
+            }
             Step::Replay { payload, to } => {
                 if let Some(bytes) = sent.get(payload) {
                     dbs[to].apply_changes(bytes).await.unwrap();
@@ -339,9 +378,29 @@ async fn run(replicas: usize, steps: Vec<Step>, keys: &[SyncId]) {
     for _ in 0..2 {
         for from in 0..replicas {
             for to in 0..replicas {
-                if from != to {
+                if from == to {
+                    continue;
+                }
+                if finish == Finish::Everything {
                     let payload = dbs[from].export_changes(Since::Beginning).await.unwrap();
                     dbs[to].apply_changes(&payload).await.unwrap();
+                    continue;
+                }
+                let limits = BatchLimits {
+                    max_rows: 2,
+                    ..BatchLimits::default()
+                };
+                loop {
+                    let cursor = cursors[from][to].clone();
+                    let batch = dbs[from]
+                        .export_batch(cursor, Scope::All, limits)
+                        .await
+                        .unwrap();
+                    dbs[to].apply_changes(&batch.payload).await.unwrap();
+                    cursors[from][to] = batch.next;
+                    if batch.complete {
+                        break;
+                    }
                 }
             }
         }
@@ -386,10 +445,21 @@ async fn snapshot(db: &SyncDb) -> (Vec<Item>, Vec<Pair>, Vec<Event>, Vec<Clock>)
 
 #[test]
 fn replicas_converge_whatever_the_order_of_deliveries() {
+    check(Finish::Everything, 500);
+}
+
+/// Batches resume exactly where their cursor says, even when rows change between
+/// two batches: catching up from the cursors alone misses nothing.
+#[test]
+fn batch_cursors_miss_no_change() {
+    check(Finish::FromCursors, 300);
+}
+
+fn check(finish: Finish, default_cases: u32) {
     let cases = std::env::var("SYNCED_CONVERGENCE_CASES")
         .ok()
         .and_then(|c| c.parse().ok())
-        .unwrap_or(500);
+        .unwrap_or(default_cases);
     let keys: Vec<SyncId> = (0..KEYS).map(|_| SyncId::new()).collect();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -400,7 +470,7 @@ fn replicas_converge_whatever_the_order_of_deliveries() {
     });
     runner
         .run(&script(), |(replicas, steps)| {
-            runtime.block_on(run(replicas, steps, &keys));
+            runtime.block_on(run(replicas, steps, &keys, finish));
             Ok(())
         })
         .unwrap();

@@ -3,7 +3,9 @@
 #![allow(clippy::unwrap_used)] // in tests, a failed unwrap is a failed assertion
 
 use sync_runtime::wire::{self, Payload};
-use sync_runtime::{Error, Since, SyncDb, SyncId, Synced, Value, params};
+use sync_runtime::{
+    BatchLimits, Cursor, Error, Scope, Since, SyncDb, SyncId, Synced, Value, params,
+};
 
 #[derive(Synced, Debug, Clone, PartialEq)]
 #[synced(table = "todos")]
@@ -629,4 +631,47 @@ async fn a_relay_leaves_out_what_the_receiver_made() {
     .await
     .unwrap();
     assert_eq!(rows(&a).await.len(), 2);
+}
+
+#[tokio::test]
+async fn batches_stay_within_their_byte_limit_and_carry_everything() {
+    let (a, b) = (db().await, db().await);
+    // One transaction of 20 rows, each with a 1 KiB note: one version to split.
+    a.transaction(|tx| {
+        for i in 0..20 {
+            let mut row = todo(&format!("row {i}"));
+            row.note = Some("x".repeat(1024));
+            tx.insert(&row)?;
+        }
+        Ok::<_, Error>(())
+    })
+    .await
+    .unwrap();
+    let limits = BatchLimits {
+        max_rows: 100,
+        max_bytes: 3000,
+    };
+    let mut cursor = Cursor::BEGINNING;
+    let mut batches = 0;
+    loop {
+        let batch = a
+            .export_batch(cursor.clone(), Scope::Local, limits)
+            .await
+            .unwrap();
+        assert!(batch.rows <= 3, "{} rows in a 3000-byte batch", batch.rows);
+        assert!(batch.next != cursor, "a batch must move its cursor");
+        b.apply_changes(&batch.payload).await.unwrap();
+        cursor = batch.next;
+        batches += 1;
+        if batch.complete {
+            break;
+        }
+    }
+    assert!(batches >= 7, "{batches} batches");
+    assert_eq!(cursor, Cursor::at(a.db_version().await.unwrap()));
+    converged(&[&a, &b]).await;
+    // Nothing after the last cursor.
+    let rest = a.export_batch(cursor, Scope::Local, limits).await.unwrap();
+    assert!(rest.complete);
+    assert_eq!(rest.rows, 0);
 }

@@ -631,10 +631,10 @@ async fn a_row_created_after_the_cursor_is_reported_as_inserted_even_if_rewritte
 async fn read_titles(db: &SyncDb, cursor: &mut i64, titles: &mut Vec<Value>) {
     let changes = db.changes_since(*cursor).await.unwrap();
     for c in &changes {
-        if let ChangeKind::Set { column, value, .. } = &c.kind {
-            if column == "title" {
-                titles.push(value.clone());
-            }
+        if let ChangeKind::Set { column, value, .. } = &c.kind
+            && column == "title"
+        {
+            titles.push(value.clone());
         }
     }
     *cursor = changes

@@ -1,0 +1,179 @@
+//! The HTTP protocol between devices and a sync server, shared by both sides.
+//!
+//! | request | body | answer |
+//! |---|---|---|
+//! | `GET /health` | | `{"status":"ok"}` |
+//! | `POST /v1/db/{name}/push` | a [payload](crate::wire) | [`PushAck`] (JSON), sent once the merge committed |
+//! | `GET /v1/db/{name}/pull?cursor=C&wait=MS&limit=N` | | a [`PullResponse`] |
+//! | `GET /v1/db/{name}/schema` | | the tables, JSON |
+//! | `PUT /v1/db/{name}/schema` | the tables, JSON (admin key) | the tables, JSON |
+//!
+//! Push and pull carry the device's schema fingerprint ([`SCHEMA_HEADER`]) and
+//! pull its site id ([`SITE_HEADER`]); a user authenticates with
+//! `Authorization: Bearer <JWT>`, a service with [`API_KEY_HEADER`]. Errors come
+//! as an [`ErrorBody`] with the status codes its [`code`](ErrorBody::code) lists.
+
+use serde::{Deserialize, Serialize};
+
+use crate::export::Cursor;
+
+/// The header with the device's schema fingerprint ([`fingerprint_hex`]).
+pub const SCHEMA_HEADER: &str = "synced-schema";
+/// The header with the device's site id (32 hex digits).
+pub const SITE_HEADER: &str = "synced-site";
+/// The header with an API key (services and admins).
+pub const API_KEY_HEADER: &str = "x-api-key";
+
+/// A schema fingerprint as it travels in [`SCHEMA_HEADER`]: 16 lowercase hex digits.
+///
+/// ```
+/// use sync_runtime::protocol::{fingerprint_hex, parse_fingerprint};
+///
+/// assert_eq!(fingerprint_hex(0xab), "00000000000000ab");
+/// assert_eq!(parse_fingerprint("00000000000000ab"), Some(0xab));
+/// assert_eq!(parse_fingerprint("xyz"), None);
+/// ```
+pub fn fingerprint_hex(fingerprint: u64) -> String {
+    format!("{fingerprint:016x}")
+}
+
+/// Reads a fingerprint written by [`fingerprint_hex`].
+pub fn parse_fingerprint(text: &str) -> Option<u64> {
+    if text.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(text, 16).ok()
+}
+
+/// What the server answers to a push, once the changes are committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushAck {
+    /// Changes that won and were written.
+    pub applied: u64,
+    /// Changes the server already had, or newer ones.
+    pub ignored: u64,
+    /// The server's version after the merge.
+    pub version: i64,
+}
+
+/// The body of every error answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong, for programs: `unauthorized` (401), `forbidden` (403),
+    /// `not_found` (404), `schema_mismatch` (409), `payload_too_large` (413),
+    /// `bad_request` (400: a malformed payload, cursor or header), `server_error`
+    /// (500) or `unavailable` (503).
+    pub code: String,
+    /// What went wrong, for people.
+    pub message: String,
+}
+
+/// The body of a pull answer: one batch of changes and the cursor after it, with a
+/// checksum over both, so that a damaged answer is refused rather than applied or,
+/// worse, used to move the device's cursor.
+///
+/// | bytes | field |
+/// |---|---|
+/// | 0..4 | magic `SYNP` |
+/// | 4 | version (1) |
+/// | 5 | flags: bit 0 set if the batch is complete |
+/// | 6..8 | cursor length `c`, u16 little-endian |
+/// | 8..8+c | the next cursor, as text |
+/// | then 4 | payload length `p`, u32 little-endian |
+/// | then p | the payload |
+/// | last 4 | CRC-32 (IEEE) of everything before it |
+///
+/// ```
+/// use sync_runtime::Cursor;
+/// use sync_runtime::protocol::PullResponse;
+///
+/// let answer = PullResponse { payload: vec![1, 2, 3], next: Cursor::at(7), complete: true };
+/// let bytes = answer.encode();
+/// assert_eq!(PullResponse::decode(&bytes), Ok(answer));
+/// assert!(PullResponse::decode(&bytes[..bytes.len() - 1]).is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullResponse {
+    /// The changes, a [payload](crate::wire).
+    pub payload: Vec<u8>,
+    /// Where the next pull starts, once this payload is applied.
+    pub next: Cursor,
+    /// Whether the server had nothing more when it answered.
+    pub complete: bool,
+}
+
+const PULL_MAGIC: [u8; 4] = *b"SYNP";
+const PULL_VERSION: u8 = 1;
+
+impl PullResponse {
+    /// Encodes the answer.
+    pub fn encode(&self) -> Vec<u8> {
+        let cursor = self.next.to_string();
+        let mut out = Vec::with_capacity(self.payload.len() + cursor.len() + 16);
+        out.extend_from_slice(&PULL_MAGIC);
+        out.push(PULL_VERSION);
+        out.push(u8::from(self.complete));
+        // A cursor is a few numbers and a table name: far below u16::MAX.
+        out.extend_from_slice(&(cursor.len() as u16).to_le_bytes());
+        out.extend_from_slice(cursor.as_bytes());
+        out.extend_from_slice(&(self.payload.len() as u32).to_le_bytes());
+        out.extend_from_slice(&self.payload);
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Decodes an answer, checking every length and the checksum.
+    pub fn decode(bytes: &[u8]) -> Result<Self, EnvelopeError> {
+        let (body, crc) = bytes
+            .split_last_chunk::<4>()
+            .ok_or(EnvelopeError::Truncated)?;
+        if body.len() < 8 {
+            return Err(EnvelopeError::Truncated);
+        }
+        if body[..4] != PULL_MAGIC || body[4] != PULL_VERSION {
+            return Err(EnvelopeError::Malformed("not a pull answer of version 1"));
+        }
+        if crc32fast::hash(body) != u32::from_le_bytes(*crc) {
+            return Err(EnvelopeError::Checksum);
+        }
+        let complete = body[5] & 1 == 1;
+        let cursor_len = usize::from(u16::from_le_bytes([body[6], body[7]]));
+        let rest = &body[8..];
+        let (cursor, rest) = rest
+            .split_at_checked(cursor_len)
+            .ok_or(EnvelopeError::Truncated)?;
+        let (len, payload) = rest
+            .split_first_chunk::<4>()
+            .ok_or(EnvelopeError::Truncated)?;
+        if payload.len() != u32::from_le_bytes(*len) as usize {
+            return Err(EnvelopeError::Malformed(
+                "the payload length does not match",
+            ));
+        }
+        let next = std::str::from_utf8(cursor)
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .ok_or(EnvelopeError::Malformed("the cursor is not valid"))?;
+        Ok(Self {
+            payload: payload.to_vec(),
+            next,
+            complete,
+        })
+    }
+}
+
+/// Why bytes are not a valid [`PullResponse`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnvelopeError {
+    /// The bytes end too early.
+    #[error("the pull answer is truncated")]
+    Truncated,
+    /// The checksum does not match: the answer was damaged on the way.
+    #[error("the pull answer's checksum does not match: it was damaged in transit")]
+    Checksum,
+    /// The content is inconsistent.
+    #[error("malformed pull answer: {0}")]
+    Malformed(&'static str),
+}

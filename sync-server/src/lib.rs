@@ -1,0 +1,1 @@
+//! The Synced sync server (being built).
