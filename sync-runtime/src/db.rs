@@ -3,7 +3,7 @@
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, RwLock, mpsc};
 use std::thread;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
@@ -15,6 +15,7 @@ use crate::export::{self, Batch, BatchLimits, Cursor, Scope, Since};
 use crate::id::SiteId;
 use crate::merge::{self, ApplyReport};
 use crate::model::Synced;
+use crate::remote::RemoteState;
 use crate::schema::TableSchema;
 use crate::sql::{self, TableSql};
 use crate::tracking;
@@ -119,16 +120,19 @@ pub struct SyncDb {
 
 struct Inner {
     jobs: mpsc::Sender<Job>,
-    site_id: SiteId,
+    /// Changes only at [`SyncDb::logout`].
+    site_id: RwLock<SiteId>,
     path: Option<PathBuf>,
     versions: Arc<watch::Sender<i64>>,
+    /// The sync server, once set.
+    remote: RwLock<Option<Arc<RemoteState>>>,
 }
 
 impl std::fmt::Debug for SyncDb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SyncDb")
             .field("path", &self.inner.path)
-            .field("site_id", &self.inner.site_id)
+            .field("site_id", &self.site_id())
             .finish_non_exhaustive()
     }
 }
@@ -218,16 +222,17 @@ impl SyncDb {
         Ok(Self {
             inner: Arc::new(Inner {
                 jobs,
-                site_id,
+                site_id: RwLock::new(site_id),
                 path,
                 versions,
+                remote: RwLock::new(None),
             }),
         })
     }
 
     /// Runs `f` on the connection's thread and returns its result. A panic in `f`
     /// is resumed in the caller.
-    async fn call<R, F>(&self, f: F) -> Result<R>
+    pub(crate) async fn call<R, F>(&self, f: F) -> Result<R>
     where
         R: Send + 'static,
         F: FnOnce(&mut Worker) -> Result<R> + Send + 'static,
@@ -252,9 +257,30 @@ impl SyncDb {
         }
     }
 
-    /// This database's site id: created with the file, never changes.
+    /// This database's site id: created with the file, kept for its whole life
+    /// (only [`logout`](Self::logout) gives it a new one).
     pub fn site_id(&self) -> SiteId {
-        self.inner.site_id
+        *self.inner.site_id.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn set_site_id(&self, site: SiteId) {
+        *self
+            .inner
+            .site_id
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = site;
+    }
+
+    pub(crate) fn remote_state(&self) -> Option<Arc<RemoteState>> {
+        self.inner
+            .remote
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_remote_state(&self, state: Arc<RemoteState>) {
+        *self.inner.remote.write().unwrap_or_else(|e| e.into_inner()) = Some(state);
     }
 
     /// The file this database lives in (`None` in memory).
@@ -571,6 +597,59 @@ impl SyncDb {
     pub fn subscribe(&self) -> watch::Receiver<i64> {
         self.inner.versions.subscribe()
     }
+}
+
+impl SyncDb {
+    /// Merges a batch received from a server and stores the cursor after it, in
+    /// one transaction: the cursor never runs ahead of what was applied.
+    pub(crate) async fn apply_received(
+        &self,
+        url: &str,
+        payload: Vec<u8>,
+        next: Cursor,
+    ) -> Result<ApplyReport> {
+        let url = url.to_owned();
+        self.call(move |w| {
+            write(w, |tx| {
+                tx.set_versions();
+                let report = merge::apply(tx.conn(), &payload)?;
+                tx.conn().execute(
+                    "INSERT INTO _synced_remote (url, sent, received) VALUES (?1, '0', ?2) \
+                     ON CONFLICT (url) DO UPDATE SET received = excluded.received",
+                    [url, next.to_string()],
+                )?;
+                Ok(report)
+            })
+        })
+        .await
+    }
+}
+
+/// Deletes every synced row, clock, cursor and peer, and takes `site` as this
+/// database's new site id; tables and their tracking stay.
+pub(crate) fn wipe(worker: &mut Worker, site: SiteId) -> Result<()> {
+    write(worker, |tx| {
+        tx.set_versions();
+        let conn = tx.conn();
+        conn.execute("UPDATE _synced_state SET applying = 1", [])?;
+        for schema in tracking::synced_tables(conn, false)? {
+            conn.execute_batch(&TableSql::new(&schema).wipe)?;
+        }
+        conn.execute_batch(
+            "DELETE FROM _synced_versions; DELETE FROM _synced_peers; \
+             DELETE FROM _synced_remote; DELETE FROM _synced_sites WHERE ordinal <> 0;",
+        )?;
+        let site = site.as_bytes().as_slice();
+        conn.execute(
+            "UPDATE _synced_sites SET site_id = ?1 WHERE ordinal = 0",
+            [site],
+        )?;
+        conn.execute(
+            "UPDATE _synced_state SET site_id = ?1, applying = 0",
+            [site],
+        )?;
+        Ok(())
+    })
 }
 
 fn row_values<T: Synced>(row: &T) -> Vec<Value> {

@@ -148,6 +148,70 @@ pub enum Error {
     /// The database's worker thread is gone (it panicked or the process is exiting).
     #[error("the database connection is closed")]
     Closed,
+
+    /// A sync was asked for, but no server is set: see
+    /// [`SyncDb::with_remote`](crate::SyncDb::with_remote).
+    #[error("no sync server is set; call with_remote first")]
+    NoRemote,
+
+    /// The server could not be reached (no network, refused, timed out), even
+    /// after the retries. Local writes go on; sync again later.
+    #[error("the sync server at {url} is unreachable: {reason}")]
+    Offline {
+        /// The server.
+        url: String,
+        /// What failed.
+        reason: String,
+    },
+
+    /// The server refused the credentials (401): none, expired, or wrong.
+    #[error("the sync server refused the credentials: {message}")]
+    Unauthorized {
+        /// The server's message.
+        message: String,
+    },
+
+    /// The credentials are valid but do not allow this (403).
+    #[error("the sync server forbids this: {message}")]
+    Forbidden {
+        /// The server's message.
+        message: String,
+    },
+
+    /// The server syncs this database with another schema (409). The unsent
+    /// changes stay here until the app and the server agree.
+    #[error("the sync server has another schema for this database: {message}")]
+    ServerSchemaMismatch {
+        /// The server's message.
+        message: String,
+    },
+
+    /// The server rejected what was sent (400 or 413): a payload it cannot take.
+    #[error("the sync server rejected the request ({status}): {message}")]
+    Rejected {
+        /// The HTTP status.
+        status: u16,
+        /// The server's message.
+        message: String,
+    },
+
+    /// The server failed (a 5xx status, or an answer damaged on the way), even
+    /// after the retries.
+    #[error("the sync server failed ({status}): {message}")]
+    Server {
+        /// The HTTP status (0 when the answer itself was unreadable).
+        status: u16,
+        /// What happened.
+        message: String,
+    },
+}
+
+impl Error {
+    /// Whether trying again later may succeed: the server was unreachable or
+    /// failed, as opposed to refusing the request.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Offline { .. } | Error::Server { .. })
+    }
 }
 
 /// An error reported by SQLite, with its message.

@@ -267,32 +267,42 @@ pub(crate) fn export_batch(
     tables.sort_by_cached_key(|t| t.name.to_ascii_lowercase());
     let names: Vec<String> = tables.iter().map(|t| t.name.to_ascii_lowercase()).collect();
     let max_rows = limits.max_rows.max(1);
-    let mut end = page_end(conn, &tables, &names, from, max_rows)?;
     let mut sites = SiteDictionary::new(&origins);
     let base = from.base;
     let mut placed: Vec<Placed> = Vec::new();
-    for (index, schema) in tables.iter().enumerate() {
-        let after = from.after(&names[index]);
-        let last = match &end {
-            None => (upto, i64::MAX),
-            Some(end) => end.after(&names[index]),
-        };
-        if after >= last {
-            continue;
-        }
-        let range = Range::Page {
-            base,
-            after,
-            upto: last,
-        };
-        scan(conn, schema, range, |row| {
-            let place = (row.version, index, row.rowid);
-            if let Some(change) = row_change(&mut sites, row, index as u32, base, scope)? {
-                placed.push((place, change));
+    let mut from = from.clone();
+    // Pages whose rows the scope leaves out are skipped here, rather than sent
+    // empty: a device that just pushed a large change set does not fetch it back
+    // as empty batches.
+    let mut end = loop {
+        let end = page_end(conn, &tables, &names, &from, max_rows)?;
+        for (index, schema) in tables.iter().enumerate() {
+            let after = from.after(&names[index]);
+            let last = match &end {
+                None => (upto, i64::MAX),
+                Some(end) => end.after(&names[index]),
+            };
+            if after >= last {
+                continue;
             }
-            Ok(())
-        })?;
-    }
+            let range = Range::Page {
+                base,
+                after,
+                upto: last,
+            };
+            scan(conn, schema, range, |row| {
+                let place = (row.version, index, row.rowid);
+                if let Some(change) = row_change(&mut sites, row, index as u32, base, scope)? {
+                    placed.push((place, change));
+                }
+                Ok(())
+            })?;
+        }
+        match end {
+            Some(end) if placed.is_empty() => from = end,
+            end => break end,
+        }
+    };
     placed.sort_by_key(|(place, _)| *place);
     // The byte limit: stop after the row that reaches it.
     let mut bytes = 0usize;

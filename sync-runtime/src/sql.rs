@@ -70,6 +70,11 @@ CREATE TABLE IF NOT EXISTS _synced_peers (
   site INTEGER PRIMARY KEY,
   seen INTEGER NOT NULL
 ) STRICT;
+CREATE TABLE IF NOT EXISTS _synced_remote (
+  url TEXT PRIMARY KEY,
+  sent TEXT NOT NULL,
+  received TEXT NOT NULL
+) STRICT;
 CREATE TABLE IF NOT EXISTS _synced_tables (
   name TEXT PRIMARY KEY COLLATE NOCASE,
   algorithm TEXT NOT NULL,
@@ -200,6 +205,8 @@ pub(crate) struct TableSql {
     pub(crate) create_guards: String,
     pub(crate) drop_guards: String,
     pub(crate) drop_clock: String,
+    /// Deletes every row and every clock (run with the triggers off).
+    pub(crate) wipe: String,
     pub(crate) insert: String,
     pub(crate) update: Option<String>,
     pub(crate) delete: String,
@@ -268,6 +275,7 @@ impl TableSql {
             create_guards: create_guards(schema),
             drop_guards: drop_triggers(schema, &["guard_delete", "guard_rekey"]),
             drop_clock: format!("DROP TABLE IF EXISTS {clock};"),
+            wipe: format!("DELETE FROM {table}; DELETE FROM {clock};"),
             insert: format!("INSERT OR FAIL INTO {table} ({all}) VALUES ({placeholders})"),
             update: (!sets.is_empty()).then(|| {
                 format!(

@@ -1,0 +1,686 @@
+//! Syncing through a server: the device's side of the [protocol](crate::protocol).
+//!
+//! [`SyncDb::sync`] sends the changes made here that the server has not
+//! acknowledged yet, then fetches and applies the changes others made. Both go in
+//! bounded batches; the cursor of each direction is stored in the database and moves
+//! only once a batch is delivered (acknowledged by the server, or applied and
+//! committed here), so an interruption at any point loses nothing and the next sync
+//! resumes where the last one stopped. Sending a batch twice is harmless: merging
+//! is idempotent.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Mutex, mpsc};
+use tokio::task::JoinHandle;
+
+use crate::db::SyncDb;
+use crate::error::{Error, Result};
+use crate::export::{BatchLimits, Cursor, Scope};
+use crate::protocol::{
+    API_KEY_HEADER, ErrorBody, PullResponse, PushAck, SCHEMA_HEADER, SITE_HEADER, fingerprint_hex,
+};
+
+/// A sync server and how to reach it: the URL of one of its databases and the
+/// credentials to use.
+///
+/// ```
+/// use std::time::Duration;
+/// use sync_runtime::Remote;
+///
+/// let remote = Remote::new("http://127.0.0.1:8787/v1/db/todo")
+///     .bearer_token("eyJhbGciOi...")
+///     .timeout(Duration::from_secs(10));
+/// assert_eq!(remote.url(), "http://127.0.0.1:8787/v1/db/todo");
+/// // Secrets never show in logs.
+/// assert!(!format!("{remote:?}").contains("eyJ"));
+/// ```
+#[derive(Clone)]
+pub struct Remote {
+    url: String,
+    credentials: Option<Credentials>,
+    timeout: Duration,
+    limits: BatchLimits,
+}
+
+#[derive(Clone)]
+enum Credentials {
+    Bearer(String),
+    ApiKey(String),
+}
+
+impl Remote {
+    /// A server database, by URL: `http(s)://host:port/v1/db/<name>`.
+    pub fn new(url: impl Into<String>) -> Self {
+        let mut url = url.into();
+        while url.ends_with('/') {
+            url.pop();
+        }
+        Self {
+            url,
+            credentials: None,
+            timeout: Duration::from_secs(30),
+            limits: BatchLimits::default(),
+        }
+    }
+
+    /// Authenticates as a user, with a token (a JWT) the app got from its login.
+    pub fn bearer_token(mut self, token: impl Into<String>) -> Self {
+        self.credentials = Some(Credentials::Bearer(token.into()));
+        self
+    }
+
+    /// Authenticates as a service, with an API key.
+    pub fn api_key(mut self, key: impl Into<String>) -> Self {
+        self.credentials = Some(Credentials::ApiKey(key.into()));
+        self
+    }
+
+    /// How long one request may take, long-poll wait aside (default 30 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How much one batch may carry, each way (default [`BatchLimits::default`]).
+    pub fn batch_limits(mut self, limits: BatchLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The server database's URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl fmt::Debug for Remote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let credentials = match self.credentials {
+            None => "none",
+            Some(Credentials::Bearer(_)) => "bearer token",
+            Some(Credentials::ApiKey(_)) => "API key",
+        };
+        f.debug_struct("Remote")
+            .field("url", &self.url)
+            .field("credentials", &credentials)
+            .field("timeout", &self.timeout)
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+/// The server of a [`SyncDb`], with its HTTP client and the locks that keep one
+/// send and one receive at a time (so that cursors only move forward).
+pub(crate) struct RemoteState {
+    remote: Remote,
+    http: reqwest::Client,
+    sending: Mutex<()>,
+    receiving: Mutex<()>,
+}
+
+/// Called with the running totals after every batch of a sync.
+pub type ProgressFn = Arc<dyn Fn(&SyncReport) + Send + Sync>;
+
+/// How a sync runs. `SyncOptions::default()` is what [`SyncDb::sync`] uses.
+///
+/// ```
+/// use std::time::Duration;
+/// use sync_runtime::SyncOptions;
+///
+/// let options = SyncOptions { wait: Duration::from_secs(5), max_retries: 3, ..Default::default() };
+/// assert_eq!(options.backoff, Duration::from_millis(100));
+/// ```
+#[derive(Clone)]
+pub struct SyncOptions {
+    /// How long the server may hold the request for changes when it has none yet
+    /// (a long-poll: it answers as soon as one arrives). Default 0: answer at once.
+    pub wait: Duration,
+    /// How many times a failed request is tried again when the failure may pass
+    /// (unreachable server, server error, damaged answer). Default 3.
+    pub max_retries: u32,
+    /// The first pause before a retry; it doubles with each retry, with random
+    /// jitter. Default 100 ms.
+    pub backoff: Duration,
+    /// The longest pause between retries. Default 5 s.
+    pub max_backoff: Duration,
+    /// Told the running totals after every batch, to show progress.
+    pub progress: Option<ProgressFn>,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        Self {
+            wait: Duration::ZERO,
+            max_retries: 3,
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            progress: None,
+        }
+    }
+}
+
+impl fmt::Debug for SyncOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SyncOptions")
+            .field("wait", &self.wait)
+            .field("max_retries", &self.max_retries)
+            .field("backoff", &self.backoff)
+            .field("max_backoff", &self.max_backoff)
+            .field("progress", &self.progress.as_ref().map(|_| "callback"))
+            .finish()
+    }
+}
+
+/// What a sync did (and, given to a [`ProgressFn`], what it has done so far).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SyncReport {
+    /// Changes sent to the server (row existences and column values).
+    pub changes_sent: usize,
+    /// Changes received from the server.
+    pub changes_received: usize,
+    /// Received changes that won here and were written.
+    pub applied: usize,
+    /// Payload bytes sent.
+    pub bytes_sent: u64,
+    /// Payload bytes received.
+    pub bytes_received: u64,
+    /// Requests that carried or fetched a batch.
+    pub batches: usize,
+}
+
+impl SyncReport {
+    fn add(&mut self, other: SyncReport) {
+        self.changes_sent += other.changes_sent;
+        self.changes_received += other.changes_received;
+        self.applied += other.applied;
+        self.bytes_sent += other.bytes_sent;
+        self.bytes_received += other.bytes_received;
+        self.batches += other.batches;
+    }
+}
+
+impl SyncDb {
+    /// Sets the sync server, builder style:
+    /// `SyncDb::open(path).await?.with_remote(Remote::new(url))`.
+    pub fn with_remote(self, remote: Remote) -> Self {
+        self.set_remote(remote);
+        self
+    }
+
+    /// Sets (or replaces) the sync server. Each server URL keeps its own cursors.
+    pub fn set_remote(&self, remote: Remote) {
+        // Without TLS roots or a proxy to read, building the client cannot fail in
+        // practice; if it does, the error shows at the first request.
+        let http = reqwest::Client::builder()
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        self.set_remote_state(Arc::new(RemoteState {
+            remote,
+            http,
+            sending: Mutex::new(()),
+            receiving: Mutex::new(()),
+        }));
+    }
+
+    /// Sends the changes made here that the server does not have, then fetches and
+    /// applies the changes made elsewhere: [`sync_with`](Self::sync_with) with
+    /// default options.
+    pub async fn sync(&self) -> Result<SyncReport> {
+        self.sync_with(SyncOptions::default()).await
+    }
+
+    /// [`send_changes`](Self::send_changes), then
+    /// [`check_changes`](Self::check_changes), with these options.
+    pub async fn sync_with(&self, options: SyncOptions) -> Result<SyncReport> {
+        let mut report = self.send_changes_with(&options).await?;
+        let progress = options.progress.clone().map(|each| {
+            let sent = report;
+            Arc::new(move |r: &SyncReport| {
+                let mut total = sent;
+                total.add(*r);
+                each(&total)
+            }) as ProgressFn
+        });
+        let options = SyncOptions {
+            progress,
+            ..options
+        };
+        report.add(self.check_changes_with(&options).await?);
+        Ok(report)
+    }
+
+    /// Sends the changes made here that the server has not acknowledged, in
+    /// bounded batches. Writes made meanwhile go in the next send.
+    pub async fn send_changes(&self) -> Result<SyncReport> {
+        self.send_changes_with(&SyncOptions::default()).await
+    }
+
+    /// Fetches and applies the changes others sent to the server, in bounded
+    /// batches, each committed with the cursor after it.
+    pub async fn check_changes(&self) -> Result<SyncReport> {
+        self.check_changes_with(&SyncOptions::default()).await
+    }
+
+    /// [`send_changes`](Self::send_changes) with options.
+    pub async fn send_changes_with(&self, options: &SyncOptions) -> Result<SyncReport> {
+        let state = self.remote_state().ok_or(Error::NoRemote)?;
+        let _one_at_a_time = state.sending.lock().await;
+        let url = state.remote.url.clone();
+        let limits = state.remote.limits;
+        let mut cursor = self.remote_cursors(&url).await?.0;
+        let mut report = SyncReport::default();
+        loop {
+            let batch = self.export_batch(cursor, Scope::Local, limits).await?;
+            if batch.rows > 0 {
+                let fingerprint = self.schema_fingerprint().await?;
+                let payload = bytes::Bytes::from(batch.payload);
+                // The acknowledgement is read whole: only then is the batch
+                // known to be committed on the server.
+                let _: PushAck = state
+                    .call(
+                        options,
+                        |http, remote| {
+                            remote
+                                .authorize(http.post(format!("{}/push", remote.url)))
+                                .header(SCHEMA_HEADER, fingerprint_hex(fingerprint))
+                                .header(SITE_HEADER, self.site_id().to_string())
+                                .body(payload.clone())
+                        },
+                        |body| {
+                            serde_json::from_slice(body)
+                                .map_err(|e| format!("the push acknowledgement is unreadable: {e}"))
+                        },
+                    )
+                    .await?;
+                report.changes_sent += batch.changes;
+                report.bytes_sent += payload.len() as u64;
+                report.batches += 1;
+            }
+            self.store_sent_cursor(&url, batch.next.clone()).await?;
+            cursor = batch.next;
+            if let Some(progress) = &options.progress {
+                progress(&report);
+            }
+            if batch.complete {
+                return Ok(report);
+            }
+        }
+    }
+
+    /// [`check_changes`](Self::check_changes) with options: with a
+    /// [`wait`](SyncOptions::wait), the first request waits on the server until a
+    /// change arrives or the wait is over.
+    pub async fn check_changes_with(&self, options: &SyncOptions) -> Result<SyncReport> {
+        let state = self.remote_state().ok_or(Error::NoRemote)?;
+        let _one_at_a_time = state.receiving.lock().await;
+        let url = state.remote.url.clone();
+        let limits = state.remote.limits;
+        let mut cursor = self.remote_cursors(&url).await?.1;
+        let mut wait = options.wait;
+        let mut report = SyncReport::default();
+        loop {
+            let fingerprint = self.schema_fingerprint().await?;
+            let query = format!(
+                "{}/pull?cursor={}&wait={}&limit={}",
+                state.remote.url,
+                percent_encode(&cursor.to_string()),
+                wait.as_millis(),
+                limits.max_rows
+            );
+            let answer = state
+                .call(
+                    options,
+                    |http, remote| {
+                        remote
+                            .authorize(http.get(&query))
+                            .timeout(remote.timeout + wait)
+                            .header(SCHEMA_HEADER, fingerprint_hex(fingerprint))
+                            .header(SITE_HEADER, self.site_id().to_string())
+                    },
+                    |body| PullResponse::decode(body).map_err(|e| e.to_string()),
+                )
+                .await?;
+            let applied = self
+                .apply_received(&url, answer.payload.clone(), answer.next.clone())
+                .await?;
+            report.changes_received += applied.applied + applied.ignored;
+            report.applied += applied.applied;
+            report.bytes_received += answer.payload.len() as u64;
+            report.batches += 1;
+            cursor = answer.next;
+            if let Some(progress) = &options.progress {
+                progress(&report);
+            }
+            if answer.complete {
+                return Ok(report);
+            }
+            wait = Duration::ZERO;
+        }
+    }
+
+    /// Registers this database's tables on the server, creating the server
+    /// database if needed: how an admin sets up a server database from the app's
+    /// structs. Needs an API key ([`Remote::api_key`]); a user gets
+    /// [`Error::Forbidden`]. Registering the same tables again changes nothing.
+    pub async fn publish_schema(&self) -> Result<()> {
+        let state = self.remote_state().ok_or(Error::NoRemote)?;
+        let schemas = self.schemas().await?;
+        let body = serde_json::to_vec(&schemas).map_err(|e| Error::Corrupt {
+            details: format!("the schema does not serialise: {e}"),
+        })?;
+        state
+            .call(
+                &SyncOptions::default(),
+                |http, remote| {
+                    remote
+                        .authorize(http.put(format!("{}/schema", remote.url)))
+                        .header("content-type", "application/json")
+                        .body(body.clone())
+                },
+                |_| Ok(()),
+            )
+            .await
+    }
+
+    /// Whether changes made here have not been acknowledged by the server yet.
+    pub async fn has_unsent_changes(&self) -> Result<bool> {
+        let state = self.remote_state().ok_or(Error::NoRemote)?;
+        let mut cursor = self.remote_cursors(&state.remote.url).await?.0;
+        let limits = BatchLimits {
+            max_rows: 1_000,
+            max_bytes: usize::MAX,
+        };
+        loop {
+            let batch = self.export_batch(cursor, Scope::Local, limits).await?;
+            if batch.rows > 0 {
+                return Ok(true);
+            }
+            if batch.complete {
+                return Ok(false);
+            }
+            cursor = batch.next;
+        }
+    }
+
+    /// Starts over with the server: the next sync fetches every change again (and
+    /// sends every local one again), which merging makes harmless. For a device
+    /// that suspects it missed something, or a server restored from a backup.
+    pub async fn reset_sync_version(&self) -> Result<()> {
+        let state = self.remote_state().ok_or(Error::NoRemote)?;
+        let _sending = state.sending.lock().await;
+        let _receiving = state.receiving.lock().await;
+        let url = state.remote.url.clone();
+        self.call(move |w| {
+            w.conn
+                .execute("DELETE FROM _synced_remote WHERE url = ?1", [url])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Signs this device out: deletes every row of the synced tables and every
+    /// cursor, keeps the tables and their tracking, and gives the database a new
+    /// site id, so that the next user starts clean. Changes not sent yet are lost:
+    /// call [`send_changes`](Self::send_changes) first to keep them.
+    pub async fn logout(&self) -> Result<()> {
+        let state = self.remote_state();
+        let _sending = match &state {
+            Some(state) => Some(state.sending.lock().await),
+            None => None,
+        };
+        let _receiving = match &state {
+            Some(state) => Some(state.receiving.lock().await),
+            None => None,
+        };
+        let site = crate::id::SiteId::random().map_err(|e| Error::NoRandomness(e.to_string()))?;
+        self.call(move |w| crate::db::wipe(w, site)).await?;
+        self.set_site_id(site);
+        Ok(())
+    }
+
+    /// Syncs in the background until the returned handle is dropped: local changes
+    /// are sent as soon as they are committed, and a long-poll fetches others'
+    /// changes as soon as the server has them. After a failure, or when nothing
+    /// happens, it tries again every `interval`. Needs a Tokio runtime.
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime, like `tokio::spawn`.
+    pub fn auto_sync(&self, interval: Duration) -> AutoSync {
+        let (events, receiver) = mpsc::channel(64);
+        let sender = tokio::spawn(send_loop(self.clone(), interval, events.clone()));
+        let fetcher = tokio::spawn(receive_loop(self.clone(), interval, events));
+        AutoSync {
+            events: receiver,
+            tasks: vec![sender, fetcher],
+        }
+    }
+
+    /// The (sent, received) cursors kept for a server.
+    async fn remote_cursors(&self, url: &str) -> Result<(Cursor, Cursor)> {
+        let url = url.to_owned();
+        self.call(move |w| {
+            use rusqlite::OptionalExtension;
+            let stored: Option<(String, String)> = w
+                .conn
+                .query_row(
+                    "SELECT sent, received FROM _synced_remote WHERE url = ?1",
+                    [url],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let parse = |text: &str| {
+                text.parse::<Cursor>().map_err(|e| Error::Corrupt {
+                    details: format!("a stored sync cursor is unreadable: {e}"),
+                })
+            };
+            match stored {
+                None => Ok((Cursor::BEGINNING, Cursor::BEGINNING)),
+                Some((sent, received)) => Ok((parse(&sent)?, parse(&received)?)),
+            }
+        })
+        .await
+    }
+
+    async fn store_sent_cursor(&self, url: &str, cursor: Cursor) -> Result<()> {
+        let url = url.to_owned();
+        self.call(move |w| {
+            w.conn.execute(
+                "INSERT INTO _synced_remote (url, sent, received) VALUES (?1, ?2, '0') \
+                 ON CONFLICT (url) DO UPDATE SET sent = excluded.sent",
+                [url, cursor.to_string()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+impl RemoteState {
+    /// One request and the reading of its answer, tried again while the failure
+    /// may pass: an unreachable server, a server error, or an answer that `read`
+    /// finds damaged.
+    async fn call<T>(
+        &self,
+        options: &SyncOptions,
+        request: impl Fn(&reqwest::Client, &Remote) -> reqwest::RequestBuilder,
+        read: impl Fn(&[u8]) -> std::result::Result<T, String>,
+    ) -> Result<T> {
+        let mut attempt = 0;
+        loop {
+            let outcome = self
+                .call_once(request(&self.http, &self.remote))
+                .await
+                .and_then(|body| {
+                    read(&body).map_err(|message| Error::Server {
+                        status: 200,
+                        message,
+                    })
+                });
+            match outcome {
+                Err(e) if e.is_transient() && attempt < options.max_retries => {
+                    tokio::time::sleep(backoff(options, attempt)).await;
+                    attempt += 1;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn call_once(&self, request: reqwest::RequestBuilder) -> Result<bytes::Bytes> {
+        let offline = |e: reqwest::Error| Error::Offline {
+            url: self.remote.url.clone(),
+            reason: error_chain(&e),
+        };
+        let response = request.timeout(self.remote.timeout).send().await;
+        let response = response.map_err(offline)?;
+        let status = response.status().as_u16();
+        let body = response.bytes().await.map_err(|e| Error::Server {
+            status,
+            message: format!("the answer was cut short: {}", error_chain(&e)),
+        })?;
+        if (200..300).contains(&status) {
+            return Ok(body);
+        }
+        let message = match serde_json::from_slice::<ErrorBody>(&body) {
+            Ok(error) => error.message,
+            Err(_) => String::from_utf8_lossy(&body).chars().take(200).collect(),
+        };
+        Err(match status {
+            401 => Error::Unauthorized { message },
+            403 => Error::Forbidden { message },
+            409 => Error::ServerSchemaMismatch { message },
+            400..=499 if status != 408 && status != 429 => Error::Rejected { status, message },
+            _ => Error::Server { status, message },
+        })
+    }
+}
+
+impl Remote {
+    fn authorize(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.credentials {
+            None => request,
+            Some(Credentials::Bearer(token)) => request.bearer_auth(token),
+            Some(Credentials::ApiKey(key)) => request.header(API_KEY_HEADER, key),
+        }
+    }
+}
+
+/// The pause before retry `attempt` (0-based): exponential, capped, with jitter
+/// (half fixed, half random), so that devices that failed together do not retry
+/// together.
+fn backoff(options: &SyncOptions, attempt: u32) -> Duration {
+    let exponential = options
+        .backoff
+        .saturating_mul(1u32.checked_shl(attempt.min(16)).unwrap_or(u32::MAX));
+    let delay = exponential.min(options.max_backoff);
+    let mut random = [0u8; 8];
+    let fraction = match getrandom::fill(&mut random) {
+        Ok(()) => (u64::from_le_bytes(random) >> 11) as f64 / (1u64 << 53) as f64,
+        Err(_) => 0.5,
+    };
+    delay / 2 + delay.mul_f64(fraction / 2.0)
+}
+
+/// An error and its sources, one line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+/// Percent-encodes a query value (cursors hold table names).
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// What a background sync ([`SyncDb::auto_sync`]) did.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SyncEvent {
+    /// Local changes went to the server.
+    Sent(SyncReport),
+    /// Changes from elsewhere arrived and were applied: time to refresh views.
+    Received(SyncReport),
+    /// A sync failed; the loop tries again after its interval.
+    Failed(Error),
+}
+
+/// A background sync; it stops when dropped. Read its events with
+/// [`next`](Self::next) (events that are not read are dropped once 64 wait).
+#[derive(Debug)]
+pub struct AutoSync {
+    events: mpsc::Receiver<SyncEvent>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl AutoSync {
+    /// The next event; `None` once the loop stopped.
+    pub async fn next(&mut self) -> Option<SyncEvent> {
+        self.events.recv().await
+    }
+}
+
+impl Drop for AutoSync {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Sends local changes when a commit moves the version, and every `interval`.
+async fn send_loop(db: SyncDb, interval: Duration, events: mpsc::Sender<SyncEvent>) {
+    let mut versions = db.subscribe();
+    loop {
+        let event = match db.send_changes().await {
+            Ok(report) if report.changes_sent > 0 => Some(SyncEvent::Sent(report)),
+            Ok(_) => None,
+            Err(e) => Some(SyncEvent::Failed(e)),
+        };
+        if let Some(event) = event {
+            let _ = events.try_send(event);
+        }
+        tokio::select! {
+            changed = versions.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// Waits on the server for changes (long-poll) and applies them, again and again.
+async fn receive_loop(db: SyncDb, interval: Duration, events: mpsc::Sender<SyncEvent>) {
+    let options = SyncOptions {
+        wait: Duration::from_secs(25),
+        ..SyncOptions::default()
+    };
+    loop {
+        match db.check_changes_with(&options).await {
+            Ok(report) => {
+                if report.changes_received > 0 {
+                    let _ = events.try_send(SyncEvent::Received(report));
+                }
+            }
+            Err(e) => {
+                let _ = events.try_send(SyncEvent::Failed(e));
+                tokio::time::sleep(interval).await;
+            }
+        }
+    }
+}
