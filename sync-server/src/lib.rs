@@ -1,1 +1,193 @@
-//! The Synced sync server (being built).
+//! The Synced sync server: a replica that devices sync through over HTTP.
+//!
+//! The server holds named databases, each a full Synced replica that merges the
+//! changes clients push with the same engine as the clients, gives every accepted
+//! change a server version, and serves each client the changes it has not seen
+//! (excluding its own). Clients authenticate with an API key (admins, services) or
+//! a JWT (users); see [`config`] for the configuration and [`http`] for the API.
+//!
+//! The `sync-server` binary is a thin wrapper around [`Server`]; tests and demos
+//! start the same server in-process, on a free port:
+//!
+//! ```
+//! use sync_server::{Config, Server};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let data = tempfile::tempdir()?;
+//! let config = Config {
+//!     listen: "127.0.0.1:0".parse()?,
+//!     data: data.path().into(),
+//!     ..Config::default()
+//! };
+//! let server = Server::bind(config).await?;
+//! let health = format!("http://{}/health", server.local_addr());
+//! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+//! // `server.run()` would serve until Ctrl-C or SIGTERM instead.
+//! let running = tokio::spawn(server.run_until(async {
+//!     let _ = stopped.await;
+//! }));
+//!
+//! assert!(reqwest::get(&health).await?.status().is_success());
+//!
+//! let _ = stop.send(()); // a graceful shutdown
+//! running.await??;
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod auth;
+pub mod config;
+mod error;
+pub mod http;
+pub mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use sync_runtime::TableSchema;
+use tokio::net::TcpListener;
+
+pub use auth::{Authenticator, Principal};
+pub use config::{AuthConfig, Config, DatabaseConfig, Limits};
+pub use error::{Error, Result};
+pub use http::{AppState, router};
+pub use store::{Database, SqliteStore, Store};
+
+/// A server bound to its address, ready to [`run`](Server::run).
+pub struct Server {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    state: AppState,
+}
+
+impl Server {
+    /// Prepares a server from its configuration: reads the auth keys, opens the
+    /// data directory (a [`SqliteStore`]) and the configured databases with their
+    /// schemas, and binds the listening socket.
+    pub async fn bind(config: Config) -> Result<Self> {
+        let store = SqliteStore::open(&config.data).await?;
+        Self::bind_with_store(config, Arc::new(store)).await
+    }
+
+    /// Like [`bind`](Self::bind), with another store (`config.data` is not used).
+    pub async fn bind_with_store(config: Config, store: Arc<dyn Store>) -> Result<Self> {
+        config.validate()?;
+        let auth = Authenticator::new(&config.auth)?;
+        if !auth.accepts_anything() {
+            tracing::warn!(
+                "no API key and no JWT key configured: every request but /health gets 401"
+            );
+        }
+        for database in &config.databases {
+            let db = store.create(&database.name).await?;
+            if let Some(path) = &database.schema {
+                let schemas = read_schema_file(path)?;
+                db.set_schemas(schemas).await.map_err(|e| {
+                    Error::Config(format!(
+                        "cannot register the schema {} in database `{}`: {e}",
+                        path.display(),
+                        database.name
+                    ))
+                })?;
+            }
+        }
+        tracing::info!(databases = ?store.names().await?, "serving");
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| Error::Io {
+                what: format!("cannot listen on {}", config.listen),
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| Error::Io {
+            what: "cannot read the listening address".into(),
+            source,
+        })?;
+        Ok(Self {
+            listener,
+            local_addr,
+            state: AppState::new(store, auth, config.limits),
+        })
+    }
+
+    /// The address the server listens on (with the actual port when the
+    /// configuration asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The state shared by the handlers (for example its [`Store`]).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until Ctrl-C or SIGTERM, then shuts down gracefully (see
+    /// [`run_until`](Self::run_until)).
+    pub async fn run(self) -> Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Serves until `shutdown` completes; then it stops accepting connections,
+    /// wakes the pulls that wait for changes (they answer with what they have) and
+    /// returns once every request in flight has been answered.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        let state = self.state.clone();
+        let shutdown = async move {
+            shutdown.await;
+            tracing::info!("shutting down: finishing the requests in flight");
+            state.shut_down();
+        };
+        axum::serve(self.listener, router(self.state))
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(|source| Error::Io {
+                what: "the server stopped".into(),
+                source,
+            })
+    }
+}
+
+/// Completes on Ctrl-C or, on Unix, SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            // No handler could be installed: wait for the other signal only.
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut sigterm) => {
+                sigterm.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
+
+/// Reads a JSON file holding an array of table schemas.
+fn read_schema_file(path: &Path) -> Result<Vec<TableSchema>> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        what: format!("cannot read the schema file {}", path.display()),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| {
+        Error::Config(format!(
+            "{} is not a JSON array of table schemas: {e}",
+            path.display()
+        ))
+    })
+}

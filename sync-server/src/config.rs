@@ -1,0 +1,389 @@
+//! The server's configuration: a TOML file, overridden by command-line flags.
+//!
+//! ```toml
+//! listen = "0.0.0.0:8787"
+//! data = "/var/lib/synced"                    # relative paths: to this file
+//!
+//! [auth]
+//! # `sync-server hash-key <KEY>` prints this form; the key itself is never stored.
+//! api_keys = ["sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"]
+//! jwt_hs256_secret = "a long random secret"   # or the SYNCED_JWT_SECRET variable
+//! jwt_rs256_public_key = "keys/auth.pem"      # relative to this file
+//! issuer = "https://auth.example.com/"
+//! audience = "synced"
+//!
+//! [limits]
+//! max_body_bytes = 16777216
+//! max_batch_rows = 10000
+//! max_batch_bytes = 4194304
+//! request_timeout = "30s"
+//! max_wait = "60s"
+//!
+//! [[database]]
+//! name = "todo"
+//! schema = "todo.schema.json"                 # relative to this file
+//! ```
+//!
+//! Every section and field is optional; [`Config::default`] describes the defaults.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::auth::parse_key_hash;
+use crate::error::{Error, Result};
+use crate::store::valid_database_name;
+
+/// The environment variable that may hold the HS256 secret instead of the file.
+pub const JWT_SECRET_ENV: &str = "SYNCED_JWT_SECRET";
+
+/// The address the server listens on by default.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
+
+/// Everything the server needs to start.
+///
+/// Build one in code (tests, an in-process demo) or read it from a file with
+/// [`Config::load`]:
+///
+/// ```
+/// use sync_server::Config;
+///
+/// let config = Config {
+///     listen: "127.0.0.1:0".parse()?,
+///     data: "./cloud".into(),
+///     ..Config::default()
+/// };
+/// assert_eq!(config.limits.max_body_bytes, 16 * 1024 * 1024);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The socket address to listen on (default `127.0.0.1:8787`; port 0 picks a
+    /// free port, see [`Server::local_addr`](crate::Server::local_addr)).
+    pub listen: SocketAddr,
+    /// The data directory: one SQLite file per database, `<data>/<name>.db`.
+    /// Created if missing (default `synced-data`; in a file, a path relative to
+    /// the file, like every path there).
+    pub data: PathBuf,
+    /// Who may call the server.
+    pub auth: AuthConfig,
+    /// Request and batch limits.
+    pub limits: Limits,
+    /// Databases to create (if missing) at start, each with an optional schema.
+    /// Databases already in the data directory are served too.
+    #[serde(rename = "database")]
+    pub databases: Vec<DatabaseConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8787)),
+            data: PathBuf::from("synced-data"),
+            auth: AuthConfig::default(),
+            limits: Limits::default(),
+            databases: Vec::new(),
+        }
+    }
+}
+
+/// The `[auth]` section: API keys for admins and services, JWTs for users.
+///
+/// A request carries either an API key (header `x-api-key`) or a JWT
+/// (`Authorization: Bearer <jwt>`); without either, or with an invalid one, it gets
+/// 401. A JWT must carry `exp` and `sub` (the user id); `nbf` is checked when
+/// present, `iss` and `aud` when [`issuer`](Self::issuer) and
+/// [`audience`](Self::audience) are set. Only the algorithms with a configured key
+/// are accepted (HS256, RS256), so `alg: none` and algorithm confusion are refused.
+#[derive(Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Hashes of the accepted API keys, each `sha256:<64 hex digits>` (print one
+    /// with `sync-server hash-key <KEY>`). An API key grants admin access: schema
+    /// changes and every database.
+    pub api_keys: Vec<String>,
+    /// The shared secret of HS256 tokens. May instead come from the
+    /// `SYNCED_JWT_SECRET` environment variable ([`JWT_SECRET_ENV`]).
+    pub jwt_hs256_secret: Option<String>,
+    /// A PEM file with the RSA public key of RS256 tokens (a path relative to the
+    /// configuration file, when read from one).
+    pub jwt_rs256_public_key: Option<PathBuf>,
+    /// The required `iss` claim, if any.
+    pub issuer: Option<String>,
+    /// The required `aud` claim, if any. When unset, `aud` is not checked.
+    pub audience: Option<String>,
+}
+
+impl fmt::Debug for AuthConfig {
+    // The secret stays out of logs and panic messages.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field(
+                "api_keys",
+                &format_args!("[{} hashed keys]", self.api_keys.len()),
+            )
+            .field(
+                "jwt_hs256_secret",
+                &self.jwt_hs256_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("jwt_rs256_public_key", &self.jwt_rs256_public_key)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish()
+    }
+}
+
+/// The `[limits]` section. Durations are written `"500ms"`, `"30s"`, `"2m"` or as
+/// a number of seconds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// The largest request body accepted, in bytes (default 16 MiB); larger ones
+    /// get 413.
+    pub max_body_bytes: usize,
+    /// The most rows one pull returns (default 10,000); a client may ask for fewer
+    /// with `limit`.
+    pub max_batch_rows: usize,
+    /// The approximate largest payload one pull returns, in bytes (default 4 MiB).
+    pub max_batch_bytes: usize,
+    /// How long a request may work (default 30 s). A pull's long-poll wait comes on
+    /// top of it, so the whole request may take up to `request_timeout + max_wait`;
+    /// beyond that it gets 503.
+    #[serde(deserialize_with = "deserialize_duration")]
+    pub request_timeout: Duration,
+    /// The longest long-poll wait a pull may ask for (default 60 s); longer `wait`
+    /// values are cut to it.
+    #[serde(deserialize_with = "deserialize_duration")]
+    pub max_wait: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 16 * 1024 * 1024,
+            max_batch_rows: 10_000,
+            max_batch_bytes: 4 * 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+            max_wait: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Limits {
+    /// The time after which any request is cut off: the work time plus the longest
+    /// long-poll wait.
+    pub fn total_timeout(&self) -> Duration {
+        self.request_timeout.saturating_add(self.max_wait)
+    }
+}
+
+/// One `[[database]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// The database's name in URLs (`/v1/db/<name>/…`): 1 to 64 characters among
+    /// `a-z`, `0-9`, `_` and `-`.
+    pub name: String,
+    /// A JSON file with an array of table schemas (as `GET /v1/db/<name>/schema`
+    /// returns them, or `serde_json::to_string(&[T::SCHEMA])` prints them),
+    /// registered at start. A path relative to the configuration file.
+    pub schema: Option<PathBuf>,
+}
+
+impl Config {
+    /// Reads a configuration file, resolves its relative paths against the file's
+    /// directory, takes the HS256 secret from `SYNCED_JWT_SECRET` if the file has
+    /// none, and [validates](Self::validate) the result.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            what: format!("cannot read the configuration file {}", path.display()),
+            source,
+        })?;
+        let mut config = Self::parse(&text).map_err(|e| match e {
+            Error::Config(message) => Error::Config(format!("{}: {message}", path.display())),
+            other => other,
+        })?;
+        if let Some(base) = path.parent() {
+            config.resolve_paths(base);
+        }
+        config.secret_from_env();
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses the TOML text of a configuration (without validating it).
+    ///
+    /// ```
+    /// let config = sync_server::Config::parse(r#"
+    ///     listen = "127.0.0.1:9000"
+    ///     [limits]
+    ///     max_wait = "10s"
+    /// "#)?;
+    /// assert_eq!(config.limits.max_wait, std::time::Duration::from_secs(10));
+    /// # Ok::<(), sync_server::Error>(())
+    /// ```
+    pub fn parse(text: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| Error::Config(e.to_string()))
+    }
+
+    /// Fills [`AuthConfig::jwt_hs256_secret`] from the `SYNCED_JWT_SECRET`
+    /// environment variable when it is not set.
+    pub fn secret_from_env(&mut self) {
+        if self.auth.jwt_hs256_secret.is_none()
+            && let Ok(secret) = std::env::var(JWT_SECRET_ENV)
+            && !secret.is_empty()
+        {
+            self.auth.jwt_hs256_secret = Some(secret);
+        }
+    }
+
+    /// Checks what can be checked before starting: API key hashes, database names,
+    /// limits, and that the HS256 secret is not empty.
+    pub fn validate(&self) -> Result<()> {
+        for key in &self.auth.api_keys {
+            if parse_key_hash(key).is_none() {
+                return Err(Error::Config(
+                    "[auth] api_keys must hold `sha256:<64 hex digits>` hashes; \
+                     print one with `sync-server hash-key <KEY>`"
+                        .into(),
+                ));
+            }
+        }
+        if self.auth.jwt_hs256_secret.as_deref() == Some("") {
+            return Err(Error::Config(
+                "[auth] jwt_hs256_secret is empty; give a long random secret or remove it".into(),
+            ));
+        }
+        for database in &self.databases {
+            if !valid_database_name(&database.name) {
+                return Err(Error::Config(format!(
+                    "[[database]] name {:?} is not valid: use 1 to 64 characters among a-z, 0-9, _ and -",
+                    database.name
+                )));
+            }
+        }
+        let limits = &self.limits;
+        if limits.max_body_bytes == 0 || limits.max_batch_rows == 0 || limits.max_batch_bytes == 0 {
+            return Err(Error::Config(
+                "[limits] max_body_bytes, max_batch_rows and max_batch_bytes must be above 0"
+                    .into(),
+            ));
+        }
+        if limits.request_timeout.is_zero() {
+            return Err(Error::Config(
+                "[limits] request_timeout must be above 0".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut self.data);
+        if let Some(key) = &mut self.auth.jwt_rs256_public_key {
+            resolve(key);
+        }
+        for database in &mut self.databases {
+            if let Some(schema) = &mut database.schema {
+                resolve(schema);
+            }
+        }
+    }
+}
+
+/// Parses `"500ms"`, `"30s"`, `"2m"`, `"1h"` or a bare number of seconds.
+fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    match unit.trim() {
+        "ms" => Some(Duration::from_millis(number)),
+        "" | "s" => Some(Duration::from_secs(number)),
+        "m" => Some(Duration::from_secs(number.checked_mul(60)?)),
+        "h" => Some(Duration::from_secs(number.checked_mul(3600)?)),
+        _ => None,
+    }
+}
+
+fn deserialize_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Seconds(u64),
+        Text(String),
+    }
+    match Raw::deserialize(deserializer)? {
+        Raw::Seconds(s) => Ok(Duration::from_secs(s)),
+        Raw::Text(text) => parse_duration(&text).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "{text:?} is not a duration; write e.g. \"500ms\", \"30s\" or \"2m\""
+            ))
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_a_unit_or_seconds() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("30"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("soon"), None);
+        assert_eq!(parse_duration("5 days"), None);
+    }
+
+    #[test]
+    fn a_full_file_parses() {
+        let config = Config::parse(
+            r#"
+            listen = "0.0.0.0:9000"
+            data = "/srv/synced"
+            [auth]
+            api_keys = ["sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"]
+            jwt_hs256_secret = "s3cret"
+            issuer = "me"
+            audience = "synced"
+            [limits]
+            max_body_bytes = 1024
+            request_timeout = 5
+            max_wait = "250ms"
+            [[database]]
+            name = "todo"
+            schema = "todo.json"
+            "#,
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.limits.request_timeout, Duration::from_secs(5));
+        assert_eq!(config.limits.max_wait, Duration::from_millis(250));
+        assert_eq!(config.databases[0].name, "todo");
+        assert!(!format!("{config:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn mistakes_are_reported_not_ignored() {
+        assert!(Config::parse("lisen = \"127.0.0.1:1\"").is_err());
+        assert!(Config::parse("[limits]\nmax_wait = \"forever\"").is_err());
+        let bad_key = Config::parse("[auth]\napi_keys = [\"plaintext\"]").unwrap();
+        assert!(bad_key.validate().is_err());
+        let bad_name = Config::parse("[[database]]\nname = \"Todo!\"").unwrap();
+        assert!(bad_name.validate().is_err());
+    }
+}

@@ -1,0 +1,153 @@
+//! The server's error type, and the one place where errors become HTTP responses.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use sync_runtime::protocol::ErrorBody;
+
+/// `Result` with [`Error`] as the default error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the server: at start (configuration, files,
+/// binding) and while serving a request.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
+    /// A file or directory could not be read or written.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// What the operating system said.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The request carries no valid credentials (401). The message says why,
+    /// never what the credentials were.
+    #[error("{0}")]
+    Unauthorized(String),
+
+    /// The credentials are valid but do not allow this request (403).
+    #[error("{0}")]
+    Forbidden(String),
+
+    /// No database has this name on this server (404).
+    #[error(
+        "database `{0}` does not exist on this server; an admin creates it by putting its schema"
+    )]
+    DatabaseNotFound(String),
+
+    /// No endpoint has this path (404).
+    #[error("no endpoint at {0}")]
+    RouteNotFound(String),
+
+    /// The request is malformed: a bad database name, header, cursor or body (400).
+    #[error("{0}")]
+    BadRequest(String),
+
+    /// The client's schema differs from the database's (409). The client keeps its
+    /// changes; it must use the server's schema (or the admin must update it).
+    #[error(
+        "schema mismatch: the client's schema fingerprint is {client}, database `{database}` has {server}; \
+         update the app or the server's schema"
+    )]
+    SchemaMismatch {
+        /// The database.
+        database: String,
+        /// The client's fingerprint, as sent.
+        client: String,
+        /// The database's fingerprint.
+        server: String,
+    },
+
+    /// The request body is larger than `max_body_bytes` (413).
+    #[error("the request body is larger than the limit of {limit} bytes; send smaller batches")]
+    PayloadTooLarge {
+        /// The limit, in bytes.
+        limit: usize,
+    },
+
+    /// The server is shutting down or overloaded (503).
+    #[error("{0}")]
+    Unavailable(String),
+
+    /// An error of the sync engine: bad input (400, 409) or a storage failure
+    /// (500), see [`Error::status`].
+    #[error(transparent)]
+    Runtime(#[from] sync_runtime::Error),
+}
+
+impl Error {
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        use sync_runtime::Error as R;
+        match self {
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::DatabaseNotFound(_) | Error::RouteNotFound(_) => StatusCode::NOT_FOUND,
+            Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::SchemaMismatch { .. } => StatusCode::CONFLICT,
+            Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Runtime(e) => match e {
+                R::SchemaMismatch { .. } => StatusCode::CONFLICT,
+                // What a client sent is wrong: a damaged payload, a table or
+                // column the database does not have, a value of the wrong type,
+                // an invalid schema.
+                R::InvalidSchema(_)
+                | R::Payload(_)
+                | R::UnknownTable { .. }
+                | R::UnknownColumn { .. }
+                | R::WrongType { .. }
+                | R::Decode { .. }
+                | R::Constraint { .. }
+                | R::GrowOnly { .. }
+                | R::NotRegistered { .. } => StatusCode::BAD_REQUEST,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            Error::Config(_) | Error::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The machine-readable code of [`ErrorBody`] for a status.
+    pub fn code(status: StatusCode) -> &'static str {
+        match status {
+            StatusCode::UNAUTHORIZED => "unauthorized",
+            StatusCode::FORBIDDEN => "forbidden",
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::CONFLICT => "schema_mismatch",
+            StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+            s if s.is_client_error() => "bad_request",
+            _ => "server_error",
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let message = if status.is_server_error() && !matches!(self, Error::Unavailable(_)) {
+            // The details stay in the server's log.
+            tracing::error!(error = %self, "request failed");
+            "the server failed to handle the request; it is logged, retry later".to_owned()
+        } else {
+            self.to_string()
+        };
+        error_response(status, message)
+    }
+}
+
+/// An error response with an [`ErrorBody`] for `status`.
+pub(crate) fn error_response(status: StatusCode, message: String) -> Response {
+    let body = ErrorBody {
+        code: Error::code(status).to_owned(),
+        message,
+    };
+    (status, Json(body)).into_response()
+}

@@ -1,0 +1,389 @@
+//! The HTTP API: routes, handlers and the layers around them.
+//!
+//! | method and path | who | what |
+//! |---|---|---|
+//! | `GET /health` | anyone | `{"status":"ok"}` |
+//! | `POST /v1/db/{name}/push` | API key or JWT | merges the payload in the body; replies with a [`PushAck`] once committed |
+//! | `GET /v1/db/{name}/pull?cursor=&wait=&limit=` | API key or JWT | the changes after `cursor` not made by the caller's site, as a [`PullResponse`]; waits up to `wait` ms for one |
+//! | `GET /v1/db/{name}/schema` | API key or JWT | the registered tables, a JSON array of [`TableSchema`] |
+//! | `PUT /v1/db/{name}/schema` | API key | registers the tables in the body (a JSON array), creating the database if needed |
+//!
+//! Push and pull carry the client's schema fingerprint in the `synced-schema`
+//! header (409 when it differs from the database's); pull carries the client's site
+//! id in `synced-site`. Every error has a JSON
+//! [`ErrorBody`](protocol::ErrorBody).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use bytes::Bytes;
+use serde::Deserialize;
+use sync_runtime::protocol::{self, PullResponse, PushAck, SCHEMA_HEADER, SITE_HEADER};
+use sync_runtime::{Batch, BatchLimits, Cursor, SiteId, TableSchema};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::auth::{Authenticator, Principal};
+use crate::config::Limits;
+use crate::error::{Error, Result, error_response};
+use crate::store::{Database, MAX_NAME_LEN, Store, valid_database_name};
+
+/// What every handler shares: the store, the authenticator, the limits, and the
+/// shutdown signal that wakes long-polls.
+#[derive(Clone)]
+pub struct AppState {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    store: Arc<dyn Store>,
+    auth: Authenticator,
+    limits: Limits,
+    shutdown: watch::Sender<bool>,
+    /// Pulls waiting for changes right now.
+    waiting: AtomicUsize,
+}
+
+impl AppState {
+    /// The state of a server with these parts.
+    pub fn new(store: Arc<dyn Store>, auth: Authenticator, limits: Limits) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                store,
+                auth,
+                limits,
+                shutdown: watch::Sender::new(false),
+                waiting: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.shared.store
+    }
+
+    /// The limits requests are held to.
+    pub fn limits(&self) -> &Limits {
+        &self.shared.limits
+    }
+
+    /// How many pulls are waiting for changes (long-polls) right now.
+    pub fn waiting_pulls(&self) -> usize {
+        self.shared.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Starts shutting down: waiting pulls return what they have now.
+    pub fn shut_down(&self) {
+        self.shared.shutdown.send_replace(true);
+    }
+
+    /// The database `name`: 400 for an invalid name, 404 if it does not exist.
+    async fn database(&self, name: &str) -> Result<Arc<dyn Database>> {
+        check_name(name)?;
+        self.shared
+            .store
+            .database(name)
+            .await?
+            .ok_or_else(|| Error::DatabaseNotFound(name.to_owned()))
+    }
+}
+
+/// The server's routes with their layers: authentication on `/v1`, the body limit,
+/// the request timeout, JSON bodies for every error, and request tracing.
+pub fn router(state: AppState) -> Router {
+    let limits = state.limits().clone();
+    let api = Router::new()
+        .route("/v1/db/{name}/push", post(push))
+        .route("/v1/db/{name}/pull", get(pull))
+        .route("/v1/db/{name}/schema", get(get_schema).put(put_schema))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    Router::new()
+        .route("/health", get(health))
+        .merge(api)
+        .fallback(no_route)
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            limits.total_timeout(),
+        ))
+        .layer(middleware::map_response(fill_error_body))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Rejects requests without valid credentials (401) and hands the caller to the
+/// handlers as an `Extension<Principal>`.
+async fn authenticate(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response> {
+    let principal = state.shared.auth.authenticate(request.headers())?;
+    request.extensions_mut().insert(principal);
+    Ok(next.run(request).await)
+}
+
+/// Gives an [`ErrorBody`](protocol::ErrorBody) to the error responses made
+/// outside the handlers (a timeout, a method not allowed).
+async fn fill_error_body(response: Response) -> Response {
+    use axum::body::HttpBody;
+    let status = response.status();
+    let is_error = status.is_client_error() || status.is_server_error();
+    if !is_error || response.body().size_hint().exact() != Some(0) {
+        return response;
+    }
+    let message = match status {
+        StatusCode::SERVICE_UNAVAILABLE => "the request took longer than the server allows".into(),
+        StatusCode::METHOD_NOT_ALLOWED => "this endpoint does not take this method".into(),
+        other => other.canonical_reason().unwrap_or("error").to_owned(),
+    };
+    error_response(status, message)
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn no_route(request: Request) -> Error {
+    Error::RouteNotFound(request.uri().path().to_owned())
+}
+
+async fn push(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Extension(caller): Extension<Principal>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<PushAck>> {
+    let db = state.database(&name).await?;
+    let body = body.map_err(|rejection| body_error(&rejection, state.limits()))?;
+    check_schema(&*db, &name, &headers).await?;
+    let ack = db.push(&body).await?;
+    tracing::debug!(
+        database = %name,
+        caller = %caller,
+        bytes = body.len(),
+        applied = ack.applied,
+        ignored = ack.ignored,
+        version = ack.version,
+        "push merged"
+    );
+    Ok(Json(ack))
+}
+
+/// The query of a pull.
+#[derive(Debug, Deserialize)]
+struct PullQuery {
+    /// Where to continue (the `next` of the previous pull); the beginning if absent.
+    cursor: Option<String>,
+    /// How long to wait for a change when there is none, in milliseconds.
+    wait: Option<u64>,
+    /// The most rows to return.
+    limit: Option<usize>,
+}
+
+async fn pull(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<PullQuery>, QueryRejection>,
+) -> Result<Response> {
+    let db = state.database(&name).await?;
+    check_schema(&*db, &name, &headers).await?;
+    let site = parse_site(required_header(&headers, SITE_HEADER)?)?;
+    let Query(query) =
+        query.map_err(|e| Error::BadRequest(format!("bad pull query: {}", e.body_text())))?;
+    let from = match query.cursor.as_deref() {
+        None | Some("") => Cursor::BEGINNING,
+        Some(text) => text
+            .parse::<Cursor>()
+            .map_err(|e| Error::BadRequest(format!("the cursor {text:?} is not valid: {e}")))?,
+    };
+    let limits = state.limits();
+    let wait = Duration::from_millis(query.wait.unwrap_or(0)).min(limits.max_wait);
+    let batch_limits = BatchLimits {
+        max_rows: query
+            .limit
+            .unwrap_or(limits.max_batch_rows)
+            .clamp(1, limits.max_batch_rows),
+        max_bytes: limits.max_batch_bytes,
+    };
+    let batch = wait_for_changes(&state, &*db, from, site, batch_limits, wait).await?;
+    tracing::debug!(database = %name, rows = batch.rows, next = %batch.next, "pull served");
+    let body = PullResponse {
+        payload: batch.payload,
+        next: batch.next,
+        complete: batch.complete,
+    }
+    .encode();
+    Ok(([(CONTENT_TYPE, "application/octet-stream")], body).into_response())
+}
+
+/// Exports the changes after `from`; when there are none yet, waits for the
+/// database's version to move (or the wait to end, or the server to shut down)
+/// and looks again.
+async fn wait_for_changes(
+    state: &AppState,
+    db: &dyn Database,
+    mut from: Cursor,
+    site: SiteId,
+    limits: BatchLimits,
+    wait: Duration,
+) -> Result<Batch> {
+    let deadline = Instant::now() + wait;
+    let mut shutdown = state.shared.shutdown.subscribe();
+    let mut versions = db.subscribe();
+    let mut waiting = None;
+    loop {
+        // Marked seen before the export: a commit after this point either is in
+        // the export or wakes the wait below.
+        versions.borrow_and_update();
+        let batch = db.pull(from.clone(), site, limits).await?;
+        let nothing_new = batch.rows == 0 && batch.complete;
+        if !nothing_new || wait.is_zero() || *shutdown.borrow() {
+            return Ok(batch);
+        }
+        // What was skipped (the caller's own changes) need not be read again.
+        from = batch.next.clone();
+        waiting.get_or_insert_with(|| Waiting::start(&state.shared.waiting));
+        tokio::select! {
+            changed = versions.changed() => if changed.is_err() { return Ok(batch) },
+            () = tokio::time::sleep_until(deadline) => return Ok(batch),
+            _ = shutdown.changed() => return Ok(batch),
+        }
+    }
+}
+
+/// Counts a waiting pull for as long as it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn start(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn get_schema(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<TableSchema>>> {
+    let db = state.database(&name).await?;
+    Ok(Json(db.schemas().await?))
+}
+
+async fn put_schema(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Extension(caller): Extension<Principal>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Vec<TableSchema>>> {
+    if !caller.is_admin() {
+        return Err(Error::Forbidden(
+            "only an API key may change a database's schema".into(),
+        ));
+    }
+    check_name(&name)?;
+    let body = body.map_err(|rejection| body_error(&rejection, state.limits()))?;
+    let schemas: Vec<TableSchema> = serde_json::from_slice(&body).map_err(|e| {
+        Error::BadRequest(format!(
+            "the body is not a JSON array of table schemas: {e}"
+        ))
+    })?;
+    for schema in &schemas {
+        schema
+            .validate()
+            .map_err(|e| Error::Runtime(sync_runtime::Error::InvalidSchema(e)))?;
+    }
+    let db = state.store().create(&name).await?;
+    db.set_schemas(schemas).await?;
+    let fingerprint = protocol::fingerprint_hex(db.fingerprint().await?);
+    tracing::info!(database = %name, caller = %caller, %fingerprint, "schema registered");
+    Ok(Json(db.schemas().await?))
+}
+
+fn check_name(name: &str) -> Result<()> {
+    if valid_database_name(name) {
+        Ok(())
+    } else {
+        Err(Error::BadRequest(format!(
+            "{name:?} is not a database name: use 1 to {MAX_NAME_LEN} characters among a-z, 0-9, _ and -"
+        )))
+    }
+}
+
+/// 409 unless the client's `synced-schema` header matches the database.
+async fn check_schema(db: &dyn Database, name: &str, headers: &HeaderMap) -> Result<()> {
+    let sent = required_header(headers, SCHEMA_HEADER)?;
+    let client = protocol::parse_fingerprint(sent).ok_or_else(|| {
+        Error::BadRequest(format!(
+            "the {SCHEMA_HEADER} header must be a schema fingerprint (16 hex digits)"
+        ))
+    })?;
+    let server = db.fingerprint().await?;
+    if client == server {
+        Ok(())
+    } else {
+        Err(Error::SchemaMismatch {
+            database: name.to_owned(),
+            client: protocol::fingerprint_hex(client),
+            server: protocol::fingerprint_hex(server),
+        })
+    }
+}
+
+/// The one value of header `name`.
+fn required_header<'h>(headers: &'h HeaderMap, name: &str) -> Result<&'h str> {
+    let mut values = headers.get_all(name).iter();
+    let value = values
+        .next()
+        .ok_or_else(|| Error::BadRequest(format!("the {name} header is missing")))?;
+    if values.next().is_some() {
+        return Err(Error::BadRequest(format!(
+            "the {name} header is sent more than once"
+        )));
+    }
+    value
+        .to_str()
+        .map_err(|_| Error::BadRequest(format!("the {name} header is not text")))
+}
+
+fn parse_site(text: &str) -> Result<SiteId> {
+    text.trim().parse().map_err(|_| {
+        Error::BadRequest(format!(
+            "the {SITE_HEADER} header must be a site id (32 hex digits)"
+        ))
+    })
+}
+
+/// A body that could not be read: too large (413) or cut off (400).
+fn body_error(rejection: &BytesRejection, limits: &Limits) -> Error {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        Error::PayloadTooLarge {
+            limit: limits.max_body_bytes,
+        }
+    } else {
+        Error::BadRequest(format!(
+            "the request body could not be read: {}",
+            rejection.body_text()
+        ))
+    }
+}

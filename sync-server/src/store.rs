@@ -1,0 +1,272 @@
+//! Storage behind the HTTP layer: a [`Store`] of named [`Database`]s.
+//!
+//! The handlers only see these two traits, so another store (PostgreSQL, for
+//! several server processes behind a load balancer) can be added without touching
+//! them. The embedded default is [`SqliteStore`]: one SQLite file per database,
+//! each a full replica that merges pushes with the same engine as the clients.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use sync_runtime::protocol::PushAck;
+use sync_runtime::{Batch, BatchLimits, Cursor, Scope, SiteId, SyncDb, TableSchema};
+use tokio::sync::{Mutex, watch};
+
+use crate::error::{Error, Result};
+
+/// A boxed future, so that [`Store`] and [`Database`] can be used as trait objects.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The longest database name.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Whether `name` can name a database: 1 to 64 characters among `a-z`, `0-9`, `_`
+/// and `-` (so it is safe as a file name and in a URL).
+///
+/// ```
+/// use sync_server::store::valid_database_name;
+///
+/// assert!(valid_database_name("todo-2"));
+/// assert!(!valid_database_name("../etc"));
+/// assert!(!valid_database_name("Todo"));
+/// ```
+pub fn valid_database_name(name: &str) -> bool {
+    (1..=MAX_NAME_LEN).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// The named databases of a server.
+pub trait Store: Send + Sync + 'static {
+    /// The database called `name`, or `None` if there is none.
+    fn database<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Arc<dyn Database>>>>;
+
+    /// The database called `name`, created empty if there is none.
+    fn create<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Arc<dyn Database>>>;
+
+    /// The names of the databases this store holds now, sorted.
+    fn names(&self) -> BoxFuture<'_, Result<Vec<String>>>;
+}
+
+/// One database: a replica that accepts pushes and serves pulls.
+pub trait Database: Send + Sync + 'static {
+    /// Merges a payload into the database. Returns only once the merge is
+    /// committed (durable), with the database's version after it.
+    fn push<'a>(&'a self, payload: &'a [u8]) -> BoxFuture<'a, Result<PushAck>>;
+
+    /// The changes after `from` not made by `site`, bounded by `limits`.
+    fn pull(&self, from: Cursor, site: SiteId, limits: BatchLimits)
+    -> BoxFuture<'_, Result<Batch>>;
+
+    /// The registered tables.
+    fn schemas(&self) -> BoxFuture<'_, Result<Vec<TableSchema>>>;
+
+    /// Registers tables (idempotent for tables already registered with the same
+    /// shape; a table registered with another shape is an error).
+    fn set_schemas(&self, schemas: Vec<TableSchema>) -> BoxFuture<'_, Result<()>>;
+
+    /// The fingerprint of the registered tables, which clients must match.
+    fn fingerprint(&self) -> BoxFuture<'_, Result<u64>>;
+
+    /// The database's version, updated after every commit that created one: a
+    /// pull that found nothing waits on it for new changes.
+    fn subscribe(&self) -> watch::Receiver<i64>;
+}
+
+/// The embedded store: a directory with one SQLite file per database,
+/// `<dir>/<name>.db`, each opened once and kept open.
+///
+/// ```
+/// use sync_server::store::{SqliteStore, Store};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> sync_server::Result<()> {
+/// let dir = tempfile::tempdir().unwrap();
+/// let store = SqliteStore::open(dir.path()).await?;
+/// assert!(store.database("todo").await?.is_none());
+/// store.create("todo").await?;
+/// assert_eq!(store.names().await?, ["todo"]);
+/// assert!(dir.path().join("todo.db").exists());
+/// # Ok(())
+/// # }
+/// ```
+pub struct SqliteStore {
+    dir: PathBuf,
+    open: Mutex<HashMap<String, Arc<SqliteDatabase>>>,
+}
+
+/// The file extension of database files.
+const EXTENSION: &str = "db";
+
+impl SqliteStore {
+    /// Opens a data directory (created if missing) and every database file in it.
+    /// Files whose names are not valid database names are left alone.
+    pub async fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
+            what: format!("cannot create the data directory {}", dir.display()),
+            source,
+        })?;
+        let store = Self {
+            dir,
+            open: Mutex::new(HashMap::new()),
+        };
+        for name in store.names_on_disk()? {
+            store.open_database(&name, false).await?;
+        }
+        Ok(store)
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path_of(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.{EXTENSION}"))
+    }
+
+    fn names_on_disk(&self) -> Result<Vec<String>> {
+        let entries = std::fs::read_dir(&self.dir).map_err(|source| Error::Io {
+            what: format!("cannot list the data directory {}", self.dir.display()),
+            source,
+        })?;
+        let mut names = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some(EXTENSION) {
+                continue;
+            }
+            if let Some(name) = path.file_stem().and_then(|s| s.to_str())
+                && valid_database_name(name)
+            {
+                names.push(name.to_owned());
+            }
+        }
+        Ok(names)
+    }
+
+    /// The open database `name`; opens its file first if it exists (or if
+    /// `create`). `None` when there is no such database.
+    async fn open_database(&self, name: &str, create: bool) -> Result<Option<Arc<SqliteDatabase>>> {
+        if !valid_database_name(name) {
+            return Err(Error::BadRequest(format!(
+                "`{name}` is not a database name: use 1 to {MAX_NAME_LEN} characters among a-z, 0-9, _ and -"
+            )));
+        }
+        // Held across the open, so that a database is opened once.
+        let mut open = self.open.lock().await;
+        if let Some(db) = open.get(name) {
+            return Ok(Some(Arc::clone(db)));
+        }
+        let path = self.path_of(name);
+        if !create && !path.exists() {
+            return Ok(None);
+        }
+        let db = Arc::new(SqliteDatabase::open(&path).await?);
+        tracing::info!(database = name, path = %path.display(), "database opened");
+        open.insert(name.to_owned(), Arc::clone(&db));
+        Ok(Some(db))
+    }
+}
+
+impl Store for SqliteStore {
+    fn database<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Arc<dyn Database>>>> {
+        Box::pin(async move {
+            let db = self.open_database(name, false).await?;
+            Ok(db.map(|db| db as Arc<dyn Database>))
+        })
+    }
+
+    fn create<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Arc<dyn Database>>> {
+        Box::pin(async move {
+            match self.open_database(name, true).await? {
+                Some(db) => Ok(db as Arc<dyn Database>),
+                None => Err(Error::DatabaseNotFound(name.to_owned())),
+            }
+        })
+    }
+
+    fn names(&self) -> BoxFuture<'_, Result<Vec<String>>> {
+        Box::pin(async move {
+            let mut names = self.names_on_disk()?;
+            names.extend(self.open.lock().await.keys().cloned());
+            names.sort();
+            names.dedup();
+            Ok(names)
+        })
+    }
+}
+
+/// One database of a [`SqliteStore`]: a [`SyncDb`] replica.
+pub struct SqliteDatabase {
+    db: SyncDb,
+}
+
+impl SqliteDatabase {
+    /// Opens (or creates) the database file at `path`.
+    pub async fn open(path: &Path) -> Result<Self> {
+        Ok(Self {
+            db: SyncDb::open(path).await?,
+        })
+    }
+
+    /// The replica itself.
+    pub fn sync_db(&self) -> &SyncDb {
+        &self.db
+    }
+}
+
+impl Database for SqliteDatabase {
+    fn push<'a>(&'a self, payload: &'a [u8]) -> BoxFuture<'a, Result<PushAck>> {
+        Box::pin(async move {
+            let report = self.db.apply_changes(payload).await?;
+            // Read after the commit: at or above the version the merge created.
+            let version = self.db.db_version().await?;
+            Ok(PushAck {
+                applied: report.applied as u64,
+                ignored: report.ignored as u64,
+                version,
+            })
+        })
+    }
+
+    fn pull(
+        &self,
+        from: Cursor,
+        site: SiteId,
+        limits: BatchLimits,
+    ) -> BoxFuture<'_, Result<Batch>> {
+        Box::pin(async move {
+            Ok(self
+                .db
+                .export_batch(from, Scope::Except(site), limits)
+                .await?)
+        })
+    }
+
+    fn schemas(&self) -> BoxFuture<'_, Result<Vec<TableSchema>>> {
+        Box::pin(async move { Ok(self.db.schemas().await?) })
+    }
+
+    fn set_schemas(&self, schemas: Vec<TableSchema>) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            for schema in schemas {
+                self.db.register_schema(schema).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn fingerprint(&self) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(async move { Ok(self.db.schema_fingerprint().await?) })
+    }
+
+    fn subscribe(&self) -> watch::Receiver<i64> {
+        self.db.subscribe()
+    }
+}

@@ -1,0 +1,171 @@
+//! The `sync-server` binary: flags, config file, the `listening on` line, SIGTERM.
+
+#![allow(clippy::unwrap_used)] // in tests, a failed unwrap is a failed assertion
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use reqwest::StatusCode;
+use sync_runtime::Synced;
+use sync_runtime::protocol::API_KEY_HEADER;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sync-server");
+
+/// A running `sync-server` process, killed if the test ends without stopping it.
+struct Process {
+    child: Child,
+    url: String,
+}
+
+impl Process {
+    /// Starts the binary and reads the address from its `listening on` line.
+    fn start(args: &[&str]) -> Process {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env_remove("SYNCED_JWT_SECRET")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        let stdout = child.stdout.take().unwrap();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+            .to_owned();
+        Process { child, url }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_binary_serves_on_an_ephemeral_port_and_stops_on_sigterm() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("cloud");
+    let process = Process::start(&["--listen", "127.0.0.1:0", "--data", dir.to_str().unwrap()]);
+    assert!(!process.url.ends_with(":0"), "{}", process.url);
+
+    let health = reqwest::get(format!("{}/health", process.url))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    assert!(dir.is_dir(), "the data directory was not created");
+
+    assert!(process.terminate().success());
+}
+
+#[tokio::test]
+async fn the_config_file_sets_keys_and_databases() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("todo.json"),
+        serde_json::to_string(&[Todo::SCHEMA]).unwrap(),
+    )
+    .unwrap();
+    let config = format!(
+        r#"
+        listen = "127.0.0.1:0"
+        data = "data"
+
+        [auth]
+        api_keys = ["{}"]
+
+        [limits]
+        max_wait = "5s"
+
+        [[database]]
+        name = "todo"
+        schema = "todo.json"
+        "#,
+        sync_server::auth::hash_key("from-the-config")
+    );
+    let config_path = dir.path().join("server.toml");
+    std::fs::write(&config_path, config).unwrap();
+
+    let process = Process::start(&["--config", config_path.to_str().unwrap()]);
+    let http = reqwest::Client::new();
+    let response = http
+        .get(format!("{}/v1/db/todo/schema", process.url))
+        .header(API_KEY_HEADER, "from-the-config")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let tables: Vec<sync_runtime::TableSchema> =
+        serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    assert_eq!(tables, std::slice::from_ref(Todo::SCHEMA));
+    assert!(dir.path().join("data/todo.db").exists());
+    assert!(process.terminate().success());
+}
+
+#[test]
+fn an_invalid_config_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("server.toml");
+    std::fs::write(&config_path, "[auth]\napi_keys = [\"my-plain-key\"]\n").unwrap();
+    let output = Command::new(BIN)
+        .args([
+            "--config",
+            config_path.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("hash-key"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let missing = Command::new(BIN)
+        .args(["--config", "/nonexistent/server.toml"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/server.toml"));
+}
+
+#[test]
+fn hash_key_prints_the_form_for_the_config() {
+    let output = Command::new(BIN)
+        .args(["hash-key", "foo"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
+    );
+}

@@ -1,0 +1,376 @@
+//! A real server on an ephemeral loopback port, real client databases, real HTTP.
+
+#![allow(dead_code, unreachable_pub)] // each test file uses a part of these helpers
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use reqwest::{RequestBuilder, Response, StatusCode};
+use serde::Serialize;
+use sync_runtime::protocol::{
+    API_KEY_HEADER, ErrorBody, PullResponse, PushAck, SCHEMA_HEADER, SITE_HEADER, fingerprint_hex,
+};
+use sync_runtime::{BatchLimits, Cursor, Scope, SyncDb, SyncId, Synced};
+use sync_server::{AppState, AuthConfig, Config, Limits, Server, auth};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The admin API key of test servers.
+pub const ADMIN_KEY: &str = "test-admin-key";
+/// The HS256 secret of test servers.
+pub const SECRET: &str = "a test secret that is long enough";
+/// The database tests sync through.
+pub const DB: &str = "todo";
+/// The bound of every wait in these tests: nothing should come close.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+pub fn keys_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/keys")
+}
+
+#[derive(Synced, Debug, Clone, PartialEq)]
+#[synced(table = "todos")]
+pub struct Todo {
+    #[synced(primary_key)]
+    pub id: SyncId,
+    pub title: String,
+    #[synced(default = false)]
+    pub done: bool,
+}
+
+impl Todo {
+    pub fn new(title: &str) -> Self {
+        Self {
+            id: SyncId::new(),
+            title: title.into(),
+            done: false,
+        }
+    }
+}
+
+/// A server running in this process, with its data directory.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    pub http: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<sync_server::Result<()>>>,
+    pub data: TempDir,
+}
+
+/// A configuration with an admin key, an HS256 secret and an RS256 public key.
+pub fn test_config(data: &std::path::Path) -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data: data.to_path_buf(),
+        auth: AuthConfig {
+            api_keys: vec![auth::hash_key(ADMIN_KEY)],
+            jwt_hs256_secret: Some(SECRET.into()),
+            jwt_rs256_public_key: Some(keys_dir().join("rs256-public.pem")),
+            issuer: None,
+            audience: None,
+        },
+        limits: Limits {
+            max_wait: Duration::from_secs(30),
+            ..Limits::default()
+        },
+        databases: Vec::new(),
+    }
+}
+
+impl TestServer {
+    /// A server with [`test_config`].
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// A server with [`test_config`] changed by `adjust`.
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let mut config = test_config(data.path());
+        adjust(&mut config);
+        let server = Server::bind(config).await.unwrap();
+        let addr = server.local_addr();
+        let state = server.state().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.run_until(async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            state,
+            http: reqwest::Client::builder()
+                .timeout(PATIENCE)
+                .build()
+                .unwrap(),
+            stop: Some(stop),
+            task: Some(task),
+            data,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Starts a graceful shutdown.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Shuts down and waits until the server has stopped.
+    pub async fn stop(mut self) -> sync_server::Result<()> {
+        self.begin_shutdown();
+        let task = self.task.take().unwrap();
+        tokio::time::timeout(PATIENCE, task).await.unwrap().unwrap()
+    }
+
+    pub fn as_admin(&self, request: RequestBuilder) -> RequestBuilder {
+        request.header(API_KEY_HEADER, ADMIN_KEY)
+    }
+
+    /// Creates the test database with the schema of [`Todo`].
+    pub async fn create_todo_db(&self) {
+        let body = serde_json::to_vec(&[Todo::SCHEMA]).unwrap();
+        let response = self
+            .as_admin(self.http.put(self.url(&format!("/v1/db/{DB}/schema"))))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "{}",
+            text(response).await
+        );
+    }
+
+    /// Waits (polling) until `n` pulls wait for changes on the server.
+    pub async fn until_waiting_pulls(&self, n: usize) {
+        tokio::time::timeout(PATIENCE, async {
+            while self.state.waiting_pulls() != n {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+        .await
+        .expect("the pull never started waiting");
+    }
+}
+
+/// A device: its own database file with the [`Todo`] table.
+pub struct Device {
+    pub db: SyncDb,
+    pub token: String,
+    _dir: TempDir,
+}
+
+impl Device {
+    pub async fn new(user: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SyncDb::open(dir.path().join("device.db")).await.unwrap();
+        db.register::<Todo>().await.unwrap();
+        Self {
+            db,
+            token: hs256_token(&Claims::valid(user)),
+            _dir: dir,
+        }
+    }
+
+    pub async fn fingerprint(&self) -> String {
+        fingerprint_hex(self.db.schema_fingerprint().await.unwrap())
+    }
+
+    /// Everything this device wrote, as one payload.
+    pub async fn local_changes(&self) -> Vec<u8> {
+        self.db
+            .export_batch(Cursor::BEGINNING, Scope::Local, BatchLimits::UNLIMITED)
+            .await
+            .unwrap()
+            .payload
+    }
+
+    /// A push request of `body` with this device's token and fingerprint.
+    pub async fn push_request(&self, server: &TestServer, body: Vec<u8>) -> RequestBuilder {
+        server
+            .http
+            .post(server.url(&format!("/v1/db/{DB}/push")))
+            .bearer_auth(&self.token)
+            .header(SCHEMA_HEADER, self.fingerprint().await)
+            .body(body)
+    }
+
+    /// Pushes everything this device wrote.
+    pub async fn push(&self, server: &TestServer) -> PushAck {
+        let body = self.local_changes().await;
+        let response = self.push_request(server, body).await.send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        serde_json::from_slice(&response.bytes().await.unwrap()).unwrap()
+    }
+
+    /// A pull request after `cursor`, waiting up to `wait_ms`.
+    pub async fn pull_request(
+        &self,
+        server: &TestServer,
+        cursor: &Cursor,
+        wait_ms: u64,
+    ) -> RequestBuilder {
+        let query = [
+            ("cursor", cursor.to_string()),
+            ("wait", wait_ms.to_string()),
+        ];
+        self.pull_request_with(server, &query).await
+    }
+
+    /// A pull request with this device's headers and the given query.
+    pub async fn pull_request_with(
+        &self,
+        server: &TestServer,
+        query: &[(&str, String)],
+    ) -> RequestBuilder {
+        server
+            .http
+            .get(server.url(&format!("/v1/db/{DB}/pull")))
+            .query(query)
+            .bearer_auth(&self.token)
+            .header(SCHEMA_HEADER, self.fingerprint().await)
+            .header(SITE_HEADER, self.db.site_id().to_string())
+    }
+
+    /// Pulls after `cursor` and applies what came.
+    pub async fn pull(&self, server: &TestServer, cursor: &Cursor, wait_ms: u64) -> PullResponse {
+        let response = self
+            .pull_request(server, cursor, wait_ms)
+            .await
+            .send()
+            .await
+            .unwrap();
+        let pulled = decode_pull(response).await;
+        self.db.apply_changes(&pulled.payload).await.unwrap();
+        pulled
+    }
+
+    pub async fn todos(&self) -> Vec<Todo> {
+        let mut todos: Vec<Todo> = self.db.query("", []).await.unwrap();
+        todos.sort_by(|a, b| a.title.cmp(&b.title));
+        todos
+    }
+}
+
+pub async fn decode_pull(response: Response) -> PullResponse {
+    assert_eq!(response.status(), StatusCode::OK);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(content_type, "application/octet-stream");
+    PullResponse::decode(&response.bytes().await.unwrap()).unwrap()
+}
+
+/// Sends `request` with header `name` set to `value` instead of what it had.
+pub async fn send_with_header(
+    server: &TestServer,
+    request: RequestBuilder,
+    name: &'static str,
+    value: &str,
+) -> Response {
+    let mut request = request.build().unwrap();
+    request.headers_mut().insert(name, value.parse().unwrap());
+    server.http.execute(request).await.unwrap()
+}
+
+pub async fn text(response: Response) -> String {
+    response.text().await.unwrap_or_default()
+}
+
+/// The [`ErrorBody`] of an error response, checked to carry `status`.
+pub async fn error_body(response: Response, status: StatusCode) -> ErrorBody {
+    assert_eq!(response.status(), status);
+    let bytes = response.bytes().await.unwrap();
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+        panic!(
+            "not an error body ({e}): {}",
+            String::from_utf8_lossy(&bytes)
+        )
+    })
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Claims {
+    pub sub: String,
+    pub exp: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+impl Claims {
+    pub fn valid(user: &str) -> Self {
+        Self {
+            sub: user.into(),
+            exp: now() + 3600,
+            nbf: None,
+            iss: None,
+            aud: None,
+        }
+    }
+}
+
+pub fn hs256_token(claims: &Claims) -> String {
+    hs256_token_with(claims, SECRET)
+}
+
+pub fn hs256_token_with(claims: &Claims, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+pub fn rs256_token(claims: &Claims, private_key_file: &str) -> String {
+    let pem = std::fs::read(keys_dir().join(private_key_file)).unwrap();
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::RS256),
+        claims,
+        &EncodingKey::from_rsa_pem(&pem).unwrap(),
+    )
+    .unwrap()
+}
+
+/// An unsigned token: header `{"alg":"none"}`, an empty signature.
+pub fn unsigned_token(claims: &Claims) -> String {
+    let header = base64url(br#"{"alg":"none","typ":"JWT"}"#);
+    let claims = base64url(&serde_json::to_vec(claims).unwrap());
+    format!("{header}.{claims}.")
+}
+
+pub fn base64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}

@@ -1,0 +1,342 @@
+//! Push and pull through a real server: changes travel between devices, a device
+//! never gets its own changes back, bad input is refused with the documented status
+//! and the server keeps serving.
+
+#![allow(clippy::unwrap_used)] // in tests, a failed unwrap is a failed assertion
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use reqwest::StatusCode;
+use sync_runtime::Cursor;
+use sync_runtime::protocol::{SCHEMA_HEADER, SITE_HEADER, fingerprint_hex};
+use tokio::time::Instant;
+
+#[tokio::test]
+async fn a_push_then_a_pull_by_another_device_carries_the_changes() {
+    let server = TestServer::start().await;
+    server.create_todo_db().await;
+    let phone = Device::new("alice").await;
+    let laptop = Device::new("alice").await;
+    phone.db.insert(&Todo::new("buy milk")).await.unwrap();
+    phone.db.insert(&Todo::new("call mum")).await.unwrap();
+
+    let ack = phone.push(&server).await;
+    assert!(ack.applied > 0);
+    assert!(ack.version > 0);
+
+    let pulled = laptop.pull(&server, &Cursor::BEGINNING, 0).await;
+    assert!(pulled.complete);
+    assert_eq!(laptop.todos().await, phone.todos().await);
+
+    // From the cursor it got, there is nothing more.
+    let again = laptop.pull(&server, &pulled.next, 0).await;
+    assert!(again.complete);
+    assert_eq!(laptop.todos().await.len(), 2);
+}
+
+#[tokio::test]
+async fn each_push_raises_the_server_version() {
+    let server = TestServer::start().await;
+    server.create_todo_db().await;
+    let phone = Device::new("alice").await;
+    let mut versions = Vec::new();
+    for title in ["one", "two", "three"] {
+        phone.db.insert(&Todo::new(title)).await.unwrap();
+        versions.push(phone.push(&server).await.version);
+    }
+    assert!(versions.windows(2).all(|v| v[0] < v[1]), "{versions:?}");
+}
+
+#[tokio::test]
+async fn a_pull_leaves_out_the_callers_own_changes() {
+    let server = TestServer::start().await;
+    server.create_todo_db().await;
+    let phone = Device::new("alice").await;
+    let laptop = Device::new("alice").await;
+    phone.db.insert(&Todo::new("from the phone")).await.unwrap();
+    laptop
+        .db
+        .insert(&Todo::new("from the laptop"))
+        .await
+        .unwrap();
+    phone.push(&server).await;
+    laptop.push(&server).await;
+
+    let response = phone
+        .pull_request(&server, &Cursor::BEGINNING, 0)
+        .await
+        .send()
+        .await
+        .unwrap();
+    let pulled = decode_pull(response).await;
+    let viewer = Device::new("viewer").await;
+    viewer.db.apply_changes(&pulled.payload).await.unwrap();
+    let titles: Vec<String> = viewer.todos().await.into_iter().map(|t| t.title).collect();
+    assert_eq!(titles, ["from the laptop"]);
+}
+
+#[tokio::test]
+async fn a_long_poll_returns_as_soon_as_another_device_pushes() {
+    let server = TestServer::start().await;
+    server.create_todo_db().await;
+    let phone = Device::new("alice").await;
+    let laptop = Device::new("alice").await;
+    let cursor = laptop.pull(&server, &Cursor::BEGINNING, 0).await.next;
+
+    let wait = Duration::from_secs(15);
+    let started = Instant::now();
+    let waiting = laptop
+        .pull_request(&server, &cursor, wait.as_millis() as u64)
+        .await
+        .send();
+    let waiting = tokio::spawn(waiting);
+    server.until_waiting_pulls(1).await;
+
+    phone.db.insert(&Todo::new("urgent")).await.unwrap();
+    phone.push(&server).await;
+
+    let pulled = decode_pull(waiting.await.unwrap().unwrap()).await;
+    assert!(
+        started.elapsed() < wait,
+        "the pull waited for its whole wait"
+    );
+    laptop.db.apply_changes(&pulled.payload).await.unwrap();
+    assert_eq!(laptop.todos().await, phone.todos().await);
+    assert_eq!(server.state.waiting_pulls(), 0);
+}
+
+#[tokio::test]
+async fn a_long_poll_is_not_woken_by_the_callers_own_push() {
+    let server = TestServer::start().await;
+    server.create_todo_db().await;
+    let phone = Device::new("alice").await;
+    let laptop = Device::new("alice").await;
+
+    let waiting = tokio::spawn(
+        phone
+            .pull_request(&server, &Cursor::BEGINNING, 15_000)
+            .await
+            .send(),
+    );
+    server.until_waiting_pulls(1).await;
+    // The phone's own push moves the server's version, but brings it nothing.
+    phone.db.insert(&Todo::new("mine")).await.unwrap();
+    phone.push(&server).await;
+    // Another device's push ends the wait, with only that device's change.
+    laptop.db.insert(&Todo::new("theirs")).await.unwrap();
+    laptop.push(&server).await;
+
+    let pulled = decode_pull(waiting.await.unwrap().unwrap()).await;
+    let viewer = Device::new("viewer").await;
+    viewer.db.apply_changes(&pulled.payload).await.unwrap();
+    let titles: Vec<String> = viewer.todos().await.into_iter().map(|t| t.title).collect();
+    assert_eq!(titles, ["theirs"]);
+}
+
+#[tokio::test]
+async fn a_long_poll_without_changes_returns_when_its_wait_ends() {
+    let server = TestServer::start().await;
+    server.create_todo_db().await;
+    let laptop = Device::new("alice").await;
+    let pulled = laptop.pull(&server, &Cursor::BEGINNING, 50).await;
+    assert!(pulled.complete);
+    assert!(laptop.todos().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_wrong_schema_fingerprint_gets_409_and_nothing_is_applied() {
+    let server = TestServer::start().await;
+    server.create_todo_db().await;
+    let phone = Device::new("alice").await;
+    phone
+        .db
+        .insert(&Todo::new("kept on the phone"))
+        .await
+        .unwrap();
+    let body = phone.local_changes().await;
+    let other = fingerprint_hex(phone.db.schema_fingerprint().await.unwrap() ^ 1);
+
+    let request = phone.push_request(&server, body).await;
+    let response = send_with_header(&server, request, SCHEMA_HEADER, &other).await;
+    let error = error_body(response, StatusCode::CONFLICT).await;
+    assert_eq!(error.code, "schema_mismatch");
+
+    let laptop = Device::new("alice").await;
+    laptop.pull(&server, &Cursor::BEGINNING, 0).await;
+    assert!(laptop.todos().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_pull_with_a_wrong_fingerprint_gets_409() {
+    let server = TestServer::start().await;
+    server.create_todo_db().await;
+    let laptop = Device::new("alice").await;
+    let request = laptop.pull_request(&server, &Cursor::BEGINNING, 0).await;
+    let response = send_with_header(&server, request, SCHEMA_HEADER, "0000000000000000").await;
+    error_body(response, StatusCode::CONFLICT).await;
+}
+
+#[tokio::test]
+async fn a_garbage_push_gets_400_and_the_server_stays_healthy() {
+    let server = TestServer::start().await;
+    server.create_todo_db().await;
+    let phone = Device::new("alice").await;
+
+    let garbage = b"this is not a payload".to_vec();
+    let response = phone
+        .push_request(&server, garbage)
+        .await
+        .send()
+        .await
+        .unwrap();
+    let error = error_body(response, StatusCode::BAD_REQUEST).await;
+    assert_eq!(error.code, "bad_request");
+    assert!(error.message.contains("payload"), "{}", error.message);
+
+    // A real payload cut short.
+    phone.db.insert(&Todo::new("whole")).await.unwrap();
+    let mut truncated = phone.local_changes().await;
+    truncated.truncate(truncated.len() / 2);
+    let response = phone
+        .push_request(&server, truncated)
+        .await
+        .send()
+        .await
+        .unwrap();
+    error_body(response, StatusCode::BAD_REQUEST).await;
+
+    let health = server.http.get(server.url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    phone.push(&server).await;
+}
+
+#[tokio::test]
+async fn an_oversized_body_gets_413() {
+    let limit = 64 * 1024;
+    let server = TestServer::start_with(|config| config.limits.max_body_bytes = limit).await;
+    server.create_todo_db().await;
+    let phone = Device::new("alice").await;
+    let response = phone
+        .push_request(&server, vec![0u8; limit + 1])
+        .await
+        .send()
+        .await
+        .unwrap();
+    let error = error_body(response, StatusCode::PAYLOAD_TOO_LARGE).await;
+    assert_eq!(error.code, "payload_too_large");
+    let health = server.http.get(server.url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn malformed_pull_requests_get_400() {
+    let server = TestServer::start().await;
+    server.create_todo_db().await;
+    let laptop = Device::new("alice").await;
+    let pull = |query: &'static [(&'static str, &'static str)]| {
+        let query: Vec<(&str, String)> = query.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        let laptop = &laptop;
+        let server = &server;
+        async move {
+            laptop
+                .pull_request_with(server, &query)
+                .await
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+
+    let bad_cursor = pull(&[("cursor", "not-a-cursor")]).await;
+    let error = error_body(bad_cursor, StatusCode::BAD_REQUEST).await;
+    assert!(error.message.contains("cursor"), "{}", error.message);
+
+    let bad_wait = pull(&[("wait", "soon")]).await;
+    error_body(bad_wait, StatusCode::BAD_REQUEST).await;
+
+    let request = laptop.pull_request(&server, &Cursor::BEGINNING, 0).await;
+    let bad_site = send_with_header(&server, request, SITE_HEADER, "xyz").await;
+    error_body(bad_site, StatusCode::BAD_REQUEST).await;
+
+    let no_schema = server
+        .http
+        .get(server.url(&format!("/v1/db/{DB}/pull")))
+        .bearer_auth(&laptop.token)
+        .header(SITE_HEADER, laptop.db.site_id().to_string())
+        .send()
+        .await
+        .unwrap();
+    let error = error_body(no_schema, StatusCode::BAD_REQUEST).await;
+    assert!(error.message.contains(SCHEMA_HEADER), "{}", error.message);
+
+    let twice = laptop
+        .pull_request(&server, &Cursor::BEGINNING, 0)
+        .await
+        .header(SCHEMA_HEADER, laptop.fingerprint().await)
+        .send()
+        .await
+        .unwrap();
+    let error = error_body(twice, StatusCode::BAD_REQUEST).await;
+    assert!(
+        error.message.contains("more than once"),
+        "{}",
+        error.message
+    );
+}
+
+#[tokio::test]
+async fn a_pull_is_bounded_by_its_limit() {
+    let server = TestServer::start().await;
+    server.create_todo_db().await;
+    let phone = Device::new("alice").await;
+    let laptop = Device::new("alice").await;
+    for i in 0..5 {
+        phone
+            .db
+            .insert(&Todo::new(&format!("todo {i}")))
+            .await
+            .unwrap();
+    }
+    phone.push(&server).await;
+
+    let mut cursor = Cursor::BEGINNING;
+    let mut batches = 0;
+    loop {
+        let query = [("cursor", cursor.to_string()), ("limit", "2".to_string())];
+        let response = laptop
+            .pull_request_with(&server, &query)
+            .await
+            .send()
+            .await
+            .unwrap();
+        let pulled = decode_pull(response).await;
+        laptop.db.apply_changes(&pulled.payload).await.unwrap();
+        cursor = pulled.next;
+        batches += 1;
+        if pulled.complete {
+            break;
+        }
+        assert!(batches < 10, "the pulls never completed");
+    }
+    assert!(batches >= 3, "{batches} batches for 5 rows of at most 2");
+    assert_eq!(laptop.todos().await, phone.todos().await);
+}
+
+#[tokio::test]
+async fn databases_and_their_changes_survive_a_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(|config| config.data = data.path().into()).await;
+    server.create_todo_db().await;
+    let phone = Device::new("alice").await;
+    phone.db.insert(&Todo::new("durable")).await.unwrap();
+    phone.push(&server).await;
+    server.stop().await.unwrap();
+
+    let server = TestServer::start_with(|config| config.data = data.path().into()).await;
+    let laptop = Device::new("alice").await;
+    laptop.pull(&server, &Cursor::BEGINNING, 0).await;
+    assert_eq!(laptop.todos().await, phone.todos().await);
+}
