@@ -1,4 +1,5 @@
-//! Local write overhead of Synced against plain SQLite, side by side.
+//! Local write overhead of Synced against plain SQLite, side by side; then syncing
+//! through a server on loopback.
 //!
 //! ```text
 //! cargo run --release -p synced-bench                 # 100,000 rows, UUIDv4 and UUIDv7 keys
@@ -18,6 +19,8 @@ use rusqlite::{Connection, params};
 use serde_json::{Value as Json, json};
 use sync_runtime::{Options, Since, SyncDb, SyncId, Transaction};
 use synced_bench::Todo;
+
+mod server;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Keys {
@@ -44,6 +47,18 @@ struct Args {
     /// SQLite page cache of both sides, in KiB (the runtime's default is 65,536).
     #[arg(long, default_value_t = Options::default().cache_size())]
     cache_kib: u32,
+    /// Rows sent from device A through the server to device B (default: --rows).
+    #[arg(long)]
+    server_rows: Option<usize>,
+    /// Writes whose write-to-visible latency is measured.
+    #[arg(long, default_value_t = 200)]
+    writes: usize,
+    /// Concurrent clients pushing and pulling.
+    #[arg(long, default_value_t = 50)]
+    clients: usize,
+    /// Rounds of (write 20 rows, sync) per client.
+    #[arg(long, default_value_t = 10)]
+    rounds: usize,
 }
 
 const PLAIN_TABLE: &str = "CREATE TABLE todos (
@@ -54,7 +69,7 @@ const PLAIN_TABLE: &str = "CREATE TABLE todos (
   score REAL NOT NULL DEFAULT 0.0
 ) STRICT";
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 fn main() -> Result<(), BoxError> {
     let args = Args::parse();
@@ -78,6 +93,17 @@ fn main() -> Result<(), BoxError> {
         }
         report.insert(format!("{kind:?}").to_lowercase(), figures);
     }
+    // The server and its clients share the machine's cores, as in production.
+    let plan = server::Plan {
+        rows: args.server_rows.unwrap_or(args.rows),
+        writes: args.writes,
+        clients: args.clients,
+        rounds: args.rounds,
+    };
+    let threaded = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    report.insert("server".into(), threaded.block_on(server::run(&plan))?);
     println!("{}", Json::Object(report));
     Ok(())
 }

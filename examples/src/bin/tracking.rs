@@ -1,8 +1,9 @@
-//! The main demo: a database, typed and raw writes, and the changes Synced tracked.
+//! What tracking records: a database, typed and raw writes, and the changes Synced
+//! tracked.
 //!
 //! ```text
-//! cargo run --bin demo                 # in a temporary directory
-//! cargo run --bin demo -- my.db        # or in a file you keep
+//! cargo run --bin tracking             # in a temporary directory
+//! cargo run --bin tracking -- my.db    # or in a file you keep
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -141,7 +142,7 @@ fn show(value: &Value) -> String {
 #[cfg(test)]
 mod tests {
     #[tokio::test]
-    async fn the_demo_runs() {
+    async fn the_tracking_example_runs() {
         let dir = tempfile::tempdir().unwrap();
         super::run(&dir.path().join("demo.db")).await.unwrap();
     }

@@ -1,0 +1,270 @@
+//! Syncing through a server on loopback: transfer time, write-to-visible latency
+//! and throughput under many clients.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value as Json, json};
+use sync_runtime::{Remote, SyncDb, SyncId};
+use sync_server::auth::hash_key;
+use sync_server::{AuthConfig, Config, Server};
+use synced_bench::Todo;
+use tokio::task::JoinSet;
+
+use crate::BoxError;
+
+const ADMIN_KEY: &str = "bench-admin-key";
+const SECRET: &str = "bench-secret-for-hs256-tokens-only";
+
+/// What the server benchmark runs.
+pub(crate) struct Plan {
+    /// Rows sent from device A to device B.
+    pub(crate) rows: usize,
+    /// Writes whose latency is measured.
+    pub(crate) writes: usize,
+    /// Concurrent clients.
+    pub(crate) clients: usize,
+    /// Rounds of (write, sync) per client.
+    pub(crate) rounds: usize,
+}
+
+/// A server in this process until dropped, on a free loopback port.
+struct Running {
+    url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+async fn start(dir: &Path) -> Result<Running, BoxError> {
+    let server = Server::bind(Config {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        data: dir.join("server"),
+        auth: AuthConfig {
+            api_keys: vec![hash_key(ADMIN_KEY)],
+            jwt_hs256_secret: Some(SECRET.into()),
+            ..AuthConfig::default()
+        },
+        ..Config::default()
+    })
+    .await?;
+    let url = format!("http://{}/v1/db/bench", server.local_addr());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.run_until(async {
+        let _ = stopped.await;
+    }));
+    let admin = SyncDb::open_in_memory()
+        .await?
+        .with_remote(Remote::new(&url).api_key(ADMIN_KEY));
+    admin.register::<Todo>().await?;
+    admin.publish_schema().await?;
+    Ok(Running {
+        url,
+        stop: Some(stop),
+    })
+}
+
+fn token(user: &str) -> Result<String, BoxError> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let claims = json!({ "sub": user, "exp": now + 3600 });
+    let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+    Ok(jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &key,
+    )?)
+}
+
+async fn device(path: Option<&Path>, url: &str, user: &str) -> Result<SyncDb, BoxError> {
+    let db = match path {
+        Some(path) => SyncDb::open(path).await?,
+        None => SyncDb::open_in_memory().await?,
+    };
+    let db = db.with_remote(Remote::new(url).bearer_token(token(user)?));
+    db.register::<Todo>().await?;
+    Ok(db)
+}
+
+fn todo(i: usize) -> Todo {
+    Todo {
+        id: SyncId::new(),
+        title: format!("todo number {i}"),
+        done: i.is_multiple_of(3),
+        note: i.is_multiple_of(2).then(|| format!("note {i}")),
+        score: i as f64 * 0.5,
+    }
+}
+
+/// Runs the three measurements; prints them and returns their JSON.
+pub(crate) async fn run(plan: &Plan) -> Result<Json, BoxError> {
+    let dir = tempfile::tempdir()?;
+    let server = start(dir.path()).await?;
+    println!("\nsync through a server on loopback (HTTP, SQLite store, JWT auth)");
+
+    // 1. Rows from A to B: A's sync sends them, B's sync fetches them.
+    let a = device(Some(&dir.path().join("a.db")), &server.url, "ann").await?;
+    let b = device(Some(&dir.path().join("b.db")), &server.url, "ann").await?;
+    let rows: Vec<Todo> = (0..plan.rows).map(todo).collect();
+    let rows = Arc::new(rows);
+    let inserted = Arc::clone(&rows);
+    a.transaction(move |tx| {
+        for row in inserted.iter() {
+            tx.insert(row)?;
+        }
+        Ok::<_, sync_runtime::Error>(())
+    })
+    .await?;
+    let start = Instant::now();
+    let sent = a.sync().await?;
+    let send = start.elapsed();
+    let received = b.sync().await?;
+    let total = start.elapsed();
+    if received.applied != sent.changes_sent {
+        return Err(format!(
+            "B applied {} changes of the {} A sent",
+            received.applied, sent.changes_sent
+        )
+        .into());
+    }
+    let seconds = total.as_secs_f64();
+    println!(
+        "{:<34} {:>10.1} ms   A sends {:.0} ms + B fetches {:.0} ms; {:.0} rows/s, {:.0} column changes/s ({} batches up, {} down)",
+        format!("{} rows A -> server -> B", plan.rows),
+        seconds * 1e3,
+        send.as_secs_f64() * 1e3,
+        (total - send).as_secs_f64() * 1e3,
+        plan.rows as f64 / seconds,
+        sent.changes_sent as f64 / seconds,
+        sent.batches,
+        received.batches,
+    );
+    let transfer = json!({
+        "rows": plan.rows,
+        "ms": seconds * 1e3,
+        "send_ms": send.as_secs_f64() * 1e3,
+        "fetch_ms": (total - send).as_secs_f64() * 1e3,
+        "rows_per_s": plan.rows as f64 / seconds,
+        "bytes_up": sent.bytes_sent,
+        "bytes_down": received.bytes_received,
+    });
+    drop((a, b));
+
+    // 2. Write-to-visible latency: A syncs automatically, B waits in a long-poll.
+    let a = device(None, &server.url, "ann").await?;
+    let b = device(None, &server.url, "ann").await?;
+    let _a_sync = a.auto_sync(Duration::from_secs(1));
+    let _b_sync = b.auto_sync(Duration::from_secs(1));
+    let mut visible = b.subscribe();
+    // Let both loops settle (B's first long-poll is waiting once nothing is left).
+    a.sync().await?;
+    b.sync().await?;
+    let mut latencies = Vec::with_capacity(plan.writes);
+    for i in 0..plan.writes {
+        let row = todo(i);
+        a.insert(&row).await?;
+        let written = Instant::now();
+        let deadline = written + Duration::from_secs(10);
+        loop {
+            if b.get::<Todo>(&row.id).await?.is_some() {
+                break;
+            }
+            tokio::time::timeout_at(deadline.into(), visible.changed())
+                .await
+                .map_err(|_| format!("write {i} not visible on B after 10 s"))??;
+        }
+        latencies.push(written.elapsed());
+    }
+    latencies.sort();
+    let quantile = |q: f64| {
+        let index = ((latencies.len() as f64 - 1.0) * q).round() as usize;
+        latencies[index].as_secs_f64() * 1e3
+    };
+    let (median, p99) = (quantile(0.5), quantile(0.99));
+    println!(
+        "{:<34} {:>10.2} ms   median; p99 {:.2} ms, max {:.2} ms ({} writes)",
+        "write on A -> visible on B",
+        median,
+        p99,
+        quantile(1.0),
+        plan.writes
+    );
+    let latency = json!({ "writes": plan.writes, "median_ms": median, "p99_ms": p99 });
+    drop((a, b));
+
+    // 3. Many clients at once, each writing and syncing in rounds.
+    let per_round = 20;
+    let start = Instant::now();
+    let mut clients = JoinSet::new();
+    for c in 0..plan.clients {
+        let url = server.url.clone();
+        let rounds = plan.rounds;
+        clients.spawn(async move {
+            let db = device(None, &url, &format!("user{c}")).await?;
+            let mut sent = 0;
+            let mut received = 0;
+            for round in 0..rounds {
+                let rows: Vec<Todo> = (0..per_round)
+                    .map(|i| todo(round * per_round + i))
+                    .collect();
+                db.transaction(move |tx| {
+                    for row in &rows {
+                        tx.insert(row)?;
+                    }
+                    Ok::<_, sync_runtime::Error>(())
+                })
+                .await?;
+                let report = db.sync().await?;
+                sent += report.changes_sent;
+                received += report.changes_received;
+            }
+            Ok::<_, BoxError>((sent, received))
+        });
+    }
+    let (mut sent, mut received, mut errors) = (0, 0, 0);
+    while let Some(outcome) = clients.join_next().await {
+        match outcome {
+            Ok(Ok((s, r))) => {
+                sent += s;
+                received += r;
+            }
+            Ok(Err(e)) => {
+                errors += 1;
+                eprintln!("client error: {e}");
+            }
+            Err(e) => {
+                errors += 1;
+                eprintln!("client task failed: {e}");
+            }
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    println!(
+        "{:<34} {:>10.1} ms   {:.0} changes/s pushed, {:.0} changes/s pulled, {} errors",
+        format!("{} clients x {} rounds", plan.clients, plan.rounds),
+        seconds * 1e3,
+        sent as f64 / seconds,
+        received as f64 / seconds,
+        errors
+    );
+    let load = json!({
+        "clients": plan.clients,
+        "rounds": plan.rounds,
+        "ms": seconds * 1e3,
+        "pushed_changes_per_s": sent as f64 / seconds,
+        "pulled_changes_per_s": received as f64 / seconds,
+        "errors": errors,
+    });
+    drop(server);
+    if errors > 0 {
+        return Err(format!("{errors} of {} clients failed", plan.clients).into());
+    }
+    Ok(json!({ "transfer": transfer, "latency": latency, "clients": load }))
+}

@@ -1,0 +1,236 @@
+//! Devices syncing through a real server on a loopback port.
+
+#![allow(clippy::unwrap_used)] // in tests, a failed unwrap is a failed assertion
+
+mod support;
+
+use support::{TestServer, Todo, device, publish_schema, rows, server_rows, todo};
+use sync_runtime::{Error, SyncDb};
+
+/// Syncs every device, twice round, so that each has what the others sent.
+async fn sync_all(devices: &[&SyncDb]) {
+    for _ in 0..2 {
+        for db in devices {
+            db.sync().await.unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_devices_converge_through_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server")).await;
+    let url = server.url("todo");
+    publish_schema(&url, dir.path()).await;
+    let a = device(dir.path(), "a", &url, "ann").await;
+    let b = device(dir.path(), "b", &url, "bob").await;
+    let c = device(dir.path(), "c", &url, "cy").await;
+
+    // Shared rows first.
+    let shared = todo("shared");
+    let doomed = todo("doomed");
+    let reborn = todo("reborn");
+    for row in [&shared, &doomed, &reborn] {
+        a.insert(row).await.unwrap();
+    }
+    sync_all(&[&a, &b, &c]).await;
+    assert_eq!(rows(&b).await.len(), 3);
+
+    // Offline on all three: new rows, conflicting edits, deletes, a re-insert.
+    a.insert(&todo("from a")).await.unwrap();
+    b.insert(&todo("from b")).await.unwrap();
+    c.insert(&todo("from c")).await.unwrap();
+    for (db, title) in [(&a, "a's title"), (&b, "b's title"), (&c, "c's title")] {
+        let mut row = shared.clone();
+        row.title = title.into();
+        db.update(&row).await.unwrap();
+    }
+    let mut done = shared.clone();
+    done.done = true;
+    c.update(&Todo {
+        title: "c's title".into(),
+        ..done
+    })
+    .await
+    .unwrap();
+    b.delete::<Todo>(&doomed.id).await.unwrap();
+    let mut edited = doomed.clone();
+    edited.note = Some("edited while deleted elsewhere".into());
+    c.update(&edited).await.unwrap();
+    a.delete::<Todo>(&reborn.id).await.unwrap();
+    a.insert(&Todo {
+        note: Some("again".into()),
+        ..reborn.clone()
+    })
+    .await
+    .unwrap();
+    assert!(a.has_unsent_changes().await.unwrap());
+
+    sync_all(&[&a, &b, &c]).await;
+
+    let expected = rows(&a).await;
+    assert_eq!(rows(&b).await, expected);
+    assert_eq!(rows(&c).await, expected);
+    assert_eq!(server_rows(&server.data, "todo").await, expected);
+    assert_eq!(expected.len(), 5, "{expected:#?}"); // 3 new + shared + reborn
+    assert!(expected.iter().all(|t| t.id != doomed.id));
+    for db in [&a, &b, &c] {
+        assert!(!db.has_unsent_changes().await.unwrap());
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_change_sets_go_in_bounded_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server")).await;
+    let url = server.url("todo");
+    publish_schema(&url, dir.path()).await;
+    let limits = sync_runtime::BatchLimits {
+        max_rows: 100,
+        ..Default::default()
+    };
+    let open = |name: &'static str, user: &'static str| {
+        let (dir, url) = (dir.path().to_path_buf(), url.clone());
+        async move {
+            let db = device(&dir, name, &url, user).await;
+            db.set_remote(
+                sync_runtime::Remote::new(&url)
+                    .bearer_token(support::token(user))
+                    .batch_limits(limits),
+            );
+            db
+        }
+    };
+    let a = open("a", "ann").await;
+    let b = open("b", "bob").await;
+    a.transaction(|tx| {
+        for i in 0..1_000 {
+            tx.insert(&todo(&format!("row {i}")))?;
+        }
+        Ok::<_, Error>(())
+    })
+    .await
+    .unwrap();
+    let progress = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = progress.clone();
+    let options = sync_runtime::SyncOptions {
+        progress: Some(std::sync::Arc::new(move |r: &sync_runtime::SyncReport| {
+            seen.lock().unwrap().push(*r)
+        })),
+        ..Default::default()
+    };
+    let sent = a.send_changes_with(&options).await.unwrap();
+    assert_eq!(sent.batches, 10);
+    let steps: Vec<_> = progress.lock().unwrap().drain(..).collect();
+    assert_eq!(steps.len(), 10);
+    assert!(
+        steps
+            .windows(2)
+            .all(|w| w[0].changes_sent < w[1].changes_sent)
+    );
+    assert_eq!(steps.last(), Some(&sent));
+    assert_eq!(sent.changes_sent, 1_000 * 4);
+    // Device a fetches nothing back: its own changes are left out, page by page.
+    let echo = a.check_changes().await.unwrap();
+    assert_eq!((echo.batches, echo.changes_received), (1, 0));
+    let received = b.sync_with(options).await.unwrap();
+    assert_eq!(received.batches, 10);
+    assert_eq!(received.applied, 1_000 * 4);
+    assert_eq!(rows(&b).await, rows(&a).await);
+    let steps = progress.lock().unwrap().clone();
+    assert!(
+        steps
+            .windows(2)
+            .all(|w| w[0].changes_received < w[1].changes_received)
+    );
+    assert_eq!(steps.last(), Some(&received));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_mismatch_keeps_the_unsent_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server")).await;
+    let url = server.url("todo");
+    publish_schema(&url, dir.path()).await;
+
+    #[derive(sync_runtime::Synced, Debug, Clone, PartialEq)]
+    #[synced(table = "todos")]
+    struct OtherTodo {
+        #[synced(primary_key)]
+        id: sync_runtime::SyncId,
+        title: String,
+        priority: i64,
+    }
+    let db = SyncDb::open(dir.path().join("other.db"))
+        .await
+        .unwrap()
+        .with_remote(sync_runtime::Remote::new(&url).bearer_token(support::token("ann")));
+    db.register::<OtherTodo>().await.unwrap();
+    db.insert(&OtherTodo {
+        id: sync_runtime::SyncId::new(),
+        title: "kept".into(),
+        priority: 1,
+    })
+    .await
+    .unwrap();
+    let error = db.sync().await.unwrap_err();
+    assert!(
+        matches!(error, Error::ServerSchemaMismatch { .. }),
+        "{error:?}"
+    );
+    assert!(db.has_unsent_changes().await.unwrap());
+    assert!(server_rows(&server.data, "todo").await.is_empty());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_wipes_rows_and_the_next_user_starts_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server")).await;
+    let url = server.url("todo");
+    publish_schema(&url, dir.path()).await;
+    let a = device(dir.path(), "a", &url, "ann").await;
+    a.insert(&todo("mine")).await.unwrap();
+    a.sync().await.unwrap();
+    let site = a.site_id();
+
+    a.logout().await.unwrap();
+    assert!(rows(&a).await.is_empty());
+    assert_ne!(a.site_id(), site);
+    assert!(!a.has_unsent_changes().await.unwrap());
+    // Signing in again fetches everything, including what this device wrote
+    // under its former identity.
+    a.sync().await.unwrap();
+    assert_eq!(rows(&a).await.len(), 1);
+
+    // reset_sync_version: the next sync fetches everything again, harmlessly.
+    a.reset_sync_version().await.unwrap();
+    let report = a.sync().await.unwrap();
+    assert!(report.changes_received > 0);
+    assert_eq!(report.applied, 0);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_is_a_typed_error_and_keeps_the_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port nobody listens on: bind one, then free it.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let url = format!("http://{addr}/v1/db/todo");
+    let db = device(dir.path(), "a", &url, "ann").await;
+    db.insert(&todo("offline")).await.unwrap();
+    let options = sync_runtime::SyncOptions {
+        max_retries: 2,
+        backoff: std::time::Duration::from_millis(1),
+        ..Default::default()
+    };
+    let error = db.sync_with(options).await.unwrap_err();
+    assert!(matches!(error, Error::Offline { .. }), "{error:?}");
+    assert!(error.is_transient());
+    assert!(db.has_unsent_changes().await.unwrap());
+}

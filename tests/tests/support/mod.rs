@@ -1,0 +1,154 @@
+//! What the end-to-end tests share: a real server on an ephemeral loopback port,
+//! devices with their own database files, and tokens.
+
+#![allow(dead_code, unreachable_pub)] // each test file uses its own part; shared by `mod support`
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sync_runtime::{Remote, SyncDb, SyncId, Synced, params};
+use sync_server::auth::hash_key;
+use sync_server::{AuthConfig, Config, Server};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const ADMIN_KEY: &str = "admin-key-for-tests";
+pub const JWT_SECRET: &str = "a-test-secret-of-enough-length-for-hs256";
+
+/// The model the tests sync.
+#[derive(Synced, Debug, Clone, PartialEq)]
+#[synced(table = "todos")]
+pub struct Todo {
+    #[synced(primary_key)]
+    pub id: SyncId,
+    pub title: String,
+    #[synced(default = false)]
+    pub done: bool,
+    pub note: Option<String>,
+}
+
+pub fn todo(title: &str) -> Todo {
+    Todo {
+        id: SyncId::new(),
+        title: title.into(),
+        done: false,
+        note: None,
+    }
+}
+
+/// The configuration of a test server on an ephemeral loopback port.
+pub fn config(data: &Path) -> Config {
+    Config {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        data: data.to_path_buf(),
+        auth: AuthConfig {
+            api_keys: vec![hash_key(ADMIN_KEY)],
+            jwt_hs256_secret: Some(JWT_SECRET.into()),
+            ..AuthConfig::default()
+        },
+        ..Config::default()
+    }
+}
+
+/// A server running in this process until dropped.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub data: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<sync_server::Result<()>>>,
+}
+
+impl TestServer {
+    pub async fn start(data: &Path) -> Self {
+        Self::start_with(config(data)).await
+    }
+
+    pub async fn start_with(config: Config) -> Self {
+        let data = config.data.clone();
+        let server = Server::bind(config).await.unwrap();
+        let addr = server.local_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.run_until(async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            data,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// The URL of a server database.
+    pub fn url(&self, database: &str) -> String {
+        format!("http://{}/v1/db/{database}", self.addr)
+    }
+
+    /// Stops gracefully and waits until it has.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A JWT for `user`, valid for an hour.
+pub fn token(user: &str) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({ "sub": user, "exp": now + 3600, "iat": now });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// Creates the server database `name` with the `Todo` schema, as an admin does.
+pub async fn publish_schema(url: &str, dir: &Path) {
+    let admin = SyncDb::open(dir.join("admin.db"))
+        .await
+        .unwrap()
+        .with_remote(Remote::new(url).api_key(ADMIN_KEY));
+    admin.register::<Todo>().await.unwrap();
+    admin.publish_schema().await.unwrap();
+}
+
+/// A device: its own database file, synced as `user`.
+pub async fn device(dir: &Path, name: &str, url: &str, user: &str) -> SyncDb {
+    let db = SyncDb::open(dir.join(format!("{name}.db")))
+        .await
+        .unwrap()
+        .with_remote(Remote::new(url).bearer_token(token(user)));
+    db.register::<Todo>().await.unwrap();
+    db
+}
+
+/// Every row, in key order.
+pub async fn rows(db: &SyncDb) -> Vec<Todo> {
+    db.query("ORDER BY id", params![]).await.unwrap()
+}
+
+/// The rows of a server database, read from its file.
+pub async fn server_rows(data: &Path, database: &str) -> Vec<Todo> {
+    let db = SyncDb::open(data.join(format!("{database}.db")))
+        .await
+        .unwrap();
+    db.register::<Todo>().await.unwrap();
+    rows(&db).await
+}
