@@ -32,8 +32,21 @@ pub(crate) struct Plan {
 
 /// A server in this process until dropped, on a free loopback port.
 struct Running {
-    url: String,
+    base: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Running {
+    /// A new server database with the benchmark table; its URL.
+    async fn database(&self, name: &str) -> Result<String, BoxError> {
+        let url = format!("{}/v1/db/{name}", self.base);
+        let admin = SyncDb::open_in_memory()
+            .await?
+            .with_remote(Remote::new(&url).api_key(ADMIN_KEY));
+        admin.register::<Todo>().await?;
+        admin.publish_schema().await?;
+        Ok(url)
+    }
 }
 
 impl Drop for Running {
@@ -56,18 +69,13 @@ async fn start(dir: &Path) -> Result<Running, BoxError> {
         ..Config::default()
     })
     .await?;
-    let url = format!("http://{}/v1/db/bench", server.local_addr());
+    let base = format!("http://{}", server.local_addr());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(server.run_until(async {
         let _ = stopped.await;
     }));
-    let admin = SyncDb::open_in_memory()
-        .await?
-        .with_remote(Remote::new(&url).api_key(ADMIN_KEY));
-    admin.register::<Todo>().await?;
-    admin.publish_schema().await?;
     Ok(Running {
-        url,
+        base,
         stop: Some(stop),
     })
 }
@@ -110,8 +118,9 @@ pub(crate) async fn run(plan: &Plan) -> Result<Json, BoxError> {
     println!("\nsync through a server on loopback (HTTP, SQLite store, JWT auth)");
 
     // 1. Rows from A to B: A's sync sends them, B's sync fetches them.
-    let a = device(Some(&dir.path().join("a.db")), &server.url, "ann").await?;
-    let b = device(Some(&dir.path().join("b.db")), &server.url, "ann").await?;
+    let url = server.database("transfer").await?;
+    let a = device(Some(&dir.path().join("a.db")), &url, "ann").await?;
+    let b = device(Some(&dir.path().join("b.db")), &url, "ann").await?;
     let rows: Vec<Todo> = (0..plan.rows).map(todo).collect();
     let rows = Arc::new(rows);
     let inserted = Arc::clone(&rows);
@@ -158,8 +167,9 @@ pub(crate) async fn run(plan: &Plan) -> Result<Json, BoxError> {
     drop((a, b));
 
     // 2. Write-to-visible latency: A syncs automatically, B waits in a long-poll.
-    let a = device(None, &server.url, "ann").await?;
-    let b = device(None, &server.url, "ann").await?;
+    let url = server.database("latency").await?;
+    let a = device(None, &url, "ann").await?;
+    let b = device(None, &url, "ann").await?;
     let _a_sync = a.auto_sync(Duration::from_secs(1));
     let _b_sync = b.auto_sync(Duration::from_secs(1));
     let mut visible = b.subscribe();
@@ -199,12 +209,14 @@ pub(crate) async fn run(plan: &Plan) -> Result<Json, BoxError> {
     let latency = json!({ "writes": plan.writes, "median_ms": median, "p99_ms": p99 });
     drop((a, b));
 
-    // 3. Many clients at once, each writing and syncing in rounds.
+    // 3. Many clients at once, each writing and syncing in rounds: every client
+    // receives what all the others write (one shared list, no row-level security).
+    let url = server.database("clients").await?;
     let per_round = 20;
     let start = Instant::now();
     let mut clients = JoinSet::new();
     for c in 0..plan.clients {
-        let url = server.url.clone();
+        let url = url.clone();
         let rounds = plan.rounds;
         clients.spawn(async move {
             let db = device(None, &url, &format!("user{c}")).await?;

@@ -34,6 +34,7 @@ use crate::value::Value;
 pub struct Options {
     cache_size_kib: u32,
     busy_timeout_ms: u32,
+    synchronous: Synchronous,
 }
 
 impl Default for Options {
@@ -41,8 +42,22 @@ impl Default for Options {
         Self {
             cache_size_kib: 64 * 1024,
             busy_timeout_ms: 5_000,
+            synchronous: Synchronous::Normal,
         }
     }
+}
+
+/// When a commit reaches the disk (SQLite's `synchronous` setting, in WAL mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    /// A committed transaction survives a crash of the app (even `kill -9`); on a
+    /// power loss or an operating-system crash the last ones may be lost. The
+    /// default: right for devices, whose changes stay unsent until acknowledged.
+    #[default]
+    Normal,
+    /// A committed transaction survives a power loss too, at the cost of a sync to
+    /// disk at every commit. What a server needs before it acknowledges a change.
+    Full,
 }
 
 impl Options {
@@ -53,6 +68,12 @@ impl Options {
     pub fn cache_size_kib(mut self, kib: u32) -> Self {
         // SQLite takes the size as a signed 32-bit number.
         self.cache_size_kib = kib.min(i32::MAX as u32);
+        self
+    }
+
+    /// When a commit reaches the disk (default [`Synchronous::Normal`]).
+    pub fn synchronous(mut self, synchronous: Synchronous) -> Self {
+        self.synchronous = synchronous;
         self
     }
 
@@ -792,8 +813,12 @@ fn open_connection(
     };
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(not_a_database)?;
+    let synchronous = match options.synchronous {
+        Synchronous::Normal => "NORMAL",
+        Synchronous::Full => "FULL",
+    };
     conn.execute_batch(&format!(
-        "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -{}; PRAGMA busy_timeout = {};",
+        "PRAGMA synchronous = {synchronous}; PRAGMA cache_size = -{}; PRAGMA busy_timeout = {};",
         options.cache_size_kib, options.busy_timeout_ms
     ))
     .map_err(not_a_database)?;

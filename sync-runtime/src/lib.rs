@@ -75,7 +75,7 @@ pub mod value;
 pub mod wire;
 
 pub use change::{Change, ChangeKind};
-pub use db::{Options, SyncDb};
+pub use db::{Options, SyncDb, Synchronous};
 pub use error::{Error, Result};
 pub use export::{BadCursor, Batch, BatchLimits, Cursor, Scope, Since};
 pub use id::{BadSiteId, SiteId, SyncId};

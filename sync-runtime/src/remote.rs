@@ -265,47 +265,48 @@ impl SyncDb {
     }
 
     /// [`send_changes`](Self::send_changes) with options.
+    ///
+    /// While the server merges one batch, the next one is read here: the two
+    /// overlap, and a large send takes little more than the server's merging.
     pub async fn send_changes_with(&self, options: &SyncOptions) -> Result<SyncReport> {
         let state = self.remote_state().ok_or(Error::NoRemote)?;
         let _one_at_a_time = state.sending.lock().await;
         let url = state.remote.url.clone();
         let limits = state.remote.limits;
-        let mut cursor = self.remote_cursors(&url).await?.0;
+        let fingerprint = self.schema_fingerprint().await?;
+        let cursor = self.remote_cursors(&url).await?.0;
+        let mut batch = self.export_batch(cursor, Scope::Local, limits).await?;
         let mut report = SyncReport::default();
         loop {
-            let batch = self.export_batch(cursor, Scope::Local, limits).await?;
+            let push = async {
+                if batch.rows > 0 {
+                    self.push(&state, options, fingerprint, &batch.payload)
+                        .await?;
+                }
+                Ok::<_, Error>(())
+            };
+            let next = async {
+                if batch.complete {
+                    return Ok::<_, Error>(None);
+                }
+                let next = self.export_batch(batch.next.clone(), Scope::Local, limits);
+                next.await.map(Some)
+            };
+            let (pushed, next) = tokio::join!(push, next);
+            pushed?;
+            // Acknowledged: the cursor may move past the batch.
+            self.store_sent_cursor(&url, batch.next.clone()).await?;
             if batch.rows > 0 {
-                let fingerprint = self.schema_fingerprint().await?;
-                let payload = bytes::Bytes::from(batch.payload);
-                // The acknowledgement is read whole: only then is the batch
-                // known to be committed on the server.
-                let _: PushAck = state
-                    .call(
-                        options,
-                        |http, remote| {
-                            remote
-                                .authorize(http.post(format!("{}/push", remote.url)))
-                                .header(SCHEMA_HEADER, fingerprint_hex(fingerprint))
-                                .header(SITE_HEADER, self.site_id().to_string())
-                                .body(payload.clone())
-                        },
-                        |body| {
-                            serde_json::from_slice(body)
-                                .map_err(|e| format!("the push acknowledgement is unreadable: {e}"))
-                        },
-                    )
-                    .await?;
                 report.changes_sent += batch.changes;
-                report.bytes_sent += payload.len() as u64;
+                report.bytes_sent += batch.payload.len() as u64;
                 report.batches += 1;
             }
-            self.store_sent_cursor(&url, batch.next.clone()).await?;
-            cursor = batch.next;
             if let Some(progress) = &options.progress {
                 progress(&report);
             }
-            if batch.complete {
-                return Ok(report);
+            match next? {
+                Some(next) => batch = next,
+                None => return Ok(report),
             }
         }
     }
@@ -313,52 +314,104 @@ impl SyncDb {
     /// [`check_changes`](Self::check_changes) with options: with a
     /// [`wait`](SyncOptions::wait), the first request waits on the server until a
     /// change arrives or the wait is over.
+    ///
+    /// While one batch is merged here, the next one is fetched.
     pub async fn check_changes_with(&self, options: &SyncOptions) -> Result<SyncReport> {
         let state = self.remote_state().ok_or(Error::NoRemote)?;
         let _one_at_a_time = state.receiving.lock().await;
         let url = state.remote.url.clone();
-        let limits = state.remote.limits;
-        let mut cursor = self.remote_cursors(&url).await?.1;
-        let mut wait = options.wait;
+        let fingerprint = self.schema_fingerprint().await?;
+        let cursor = self.remote_cursors(&url).await?.1;
+        let mut answer = self
+            .pull(&state, options, fingerprint, &cursor, options.wait)
+            .await?;
         let mut report = SyncReport::default();
         loop {
-            let fingerprint = self.schema_fingerprint().await?;
-            let query = format!(
-                "{}/pull?cursor={}&wait={}&limit={}",
-                state.remote.url,
-                percent_encode(&cursor.to_string()),
-                wait.as_millis(),
-                limits.max_rows
-            );
-            let answer = state
-                .call(
-                    options,
-                    |http, remote| {
-                        remote
-                            .authorize(http.get(&query))
-                            .timeout(remote.timeout + wait)
-                            .header(SCHEMA_HEADER, fingerprint_hex(fingerprint))
-                            .header(SITE_HEADER, self.site_id().to_string())
-                    },
-                    |body| PullResponse::decode(body).map_err(|e| e.to_string()),
-                )
-                .await?;
-            let applied = self
-                .apply_received(&url, answer.payload.clone(), answer.next.clone())
-                .await?;
+            let apply = self.apply_received(&url, answer.payload.clone(), answer.next.clone());
+            let next = async {
+                if answer.complete {
+                    return Ok::<_, Error>(None);
+                }
+                let next = self.pull(&state, options, fingerprint, &answer.next, Duration::ZERO);
+                next.await.map(Some)
+            };
+            let (applied, next) = tokio::join!(apply, next);
+            // Applied and committed with its cursor, in one transaction.
+            let applied = applied?;
             report.changes_received += applied.applied + applied.ignored;
             report.applied += applied.applied;
             report.bytes_received += answer.payload.len() as u64;
             report.batches += 1;
-            cursor = answer.next;
             if let Some(progress) = &options.progress {
                 progress(&report);
             }
-            if answer.complete {
-                return Ok(report);
+            match next? {
+                Some(next) => answer = next,
+                None => return Ok(report),
             }
-            wait = Duration::ZERO;
         }
+    }
+
+    /// Sends one payload; returns once the server acknowledged it, that is once
+    /// its merge is committed there.
+    async fn push(
+        &self,
+        state: &RemoteState,
+        options: &SyncOptions,
+        fingerprint: u64,
+        payload: &[u8],
+    ) -> Result<PushAck> {
+        let payload = bytes::Bytes::copy_from_slice(payload);
+        let site = self.site_id().to_string();
+        state
+            .call(
+                options,
+                |http, remote| {
+                    remote
+                        .authorize(http.post(format!("{}/push", remote.url)))
+                        .header(SCHEMA_HEADER, fingerprint_hex(fingerprint))
+                        .header(SITE_HEADER, &site)
+                        .body(payload.clone())
+                },
+                // Read whole: a cut or damaged acknowledgement is no acknowledgement.
+                |body| {
+                    serde_json::from_slice(body)
+                        .map_err(|e| format!("the push acknowledgement is unreadable: {e}"))
+                },
+            )
+            .await
+    }
+
+    /// Fetches the batch after `cursor`, waiting up to `wait` for one.
+    async fn pull(
+        &self,
+        state: &RemoteState,
+        options: &SyncOptions,
+        fingerprint: u64,
+        cursor: &Cursor,
+        wait: Duration,
+    ) -> Result<PullResponse> {
+        let query = format!(
+            "{}/pull?cursor={}&wait={}&limit={}",
+            state.remote.url,
+            percent_encode(&cursor.to_string()),
+            wait.as_millis(),
+            state.remote.limits.max_rows
+        );
+        let site = self.site_id().to_string();
+        state
+            .call(
+                options,
+                |http, remote| {
+                    remote
+                        .authorize(http.get(&query))
+                        .timeout(remote.timeout + wait)
+                        .header(SCHEMA_HEADER, fingerprint_hex(fingerprint))
+                        .header(SITE_HEADER, &site)
+                },
+                |body| PullResponse::decode(body).map_err(|e| e.to_string()),
+            )
+            .await
     }
 
     /// Registers this database's tables on the server, creating the server

@@ -12,7 +12,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use sync_runtime::protocol::PushAck;
-use sync_runtime::{Batch, BatchLimits, Cursor, Scope, SiteId, SyncDb, TableSchema};
+use sync_runtime::{
+    Batch, BatchLimits, Cursor, Options, Scope, SiteId, SyncDb, Synchronous, TableSchema,
+};
 use tokio::sync::{Mutex, watch};
 
 use crate::error::{Error, Result};
@@ -208,10 +210,13 @@ pub struct SqliteDatabase {
 }
 
 impl SqliteDatabase {
-    /// Opens (or creates) the database file at `path`.
+    /// Opens (or creates) the database file at `path`. Every commit reaches the
+    /// disk before the push that made it is acknowledged, so an acknowledged change
+    /// survives a crash of the process and a power loss alike.
     pub async fn open(path: &Path) -> Result<Self> {
+        let options = Options::default().synchronous(Synchronous::Full);
         Ok(Self {
-            db: SyncDb::open(path).await?,
+            db: SyncDb::open_with(path, options).await?,
         })
     }
 

@@ -234,3 +234,31 @@ async fn offline_is_a_typed_error_and_keeps_the_changes() {
     assert!(error.is_transient());
     assert!(db.has_unsent_changes().await.unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_change_is_received_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server")).await;
+    let url = server.url("todo");
+    publish_schema(&url, dir.path()).await;
+    let mut devices = Vec::new();
+    for name in ["a", "b", "c"] {
+        devices.push(device(dir.path(), name, &url, name).await);
+    }
+    let mut received = [0; 3];
+    for round in 0..3 {
+        for (i, db) in devices.iter().enumerate() {
+            for n in 0..5 {
+                db.insert(&todo(&format!("{i}/{round}/{n}"))).await.unwrap();
+            }
+            received[i] += db.sync().await.unwrap().changes_received;
+        }
+    }
+    for (i, db) in devices.iter().enumerate() {
+        received[i] += db.sync().await.unwrap().changes_received;
+    }
+    // Each device receives the 2 × 3 × 5 rows of the others once: 4 changes each
+    // (the row's creation and its three columns).
+    assert_eq!(received, [2 * 3 * 5 * 4; 3]);
+    server.stop().await;
+}
