@@ -262,3 +262,70 @@ async fn each_change_is_received_once() {
     assert_eq!(received, [2 * 3 * 5 * 4; 3]);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_are_typed_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server")).await;
+    let url = server.url("todo");
+    publish_schema(&url, dir.path()).await;
+
+    let db = device(dir.path(), "a", &url, "ann").await;
+    db.insert(&todo("kept")).await.unwrap();
+    db.set_remote(sync_runtime::Remote::new(&url).bearer_token("not.a.jwt"));
+    let error = db.sync().await.unwrap_err();
+    assert!(matches!(error, Error::Unauthorized { .. }), "{error:?}");
+    assert!(!error.is_transient());
+    assert!(db.has_unsent_changes().await.unwrap());
+
+    // A user may sync but not change the server's schema.
+    db.set_remote(sync_runtime::Remote::new(&url).bearer_token(support::token("ann")));
+    let error = db.publish_schema().await.unwrap_err();
+    assert!(matches!(error, Error::Forbidden { .. }), "{error:?}");
+    db.sync().await.unwrap();
+    assert!(!db.has_unsent_changes().await.unwrap());
+
+    // No such server database.
+    db.set_remote(
+        sync_runtime::Remote::new(server.url("nothing")).bearer_token(support::token("ann")),
+    );
+    let error = db.sync().await.unwrap_err();
+    assert!(
+        matches!(error, Error::Rejected { status: 404, .. }),
+        "{error:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_sync_delivers_a_write_to_the_other_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server")).await;
+    let url = server.url("todo");
+    publish_schema(&url, dir.path()).await;
+    let a = device(dir.path(), "a", &url, "ann").await;
+    let b = device(dir.path(), "b", &url, "ann").await;
+    let mut a_events = a.auto_sync(std::time::Duration::from_secs(1));
+    let mut b_events = b.auto_sync(std::time::Duration::from_secs(1));
+
+    let row = todo("written on a");
+    a.insert(&row).await.unwrap();
+    let deadline = std::time::Duration::from_secs(20);
+    let sent = tokio::time::timeout(deadline, a_events.next())
+        .await
+        .unwrap();
+    assert!(
+        matches!(sent, Some(sync_runtime::SyncEvent::Sent(r)) if r.changes_sent == 4),
+        "{sent:?}"
+    );
+    let received = tokio::time::timeout(deadline, b_events.next())
+        .await
+        .unwrap();
+    assert!(
+        matches!(received, Some(sync_runtime::SyncEvent::Received(r)) if r.applied == 4),
+        "{received:?}"
+    );
+    assert_eq!(b.get::<Todo>(&row.id).await.unwrap(), Some(row));
+    drop((a_events, b_events));
+    server.stop().await;
+}
