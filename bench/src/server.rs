@@ -4,11 +4,11 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value as Json, json};
 use sync_runtime::{Remote, SyncDb, SyncId};
-use sync_server::auth::hash_key;
+use sync_server::auth::{hash_key, sign_token};
 use sync_server::{AuthConfig, Config, Server};
 use synced_bench::Todo;
 use tokio::task::JoinSet;
@@ -81,14 +81,7 @@ async fn start(dir: &Path) -> Result<Running, BoxError> {
 }
 
 fn token(user: &str) -> Result<String, BoxError> {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-    let claims = json!({ "sub": user, "exp": now + 3600 });
-    let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
-    Ok(jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &claims,
-        &key,
-    )?)
+    Ok(sign_token(SECRET, user, Duration::from_secs(3600))?)
 }
 
 async fn device(path: Option<&Path>, url: &str, user: &str) -> Result<SyncDb, BoxError> {

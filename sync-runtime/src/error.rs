@@ -199,7 +199,8 @@ pub enum Error {
     /// after the retries.
     #[error("the sync server failed ({status}): {message}")]
     Server {
-        /// The HTTP status (0 when the answer itself was unreadable).
+        /// The HTTP status (a 200 whose answer was damaged or cut short counts
+        /// here too, with its status).
         status: u16,
         /// What happened.
         message: String,

@@ -238,8 +238,10 @@ pub(crate) fn export(
     .payload)
 }
 
-/// A row of a batch with its place in export order: (version, table, rowid).
-type Placed = ((i64, usize, i64), RowChange);
+/// A row of a batch with its place in export order, (version, table, rowid), and
+/// whether its existence is one of the changes (a creation or a delete after the
+/// base) rather than the context of its columns.
+type Placed = ((i64, usize, i64), RowChange, bool);
 
 /// Builds the batch of the changes after `from` in `tables` (in the
 /// case-insensitive name order `synced_tables` gives), within `limits`.
@@ -292,8 +294,10 @@ pub(crate) fn export_batch(
             };
             scan(conn, schema, range, |row| {
                 let place = (row.version, index, row.rowid);
-                if let Some(change) = row_change(&mut sites, row, index as u32, base, scope)? {
-                    placed.push((place, change));
+                if let Some((change, existence)) =
+                    row_change(&mut sites, row, index as u32, base, scope)?
+                {
+                    placed.push((place, change, existence));
                 }
                 Ok(())
             })?;
@@ -303,10 +307,10 @@ pub(crate) fn export_batch(
             end => break end,
         }
     };
-    placed.sort_by_key(|(place, _)| *place);
+    placed.sort_by_key(|(place, ..)| *place);
     // The byte limit: stop after the row that reaches it.
     let mut bytes = 0usize;
-    if let Some(cut) = placed.iter().position(|(_, row)| {
+    if let Some(cut) = placed.iter().position(|(_, row, _)| {
         bytes = bytes.saturating_add(row_size(row));
         bytes >= limits.max_bytes
     }) && cut + 1 < placed.len()
@@ -327,7 +331,7 @@ pub(crate) fn export_batch(
     let mut local_index = vec![u32::MAX; tables.len()];
     let mut included = Vec::new();
     let mut changes = 0;
-    for (_, mut row) in placed {
+    for (_, mut row, existence) in placed {
         let table = row.table as usize;
         if local_index[table] == u32::MAX {
             local_index[table] = payload.tables.len() as u32;
@@ -340,7 +344,7 @@ pub(crate) fn export_batch(
             included.push(schema);
         }
         row.table = local_index[table];
-        changes += row.columns.len() + 1;
+        changes += row.columns.len() + usize::from(existence);
         payload.rows.push(row);
     }
     let complete = end.is_none();
@@ -404,14 +408,15 @@ fn page_end(
 }
 
 /// The payload row for a clock row: its existence and the columns written after
-/// `base` that `scope` wants; `None` if nothing of it is wanted.
+/// `base` that `scope` wants, and whether the existence is itself a change; `None`
+/// if nothing of it is wanted.
 fn row_change(
     sites: &mut SiteDictionary<'_>,
     row: ClockRow,
     table: u32,
     base: i64,
     scope: Scope,
-) -> Result<Option<RowChange>> {
+) -> Result<Option<(RowChange, bool)>> {
     let wanted = |sites: &SiteDictionary<'_>, version| -> Result<bool> {
         Ok(match scope {
             Scope::All => true,
@@ -424,13 +429,14 @@ fn row_change(
         if !wanted(sites, row.version)? {
             return Ok(None);
         }
-        return Ok(Some(RowChange {
+        let change = RowChange {
             table,
             pk: row.pk,
             cl,
             origin: sites.origin(row.version)?,
             columns: Vec::new(),
-        }));
+        };
+        return Ok(Some((change, true)));
     }
     if !row.exists {
         return Ok(None);
@@ -448,16 +454,18 @@ fn row_change(
     }
     // The row's creation goes with its columns as their context, and alone when
     // the creation itself is one of the changes asked for.
-    if columns.is_empty() && !(row.created > base && wanted(sites, row.created)?) {
+    let created = row.created > base && wanted(sites, row.created)?;
+    if columns.is_empty() && !created {
         return Ok(None);
     }
-    Ok(Some(RowChange {
+    let change = RowChange {
         table,
         pk: row.pk,
         cl,
         origin: sites.origin(row.created)?,
         columns,
-    }))
+    };
+    Ok(Some((change, created)))
 }
 
 /// Roughly the bytes a row takes in a payload body, before compression.

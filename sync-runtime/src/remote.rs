@@ -77,7 +77,8 @@ impl Remote {
         self
     }
 
-    /// How long one request may take, long-poll wait aside (default 30 s).
+    /// How long one request may take (default 30 s); a pull's long-poll
+    /// [`wait`](SyncOptions::wait) comes on top.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -212,9 +213,11 @@ impl SyncDb {
 
     /// Sets (or replaces) the sync server. Each server URL keeps its own cursors.
     pub fn set_remote(&self, remote: Remote) {
-        // Without TLS roots or a proxy to read, building the client cannot fail in
-        // practice; if it does, the error shows at the first request.
+        // Every request gets the remote's timeout; a pull's long-poll wait comes on
+        // top (set on that request). Building a client fails only without TLS
+        // roots; the plain client then reports it at the first request.
         let http = reqwest::Client::builder()
+            .timeout(remote.timeout)
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
         self.set_remote_state(Arc::new(RemoteState {
@@ -588,7 +591,7 @@ impl RemoteState {
             url: self.remote.url.clone(),
             reason: error_chain(&e),
         };
-        let response = request.timeout(self.remote.timeout).send().await;
+        let response = request.send().await;
         let response = response.map_err(offline)?;
         let status = response.status().as_u16();
         let body = response.bytes().await.map_err(|e| Error::Server {

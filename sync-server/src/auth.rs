@@ -73,6 +73,33 @@ pub fn hash_key(key: &str) -> String {
     )
 }
 
+/// Signs an HS256 token for `user` (its `sub`), valid for `valid_for` from now:
+/// what an app's login service does once it knows who the user is, with the
+/// server's `jwt_hs256_secret`. Handy for tests, demos and tools too.
+///
+/// ```
+/// use std::time::Duration;
+/// use sync_server::auth::sign_token;
+///
+/// let token = sign_token("a-secret-of-enough-length", "ann", Duration::from_secs(3600))?;
+/// assert_eq!(token.split('.').count(), 3);
+/// # Ok::<(), sync_server::Error>(())
+/// ```
+pub fn sign_token(secret: &str, user: &str, valid_for: std::time::Duration) -> Result<String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| Error::Config("the system clock is before 1970".into()))?
+        .as_secs();
+    let claims = serde_json::json!({
+        "sub": user,
+        "iat": now,
+        "exp": now.saturating_add(valid_for.as_secs()),
+    });
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key)
+        .map_err(|e| Error::Config(format!("cannot sign a token: {e}")))
+}
+
 /// The 32 bytes of a configured `sha256:<hex>` hash, or `None` if it is not one.
 pub(crate) fn parse_key_hash(text: &str) -> Option<[u8; 32]> {
     let digits = text.trim().strip_prefix(KEY_HASH_PREFIX)?;

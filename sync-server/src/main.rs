@@ -5,7 +5,7 @@
 //! sync-server hash-key <KEY>      # the form of an API key for the config file
 //! ```
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,7 +17,7 @@ use tracing_subscriber::EnvFilter;
 /// Serves Synced databases over HTTP: devices push their changes and pull the
 /// others'. Logs go to stderr (filter with RUST_LOG, e.g. RUST_LOG=sync_server=debug).
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Cli {
     /// The data directory: one SQLite file per database (created if missing).
     /// Overrides `data` of the config file.
@@ -54,6 +54,7 @@ fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,

@@ -260,6 +260,14 @@ async fn each_change_is_received_once() {
     // Each device receives the 2 × 3 × 5 rows of the others once: 4 changes each
     // (the row's creation and its three columns).
     assert_eq!(received, [2 * 3 * 5 * 4; 3]);
+
+    // One column written: one change sent, one received, by each side's count.
+    let mut row = rows(&devices[0]).await.remove(0);
+    row.done = true;
+    devices[0].update(&row).await.unwrap();
+    assert_eq!(devices[0].sync().await.unwrap().changes_sent, 1);
+    let report = devices[1].sync().await.unwrap();
+    assert_eq!((report.changes_received, report.applied), (1, 1));
     server.stop().await;
 }
 
@@ -327,5 +335,29 @@ async fn auto_sync_delivers_a_write_to_the_other_device() {
     );
     assert_eq!(b.get::<Todo>(&row.id).await.unwrap(), Some(row));
     drop((a_events, b_events));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_may_wait_longer_than_the_request_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server")).await;
+    let url = server.url("todo");
+    publish_schema(&url, dir.path()).await;
+    let db = device(dir.path(), "a", &url, "ann").await;
+    db.set_remote(
+        sync_runtime::Remote::new(&url)
+            .bearer_token(support::token("ann"))
+            .timeout(std::time::Duration::from_millis(300)),
+    );
+    let options = sync_runtime::SyncOptions {
+        wait: std::time::Duration::from_millis(600),
+        max_retries: 0,
+        ..Default::default()
+    };
+    let started = std::time::Instant::now();
+    let report = db.check_changes_with(&options).await.unwrap();
+    assert_eq!(report.changes_received, 0);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(600));
     server.stop().await;
 }

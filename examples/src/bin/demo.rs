@@ -59,6 +59,7 @@ async fn main() -> Result<()> {
 /// Runs the demo in `dir`; returns the rows every replica ended with.
 async fn run(dir: &Path) -> Result<Vec<Todo>> {
     // 1. The server, in this process, on a free loopback port.
+    // ANCHOR: server
     let config = Config {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         data: dir.join("server"),
@@ -76,13 +77,16 @@ async fn run(dir: &Path) -> Result<Vec<Todo>> {
         let _ = stopped.await;
     }));
     println!("Server listening, database URL {url}");
+    // ANCHOR_END: server
 
     // 2. An admin creates the server database from the app's structs.
+    // ANCHOR: publish_schema
     let admin = SyncDb::open_in_memory()
         .await?
         .with_remote(Remote::new(&url).api_key(ADMIN_KEY));
     admin.register::<Todo>().await?;
     admin.publish_schema().await?;
+    // ANCHOR_END: publish_schema
     println!("Admin registered the `todos` table on the server\n");
 
     // 3. Two devices of the same user, each with its own database file.
@@ -90,6 +94,7 @@ async fn run(dir: &Path) -> Result<Vec<Todo>> {
     let laptop = device(dir, "laptop", &url).await?;
 
     println!("Phone adds three to-dos and syncs; the laptop syncs:");
+    // ANCHOR: first_sync
     let milk = Todo::new("Buy milk");
     let plants = Todo::new("Water the plants");
     let bread = Todo::new("Bake bread");
@@ -99,6 +104,7 @@ async fn run(dir: &Path) -> Result<Vec<Todo>> {
     report("phone", phone.sync().await?);
     report("laptop", laptop.sync().await?);
     show("laptop", &laptop).await?;
+    // ANCHOR_END: first_sync
 
     println!("\nBoth go offline and edit:");
     let mut on_phone = milk.clone();
@@ -121,12 +127,14 @@ async fn run(dir: &Path) -> Result<Vec<Todo>> {
     println!("  phone   adds a note to \"Water the plants\" (raw SQL, tracked too)");
     phone.insert(&Todo::new("Call mum")).await?;
     println!("  phone   adds \"Call mum\"");
+    // ANCHOR: unsent
     for (name, db) in [("phone", &phone), ("laptop", &laptop)] {
         println!(
             "  {name:<7} has unsent changes: {}",
             db.has_unsent_changes().await?
         );
     }
+    // ANCHOR_END: unsent
 
     println!("\nBack online, each syncs (the phone twice, to fetch the laptop's edits):");
     report("phone", phone.sync().await?);
@@ -158,6 +166,7 @@ async fn run(dir: &Path) -> Result<Vec<Todo>> {
     Ok(rows)
 }
 
+// ANCHOR: device
 /// Opens a device database syncing as the demo user.
 async fn device(dir: &Path, name: &str, url: &str) -> Result<SyncDb> {
     let db = SyncDb::open(dir.join(format!("{name}.db")))
@@ -166,7 +175,9 @@ async fn device(dir: &Path, name: &str, url: &str) -> Result<SyncDb> {
     db.register::<Todo>().await?;
     Ok(db)
 }
+// ANCHOR_END: device
 
+// ANCHOR: login
 /// What a login service does: signs a JWT naming the user (`sub`).
 fn login(user: &str) -> Result<String> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
@@ -178,6 +189,7 @@ fn login(user: &str) -> Result<String> {
         &key,
     )?)
 }
+// ANCHOR_END: login
 
 fn report(name: &str, report: SyncReport) {
     println!(

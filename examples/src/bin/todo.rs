@@ -15,14 +15,15 @@
 //! cargo run --bin todo -- --db phone.db sync
 //! cargo run --bin todo -- --db laptop.db sync
 //! cargo run --bin todo -- --db laptop.db list
-//! cargo run --bin todo -- --db laptop.db done 0193   # a prefix of the id
+//! cargo run --bin todo -- --db laptop.db done 01a2f3   # the first characters of an id
 //! ```
 
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use sync_runtime::{Remote, SyncDb, SyncId, Synced, params};
+use sync_server::auth::sign_token;
 
 /// A to-do item.
 #[derive(Synced, Debug, Clone, PartialEq)]
@@ -38,7 +39,7 @@ struct Todo {
 
 /// A synced to-do list.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Cli {
     /// This device's database file.
     #[arg(long, default_value = "todo.db")]
@@ -102,6 +103,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         println!("{}", login(user, jwt_secret)?);
         return Ok(());
     }
+    // ANCHOR: remote
     let mut remote = Remote::new(&cli.server);
     if let Some(token) = cli.token {
         remote = remote.bearer_token(token);
@@ -111,6 +113,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     }
     let db = SyncDb::open(&cli.db).await?.with_remote(remote);
     db.register::<Todo>().await?;
+    // ANCHOR_END: remote
     match cli.command {
         Command::Add { title } => {
             let todo = Todo {
@@ -165,12 +168,5 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn login(user: &str, secret: &str) -> Result<String, Box<dyn std::error::Error>> {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-    let claims = serde_json::json!({ "sub": user, "iat": now, "exp": now + 24 * 3600 });
-    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
-    Ok(jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &claims,
-        &key,
-    )?)
+    Ok(sign_token(secret, user, Duration::from_secs(24 * 3600))?)
 }

@@ -5,10 +5,10 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use sync_runtime::{Remote, SyncDb, SyncId, Synced, params};
-use sync_server::auth::hash_key;
+use sync_server::auth::{hash_key, sign_token};
 use sync_server::{AuthConfig, Config, Server};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -106,17 +106,7 @@ impl Drop for TestServer {
 
 /// A JWT for `user`, valid for an hour.
 pub fn token(user: &str) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let claims = serde_json::json!({ "sub": user, "exp": now + 3600, "iat": now });
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
-    )
-    .unwrap()
+    sign_token(JWT_SECRET, user, Duration::from_secs(3600)).unwrap()
 }
 
 /// Creates the server database `name` with the `Todo` schema, as an admin does.
