@@ -12,6 +12,7 @@ use tokio::sync::{oneshot, watch};
 use crate::change::{self, Change};
 use crate::error::{Error, Result};
 use crate::export::{self, Batch, BatchLimits, Cursor, Scope, Since};
+use crate::filter::ReadFilter;
 use crate::id::SiteId;
 use crate::merge::{self, ApplyReport};
 use crate::model::Synced;
@@ -593,6 +594,28 @@ impl SyncDb {
         self.call(move |w| {
             read_final(w, |conn, tables| {
                 export::export_batch(conn, tables, &from, scope, limits)
+            })
+        })
+        .await
+    }
+
+    /// Like [`export_batch`](Self::export_batch) for one reader (a device of a
+    /// user), with row-level security: only the changes of rows `filter` lets it
+    /// read, whole for rows it does not hold yet, evictions for rows it holds but
+    /// may no longer read, and nothing of other rows; never the reader's own
+    /// changes. What each reader holds is kept in this database.
+    pub async fn export_filtered(
+        &self,
+        from: Cursor,
+        reader: SiteId,
+        limits: BatchLimits,
+        filter: ReadFilter,
+    ) -> Result<Batch> {
+        self.call(move |w| {
+            write(w, |tx| {
+                tx.set_versions();
+                let tables = tracking::synced_tables(tx.conn(), true)?;
+                export::export_filtered(tx.conn(), &tables, &from, reader, limits, &filter)
             })
         })
         .await

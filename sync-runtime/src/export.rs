@@ -6,6 +6,7 @@ use rusqlite::Connection;
 
 use crate::change::{ClockRow, Origins, Range, scan};
 use crate::error::Result;
+use crate::filter::{Decision, Gate, ReadFilter};
 use crate::id::SiteId;
 use crate::schema::TableSchema;
 use crate::sql::TableSql;
@@ -256,6 +257,32 @@ pub(crate) fn export_batch(
     scope: Scope,
     limits: BatchLimits,
 ) -> Result<Batch> {
+    export_gated(conn, tables, from, scope, limits, None)
+}
+
+/// [`export_batch`] of the changes `reader` may see through `filter` (its own
+/// left out), in a write transaction: the rows sent and evicted are marked for the
+/// reader (see [`crate::filter`]).
+pub(crate) fn export_filtered(
+    conn: &Connection,
+    tables: &[TableSchema],
+    from: &Cursor,
+    reader: SiteId,
+    limits: BatchLimits,
+    filter: &ReadFilter,
+) -> Result<Batch> {
+    let scope = Scope::Except(reader);
+    export_gated(conn, tables, from, scope, limits, Some((filter, reader)))
+}
+
+fn export_gated(
+    conn: &Connection,
+    tables: &[TableSchema],
+    from: &Cursor,
+    scope: Scope,
+    limits: BatchLimits,
+    filter: Option<(&ReadFilter, SiteId)>,
+) -> Result<Batch> {
     let origins = Origins::new(conn)?;
     let upto: i64 = conn.query_row(crate::sql::CURRENT_VERSION, [], |r| r.get(0))?;
     // A cursor past this database's history came from another database (one that
@@ -271,6 +298,12 @@ pub(crate) fn export_batch(
     let max_rows = limits.max_rows.max(1);
     let mut sites = SiteDictionary::new(&origins);
     let base = from.base;
+    let mut gate = match filter {
+        Some((filter, reader)) => Some(Gate::new(conn, filter, reader, base, upto)?),
+        None => None,
+    };
+    // A filtered export may send a row whole: it reads every column.
+    let scan_base = if gate.is_some() { 0 } else { base };
     let mut placed: Vec<Placed> = Vec::new();
     let mut from = from.clone();
     // Pages whose rows the scope leaves out are skipped here, rather than sent
@@ -288,15 +321,24 @@ pub(crate) fn export_batch(
                 continue;
             }
             let range = Range::Page {
-                base,
+                base: scan_base,
                 after,
                 upto: last,
             };
             scan(conn, schema, range, |row| {
                 let place = (row.version, index, row.rowid);
-                if let Some((change, existence)) =
-                    row_change(&mut sites, row, index as u32, base, scope)?
-                {
+                let table = index as u32;
+                let decision = match &mut gate {
+                    Some(gate) => gate.decide(conn, &origins, schema, &row)?,
+                    None => Decision::Changes,
+                };
+                let change = match decision {
+                    Decision::Skip => None,
+                    Decision::Changes => row_change(&mut sites, row, table, base, scope)?,
+                    Decision::Whole => row_change(&mut sites, row, table, 0, Scope::All)?,
+                    Decision::Evict => Some((evict(&mut sites, row, table)?, true)),
+                };
+                if let Some((change, existence)) = change {
                     placed.push((place, change, existence));
                 }
                 Ok(())
@@ -357,6 +399,9 @@ pub(crate) fn export_batch(
     let upto = u64::try_from(upto).unwrap_or_default();
     payload.since = u64::try_from(base).unwrap_or_default().min(upto);
     payload.upto = if complete { upto } else { payload.since };
+    if let Some(gate) = gate {
+        gate.record(conn)?;
+    }
     let rows = payload.rows.len();
     Ok(Batch {
         payload: wire::encode(&payload, Compression::Zstd),
@@ -443,7 +488,7 @@ fn row_change(
     }
     let mut columns = Vec::new();
     for column in row.columns {
-        if wanted(sites, column.version)? {
+        if column.version > base && wanted(sites, column.version)? {
             columns.push(ColumnChange {
                 column: column.index as u32,
                 col_version: u64::try_from(column.col_version).unwrap_or_default(),
@@ -466,6 +511,17 @@ fn row_change(
         columns,
     };
     Ok(Some((change, created)))
+}
+
+/// The eviction of a row (see [`wire::EVICT`]).
+fn evict(sites: &mut SiteDictionary<'_>, row: ClockRow, table: u32) -> Result<RowChange> {
+    Ok(RowChange {
+        table,
+        pk: row.pk,
+        cl: wire::EVICT,
+        origin: sites.origin(row.version)?,
+        columns: Vec::new(),
+    })
 }
 
 /// Roughly the bytes a row takes in a payload body, before compression.

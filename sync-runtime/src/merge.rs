@@ -72,8 +72,9 @@ pub(crate) fn apply(conn: &Connection, bytes: &[u8]) -> Result<ApplyReport> {
     let sites = local_sites(conn, &payload.sites)?;
     for row in &payload.rows {
         let target = &targets[row.table as usize];
-        // A grow-only row is created once and never deleted: its causal length is 1.
-        if target.schema.algorithm == Algorithm::Gos && row.cl != 1 {
+        // A grow-only row is created once and never deleted: its causal length is 1
+        // (or 0, an eviction, which is no delete).
+        if target.schema.algorithm == Algorithm::Gos && row.cl > 1 {
             return Err(Error::GrowOnly {
                 table: target.schema.name.to_string(),
             });
@@ -326,6 +327,24 @@ impl Merge<'_> {
         )
     }
 
+    /// Forgets a row, values and clock, as if this replica never had it: the
+    /// exporter says this replica may no longer read it. Nothing is recorded, so
+    /// nothing of it is sent anywhere.
+    fn evict(&mut self, target: &Target, row: &RowChange) -> Result<()> {
+        let conn = self.conn;
+        let deleted = conn
+            .prepare_cached(&target.sql.delete)?
+            .execute(rusqlite::params_from_iter(&row.pk))?;
+        let forgotten = conn
+            .prepare_cached(&target.sql.delete_clock)?
+            .execute(rusqlite::params_from_iter(&row.pk))?;
+        if deleted + forgotten > 0 {
+            self.report.applied += 1;
+            self.report.rows += 1;
+        }
+        Ok(())
+    }
+
     /// Whether the payload's record of a row's existence replaces the local one,
     /// for the same causal length: the greater site id wins.
     fn existence_wins(&self, row: &RowChange, clock: &Clock) -> Result<bool> {
@@ -362,6 +381,9 @@ impl Merge<'_> {
 
     fn row(&mut self, target: &Target, row: &RowChange) -> Result<()> {
         let conn = self.conn;
+        if row.cl == wire::EVICT {
+            return self.evict(target, row);
+        }
         let cl = i64::try_from(row.cl).unwrap_or(i64::MAX);
         let value_count = target.defaults.len();
         let stored = read_clock(conn, target, &row.pk, value_count)?;

@@ -75,6 +75,14 @@ CREATE TABLE IF NOT EXISTS _synced_remote (
   sent TEXT NOT NULL,
   received TEXT NOT NULL
 ) STRICT;
+CREATE TABLE IF NOT EXISTS _synced_held (
+  site INTEGER NOT NULL,
+  tbl TEXT NOT NULL,
+  pk BLOB NOT NULL,
+  evicted INTEGER NOT NULL,
+  at INTEGER NOT NULL,
+  PRIMARY KEY (site, tbl, pk)
+) STRICT, WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS _synced_tables (
   name TEXT PRIMARY KEY COLLATE NOCASE,
   algorithm TEXT NOT NULL,
@@ -207,6 +215,8 @@ pub(crate) struct TableSql {
     pub(crate) drop_clock: String,
     /// Deletes every row and every clock (run with the triggers off).
     pub(crate) wipe: String,
+    /// Deletes a row's clock by key (an eviction, with the triggers off).
+    pub(crate) delete_clock: String,
     pub(crate) insert: String,
     pub(crate) update: Option<String>,
     pub(crate) delete: String,
@@ -276,6 +286,8 @@ impl TableSql {
             drop_guards: drop_triggers(schema, &["guard_delete", "guard_rekey"]),
             drop_clock: format!("DROP TABLE IF EXISTS {clock};"),
             wipe: format!("DELETE FROM {table}; DELETE FROM {clock};"),
+            delete_clock: format!("DELETE FROM {clock} WHERE {by_key_params}"),
+
             insert: format!("INSERT OR FAIL INTO {table} ({all}) VALUES ({placeholders})"),
             update: (!sets.is_empty()).then(|| {
                 format!(
@@ -594,6 +606,21 @@ fn create_triggers(schema: &TableSchema) -> String {
         );
     }
     sql
+}
+
+/// Whether the row whose key is bound after the filter's `params` parameters
+/// matches `filter` (SQL over the table's columns, with `?1`…`?{params}`).
+pub(crate) fn row_matches(schema: &TableSchema, filter: &str, params: usize) -> String {
+    let keys = schema
+        .key_columns()
+        .enumerate()
+        .map(|(i, c)| format!("{} = ?{}", ident(&c.name), params + i + 1))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    format!(
+        "SELECT EXISTS (SELECT 1 FROM {} WHERE ({filter}) AND {keys})",
+        ident(&schema.name)
+    )
 }
 
 /// Clock rows that match `filter` (changed after `?1`, or in a page), joined with

@@ -28,7 +28,7 @@
 //! rows:    varint n, then per row:
 //!            varint table index
 //!            one value per key column
-//!            varint causal length
+//!            varint causal length (0: the row is evicted, see [`EVICT`])
 //!            origin of the row's existence: varint site index, varint version
 //!            varint number of column changes, then per change:
 //!              varint (column index << 1 | 1 if its origin differs from the row's)
@@ -55,6 +55,11 @@ pub const FORMAT_VERSION: u8 = 1;
 /// The largest causal length, column version or version a payload may carry: far
 /// from `i64::MAX`, so that every replica can keep counting from any of them.
 pub const MAX_CLOCK: u64 = 1 << 62;
+/// The causal length of an eviction: the receiver may no longer read the row
+/// (row-level security on a server), so it forgets the row, values and clock, as if
+/// it never had it. An eviction carries no column changes. It is not a delete: no
+/// replica records it, and the row comes back whole if it is readable again.
+pub const EVICT: u64 = 0;
 /// The largest body a payload may hold once decompressed: 256 MiB.
 pub const MAX_BODY: u32 = 256 * 1024 * 1024;
 
@@ -132,7 +137,8 @@ pub struct RowChange {
     pub table: u32,
     /// The row's key, one value per key column.
     pub pk: Vec<Value>,
-    /// The row's causal length: odd while it exists, even once deleted.
+    /// The row's causal length: odd while it exists, even once deleted; 0 when
+    /// the exporter evicts the row from the receiver (see [`EVICT`]).
     pub cl: u64,
     /// Where the row's causal length was last raised (its creation or delete).
     pub origin: Origin,
@@ -358,6 +364,16 @@ fn put_origin(out: &mut Vec<u8>, origin: Origin) {
     put_varint(out, origin.version);
 }
 
+/// A row's key values as bytes (the payload's value encoding, one after the
+/// other): the same key gives the same bytes.
+pub(crate) fn encode_key(values: &[Value]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(values.len() * 20);
+    for value in values {
+        put_value(&mut out, value);
+    }
+    out
+}
+
 fn put_value(out: &mut Vec<u8>, value: &Value) {
     match value {
         Value::Null => out.push(0),
@@ -440,11 +456,13 @@ impl<'a> Reader<'a> {
             .map(|_| self.value())
             .collect::<Result<Vec<_>, _>>()?;
         let cl = self.clock()?;
-        if cl == 0 {
-            return Err(WireError::Malformed("causal length 0"));
-        }
         let origin = self.origin(sites)?;
         let changes = self.count(3)?;
+        if cl == 0 && changes > 0 {
+            return Err(WireError::Malformed(
+                "an evicted row (causal length 0) with columns",
+            ));
+        }
         let mut columns = Vec::with_capacity(changes);
         for _ in 0..changes {
             let tagged = self.varint()?;

@@ -1,0 +1,236 @@
+//! Row-level read filters on exports: what one reader may see of each table.
+//!
+//! A server exports, for each device, only the rows its user may read. What the
+//! device holds is remembered per reader site in `_synced_held`, so that:
+//!
+//! - a row the reader may read but does not hold yet (a move-in) goes whole, with
+//!   every column, whoever wrote it;
+//! - a row the reader holds but may no longer read (a move-out) goes as an
+//!   eviction ([`wire::EVICT`]), which makes the reader forget it;
+//! - a row the reader never held and may not read sends nothing: not its values,
+//!   not its delete, not its existence.
+//!
+//! A reader holds the rows it was sent and the rows it created. Marks carry the
+//! version of the export that set them: an export from a cursor older than a mark
+//! was not received (the reader would have moved its cursor), so the row goes
+//! again, whole or evicted.
+
+use std::collections::HashMap;
+
+use rusqlite::{Connection, OptionalExtension};
+
+use crate::change::{ClockRow, Origins};
+use crate::error::Result;
+use crate::id::SiteId;
+use crate::schema::TableSchema;
+use crate::value::Value;
+use crate::wire;
+
+/// Which rows of one table a reader may see.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RowFilter {
+    /// Every row.
+    All,
+    /// No row.
+    Nothing,
+    /// The rows for which an SQL expression over the table's columns is true;
+    /// `?1`, `?2`… in it are bound to `params`, never spliced into the text.
+    Where {
+        /// The expression, e.g. `owner_id = ?1 OR shared = 1`.
+        sql: String,
+        /// The values of `?1`, `?2`…
+        params: Vec<Value>,
+    },
+}
+
+/// What a reader may see of each table: the row-level security of an export (see
+/// [`SyncDb::export_filtered`](crate::SyncDb::export_filtered)).
+///
+/// ```
+/// use sync_runtime::{ReadFilter, RowFilter, Value};
+///
+/// let filter = ReadFilter::new(RowFilter::Nothing).table(
+///     "todos",
+///     RowFilter::Where { sql: "owner_id = ?1 OR shared = 1".into(), params: vec![Value::from("ann")] },
+/// );
+/// assert_eq!(filter.for_table("TODOS"), &RowFilter::Where {
+///     sql: "owner_id = ?1 OR shared = 1".into(),
+///     params: vec![Value::from("ann")],
+/// });
+/// assert_eq!(filter.for_table("notes"), &RowFilter::Nothing);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadFilter {
+    tables: HashMap<String, RowFilter>,
+    others: RowFilter,
+}
+
+impl ReadFilter {
+    /// A filter that applies `others` to every table not named with
+    /// [`table`](Self::table).
+    pub fn new(others: RowFilter) -> Self {
+        Self {
+            tables: HashMap::new(),
+            others,
+        }
+    }
+
+    /// Sets the filter of one table (names are case-insensitive).
+    pub fn table(mut self, name: &str, filter: RowFilter) -> Self {
+        self.tables.insert(name.to_ascii_lowercase(), filter);
+        self
+    }
+
+    /// The filter of a table.
+    pub fn for_table(&self, name: &str) -> &RowFilter {
+        self.tables
+            .get(&name.to_ascii_lowercase())
+            .unwrap_or(&self.others)
+    }
+}
+
+/// What an export does with one row for a filtered reader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// Nothing of the row goes.
+    Skip,
+    /// The changes after the cursor's base go, as for an unfiltered export.
+    Changes,
+    /// The whole row goes: the reader does not hold it.
+    Whole,
+    /// The reader must forget the row.
+    Evict,
+}
+
+/// A reader's marks on one row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mark {
+    Held { at: i64 },
+    Evicted { at: i64 },
+}
+
+/// The filtered reader of one export: decides row by row, and records the marks
+/// the export sets.
+pub(crate) struct Gate<'f> {
+    filter: &'f ReadFilter,
+    /// The reader's site ordinal here.
+    reader: i64,
+    /// The cursor's base version and the version of this export.
+    base: i64,
+    upto: i64,
+    marks: Vec<(String, Vec<u8>, Mark)>,
+}
+
+impl<'f> Gate<'f> {
+    /// A gate for `reader` (added to the sites if new) exporting after `base`, at
+    /// version `upto`.
+    pub(crate) fn new(
+        conn: &Connection,
+        filter: &'f ReadFilter,
+        reader: SiteId,
+        base: i64,
+        upto: i64,
+    ) -> Result<Self> {
+        let bytes = reader.as_bytes().as_slice();
+        conn.prepare_cached(
+            "INSERT INTO _synced_sites (ordinal, site_id) \
+             SELECT coalesce(max(ordinal), 0) + 1, ?1 FROM _synced_sites WHERE true \
+             ON CONFLICT (site_id) DO NOTHING",
+        )?
+        .execute([bytes])?;
+        let reader = conn
+            .prepare_cached("SELECT ordinal FROM _synced_sites WHERE site_id = ?1")?
+            .query_row([bytes], |r| r.get(0))?;
+        Ok(Self {
+            filter,
+            reader,
+            base,
+            upto,
+            marks: Vec::new(),
+        })
+    }
+
+    /// What goes of `row` of `schema`.
+    pub(crate) fn decide(
+        &mut self,
+        conn: &Connection,
+        origins: &Origins<'_>,
+        schema: &TableSchema,
+        row: &ClockRow,
+    ) -> Result<Decision> {
+        let table = schema.name.to_ascii_lowercase();
+        let key = wire::encode_key(&row.pk);
+        let mark = conn
+            .prepare_cached(
+                "SELECT evicted, at FROM _synced_held WHERE site = ?1 AND tbl = ?2 AND pk = ?3",
+            )?
+            .query_row((self.reader, &table, &key), |r| {
+                let (evicted, at): (bool, i64) = (r.get(0)?, r.get(1)?);
+                Ok(if evicted {
+                    Mark::Evicted { at }
+                } else {
+                    Mark::Held { at }
+                })
+            })
+            .optional()?;
+        let lives = row.cl % 2 == 1;
+        // A reader holds what it was sent (and received: the mark is not newer than
+        // its cursor) and what it created.
+        let holds = match mark {
+            Some(Mark::Held { at }) => Some(at <= self.base),
+            Some(Mark::Evicted { .. }) => None,
+            None => (lives && origins.of(row.created)?.0 == self.reader).then_some(true),
+        };
+        // An eviction the reader may not have received goes again.
+        let evicted_unseen = matches!(mark, Some(Mark::Evicted { at }) if at > self.base);
+        let readable = lives && row.exists && self.readable(conn, schema, &row.pk)?;
+        let decision = match (readable, holds) {
+            (true, Some(true)) => Decision::Changes,
+            (true, _) => Decision::Whole,
+            // The reader held the row, which was deleted: the delete goes.
+            (false, Some(_)) if !lives => Decision::Changes,
+            (false, Some(_)) => Decision::Evict,
+            (false, None) if evicted_unseen => Decision::Evict,
+            (false, None) => Decision::Skip,
+        };
+        let new_mark = match decision {
+            Decision::Whole => Some(Mark::Held { at: self.upto }),
+            Decision::Evict => Some(Mark::Evicted { at: self.upto }),
+            Decision::Changes if !lives => Some(Mark::Evicted { at: self.upto }),
+            _ => None,
+        };
+        if let Some(new_mark) = new_mark {
+            self.marks.push((table, key, new_mark));
+        }
+        Ok(decision)
+    }
+
+    fn readable(&self, conn: &Connection, schema: &TableSchema, pk: &[Value]) -> Result<bool> {
+        match self.filter.for_table(&schema.name) {
+            RowFilter::All => Ok(true),
+            RowFilter::Nothing => Ok(false),
+            RowFilter::Where { sql, params } => {
+                let query = crate::sql::row_matches(schema, sql, params.len());
+                let mut stmt = conn.prepare_cached(&query)?;
+                let bound = params.iter().chain(pk);
+                Ok(stmt.query_row(rusqlite::params_from_iter(bound), |r| r.get(0))?)
+            }
+        }
+    }
+
+    /// Stores the marks this export set.
+    pub(crate) fn record(self, conn: &Connection) -> Result<()> {
+        let mut stmt = conn.prepare_cached(
+            "INSERT INTO _synced_held (site, tbl, pk, evicted, at) VALUES (?1, ?2, ?3, ?4, ?5) \
+             ON CONFLICT (site, tbl, pk) DO UPDATE SET evicted = excluded.evicted, at = excluded.at",
+        )?;
+        for (table, key, mark) in self.marks {
+            let (evicted, at) = match mark {
+                Mark::Held { at } => (false, at),
+                Mark::Evicted { at } => (true, at),
+            };
+            stmt.execute((self.reader, table, key, evicted, at))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,247 @@
+//! Row-level read filters: each reader receives exactly the rows it may read, and
+//! forgets the rows it may no longer read.
+
+#![allow(clippy::unwrap_used)] // in tests, a failed unwrap is a failed assertion
+
+use sync_runtime::{
+    BatchLimits, Cursor, ReadFilter, RowFilter, Since, SyncDb, SyncId, Synced, Value, params,
+};
+
+#[derive(Synced, Debug, Clone, PartialEq)]
+#[synced(table = "notes")]
+struct Note {
+    #[synced(primary_key)]
+    id: SyncId,
+    owner: String,
+    #[synced(default = false)]
+    shared: bool,
+    text: String,
+}
+
+fn note(owner: &str, shared: bool, text: &str) -> Note {
+    Note {
+        id: SyncId::new(),
+        owner: owner.into(),
+        shared,
+        text: text.into(),
+    }
+}
+
+/// A device of `user` and the cursor it keeps on the server.
+struct Reader {
+    db: SyncDb,
+    user: &'static str,
+    cursor: Cursor,
+}
+
+impl Reader {
+    async fn new(user: &'static str) -> Self {
+        let db = SyncDb::open_in_memory().await.unwrap();
+        db.register::<Note>().await.unwrap();
+        Self {
+            db,
+            user,
+            cursor: Cursor::BEGINNING,
+        }
+    }
+
+    fn filter(&self) -> ReadFilter {
+        ReadFilter::new(RowFilter::Nothing).table(
+            "notes",
+            RowFilter::Where {
+                sql: "owner = ?1 OR shared = 1".into(),
+                params: vec![Value::from(self.user)],
+            },
+        )
+    }
+
+    /// Fetches everything new from `server`, in small batches.
+    async fn pull(&mut self, server: &SyncDb) {
+        let limits = BatchLimits {
+            max_rows: 2,
+            ..BatchLimits::default()
+        };
+        loop {
+            let batch = server
+                .export_filtered(
+                    self.cursor.clone(),
+                    self.db.site_id(),
+                    limits,
+                    self.filter(),
+                )
+                .await
+                .unwrap();
+            self.db.apply_changes(&batch.payload).await.unwrap();
+            self.cursor = batch.next;
+            if batch.complete {
+                return;
+            }
+        }
+    }
+
+    /// The texts of the rows this device holds, sorted.
+    async fn texts(&self) -> Vec<String> {
+        let mut texts: Vec<String> = self
+            .db
+            .query::<Note>("", params![])
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|n| n.text)
+            .collect();
+        texts.sort();
+        texts
+    }
+
+    /// Every key this device's clocks know, deleted rows included.
+    async fn known_keys(&self) -> Vec<Value> {
+        self.db
+            .changes_since(0)
+            .await
+            .unwrap()
+            .into_iter()
+            .flat_map(|c| c.pk)
+            .collect()
+    }
+}
+
+async fn server() -> SyncDb {
+    let db = SyncDb::open_in_memory().await.unwrap();
+    db.register::<Note>().await.unwrap();
+    db
+}
+
+#[tokio::test]
+async fn a_reader_receives_only_the_rows_it_may_read() {
+    let server = server().await;
+    let secret = note("bob", false, "bob's secret");
+    for row in [
+        note("ann", false, "ann's own"),
+        secret.clone(),
+        note("bob", true, "bob's shared"),
+    ] {
+        server.insert(&row).await.unwrap();
+    }
+    server.delete::<Note>(&secret.id).await.unwrap();
+    server
+        .insert(&note("bob", false, "bob's other"))
+        .await
+        .unwrap();
+    let mut ann = Reader::new("ann").await;
+    ann.pull(&server).await;
+    assert_eq!(ann.texts().await, ["ann's own", "bob's shared"]);
+    // Not its values, not its delete, not its existence.
+    assert!(!ann.known_keys().await.contains(&Value::from(secret.id)));
+    assert_eq!(ann.known_keys().await.len(), 2 * 4);
+}
+
+#[tokio::test]
+async fn rows_move_out_and_in_as_the_filter_says() {
+    let server = server().await;
+    let shared = note("bob", true, "shared");
+    let private = note("bob", false, "private");
+    server.insert(&shared).await.unwrap();
+    server.insert(&private).await.unwrap();
+    let mut ann = Reader::new("ann").await;
+    ann.pull(&server).await;
+    assert_eq!(ann.texts().await, ["shared"]);
+
+    // Un-shared: ann forgets the row, and records nothing to send.
+    server
+        .execute_raw(
+            "UPDATE notes SET shared = 0 WHERE id = ?1",
+            params![shared.id],
+        )
+        .await
+        .unwrap();
+    ann.pull(&server).await;
+    assert!(ann.texts().await.is_empty());
+    assert!(ann.known_keys().await.is_empty());
+    let local = ann.db.export_local_changes(Since::Beginning).await.unwrap();
+    assert_eq!(sync_runtime::wire::decode(&local).unwrap().rows.len(), 0);
+
+    // Given to ann: the whole row arrives, the columns written before too.
+    server
+        .execute_raw(
+            "UPDATE notes SET owner = 'ann' WHERE id = ?1",
+            params![private.id],
+        )
+        .await
+        .unwrap();
+    ann.pull(&server).await;
+    assert_eq!(
+        ann.db.get::<Note>(&private.id).await.unwrap(),
+        Some(Note {
+            owner: "ann".into(),
+            ..private.clone()
+        })
+    );
+
+    // Deleted: the delete reaches the reader that held the row.
+    server.delete::<Note>(&private.id).await.unwrap();
+    ann.pull(&server).await;
+    assert!(ann.texts().await.is_empty());
+}
+
+#[tokio::test]
+async fn an_eviction_that_was_not_received_goes_again() {
+    let server = server().await;
+    let row = note("bob", true, "shared");
+    server.insert(&row).await.unwrap();
+    let mut ann = Reader::new("ann").await;
+    ann.pull(&server).await;
+    server
+        .execute_raw("UPDATE notes SET shared = 0", params![])
+        .await
+        .unwrap();
+    // The answer is lost: ann keeps its cursor.
+    let lost = server
+        .export_filtered(
+            ann.cursor.clone(),
+            ann.db.site_id(),
+            BatchLimits::default(),
+            ann.filter(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(lost.rows, 1);
+    ann.pull(&server).await;
+    assert!(ann.texts().await.is_empty());
+    // Once received, it does not go again.
+    let again = server
+        .export_filtered(
+            ann.cursor.clone(),
+            ann.db.site_id(),
+            BatchLimits::default(),
+            ann.filter(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.rows, 0);
+}
+
+#[tokio::test]
+async fn a_row_the_reader_created_is_evicted_when_given_away() {
+    let server = server().await;
+    let mut ann = Reader::new("ann").await;
+    let mine = note("ann", false, "mine");
+    ann.db.insert(&mine).await.unwrap();
+    let pushed = ann.db.export_local_changes(Since::Beginning).await.unwrap();
+    server.apply_changes(&pushed).await.unwrap();
+    ann.pull(&server).await;
+    assert_eq!(ann.texts().await, ["mine"]);
+
+    server
+        .execute_raw(
+            "UPDATE notes SET owner = 'bob' WHERE id = ?1",
+            params![mine.id],
+        )
+        .await
+        .unwrap();
+    ann.pull(&server).await;
+    assert!(ann.texts().await.is_empty());
+
+    let mut bob = Reader::new("bob").await;
+    bob.pull(&server).await;
+    assert_eq!(bob.texts().await, ["mine"]);
+}
