@@ -515,6 +515,22 @@ impl SyncDb {
         .await
     }
 
+    /// Merges what a device pushed, as a server does: like
+    /// [`apply_changes`](Self::apply_changes), after checking that the payload
+    /// holds only changes `device` made itself (exported by it with
+    /// [`Scope::Local`]) and no evictions. Anything else is
+    /// [`Error::Refused`], and nothing is applied.
+    pub async fn apply_push(&self, payload: &[u8], device: SiteId) -> Result<ApplyReport> {
+        let payload = payload.to_vec();
+        self.call(move |w| {
+            write(w, |tx| {
+                tx.set_versions();
+                merge::apply_push(tx.conn(), &payload, device)
+            })
+        })
+        .await
+    }
+
     /// The version up to which this database holds every change `site` made (0 if
     /// none); for this database's own site, its current version. It rises when a
     /// payload exported by `site` since a version at or below it is applied, never

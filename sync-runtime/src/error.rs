@@ -93,6 +93,15 @@ pub enum Error {
     #[error("payload rejected: {0}")]
     Payload(#[from] crate::wire::WireError),
 
+    /// A device's push carries what a device may not send: changes made by other
+    /// sites (a replay or a forgery), evictions, or another site's payload.
+    /// Nothing was applied.
+    #[error("payload refused: {reason}")]
+    Refused {
+        /// Why.
+        reason: String,
+    },
+
     /// A payload names a table this database does not sync. Nothing was applied.
     #[error("payload rejected: table `{table}` is not synced here; register it first")]
     UnknownTable {

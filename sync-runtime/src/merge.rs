@@ -66,9 +66,36 @@ struct Clock {
 /// Applies an encoded payload inside the caller's write transaction; returns what
 /// it did.
 pub(crate) fn apply(conn: &Connection, bytes: &[u8]) -> Result<ApplyReport> {
+    apply_payload(conn, &wire::decode(bytes)?)
+}
+
+/// Applies what a device pushed: only changes made by the device itself (every
+/// origin is the payload's exporter, which must be `device`), and no evictions,
+/// which only a server may send.
+pub(crate) fn apply_push(conn: &Connection, bytes: &[u8], device: SiteId) -> Result<ApplyReport> {
     let payload = wire::decode(bytes)?;
-    let targets = resolve(conn, &payload)?;
-    check_types(&payload, &targets)?;
+    let refuse = |reason: String| Err(Error::Refused { reason });
+    if payload.exporter != device {
+        return refuse(format!(
+            "the payload was exported by site {}, not by the sending device {device}",
+            payload.exporter
+        ));
+    }
+    let own = |origin: Origin| payload.sites.get(origin.site as usize) == Some(&device);
+    for row in &payload.rows {
+        if row.cl == wire::EVICT {
+            return refuse("a device cannot send evictions".into());
+        }
+        if !own(row.origin) || !row.columns.iter().all(|c| own(c.origin)) {
+            return refuse("a device may send only the changes it made itself".into());
+        }
+    }
+    apply_payload(conn, &payload)
+}
+
+fn apply_payload(conn: &Connection, payload: &Payload) -> Result<ApplyReport> {
+    let targets = resolve(conn, payload)?;
+    check_types(payload, &targets)?;
     let sites = local_sites(conn, &payload.sites)?;
     for row in &payload.rows {
         let target = &targets[row.table as usize];
@@ -94,12 +121,12 @@ pub(crate) fn apply(conn: &Connection, bytes: &[u8]) -> Result<ApplyReport> {
         next: current.max(i64::try_from(seen).unwrap_or(i64::MAX)),
         assigned: HashMap::new(),
     };
-    remember_exporter(conn, &payload)?;
+    remember_exporter(conn, payload)?;
 
     conn.execute("UPDATE _synced_state SET applying = 1", [])?;
     let mut merge = Merge {
         conn,
-        payload: &payload,
+        payload,
         sites,
         origins: Origins::new(conn)?,
         versions,

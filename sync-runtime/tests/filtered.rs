@@ -245,3 +245,34 @@ async fn a_row_the_reader_created_is_evicted_when_given_away() {
     bob.pull(&server).await;
     assert_eq!(bob.texts().await, ["mine"]);
 }
+
+#[tokio::test]
+async fn a_device_cannot_push_evictions() {
+    let (server, other) = (server().await, server().await);
+    let row = note("bob", true, "shared");
+    server.insert(&row).await.unwrap();
+    let mut ann = Reader::new("ann").await;
+    ann.pull(&server).await;
+    server
+        .execute_raw("UPDATE notes SET shared = 0", params![])
+        .await
+        .unwrap();
+    let eviction = server
+        .export_filtered(
+            ann.cursor.clone(),
+            ann.db.site_id(),
+            BatchLimits::default(),
+            ann.filter(),
+        )
+        .await
+        .unwrap();
+    // Sent to another replica as a push from the server's own site id.
+    let error = other
+        .apply_push(&eviction.payload, server.site_id())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, sync_runtime::Error::Refused { .. }),
+        "{error:?}"
+    );
+}

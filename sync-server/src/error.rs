@@ -107,6 +107,7 @@ impl Error {
                 | R::Decode { .. }
                 | R::Constraint { .. }
                 | R::GrowOnly { .. }
+                | R::Refused { .. }
                 | R::NotRegistered { .. } => StatusCode::BAD_REQUEST,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },

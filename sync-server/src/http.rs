@@ -170,7 +170,8 @@ async fn push(
     let db = state.database(&name).await?;
     let body = body.map_err(|rejection| body_error(&rejection, state.limits()))?;
     check_schema(&*db, &name, &headers).await?;
-    let ack = db.push(&body).await?;
+    let site = parse_site(required_header(&headers, SITE_HEADER)?)?;
+    let ack = db.push(&body, site).await?;
     tracing::debug!(
         database = %name,
         caller = %caller,

@@ -56,9 +56,10 @@ pub trait Store: Send + Sync + 'static {
 
 /// One database: a replica that accepts pushes and serves pulls.
 pub trait Database: Send + Sync + 'static {
-    /// Merges a payload into the database. Returns only once the merge is
-    /// committed (durable), with the database's version after it.
-    fn push<'a>(&'a self, payload: &'a [u8]) -> BoxFuture<'a, Result<PushAck>>;
+    /// Merges a payload that device `site` pushed (only its own changes; see
+    /// [`SyncDb::apply_push`]). Returns only once the merge is committed
+    /// (durable), with the database's version after it.
+    fn push<'a>(&'a self, payload: &'a [u8], site: SiteId) -> BoxFuture<'a, Result<PushAck>>;
 
     /// The changes after `from` not made by `site`, bounded by `limits`.
     fn pull(&self, from: Cursor, site: SiteId, limits: BatchLimits)
@@ -227,9 +228,9 @@ impl SqliteDatabase {
 }
 
 impl Database for SqliteDatabase {
-    fn push<'a>(&'a self, payload: &'a [u8]) -> BoxFuture<'a, Result<PushAck>> {
+    fn push<'a>(&'a self, payload: &'a [u8], site: SiteId) -> BoxFuture<'a, Result<PushAck>> {
         Box::pin(async move {
-            let report = self.db.apply_changes(payload).await?;
+            let report = self.db.apply_push(payload, site).await?;
             // Read after the commit: at or above the version the merge created.
             let version = self.db.db_version().await?;
             Ok(PushAck {

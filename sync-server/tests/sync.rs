@@ -340,3 +340,61 @@ async fn databases_and_their_changes_survive_a_restart() {
     laptop.pull(&server, &Cursor::BEGINNING, 0).await;
     assert_eq!(laptop.todos().await, phone.todos().await);
 }
+
+/// A device may push only what it made itself: another device's payload (a
+/// replay), a relay of others' changes, or a payload sent under another site id is
+/// refused, and nothing of it is applied.
+#[tokio::test]
+async fn a_device_cannot_push_changes_it_did_not_make() {
+    let server = TestServer::start().await;
+    server.create_todo_db().await;
+    let phone = Device::new("alice").await;
+    let thief = Device::new("mallory").await;
+    phone.db.insert(&Todo::new("alice's")).await.unwrap();
+
+    // Alice's own payload, replayed by another device.
+    let stolen = phone.local_changes().await;
+    let response = thief
+        .push_request(&server, stolen)
+        .await
+        .send()
+        .await
+        .unwrap();
+    let error = error_body(response, StatusCode::BAD_REQUEST).await;
+    assert!(
+        error.message.contains("not by the sending device"),
+        "{}",
+        error.message
+    );
+
+    // A relay: the thief received alice's row and sends all it has, as its own.
+    let relayed = phone
+        .db
+        .export_changes(sync_runtime::Since::Beginning)
+        .await
+        .unwrap();
+    thief.db.apply_changes(&relayed).await.unwrap();
+    let forged = thief
+        .db
+        .export_changes(sync_runtime::Since::Beginning)
+        .await
+        .unwrap();
+    let response = thief
+        .push_request(&server, forged)
+        .await
+        .send()
+        .await
+        .unwrap();
+    let error = error_body(response, StatusCode::BAD_REQUEST).await;
+    assert!(
+        error.message.contains("only the changes it made"),
+        "{}",
+        error.message
+    );
+
+    let observer = Device::new("alice").await;
+    observer.pull(&server, &Cursor::BEGINNING, 0).await;
+    assert!(observer.todos().await.is_empty());
+    let health = server.http.get(server.url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+}

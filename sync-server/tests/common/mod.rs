@@ -201,6 +201,7 @@ impl Device {
             .post(server.url(&format!("/v1/db/{DB}/push")))
             .bearer_auth(&self.token)
             .header(SCHEMA_HEADER, self.fingerprint().await)
+            .header(SITE_HEADER, self.db.site_id().to_string())
             .body(body)
     }
 
