@@ -66,7 +66,7 @@ struct Clock {
 /// Applies an encoded payload inside the caller's write transaction; returns what
 /// it did.
 pub(crate) fn apply(conn: &Connection, bytes: &[u8]) -> Result<ApplyReport> {
-    apply_payload(conn, &wire::decode(bytes)?)
+    apply_payload(conn, &wire::decode(bytes)?, None)
 }
 
 /// Applies what a device pushed: only changes made by the device itself (every
@@ -86,14 +86,24 @@ pub(crate) fn apply_push(conn: &Connection, bytes: &[u8], device: SiteId) -> Res
         if row.cl == wire::EVICT {
             return refuse("a device cannot send evictions".into());
         }
-        if !own(row.origin) || !row.columns.iter().all(|c| own(c.origin)) {
-            return refuse("a device may send only the changes it made itself".into());
+        // A row's existence may come from elsewhere as the context of its columns;
+        // the merge checks that such a row does not change its existence here.
+        if !row.columns.iter().all(|c| own(c.origin)) {
+            return refuse(FOREIGN_CHANGES.into());
         }
     }
-    apply_payload(conn, &payload)
+    apply_payload(conn, &payload, Some(device))
 }
 
-fn apply_payload(conn: &Connection, payload: &Payload) -> Result<ApplyReport> {
+const FOREIGN_CHANGES: &str = "a device may send only the changes it made itself";
+
+/// Applies a decoded payload; with `device`, an existence record that would
+/// change a row here must have been made by that device.
+fn apply_payload(
+    conn: &Connection,
+    payload: &Payload,
+    device: Option<SiteId>,
+) -> Result<ApplyReport> {
     let targets = resolve(conn, payload)?;
     check_types(payload, &targets)?;
     let sites = local_sites(conn, &payload.sites)?;
@@ -127,6 +137,7 @@ fn apply_payload(conn: &Connection, payload: &Payload) -> Result<ApplyReport> {
     let mut merge = Merge {
         conn,
         payload,
+        device,
         sites,
         origins: Origins::new(conn)?,
         versions,
@@ -337,6 +348,8 @@ fn remember_exporter(conn: &Connection, payload: &Payload) -> Result<()> {
 struct Merge<'a> {
     conn: &'a Connection,
     payload: &'a Payload,
+    /// The device whose push this is, if it is one.
+    device: Option<SiteId>,
     /// The local ordinal of each payload site.
     sites: Vec<i64>,
     origins: Origins<'a>,
@@ -415,6 +428,14 @@ impl Merge<'_> {
         let value_count = target.defaults.len();
         let stored = read_clock(conn, target, &row.pk, value_count)?;
         let local_cl = stored.as_ref().map_or(0, |c| c.cl);
+        if let Some(device) = self.device
+            && cl > local_cl
+            && self.payload.sites[row.origin.site as usize] != device
+        {
+            return Err(Error::Refused {
+                reason: FOREIGN_CHANGES.into(),
+            });
+        }
         if cl < local_cl {
             self.report.ignored += 1 + row.columns.len();
             return Ok(());

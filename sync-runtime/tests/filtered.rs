@@ -276,3 +276,46 @@ async fn a_device_cannot_push_evictions() {
         "{error:?}"
     );
 }
+
+#[tokio::test]
+async fn a_device_cannot_claim_a_row_another_site_created() {
+    use sync_runtime::wire::{self, Compression};
+    let (server, alice, mallory) = (server().await, server().await, server().await);
+    alice
+        .insert(&note("alice", false, "alice's"))
+        .await
+        .unwrap();
+    // Mallory rewrites alice's payload: the columns as its own, the row's
+    // creation still alice's, which the server has never seen.
+    let mut payload =
+        wire::decode(&alice.export_local_changes(Since::Beginning).await.unwrap()).unwrap();
+    payload.exporter = mallory.site_id();
+    payload.sites.push(mallory.site_id());
+    let own = (payload.sites.len() - 1) as u32;
+    for row in &mut payload.rows {
+        for column in &mut row.columns {
+            column.origin.site = own;
+        }
+    }
+    let forged = wire::encode(&payload, Compression::None);
+    let error = server
+        .apply_push(&forged, mallory.site_id())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, sync_runtime::Error::Refused { .. }),
+        "{error:?}"
+    );
+    assert!(
+        server
+            .query::<Note>("", params![])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Once the server has the row, the same context is fine: an update.
+    let honest = alice.export_local_changes(Since::Beginning).await.unwrap();
+    server.apply_push(&honest, alice.site_id()).await.unwrap();
+    server.apply_push(&forged, mallory.site_id()).await.unwrap();
+}
