@@ -131,16 +131,7 @@ impl<'f> Gate<'f> {
         base: i64,
         upto: i64,
     ) -> Result<Self> {
-        let bytes = reader.as_bytes().as_slice();
-        conn.prepare_cached(
-            "INSERT INTO _synced_sites (ordinal, site_id) \
-             SELECT coalesce(max(ordinal), 0) + 1, ?1 FROM _synced_sites WHERE true \
-             ON CONFLICT (site_id) DO NOTHING",
-        )?
-        .execute([bytes])?;
-        let reader = conn
-            .prepare_cached("SELECT ordinal FROM _synced_sites WHERE site_id = ?1")?
-            .query_row([bytes], |r| r.get(0))?;
+        let reader = crate::merge::local_sites(conn, &[reader])?[0];
         Ok(Self {
             filter,
             reader,

@@ -299,7 +299,7 @@ fn check_types(payload: &Payload, targets: &[Target]) -> Result<()> {
 
 /// The local ordinal of every payload site (this database is 0), adding new sites
 /// to the dictionary.
-fn local_sites(conn: &Connection, sites: &[SiteId]) -> Result<Vec<i64>> {
+pub(crate) fn local_sites(conn: &Connection, sites: &[SiteId]) -> Result<Vec<i64>> {
     sites
         .iter()
         .map(|site| {

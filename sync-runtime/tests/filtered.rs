@@ -79,6 +79,17 @@ impl Reader {
         }
     }
 
+    /// The next batch for this device, without taking it (an answer lost on the
+    /// way).
+    async fn peek(&self, server: &SyncDb) -> sync_runtime::Batch {
+        let limits = BatchLimits::default();
+        let (cursor, site) = (self.cursor.clone(), self.db.site_id());
+        server
+            .export_filtered(cursor, site, limits, self.filter())
+            .await
+            .unwrap()
+    }
+
     /// The texts of the rows this device holds, sorted.
     async fn texts(&self) -> Vec<String> {
         let mut texts: Vec<String> = self
@@ -195,28 +206,12 @@ async fn an_eviction_that_was_not_received_goes_again() {
         .await
         .unwrap();
     // The answer is lost: ann keeps its cursor.
-    let lost = server
-        .export_filtered(
-            ann.cursor.clone(),
-            ann.db.site_id(),
-            BatchLimits::default(),
-            ann.filter(),
-        )
-        .await
-        .unwrap();
+    let lost = ann.peek(&server).await;
     assert_eq!(lost.rows, 1);
     ann.pull(&server).await;
     assert!(ann.texts().await.is_empty());
     // Once received, it does not go again.
-    let again = server
-        .export_filtered(
-            ann.cursor.clone(),
-            ann.db.site_id(),
-            BatchLimits::default(),
-            ann.filter(),
-        )
-        .await
-        .unwrap();
+    let again = ann.peek(&server).await;
     assert_eq!(again.rows, 0);
 }
 
@@ -257,15 +252,7 @@ async fn a_device_cannot_push_evictions() {
         .execute_raw("UPDATE notes SET shared = 0", params![])
         .await
         .unwrap();
-    let eviction = server
-        .export_filtered(
-            ann.cursor.clone(),
-            ann.db.site_id(),
-            BatchLimits::default(),
-            ann.filter(),
-        )
-        .await
-        .unwrap();
+    let eviction = ann.peek(&server).await;
     // Sent to another replica as a push from the server's own site id.
     let error = other
         .apply_push(&eviction.payload, server.site_id())
