@@ -12,7 +12,7 @@ use tokio::sync::{oneshot, watch};
 use crate::change::{self, Change};
 use crate::error::{Error, Result};
 use crate::export::{self, Batch, BatchLimits, Cursor, Scope, Since};
-use crate::filter::ReadFilter;
+use crate::filter::{ReadFilter, RowFilter};
 use crate::id::SiteId;
 use crate::merge::{self, ApplyReport};
 use crate::model::Synced;
@@ -633,6 +633,30 @@ impl SyncDb {
                 let tables = tracking::synced_tables(tx.conn(), true)?;
                 export::export_filtered(tx.conn(), &tables, &from, reader, limits, &filter)
             })
+        })
+        .await
+    }
+
+    /// Checks that `filter` can run on `table`: the table is registered here and
+    /// the filter's SQL prepares against it (known columns, valid syntax, one
+    /// expression). Anything else is [`Error::InvalidFilter`].
+    pub async fn check_filter(&self, table: &str, filter: RowFilter) -> Result<()> {
+        let table = table.to_owned();
+        self.call(move |w| {
+            let invalid = |message: String| Error::InvalidFilter {
+                table: table.clone(),
+                message,
+            };
+            let schemas = tracking::synced_tables(&w.conn, false)?;
+            let schema = schemas
+                .iter()
+                .find(|s| s.name.eq_ignore_ascii_case(&table))
+                .ok_or_else(|| invalid("no such table is registered".into()))?;
+            if let RowFilter::Where { sql, params } = &filter {
+                let query = sql::row_matches(schema, sql, params.len());
+                w.conn.prepare(&query).map_err(|e| invalid(e.to_string()))?;
+            }
+            Ok(())
         })
         .await
     }

@@ -93,6 +93,16 @@ pub enum Error {
     #[error("payload rejected: {0}")]
     Payload(#[from] crate::wire::WireError),
 
+    /// A row filter cannot run on a table: the table is not registered, or the
+    /// filter's SQL does not prepare (a syntax error, an unknown column).
+    #[error("the row filter of table `{table}` is not valid: {message}")]
+    InvalidFilter {
+        /// The table.
+        table: String,
+        /// What is wrong.
+        message: String,
+    },
+
     /// A device's push carries what a device may not send: changes made by other
     /// sites (a replay or a forgery), evictions, or another site's payload.
     /// Nothing was applied.

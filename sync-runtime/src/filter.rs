@@ -170,7 +170,7 @@ impl<'f> Gate<'f> {
         let holds = match mark {
             Some(Mark::Held { at }) => Some(at <= self.base),
             Some(Mark::Evicted { .. }) => None,
-            None => (lives && origins.of(row.created)?.0 == self.reader).then_some(true),
+            None => (origins.of(row.created)?.0 == self.reader).then_some(true),
         };
         // An eviction the reader may not have received goes again.
         let evicted_unseen = matches!(mark, Some(Mark::Evicted { at }) if at > self.base);

@@ -306,3 +306,18 @@ async fn a_device_cannot_claim_a_row_another_site_created() {
     server.apply_push(&honest, alice.site_id()).await.unwrap();
     server.apply_push(&forged, mallory.site_id()).await.unwrap();
 }
+
+#[tokio::test]
+async fn the_delete_of_a_row_the_reader_created_reaches_it() {
+    let server = server().await;
+    let mut ann = Reader::new("ann").await;
+    let mine = note("ann", true, "mine");
+    ann.db.insert(&mine).await.unwrap();
+    let pushed = ann.db.export_local_changes(Since::Beginning).await.unwrap();
+    server.apply_push(&pushed, ann.db.site_id()).await.unwrap();
+    ann.pull(&server).await;
+
+    server.delete::<Note>(&mine.id).await.unwrap();
+    ann.pull(&server).await;
+    assert!(ann.texts().await.is_empty());
+}

@@ -13,7 +13,6 @@ use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use sync_runtime::protocol::API_KEY_HEADER;
@@ -37,6 +36,8 @@ pub enum Principal {
     User {
         /// The token's `sub` claim.
         id: String,
+        /// Every claim of the token, for row-level security policies.
+        claims: serde_json::Map<String, serde_json::Value>,
     },
 }
 
@@ -51,7 +52,7 @@ impl fmt::Display for Principal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Principal::Admin => f.write_str("api key"),
-            Principal::User { id } => write!(f, "user {id}"),
+            Principal::User { id, .. } => write!(f, "user {id}"),
         }
     }
 }
@@ -130,11 +131,6 @@ impl fmt::Debug for Authenticator {
 }
 
 /// The claims the server reads; the signature covers the others too.
-#[derive(Deserialize)]
-struct Claims {
-    sub: String,
-}
-
 impl Authenticator {
     /// Prepares the keys of an `[auth]` section: parses the API key hashes and
     /// reads the RS256 public key file.
@@ -237,10 +233,20 @@ impl Authenticator {
                 header.alg
             ))
         })?;
-        let claims = jsonwebtoken::decode::<Claims>(token, key, &self.validation(header.alg))
-            .map_err(|e| unauthorized(token_problem(e.kind())))?
-            .claims;
-        Ok(Principal::User { id: claims.sub })
+        let claims = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+            token,
+            key,
+            &self.validation(header.alg),
+        )
+        .map_err(|e| unauthorized(token_problem(e.kind())))?
+        .claims;
+        let Some(serde_json::Value::String(id)) = claims.get("sub") else {
+            return Err(unauthorized("the bearer token names no user (sub)"));
+        };
+        Ok(Principal::User {
+            id: id.clone(),
+            claims,
+        })
     }
 
     fn validation(&self, algorithm: Algorithm) -> Validation {

@@ -19,13 +19,18 @@
 //! request_timeout = "30s"
 //! max_wait = "60s"
 //!
-//! [[database]]
-//! name = "todo"
+//! [databases.todo]
 //! schema = "todo.schema.json"                 # relative to this file
+//! unlisted_tables = "closed"                  # tables without policies: "closed" or "shared"
+//!
+//! [databases.todo.tables.todos]               # row-level security for users (tokens)
+//! read = "owner_id = $user_id OR shared = 1"
+//! write = "owner_id = $user_id"
 //! ```
 //!
 //! Every section and field is optional; [`Config::default`] describes the defaults.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -35,6 +40,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::auth::parse_key_hash;
 use crate::error::{Error, Result};
+use crate::policy::Policy;
 use crate::store::valid_database_name;
 
 /// The environment variable that may hold the HS256 secret instead of the file.
@@ -73,10 +79,11 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Request and batch limits.
     pub limits: Limits,
-    /// Databases to create (if missing) at start, each with an optional schema.
-    /// Databases already in the data directory are served too.
-    #[serde(rename = "database")]
-    pub databases: Vec<DatabaseConfig>,
+    /// Databases by name: created (if missing) at start, each with an optional
+    /// schema and the row-level security of its tables. Databases already in the
+    /// data directory are served too; for users, their tables are closed unless
+    /// configured here.
+    pub databases: BTreeMap<String, DatabaseConfig>,
 }
 
 impl Default for Config {
@@ -86,7 +93,7 @@ impl Default for Config {
             data: PathBuf::from("synced-data"),
             auth: AuthConfig::default(),
             limits: Limits::default(),
-            databases: Vec::new(),
+            databases: BTreeMap::new(),
         }
     }
 }
@@ -181,17 +188,49 @@ impl Limits {
     }
 }
 
-/// One `[[database]]` entry.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// One `[databases.<name>]` section; the name is the database's name in URLs
+/// (`/v1/db/<name>/…`): 1 to 64 characters among `a-z`, `0-9`, `_` and `-`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
-    /// The database's name in URLs (`/v1/db/<name>/…`): 1 to 64 characters among
-    /// `a-z`, `0-9`, `_` and `-`.
-    pub name: String,
     /// A JSON file with an array of table schemas (as `GET /v1/db/<name>/schema`
     /// returns them, or `serde_json::to_string(&[T::SCHEMA])` prints them),
     /// registered at start. A path relative to the configuration file.
     pub schema: Option<PathBuf>,
+    /// What users (tokens) may do with the tables that have no
+    /// [`tables`](Self::tables) entry: nothing (`"closed"`, the default) or
+    /// everything (`"shared"`). API keys are never restricted.
+    pub unlisted_tables: Access,
+    /// Row-level security per table, for users: `[databases.<name>.tables.<table>]`.
+    pub tables: BTreeMap<String, TablePolicies>,
+}
+
+/// What users may do with tables that have no policies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    /// Nothing: no row is sent, no write accepted.
+    #[default]
+    Closed,
+    /// Everything: every row is sent, every write accepted.
+    Shared,
+}
+
+/// The policies of one table: `[databases.<name>.tables.<table>]`.
+///
+/// Each is an SQL expression over the row's columns, true for the rows a user
+/// may read (or write); `$user_id` is the token's `sub`, `$<claim>` any other claim
+/// of the token (NULL when the token lacks it). Claims are bound as parameters,
+/// never spliced into the SQL. A missing policy allows nothing: `read = "true"`
+/// opens a table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TablePolicies {
+    /// Which rows a user receives.
+    pub read: Option<String>,
+    /// Which rows a user may create, change or delete: checked on the row before
+    /// and after each change.
+    pub write: Option<String>,
 }
 
 impl Config {
@@ -259,12 +298,20 @@ impl Config {
                 "[auth] jwt_hs256_secret is empty; give a long random secret or remove it".into(),
             ));
         }
-        for database in &self.databases {
-            if !valid_database_name(&database.name) {
+        for (name, database) in &self.databases {
+            if !valid_database_name(name) {
                 return Err(Error::Config(format!(
-                    "[[database]] name {:?} is not valid: use 1 to 64 characters among a-z, 0-9, _ and -",
-                    database.name
+                    "[databases.{name}]: {name:?} is not a database name: use 1 to 64 characters among a-z, 0-9, _ and -"
                 )));
+            }
+            for (table, policies) in &database.tables {
+                for (kind, text) in [("read", &policies.read), ("write", &policies.write)] {
+                    if let Some(text) = text {
+                        Policy::compile(text).map_err(|e| {
+                            Error::Config(format!("[databases.{name}.tables.{table}] {kind}: {e}"))
+                        })?;
+                    }
+                }
             }
         }
         let limits = &self.limits;
@@ -292,7 +339,7 @@ impl Config {
         if let Some(key) = &mut self.auth.jwt_rs256_public_key {
             resolve(key);
         }
-        for database in &mut self.databases {
+        for database in self.databases.values_mut() {
             if let Some(schema) = &mut database.schema {
                 resolve(schema);
             }
@@ -363,9 +410,11 @@ mod tests {
             max_body_bytes = 1024
             request_timeout = 5
             max_wait = "250ms"
-            [[database]]
-            name = "todo"
+            [databases.todo]
             schema = "todo.json"
+            unlisted_tables = "shared"
+            [databases.todo.tables.todos]
+            read = "owner_id = $user_id OR shared = 1"
             "#,
         )
         .unwrap();
@@ -373,7 +422,9 @@ mod tests {
         assert_eq!(config.listen.port(), 9000);
         assert_eq!(config.limits.request_timeout, Duration::from_secs(5));
         assert_eq!(config.limits.max_wait, Duration::from_millis(250));
-        assert_eq!(config.databases[0].name, "todo");
+        let todo = &config.databases["todo"];
+        assert_eq!(todo.unlisted_tables, Access::Shared);
+        assert!(todo.tables["todos"].write.is_none());
         assert!(!format!("{config:?}").contains("s3cret"));
     }
 
@@ -383,7 +434,7 @@ mod tests {
         assert!(Config::parse("[limits]\nmax_wait = \"forever\"").is_err());
         let bad_key = Config::parse("[auth]\napi_keys = [\"plaintext\"]").unwrap();
         assert!(bad_key.validate().is_err());
-        let bad_name = Config::parse("[[database]]\nname = \"Todo!\"").unwrap();
+        let bad_name = Config::parse("[databases.\"Todo!\"]").unwrap();
         assert!(bad_name.validate().is_err());
     }
 }

@@ -13,6 +13,7 @@
 //! id in `synced-site`. Every error has a JSON
 //! [`ErrorBody`](protocol::ErrorBody).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -28,7 +29,7 @@ use axum::{Extension, Json, Router};
 use bytes::Bytes;
 use serde::Deserialize;
 use sync_runtime::protocol::{self, PullResponse, PushAck, SCHEMA_HEADER, SITE_HEADER};
-use sync_runtime::{Batch, BatchLimits, Cursor, SiteId, TableSchema};
+use sync_runtime::{Batch, BatchLimits, Cursor, ReadFilter, SiteId, TableSchema};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tower_http::timeout::TimeoutLayer;
@@ -37,6 +38,7 @@ use tower_http::trace::TraceLayer;
 use crate::auth::{Authenticator, Principal};
 use crate::config::Limits;
 use crate::error::{Error, Result, error_response};
+use crate::policy::Policies;
 use crate::store::{Database, MAX_NAME_LEN, Store, valid_database_name};
 
 /// What every handler shares: the store, the authenticator, the limits, and the
@@ -50,6 +52,9 @@ struct Shared {
     store: Arc<dyn Store>,
     auth: Authenticator,
     limits: Limits,
+    /// Row-level security by database; a database not listed has every table
+    /// closed to users.
+    policies: HashMap<String, Policies>,
     shutdown: watch::Sender<bool>,
     /// Pulls waiting for changes right now.
     waiting: AtomicUsize,
@@ -57,16 +62,31 @@ struct Shared {
 
 impl AppState {
     /// The state of a server with these parts.
-    pub fn new(store: Arc<dyn Store>, auth: Authenticator, limits: Limits) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        auth: Authenticator,
+        limits: Limits,
+        policies: HashMap<String, Policies>,
+    ) -> Self {
         Self {
             shared: Arc::new(Shared {
                 store,
                 auth,
                 limits,
+                policies,
                 shutdown: watch::Sender::new(false),
                 waiting: AtomicUsize::new(0),
             }),
         }
+    }
+
+    /// The row-level security of a database.
+    pub fn policies(&self, database: &str) -> &Policies {
+        static CLOSED: std::sync::OnceLock<Policies> = std::sync::OnceLock::new();
+        self.shared
+            .policies
+            .get(database)
+            .unwrap_or_else(|| CLOSED.get_or_init(Policies::default))
     }
 
     /// The store.
@@ -171,6 +191,7 @@ async fn push(
     let body = body.map_err(|rejection| body_error(&rejection, state.limits()))?;
     check_schema(&*db, &name, &headers).await?;
     let site = parse_site(required_header(&headers, SITE_HEADER)?)?;
+    state.policies(&name).check_push(&caller, &body)?;
     let ack = db.push(&body, site).await?;
     tracing::debug!(
         database = %name,
@@ -198,6 +219,7 @@ struct PullQuery {
 async fn pull(
     State(state): State<AppState>,
     Path(name): Path<String>,
+    Extension(caller): Extension<Principal>,
     headers: HeaderMap,
     query: Result<Query<PullQuery>, QueryRejection>,
 ) -> Result<Response> {
@@ -221,7 +243,8 @@ async fn pull(
             .clamp(1, limits.max_batch_rows),
         max_bytes: limits.max_batch_bytes,
     };
-    let batch = wait_for_changes(&state, &*db, from, site, batch_limits, wait).await?;
+    let filter = state.policies(&name).read_filter(&caller);
+    let batch = wait_for_changes(&state, &*db, from, site, batch_limits, wait, filter).await?;
     tracing::debug!(database = %name, rows = batch.rows, next = %batch.next, "pull served");
     let body = PullResponse {
         payload: batch.payload,
@@ -242,6 +265,7 @@ async fn wait_for_changes(
     site: SiteId,
     limits: BatchLimits,
     wait: Duration,
+    filter: Option<ReadFilter>,
 ) -> Result<Batch> {
     let deadline = Instant::now() + wait;
     let mut shutdown = state.shared.shutdown.subscribe();
@@ -251,7 +275,13 @@ async fn wait_for_changes(
         // Marked seen before the export: a commit after this point either is in
         // the export or wakes the wait below.
         versions.borrow_and_update();
-        let batch = db.pull(from.clone(), site, limits).await?;
+        let batch = match &filter {
+            None => db.pull(from.clone(), site, limits).await?,
+            Some(filter) => {
+                db.pull_filtered(from.clone(), site, limits, filter.clone())
+                    .await?
+            }
+        };
         let nothing_new = batch.rows == 0 && batch.complete;
         if !nothing_new || wait.is_zero() || *shutdown.borrow() {
             return Ok(batch);

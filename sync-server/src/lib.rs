@@ -40,6 +40,7 @@ pub mod auth;
 pub mod config;
 mod error;
 pub mod http;
+pub mod policy;
 pub mod store;
 
 use std::future::Future;
@@ -47,11 +48,14 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use sync_runtime::TableSchema;
+use std::collections::HashMap;
+
+use policy::{Policies, Rule};
+use sync_runtime::{RowFilter, TableSchema};
 use tokio::net::TcpListener;
 
 pub use auth::{Authenticator, Principal};
-pub use config::{AuthConfig, Config, DatabaseConfig, Limits};
+pub use config::{Access, AuthConfig, Config, DatabaseConfig, Limits, TablePolicies};
 pub use error::{Error, Result};
 pub use http::{AppState, router};
 pub use store::{Database, SqliteStore, Store};
@@ -81,18 +85,22 @@ impl Server {
                 "no API key and no JWT key configured: every request but /health gets 401"
             );
         }
-        for database in &config.databases {
-            let db = store.create(&database.name).await?;
+        let mut policies = HashMap::new();
+        for (name, database) in &config.databases {
+            let db = store.create(name).await?;
             if let Some(path) = &database.schema {
                 let schemas = read_schema_file(path)?;
                 db.set_schemas(schemas).await.map_err(|e| {
                     Error::Config(format!(
-                        "cannot register the schema {} in database `{}`: {e}",
+                        "cannot register the schema {} in database `{name}`: {e}",
                         path.display(),
-                        database.name
                     ))
                 })?;
             }
+            let compiled = Policies::new(database)
+                .map_err(|e| Error::Config(format!("[databases.{name}]: {e}")))?;
+            check_policies(&*db, name, &compiled).await?;
+            policies.insert(name.clone(), compiled);
         }
         tracing::info!(databases = ?store.names().await?, "serving");
         let listener = TcpListener::bind(config.listen)
@@ -108,7 +116,7 @@ impl Server {
         Ok(Self {
             listener,
             local_addr,
-            state: AppState::new(store, auth, config.limits),
+            state: AppState::new(store, auth, config.limits, policies),
         })
     }
 
@@ -176,6 +184,26 @@ pub async fn shutdown_signal() {
         () = ctrl_c => {}
         () = terminate => {}
     }
+}
+
+/// Checks that every policy of a database runs on its table: a bad one stops the
+/// start with a message naming the database and the table.
+async fn check_policies(db: &dyn Database, name: &str, policies: &Policies) -> Result<()> {
+    for (table, read, write) in policies.tables() {
+        for (kind, rule) in [("read", read), ("write", write)] {
+            let filter = match rule {
+                Rule::Where(policy) => policy.unbound(),
+                Rule::All | Rule::Nothing => RowFilter::All,
+            };
+            db.check_filter(table, filter).await.map_err(|e| {
+                Error::Config(format!(
+                    "[databases.{name}.tables.{table}] {kind}: {e}; policies need the table's \
+                     schema (give `schema` or register it before)"
+                ))
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// Reads a JSON file holding an array of table schemas.

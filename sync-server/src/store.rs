@@ -13,7 +13,8 @@ use std::sync::Arc;
 
 use sync_runtime::protocol::PushAck;
 use sync_runtime::{
-    Batch, BatchLimits, Cursor, Options, Scope, SiteId, SyncDb, Synchronous, TableSchema,
+    Batch, BatchLimits, Cursor, Options, ReadFilter, RowFilter, Scope, SiteId, SyncDb, Synchronous,
+    TableSchema,
 };
 use tokio::sync::{Mutex, watch};
 
@@ -71,6 +72,19 @@ pub trait Database: Send + Sync + 'static {
     /// Registers tables (idempotent for tables already registered with the same
     /// shape; a table registered with another shape is an error).
     fn set_schemas(&self, schemas: Vec<TableSchema>) -> BoxFuture<'_, Result<()>>;
+
+    /// Checks that a row filter can run on a table (start-up checks of policies).
+    fn check_filter<'a>(&'a self, table: &'a str, filter: RowFilter) -> BoxFuture<'a, Result<()>>;
+
+    /// The changes after `from` that `site` may read through `filter`, bounded by
+    /// `limits` (row-level security; see [`SyncDb::export_filtered`]).
+    fn pull_filtered(
+        &self,
+        from: Cursor,
+        site: SiteId,
+        limits: BatchLimits,
+        filter: ReadFilter,
+    ) -> BoxFuture<'_, Result<Batch>>;
 
     /// The fingerprint of the registered tables, which clients must match.
     fn fingerprint(&self) -> BoxFuture<'_, Result<u64>>;
@@ -270,6 +284,20 @@ impl Database for SqliteDatabase {
 
     fn fingerprint(&self) -> BoxFuture<'_, Result<u64>> {
         Box::pin(async move { Ok(self.db.schema_fingerprint().await?) })
+    }
+
+    fn check_filter<'a>(&'a self, table: &'a str, filter: RowFilter) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move { Ok(self.db.check_filter(table, filter).await?) })
+    }
+
+    fn pull_filtered(
+        &self,
+        from: Cursor,
+        site: SiteId,
+        limits: BatchLimits,
+        filter: ReadFilter,
+    ) -> BoxFuture<'_, Result<Batch>> {
+        Box::pin(async move { Ok(self.db.export_filtered(from, site, limits, filter).await?) })
     }
 
     fn subscribe(&self) -> watch::Receiver<i64> {

@@ -105,8 +105,7 @@ async fn the_config_file_sets_keys_and_databases() {
         [limits]
         max_wait = "5s"
 
-        [[database]]
-        name = "todo"
+        [databases.todo]
         schema = "todo.json"
         "#,
         sync_server::auth::hash_key("from-the-config")

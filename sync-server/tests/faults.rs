@@ -324,7 +324,8 @@ impl ServerProcess {
     /// starts the server on `dir/data`.
     async fn start(dir: &Path) -> Self {
         let config = format!(
-            "[auth]\napi_keys = [\"{}\"]\njwt_hs256_secret = \"{SECRET}\"\n",
+            "[auth]\napi_keys = [\"{}\"]\njwt_hs256_secret = \"{SECRET}\"\n\
+             [databases.{DB}]\nunlisted_tables = \"shared\"\n",
             sync_server::auth::hash_key(ADMIN_KEY)
         );
         std::fs::write(dir.join("server.toml"), config).unwrap();

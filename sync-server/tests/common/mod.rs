@@ -12,7 +12,7 @@ use sync_runtime::protocol::{
     API_KEY_HEADER, ErrorBody, PullResponse, PushAck, SCHEMA_HEADER, SITE_HEADER, fingerprint_hex,
 };
 use sync_runtime::{BatchLimits, Cursor, Scope, SyncDb, SyncId, Synced};
-use sync_server::{AppState, AuthConfig, Config, Limits, Server, auth};
+use sync_server::{Access, AppState, AuthConfig, Config, DatabaseConfig, Limits, Server, auth};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -76,7 +76,16 @@ pub fn test_config(data: &std::path::Path) -> Config {
             max_wait: Duration::from_secs(30),
             ..Limits::default()
         },
-        databases: Vec::new(),
+        // Every table shared with users: these tests are about sync, not
+        // row-level security.
+        databases: [(
+            DB.to_owned(),
+            DatabaseConfig {
+                unlisted_tables: Access::Shared,
+                ..DatabaseConfig::default()
+            },
+        )]
+        .into(),
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use sync_runtime::{Remote, SyncDb, SyncId, Synced, params};
 use sync_server::auth::{hash_key, sign_token};
-use sync_server::{AuthConfig, Config, Server};
+use sync_server::{Access, AuthConfig, Config, DatabaseConfig, Server};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -47,6 +47,16 @@ pub fn config(data: &Path) -> Config {
             jwt_hs256_secret: Some(JWT_SECRET.into()),
             ..AuthConfig::default()
         },
+        // Every table shared with users: these tests are about sync, not
+        // row-level security.
+        databases: [(
+            "todo".to_owned(),
+            DatabaseConfig {
+                unlisted_tables: Access::Shared,
+                ..DatabaseConfig::default()
+            },
+        )]
+        .into(),
         ..Config::default()
     }
 }

@@ -1,0 +1,310 @@
+//! Row-level security: the policies of the configuration, compiled once, and
+//! bound to each caller's token claims.
+//!
+//! A policy is an SQL expression over a row's columns. `$user_id` stands for the
+//! token's `sub`, `$<claim>` for any other claim; each becomes a numbered
+//! parameter (`?1`, `?2`…) bound to the caller's value, so a claim is never part of
+//! the SQL text. A claim the token lacks is NULL, which matches no comparison.
+
+use std::collections::HashMap;
+
+use sync_runtime::{ReadFilter, RowFilter, Value};
+
+use crate::auth::Principal;
+use crate::config::{Access, DatabaseConfig};
+
+/// A compiled policy: SQL with numbered parameters, and the claim each stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    sql: String,
+    claims: Vec<String>,
+}
+
+/// The claim that `$user_id` names: the token's subject.
+const USER_ID: &str = "user_id";
+
+impl Policy {
+    /// Compiles a policy's text: `$name` outside string literals and quoted
+    /// identifiers becomes a parameter. Refuses an empty policy, more than one
+    /// statement, and `?` parameters (claims are the only parameters).
+    ///
+    /// ```
+    /// use sync_server::policy::Policy;
+    ///
+    /// let policy = Policy::compile("owner_id = $user_id OR team = $team OR note = '$user_id'")?;
+    /// assert_eq!(policy.sql(), "owner_id = ?1 OR team = ?2 OR note = '$user_id'");
+    /// assert_eq!(policy.claims(), ["user_id", "team"]);
+    /// assert!(Policy::compile("true; DELETE FROM todos").is_err());
+    /// # Ok::<(), String>(())
+    /// ```
+    pub fn compile(text: &str) -> Result<Self, String> {
+        if text.trim().is_empty() {
+            return Err("the policy is empty; write `true` to allow every row".into());
+        }
+        let mut sql = String::with_capacity(text.len());
+        let mut claims: Vec<String> = Vec::new();
+        let mut chars = text.chars().peekable();
+        let mut quote: Option<char> = None;
+        while let Some(c) = chars.next() {
+            if let Some(open) = quote {
+                sql.push(c);
+                if c == open {
+                    quote = None;
+                }
+                continue;
+            }
+            match c {
+                '\'' | '"' | '`' => {
+                    quote = Some(c);
+                    sql.push(c);
+                }
+                '[' => {
+                    quote = Some(']');
+                    sql.push(c);
+                }
+                ';' => return Err("a policy is one expression; `;` is not allowed".into()),
+                '?' | ':' | '@' => {
+                    return Err(format!(
+                        "`{c}` parameters are not allowed; use $user_id or $<claim>"
+                    ));
+                }
+                '$' => {
+                    let mut name = String::new();
+                    while let Some(&n) = chars.peek() {
+                        if n.is_ascii_alphanumeric() || n == '_' {
+                            name.push(n);
+                            chars.next();
+                        } else {
+                            break;
+                        }
+                    }
+                    if name.is_empty() {
+                        return Err("`$` must be followed by a claim name, as in $user_id".into());
+                    }
+                    let index = match claims.iter().position(|c| *c == name) {
+                        Some(index) => index,
+                        None => {
+                            claims.push(name);
+                            claims.len() - 1
+                        }
+                    };
+                    sql.push_str(&format!("?{}", index + 1));
+                }
+                _ => sql.push(c),
+            }
+        }
+        if quote.is_some() {
+            return Err("a quote is not closed".into());
+        }
+        Ok(Self { sql, claims })
+    }
+
+    /// The SQL, with `?1`, `?2`… for the claims.
+    pub fn sql(&self) -> &str {
+        &self.sql
+    }
+
+    /// The claims the parameters stand for, in order.
+    pub fn claims(&self) -> &[String] {
+        &self.claims
+    }
+
+    /// The filter of this policy for a user.
+    pub fn bind(
+        &self,
+        user: &str,
+        claims: &serde_json::Map<String, serde_json::Value>,
+    ) -> RowFilter {
+        let params = self
+            .claims
+            .iter()
+            .map(|name| match name.as_str() {
+                USER_ID => Value::from(user),
+                other => claims.get(other).map_or(Value::Null, claim_value),
+            })
+            .collect();
+        RowFilter::Where {
+            sql: self.sql.clone(),
+            params,
+        }
+    }
+
+    /// The filter with every claim NULL: what start-up checks prepare.
+    pub fn unbound(&self) -> RowFilter {
+        RowFilter::Where {
+            sql: self.sql.clone(),
+            params: vec![Value::Null; self.claims.len()],
+        }
+    }
+}
+
+/// A claim's value as an SQL value: strings as TEXT, integers as INTEGER, other
+/// numbers as REAL, booleans as 0 or 1, anything else as its JSON text.
+fn claim_value(claim: &serde_json::Value) -> Value {
+    use serde_json::Value as Json;
+    match claim {
+        Json::Null => Value::Null,
+        Json::Bool(b) => Value::Integer(i64::from(*b)),
+        Json::Number(n) => match n.as_i64() {
+            Some(i) => Value::Integer(i),
+            None => n.as_f64().map_or(Value::Null, Value::Real),
+        },
+        Json::String(s) => Value::Text(s.clone()),
+        other => Value::Text(other.to_string()),
+    }
+}
+
+/// What users may read or write of one table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rule {
+    /// Every row.
+    All,
+    /// No row.
+    Nothing,
+    /// The rows a policy allows.
+    Where(Policy),
+}
+
+impl Rule {
+    fn filter(&self, user: &str, claims: &serde_json::Map<String, serde_json::Value>) -> RowFilter {
+        match self {
+            Rule::All => RowFilter::All,
+            Rule::Nothing => RowFilter::Nothing,
+            Rule::Where(policy) => policy.bind(user, claims),
+        }
+    }
+}
+
+/// The row-level security of one database.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Policies {
+    /// Per table (lowercase): read, then write.
+    tables: HashMap<String, (Rule, Rule)>,
+    unlisted: Access,
+}
+
+impl Policies {
+    /// Compiles a database's configuration.
+    pub fn new(config: &DatabaseConfig) -> Result<Self, String> {
+        let rule = |text: &Option<String>| match text {
+            None => Ok(Rule::Nothing),
+            Some(text) => Policy::compile(text).map(Rule::Where),
+        };
+        let mut tables = HashMap::new();
+        for (table, policies) in &config.tables {
+            let read = rule(&policies.read).map_err(|e| format!("table `{table}`, read: {e}"))?;
+            let write =
+                rule(&policies.write).map_err(|e| format!("table `{table}`, write: {e}"))?;
+            tables.insert(table.to_ascii_lowercase(), (read, write));
+        }
+        Ok(Self {
+            tables,
+            unlisted: config.unlisted_tables,
+        })
+    }
+
+    /// The tables with policies, and their policies (for start-up checks).
+    pub fn tables(&self) -> impl Iterator<Item = (&str, &Rule, &Rule)> {
+        self.tables
+            .iter()
+            .map(|(name, (read, write))| (name.as_str(), read, write))
+    }
+
+    /// Checks what a user pushes: every table it writes must let users write. Until
+    /// write policies are enforced row by row, a table with a write policy is
+    /// closed to users' writes (the safe side); API keys write everything.
+    pub fn check_push(&self, caller: &Principal, payload: &[u8]) -> crate::Result<()> {
+        if caller.is_admin() {
+            return Ok(());
+        }
+        let payload = sync_runtime::wire::decode(payload)
+            .map_err(|e| crate::Error::Runtime(sync_runtime::Error::Payload(e)))?;
+        for table in &payload.tables {
+            let write = match self.tables.get(&table.name.to_ascii_lowercase()) {
+                Some((_, write)) => write,
+                None if self.unlisted == Access::Shared => &Rule::All,
+                None => &Rule::Nothing,
+            };
+            if *write != Rule::All {
+                return Err(crate::Error::Forbidden(format!(
+                    "users may not write to table `{}` of this database",
+                    table.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// What `caller` may read: `None` for an API key, which reads everything.
+    pub fn read_filter(&self, caller: &Principal) -> Option<ReadFilter> {
+        let Principal::User { id, claims } = caller else {
+            return None;
+        };
+        let others = match self.unlisted {
+            Access::Closed => RowFilter::Nothing,
+            Access::Shared => RowFilter::All,
+        };
+        let filter = self
+            .tables
+            .iter()
+            .fold(ReadFilter::new(others), |filter, (table, (read, _))| {
+                filter.table(table, read.filter(id, claims))
+            });
+        Some(filter)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_become_numbered_parameters() {
+        let policy = Policy::compile("a = $user_id AND (b = $team OR c = $user_id)").unwrap();
+        assert_eq!(policy.sql(), "a = ?1 AND (b = ?2 OR c = ?1)");
+        let claims = serde_json::json!({ "team": 7 });
+        let filter = policy.bind("ann", claims.as_object().unwrap());
+        assert_eq!(
+            filter,
+            RowFilter::Where {
+                sql: policy.sql().into(),
+                params: vec![Value::from("ann"), Value::Integer(7)],
+            }
+        );
+    }
+
+    #[test]
+    fn quoted_text_is_left_alone() {
+        let policy = Policy::compile(r#"note = 'it''s $x' AND "$col" = $y"#).unwrap();
+        assert_eq!(policy.sql(), r#"note = 'it''s $x' AND "$col" = ?1"#);
+        assert_eq!(policy.claims(), ["y"]);
+    }
+
+    #[test]
+    fn bad_policies_are_refused() {
+        for bad in [
+            "",
+            "  ",
+            "a = ?1",
+            "a = :x",
+            "a = $",
+            "a = 'open",
+            "1; DROP TABLE t",
+        ] {
+            assert!(Policy::compile(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_missing_claim_is_null() {
+        let policy = Policy::compile("tenant = $tenant").unwrap();
+        let filter = policy.bind("ann", &serde_json::Map::new());
+        assert_eq!(
+            filter,
+            RowFilter::Where {
+                sql: "tenant = ?1".into(),
+                params: vec![Value::Null],
+            }
+        );
+    }
+}
