@@ -243,7 +243,10 @@ async fn pull(
             .clamp(1, limits.max_batch_rows),
         max_bytes: limits.max_batch_bytes,
     };
-    let filter = state.policies(&name).read_filter(&caller);
+    let filter = state
+        .policies(&name)
+        .read_filter(&caller)
+        .filter(|filter| !filter.allows_everything());
     let batch = wait_for_changes(&state, &*db, from, site, batch_limits, wait, filter).await?;
     tracing::debug!(database = %name, rows = batch.rows, next = %batch.next, "pull served");
     let body = PullResponse {
