@@ -637,6 +637,29 @@ impl SyncDb {
         .await
     }
 
+    /// Binds a device's site id to its owner (a user) the first time it is seen,
+    /// and tells whether `owner` is that site's owner: a server refuses a device
+    /// that presents another user's site id, which would let it pose as that
+    /// user's device.
+    pub async fn claim_site(&self, site: SiteId, owner: &str) -> Result<bool> {
+        let owner = owner.to_owned();
+        self.call(move |w| {
+            let site = site.as_bytes().as_slice();
+            w.conn
+                .prepare_cached(
+                    "INSERT INTO _synced_site_owners (site_id, owner) VALUES (?1, ?2) \
+                     ON CONFLICT DO NOTHING",
+                )?
+                .execute((site, &owner))?;
+            let bound: String = w
+                .conn
+                .prepare_cached("SELECT owner FROM _synced_site_owners WHERE site_id = ?1")?
+                .query_row([site], |r| r.get(0))?;
+            Ok(bound == owner)
+        })
+        .await
+    }
+
     /// Checks that `filter` can run on `table`: the table is registered here and
     /// the filter's SQL prepares against it (known columns, valid syntax, one
     /// expression). Anything else is [`Error::InvalidFilter`].

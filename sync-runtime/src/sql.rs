@@ -83,6 +83,10 @@ CREATE TABLE IF NOT EXISTS _synced_held (
   at INTEGER NOT NULL,
   PRIMARY KEY (site, tbl, pk)
 ) STRICT, WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS _synced_site_owners (
+  site_id BLOB PRIMARY KEY,
+  owner TEXT NOT NULL
+) STRICT;
 CREATE TABLE IF NOT EXISTS _synced_tables (
   name TEXT PRIMARY KEY COLLATE NOCASE,
   algorithm TEXT NOT NULL,

@@ -190,7 +190,7 @@ async fn push(
     let db = state.database(&name).await?;
     let body = body.map_err(|rejection| body_error(&rejection, state.limits()))?;
     check_schema(&*db, &name, &headers).await?;
-    let site = parse_site(required_header(&headers, SITE_HEADER)?)?;
+    let site = device_site(&*db, &caller, &headers).await?;
     state.policies(&name).check_push(&caller, &body)?;
     let ack = db.push(&body, site).await?;
     tracing::debug!(
@@ -225,7 +225,7 @@ async fn pull(
 ) -> Result<Response> {
     let db = state.database(&name).await?;
     check_schema(&*db, &name, &headers).await?;
-    let site = parse_site(required_header(&headers, SITE_HEADER)?)?;
+    let site = device_site(&*db, &caller, &headers).await?;
     let Query(query) =
         query.map_err(|e| Error::BadRequest(format!("bad pull query: {}", e.body_text())))?;
     let from = match query.cursor.as_deref() {
@@ -398,6 +398,22 @@ fn required_header<'h>(headers: &'h HeaderMap, name: &str) -> Result<&'h str> {
     value
         .to_str()
         .map_err(|_| Error::BadRequest(format!("the {name} header is not text")))
+}
+
+/// The caller's device: its `synced-site`, which a user may use only if no other
+/// user used it first (a device of another user cannot be impersonated).
+async fn device_site(db: &dyn Database, caller: &Principal, headers: &HeaderMap) -> Result<SiteId> {
+    let site = parse_site(required_header(headers, SITE_HEADER)?)?;
+    if let Principal::User { id, .. } = caller
+        && !db.claim_site(site, id).await?
+    {
+        return Err(Error::Forbidden(
+            "this device's site id belongs to another user; a device signs in as one user \
+             (logout gives it a new site id)"
+                .into(),
+        ));
+    }
+    Ok(site)
 }
 
 fn parse_site(text: &str) -> Result<SiteId> {

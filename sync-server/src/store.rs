@@ -73,6 +73,10 @@ pub trait Database: Send + Sync + 'static {
     /// shape; a table registered with another shape is an error).
     fn set_schemas(&self, schemas: Vec<TableSchema>) -> BoxFuture<'_, Result<()>>;
 
+    /// Binds a device's site to its user the first time it is seen; whether `user`
+    /// is that site's user.
+    fn claim_site<'a>(&'a self, site: SiteId, user: &'a str) -> BoxFuture<'a, Result<bool>>;
+
     /// Checks that a row filter can run on a table (start-up checks of policies).
     fn check_filter<'a>(&'a self, table: &'a str, filter: RowFilter) -> BoxFuture<'a, Result<()>>;
 
@@ -284,6 +288,10 @@ impl Database for SqliteDatabase {
 
     fn fingerprint(&self) -> BoxFuture<'_, Result<u64>> {
         Box::pin(async move { Ok(self.db.schema_fingerprint().await?) })
+    }
+
+    fn claim_site<'a>(&'a self, site: SiteId, user: &'a str) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move { Ok(self.db.claim_site(site, user).await?) })
     }
 
     fn check_filter<'a>(&'a self, table: &'a str, filter: RowFilter) -> BoxFuture<'a, Result<()>> {

@@ -398,3 +398,30 @@ async fn a_device_cannot_push_changes_it_did_not_make() {
     let health = server.http.get(server.url("/health")).send().await.unwrap();
     assert_eq!(health.status(), StatusCode::OK);
 }
+
+/// A device's site id is bound to the first user that uses it: another user
+/// presenting it (to pose as that device) gets 403, and the device goes on.
+#[tokio::test]
+async fn a_user_cannot_pose_as_another_users_device() {
+    let server = TestServer::start().await;
+    server.create_todo_db().await;
+    let phone = Device::new("alice").await;
+    phone.db.insert(&Todo::new("alice's")).await.unwrap();
+    phone.push(&server).await;
+
+    let mallory = Device::new("mallory").await;
+    let response = server
+        .http
+        .get(server.url(&format!("/v1/db/{DB}/pull")))
+        .bearer_auth(&mallory.token)
+        .header(SCHEMA_HEADER, mallory.fingerprint().await)
+        .header(SITE_HEADER, phone.db.site_id().to_string())
+        .send()
+        .await
+        .unwrap();
+    let error = error_body(response, StatusCode::FORBIDDEN).await;
+    assert!(error.message.contains("another user"), "{}", error.message);
+
+    let pulled = phone.pull(&server, &Cursor::BEGINNING, 0).await;
+    assert!(pulled.complete);
+}
