@@ -12,7 +12,7 @@ use tokio::sync::{oneshot, watch};
 use crate::change::{self, Change};
 use crate::error::{Error, Result};
 use crate::export::{self, Batch, BatchLimits, Cursor, Scope, Since};
-use crate::filter::{ReadFilter, RowFilter};
+use crate::filter::{RowFilter, RowFilters};
 use crate::id::SiteId;
 use crate::merge::{self, ApplyReport};
 use crate::model::Synced;
@@ -625,7 +625,7 @@ impl SyncDb {
         from: Cursor,
         reader: SiteId,
         limits: BatchLimits,
-        filter: ReadFilter,
+        filter: RowFilters,
     ) -> Result<Batch> {
         self.call(move |w| {
             write(w, |tx| {

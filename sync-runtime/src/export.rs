@@ -6,7 +6,7 @@ use rusqlite::Connection;
 
 use crate::change::{ClockRow, Origins, Range, scan};
 use crate::error::Result;
-use crate::filter::{Decision, Gate, ReadFilter};
+use crate::filter::{Decision, Gate, RowFilters};
 use crate::id::SiteId;
 use crate::schema::TableSchema;
 use crate::sql::TableSql;
@@ -269,7 +269,7 @@ pub(crate) fn export_filtered(
     from: &Cursor,
     reader: SiteId,
     limits: BatchLimits,
-    filter: &ReadFilter,
+    filter: &RowFilters,
 ) -> Result<Batch> {
     let scope = Scope::Except(reader);
     export_gated(conn, tables, from, scope, limits, Some((filter, reader)))
@@ -281,7 +281,7 @@ fn export_gated(
     from: &Cursor,
     scope: Scope,
     limits: BatchLimits,
-    filter: Option<(&ReadFilter, SiteId)>,
+    filter: Option<(&RowFilters, SiteId)>,
 ) -> Result<Batch> {
     let origins = Origins::new(conn)?;
     let upto: i64 = conn.query_row(crate::sql::CURRENT_VERSION, [], |r| r.get(0))?;

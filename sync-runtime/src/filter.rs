@@ -43,13 +43,13 @@ pub enum RowFilter {
     },
 }
 
-/// What a reader may see of each table: the row-level security of an export (see
+/// The row filter of each table: what a reader may read in an export (see
 /// [`SyncDb::export_filtered`](crate::SyncDb::export_filtered)).
 ///
 /// ```
-/// use sync_runtime::{ReadFilter, RowFilter, Value};
+/// use sync_runtime::{RowFilters, RowFilter, Value};
 ///
-/// let filter = ReadFilter::new(RowFilter::Nothing).table(
+/// let filter = RowFilters::new(RowFilter::Nothing).table(
 ///     "todos",
 ///     RowFilter::Where { sql: "owner_id = ?1 OR shared = 1".into(), params: vec![Value::from("ann")] },
 /// );
@@ -60,12 +60,12 @@ pub enum RowFilter {
 /// assert_eq!(filter.for_table("notes"), &RowFilter::Nothing);
 /// ```
 #[derive(Debug, Clone, PartialEq)]
-pub struct ReadFilter {
+pub struct RowFilters {
     tables: HashMap<String, RowFilter>,
     others: RowFilter,
 }
 
-impl ReadFilter {
+impl RowFilters {
     /// A filter that applies `others` to every table not named with
     /// [`table`](Self::table).
     pub fn new(others: RowFilter) -> Self {
@@ -94,6 +94,28 @@ impl ReadFilter {
     }
 }
 
+/// Whether the row of `schema` with key `pk` exists and passes `filter`.
+pub(crate) fn matches(
+    conn: &Connection,
+    schema: &TableSchema,
+    filter: &RowFilter,
+    pk: &[Value],
+) -> Result<bool> {
+    let sql = match filter {
+        RowFilter::All => "true",
+        RowFilter::Nothing => return Ok(false),
+        RowFilter::Where { sql, .. } => sql.as_str(),
+    };
+    let params: &[Value] = match filter {
+        RowFilter::Where { params, .. } => params,
+        _ => &[],
+    };
+    let query = crate::sql::row_matches(schema, sql, params.len());
+    let mut stmt = conn.prepare_cached(&query)?;
+    let bound = params.iter().chain(pk);
+    Ok(stmt.query_row(rusqlite::params_from_iter(bound), |r| r.get(0))?)
+}
+
 /// What an export does with one row for a filtered reader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Decision {
@@ -117,7 +139,7 @@ enum Mark {
 /// The filtered reader of one export: decides row by row, and records the marks
 /// the export sets.
 pub(crate) struct Gate<'f> {
-    filter: &'f ReadFilter,
+    filter: &'f RowFilters,
     /// The reader's site ordinal here.
     reader: i64,
     /// The cursor's base version and the version of this export.
@@ -131,7 +153,7 @@ impl<'f> Gate<'f> {
     /// version `upto`.
     pub(crate) fn new(
         conn: &Connection,
-        filter: &'f ReadFilter,
+        filter: &'f RowFilters,
         reader: SiteId,
         base: i64,
         upto: i64,
@@ -206,16 +228,7 @@ impl<'f> Gate<'f> {
     }
 
     fn readable(&self, conn: &Connection, schema: &TableSchema, pk: &[Value]) -> Result<bool> {
-        match self.filter.for_table(&schema.name) {
-            RowFilter::All => Ok(true),
-            RowFilter::Nothing => Ok(false),
-            RowFilter::Where { sql, params } => {
-                let query = crate::sql::row_matches(schema, sql, params.len());
-                let mut stmt = conn.prepare_cached(&query)?;
-                let bound = params.iter().chain(pk);
-                Ok(stmt.query_row(rusqlite::params_from_iter(bound), |r| r.get(0))?)
-            }
-        }
+        matches(conn, schema, self.filter.for_table(&schema.name), pk)
     }
 
     /// Stores the marks this export set.

@@ -79,7 +79,7 @@ pub use change::{Change, ChangeKind};
 pub use db::{Options, SyncDb, Synchronous};
 pub use error::{Error, Result};
 pub use export::{BadCursor, Batch, BatchLimits, Cursor, Scope, Since};
-pub use filter::{ReadFilter, RowFilter};
+pub use filter::{RowFilter, RowFilters};
 pub use id::{BadSiteId, SiteId, SyncId};
 pub use merge::ApplyReport;
 pub use model::{RowReader, Synced};

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)] // in tests, a failed unwrap is a failed assertion
 
 use sync_runtime::{
-    BatchLimits, Cursor, ReadFilter, RowFilter, Since, SyncDb, SyncId, Synced, Value, params,
+    BatchLimits, Cursor, RowFilter, RowFilters, Since, SyncDb, SyncId, Synced, Value, params,
 };
 
 #[derive(Synced, Debug, Clone, PartialEq)]
@@ -45,8 +45,8 @@ impl Reader {
         }
     }
 
-    fn filter(&self) -> ReadFilter {
-        ReadFilter::new(RowFilter::Nothing).table(
+    fn filter(&self) -> RowFilters {
+        RowFilters::new(RowFilter::Nothing).table(
             "notes",
             RowFilter::Where {
                 sql: "owner = ?1 OR shared = 1".into(),

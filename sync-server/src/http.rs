@@ -29,7 +29,7 @@ use axum::{Extension, Json, Router};
 use bytes::Bytes;
 use serde::Deserialize;
 use sync_runtime::protocol::{self, PullResponse, PushAck, SCHEMA_HEADER, SITE_HEADER};
-use sync_runtime::{Batch, BatchLimits, Cursor, ReadFilter, SiteId, TableSchema};
+use sync_runtime::{Batch, BatchLimits, Cursor, RowFilters, SiteId, TableSchema};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tower_http::timeout::TimeoutLayer;
@@ -268,7 +268,7 @@ async fn wait_for_changes(
     site: SiteId,
     limits: BatchLimits,
     wait: Duration,
-    filter: Option<ReadFilter>,
+    filter: Option<RowFilters>,
 ) -> Result<Batch> {
     let deadline = Instant::now() + wait;
     let mut shutdown = state.shared.shutdown.subscribe();

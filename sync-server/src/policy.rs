@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use sync_runtime::{ReadFilter, RowFilter, Value};
+use sync_runtime::{RowFilter, RowFilters, Value};
 
 use crate::auth::Principal;
 use crate::config::{Access, DatabaseConfig};
@@ -236,7 +236,7 @@ impl Policies {
     }
 
     /// What `caller` may read: `None` for an API key, which reads everything.
-    pub fn read_filter(&self, caller: &Principal) -> Option<ReadFilter> {
+    pub fn read_filter(&self, caller: &Principal) -> Option<RowFilters> {
         let Principal::User { id, claims } = caller else {
             return None;
         };
@@ -247,7 +247,7 @@ impl Policies {
         let filter = self
             .tables
             .iter()
-            .fold(ReadFilter::new(others), |filter, (table, (read, _))| {
+            .fold(RowFilters::new(others), |filter, (table, (read, _))| {
                 filter.table(table, read.filter(id, claims))
             });
         Some(filter)

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use sync_runtime::protocol::PushAck;
 use sync_runtime::{
-    Batch, BatchLimits, Cursor, Options, ReadFilter, RowFilter, Scope, SiteId, SyncDb, Synchronous,
+    Batch, BatchLimits, Cursor, Options, RowFilter, RowFilters, Scope, SiteId, SyncDb, Synchronous,
     TableSchema,
 };
 use tokio::sync::{Mutex, watch};
@@ -87,7 +87,7 @@ pub trait Database: Send + Sync + 'static {
         from: Cursor,
         site: SiteId,
         limits: BatchLimits,
-        filter: ReadFilter,
+        filter: RowFilters,
     ) -> BoxFuture<'_, Result<Batch>>;
 
     /// The fingerprint of the registered tables, which clients must match.
@@ -303,7 +303,7 @@ impl Database for SqliteDatabase {
         from: Cursor,
         site: SiteId,
         limits: BatchLimits,
-        filter: ReadFilter,
+        filter: RowFilters,
     ) -> BoxFuture<'_, Result<Batch>> {
         Box::pin(async move { Ok(self.db.export_filtered(from, site, limits, filter).await?) })
     }
