@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::export::{self, Batch, BatchLimits, Cursor, Scope, Since};
 use crate::filter::{RowFilter, RowFilters};
 use crate::id::SiteId;
-use crate::merge::{self, ApplyReport};
+use crate::merge::{self, ApplyReport, PushReport};
 use crate::model::Synced;
 use crate::remote::RemoteState;
 use crate::schema::TableSchema;
@@ -525,7 +525,30 @@ impl SyncDb {
         self.call(move |w| {
             write(w, |tx| {
                 tx.set_versions();
-                merge::apply_push(tx.conn(), &payload, device)
+                Ok(merge::apply_push(tx.conn(), &payload, device, None)?.applied)
+            })
+        })
+        .await
+    }
+
+    /// [`apply_push`](Self::apply_push) with row-level security: each pushed row
+    /// must pass its table's filter in `filters` before its change (if the row
+    /// exists here) and after it (if it still exists). A row that does not is
+    /// rejected: nothing of it is applied, the rest of the push is, and this
+    /// database stamps its own state of the row anew, above the device's clocks, so
+    /// that the device takes it back at its next fetch (a row never had here is
+    /// deleted on the device). The report lists the rejected rows.
+    pub async fn apply_push_checked(
+        &self,
+        payload: &[u8],
+        device: SiteId,
+        filters: RowFilters,
+    ) -> Result<PushReport> {
+        let payload = payload.to_vec();
+        self.call(move |w| {
+            write(w, |tx| {
+                tx.set_versions();
+                merge::apply_push(tx.conn(), &payload, device, Some(&filters))
             })
         })
         .await

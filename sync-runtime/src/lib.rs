@@ -81,7 +81,7 @@ pub use error::{Error, Result};
 pub use export::{BadCursor, Batch, BatchLimits, Cursor, Scope, Since};
 pub use filter::{RowFilter, RowFilters};
 pub use id::{BadSiteId, SiteId, SyncId};
-pub use merge::ApplyReport;
+pub use merge::{ApplyReport, PushReport, Rejection};
 pub use model::{RowReader, Synced};
 pub use remote::{AutoSync, ProgressFn, Remote, SyncEvent, SyncOptions, SyncReport};
 pub use schema::{Algorithm, ColumnSchema, TableSchema};

@@ -25,6 +25,7 @@ use rusqlite::{Connection, OptionalExtension};
 use crate::change::Origins;
 use crate::error::{Error, Result};
 use crate::export::fingerprint;
+use crate::filter::{self, RowFilter, RowFilters};
 use crate::id::SiteId;
 use crate::schema::{Algorithm, TableSchema};
 use crate::sql::TableSql;
@@ -66,13 +67,42 @@ struct Clock {
 /// Applies an encoded payload inside the caller's write transaction; returns what
 /// it did.
 pub(crate) fn apply(conn: &Connection, bytes: &[u8]) -> Result<ApplyReport> {
-    apply_payload(conn, &wire::decode(bytes)?, None)
+    Ok(apply_payload(conn, &wire::decode(bytes)?, None)?.applied)
+}
+
+/// A pushed row that a write filter refused: nothing of it was applied, and the
+/// server's state of the row was stamped anew so that the device takes it back.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Rejection {
+    /// The table.
+    pub table: String,
+    /// The row's primary key, in key order.
+    pub pk: Vec<Value>,
+    /// Why.
+    pub reason: String,
+}
+
+/// What applying a device's push did.
+#[derive(Debug, Clone, PartialEq, Default)]
+#[non_exhaustive]
+pub struct PushReport {
+    /// What the merge did with the rows it accepted.
+    pub applied: ApplyReport,
+    /// The rows the write filter refused.
+    pub rejected: Vec<Rejection>,
 }
 
 /// Applies what a device pushed: only changes made by the device itself (every
 /// origin is the payload's exporter, which must be `device`), and no evictions,
-/// which only a server may send.
-pub(crate) fn apply_push(conn: &Connection, bytes: &[u8], device: SiteId) -> Result<ApplyReport> {
+/// which only a server may send. With `write`, each row must pass its table's
+/// filter before and after its change, or it is rejected (see [`Rejection`]).
+pub(crate) fn apply_push(
+    conn: &Connection,
+    bytes: &[u8],
+    device: SiteId,
+    write: Option<&RowFilters>,
+) -> Result<PushReport> {
     let payload = wire::decode(bytes)?;
     let refuse = |reason: String| Err(Error::Refused { reason });
     if payload.exporter != device {
@@ -92,18 +122,26 @@ pub(crate) fn apply_push(conn: &Connection, bytes: &[u8], device: SiteId) -> Res
             return refuse(FOREIGN_CHANGES.into());
         }
     }
-    apply_payload(conn, &payload, Some(device))
+    apply_payload(conn, &payload, Some(Pusher { device, write }))
+}
+
+/// The device a push comes from, and what it may write.
+#[derive(Clone, Copy)]
+struct Pusher<'f> {
+    device: SiteId,
+    write: Option<&'f RowFilters>,
 }
 
 const FOREIGN_CHANGES: &str = "a device may send only the changes it made itself";
 
-/// Applies a decoded payload; with `device`, an existence record that would
-/// change a row here must have been made by that device.
+/// Applies a decoded payload; with a `pusher`, an existence record that would
+/// change a row here must have been made by that device, and its write filter
+/// decides row by row.
 fn apply_payload(
     conn: &Connection,
     payload: &Payload,
-    device: Option<SiteId>,
-) -> Result<ApplyReport> {
+    pusher: Option<Pusher<'_>>,
+) -> Result<PushReport> {
     let targets = resolve(conn, payload)?;
     check_types(payload, &targets)?;
     let sites = local_sites(conn, &payload.sites)?;
@@ -137,14 +175,33 @@ fn apply_payload(
     let mut merge = Merge {
         conn,
         payload,
-        device,
+        device: pusher.map(|p| p.device),
         sites,
         origins: Origins::new(conn)?,
         versions,
         report: ApplyReport::default(),
+        own_version: None,
     };
+    let mut rejected = Vec::new();
     for row in &payload.rows {
-        merge.row(&targets[row.table as usize], row)?;
+        let target = &targets[row.table as usize];
+        let filter = pusher
+            .and_then(|p| p.write)
+            .map(|write| write.for_table(&target.schema.name))
+            .filter(|filter| **filter != RowFilter::All);
+        match filter {
+            None => merge.row(target, row)?,
+            Some(filter) => {
+                if let Some(reason) = merge.checked_row(target, row, filter)? {
+                    merge.converge_back(target, row)?;
+                    rejected.push(Rejection {
+                        table: target.schema.name.to_string(),
+                        pk: row.pk.clone(),
+                        reason,
+                    });
+                }
+            }
+        }
     }
     conn.execute("UPDATE _synced_state SET applying = 0", [])?;
     let (report, versions) = (merge.report, merge.versions);
@@ -153,11 +210,15 @@ fn apply_payload(
         "UPDATE _synced_state SET db_version = ?1",
         [versions.next.max(current)],
     )?;
-    Ok(report)
+    Ok(PushReport {
+        applied: report,
+        rejected,
+    })
 }
 
 /// Local versions for the remote transactions whose changes win, one each, listed
 /// with their origin as soon as they are given out.
+#[derive(Clone)]
 struct Versions {
     next: i64,
     assigned: HashMap<(i64, i64), i64>,
@@ -350,6 +411,9 @@ struct Merge<'a> {
     payload: &'a Payload,
     /// The device whose push this is, if it is one.
     device: Option<SiteId>,
+    /// The version of this database's own changes in this merge (rows stamped
+    /// anew after a rejection), once one was needed.
+    own_version: Option<i64>,
     /// The local ordinal of each payload site.
     sites: Vec<i64>,
     origins: Origins<'a>,
@@ -365,6 +429,107 @@ impl Merge<'_> {
             self.sites[origin.site as usize],
             i64::try_from(origin.version).unwrap_or(i64::MAX),
         )
+    }
+
+    /// Merges a pushed row if `filter` lets the device write it, before and after
+    /// its change; otherwise undoes it and says why.
+    fn checked_row(
+        &mut self,
+        target: &Target,
+        row: &RowChange,
+        filter: &RowFilter,
+    ) -> Result<Option<String>> {
+        let conn = self.conn;
+        let exists = |conn| Ok::<_, Error>(read_row(conn, target, &row.pk)?.is_some());
+        if exists(conn)? && !filter::matches(conn, &target.schema, filter, &row.pk)? {
+            return Ok(Some("the row may not be written by this user".into()));
+        }
+        let saved = (self.versions.clone(), self.report);
+        conn.execute_batch("SAVEPOINT synced_row")?;
+        self.row(target, row)?;
+        if exists(conn)? && !filter::matches(conn, &target.schema, filter, &row.pk)? {
+            conn.execute_batch("ROLLBACK TO synced_row; RELEASE synced_row")?;
+            (self.versions, self.report) = saved;
+            return Ok(Some(
+                "the change would make a row this user may not write".into(),
+            ));
+        }
+        conn.execute_batch("RELEASE synced_row")?;
+        Ok(None)
+    }
+
+    /// Stamps this replica's state of a rejected row anew, above the clocks the
+    /// device sent, as a change of its own: the device takes the row back at its
+    /// next fetch, and it stays as it was everywhere else. A row this replica
+    /// never had becomes a tombstone. The device is marked as holding the row, so
+    /// that a filtered export sends it (see [`crate::filter`]).
+    fn converge_back(&mut self, target: &Target, row: &RowChange) -> Result<()> {
+        let conn = self.conn;
+        let version = match self.own_version {
+            Some(version) => version,
+            None => {
+                self.versions.next += 1;
+                self.own_version = Some(self.versions.next);
+                self.versions.next
+            }
+        };
+        let value_count = target.defaults.len();
+        let theirs = i64::try_from(row.cl).unwrap_or(i64::MAX);
+        let pushed: HashMap<usize, i64> = row
+            .columns
+            .iter()
+            .map(|c| {
+                let version = i64::try_from(c.col_version).unwrap_or(i64::MAX);
+                (target.columns[c.column as usize], version)
+            })
+            .collect();
+        let mut clock = read_clock(conn, target, &row.pk, value_count)?.unwrap_or(Clock {
+            cl: 0,
+            dv: 0,
+            created: 0,
+            columns: vec![(0, 0); value_count],
+        });
+        let lives = clock.cl % 2 == 1;
+        // The device changed the row's existence beyond this replica's: the next
+        // causal length above the device's, with this replica's state (live or
+        // deleted). A live row is then created anew on the device, so every
+        // column goes.
+        let recreated = theirs > clock.cl && lives;
+        if theirs > clock.cl {
+            let next = theirs + 1;
+            clock.cl = if (next % 2 == 1) == lives {
+                next
+            } else {
+                next + 1
+            };
+        }
+        for (index, column) in clock.columns.iter_mut().enumerate() {
+            if !lives {
+                break;
+            }
+            if let Some(&sent) = pushed.get(&index).or(recreated.then_some(&0)) {
+                column.0 = column.0.max(sent) + 1;
+                column.1 = version;
+            }
+        }
+        if recreated {
+            clock.created = version;
+        }
+        clock.dv = version;
+        write_clock(conn, target, &row.pk, &clock)?;
+        if let Some(device) = self.device {
+            let reader = local_sites(conn, &[device])?[0];
+            conn.prepare_cached(
+                "INSERT INTO _synced_held (site, tbl, pk, evicted, at) VALUES (?1, ?2, ?3, 0, 0) \
+                 ON CONFLICT (site, tbl, pk) DO UPDATE SET evicted = 0, at = 0",
+            )?
+            .execute((
+                reader,
+                target.schema.name.to_ascii_lowercase(),
+                wire::encode_key(&row.pk),
+            ))?;
+        }
+        Ok(())
     }
 
     /// Forgets a row, values and clock, as if this replica never had it: the

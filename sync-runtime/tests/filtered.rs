@@ -321,3 +321,124 @@ async fn the_delete_of_a_row_the_reader_created_reaches_it() {
     ann.pull(&server).await;
     assert!(ann.texts().await.is_empty());
 }
+
+impl Reader {
+    /// What this device may write: its own rows.
+    fn write_filter(&self) -> RowFilters {
+        RowFilters::new(RowFilter::Nothing).table(
+            "notes",
+            RowFilter::Where {
+                sql: "owner = ?1".into(),
+                params: vec![Value::from(self.user)],
+            },
+        )
+    }
+
+    /// Sends every change made here to `server`, with this user's write filter.
+    async fn push(&self, server: &SyncDb) -> sync_runtime::PushReport {
+        let payload = self
+            .db
+            .export_local_changes(Since::Beginning)
+            .await
+            .unwrap();
+        server
+            .apply_push_checked(&payload, self.db.site_id(), self.write_filter())
+            .await
+            .unwrap()
+    }
+}
+
+/// A server with ann's own note and bob's shared one, and ann's device with both.
+async fn two_owners() -> (SyncDb, Reader, Note, Note) {
+    let server = server().await;
+    let (annes, bobs) = (note("ann", false, "ann's"), note("bob", true, "bob's"));
+    server.insert(&annes).await.unwrap();
+    server.insert(&bobs).await.unwrap();
+    let mut ann = Reader::new("ann").await;
+    ann.pull(&server).await;
+    (server, ann, annes, bobs)
+}
+
+#[tokio::test]
+async fn a_write_the_policy_allows_is_applied() {
+    let (server, ann, annes, _) = two_owners().await;
+    let edited = Note {
+        text: "edited".into(),
+        ..annes.clone()
+    };
+    ann.db.update(&edited).await.unwrap();
+    ann.db.insert(&note("ann", false, "new")).await.unwrap();
+    let report = ann.push(&server).await;
+    assert!(report.rejected.is_empty(), "{report:?}");
+    assert_eq!(server.get::<Note>(&annes.id).await.unwrap(), Some(edited));
+    assert_eq!(server.query::<Note>("", params![]).await.unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn a_rejected_update_is_undone_on_the_device_and_the_rest_applies() {
+    let (server, mut ann, annes, bobs) = two_owners().await;
+    let vandalised = Note {
+        text: "vandalised".into(),
+        ..bobs.clone()
+    };
+    ann.db.update(&vandalised).await.unwrap();
+    let mine = Note {
+        text: "mine, edited".into(),
+        ..annes.clone()
+    };
+    ann.db.update(&mine).await.unwrap();
+    let report = ann.push(&server).await;
+    assert_eq!(report.rejected.len(), 1, "{report:?}");
+    assert_eq!(report.rejected[0].pk, [Value::from(bobs.id)]);
+    assert_eq!(
+        server.get::<Note>(&bobs.id).await.unwrap(),
+        Some(bobs.clone())
+    );
+    assert_eq!(server.get::<Note>(&annes.id).await.unwrap(), Some(mine));
+
+    ann.pull(&server).await;
+    assert_eq!(ann.db.get::<Note>(&bobs.id).await.unwrap(), Some(bobs));
+    // Nothing left to send that would be refused again.
+    assert!(ann.push(&server).await.rejected.is_empty());
+}
+
+#[tokio::test]
+async fn a_rejected_creation_is_removed_from_the_device() {
+    let (server, mut ann, _, _) = two_owners().await;
+    let forged = note("bob", false, "in bob's name");
+    ann.db.insert(&forged).await.unwrap();
+    let report = ann.push(&server).await;
+    assert_eq!(report.rejected.len(), 1, "{report:?}");
+    assert_eq!(server.get::<Note>(&forged.id).await.unwrap(), None);
+    ann.pull(&server).await;
+    assert_eq!(ann.db.get::<Note>(&forged.id).await.unwrap(), None);
+    assert_eq!(ann.texts().await, ["ann's", "bob's"]);
+}
+
+#[tokio::test]
+async fn a_rejected_delete_brings_the_row_back_whole() {
+    let (server, mut ann, _, bobs) = two_owners().await;
+    ann.db.delete::<Note>(&bobs.id).await.unwrap();
+    let report = ann.push(&server).await;
+    assert_eq!(report.rejected.len(), 1, "{report:?}");
+    assert_eq!(
+        server.get::<Note>(&bobs.id).await.unwrap(),
+        Some(bobs.clone())
+    );
+    ann.pull(&server).await;
+    assert_eq!(ann.db.get::<Note>(&bobs.id).await.unwrap(), Some(bobs));
+}
+
+#[tokio::test]
+async fn giving_a_row_away_is_a_write_the_new_owner_must_allow() {
+    let (server, mut ann, annes, _) = two_owners().await;
+    let given = Note {
+        owner: "bob".into(),
+        ..annes.clone()
+    };
+    ann.db.update(&given).await.unwrap();
+    let report = ann.push(&server).await;
+    assert_eq!(report.rejected.len(), 1, "{report:?}");
+    ann.pull(&server).await;
+    assert_eq!(ann.db.get::<Note>(&annes.id).await.unwrap(), Some(annes));
+}
