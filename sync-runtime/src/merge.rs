@@ -83,6 +83,17 @@ pub struct Rejection {
     pub reason: String,
 }
 
+impl Rejection {
+    /// A rejection (as a client rebuilds it from a server's answer).
+    pub fn new(table: &str, pk: Vec<Value>, reason: &str) -> Self {
+        Self {
+            table: table.to_owned(),
+            pk,
+            reason: reason.to_owned(),
+        }
+    }
+}
+
 /// What applying a device's push did.
 #[derive(Debug, Clone, PartialEq, Default)]
 #[non_exhaustive]

@@ -16,6 +16,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::export::Cursor;
+use crate::value::Value;
 
 /// The header with the device's schema fingerprint ([`fingerprint_hex`]).
 pub const SCHEMA_HEADER: &str = "synced-schema";
@@ -46,7 +47,7 @@ pub fn parse_fingerprint(text: &str) -> Option<u64> {
 }
 
 /// What the server answers to a push, once the changes are committed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PushAck {
     /// Changes that won and were written.
     pub applied: u64,
@@ -54,6 +55,76 @@ pub struct PushAck {
     pub ignored: u64,
     /// The server's version after the merge.
     pub version: i64,
+    /// The rows the user may not write: not applied, and sent back to the device
+    /// as the server has them at its next fetch.
+    #[serde(default)]
+    pub rejected: Vec<RejectedRow>,
+}
+
+/// A pushed row the server refused (row-level security).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RejectedRow {
+    /// The table.
+    pub table: String,
+    /// The row's key values: JSON numbers, strings and null; a BLOB as
+    /// `{"blob": "<hex>"}`.
+    pub key: Vec<serde_json::Value>,
+    /// Why.
+    pub reason: String,
+}
+
+impl RejectedRow {
+    /// The JSON form of a rejection.
+    pub fn new(rejection: &crate::Rejection) -> Self {
+        use serde_json::Value as Json;
+        let key = rejection
+            .pk
+            .iter()
+            .map(|value| match value {
+                Value::Null => Json::Null,
+                Value::Integer(i) => Json::from(*i),
+                Value::Real(r) => Json::from(*r),
+                Value::Text(t) => Json::from(t.as_str()),
+                Value::Blob(b) => {
+                    let hex: String = b.iter().map(|b| format!("{b:02x}")).collect();
+                    serde_json::json!({ "blob": hex })
+                }
+            })
+            .collect();
+        Self {
+            table: rejection.table.clone(),
+            key,
+            reason: rejection.reason.clone(),
+        }
+    }
+
+    /// The rejection this stands for (`None` if the key is not of the forms
+    /// [`new`](Self::new) writes).
+    pub fn rejection(&self) -> Option<crate::Rejection> {
+        use serde_json::Value as Json;
+        let pk = self
+            .key
+            .iter()
+            .map(|json| match json {
+                Json::Null => Some(Value::Null),
+                Json::Number(n) => n
+                    .as_i64()
+                    .map(Value::Integer)
+                    .or(n.as_f64().map(Value::Real)),
+                Json::String(s) => Some(Value::Text(s.clone())),
+                Json::Object(o) => {
+                    let hex = o.get("blob")?.as_str()?;
+                    let bytes = (0..hex.len())
+                        .step_by(2)
+                        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+                        .collect::<Option<Vec<u8>>>()?;
+                    Some(Value::Blob(bytes))
+                }
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(crate::Rejection::new(&self.table, pk, &self.reason))
+    }
 }
 
 /// The body of every error answer.

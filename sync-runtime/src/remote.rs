@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use crate::db::SyncDb;
 use crate::error::{Error, Result};
 use crate::export::{BatchLimits, Cursor, Scope};
+use crate::merge::Rejection;
 use crate::protocol::{
     API_KEY_HEADER, ErrorBody, PullResponse, PushAck, SCHEMA_HEADER, SITE_HEADER, fingerprint_hex,
 };
@@ -175,7 +176,7 @@ impl fmt::Debug for SyncOptions {
 }
 
 /// What a sync did (and, given to a [`ProgressFn`], what it has done so far).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct SyncReport {
     /// Changes sent to the server (row existences and column values).
@@ -190,10 +191,14 @@ pub struct SyncReport {
     pub bytes_received: u64,
     /// Requests that carried or fetched a batch.
     pub batches: usize,
+    /// Rows sent that the server refused (row-level security): not applied there,
+    /// and overwritten here by the server's state at the next fetch.
+    pub rejected: Vec<Rejection>,
 }
 
 impl SyncReport {
-    fn add(&mut self, other: SyncReport) {
+    fn add(&mut self, other: &SyncReport) {
+        self.rejected.extend(other.rejected.iter().cloned());
         self.changes_sent += other.changes_sent;
         self.changes_received += other.changes_received;
         self.applied += other.applied;
@@ -240,10 +245,10 @@ impl SyncDb {
     pub async fn sync_with(&self, options: SyncOptions) -> Result<SyncReport> {
         let mut report = self.send_changes_with(&options).await?;
         let progress = options.progress.clone().map(|each| {
-            let sent = report;
+            let sent = report.clone();
             Arc::new(move |r: &SyncReport| {
-                let mut total = sent;
-                total.add(*r);
+                let mut total = sent.clone();
+                total.add(r);
                 each(&total)
             }) as ProgressFn
         });
@@ -251,7 +256,7 @@ impl SyncDb {
             progress,
             ..options
         };
-        report.add(self.check_changes_with(&options).await?);
+        report.add(&self.check_changes_with(&options).await?);
         Ok(report)
     }
 
@@ -282,11 +287,11 @@ impl SyncDb {
         let mut report = SyncReport::default();
         loop {
             let push = async {
-                if batch.rows > 0 {
-                    self.push(&state, options, fingerprint, &batch.payload)
-                        .await?;
+                if batch.rows == 0 {
+                    return Ok::<_, Error>(Vec::new());
                 }
-                Ok::<_, Error>(())
+                let ack = self.push(&state, options, fingerprint, &batch.payload);
+                Ok(ack.await?.rejected)
             };
             let next = async {
                 if batch.complete {
@@ -296,11 +301,14 @@ impl SyncDb {
                 next.await.map(Some)
             };
             let (pushed, next) = tokio::join!(push, next);
-            pushed?;
+            let rejected = pushed?;
             // Acknowledged: the cursor may move past the batch.
             self.store_sent_cursor(&url, batch.next.clone()).await?;
             if batch.rows > 0 {
                 report.changes_sent += batch.changes;
+                report
+                    .rejected
+                    .extend(rejected.iter().filter_map(|r| r.rejection()));
                 report.bytes_sent += batch.payload.len() as u64;
                 report.batches += 1;
             }

@@ -191,8 +191,8 @@ async fn push(
     let body = body.map_err(|rejection| body_error(&rejection, state.limits()))?;
     check_schema(&*db, &name, &headers).await?;
     let site = device_site(&*db, &caller, &headers).await?;
-    state.policies(&name).check_push(&caller, &body)?;
-    let ack = db.push(&body, site).await?;
+    let write = state.policies(&name).write_filter(&caller);
+    let ack = db.push(&body, site, write).await?;
     tracing::debug!(
         database = %name,
         caller = %caller,
@@ -200,6 +200,7 @@ async fn push(
         applied = ack.applied,
         ignored = ack.ignored,
         version = ack.version,
+        rejected = ack.rejected.len(),
         "push merged"
     );
     Ok(Json(ack))

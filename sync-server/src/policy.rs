@@ -210,33 +210,22 @@ impl Policies {
             .map(|(name, (read, write))| (name.as_str(), read, write))
     }
 
-    /// Checks what a user pushes: every table it writes must let users write. Until
-    /// write policies are enforced row by row, a table with a write policy is
-    /// closed to users' writes (the safe side); API keys write everything.
-    pub fn check_push(&self, caller: &Principal, payload: &[u8]) -> crate::Result<()> {
-        if caller.is_admin() {
-            return Ok(());
-        }
-        let payload = sync_runtime::wire::decode(payload)
-            .map_err(|e| crate::Error::Runtime(sync_runtime::Error::Payload(e)))?;
-        for table in &payload.tables {
-            let write = match self.tables.get(&table.name.to_ascii_lowercase()) {
-                Some((_, write)) => write,
-                None if self.unlisted == Access::Shared => &Rule::All,
-                None => &Rule::Nothing,
-            };
-            if *write != Rule::All {
-                return Err(crate::Error::Forbidden(format!(
-                    "users may not write to table `{}` of this database",
-                    table.name
-                )));
-            }
-        }
-        Ok(())
+    /// What `caller` may write: `None` for an API key, which writes everything.
+    pub fn write_filter(&self, caller: &Principal) -> Option<RowFilters> {
+        self.filters(caller, |(_, write)| write)
     }
 
     /// What `caller` may read: `None` for an API key, which reads everything.
     pub fn read_filter(&self, caller: &Principal) -> Option<RowFilters> {
+        self.filters(caller, |(read, _)| read)
+    }
+
+    /// The filters of `caller`, one rule of each table chosen by `rule`.
+    fn filters(
+        &self,
+        caller: &Principal,
+        rule: impl Fn(&(Rule, Rule)) -> &Rule,
+    ) -> Option<RowFilters> {
         let Principal::User { id, claims } = caller else {
             return None;
         };
@@ -244,13 +233,13 @@ impl Policies {
             Access::Closed => RowFilter::Nothing,
             Access::Shared => RowFilter::All,
         };
-        let filter = self
+        let filters = self
             .tables
             .iter()
-            .fold(RowFilters::new(others), |filter, (table, (read, _))| {
-                filter.table(table, read.filter(id, claims))
+            .fold(RowFilters::new(others), |filters, (table, rules)| {
+                filters.table(table, rule(rules).filter(id, claims))
             });
-        Some(filter)
+        Some(filters)
     }
 }
 

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 
-use sync_runtime::protocol::PushAck;
+use sync_runtime::protocol::{PushAck, RejectedRow};
 use sync_runtime::{
     Batch, BatchLimits, Cursor, Options, RowFilter, RowFilters, Scope, SiteId, SyncDb, Synchronous,
     TableSchema,
@@ -60,7 +60,14 @@ pub trait Database: Send + Sync + 'static {
     /// Merges a payload that device `site` pushed (only its own changes; see
     /// [`SyncDb::apply_push`]). Returns only once the merge is committed
     /// (durable), with the database's version after it.
-    fn push<'a>(&'a self, payload: &'a [u8], site: SiteId) -> BoxFuture<'a, Result<PushAck>>;
+    /// With `write` (a user's push), each row must pass its table's filter, and
+    /// the ack lists the rows that did not (see [`SyncDb::apply_push_checked`]).
+    fn push<'a>(
+        &'a self,
+        payload: &'a [u8],
+        site: SiteId,
+        write: Option<RowFilters>,
+    ) -> BoxFuture<'a, Result<PushAck>>;
 
     /// The changes after `from` not made by `site`, bounded by `limits`.
     fn pull(&self, from: Cursor, site: SiteId, limits: BatchLimits)
@@ -246,15 +253,27 @@ impl SqliteDatabase {
 }
 
 impl Database for SqliteDatabase {
-    fn push<'a>(&'a self, payload: &'a [u8], site: SiteId) -> BoxFuture<'a, Result<PushAck>> {
+    fn push<'a>(
+        &'a self,
+        payload: &'a [u8],
+        site: SiteId,
+        write: Option<RowFilters>,
+    ) -> BoxFuture<'a, Result<PushAck>> {
         Box::pin(async move {
-            let report = self.db.apply_push(payload, site).await?;
+            let (report, rejected) = match write {
+                None => (self.db.apply_push(payload, site).await?, Vec::new()),
+                Some(write) => {
+                    let pushed = self.db.apply_push_checked(payload, site, write).await?;
+                    (pushed.applied, pushed.rejected)
+                }
+            };
             // Read after the commit: at or above the version the merge created.
             let version = self.db.db_version().await?;
             Ok(PushAck {
                 applied: report.applied as u64,
                 ignored: report.ignored as u64,
                 version,
+                rejected: rejected.iter().map(RejectedRow::new).collect(),
             })
         })
     }

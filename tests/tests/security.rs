@@ -8,7 +8,7 @@ mod support;
 use std::collections::BTreeMap;
 
 use support::{ADMIN_KEY, TestServer, config, token};
-use sync_runtime::{Error, Remote, SyncDb, SyncId, Synced, Value, params};
+use sync_runtime::{Remote, SyncDb, SyncId, Synced, Value, params};
 use sync_server::{DatabaseConfig, TablePolicies};
 
 /// A row with an owner, which may be shared with everyone.
@@ -115,12 +115,58 @@ async fn each_user_receives_only_what_its_policy_lets_it_read() {
     assert_eq!(titles(&bob).await, ["bob's", "bob's shared"]);
     assert!(!ann.has_unsent_changes().await.unwrap());
 
-    // Writes by users are refused while write policies are not enforced row by
-    // row (the safe side), and stay unsent.
-    ann.insert(&item("ann", false, "ann's new")).await.unwrap();
-    let error = ann.sync().await.unwrap_err();
-    assert!(matches!(error, Error::Forbidden { .. }), "{error:?}");
-    assert!(ann.has_unsent_changes().await.unwrap());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_a_user_may_not_make_are_rejected_and_undone() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path()).await;
+    let url = server.url("items");
+    let admin = open(dir.path(), "admin", Remote::new(&url).api_key(ADMIN_KEY)).await;
+    let ann = open(
+        dir.path(),
+        "ann",
+        Remote::new(&url).bearer_token(token("ann")),
+    )
+    .await;
+    let bob = open(
+        dir.path(),
+        "bob",
+        Remote::new(&url).bearer_token(token("bob")),
+    )
+    .await;
+    let shared = item("bob", true, "bob's shared");
+    admin.insert(&shared).await.unwrap();
+    admin.sync().await.unwrap();
+    ann.sync().await.unwrap();
+
+    // Ann's own row goes through; her edit of bob's row and a row in bob's name
+    // are refused, reported, and undone on her device at the same sync.
+    let own = item("ann", false, "ann's own");
+    ann.insert(&own).await.unwrap();
+    ann.execute_raw(
+        "UPDATE items SET title = 'vandalised' WHERE id = ?1",
+        params![shared.id],
+    )
+    .await
+    .unwrap();
+    let forged = item("bob", false, "in bob's name");
+    ann.insert(&forged).await.unwrap();
+    let report = ann.sync().await.unwrap();
+    let mut refused: Vec<Value> = report.rejected.iter().map(|r| r.pk[0].clone()).collect();
+    refused.sort_by_key(|v| format!("{v:?}"));
+    let mut expected = vec![Value::from(shared.id), Value::from(forged.id)];
+    expected.sort_by_key(|v| format!("{v:?}"));
+    assert_eq!(refused, expected, "{report:?}");
+    assert_eq!(titles(&ann).await, ["ann's own", "bob's shared"]);
+    assert!(!ann.has_unsent_changes().await.unwrap());
+
+    // Bob never sees the vandalism nor the forgery; he sees nothing of ann's.
+    bob.sync().await.unwrap();
+    assert_eq!(titles(&bob).await, ["bob's shared"]);
+    admin.sync().await.unwrap();
+    assert_eq!(titles(&admin).await, ["ann's own", "bob's shared"]);
     server.stop().await;
 }
 

@@ -116,7 +116,7 @@ async fn large_change_sets_go_in_bounded_batches() {
     let seen = progress.clone();
     let options = sync_runtime::SyncOptions {
         progress: Some(std::sync::Arc::new(move |r: &sync_runtime::SyncReport| {
-            seen.lock().unwrap().push(*r)
+            seen.lock().unwrap().push(r.clone())
         })),
         ..Default::default()
     };
@@ -323,14 +323,14 @@ async fn auto_sync_delivers_a_write_to_the_other_device() {
         .await
         .unwrap();
     assert!(
-        matches!(sent, Some(sync_runtime::SyncEvent::Sent(r)) if r.changes_sent == 4),
+        matches!(&sent, Some(sync_runtime::SyncEvent::Sent(r)) if r.changes_sent == 4),
         "{sent:?}"
     );
     let received = tokio::time::timeout(deadline, b_events.next())
         .await
         .unwrap();
     assert!(
-        matches!(received, Some(sync_runtime::SyncEvent::Received(r)) if r.applied == 4),
+        matches!(&received, Some(sync_runtime::SyncEvent::Received(r)) if r.applied == 4),
         "{received:?}"
     );
     assert_eq!(b.get::<Todo>(&row.id).await.unwrap(), Some(row));
