@@ -19,3 +19,18 @@ pub struct Todo {
     /// A real column.
     pub score: f64,
 }
+
+/// A table with an owner, for row-level security: `owner_id = $user_id`.
+#[derive(Synced, Debug, Clone, PartialEq)]
+#[synced(table = "owned")]
+pub struct Owned {
+    /// The key.
+    #[synced(primary_key)]
+    pub id: SyncId,
+    /// The user who may read the row.
+    pub owner_id: String,
+    /// A text column.
+    pub title: String,
+    /// An integer column.
+    pub done: bool,
+}

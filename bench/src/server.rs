@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value as Json, json};
-use sync_runtime::{Remote, SyncDb, SyncId};
+use sync_runtime::{Remote, SyncDb, SyncId, Synced};
 use sync_server::auth::{hash_key, sign_token};
-use sync_server::{Access, AuthConfig, Config, DatabaseConfig, Server};
-use synced_bench::Todo;
+use sync_server::{Access, AuthConfig, Config, DatabaseConfig, Server, TablePolicies};
+use synced_bench::{Owned, Todo};
 use tokio::task::JoinSet;
 
 use crate::BoxError;
@@ -58,6 +58,21 @@ impl Drop for Running {
 }
 
 async fn start(dir: &Path) -> Result<Running, BoxError> {
+    // The row-level security database: users read their own rows.
+    let schema = dir.join("owned.json");
+    std::fs::write(&schema, serde_json::to_string(&[Owned::SCHEMA])?)?;
+    let owned = DatabaseConfig {
+        schema: Some(schema),
+        tables: [(
+            "owned".to_owned(),
+            TablePolicies {
+                read: Some("owner_id = $user_id".into()),
+                write: Some("owner_id = $user_id".into()),
+            },
+        )]
+        .into(),
+        ..DatabaseConfig::default()
+    };
     let server = Server::bind(Config {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         data: dir.join("server"),
@@ -75,7 +90,9 @@ async fn start(dir: &Path) -> Result<Running, BoxError> {
                 };
                 (name.to_owned(), shared)
             })
-            .into(),
+            .into_iter()
+            .chain([("owned".to_owned(), owned)])
+            .collect(),
         ..Config::default()
     })
     .await?;
@@ -277,9 +294,69 @@ pub(crate) async fn run(plan: &Plan) -> Result<Json, BoxError> {
         "pulled_changes_per_s": received as f64 / seconds,
         "errors": errors,
     });
+    let security = row_level_security(&server, dir.path(), plan.rows).await?;
     drop(server);
     if errors > 0 {
         return Err(format!("{errors} of {} clients failed", plan.clients).into());
     }
-    Ok(json!({ "transfer": transfer, "latency": latency, "clients": load }))
+    Ok(json!({ "transfer": transfer, "latency": latency, "clients": load, "rls": security }))
+}
+
+/// A user's first pull of a table of which it may read a tenth, against an
+/// admin's pull of the whole table.
+async fn row_level_security(server: &Running, dir: &Path, rows: usize) -> Result<Json, BoxError> {
+    let url = format!("{}/v1/db/owned", server.base);
+    let open = |name: &str, remote: Remote| {
+        let path = dir.join(format!("{name}.db"));
+        async move {
+            let db = SyncDb::open(path).await?.with_remote(remote);
+            db.register::<Owned>().await?;
+            Ok::<_, BoxError>(db)
+        }
+    };
+    let admin = open("rls-admin", Remote::new(&url).api_key(ADMIN_KEY)).await?;
+    let owned: Vec<Owned> = (0..rows)
+        .map(|i| Owned {
+            id: SyncId::new(),
+            owner_id: format!("user{}", i % 10),
+            title: format!("row {i}"),
+            done: i % 3 == 0,
+        })
+        .collect();
+    admin
+        .transaction(move |tx| {
+            for row in &owned {
+                tx.insert(row)?;
+            }
+            Ok::<_, sync_runtime::Error>(())
+        })
+        .await?;
+    admin.sync().await?;
+
+    let timed = |db: SyncDb| async move {
+        let start = Instant::now();
+        let report = db.sync().await?;
+        Ok::<_, BoxError>((start.elapsed().as_secs_f64(), report.changes_received))
+    };
+    let everything = open("rls-all", Remote::new(&url).api_key(ADMIN_KEY)).await?;
+    let (all_s, all_changes) = timed(everything).await?;
+    let user = open("rls-user", Remote::new(&url).bearer_token(token("user0")?)).await?;
+    let (user_s, user_changes) = timed(user).await?;
+    println!(
+        "{:<34} {:>10.1} ms   {} changes; the whole table: {:.1} ms, {} changes; ratio {:.2}",
+        format!("pull of 10% of {rows} rows (RLS)"),
+        user_s * 1e3,
+        user_changes,
+        all_s * 1e3,
+        all_changes,
+        user_s / all_s
+    );
+    Ok(json!({
+        "rows": rows,
+        "user_ms": user_s * 1e3,
+        "user_changes": user_changes,
+        "all_ms": all_s * 1e3,
+        "all_changes": all_changes,
+        "ratio": user_s / all_s,
+    }))
 }

@@ -74,6 +74,9 @@ pub(crate) struct ClockRow {
     pub(crate) exists: bool,
     /// The clock row's rowid: the order in which rows were first created here.
     pub(crate) rowid: i64,
+    /// Whether the app row passes the row filter the scan evaluated (`None`
+    /// without one).
+    pub(crate) passes: Option<bool>,
     /// The value columns written after the version asked for.
     pub(crate) columns: Vec<ClockColumn>,
 }
@@ -90,7 +93,7 @@ pub(crate) struct ClockColumn {
 
 /// Which clock rows a [`scan`] reads.
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum Range {
+pub(crate) enum Range<'f> {
     /// Every row changed after a version.
     Since(i64),
     /// The rows whose `(version of the last change, rowid)` lies after `after` and
@@ -100,7 +103,19 @@ pub(crate) enum Range {
         base: i64,
         after: (i64, i64),
         upto: (i64, i64),
+        /// A row filter (SQL and parameters) to evaluate on each row, in the same
+        /// query: see [`ClockRow::passes`].
+        filter: Option<PageFilter<'f>>,
     },
+}
+
+/// A row filter a page scan evaluates.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PageFilter<'f> {
+    pub(crate) sql: &'f str,
+    pub(crate) params: &'f [Value],
+    /// Leave out the rows that fail, but those this site ordinal created.
+    pub(crate) only_passing_for: Option<i64>,
 }
 
 /// Calls `each` for every clock row of `schema` in `range` (final versions only),
@@ -108,7 +123,7 @@ pub(crate) enum Range {
 pub(crate) fn scan(
     conn: &Connection,
     schema: &TableSchema,
-    range: Range,
+    range: Range<'_>,
     mut each: impl FnMut(ClockRow) -> Result<()>,
 ) -> Result<()> {
     let sql = TableSql::new(schema);
@@ -117,11 +132,43 @@ pub(crate) fn scan(
     let values = schema.value_columns().count();
     let (mut stmt, since) = match range {
         Range::Since(since) => (conn.prepare_cached(&sql.changes_since)?, since),
+        Range::Page {
+            base,
+            filter: Some(filter),
+            ..
+        } => {
+            let only_passing = filter.only_passing_for.is_some();
+            let query = crate::sql::changes_between_filtered(
+                schema,
+                filter.sql,
+                filter.params.len(),
+                only_passing,
+            );
+            (conn.prepare_cached(&query)?, base)
+        }
         Range::Page { base, .. } => (conn.prepare_cached(&sql.changes_between)?, base),
     };
+    let filtered = matches!(
+        range,
+        Range::Page {
+            filter: Some(_),
+            ..
+        }
+    );
     let mut rows = match range {
         Range::Since(since) => stmt.query([since])?,
-        Range::Page { after, upto, .. } => stmt.query([after.0, after.1, upto.0, upto.1])?,
+        Range::Page {
+            after,
+            upto,
+            filter,
+            ..
+        } => {
+            let bounds = [after.0, after.1, upto.0, upto.1].map(Value::Integer);
+            let params = filter.map_or(&[][..], |f| f.params);
+            let reader = filter.and_then(|f| f.only_passing_for).map(Value::Integer);
+            let bound = params.iter().chain(&bounds).chain(reader.as_ref());
+            stmt.query(rusqlite::params_from_iter(bound))?
+        }
     };
     while let Some(row) = rows.next()? {
         let mut columns = Vec::new();
@@ -145,6 +192,11 @@ pub(crate) fn scan(
             created: row.get(layout.created())?,
             exists: row.get(layout.after(values))?,
             rowid: row.get(layout.after(values) + 1)?,
+            passes: if filtered {
+                Some(row.get(layout.after(values) + 2)?)
+            } else {
+                None
+            },
             columns,
         })?;
     }

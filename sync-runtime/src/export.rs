@@ -4,9 +4,9 @@ use std::collections::HashMap;
 
 use rusqlite::Connection;
 
-use crate::change::{ClockRow, Origins, Range, scan};
+use crate::change::{ClockRow, Origins, PageFilter, Range, scan};
 use crate::error::Result;
-use crate::filter::{Decision, Gate, RowFilters};
+use crate::filter::{Decision, Gate, RowFilter, RowFilters};
 use crate::id::SiteId;
 use crate::schema::TableSchema;
 use crate::sql::TableSql;
@@ -320,10 +320,22 @@ fn export_gated(
             if after >= last {
                 continue;
             }
+            let filter = match &mut gate {
+                Some(gate) => match gate.filter_of(schema) {
+                    RowFilter::Where { sql, params } => Some(PageFilter {
+                        sql: sql.as_str(),
+                        params: params.as_slice(),
+                        only_passing_for: gate.unmarked_reader(conn, schema)?,
+                    }),
+                    _ => None,
+                },
+                None => None,
+            };
             let range = Range::Page {
                 base: scan_base,
                 after,
                 upto: last,
+                filter,
             };
             scan(conn, schema, range, |row| {
                 let place = (row.version, index, row.rowid);

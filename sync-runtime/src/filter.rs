@@ -146,6 +146,8 @@ pub(crate) struct Gate<'f> {
     base: i64,
     upto: i64,
     marks: Vec<(String, Vec<u8>, Mark)>,
+    /// Per table, whether the reader has any mark there.
+    marked: HashMap<String, bool>,
 }
 
 impl<'f> Gate<'f> {
@@ -165,7 +167,39 @@ impl<'f> Gate<'f> {
             base,
             upto,
             marks: Vec::new(),
+            marked: HashMap::new(),
         })
+    }
+
+    /// The filter of a table, for the scan to evaluate.
+    pub(crate) fn filter_of(&self, schema: &TableSchema) -> &'f RowFilter {
+        self.filter.for_table(&schema.name)
+    }
+
+    /// The reader's site ordinal if it has no mark in the table of `schema`: then
+    /// the only rows it holds there that fail the filter are those it created,
+    /// and a scan may leave out the others.
+    pub(crate) fn unmarked_reader(
+        &mut self,
+        conn: &Connection,
+        schema: &TableSchema,
+    ) -> Result<Option<i64>> {
+        let table = schema.name.to_ascii_lowercase();
+        Ok((!self.is_marked(conn, &table)?).then_some(self.reader))
+    }
+
+    /// Whether the reader has any mark in `table` (lowercase).
+    fn is_marked(&mut self, conn: &Connection, table: &str) -> Result<bool> {
+        if let Some(&marked) = self.marked.get(table) {
+            return Ok(marked);
+        }
+        let marked = conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM _synced_held WHERE site = ?1 AND tbl = ?2)",
+            )?
+            .query_row((self.reader, table), |r| r.get(0))?;
+        self.marked.insert(table.to_owned(), marked);
+        Ok(marked)
     }
 
     /// What goes of `row` of `schema`.
@@ -182,8 +216,12 @@ impl<'f> Gate<'f> {
         }
         let table = schema.name.to_ascii_lowercase();
         let key = wire::encode_key(&row.pk);
-        let mark = conn
-            .prepare_cached(
+        // A reader with no marks in a table (its first fetch, typically) needs no
+        // look-up per row.
+        let mark = if !self.is_marked(conn, &table)? {
+            None
+        } else {
+            conn.prepare_cached(
                 "SELECT evicted, at FROM _synced_held WHERE site = ?1 AND tbl = ?2 AND pk = ?3",
             )?
             .query_row((self.reader, &table, &key), |r| {
@@ -194,7 +232,8 @@ impl<'f> Gate<'f> {
                     Mark::Held { at }
                 })
             })
-            .optional()?;
+            .optional()?
+        };
         let lives = row.cl % 2 == 1;
         // A reader holds what it was sent (and received: the mark is not newer than
         // its cursor) and what it created.
@@ -205,7 +244,12 @@ impl<'f> Gate<'f> {
         };
         // An eviction the reader may not have received goes again.
         let evicted_unseen = matches!(mark, Some(Mark::Evicted { at }) if at > self.base);
-        let readable = lives && row.exists && self.readable(conn, schema, &row.pk)?;
+        let readable = lives
+            && row.exists
+            && match row.passes {
+                Some(passes) => passes,
+                None => self.readable(conn, schema, &row.pk)?,
+            };
         let decision = match (readable, holds) {
             (true, Some(true)) => Decision::Changes,
             (true, _) => Decision::Whole,

@@ -627,9 +627,46 @@ pub(crate) fn row_matches(schema: &TableSchema, filter: &str, params: usize) -> 
     )
 }
 
+/// A page of clock rows (as `TableSql::changes_between`) with one more column:
+/// whether the app row passes a row filter of `params` parameters, bound first,
+/// before the page's bounds. With `only_passing`, the rows that fail are left
+/// out unless the site whose ordinal is bound after the bounds created them: for
+/// a reader that holds nothing else in the table.
+pub(crate) fn changes_between_filtered(
+    schema: &TableSchema,
+    filter: &str,
+    params: usize,
+    only_passing: bool,
+) -> String {
+    let passes = format!(
+        "coalesce((SELECT ({filter}) FROM {} AS p WHERE {}), 0)",
+        ident(&schema.name),
+        key_match(schema, "p.", "c.")
+    );
+    let mut page = format!(
+        "(c.{DV}, c.rowid) > (?{}, ?{}) AND (c.{DV}, c.rowid) <= (?{}, ?{})",
+        params + 1,
+        params + 2,
+        params + 3,
+        params + 4
+    );
+    if only_passing {
+        page.push_str(&format!(
+            " AND ({passes} OR EXISTS (SELECT 1 FROM _synced_versions AS v \
+             WHERE v.db_version = c.{CREATED} AND v.site = ?{}))",
+            params + 5
+        ));
+    }
+    changes_query(schema, &page, Some(&passes))
+}
+
 /// Clock rows that match `filter` (changed after `?1`, or in a page), joined with
 /// the app row for current values, laid out as `TableSql::changes_layout` says.
 fn changes_since(schema: &TableSchema, filter: &str) -> String {
+    changes_query(schema, filter, None)
+}
+
+fn changes_query(schema: &TableSchema, filter: &str, extra: Option<&str>) -> String {
     let mut cols: Vec<String> = schema
         .key_columns()
         .map(|c| format!("c.{}", ident(&c.name)))
@@ -648,6 +685,7 @@ fn changes_since(schema: &TableSchema, filter: &str) -> String {
         .unwrap_or_default();
     cols.push(format!("t.{first_key} IS NOT NULL"));
     cols.push("c.rowid".to_owned());
+    cols.extend(extra.map(str::to_owned));
     format!(
         // Never a change of the open version: it is final only once closed.
         "SELECT {} FROM {} AS c LEFT JOIN {} AS t ON {} \
