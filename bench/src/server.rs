@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value as Json, json};
 use sync_runtime::{Remote, SyncDb, SyncId, Synced};
 use sync_server::auth::{hash_key, sign_token};
-use sync_server::{Access, AuthConfig, Config, DatabaseConfig, Server, TablePolicies};
+use sync_server::{AuthConfig, Config, DatabaseConfig, Server, TablePolicies};
 use synced_bench::{Owned, Todo};
 use tokio::task::JoinSet;
 
@@ -83,13 +83,7 @@ async fn start(dir: &Path) -> Result<Running, BoxError> {
         },
         // Shared tables: these figures are without row-level security.
         databases: ["transfer", "latency", "clients"]
-            .map(|name| {
-                let shared = DatabaseConfig {
-                    unlisted_tables: Access::Shared,
-                    ..DatabaseConfig::default()
-                };
-                (name.to_owned(), shared)
-            })
+            .map(|name| (name.to_owned(), DatabaseConfig::shared()))
             .into_iter()
             .chain([("owned".to_owned(), owned)])
             .collect(),

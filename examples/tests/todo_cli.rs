@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use sync_server::auth::hash_key;
-use sync_server::{Access, AuthConfig, Config, DatabaseConfig, Server};
+use sync_server::{AuthConfig, Config, DatabaseConfig, Server};
 
 const ADMIN_KEY: &str = "todo-cli-admin-key";
 const SECRET: &str = "todo-cli-test-secret-of-enough-length";
@@ -38,14 +38,7 @@ async fn two_devices_sync_through_a_server() {
             jwt_hs256_secret: Some(SECRET.into()),
             ..AuthConfig::default()
         },
-        databases: [(
-            "todo".to_owned(),
-            DatabaseConfig {
-                unlisted_tables: Access::Shared,
-                ..DatabaseConfig::default()
-            },
-        )]
-        .into(),
+        databases: [("todo".to_owned(), DatabaseConfig::shared())].into(),
         ..Config::default()
     })
     .await

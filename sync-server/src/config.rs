@@ -205,6 +205,23 @@ pub struct DatabaseConfig {
     pub tables: BTreeMap<String, TablePolicies>,
 }
 
+impl DatabaseConfig {
+    /// A database whose tables every user reads and writes whole (no row-level
+    /// security): one user's devices, or a list everyone shares.
+    ///
+    /// ```
+    /// use sync_server::{Access, DatabaseConfig};
+    ///
+    /// assert_eq!(DatabaseConfig::shared().unlisted_tables, Access::Shared);
+    /// ```
+    pub fn shared() -> Self {
+        Self {
+            unlisted_tables: Access::Shared,
+            ..Self::default()
+        }
+    }
+}
+
 /// What users may do with tables that have no policies.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -61,6 +61,18 @@ async fn open(dir: &std::path::Path, name: &str, remote: Remote) -> SyncDb {
     db
 }
 
+/// A policy server and three devices on it: an admin's, ann's and bob's.
+async fn cast() -> (tempfile::TempDir, TestServer, [SyncDb; 3]) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path()).await;
+    let url = server.url("items");
+    let admin = open(dir.path(), "admin", Remote::new(&url).api_key(ADMIN_KEY)).await;
+    let user = |name: &str| Remote::new(&url).bearer_token(token(name));
+    let ann = open(dir.path(), "ann", user("ann")).await;
+    let bob = open(dir.path(), "bob", user("bob")).await;
+    (dir, server, [admin, ann, bob])
+}
+
 async fn titles(db: &SyncDb) -> Vec<String> {
     let items: Vec<Item> = db.query("ORDER BY title", params![]).await.unwrap();
     items.into_iter().map(|i| i.title).collect()
@@ -68,22 +80,7 @@ async fn titles(db: &SyncDb) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_user_receives_only_what_its_policy_lets_it_read() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = server(dir.path()).await;
-    let url = server.url("items");
-    let admin = open(dir.path(), "admin", Remote::new(&url).api_key(ADMIN_KEY)).await;
-    let ann = open(
-        dir.path(),
-        "ann",
-        Remote::new(&url).bearer_token(token("ann")),
-    )
-    .await;
-    let bob = open(
-        dir.path(),
-        "bob",
-        Remote::new(&url).bearer_token(token("bob")),
-    )
-    .await;
+    let (_dir, server, [admin, ann, bob]) = cast().await;
 
     let shared = item("bob", true, "bob's shared");
     let private = item("bob", false, "bob's");
@@ -120,22 +117,7 @@ async fn each_user_receives_only_what_its_policy_lets_it_read() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_a_user_may_not_make_are_rejected_and_undone() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = server(dir.path()).await;
-    let url = server.url("items");
-    let admin = open(dir.path(), "admin", Remote::new(&url).api_key(ADMIN_KEY)).await;
-    let ann = open(
-        dir.path(),
-        "ann",
-        Remote::new(&url).bearer_token(token("ann")),
-    )
-    .await;
-    let bob = open(
-        dir.path(),
-        "bob",
-        Remote::new(&url).bearer_token(token("bob")),
-    )
-    .await;
+    let (_dir, server, [admin, ann, bob]) = cast().await;
     let shared = item("bob", true, "bob's shared");
     admin.insert(&shared).await.unwrap();
     admin.sync().await.unwrap();

@@ -16,7 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use sync_runtime::{Remote, SyncDb, SyncId, SyncReport, Synced, params};
 use sync_server::auth::hash_key;
-use sync_server::{Access, AuthConfig, Config, DatabaseConfig, Server};
+use sync_server::{AuthConfig, Config, DatabaseConfig, Server};
 
 /// A to-do item, the model of the demo.
 #[derive(Synced, Debug, Clone, PartialEq)]
@@ -70,14 +70,7 @@ async fn run(dir: &Path) -> Result<Vec<Todo>> {
         },
         // One user's devices share the whole list (the book's "Row-level
         // security" chapter shows per-user rows).
-        databases: [(
-            "todo".to_owned(),
-            DatabaseConfig {
-                unlisted_tables: Access::Shared,
-                ..DatabaseConfig::default()
-            },
-        )]
-        .into(),
+        databases: [("todo".to_owned(), DatabaseConfig::shared())].into(),
         ..Config::default()
     };
     let server = Server::bind(config).await?;

@@ -12,7 +12,7 @@ use sync_runtime::protocol::{
     API_KEY_HEADER, ErrorBody, PullResponse, PushAck, SCHEMA_HEADER, SITE_HEADER, fingerprint_hex,
 };
 use sync_runtime::{BatchLimits, Cursor, Scope, SyncDb, SyncId, Synced};
-use sync_server::{Access, AppState, AuthConfig, Config, DatabaseConfig, Limits, Server, auth};
+use sync_server::{AppState, AuthConfig, Config, DatabaseConfig, Limits, Server, auth};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -78,14 +78,7 @@ pub fn test_config(data: &std::path::Path) -> Config {
         },
         // Every table shared with users: these tests are about sync, not
         // row-level security.
-        databases: [(
-            DB.to_owned(),
-            DatabaseConfig {
-                unlisted_tables: Access::Shared,
-                ..DatabaseConfig::default()
-            },
-        )]
-        .into(),
+        databases: [(DB.to_owned(), DatabaseConfig::shared())].into(),
     }
 }
 

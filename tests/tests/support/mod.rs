@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use sync_runtime::{Remote, SyncDb, SyncId, Synced, params};
 use sync_server::auth::{hash_key, sign_token};
-use sync_server::{Access, AuthConfig, Config, DatabaseConfig, Server};
+use sync_server::{AuthConfig, Config, DatabaseConfig, Server};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -49,14 +49,7 @@ pub fn config(data: &Path) -> Config {
         },
         // Every table shared with users: these tests are about sync, not
         // row-level security.
-        databases: [(
-            "todo".to_owned(),
-            DatabaseConfig {
-                unlisted_tables: Access::Shared,
-                ..DatabaseConfig::default()
-            },
-        )]
-        .into(),
+        databases: [("todo".to_owned(), DatabaseConfig::shared())].into(),
         ..Config::default()
     }
 }
