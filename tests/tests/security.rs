@@ -34,11 +34,17 @@ fn item(owner: &str, shared: bool, title: &str) -> Item {
 
 /// A server whose `items` table users read by owner or sharing.
 async fn server(dir: &std::path::Path) -> TestServer {
+    server_with(dir, "owner_id = $user_id OR shared = 1").await
+}
+
+/// A server whose `items` table users read through `read` and write when they
+/// own the row.
+async fn server_with(dir: &std::path::Path, read: &str) -> TestServer {
     let schema = dir.join("items.json");
     std::fs::write(&schema, serde_json::to_string(&[Item::SCHEMA]).unwrap()).unwrap();
     let mut config = config(&dir.join("server"));
     let policies = TablePolicies {
-        read: Some("owner_id = $user_id OR shared = 1".into()),
+        read: Some(read.into()),
         write: Some("owner_id = $user_id".into()),
     };
     config.databases = BTreeMap::from([(
@@ -177,4 +183,65 @@ async fn a_bad_policy_stops_the_start_naming_its_table() {
         "{message}"
     );
     assert!(message.contains("owner"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_the_token_lacks_matches_no_row() {
+    let dir = tempfile::tempdir().unwrap();
+    // Rows are read by team; the users' tokens carry no team claim.
+    let server = server_with(dir.path(), "owner_id = $team").await;
+    let url = server.url("items");
+    let admin = open(dir.path(), "admin", Remote::new(&url).api_key(ADMIN_KEY)).await;
+    let ann = open(
+        dir.path(),
+        "ann",
+        Remote::new(&url).bearer_token(token("ann")),
+    )
+    .await;
+    // Not even a row whose team is NULL-like: a missing claim is NULL, and
+    // `owner_id = NULL` is never true.
+    for owner in ["ann", "", "null"] {
+        admin.insert(&item(owner, true, owner)).await.unwrap();
+    }
+    admin.sync().await.unwrap();
+    let report = ann.sync().await.unwrap();
+    assert_eq!(report.changes_received, 0);
+    assert!(titles(&ann).await.is_empty());
+    assert!(ann.changes_since(0).await.unwrap().is_empty());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_given_to_another_user_moves_with_it() {
+    let (_dir, server, [admin, ann, bob]) = cast().await;
+    let row = item("bob", false, "bob's, then ann's");
+    admin.insert(&row).await.unwrap();
+    admin.sync().await.unwrap();
+    ann.sync().await.unwrap();
+    bob.sync().await.unwrap();
+    assert!(titles(&ann).await.is_empty());
+    assert_eq!(titles(&bob).await, ["bob's, then ann's"]);
+
+    // Bob gives it to ann: a write his policy allows (he owns the row before),
+    // which the write policy then refuses (ann owns it after).
+    let given = Item {
+        owner_id: "ann".into(),
+        ..row.clone()
+    };
+    bob.update(&given).await.unwrap();
+    let report = bob.sync().await.unwrap();
+    assert_eq!(report.rejected.len(), 1, "{report:?}");
+    assert_eq!(bob.get::<Item>(&row.id).await.unwrap(), Some(row.clone()));
+
+    // An admin gives it (after fetching the row as the server stamped it back:
+    // a concurrent edit with an older column version would lose to that stamp):
+    // it leaves bob's device and arrives whole on ann's.
+    admin.sync().await.unwrap();
+    admin.update(&given).await.unwrap();
+    admin.sync().await.unwrap();
+    bob.sync().await.unwrap();
+    ann.sync().await.unwrap();
+    assert!(titles(&bob).await.is_empty());
+    assert_eq!(ann.get::<Item>(&row.id).await.unwrap(), Some(given));
+    server.stop().await;
 }
