@@ -248,7 +248,7 @@ impl<'f> Gate<'f> {
             && row.exists
             && match row.passes {
                 Some(passes) => passes,
-                None => self.readable(conn, schema, &row.pk)?,
+                None => matches(conn, schema, self.filter.for_table(&schema.name), &row.pk)?,
             };
         let decision = match (readable, holds) {
             (true, Some(true)) => Decision::Changes,
@@ -269,10 +269,6 @@ impl<'f> Gate<'f> {
             self.marks.push((table, key, new_mark));
         }
         Ok(decision)
-    }
-
-    fn readable(&self, conn: &Connection, schema: &TableSchema, pk: &[Value]) -> Result<bool> {
-        matches(conn, schema, self.filter.for_table(&schema.name), pk)
     }
 
     /// Stores the marks this export set.

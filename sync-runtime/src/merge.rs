@@ -514,10 +514,13 @@ impl Merge<'_> {
                 next + 1
             };
         }
-        for (index, column) in clock.columns.iter_mut().enumerate() {
-            if !lives {
-                break;
-            }
+        // A deleted row's columns do not matter: only a live one is stamped.
+        let columns = if lives {
+            clock.columns.as_mut_slice()
+        } else {
+            &mut []
+        };
+        for (index, column) in columns.iter_mut().enumerate() {
             if let Some(&sent) = pushed.get(&index).or(recreated.then_some(&0)) {
                 column.0 = column.0.max(sent) + 1;
                 column.1 = version;
