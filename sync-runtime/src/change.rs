@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension};
 use crate::error::Result;
 use crate::id::SiteId;
 use crate::schema::TableSchema;
-use crate::sql::TableSql;
+use crate::sql::{ClockLayout, TableSql};
 use crate::value::{self, Value, ValueRef};
 
 /// One tracked change, as [`SyncDb::changes_since`](crate::SyncDb::changes_since)
@@ -127,9 +127,6 @@ pub(crate) fn scan(
     mut each: impl FnMut(ClockRow) -> Result<()>,
 ) -> Result<()> {
     let sql = TableSql::new(schema);
-    let layout = sql.changes_layout;
-    let keys = schema.key_columns().count();
-    let values = schema.value_columns().count();
     let (mut stmt, since) = match range {
         Range::Since(since) => (conn.prepare_cached(&sql.changes_since)?, since),
         Range::Page {
@@ -171,36 +168,51 @@ pub(crate) fn scan(
         }
     };
     while let Some(row) = rows.next()? {
-        let mut columns = Vec::new();
-        for index in 0..values {
-            let version: i64 = row.get(layout.col_dv(index))?;
-            if version > since {
-                columns.push(ClockColumn {
-                    index,
-                    col_version: row.get(layout.col_version(index))?,
-                    version,
-                    value: owned(row.get_ref(layout.value(index))?)?,
-                });
-            }
-        }
-        each(ClockRow {
-            pk: (0..keys)
-                .map(|i| owned(row.get_ref(i)?))
-                .collect::<Result<Vec<_>>>()?,
-            cl: row.get(layout.cl())?,
-            version: row.get(layout.dv())?,
-            created: row.get(layout.created())?,
-            exists: row.get(layout.after(values))?,
-            rowid: row.get(layout.after(values) + 1)?,
-            passes: if filtered {
-                Some(row.get(layout.after(values) + 2)?)
-            } else {
-                None
-            },
-            columns,
-        })?;
+        each(clock_row(row, schema, since, filtered)?)?;
     }
     Ok(())
+}
+
+/// Reads a [`ClockRow`] from a result laid out as `TableSql::changes_layout` says
+/// (with whether it passes a row filter after the rowid, if `filtered`), with the
+/// value columns written after `since`.
+pub(crate) fn clock_row(
+    row: &rusqlite::Row<'_>,
+    schema: &TableSchema,
+    since: i64,
+    filtered: bool,
+) -> Result<ClockRow> {
+    let layout = ClockLayout::changes(schema);
+    let keys = schema.key_columns().count();
+    let values = schema.value_columns().count();
+    let mut columns = Vec::new();
+    for index in 0..values {
+        let version: i64 = row.get(layout.col_dv(index))?;
+        if version > since {
+            columns.push(ClockColumn {
+                index,
+                col_version: row.get(layout.col_version(index))?,
+                version,
+                value: owned(row.get_ref(layout.value(index))?)?,
+            });
+        }
+    }
+    Ok(ClockRow {
+        pk: (0..keys)
+            .map(|i| owned(row.get_ref(i)?))
+            .collect::<Result<Vec<_>>>()?,
+        cl: row.get(layout.cl())?,
+        version: row.get(layout.dv())?,
+        created: row.get(layout.created())?,
+        exists: row.get(layout.after(values))?,
+        rowid: row.get(layout.after(values) + 1)?,
+        passes: if filtered {
+            Some(row.get(layout.after(values) + 2)?)
+        } else {
+            None
+        },
+        columns,
+    })
 }
 
 /// Where the changes of each local version came from: the site that made them and

@@ -707,6 +707,79 @@ impl SyncDb {
         .await
     }
 
+    /// Checks `filter` as [`check_filter`](Self::check_filter) does, then indexes
+    /// each column of `table` it reads (but the key's), so that a reader's first
+    /// [`export_filtered`](Self::export_filtered) finds the rows it may read
+    /// through them: its cost then follows those rows, not the table's size.
+    /// Returns the columns indexed; indexing a column again does nothing.
+    ///
+    /// ```
+    /// # use sync_runtime::{Synced, SyncDb, SyncId, RowFilter, Value};
+    /// # #[derive(Synced)]
+    /// # struct Todo { #[synced(primary_key)] id: SyncId, owner_id: String, shared: bool }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> sync_runtime::Result<()> {
+    /// let db = SyncDb::open_in_memory().await?;
+    /// db.register::<Todo>().await?;
+    /// let policy = RowFilter::Where {
+    ///     sql: "owner_id = ?1 OR shared = 1".into(),
+    ///     params: vec![Value::Null],
+    /// };
+    /// assert_eq!(db.index_filter("todo", policy).await?, ["owner_id", "shared"]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn index_filter(&self, table: &str, filter: RowFilter) -> Result<Vec<String>> {
+        self.check_filter(table, filter.clone()).await?;
+        let RowFilter::Where { sql, params } = filter else {
+            return Ok(Vec::new());
+        };
+        let table = table.to_owned();
+        self.call(move |w| {
+            let schemas = tracking::synced_tables(&w.conn, false)?;
+            let Some(schema) = schemas.iter().find(|s| s.name.eq_ignore_ascii_case(&table)) else {
+                return Ok(Vec::new());
+            };
+            // SQLite's authorizer names every column the statement reads as it
+            // prepares it.
+            let read = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+            let seen = std::sync::Arc::clone(&read);
+            let name = schema.name.to_string();
+            w.conn
+                .authorizer(Some(move |ctx: rusqlite::hooks::AuthContext<'_>| {
+                    if let rusqlite::hooks::AuthAction::Read {
+                        table_name,
+                        column_name,
+                    } = ctx.action
+                        && table_name.eq_ignore_ascii_case(&name)
+                        && let Ok(mut seen) = seen.lock()
+                    {
+                        seen.push(column_name.to_owned());
+                    }
+                    rusqlite::hooks::Authorization::Allow
+                }))?;
+            let prepared = w
+                .conn
+                .prepare(&sql::row_matches(schema, &sql, params.len()))
+                .map(drop);
+            w.conn.authorizer(
+                None::<fn(rusqlite::hooks::AuthContext<'_>) -> rusqlite::hooks::Authorization>,
+            )?;
+            prepared?;
+            let read = read.lock().map(|r| r.clone()).unwrap_or_default();
+            let mut indexed = Vec::new();
+            for column in schema.value_columns() {
+                if read.iter().any(|r| r.eq_ignore_ascii_case(&column.name)) {
+                    w.conn
+                        .execute_batch(&sql::filter_index(schema, &column.name))?;
+                    indexed.push(column.name.to_string());
+                }
+            }
+            Ok(indexed)
+        })
+        .await
+    }
+
     /// The tables registered here, in name order (case-insensitive): the schema a
     /// server holds for its devices.
     pub async fn schemas(&self) -> Result<Vec<TableSchema>> {

@@ -67,13 +67,26 @@ pub enum Scope {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Cursor {
     base: i64,
-    page: Option<PageEnd>,
+    position: Position,
+}
+
+/// Where in the changes after a cursor's base version the next batch starts.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) enum Position {
+    /// Right after the base version.
+    #[default]
+    Base,
+    /// After the last row a batch carried.
+    Page(PageEnd),
+    /// Inside a reader's first filtered export (see [`crate::snapshot`]); the
+    /// base is 0.
+    Snapshot(SnapshotEnd),
 }
 
 /// Where a batch that stopped inside the changes after a cursor's base version
 /// ended: the last clock row it carried, in export order.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct PageEnd {
+pub(crate) struct PageEnd {
     /// The version of the row's last change.
     version: i64,
     /// The row's table (lowercase: tables are exported in case-insensitive order).
@@ -82,18 +95,38 @@ struct PageEnd {
     rowid: i64,
 }
 
+/// Where a batch of a snapshot ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SnapshotEnd {
+    /// The version the snapshot started at.
+    pub(crate) at: i64,
+    /// The table of the last row (lowercase).
+    pub(crate) table: String,
+    /// Where in that table.
+    pub(crate) part: SnapshotPart,
+}
+
+/// Which part of a table's snapshot a batch ended in, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SnapshotPart {
+    /// Among the rows the reader may read, after this rowid.
+    Readable(i64),
+    /// Among the other rows the reader holds, after this key (encoded).
+    Held(Vec<u8>),
+}
+
 impl Cursor {
     /// Before every change.
     pub const BEGINNING: Cursor = Cursor {
         base: 0,
-        page: None,
+        position: Position::Base,
     };
 
     /// After every change up to `version` of the exporting database.
     pub fn at(version: i64) -> Cursor {
         Cursor {
             base: version.max(0),
-            page: None,
+            position: Position::Base,
         }
     }
 
@@ -103,12 +136,20 @@ impl Cursor {
         self.base
     }
 
+    /// Inside a snapshot.
+    pub(crate) fn snapshot(end: SnapshotEnd) -> Cursor {
+        Cursor {
+            base: 0,
+            position: Position::Snapshot(end),
+        }
+    }
+
     /// Where the scan of `table` (at `index` in export order) starts: after this
     /// `(version, rowid)`. Rows are exported in `(version, table, rowid)` order.
     fn after(&self, table: &str) -> (i64, i64) {
-        match &self.page {
-            None => (self.base, i64::MAX),
-            Some(end) => match table.cmp(end.table.as_str()) {
+        match &self.position {
+            Position::Base | Position::Snapshot(_) => (self.base, i64::MAX),
+            Position::Page(end) => match table.cmp(end.table.as_str()) {
                 std::cmp::Ordering::Less => (end.version, i64::MAX),
                 std::cmp::Ordering::Equal => (end.version, end.rowid),
                 std::cmp::Ordering::Greater => (end.version, i64::MIN),
@@ -119,13 +160,21 @@ impl Cursor {
 
 impl std::fmt::Display for Cursor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.page {
-            None => write!(f, "{}", self.base),
-            Some(end) => write!(
+        match &self.position {
+            Position::Base => write!(f, "{}", self.base),
+            Position::Page(end) => write!(
                 f,
                 "{}.{}.{}.{}",
                 self.base, end.version, end.rowid, end.table
             ),
+            Position::Snapshot(end) => {
+                write!(f, "s.{}.", end.at)?;
+                match &end.part {
+                    SnapshotPart::Readable(rowid) => write!(f, "r{rowid}")?,
+                    SnapshotPart::Held(key) => write!(f, "h{}", hex::encode(key))?,
+                }
+                write!(f, ".{}", end.table)
+            }
         }
     }
 }
@@ -145,6 +194,26 @@ impl std::str::FromStr for Cursor {
                 .filter(|n| (0..=MAX_VERSION).contains(n))
                 .ok_or_else(bad)
         };
+        let table = |part: Option<&str>| -> Result<String, BadCursor> {
+            part.filter(|t| !t.is_empty() && !t.chars().any(|c| c.is_ascii_uppercase()))
+                .map(str::to_owned)
+                .ok_or_else(bad)
+        };
+        if let Some(rest) = text.strip_prefix("s.") {
+            let mut parts = rest.splitn(3, '.');
+            let at = number(parts.next())?;
+            let part = parts.next().unwrap_or_default();
+            let part = if let Some(rowid) = part.strip_prefix('r') {
+                let rowid = rowid.parse::<i64>().map_err(|_| bad())?;
+                SnapshotPart::Readable(rowid)
+            } else if let Some(key) = part.strip_prefix('h') {
+                SnapshotPart::Held(hex::decode(key).map_err(|_| bad())?)
+            } else {
+                return Err(bad());
+            };
+            let table = table(parts.next())?;
+            return Ok(Cursor::snapshot(SnapshotEnd { at, table, part }));
+        }
         let mut parts = text.splitn(4, '.');
         let base = number(parts.next())?;
         let Some(version) = parts.next() else {
@@ -152,15 +221,15 @@ impl std::str::FromStr for Cursor {
         };
         let version = number(Some(version))?;
         let rowid = number(parts.next())?;
-        let table = parts.next().filter(|t| !t.is_empty()).ok_or_else(bad)?;
-        if version <= base || table.chars().any(|c| c.is_ascii_uppercase()) {
+        let table = table(parts.next())?;
+        if version <= base {
             return Err(bad());
         }
         Ok(Cursor {
             base,
-            page: Some(PageEnd {
+            position: Position::Page(PageEnd {
                 version,
-                table: table.to_owned(),
+                table,
                 rowid,
             }),
         })
@@ -271,6 +340,18 @@ pub(crate) fn export_filtered(
     limits: BatchLimits,
     filter: &RowFilters,
 ) -> Result<Batch> {
+    // A reader's first export walks what it may read rather than the history.
+    let snapshot = match &from.position {
+        Position::Snapshot(end) => Some(Some(end)),
+        Position::Base if from.base == 0 => Some(None),
+        _ => None,
+    };
+    if let Some(resume) = snapshot
+        && !filter.allows_everything()
+        && crate::snapshot::applies(conn, tables)?
+    {
+        return crate::snapshot::export(conn, tables, resume, reader, limits, filter);
+    }
     let scope = Scope::Except(reader);
     export_gated(conn, tables, from, scope, limits, Some((filter, reader)))
 }
@@ -344,13 +425,9 @@ fn export_gated(
                     Some(gate) => gate.decide(conn, &origins, schema, &row)?,
                     None => Decision::Changes,
                 };
-                let change = match decision {
-                    Decision::Skip => None,
-                    Decision::Changes => row_change(&mut sites, row, table, base, scope)?,
-                    Decision::Whole => row_change(&mut sites, row, table, 0, Scope::All)?,
-                    Decision::Evict => Some((evict(&mut sites, row, table)?, true)),
-                };
-                if let Some((change, existence)) = change {
+                if let Some((change, existence)) =
+                    decided(&mut sites, row, table, decision, base, scope)?
+                {
                     placed.push((place, change, existence));
                 }
                 Ok(())
@@ -373,7 +450,7 @@ fn export_gated(
         let (version, table, rowid) = placed[cut].0;
         end = Some(Cursor {
             base,
-            page: Some(PageEnd {
+            position: Position::Page(PageEnd {
                 version,
                 table: names[table].clone(),
                 rowid,
@@ -381,11 +458,45 @@ fn export_gated(
         });
     }
 
+    let complete = end.is_none();
+    let next = end.unwrap_or_else(|| Cursor::at(upto));
+    let rows = placed
+        .into_iter()
+        .map(|(_, row, existence)| (row, existence));
+    let done = Done {
+        base,
+        upto,
+        complete,
+        next,
+    };
+    finish(conn, &tables, &origins, sites, rows, done, gate)
+}
+
+/// Where a batch ends: its range, whether it reached the end and where the next
+/// one starts.
+pub(crate) struct Done {
+    pub(crate) base: i64,
+    pub(crate) upto: i64,
+    pub(crate) complete: bool,
+    pub(crate) next: Cursor,
+}
+
+/// Encodes the `rows` of a batch (each with whether its existence is one of the
+/// changes), in order, and stores the marks the gate set.
+pub(crate) fn finish(
+    conn: &Connection,
+    tables: &[&TableSchema],
+    origins: &Origins<'_>,
+    sites: SiteDictionary<'_>,
+    rows: impl Iterator<Item = (RowChange, bool)>,
+    done: Done,
+    gate: Option<Gate<'_>>,
+) -> Result<Batch> {
     let mut payload = Payload::default();
     let mut local_index = vec![u32::MAX; tables.len()];
     let mut included = Vec::new();
     let mut changes = 0;
-    for (_, mut row, existence) in placed {
+    for (mut row, existence) in rows {
         let table = row.table as usize;
         if local_index[table] == u32::MAX {
             local_index[table] = payload.tables.len() as u32;
@@ -401,24 +512,22 @@ fn export_gated(
         changes += row.columns.len() + usize::from(existence);
         payload.rows.push(row);
     }
-    let complete = end.is_none();
-    let next = end.unwrap_or_else(|| Cursor::at(upto));
     payload.sites = sites.list;
     payload.schema_fingerprint = fingerprint(included.iter().copied());
     payload.exporter = origins.site(0)?;
     // A payload claims to hold everything between `since` and `upto` only when it
     // does: a partial batch claims nothing beyond its base.
-    let upto = u64::try_from(upto).unwrap_or_default();
-    payload.since = u64::try_from(base).unwrap_or_default().min(upto);
-    payload.upto = if complete { upto } else { payload.since };
+    let upto = u64::try_from(done.upto).unwrap_or_default();
+    payload.since = u64::try_from(done.base).unwrap_or_default().min(upto);
+    payload.upto = if done.complete { upto } else { payload.since };
     if let Some(gate) = gate {
         gate.record(conn)?;
     }
     let rows = payload.rows.len();
     Ok(Batch {
         payload: wire::encode(&payload, Compression::Zstd),
-        next,
-        complete,
+        next: done.next,
+        complete: done.complete,
         rows,
         changes,
     })
@@ -456,12 +565,30 @@ fn page_end(
     let (version, table, rowid) = keys[max_rows - 1];
     Ok(Some(Cursor {
         base: from.base,
-        page: Some(PageEnd {
+        position: Position::Page(PageEnd {
             version,
             table: names[table].clone(),
             rowid,
         }),
     }))
+}
+
+/// The payload row for a clock row of a filtered export, as `decision` says (see
+/// [`row_change`]).
+pub(crate) fn decided(
+    sites: &mut SiteDictionary<'_>,
+    row: ClockRow,
+    table: u32,
+    decision: Decision,
+    base: i64,
+    scope: Scope,
+) -> Result<Option<(RowChange, bool)>> {
+    match decision {
+        Decision::Skip => Ok(None),
+        Decision::Changes => row_change(sites, row, table, base, scope),
+        Decision::Whole => row_change(sites, row, table, 0, Scope::All),
+        Decision::Evict => Ok(Some((evict(sites, row, table)?, true))),
+    }
 }
 
 /// The payload row for a clock row: its existence and the columns written after
@@ -537,7 +664,7 @@ fn evict(sites: &mut SiteDictionary<'_>, row: ClockRow, table: u32) -> Result<Ro
 }
 
 /// Roughly the bytes a row takes in a payload body, before compression.
-fn row_size(row: &RowChange) -> usize {
+pub(crate) fn row_size(row: &RowChange) -> usize {
     let value = |v: &Value| match v {
         Value::Text(t) => t.len() + 2,
         Value::Blob(b) => b.len() + 2,
@@ -553,14 +680,14 @@ fn row_size(row: &RowChange) -> usize {
 }
 
 /// The payload's site dictionary, filled as origins are looked up.
-struct SiteDictionary<'o> {
+pub(crate) struct SiteDictionary<'o> {
     origins: &'o Origins<'o>,
     index: HashMap<i64, u32>,
     list: Vec<SiteId>,
 }
 
 impl<'o> SiteDictionary<'o> {
-    fn new(origins: &'o Origins<'o>) -> Self {
+    pub(crate) fn new(origins: &'o Origins<'o>) -> Self {
         Self {
             origins,
             index: HashMap::new(),

@@ -116,6 +116,18 @@ pub(crate) fn matches(
     Ok(stmt.query_row(rusqlite::params_from_iter(bound), |r| r.get(0))?)
 }
 
+/// Marks `reader` (a site ordinal) as holding the row of `table` (lowercase)
+/// with key `key` (encoded) whatever the cursor it fetches from: a row it created,
+/// or one it is sent back after a rejected write.
+pub(crate) fn mark_held(conn: &Connection, reader: i64, table: &str, key: &[u8]) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO _synced_held (site, tbl, pk, evicted, at) VALUES (?1, ?2, ?3, 0, 0) \
+         ON CONFLICT (site, tbl, pk) DO UPDATE SET evicted = 0, at = 0",
+    )?
+    .execute((reader, table, key))?;
+    Ok(())
+}
+
 /// What an export does with one row for a filtered reader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Decision {
@@ -169,6 +181,11 @@ impl<'f> Gate<'f> {
             marks: Vec::new(),
             marked: HashMap::new(),
         })
+    }
+
+    /// The reader's site ordinal here.
+    pub(crate) fn reader(&self) -> i64 {
+        self.reader
     }
 
     /// The filter of a table, for the scan to evaluate.

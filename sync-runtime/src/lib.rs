@@ -69,6 +69,7 @@ mod model;
 pub mod protocol;
 mod remote;
 pub mod schema;
+mod snapshot;
 mod sql;
 mod tracking;
 mod tx;

@@ -186,7 +186,10 @@ fn apply_payload(
     let mut merge = Merge {
         conn,
         payload,
-        device: pusher.map(|p| p.device),
+        device: match pusher {
+            Some(p) => Some((p.device, local_sites(conn, &[p.device])?[0])),
+            None => None,
+        },
         sites,
         origins: Origins::new(conn)?,
         versions,
@@ -194,6 +197,8 @@ fn apply_payload(
         own_version: None,
     };
     let mut rejected = Vec::new();
+    let own =
+        |origin: Origin| Some(payload.sites[origin.site as usize]) == pusher.map(|p| p.device);
     for row in &payload.rows {
         let target = &targets[row.table as usize];
         let filter = pusher
@@ -210,8 +215,14 @@ fn apply_payload(
                         pk: row.pk.clone(),
                         reason,
                     });
+                    continue;
                 }
             }
+        }
+        // A checked device holds the rows it creates, which a filtered export
+        // must then know without a scan of the history.
+        if pusher.is_some_and(|p| p.write.is_some()) && own(row.origin) {
+            merge.mark_held(target, row)?;
         }
     }
     conn.execute("UPDATE _synced_state SET applying = 0", [])?;
@@ -420,8 +431,8 @@ fn remember_exporter(conn: &Connection, payload: &Payload) -> Result<()> {
 struct Merge<'a> {
     conn: &'a Connection,
     payload: &'a Payload,
-    /// The device whose push this is, if it is one.
-    device: Option<SiteId>,
+    /// The device whose push this is, if it is one, and its ordinal here.
+    device: Option<(SiteId, i64)>,
     /// The version of this database's own changes in this merge (rows stamped
     /// anew after a rejection), once one was needed.
     own_version: Option<i64>,
@@ -531,19 +542,17 @@ impl Merge<'_> {
         }
         clock.dv = version;
         write_clock(conn, target, &row.pk, &clock)?;
-        if let Some(device) = self.device {
-            let reader = local_sites(conn, &[device])?[0];
-            conn.prepare_cached(
-                "INSERT INTO _synced_held (site, tbl, pk, evicted, at) VALUES (?1, ?2, ?3, 0, 0) \
-                 ON CONFLICT (site, tbl, pk) DO UPDATE SET evicted = 0, at = 0",
-            )?
-            .execute((
-                reader,
-                target.schema.name.to_ascii_lowercase(),
-                wire::encode_key(&row.pk),
-            ))?;
-        }
-        Ok(())
+        self.mark_held(target, row)
+    }
+
+    /// Marks the pushing device as holding `row`, whatever the cursor it fetches
+    /// from (see [`crate::filter`]).
+    fn mark_held(&self, target: &Target, row: &RowChange) -> Result<()> {
+        let Some((_, reader)) = self.device else {
+            return Ok(());
+        };
+        let table = target.schema.name.to_ascii_lowercase();
+        filter::mark_held(self.conn, reader, &table, &wire::encode_key(&row.pk))
     }
 
     /// Forgets a row, values and clock, as if this replica never had it: the
@@ -607,7 +616,7 @@ impl Merge<'_> {
         let value_count = target.defaults.len();
         let stored = read_clock(conn, target, &row.pk, value_count)?;
         let local_cl = stored.as_ref().map_or(0, |c| c.cl);
-        if let Some(device) = self.device
+        if let Some((device, _)) = self.device
             && cl > local_cl
             && self.payload.sites[row.origin.site as usize] != device
         {

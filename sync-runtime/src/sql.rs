@@ -176,6 +176,16 @@ pub(crate) struct ClockLayout {
 }
 
 impl ClockLayout {
+    /// How the changes queries of `schema` (`changes_since` and the like) lay
+    /// out their result: the key columns, the clock, then whether the app row
+    /// exists and the clock row's rowid.
+    pub(crate) fn changes(schema: &TableSchema) -> Self {
+        Self {
+            offset: schema.key_columns().count(),
+            per_column: 3,
+        }
+    }
+
     pub(crate) fn cl(self) -> usize {
         self.offset
     }
@@ -233,9 +243,6 @@ pub(crate) struct TableSql {
     /// The `(_synced_dv, rowid)` of up to `?3` clock rows after `(?1, ?2)`, in that
     /// order: where the pages of a batched export end.
     pub(crate) batch_keys: String,
-    /// How `changes_since` lays out its result: the key columns, the clock, then
-    /// whether the app row exists and the clock row's rowid.
-    pub(crate) changes_layout: ClockLayout,
     pub(crate) open_changes: String,
     pub(crate) backfill_live: String,
     pub(crate) backfill_deleted: String,
@@ -311,10 +318,6 @@ impl TableSql {
                 "SELECT {DV}, rowid FROM {clock} WHERE ({DV}, rowid) > (?1, ?2) \
                  AND {DV} <= (SELECT {STATE}.db_version FROM {STATE}) ORDER BY {DV}, rowid LIMIT ?3"
             ),
-            changes_layout: ClockLayout {
-                offset: schema.key_columns().count(),
-                per_column: 3,
-            },
             merge_clock_layout: ClockLayout {
                 offset: 0,
                 per_column: 2,
@@ -627,6 +630,26 @@ pub(crate) fn row_matches(schema: &TableSchema, filter: &str, params: usize) -> 
     )
 }
 
+/// An index of one column of an app table, for the row filters that read it.
+pub(crate) fn filter_index(schema: &TableSchema, column: &str) -> String {
+    format!(
+        "CREATE INDEX IF NOT EXISTS {} ON {} ({})",
+        ident(&format!("_synced_filter_{}_{column}", schema.name)),
+        ident(&schema.name),
+        ident(column)
+    )
+}
+
+/// Whether the app row `p` of the clock row `c` passes a row filter (false if
+/// there is no app row).
+fn passes(schema: &TableSchema, filter: &str) -> String {
+    format!(
+        "coalesce((SELECT ({filter}) FROM {} AS p WHERE {}), 0)",
+        ident(&schema.name),
+        key_match(schema, "p.", "c.")
+    )
+}
+
 /// A page of clock rows (as `TableSql::changes_between`) with one more column:
 /// whether the app row passes a row filter of `params` parameters, bound first,
 /// before the page's bounds. With `only_passing`, the rows that fail are left
@@ -638,11 +661,7 @@ pub(crate) fn changes_between_filtered(
     params: usize,
     only_passing: bool,
 ) -> String {
-    let passes = format!(
-        "coalesce((SELECT ({filter}) FROM {} AS p WHERE {}), 0)",
-        ident(&schema.name),
-        key_match(schema, "p.", "c.")
-    );
+    let passes = passes(schema, filter);
     let mut page = format!(
         "(c.{DV}, c.rowid) > (?{}, ?{}) AND (c.{DV}, c.rowid) <= (?{}, ?{})",
         params + 1,
@@ -657,16 +676,66 @@ pub(crate) fn changes_between_filtered(
             params + 5
         ));
     }
-    changes_query(schema, &page, Some(&passes))
+    changes_query(schema, Drive::Clock, &page, &[&passes])
+}
+
+/// The clock row whose key is bound after a row filter's `params` parameters,
+/// laid out as [`changes_between_filtered`].
+pub(crate) fn clock_row_filtered(schema: &TableSchema, filter: &str, params: usize) -> String {
+    let keys = schema
+        .key_columns()
+        .enumerate()
+        .map(|(i, c)| format!("c.{} = ?{}", ident(&c.name), params + i + 1))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    changes_query(schema, Drive::Clock, &keys, &[&passes(schema, filter)])
+}
+
+/// The rows a snapshot walks for a reader, after the position bound after a row
+/// filter's `params` parameters, in position order, laid out as
+/// [`changes_between_filtered`] with the position last.
+///
+/// With a filter (`Some`), the live rows that pass it, positioned by the app
+/// row's rowid: the query starts from the app table, so the indexes of the
+/// columns the filter reads find the rows, and the cost follows what passes
+/// rather than the table's size. Without one (every row may be read), every
+/// clock row, deletes included, positioned by the clock's rowid.
+pub(crate) fn snapshot_rows(schema: &TableSchema, filter: Option<&str>, params: usize) -> String {
+    let after = params + 1;
+    let query = match filter {
+        Some(filter) => changes_query(
+            schema,
+            Drive::App,
+            &format!("({filter}) AND t.rowid > ?{after} AND c.{CL} % 2 = 1"),
+            &["1", "t.rowid"],
+        ),
+        None => changes_query(
+            schema,
+            Drive::Clock,
+            &format!("c.rowid > ?{after}"),
+            &["1", "c.rowid"],
+        ),
+    };
+    let position = if filter.is_some() { "t" } else { "c" };
+    format!("{query} ORDER BY {position}.rowid")
 }
 
 /// Clock rows that match `filter` (changed after `?1`, or in a page), joined with
 /// the app row for current values, laid out as `TableSql::changes_layout` says.
 fn changes_since(schema: &TableSchema, filter: &str) -> String {
-    changes_query(schema, filter, None)
+    changes_query(schema, Drive::Clock, filter, &[])
 }
 
-fn changes_query(schema: &TableSchema, filter: &str, extra: Option<&str>) -> String {
+/// Which table a changes query starts from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Drive {
+    /// Every clock row that matches, with its app row if there is one.
+    Clock,
+    /// The app rows that match, each with its clock.
+    App,
+}
+
+fn changes_query(schema: &TableSchema, drive: Drive, filter: &str, extra: &[&str]) -> String {
     let mut cols: Vec<String> = schema
         .key_columns()
         .map(|c| format!("c.{}", ident(&c.name)))
@@ -685,14 +754,19 @@ fn changes_query(schema: &TableSchema, filter: &str, extra: Option<&str>) -> Str
         .unwrap_or_default();
     cols.push(format!("t.{first_key} IS NOT NULL"));
     cols.push("c.rowid".to_owned());
-    cols.extend(extra.map(str::to_owned));
+    cols.extend(extra.iter().map(|e| (*e).to_owned()));
+    let clock = ident(&clock_table(&schema.name));
+    let table = ident(&schema.name);
+    let from = match drive {
+        Drive::Clock => format!("{clock} AS c LEFT JOIN {table} AS t"),
+        // CROSS JOIN keeps the app table outside, where its indexes apply.
+        Drive::App => format!("{table} AS t CROSS JOIN {clock} AS c"),
+    };
     format!(
         // Never a change of the open version: it is final only once closed.
-        "SELECT {} FROM {} AS c LEFT JOIN {} AS t ON {} \
+        "SELECT {} FROM {from} ON {} \
          WHERE {filter} AND c.{DV} <= (SELECT {STATE}.db_version FROM {STATE})",
         cols.join(", "),
-        ident(&clock_table(&schema.name)),
-        ident(&schema.name),
         key_match(schema, "t.", "c."),
     )
 }
@@ -791,6 +865,33 @@ mod tests {
             }
             conn.execute_batch(&sql.drop_triggers).unwrap();
             conn.execute_batch(&sql.drop_clock).unwrap();
+        }
+    }
+
+    /// The plan of `query` with `params` bound to NULL, one step per line.
+    fn plan(conn: &rusqlite::Connection, query: &str, params: usize) -> String {
+        let mut stmt = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {query}"))
+            .unwrap();
+        let nulls = vec![rusqlite::types::Null; params];
+        let steps = stmt
+            .query_map(rusqlite::params_from_iter(nulls), |r| r.get::<_, String>(3))
+            .unwrap();
+        steps.map(Result::unwrap).collect::<Vec<_>>().join("\n")
+    }
+
+    #[test]
+    fn a_snapshot_finds_the_rows_through_the_filters_indexes() {
+        let schema = todos();
+        let conn = conn_with(&schema);
+        for column in ["title", "done"] {
+            conn.execute_batch(&filter_index(&schema, column)).unwrap();
+        }
+        for filter in ["title = ?1", "title = ?1 OR done = 1"] {
+            let query = snapshot_rows(&schema, Some(filter), 1);
+            let plan = plan(&conn, &query, 2);
+            assert!(plan.contains("_synced_filter_todos_title"), "{plan}");
+            assert!(!plan.contains("SCAN t"), "{plan}");
         }
     }
 

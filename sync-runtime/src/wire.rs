@@ -374,6 +374,18 @@ pub(crate) fn encode_key(values: &[Value]) -> Vec<u8> {
     out
 }
 
+/// The key values of `keys` columns that [`encode_key`] encoded.
+pub(crate) fn decode_key(bytes: &[u8], keys: usize) -> Result<Vec<Value>, WireError> {
+    let mut reader = Reader { bytes };
+    let values = (0..keys)
+        .map(|_| reader.value())
+        .collect::<Result<Vec<_>, _>>()?;
+    if !reader.bytes.is_empty() {
+        return Err(WireError::Malformed("bytes after a row key"));
+    }
+    Ok(values)
+}
+
 fn put_value(out: &mut Vec<u8>, value: &Value) {
     match value {
         Value::Null => out.push(0),
@@ -589,6 +601,21 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_decode_to_what_was_encoded() {
+        let key = vec![
+            Value::Integer(-5),
+            Value::Text("ü".into()),
+            Value::Blob(vec![0, 1]),
+            Value::Real(0.5),
+        ];
+        let bytes = encode_key(&key);
+        assert_eq!(decode_key(&bytes, 4), Ok(key));
+        assert!(decode_key(&bytes, 3).is_err());
+        assert!(decode_key(&bytes, 5).is_err());
+        assert!(decode_key(&bytes[..bytes.len() - 1], 4).is_err());
+    }
 
     fn sample() -> Payload {
         let origin = Origin {

@@ -442,3 +442,119 @@ async fn giving_a_row_away_is_a_write_the_new_owner_must_allow() {
     ann.pull(&server).await;
     assert_eq!(ann.db.get::<Note>(&annes.id).await.unwrap(), Some(annes));
 }
+
+/// A filtered reader's first fetch walks what it may read and what it holds, not
+/// the history: the rows it created and may no longer read, or that were
+/// deleted, go as evictions and deletes.
+#[tokio::test]
+async fn a_first_fetch_sends_what_the_reader_may_read_and_takes_back_the_rest() {
+    let server = server().await;
+    let ann = Reader::new("ann").await;
+    let (kept, given, gone) = (
+        note("ann", false, "kept"),
+        note("ann", false, "given"),
+        note("ann", false, "gone"),
+    );
+    for row in [&kept, &given, &gone] {
+        ann.db.insert(row).await.unwrap();
+    }
+    assert!(ann.push(&server).await.rejected.is_empty());
+    for row in [
+        note("bob", false, "bob's private"),
+        note("bob", true, "bob's shared"),
+    ] {
+        server.insert(&row).await.unwrap();
+    }
+    server
+        .execute_raw(
+            "UPDATE notes SET owner = 'bob' WHERE id = ?1",
+            params![given.id],
+        )
+        .await
+        .unwrap();
+    server.delete::<Note>(&gone.id).await.unwrap();
+
+    let mut ann = ann;
+    ann.pull(&server).await;
+    assert_eq!(ann.texts().await, ["bob's shared", "kept"]);
+    let mut bob = Reader::new("bob").await;
+    bob.pull(&server).await;
+    assert_eq!(
+        bob.texts().await,
+        ["bob's private", "bob's shared", "given"]
+    );
+}
+
+/// Rows that change while a first fetch goes batch by batch arrive as they are
+/// at its end, whether the fetch had passed them or not.
+#[tokio::test]
+async fn rows_changed_during_a_first_fetch_arrive_as_they_end() {
+    let server = server().await;
+    let rows: Vec<Note> = (0..8)
+        .map(|i| {
+            note(
+                if i % 2 == 0 { "ann" } else { "bob" },
+                i < 4,
+                &format!("{i}"),
+            )
+        })
+        .collect();
+    for row in &rows {
+        server.insert(row).await.unwrap();
+    }
+    let mut ann = Reader::new("ann").await;
+    let limits = BatchLimits {
+        max_rows: 2,
+        ..BatchLimits::default()
+    };
+    let first = server
+        .export_filtered(Cursor::BEGINNING, ann.db.site_id(), limits, ann.filter())
+        .await
+        .unwrap();
+    assert!(!first.complete);
+    assert_eq!(
+        first.next.to_string().parse::<Cursor>(),
+        Ok(first.next.clone())
+    );
+    ann.db.apply_changes(&first.payload).await.unwrap();
+    ann.cursor = first.next;
+    // Edit, un-share, share and delete rows on both sides of where it stopped.
+    for (sql, row) in [
+        (
+            "UPDATE notes SET text = text || ' edited' WHERE id = ?1",
+            &rows[0],
+        ),
+        ("UPDATE notes SET shared = 0 WHERE id = ?1", &rows[1]),
+        ("UPDATE notes SET shared = 1 WHERE id = ?1", &rows[7]),
+        ("DELETE FROM notes WHERE id = ?1", &rows[6]),
+        (
+            "UPDATE notes SET text = text || ' edited' WHERE id = ?1",
+            &rows[4],
+        ),
+    ] {
+        server.execute_raw(sql, params![row.id]).await.unwrap();
+    }
+    ann.pull(&server).await;
+    let mut fresh = Reader::new("ann").await;
+    fresh.pull(&server).await;
+    assert_eq!(ann.texts().await, fresh.texts().await);
+    assert_eq!(ann.texts().await, ["0 edited", "2", "3", "4 edited", "7"]);
+}
+
+/// A device that asks from the beginning again (a reset) is sent what it may
+/// read, and forgets what it holds but may no longer read.
+#[tokio::test]
+async fn a_reader_that_starts_over_forgets_what_it_may_no_longer_read() {
+    let (server, mut ann, _, bobs) = two_owners().await;
+    server
+        .execute_raw(
+            "UPDATE notes SET shared = 0 WHERE id = ?1",
+            params![bobs.id],
+        )
+        .await
+        .unwrap();
+    ann.cursor = Cursor::BEGINNING;
+    ann.pull(&server).await;
+    assert_eq!(ann.texts().await, ["ann's"]);
+    assert!(!ann.known_keys().await.contains(&Value::from(bobs.id)));
+}

@@ -203,6 +203,11 @@ pub struct DatabaseConfig {
     pub unlisted_tables: Access,
     /// Row-level security per table, for users: `[databases.<name>.tables.<table>]`.
     pub tables: BTreeMap<String, TablePolicies>,
+    /// The audience a user's token must name (in its `aud` claim) to use this
+    /// database, so that a token made for one database does not open another.
+    /// Unset, any valid token may try (its policies still apply). API keys are
+    /// not concerned.
+    pub audience: Option<String>,
 }
 
 impl DatabaseConfig {

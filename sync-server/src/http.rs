@@ -109,9 +109,16 @@ impl AppState {
         self.shared.shutdown.send_replace(true);
     }
 
-    /// The database `name`: 400 for an invalid name, 404 if it does not exist.
-    async fn database(&self, name: &str) -> Result<Arc<dyn Database>> {
+    /// The database `name`, for `caller`: 400 for an invalid name, 403 for a
+    /// token meant for another database, 404 if it does not exist.
+    async fn database(&self, name: &str, caller: &Principal) -> Result<Arc<dyn Database>> {
         check_name(name)?;
+        if !self.policies(name).admits(caller) {
+            return Err(Error::Forbidden(format!(
+                "this token is not meant for database `{name}`: its `aud` claim does not name \
+                 the database's audience"
+            )));
+        }
         self.shared
             .store
             .database(name)
@@ -187,7 +194,7 @@ async fn push(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<PushAck>> {
-    let db = state.database(&name).await?;
+    let db = state.database(&name, &caller).await?;
     let body = body.map_err(|rejection| body_error(&rejection, state.limits()))?;
     check_schema(&*db, &name, &headers).await?;
     let site = device_site(&*db, &caller, &headers).await?;
@@ -224,7 +231,7 @@ async fn pull(
     headers: HeaderMap,
     query: Result<Query<PullQuery>, QueryRejection>,
 ) -> Result<Response> {
-    let db = state.database(&name).await?;
+    let db = state.database(&name, &caller).await?;
     check_schema(&*db, &name, &headers).await?;
     let site = device_site(&*db, &caller, &headers).await?;
     let Query(query) =
@@ -320,8 +327,9 @@ impl Drop for Waiting<'_> {
 async fn get_schema(
     State(state): State<AppState>,
     Path(name): Path<String>,
+    Extension(caller): Extension<Principal>,
 ) -> Result<Json<Vec<TableSchema>>> {
-    let db = state.database(&name).await?;
+    let db = state.database(&name, &caller).await?;
     Ok(Json(db.schemas().await?))
 }
 

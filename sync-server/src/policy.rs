@@ -181,6 +181,7 @@ pub struct Policies {
     /// Per table (lowercase): read, then write.
     tables: HashMap<String, (Rule, Rule)>,
     unlisted: Access,
+    audience: Option<String>,
 }
 
 impl Policies {
@@ -200,7 +201,24 @@ impl Policies {
         Ok(Self {
             tables,
             unlisted: config.unlisted_tables,
+            audience: config.audience.clone(),
         })
+    }
+
+    /// Whether `caller` may use the database at all: an API key may; a user's
+    /// token must name the database's audience, if it has one, in its `aud`
+    /// claim (a string or an array of strings).
+    pub fn admits(&self, caller: &Principal) -> bool {
+        let (Principal::User { claims, .. }, Some(audience)) = (caller, &self.audience) else {
+            return true;
+        };
+        match claims.get("aud") {
+            Some(serde_json::Value::String(aud)) => aud == audience,
+            Some(serde_json::Value::Array(auds)) => {
+                auds.iter().any(|a| a.as_str() == Some(audience))
+            }
+            _ => false,
+        }
     }
 
     /// The tables with policies, and their policies (for start-up checks).

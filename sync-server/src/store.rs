@@ -87,6 +87,14 @@ pub trait Database: Send + Sync + 'static {
     /// Checks that a row filter can run on a table (start-up checks of policies).
     fn check_filter<'a>(&'a self, table: &'a str, filter: RowFilter) -> BoxFuture<'a, Result<()>>;
 
+    /// Checks a read policy's filter and indexes the columns it reads, so that a
+    /// user's first pull finds its rows through them; returns those columns.
+    fn index_filter<'a>(
+        &'a self,
+        table: &'a str,
+        filter: RowFilter,
+    ) -> BoxFuture<'a, Result<Vec<String>>>;
+
     /// The changes after `from` that `site` may read through `filter`, bounded by
     /// `limits` (row-level security; see [`SyncDb::export_filtered`]).
     fn pull_filtered(
@@ -315,6 +323,14 @@ impl Database for SqliteDatabase {
 
     fn check_filter<'a>(&'a self, table: &'a str, filter: RowFilter) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move { Ok(self.db.check_filter(table, filter).await?) })
+    }
+
+    fn index_filter<'a>(
+        &'a self,
+        table: &'a str,
+        filter: RowFilter,
+    ) -> BoxFuture<'a, Result<Vec<String>>> {
+        Box::pin(async move { Ok(self.db.index_filter(table, filter).await?) })
     }
 
     fn pull_filtered(

@@ -245,3 +245,58 @@ async fn a_row_given_to_another_user_moves_with_it() {
     assert_eq!(ann.get::<Item>(&row.id).await.unwrap(), Some(given));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_for_another_database_opens_nothing() {
+    use support::token_with;
+    let dir = tempfile::tempdir().unwrap();
+    let schema = dir.path().join("items.json");
+    std::fs::write(&schema, serde_json::to_string(&[Item::SCHEMA]).unwrap()).unwrap();
+    let mut config = config(&dir.path().join("server"));
+    // Two databases, each for the tokens of its own audience.
+    config.databases = ["items", "other"]
+        .map(|name| {
+            let database = DatabaseConfig {
+                schema: Some(schema.clone()),
+                audience: Some(format!("{name}-app")),
+                ..DatabaseConfig::shared()
+            };
+            (name.to_owned(), database)
+        })
+        .into();
+    let server = TestServer::start_with(config).await;
+    let admin = open(
+        dir.path(),
+        "admin",
+        Remote::new(server.url("other")).api_key(ADMIN_KEY),
+    )
+    .await;
+    admin.insert(&item("ann", false, "other's")).await.unwrap();
+    admin.sync().await.unwrap();
+
+    // Ann's token is for `items`: it syncs there, and opens nothing of `other`,
+    // nor does a token that names no audience.
+    let items_token = token_with("ann", serde_json::json!({ "aud": ["items-app"] }));
+    let ann = open(
+        dir.path(),
+        "ann",
+        Remote::new(server.url("items")).bearer_token(&items_token),
+    )
+    .await;
+    ann.sync().await.unwrap();
+    for (name, token) in [("a", items_token.clone()), ("b", token("ann"))] {
+        let device = open(
+            dir.path(),
+            name,
+            Remote::new(server.url("other")).bearer_token(token),
+        )
+        .await;
+        let error = device.sync().await.unwrap_err();
+        assert!(
+            matches!(error, sync_runtime::Error::Forbidden { .. }),
+            "{error:?}"
+        );
+        assert!(device.changes_since(0).await.unwrap().is_empty());
+    }
+    server.stop().await;
+}

@@ -112,6 +112,20 @@ pub fn token(user: &str) -> String {
     sign_token(JWT_SECRET, user, Duration::from_secs(3600)).unwrap()
 }
 
+/// A JWT for `user` with more claims (`aud`, a team…), valid for an hour.
+pub fn token_with(user: &str, claims: serde_json::Value) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut all = serde_json::json!({ "sub": user, "iat": now, "exp": now + 3600 });
+    if let (Some(all), serde_json::Value::Object(claims)) = (all.as_object_mut(), claims) {
+        all.extend(claims);
+    }
+    let key = jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes());
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &all, &key).unwrap()
+}
+
 /// Creates the server database `name` with the `Todo` schema, as an admin does.
 pub async fn publish_schema(url: &str, dir: &Path) {
     let admin = SyncDb::open(dir.join("admin.db"))
