@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use reqwest::StatusCode;
 use sync_runtime::Synced;
-use sync_runtime::protocol::API_KEY_HEADER;
+use sync_runtime::protocol::{API_KEY_HEADER, ErrorBody};
 
 async fn schema_status(server: &TestServer, authorization: Option<&str>) -> reqwest::Response {
     let mut request = server.http.get(server.url(&format!("/v1/db/{DB}/schema")));
@@ -16,6 +16,15 @@ async fn schema_status(server: &TestServer, authorization: Option<&str>) -> reqw
         request = request.bearer_auth(token);
     }
     request.send().await.unwrap()
+}
+
+/// The error body of a schema read with `token`, checked to be a 401.
+async fn refused(server: &TestServer, token: &str) -> ErrorBody {
+    error_body(
+        schema_status(server, Some(token)).await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await
 }
 
 #[tokio::test]
@@ -29,8 +38,7 @@ async fn health_needs_no_credentials() {
 
 #[tokio::test]
 async fn a_request_without_credentials_gets_401() {
-    let server = TestServer::start().await;
-    server.create_todo_db().await;
+    let server = TestServer::with_todo_db().await;
     let error = error_body(schema_status(&server, None).await, StatusCode::UNAUTHORIZED).await;
     assert_eq!(error.code, "unauthorized");
     assert!(
@@ -42,9 +50,8 @@ async fn a_request_without_credentials_gets_401() {
 
 #[tokio::test]
 async fn a_valid_hs256_token_is_accepted() {
-    let server = TestServer::start().await;
-    server.create_todo_db().await;
-    let token = hs256_token(&Claims::valid("alice"));
+    let server = TestServer::with_todo_db().await;
+    let token = user_token("alice");
     let response = schema_status(&server, Some(&token)).await;
     assert_eq!(response.status(), StatusCode::OK);
     let tables: Vec<sync_runtime::TableSchema> =
@@ -54,90 +61,57 @@ async fn a_valid_hs256_token_is_accepted() {
 
 #[tokio::test]
 async fn an_expired_token_gets_401() {
-    let server = TestServer::start().await;
-    server.create_todo_db().await;
+    let server = TestServer::with_todo_db().await;
     let token = hs256_token(&Claims {
-        exp: now() - 3600,
+        exp: Some(now() - 3600),
         ..Claims::valid("alice")
     });
-    let error = error_body(
-        schema_status(&server, Some(&token)).await,
-        StatusCode::UNAUTHORIZED,
-    )
-    .await;
+    let error = refused(&server, &token).await;
     assert!(error.message.contains("expired"), "{}", error.message);
 }
 
 #[tokio::test]
 async fn a_token_not_valid_yet_gets_401() {
-    let server = TestServer::start().await;
-    server.create_todo_db().await;
+    let server = TestServer::with_todo_db().await;
     let token = hs256_token(&Claims {
         nbf: Some(now() + 3600),
         ..Claims::valid("alice")
     });
-    error_body(
-        schema_status(&server, Some(&token)).await,
-        StatusCode::UNAUTHORIZED,
-    )
-    .await;
+    refused(&server, &token).await;
 }
 
 #[tokio::test]
 async fn a_token_without_expiry_gets_401() {
-    let server = TestServer::start().await;
-    server.create_todo_db().await;
-    let claims = serde_json::json!({ "sub": "alice" });
-    let token = jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap();
-    let error = error_body(
-        schema_status(&server, Some(&token)).await,
-        StatusCode::UNAUTHORIZED,
-    )
-    .await;
+    let server = TestServer::with_todo_db().await;
+    let token = hs256_token(&Claims {
+        exp: None,
+        ..Claims::valid("alice")
+    });
+    let error = refused(&server, &token).await;
     assert!(error.message.contains("exp"), "{}", error.message);
 }
 
 #[tokio::test]
 async fn a_wrong_signature_gets_401() {
-    let server = TestServer::start().await;
-    server.create_todo_db().await;
+    let server = TestServer::with_todo_db().await;
     let forged = hs256_token_with(&Claims::valid("alice"), "another secret");
-    let error = error_body(
-        schema_status(&server, Some(&forged)).await,
-        StatusCode::UNAUTHORIZED,
-    )
-    .await;
+    let error = refused(&server, &forged).await;
     assert!(error.message.contains("signature"), "{}", error.message);
 
     let other_rsa_key = rs256_token(&Claims::valid("alice"), "other-private.pem");
-    error_body(
-        schema_status(&server, Some(&other_rsa_key)).await,
-        StatusCode::UNAUTHORIZED,
-    )
-    .await;
+    refused(&server, &other_rsa_key).await;
 }
 
 #[tokio::test]
 async fn an_unsigned_token_gets_401() {
-    let server = TestServer::start().await;
-    server.create_todo_db().await;
+    let server = TestServer::with_todo_db().await;
     let token = unsigned_token(&Claims::valid("alice"));
-    error_body(
-        schema_status(&server, Some(&token)).await,
-        StatusCode::UNAUTHORIZED,
-    )
-    .await;
+    refused(&server, &token).await;
 }
 
 #[tokio::test]
 async fn an_rs256_token_is_accepted_with_the_right_public_key() {
-    let server = TestServer::start().await;
-    server.create_todo_db().await;
+    let server = TestServer::with_todo_db().await;
     let token = rs256_token(&Claims::valid("bob"), "rs256-private.pem");
     assert_eq!(
         schema_status(&server, Some(&token)).await.status(),
@@ -153,11 +127,7 @@ async fn an_algorithm_without_a_configured_key_gets_401() {
     server.create_todo_db().await;
     let public_pem = std::fs::read_to_string(keys_dir().join("rs256-public.pem")).unwrap();
     let confused = hs256_token_with(&Claims::valid("mallory"), &public_pem);
-    let error = error_body(
-        schema_status(&server, Some(&confused)).await,
-        StatusCode::UNAUTHORIZED,
-    )
-    .await;
+    let error = refused(&server, &confused).await;
     assert!(error.message.contains("not accepted"), "{}", error.message);
 }
 
@@ -199,8 +169,7 @@ async fn issuer_and_audience_are_checked_when_configured() {
 
 #[tokio::test]
 async fn api_keys_are_compared_with_the_configured_hashes() {
-    let server = TestServer::start().await;
-    server.create_todo_db().await;
+    let server = TestServer::with_todo_db().await;
     let with_key = |key: String| {
         server
             .http
@@ -225,12 +194,11 @@ async fn api_keys_are_compared_with_the_configured_hashes() {
 
 #[tokio::test]
 async fn a_user_cannot_change_a_schema() {
-    let server = TestServer::start().await;
-    server.create_todo_db().await;
+    let server = TestServer::with_todo_db().await;
     let response = server
         .http
         .put(server.url(&format!("/v1/db/{DB}/schema")))
-        .bearer_auth(hs256_token(&Claims::valid("alice")))
+        .bearer_auth(user_token("alice"))
         .body(serde_json::to_vec(&[Todo::SCHEMA]).unwrap())
         .send()
         .await
@@ -267,8 +235,7 @@ async fn unknown_databases_and_bad_names_are_told_apart() {
 
 #[tokio::test]
 async fn errors_outside_the_handlers_have_an_error_body_too() {
-    let server = TestServer::start().await;
-    server.create_todo_db().await;
+    let server = TestServer::with_todo_db().await;
     let unknown = server
         .as_admin(server.http.get(server.url("/v2/anything")))
         .send()

@@ -4,16 +4,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use common::*;
 use reqwest::StatusCode;
 use sync_runtime::Synced;
 use sync_runtime::protocol::API_KEY_HEADER;
-
-const BIN: &str = env!("CARGO_BIN_EXE_sync-server");
+use tokio::process::Child;
+use tokio::time::timeout;
 
 /// A running `sync-server` process, killed if the test ends without stopping it.
 struct Process {
@@ -23,50 +21,23 @@ struct Process {
 
 impl Process {
     /// Starts the binary and reads the address from its `listening on` line.
-    fn start(args: &[&str]) -> Process {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .env_remove("SYNCED_JWT_SECRET")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        let stdout = child.stdout.take().unwrap();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-            .to_owned();
+    async fn start(args: &[&str]) -> Process {
+        let (child, addr) = spawn_server(args).await;
+        let url = format!("http://{addr}");
         Process { child, url }
     }
 
     /// Sends SIGTERM and waits for the exit status.
-    fn terminate(mut self) -> std::process::ExitStatus {
+    async fn terminate(mut self) -> std::process::ExitStatus {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args(["-TERM", &self.child.id().unwrap().to_string()])
             .status()
             .unwrap();
         assert!(status.success());
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the server did not stop on SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        timeout(PATIENCE, self.child.wait())
+            .await
+            .expect("the server did not stop on SIGTERM")
+            .unwrap()
     }
 }
 
@@ -74,7 +45,8 @@ impl Drop for Process {
 async fn the_binary_serves_on_an_ephemeral_port_and_stops_on_sigterm() {
     let data = tempfile::tempdir().unwrap();
     let dir = data.path().join("cloud");
-    let process = Process::start(&["--listen", "127.0.0.1:0", "--data", dir.to_str().unwrap()]);
+    let process =
+        Process::start(&["--listen", "127.0.0.1:0", "--data", dir.to_str().unwrap()]).await;
     assert!(!process.url.ends_with(":0"), "{}", process.url);
 
     let health = reqwest::get(format!("{}/health", process.url))
@@ -83,7 +55,7 @@ async fn the_binary_serves_on_an_ephemeral_port_and_stops_on_sigterm() {
     assert_eq!(health.status(), StatusCode::OK);
     assert!(dir.is_dir(), "the data directory was not created");
 
-    assert!(process.terminate().success());
+    assert!(process.terminate().await.success());
 }
 
 #[tokio::test]
@@ -113,7 +85,7 @@ async fn the_config_file_sets_keys_and_databases() {
     let config_path = dir.path().join("server.toml");
     std::fs::write(&config_path, config).unwrap();
 
-    let process = Process::start(&["--config", config_path.to_str().unwrap()]);
+    let process = Process::start(&["--config", config_path.to_str().unwrap()]).await;
     let http = reqwest::Client::new();
     let response = http
         .get(format!("{}/v1/db/todo/schema", process.url))
@@ -126,7 +98,7 @@ async fn the_config_file_sets_keys_and_databases() {
         serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
     assert_eq!(tables, std::slice::from_ref(Todo::SCHEMA));
     assert!(dir.path().join("data/todo.db").exists());
-    assert!(process.terminate().success());
+    assert!(process.terminate().await.success());
 }
 
 #[test]
@@ -134,7 +106,7 @@ fn an_invalid_config_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let config_path = dir.path().join("server.toml");
     std::fs::write(&config_path, "[auth]\napi_keys = [\"my-plain-key\"]\n").unwrap();
-    let output = Command::new(BIN)
+    let output = Command::new(SERVER_BIN)
         .args([
             "--config",
             config_path.to_str().unwrap(),
@@ -148,7 +120,7 @@ fn an_invalid_config_is_a_clear_error() {
     assert!(stderr.contains("hash-key"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 
-    let missing = Command::new(BIN)
+    let missing = Command::new(SERVER_BIN)
         .args(["--config", "/nonexistent/server.toml"])
         .output()
         .unwrap();
@@ -158,7 +130,7 @@ fn an_invalid_config_is_a_clear_error() {
 
 #[test]
 fn hash_key_prints_the_form_for_the_config() {
-    let output = Command::new(BIN)
+    let output = Command::new(SERVER_BIN)
         .args(["hash-key", "foo"])
         .output()
         .unwrap();

@@ -16,22 +16,19 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{ADMIN_KEY, Claims, DB, PATIENCE, SECRET, Todo, hs256_token};
+use common::{ADMIN_KEY, DB, PATIENCE, SECRET, Todo, spawn_server, user_token};
 use sync_runtime::{BatchLimits, Error, Remote, SyncDb, SyncId, SyncOptions};
 use tempfile::TempDir;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout};
-
-const BIN: &str = env!("CARGO_BIN_EXE_sync-server");
 
 /// The bound of a whole test.
 const LIMIT: Duration = Duration::from_secs(120);
@@ -338,33 +335,19 @@ impl ServerProcess {
         }
     }
 
-    /// Starts the binary and reads its address from the `listening on` line.
+    /// Starts the binary with the configuration and data in `dir`.
     async fn spawn(dir: &Path) -> (Child, SocketAddr) {
-        let mut child = Command::new(BIN)
-            .arg("--config")
-            .arg(dir.join("server.toml"))
-            .arg("--data")
-            .arg(dir.join("data"))
-            .args(["--listen", "127.0.0.1:0"])
-            .env_remove("SYNCED_JWT_SECRET")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        timeout(PATIENCE, stdout.read_line(&mut line))
-            .await
-            .expect("the server did not start")
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-            .parse()
-            .unwrap();
-        (child, addr)
+        let config = dir.join("server.toml");
+        let data = dir.join("data");
+        spawn_server(&[
+            "--config",
+            config.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .await
     }
 
     /// `kill -9`, and waits until the process is gone.
@@ -776,7 +759,7 @@ impl Cloud {
             .unwrap()
             .with_remote(
                 Remote::new(self.proxy.url())
-                    .bearer_token(hs256_token(&Claims::valid(name)))
+                    .bearer_token(user_token(name))
                     .timeout(PATIENCE)
                     .batch_limits(BatchLimits {
                         max_rows: BATCH_ROWS,

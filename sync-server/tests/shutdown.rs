@@ -12,8 +12,7 @@ use tokio::time::Instant;
 
 #[tokio::test]
 async fn a_shutdown_answers_the_pull_in_flight_then_stops() {
-    let mut server = TestServer::start().await;
-    server.create_todo_db().await;
+    let mut server = TestServer::with_todo_db().await;
     let phone = Device::new("alice").await;
     phone
         .db

@@ -16,8 +16,7 @@ use tokio::time::Instant;
 
 #[tokio::test]
 async fn a_push_then_a_pull_by_another_device_carries_the_changes() {
-    let server = TestServer::start().await;
-    server.create_todo_db().await;
+    let server = TestServer::with_todo_db().await;
     let phone = Device::new("alice").await;
     let laptop = Device::new("alice").await;
     phone.db.insert(&Todo::new("buy milk")).await.unwrap();
@@ -39,8 +38,7 @@ async fn a_push_then_a_pull_by_another_device_carries_the_changes() {
 
 #[tokio::test]
 async fn each_push_raises_the_server_version() {
-    let server = TestServer::start().await;
-    server.create_todo_db().await;
+    let server = TestServer::with_todo_db().await;
     let phone = Device::new("alice").await;
     let mut versions = Vec::new();
     for title in ["one", "two", "three"] {
@@ -52,8 +50,7 @@ async fn each_push_raises_the_server_version() {
 
 #[tokio::test]
 async fn a_pull_leaves_out_the_callers_own_changes() {
-    let server = TestServer::start().await;
-    server.create_todo_db().await;
+    let server = TestServer::with_todo_db().await;
     let phone = Device::new("alice").await;
     let laptop = Device::new("alice").await;
     phone.db.insert(&Todo::new("from the phone")).await.unwrap();
@@ -65,23 +62,14 @@ async fn a_pull_leaves_out_the_callers_own_changes() {
     phone.push(&server).await;
     laptop.push(&server).await;
 
-    let response = phone
-        .pull_request(&server, &Cursor::BEGINNING, 0)
-        .await
-        .send()
-        .await
-        .unwrap();
+    let response = phone.send_pull(&server, &Cursor::BEGINNING, 0).await;
     let pulled = decode_pull(response).await;
-    let viewer = Device::new("viewer").await;
-    viewer.db.apply_changes(&pulled.payload).await.unwrap();
-    let titles: Vec<String> = viewer.todos().await.into_iter().map(|t| t.title).collect();
-    assert_eq!(titles, ["from the laptop"]);
+    assert_eq!(titles_in(&pulled.payload).await, ["from the laptop"]);
 }
 
 #[tokio::test]
 async fn a_long_poll_returns_as_soon_as_another_device_pushes() {
-    let server = TestServer::start().await;
-    server.create_todo_db().await;
+    let server = TestServer::with_todo_db().await;
     let phone = Device::new("alice").await;
     let laptop = Device::new("alice").await;
     let cursor = laptop.pull(&server, &Cursor::BEGINNING, 0).await.next;
@@ -110,8 +98,7 @@ async fn a_long_poll_returns_as_soon_as_another_device_pushes() {
 
 #[tokio::test]
 async fn a_long_poll_is_not_woken_by_the_callers_own_push() {
-    let server = TestServer::start().await;
-    server.create_todo_db().await;
+    let server = TestServer::with_todo_db().await;
     let phone = Device::new("alice").await;
     let laptop = Device::new("alice").await;
 
@@ -130,16 +117,12 @@ async fn a_long_poll_is_not_woken_by_the_callers_own_push() {
     laptop.push(&server).await;
 
     let pulled = decode_pull(waiting.await.unwrap().unwrap()).await;
-    let viewer = Device::new("viewer").await;
-    viewer.db.apply_changes(&pulled.payload).await.unwrap();
-    let titles: Vec<String> = viewer.todos().await.into_iter().map(|t| t.title).collect();
-    assert_eq!(titles, ["theirs"]);
+    assert_eq!(titles_in(&pulled.payload).await, ["theirs"]);
 }
 
 #[tokio::test]
 async fn a_long_poll_without_changes_returns_when_its_wait_ends() {
-    let server = TestServer::start().await;
-    server.create_todo_db().await;
+    let server = TestServer::with_todo_db().await;
     let laptop = Device::new("alice").await;
     let pulled = laptop.pull(&server, &Cursor::BEGINNING, 50).await;
     assert!(pulled.complete);
@@ -148,8 +131,7 @@ async fn a_long_poll_without_changes_returns_when_its_wait_ends() {
 
 #[tokio::test]
 async fn a_wrong_schema_fingerprint_gets_409_and_nothing_is_applied() {
-    let server = TestServer::start().await;
-    server.create_todo_db().await;
+    let server = TestServer::with_todo_db().await;
     let phone = Device::new("alice").await;
     phone
         .db
@@ -171,8 +153,7 @@ async fn a_wrong_schema_fingerprint_gets_409_and_nothing_is_applied() {
 
 #[tokio::test]
 async fn a_pull_with_a_wrong_fingerprint_gets_409() {
-    let server = TestServer::start().await;
-    server.create_todo_db().await;
+    let server = TestServer::with_todo_db().await;
     let laptop = Device::new("alice").await;
     let request = laptop.pull_request(&server, &Cursor::BEGINNING, 0).await;
     let response = send_with_header(&server, request, SCHEMA_HEADER, "0000000000000000").await;
@@ -181,17 +162,11 @@ async fn a_pull_with_a_wrong_fingerprint_gets_409() {
 
 #[tokio::test]
 async fn a_garbage_push_gets_400_and_the_server_stays_healthy() {
-    let server = TestServer::start().await;
-    server.create_todo_db().await;
+    let server = TestServer::with_todo_db().await;
     let phone = Device::new("alice").await;
 
     let garbage = b"this is not a payload".to_vec();
-    let response = phone
-        .push_request(&server, garbage)
-        .await
-        .send()
-        .await
-        .unwrap();
+    let response = phone.send_push(&server, garbage).await;
     let error = error_body(response, StatusCode::BAD_REQUEST).await;
     assert_eq!(error.code, "bad_request");
     assert!(error.message.contains("payload"), "{}", error.message);
@@ -200,16 +175,10 @@ async fn a_garbage_push_gets_400_and_the_server_stays_healthy() {
     phone.db.insert(&Todo::new("whole")).await.unwrap();
     let mut truncated = phone.local_changes().await;
     truncated.truncate(truncated.len() / 2);
-    let response = phone
-        .push_request(&server, truncated)
-        .await
-        .send()
-        .await
-        .unwrap();
+    let response = phone.send_push(&server, truncated).await;
     error_body(response, StatusCode::BAD_REQUEST).await;
 
-    let health = server.http.get(server.url("/health")).send().await.unwrap();
-    assert_eq!(health.status(), StatusCode::OK);
+    server.assert_healthy().await;
     phone.push(&server).await;
 }
 
@@ -219,42 +188,26 @@ async fn an_oversized_body_gets_413() {
     let server = TestServer::start_with(|config| config.limits.max_body_bytes = limit).await;
     server.create_todo_db().await;
     let phone = Device::new("alice").await;
-    let response = phone
-        .push_request(&server, vec![0u8; limit + 1])
-        .await
-        .send()
-        .await
-        .unwrap();
+    let response = phone.send_push(&server, vec![0u8; limit + 1]).await;
     let error = error_body(response, StatusCode::PAYLOAD_TOO_LARGE).await;
     assert_eq!(error.code, "payload_too_large");
-    let health = server.http.get(server.url("/health")).send().await.unwrap();
-    assert_eq!(health.status(), StatusCode::OK);
+    server.assert_healthy().await;
 }
 
 #[tokio::test]
 async fn malformed_pull_requests_get_400() {
-    let server = TestServer::start().await;
-    server.create_todo_db().await;
+    let server = TestServer::with_todo_db().await;
     let laptop = Device::new("alice").await;
-    let pull = |query: &'static [(&'static str, &'static str)]| {
-        let query: Vec<(&str, String)> = query.iter().map(|(k, v)| (*k, v.to_string())).collect();
-        let laptop = &laptop;
-        let server = &server;
-        async move {
-            laptop
-                .pull_request_with(server, &query)
-                .await
-                .send()
-                .await
-                .unwrap()
-        }
-    };
 
-    let bad_cursor = pull(&[("cursor", "not-a-cursor")]).await;
+    let bad_cursor = laptop
+        .send_pull_with(&server, &[("cursor", "not-a-cursor".into())])
+        .await;
     let error = error_body(bad_cursor, StatusCode::BAD_REQUEST).await;
     assert!(error.message.contains("cursor"), "{}", error.message);
 
-    let bad_wait = pull(&[("wait", "soon")]).await;
+    let bad_wait = laptop
+        .send_pull_with(&server, &[("wait", "soon".into())])
+        .await;
     error_body(bad_wait, StatusCode::BAD_REQUEST).await;
 
     let request = laptop.pull_request(&server, &Cursor::BEGINNING, 0).await;
@@ -289,8 +242,7 @@ async fn malformed_pull_requests_get_400() {
 
 #[tokio::test]
 async fn a_pull_is_bounded_by_its_limit() {
-    let server = TestServer::start().await;
-    server.create_todo_db().await;
+    let server = TestServer::with_todo_db().await;
     let phone = Device::new("alice").await;
     let laptop = Device::new("alice").await;
     for i in 0..5 {
@@ -306,12 +258,7 @@ async fn a_pull_is_bounded_by_its_limit() {
     let mut batches = 0;
     loop {
         let query = [("cursor", cursor.to_string()), ("limit", "2".to_string())];
-        let response = laptop
-            .pull_request_with(&server, &query)
-            .await
-            .send()
-            .await
-            .unwrap();
+        let response = laptop.send_pull_with(&server, &query).await;
         let pulled = decode_pull(response).await;
         laptop.db.apply_changes(&pulled.payload).await.unwrap();
         cursor = pulled.next;
@@ -346,20 +293,14 @@ async fn databases_and_their_changes_survive_a_restart() {
 /// refused, and nothing of it is applied.
 #[tokio::test]
 async fn a_device_cannot_push_changes_it_did_not_make() {
-    let server = TestServer::start().await;
-    server.create_todo_db().await;
+    let server = TestServer::with_todo_db().await;
     let phone = Device::new("alice").await;
     let thief = Device::new("mallory").await;
     phone.db.insert(&Todo::new("alice's")).await.unwrap();
 
     // Alice's own payload, replayed by another device.
     let stolen = phone.local_changes().await;
-    let response = thief
-        .push_request(&server, stolen)
-        .await
-        .send()
-        .await
-        .unwrap();
+    let response = thief.send_push(&server, stolen).await;
     let error = error_body(response, StatusCode::BAD_REQUEST).await;
     assert!(
         error.message.contains("not by the sending device"),
@@ -379,12 +320,7 @@ async fn a_device_cannot_push_changes_it_did_not_make() {
         .export_changes(sync_runtime::Since::Beginning)
         .await
         .unwrap();
-    let response = thief
-        .push_request(&server, forged)
-        .await
-        .send()
-        .await
-        .unwrap();
+    let response = thief.send_push(&server, forged).await;
     let error = error_body(response, StatusCode::BAD_REQUEST).await;
     assert!(
         error.message.contains("only the changes it made"),
@@ -395,16 +331,14 @@ async fn a_device_cannot_push_changes_it_did_not_make() {
     let observer = Device::new("alice").await;
     observer.pull(&server, &Cursor::BEGINNING, 0).await;
     assert!(observer.todos().await.is_empty());
-    let health = server.http.get(server.url("/health")).send().await.unwrap();
-    assert_eq!(health.status(), StatusCode::OK);
+    server.assert_healthy().await;
 }
 
 /// A device's site id is bound to the first user that uses it: another user
 /// presenting it (to pose as that device) gets 403, and the device goes on.
 #[tokio::test]
 async fn a_user_cannot_pose_as_another_users_device() {
-    let server = TestServer::start().await;
-    server.create_todo_db().await;
+    let server = TestServer::with_todo_db().await;
     let phone = Device::new("alice").await;
     phone.db.insert(&Todo::new("alice's")).await.unwrap();
     phone.push(&server).await;
@@ -424,4 +358,11 @@ async fn a_user_cannot_pose_as_another_users_device() {
 
     let pulled = phone.pull(&server, &Cursor::BEGINNING, 0).await;
     assert!(pulled.complete);
+}
+
+/// The titles of the rows in `payload`, as a new device sees them.
+async fn titles_in(payload: &[u8]) -> Vec<String> {
+    let viewer = Device::new("viewer").await;
+    viewer.db.apply_changes(payload).await.unwrap();
+    viewer.todos().await.into_iter().map(|t| t.title).collect()
 }

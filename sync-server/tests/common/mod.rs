@@ -3,6 +3,7 @@
 #![allow(dead_code, unreachable_pub)] // each test file uses a part of these helpers
 
 use std::net::SocketAddr;
+use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -14,8 +15,11 @@ use sync_runtime::protocol::{
 use sync_runtime::{BatchLimits, Cursor, Scope, SyncDb, SyncId, Synced};
 use sync_server::{AppState, AuthConfig, Config, DatabaseConfig, Limits, Server, auth};
 use tempfile::TempDir;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio::time::timeout;
 
 /// The admin API key of test servers.
 pub const ADMIN_KEY: &str = "test-admin-key";
@@ -25,6 +29,8 @@ pub const SECRET: &str = "a test secret that is long enough";
 pub const DB: &str = "todo";
 /// The bound of every wait in these tests: nothing should come close.
 pub const PATIENCE: Duration = Duration::from_secs(20);
+/// The `sync-server` binary.
+pub const SERVER_BIN: &str = env!("CARGO_BIN_EXE_sync-server");
 
 pub fn keys_dir() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/keys")
@@ -86,6 +92,13 @@ impl TestServer {
     /// A server with [`test_config`].
     pub async fn start() -> Self {
         Self::start_with(|_| {}).await
+    }
+
+    /// A server with [`test_config`] and the test database created.
+    pub async fn with_todo_db() -> Self {
+        let server = Self::start().await;
+        server.create_todo_db().await;
+        server
     }
 
     /// A server with [`test_config`] changed by `adjust`.
@@ -152,6 +165,12 @@ impl TestServer {
         );
     }
 
+    /// Checks that the server answers `/health` with 200.
+    pub async fn assert_healthy(&self) {
+        let health = self.http.get(self.url("/health")).send().await.unwrap();
+        assert_eq!(health.status(), StatusCode::OK);
+    }
+
     /// Waits (polling) until `n` pulls wait for changes on the server.
     pub async fn until_waiting_pulls(&self, n: usize) {
         tokio::time::timeout(PATIENCE, async {
@@ -178,7 +197,7 @@ impl Device {
         db.register::<Todo>().await.unwrap();
         Self {
             db,
-            token: hs256_token(&Claims::valid(user)),
+            token: user_token(user),
             _dir: dir,
         }
     }
@@ -207,10 +226,14 @@ impl Device {
             .body(body)
     }
 
+    /// Sends a push request of `body`.
+    pub async fn send_push(&self, server: &TestServer, body: Vec<u8>) -> Response {
+        self.push_request(server, body).await.send().await.unwrap()
+    }
+
     /// Pushes everything this device wrote.
     pub async fn push(&self, server: &TestServer) -> PushAck {
-        let body = self.local_changes().await;
-        let response = self.push_request(server, body).await.send().await.unwrap();
+        let response = self.send_push(server, self.local_changes().await).await;
         assert_eq!(response.status(), StatusCode::OK);
         serde_json::from_slice(&response.bytes().await.unwrap()).unwrap()
     }
@@ -244,15 +267,27 @@ impl Device {
             .header(SITE_HEADER, self.db.site_id().to_string())
     }
 
-    /// Pulls after `cursor` and applies what came.
-    pub async fn pull(&self, server: &TestServer, cursor: &Cursor, wait_ms: u64) -> PullResponse {
-        let response = self
-            .pull_request(server, cursor, wait_ms)
+    /// Sends a pull request after `cursor`, waiting up to `wait_ms`.
+    pub async fn send_pull(&self, server: &TestServer, cursor: &Cursor, wait_ms: u64) -> Response {
+        self.pull_request(server, cursor, wait_ms)
             .await
             .send()
             .await
-            .unwrap();
-        let pulled = decode_pull(response).await;
+            .unwrap()
+    }
+
+    /// Sends a pull request with the given query.
+    pub async fn send_pull_with(&self, server: &TestServer, query: &[(&str, String)]) -> Response {
+        self.pull_request_with(server, query)
+            .await
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Pulls after `cursor` and applies what came.
+    pub async fn pull(&self, server: &TestServer, cursor: &Cursor, wait_ms: u64) -> PullResponse {
+        let pulled = decode_pull(self.send_pull(server, cursor, wait_ms).await).await;
         self.db.apply_changes(&pulled.payload).await.unwrap();
         pulled
     }
@@ -305,7 +340,8 @@ pub async fn error_body(response: Response, status: StatusCode) -> ErrorBody {
 #[derive(Debug, Clone, Serialize)]
 pub struct Claims {
     pub sub: String,
-    pub exp: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exp: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nbf: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -325,12 +361,17 @@ impl Claims {
     pub fn valid(user: &str) -> Self {
         Self {
             sub: user.into(),
-            exp: now() + 3600,
+            exp: Some(now() + 3600),
             nbf: None,
             iss: None,
             aud: None,
         }
     }
+}
+
+/// A valid HS256 token for `user`, signed as a login service does.
+pub fn user_token(user: &str) -> String {
+    auth::sign_token(SECRET, user, Duration::from_secs(3600)).unwrap()
 }
 
 pub fn hs256_token(claims: &Claims) -> String {
@@ -376,4 +417,29 @@ pub fn base64url(bytes: &[u8]) -> String {
         }
     }
     out
+}
+
+/// Starts the binary with `args`; its address is read from its `listening on` line.
+pub async fn spawn_server(args: &[&str]) -> (Child, SocketAddr) {
+    let mut child = Command::new(SERVER_BIN)
+        .args(args)
+        .env_remove("SYNCED_JWT_SECRET")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    timeout(PATIENCE, stdout.read_line(&mut line))
+        .await
+        .expect("the server did not start")
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .parse()
+        .unwrap();
+    (child, addr)
 }
