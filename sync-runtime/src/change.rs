@@ -126,9 +126,12 @@ pub(crate) fn scan(
     range: Range<'_>,
     mut each: impl FnMut(ClockRow) -> Result<()>,
 ) -> Result<()> {
-    let sql = TableSql::new(schema);
+    // Each query is built only for its kind of range (a scan runs per page).
     let (mut stmt, since) = match range {
-        Range::Since(since) => (conn.prepare_cached(&sql.changes_since)?, since),
+        Range::Since(since) => (
+            conn.prepare_cached(&TableSql::new(schema).changes_since)?,
+            since,
+        ),
         Range::Page {
             base,
             filter: Some(filter),
@@ -143,7 +146,10 @@ pub(crate) fn scan(
             );
             (conn.prepare_cached(&query)?, base)
         }
-        Range::Page { base, .. } => (conn.prepare_cached(&sql.changes_between)?, base),
+        Range::Page { base, .. } => (
+            conn.prepare_cached(&TableSql::new(schema).changes_between)?,
+            base,
+        ),
     };
     let filtered = matches!(
         range,
@@ -173,7 +179,7 @@ pub(crate) fn scan(
     Ok(())
 }
 
-/// Reads a [`ClockRow`] from a result laid out as `TableSql::changes_layout` says
+/// Reads a [`ClockRow`] from a result laid out as [`ClockLayout::changes`] says
 /// (with whether it passes a row filter after the rowid, if `filtered`), with the
 /// value columns written after `since`.
 pub(crate) fn clock_row(

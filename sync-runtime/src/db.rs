@@ -642,7 +642,15 @@ impl SyncDb {
     /// user), with row-level security: only the changes of rows `filter` lets it
     /// read, whole for rows it does not hold yet, evictions for rows it holds but
     /// may no longer read, and nothing of other rows; never the reader's own
-    /// changes. What each reader holds is kept in this database.
+    /// changes. What each reader holds is kept in this database (an export is
+    /// a write).
+    ///
+    /// From [`Cursor::BEGINNING`], the export is a snapshot: it walks the rows
+    /// the reader may read now (through indexes of the columns the filter reads,
+    /// see [`index_filter`](Self::index_filter)) and the rows it holds, not the
+    /// history, so its cost follows what the reader may read. Once the snapshot
+    /// is done, the reader goes on from the version it started at; a batch is
+    /// [`complete`](Batch::complete) only if nothing changed meanwhile.
     pub async fn export_filtered(
         &self,
         from: Cursor,
@@ -663,8 +671,11 @@ impl SyncDb {
     /// Binds a device's site id to its owner (a user) the first time it is seen,
     /// and tells whether `owner` is that site's owner: a server refuses a device
     /// that presents another user's site id, which would let it pose as that
-    /// user's device.
+    /// user's device. This database's own site id belongs to no one.
     pub async fn claim_site(&self, site: SiteId, owner: &str) -> Result<bool> {
+        if site == self.site_id() {
+            return Ok(false);
+        }
         let owner = owner.to_owned();
         self.call(move |w| {
             let site = site.as_bytes().as_slice();
@@ -688,23 +699,8 @@ impl SyncDb {
     /// expression). Anything else is [`Error::InvalidFilter`].
     pub async fn check_filter(&self, table: &str, filter: RowFilter) -> Result<()> {
         let table = table.to_owned();
-        self.call(move |w| {
-            let invalid = |message: String| Error::InvalidFilter {
-                table: table.clone(),
-                message,
-            };
-            let schemas = tracking::synced_tables(&w.conn, false)?;
-            let schema = schemas
-                .iter()
-                .find(|s| s.name.eq_ignore_ascii_case(&table))
-                .ok_or_else(|| invalid("no such table is registered".into()))?;
-            if let RowFilter::Where { sql, params } = &filter {
-                let query = sql::row_matches(schema, sql, params.len());
-                w.conn.prepare(&query).map_err(|e| invalid(e.to_string()))?;
-            }
-            Ok(())
-        })
-        .await
+        self.call(move |w| prepare_filter(&w.conn, &table, &filter).map(drop))
+            .await
     }
 
     /// Checks `filter` as [`check_filter`](Self::check_filter) does, then indexes
@@ -730,17 +726,13 @@ impl SyncDb {
     /// # }
     /// ```
     pub async fn index_filter(&self, table: &str, filter: RowFilter) -> Result<Vec<String>> {
-        self.check_filter(table, filter.clone()).await?;
-        let RowFilter::Where { sql, params } = filter else {
-            return Ok(Vec::new());
-        };
         let table = table.to_owned();
         self.call(move |w| {
-            let schemas = tracking::synced_tables(&w.conn, false)?;
-            let Some(schema) = schemas.iter().find(|s| s.name.eq_ignore_ascii_case(&table)) else {
+            let schema = prepare_filter(&w.conn, &table, &filter)?;
+            let RowFilter::Where { sql, params } = &filter else {
                 return Ok(Vec::new());
             };
-            // SQLite's authorizer names every column the statement reads as it
+            // SQLite's authorizer names every column a statement reads as it
             // prepares it.
             let read = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
             let seen = std::sync::Arc::clone(&read);
@@ -760,7 +752,7 @@ impl SyncDb {
                 }))?;
             let prepared = w
                 .conn
-                .prepare(&sql::row_matches(schema, &sql, params.len()))
+                .prepare(&sql::row_passes(&schema, sql, params.len()))
                 .map(drop);
             w.conn.authorizer(
                 None::<fn(rusqlite::hooks::AuthContext<'_>) -> rusqlite::hooks::Authorization>,
@@ -771,7 +763,7 @@ impl SyncDb {
             for column in schema.value_columns() {
                 if read.iter().any(|r| r.eq_ignore_ascii_case(&column.name)) {
                     w.conn
-                        .execute_batch(&sql::filter_index(schema, &column.name))?;
+                        .execute_batch(&sql::filter_index(&schema, &column.name))?;
                     indexed.push(column.name.to_string());
                 }
             }
@@ -865,6 +857,29 @@ fn key_values<T: Synced>(key: &T::Key) -> Vec<Value> {
     (0..T::SCHEMA.key_columns().count())
         .map(|i| T::key_value(key, i).into_owned())
         .collect()
+}
+
+/// The schema of `table`, once `filter` prepared against it in every query an
+/// export runs it in; anything else is [`Error::InvalidFilter`].
+fn prepare_filter(conn: &Connection, table: &str, filter: &RowFilter) -> Result<TableSchema> {
+    let invalid = |message: String| Error::InvalidFilter {
+        table: table.to_owned(),
+        message,
+    };
+    let schemas = tracking::synced_tables(conn, false)?;
+    let schema = schemas
+        .into_iter()
+        .find(|s| s.name.eq_ignore_ascii_case(table))
+        .ok_or_else(|| invalid("no such table is registered".into()))?;
+    if let RowFilter::Where { sql, params } = filter {
+        for query in [
+            sql::row_passes(&schema, sql, params.len()),
+            sql::snapshot_rows(&schema, Some(sql), params.len()),
+        ] {
+            conn.prepare(&query).map_err(|e| invalid(e.to_string()))?;
+        }
+    }
+    Ok(schema)
 }
 
 /// Runs `f` in an immediate write transaction that closes its version on commit.

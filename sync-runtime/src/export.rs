@@ -54,6 +54,11 @@ pub enum Scope {
 /// an older cursor is harmless, since merging a change twice changes nothing.
 ///
 /// Its text form (`Display` / `FromStr`) is meant to be stored or put in a URL:
+/// `<version>`, `<base>.<version>.<rowid>.<table>` inside the changes after a
+/// base version, or `s.<version>.r<rowid>.<table>` / `s.<version>.h<key>.<table>`
+/// inside a filtered reader's first export (a snapshot of what it may read, see
+/// [`SyncDb::export_filtered`](crate::SyncDb::export_filtered)), whose
+/// [`version`](Self::version) is 0 until it is done.
 ///
 /// ```
 /// use sync_runtime::Cursor;
@@ -373,9 +378,7 @@ fn export_gated(
     } else {
         from
     };
-    let mut tables: Vec<&TableSchema> = tables.iter().collect();
-    tables.sort_by_cached_key(|t| t.name.to_ascii_lowercase());
-    let names: Vec<String> = tables.iter().map(|t| t.name.to_ascii_lowercase()).collect();
+    let (tables, names) = export_order(tables);
     let max_rows = limits.max_rows.max(1);
     let mut sites = SiteDictionary::new(&origins);
     let base = from.base;
@@ -386,6 +389,9 @@ fn export_gated(
     // A filtered export may send a row whole: it reads every column.
     let scan_base = if gate.is_some() { 0 } else { base };
     let mut placed: Vec<Placed> = Vec::new();
+    // The marks the rows set, by place: only those of the rows a batch ends up
+    // carrying (or passing) are recorded.
+    let mut marks = Vec::new();
     let mut from = from.clone();
     // Pages whose rows the scope leaves out are skipped here, rather than sent
     // empty: a device that just pushed a large change set does not fetch it back
@@ -422,7 +428,11 @@ fn export_gated(
                 let place = (row.version, index, row.rowid);
                 let table = index as u32;
                 let decision = match &mut gate {
-                    Some(gate) => gate.decide(conn, &origins, schema, &row)?,
+                    Some(gate) => {
+                        let (decision, mark) = gate.decide(conn, &origins, schema, &row)?;
+                        marks.extend(mark.map(|mark| (place, mark)));
+                        decision
+                    }
                     None => Decision::Changes,
                 };
                 if let Some((change, existence)) =
@@ -447,7 +457,9 @@ fn export_gated(
     }) && cut + 1 < placed.len()
     {
         placed.truncate(cut + 1);
-        let (version, table, rowid) = placed[cut].0;
+        let last = placed[cut].0;
+        marks.retain(|(place, _)| *place <= last);
+        let (version, table, rowid) = last;
         end = Some(Cursor {
             base,
             position: Position::Page(PageEnd {
@@ -469,7 +481,19 @@ fn export_gated(
         complete,
         next,
     };
-    finish(conn, &tables, &origins, sites, rows, done, gate)
+    if let Some(gate) = gate {
+        gate.record(conn, marks.into_iter().map(|(_, mark)| mark))?;
+    }
+    finish(&tables, &origins, sites, rows, done)
+}
+
+/// `tables` in export order (case-insensitive name order), with their lowercase
+/// names.
+pub(crate) fn export_order(tables: &[TableSchema]) -> (Vec<&TableSchema>, Vec<String>) {
+    let mut tables: Vec<&TableSchema> = tables.iter().collect();
+    tables.sort_by_cached_key(|t| t.name.to_ascii_lowercase());
+    let names = tables.iter().map(|t| t.name.to_ascii_lowercase()).collect();
+    (tables, names)
 }
 
 /// Where a batch ends: its range, whether it reached the end and where the next
@@ -482,15 +506,13 @@ pub(crate) struct Done {
 }
 
 /// Encodes the `rows` of a batch (each with whether its existence is one of the
-/// changes), in order, and stores the marks the gate set.
+/// changes), in order.
 pub(crate) fn finish(
-    conn: &Connection,
     tables: &[&TableSchema],
     origins: &Origins<'_>,
     sites: SiteDictionary<'_>,
     rows: impl Iterator<Item = (RowChange, bool)>,
     done: Done,
-    gate: Option<Gate<'_>>,
 ) -> Result<Batch> {
     let mut payload = Payload::default();
     let mut local_index = vec![u32::MAX; tables.len()];
@@ -520,9 +542,6 @@ pub(crate) fn finish(
     let upto = u64::try_from(done.upto).unwrap_or_default();
     payload.since = u64::try_from(done.base).unwrap_or_default().min(upto);
     payload.upto = if done.complete { upto } else { payload.since };
-    if let Some(gate) = gate {
-        gate.record(conn)?;
-    }
     let rows = payload.rows.len();
     Ok(Batch {
         payload: wire::encode(&payload, Compression::Zstd),

@@ -94,26 +94,25 @@ impl RowFilters {
     }
 }
 
-/// Whether the row of `schema` with key `pk` exists and passes `filter`.
-pub(crate) fn matches(
+/// Whether the row of `schema` with key `pk` passes `filter`; `None` if there is
+/// no such row.
+pub(crate) fn passes(
     conn: &Connection,
     schema: &TableSchema,
     filter: &RowFilter,
     pk: &[Value],
-) -> Result<bool> {
-    let sql = match filter {
-        RowFilter::All => "true",
-        RowFilter::Nothing => return Ok(false),
-        RowFilter::Where { sql, .. } => sql.as_str(),
+) -> Result<Option<bool>> {
+    let (sql, params): (&str, &[Value]) = match filter {
+        RowFilter::All => ("1", &[]),
+        RowFilter::Nothing => ("0", &[]),
+        RowFilter::Where { sql, params } => (sql, params),
     };
-    let params: &[Value] = match filter {
-        RowFilter::Where { params, .. } => params,
-        _ => &[],
-    };
-    let query = crate::sql::row_matches(schema, sql, params.len());
+    let query = crate::sql::row_passes(schema, sql, params.len());
     let mut stmt = conn.prepare_cached(&query)?;
     let bound = params.iter().chain(pk);
-    Ok(stmt.query_row(rusqlite::params_from_iter(bound), |r| r.get(0))?)
+    Ok(stmt
+        .query_row(rusqlite::params_from_iter(bound), |r| r.get(0))
+        .optional()?)
 }
 
 /// Marks `reader` (a site ordinal) as holding the row of `table` (lowercase)
@@ -148,6 +147,14 @@ enum Mark {
     Evicted { at: i64 },
 }
 
+/// A mark an export sets on a row it sends, recorded with
+/// [`Gate::record`] once the batch that carries the row is final.
+pub(crate) struct NewMark {
+    table: String,
+    key: Vec<u8>,
+    mark: Mark,
+}
+
 /// The filtered reader of one export: decides row by row, and records the marks
 /// the export sets.
 pub(crate) struct Gate<'f> {
@@ -157,7 +164,6 @@ pub(crate) struct Gate<'f> {
     /// The cursor's base version and the version of this export.
     base: i64,
     upto: i64,
-    marks: Vec<(String, Vec<u8>, Mark)>,
     /// Per table, whether the reader has any mark there.
     marked: HashMap<String, bool>,
 }
@@ -178,7 +184,6 @@ impl<'f> Gate<'f> {
             reader,
             base,
             upto,
-            marks: Vec::new(),
             marked: HashMap::new(),
         })
     }
@@ -219,20 +224,19 @@ impl<'f> Gate<'f> {
         Ok(marked)
     }
 
-    /// What goes of `row` of `schema`.
+    /// What goes of `row` of `schema`, and the mark that sets on the row.
     pub(crate) fn decide(
         &mut self,
         conn: &Connection,
         origins: &Origins<'_>,
         schema: &TableSchema,
         row: &ClockRow,
-    ) -> Result<Decision> {
+    ) -> Result<(Decision, Option<NewMark>)> {
         // Every row of the table is readable: nothing to track.
         if *self.filter.for_table(&schema.name) == RowFilter::All {
-            return Ok(Decision::Changes);
+            return Ok((Decision::Changes, None));
         }
         let table = schema.name.to_ascii_lowercase();
-        let key = wire::encode_key(&row.pk);
         // A reader with no marks in a table (its first fetch, typically) needs no
         // look-up per row.
         let mark = if !self.is_marked(conn, &table)? {
@@ -241,7 +245,7 @@ impl<'f> Gate<'f> {
             conn.prepare_cached(
                 "SELECT evicted, at FROM _synced_held WHERE site = ?1 AND tbl = ?2 AND pk = ?3",
             )?
-            .query_row((self.reader, &table, &key), |r| {
+            .query_row((self.reader, &table, wire::encode_key(&row.pk)), |r| {
                 let (evicted, at): (bool, i64) = (r.get(0)?, r.get(1)?);
                 Ok(if evicted {
                     Mark::Evicted { at }
@@ -265,7 +269,10 @@ impl<'f> Gate<'f> {
             && row.exists
             && match row.passes {
                 Some(passes) => passes,
-                None => matches(conn, schema, self.filter.for_table(&schema.name), &row.pk)?,
+                None => {
+                    passes(conn, schema, self.filter.for_table(&schema.name), &row.pk)?
+                        == Some(true)
+                }
             };
         let decision = match (readable, holds) {
             (true, Some(true)) => Decision::Changes,
@@ -282,19 +289,25 @@ impl<'f> Gate<'f> {
             Decision::Changes if !lives => Some(Mark::Evicted { at: self.upto }),
             _ => None,
         };
-        if let Some(new_mark) = new_mark {
-            self.marks.push((table, key, new_mark));
-        }
-        Ok(decision)
+        let new_mark = new_mark.map(|mark| NewMark {
+            table,
+            key: wire::encode_key(&row.pk),
+            mark,
+        });
+        Ok((decision, new_mark))
     }
 
-    /// Stores the marks this export set.
-    pub(crate) fn record(self, conn: &Connection) -> Result<()> {
+    /// Stores the marks of the rows a batch carries.
+    pub(crate) fn record(
+        &self,
+        conn: &Connection,
+        marks: impl IntoIterator<Item = NewMark>,
+    ) -> Result<()> {
         let mut stmt = conn.prepare_cached(
             "INSERT INTO _synced_held (site, tbl, pk, evicted, at) VALUES (?1, ?2, ?3, ?4, ?5) \
              ON CONFLICT (site, tbl, pk) DO UPDATE SET evicted = excluded.evicted, at = excluded.at",
         )?;
-        for (table, key, mark) in self.marks {
+        for NewMark { table, key, mark } in marks {
             let (evicted, at) = match mark {
                 Mark::Held { at } => (false, at),
                 Mark::Evicted { at } => (true, at),

@@ -122,7 +122,7 @@ pub(crate) fn apply_push(
             payload.exporter
         ));
     }
-    let own = |origin: Origin| payload.sites.get(origin.site as usize) == Some(&device);
+    let own = |origin| made_by(&payload, origin, device);
     for row in &payload.rows {
         if row.cl == wire::EVICT {
             return refuse("a device cannot send evictions".into());
@@ -141,6 +141,11 @@ pub(crate) fn apply_push(
 struct Pusher<'f> {
     device: SiteId,
     write: Option<&'f RowFilters>,
+}
+
+/// Whether the change of `origin` in `payload` was made by `site`.
+fn made_by(payload: &Payload, origin: Origin, site: SiteId) -> bool {
+    payload.sites.get(origin.site as usize) == Some(&site)
 }
 
 const FOREIGN_CHANGES: &str = "a device may send only the changes it made itself";
@@ -197,8 +202,7 @@ fn apply_payload(
         own_version: None,
     };
     let mut rejected = Vec::new();
-    let own =
-        |origin: Origin| Some(payload.sites[origin.site as usize]) == pusher.map(|p| p.device);
+    let own = |origin| pusher.is_some_and(|p| made_by(payload, origin, p.device));
     for row in &payload.rows {
         let target = &targets[row.table as usize];
         let filter = pusher
@@ -462,21 +466,28 @@ impl Merge<'_> {
         filter: &RowFilter,
     ) -> Result<Option<String>> {
         let conn = self.conn;
-        let exists = |conn| Ok::<_, Error>(read_row(conn, target, &row.pk)?.is_some());
-        if exists(conn)? && !filter::matches(conn, &target.schema, filter, &row.pk)? {
+        // A row that exists and fails the filter may not be written.
+        let denied = || {
+            Ok::<_, Error>(filter::passes(conn, &target.schema, filter, &row.pk)? == Some(false))
+        };
+        if denied()? {
             return Ok(Some("the row may not be written by this user".into()));
         }
-        let saved = (self.versions.clone(), self.report);
-        conn.execute_batch("SAVEPOINT synced_row")?;
+        let (next, report) = (self.versions.next, self.report);
+        conn.prepare_cached("SAVEPOINT synced_row")?.execute([])?;
         self.row(target, row)?;
-        if exists(conn)? && !filter::matches(conn, &target.schema, filter, &row.pk)? {
-            conn.execute_batch("ROLLBACK TO synced_row; RELEASE synced_row")?;
-            (self.versions, self.report) = saved;
+        if denied()? {
+            conn.prepare_cached("ROLLBACK TO synced_row")?.execute([])?;
+            conn.prepare_cached("RELEASE synced_row")?.execute([])?;
+            // The versions given out since were rolled back with the row.
+            self.versions.next = next;
+            self.versions.assigned.retain(|_, version| *version <= next);
+            self.report = report;
             return Ok(Some(
                 "the change would make a row this user may not write".into(),
             ));
         }
-        conn.execute_batch("RELEASE synced_row")?;
+        conn.prepare_cached("RELEASE synced_row")?.execute([])?;
         Ok(None)
     }
 
@@ -616,10 +627,12 @@ impl Merge<'_> {
         let value_count = target.defaults.len();
         let stored = read_clock(conn, target, &row.pk, value_count)?;
         let local_cl = stored.as_ref().map_or(0, |c| c.cl);
-        if let Some((device, _)) = self.device
-            && cl > local_cl
-            && self.payload.sites[row.origin.site as usize] != device
-        {
+        // A push may change a row's existence only by the device's own record.
+        let own = match self.device {
+            Some((device, _)) => made_by(self.payload, row.origin, device),
+            None => true,
+        };
+        if !own && cl > local_cl {
             return Err(Error::Refused {
                 reason: FOREIGN_CHANGES.into(),
             });
@@ -656,7 +669,7 @@ impl Merge<'_> {
             clock.created = version;
             clock.columns = vec![(0, version); value_count];
             values = Some(target.defaults.clone());
-        } else if self.existence_wins(row, &clock)? {
+        } else if own && self.existence_wins(row, &clock)? {
             // The same causal length reached twice (two creations, or two deletes):
             // the greater site id keeps the record, so that every clock agrees.
             let version = self.local_version(row.origin)?;

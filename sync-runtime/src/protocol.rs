@@ -85,10 +85,7 @@ impl RejectedRow {
                 Value::Integer(i) => Json::from(*i),
                 Value::Real(r) => Json::from(*r),
                 Value::Text(t) => Json::from(t.as_str()),
-                Value::Blob(b) => {
-                    let hex: String = b.iter().map(|b| format!("{b:02x}")).collect();
-                    serde_json::json!({ "blob": hex })
-                }
+                Value::Blob(b) => serde_json::json!({ "blob": hex::encode(b) }),
             })
             .collect();
         Self {
@@ -112,14 +109,7 @@ impl RejectedRow {
                     .map(Value::Integer)
                     .or(n.as_f64().map(Value::Real)),
                 Json::String(s) => Some(Value::Text(s.clone())),
-                Json::Object(o) => {
-                    let hex = o.get("blob")?.as_str()?;
-                    let bytes = (0..hex.len())
-                        .step_by(2)
-                        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-                        .collect::<Option<Vec<u8>>>()?;
-                    Some(Value::Blob(bytes))
-                }
+                Json::Object(o) => hex::decode(o.get("blob")?.as_str()?).ok().map(Value::Blob),
                 _ => None,
             })
             .collect::<Option<Vec<_>>>()?;

@@ -286,11 +286,13 @@ impl SyncDb {
         let mut batch = self.export_batch(cursor, Scope::Local, limits).await?;
         let mut report = SyncReport::default();
         loop {
+            let payload = bytes::Bytes::from(std::mem::take(&mut batch.payload));
+            let bytes = payload.len() as u64;
             let push = async {
                 if batch.rows == 0 {
                     return Ok::<_, Error>(Vec::new());
                 }
-                let ack = self.push(&state, options, fingerprint, &batch.payload);
+                let ack = self.push(&state, options, fingerprint, payload);
                 Ok(ack.await?.rejected)
             };
             let next = async {
@@ -309,7 +311,7 @@ impl SyncDb {
                 report
                     .rejected
                     .extend(rejected.iter().filter_map(|r| r.rejection()));
-                report.bytes_sent += batch.payload.len() as u64;
+                report.bytes_sent += bytes;
                 report.batches += 1;
             }
             if let Some(progress) = &options.progress {
@@ -370,9 +372,8 @@ impl SyncDb {
         state: &RemoteState,
         options: &SyncOptions,
         fingerprint: u64,
-        payload: &[u8],
+        payload: bytes::Bytes,
     ) -> Result<PushAck> {
-        let payload = bytes::Bytes::copy_from_slice(payload);
         let site = self.site_id().to_string();
         state
             .call(
@@ -402,20 +403,18 @@ impl SyncDb {
         cursor: &Cursor,
         wait: Duration,
     ) -> Result<PullResponse> {
-        let query = format!(
-            "{}/pull?cursor={}&wait={}&limit={}",
-            state.remote.url,
-            percent_encode(&cursor.to_string()),
-            wait.as_millis(),
-            state.remote.limits.max_rows
-        );
+        let query = [
+            ("cursor", cursor.to_string()),
+            ("wait", wait.as_millis().to_string()),
+            ("limit", state.remote.limits.max_rows.to_string()),
+        ];
         let site = self.site_id().to_string();
         state
             .call(
                 options,
                 |http, remote| {
                     remote
-                        .authorize(http.get(&query))
+                        .authorize(http.get(format!("{}/pull", remote.url)).query(&query))
                         .timeout(remote.timeout + wait)
                         .header(SCHEMA_HEADER, fingerprint_hex(fingerprint))
                         .header(SITE_HEADER, &site)
@@ -659,19 +658,6 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = e.source();
     }
     text
-}
-
-/// Percent-encodes a query value (cursors hold table names).
-fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// What a background sync ([`SyncDb::auto_sync`]) did.

@@ -22,9 +22,9 @@ use crate::change::{Origins, clock_row};
 use crate::error::{Error, Result};
 use crate::export::{
     Batch, BatchLimits, Cursor, Done, Scope, SiteDictionary, SnapshotEnd, SnapshotPart, decided,
-    finish, row_size,
+    export_order, finish, row_size,
 };
-use crate::filter::{Gate, RowFilter, RowFilters};
+use crate::filter::{Gate, NewMark, RowFilter, RowFilters};
 use crate::id::SiteId;
 use crate::schema::TableSchema;
 use crate::value::Value;
@@ -58,9 +58,7 @@ pub(crate) fn export(
     // over.
     let from = from.filter(|end| end.at <= upto);
     let at = from.map_or(upto, |end| end.at);
-    let mut tables: Vec<&TableSchema> = tables.iter().collect();
-    tables.sort_by_cached_key(|t| t.name.to_ascii_lowercase());
-    let names: Vec<String> = tables.iter().map(|t| t.name.to_ascii_lowercase()).collect();
+    let (tables, names) = export_order(tables);
     let mut walk = Walk {
         gate: Gate::new(conn, filter, reader, 0, upto)?,
         origins: &origins,
@@ -68,6 +66,7 @@ pub(crate) fn export(
         reader,
         at,
         rows: Vec::new(),
+        marks: Vec::new(),
         bytes: 0,
         limits,
     };
@@ -98,6 +97,8 @@ struct Walk<'c, 'f> {
     /// The version the snapshot started at.
     at: i64,
     rows: Vec<(RowChange, bool)>,
+    /// The marks of the rows walked.
+    marks: Vec<NewMark>,
     bytes: usize,
     limits: BatchLimits,
 }
@@ -155,15 +156,15 @@ impl Walk<'_, '_> {
         )?;
         let table = schema.name.to_ascii_lowercase();
         let mut keys = held.query((self.gate.reader(), &table, after, self.at))?;
-        let query = crate::sql::clock_row_filtered(schema, sql, params.len());
+        let mut by_key =
+            conn.prepare_cached(&crate::sql::clock_row_filtered(schema, sql, params.len()))?;
         let key_columns = schema.key_columns().count();
         while let Some(key) = keys.next()? {
             let key: Vec<u8> = key.get(0)?;
             let pk = wire::decode_key(&key, key_columns).map_err(|e| Error::Corrupt {
                 details: format!("a key held for a reader in {table}: {e}"),
             })?;
-            let mut stmt = conn.prepare_cached(&query)?;
-            let mut found = stmt.query(rusqlite::params_from_iter(params.iter().chain(&pk)))?;
+            let mut found = by_key.query(rusqlite::params_from_iter(params.iter().chain(&pk)))?;
             let Some(found) = found.next()? else {
                 continue;
             };
@@ -187,7 +188,8 @@ impl Walk<'_, '_> {
         index: usize,
         row: crate::change::ClockRow,
     ) -> Result<bool> {
-        let decision = self.gate.decide(conn, self.origins, schema, &row)?;
+        let (decision, mark) = self.gate.decide(conn, self.origins, schema, &row)?;
+        self.marks.extend(mark);
         let scope = Scope::Except(self.reader);
         let Some((change, existence)) =
             decided(&mut self.sites, row, index as u32, decision, 0, scope)?
@@ -213,15 +215,13 @@ impl Walk<'_, '_> {
             complete,
             next,
         };
-        let rows = self.rows.into_iter();
+        self.gate.record(conn, self.marks)?;
         finish(
-            conn,
             tables,
             self.origins,
             self.sites,
-            rows,
+            self.rows.into_iter(),
             done,
-            Some(self.gate),
         )
     }
 }

@@ -156,6 +156,17 @@ fn list<'a>(columns: impl Iterator<Item = &'a ColumnSchema>, qualifier: &str) ->
         .join(", ")
 }
 
+/// `<qualifier><key> = ?<n>` for each key column, in key order, numbered after
+/// `before` other parameters.
+fn key_equals(schema: &TableSchema, qualifier: &str, before: usize) -> String {
+    schema
+        .key_columns()
+        .enumerate()
+        .map(|(i, c)| format!("{qualifier}{} = ?{}", ident(&c.name), before + i + 1))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
 /// `l."a" = r."a" AND l."b" = r."b"` over the key columns.
 fn key_match(schema: &TableSchema, left: &str, right: &str) -> String {
     schema
@@ -270,12 +281,7 @@ impl TableSql {
             .map(|(i, c)| format!("{} = ?{}", ident(&c.name), i + 1))
             .collect::<Vec<_>>()
             .join(" AND ");
-        let by_key_params = schema
-            .key_columns()
-            .enumerate()
-            .map(|(i, c)| format!("{} = ?{}", ident(&c.name), i + 1))
-            .collect::<Vec<_>>()
-            .join(" AND ");
+        let by_key_params = key_equals(schema, "", 0);
         let placeholders = (1..=schema.columns.len())
             .map(|i| format!("?{i}"))
             .collect::<Vec<_>>()
@@ -616,16 +622,12 @@ fn create_triggers(schema: &TableSchema) -> String {
 }
 
 /// Whether the row whose key is bound after the filter's `params` parameters
-/// matches `filter` (SQL over the table's columns, with `?1`…`?{params}`).
-pub(crate) fn row_matches(schema: &TableSchema, filter: &str, params: usize) -> String {
-    let keys = schema
-        .key_columns()
-        .enumerate()
-        .map(|(i, c)| format!("{} = ?{}", ident(&c.name), params + i + 1))
-        .collect::<Vec<_>>()
-        .join(" AND ");
+/// passes `filter` (SQL over the table's columns, with `?1`…`?{params}`): 1 or
+/// 0, and no result if there is no such row.
+pub(crate) fn row_passes(schema: &TableSchema, filter: &str, params: usize) -> String {
+    let keys = key_equals(schema, "", params);
     format!(
-        "SELECT EXISTS (SELECT 1 FROM {} WHERE ({filter}) AND {keys})",
+        "SELECT CASE WHEN ({filter}) THEN 1 ELSE 0 END FROM {} WHERE {keys}",
         ident(&schema.name)
     )
 }
@@ -634,7 +636,12 @@ pub(crate) fn row_matches(schema: &TableSchema, filter: &str, params: usize) -> 
 pub(crate) fn filter_index(schema: &TableSchema, column: &str) -> String {
     format!(
         "CREATE INDEX IF NOT EXISTS {} ON {} ({})",
-        ident(&format!("_synced_filter_{}_{column}", schema.name)),
+        // The table's length keeps `a_b` + `c` apart from `a` + `b_c`.
+        ident(&format!(
+            "_synced_filter.{}.{}.{column}",
+            schema.name.len(),
+            schema.name
+        )),
         ident(&schema.name),
         ident(column)
     )
@@ -682,12 +689,7 @@ pub(crate) fn changes_between_filtered(
 /// The clock row whose key is bound after a row filter's `params` parameters,
 /// laid out as [`changes_between_filtered`].
 pub(crate) fn clock_row_filtered(schema: &TableSchema, filter: &str, params: usize) -> String {
-    let keys = schema
-        .key_columns()
-        .enumerate()
-        .map(|(i, c)| format!("c.{} = ?{}", ident(&c.name), params + i + 1))
-        .collect::<Vec<_>>()
-        .join(" AND ");
+    let keys = key_equals(schema, "c.", params);
     changes_query(schema, Drive::Clock, &keys, &[&passes(schema, filter)])
 }
 
@@ -702,40 +704,51 @@ pub(crate) fn clock_row_filtered(schema: &TableSchema, filter: &str, params: usi
 /// clock row, deletes included, positioned by the clock's rowid.
 pub(crate) fn snapshot_rows(schema: &TableSchema, filter: Option<&str>, params: usize) -> String {
     let after = params + 1;
-    let query = match filter {
-        Some(filter) => changes_query(
-            schema,
-            Drive::App,
-            &format!("({filter}) AND t.rowid > ?{after} AND c.{CL} % 2 = 1"),
-            &["1", "t.rowid"],
-        ),
-        None => changes_query(
-            schema,
-            Drive::Clock,
-            &format!("c.rowid > ?{after}"),
-            &["1", "c.rowid"],
-        ),
-    };
-    let position = if filter.is_some() { "t" } else { "c" };
-    format!("{query} ORDER BY {position}.rowid")
+    match filter {
+        Some(filter) => {
+            // The filter reads the app table alone, as everywhere else: in the
+            // join, a key column's name would be ambiguous.
+            let passing = format!("({filter}) AND rowid > ?{after}");
+            let query = changes_query(
+                schema,
+                Drive::App(&passing),
+                &format!("c.{CL} % 2 = 1"),
+                &["1", &format!("t.{APP_ROWID}")],
+            );
+            format!("{query} ORDER BY t.{APP_ROWID}")
+        }
+        None => {
+            let query = changes_query(
+                schema,
+                Drive::Clock,
+                &format!("c.rowid > ?{after}"),
+                &["1", "c.rowid"],
+            );
+            format!("{query} ORDER BY c.rowid")
+        }
+    }
 }
 
+/// The app row's rowid, as `Drive::App` names it.
+const APP_ROWID: &str = "_synced_rowid";
+
 /// Clock rows that match `filter` (changed after `?1`, or in a page), joined with
-/// the app row for current values, laid out as `TableSql::changes_layout` says.
+/// the app row for current values, laid out as [`ClockLayout::changes`] says.
 fn changes_since(schema: &TableSchema, filter: &str) -> String {
     changes_query(schema, Drive::Clock, filter, &[])
 }
 
 /// Which table a changes query starts from.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Drive {
+enum Drive<'a> {
     /// Every clock row that matches, with its app row if there is one.
     Clock,
-    /// The app rows that match, each with its clock.
-    App,
+    /// The app rows that match this condition (over the app table alone), each
+    /// with its clock.
+    App(&'a str),
 }
 
-fn changes_query(schema: &TableSchema, drive: Drive, filter: &str, extra: &[&str]) -> String {
+fn changes_query(schema: &TableSchema, drive: Drive<'_>, filter: &str, extra: &[&str]) -> String {
     let mut cols: Vec<String> = schema
         .key_columns()
         .map(|c| format!("c.{}", ident(&c.name)))
@@ -760,7 +773,9 @@ fn changes_query(schema: &TableSchema, drive: Drive, filter: &str, extra: &[&str
     let from = match drive {
         Drive::Clock => format!("{clock} AS c LEFT JOIN {table} AS t"),
         // CROSS JOIN keeps the app table outside, where its indexes apply.
-        Drive::App => format!("{table} AS t CROSS JOIN {clock} AS c"),
+        Drive::App(rows) => format!(
+            "(SELECT rowid AS {APP_ROWID}, * FROM {table} WHERE {rows}) AS t CROSS JOIN {clock} AS c"
+        ),
     };
     format!(
         // Never a change of the open version: it is final only once closed.
@@ -887,11 +902,16 @@ mod tests {
         for column in ["title", "done"] {
             conn.execute_batch(&filter_index(&schema, column)).unwrap();
         }
-        for filter in ["title = ?1", "title = ?1 OR done = 1"] {
+        // A filter may name a key column, which the clock has too.
+        for filter in [
+            "title = ?1",
+            "title = ?1 OR done = 1",
+            "title = ?1 AND id > ''",
+        ] {
             let query = snapshot_rows(&schema, Some(filter), 1);
             let plan = plan(&conn, &query, 2);
-            assert!(plan.contains("_synced_filter_todos_title"), "{plan}");
-            assert!(!plan.contains("SCAN t"), "{plan}");
+            assert!(plan.contains("_synced_filter.5.todos.title"), "{plan}");
+            assert!(!plan.contains("SCAN todos"), "{plan}");
         }
     }
 

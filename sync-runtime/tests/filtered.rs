@@ -61,6 +61,11 @@ impl Reader {
             max_rows: 2,
             ..BatchLimits::default()
         };
+        self.pull_in(server, limits).await;
+    }
+
+    /// Fetches everything new from `server`, in batches of `limits`.
+    async fn pull_in(&mut self, server: &SyncDb, limits: BatchLimits) {
         loop {
             let batch = server
                 .export_filtered(
@@ -305,6 +310,22 @@ async fn a_device_cannot_claim_a_row_another_site_created() {
     let honest = alice.export_local_changes(Since::Beginning).await.unwrap();
     server.apply_push(&honest, alice.site_id()).await.unwrap();
     server.apply_push(&forged, mallory.site_id()).await.unwrap();
+
+    // A context that ties with the server's record of the creation but names a
+    // site that would win the tie changes nothing of who created the row.
+    let mut tied = payload.clone();
+    tied.sites[0] = sync_runtime::SiteId::from_bytes([0xff; 16]);
+    let tied = wire::encode(&tied, Compression::None);
+    server.apply_push(&tied, mallory.site_id()).await.unwrap();
+    let creators: Vec<_> = server
+        .changes_since(0)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.kind == sync_runtime::ChangeKind::Insert)
+        .map(|c| c.site_id)
+        .collect();
+    assert_eq!(creators, [alice.site_id()]);
 }
 
 #[tokio::test]
@@ -557,4 +578,30 @@ async fn a_reader_that_starts_over_forgets_what_it_may_no_longer_read() {
     ann.pull(&server).await;
     assert_eq!(ann.texts().await, ["ann's"]);
     assert!(!ann.known_keys().await.contains(&Value::from(bobs.id)));
+}
+
+/// Deletes of rows a reader holds reach it as deletes (its clocks keep them),
+/// however the batches are cut.
+#[tokio::test]
+async fn deletes_cut_into_batches_by_size_arrive_as_deletes() {
+    let server = server().await;
+    let rows = [note("ann", false, "one"), note("ann", false, "two")];
+    for row in &rows {
+        server.insert(row).await.unwrap();
+    }
+    let mut ann = Reader::new("ann").await;
+    ann.pull(&server).await;
+    for row in &rows {
+        server.delete::<Note>(&row.id).await.unwrap();
+    }
+    let one_row_each = BatchLimits {
+        max_bytes: 1,
+        ..BatchLimits::default()
+    };
+    ann.pull_in(&server, one_row_each).await;
+    assert!(ann.texts().await.is_empty());
+    let known = ann.known_keys().await;
+    for row in &rows {
+        assert!(known.contains(&Value::from(row.id)), "{known:?}");
+    }
 }
