@@ -46,8 +46,10 @@ use crate::store::valid_database_name;
 /// The environment variable that may hold the HS256 secret instead of the file.
 pub const JWT_SECRET_ENV: &str = "SYNCED_JWT_SECRET";
 
-/// The address the server listens on by default.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
+/// The address the server listens on by default: port 8787 of the loopback
+/// interface.
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8787);
 
 /// Everything the server needs to start.
 ///
@@ -89,7 +91,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8787)),
+            listen: DEFAULT_LISTEN,
             data: PathBuf::from("synced-data"),
             auth: AuthConfig::default(),
             limits: Limits::default(),
@@ -243,8 +245,9 @@ pub enum Access {
 /// Each is an SQL expression over the row's columns, true for the rows a user
 /// may read (or write); `$user_id` is the token's `sub`, `$<claim>` any other claim
 /// of the token (NULL when the token lacks it). Claims are bound as parameters,
-/// never spliced into the SQL. A missing policy allows nothing: `read = "true"`
-/// opens a table.
+/// never spliced into the SQL. A missing policy allows nothing; `"true"` allows
+/// every row, and then the server keeps no track of which rows each device holds
+/// (tightening it later does not take rows back from devices).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TablePolicies {

@@ -72,10 +72,6 @@ pub enum Error {
         limit: usize,
     },
 
-    /// The server is shutting down or overloaded (503).
-    #[error("{0}")]
-    Unavailable(String),
-
     /// An error of the sync engine: bad input (400, 409) or a storage failure
     /// (500), see [`Error::status`].
     #[error(transparent)]
@@ -93,7 +89,6 @@ impl Error {
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::SchemaMismatch { .. } => StatusCode::CONFLICT,
             Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Runtime(e) => match e {
                 R::SchemaMismatch { .. } => StatusCode::CONFLICT,
                 // What a client sent is wrong: a damaged payload, a table or
@@ -133,7 +128,7 @@ impl Error {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.status();
-        let message = if status.is_server_error() && !matches!(self, Error::Unavailable(_)) {
+        let message = if status.is_server_error() {
             // The details stay in the server's log.
             tracing::error!(error = %self, "request failed");
             "the server failed to handle the request; it is logged, retry later".to_owned()

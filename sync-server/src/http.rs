@@ -409,16 +409,20 @@ fn required_header<'h>(headers: &'h HeaderMap, name: &str) -> Result<&'h str> {
         .map_err(|_| Error::BadRequest(format!("the {name} header is not text")))
 }
 
-/// The caller's device: its `synced-site`, which a user may use only if no other
-/// user used it first (a device of another user cannot be impersonated).
+/// The caller's device: its `synced-site`, which belongs to the first caller that
+/// used it: a user, or the holders of API keys. Another caller presenting it gets
+/// 403, so that no one can pose as another's device (and have the changes it
+/// sends left out of that device's pulls).
 async fn device_site(db: &dyn Database, caller: &Principal, headers: &HeaderMap) -> Result<SiteId> {
     let site = parse_site(required_header(headers, SITE_HEADER)?)?;
-    if let Principal::User { id, .. } = caller
-        && !db.claim_site(site, id).await?
-    {
+    let owner = match caller {
+        Principal::Admin => "key".to_owned(),
+        Principal::User { id, .. } => format!("user:{id}"),
+    };
+    if !db.claim_site(site, &owner).await? {
         return Err(Error::Forbidden(
-            "this device's site id belongs to another user; a device signs in as one user \
-             (logout gives it a new site id)"
+            "this device's site id belongs to another user or to this server; a device signs \
+             in as one user (logout gives it a new site id)"
                 .into(),
         ));
     }

@@ -50,8 +50,8 @@ use std::sync::Arc;
 
 use std::collections::HashMap;
 
-use policy::{Policies, Rule};
-use sync_runtime::{RowFilter, TableSchema};
+use policy::Policies;
+use sync_runtime::TableSchema;
 use tokio::net::TcpListener;
 
 pub use auth::{Authenticator, Principal};
@@ -191,27 +191,28 @@ pub async fn shutdown_signal() {
 /// policies read are indexed, so that a user's first pull costs in proportion to
 /// what it may read.
 async fn check_policies(db: &dyn Database, name: &str, policies: &Policies) -> Result<()> {
+    let schemas = db.schemas().await?;
     for (table, read, write) in policies.tables() {
-        for (kind, rule) in [("read", read), ("write", write)] {
-            let filter = match rule {
-                Rule::Where(policy) => policy.unbound(),
-                Rule::All | Rule::Nothing => RowFilter::All,
-            };
-            let bad = |e: Error| {
-                Error::Config(format!(
-                    "[databases.{name}.tables.{table}] {kind}: {e}; policies need the table's \
-                     schema (give `schema` or register it before)"
-                ))
-            };
-            if kind == "read" {
-                let indexed = db.index_filter(table, filter).await.map_err(bad)?;
-                if !indexed.is_empty() {
-                    tracing::info!(database = name, table, columns = ?indexed, "read policy indexed");
-                }
-            } else {
-                db.check_filter(table, filter).await.map_err(bad)?;
-            }
+        let bad = |what: &str, e: &dyn std::fmt::Display| {
+            Error::Config(format!("[databases.{name}.tables.{table}] {what}: {e}"))
+        };
+        if !schemas.iter().any(|s| s.name.eq_ignore_ascii_case(table)) {
+            return Err(bad(
+                "read",
+                &"no such table is registered; policies need the table's schema (give \
+                  `schema` or register it before)",
+            ));
         }
+        let indexed = db
+            .index_filter(table, read.unbound())
+            .await
+            .map_err(|e| bad("read", &e))?;
+        if !indexed.is_empty() {
+            tracing::info!(database = name, table, columns = ?indexed, "read policy indexed");
+        }
+        db.check_filter(table, write.unbound())
+            .await
+            .map_err(|e| bad("write", &e))?;
     }
     Ok(())
 }

@@ -166,6 +166,14 @@ pub enum Rule {
 }
 
 impl Rule {
+    /// The filter start-up checks prepare: the policy with every claim NULL.
+    pub(crate) fn unbound(&self) -> RowFilter {
+        match self {
+            Rule::Where(policy) => policy.unbound(),
+            Rule::All | Rule::Nothing => RowFilter::All,
+        }
+    }
+
     fn filter(&self, user: &str, claims: &serde_json::Map<String, serde_json::Value>) -> RowFilter {
         match self {
             Rule::All => RowFilter::All,
@@ -189,6 +197,8 @@ impl Policies {
     pub fn new(config: &DatabaseConfig) -> Result<Self, String> {
         let rule = |text: &Option<String>| match text {
             None => Ok(Rule::Nothing),
+            // Every row: no filter to evaluate, and no rows to keep track of.
+            Some(text) if text.trim().eq_ignore_ascii_case("true") => Ok(Rule::All),
             Some(text) => Policy::compile(text).map(Rule::Where),
         };
         let mut tables = HashMap::new();
@@ -196,7 +206,14 @@ impl Policies {
             let read = rule(&policies.read).map_err(|e| format!("table `{table}`, read: {e}"))?;
             let write =
                 rule(&policies.write).map_err(|e| format!("table `{table}`, write: {e}"))?;
-            tables.insert(table.to_ascii_lowercase(), (read, write));
+            if tables
+                .insert(table.to_ascii_lowercase(), (read, write))
+                .is_some()
+            {
+                return Err(format!(
+                    "table `{table}` is listed twice (table names ignore case)"
+                ));
+            }
         }
         Ok(Self {
             tables,
@@ -313,5 +330,48 @@ mod tests {
                 params: vec![Value::Null],
             }
         );
+    }
+
+    #[test]
+    fn a_true_policy_opens_the_table_without_a_filter() {
+        let config = crate::DatabaseConfig {
+            tables: [(
+                "todos".to_owned(),
+                crate::TablePolicies {
+                    read: Some(" TRUE ".into()),
+                    write: Some("owner = $user_id".into()),
+                },
+            )]
+            .into(),
+            ..crate::DatabaseConfig::default()
+        };
+        let policies = Policies::new(&config).unwrap();
+        let ann = Principal::User {
+            id: "ann".into(),
+            claims: serde_json::Map::new(),
+        };
+        let read = policies.read_filter(&ann).unwrap();
+        assert_eq!(read.for_table("todos"), &RowFilter::All);
+        assert_eq!(read.for_table("other"), &RowFilter::Nothing);
+        let write = policies.write_filter(&ann).unwrap();
+        assert!(matches!(write.for_table("todos"), RowFilter::Where { .. }));
+    }
+
+    #[test]
+    fn a_table_listed_twice_is_refused() {
+        let open = crate::TablePolicies {
+            read: Some("true".into()),
+            write: None,
+        };
+        let config = crate::DatabaseConfig {
+            tables: [
+                ("todos".to_owned(), open.clone()),
+                ("Todos".to_owned(), open),
+            ]
+            .into(),
+            ..crate::DatabaseConfig::default()
+        };
+        let error = Policies::new(&config).unwrap_err();
+        assert!(error.contains("listed twice"), "{error}");
     }
 }

@@ -241,6 +241,12 @@ impl Store for SqliteStore {
 /// One database of a [`SqliteStore`]: a [`SyncDb`] replica.
 pub struct SqliteDatabase {
     db: SyncDb,
+    /// What every push and pull checks, kept here rather than read from the
+    /// replica each time: the tables' fingerprint (which only
+    /// [`set_schemas`](Database::set_schemas) changes) and the sites whose owner
+    /// was confirmed (which never changes).
+    fingerprint: std::sync::Mutex<Option<u64>>,
+    owners: std::sync::Mutex<std::collections::HashMap<SiteId, String>>,
 }
 
 impl SqliteDatabase {
@@ -251,6 +257,8 @@ impl SqliteDatabase {
         let options = Options::default().synchronous(Synchronous::Full);
         Ok(Self {
             db: SyncDb::open_with(path, options).await?,
+            fingerprint: std::sync::Mutex::default(),
+            owners: std::sync::Mutex::default(),
         })
     }
 
@@ -309,16 +317,34 @@ impl Database for SqliteDatabase {
             for schema in schemas {
                 self.db.register_schema(schema).await?;
             }
+            let fingerprint = self.db.schema_fingerprint().await?;
+            *lock(&self.fingerprint) = Some(fingerprint);
             Ok(())
         })
     }
 
     fn fingerprint(&self) -> BoxFuture<'_, Result<u64>> {
-        Box::pin(async move { Ok(self.db.schema_fingerprint().await?) })
+        Box::pin(async move {
+            if let Some(fingerprint) = *lock(&self.fingerprint) {
+                return Ok(fingerprint);
+            }
+            let fingerprint = self.db.schema_fingerprint().await?;
+            // A schema change that finished meanwhile stored its own.
+            Ok(*lock(&self.fingerprint).get_or_insert(fingerprint))
+        })
     }
 
-    fn claim_site<'a>(&'a self, site: SiteId, user: &'a str) -> BoxFuture<'a, Result<bool>> {
-        Box::pin(async move { Ok(self.db.claim_site(site, user).await?) })
+    fn claim_site<'a>(&'a self, site: SiteId, owner: &'a str) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            if let Some(known) = lock(&self.owners).get(&site) {
+                return Ok(known == owner);
+            }
+            let claimed = self.db.claim_site(site, owner).await?;
+            if claimed {
+                lock(&self.owners).insert(site, owner.to_owned());
+            }
+            Ok(claimed)
+        })
     }
 
     fn check_filter<'a>(&'a self, table: &'a str, filter: RowFilter) -> BoxFuture<'a, Result<()>> {
@@ -346,4 +372,11 @@ impl Database for SqliteDatabase {
     fn subscribe(&self) -> watch::Receiver<i64> {
         self.db.subscribe()
     }
+}
+
+/// A cache's lock; a panic while it was held leaves nothing half-written in it.
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

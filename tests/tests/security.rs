@@ -40,8 +40,7 @@ async fn server(dir: &std::path::Path) -> TestServer {
 /// A server whose `items` table users read through `read` and write when they
 /// own the row.
 async fn server_with(dir: &std::path::Path, read: &str) -> TestServer {
-    let schema = dir.join("items.json");
-    std::fs::write(&schema, serde_json::to_string(&[Item::SCHEMA]).unwrap()).unwrap();
+    let schema = items_schema(dir);
     let mut config = config(&dir.join("server"));
     let policies = TablePolicies {
         read: Some(read.into()),
@@ -56,6 +55,13 @@ async fn server_with(dir: &std::path::Path, read: &str) -> TestServer {
         },
     )]);
     TestServer::start_with(config).await
+}
+
+/// The server's `items` table, as a schema file in `dir`.
+fn items_schema(dir: &std::path::Path) -> std::path::PathBuf {
+    let schema = dir.join("items.json");
+    std::fs::write(&schema, serde_json::to_string(&[Item::SCHEMA]).unwrap()).unwrap();
+    schema
 }
 
 async fn open(dir: &std::path::Path, name: &str, remote: Remote) -> SyncDb {
@@ -161,8 +167,7 @@ async fn writes_a_user_may_not_make_are_rejected_and_undone() {
 #[tokio::test]
 async fn a_bad_policy_stops_the_start_naming_its_table() {
     let dir = tempfile::tempdir().unwrap();
-    let schema = dir.path().join("items.json");
-    std::fs::write(&schema, serde_json::to_string(&[Item::SCHEMA]).unwrap()).unwrap();
+    let schema = items_schema(dir.path());
     let mut config = config(&dir.path().join("server"));
     let policies = TablePolicies {
         read: Some("owner = $user_id".into()), // no such column
@@ -250,8 +255,7 @@ async fn a_row_given_to_another_user_moves_with_it() {
 async fn a_token_for_another_database_opens_nothing() {
     use support::token_with;
     let dir = tempfile::tempdir().unwrap();
-    let schema = dir.path().join("items.json");
-    std::fs::write(&schema, serde_json::to_string(&[Item::SCHEMA]).unwrap()).unwrap();
+    let schema = items_schema(dir.path());
     let mut config = config(&dir.path().join("server"));
     // Two databases, each for the tokens of its own audience.
     config.databases = ["items", "other"]
@@ -298,5 +302,66 @@ async fn a_token_for_another_database_opens_nothing() {
         );
         assert!(device.changes_since(0).await.unwrap().is_empty());
     }
+    server.stop().await;
+}
+
+/// A copy of the database file at `from` (with its WAL), opened as a device
+/// syncing with `remote`: a device presenting the same site id as `from`.
+async fn impostor(from: &std::path::Path, to: &std::path::Path, remote: Remote) -> SyncDb {
+    for suffix in ["", "-wal", "-shm"] {
+        let source = format!("{}{suffix}", from.display());
+        if std::path::Path::new(&source).exists() {
+            std::fs::copy(&source, format!("{}{suffix}", to.display())).unwrap();
+        }
+    }
+    let db = SyncDb::open(to).await.unwrap().with_remote(remote);
+    db.register::<Item>().await.unwrap();
+    db
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_user_can_present_the_site_id_of_an_api_key_device_or_of_the_server() {
+    let (dir, server, [admin, ann, _bob]) = cast().await;
+    admin
+        .insert(&item("ann", false, "by the admin"))
+        .await
+        .unwrap();
+    admin.sync().await.unwrap();
+    ann.sync().await.unwrap();
+    let admin_site = admin.site_id();
+    drop(admin);
+    let url = server.url("items");
+    let as_ann = || Remote::new(&url).bearer_token(token("ann"));
+
+    let posing = impostor(
+        &dir.path().join("admin.db"),
+        &dir.path().join("posing-as-admin.db"),
+        as_ann(),
+    )
+    .await;
+    assert_eq!(posing.site_id(), admin_site);
+    posing.insert(&item("ann", false, "sneaked")).await.unwrap();
+    let error = posing.sync().await.unwrap_err();
+    assert!(
+        matches!(error, sync_runtime::Error::Forbidden { .. }),
+        "{error:?}"
+    );
+
+    let server_file = server.data.join("items.db");
+    let posing = impostor(
+        &server_file,
+        &dir.path().join("posing-as-server.db"),
+        as_ann(),
+    )
+    .await;
+    let error = posing.sync().await.unwrap_err();
+    assert!(
+        matches!(error, sync_runtime::Error::Forbidden { .. }),
+        "{error:?}"
+    );
+
+    // Nothing sneaked in.
+    ann.sync().await.unwrap();
+    assert_eq!(titles(&ann).await, ["by the admin"]);
     server.stop().await;
 }
