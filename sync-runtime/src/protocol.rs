@@ -9,7 +9,7 @@
 //! | `PUT /v1/db/{name}/schema` | the tables, JSON (admin key) | the tables, JSON |
 //!
 //! Push and pull carry the device's schema fingerprint ([`SCHEMA_HEADER`]) and
-//! pull its site id ([`SITE_HEADER`]); a user authenticates with
+//! its site id ([`SITE_HEADER`]); a user authenticates with
 //! `Authorization: Bearer <JWT>`, a service with [`API_KEY_HEADER`]. Errors come
 //! as an [`ErrorBody`] with the status codes its [`code`](ErrorBody::code) lists.
 

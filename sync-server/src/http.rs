@@ -9,8 +9,9 @@
 //! | `PUT /v1/db/{name}/schema` | API key | registers the tables in the body (a JSON array), creating the database if needed |
 //!
 //! Push and pull carry the client's schema fingerprint in the `synced-schema`
-//! header (409 when it differs from the database's); pull carries the client's site
-//! id in `synced-site`. Every error has a JSON
+//! header (409 when it differs from the database's), and the device's site id in
+//! `synced-site` (its own changes are left out of pulls; 403 if the site belongs to
+//! another caller). Every error has a JSON
 //! [`ErrorBody`](protocol::ErrorBody).
 
 use std::collections::HashMap;
