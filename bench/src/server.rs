@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value as Json, json};
 use sync_runtime::{Remote, SyncDb, SyncId, Synced};
 use sync_server::auth::{hash_key, sign_token};
-use sync_server::{AuthConfig, Config, DatabaseConfig, Server, TablePolicies};
+use sync_server::{AuthConfig, Config, DatabaseConfig, Server, Serving, TablePolicies};
 use synced_bench::{Owned, Todo};
 use tokio::task::JoinSet;
 
@@ -32,28 +32,19 @@ pub(crate) struct Plan {
 
 /// A server in this process until dropped, on a free loopback port.
 struct Running {
-    base: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Serving,
 }
 
 impl Running {
     /// A new server database with the benchmark table; its URL.
     async fn database(&self, name: &str) -> Result<String, BoxError> {
-        let url = format!("{}/v1/db/{name}", self.base);
+        let url = self.server.url(name);
         let admin = SyncDb::open_in_memory()
             .await?
             .with_remote(Remote::new(&url).api_key(ADMIN_KEY));
         admin.register::<Todo>().await?;
         admin.publish_schema().await?;
         Ok(url)
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
     }
 }
 
@@ -90,14 +81,8 @@ async fn start(dir: &Path) -> Result<Running, BoxError> {
         ..Config::default()
     })
     .await?;
-    let base = format!("http://{}", server.local_addr());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server.run_until(async {
-        let _ = stopped.await;
-    }));
     Ok(Running {
-        base,
-        stop: Some(stop),
+        server: server.spawn(),
     })
 }
 
@@ -299,7 +284,7 @@ pub(crate) async fn run(plan: &Plan) -> Result<Json, BoxError> {
 /// A user's first pull of a table of which it may read a tenth, against an
 /// admin's pull of the whole table.
 async fn row_level_security(server: &Running, dir: &Path, rows: usize) -> Result<Json, BoxError> {
-    let url = format!("{}/v1/db/owned", server.base);
+    let url = server.server.url("owned");
     let open = |name: &str, remote: Remote| {
         let path = dir.join(format!("{name}.db"));
         async move {

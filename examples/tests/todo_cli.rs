@@ -42,12 +42,9 @@ async fn two_devices_sync_through_a_server() {
         ..Config::default()
     })
     .await
-    .unwrap();
-    let url = format!("http://{}/v1/db/todo", server.local_addr());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(server.run_until(async {
-        let _ = stopped.await;
-    }));
+    .unwrap()
+    .spawn();
+    let url = server.url("todo");
 
     let d = dir.path().to_path_buf();
     let url2 = url.clone();
@@ -78,6 +75,5 @@ async fn two_devices_sync_through_a_server() {
     .await
     .unwrap();
 
-    let _ = stop.send(());
-    serving.await.unwrap().unwrap();
+    server.stop().await.unwrap();
 }

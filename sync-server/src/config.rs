@@ -41,7 +41,7 @@ use serde::{Deserialize, Deserializer};
 use crate::auth::parse_key_hash;
 use crate::error::{Error, Result};
 use crate::policy::Policy;
-use crate::store::valid_database_name;
+use crate::store::{bad_database_name, valid_database_name};
 
 /// The environment variable that may hold the HS256 secret instead of the file.
 pub const JWT_SECRET_ENV: &str = "SYNCED_JWT_SECRET";
@@ -326,7 +326,8 @@ impl Config {
         for (name, database) in &self.databases {
             if !valid_database_name(name) {
                 return Err(Error::Config(format!(
-                    "[databases.{name}]: {name:?} is not a database name: use 1 to 64 characters among a-z, 0-9, _ and -"
+                    "[databases.{name}]: {}",
+                    bad_database_name(name)
                 )));
             }
             for (table, policies) in &database.tables {

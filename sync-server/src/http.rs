@@ -40,7 +40,7 @@ use crate::auth::{Authenticator, Principal};
 use crate::config::Limits;
 use crate::error::{Error, Result, error_response};
 use crate::policy::Policies;
-use crate::store::{Database, MAX_NAME_LEN, Store, valid_database_name};
+use crate::store::{Database, Store, bad_database_name, valid_database_name};
 
 /// What every handler shares: the store, the authenticator, the limits, and the
 /// shutdown signal that wakes long-polls.
@@ -368,9 +368,7 @@ fn check_name(name: &str) -> Result<()> {
     if valid_database_name(name) {
         Ok(())
     } else {
-        Err(Error::BadRequest(format!(
-            "{name:?} is not a database name: use 1 to {MAX_NAME_LEN} characters among a-z, 0-9, _ and -"
-        )))
+        Err(Error::BadRequest(bad_database_name(name)))
     }
 }
 

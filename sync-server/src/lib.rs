@@ -131,6 +131,39 @@ impl Server {
         &self.state
     }
 
+    /// Serves on a task of the current Tokio runtime until the returned handle
+    /// is stopped or dropped: a server inside an app, a test or a demo.
+    ///
+    /// ```
+    /// use sync_server::{Config, Server};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> sync_server::Result<()> {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let config = Config {
+    ///     listen: "127.0.0.1:0".parse().unwrap(),
+    ///     data: dir.path().join("data"),
+    ///     ..Config::default()
+    /// };
+    /// let server = Server::bind(config).await?.spawn();
+    /// assert!(server.url("todo").ends_with("/v1/db/todo"));
+    /// server.stop().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn spawn(self) -> Serving {
+        let local_addr = self.local_addr;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(self.run_until(async {
+            let _ = stopped.await;
+        }));
+        Serving {
+            local_addr,
+            stop: Some(stop),
+            task,
+        }
+    }
+
     /// Serves until Ctrl-C or SIGTERM, then shuts down gracefully (see
     /// [`run_until`](Self::run_until)).
     pub async fn run(self) -> Result<()> {
@@ -157,6 +190,46 @@ impl Server {
                 what: "the server stopped".into(),
                 source,
             })
+    }
+}
+
+/// A server serving on a task ([`Server::spawn`]); dropping it starts a graceful
+/// shutdown.
+pub struct Serving {
+    local_addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl Serving {
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The URL devices sync database `database` with
+    /// (`http://<address>/v1/db/<database>`).
+    pub fn url(&self, database: &str) -> String {
+        format!("http://{}/v1/db/{database}", self.local_addr)
+    }
+
+    /// Shuts down gracefully (see [`Server::run_until`]) and waits until it has.
+    pub async fn stop(mut self) -> Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await.map_err(|e| Error::Io {
+            what: "the server's task failed".into(),
+            source: std::io::Error::other(e),
+        })?
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
     }
 }
 

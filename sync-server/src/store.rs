@@ -43,6 +43,13 @@ pub fn valid_database_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
+/// Why `name` cannot name a database (for a caller that checked it cannot).
+pub(crate) fn bad_database_name(name: &str) -> String {
+    format!(
+        "{name:?} is not a database name: use 1 to {MAX_NAME_LEN} characters among a-z, 0-9, _ and -"
+    )
+}
+
 /// The named databases of a server.
 pub trait Store: Send + Sync + 'static {
     /// The database called `name`, or `None` if there is none.
@@ -190,9 +197,7 @@ impl SqliteStore {
     /// `create`). `None` when there is no such database.
     async fn open_database(&self, name: &str, create: bool) -> Result<Option<Arc<SqliteDatabase>>> {
         if !valid_database_name(name) {
-            return Err(Error::BadRequest(format!(
-                "`{name}` is not a database name: use 1 to {MAX_NAME_LEN} characters among a-z, 0-9, _ and -"
-            )));
+            return Err(Error::BadRequest(bad_database_name(name)));
         }
         // Held across the open, so that a database is opened once.
         let mut open = self.open.lock().await;

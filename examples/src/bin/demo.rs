@@ -73,12 +73,8 @@ async fn run(dir: &Path) -> Result<Vec<Todo>> {
         databases: [("todo".to_owned(), DatabaseConfig::shared())].into(),
         ..Config::default()
     };
-    let server = Server::bind(config).await?;
-    let url = format!("http://{}/v1/db/todo", server.local_addr());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(server.run_until(async {
-        let _ = stopped.await;
-    }));
+    let server = Server::bind(config).await?.spawn();
+    let url = server.url("todo");
     println!("Server listening, database URL {url}");
     // ANCHOR_END: server
 
@@ -164,8 +160,7 @@ async fn run(dir: &Path) -> Result<Vec<Todo>> {
         rows.len()
     );
 
-    let _ = stop.send(());
-    serving.await??;
+    server.stop().await?;
     Ok(rows)
 }
 

@@ -75,12 +75,8 @@ async fn run(dir: &Path) -> Result<(Vec<String>, Vec<String>)> {
         ..Config::default()
     };
     // ANCHOR_END: config
-    let server = Server::bind(config).await?;
-    let url = format!("http://{}/v1/db/todo", server.local_addr());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(server.run_until(async {
-        let _ = stopped.await;
-    }));
+    let server = Server::bind(config).await?.spawn();
+    let url = server.url("todo");
 
     let ann = device(dir, "ann", &url).await?;
     let bob = device(dir, "bob", &url).await?;
@@ -137,8 +133,7 @@ async fn run(dir: &Path) -> Result<(Vec<String>, Vec<String>)> {
     check(&ann_sees, &["Ann's groceries", "Team lunch"])?;
     check(&bob_sees, &["Bob's taxes"])?;
 
-    let _ = stop.send(());
-    serving.await??;
+    server.stop().await?;
     Ok((ann_sees, bob_sees))
 }
 

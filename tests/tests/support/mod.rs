@@ -9,9 +9,7 @@ use std::time::Duration;
 
 use sync_runtime::{Remote, SyncDb, SyncId, Synced, params};
 use sync_server::auth::{hash_key, sign_token};
-use sync_server::{AuthConfig, Config, DatabaseConfig, Server};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use sync_server::{AuthConfig, Config, DatabaseConfig, Server, Serving};
 
 pub const ADMIN_KEY: &str = "admin-key-for-tests";
 pub const JWT_SECRET: &str = "a-test-secret-of-enough-length-for-hs256";
@@ -56,10 +54,8 @@ pub fn config(data: &Path) -> Config {
 
 /// A server running in this process until dropped.
 pub struct TestServer {
-    pub addr: SocketAddr,
     pub data: PathBuf,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<sync_server::Result<()>>>,
+    server: Serving,
 }
 
 impl TestServer {
@@ -69,41 +65,18 @@ impl TestServer {
 
     pub async fn start_with(config: Config) -> Self {
         let data = config.data.clone();
-        let server = Server::bind(config).await.unwrap();
-        let addr = server.local_addr();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.run_until(async move {
-            let _ = stopped.await;
-        }));
-        Self {
-            addr,
-            data,
-            stop: Some(stop),
-            task: Some(task),
-        }
+        let server = Server::bind(config).await.unwrap().spawn();
+        Self { data, server }
     }
 
     /// The URL of a server database.
     pub fn url(&self, database: &str) -> String {
-        format!("http://{}/v1/db/{database}", self.addr)
+        self.server.url(database)
     }
 
     /// Stops gracefully and waits until it has.
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.await.unwrap().unwrap();
-        }
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+    pub async fn stop(self) {
+        self.server.stop().await.unwrap();
     }
 }
 
