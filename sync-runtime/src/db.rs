@@ -509,7 +509,7 @@ impl SyncDb {
         self.call(move |w| {
             write(w, |tx| {
                 tx.set_versions();
-                merge::apply(tx.conn(), &payload)
+                merge::apply(tx.conn(), &payload, merge::Source::Peer)
             })
         })
         .await
@@ -518,37 +518,66 @@ impl SyncDb {
     /// Merges what a device pushed, as a server does: like
     /// [`apply_changes`](Self::apply_changes), after checking that the payload
     /// holds only changes `device` made itself (exported by it with
-    /// [`Scope::Local`]) and no evictions. Anything else is
-    /// [`Error::Refused`], and nothing is applied.
-    pub async fn apply_push(&self, payload: &[u8], device: SiteId) -> Result<ApplyReport> {
+    /// [`Scope::Local`]) and no evictions; anything else is [`Error::Refused`],
+    /// and nothing is applied. A row whose clocks leap beyond what any replica
+    /// can have counted to ([`wire::CLOCK_STEP`](crate::wire::CLOCK_STEP)) is
+    /// rejected alone: the report lists it, and its
+    /// [`restore`](PushReport::restore) gives the device this database's state
+    /// of it.
+    pub async fn apply_push(&self, payload: &[u8], device: SiteId) -> Result<PushReport> {
         let payload = payload.to_vec();
         self.call(move |w| {
             write(w, |tx| {
                 tx.set_versions();
-                Ok(merge::apply_push(tx.conn(), &payload, device, None)?.applied)
+                merge::apply_push(tx.conn(), &payload, device, None)
             })
         })
         .await
     }
 
     /// [`apply_push`](Self::apply_push) with row-level security: each pushed row
-    /// must pass its table's filter in `filters` before its change (if the row
+    /// must pass its table's filter in `may_write` before its change (if the row
     /// exists here) and after it (if it still exists). A row that does not is
-    /// rejected: nothing of it is applied, the rest of the push is, and this
-    /// database stamps its own state of the row anew, above the device's clocks, so
-    /// that the device takes it back at its next fetch (a row never had here is
-    /// deleted on the device). The report lists the rejected rows.
+    /// rejected: nothing of it is applied, the rest of the push is, and nothing
+    /// here changes for it. The report lists the rejected rows, and its
+    /// [`restore`](PushReport::restore) gives the device its state of each as
+    /// `may_read` lets it see them, so that the device alone takes them back.
     pub async fn apply_push_checked(
         &self,
         payload: &[u8],
         device: SiteId,
-        filters: RowFilters,
+        may_write: RowFilters,
+        may_read: RowFilters,
     ) -> Result<PushReport> {
         let payload = payload.to_vec();
         self.call(move |w| {
             write(w, |tx| {
                 tx.set_versions();
-                merge::apply_push(tx.conn(), &payload, device, Some(&filters))
+                let access = merge::Access {
+                    write: &may_write,
+                    read: &may_read,
+                };
+                merge::apply_push(tx.conn(), &payload, device, Some(access))
+            })
+        })
+        .await
+    }
+
+    /// Takes back a server's state of rows it refused from a push of this
+    /// database's (a [`PushReport::restore`], as [`sync`](Self::sync) does with
+    /// a server's answer): each such row not changed here since `exported_at`
+    /// (this database's version when it exported the push, [`Batch::version`])
+    /// becomes the server's, clocks included, or is forgotten if this user may
+    /// not read it; a row changed since keeps what changed, which goes with the
+    /// next push.
+    ///
+    /// [`Batch::version`]: crate::Batch::version
+    pub async fn apply_restore(&self, restore: &[u8], exported_at: i64) -> Result<ApplyReport> {
+        let restore = restore.to_vec();
+        self.call(move |w| {
+            write(w, |tx| {
+                tx.set_versions();
+                merge::restore(tx.conn(), &restore, exported_at)
             })
         })
         .await
@@ -795,6 +824,38 @@ impl SyncDb {
 }
 
 impl SyncDb {
+    /// Takes the server's acknowledgement of a batch sent: gives back the
+    /// server's state of the rows it refused (`restore`, see
+    /// [`PushReport::restore`]; `exported_at` is this database's version when the
+    /// batch was made) and stores the sent cursor after the batch, in one
+    /// transaction, so that a refused row is never left behind.
+    pub(crate) async fn acknowledged(
+        &self,
+        url: &str,
+        next: Cursor,
+        restore: Vec<u8>,
+        exported_at: i64,
+    ) -> Result<ApplyReport> {
+        let url = url.to_owned();
+        self.call(move |w| {
+            write(w, |tx| {
+                tx.set_versions();
+                let report = if restore.is_empty() {
+                    ApplyReport::default()
+                } else {
+                    merge::restore(tx.conn(), &restore, exported_at)?
+                };
+                tx.conn().execute(
+                    "INSERT INTO _synced_remote (url, sent, received) VALUES (?1, ?2, '0') \
+                     ON CONFLICT (url) DO UPDATE SET sent = excluded.sent",
+                    [url, next.to_string()],
+                )?;
+                Ok(report)
+            })
+        })
+        .await
+    }
+
     /// Merges a batch received from a server and stores the cursor after it, in
     /// one transaction: the cursor never runs ahead of what was applied.
     pub(crate) async fn apply_received(
@@ -807,7 +868,7 @@ impl SyncDb {
         self.call(move |w| {
             write(w, |tx| {
                 tx.set_versions();
-                let report = merge::apply(tx.conn(), &payload)?;
+                let report = merge::apply(tx.conn(), &payload, merge::Source::Server)?;
                 tx.conn().execute(
                     "INSERT INTO _synced_remote (url, sent, received) VALUES (?1, '0', ?2) \
                      ON CONFLICT (url) DO UPDATE SET received = excluded.received",

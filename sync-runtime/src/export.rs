@@ -294,6 +294,9 @@ pub struct Batch {
     pub rows: usize,
     /// The changes the payload carries: row existences and column values.
     pub changes: usize,
+    /// The exporting database's version when the batch was made: every change
+    /// the batch carries was made at or before it.
+    pub version: i64,
 }
 
 /// Builds and encodes the payload of the changes after `since` in `tables`.
@@ -487,6 +490,89 @@ fn export_gated(
     finish(&tables, &origins, sites, rows, done)
 }
 
+/// The payload that gives a device back this replica's state of rows it pushed
+/// and was refused (`rows`: table and key), as `reader` (the device, and what its
+/// user may read; every row without one) may see them: a live row it may read
+/// goes whole; any other row, whether or not it exists here, goes as the same
+/// eviction, so that the answer tells nothing of rows the user may not read.
+/// The device's marks follow (see [`crate::filter`]).
+pub(crate) fn export_restore<'a>(
+    conn: &Connection,
+    tables: &[TableSchema],
+    rows: impl Iterator<Item = (&'a str, &'a [Value])>,
+    reader: Option<(SiteId, &RowFilters)>,
+) -> Result<Vec<u8>> {
+    let origins = Origins::new(conn)?;
+    let upto: i64 = conn.query_row(crate::sql::CURRENT_VERSION, [], |r| r.get(0))?;
+    let (tables, names) = export_order(tables);
+    let mut sites = SiteDictionary::new(&origins);
+    let ordinal = match reader {
+        Some((site, _)) => Some(crate::merge::local_sites(conn, &[site])?[0]),
+        None => None,
+    };
+    let mut out = Vec::new();
+    for (table, pk) in rows {
+        let lower = table.to_ascii_lowercase();
+        let Some(index) = names.iter().position(|name| *name == lower) else {
+            continue;
+        };
+        let schema = tables[index];
+        let filter = reader.map_or(&RowFilter::All, |(_, filters)| filters.for_table(table));
+        let (sql, params): (&str, &[Value]) = match filter {
+            RowFilter::All => ("1", &[]),
+            RowFilter::Nothing => ("0", &[]),
+            RowFilter::Where { sql, params } => (sql, params),
+        };
+        let query = crate::sql::clock_row_filtered(schema, sql, params.len());
+        let mut stmt = conn.prepare_cached(&query)?;
+        let mut found = stmt.query(rusqlite::params_from_iter(params.iter().chain(pk)))?;
+        let row = match found.next()? {
+            Some(found) => Some(crate::change::clock_row(found, schema, 0, true)?),
+            None => None,
+        };
+        let key = wire::encode_key(pk);
+        let readable = row
+            .as_ref()
+            .is_some_and(|r| r.cl % 2 == 1 && r.exists && r.passes == Some(true));
+        match row.filter(|_| readable) {
+            Some(row) => {
+                let whole = decided(
+                    &mut sites,
+                    row,
+                    index as u32,
+                    Decision::Whole,
+                    0,
+                    Scope::All,
+                )?;
+                out.extend(whole.map(|(change, _)| change));
+                if let Some(reader) = ordinal {
+                    crate::filter::mark_held(conn, reader, &lower, &key)?;
+                }
+            }
+            None => {
+                out.push(RowChange {
+                    table: index as u32,
+                    pk: pk.to_vec(),
+                    cl: wire::EVICT,
+                    origin: sites.origin(0)?,
+                    columns: Vec::new(),
+                });
+                if let Some(reader) = ordinal {
+                    crate::filter::evict_if_held(conn, reader, &lower, &key, upto)?;
+                }
+            }
+        }
+    }
+    let done = Done {
+        base: 0,
+        upto: 0,
+        complete: true,
+        next: Cursor::BEGINNING,
+    };
+    let rows = out.into_iter().map(|row| (row, true));
+    Ok(finish(&tables, &origins, sites, rows, done)?.payload)
+}
+
 /// `tables` in export order (case-insensitive name order), with their lowercase
 /// names.
 pub(crate) fn export_order(tables: &[TableSchema]) -> (Vec<&TableSchema>, Vec<String>) {
@@ -549,6 +635,7 @@ pub(crate) fn finish(
         complete: done.complete,
         rows,
         changes,
+        version: done.upto,
     })
 }
 

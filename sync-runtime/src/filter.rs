@@ -127,6 +127,23 @@ pub(crate) fn mark_held(conn: &Connection, reader: i64, table: &str, key: &[u8])
     Ok(())
 }
 
+/// Marks a row `reader` (a site ordinal) holds in `table` (lowercase) as evicted
+/// at version `at`: it was told to forget the row. A row it does not hold gets
+/// no mark, so that nothing is ever sent of a row it never knew.
+pub(crate) fn evict_if_held(
+    conn: &Connection,
+    reader: i64,
+    table: &str,
+    key: &[u8],
+    at: i64,
+) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE _synced_held SET evicted = 1, at = ?4 WHERE site = ?1 AND tbl = ?2 AND pk = ?3",
+    )?
+    .execute((reader, table, key, at))?;
+    Ok(())
+}
+
 /// What an export does with one row for a filtered reader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Decision {

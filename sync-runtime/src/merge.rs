@@ -12,10 +12,17 @@
 //!   `col_version` wins; on a tie the greater value (SQLite's order) wins; on a tie
 //!   of values the greater site id wins, so that the clocks agree too.
 //!
-//! Every remote transaction whose changes win gets one local version, listed with
-//! its origin in `_synced_versions`; the database's version moves past every
-//! version the payload showed. The whole payload applies in one transaction, with
-//! the tracking triggers off (the merge writes the clocks itself).
+//! Every remote transaction whose changes win gets the next local version, as a
+//! local transaction would, listed with its origin in `_synced_versions`. The
+//! versions a payload shows are the sender's: they are kept per site and never
+//! move this database's own version.
+//!
+//! Nothing in a payload is trusted. It is refused whole when it claims versions
+//! beyond [`wire::PLAUSIBLE_CLOCK`], when its range (`since`, `upto`) contradicts
+//! the versions of its exporter's own changes, or when a causal length or column
+//! version leaps beyond what any replica can have counted to (see
+//! [`wire::CLOCK_STEP`]). The whole payload applies in one transaction, with the
+//! tracking triggers off (the merge writes the clocks itself).
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
@@ -64,14 +71,27 @@ struct Clock {
     columns: Vec<(i64, i64)>,
 }
 
-/// Applies an encoded payload inside the caller's write transaction; returns what
-/// it did.
-pub(crate) fn apply(conn: &Connection, bytes: &[u8]) -> Result<ApplyReport> {
-    Ok(apply_payload(conn, &wire::decode(bytes)?, None)?.applied)
+/// Where a payload comes from, which decides how far its clocks are believed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// The server this device syncs with, in a pull: it holds only clocks it
+    /// checked, and a device takes them as they are.
+    Server,
+    /// A peer: a causal length or column version that leaps beyond what any
+    /// replica can have counted to (see [`wire::CLOCK_STEP`]) refuses the payload.
+    Peer,
 }
 
-/// A pushed row that a write filter refused: nothing of it was applied, and the
-/// server's state of the row was stamped anew so that the device takes it back.
+/// Applies an encoded payload from `source` inside the caller's write
+/// transaction; returns what it did.
+pub(crate) fn apply(conn: &Connection, bytes: &[u8], source: Source) -> Result<ApplyReport> {
+    let payload = wire::decode(bytes)?;
+    Ok(apply_payload(conn, &payload, Sender::Replica(source))?.applied)
+}
+
+/// A pushed row that was refused (a write filter, or clocks that leap beyond what
+/// a replica can have counted to): nothing of it was applied, and the device takes
+/// back the server's state of it (see [`PushReport::restore`]).
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct Rejection {
@@ -100,19 +120,35 @@ impl Rejection {
 pub struct PushReport {
     /// What the merge did with the rows it accepted.
     pub applied: ApplyReport,
-    /// The rows the write filter refused.
+    /// The rows refused.
     pub rejected: Vec<Rejection>,
+    /// For the device, if rows were refused: a payload of this replica's state of
+    /// each of them, as the device may see it (a row it may read, whole; any
+    /// other, an eviction, the same whether or not the row exists here). The
+    /// device replaces its own state of those rows with it, so that it alone
+    /// takes them back: nothing changes here, and no clock rises that other
+    /// devices' writes are judged against.
+    pub restore: Vec<u8>,
+}
+
+/// What a user may write and read: the row filters of a checked push.
+#[derive(Clone, Copy)]
+pub(crate) struct Access<'f> {
+    pub(crate) write: &'f RowFilters,
+    pub(crate) read: &'f RowFilters,
 }
 
 /// Applies what a device pushed: only changes made by the device itself (every
 /// origin is the payload's exporter, which must be `device`), and no evictions,
-/// which only a server may send. With `write`, each row must pass its table's
-/// filter before and after its change, or it is rejected (see [`Rejection`]).
+/// which only a server may send. A row whose clocks leap beyond what a replica
+/// can have counted to is rejected, and so is, with `access`, a row that does
+/// not pass its table's write filter before and after its change (see
+/// [`Rejection`]).
 pub(crate) fn apply_push(
     conn: &Connection,
     bytes: &[u8],
     device: SiteId,
-    write: Option<&RowFilters>,
+    access: Option<Access<'_>>,
 ) -> Result<PushReport> {
     let payload = wire::decode(bytes)?;
     let refuse = |reason: String| Err(Error::Refused { reason });
@@ -133,14 +169,85 @@ pub(crate) fn apply_push(
             return refuse(FOREIGN_CHANGES.into());
         }
     }
-    apply_payload(conn, &payload, Some(Pusher { device, write }))
+    let report = apply_payload(conn, &payload, Sender::Device { device, access })?;
+    let restore = if report.rejected.is_empty() {
+        Vec::new()
+    } else {
+        let rows = report
+            .rejected
+            .iter()
+            .map(|r| (r.table.as_str(), &r.pk[..]));
+        let reader = access.map(|access| (device, access.read));
+        let tables = tracking::synced_tables(conn, false)?;
+        crate::export::export_restore(conn, &tables, rows, reader)?
+    };
+    Ok(PushReport { restore, ..report })
 }
 
-/// The device a push comes from, and what it may write.
+/// Replaces this device's state of rows its server refused with the server's
+/// (a [`PushReport::restore`] payload), inside the caller's write transaction.
+///
+/// A row the device has not changed since `exported_at` (its version when it
+/// exported the refused push) takes the server's state whole, clocks included,
+/// or is forgotten for an eviction. A row changed here since keeps what changed:
+/// columns written since keep their newer value (it goes with the next push);
+/// the others take the server's, if the row's existence agrees.
+pub(crate) fn restore(conn: &Connection, bytes: &[u8], exported_at: i64) -> Result<ApplyReport> {
+    let payload = wire::decode(bytes)?;
+    let targets = resolve(conn, &payload)?;
+    check_types(&payload, &targets)?;
+    check_versions(&payload)?;
+    let current: i64 = conn.query_row(crate::sql::CURRENT_VERSION, [], |r| r.get(0))?;
+    conn.execute("UPDATE _synced_state SET applying = 1", [])?;
+    let mut merge = Merge {
+        conn,
+        payload: &payload,
+        device: None,
+        sites: local_sites(conn, &payload.sites)?,
+        origins: Origins::new(conn)?,
+        versions: Versions {
+            next: current,
+            assigned: HashMap::new(),
+        },
+        current,
+        report: ApplyReport::default(),
+    };
+    for row in &payload.rows {
+        let target = &targets[row.table as usize];
+        let Some(stored) = read_clock(conn, target, &row.pk, target.defaults.len())? else {
+            if row.cl != wire::EVICT {
+                merge.row(target, row)?;
+            }
+            continue;
+        };
+        if stored.dv <= exported_at {
+            merge.forget(target, &row.pk)?;
+            if row.cl != wire::EVICT {
+                merge.row(target, row)?;
+            }
+        } else if i64::try_from(row.cl).is_ok_and(|cl| cl == stored.cl && cl % 2 == 1) {
+            merge.restore_columns(target, row, stored, exported_at)?;
+        }
+    }
+    conn.execute("UPDATE _synced_state SET applying = 0", [])?;
+    conn.execute(
+        "UPDATE _synced_state SET db_version = ?1",
+        [merge.versions.next.max(current)],
+    )?;
+    Ok(merge.report)
+}
+
+/// Who sent a payload.
 #[derive(Clone, Copy)]
-struct Pusher<'f> {
-    device: SiteId,
-    write: Option<&'f RowFilters>,
+enum Sender<'f> {
+    /// Another replica, whose changes merge as they come.
+    Replica(Source),
+    /// A device pushing its own changes to this server, with what its user may
+    /// write and read.
+    Device {
+        device: SiteId,
+        access: Option<Access<'f>>,
+    },
 }
 
 /// Whether the change of `origin` in `payload` was made by `site`.
@@ -150,14 +257,10 @@ fn made_by(payload: &Payload, origin: Origin, site: SiteId) -> bool {
 
 const FOREIGN_CHANGES: &str = "a device may send only the changes it made itself";
 
-/// Applies a decoded payload; with a `pusher`, an existence record that would
-/// change a row here must have been made by that device, and its write filter
-/// decides row by row.
-fn apply_payload(
-    conn: &Connection,
-    payload: &Payload,
-    pusher: Option<Pusher<'_>>,
-) -> Result<PushReport> {
+/// Applies a decoded payload; from a device, an existence record that would
+/// change a row here must have been made by that device, and rows are checked
+/// one by one (their clocks, and its write filter).
+fn apply_payload(conn: &Connection, payload: &Payload, sender: Sender<'_>) -> Result<PushReport> {
     let targets = resolve(conn, payload)?;
     check_types(payload, &targets)?;
     let sites = local_sites(conn, &payload.sites)?;
@@ -172,60 +275,73 @@ fn apply_payload(
         }
     }
 
+    check_versions(payload)?;
     let current: i64 = conn.query_row(crate::sql::CURRENT_VERSION, [], |r| r.get(0))?;
-    let seen = payload
-        .rows
-        .iter()
-        .flat_map(|r| std::iter::once(r.origin).chain(r.columns.iter().map(|c| c.origin)))
-        .map(|o| o.version)
-        .chain(std::iter::once(payload.upto))
-        .max()
-        .unwrap_or(0);
     let versions = Versions {
-        next: current.max(i64::try_from(seen).unwrap_or(i64::MAX)),
+        next: current,
         assigned: HashMap::new(),
     };
     remember_exporter(conn, payload)?;
 
     conn.execute("UPDATE _synced_state SET applying = 1", [])?;
+    let (device, access) = match sender {
+        Sender::Device { device, access } => (Some(device), access),
+        Sender::Replica(_) => (None, None),
+    };
     let mut merge = Merge {
         conn,
         payload,
-        device: match pusher {
-            Some(p) => Some((p.device, local_sites(conn, &[p.device])?[0])),
+        device: match device {
+            Some(device) => Some((device, local_sites(conn, &[device])?[0])),
             None => None,
         },
         sites,
         origins: Origins::new(conn)?,
         versions,
+        current,
         report: ApplyReport::default(),
-        own_version: None,
     };
     let mut rejected = Vec::new();
-    let own = |origin| pusher.is_some_and(|p| made_by(payload, origin, p.device));
     for row in &payload.rows {
         let target = &targets[row.table as usize];
-        let filter = pusher
-            .and_then(|p| p.write)
-            .map(|write| write.for_table(&target.schema.name))
+        let mut reject = |reason: String| {
+            rejected.push(Rejection {
+                table: target.schema.name.to_string(),
+                pk: row.pk.clone(),
+                reason,
+            });
+        };
+        // Clocks first, so that whether a row exists here decides no reason. The
+        // clock read for it serves the merge too.
+        let mut known = None;
+        if sender_checks_clocks(sender) {
+            let stored = read_clock(conn, target, &row.pk, target.defaults.len())?;
+            if let Some(reason) = leap(target, row, stored.as_ref()) {
+                match sender {
+                    Sender::Device { .. } => {
+                        reject(reason);
+                        continue;
+                    }
+                    Sender::Replica(_) => return Err(Error::Refused { reason }),
+                }
+            }
+            known = Some(stored);
+        }
+        let filter = access
+            .map(|access| access.write.for_table(&target.schema.name))
             .filter(|filter| **filter != RowFilter::All);
         match filter {
-            None => merge.row(target, row)?,
+            None => merge.row_with(target, row, known)?,
             Some(filter) => {
-                if let Some(reason) = merge.checked_row(target, row, filter)? {
-                    merge.converge_back(target, row)?;
-                    rejected.push(Rejection {
-                        table: target.schema.name.to_string(),
-                        pk: row.pk.clone(),
-                        reason,
-                    });
+                if merge.checked_row(target, row, filter)? {
+                    reject(WRITE_REFUSED.into());
                     continue;
                 }
             }
         }
         // A checked device holds the rows it creates, which a filtered export
         // must then know without a scan of the history.
-        if pusher.is_some_and(|p| p.write.is_some()) && own(row.origin) {
+        if access.is_some() && device.is_some_and(|d| made_by(payload, row.origin, d)) {
             merge.mark_held(target, row)?;
         }
     }
@@ -239,6 +355,89 @@ fn apply_payload(
     Ok(PushReport {
         applied: report,
         rejected,
+        restore: Vec::new(),
+    })
+}
+
+/// Why a device may not write a row. The same words whether or not the row
+/// exists here, so that a refusal tells nothing of other users' rows.
+const WRITE_REFUSED: &str = "the row may not be written by this user";
+
+/// Whether the clocks of `sender`'s rows are held to what a replica can have
+/// counted to: a peer's and a device's, not the server's.
+fn sender_checks_clocks(sender: Sender<'_>) -> bool {
+    !matches!(sender, Sender::Replica(Source::Server))
+}
+
+/// Refuses a payload whose versions cannot be true: beyond
+/// [`wire::PLAUSIBLE_CLOCK`], or a change of its exporter made after the version
+/// the payload says it holds the exporter's changes up to.
+fn check_versions(payload: &Payload) -> Result<()> {
+    let refuse = |reason: String| Err(Error::Refused { reason });
+    if payload.upto > wire::PLAUSIBLE_CLOCK {
+        return refuse(format!(
+            "it claims to hold its exporter's changes up to version {}, beyond {}",
+            payload.upto,
+            wire::PLAUSIBLE_CLOCK
+        ));
+    }
+    // A batch that claims no range (`upto == since`) says nothing of its changes'
+    // versions; one that does holds none of its exporter's after `upto`.
+    let claims_range = payload.upto > payload.since;
+    let origins = payload
+        .rows
+        .iter()
+        .flat_map(|r| std::iter::once(r.origin).chain(r.columns.iter().map(|c| c.origin)));
+    for origin in origins {
+        if origin.version > wire::PLAUSIBLE_CLOCK {
+            return refuse(format!(
+                "a change claims version {} of its site, beyond {}",
+                origin.version,
+                wire::PLAUSIBLE_CLOCK
+            ));
+        }
+        if claims_range
+            && origin.version > payload.upto
+            && made_by(payload, origin, payload.exporter)
+        {
+            return refuse(format!(
+                "a change of its exporter has version {}, after the version {} it claims to \
+                 hold the exporter's changes up to",
+                origin.version, payload.upto
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Why a causal length or column version that leaps from `local`, this
+/// replica's value of it, beyond what any replica can have counted to (see
+/// [`wire::CLOCK_STEP`]) is refused; `None` if it does not.
+fn leaps(clock: u64, local: i64, what: &str, table: &str) -> Option<String> {
+    let reach = u64::try_from(local)
+        .unwrap_or_default()
+        .saturating_add(wire::CLOCK_STEP)
+        .max(wire::PLAUSIBLE_CLOCK);
+    (clock > reach).then(|| {
+        format!(
+            "a {what} of {clock} in `{table}` is beyond what a replica can have counted to \
+             (at most {}, or {} above this replica's {local})",
+            wire::PLAUSIBLE_CLOCK,
+            wire::CLOCK_STEP
+        )
+    })
+}
+
+/// Why `row` is refused if one of its clocks leaps beyond what any replica can
+/// have counted to from `stored`, this replica's clock of the row.
+fn leap(target: &Target, row: &RowChange, stored: Option<&Clock>) -> Option<String> {
+    let table = &target.schema.name;
+    let local_cl = stored.map_or(0, |c| c.cl);
+    leaps(row.cl, local_cl, "causal length", table).or_else(|| {
+        row.columns.iter().find_map(|change| {
+            let local = stored.map_or(0, |c| c.columns[target.columns[change.column as usize]].0);
+            leaps(change.col_version, local, "column version", table)
+        })
     })
 }
 
@@ -251,11 +450,22 @@ struct Versions {
 }
 
 impl Versions {
-    fn local(&mut self, conn: &Connection, site: i64, origin_version: i64) -> Result<i64> {
+    /// The local version of the change `site` made at its `origin_version`.
+    /// `current` is this database's version before the merge.
+    fn local(
+        &mut self,
+        conn: &Connection,
+        site: i64,
+        origin_version: i64,
+        current: i64,
+    ) -> Result<i64> {
+        if site == 0 {
+            return own_version(conn, origin_version, current);
+        }
         if let Some(&local) = self.assigned.get(&(site, origin_version)) {
             return Ok(local);
         }
-        // Payload versions are bounded far below i64::MAX (see wire::MAX_CLOCK).
+        // Local versions grow by one per transaction, far from i64::MAX.
         self.next = self.next.checked_add(1).ok_or_else(|| Error::Corrupt {
             details: "the database version would overflow".into(),
         })?;
@@ -266,6 +476,25 @@ impl Versions {
         self.assigned.insert((site, origin_version), self.next);
         Ok(self.next)
     }
+}
+
+/// The local version of a change this database made itself, coming back (a row
+/// sent whole again, or restored after a refused push): the version it was made
+/// at, so that it is not taken for a new change and sent again. Only a version
+/// this database gave one of its own transactions is believed.
+fn own_version(conn: &Connection, version: i64, current: i64) -> Result<i64> {
+    let remote: bool = conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM _synced_versions WHERE db_version = ?1)")?
+        .query_row([version], |r| r.get(0))?;
+    if version < 1 || version > current || remote {
+        return Err(Error::Refused {
+            reason: format!(
+                "a change claims to have been made here at version {version}, which is not \
+                 one of this database's own"
+            ),
+        });
+    }
+    Ok(version)
 }
 
 /// Matches every payload table to its local descriptor and checks the schema.
@@ -437,13 +666,12 @@ struct Merge<'a> {
     payload: &'a Payload,
     /// The device whose push this is, if it is one, and its ordinal here.
     device: Option<(SiteId, i64)>,
-    /// The version of this database's own changes in this merge (rows stamped
-    /// anew after a rejection), once one was needed.
-    own_version: Option<i64>,
     /// The local ordinal of each payload site.
     sites: Vec<i64>,
     origins: Origins<'a>,
     versions: Versions,
+    /// This database's version before the merge.
+    current: i64,
     report: ApplyReport,
 }
 
@@ -454,24 +682,25 @@ impl Merge<'_> {
             self.conn,
             self.sites[origin.site as usize],
             i64::try_from(origin.version).unwrap_or(i64::MAX),
+            self.current,
         )
     }
 
     /// Merges a pushed row if `filter` lets the device write it, before and after
-    /// its change; otherwise undoes it and says why.
+    /// its change; otherwise undoes it and says true.
     fn checked_row(
         &mut self,
         target: &Target,
         row: &RowChange,
         filter: &RowFilter,
-    ) -> Result<Option<String>> {
+    ) -> Result<bool> {
         let conn = self.conn;
         // A row that exists and fails the filter may not be written.
         let denied = || {
             Ok::<_, Error>(filter::passes(conn, &target.schema, filter, &row.pk)? == Some(false))
         };
         if denied()? {
-            return Ok(Some("the row may not be written by this user".into()));
+            return Ok(true);
         }
         let (next, report) = (self.versions.next, self.report);
         conn.prepare_cached("SAVEPOINT synced_row")?.execute([])?;
@@ -483,77 +712,10 @@ impl Merge<'_> {
             self.versions.next = next;
             self.versions.assigned.retain(|_, version| *version <= next);
             self.report = report;
-            return Ok(Some(
-                "the change would make a row this user may not write".into(),
-            ));
+            return Ok(true);
         }
         conn.prepare_cached("RELEASE synced_row")?.execute([])?;
-        Ok(None)
-    }
-
-    /// Stamps this replica's state of a rejected row anew, above the clocks the
-    /// device sent, as a change of its own: the device takes the row back at its
-    /// next fetch, and it stays as it was everywhere else. A row this replica
-    /// never had becomes a tombstone. The device is marked as holding the row, so
-    /// that a filtered export sends it (see [`crate::filter`]).
-    fn converge_back(&mut self, target: &Target, row: &RowChange) -> Result<()> {
-        let conn = self.conn;
-        let version = match self.own_version {
-            Some(version) => version,
-            None => {
-                self.versions.next += 1;
-                self.own_version = Some(self.versions.next);
-                self.versions.next
-            }
-        };
-        let value_count = target.defaults.len();
-        let theirs = i64::try_from(row.cl).unwrap_or(i64::MAX);
-        let pushed: HashMap<usize, i64> = row
-            .columns
-            .iter()
-            .map(|c| {
-                let version = i64::try_from(c.col_version).unwrap_or(i64::MAX);
-                (target.columns[c.column as usize], version)
-            })
-            .collect();
-        let mut clock = read_clock(conn, target, &row.pk, value_count)?.unwrap_or(Clock {
-            cl: 0,
-            dv: 0,
-            created: 0,
-            columns: vec![(0, 0); value_count],
-        });
-        let lives = clock.cl % 2 == 1;
-        // The device changed the row's existence beyond this replica's: the next
-        // causal length above the device's, with this replica's state (live or
-        // deleted). A live row is then created anew on the device, so every
-        // column goes.
-        let recreated = theirs > clock.cl && lives;
-        if theirs > clock.cl {
-            let next = theirs + 1;
-            clock.cl = if (next % 2 == 1) == lives {
-                next
-            } else {
-                next + 1
-            };
-        }
-        // A deleted row's columns do not matter: only a live one is stamped.
-        let columns = if lives {
-            clock.columns.as_mut_slice()
-        } else {
-            &mut []
-        };
-        for (index, column) in columns.iter_mut().enumerate() {
-            if let Some(&sent) = pushed.get(&index).or(recreated.then_some(&0)) {
-                column.0 = column.0.max(sent) + 1;
-                column.1 = version;
-            }
-        }
-        if recreated {
-            clock.created = version;
-        }
-        clock.dv = version;
-        write_clock(conn, target, &row.pk, &clock)?;
-        self.mark_held(target, row)
+        Ok(false)
     }
 
     /// Marks the pushing device as holding `row`, whatever the cursor it fetches
@@ -570,15 +732,55 @@ impl Merge<'_> {
     /// exporter says this replica may no longer read it. Nothing is recorded, so
     /// nothing of it is sent anywhere.
     fn evict(&mut self, target: &Target, row: &RowChange) -> Result<()> {
+        self.forget(target, &row.pk)
+    }
+
+    /// Deletes a row and its clock without a trace.
+    fn forget(&mut self, target: &Target, pk: &[Value]) -> Result<()> {
         let conn = self.conn;
         let deleted = conn
             .prepare_cached(&target.sql.delete)?
-            .execute(rusqlite::params_from_iter(&row.pk))?;
+            .execute(rusqlite::params_from_iter(pk))?;
         let forgotten = conn
             .prepare_cached(&target.sql.delete_clock)?
-            .execute(rusqlite::params_from_iter(&row.pk))?;
+            .execute(rusqlite::params_from_iter(pk))?;
         if deleted + forgotten > 0 {
             self.report.applied += 1;
+            self.report.rows += 1;
+        }
+        Ok(())
+    }
+
+    /// Gives the columns of a live row that were not written here after
+    /// `exported_at` the value and clock `row` carries (see [`restore`]).
+    fn restore_columns(
+        &mut self,
+        target: &Target,
+        row: &RowChange,
+        mut clock: Clock,
+        exported_at: i64,
+    ) -> Result<()> {
+        let Some(mut current) = read_row(self.conn, target, &row.pk)? else {
+            return Ok(());
+        };
+        let mut changed = false;
+        for change in &row.columns {
+            let column = target.columns[change.column as usize];
+            if clock.columns[column].1 > exported_at {
+                self.report.ignored += 1;
+                continue;
+            }
+            let version = self.local_version(change.origin)?;
+            let col_version = i64::try_from(change.col_version).unwrap_or(i64::MAX);
+            clock.columns[column] = (col_version, version);
+            clock.dv = clock.dv.max(version);
+            current[column] = change.value.clone();
+            changed = true;
+            self.report.applied += 1;
+        }
+        if changed {
+            write_row(self.conn, target, &row.pk, &current)?;
+            write_clock(self.conn, target, &row.pk, &clock)?;
             self.report.rows += 1;
         }
         Ok(())
@@ -619,13 +821,26 @@ impl Merge<'_> {
     }
 
     fn row(&mut self, target: &Target, row: &RowChange) -> Result<()> {
+        self.row_with(target, row, None)
+    }
+
+    /// Merges one row; `known` is its clock here if it was read already.
+    fn row_with(
+        &mut self,
+        target: &Target,
+        row: &RowChange,
+        known: Option<Option<Clock>>,
+    ) -> Result<()> {
         let conn = self.conn;
         if row.cl == wire::EVICT {
             return self.evict(target, row);
         }
         let cl = i64::try_from(row.cl).unwrap_or(i64::MAX);
         let value_count = target.defaults.len();
-        let stored = read_clock(conn, target, &row.pk, value_count)?;
+        let stored = match known {
+            Some(stored) => stored,
+            None => read_clock(conn, target, &row.pk, value_count)?,
+        };
         let local_cl = stored.as_ref().map_or(0, |c| c.cl);
         // A push may change a row's existence only by the device's own record.
         let own = match self.device {

@@ -55,10 +55,17 @@ pub struct PushAck {
     pub ignored: u64,
     /// The server's version after the merge.
     pub version: i64,
-    /// The rows the user may not write: not applied, and sent back to the device
-    /// as the server has them at its next fetch.
+    /// The rows refused (the user may not write them, or their clocks leap
+    /// beyond what a device can have counted to): not applied.
     #[serde(default)]
     pub rejected: Vec<RejectedRow>,
+    /// If rows were refused: the server's state of each as the device may see
+    /// it, a [payload](crate::wire) in lowercase hex, which the device puts in
+    /// place of its own state of those rows (see
+    /// [`PushReport::restore`](crate::PushReport::restore)). Absent from the
+    /// answers of servers before this field, and ignored by older devices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<String>,
 }
 
 /// A pushed row the server refused (row-level security).

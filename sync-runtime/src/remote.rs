@@ -191,8 +191,10 @@ pub struct SyncReport {
     pub bytes_received: u64,
     /// Requests that carried or fetched a batch.
     pub batches: usize,
-    /// Rows sent that the server refused (row-level security): not applied there,
-    /// and overwritten here by the server's state at the next fetch.
+    /// Rows sent that the server refused (row-level security, or clocks beyond
+    /// what a device can have counted to): not applied there, and given back
+    /// here the server's state of them (as this user may see it) in the same
+    /// sync.
     pub rejected: Vec<Rejection>,
 }
 
@@ -290,10 +292,10 @@ impl SyncDb {
             let bytes = payload.len() as u64;
             let push = async {
                 if batch.rows == 0 {
-                    return Ok::<_, Error>(Vec::new());
+                    return Ok::<_, Error>(None);
                 }
                 let ack = self.push(&state, options, fingerprint, payload);
-                Ok(ack.await?.rejected)
+                Ok(Some(ack.await?))
             };
             let next = async {
                 if batch.complete {
@@ -303,9 +305,22 @@ impl SyncDb {
                 next.await.map(Some)
             };
             let (pushed, next) = tokio::join!(push, next);
-            let rejected = pushed?;
-            // Acknowledged: the cursor may move past the batch.
-            self.store_sent_cursor(&url, batch.next.clone()).await?;
+            let ack = pushed?;
+            let (rejected, restore) = match ack {
+                Some(ack) => (ack.rejected, ack.restore),
+                None => (Vec::new(), None),
+            };
+            let restore = match restore {
+                Some(hex) => hex::decode(hex).map_err(|e| Error::Server {
+                    status: 200,
+                    message: format!("the push acknowledgement's restore is not hex: {e}"),
+                })?,
+                None => Vec::new(),
+            };
+            // Acknowledged: the cursor may move past the batch, and the rows the
+            // server refused take its state, in one transaction.
+            self.acknowledged(&url, batch.next.clone(), restore, batch.version)
+                .await?;
             if batch.rows > 0 {
                 report.changes_sent += batch.changes;
                 report
@@ -544,19 +559,6 @@ impl SyncDb {
                 None => Ok((Cursor::BEGINNING, Cursor::BEGINNING)),
                 Some((sent, received)) => Ok((parse(&sent)?, parse(&received)?)),
             }
-        })
-        .await
-    }
-
-    async fn store_sent_cursor(&self, url: &str, cursor: Cursor) -> Result<()> {
-        let url = url.to_owned();
-        self.call(move |w| {
-            w.conn.execute(
-                "INSERT INTO _synced_remote (url, sent, received) VALUES (?1, ?2, '0') \
-                 ON CONFLICT (url) DO UPDATE SET sent = excluded.sent",
-                [url, cursor.to_string()],
-            )?;
-            Ok(())
         })
         .await
     }

@@ -55,6 +55,22 @@ pub const FORMAT_VERSION: u8 = 1;
 /// The largest causal length, column version or version a payload may carry: far
 /// from `i64::MAX`, so that every replica can keep counting from any of them.
 pub const MAX_CLOCK: u64 = 1 << 62;
+/// The largest version a replica takes from another: a payload's range and the
+/// versions of its changes' origins, and its causal lengths and column versions.
+///
+/// Versions count a replica's own transactions, which no other replica can move,
+/// so a version beyond 2^53 (285 years of a million transactions a second) is
+/// made up and the payload is refused. A causal length or column version may
+/// exceed it only by at most [`CLOCK_STEP`] above the receiver's own value of
+/// it: a writer can raise a clock past another's value, never leap to the
+/// format's limit ([`MAX_CLOCK`]), which leaves every replica room to count on.
+/// 2^53 is also the largest integer a JSON reader in JavaScript keeps exact.
+pub const PLAUSIBLE_CLOCK: u64 = 1 << 53;
+/// How far above the receiver's own value a causal length or column version
+/// beyond [`PLAUSIBLE_CLOCK`] may be: a million writes of one column between two
+/// syncs. At this step a writer would need 2^42 payloads to climb from
+/// [`PLAUSIBLE_CLOCK`] to [`MAX_CLOCK`].
+pub const CLOCK_STEP: u64 = 1 << 20;
 /// The causal length of an eviction: the receiver may no longer read the row
 /// (row-level security on a server), so it forgets the row, values and clock, as if
 /// it never had it. An eviction carries no column changes. It is not a delete: no

@@ -223,13 +223,19 @@ async fn merged_changes_are_not_local_yet_are_relayed() {
 }
 
 #[tokio::test]
-async fn db_version_moves_past_every_version_seen() {
+async fn a_merge_takes_the_next_local_version_per_remote_transaction() {
     let (a, b) = (db().await, db().await);
-    for i in 0..5 {
-        a.insert(&todo(&format!("a{i}"))).await.unwrap();
+    for _ in 0..20 {
+        a.insert(&todo("a's")).await.unwrap();
     }
+    for i in 0..5 {
+        b.insert(&todo(&format!("b{i}"))).await.unwrap();
+    }
+    let before = b.db_version().await.unwrap();
     sync(&a, &b).await;
-    assert!(b.db_version().await.unwrap() > 5);
+    // a's versions (up to 20) are a's: b counts on from its own.
+    assert_eq!(b.db_version().await.unwrap(), before + 20);
+    assert_eq!(b.seen_version(a.site_id()).await.unwrap(), 20);
     b.insert(&todo("after")).await.unwrap();
     let fresh = b.db_version().await.unwrap();
     // The local write after the merge has a version of its own, after the merge's.

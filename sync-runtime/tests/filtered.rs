@@ -355,17 +355,28 @@ impl Reader {
         )
     }
 
-    /// Sends every change made here to `server`, with this user's write filter.
+    /// Sends every change made here to `server`, with this user's filters, and
+    /// takes back the server's state of the rows it refused, as a device does.
     async fn push(&self, server: &SyncDb) -> sync_runtime::PushReport {
+        let exported_at = self.db.db_version().await.unwrap();
         let payload = self
             .db
             .export_local_changes(Since::Beginning)
             .await
             .unwrap();
-        server
-            .apply_push_checked(&payload, self.db.site_id(), self.write_filter())
+        let site = self.db.site_id();
+        let report = server
+            .apply_push_checked(&payload, site, self.write_filter(), self.filter())
             .await
-            .unwrap()
+            .unwrap();
+        assert_eq!(report.rejected.is_empty(), report.restore.is_empty());
+        if !report.restore.is_empty() {
+            self.db
+                .apply_restore(&report.restore, exported_at)
+                .await
+                .unwrap();
+        }
+        report
     }
 }
 

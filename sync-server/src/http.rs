@@ -199,8 +199,8 @@ async fn push(
     let body = body.map_err(|rejection| body_error(&rejection, state.limits()))?;
     check_schema(&*db, &name, &headers).await?;
     let site = device_site(&*db, &caller, &headers).await?;
-    let write = state.policies(&name).write_filter(&caller);
-    let ack = db.push(&body, site, write).await?;
+    let access = state.policies(&name).push_access(&caller);
+    let ack = db.push(&body, site, access).await?;
     tracing::debug!(
         database = %name,
         caller = %caller,

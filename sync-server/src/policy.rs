@@ -250,6 +250,15 @@ impl Policies {
         self.filters(caller, |(_, write)| write)
     }
 
+    /// What `caller`'s pushes may write and read: `None` for an API key, which
+    /// writes and reads everything.
+    pub fn push_access(&self, caller: &Principal) -> Option<crate::store::PushAccess> {
+        Some(crate::store::PushAccess {
+            write: self.write_filter(caller)?,
+            read: self.read_filter(caller)?,
+        })
+    }
+
     /// What `caller` may read: `None` for an API key, which reads everything.
     pub fn read_filter(&self, caller: &Principal) -> Option<RowFilters> {
         self.filters(caller, |(read, _)| read)

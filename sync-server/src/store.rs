@@ -62,18 +62,29 @@ pub trait Store: Send + Sync + 'static {
     fn names(&self) -> BoxFuture<'_, Result<Vec<String>>>;
 }
 
+/// What a user's push may do: the rows it may write, and those it may read (which
+/// decide what it is told of the rows it was refused).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PushAccess {
+    /// The rows the user may write.
+    pub write: RowFilters,
+    /// The rows the user may read.
+    pub read: RowFilters,
+}
+
 /// One database: a replica that accepts pushes and serves pulls.
 pub trait Database: Send + Sync + 'static {
     /// Merges a payload that device `site` pushed (only its own changes; see
     /// [`SyncDb::apply_push`]). Returns only once the merge is committed
-    /// (durable), with the database's version after it.
-    /// With `write` (a user's push), each row must pass its table's filter, and
-    /// the ack lists the rows that did not (see [`SyncDb::apply_push_checked`]).
+    /// (durable), with the database's version after it. With `access` (a user's
+    /// push), each row must pass its table's write filter (see
+    /// [`SyncDb::apply_push_checked`]). The ack lists the rows refused, with the
+    /// state of each the device takes back, as its user may read it.
     fn push<'a>(
         &'a self,
         payload: &'a [u8],
         site: SiteId,
-        write: Option<RowFilters>,
+        access: Option<PushAccess>,
     ) -> BoxFuture<'a, Result<PushAck>>;
 
     /// The changes after `from` not made by `site`, bounded by `limits`.
@@ -278,23 +289,25 @@ impl Database for SqliteDatabase {
         &'a self,
         payload: &'a [u8],
         site: SiteId,
-        write: Option<RowFilters>,
+        access: Option<PushAccess>,
     ) -> BoxFuture<'a, Result<PushAck>> {
         Box::pin(async move {
-            let (report, rejected) = match write {
-                None => (self.db.apply_push(payload, site).await?, Vec::new()),
-                Some(write) => {
-                    let pushed = self.db.apply_push_checked(payload, site, write).await?;
-                    (pushed.applied, pushed.rejected)
+            let pushed = match access {
+                None => self.db.apply_push(payload, site).await?,
+                Some(PushAccess { write, read }) => {
+                    self.db
+                        .apply_push_checked(payload, site, write, read)
+                        .await?
                 }
             };
             // Read after the commit: at or above the version the merge created.
             let version = self.db.db_version().await?;
             Ok(PushAck {
-                applied: report.applied as u64,
-                ignored: report.ignored as u64,
+                applied: pushed.applied.applied as u64,
+                ignored: pushed.applied.ignored as u64,
                 version,
-                rejected: rejected.iter().map(RejectedRow::new).collect(),
+                rejected: pushed.rejected.iter().map(RejectedRow::new).collect(),
+                restore: (!pushed.restore.is_empty()).then(|| hex::encode(&pushed.restore)),
             })
         })
     }

@@ -1,0 +1,311 @@
+//! A user with a valid token attacks the server with hand-made requests: whatever
+//! it sends, no other user's data or sync is harmed.
+
+#![allow(clippy::unwrap_used)] // in tests, a failed unwrap is a failed assertion
+
+mod support;
+
+use support::policy::{Item, cast, item, open, titles};
+use support::token;
+use sync_runtime::protocol::{PushAck, SCHEMA_HEADER, SITE_HEADER, fingerprint_hex};
+use sync_runtime::wire::{self, Compression, Payload};
+use sync_runtime::{BatchLimits, Cursor, Remote, Scope, SyncDb, Value};
+
+/// The largest version a replica accepts from another (2^53).
+const PLAUSIBLE: u64 = 1 << 53;
+
+/// Pushes `payload` to the server database at `url` as `device` (its site id and
+/// schema fingerprint) with `user`'s token: the status and the body.
+async fn push_raw(url: &str, device: &SyncDb, user: &str, payload: &Payload) -> (u16, String) {
+    let fingerprint = device.schema_fingerprint().await.unwrap();
+    let response = reqwest::Client::new()
+        .post(format!("{url}/push"))
+        .bearer_auth(token(user))
+        .header(SCHEMA_HEADER, fingerprint_hex(fingerprint))
+        .header(SITE_HEADER, device.site_id().to_string())
+        .body(wire::encode(payload, Compression::Zstd))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
+/// The server's version after a push that was accepted.
+fn version_of(answer: &(u16, String)) -> i64 {
+    assert_eq!(answer.0, 200, "{}", answer.1);
+    serde_json::from_str::<PushAck>(&answer.1).unwrap().version
+}
+
+/// Everything `device` wrote, decoded so that it can be tampered with.
+async fn own_changes(device: &SyncDb) -> Payload {
+    let batch = device
+        .export_batch(Cursor::BEGINNING, Scope::Local, BatchLimits::UNLIMITED)
+        .await
+        .unwrap();
+    wire::decode(&batch.payload).unwrap()
+}
+
+/// A payload of no change from `device` that claims to cover its versions up to
+/// `upto`.
+fn empty_claiming(device: &SyncDb, upto: u64) -> Payload {
+    Payload {
+        exporter: device.site_id(),
+        upto,
+        ..Payload::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_a_push_claims_never_move_the_servers_version() {
+    let (dir, server, [admin, ann, bob]) = cast().await;
+    let url = server.url("items");
+    admin.insert(&item("bob", false, "bob's")).await.unwrap();
+    admin.sync().await.unwrap();
+    bob.sync().await.unwrap();
+    let before = version_of(&push_raw(&url, &ann, "ann", &empty_claiming(&ann, 0)).await);
+
+    // Beyond the bound, an empty payload's range is refused whole.
+    for upto in [PLAUSIBLE + 1, 1 << 62] {
+        let (status, body) = push_raw(&url, &ann, "ann", &empty_claiming(&ann, upto)).await;
+        assert_eq!(status, 400, "{body}");
+    }
+    // At the bound it is taken, and moves nothing here.
+    let answer = push_raw(&url, &ann, "ann", &empty_claiming(&ann, PLAUSIBLE)).await;
+    assert_eq!(version_of(&answer), before);
+
+    // A real change whose origin claims a huge version takes one version here.
+    ann.insert(&item("ann", false, "ann's")).await.unwrap();
+    let mut tampered = own_changes(&ann).await;
+    tampered.upto = PLAUSIBLE;
+    for row in &mut tampered.rows {
+        row.origin.version = PLAUSIBLE;
+        for column in &mut row.columns {
+            column.origin.version = PLAUSIBLE;
+        }
+    }
+    let answer = push_raw(&url, &ann, "ann", &tampered).await;
+    assert_eq!(version_of(&answer), before + 1);
+
+    // Every device goes on syncing, a new one included.
+    admin
+        .insert(&item("bob", false, "bob's too"))
+        .await
+        .unwrap();
+    admin.sync().await.unwrap();
+    bob.sync().await.unwrap();
+    ann.sync().await.unwrap();
+    assert_eq!(titles(&bob).await, ["bob's", "bob's too"]);
+    assert_eq!(titles(&ann).await, ["ann's"]);
+    let carol = open(
+        dir.path(),
+        "carol",
+        Remote::new(&url).bearer_token(token("bob")),
+    )
+    .await;
+    carol.sync().await.unwrap();
+    assert_eq!(titles(&carol).await, ["bob's", "bob's too"]);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_whose_range_contradicts_its_changes_is_refused() {
+    let (_dir, server, [_admin, ann, _bob]) = cast().await;
+    let url = server.url("items");
+    ann.insert(&item("ann", false, "ann's")).await.unwrap();
+    // The payload says it holds ann's changes up to version 1, yet one of them
+    // was made at version 9.
+    let mut tampered = own_changes(&ann).await;
+    tampered.upto = 1;
+    tampered.rows[0].columns[0].origin.version = 9;
+    let (status, body) = push_raw(&url, &ann, "ann", &tampered).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("version"), "{body}");
+    // Her honest push goes through.
+    ann.sync().await.unwrap();
+    assert!(!ann.has_unsent_changes().await.unwrap());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_cannot_push_a_devices_version_forward() {
+    let (_dir, server, [admin, ann, bob]) = cast().await;
+    admin.insert(&item("bob", false, "bob's")).await.unwrap();
+    admin.sync().await.unwrap();
+    ann.insert(&item("ann", true, "ann's")).await.unwrap();
+    let before = bob.db_version().await.unwrap();
+
+    for upto in [PLAUSIBLE + 1, 1 << 62] {
+        let payload = wire::encode(&empty_claiming(&ann, upto), Compression::None);
+        let error = bob.apply_changes(&payload).await.unwrap_err();
+        assert!(
+            matches!(error, sync_runtime::Error::Refused { .. }),
+            "{error:?}"
+        );
+    }
+    let mut tampered = own_changes(&ann).await;
+    tampered.upto = PLAUSIBLE;
+    for row in &mut tampered.rows {
+        row.origin.version = PLAUSIBLE;
+        for column in &mut row.columns {
+            column.origin.version = PLAUSIBLE;
+        }
+    }
+    let report = bob
+        .apply_changes(&wire::encode(&tampered, Compression::None))
+        .await
+        .unwrap();
+    assert!(report.applied > 0);
+    assert_eq!(bob.db_version().await.unwrap(), before + 1);
+
+    // Bob syncs on as before.
+    bob.sync().await.unwrap();
+    assert_eq!(titles(&bob).await, ["ann's", "bob's"]);
+    assert!(bob.db_version().await.unwrap() < 100);
+    server.stop().await;
+}
+
+/// A row of `owner`'s that ann may neither read nor write, as a push from ann's
+/// device that writes `title` at column version `col_version`.
+async fn forged_edit(ann: &SyncDb, row: &Item, col_version: u64) -> Payload {
+    ann.insert(row).await.unwrap();
+    let mut payload = own_changes(ann).await;
+    payload.rows.retain(|r| r.pk == [Value::from(row.id)]);
+    ann.delete::<Item>(&row.id).await.unwrap();
+    let title = payload.tables[0]
+        .values
+        .iter()
+        .position(|c| c == "title")
+        .unwrap();
+    let forged = &mut payload.rows[0];
+    forged.columns.retain(|c| c.column as usize == title);
+    forged.columns[0].col_version = col_version;
+    payload
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_write_never_overrides_another_users_edit() {
+    for col_version in [1000, PLAUSIBLE, PLAUSIBLE + 1, 1 << 62] {
+        let (_dir, server, [admin, ann, bob]) = cast().await;
+        let url = server.url("items");
+        let bobs = item("bob", false, "bob's");
+        bob.insert(&bobs).await.unwrap();
+        bob.sync().await.unwrap();
+        // Offline, bob edits his row; meanwhile ann, who knows its key, pushes an
+        // edit of it with a high column version, which the server refuses.
+        let edited = Item {
+            title: "bob's, edited".into(),
+            ..bobs.clone()
+        };
+        bob.update(&edited).await.unwrap();
+        let forged = forged_edit(&ann, &bobs, col_version).await;
+        let (status, body) = push_raw(&url, &ann, "ann", &forged).await;
+        assert_eq!(status, 200, "{body}");
+        let ack: PushAck = serde_json::from_str(&body).unwrap();
+        assert_eq!(ack.rejected.len(), 1, "{body}");
+        // Bob's edit goes through and reaches everyone; his syncs go on.
+        let report = bob.sync().await.unwrap();
+        assert!(report.rejected.is_empty(), "{report:?}");
+        admin.sync().await.unwrap();
+        assert_eq!(admin.get::<Item>(&bobs.id).await.unwrap(), Some(edited));
+        bob.update(&Item {
+            title: "bob's, again".into(),
+            ..bobs.clone()
+        })
+        .await
+        .unwrap();
+        bob.sync().await.unwrap();
+        admin.sync().await.unwrap();
+        assert_eq!(titles(&admin).await, ["bob's, again"], "{col_version}");
+        server.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_looks_the_same_whether_or_not_the_key_exists() {
+    let (_dir, server, [admin, ann, _bob]) = cast().await;
+    let url = server.url("items");
+    let existing = item("bob", false, "bob's");
+    admin.insert(&existing).await.unwrap();
+    admin.sync().await.unwrap();
+    let fresh = item("bob", false, "bob's");
+
+    // Ann creates a row in bob's name, once under the key of bob's row and once
+    // under a key no row has: what she is told is the same, but for the key.
+    let mut answers = Vec::new();
+    for row in [&existing, &fresh] {
+        ann.insert(row).await.unwrap();
+        let mut payload = own_changes(&ann).await;
+        payload.rows.retain(|r| r.pk == [Value::from(row.id)]);
+        ann.delete::<Item>(&row.id).await.unwrap();
+        let (status, body) = push_raw(&url, &ann, "ann", &payload).await;
+        assert_eq!(status, 200, "{body}");
+        let ack: PushAck = serde_json::from_str(&body).unwrap();
+        assert_eq!(ack.rejected.len(), 1, "{body}");
+        let restore = wire::decode(&hex::decode(ack.restore.clone().unwrap()).unwrap()).unwrap();
+        answers.push((ack, restore));
+    }
+    let [(first, mut first_restore), (second, mut second_restore)] =
+        <[_; 2]>::try_from(answers).unwrap();
+    assert_eq!(first.rejected[0].reason, second.rejected[0].reason);
+    assert_eq!(
+        (first.applied, first.ignored, first.version),
+        (second.applied, second.ignored, second.version)
+    );
+    for restore in [&first_restore, &second_restore] {
+        assert_eq!(restore.rows.len(), 1);
+        assert_eq!(restore.rows[0].cl, wire::EVICT);
+    }
+    first_restore.rows[0].pk.clear();
+    second_restore.rows[0].pk.clear();
+    assert_eq!(first_restore, second_restore);
+    // Bob's row is as it was.
+    admin.sync().await.unwrap();
+    assert_eq!(
+        admin.get::<Item>(&existing.id).await.unwrap(),
+        Some(existing)
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_write_is_undone_on_the_device_that_made_it_alone() {
+    let (_dir, server, [admin, ann, bob]) = cast().await;
+    let shared = item("bob", true, "bob's shared");
+    bob.insert(&shared).await.unwrap();
+    bob.sync().await.unwrap();
+    ann.sync().await.unwrap();
+    // Ann may read bob's shared row, not write it: her edit is refused and
+    // undone on her device in the same sync; her next syncs send nothing of it.
+    ann.update(&Item {
+        title: "vandalised".into(),
+        ..shared.clone()
+    })
+    .await
+    .unwrap();
+    let report = ann.sync().await.unwrap();
+    assert_eq!(report.rejected.len(), 1, "{report:?}");
+    assert_eq!(
+        ann.get::<Item>(&shared.id).await.unwrap(),
+        Some(shared.clone())
+    );
+    assert!(!ann.has_unsent_changes().await.unwrap());
+    assert!(ann.sync().await.unwrap().rejected.is_empty());
+    // The server's clocks did not move: bob's later edit, made without fetching,
+    // wins everywhere.
+    let edited = Item {
+        title: "bob's, edited".into(),
+        ..shared.clone()
+    };
+    bob.update(&edited).await.unwrap();
+    bob.sync().await.unwrap();
+    ann.sync().await.unwrap();
+    admin.sync().await.unwrap();
+    for db in [&admin, &ann, &bob] {
+        assert_eq!(
+            db.get::<Item>(&shared.id).await.unwrap(),
+            Some(edited.clone())
+        );
+    }
+    server.stop().await;
+}

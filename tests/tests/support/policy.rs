@@ -1,0 +1,88 @@
+//! Row-level security: a server whose `items` table users read and write by
+//! owner, and devices of an admin and two users on it.
+
+use std::collections::BTreeMap;
+
+use sync_runtime::{Remote, SyncDb, SyncId, Synced, params};
+use sync_server::{DatabaseConfig, TablePolicies};
+
+use super::{ADMIN_KEY, TestServer, config, token};
+
+/// A row with an owner, which may be shared with everyone.
+#[derive(Synced, Debug, Clone, PartialEq)]
+#[synced(table = "items")]
+pub struct Item {
+    #[synced(primary_key)]
+    pub id: SyncId,
+    pub owner_id: String,
+    #[synced(default = false)]
+    pub shared: bool,
+    pub title: String,
+}
+
+pub fn item(owner: &str, shared: bool, title: &str) -> Item {
+    Item {
+        id: SyncId::new(),
+        owner_id: owner.into(),
+        shared,
+        title: title.into(),
+    }
+}
+
+/// A server whose `items` table users read by owner or sharing.
+pub async fn server(dir: &std::path::Path) -> TestServer {
+    server_with(dir, "owner_id = $user_id OR shared = 1").await
+}
+
+/// A server whose `items` table users read through `read` and write when they
+/// own the row.
+pub async fn server_with(dir: &std::path::Path, read: &str) -> TestServer {
+    let schema = items_schema(dir);
+    let mut config = config(&dir.join("server"));
+    let policies = TablePolicies {
+        read: Some(read.into()),
+        write: Some("owner_id = $user_id".into()),
+    };
+    config.databases = BTreeMap::from([(
+        "items".to_owned(),
+        DatabaseConfig {
+            schema: Some(schema),
+            tables: BTreeMap::from([("items".to_owned(), policies)]),
+            ..DatabaseConfig::default()
+        },
+    )]);
+    TestServer::start_with(config).await
+}
+
+/// The server's `items` table, as a schema file in `dir`.
+pub fn items_schema(dir: &std::path::Path) -> std::path::PathBuf {
+    let schema = dir.join("items.json");
+    std::fs::write(&schema, serde_json::to_string(&[Item::SCHEMA]).unwrap()).unwrap();
+    schema
+}
+
+pub async fn open(dir: &std::path::Path, name: &str, remote: Remote) -> SyncDb {
+    let db = SyncDb::open(dir.join(format!("{name}.db")))
+        .await
+        .unwrap()
+        .with_remote(remote);
+    db.register::<Item>().await.unwrap();
+    db
+}
+
+/// A policy server and three devices on it: an admin's, ann's and bob's.
+pub async fn cast() -> (tempfile::TempDir, TestServer, [SyncDb; 3]) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path()).await;
+    let url = server.url("items");
+    let admin = open(dir.path(), "admin", Remote::new(&url).api_key(ADMIN_KEY)).await;
+    let user = |name: &str| Remote::new(&url).bearer_token(token(name));
+    let ann = open(dir.path(), "ann", user("ann")).await;
+    let bob = open(dir.path(), "bob", user("bob")).await;
+    (dir, server, [admin, ann, bob])
+}
+
+pub async fn titles(db: &SyncDb) -> Vec<String> {
+    let items: Vec<Item> = db.query("ORDER BY title", params![]).await.unwrap();
+    items.into_iter().map(|i| i.title).collect()
+}
