@@ -214,8 +214,9 @@ pub enum Error {
         message: String,
     },
 
-    /// The server failed (a 5xx status, or an answer damaged on the way), even
-    /// after the retries.
+    /// The server failed (a 5xx status, or an answer damaged on the way) or asked
+    /// to be called again later (408, 429: too many pulls wait there already),
+    /// even after the retries, which honour the server's `Retry-After`.
     #[error("the sync server failed ({status}): {message}")]
     Server {
         /// The HTTP status (a 200 whose answer was damaged or cut short counts

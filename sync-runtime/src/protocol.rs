@@ -129,8 +129,10 @@ impl RejectedRow {
 pub struct ErrorBody {
     /// What went wrong, for programs: `unauthorized` (401), `forbidden` (403),
     /// `not_found` (404), `schema_mismatch` (409), `payload_too_large` (413),
-    /// `bad_request` (400: a malformed payload, cursor or header), `server_error`
-    /// (500) or `unavailable` (503).
+    /// `too_many_requests` (429: too many pulls wait for changes already; pull
+    /// again after the `Retry-After` header's seconds), `bad_request` (400: a
+    /// malformed payload, cursor or header), `server_error` (500) or
+    /// `unavailable` (503).
     pub code: String,
     /// What went wrong, for people.
     pub message: String,

@@ -140,12 +140,16 @@ pub struct SyncOptions {
     /// (a long-poll: it answers as soon as one arrives). Default 0: answer at once.
     pub wait: Duration,
     /// How many times a failed request is tried again when the failure may pass
-    /// (unreachable server, server error, damaged answer). Default 3.
+    /// (unreachable server, server error, damaged answer, a server busy with
+    /// too many waiting pulls). Default 3.
     pub max_retries: u32,
     /// The first pause before a retry; it doubles with each retry, with random
-    /// jitter. Default 100 ms.
+    /// jitter. Default 100 ms. When the server says when to come back
+    /// (`Retry-After`, honoured up to 30 s), the pause is that long, stretched by
+    /// up to half at random.
     pub backoff: Duration,
-    /// The longest pause between retries. Default 5 s.
+    /// The longest pause between retries, unless the server asks for a longer
+    /// one. Default 5 s.
     pub max_backoff: Duration,
     /// Told the running totals after every batch, to show progress.
     pub progress: Option<ProgressFn>,
@@ -576,18 +580,16 @@ impl RemoteState {
     ) -> Result<T> {
         let mut attempt = 0;
         loop {
-            let outcome = self
-                .call_once(request(&self.http, &self.remote))
-                .await
-                .and_then(|body| {
-                    read(&body).map_err(|message| Error::Server {
-                        status: 200,
-                        message,
-                    })
-                });
+            let (outcome, retry_after) = self.call_once(request(&self.http, &self.remote)).await;
+            let outcome = outcome.and_then(|body| {
+                read(&body).map_err(|message| Error::Server {
+                    status: 200,
+                    message,
+                })
+            });
             match outcome {
                 Err(e) if e.is_transient() && attempt < options.max_retries => {
-                    tokio::time::sleep(backoff(options, attempt)).await;
+                    tokio::time::sleep(retry_pause(options, attempt, retry_after)).await;
                     attempt += 1;
                 }
                 outcome => return outcome,
@@ -595,13 +597,26 @@ impl RemoteState {
         }
     }
 
-    async fn call_once(&self, request: reqwest::RequestBuilder) -> Result<bytes::Bytes> {
+    /// One request: its answer's body, or the error, with the server's
+    /// `Retry-After` when it sent one.
+    async fn call_once(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> (Result<bytes::Bytes>, Option<Duration>) {
         let offline = |e: reqwest::Error| Error::Offline {
             url: self.remote.url.clone(),
             reason: error_chain(&e),
         };
-        let response = request.send().await;
-        let response = response.map_err(offline)?;
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(e) => return (Err(offline(e)), None),
+        };
+        let retry_after = retry_after(response.headers());
+        (self.read_answer(response).await, retry_after)
+    }
+
+    /// The body of a successful answer, or the error an unsuccessful one means.
+    async fn read_answer(&self, response: reqwest::Response) -> Result<bytes::Bytes> {
         let status = response.status().as_u16();
         let body = response.bytes().await.map_err(|e| Error::Server {
             status,
@@ -634,6 +649,32 @@ impl Remote {
     }
 }
 
+/// The longest `Retry-After` honoured: one server's word should not stall a
+/// sync for long.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// The pause before retry `attempt` (0-based): the [`backoff`], or, when the
+/// server said when to come back (`Retry-After`, at most [`MAX_RETRY_AFTER`]),
+/// that long stretched by up to half at random, so that devices turned away
+/// together do not come back together.
+fn retry_pause(options: &SyncOptions, attempt: u32, retry_after: Option<Duration>) -> Duration {
+    let backoff = backoff(options, attempt);
+    match retry_after {
+        None => backoff,
+        Some(after) => {
+            let after = after.min(MAX_RETRY_AFTER);
+            backoff.max(after + after.mul_f64(random_fraction() / 2.0))
+        }
+    }
+}
+
+/// The server's `Retry-After`, when it is a number of seconds (the HTTP-date
+/// form is not used by Synced servers, and is ignored).
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    value.trim().parse().ok().map(Duration::from_secs)
+}
+
 /// The pause before retry `attempt` (0-based): exponential, capped, with jitter
 /// (half fixed, half random), so that devices that failed together do not retry
 /// together.
@@ -642,12 +683,16 @@ fn backoff(options: &SyncOptions, attempt: u32) -> Duration {
         .backoff
         .saturating_mul(1u32.checked_shl(attempt.min(16)).unwrap_or(u32::MAX));
     let delay = exponential.min(options.max_backoff);
+    delay / 2 + delay.mul_f64(random_fraction() / 2.0)
+}
+
+/// A random number in `[0, 1)`; 0.5 when the system gives no randomness.
+fn random_fraction() -> f64 {
     let mut random = [0u8; 8];
-    let fraction = match getrandom::fill(&mut random) {
+    match getrandom::fill(&mut random) {
         Ok(()) => (u64::from_le_bytes(random) >> 11) as f64 / (1u64 << 53) as f64,
         Err(_) => 0.5,
-    };
-    delay / 2 + delay.mul_f64(fraction / 2.0)
+    }
 }
 
 /// An error and its sources, one line.
@@ -733,6 +778,60 @@ async fn receive_loop(db: SyncDb, interval: Duration, events: mpsc::Sender<SyncE
                 let _ = events.try_send(SyncEvent::Failed(e));
                 tokio::time::sleep(interval).await;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(retry_after: &str) -> reqwest::header::HeaderMap {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::RETRY_AFTER, retry_after.parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn retry_after_is_read_in_seconds() {
+        assert_eq!(retry_after(&headers("10")), Some(Duration::from_secs(10)));
+        assert_eq!(retry_after(&headers(" 3 ")), Some(Duration::from_secs(3)));
+        assert_eq!(retry_after(&headers("Wed, 21 Oct 2015 07:28:00 GMT")), None);
+        assert_eq!(retry_after(&headers("-1")), None);
+        assert_eq!(retry_after(&reqwest::header::HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn a_retry_after_is_waited_out_stretched_by_up_to_half() {
+        let options = SyncOptions::default();
+        for _ in 0..100 {
+            let pause = retry_pause(&options, 0, Some(Duration::from_secs(10)));
+            assert!(pause >= Duration::from_secs(10), "{pause:?}");
+            assert!(pause <= Duration::from_secs(15), "{pause:?}");
+        }
+    }
+
+    #[test]
+    fn a_retry_after_is_capped_and_never_shortens_the_backoff() {
+        let options = SyncOptions::default();
+        let pause = retry_pause(&options, 0, Some(Duration::from_secs(3_600)));
+        assert!(pause <= MAX_RETRY_AFTER.mul_f64(1.5), "{pause:?}");
+        let slow = SyncOptions {
+            backoff: Duration::from_secs(8),
+            max_backoff: Duration::from_secs(8),
+            ..SyncOptions::default()
+        };
+        let pause = retry_pause(&slow, 0, Some(Duration::ZERO));
+        assert!(pause >= Duration::from_secs(4), "{pause:?}");
+    }
+
+    #[test]
+    fn without_retry_after_the_pause_is_the_backoff() {
+        let options = SyncOptions::default();
+        for attempt in 0..5 {
+            let pause = retry_pause(&options, attempt, None);
+            let delay = (options.backoff * 2u32.pow(attempt)).min(options.max_backoff);
+            assert!(pause >= delay / 2 && pause <= delay, "{pause:?}");
         }
     }
 }

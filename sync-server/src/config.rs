@@ -18,6 +18,8 @@
 //! max_batch_bytes = 4194304
 //! request_timeout = "30s"
 //! max_wait = "60s"
+//! max_waiting_pulls = 16384                   # long-polls waiting at once; beyond: 429
+//! max_waiting_pulls_per_user = 16             # of one user (API keys: not held to it)
 //!
 //! [databases.todo]
 //! schema = "todo.schema.json"                 # relative to this file
@@ -168,6 +170,24 @@ pub struct Limits {
     /// values are cut to it.
     #[serde(deserialize_with = "deserialize_duration")]
     pub max_wait: Duration,
+    /// The most pulls that may wait for changes at once on the server (default
+    /// 16,384); a pull that would wait beyond it is answered 429 at once, with
+    /// `Retry-After`. Only the wait counts: a pull with changes to return is
+    /// answered whatever the count. Each waiting pull holds a connection, so the
+    /// server lowers this cap to leave a quarter of its open-file limit, and at
+    /// least 256 files, for pushes and the rest (see [`waiting`](crate::waiting)).
+    ///
+    /// The default lets 10,000 devices of distinct users wait, with room to
+    /// grow; the open-file limit that needs, 21,845 (13,333 for 10,000 devices),
+    /// is well under the hard limit of common Linux systems, to which the server
+    /// raises its soft limit at start. 0 lets no pull wait.
+    pub max_waiting_pulls: usize,
+    /// The most pulls of one user (a token's `sub`, across databases) that may
+    /// wait at once (default 16: a phone, a laptop, a tablet and a dozen browser
+    /// tabs), so that one account cannot take every slot; beyond it, 429.
+    /// Callers with an API key are the operator's services and are not held to
+    /// it; they count toward [`max_waiting_pulls`](Self::max_waiting_pulls).
+    pub max_waiting_pulls_per_user: usize,
 }
 
 impl Default for Limits {
@@ -178,6 +198,8 @@ impl Default for Limits {
             max_batch_bytes: 4 * 1024 * 1024,
             request_timeout: Duration::from_secs(30),
             max_wait: Duration::from_secs(60),
+            max_waiting_pulls: 16_384,
+            max_waiting_pulls_per_user: 16,
         }
     }
 }
@@ -436,6 +458,8 @@ mod tests {
             max_body_bytes = 1024
             request_timeout = 5
             max_wait = "250ms"
+            max_waiting_pulls = 100
+            max_waiting_pulls_per_user = 3
             [databases.todo]
             schema = "todo.json"
             unlisted_tables = "shared"
@@ -448,6 +472,8 @@ mod tests {
         assert_eq!(config.listen.port(), 9000);
         assert_eq!(config.limits.request_timeout, Duration::from_secs(5));
         assert_eq!(config.limits.max_wait, Duration::from_millis(250));
+        assert_eq!(config.limits.max_waiting_pulls, 100);
+        assert_eq!(config.limits.max_waiting_pulls_per_user, 3);
         let todo = &config.databases["todo"];
         assert_eq!(todo.unlisted_tables, Access::Shared);
         assert!(todo.tables["todos"].write.is_none());

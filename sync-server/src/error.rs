@@ -1,7 +1,10 @@
 //! The server's error type, and the one place where errors become HTTP responses.
 
+use std::time::Duration;
+
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::header::{CONNECTION, RETRY_AFTER};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use sync_runtime::protocol::ErrorBody;
 
@@ -72,6 +75,18 @@ pub enum Error {
         limit: usize,
     },
 
+    /// Too many pulls wait for changes already, on the server or for this user
+    /// (429): the pull is answered at once instead of waiting, and the device
+    /// should pull again after `retry_after` (sent as `Retry-After`). See
+    /// [`waiting`](crate::waiting).
+    #[error("{reason}; pull again in {} s", retry_after.as_secs())]
+    TooManyWaitingPulls {
+        /// Which cap is reached.
+        reason: String,
+        /// How long the device should wait before it pulls again.
+        retry_after: Duration,
+    },
+
     /// An error of the sync engine: bad input (400, 409) or a storage failure
     /// (500), see [`Error::status`].
     #[error(transparent)]
@@ -89,6 +104,7 @@ impl Error {
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::SchemaMismatch { .. } => StatusCode::CONFLICT,
             Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::TooManyWaitingPulls { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::Runtime(e) => match e {
                 R::SchemaMismatch { .. } => StatusCode::CONFLICT,
                 // What a client sent is wrong: a damaged payload, a table or
@@ -118,6 +134,7 @@ impl Error {
             StatusCode::NOT_FOUND => "not_found",
             StatusCode::CONFLICT => "schema_mismatch",
             StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+            StatusCode::TOO_MANY_REQUESTS => "too_many_requests",
             StatusCode::SERVICE_UNAVAILABLE => "unavailable",
             s if s.is_client_error() => "bad_request",
             _ => "server_error",
@@ -135,7 +152,15 @@ impl IntoResponse for Error {
         } else {
             self.to_string()
         };
-        error_response(status, message)
+        let mut response = error_response(status, message);
+        if let Error::TooManyWaitingPulls { retry_after, .. } = self {
+            let headers = response.headers_mut();
+            headers.insert(RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
+            // The device comes back later, on a new connection: kept open, this
+            // one would hold one of the file descriptors the cap protects.
+            headers.insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
     }
 }
 

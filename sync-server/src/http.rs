@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `GET /health` | anyone | `{"status":"ok"}` |
 //! | `POST /v1/db/{name}/push` | API key or JWT | merges the payload in the body; replies with a [`PushAck`] once committed |
-//! | `GET /v1/db/{name}/pull?cursor=&wait=&limit=` | API key or JWT | the changes after `cursor` not made by the caller's site, as a [`PullResponse`]; waits up to `wait` ms for one |
+//! | `GET /v1/db/{name}/pull?cursor=&wait=&limit=` | API key or JWT | the changes after `cursor` not made by the caller's site, as a [`PullResponse`]; waits up to `wait` ms for one, or gets 429 when too many pulls wait already ([`waiting`](crate::waiting)) |
 //! | `GET /v1/db/{name}/schema` | API key or JWT | the registered tables, a JSON array of [`TableSchema`] |
 //! | `PUT /v1/db/{name}/schema` | API key | registers the tables in the body (a JSON array), creating the database if needed |
 //!
@@ -16,7 +16,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::extract::rejection::{BytesRejection, QueryRejection};
@@ -41,9 +40,10 @@ use crate::config::Limits;
 use crate::error::{Error, Result, error_response};
 use crate::policy::Policies;
 use crate::store::{Database, Store, bad_database_name, valid_database_name};
+use crate::waiting::{WaitingCaps, WaitingPulls, open_files_limit};
 
-/// What every handler shares: the store, the authenticator, the limits, and the
-/// shutdown signal that wakes long-polls.
+/// What every handler shares: the store, the authenticator, the limits, the
+/// waiting pulls with their caps, and the shutdown signal that wakes long-polls.
 #[derive(Clone)]
 pub struct AppState {
     shared: Arc<Shared>,
@@ -57,18 +57,21 @@ struct Shared {
     /// closed to users.
     policies: HashMap<String, Policies>,
     shutdown: watch::Sender<bool>,
-    /// Pulls waiting for changes right now.
-    waiting: AtomicUsize,
+    /// Pulls waiting for changes right now, and their caps.
+    waiting: WaitingPulls,
 }
 
 impl AppState {
-    /// The state of a server with these parts.
+    /// The state of a server with these parts. The caps on waiting pulls are
+    /// those of `limits`, lowered to fit the open-file limit in force now
+    /// ([`WaitingCaps::new`]).
     pub fn new(
         store: Arc<dyn Store>,
         auth: Authenticator,
         limits: Limits,
         policies: HashMap<String, Policies>,
     ) -> Self {
+        let waiting = WaitingPulls::new(WaitingCaps::new(&limits, open_files_limit()));
         Self {
             shared: Arc::new(Shared {
                 store,
@@ -76,7 +79,7 @@ impl AppState {
                 limits,
                 policies,
                 shutdown: watch::Sender::new(false),
-                waiting: AtomicUsize::new(0),
+                waiting,
             }),
         }
     }
@@ -102,7 +105,13 @@ impl AppState {
 
     /// How many pulls are waiting for changes (long-polls) right now.
     pub fn waiting_pulls(&self) -> usize {
-        self.shared.waiting.load(Ordering::Relaxed)
+        self.shared.waiting.count()
+    }
+
+    /// The caps on waiting pulls in force: the configured ones, lowered to fit
+    /// the open-file limit.
+    pub fn waiting_caps(&self) -> WaitingCaps {
+        self.shared.waiting.caps()
     }
 
     /// Starts shutting down: waiting pulls return what they have now.
@@ -256,7 +265,19 @@ async fn pull(
         .policies(&name)
         .read_filter(&caller)
         .filter(|filter| !filter.allows_everything());
-    let batch = wait_for_changes(&state, &*db, from, site, batch_limits, wait, filter).await?;
+    let changes = Changes {
+        db: &*db,
+        site,
+        limits: batch_limits,
+        filter,
+    };
+    let batch = wait_for_changes(&state, &caller, &changes, from, wait)
+        .await
+        .inspect_err(|e| {
+            if matches!(e, Error::TooManyWaitingPulls { .. }) {
+                tracing::debug!(database = %name, caller = %caller, "long-poll refused: {e}");
+            }
+        })?;
     tracing::debug!(database = %name, rows = batch.rows, next = %batch.next, "pull served");
     let body = PullResponse {
         payload: batch.payload,
@@ -267,61 +288,62 @@ async fn pull(
     Ok(([(CONTENT_TYPE, "application/octet-stream")], body).into_response())
 }
 
-/// Exports the changes after `from`; when there are none yet, waits for the
-/// database's version to move (or the wait to end, or the server to shut down)
-/// and looks again.
-async fn wait_for_changes(
-    state: &AppState,
-    db: &dyn Database,
-    mut from: Cursor,
+/// What a pull reads: the changes of `db` not made by `site`, that `filter`
+/// lets through, in batches of `limits`.
+struct Changes<'a> {
+    db: &'a dyn Database,
     site: SiteId,
     limits: BatchLimits,
-    wait: Duration,
     filter: Option<RowFilters>,
+}
+
+impl Changes<'_> {
+    async fn after(&self, from: Cursor) -> Result<Batch> {
+        Ok(match &self.filter {
+            None => self.db.pull(from, self.site, self.limits).await?,
+            Some(filter) => {
+                self.db
+                    .pull_filtered(from, self.site, self.limits, filter.clone())
+                    .await?
+            }
+        })
+    }
+}
+
+/// Exports the changes after `from`; when there are none yet, waits for the
+/// database's version to move (or the wait to end, or the server to shut down)
+/// and looks again. The wait takes one of the server's waiting slots, or is
+/// refused (429) when `caller` or the server has none left.
+async fn wait_for_changes(
+    state: &AppState,
+    caller: &Principal,
+    changes: &Changes<'_>,
+    mut from: Cursor,
+    wait: Duration,
 ) -> Result<Batch> {
     let deadline = Instant::now() + wait;
     let mut shutdown = state.shared.shutdown.subscribe();
-    let mut versions = db.subscribe();
-    let mut waiting = None;
+    let mut versions = changes.db.subscribe();
+    let mut slot = None;
     loop {
         // Marked seen before the export: a commit after this point either is in
         // the export or wakes the wait below.
         versions.borrow_and_update();
-        let batch = match &filter {
-            None => db.pull(from.clone(), site, limits).await?,
-            Some(filter) => {
-                db.pull_filtered(from.clone(), site, limits, filter.clone())
-                    .await?
-            }
-        };
+        let batch = changes.after(from.clone()).await?;
         let nothing_new = batch.rows == 0 && batch.complete;
         if !nothing_new || wait.is_zero() || *shutdown.borrow() {
             return Ok(batch);
         }
         // What was skipped (the caller's own changes) need not be read again.
         from = batch.next.clone();
-        waiting.get_or_insert_with(|| Waiting::start(&state.shared.waiting));
+        if slot.is_none() {
+            slot = Some(state.shared.waiting.try_start(caller)?);
+        }
         tokio::select! {
             changed = versions.changed() => if changed.is_err() { return Ok(batch) },
             () = tokio::time::sleep_until(deadline) => return Ok(batch),
             _ = shutdown.changed() => return Ok(batch),
         }
-    }
-}
-
-/// Counts a waiting pull for as long as it lives.
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl<'a> Waiting<'a> {
-    fn start(count: &'a AtomicUsize) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
-        Self(count)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -42,6 +42,7 @@ mod error;
 pub mod http;
 pub mod policy;
 pub mod store;
+pub mod waiting;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -113,10 +114,15 @@ impl Server {
             what: "cannot read the listening address".into(),
             source,
         })?;
+        // Before the state is made: its caps on waiting pulls follow the limit.
+        let open_files = waiting::raise_open_files_limit();
+        let configured = config.limits.max_waiting_pulls;
+        let state = AppState::new(store, auth, config.limits, policies);
+        log_waiting_caps(state.waiting_caps(), configured, open_files);
         Ok(Self {
             listener,
             local_addr,
-            state: AppState::new(store, auth, config.limits, policies),
+            state,
         })
     }
 
@@ -256,6 +262,27 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = terminate => {}
+    }
+}
+
+/// Logs the caps on waiting pulls in force, and warns when the open-file limit
+/// lowered the configured ones.
+fn log_waiting_caps(caps: waiting::WaitingCaps, configured: usize, open_files: u64) {
+    tracing::info!(
+        max_waiting_pulls = caps.per_server,
+        max_waiting_pulls_per_user = caps.per_user,
+        open_files,
+        "long-polls capped"
+    );
+    if caps.per_server < configured {
+        tracing::warn!(
+            configured,
+            effective = caps.per_server,
+            open_files,
+            reserved = waiting::reserved_files(open_files),
+            "the open-file limit lowers max_waiting_pulls, to keep files for pushes; raise the \
+             hard limit (`ulimit -Hn`, systemd's LimitNOFILE=) to let more devices wait"
+        );
     }
 }
 

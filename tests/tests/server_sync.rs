@@ -361,3 +361,32 @@ async fn a_long_poll_may_wait_longer_than_the_request_timeout() {
     assert!(started.elapsed() >= std::time::Duration::from_millis(600));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_long_poll_is_a_transient_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = support::config(&dir.path().join("server"));
+    // No user may wait: every long-poll that finds nothing is refused (429).
+    config.limits.max_waiting_pulls_per_user = 0;
+    let server = TestServer::start_with(config).await;
+    let url = server.url("todo");
+    publish_schema(&url, dir.path()).await;
+    let db = device(dir.path(), "a", &url, "ann").await;
+    // A pull that does not wait needs no slot.
+    db.sync().await.unwrap();
+
+    let options = sync_runtime::SyncOptions {
+        wait: std::time::Duration::from_secs(10),
+        max_retries: 0,
+        ..Default::default()
+    };
+    let started = std::time::Instant::now();
+    let error = db.check_changes_with(&options).await.unwrap_err();
+    assert!(
+        matches!(error, Error::Server { status: 429, .. }),
+        "{error:?}"
+    );
+    assert!(error.is_transient());
+    assert!(started.elapsed() < options.wait, "the pull was held");
+    server.stop().await;
+}

@@ -215,14 +215,27 @@ impl Device {
             .payload
     }
 
-    /// A push request of `body` with this device's token and fingerprint.
-    pub async fn push_request(&self, server: &TestServer, body: Vec<u8>) -> RequestBuilder {
+    /// A request to `endpoint` (`push`, `pull`) of database `database`, with this
+    /// device's token, fingerprint and site id.
+    pub async fn request_to(
+        &self,
+        server: &TestServer,
+        method: reqwest::Method,
+        database: &str,
+        endpoint: &str,
+    ) -> RequestBuilder {
         server
             .http
-            .post(server.url(&format!("/v1/db/{DB}/push")))
+            .request(method, server.url(&format!("/v1/db/{database}/{endpoint}")))
             .bearer_auth(&self.token)
             .header(SCHEMA_HEADER, self.fingerprint().await)
             .header(SITE_HEADER, self.db.site_id().to_string())
+    }
+
+    /// A push request of `body` with this device's token and fingerprint.
+    pub async fn push_request(&self, server: &TestServer, body: Vec<u8>) -> RequestBuilder {
+        self.request_to(server, reqwest::Method::POST, DB, "push")
+            .await
             .body(body)
     }
 
@@ -258,13 +271,9 @@ impl Device {
         server: &TestServer,
         query: &[(&str, String)],
     ) -> RequestBuilder {
-        server
-            .http
-            .get(server.url(&format!("/v1/db/{DB}/pull")))
+        self.request_to(server, reqwest::Method::GET, DB, "pull")
+            .await
             .query(query)
-            .bearer_auth(&self.token)
-            .header(SCHEMA_HEADER, self.fingerprint().await)
-            .header(SITE_HEADER, self.db.site_id().to_string())
     }
 
     /// Sends a pull request after `cursor`, waiting up to `wait_ms`.
