@@ -20,6 +20,17 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// The database file is damaged (SQLite finds it malformed, or its quick check
+    /// reports problems), or it holds no Synced database where one was expected
+    /// (see [`Options::create`](crate::Options::create)). The file is left as it is.
+    #[error("the database file {} cannot be used: {reason}; restore it from a backup", path.display())]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// The database file could not be opened or created.
     #[error("cannot open {}: {source}", path.display())]
     Open {
@@ -201,6 +212,16 @@ pub enum Error {
     /// changes stay here until the app and the server agree.
     #[error("the sync server has another schema for this database: {message}")]
     ServerSchemaMismatch {
+        /// The server's message.
+        message: String,
+    },
+
+    /// The server has this database but cannot serve it: its file there is
+    /// damaged (503 with code `database_unavailable`). Not transient: it lasts
+    /// until an operator restores the file from a backup and restarts the server.
+    /// The unsent changes stay here.
+    #[error("the sync server cannot serve this database: {message}")]
+    DatabaseUnavailable {
         /// The server's message.
         message: String,
     },

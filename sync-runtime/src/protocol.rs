@@ -131,11 +131,20 @@ pub struct ErrorBody {
     /// `not_found` (404), `schema_mismatch` (409), `payload_too_large` (413),
     /// `too_many_requests` (429: too many pulls wait for changes already; pull
     /// again after the `Retry-After` header's seconds), `bad_request` (400: a
-    /// malformed payload, cursor or header), `server_error` (500) or
-    /// `unavailable` (503).
+    /// malformed payload, cursor or header), `server_error` (500), `unavailable`
+    /// (503: the request took too long) or
+    /// [`database_unavailable`](Self::DATABASE_UNAVAILABLE) (503: the database's
+    /// file on the server is damaged).
     pub code: String,
     /// What went wrong, for people.
     pub message: String,
+}
+
+impl ErrorBody {
+    /// The code of a database the server holds but cannot serve, because its file
+    /// is damaged, until an operator restores it from a backup. A retry in a few
+    /// seconds does not help, unlike the other 503s.
+    pub const DATABASE_UNAVAILABLE: &str = "database_unavailable";
 }
 
 /// The body of a pull answer: one batch of changes and the cursor after it, with a

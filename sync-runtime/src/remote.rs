@@ -625,11 +625,18 @@ impl RemoteState {
         if (200..300).contains(&status) {
             return Ok(body);
         }
-        let message = match serde_json::from_slice::<ErrorBody>(&body) {
-            Ok(error) => error.message,
-            Err(_) => String::from_utf8_lossy(&body).chars().take(200).collect(),
+        let (code, message) = match serde_json::from_slice::<ErrorBody>(&body) {
+            Ok(error) => (Some(error.code), error.message),
+            Err(_) => (
+                None,
+                String::from_utf8_lossy(&body).chars().take(200).collect(),
+            ),
         };
         Err(match status {
+            // A 503 that retries cannot fix.
+            503 if code.as_deref() == Some(ErrorBody::DATABASE_UNAVAILABLE) => {
+                Error::DatabaseUnavailable { message }
+            }
             401 => Error::Unauthorized { message },
             403 => Error::Forbidden { message },
             409 => Error::ServerSchemaMismatch { message },

@@ -94,6 +94,11 @@ CREATE TABLE IF NOT EXISTS _synced_tables (
   tracking INTEGER NOT NULL
 ) STRICT;";
 
+/// Whether the database holds the runtime's tables (a Synced database, not a new
+/// or foreign one).
+pub(crate) const IS_REPLICA: &str =
+    "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = '_synced_state')";
+
 /// Closes the open version: the changes recorded since the last close keep the
 /// version they were stamped with (`db_version + 1`), and the next ones get the
 /// one after.

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used)] // in tests, a failed unwrap is a failed assertion
 
 use sync_runtime::{
-    Algorithm, ColumnSchema, Error, SqlType, SyncDb, SyncId, Synced, TableSchema, params,
+    Algorithm, ColumnSchema, Error, Options, SqlType, SyncDb, SyncId, Synced, TableSchema, params,
 };
 
 #[derive(Synced, Debug, Clone, PartialEq)]
@@ -44,6 +44,121 @@ async fn a_file_that_is_not_a_database_is_refused() {
         text,
         "file untouched"
     );
+}
+
+#[tokio::test]
+async fn without_create_only_a_synced_database_opens_and_the_rest_is_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let existing = Options::default().create(false);
+
+    let missing = dir.path().join("missing.db");
+    let err = SyncDb::open_with(&missing, existing.clone())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Open { .. }), "{err}");
+    assert!(!missing.exists(), "a missing file was created");
+
+    let empty = dir.path().join("empty.db");
+    std::fs::File::create(&empty).unwrap();
+    let err = SyncDb::open_with(&empty, existing.clone())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Damaged { .. }), "{err}");
+    assert!(err.to_string().contains("empty (0 bytes)"), "{err}");
+    assert_eq!(std::fs::metadata(&empty).unwrap().len(), 0);
+
+    let foreign = dir.path().join("foreign.db");
+    rusqlite::Connection::open(&foreign)
+        .unwrap()
+        .execute_batch("CREATE TABLE notes (body TEXT)")
+        .unwrap();
+    let err = SyncDb::open_with(&foreign, existing.clone())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Damaged { .. }), "{err}");
+    assert!(err.to_string().contains("not a Synced one"), "{err}");
+    let tables: i64 = rusqlite::Connection::open(&foreign)
+        .unwrap()
+        .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(tables, 1, "the runtime's tables were added");
+
+    let synced = dir.path().join("synced.db");
+    SyncDb::open(&synced)
+        .await
+        .unwrap()
+        .register::<Todo>()
+        .await
+        .unwrap();
+    let db = SyncDb::open_with(&synced, existing).await.unwrap();
+    assert_eq!(db.schemas().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_truncated_file_is_damaged() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("todos.db");
+    filled_file(&path, 2_000).await;
+    let half = std::fs::metadata(&path).unwrap().len() / 2;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(half)
+        .unwrap();
+    let err = SyncDb::open(&path).await.unwrap_err();
+    assert!(matches!(err, Error::Damaged { .. }), "{err}");
+    assert!(err.to_string().contains("malformed"), "{err}");
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), half);
+}
+
+#[tokio::test]
+async fn the_quick_check_finds_a_page_damaged_inside_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("todos.db");
+    filled_file(&path, 2_000).await;
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let (page_size, root): (i64, i64) = conn
+        .query_row(
+            "SELECT (SELECT page_size FROM pragma_page_size), rootpage \
+             FROM sqlite_schema WHERE name = 'todos'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    drop(conn);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let start = ((root - 1) * page_size) as usize;
+    bytes[start..start + page_size as usize].fill(0);
+    std::fs::write(&path, &bytes).unwrap();
+
+    // Opening alone reads no page of the table.
+    drop(SyncDb::open(&path).await.unwrap());
+    let checked = Options::default().quick_check(true);
+    let err = SyncDb::open_with(&path, checked).await.unwrap_err();
+    assert!(matches!(err, Error::Damaged { .. }), "{err}");
+    assert!(err.to_string().contains("quick_check found"), "{err}");
+}
+
+/// A database file with `rows` rows of [`Todo`], its write-ahead log moved into
+/// it and closed.
+async fn filled_file(path: &std::path::Path, rows: usize) {
+    let db = SyncDb::open(path).await.unwrap();
+    db.register::<Todo>().await.unwrap();
+    db.transaction(move |tx| {
+        for i in 0..rows {
+            tx.insert(&Todo {
+                id: SyncId::new(),
+                title: format!("todo number {i}"),
+                done: false,
+                note: None,
+            })?;
+        }
+        Ok::<_, Error>(())
+    })
+    .await
+    .unwrap();
+    db.vacuum().await.unwrap();
 }
 
 #[tokio::test]

@@ -45,6 +45,20 @@ pub enum Error {
     )]
     DatabaseNotFound(String),
 
+    /// The database exists but cannot be served: its storage is damaged (503,
+    /// code `database_unavailable`). It lasts until an operator restores it from a
+    /// backup and restarts the server; the server's log has the file's path.
+    #[error(
+        "database `{name}` cannot be served: its file is damaged ({reason}); an operator must \
+         restore it from a backup and restart the server"
+    )]
+    DatabaseUnavailable {
+        /// The database.
+        name: String,
+        /// What is wrong with its file.
+        reason: String,
+    },
+
     /// No endpoint has this path (404).
     #[error("no endpoint at {0}")]
     RouteNotFound(String),
@@ -105,6 +119,7 @@ impl Error {
             Error::SchemaMismatch { .. } => StatusCode::CONFLICT,
             Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::TooManyWaitingPulls { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::DatabaseUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::Runtime(e) => match e {
                 R::SchemaMismatch { .. } => StatusCode::CONFLICT,
                 // What a client sent is wrong: a damaged payload, a table or
@@ -123,6 +138,16 @@ impl Error {
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
             Error::Config(_) | Error::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The machine-readable code of this error's [`ErrorBody`]: the
+    /// [`code`](Self::code) of its status, but for a database that cannot be
+    /// served.
+    pub fn body_code(&self) -> &'static str {
+        match self {
+            Error::DatabaseUnavailable { .. } => ErrorBody::DATABASE_UNAVAILABLE,
+            other => Error::code(other.status()),
         }
     }
 
@@ -145,14 +170,19 @@ impl Error {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.status();
-        let message = if status.is_server_error() {
-            // The details stay in the server's log.
-            tracing::error!(error = %self, "request failed");
-            "the server failed to handle the request; it is logged, retry later".to_owned()
-        } else {
-            self.to_string()
+        let code = self.body_code();
+        let message = match &self {
+            // Logged with the file's path when the file was refused; the message
+            // names no path.
+            Error::DatabaseUnavailable { .. } => self.to_string(),
+            _ if status.is_server_error() => {
+                // The details stay in the server's log.
+                tracing::error!(error = %self, "request failed");
+                "the server failed to handle the request; it is logged, retry later".to_owned()
+            }
+            _ => self.to_string(),
         };
-        let mut response = error_response(status, message);
+        let mut response = error_response(status, code, message);
         if let Error::TooManyWaitingPulls { retry_after, .. } = self {
             let headers = response.headers_mut();
             headers.insert(RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
@@ -164,10 +194,10 @@ impl IntoResponse for Error {
     }
 }
 
-/// An error response with an [`ErrorBody`] for `status`.
-pub(crate) fn error_response(status: StatusCode, message: String) -> Response {
+/// An error response with an [`ErrorBody`].
+pub(crate) fn error_response(status: StatusCode, code: &str, message: String) -> Response {
     let body = ErrorBody {
-        code: Error::code(status).to_owned(),
+        code: code.to_owned(),
         message,
     };
     (status, Json(body)).into_response()

@@ -120,7 +120,8 @@ impl AppState {
     }
 
     /// The database `name`, for `caller`: 400 for an invalid name, 403 for a
-    /// token meant for another database, 404 if it does not exist.
+    /// token meant for another database, 404 if it does not exist, 503 if its
+    /// file is damaged.
     async fn database(&self, name: &str, caller: &Principal) -> Result<Arc<dyn Database>> {
         check_name(name)?;
         if !self.policies(name).admits(caller) {
@@ -186,7 +187,7 @@ async fn fill_error_body(response: Response) -> Response {
         StatusCode::METHOD_NOT_ALLOWED => "this endpoint does not take this method".into(),
         other => other.canonical_reason().unwrap_or("error").to_owned(),
     };
-    error_response(status, message)
+    error_response(status, Error::code(status), message)
 }
 
 async fn health() -> Json<serde_json::Value> {

@@ -56,7 +56,9 @@ use sync_runtime::TableSchema;
 use tokio::net::TcpListener;
 
 pub use auth::{Authenticator, Principal};
-pub use config::{Access, AuthConfig, Config, DatabaseConfig, Limits, TablePolicies};
+pub use config::{
+    Access, AuthConfig, Config, DatabaseConfig, Limits, StorageConfig, TablePolicies,
+};
 pub use error::{Error, Result};
 pub use http::{AppState, router};
 pub use store::{Database, SqliteStore, Store};
@@ -71,13 +73,15 @@ pub struct Server {
 impl Server {
     /// Prepares a server from its configuration: reads the auth keys, opens the
     /// data directory (a [`SqliteStore`]) and the configured databases with their
-    /// schemas, and binds the listening socket.
+    /// schemas, and binds the listening socket. A damaged database file does not
+    /// stop the start: that database is not served (see [`SqliteStore`]).
     pub async fn bind(config: Config) -> Result<Self> {
-        let store = SqliteStore::open(&config.data).await?;
+        let store = SqliteStore::open_with(&config.data, &config.storage).await?;
         Self::bind_with_store(config, Arc::new(store)).await
     }
 
-    /// Like [`bind`](Self::bind), with another store (`config.data` is not used).
+    /// Like [`bind`](Self::bind), with another store (`config.data` and
+    /// `config.storage` are not used).
     pub async fn bind_with_store(config: Config, store: Arc<dyn Store>) -> Result<Self> {
         config.validate()?;
         let auth = Authenticator::new(&config.auth)?;
@@ -88,7 +92,22 @@ impl Server {
         }
         let mut policies = HashMap::new();
         for (name, database) in &config.databases {
-            let db = store.create(name).await?;
+            let compiled = Policies::new(database)
+                .map_err(|e| Error::Config(format!("[databases.{name}]: {e}")))?;
+            let db = match store.create(name).await {
+                Ok(db) => db,
+                // The store logged why; the others are served. Its policies
+                // still apply: a token for another audience gets 403, as usual.
+                Err(Error::DatabaseUnavailable { .. }) => {
+                    tracing::warn!(
+                        database = %name,
+                        "configured database not served: its schema and policies are not checked"
+                    );
+                    policies.insert(name.clone(), compiled);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if let Some(path) = &database.schema {
                 let schemas = read_schema_file(path)?;
                 db.set_schemas(schemas).await.map_err(|e| {
@@ -98,8 +117,6 @@ impl Server {
                     ))
                 })?;
             }
-            let compiled = Policies::new(database)
-                .map_err(|e| Error::Config(format!("[databases.{name}]: {e}")))?;
             check_policies(&*db, name, &compiled).await?;
             policies.insert(name.clone(), compiled);
         }

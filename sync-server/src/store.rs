@@ -18,6 +18,7 @@ use sync_runtime::{
 };
 use tokio::sync::{Mutex, watch};
 
+use crate::config::StorageConfig;
 use crate::error::{Error, Result};
 
 /// A boxed future, so that [`Store`] and [`Database`] can be used as trait objects.
@@ -51,6 +52,11 @@ pub(crate) fn bad_database_name(name: &str) -> String {
 }
 
 /// The named databases of a server.
+///
+/// A database the store holds but cannot serve (its storage is damaged) is
+/// neither absent nor replaced: [`database`](Self::database) and
+/// [`create`](Self::create) give [`Error::DatabaseUnavailable`] for it until an
+/// operator repairs it.
 pub trait Store: Send + Sync + 'static {
     /// The database called `name`, or `None` if there is none.
     fn database<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Arc<dyn Database>>>>;
@@ -58,7 +64,7 @@ pub trait Store: Send + Sync + 'static {
     /// The database called `name`, created empty if there is none.
     fn create<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Arc<dyn Database>>>;
 
-    /// The names of the databases this store holds now, sorted.
+    /// The names of the databases this store can serve now, sorted.
     fn names(&self) -> BoxFuture<'_, Result<Vec<String>>>;
 }
 
@@ -134,32 +140,59 @@ pub trait Database: Send + Sync + 'static {
 /// The embedded store: a directory with one SQLite file per database,
 /// `<dir>/<name>.db`, each opened once and kept open.
 ///
+/// A file that is damaged (empty, not a SQLite database, malformed, failing
+/// SQLite's quick check when [`StorageConfig::quick_check`] is on) or that is not
+/// a Synced database is refused when opened: logged as an error with its path,
+/// never written to, and answered with [`Error::DatabaseUnavailable`] until the
+/// server restarts (after an operator restored it from a backup). The other
+/// databases are served as usual.
+///
 /// ```
 /// use sync_server::store::{SqliteStore, Store};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> sync_server::Result<()> {
 /// let dir = tempfile::tempdir().unwrap();
+/// std::fs::File::create(dir.path().join("lost.db")).unwrap(); // 0 bytes
 /// let store = SqliteStore::open(dir.path()).await?;
 /// assert!(store.database("todo").await?.is_none());
 /// store.create("todo").await?;
 /// assert_eq!(store.names().await?, ["todo"]);
 /// assert!(dir.path().join("todo.db").exists());
+///
+/// let lost = store.create("lost").await.err().unwrap();
+/// assert!(matches!(lost, sync_server::Error::DatabaseUnavailable { .. }));
 /// # Ok(())
 /// # }
 /// ```
 pub struct SqliteStore {
     dir: PathBuf,
-    open: Mutex<HashMap<String, Arc<SqliteDatabase>>>,
+    quick_check: bool,
+    databases: Mutex<HashMap<String, Slot>>,
+}
+
+/// What became of a database file the store opened.
+enum Slot {
+    /// Served.
+    Open(Arc<SqliteDatabase>),
+    /// Refused, for this reason, until the server restarts.
+    Refused(String),
 }
 
 /// The file extension of database files.
 const EXTENSION: &str = "db";
 
 impl SqliteStore {
-    /// Opens a data directory (created if missing) and every database file in it.
+    /// Opens a data directory (created if missing) and every database file in it,
+    /// with the default [`StorageConfig`] (every file quick-checked).
     /// Files whose names are not valid database names are left alone.
     pub async fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(dir, &StorageConfig::default()).await
+    }
+
+    /// Opens a data directory (created if missing) and every database file in it;
+    /// a damaged file is refused (see [`SqliteStore`]), and the start goes on.
+    pub async fn open_with(dir: impl AsRef<Path>, storage: &StorageConfig) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
             what: format!("cannot create the data directory {}", dir.display()),
@@ -167,10 +200,14 @@ impl SqliteStore {
         })?;
         let store = Self {
             dir,
-            open: Mutex::new(HashMap::new()),
+            quick_check: storage.quick_check,
+            databases: Mutex::new(HashMap::new()),
         };
         for name in store.names_on_disk()? {
-            store.open_database(&name, false).await?;
+            match store.open_database(&name, false).await {
+                Ok(_) | Err(Error::DatabaseUnavailable { .. }) => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(store)
     }
@@ -211,18 +248,61 @@ impl SqliteStore {
             return Err(Error::BadRequest(bad_database_name(name)));
         }
         // Held across the open, so that a database is opened once.
-        let mut open = self.open.lock().await;
-        if let Some(db) = open.get(name) {
-            return Ok(Some(Arc::clone(db)));
+        let mut databases = self.databases.lock().await;
+        match databases.get(name) {
+            Some(Slot::Open(db)) => return Ok(Some(Arc::clone(db))),
+            Some(Slot::Refused(reason)) => return Err(unavailable(name, reason)),
+            None => {}
         }
         let path = self.path_of(name);
-        if !create && !path.exists() {
+        let exists = path.exists();
+        if !create && !exists {
             return Ok(None);
         }
-        let db = Arc::new(SqliteDatabase::open(&path).await?);
+        let opened = if exists {
+            SqliteDatabase::open_existing(&path, self.quick_check).await
+        } else {
+            SqliteDatabase::open(&path).await
+        };
+        let db = match opened {
+            Ok(db) => Arc::new(db),
+            Err(e) => {
+                let Some(reason) = damage(&e) else {
+                    return Err(e);
+                };
+                tracing::error!(
+                    database = name,
+                    path = %path.display(),
+                    reason = %reason,
+                    "database file refused: it is not served until it is restored from a \
+                     backup and the server restarted; the file is left as it is"
+                );
+                databases.insert(name.to_owned(), Slot::Refused(reason.clone()));
+                return Err(unavailable(name, &reason));
+            }
+        };
         tracing::info!(database = name, path = %path.display(), "database opened");
-        open.insert(name.to_owned(), Arc::clone(&db));
+        databases.insert(name.to_owned(), Slot::Open(Arc::clone(&db)));
         Ok(Some(db))
+    }
+}
+
+/// What is wrong with a database file, if `error` says that it is damaged (rather
+/// than that it could not be opened at all: permissions, a full disk).
+fn damage(error: &Error) -> Option<String> {
+    match error {
+        Error::Runtime(sync_runtime::Error::Damaged { reason, .. }) => Some(reason.clone()),
+        Error::Runtime(sync_runtime::Error::NotADatabase { .. }) => {
+            Some("it is not a SQLite database".to_owned())
+        }
+        _ => None,
+    }
+}
+
+fn unavailable(name: &str, reason: &str) -> Error {
+    Error::DatabaseUnavailable {
+        name: name.to_owned(),
+        reason: reason.to_owned(),
     }
 }
 
@@ -246,7 +326,9 @@ impl Store for SqliteStore {
     fn names(&self) -> BoxFuture<'_, Result<Vec<String>>> {
         Box::pin(async move {
             let mut names = self.names_on_disk()?;
-            names.extend(self.open.lock().await.keys().cloned());
+            let databases = self.databases.lock().await;
+            names.extend(databases.keys().cloned());
+            names.retain(|name| !matches!(databases.get(name), Some(Slot::Refused(_))));
             names.sort();
             names.dedup();
             Ok(names)
@@ -270,7 +352,26 @@ impl SqliteDatabase {
     /// disk before the push that made it is acknowledged, so an acknowledged change
     /// survives a crash of the process and a power loss alike.
     pub async fn open(path: &Path) -> Result<Self> {
-        let options = Options::default().synchronous(Synchronous::Full);
+        Self::open_with(path, Self::options()).await
+    }
+
+    /// Opens the existing database file at `path`, refusing (with
+    /// [`sync_runtime::Error::Damaged`] or [`sync_runtime::Error::NotADatabase`])
+    /// a file that is empty, not a Synced database, malformed, or (with
+    /// `quick_check`) that SQLite's quick check finds damaged. A refused file is
+    /// left as it is.
+    pub async fn open_existing(path: &Path, quick_check: bool) -> Result<Self> {
+        let options = Self::options().create(false).quick_check(quick_check);
+        Self::open_with(path, options).await
+    }
+
+    /// The settings of every server database: every commit on disk before it is
+    /// acknowledged.
+    fn options() -> Options {
+        Options::default().synchronous(Synchronous::Full)
+    }
+
+    async fn open_with(path: &Path, options: Options) -> Result<Self> {
         Ok(Self {
             db: SyncDb::open_with(path, options).await?,
             fingerprint: std::sync::Mutex::default(),

@@ -15,8 +15,8 @@ use sync_runtime::protocol::{
 use sync_runtime::{BatchLimits, Cursor, Scope, SyncDb, SyncId, Synced};
 use sync_server::{AppState, AuthConfig, Config, DatabaseConfig, Limits, Server, auth};
 use tempfile::TempDir;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStderr, Command};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
@@ -85,6 +85,7 @@ pub fn test_config(data: &std::path::Path) -> Config {
         // Every table shared with users: these tests are about sync, not
         // row-level security.
         databases: [(DB.to_owned(), DatabaseConfig::shared())].into(),
+        ..Config::default()
     }
 }
 
@@ -103,7 +104,12 @@ impl TestServer {
 
     /// A server with [`test_config`] changed by `adjust`.
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
-        let data = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), adjust).await
+    }
+
+    /// A server with [`test_config`] changed by `adjust`, on a data directory
+    /// that may already hold database files.
+    pub async fn start_in(data: TempDir, adjust: impl FnOnce(&mut Config)) -> Self {
         let mut config = test_config(data.path());
         adjust(&mut config);
         let server = Server::bind(config).await.unwrap();
@@ -430,11 +436,27 @@ pub fn base64url(bytes: &[u8]) -> String {
 
 /// Starts the binary with `args`; its address is read from its `listening on` line.
 pub async fn spawn_server(args: &[&str]) -> (Child, SocketAddr) {
+    spawn_server_to(args, Stdio::null()).await
+}
+
+/// Like [`spawn_server`], with the server's log (its standard error) to read line
+/// by line. Read it, or the server blocks once the pipe is full.
+pub async fn spawn_server_with_log(
+    args: &[&str],
+) -> (Child, SocketAddr, Lines<BufReader<ChildStderr>>) {
+    let (mut child, addr) = spawn_server_to(args, Stdio::piped()).await;
+    let log = BufReader::new(child.stderr.take().unwrap()).lines();
+    (child, addr, log)
+}
+
+async fn spawn_server_to(args: &[&str], stderr: Stdio) -> (Child, SocketAddr) {
     let mut child = Command::new(SERVER_BIN)
         .args(args)
         .env_remove("SYNCED_JWT_SECRET")
+        // The default level, whatever the environment of the tests.
+        .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .kill_on_drop(true)
         .spawn()
         .unwrap();
