@@ -22,6 +22,7 @@ use crate::sql::{self, TableSql};
 use crate::tracking;
 use crate::tx::{self, Registry, Transaction};
 use crate::value::Value;
+use crate::wire::Payload;
 
 /// How a database is opened. `Options::default()` is what [`SyncDb::open`] uses.
 ///
@@ -565,7 +566,10 @@ impl SyncDb {
     }
 
     /// Merges what a device pushed, as a server does: like
-    /// [`apply_changes`](Self::apply_changes), after checking that the payload
+    /// [`apply_changes`](Self::apply_changes) of a payload decoded beforehand
+    /// (with [`wire::decode_within`](crate::wire::decode_within), so that a
+    /// server bounds what a request inflates to and decodes off this database's
+    /// thread), after checking that the payload
     /// holds only changes `device` made itself (exported by it with
     /// [`Scope::Local`]) and no evictions; anything else is [`Error::Refused`],
     /// and nothing is applied. A row whose clocks leap beyond what any replica
@@ -573,8 +577,7 @@ impl SyncDb {
     /// rejected alone: the report lists it, and its
     /// [`restore`](PushReport::restore) gives the device this database's state
     /// of it.
-    pub async fn apply_push(&self, payload: &[u8], device: SiteId) -> Result<PushReport> {
-        let payload = payload.to_vec();
+    pub async fn apply_push(&self, payload: Payload, device: SiteId) -> Result<PushReport> {
         self.call(move |w| {
             write(w, |tx| {
                 tx.set_versions();
@@ -593,12 +596,11 @@ impl SyncDb {
     /// `may_read` lets it see them, so that the device alone takes them back.
     pub async fn apply_push_checked(
         &self,
-        payload: &[u8],
+        payload: Payload,
         device: SiteId,
         may_write: RowFilters,
         may_read: RowFilters,
     ) -> Result<PushReport> {
-        let payload = payload.to_vec();
         self.call(move |w| {
             write(w, |tx| {
                 tx.set_versions();

@@ -146,11 +146,10 @@ pub(crate) struct Access<'f> {
 /// [`Rejection`]).
 pub(crate) fn apply_push(
     conn: &Connection,
-    bytes: &[u8],
+    payload: &Payload,
     device: SiteId,
     access: Option<Access<'_>>,
 ) -> Result<PushReport> {
-    let payload = wire::decode(bytes)?;
     let refuse = |reason: String| Err(Error::Refused { reason });
     if payload.exporter != device {
         return refuse(format!(
@@ -158,7 +157,7 @@ pub(crate) fn apply_push(
             payload.exporter
         ));
     }
-    let own = |origin| made_by(&payload, origin, device);
+    let own = |origin| made_by(payload, origin, device);
     for row in &payload.rows {
         if row.cl == wire::EVICT {
             return refuse("a device cannot send evictions".into());
@@ -169,7 +168,7 @@ pub(crate) fn apply_push(
             return refuse(FOREIGN_CHANGES.into());
         }
     }
-    let report = apply_payload(conn, &payload, Sender::Device { device, access })?;
+    let report = apply_payload(conn, payload, Sender::Device { device, access })?;
     let restore = if report.rejected.is_empty() {
         Vec::new()
     } else {

@@ -196,9 +196,18 @@ pub enum WireError {
     /// The header names a compression this build does not know.
     #[error("unknown compression {0}")]
     UnknownCompression(u8),
-    /// The body is larger than [`MAX_BODY`].
-    #[error("the payload body ({0} bytes) is larger than the limit of {MAX_BODY} bytes")]
-    TooLarge(u64),
+    /// The body, once decompressed, would be larger than the limit the decoder
+    /// was given ([`MAX_BODY`] at most).
+    #[error(
+        "the payload body ({size} bytes once decompressed) is larger than the limit of {limit} \
+         bytes; send smaller batches"
+    )]
+    TooLarge {
+        /// The size the header declares.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// The compressed body does not decompress to its declared length.
     #[error("the payload body does not decompress: {0}")]
     Decompression(String),
@@ -243,8 +252,27 @@ fn len32(len: usize) -> u32 {
     u32::try_from(len).unwrap_or(u32::MAX)
 }
 
-/// Decodes a payload, checking everything.
+/// Decodes a payload, checking everything: [`decode_within`] with the format's
+/// own limit, [`MAX_BODY`].
 pub fn decode(bytes: &[u8]) -> Result<Payload, WireError> {
+    decode_within(bytes, MAX_BODY)
+}
+
+/// Decodes a payload whose body may take at most `max_body` bytes once
+/// decompressed (capped at [`MAX_BODY`]). The limit is checked against the
+/// header before anything is decompressed or allocated, and decompression stops
+/// at it, so a small body cannot inflate to more: what a receiver bounds its
+/// requests to, it bounds its memory to.
+///
+/// ```
+/// use sync_runtime::wire::{Compression, Payload, WireError, decode_within, encode};
+///
+/// let bytes = encode(&Payload::default(), Compression::Zstd);
+/// assert!(decode_within(&bytes, 1024).is_ok());
+/// assert!(matches!(decode_within(&bytes, 1), Err(WireError::TooLarge { .. })));
+/// ```
+pub fn decode_within(bytes: &[u8], max_body: u32) -> Result<Payload, WireError> {
+    let max_body = max_body.min(MAX_BODY);
     if bytes.len() < HEADER + CHECKSUM {
         return Err(if bytes.len() >= 4 && bytes[..4] != MAGIC {
             WireError::BadMagic
@@ -262,8 +290,11 @@ pub fn decode(bytes: &[u8]) -> Result<Payload, WireError> {
         |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
     let stored_len = u32_at(16) as usize;
     let body_len = u32_at(20);
-    if body_len > MAX_BODY {
-        return Err(WireError::TooLarge(body_len.into()));
+    if body_len > max_body {
+        return Err(WireError::TooLarge {
+            size: body_len.into(),
+            limit: max_body.into(),
+        });
     }
     let end = HEADER.checked_add(stored_len).ok_or(WireError::Truncated)?;
     match bytes.len().cmp(&(end + CHECKSUM)) {
@@ -783,6 +814,53 @@ mod tests {
         assert_eq!(decode(&future), Err(WireError::UnsupportedVersion(2)));
     }
 
+    /// The payload of `rows` rows of 1 KiB of zeros: its body compresses to
+    /// little and inflates to more than `rows` KiB.
+    fn inflating(rows: usize) -> Payload {
+        let mut payload = sample();
+        let row = payload.rows[0].clone();
+        payload.rows = (0..rows)
+            .map(|i| {
+                let mut row = row.clone();
+                row.pk = vec![Value::Integer(i as i64)];
+                row.columns[0].value = Value::Blob(vec![0; 1024]);
+                row
+            })
+            .collect();
+        payload
+    }
+
+    #[test]
+    fn a_body_inflates_to_its_limit_and_not_a_byte_more() {
+        let bytes = encode(&inflating(64), Compression::Zstd);
+        let declared = u32_of(&bytes[20..24]);
+        assert!(bytes.len() < declared as usize / 8, "{} bytes", bytes.len());
+        assert!(decode_within(&bytes, declared).is_ok());
+        assert_eq!(
+            decode_within(&bytes, declared - 1),
+            Err(WireError::TooLarge {
+                size: declared.into(),
+                limit: (declared - 1).into()
+            })
+        );
+        assert!(decode_within(&bytes, 0).is_err());
+        // A header that declares less than the body inflates to: decompression
+        // stops at the declared size.
+        let mut lying = bytes.clone();
+        lying[20..24].copy_from_slice(&(declared / 2).to_le_bytes());
+        let end = lying.len() - CHECKSUM;
+        let crc = crc32fast::hash(&lying[..end]);
+        lying[end..].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(
+            decode_within(&lying, declared),
+            Err(WireError::Decompression(_))
+        ));
+    }
+
+    fn u32_of(bytes: &[u8]) -> u32 {
+        u32::from_le_bytes(bytes.try_into().unwrap())
+    }
+
     #[test]
     fn absurd_sizes_are_refused_without_allocating() {
         // A body that claims 4 GiB once decompressed.
@@ -791,7 +869,13 @@ mod tests {
         let end = bytes.len() - CHECKSUM;
         let crc = crc32fast::hash(&bytes[..end]);
         bytes[end..].copy_from_slice(&crc.to_le_bytes());
-        assert_eq!(decode(&bytes), Err(WireError::TooLarge(u32::MAX.into())));
+        assert_eq!(
+            decode(&bytes),
+            Err(WireError::TooLarge {
+                size: u32::MAX.into(),
+                limit: MAX_BODY.into()
+            })
+        );
 
         // A row count that the body cannot hold, with a valid checksum.
         let mut body = Vec::new();

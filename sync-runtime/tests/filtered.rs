@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)] // in tests, a failed unwrap is a failed assertion
 
 use sync_runtime::{
-    BatchLimits, Cursor, RowFilter, RowFilters, Since, SyncDb, SyncId, Synced, Value, params,
+    BatchLimits, Cursor, RowFilter, RowFilters, Since, SyncDb, SyncId, Synced, Value, params, wire,
 };
 
 #[derive(Synced, Debug, Clone, PartialEq)]
@@ -260,7 +260,7 @@ async fn a_device_cannot_push_evictions() {
     let eviction = ann.peek(&server).await;
     // Sent to another replica as a push from the server's own site id.
     let error = other
-        .apply_push(&eviction.payload, server.site_id())
+        .apply_push(wire::decode(&eviction.payload).unwrap(), server.site_id())
         .await
         .unwrap_err();
     assert!(
@@ -271,7 +271,7 @@ async fn a_device_cannot_push_evictions() {
 
 #[tokio::test]
 async fn a_device_cannot_claim_a_row_another_site_created() {
-    use sync_runtime::wire::{self, Compression};
+    use sync_runtime::wire::Compression;
     let (server, alice, mallory) = (server().await, server().await, server().await);
     alice
         .insert(&note("alice", false, "alice's"))
@@ -291,7 +291,7 @@ async fn a_device_cannot_claim_a_row_another_site_created() {
     }
     let forged = wire::encode(&payload, Compression::None);
     let error = server
-        .apply_push(&forged, mallory.site_id())
+        .apply_push(wire::decode(&forged).unwrap(), mallory.site_id())
         .await
         .unwrap_err();
     assert!(
@@ -308,15 +308,24 @@ async fn a_device_cannot_claim_a_row_another_site_created() {
 
     // Once the server has the row, the same context is fine: an update.
     let honest = alice.export_local_changes(Since::Beginning).await.unwrap();
-    server.apply_push(&honest, alice.site_id()).await.unwrap();
-    server.apply_push(&forged, mallory.site_id()).await.unwrap();
+    server
+        .apply_push(wire::decode(&honest).unwrap(), alice.site_id())
+        .await
+        .unwrap();
+    server
+        .apply_push(wire::decode(&forged).unwrap(), mallory.site_id())
+        .await
+        .unwrap();
 
     // A context that ties with the server's record of the creation but names a
     // site that would win the tie changes nothing of who created the row.
     let mut tied = payload.clone();
     tied.sites[0] = sync_runtime::SiteId::from_bytes([0xff; 16]);
     let tied = wire::encode(&tied, Compression::None);
-    server.apply_push(&tied, mallory.site_id()).await.unwrap();
+    server
+        .apply_push(wire::decode(&tied).unwrap(), mallory.site_id())
+        .await
+        .unwrap();
     let creators: Vec<_> = server
         .changes_since(0)
         .await
@@ -335,7 +344,10 @@ async fn the_delete_of_a_row_the_reader_created_reaches_it() {
     let mine = note("ann", true, "mine");
     ann.db.insert(&mine).await.unwrap();
     let pushed = ann.db.export_local_changes(Since::Beginning).await.unwrap();
-    server.apply_push(&pushed, ann.db.site_id()).await.unwrap();
+    server
+        .apply_push(wire::decode(&pushed).unwrap(), ann.db.site_id())
+        .await
+        .unwrap();
     ann.pull(&server).await;
 
     server.delete::<Note>(&mine.id).await.unwrap();
@@ -366,7 +378,12 @@ impl Reader {
             .unwrap();
         let site = self.db.site_id();
         let report = server
-            .apply_push_checked(&payload, site, self.write_filter(), self.filter())
+            .apply_push_checked(
+                wire::decode(&payload).unwrap(),
+                site,
+                self.write_filter(),
+                self.filter(),
+            )
             .await
             .unwrap();
         assert_eq!(report.rejected.is_empty(), report.restore.is_empty());

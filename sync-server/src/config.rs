@@ -14,6 +14,7 @@
 //!
 //! [limits]
 //! max_body_bytes = 16777216
+//! max_inflated_bytes = 16777216               # default: max_body_bytes
 //! max_batch_rows = 10000
 //! max_batch_bytes = 4194304
 //! request_timeout = "30s"
@@ -162,6 +163,12 @@ pub struct Limits {
     /// The largest request body accepted, in bytes (default 16 MiB); larger ones
     /// get 413.
     pub max_body_bytes: usize,
+    /// The most bytes a pushed payload's body may inflate to once decompressed
+    /// (default: `max_body_bytes`, what the same body may take sent as it is);
+    /// larger ones get 413 before anything is decompressed. It bounds the memory
+    /// a push may make the server use, whatever it compresses (an 8 KB body can
+    /// declare 256 MiB of zeros).
+    pub max_inflated_bytes: Option<usize>,
     /// The most rows one pull returns (default 10,000); a client may ask for fewer
     /// with `limit`.
     pub max_batch_rows: usize,
@@ -200,6 +207,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_body_bytes: 16 * 1024 * 1024,
+            max_inflated_bytes: None,
             max_batch_rows: 10_000,
             max_batch_bytes: 4 * 1024 * 1024,
             request_timeout: Duration::from_secs(30),
@@ -211,6 +219,21 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// The most bytes a pushed payload's body may inflate to:
+    /// [`max_inflated_bytes`](Self::max_inflated_bytes), or by default
+    /// [`max_body_bytes`](Self::max_body_bytes).
+    ///
+    /// ```
+    /// use sync_server::Limits;
+    ///
+    /// assert_eq!(Limits::default().inflated_limit(), 16 * 1024 * 1024);
+    /// let limits = Limits { max_inflated_bytes: Some(1 << 30), ..Limits::default() };
+    /// assert_eq!(limits.inflated_limit(), 1 << 30);
+    /// ```
+    pub fn inflated_limit(&self) -> usize {
+        self.max_inflated_bytes.unwrap_or(self.max_body_bytes)
+    }
+
     /// The time after which any request is cut off: the work time plus the longest
     /// long-poll wait.
     pub fn total_timeout(&self) -> Duration {

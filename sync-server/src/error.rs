@@ -122,6 +122,9 @@ impl Error {
             Error::DatabaseUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::Runtime(e) => match e {
                 R::SchemaMismatch { .. } => StatusCode::CONFLICT,
+                R::Payload(sync_runtime::wire::WireError::TooLarge { .. }) => {
+                    StatusCode::PAYLOAD_TOO_LARGE
+                }
                 // What a client sent is wrong: a damaged payload, a table or
                 // column the database does not have, a value of the wrong type,
                 // an invalid schema.

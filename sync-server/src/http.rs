@@ -29,6 +29,7 @@ use axum::{Extension, Json, Router};
 use bytes::Bytes;
 use serde::Deserialize;
 use sync_runtime::protocol::{self, PullResponse, PushAck, SCHEMA_HEADER, SITE_HEADER};
+use sync_runtime::wire::{self, Payload};
 use sync_runtime::{Batch, BatchLimits, Cursor, RowFilters, SiteId, TableSchema};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -209,12 +210,14 @@ async fn push(
     let body = body.map_err(|rejection| body_error(&rejection, state.limits()))?;
     check_schema(&*db, &name, &headers).await?;
     let site = device_site(&*db, &caller, &headers).await?;
+    let bytes = body.len();
+    let payload = decode_push(body, state.limits().inflated_limit()).await?;
     let access = state.policies(&name).push_access(&caller);
-    let ack = db.push(&body, site, access).await?;
+    let ack = db.push(payload, site, access).await?;
     tracing::debug!(
         database = %name,
         caller = %caller,
-        bytes = body.len(),
+        bytes,
         applied = ack.applied,
         ignored = ack.ignored,
         version = ack.version,
@@ -222,6 +225,18 @@ async fn push(
         "push merged"
     );
     Ok(Json(ack))
+}
+
+/// Decodes a pushed payload whose body may inflate to `limit` bytes, on the
+/// blocking pool: never on a database's thread, where a costly body would hold
+/// up every device of that database.
+async fn decode_push(body: Bytes, limit: usize) -> Result<Payload> {
+    let limit = u32::try_from(limit).unwrap_or(u32::MAX);
+    tokio::task::spawn_blocking(move || wire::decode_within(&body, limit))
+        .await
+        // The task is never cancelled: it can only have panicked, which goes on.
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+        .map_err(|e| Error::Runtime(e.into()))
 }
 
 /// The query of a pull.

@@ -12,6 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use sync_runtime::protocol::{PushAck, RejectedRow};
+use sync_runtime::wire::Payload;
 use sync_runtime::{
     Batch, BatchLimits, Cursor, Options, RowFilter, RowFilters, Scope, SiteId, SyncDb, Synchronous,
     TableSchema,
@@ -80,18 +81,18 @@ pub struct PushAccess {
 
 /// One database: a replica that accepts pushes and serves pulls.
 pub trait Database: Send + Sync + 'static {
-    /// Merges a payload that device `site` pushed (only its own changes; see
+    /// Merges a payload that device `site` pushed, decoded (only its own changes; see
     /// [`SyncDb::apply_push`]). Returns only once the merge is committed
     /// (durable), with the database's version after it. With `access` (a user's
     /// push), each row must pass its table's write filter (see
     /// [`SyncDb::apply_push_checked`]). The ack lists the rows refused, with the
     /// state of each the device takes back, as its user may read it.
-    fn push<'a>(
-        &'a self,
-        payload: &'a [u8],
+    fn push(
+        &self,
+        payload: Payload,
         site: SiteId,
         access: Option<PushAccess>,
-    ) -> BoxFuture<'a, Result<PushAck>>;
+    ) -> BoxFuture<'_, Result<PushAck>>;
 
     /// The changes after `from` not made by `site`, bounded by `limits`.
     fn pull(&self, from: Cursor, site: SiteId, limits: BatchLimits)
@@ -386,12 +387,12 @@ impl SqliteDatabase {
 }
 
 impl Database for SqliteDatabase {
-    fn push<'a>(
-        &'a self,
-        payload: &'a [u8],
+    fn push(
+        &self,
+        payload: Payload,
         site: SiteId,
         access: Option<PushAccess>,
-    ) -> BoxFuture<'a, Result<PushAck>> {
+    ) -> BoxFuture<'_, Result<PushAck>> {
         Box::pin(async move {
             let pushed = match access {
                 None => self.db.apply_push(payload, site).await?,

@@ -309,3 +309,54 @@ async fn a_refused_write_is_undone_on_the_device_that_made_it_alone() {
     }
     server.stop().await;
 }
+
+/// `payload`, zstd-compressed, with a header that says its body inflates to
+/// `declared` bytes (and a checksum that matches).
+fn declaring(payload: &Payload, declared: u32) -> Vec<u8> {
+    let mut bytes = wire::encode(payload, Compression::Zstd);
+    bytes[20..24].copy_from_slice(&declared.to_le_bytes());
+    let end = bytes.len() - 4;
+    let crc = crc32fast::hash(&bytes[..end]);
+    bytes[end..].copy_from_slice(&crc.to_le_bytes());
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_may_not_inflate_beyond_the_request_limit() {
+    let (_dir, server, [_admin, ann, _bob]) = cast().await;
+    let url = server.url("items");
+    ann.insert(&item("ann", false, "ann's")).await.unwrap();
+    let payload = own_changes(&ann).await;
+    let limit = 16 * 1024 * 1024; // the default: max_body_bytes
+    let send = |bytes: Vec<u8>| {
+        let (ann, url) = (&ann, &url);
+        async move {
+            let fingerprint = ann.schema_fingerprint().await.unwrap();
+            let response = reqwest::Client::new()
+                .post(format!("{url}/push"))
+                .bearer_auth(token("ann"))
+                .header(SCHEMA_HEADER, fingerprint_hex(fingerprint))
+                .header(SITE_HEADER, ann.site_id().to_string())
+                .body(bytes)
+                .send()
+                .await
+                .unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    // A few hundred bytes that say they inflate to 256 MiB, or to one byte more
+    // than the limit: refused before anything is decompressed.
+    for declared in [256 * 1024 * 1024, limit + 1, u32::MAX] {
+        let (status, body) = send(declaring(&payload, declared)).await;
+        assert_eq!(status, 413, "{body}");
+        assert!(body.contains("payload_too_large"), "{body}");
+    }
+    // At the limit the size passes, and the body that does not inflate to what
+    // it says is refused as malformed.
+    let (status, body) = send(declaring(&payload, limit)).await;
+    assert_eq!(status, 400, "{body}");
+    // Honest pushes go on.
+    ann.sync().await.unwrap();
+    assert!(!ann.has_unsent_changes().await.unwrap());
+    server.stop().await;
+}
