@@ -10,7 +10,8 @@
 //! ```
 //!
 //! Peers draw random site ids, so the bytes differ from one run to the next;
-//! the replica's site id and every key and value are fixed.
+//! the replica's site id and every key and value are fixed. The `apply`
+//! target's replica starts from `c-relay.none`, so it changes with the seeds.
 
 use std::path::Path;
 

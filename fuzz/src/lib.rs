@@ -103,9 +103,9 @@ pub async fn register(db: &SyncDb) -> sync_runtime::Result<()> {
     db.register::<Slot>().await
 }
 
-/// The replica as every `apply` input finds it: site [`REPLICA`], the seeds'
-/// tables, and two rows of its own at versions 1 and 2, which payloads may
-/// carry back to it.
+/// The replica of the seeds' scenario, as it starts: site [`REPLICA`], the
+/// seeds' tables, and two rows of its own at versions 1 and 2, which payloads
+/// may carry back to it.
 pub async fn replica() -> sync_runtime::Result<SyncDb> {
     let db = SyncDb::open_in_memory().await?;
     // A new database has no rows yet: its site id is only in these two places.
