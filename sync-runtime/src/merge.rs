@@ -19,10 +19,11 @@
 //!
 //! Nothing in a payload is trusted. It is refused whole when it claims versions
 //! beyond [`wire::PLAUSIBLE_CLOCK`], when its range (`since`, `upto`) contradicts
-//! the versions of its exporter's own changes, or when a causal length or column
-//! version leaps beyond what any replica can have counted to (see
-//! [`wire::CLOCK_STEP`]). The whole payload applies in one transaction, with the
-//! tracking triggers off (the merge writes the clocks itself).
+//! the versions of its exporter's own changes, when it carries a row twice, or
+//! when a causal length or column version leaps beyond what any replica can have
+//! counted to (see [`wire::CLOCK_STEP`]). The whole payload applies in one
+//! transaction, with the tracking triggers off (the merge writes the clocks
+//! itself).
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
@@ -195,6 +196,7 @@ pub(crate) fn restore(conn: &Connection, bytes: &[u8], exported_at: i64) -> Resu
     let payload = wire::decode(bytes)?;
     let targets = resolve(conn, &payload)?;
     check_types(&payload, &targets)?;
+    check_rows_once(&payload, &targets)?;
     check_versions(&payload)?;
     let current: i64 = conn.query_row(crate::sql::CURRENT_VERSION, [], |r| r.get(0))?;
     conn.execute("UPDATE _synced_state SET applying = 1", [])?;
@@ -262,6 +264,7 @@ const FOREIGN_CHANGES: &str = "a device may send only the changes it made itself
 fn apply_payload(conn: &Connection, payload: &Payload, sender: Sender<'_>) -> Result<PushReport> {
     let targets = resolve(conn, payload)?;
     check_types(payload, &targets)?;
+    check_rows_once(payload, &targets)?;
     let sites = local_sites(conn, &payload.sites)?;
     for row in &payload.rows {
         let target = &targets[row.table as usize];
@@ -366,6 +369,61 @@ const WRITE_REFUSED: &str = "the row may not be written by this user";
 /// counted to: a peer's and a device's, not the server's.
 fn sender_checks_clocks(sender: Sender<'_>) -> bool {
     !matches!(sender, Sender::Replica(Source::Server))
+}
+
+/// Refuses a payload that carries a row twice (a payload holds one record per
+/// row). Each copy would merge against what the one before it left: copies
+/// could climb a clock by one [`wire::CLOCK_STEP`] each, where a payload may
+/// climb one step, and a payload delivered again would take new versions for
+/// a row it created and evicted. The same row is the same key in the same
+/// local table, which a dictionary may name twice (names match in any case),
+/// as SQLite compares keys (`0.0` and `-0.0` are one key). Runs after
+/// [`check_types`], which refuses NaN.
+fn check_rows_once(payload: &Payload, targets: &[Target]) -> Result<()> {
+    let table = |index: u32| {
+        let name = &targets[index as usize].schema.name;
+        targets
+            .iter()
+            .position(|t| t.schema.name.eq_ignore_ascii_case(name))
+            .unwrap_or(index as usize)
+    };
+    let tables: Vec<usize> = (0..payload.tables.len() as u32).map(table).collect();
+    let mut rows: Vec<(usize, &[Value])> = payload
+        .rows
+        .iter()
+        .map(|row| (tables[row.table as usize], row.pk.as_slice()))
+        .collect();
+    let order = |a: &(usize, &[Value]), b: &(usize, &[Value])| {
+        a.0.cmp(&b.0).then_with(|| {
+            a.1.iter()
+                .zip(b.1)
+                .map(|(x, y)| key_cmp(x, y))
+                .find(|o| o.is_ne())
+                .unwrap_or(Ordering::Equal)
+        })
+    };
+    rows.sort_unstable_by(order);
+    match rows
+        .windows(2)
+        .find(|pair| order(&pair[0], &pair[1]).is_eq())
+    {
+        Some(pair) => Err(Error::Refused {
+            reason: format!(
+                "it carries a row of `{}` twice (key {:?})",
+                targets[pair[0].0].schema.name, pair[0].1
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// SQLite's order of key values, in which `0.0` and `-0.0` are equal (unlike
+/// [`Value::sqlite_cmp`], which orders them).
+fn key_cmp(a: &Value, b: &Value) -> Ordering {
+    match (a, b) {
+        (Value::Real(x), Value::Real(y)) => x.partial_cmp(y).unwrap_or(Ordering::Equal),
+        _ => a.sqlite_cmp(b),
+    }
 }
 
 /// Refuses a payload whose versions cannot be true: beyond
