@@ -725,7 +725,7 @@ impl Merge<'_> {
             return Ok(());
         };
         let table = target.schema.name.to_ascii_lowercase();
-        filter::mark_held(self.conn, reader, &table, &wire::encode_key(&row.pk))
+        filter::mark_held(self.conn, reader, &table, &wire::encode_key(&row.pk), 0)
     }
 
     /// Forgets a row, values and clock, as if this replica never had it: the

@@ -309,3 +309,35 @@ async fn a_refused_write_is_undone_on_the_device_that_made_it_alone() {
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_the_device_never_received_never_leaves_it_part_of_a_row() {
+    let (_dir, server, [_admin, ann, bob]) = cast().await;
+    let url = server.url("items");
+    let private = item("bob", false, "bob's");
+    bob.insert(&private).await.unwrap();
+    bob.sync().await.unwrap();
+    ann.sync().await.unwrap();
+    // Bob shares his row; ann's device has not fetched it yet.
+    let shared = Item {
+        shared: true,
+        ..private.clone()
+    };
+    bob.update(&shared).await.unwrap();
+    bob.sync().await.unwrap();
+    // Someone with ann's token pushes, in her device's name, a change of bob's
+    // row: refused, and the restore goes to the sender, not to her device.
+    ann.insert(&item("ann", false, "ann's")).await.unwrap();
+    let mut payload = own_changes(&ann).await;
+    payload.rows.truncate(1);
+    payload.rows[0].pk = vec![Value::from(shared.id)];
+    payload.rows[0].columns.clear();
+    let (status, body) = push_raw(&url, &ann, "ann", &payload).await;
+    assert_eq!(status, 200, "{body}");
+    let ack: PushAck = serde_json::from_str(&body).unwrap();
+    assert_eq!(ack.rejected.len(), 1, "{body}");
+    // Her device gets bob's row whole, not only the column that changed.
+    ann.sync().await.unwrap();
+    assert_eq!(ann.get::<Item>(&shared.id).await.unwrap(), Some(shared));
+    server.stop().await;
+}
