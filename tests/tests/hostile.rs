@@ -341,3 +341,57 @@ async fn a_refusal_the_device_never_received_never_leaves_it_part_of_a_row() {
     assert_eq!(ann.get::<Item>(&shared.id).await.unwrap(), Some(shared));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_a_peer_re_created_never_stops_a_device_syncing() {
+    let (dir, server, [admin, _ann, bob]) = cast().await;
+    let row = item("bob", false, "bob's");
+    bob.insert(&row).await.unwrap();
+    bob.sync().await.unwrap();
+    // A peer that never syncs with the server deletes and re-creates the row,
+    // and hands bob's device the change.
+    let peer = SyncDb::open(dir.path().join("peer.db")).await.unwrap();
+    peer.register::<Item>().await.unwrap();
+    peer.apply_changes(
+        &bob.export_changes(sync_runtime::Since::Beginning)
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    peer.delete::<Item>(&row.id).await.unwrap();
+    peer.insert(&row).await.unwrap();
+    bob.apply_changes(
+        &peer
+            .export_changes(sync_runtime::Since::Beginning)
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    // Bob edits the row and writes another: the server cannot take the row's
+    // re-creation, which its maker never sent, so that row alone is refused.
+    bob.update(&Item {
+        title: "bob's, edited".into(),
+        ..row.clone()
+    })
+    .await
+    .unwrap();
+    let other = item("bob", false, "bob's other");
+    bob.insert(&other).await.unwrap();
+    let report = bob.sync().await.unwrap();
+    assert_eq!(report.rejected.len(), 1, "{report:?}");
+    assert!(!bob.has_unsent_changes().await.unwrap());
+    assert_eq!(bob.get::<Item>(&row.id).await.unwrap(), Some(row.clone()));
+    // His syncs go on.
+    let edited = Item {
+        title: "bob's, edited again".into(),
+        ..row.clone()
+    };
+    bob.update(&edited).await.unwrap();
+    assert!(bob.sync().await.unwrap().rejected.is_empty());
+    admin.sync().await.unwrap();
+    assert_eq!(admin.get::<Item>(&row.id).await.unwrap(), Some(edited));
+    assert_eq!(admin.get::<Item>(&other.id).await.unwrap(), Some(other));
+    server.stop().await;
+}
