@@ -573,7 +573,9 @@ impl SyncDb {
     /// holds only changes `device` made itself (exported by it with
     /// [`Scope::Local`]) and no evictions; anything else is [`Error::Refused`],
     /// and nothing is applied. A row whose clocks leap beyond what any replica
-    /// can have counted to ([`wire::CLOCK_STEP`](crate::wire::CLOCK_STEP)) is
+    /// can have counted to ([`wire::CLOCK_STEP`](crate::wire::CLOCK_STEP)), or
+    /// whose existence would change here by another site's record (a peer's
+    /// creation or delete, which the device received and cannot make for it), is
     /// rejected alone: the report lists it, and its
     /// [`restore`](PushReport::restore) gives the device this database's state
     /// of it.

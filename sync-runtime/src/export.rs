@@ -546,7 +546,7 @@ pub(crate) fn export_restore<'a>(
                 )?;
                 out.extend(whole.map(|(change, _)| change));
                 if let Some(reader) = ordinal {
-                    crate::filter::mark_held(conn, reader, &lower, &key)?;
+                    crate::filter::mark_held(conn, reader, &lower, &key, upto)?;
                 }
             }
             None => {

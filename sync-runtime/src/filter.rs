@@ -116,14 +116,24 @@ pub(crate) fn passes(
 }
 
 /// Marks `reader` (a site ordinal) as holding the row of `table` (lowercase)
-/// with key `key` (encoded) whatever the cursor it fetches from: a row it created,
-/// or one it is sent back after a rejected write.
-pub(crate) fn mark_held(conn: &Connection, reader: i64, table: &str, key: &[u8]) -> Result<()> {
+/// with key `key` (encoded) from version `at` on: 0 for a row it created, which
+/// it holds whatever the cursor it fetches from; the version of the answer for a
+/// row it is sent back after a rejected write, which it holds once it applied
+/// that answer. A fetch from an older cursor may not come from a device that
+/// did (a push in its name by someone else, or an answer lost on the way), so
+/// the row goes again, whole.
+pub(crate) fn mark_held(
+    conn: &Connection,
+    reader: i64,
+    table: &str,
+    key: &[u8],
+    at: i64,
+) -> Result<()> {
     conn.prepare_cached(
-        "INSERT INTO _synced_held (site, tbl, pk, evicted, at) VALUES (?1, ?2, ?3, 0, 0) \
-         ON CONFLICT (site, tbl, pk) DO UPDATE SET evicted = 0, at = 0",
+        "INSERT INTO _synced_held (site, tbl, pk, evicted, at) VALUES (?1, ?2, ?3, 0, ?4) \
+         ON CONFLICT (site, tbl, pk) DO UPDATE SET evicted = 0, at = excluded.at",
     )?
-    .execute((reader, table, key))?;
+    .execute((reader, table, key, at))?;
     Ok(())
 }
 

@@ -90,8 +90,9 @@ pub(crate) fn apply(conn: &Connection, bytes: &[u8], source: Source) -> Result<A
     Ok(apply_payload(conn, &payload, Sender::Replica(source))?.applied)
 }
 
-/// A pushed row that was refused (a write filter, or clocks that leap beyond what
-/// a replica can have counted to): nothing of it was applied, and the device takes
+/// A pushed row that was refused (a write filter, clocks that leap beyond what a
+/// replica can have counted to, or a creation or delete another site made, which
+/// that site has not sent here): nothing of it was applied, and the device takes
 /// back the server's state of it (see [`PushReport::restore`]).
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -142,8 +143,10 @@ pub(crate) struct Access<'f> {
 /// Applies what a device pushed: only changes made by the device itself (every
 /// origin is the payload's exporter, which must be `device`), and no evictions,
 /// which only a server may send. A row whose clocks leap beyond what a replica
-/// can have counted to is rejected, and so is, with `access`, a row that does
-/// not pass its table's write filter before and after its change (see
+/// can have counted to is rejected, and so is a row whose existence would change
+/// here by another site's record (a peer's creation or delete, which the device
+/// received and cannot make for it), and, with `access`, a row that does not
+/// pass its table's write filter before and after its change (see
 /// [`Rejection`]).
 pub(crate) fn apply_push(
     conn: &Connection,
@@ -164,7 +167,7 @@ pub(crate) fn apply_push(
             return refuse("a device cannot send evictions".into());
         }
         // A row's existence may come from elsewhere as the context of its columns;
-        // the merge checks that such a row does not change its existence here.
+        // such a row that would change its existence here is rejected alone.
         if !row.columns.iter().all(|c| own(c.origin)) {
             return refuse(FOREIGN_CHANGES.into());
         }
@@ -327,6 +330,16 @@ fn apply_payload(conn: &Connection, payload: &Payload, sender: Sender<'_>) -> Re
                     Sender::Replica(_) => return Err(Error::Refused { reason }),
                 }
             }
+            // A device holds rows created or deleted by a peer, which may never
+            // send that change here: the device cannot make it for them.
+            if let Sender::Device { device, .. } = sender {
+                let local_cl = stored.as_ref().map_or(0, |c| c.cl);
+                let cl = i64::try_from(row.cl).unwrap_or(i64::MAX);
+                if !made_by(payload, row.origin, device) && cl > local_cl {
+                    reject(FOREIGN_EXISTENCE.into());
+                    continue;
+                }
+            }
             known = Some(stored);
         }
         let filter = access
@@ -360,6 +373,10 @@ fn apply_payload(conn: &Connection, payload: &Payload, sender: Sender<'_>) -> Re
         restore: Vec::new(),
     })
 }
+
+/// Why a device may not create or delete a row as another site did.
+const FOREIGN_EXISTENCE: &str = "the row was created or deleted by another site, which has not \
+                                 sent that change here; a device sends only its own";
 
 /// Why a device may not write a row. The same words whether or not the row
 /// exists here, so that a refusal tells nothing of other users' rows.
@@ -782,7 +799,7 @@ impl Merge<'_> {
             return Ok(());
         };
         let table = target.schema.name.to_ascii_lowercase();
-        filter::mark_held(self.conn, reader, &table, &wire::encode_key(&row.pk))
+        filter::mark_held(self.conn, reader, &table, &wire::encode_key(&row.pk), 0)
     }
 
     /// Forgets a row, values and clock, as if this replica never had it: the

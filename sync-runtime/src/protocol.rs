@@ -55,8 +55,9 @@ pub struct PushAck {
     pub ignored: u64,
     /// The server's version after the merge.
     pub version: i64,
-    /// The rows refused (the user may not write them, or their clocks leap
-    /// beyond what a device can have counted to): not applied.
+    /// The rows refused (the user may not write them, their clocks leap
+    /// beyond what a device can have counted to, or they carry another site's
+    /// creation or delete, which that site has not sent): not applied.
     #[serde(default)]
     pub rejected: Vec<RejectedRow>,
     /// If rows were refused: the server's state of each as the device may see

@@ -195,8 +195,9 @@ pub struct SyncReport {
     pub bytes_received: u64,
     /// Requests that carried or fetched a batch.
     pub batches: usize,
-    /// Rows sent that the server refused (row-level security, or clocks beyond
-    /// what a device can have counted to): not applied there, and given back
+    /// Rows sent that the server refused (row-level security, clocks beyond
+    /// what a device can have counted to, or a peer's creation or delete that
+    /// the peer has not sent there): not applied there, and given back
     /// here the server's state of them (as this user may see it) in the same
     /// sync.
     pub rejected: Vec<Rejection>,
