@@ -5,9 +5,7 @@
 
 mod support;
 
-use std::collections::BTreeMap;
-
-use support::policy::{Item, cast, item, items_schema, open, server_with, titles};
+use support::policy::{Item, cast, item, items_config, items_schema, open, server_with, titles};
 use support::{ADMIN_KEY, TestServer, config, token};
 use sync_runtime::{Remote, SyncDb, Value, params};
 use sync_server::{DatabaseConfig, TablePolicies};
@@ -89,20 +87,11 @@ async fn writes_a_user_may_not_make_are_rejected_and_undone() {
 #[tokio::test]
 async fn a_bad_policy_stops_the_start_naming_its_table() {
     let dir = tempfile::tempdir().unwrap();
-    let schema = items_schema(dir.path());
-    let mut config = config(&dir.path().join("server"));
     let policies = TablePolicies {
         read: Some("owner = $user_id".into()), // no such column
         write: None,
     };
-    config.databases = BTreeMap::from([(
-        "items".to_owned(),
-        DatabaseConfig {
-            schema: Some(schema),
-            tables: BTreeMap::from([("items".to_owned(), policies)]),
-            ..DatabaseConfig::default()
-        },
-    )]);
+    let config = items_config(dir.path(), policies);
     let error = sync_server::Server::bind(config).await.err().unwrap();
     let message = error.to_string();
     assert!(

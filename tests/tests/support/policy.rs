@@ -37,21 +37,26 @@ pub async fn server(dir: &std::path::Path) -> TestServer {
 /// A server whose `items` table users read through `read` and write when they
 /// own the row.
 pub async fn server_with(dir: &std::path::Path, read: &str) -> TestServer {
-    let schema = items_schema(dir);
-    let mut config = config(&dir.join("server"));
     let policies = TablePolicies {
         read: Some(read.into()),
         write: Some("owner_id = $user_id".into()),
     };
+    TestServer::start_with(items_config(dir, policies)).await
+}
+
+/// The configuration of a server (data in `dir/server`) whose `items` table has
+/// `policies`.
+pub fn items_config(dir: &std::path::Path, policies: TablePolicies) -> sync_server::Config {
+    let mut config = config(&dir.join("server"));
     config.databases = BTreeMap::from([(
         "items".to_owned(),
         DatabaseConfig {
-            schema: Some(schema),
+            schema: Some(items_schema(dir)),
             tables: BTreeMap::from([("items".to_owned(), policies)]),
             ..DatabaseConfig::default()
         },
     )]);
-    TestServer::start_with(config).await
+    config
 }
 
 /// The server's `items` table, as a schema file in `dir`.
