@@ -209,10 +209,7 @@ pub(crate) fn restore(conn: &Connection, bytes: &[u8], exported_at: i64) -> Resu
         device: None,
         sites: local_sites(conn, &payload.sites)?,
         origins: Origins::new(conn)?,
-        versions: Versions {
-            next: current,
-            assigned: HashMap::new(),
-        },
+        versions: Versions::new(current, true),
         current,
         report: ApplyReport::default(),
     };
@@ -282,10 +279,8 @@ fn apply_payload(conn: &Connection, payload: &Payload, sender: Sender<'_>) -> Re
 
     check_versions(payload)?;
     let current: i64 = conn.query_row(crate::sql::CURRENT_VERSION, [], |r| r.get(0))?;
-    let versions = Versions {
-        next: current,
-        assigned: HashMap::new(),
-    };
+    // Only its server returns a device's own changes to it.
+    let versions = Versions::new(current, matches!(sender, Sender::Replica(Source::Server)));
     remember_exporter(conn, payload)?;
 
     conn.execute("UPDATE _synced_state SET applying = 1", [])?;
@@ -521,11 +516,31 @@ fn leap(target: &Target, row: &RowChange, stored: Option<&Clock>) -> Option<Stri
 struct Versions {
     next: i64,
     assigned: HashMap<(i64, i64), i64>,
+    /// Whether a change in this database's own name may come back here (see
+    /// [`Versions::local`]).
+    own_returns: bool,
 }
 
 impl Versions {
+    fn new(current: i64, own_returns: bool) -> Self {
+        Self {
+            next: current,
+            assigned: HashMap::new(),
+            own_returns,
+        }
+    }
+
     /// The local version of the change `site` made at its `origin_version`.
     /// `current` is this database's version before the merge.
+    ///
+    /// A change in this database's own name (`site` 0) that wins here is one of
+    /// its own coming back from its server (a row restored after a refused
+    /// push): it keeps the version it was made at, so that it is not taken for
+    /// a new change and sent again, and only a version this database gave one
+    /// of its own transactions is believed. From anyone else (a peer), such a
+    /// change is refused: its own changes never come back newer than what it
+    /// holds, and one taken at a version not sent yet would go to its server as
+    /// its own write.
     fn local(
         &mut self,
         conn: &Connection,
@@ -534,7 +549,7 @@ impl Versions {
         current: i64,
     ) -> Result<i64> {
         if site == 0 {
-            return own_version(conn, origin_version, current);
+            return own_version(conn, origin_version, current, self.own_returns);
         }
         if let Some(&local) = self.assigned.get(&(site, origin_version)) {
             return Ok(local);
@@ -552,11 +567,16 @@ impl Versions {
     }
 }
 
-/// The local version of a change this database made itself, coming back (a row
-/// sent whole again, or restored after a refused push): the version it was made
-/// at, so that it is not taken for a new change and sent again. Only a version
-/// this database gave one of its own transactions is believed.
-fn own_version(conn: &Connection, version: i64, current: i64) -> Result<i64> {
+/// The local version of a change in this database's own name made at `version`
+/// (see [`Versions::local`]).
+fn own_version(conn: &Connection, version: i64, current: i64, may_return: bool) -> Result<i64> {
+    if !may_return {
+        return Err(Error::Refused {
+            reason: "a change in this database's own name is newer than what it holds: \
+                     only this database makes its changes"
+                .into(),
+        });
+    }
     let remote: bool = conn
         .prepare_cached("SELECT EXISTS (SELECT 1 FROM _synced_versions WHERE db_version = ?1)")?
         .query_row([version], |r| r.get(0))?;

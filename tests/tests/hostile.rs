@@ -630,13 +630,11 @@ async fn a_row_created_over_an_unseen_delete_converges() {
     server.stop().await;
 }
 
-/// A known gap, not fixed: a device takes, from a peer, a change in its own
-/// name at one of its own versions as its own change (meant for its changes
-/// coming back), without checking that it made that change. If the version is
-/// one it has not sent yet, it sends the change to its server as its own, and
-/// the server takes it as the device's user's write.
+/// A device takes changes in its own name only from its server, as its own
+/// coming back: a peer that labels a change with the device's site and one of
+/// its unsent versions would otherwise have the device send it to its server as
+/// its own write, taken as the device's user's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known gap: a peer can write in a device's name"]
 async fn a_peer_never_writes_to_the_server_in_a_devices_name() {
     let (_dir, server, [admin, _ann, bob]) = cast().await;
     let row = item("bob", false, "bob's");
@@ -659,11 +657,16 @@ async fn a_peer_never_writes_to_the_server_in_a_devices_name() {
     forged.value = Value::from("written by a peer");
     payload.exporter = sync_runtime::SiteId::from_bytes([7; 16]);
     (payload.since, payload.upto) = (0, 0);
-    // Today it is taken, sent with bob's next sync and taken by the server.
-    let _ = bob
+    // On 1f08564 it was taken, sent with bob's next sync and taken by the server.
+    let refused = bob
         .apply_changes(&wire::encode(&payload, Compression::None))
         .await;
+    assert!(
+        matches!(refused, Err(sync_runtime::Error::Refused { .. })),
+        "{refused:?}"
+    );
     bob.sync().await.unwrap();
+    assert_eq!(titles(&bob).await, ["bob's", "pending"]);
     admin.sync().await.unwrap();
     assert_eq!(titles(&admin).await, ["bob's", "pending"]);
     server.stop().await;
