@@ -13,6 +13,7 @@ use crate::change::{self, Change};
 use crate::error::{Error, Result};
 use crate::export::{self, Batch, BatchLimits, Cursor, Scope, Since};
 use crate::filter::{RowFilter, RowFilters};
+use crate::format;
 use crate::id::SiteId;
 use crate::merge::{self, ApplyReport, PushReport};
 use crate::model::Synced;
@@ -377,13 +378,13 @@ impl SyncDb {
     pub async fn register<T: Synced>(&self) -> Result<()> {
         let source = T::SCHEMA as *const TableSchema as usize;
         let schema = T::SCHEMA.clone();
-        self.call(move |w| tracking::register(w, schema, Some(source)))
+        self.call(move |w| tracking::register(w, schema, Some(source), T::KEY_DOMAINS))
             .await
     }
 
     /// [`register`](Self::register) for a descriptor built at run time.
     pub async fn register_schema(&self, schema: TableSchema) -> Result<()> {
-        self.call(move |w| tracking::register(w, schema, None))
+        self.call(move |w| tracking::register(w, schema, None, &[]))
             .await
     }
 
@@ -815,30 +816,18 @@ impl SyncDb {
                 return Ok(Vec::new());
             };
             // SQLite's authorizer names every column a statement reads as it
-            // prepares it.
-            let read = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-            let seen = std::sync::Arc::clone(&read);
-            let name = schema.name.to_string();
-            w.conn
-                .authorizer(Some(move |ctx: rusqlite::hooks::AuthContext<'_>| {
-                    if let rusqlite::hooks::AuthAction::Read {
-                        table_name,
-                        column_name,
-                    } = ctx.action
-                        && table_name.eq_ignore_ascii_case(&name)
-                        && let Ok(mut seen) = seen.lock()
-                    {
-                        seen.push(column_name.to_owned());
-                    }
-                    rusqlite::hooks::Authorization::Allow
-                }))?;
+            // prepares it; the guard stays on while it does.
+            let read = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+            let recorder = Reads {
+                table: schema.name.to_string(),
+                columns: Arc::clone(&read),
+            };
+            guard(&mut w.conn, &w.user_sql, Some(recorder))?;
             let prepared = w
                 .conn
                 .prepare(&sql::row_passes(&schema, sql, params.len()))
                 .map(drop);
-            w.conn.authorizer(
-                None::<fn(rusqlite::hooks::AuthContext<'_>) -> rusqlite::hooks::Authorization>,
-            )?;
+            guard(&mut w.conn, &w.user_sql, None)?;
             prepared?;
             let read = read.lock().map(|r| r.clone()).unwrap_or_default();
             let mut indexed = Vec::new();
@@ -1106,6 +1095,46 @@ const EMPTY_FILE: &str = "the file is empty (0 bytes): its database was lost, or
 const NOT_A_REPLICA: &str =
     "it is a SQLite database but not a Synced one: it has no `_synced_state` table";
 
+/// The columns of `table` the statements prepared under [`guard`] read.
+struct Reads {
+    table: String,
+    columns: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+/// Installs the connection's authorizer: while `user_sql` is set (the app's SQL
+/// runs), it refuses transaction control, which would end the runtime's
+/// transaction halfway; with `reads`, it also records the columns of its table
+/// that statements read. It is the connection's only authorizer: whatever needs
+/// another installs this one again with what it needs.
+fn guard(conn: &mut Connection, user_sql: &Arc<AtomicBool>, reads: Option<Reads>) -> Result<()> {
+    use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+    let refuse = Arc::clone(user_sql);
+    conn.authorizer(Some(move |context: AuthContext<'_>| {
+        if let (
+            Some(reads),
+            AuthAction::Read {
+                table_name,
+                column_name,
+            },
+        ) = (&reads, &context.action)
+            && table_name.eq_ignore_ascii_case(&reads.table)
+            && let Ok(mut columns) = reads.columns.lock()
+        {
+            columns.push((*column_name).to_owned());
+        }
+        let control = matches!(
+            context.action,
+            AuthAction::Transaction { .. } | AuthAction::Savepoint { .. }
+        );
+        if control && refuse.load(Ordering::Relaxed) {
+            Authorization::Deny
+        } else {
+            Authorization::Allow
+        }
+    }))?;
+    Ok(())
+}
+
 /// What SQLite's quick check reports as wrong with the database: `None` when it
 /// finds nothing.
 fn quick_check(conn: &Connection) -> rusqlite::Result<Option<String>> {
@@ -1205,7 +1234,11 @@ fn open_connection(
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(at_open)?;
     conn.set_prepared_statement_cache_capacity(128);
-    conn.execute_batch(sql::CREATE_META).map_err(at_open)?;
+    if replica {
+        format::upgrade(&mut conn, &file)?;
+    } else {
+        format::create(&mut conn, &file)?;
+    }
     conn.execute(
         "INSERT INTO _synced_state (id, site_id, db_version, applying) VALUES (0, ?1, 0, 0) \
          ON CONFLICT DO NOTHING",
@@ -1226,19 +1259,7 @@ fn open_connection(
             details: format!("the stored site id has {} bytes instead of 16", bytes.len()),
         })?;
     let user_sql = Arc::new(AtomicBool::new(false));
-    let refuse = Arc::clone(&user_sql);
-    conn.authorizer(Some(move |context: rusqlite::hooks::AuthContext<'_>| {
-        use rusqlite::hooks::{AuthAction, Authorization};
-        let control = matches!(
-            context.action,
-            AuthAction::Transaction { .. } | AuthAction::Savepoint { .. }
-        );
-        if control && refuse.load(Ordering::Relaxed) {
-            Authorization::Deny
-        } else {
-            Authorization::Allow
-        }
-    }))?;
+    guard(&mut conn, &user_sql, None)?;
     let recorded = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&recorded);
     conn.update_hook(Some(

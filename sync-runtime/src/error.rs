@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use crate::schema::SchemaError;
-use crate::sql::GROW_ONLY_PREFIX;
+use crate::sql::{GROW_ONLY_PREFIX, KEY_DOMAIN_PREFIX};
 use crate::value::ValueError;
 
 /// `Result` with [`Error`] as the default error.
@@ -29,6 +29,31 @@ pub enum Error {
         path: PathBuf,
         /// What is wrong with it.
         reason: String,
+    },
+
+    /// The database file was written by a newer release, in a file format this
+    /// release does not know. The file is left as it is.
+    #[error(
+        "{} is in file format {found}, written by a newer release; this release reads formats \
+         up to {supported}: update the app",
+        path.display()
+    )]
+    NewerFormat {
+        /// The file.
+        path: PathBuf,
+        /// The file's format.
+        found: i64,
+        /// The newest format this release reads.
+        supported: i64,
+    },
+
+    /// A value to write is NaN, which SQLite cannot store: it would store `NULL`
+    /// in its place (and refuse it in a `NOT NULL` column). Nothing was written.
+    /// Typed writes, raw SQL's parameters and payloads are all checked.
+    #[error("NaN cannot be stored ({place}): SQLite would store NULL in its place")]
+    NotANumber {
+        /// Where it was: ``column `score` of table `items` `` or `parameter ?2`.
+        place: String,
     },
 
     /// The database file could not be opened or created.
@@ -84,6 +109,20 @@ pub enum Error {
     GrowOnly {
         /// The table.
         table: String,
+    },
+
+    /// A local write (raw SQL) would give a row a key that the key field's type
+    /// cannot read back, such as text that is not a [`SyncId`](crate::SyncId) in
+    /// its canonical form (see [`Domain`](crate::Domain)). Nothing was written.
+    #[error(
+        "the key column `{column}` of `{table}` takes only values its type can read back \
+         (for a SyncId: its 36-character lowercase text, as SyncId::to_string writes it)"
+    )]
+    InvalidKey {
+        /// The table.
+        table: String,
+        /// The key column.
+        column: String,
     },
 
     /// A stored value could not be read as the field's type (usually a value written
@@ -279,6 +318,15 @@ impl From<rusqlite::Error> for Error {
             if let Some(table) = message.strip_prefix(GROW_ONLY_PREFIX) {
                 return Error::GrowOnly {
                     table: table.to_owned(),
+                };
+            }
+            if let Some((table, column)) = message
+                .strip_prefix(KEY_DOMAIN_PREFIX)
+                .and_then(|place| place.split_once('.'))
+            {
+                return Error::InvalidKey {
+                    table: table.to_owned(),
+                    column: column.to_owned(),
                 };
             }
             if code.code == ErrorCode::ConstraintViolation {

@@ -63,6 +63,7 @@ mod db;
 pub mod error;
 mod export;
 mod filter;
+mod format;
 mod id;
 mod merge;
 mod model;
@@ -87,7 +88,7 @@ pub use model::{RowReader, Synced};
 pub use remote::{AutoSync, ProgressFn, Remote, SyncEvent, SyncOptions, SyncReport};
 pub use schema::{Algorithm, ColumnSchema, TableSchema};
 pub use tx::Transaction;
-pub use value::{SqlType, SyncValue, Value, ValueRef};
+pub use value::{Domain, SqlType, SyncValue, Value, ValueRef};
 
 /// Derives [`Synced`](trait@Synced) for a struct; see the [crate docs](crate#the-derive).
 pub use sync_macros::Synced;

@@ -26,7 +26,7 @@
 //! itself).
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use rusqlite::{Connection, OptionalExtension};
 
@@ -400,41 +400,50 @@ fn check_rows_once(payload: &Payload, targets: &[Target]) -> Result<()> {
             .unwrap_or(index as usize)
     };
     let tables: Vec<usize> = (0..payload.tables.len() as u32).map(table).collect();
-    let mut rows: Vec<(usize, &[Value])> = payload
-        .rows
-        .iter()
-        .map(|row| (tables[row.table as usize], row.pk.as_slice()))
-        .collect();
-    let order = |a: &(usize, &[Value]), b: &(usize, &[Value])| {
-        a.0.cmp(&b.0).then_with(|| {
-            a.1.iter()
-                .zip(b.1)
-                .map(|(x, y)| key_cmp(x, y))
-                .find(|o| o.is_ne())
-                .unwrap_or(Ordering::Equal)
-        })
-    };
-    rows.sort_unstable_by(order);
-    match rows
-        .windows(2)
-        .find(|pair| order(&pair[0], &pair[1]).is_eq())
-    {
-        Some(pair) => Err(Error::Refused {
-            reason: format!(
-                "it carries a row of `{}` twice (key {:?})",
-                targets[pair[0].0].schema.name, pair[0].1
-            ),
-        }),
-        None => Ok(()),
+    let mut seen = HashSet::with_capacity(payload.rows.len());
+    for row in &payload.rows {
+        let table = tables[row.table as usize];
+        if !seen.insert((table, Key(&row.pk))) {
+            return Err(Error::Refused {
+                reason: format!(
+                    "it carries a row of `{}` twice (key {:?})",
+                    targets[table].schema.name, row.pk
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A row's key, equal to another as SQLite compares keys: values of one type
+/// each (see [`check_types`]), `0.0` and `-0.0` one value, no NaN.
+#[derive(Clone, Copy)]
+struct Key<'a>(&'a [Value]);
+
+impl PartialEq for Key<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.len() == other.0.len()
+            && self.0.iter().zip(other.0).all(|(a, b)| match (a, b) {
+                (Value::Real(x), Value::Real(y)) => x == y,
+                _ => a == b,
+            })
     }
 }
 
-/// SQLite's order of key values, in which `0.0` and `-0.0` are equal (unlike
-/// [`Value::sqlite_cmp`], which orders them).
-fn key_cmp(a: &Value, b: &Value) -> Ordering {
-    match (a, b) {
-        (Value::Real(x), Value::Real(y)) => x.partial_cmp(y).unwrap_or(Ordering::Equal),
-        _ => a.sqlite_cmp(b),
+impl Eq for Key<'_> {}
+
+impl std::hash::Hash for Key<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        for value in self.0 {
+            match value {
+                Value::Null => state.write_u8(0),
+                Value::Integer(i) => i.hash(state),
+                // `-0.0 + 0.0` is `0.0`: equal keys hash alike.
+                Value::Real(r) => (r + 0.0).to_bits().hash(state),
+                Value::Text(t) => t.hash(state),
+                Value::Blob(b) => b.hash(state),
+            }
+        }
     }
 }
 
@@ -628,22 +637,16 @@ fn resolve(conn: &Connection, payload: &Payload) -> Result<Vec<Target>> {
             })
             .collect::<Result<Vec<_>>>()?;
         let sql = TableSql::new(schema);
-        let defaults = {
-            let mut stmt = conn.prepare_cached(&sql.value_defaults)?;
-            let mut rows = stmt.query([])?;
-            let row = rows.next()?.ok_or_else(|| Error::Corrupt {
-                details: "the defaults query returned no row".into(),
-            })?;
-            (0..values.len())
-                .map(|i| {
-                    value::from_sqlite(row.get_ref(i)?)
-                        .map(|v| v.into_owned())
-                        .map_err(|e| Error::Corrupt {
-                            details: format!("default of `{}`: {e}", values[i]),
-                        })
-                })
-                .collect::<Result<Vec<_>>>()?
-        };
+        let defaults = schema
+            .value_columns()
+            .map(|c| {
+                c.default_value()
+                    .map(Option::unwrap_or_default)
+                    .map_err(|reason| Error::Corrupt {
+                        details: format!("table `{}`, column `{}`: {reason}", schema.name, c.name),
+                    })
+            })
+            .collect::<Result<Vec<_>>>()?;
         targets.push(Target {
             schema: schema.clone(),
             sql,
@@ -679,11 +682,15 @@ fn check_types(payload: &Payload, targets: &[Target]) -> Result<()> {
                 .map(|c| (values[target.columns[c.column as usize]], &c.value)),
         );
         for (column, value) in pairs {
+            if matches!(value, Value::Real(r) if r.is_nan()) {
+                return Err(Error::NotANumber {
+                    place: format!("column `{}` of table `{}`", column.name, target.schema.name),
+                });
+            }
             let fits = match value {
                 Value::Null => column.nullable,
                 Value::Integer(_) => column.sql_type == SqlType::Integer,
-                // SQLite would store NaN as NULL.
-                Value::Real(r) => column.sql_type == SqlType::Real && !r.is_nan(),
+                Value::Real(_) => column.sql_type == SqlType::Real,
                 Value::Text(_) => column.sql_type == SqlType::Text,
                 Value::Blob(_) => column.sql_type == SqlType::Blob,
             };
@@ -696,10 +703,7 @@ fn check_types(payload: &Payload, targets: &[Target]) -> Result<()> {
                     } else {
                         format!("{} NOT NULL", column.sql_type)
                     },
-                    found: match value {
-                        Value::Real(r) if r.is_nan() => "NaN",
-                        other => other.as_ref().type_name(),
-                    },
+                    found: value.as_ref().type_name(),
                 });
             }
         }

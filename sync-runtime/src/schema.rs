@@ -10,7 +10,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::value::SqlType;
+use crate::value::{SqlType, Value};
 
 /// Prefix reserved for the runtime's own tables, columns and triggers.
 pub const RESERVED_PREFIX: &str = "_synced";
@@ -56,7 +56,10 @@ pub struct ColumnSchema {
     pub nullable: bool,
     /// Whether it is part of the primary key (in declaration order).
     pub primary_key: bool,
-    /// Its default, as an SQL literal (`0`, `''`, `NULL`, `'open'`, …).
+    /// Its default, written as an SQL literal (`0`, `-1.5`, `''`, `'open'`,
+    /// `x'00ff'`, `NULL`, `true`, `false`). It is a value, never SQL: the runtime
+    /// parses it, checks it against the column's type (see
+    /// [`TableSchema::validate`]) and writes the literal itself.
     pub default: Option<Cow<'static, str>>,
 }
 
@@ -84,7 +87,8 @@ impl ColumnSchema {
         self
     }
 
-    /// Sets the column's default, an SQL literal (`0`, `''`, `'open'`, …).
+    /// Sets the column's default, written as an SQL literal (`0`, `''`, `'open'`,
+    /// …): a value of the column's type, not an expression.
     pub fn default_sql(mut self, literal: impl Into<Cow<'static, str>>) -> Self {
         self.default = Some(literal.into());
         self
@@ -197,6 +201,9 @@ impl TableSchema {
             if c.primary_key && c.nullable {
                 return err(format!("key column `{}` cannot be nullable", c.name));
             }
+            if let Err(reason) = c.default_value() {
+                return err(format!("column `{}`: {reason}", c.name));
+            }
             if !c.primary_key && !c.nullable && c.default.is_none() {
                 return err(format!(
                     "column `{}` is NOT NULL without a default; a row may arrive column by column, so give it a default or make it nullable",
@@ -206,6 +213,90 @@ impl TableSchema {
         }
         Ok(())
     }
+}
+
+impl ColumnSchema {
+    /// The column's default as a value (`None` without one): its literal parsed
+    /// and checked against the column's type. An integer literal in a `REAL`
+    /// column is its real value, as SQLite stores it.
+    pub(crate) fn default_value(&self) -> Result<Option<Value>, String> {
+        let Some(literal) = &self.default else {
+            return Ok(None);
+        };
+        let value = parse_literal(literal).ok_or_else(|| {
+            format!(
+                "the default `{literal}` is not a value; write an integer (`-3`), a real \
+                 (`1.5`), a text (`'it''s'`), a blob (`x'00ff'`), `NULL`, `true` or `false`"
+            )
+        })?;
+        let value = match (self.sql_type, value) {
+            (_, Value::Null) if self.nullable => Value::Null,
+            (_, Value::Null) => {
+                return Err("a NOT NULL column cannot default to NULL".into());
+            }
+            (SqlType::Real, Value::Integer(i)) => Value::Real(i as f64),
+            (SqlType::Integer, v @ Value::Integer(_))
+            | (SqlType::Real, v @ Value::Real(_))
+            | (SqlType::Text, v @ Value::Text(_))
+            | (SqlType::Blob, v @ Value::Blob(_)) => v,
+            (sql_type, value) => {
+                return Err(format!(
+                    "the default `{literal}` is {}, not {sql_type}",
+                    value.as_ref().type_name()
+                ));
+            }
+        };
+        Ok(Some(value))
+    }
+}
+
+/// Parses an SQL literal: an integer (within `i64`), a finite real, a quoted
+/// text (`''` for a quote), a blob (`x'…'`, whole bytes), `NULL`, `true` or
+/// `false` (1 and 0), in any case and with surrounding spaces. `None` for
+/// anything else.
+fn parse_literal(text: &str) -> Option<Value> {
+    let text = text.trim();
+    let word = |w: &str| text.eq_ignore_ascii_case(w);
+    if word("null") {
+        return Some(Value::Null);
+    }
+    if word("true") || word("false") {
+        return Some(Value::Integer(i64::from(word("true"))));
+    }
+    if let Some(body) = text.strip_prefix('\'').and_then(|t| t.strip_suffix('\'')) {
+        let mut out = String::with_capacity(body.len());
+        let mut chars = body.chars();
+        while let Some(c) = chars.next() {
+            // A quote inside is written twice.
+            if c == '\'' && chars.next() != Some('\'') {
+                return None;
+            }
+            out.push(c);
+        }
+        return Some(Value::Text(out));
+    }
+    if let Some(hex) = text
+        .strip_prefix(['x', 'X'])
+        .and_then(|t| t.strip_prefix('\''))
+        .and_then(|t| t.strip_suffix('\''))
+    {
+        return hex::decode(hex).ok().map(Value::Blob);
+    }
+    let digits = text.strip_prefix(['-', '+']).unwrap_or(text);
+    let numeric = digits.starts_with(|c: char| c.is_ascii_digit() || c == '.')
+        && digits
+            .chars()
+            .all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '+' | '-'));
+    if !numeric {
+        return None;
+    }
+    if digits.chars().all(|c| c.is_ascii_digit()) {
+        return text.parse().ok().map(Value::Integer);
+    }
+    text.parse::<f64>()
+        .ok()
+        .filter(|f| f.is_finite())
+        .map(Value::Real)
 }
 
 /// SQLite's names for a table's rowid, which the clock queries use.
@@ -251,6 +342,76 @@ mod tests {
             ColumnSchema::new("a", SqlType::Text),
         ]);
         assert!(t.validate().unwrap_err().reason.contains("default"));
+    }
+
+    fn with_default(sql_type: SqlType, nullable: bool, literal: &str) -> Result<(), SchemaError> {
+        table(vec![
+            ColumnSchema::new("id", SqlType::Text).primary_key(),
+            ColumnSchema::new("a", sql_type)
+                .nullable(nullable)
+                .default_sql(literal.to_owned()),
+        ])
+        .validate()
+    }
+
+    #[test]
+    fn defaults_are_values_of_the_columns_type() {
+        for (sql_type, literal) in [
+            (SqlType::Integer, "0"),
+            (SqlType::Integer, "-9223372036854775808"),
+            (SqlType::Integer, "+7"),
+            (SqlType::Integer, "TRUE"),
+            (SqlType::Integer, "false"),
+            (SqlType::Real, "1.5"),
+            (SqlType::Real, "-0.0"),
+            (SqlType::Real, "1e300"),
+            (SqlType::Real, ".5"),
+            (SqlType::Real, "3"),
+            (SqlType::Text, "''"),
+            (SqlType::Text, "'it''s'"),
+            (SqlType::Text, " 'open' "),
+            (SqlType::Blob, "x''"),
+            (SqlType::Blob, "X'00fF'"),
+        ] {
+            assert_eq!(with_default(sql_type, false, literal), Ok(()), "{literal}");
+        }
+        assert_eq!(with_default(SqlType::Text, true, "NULL"), Ok(()));
+    }
+
+    #[test]
+    fn a_default_that_is_not_a_value_is_refused_naming_its_column() {
+        for (sql_type, nullable, literal) in [
+            (
+                SqlType::Text,
+                false,
+                "''); DELETE FROM other; CREATE TABLE x (a TEXT DEFAULT ''",
+            ),
+            (SqlType::Text, false, "'a' || 'b'"),
+            (SqlType::Text, false, "'unclosed"),
+            (SqlType::Text, false, "'a'b'"),
+            (SqlType::Integer, false, "(1)"),
+            (SqlType::Integer, false, "1 + 1"),
+            (SqlType::Integer, false, "9223372036854775808"),
+            (SqlType::Integer, false, "1.5"),
+            (SqlType::Integer, false, "'1'"),
+            (SqlType::Real, false, "inf"),
+            (SqlType::Real, false, "NaN"),
+            (SqlType::Real, false, "1e999"),
+            (SqlType::Real, false, "1..2"),
+            (SqlType::Blob, false, "x'0'"),
+            (SqlType::Blob, false, "x'zz'"),
+            (SqlType::Blob, false, "''"),
+            (SqlType::Text, false, "CURRENT_TIMESTAMP"),
+            (SqlType::Text, false, "NULL"),
+            (SqlType::Text, false, ""),
+        ] {
+            let error = with_default(sql_type, nullable, literal).unwrap_err();
+            assert_eq!(error.table, "t", "{literal}");
+            assert!(
+                error.reason.starts_with("column `a`: "),
+                "{literal}: {error}"
+            );
+        }
     }
 
     #[test]

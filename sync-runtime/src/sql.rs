@@ -4,6 +4,8 @@
 //!
 //! Runtime-owned tables (all prefixed `_synced`):
 //!
+//! - `_synced_format`: one row; the file format's version (see
+//!   [`crate::format`]).
 //! - `_synced_state`: one row; this database's site id, its `db_version` (the last
 //!   closed version) and the `applying` flag of the merge.
 //! - `_synced_sites`: site-id dictionary; ordinal 0 is this database.
@@ -48,6 +50,7 @@
 use std::fmt::{self, Write as _};
 
 use crate::schema::{Algorithm, ColumnSchema, TableSchema};
+use crate::value::{Domain, Value};
 
 /// The runtime's own tables.
 pub(crate) const CREATE_META: &str = "\
@@ -94,6 +97,24 @@ CREATE TABLE IF NOT EXISTS _synced_tables (
   tracking INTEGER NOT NULL
 ) STRICT;";
 
+/// The file format's version (see [`crate::format`]): one row.
+pub(crate) const CREATE_FORMAT: &str = "\
+CREATE TABLE IF NOT EXISTS _synced_format (
+  id INTEGER PRIMARY KEY CHECK (id = 0),
+  version INTEGER NOT NULL
+) STRICT;";
+
+/// Whether the file records its format (release 0.1.0 did not).
+pub(crate) const HAS_FORMAT: &str =
+    "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = '_synced_format')";
+
+/// The file's format.
+pub(crate) const READ_FORMAT: &str = "SELECT version FROM _synced_format WHERE id = 0";
+
+/// Records the file's format.
+pub(crate) const WRITE_FORMAT: &str = "INSERT INTO _synced_format (id, version) VALUES (0, ?1) \
+     ON CONFLICT (id) DO UPDATE SET version = excluded.version";
+
 /// Whether the database holds the runtime's tables (a Synced database, not a new
 /// or foreign one).
 pub(crate) const IS_REPLICA: &str =
@@ -109,6 +130,10 @@ pub(crate) const CURRENT_VERSION: &str = "SELECT db_version FROM _synced_state";
 
 /// A change counter of the database file that moves when another connection commits.
 pub(crate) const DATA_VERSION: &str = "PRAGMA data_version";
+
+/// Message prefix of the error raised when a local write gives a key column a
+/// value outside its type's domain; `table.column` follows.
+pub(crate) const KEY_DOMAIN_PREFIX: &str = "synced: a key outside its type's domain: ";
 
 /// Message prefix of the error raised when a row of a grow-only table would be
 /// deleted (or re-keyed); the table name follows.
@@ -129,6 +154,21 @@ const LOCAL: &str = "(SELECT applying FROM _synced_state) = 0";
 /// Quotes an identifier: `a"b` → `"a""b"`.
 pub(crate) fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Writes a value as an SQL literal: `NULL`, `-3`, `1.5`, `'it''s'`, `x'00ff'`.
+/// A real keeps a decimal point or an exponent, so that SQLite reads it as one.
+pub(crate) fn value_literal(value: &Value) -> String {
+    match value {
+        Value::Null => "NULL".to_owned(),
+        Value::Integer(i) => i.to_string(),
+        // `{:?}` writes `1.0`, `-0.0`, `1e300`; NaN and infinities never get here
+        // (a default is finite), but would read back as NULL.
+        Value::Real(r) if r.is_finite() => format!("{r:?}"),
+        Value::Real(_) => "NULL".to_owned(),
+        Value::Text(text) => literal(text),
+        Value::Blob(bytes) => format!("x'{}'", hex::encode(bytes)),
+    }
 }
 
 /// Quotes a string literal: `it's` → `'it''s'`.
@@ -269,8 +309,6 @@ pub(crate) struct TableSql {
     pub(crate) merge_write_clock: String,
     /// The merge: writes a whole app row (every column, table order).
     pub(crate) merge_write_row: String,
-    /// The merge: the defaults of the value columns, as one row.
-    pub(crate) value_defaults: String,
 }
 
 impl TableSql {
@@ -305,7 +343,10 @@ impl TableSql {
             create_triggers: create_triggers(schema),
             drop_triggers: drop_triggers(schema, &["insert", "update", "rekey", "delete"]),
             create_guards: create_guards(schema),
-            drop_guards: drop_triggers(schema, &["guard_delete", "guard_rekey"]),
+            drop_guards: drop_triggers(
+                schema,
+                &["guard_delete", "guard_rekey", "key_insert", "key_update"],
+            ),
             drop_clock: format!("DROP TABLE IF EXISTS {clock};"),
             wipe: format!("DELETE FROM {table}; DELETE FROM {clock};"),
             delete_clock: format!("DELETE FROM {clock} WHERE {by_key_params}"),
@@ -378,15 +419,6 @@ impl TableSql {
                     list(schema.key_columns(), ""),
                 )
             },
-            value_defaults: format!(
-                "SELECT {}",
-                schema
-                    .value_columns()
-                    .map(|c| c.default.as_deref().unwrap_or("NULL").to_owned())
-                    .chain(std::iter::once("0".to_owned()))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
             backfill_deleted: tombstone(
                 schema,
                 &format!(
@@ -426,8 +458,9 @@ fn create_table(schema: &TableSchema) -> String {
         if c.primary_key && single_key {
             sql.push_str(" PRIMARY KEY");
         }
-        if let Some(default) = &c.default {
-            let _ = write!(sql, " DEFAULT {default}");
+        // A default the descriptor's checks refused is not written at all.
+        if let Ok(Some(default)) = c.default_value() {
+            let _ = write!(sql, " DEFAULT {}", value_literal(&default));
         }
         sql.push_str(",\n");
     }
@@ -555,6 +588,66 @@ fn create_guards(schema: &TableSchema) -> String {
         trigger(name, "guard_rekey"),
         key_changed(schema),
     )
+}
+
+/// The text of a canonical [`crate::SyncId`], as a `GLOB` pattern.
+const SYNC_ID_GLOB: &str = "[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]-\
+[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-\
+[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-\
+[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]";
+
+/// When `value` is outside `domain`; `None` if every value is inside.
+fn outside(value: &str, domain: Domain) -> Option<String> {
+    match domain {
+        Domain::Any => None,
+        Domain::SyncId => Some(format!("NOT ({value} GLOB '{SYNC_ID_GLOB}')")),
+    }
+}
+
+/// Checks of the key columns whose types' domains are narrower than their
+/// storage types (see [`Domain`]), on local inserts and key changes; empty if
+/// there are none. They raise [`KEY_DOMAIN_PREFIX`] followed by
+/// `table.column`, and stay while tracking is off.
+pub(crate) fn key_guards(schema: &TableSchema, domains: &[Domain]) -> String {
+    let name = &schema.name;
+    let checks: Vec<(String, String)> = schema
+        .key_columns()
+        .zip(domains)
+        .filter_map(|(column, domain)| {
+            let check = outside(&format!("NEW.{}", ident(&column.name)), *domain)?;
+            let raise = format!(
+                "SELECT RAISE(ABORT, {}) WHERE {check};",
+                literal(&format!("{KEY_DOMAIN_PREFIX}{name}.{}", column.name))
+            );
+            Some((check, raise))
+        })
+        .collect();
+    if checks.is_empty() {
+        return String::new();
+    }
+    let when = checks
+        .iter()
+        .map(|(check, _)| check.as_str())
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    let body = checks
+        .iter()
+        .map(|(_, raise)| raise.as_str())
+        .collect::<Vec<_>>()
+        .join("\n  ");
+    let table = ident(name);
+    format!(
+        "CREATE TRIGGER IF NOT EXISTS {} BEFORE INSERT ON {table} WHEN ({when}) AND {LOCAL} BEGIN\n  {body}\nEND;\n\
+         CREATE TRIGGER IF NOT EXISTS {} BEFORE UPDATE OF {} ON {table} WHEN ({when}) AND {LOCAL} BEGIN\n  {body}\nEND;\n",
+        trigger(name, "key_insert"),
+        trigger(name, "key_update"),
+        list(schema.key_columns(), ""),
+    )
+}
+
+/// Drops the checks [`key_guards`] makes.
+pub(crate) fn drop_key_guards(schema: &TableSchema) -> String {
+    drop_triggers(schema, &["key_insert", "key_update"])
 }
 
 /// Tracking triggers: insert, update of value columns, key change and delete.

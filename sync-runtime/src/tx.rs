@@ -191,15 +191,42 @@ pub(crate) fn table_of<'r>(registry: &'r Registry, schema: &TableSchema) -> Resu
     }
 }
 
+/// Binds the values of a table's columns (or of its key's, `key_only`) to
+/// `stmt`, refusing NaN, which SQLite would store as NULL.
 fn bind<'v>(
     stmt: &mut rusqlite::CachedStatement<'_>,
-    count: usize,
+    table: &Registered,
+    key_only: bool,
     value: impl Fn(usize) -> ValueRef<'v>,
 ) -> Result<()> {
-    for i in 0..count {
-        stmt.raw_bind_parameter(i + 1, value(i))?;
+    let columns = table
+        .schema
+        .columns
+        .iter()
+        .filter(|c| c.primary_key || !key_only);
+    for (i, column) in columns.enumerate() {
+        let value = value(i);
+        if matches!(value, ValueRef::Real(r) if r.is_nan()) {
+            return Err(Error::NotANumber {
+                place: format!("column `{}` of table `{}`", column.name, table.schema.name),
+            });
+        }
+        stmt.raw_bind_parameter(i + 1, value)?;
     }
     Ok(())
+}
+
+/// Refuses NaN among the parameters of the app's SQL.
+fn check_params(params: &[Value]) -> Result<()> {
+    match params
+        .iter()
+        .position(|p| matches!(p, Value::Real(r) if r.is_nan()))
+    {
+        Some(i) => Err(Error::NotANumber {
+            place: format!("parameter ?{}", i + 1),
+        }),
+        None => Ok(()),
+    }
 }
 
 pub(crate) fn insert<'v>(
@@ -208,7 +235,7 @@ pub(crate) fn insert<'v>(
     value: impl Fn(usize) -> ValueRef<'v>,
 ) -> Result<()> {
     let mut stmt = conn.prepare_cached(&table.sql.insert)?;
-    bind(&mut stmt, table.schema.columns.len(), value)?;
+    bind(&mut stmt, table, false, value)?;
     stmt.raw_execute()?;
     Ok(())
 }
@@ -235,7 +262,7 @@ pub(crate) fn update<'v>(
         return if exists { Ok(()) } else { Err(not_found()) };
     };
     let mut stmt = conn.prepare_cached(sql)?;
-    bind(&mut stmt, table.schema.columns.len(), value)?;
+    bind(&mut stmt, table, false, value)?;
     match stmt.raw_execute()? {
         0 => Err(not_found()),
         _ => Ok(()),
@@ -248,7 +275,7 @@ pub(crate) fn delete<'v>(
     key: impl Fn(usize) -> ValueRef<'v>,
 ) -> Result<bool> {
     let mut stmt = conn.prepare_cached(&table.sql.delete)?;
-    bind(&mut stmt, table.schema.key_columns().count(), key)?;
+    bind(&mut stmt, table, true, key)?;
     Ok(stmt.raw_execute()? > 0)
 }
 
@@ -269,7 +296,7 @@ fn get_raw<'v, R>(
     read: impl FnOnce(&rusqlite::Row<'_>) -> Result<R>,
 ) -> Result<Option<R>> {
     let mut stmt = conn.prepare_cached(&table.sql.select_by_key)?;
-    bind(&mut stmt, table.schema.key_columns().count(), key)?;
+    bind(&mut stmt, table, true, key)?;
     let mut rows = stmt.raw_query();
     match rows.next()? {
         Some(row) => read(row).map(Some),
@@ -320,6 +347,7 @@ pub(crate) fn execute_raw(
     sql: &str,
     params: &[Value],
 ) -> Result<usize> {
+    check_params(params)?;
     as_user(user_sql, || {
         let mut stmt = conn.prepare_cached(sql)?;
         Ok(stmt.execute(rusqlite::params_from_iter(params))?)

@@ -264,25 +264,31 @@ async fn an_existing_table_of_the_right_shape_is_adopted_with_its_rows() {
 async fn writes_that_violate_the_schema_are_constraint_errors_and_change_nothing() {
     let db = SyncDb::open_in_memory().await.unwrap();
     db.register::<Todo>().await.unwrap();
+    // Keys a `SyncId` can read: only the constraints fail.
+    let (x, y, z) = (
+        "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a01",
+        "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a02",
+        "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a03",
+    );
     for (sql, what) in [
         (
-            "INSERT INTO todos (id, title, done) VALUES ('x', 'a', 'yes')",
+            format!("INSERT INTO todos (id, title, done) VALUES ('{x}', 'a', 'yes')"),
             "INTEGER",
         ),
         (
-            "INSERT INTO todos (id, title) VALUES ('y', x'00ff')",
+            format!("INSERT INTO todos (id, title) VALUES ('{y}', x'00ff')"),
             "TEXT",
         ),
         (
-            "INSERT INTO todos (id, title) VALUES ('z', NULL)",
+            format!("INSERT INTO todos (id, title) VALUES ('{z}', NULL)"),
             "NOT NULL",
         ),
         (
-            "INSERT INTO todos (id, title) VALUES (NULL, 'no key')",
+            "INSERT INTO todos (id, title) VALUES (NULL, 'no key')".to_owned(),
             "NOT NULL",
         ),
     ] {
-        let err = db.execute_raw(sql, params![]).await.unwrap_err();
+        let err = db.execute_raw(&sql, params![]).await.unwrap_err();
         assert!(matches!(err, Error::Constraint { .. }), "{sql}: {err}");
         assert!(err.to_string().contains(what), "{sql}: {err}");
     }
@@ -455,4 +461,165 @@ async fn a_struct_that_was_not_registered_is_refused_even_for_a_registered_table
     assert!(matches!(err, Error::SchemaMismatch { .. }), "{err}");
     let err = db.transaction(move |tx| tx.insert(&row)).await.unwrap_err();
     assert!(matches!(err, Error::SchemaMismatch { .. }), "{err}");
+}
+
+#[derive(Synced, Debug, Clone, PartialEq)]
+#[synced(table = "measures")]
+struct Measure {
+    #[synced(primary_key)]
+    id: SyncId,
+    #[synced(default = 0.0)]
+    value: f64,
+    maybe: Option<f64>,
+}
+
+/// NaN cannot be stored (SQLite stores NULL in its place): every write path
+/// refuses it with `Error::NotANumber`, naming where it was, and writes nothing.
+#[tokio::test]
+async fn nan_is_refused_on_every_write_path() {
+    let db = SyncDb::open_in_memory().await.unwrap();
+    db.register::<Measure>().await.unwrap();
+    let not_a_number = |result: Result<(), Error>, place: &str| match result {
+        Err(Error::NotANumber { place: found }) => assert_eq!(found, place),
+        other => panic!("expected NotANumber at {place}, got {other:?}"),
+    };
+    let row = Measure {
+        id: SyncId::new(),
+        value: 1.0,
+        maybe: Some(f64::NAN),
+    };
+    let maybe = "column `maybe` of table `measures`";
+    let value = "column `value` of table `measures`";
+    not_a_number(db.insert(&row).await, maybe);
+    let nan_value = Measure {
+        value: f64::NAN,
+        maybe: None,
+        ..row.clone()
+    };
+    not_a_number(db.insert(&nan_value).await, value);
+    assert_eq!(db.db_version().await.unwrap(), 0);
+
+    let stored = Measure {
+        maybe: Some(2.0),
+        ..row.clone()
+    };
+    db.insert(&stored).await.unwrap();
+    not_a_number(db.update(&row).await, maybe);
+    not_a_number(db.update(&nan_value).await, value);
+    let raw = db
+        .execute_raw(
+            "UPDATE measures SET maybe = ?2 WHERE id = ?1",
+            params![row.id, f64::NAN],
+        )
+        .await
+        .map(drop);
+    not_a_number(raw, "parameter ?2");
+    assert_eq!(db.get::<Measure>(&row.id).await.unwrap(), Some(stored));
+
+    // A payload from a replica that stored it anyway is refused whole.
+    let other = SyncDb::open_in_memory().await.unwrap();
+    other.register::<Measure>().await.unwrap();
+    other
+        .insert(&Measure {
+            id: SyncId::new(),
+            value: 0.5,
+            maybe: Some(0.5),
+        })
+        .await
+        .unwrap();
+    let mut payload = sync_runtime::wire::decode(
+        &other
+            .export_changes(sync_runtime::Since::Beginning)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    for column in &mut payload.rows[0].columns {
+        column.value = sync_runtime::Value::Real(f64::NAN);
+    }
+    let bytes = sync_runtime::wire::encode(&payload, sync_runtime::wire::Compression::None);
+    not_a_number(db.apply_changes(&bytes).await.map(drop), value);
+    assert_eq!(db.query::<Measure>("", params![]).await.unwrap().len(), 1);
+}
+
+/// SQLite stores `-0.0` as `0.0`: it reads back without its sign.
+#[tokio::test]
+async fn negative_zero_reads_back_as_zero() {
+    let db = SyncDb::open_in_memory().await.unwrap();
+    db.register::<Measure>().await.unwrap();
+    let row = Measure {
+        id: SyncId::new(),
+        value: -0.0,
+        maybe: Some(-0.0),
+    };
+    db.insert(&row).await.unwrap();
+    let read = db.get::<Measure>(&row.id).await.unwrap().unwrap();
+    assert!(read.value == 0.0 && read.value.is_sign_positive());
+    assert!(read.maybe.is_some_and(|m| m == 0.0 && m.is_sign_positive()));
+}
+
+/// A key column of a `SyncId` takes only a `SyncId`'s canonical text from raw
+/// SQL: any other key would make every typed read of the table fail.
+#[tokio::test]
+async fn a_raw_write_of_a_key_no_typed_read_can_decode_is_refused() {
+    let db = SyncDb::open_in_memory().await.unwrap();
+    db.register::<Todo>().await.unwrap();
+    let kept = Todo {
+        id: SyncId::new(),
+        title: "kept".into(),
+        done: false,
+        note: None,
+    };
+    db.insert(&kept).await.unwrap();
+    let version = db.db_version().await.unwrap();
+    let id = SyncId::new().to_string();
+    let bad_keys = [
+        "abc".to_owned(),
+        String::new(),
+        id.to_uppercase(),
+        format!("{{{id}}}"),
+        id.replace('-', ""),
+        format!("{}g", &id[..35]),
+        format!("{id} "),
+    ];
+    let invalid_key = |result: Result<usize, Error>, what: &str| match result {
+        Err(Error::InvalidKey { table, column }) => {
+            assert_eq!((table.as_str(), column.as_str()), ("todos", "id"), "{what}");
+        }
+        other => panic!("{what}: expected InvalidKey, got {other:?}"),
+    };
+    for key in &bad_keys {
+        let inserted = db
+            .execute_raw(
+                "INSERT INTO todos (id, title) VALUES (?1, 'raw')",
+                params![key.clone()],
+            )
+            .await;
+        invalid_key(inserted, key);
+        let rekeyed = db
+            .execute_raw("UPDATE todos SET id = ?1", params![key.clone()])
+            .await;
+        invalid_key(rekeyed, key);
+    }
+    assert_eq!(db.db_version().await.unwrap(), version);
+    assert_eq!(db.query::<Todo>("", params![]).await.unwrap(), [kept]);
+    // The canonical text is a key like any other.
+    db.execute_raw(
+        "INSERT INTO todos (id, title) VALUES (?1, 'raw')",
+        params![id.clone()],
+    )
+    .await
+    .unwrap();
+    let read: SyncId = id.parse().unwrap();
+    assert_eq!(db.get::<Todo>(&read).await.unwrap().unwrap().title, "raw");
+    // A table registered by a descriptor alone has no such check.
+    let other = SyncDb::open_in_memory().await.unwrap();
+    other.register_schema(Todo::SCHEMA.clone()).await.unwrap();
+    other
+        .execute_raw(
+            "INSERT INTO todos (id, title) VALUES ('abc', 'raw')",
+            params![],
+        )
+        .await
+        .unwrap();
 }

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use sync_runtime::{Change, ChangeKind, Error, SyncDb, SyncId, Synced, Value, params};
+use sync_runtime::{Change, ChangeKind, Error, RowFilter, SyncDb, SyncId, Synced, Value, params};
 
 #[derive(Synced, Debug, Clone, PartialEq)]
 #[synced(table = "todos")]
@@ -703,9 +703,9 @@ async fn a_failed_write_after_another_connection_committed_loses_nothing() {
     assert_eq!(titles, ["theirs", "mine"].map(|t| Value::Text(t.into())));
 }
 
-#[tokio::test]
-async fn transaction_control_in_the_apps_sql_is_refused() {
-    let db = memory().await;
+/// Checks that the app's SQL may not end the runtime's transaction.
+async fn assert_transaction_control_refused(db: &SyncDb) {
+    let version = db.db_version().await.unwrap();
     let t = todo("inside");
     for statement in ["COMMIT", "ROLLBACK", "BEGIN", "SAVEPOINT s", "RELEASE s"] {
         let t = t.clone();
@@ -723,9 +723,27 @@ async fn transaction_control_in_the_apps_sql_is_refused() {
         );
     }
     assert!(db.get::<Todo>(&t.id).await.unwrap().is_none());
-    assert_eq!(db.db_version().await.unwrap(), 0);
+    assert_eq!(db.db_version().await.unwrap(), version);
     // The runtime's own transactions still work.
     db.insert(&t).await.unwrap();
+}
+
+#[tokio::test]
+async fn transaction_control_in_the_apps_sql_is_refused() {
+    assert_transaction_control_refused(&memory().await).await;
+}
+
+/// Indexing a filter's columns prepares the filter under an authorizer of its
+/// own; the guard must come back after it.
+#[tokio::test]
+async fn transaction_control_stays_refused_after_a_filter_is_indexed() {
+    let db = memory().await;
+    let policy = RowFilter::Where {
+        sql: "done = 1".into(),
+        params: Vec::new(),
+    };
+    assert_eq!(db.index_filter("todos", policy).await.unwrap(), ["done"]);
+    assert_transaction_control_refused(&db).await;
 }
 
 #[tokio::test]

@@ -126,8 +126,8 @@ impl Error {
                     StatusCode::PAYLOAD_TOO_LARGE
                 }
                 // What a client sent is wrong: a damaged payload, a table or
-                // column the database does not have, a value of the wrong type,
-                // an invalid schema.
+                // column the database does not have, a value of the wrong type
+                // or NaN, an invalid schema.
                 R::InvalidSchema(_)
                 | R::Payload(_)
                 | R::UnknownTable { .. }
@@ -137,6 +137,8 @@ impl Error {
                 | R::Constraint { .. }
                 | R::GrowOnly { .. }
                 | R::Refused { .. }
+                | R::NotANumber { .. }
+                | R::InvalidKey { .. }
                 | R::NotRegistered { .. } => StatusCode::BAD_REQUEST,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },

@@ -288,11 +288,13 @@ impl SqliteStore {
     }
 }
 
-/// What is wrong with a database file, if `error` says that it is damaged (rather
-/// than that it could not be opened at all: permissions, a full disk).
+/// What is wrong with a database file, if `error` says that it cannot be served
+/// as it is (rather than that it could not be opened at all: permissions, a full
+/// disk): it is damaged, or a newer release wrote it.
 fn damage(error: &Error) -> Option<String> {
     match error {
         Error::Runtime(sync_runtime::Error::Damaged { reason, .. }) => Some(reason.clone()),
+        Error::Runtime(newer @ sync_runtime::Error::NewerFormat { .. }) => Some(newer.to_string()),
         Error::Runtime(sync_runtime::Error::NotADatabase { .. }) => {
             Some("it is not a SQLite database".to_owned())
         }

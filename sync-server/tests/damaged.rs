@@ -128,6 +128,35 @@ async fn without_the_quick_check_a_page_damaged_inside_the_file_fails_only_when_
     assert_eq!(body.code, "server_error");
 }
 
+/// A file a newer release wrote is not served (this release cannot know what
+/// it holds), and is left as it is; the other databases are served.
+#[tokio::test]
+async fn a_file_of_a_newer_format_is_refused_and_left_as_it_is() {
+    let data = tempfile::tempdir().unwrap();
+    replica_file(&data.path().join("a.db"), 3).await;
+    let newer = data.path().join("b.db");
+    replica_file(&newer, 3).await;
+    let conn = rusqlite::Connection::open(&newer).unwrap();
+    conn.execute("UPDATE _synced_format SET version = version + 1", [])
+        .unwrap();
+    drop(conn);
+    let before = std::fs::read(&newer).unwrap();
+    let server = TestServer::start_in(data, |_| {}).await;
+
+    let device = device_of(&server, "a").await;
+    device.db.sync().await.unwrap();
+    assert_eq!(device.todos().await.len(), 3);
+    for body in refusals(&server, &device, "b").await {
+        assert!(
+            body.message.contains("written by a newer release"),
+            "{}",
+            body.message
+        );
+    }
+    assert_eq!(std::fs::read(&newer).unwrap(), before);
+    server.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_file_that_is_not_sqlite_is_refused() {
     let data = tempfile::tempdir().unwrap();

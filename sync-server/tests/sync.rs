@@ -366,3 +366,71 @@ async fn titles_in(payload: &[u8]) -> Vec<String> {
     viewer.db.apply_changes(payload).await.unwrap();
     viewer.todos().await.into_iter().map(|t| t.title).collect()
 }
+
+/// A column default is a value: one written as SQL to run statements of its
+/// own is refused, naming its table and column, and runs nothing.
+#[tokio::test]
+async fn a_schema_whose_default_is_sql_is_refused_and_runs_nothing() {
+    use sync_runtime::{Algorithm, ColumnSchema, SqlType, Synced, TableSchema};
+    let server = TestServer::with_todo_db().await;
+    let phone = Device::new("alice").await;
+    phone.db.insert(&Todo::new("kept")).await.unwrap();
+    phone.push(&server).await;
+    let evil = TableSchema::new(
+        "evil",
+        Algorithm::Cls,
+        vec![
+            ColumnSchema::new("id", SqlType::Text).primary_key(),
+            ColumnSchema::new("a", SqlType::Text)
+                .default_sql("''); DELETE FROM todos; CREATE TABLE x (a TEXT DEFAULT ''"),
+        ],
+    );
+    let response = server
+        .as_admin(server.http.put(server.url(&format!("/v1/db/{DB}/schema"))))
+        .body(serde_json::to_vec(&(Todo::SCHEMA, evil)).unwrap())
+        .send()
+        .await
+        .unwrap();
+    let error = error_body(response, StatusCode::BAD_REQUEST).await;
+    assert!(
+        error.message.contains("table `evil`: column `a`"),
+        "{}",
+        error.message
+    );
+    let laptop = Device::new("alice").await;
+    laptop.pull(&server, &Cursor::BEGINNING, 0).await;
+    assert_eq!(laptop.todos().await, phone.todos().await);
+    assert_eq!(laptop.todos().await.len(), 1);
+}
+
+/// A server's own database keeps refusing transaction control in the app's
+/// SQL after the columns of its read policies were indexed (which prepares the
+/// policy under an authorizer of its own).
+#[tokio::test]
+async fn a_servers_database_keeps_its_transaction_guard_after_its_policies_are_indexed() {
+    use sync_runtime::{RowFilter, Synced, params};
+    use sync_server::store::{Database, SqliteDatabase};
+    let dir = tempfile::tempdir().unwrap();
+    let db = SqliteDatabase::open(&dir.path().join("todo.db"))
+        .await
+        .unwrap();
+    db.set_schemas(vec![Todo::SCHEMA.clone()]).await.unwrap();
+    let policy = RowFilter::Where {
+        sql: "done = 1".into(),
+        params: Vec::new(),
+    };
+    assert_eq!(db.index_filter("todos", policy).await.unwrap(), ["done"]);
+    let row = Todo::new("inside");
+    let id = row.id;
+    let refused = db
+        .sync_db()
+        .transaction(move |tx| {
+            tx.insert(&row)?;
+            tx.execute_raw("COMMIT", params![])?;
+            Ok::<_, sync_runtime::Error>(())
+        })
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("not authorized"), "{refused}");
+    assert_eq!(db.sync_db().get::<Todo>(&id).await.unwrap(), None);
+}
