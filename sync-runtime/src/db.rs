@@ -378,13 +378,13 @@ impl SyncDb {
     pub async fn register<T: Synced>(&self) -> Result<()> {
         let source = T::SCHEMA as *const TableSchema as usize;
         let schema = T::SCHEMA.clone();
-        self.call(move |w| tracking::register(w, schema, Some(source), T::KEY_DOMAINS))
+        self.call(move |w| tracking::register(w, schema, Some(source)))
             .await
     }
 
     /// [`register`](Self::register) for a descriptor built at run time.
     pub async fn register_schema(&self, schema: TableSchema) -> Result<()> {
-        self.call(move |w| tracking::register(w, schema, None, &[]))
+        self.call(move |w| tracking::register(w, schema, None))
             .await
     }
 
@@ -444,6 +444,37 @@ impl SyncDb {
 
     /// Writes every column of the row with `row`'s key, in its own transaction; only
     /// columns whose value changed are recorded. [`Error::NotFound`] if no such row.
+    ///
+    /// Every column gets `row`'s value, including columns the app did not mean to
+    /// change. A `row` read before another device's edit was merged here still
+    /// holds the old value of the column that edit changed: writing it back
+    /// records a new change that undoes that edit, and the undo wins everywhere.
+    /// Read, change and write in one [`transaction`](Self::transaction), so that
+    /// no merge can land in between:
+    ///
+    /// ```
+    /// # use sync_runtime::{Synced, SyncDb, SyncId};
+    /// # #[derive(Synced, Debug, Clone, PartialEq)]
+    /// # #[synced(table = "todos")]
+    /// # struct Todo { #[synced(primary_key)] id: SyncId, title: String, done: bool }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> sync_runtime::Result<()> {
+    /// # let db = SyncDb::open_in_memory().await?;
+    /// # db.register::<Todo>().await?;
+    /// # let id = SyncId::new();
+    /// # db.insert(&Todo { id, title: "milk".into(), done: false }).await?;
+    /// db.transaction(move |tx| {
+    ///     if let Some(mut todo) = tx.get::<Todo>(&id)? {
+    ///         todo.done = true;
+    ///         tx.update(&todo)?;
+    ///     }
+    ///     Ok::<_, sync_runtime::Error>(())
+    /// })
+    /// .await?;
+    /// # assert!(db.get::<Todo>(&id).await?.unwrap().done);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn update<T: Synced>(&self, row: &T) -> Result<()> {
         let values = row_values(row);
         self.call(move |w| {
@@ -505,8 +536,15 @@ impl SyncDb {
 
     /// Rebuilds the database file to its smallest size (SQLite's `VACUUM`), then
     /// moves the write-ahead log into the file and truncates the log.
+    ///
+    /// A vacuum may renumber rowids, which cursors inside a version name: those
+    /// made before it resume at the start of their version, carrying again what
+    /// they may have carried already (see [`Cursor`]).
     pub async fn vacuum(&self) -> Result<()> {
         self.call(|w| {
+            // Counted first: a count without its vacuum costs a few rows sent
+            // twice, a vacuum without its count could skip some.
+            w.conn.execute(sql::COUNT_VACUUM, [])?;
             Ok(w.conn
                 .execute_batch("VACUUM; PRAGMA wal_checkpoint(TRUNCATE);")?)
         })
@@ -866,22 +904,29 @@ impl SyncDb {
 }
 
 impl SyncDb {
-    /// Takes the server's acknowledgement of a batch sent: gives back the
-    /// server's state of the rows it refused (`restore`, see
+    /// Takes the server's acknowledgement of a batch sent: keeps this device's
+    /// state of the rows it refused (`rejected`, see [`crate::quarantine`]),
+    /// gives them back the server's state (`restore`, see
     /// [`PushReport::restore`]; `exported_at` is this database's version when the
     /// batch was made) and stores the sent cursor after the batch, in one
-    /// transaction, so that a refused row is never left behind.
+    /// transaction, so that a refused row is never left behind nor lost. Returns
+    /// what the restore did and how many rows were kept.
     pub(crate) async fn acknowledged(
         &self,
         url: &str,
         next: Cursor,
+        rejected: Vec<crate::merge::Rejection>,
         restore: Vec<u8>,
         exported_at: i64,
-    ) -> Result<ApplyReport> {
+    ) -> Result<(ApplyReport, usize)> {
         let url = url.to_owned();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         self.call(move |w| {
             write(w, |tx| {
                 tx.set_versions();
+                let kept = crate::quarantine::keep(tx.conn(), &rejected, now_ms)?;
                 let report = if restore.is_empty() {
                     ApplyReport::default()
                 } else {
@@ -892,7 +937,7 @@ impl SyncDb {
                      ON CONFLICT (url) DO UPDATE SET sent = excluded.sent",
                     [url, next.to_string()],
                 )?;
-                Ok(report)
+                Ok((report, kept))
             })
         })
         .await

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use crate::schema::SchemaError;
-use crate::sql::{GROW_ONLY_PREFIX, KEY_DOMAIN_PREFIX};
+use crate::sql::GROW_ONLY_PREFIX;
 use crate::value::ValueError;
 
 /// `Result` with [`Error`] as the default error.
@@ -111,20 +111,6 @@ pub enum Error {
         table: String,
     },
 
-    /// A local write (raw SQL) would give a row a key that the key field's type
-    /// cannot read back, such as text that is not a [`SyncId`](crate::SyncId) in
-    /// its canonical form (see [`Domain`](crate::Domain)). Nothing was written.
-    #[error(
-        "the key column `{column}` of `{table}` takes only values its type can read back \
-         (for a SyncId: its 36-character lowercase text, as SyncId::to_string writes it)"
-    )]
-    InvalidKey {
-        /// The table.
-        table: String,
-        /// The key column.
-        column: String,
-    },
-
     /// A stored value could not be read as the field's type (usually a value written
     /// by raw SQL that the struct cannot represent).
     #[error("cannot read `{table}.{column}`: {source}")]
@@ -223,6 +209,17 @@ pub enum Error {
     #[error("no sync server is set; call with_remote first")]
     NoRemote,
 
+    /// No HTTP client could be built for the server: the system has no TLS
+    /// roots, or a [root certificate](crate::Remote::root_certificate) cannot be
+    /// read. Not transient: it lasts until the app or the system is fixed.
+    #[error("no HTTP client can be made for the sync server at {url}: {reason}")]
+    HttpClient {
+        /// The server.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+
     /// The server could not be reached (no network, refused, timed out), even
     /// after the retries. Local writes go on; sync again later.
     #[error("the sync server at {url} is unreachable: {reason}")]
@@ -318,15 +315,6 @@ impl From<rusqlite::Error> for Error {
             if let Some(table) = message.strip_prefix(GROW_ONLY_PREFIX) {
                 return Error::GrowOnly {
                     table: table.to_owned(),
-                };
-            }
-            if let Some((table, column)) = message
-                .strip_prefix(KEY_DOMAIN_PREFIX)
-                .and_then(|place| place.split_once('.'))
-            {
-                return Error::InvalidKey {
-                    table: table.to_owned(),
-                    column: column.to_owned(),
                 };
             }
             if code.code == ErrorCode::ConstraintViolation {

@@ -58,7 +58,11 @@ pub enum Scope {
 /// base version, or `s.<version>.r<rowid>.<table>` / `s.<version>.h<key>.<table>`
 /// inside a filtered reader's first export (a snapshot of what it may read, see
 /// [`SyncDb::export_filtered`](crate::SyncDb::export_filtered)), whose
-/// [`version`](Self::version) is 0 until it is done.
+/// [`version`](Self::version) is 0 until it is done. Those two end with
+/// `.<count>` once the exporting database has been
+/// [vacuumed](crate::SyncDb::vacuum): a cursor made before a vacuum resumes at
+/// the start of its version (or table), since a vacuum may renumber the rowids
+/// it names.
 ///
 /// ```
 /// use sync_runtime::Cursor;
@@ -73,6 +77,10 @@ pub enum Scope {
 pub struct Cursor {
     base: i64,
     position: Position,
+    /// How many times the exporting database had been vacuumed when a cursor
+    /// inside a version or a snapshot was made: such a cursor names a rowid,
+    /// which a vacuum may renumber (see [`Cursor::resumed`]). 0 for the others.
+    vacuums: i64,
 }
 
 /// Where in the changes after a cursor's base version the next batch starts.
@@ -125,6 +133,7 @@ impl Cursor {
     pub const BEGINNING: Cursor = Cursor {
         base: 0,
         position: Position::Base,
+        vacuums: 0,
     };
 
     /// After every change up to `version` of the exporting database.
@@ -132,6 +141,7 @@ impl Cursor {
         Cursor {
             base: version.max(0),
             position: Position::Base,
+            vacuums: 0,
         }
     }
 
@@ -146,7 +156,52 @@ impl Cursor {
         Cursor {
             base: 0,
             position: Position::Snapshot(end),
+            vacuums: 0,
         }
+    }
+
+    /// This cursor as made by a database vacuumed `vacuums` times: one inside a
+    /// version or a snapshot names a rowid, and keeps the count with it.
+    pub(crate) fn made_after(mut self, vacuums: i64) -> Cursor {
+        if !matches!(self.position, Position::Base) {
+            self.vacuums = vacuums;
+        }
+        self
+    }
+
+    /// Where to resume from this cursor in a database vacuumed `vacuums` times.
+    /// A vacuum may renumber the rowids of the tables without an `INTEGER
+    /// PRIMARY KEY` (SQLite says so), the clocks among them: a cursor made before
+    /// one resumes at the start of its version (inside a snapshot: at the start
+    /// of its table), carrying again what it may have carried already, which
+    /// merges as a no-op, rather than skipping a row whose rowid moved.
+    pub(crate) fn resumed(&self, vacuums: i64) -> Cursor {
+        if self.vacuums == vacuums {
+            return self.clone();
+        }
+        let position = match &self.position {
+            Position::Base => Position::Base,
+            Position::Page(end) => Position::Page(PageEnd {
+                version: end.version,
+                // Before every table (names are never empty) and every rowid.
+                table: String::new(),
+                rowid: i64::MIN,
+            }),
+            Position::Snapshot(end) => Position::Snapshot(SnapshotEnd {
+                part: match &end.part {
+                    SnapshotPart::Readable(_) => SnapshotPart::Readable(i64::MIN),
+                    // Keys do not move.
+                    held @ SnapshotPart::Held(_) => held.clone(),
+                },
+                ..end.clone()
+            }),
+        };
+        Cursor {
+            base: self.base,
+            position,
+            vacuums: 0,
+        }
+        .made_after(vacuums)
     }
 
     /// Where the scan of `table` (at `index` in export order) starts: after this
@@ -166,21 +221,27 @@ impl Cursor {
 impl std::fmt::Display for Cursor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.position {
-            Position::Base => write!(f, "{}", self.base),
+            Position::Base => write!(f, "{}", self.base)?,
             Position::Page(end) => write!(
                 f,
                 "{}.{}.{}.{}",
                 self.base, end.version, end.rowid, end.table
-            ),
+            )?,
             Position::Snapshot(end) => {
                 write!(f, "s.{}.", end.at)?;
                 match &end.part {
                     SnapshotPart::Readable(rowid) => write!(f, "r{rowid}")?,
                     SnapshotPart::Held(key) => write!(f, "h{}", hex::encode(key))?,
                 }
-                write!(f, ".{}", end.table)
+                write!(f, ".{}", end.table)?;
             }
         }
+        // After the table, whose name has no `.`: the previous release keeps
+        // what follows the table as part of its name, and sends it back as is.
+        if self.vacuums > 0 {
+            write!(f, ".{}", self.vacuums)?;
+        }
+        Ok(())
     }
 }
 
@@ -199,10 +260,17 @@ impl std::str::FromStr for Cursor {
                 .filter(|n| (0..=MAX_VERSION).contains(n))
                 .ok_or_else(bad)
         };
-        let table = |part: Option<&str>| -> Result<String, BadCursor> {
-            part.filter(|t| !t.is_empty() && !t.chars().any(|c| c.is_ascii_uppercase()))
-                .map(str::to_owned)
-                .ok_or_else(bad)
+        // The table, then the count of vacuums if there were any.
+        let table = |part: Option<&str>| -> Result<(String, i64), BadCursor> {
+            let part = part.ok_or_else(bad)?;
+            let (name, vacuums) = match part.split_once('.') {
+                Some((name, vacuums)) => (name, number(Some(vacuums)).map_err(|_| bad())?),
+                None => (part, 0),
+            };
+            if name.is_empty() || name.chars().any(|c| c.is_ascii_uppercase()) {
+                return Err(bad());
+            }
+            Ok((name.to_owned(), vacuums))
         };
         if let Some(rest) = text.strip_prefix("s.") {
             let mut parts = rest.splitn(3, '.');
@@ -216,8 +284,8 @@ impl std::str::FromStr for Cursor {
             } else {
                 return Err(bad());
             };
-            let table = table(parts.next())?;
-            return Ok(Cursor::snapshot(SnapshotEnd { at, table, part }));
+            let (table, vacuums) = table(parts.next())?;
+            return Ok(Cursor::snapshot(SnapshotEnd { at, table, part }).made_after(vacuums));
         }
         let mut parts = text.splitn(4, '.');
         let base = number(parts.next())?;
@@ -226,7 +294,7 @@ impl std::str::FromStr for Cursor {
         };
         let version = number(Some(version))?;
         let rowid = number(parts.next())?;
-        let table = table(parts.next())?;
+        let (table, vacuums) = table(parts.next())?;
         if version <= base {
             return Err(bad());
         }
@@ -237,6 +305,7 @@ impl std::str::FromStr for Cursor {
                 table,
                 rowid,
             }),
+            vacuums,
         })
     }
 }
@@ -348,6 +417,8 @@ pub(crate) fn export_filtered(
     limits: BatchLimits,
     filter: &RowFilters,
 ) -> Result<Batch> {
+    let vacuums = vacuums(conn)?;
+    let from = &from.resumed(vacuums);
     // A reader's first export walks what it may read rather than the history.
     let snapshot = match &from.position {
         Position::Snapshot(end) => Some(Some(end)),
@@ -358,7 +429,11 @@ pub(crate) fn export_filtered(
         && !filter.allows_everything()
         && crate::snapshot::applies(conn, tables)?
     {
-        return crate::snapshot::export(conn, tables, resume, reader, limits, filter);
+        let batch = crate::snapshot::export(conn, tables, resume, reader, limits, filter)?;
+        return Ok(Batch {
+            next: batch.next.made_after(vacuums),
+            ..batch
+        });
     }
     let scope = Scope::Except(reader);
     export_gated(conn, tables, from, scope, limits, Some((filter, reader)))
@@ -374,6 +449,9 @@ fn export_gated(
 ) -> Result<Batch> {
     let origins = Origins::new(conn)?;
     let upto: i64 = conn.query_row(crate::sql::CURRENT_VERSION, [], |r| r.get(0))?;
+    let vacuums = vacuums(conn)?;
+    let resumed = from.resumed(vacuums);
+    let from = &resumed;
     // A cursor past this database's history came from another database (one that
     // was replaced, or restored from a backup): start over, which is harmless.
     let from = if from.base > upto {
@@ -470,11 +548,12 @@ fn export_gated(
                 table: names[table].clone(),
                 rowid,
             }),
+            vacuums: 0,
         });
     }
 
     let complete = end.is_none();
-    let next = end.unwrap_or_else(|| Cursor::at(upto));
+    let next = end.map_or_else(|| Cursor::at(upto), |end| end.made_after(vacuums));
     let rows = placed
         .into_iter()
         .map(|(_, row, existence)| (row, existence));
@@ -639,6 +718,11 @@ pub(crate) fn finish(
     })
 }
 
+/// How many times the database was vacuumed (see [`Cursor::resumed`]).
+fn vacuums(conn: &Connection) -> Result<i64> {
+    Ok(conn.query_row(crate::sql::VACUUMS, [], |r| r.get(0))?)
+}
+
 /// Where the batch starting after `from` ends if more than `max_rows` rows follow
 /// it: the cursor after its last row; `None` if the rest fits.
 fn page_end(
@@ -676,6 +760,7 @@ fn page_end(
             table: names[table].clone(),
             rowid,
         }),
+        vacuums: 0,
     }))
 }
 

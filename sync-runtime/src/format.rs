@@ -40,10 +40,10 @@ struct Step {
 
 /// Every upgrade step, oldest first.
 const STEPS: &[Step] = &[
-    // The version itself; the runtime's tables are those of 0.1.0.
+    // The version itself, and the count of vacuums that cursors carry.
     Step {
         to: 2,
-        sql: &[sql::CREATE_META, sql::CREATE_FORMAT],
+        sql: &[sql::CREATE_META, sql::CREATE_FORMAT, sql::ADD_VACUUMS],
     },
 ];
 

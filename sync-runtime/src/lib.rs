@@ -68,6 +68,7 @@ mod id;
 mod merge;
 mod model;
 pub mod protocol;
+mod quarantine;
 mod remote;
 pub mod schema;
 mod snapshot;
@@ -85,10 +86,11 @@ pub use filter::{RowFilter, RowFilters};
 pub use id::{BadSiteId, SiteId, SyncId};
 pub use merge::{ApplyReport, PushReport, Rejection};
 pub use model::{RowReader, Synced};
+pub use quarantine::Rejected;
 pub use remote::{AutoSync, ProgressFn, Remote, SyncEvent, SyncOptions, SyncReport};
 pub use schema::{Algorithm, ColumnSchema, TableSchema};
 pub use tx::Transaction;
-pub use value::{Domain, SqlType, SyncValue, Value, ValueRef};
+pub use value::{SqlType, SyncValue, Value, ValueRef};
 
 /// Derives [`Synced`](trait@Synced) for a struct; see the [crate docs](crate#the-derive).
 pub use sync_macros::Synced;

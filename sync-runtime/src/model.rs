@@ -2,7 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::schema::TableSchema;
-use crate::value::{self, Domain, SyncValue, ValueRef};
+use crate::value::{self, SyncValue, ValueRef};
 
 /// A Rust struct stored in a synced table.
 ///
@@ -35,11 +35,6 @@ pub trait Synced: Sized + Send + 'static {
 
     /// The table's descriptor.
     const SCHEMA: &'static TableSchema;
-
-    /// The [`Domain`] of each key column's type, in key order: registering the
-    /// table adds a check of the key on local writes where a domain is narrower
-    /// than its storage type. Empty (the default) checks nothing.
-    const KEY_DOMAINS: &'static [Domain] = &[];
 
     /// The value of the column at `index` (table order, as in [`Self::SCHEMA`]).
     fn column_value(&self, index: usize) -> ValueRef<'_>;

@@ -43,6 +43,7 @@ pub struct Remote {
     credentials: Option<Credentials>,
     timeout: Duration,
     limits: BatchLimits,
+    root_certificates: Vec<Vec<u8>>,
 }
 
 #[derive(Clone)]
@@ -63,6 +64,7 @@ impl Remote {
             credentials: None,
             timeout: Duration::from_secs(30),
             limits: BatchLimits::default(),
+            root_certificates: Vec::new(),
         }
     }
 
@@ -91,9 +93,29 @@ impl Remote {
         self
     }
 
+    /// Trusts a certificate authority (PEM) besides the system's, for a server
+    /// whose certificate a private authority signed. A certificate that cannot be
+    /// read fails the first sync with [`Error::HttpClient`].
+    pub fn root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.root_certificates.push(pem.into());
+        self
+    }
+
     /// The server database's URL.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The HTTP client for this server: every request gets the remote's timeout
+    /// (a pull's long-poll wait comes on top, set on that request).
+    fn client(&self) -> std::result::Result<reqwest::Client, String> {
+        let mut builder = reqwest::Client::builder().timeout(self.timeout);
+        for pem in &self.root_certificates {
+            let certificate = reqwest::Certificate::from_pem(pem)
+                .map_err(|e| format!("a root certificate cannot be read: {}", error_chain(&e)))?;
+            builder = builder.add_root_certificate(certificate);
+        }
+        builder.build().map_err(|e| error_chain(&e))
     }
 }
 
@@ -117,7 +139,8 @@ impl fmt::Debug for Remote {
 /// send and one receive at a time (so that cursors only move forward).
 pub(crate) struct RemoteState {
     remote: Remote,
-    http: reqwest::Client,
+    /// The client, or why none could be built (reported by every sync).
+    http: std::result::Result<reqwest::Client, String>,
     sending: Mutex<()>,
     receiving: Mutex<()>,
 }
@@ -201,11 +224,20 @@ pub struct SyncReport {
     /// here the server's state of them (as this user may see it) in the same
     /// sync.
     pub rejected: Vec<Rejection>,
+    /// Refused rows whose values this device wrote were kept, to be listed with
+    /// [`SyncDb::rejected`], re-submitted or discarded.
+    pub quarantined: usize,
+    /// Whether the server refused every row this sync sent: nothing of it was
+    /// taken there. Typically the user may write nothing in the tables written
+    /// (a database without policies for users is closed to them).
+    pub refused_all: bool,
 }
 
 impl SyncReport {
     fn add(&mut self, other: &SyncReport) {
         self.rejected.extend(other.rejected.iter().cloned());
+        self.quarantined += other.quarantined;
+        self.refused_all |= other.refused_all;
         self.changes_sent += other.changes_sent;
         self.changes_received += other.changes_received;
         self.applied += other.applied;
@@ -224,14 +256,12 @@ impl SyncDb {
     }
 
     /// Sets (or replaces) the sync server. Each server URL keeps its own cursors.
+    ///
+    /// A client that cannot be built (no TLS roots on the system, a root
+    /// certificate that cannot be read) is reported by every sync, as
+    /// [`Error::HttpClient`].
     pub fn set_remote(&self, remote: Remote) {
-        // Every request gets the remote's timeout; a pull's long-poll wait comes on
-        // top (set on that request). Building a client fails only without TLS
-        // roots; the plain client then reports it at the first request.
-        let http = reqwest::Client::builder()
-            .timeout(remote.timeout)
-            .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
+        let http = remote.client();
         self.set_remote_state(Arc::new(RemoteState {
             remote,
             http,
@@ -292,6 +322,7 @@ impl SyncDb {
         let cursor = self.remote_cursors(&url).await?.0;
         let mut batch = self.export_batch(cursor, Scope::Local, limits).await?;
         let mut report = SyncReport::default();
+        let mut rows_sent = 0;
         loop {
             let payload = bytes::Bytes::from(std::mem::take(&mut batch.payload));
             let bytes = payload.len() as u64;
@@ -323,14 +354,23 @@ impl SyncDb {
                 None => Vec::new(),
             };
             // Acknowledged: the cursor may move past the batch, and the rows the
-            // server refused take its state, in one transaction.
-            self.acknowledged(&url, batch.next.clone(), restore, batch.version)
+            // server refused are kept and take its state, in one transaction.
+            let rejected: Vec<Rejection> = rejected.iter().filter_map(|r| r.rejection()).collect();
+            let (_, kept) = self
+                .acknowledged(
+                    &url,
+                    batch.next.clone(),
+                    rejected.clone(),
+                    restore,
+                    batch.version,
+                )
                 .await?;
             if batch.rows > 0 {
+                rows_sent += batch.rows;
                 report.changes_sent += batch.changes;
-                report
-                    .rejected
-                    .extend(rejected.iter().filter_map(|r| r.rejection()));
+                report.rejected.extend(rejected);
+                report.quarantined += kept;
+                report.refused_all = report.rejected.len() >= rows_sent;
                 report.bytes_sent += bytes;
                 report.batches += 1;
             }
@@ -527,7 +567,9 @@ impl SyncDb {
     /// Syncs in the background until the returned handle is dropped: local changes
     /// are sent as soon as they are committed, and a long-poll fetches others'
     /// changes as soon as the server has them. After a failure, or when nothing
-    /// happens, it tries again every `interval`. Needs a Tokio runtime.
+    /// happens, it tries again every `interval`. A server that holds no
+    /// long-polls (its answers come back empty at once) is polled at a pace that
+    /// doubles from 50 ms up to `interval`. Needs a Tokio runtime.
     ///
     /// # Panics
     ///
@@ -579,9 +621,13 @@ impl RemoteState {
         request: impl Fn(&reqwest::Client, &Remote) -> reqwest::RequestBuilder,
         read: impl Fn(&[u8]) -> std::result::Result<T, String>,
     ) -> Result<T> {
+        let http = self.http.as_ref().map_err(|reason| Error::HttpClient {
+            url: self.remote.url.clone(),
+            reason: reason.clone(),
+        })?;
         let mut attempt = 0;
         loop {
-            let (outcome, retry_after) = self.call_once(request(&self.http, &self.remote)).await;
+            let (outcome, retry_after) = self.call_once(request(http, &self.remote)).await;
             let outcome = outcome.and_then(|body| {
                 read(&body).map_err(|message| Error::Server {
                     status: 200,
@@ -770,24 +816,48 @@ async fn send_loop(db: SyncDb, interval: Duration, events: mpsc::Sender<SyncEven
 }
 
 /// Waits on the server for changes (long-poll) and applies them, again and again.
+///
+/// An empty answer that comes back well before the wait it asked for means that
+/// the server holds no pulls (its longest wait is shorter) or that something on
+/// the way closes idle requests: the next pull then waits a pause first, doubling
+/// from [`EMPTY_POLL_PAUSE`] up to `interval` while such answers go on, so that
+/// the loop never spins.
 async fn receive_loop(db: SyncDb, interval: Duration, events: mpsc::Sender<SyncEvent>) {
     let options = SyncOptions {
         wait: Duration::from_secs(25),
         ..SyncOptions::default()
     };
+    let mut early = 0u32;
     loop {
+        let asked = tokio::time::Instant::now();
         match db.check_changes_with(&options).await {
-            Ok(report) => {
-                if report.changes_received > 0 {
-                    let _ = events.try_send(SyncEvent::Received(report));
-                }
+            Ok(report) if report.changes_received > 0 => {
+                early = 0;
+                let _ = events.try_send(SyncEvent::Received(report));
             }
+            Ok(_) if asked.elapsed() < options.wait / 2 => {
+                tokio::time::sleep(empty_poll_pause(early, interval)).await;
+                early = early.saturating_add(1);
+            }
+            Ok(_) => early = 0,
             Err(e) => {
                 let _ = events.try_send(SyncEvent::Failed(e));
                 tokio::time::sleep(interval).await;
             }
         }
     }
+}
+
+/// The first pause after an empty answer that came back early (see
+/// [`receive_loop`]).
+const EMPTY_POLL_PAUSE: Duration = Duration::from_millis(50);
+
+/// The pause before a pull after `early` empty answers in a row came back early
+/// and another just did: doubling from [`EMPTY_POLL_PAUSE`], at most `interval`.
+fn empty_poll_pause(early: u32, interval: Duration) -> Duration {
+    EMPTY_POLL_PAUSE
+        .saturating_mul(2u32.saturating_pow(early.min(16)))
+        .min(interval.max(EMPTY_POLL_PAUSE))
 }
 
 #[cfg(test)]
@@ -798,6 +868,20 @@ mod tests {
         let mut headers = reqwest::header::HeaderMap::new();
         headers.insert(reqwest::header::RETRY_AFTER, retry_after.parse().unwrap());
         headers
+    }
+
+    #[test]
+    fn empty_polls_are_paced_doubling_up_to_the_interval() {
+        let interval = Duration::from_secs(1);
+        let pauses: Vec<u128> = (0..7)
+            .map(|early| empty_poll_pause(early, interval).as_millis())
+            .collect();
+        assert_eq!(pauses, [50, 100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(
+            empty_poll_pause(u32::MAX, Duration::from_secs(30)),
+            Duration::from_secs(30)
+        );
+        assert_eq!(empty_poll_pause(0, Duration::ZERO), EMPTY_POLL_PAUSE);
     }
 
     #[test]

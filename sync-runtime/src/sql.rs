@@ -7,7 +7,8 @@
 //! - `_synced_format`: one row; the file format's version (see
 //!   [`crate::format`]).
 //! - `_synced_state`: one row; this database's site id, its `db_version` (the last
-//!   closed version) and the `applying` flag of the merge.
+//!   closed version), the `applying` flag of the merge and how many times it was
+//!   vacuumed (`vacuums`, see `Cursor::resumed`).
 //! - `_synced_sites`: site-id dictionary; ordinal 0 is this database.
 //! - `_synced_versions`: for every version that holds changes made elsewhere, the
 //!   site that made them and their version there (merging gives each remote
@@ -15,6 +16,8 @@
 //!   the writer of any change is the origin of its version, and no clock row
 //!   stores a site.
 //! - `_synced_peers`: per site, the highest of its versions this database has seen.
+//! - `_synced_rejected`: this device's writes its server refused, with the values
+//!   it wrote (see [`crate::quarantine`]).
 //! - `_synced_tables`: every synced table with its algorithm, descriptor (JSON) and
 //!   whether tracking is on.
 //! - `_synced_clock.<table>`: one clock row per app row (live or deleted), found by
@@ -50,7 +53,7 @@
 use std::fmt::{self, Write as _};
 
 use crate::schema::{Algorithm, ColumnSchema, TableSchema};
-use crate::value::{Domain, Value};
+use crate::value::Value;
 
 /// The runtime's own tables.
 pub(crate) const CREATE_META: &str = "\
@@ -58,7 +61,8 @@ CREATE TABLE IF NOT EXISTS _synced_state (
   id INTEGER PRIMARY KEY,
   site_id BLOB,
   db_version INTEGER,
-  applying INTEGER
+  applying INTEGER,
+  vacuums INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS _synced_sites (
   ordinal INTEGER PRIMARY KEY,
@@ -90,6 +94,14 @@ CREATE TABLE IF NOT EXISTS _synced_site_owners (
   site_id BLOB PRIMARY KEY,
   owner TEXT NOT NULL
 ) STRICT;
+CREATE TABLE IF NOT EXISTS _synced_rejected (
+  tbl TEXT NOT NULL,
+  pk BLOB NOT NULL,
+  row BLOB,
+  reason TEXT NOT NULL,
+  at INTEGER NOT NULL,
+  PRIMARY KEY (tbl, pk)
+) STRICT, WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS _synced_tables (
   name TEXT PRIMARY KEY COLLATE NOCASE,
   algorithm TEXT NOT NULL,
@@ -125,15 +137,35 @@ pub(crate) const IS_REPLICA: &str =
 /// one after.
 pub(crate) const CLOSE_VERSION: &str = "UPDATE _synced_state SET db_version = db_version + 1";
 
+/// Keeps a refused write (see [`crate::quarantine`]): table (lowercase), key,
+/// values (none for a delete), reason, when.
+pub(crate) const KEEP_REJECTED: &str = "INSERT INTO _synced_rejected (tbl, pk, row, reason, at) VALUES (?1, ?2, ?3, ?4, ?5) \
+     ON CONFLICT (tbl, pk) DO UPDATE SET row = excluded.row, reason = excluded.reason, \
+     at = excluded.at";
+
+/// The refused writes to one table, oldest first.
+pub(crate) const LIST_REJECTED: &str =
+    "SELECT pk, row, reason, at FROM _synced_rejected WHERE tbl = ?1 ORDER BY at, pk";
+
+/// Removes a refused write, returning its values.
+pub(crate) const TAKE_REJECTED: &str =
+    "DELETE FROM _synced_rejected WHERE tbl = ?1 AND pk = ?2 RETURNING row";
+
+/// How many times the database was vacuumed (see `Cursor::resumed`).
+pub(crate) const VACUUMS: &str = "SELECT vacuums FROM _synced_state";
+
+/// Counts a vacuum, before it runs.
+pub(crate) const COUNT_VACUUM: &str = "UPDATE _synced_state SET vacuums = vacuums + 1";
+
+/// Adds the count of vacuums to a format 1 file.
+pub(crate) const ADD_VACUUMS: &str =
+    "ALTER TABLE _synced_state ADD COLUMN vacuums INTEGER NOT NULL DEFAULT 0";
+
 /// The last closed version.
 pub(crate) const CURRENT_VERSION: &str = "SELECT db_version FROM _synced_state";
 
 /// A change counter of the database file that moves when another connection commits.
 pub(crate) const DATA_VERSION: &str = "PRAGMA data_version";
-
-/// Message prefix of the error raised when a local write gives a key column a
-/// value outside its type's domain; `table.column` follows.
-pub(crate) const KEY_DOMAIN_PREFIX: &str = "synced: a key outside its type's domain: ";
 
 /// Message prefix of the error raised when a row of a grow-only table would be
 /// deleted (or re-keyed); the table name follows.
@@ -343,10 +375,7 @@ impl TableSql {
             create_triggers: create_triggers(schema),
             drop_triggers: drop_triggers(schema, &["insert", "update", "rekey", "delete"]),
             create_guards: create_guards(schema),
-            drop_guards: drop_triggers(
-                schema,
-                &["guard_delete", "guard_rekey", "key_insert", "key_update"],
-            ),
+            drop_guards: drop_triggers(schema, &["guard_delete", "guard_rekey"]),
             drop_clock: format!("DROP TABLE IF EXISTS {clock};"),
             wipe: format!("DELETE FROM {table}; DELETE FROM {clock};"),
             delete_clock: format!("DELETE FROM {clock} WHERE {by_key_params}"),
@@ -588,66 +617,6 @@ fn create_guards(schema: &TableSchema) -> String {
         trigger(name, "guard_rekey"),
         key_changed(schema),
     )
-}
-
-/// The text of a canonical [`crate::SyncId`], as a `GLOB` pattern.
-const SYNC_ID_GLOB: &str = "[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]-\
-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-\
-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-\
-[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]";
-
-/// When `value` is outside `domain`; `None` if every value is inside.
-fn outside(value: &str, domain: Domain) -> Option<String> {
-    match domain {
-        Domain::Any => None,
-        Domain::SyncId => Some(format!("NOT ({value} GLOB '{SYNC_ID_GLOB}')")),
-    }
-}
-
-/// Checks of the key columns whose types' domains are narrower than their
-/// storage types (see [`Domain`]), on local inserts and key changes; empty if
-/// there are none. They raise [`KEY_DOMAIN_PREFIX`] followed by
-/// `table.column`, and stay while tracking is off.
-pub(crate) fn key_guards(schema: &TableSchema, domains: &[Domain]) -> String {
-    let name = &schema.name;
-    let checks: Vec<(String, String)> = schema
-        .key_columns()
-        .zip(domains)
-        .filter_map(|(column, domain)| {
-            let check = outside(&format!("NEW.{}", ident(&column.name)), *domain)?;
-            let raise = format!(
-                "SELECT RAISE(ABORT, {}) WHERE {check};",
-                literal(&format!("{KEY_DOMAIN_PREFIX}{name}.{}", column.name))
-            );
-            Some((check, raise))
-        })
-        .collect();
-    if checks.is_empty() {
-        return String::new();
-    }
-    let when = checks
-        .iter()
-        .map(|(check, _)| check.as_str())
-        .collect::<Vec<_>>()
-        .join(" OR ");
-    let body = checks
-        .iter()
-        .map(|(_, raise)| raise.as_str())
-        .collect::<Vec<_>>()
-        .join("\n  ");
-    let table = ident(name);
-    format!(
-        "CREATE TRIGGER IF NOT EXISTS {} BEFORE INSERT ON {table} WHEN ({when}) AND {LOCAL} BEGIN\n  {body}\nEND;\n\
-         CREATE TRIGGER IF NOT EXISTS {} BEFORE UPDATE OF {} ON {table} WHEN ({when}) AND {LOCAL} BEGIN\n  {body}\nEND;\n",
-        trigger(name, "key_insert"),
-        trigger(name, "key_update"),
-        list(schema.key_columns(), ""),
-    )
-}
-
-/// Drops the checks [`key_guards`] makes.
-pub(crate) fn drop_key_guards(schema: &TableSchema) -> String {
-    drop_triggers(schema, &["key_insert", "key_update"])
 }
 
 /// Tracking triggers: insert, update of value columns, key change and delete.

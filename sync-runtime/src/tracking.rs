@@ -5,19 +5,14 @@ use rusqlite::{Connection, OptionalExtension};
 use crate::db::{Worker, write};
 use crate::error::{Error, Result};
 use crate::schema::TableSchema;
-use crate::sql::{self, TableSql};
+use crate::sql::TableSql;
 use crate::tx::Registered;
-use crate::value::Domain;
 
 /// Creates (or checks) a synced table and its metadata; see `SyncDb::register`.
-///
-/// `key_domains` are the domains of the key columns' types (see
-/// [`crate::Domain`]); their checks replace those of an earlier registration.
 pub(crate) fn register(
     worker: &mut Worker,
     schema: TableSchema,
     source: Option<usize>,
-    key_domains: &[Domain],
 ) -> Result<()> {
     schema.validate()?;
     let table = Registered::new(schema, source);
@@ -50,8 +45,6 @@ pub(crate) fn register(
                 backfill(conn, sql)?;
             }
         }
-        conn.execute_batch(&sql::drop_key_guards(schema))?;
-        conn.execute_batch(&sql::key_guards(schema, key_domains))?;
         Ok::<_, Error>(())
     })?;
     worker.registry.insert(table.schema.name.to_string(), table);

@@ -130,6 +130,10 @@ impl<'c> Transaction<'c> {
     /// Writes every column of an existing row (the row with `row`'s key); only the
     /// columns whose value differs are recorded as changed. Fails with
     /// [`Error::NotFound`] if there is no such row.
+    ///
+    /// Every column gets `row`'s value: read the row in the same transaction
+    /// (with [`get`](Self::get)), so that it holds every edit merged so far (see
+    /// [`SyncDb::update`](crate::SyncDb::update)).
     pub fn update<T: Synced>(&mut self, row: &T) -> Result<()> {
         let result = self
             .table::<T>()

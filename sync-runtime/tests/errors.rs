@@ -558,68 +558,22 @@ async fn negative_zero_reads_back_as_zero() {
     assert!(read.maybe.is_some_and(|m| m == 0.0 && m.is_sign_positive()));
 }
 
-/// A key column of a `SyncId` takes only a `SyncId`'s canonical text from raw
-/// SQL: any other key would make every typed read of the table fail.
+/// A server whose HTTP client cannot be built is reported by every sync, with
+/// a typed error that lasts (not a panic, and not a retry).
 #[tokio::test]
-async fn a_raw_write_of_a_key_no_typed_read_can_decode_is_refused() {
-    let db = SyncDb::open_in_memory().await.unwrap();
+async fn a_remote_without_an_http_client_is_a_typed_error() {
+    let db = SyncDb::open_in_memory().await.unwrap().with_remote(
+        sync_runtime::Remote::new("https://127.0.0.1:9/v1/db/todo").root_certificate(
+            "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
+        ),
+    );
     db.register::<Todo>().await.unwrap();
-    let kept = Todo {
-        id: SyncId::new(),
-        title: "kept".into(),
-        done: false,
-        note: None,
-    };
-    db.insert(&kept).await.unwrap();
-    let version = db.db_version().await.unwrap();
-    let id = SyncId::new().to_string();
-    let bad_keys = [
-        "abc".to_owned(),
-        String::new(),
-        id.to_uppercase(),
-        format!("{{{id}}}"),
-        id.replace('-', ""),
-        format!("{}g", &id[..35]),
-        format!("{id} "),
-    ];
-    let invalid_key = |result: Result<usize, Error>, what: &str| match result {
-        Err(Error::InvalidKey { table, column }) => {
-            assert_eq!((table.as_str(), column.as_str()), ("todos", "id"), "{what}");
-        }
-        other => panic!("{what}: expected InvalidKey, got {other:?}"),
-    };
-    for key in &bad_keys {
-        let inserted = db
-            .execute_raw(
-                "INSERT INTO todos (id, title) VALUES (?1, 'raw')",
-                params![key.clone()],
-            )
-            .await;
-        invalid_key(inserted, key);
-        let rekeyed = db
-            .execute_raw("UPDATE todos SET id = ?1", params![key.clone()])
-            .await;
-        invalid_key(rekeyed, key);
+    for _ in 0..2 {
+        let err = db.sync().await.unwrap_err();
+        assert!(
+            matches!(&err, Error::HttpClient { reason, .. } if reason.contains("certificate")),
+            "{err}"
+        );
+        assert!(!err.is_transient());
     }
-    assert_eq!(db.db_version().await.unwrap(), version);
-    assert_eq!(db.query::<Todo>("", params![]).await.unwrap(), [kept]);
-    // The canonical text is a key like any other.
-    db.execute_raw(
-        "INSERT INTO todos (id, title) VALUES (?1, 'raw')",
-        params![id.clone()],
-    )
-    .await
-    .unwrap();
-    let read: SyncId = id.parse().unwrap();
-    assert_eq!(db.get::<Todo>(&read).await.unwrap().unwrap().title, "raw");
-    // A table registered by a descriptor alone has no such check.
-    let other = SyncDb::open_in_memory().await.unwrap();
-    other.register_schema(Todo::SCHEMA.clone()).await.unwrap();
-    other
-        .execute_raw(
-            "INSERT INTO todos (id, title) VALUES ('abc', 'raw')",
-            params![],
-        )
-        .await
-        .unwrap();
 }

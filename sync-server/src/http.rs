@@ -60,6 +60,8 @@ struct Shared {
     shutdown: watch::Sender<bool>,
     /// Pulls waiting for changes right now, and their caps.
     waiting: WaitingPulls,
+    /// Pull requests received since the start.
+    pulls: std::sync::atomic::AtomicU64,
 }
 
 impl AppState {
@@ -81,6 +83,7 @@ impl AppState {
                 policies,
                 shutdown: watch::Sender::new(false),
                 waiting,
+                pulls: std::sync::atomic::AtomicU64::new(0),
             }),
         }
     }
@@ -102,6 +105,13 @@ impl AppState {
     /// The limits requests are held to.
     pub fn limits(&self) -> &Limits {
         &self.shared.limits
+    }
+
+    /// How many pull requests the server has received since it started, answered
+    /// or refused: with [`waiting_pulls`](Self::waiting_pulls), what a monitor
+    /// reads to see how often devices poll.
+    pub fn pulls_received(&self) -> u64 {
+        self.shared.pulls.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How many pulls are waiting for changes (long-polls) right now.
@@ -212,8 +222,27 @@ async fn push(
     let site = device_site(&*db, &caller, &headers).await?;
     let bytes = body.len();
     let payload = decode_push(body, state.limits().inflated_limit()).await?;
-    let access = state.policies(&name).push_access(&caller);
+    let policies = state.policies(&name);
+    let access = policies.push_access(&caller);
+    let rows = payload.rows.len();
     let ack = db.push(payload, site, access).await?;
+    if rows > 0 && ack.rejected.len() == rows {
+        // A device whose every write is refused keeps them in quarantine; its
+        // user, or the operator, needs to know.
+        let closed = policies.tables().next().is_none();
+        tracing::warn!(
+            database = %name,
+            caller = %caller,
+            rows,
+            reason = ack.rejected.first().map_or("", |r| r.reason.as_str()),
+            "every row of a push was refused{}",
+            if closed {
+                ": the database has no policies for users, so its tables are closed to them"
+            } else {
+                ""
+            }
+        );
+    }
     tracing::debug!(
         database = %name,
         caller = %caller,
@@ -257,6 +286,10 @@ async fn pull(
     headers: HeaderMap,
     query: Result<Query<PullQuery>, QueryRejection>,
 ) -> Result<Response> {
+    state
+        .shared
+        .pulls
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let db = state.database(&name, &caller).await?;
     check_schema(&*db, &name, &headers).await?;
     let site = device_site(&*db, &caller, &headers).await?;

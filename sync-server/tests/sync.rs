@@ -434,3 +434,24 @@ async fn a_servers_database_keeps_its_transaction_guard_after_its_policies_are_i
     assert!(refused.to_string().contains("not authorized"), "{refused}");
     assert_eq!(db.sync_db().get::<Todo>(&id).await.unwrap(), None);
 }
+
+/// A server that holds no long-polls answers every pull at once: a device's
+/// background sync paces its pulls (doubling up to its interval) instead of
+/// asking again at once, forever.
+#[tokio::test]
+async fn a_server_that_holds_no_pulls_is_polled_at_a_pace() {
+    let server = TestServer::start_with(|config| config.limits.max_wait = Duration::ZERO).await;
+    server.create_todo_db().await;
+    let device = Device::new("alice").await;
+    device.db.set_remote(
+        sync_runtime::Remote::new(server.url(&format!("/v1/db/{DB}"))).bearer_token(&device.token),
+    );
+    let background = device.db.auto_sync(Duration::from_millis(400));
+    // The pace is what is tested: it takes a span of time to see.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    drop(background);
+    // Pauses of 50, 100, 200, then 400 ms: about 8 pulls in 2 s. A loop that
+    // asks again at once makes thousands.
+    let pulls = server.state.pulls_received();
+    assert!((2..=20).contains(&pulls), "{pulls} pulls in 2 s");
+}

@@ -54,13 +54,21 @@ async fn run(path: &Path) -> Result<(), Error> {
     // ANCHOR_END: open
 
     // ANCHOR: write
-    let mut milk = Todo::new("Buy milk");
+    let milk = Todo::new("Buy milk");
     let plants = Todo::new("Water the plants");
     db.insert(&milk).await?;
     db.insert(&plants).await?;
 
-    milk.done = true;
-    db.update(&milk).await?;
+    // Read, change and write in one transaction: `update` writes every column.
+    let id = milk.id;
+    db.transaction(move |tx| {
+        if let Some(mut milk) = tx.get::<Todo>(&id)? {
+            milk.done = true;
+            tx.update(&milk)?;
+        }
+        Ok::<_, Error>(())
+    })
+    .await?;
     // ANCHOR_END: write
 
     // ANCHOR: read

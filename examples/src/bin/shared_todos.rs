@@ -99,9 +99,11 @@ async fn run(dir: &Path) -> Result<(Vec<String>, Vec<String>)> {
 
     println!("\nBob renames Ann's shared to-do, which he may read but not write:");
     // ANCHOR: rejected
-    let mut renamed = lunch.clone();
-    renamed.title = "Team lunch (Bob pays)".into();
-    bob.update(&renamed).await?;
+    bob.execute_raw(
+        "UPDATE todos SET title = ?2 WHERE id = ?1",
+        params![lunch.id, "Team lunch (Bob pays)"],
+    )
+    .await?;
     let report = bob.sync().await?;
     for rejection in &report.rejected {
         println!(
@@ -116,6 +118,14 @@ async fn run(dir: &Path) -> Result<(Vec<String>, Vec<String>)> {
     if report.rejected.len() != 1 {
         return Err("Bob's edit of Ann's row was not refused".into());
     }
+    // ANCHOR: quarantine
+    // What Bob typed is kept: the app can show it, write it again, or drop it.
+    for refused in bob.rejected::<Todo>().await? {
+        let typed = refused.row.map(|t| t.title);
+        println!("  kept:    {typed:?} ({})", refused.reason);
+    }
+    bob.discard::<Todo>(&lunch.id).await?;
+    // ANCHOR_END: quarantine
     show("bob", &bob).await?;
 
     println!("\nAnn un-shares the lunch; it leaves Bob's device at his next sync:");

@@ -127,11 +127,13 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
         Command::Done { id } => {
             let prefix = format!("{}%", id.replace(['%', '_'], ""));
-            let mut found: Vec<Todo> = db.query("id LIKE ?1", params![prefix]).await?;
-            match found.as_mut_slice() {
+            let found: Vec<Todo> = db.query("id LIKE ?1", params![prefix]).await?;
+            match found.as_slice() {
                 [todo] => {
-                    todo.done = true;
-                    db.update(todo).await?;
+                    // Only the column that changes: a whole-row `update` of the
+                    // row read above would undo an edit merged since.
+                    db.execute_raw("UPDATE todos SET done = 1 WHERE id = ?1", params![todo.id])
+                        .await?;
                     println!("done: {}", todo.title);
                 }
                 [] => return Err(format!("no to-do has an id starting with {id:?}").into()),

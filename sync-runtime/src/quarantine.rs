@@ -1,0 +1,230 @@
+//! Writes the server refused, kept on the device until the app re-submits or
+//! discards them.
+//!
+//! When a server refuses rows of a push (row-level security, see
+//! [`PushReport::rejected`](crate::PushReport::rejected)), the device takes the
+//! server's state of them back, so that it converges with what it may see. The
+//! values its user wrote would be gone; they are kept first, in
+//! `_synced_rejected`, one entry per row: its table, its key, its values as this
+//! device held them (none for a delete), the server's reason and when. The app
+//! lists them typed ([`SyncDb::rejected`](crate::SyncDb::rejected)), writes one
+//! again as a new change ([`SyncDb::resubmit`](crate::SyncDb::resubmit)) or
+//! drops it ([`SyncDb::discard`](crate::SyncDb::discard)). An entry stays until
+//! then, across syncs and reopenings; a row refused again replaces its entry.
+
+use rusqlite::{Connection, OptionalExtension};
+
+use crate::db::{SyncDb, write};
+use crate::error::{Error, Result};
+use crate::merge::Rejection;
+use crate::model::{RowReader, Synced};
+use crate::schema::TableSchema;
+use crate::sql::{self, TableSql};
+use crate::tracking;
+use crate::tx;
+use crate::value::{self, Value};
+use crate::wire;
+
+/// A write of this device that its server refused, with the values it wrote.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Rejected<T> {
+    /// The row as this device held it when the server refused it; `None` when
+    /// what was refused is its delete.
+    pub row: Option<T>,
+    /// The row's key, in key order.
+    pub key: Vec<Value>,
+    /// The server's reason.
+    pub reason: String,
+    /// When the refusal arrived, in milliseconds since the Unix epoch.
+    pub refused_at: i64,
+}
+
+/// Keeps this device's state of each refused row, before the server's state
+/// replaces it; returns how many rows were kept. Rows of tables this database
+/// does not sync are left out.
+pub(crate) fn keep(conn: &Connection, rejections: &[Rejection], now_ms: i64) -> Result<usize> {
+    if rejections.is_empty() {
+        return Ok(0);
+    }
+    let tables = tracking::synced_tables(conn, false)?;
+    let mut kept = 0;
+    for rejection in rejections {
+        let Some(schema) = tables
+            .iter()
+            .find(|t| t.name.eq_ignore_ascii_case(&rejection.table))
+        else {
+            continue;
+        };
+        if rejection.pk.len() != schema.key_columns().count() {
+            continue;
+        }
+        let row = read_row(conn, schema, &rejection.pk)?;
+        conn.prepare_cached(sql::KEEP_REJECTED)?.execute((
+            schema.name.to_ascii_lowercase(),
+            wire::encode_key(&rejection.pk),
+            row.as_deref().map(wire::encode_key),
+            &rejection.reason,
+            now_ms,
+        ))?;
+        kept += 1;
+    }
+    Ok(kept)
+}
+
+/// Every column of the row with key `pk`, in table order, if it exists here.
+fn read_row(conn: &Connection, schema: &TableSchema, pk: &[Value]) -> Result<Option<Vec<Value>>> {
+    let sql = TableSql::new(schema);
+    let mut stmt = conn.prepare_cached(&sql.select_by_key)?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(pk))?;
+    let Some(row) = rows.next()? else {
+        return Ok(None);
+    };
+    (0..schema.columns.len())
+        .map(|i| {
+            let value = value::from_sqlite(row.get_ref(i)?).map_err(|e| Error::Corrupt {
+                details: format!("a value of `{}` cannot be read: {e}", schema.name),
+            })?;
+            Ok(value.into_owned())
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
+}
+
+/// The refused writes to `T`'s table, oldest first.
+pub(crate) fn list<T: Synced>(conn: &Connection) -> Result<Vec<Rejected<T>>> {
+    let schema = T::SCHEMA;
+    let keys = schema.key_columns().count();
+    let mut stmt = conn.prepare_cached(sql::LIST_REJECTED)?;
+    let mut rows = stmt.query([schema.name.to_ascii_lowercase()])?;
+    let mut out = Vec::new();
+    while let Some(entry) = rows.next()? {
+        let key = wire::decode_key(&entry.get::<_, Vec<u8>>(0)?, keys)?;
+        let row = match entry.get::<_, Option<Vec<u8>>>(1)? {
+            Some(bytes) => Some(typed::<T>(
+                conn,
+                &wire::decode_key(&bytes, schema.columns.len())?,
+            )?),
+            None => None,
+        };
+        out.push(Rejected {
+            row,
+            key,
+            reason: entry.get(2)?,
+            refused_at: entry.get(3)?,
+        });
+    }
+    Ok(out)
+}
+
+/// Reads `values` (every column, in table order) as a `T`.
+fn typed<T: Synced>(conn: &Connection, values: &[Value]) -> Result<T> {
+    let placeholders: Vec<String> = (1..=values.len()).map(|i| format!("?{i}")).collect();
+    let mut stmt = conn.prepare_cached(&format!("SELECT {}", placeholders.join(", ")))?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(values))?;
+    let row = rows.next()?.ok_or_else(|| Error::Corrupt {
+        details: "a SELECT of values returned no row".into(),
+    })?;
+    T::from_row(&mut RowReader::new(row, T::SCHEMA))
+}
+
+/// Removes the entry of the row of `table` with key `pk`; returns its values
+/// (`Some(None)` for a delete), `None` if there was none.
+pub(crate) fn take(
+    conn: &Connection,
+    schema: &TableSchema,
+    pk: &[Value],
+) -> Result<Option<Option<Vec<Value>>>> {
+    let row: Option<Option<Vec<u8>>> = conn
+        .prepare_cached(sql::TAKE_REJECTED)?
+        .query_row(
+            (schema.name.to_ascii_lowercase(), wire::encode_key(pk)),
+            |r| r.get(0),
+        )
+        .optional()?;
+    row.map(|row| {
+        row.map(|bytes| wire::decode_key(&bytes, schema.columns.len()))
+            .transpose()
+    })
+    .transpose()
+    .map_err(Error::from)
+}
+
+impl SyncDb {
+    /// The writes to `T`'s table that the server refused, oldest first, each with
+    /// the values this device had written (see [`Rejected`]). They stay until
+    /// [`resubmit`](Self::resubmit) or [`discard`](Self::discard), across syncs
+    /// and reopenings.
+    ///
+    /// ```
+    /// # use sync_runtime::{Synced, SyncDb, SyncId};
+    /// # #[derive(Synced, Debug, Clone, PartialEq)]
+    /// # #[synced(table = "todos")]
+    /// # struct Todo { #[synced(primary_key)] id: SyncId, title: String }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> sync_runtime::Result<()> {
+    /// let db = SyncDb::open_in_memory().await?;
+    /// db.register::<Todo>().await?;
+    /// for refused in db.rejected::<Todo>().await? {
+    ///     println!("{:?} was refused: {}", refused.row, refused.reason);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn rejected<T: Synced>(&self) -> Result<Vec<Rejected<T>>> {
+        self.call(|w| {
+            tx::table_of(&w.registry, T::SCHEMA)?;
+            list::<T>(&w.conn)
+        })
+        .await
+    }
+
+    /// Writes a refused row again, as a new change of this device: the values it
+    /// had (inserting the row if it is gone here, updating it otherwise), or its
+    /// delete; the next sync sends it. The entry is removed; if the server
+    /// refuses the write again, a new one takes its place. Returns whether there
+    /// was an entry for `key`.
+    pub async fn resubmit<T: Synced>(&self, key: &T::Key) -> Result<bool> {
+        let pk = key_values::<T>(key);
+        self.call(move |w| {
+            write(w, |tx| {
+                let table = tx::table_of(tx.registry(), T::SCHEMA)?;
+                let conn = tx.conn();
+                let Some(row) = take(conn, &table.schema, &pk)? else {
+                    return Ok(false);
+                };
+                match row {
+                    Some(values) => match tx::update(conn, table, |i| values[i].as_ref()) {
+                        Err(Error::NotFound { .. }) => {
+                            tx::insert(conn, table, |i| values[i].as_ref())?;
+                        }
+                        other => other?,
+                    },
+                    None => {
+                        tx::delete(conn, table, |i| pk[i].as_ref())?;
+                    }
+                }
+                Ok(true)
+            })
+        })
+        .await
+    }
+
+    /// Drops the entry of a refused row, keeping the server's state of it.
+    /// Returns whether there was one.
+    pub async fn discard<T: Synced>(&self, key: &T::Key) -> Result<bool> {
+        let pk = key_values::<T>(key);
+        self.call(move |w| {
+            let table = tx::table_of(&w.registry, T::SCHEMA)?;
+            Ok(take(&w.conn, &table.schema, &pk)?.is_some())
+        })
+        .await
+    }
+}
+
+/// The values of a key of `T`, in key order.
+fn key_values<T: Synced>(key: &T::Key) -> Vec<Value> {
+    (0..T::SCHEMA.key_columns().count())
+        .map(|i| T::key_value(key, i).into_owned())
+        .collect()
+}
