@@ -56,6 +56,10 @@ fn expand(model: &Model<'_>) -> TokenStream {
     });
 
     let checks = stored.iter().map(|f| field_checks(f, keys.len() == 1));
+    let key_domains = keys.iter().map(|k| {
+        let value = sync_value(k);
+        quote!(#value::DOMAIN)
+    });
 
     let values = stored.iter().enumerate().map(|(i, f)| {
         let (field, value) = (f.ident, sync_value(f));
@@ -115,6 +119,8 @@ fn expand(model: &Model<'_>) -> TokenStream {
                 type Key = #key_type;
 
                 const SCHEMA: &'static ::sync_runtime::TableSchema = &SCHEMA;
+
+                const KEY_DOMAINS: &'static [::sync_runtime::Domain] = &[#(#key_domains),*];
 
                 fn column_value(&self, index: usize) -> ::sync_runtime::ValueRef<'_> {
                     match index {

@@ -216,9 +216,8 @@ pub(crate) struct Worker {
     /// Set by the connection's update hook whenever a trigger writes a clock row:
     /// the open transaction recorded changes and takes a version.
     recorded: Arc<AtomicBool>,
-    /// Set while the app's SQL runs: the authorizer then refuses transaction
-    /// control.
-    pub(crate) user_sql: Arc<AtomicBool>,
+    /// The app's own SQL while it runs (see [`tx::AppSql`]).
+    pub(crate) user_sql: Arc<tx::AppSql>,
     /// `PRAGMA data_version` when this handle last looked for changes that other
     /// connections recorded; `None` before the first look.
     seen_data_version: Option<i64>,
@@ -378,13 +377,13 @@ impl SyncDb {
     pub async fn register<T: Synced>(&self) -> Result<()> {
         let source = T::SCHEMA as *const TableSchema as usize;
         let schema = T::SCHEMA.clone();
-        self.call(move |w| tracking::register(w, schema, Some(source)))
+        self.call(move |w| tracking::register(w, schema, Some(source), T::KEY_DOMAINS))
             .await
     }
 
     /// [`register`](Self::register) for a descriptor built at run time.
     pub async fn register_schema(&self, schema: TableSchema) -> Result<()> {
-        self.call(move |w| tracking::register(w, schema, None))
+        self.call(move |w| tracking::register(w, schema, None, &[]))
             .await
     }
 
@@ -521,7 +520,7 @@ impl SyncDb {
         let (filter, params) = (filter.to_owned(), params.into());
         self.call(move |w| {
             let table = tx::table_of(&w.registry, T::SCHEMA)?;
-            tx::query(&w.conn, &w.user_sql, table, &filter, &params)
+            tx::query(&w.conn, &w.user_sql.running, table, &filter, &params)
         })
         .await
     }
@@ -1151,7 +1150,7 @@ struct Reads {
 /// transaction halfway; with `reads`, it also records the columns of its table
 /// that statements read. It is the connection's only authorizer: whatever needs
 /// another installs this one again with what it needs.
-fn guard(conn: &mut Connection, user_sql: &Arc<AtomicBool>, reads: Option<Reads>) -> Result<()> {
+fn guard(conn: &mut Connection, user_sql: &Arc<tx::AppSql>, reads: Option<Reads>) -> Result<()> {
     use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
     let refuse = Arc::clone(user_sql);
     conn.authorizer(Some(move |context: AuthContext<'_>| {
@@ -1171,7 +1170,7 @@ fn guard(conn: &mut Connection, user_sql: &Arc<AtomicBool>, reads: Option<Reads>
             context.action,
             AuthAction::Transaction { .. } | AuthAction::Savepoint { .. }
         );
-        if control && refuse.load(Ordering::Relaxed) {
+        if control && refuse.running.load(Ordering::Relaxed) {
             Authorization::Deny
         } else {
             Authorization::Allow
@@ -1303,14 +1302,22 @@ fn open_connection(
             table: "_synced_state".into(),
             details: format!("the stored site id has {} bytes instead of 16", bytes.len()),
         })?;
-    let user_sql = Arc::new(AtomicBool::new(false));
+    let user_sql = Arc::new(tx::AppSql::default());
     guard(&mut conn, &user_sql, None)?;
     let recorded = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&recorded);
+    let app = Arc::clone(&user_sql);
     conn.update_hook(Some(
-        move |_: rusqlite::hooks::Action, _: &str, table: &str, _: i64| {
+        move |action: rusqlite::hooks::Action, _: &str, table: &str, rowid: i64| {
             if table.starts_with(sql::CLOCK_PREFIX) {
                 flag.store(true, Ordering::Relaxed);
+                // A clock row inserted by the app's SQL is a key it wrote.
+                if action == rusqlite::hooks::Action::SQLITE_INSERT
+                    && app.running.load(Ordering::Relaxed)
+                    && let Ok(mut keys) = app.new_keys.lock()
+                {
+                    keys.push((table.to_owned(), rowid));
+                }
             }
         },
     ))?;

@@ -111,6 +111,20 @@ pub enum Error {
         table: String,
     },
 
+    /// The app's raw SQL would give a row a key that the key field's type cannot
+    /// read back, such as text that is not a [`SyncId`](crate::SyncId) in
+    /// its canonical form (see [`Domain`](crate::Domain)). Nothing was written.
+    #[error(
+        "the key column `{column}` of `{table}` takes only values its type can read back \
+         (for a SyncId: its 36-character lowercase text, as SyncId::to_string writes it)"
+    )]
+    InvalidKey {
+        /// The table.
+        table: String,
+        /// The key column.
+        column: String,
+    },
+
     /// A stored value could not be read as the field's type (usually a value written
     /// by raw SQL that the struct cannot represent).
     #[error("cannot read `{table}.{column}`: {source}")]

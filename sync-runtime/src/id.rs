@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use uuid::Uuid;
 
-use crate::value::{SqlType, SyncValue, ValueError, ValueRef};
+use crate::value::{Domain, SqlType, SyncValue, ValueError, ValueRef};
 
 /// A globally unique, time-ordered row id: a UUIDv7 stored as 36 characters of text.
 ///
@@ -94,6 +94,7 @@ impl From<Uuid> for SyncId {
 impl SyncValue for SyncId {
     const SQL_TYPE: SqlType = SqlType::Text;
     const DEFAULT_SQL: Option<&'static str> = None;
+    const DOMAIN: Domain = Domain::SyncId;
 
     fn to_value_ref(&self) -> ValueRef<'_> {
         ValueRef::Text(self.as_str())

@@ -90,7 +90,7 @@ pub use quarantine::Rejected;
 pub use remote::{AutoSync, ProgressFn, Remote, SyncEvent, SyncOptions, SyncReport};
 pub use schema::{Algorithm, ColumnSchema, TableSchema};
 pub use tx::Transaction;
-pub use value::{SqlType, SyncValue, Value, ValueRef};
+pub use value::{Domain, SqlType, SyncValue, Value, ValueRef};
 
 /// Derives [`Synced`](trait@Synced) for a struct; see the [crate docs](crate#the-derive).
 pub use sync_macros::Synced;

@@ -2,7 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::schema::TableSchema;
-use crate::value::{self, SyncValue, ValueRef};
+use crate::value::{self, Domain, SyncValue, ValueRef};
 
 /// A Rust struct stored in a synced table.
 ///
@@ -35,6 +35,11 @@ pub trait Synced: Sized + Send + 'static {
 
     /// The table's descriptor.
     const SCHEMA: &'static TableSchema;
+
+    /// The [`Domain`] of each key column's type, in key order: the keys the
+    /// app's raw SQL writes to the table are checked against them. Empty (the
+    /// default) checks nothing.
+    const KEY_DOMAINS: &'static [Domain] = &[];
 
     /// The value of the column at `index` (table order, as in [`Self::SCHEMA`]).
     fn column_value(&self, index: usize) -> ValueRef<'_>;

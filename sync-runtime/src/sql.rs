@@ -324,6 +324,8 @@ pub(crate) struct TableSql {
     pub(crate) delete: String,
     pub(crate) select: String,
     pub(crate) select_by_key: String,
+    /// The key of the clock row with rowid `?1`.
+    pub(crate) clock_key_by_rowid: String,
     pub(crate) changes_since: String,
     /// `changes_since` for the clock rows whose `(_synced_dv, rowid)` lies after
     /// `(?1, ?2)` and up to `(?3, ?4)`: one page of a batched export.
@@ -390,6 +392,10 @@ impl TableSql {
             delete: format!("DELETE FROM {table} WHERE {by_key_params}"),
             select: format!("SELECT {all} FROM {table}"),
             select_by_key: format!("SELECT {all} FROM {table} WHERE {by_key_params}"),
+            clock_key_by_rowid: format!(
+                "SELECT {} FROM {clock} WHERE rowid = ?1",
+                list(schema.key_columns(), "")
+            ),
             changes_since: changes_since(schema, &format!("c.{DV} > ?1")),
             changes_between: changes_since(
                 schema,

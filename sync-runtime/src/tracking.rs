@@ -7,15 +7,20 @@ use crate::error::{Error, Result};
 use crate::schema::TableSchema;
 use crate::sql::TableSql;
 use crate::tx::Registered;
+use crate::value::Domain;
 
 /// Creates (or checks) a synced table and its metadata; see `SyncDb::register`.
+///
+/// `key_domains` are the domains of the key columns' types (see
+/// [`crate::Domain`]), for the checks of the app's raw SQL.
 pub(crate) fn register(
     worker: &mut Worker,
     schema: TableSchema,
     source: Option<usize>,
+    key_domains: &'static [Domain],
 ) -> Result<()> {
     schema.validate()?;
-    let table = Registered::new(schema, source);
+    let table = Registered::new(schema, source, key_domains);
     write(worker, |tx| {
         let conn = tx.conn();
         let (schema, sql) = (&table.schema, &table.sql);

@@ -1,16 +1,16 @@
 //! Typed reads and writes inside one transaction.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rusqlite::Connection;
 
 use crate::error::{Error, Result};
 use crate::model::{RowReader, Synced};
 use crate::schema::TableSchema;
-use crate::sql::TableSql;
-use crate::value::{Value, ValueRef};
+use crate::sql::{self, TableSql};
+use crate::value::{Domain, Value, ValueRef};
 
 /// A table registered with this database handle, with its statements.
 #[derive(Debug)]
@@ -20,6 +20,19 @@ pub(crate) struct Registered {
     /// The address of the static descriptor it was registered from, if any: a
     /// typed call with the same descriptor skips comparing the columns.
     pub(crate) source: Option<usize>,
+    /// The domains of its key columns' types, in key order (none for a table
+    /// registered by descriptor): the keys the app's raw SQL writes are checked
+    /// against them.
+    pub(crate) key_domains: &'static [Domain],
+}
+
+/// The app's own SQL while it runs, as the connection's hooks see it.
+#[derive(Debug, Default)]
+pub(crate) struct AppSql {
+    /// Set while it runs: the authorizer then refuses transaction control.
+    pub(crate) running: AtomicBool,
+    /// The clock rows it inserted (clock table, rowid): the new keys it wrote.
+    pub(crate) new_keys: Mutex<Vec<(String, i64)>>,
 }
 
 /// Tables registered with a database handle, by name.
@@ -55,28 +68,29 @@ pub(crate) type Registry = HashMap<String, Arc<Registered>>;
 pub struct Transaction<'c> {
     conn: &'c Connection,
     registry: &'c Registry,
-    user_sql: &'c AtomicBool,
+    user_sql: &'c AppSql,
     failed: bool,
     versions_set: bool,
 }
 
 impl Registered {
-    pub(crate) fn new(schema: TableSchema, source: Option<usize>) -> Arc<Self> {
+    pub(crate) fn new(
+        schema: TableSchema,
+        source: Option<usize>,
+        key_domains: &'static [Domain],
+    ) -> Arc<Self> {
         let sql = TableSql::new(&schema);
         Arc::new(Self {
             schema,
             sql,
             source,
+            key_domains,
         })
     }
 }
 
 impl<'c> Transaction<'c> {
-    pub(crate) fn new(
-        conn: &'c Connection,
-        registry: &'c Registry,
-        user_sql: &'c AtomicBool,
-    ) -> Self {
+    pub(crate) fn new(conn: &'c Connection, registry: &'c Registry, user_sql: &'c AppSql) -> Self {
         Self {
             conn,
             registry,
@@ -162,13 +176,25 @@ impl<'c> Transaction<'c> {
         params: impl AsRef<[Value]>,
     ) -> Result<Vec<T>> {
         let table = self.table::<T>()?;
-        query(self.conn, self.user_sql, table, filter, params.as_ref())
+        query(
+            self.conn,
+            &self.user_sql.running,
+            table,
+            filter,
+            params.as_ref(),
+        )
     }
 
     /// Runs raw SQL (one statement) with parameters; returns the number of changed
     /// rows. Writes to synced tables are tracked like typed writes.
     pub fn execute_raw(&mut self, sql: &str, params: impl AsRef<[Value]>) -> Result<usize> {
-        let result = execute_raw(self.conn, self.user_sql, sql, params.as_ref());
+        let result = execute_raw(
+            self.conn,
+            self.registry,
+            self.user_sql,
+            sql,
+            params.as_ref(),
+        );
         self.track(result)
     }
 }
@@ -345,17 +371,83 @@ fn where_clause(filter: &str) -> String {
     }
 }
 
+/// Runs the app's SQL. Where a registered table's keys have a narrower domain
+/// than their storage type, the statement runs inside a savepoint, and the keys
+/// it inserted are checked after it: one outside its domain undoes the
+/// statement and fails with [`Error::InvalidKey`].
 pub(crate) fn execute_raw(
     conn: &Connection,
-    user_sql: &AtomicBool,
+    registry: &Registry,
+    user_sql: &AppSql,
     sql: &str,
     params: &[Value],
 ) -> Result<usize> {
     check_params(params)?;
-    as_user(user_sql, || {
-        let mut stmt = conn.prepare_cached(sql)?;
-        Ok(stmt.execute(rusqlite::params_from_iter(params))?)
-    })
+    let run = || {
+        as_user(&user_sql.running, || {
+            let mut stmt = conn.prepare_cached(sql)?;
+            Ok(stmt.execute(rusqlite::params_from_iter(params))?)
+        })
+    };
+    let checked = registry
+        .values()
+        .any(|t| t.key_domains.iter().any(|d| *d != Domain::Any));
+    if !checked {
+        return run();
+    }
+    let new_keys = || user_sql.new_keys.lock().unwrap_or_else(|e| e.into_inner());
+    new_keys().clear();
+    conn.prepare_cached("SAVEPOINT synced_raw")?.execute([])?;
+    let result = run().and_then(|changed| {
+        let inserted = std::mem::take(&mut *new_keys());
+        check_keys(conn, registry, &inserted).map(|()| changed)
+    });
+    if result.is_err() {
+        conn.prepare_cached("ROLLBACK TO synced_raw")?.execute([])?;
+    }
+    conn.prepare_cached("RELEASE synced_raw")?.execute([])?;
+    result
+}
+
+/// Checks the keys of the clock rows `inserted` (clock table, rowid) against
+/// their tables' key domains.
+fn check_keys(conn: &Connection, registry: &Registry, inserted: &[(String, i64)]) -> Result<()> {
+    for (clock, rowid) in inserted {
+        let Some(name) = clock.strip_prefix(sql::CLOCK_PREFIX) else {
+            continue;
+        };
+        let Some(table) = registry
+            .values()
+            .find(|t| t.schema.name.eq_ignore_ascii_case(name))
+        else {
+            continue;
+        };
+        if table.key_domains.iter().all(|d| *d == Domain::Any) {
+            continue;
+        }
+        let key: Vec<rusqlite::types::Value> = conn
+            .prepare_cached(&table.sql.clock_key_by_rowid)?
+            .query_row([rowid], |row| {
+                (0..table.key_domains.len()).map(|i| row.get(i)).collect()
+            })?;
+        let key = key.into_iter().map(|value| match value {
+            rusqlite::types::Value::Null => Value::Null,
+            rusqlite::types::Value::Integer(i) => Value::Integer(i),
+            rusqlite::types::Value::Real(r) => Value::Real(r),
+            rusqlite::types::Value::Text(t) => Value::Text(t),
+            rusqlite::types::Value::Blob(b) => Value::Blob(b),
+        });
+        let columns = table.schema.key_columns();
+        for ((column, domain), value) in columns.zip(table.key_domains).zip(key) {
+            if !domain.admits(&value) {
+                return Err(Error::InvalidKey {
+                    table: table.schema.name.to_string(),
+                    column: column.name.to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Runs `f` with the app's SQL flag set: the connection's authorizer then refuses

@@ -264,12 +264,47 @@ pub trait SyncValue: Sized {
     /// The SQL literal used as the column's default when the field has no explicit
     /// `#[synced(default = …)]`; `None` when the type has no natural default.
     const DEFAULT_SQL: Option<&'static str>;
+    /// The values of the storage type the type can read back, where that is not
+    /// all of them; in a key column, the app's raw SQL may not write others (see
+    /// [`Domain`]).
+    const DOMAIN: Domain = Domain::Any;
 
     /// The value to write.
     fn to_value_ref(&self) -> ValueRef<'_>;
 
     /// Reads the value back.
     fn from_value_ref(value: ValueRef<'_>) -> Result<Self, ValueError>;
+}
+
+/// The values of its storage type a field type can read back.
+///
+/// A key column whose type has a narrower domain than its storage type is
+/// checked on the app's raw SQL (the derive passes the domains on through
+/// [`Synced::KEY_DOMAINS`](crate::Synced::KEY_DOMAINS)): a statement that would
+/// insert a key no typed read can decode, or give a row such a key, fails with
+/// [`Error::InvalidKey`](crate::Error::InvalidKey) and writes nothing. Typed
+/// writes cannot write such a key; changes merged from other replicas are not
+/// checked: a replica never refuses what it receives row by row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Domain {
+    /// Every value of the storage type.
+    Any,
+    /// The text of a [`SyncId`](crate::SyncId) as the runtime writes it: 36
+    /// characters, lowercase hexadecimal digits in groups of 8, 4, 4, 4 and 12
+    /// joined by hyphens.
+    SyncId,
+}
+
+impl Domain {
+    /// Whether `value` is in this domain.
+    pub fn admits(self, value: &Value) -> bool {
+        match self {
+            Domain::Any => true,
+            Domain::SyncId => matches!(value, Value::Text(text)
+                if text.parse::<crate::SyncId>().is_ok_and(|id| id.as_str() == text)),
+        }
+    }
 }
 
 fn wrong_type(expected: &'static str, found: ValueRef<'_>) -> ValueError {
@@ -394,6 +429,7 @@ impl<T: SyncValue> SyncValue for Option<T> {
     const NESTED_OPTION: bool = T::NULLABLE;
     const NULLABLE: bool = true;
     const DEFAULT_SQL: Option<&'static str> = Some("NULL");
+    const DOMAIN: Domain = T::DOMAIN;
 
     fn to_value_ref(&self) -> ValueRef<'_> {
         match self {

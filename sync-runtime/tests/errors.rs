@@ -558,6 +558,72 @@ async fn negative_zero_reads_back_as_zero() {
     assert!(read.maybe.is_some_and(|m| m == 0.0 && m.is_sign_positive()));
 }
 
+/// A key column of a `SyncId` takes only a `SyncId`'s canonical text from raw
+/// SQL: any other key would make every typed read of the table fail.
+#[tokio::test]
+async fn a_raw_write_of_a_key_no_typed_read_can_decode_is_refused() {
+    let db = SyncDb::open_in_memory().await.unwrap();
+    db.register::<Todo>().await.unwrap();
+    let kept = Todo {
+        id: SyncId::new(),
+        title: "kept".into(),
+        done: false,
+        note: None,
+    };
+    db.insert(&kept).await.unwrap();
+    let version = db.db_version().await.unwrap();
+    let id = SyncId::new().to_string();
+    let bad_keys = [
+        "abc".to_owned(),
+        String::new(),
+        id.to_uppercase(),
+        format!("{{{id}}}"),
+        id.replace('-', ""),
+        format!("{}g", &id[..35]),
+        format!("{id} "),
+    ];
+    let invalid_key = |result: Result<usize, Error>, what: &str| match result {
+        Err(Error::InvalidKey { table, column }) => {
+            assert_eq!((table.as_str(), column.as_str()), ("todos", "id"), "{what}");
+        }
+        other => panic!("{what}: expected InvalidKey, got {other:?}"),
+    };
+    for key in &bad_keys {
+        let inserted = db
+            .execute_raw(
+                "INSERT INTO todos (id, title) VALUES (?1, 'raw')",
+                params![key.clone()],
+            )
+            .await;
+        invalid_key(inserted, key);
+        let rekeyed = db
+            .execute_raw("UPDATE todos SET id = ?1", params![key.clone()])
+            .await;
+        invalid_key(rekeyed, key);
+    }
+    assert_eq!(db.db_version().await.unwrap(), version);
+    assert_eq!(db.query::<Todo>("", params![]).await.unwrap(), [kept]);
+    // The canonical text is a key like any other.
+    db.execute_raw(
+        "INSERT INTO todos (id, title) VALUES (?1, 'raw')",
+        params![id.clone()],
+    )
+    .await
+    .unwrap();
+    let read: SyncId = id.parse().unwrap();
+    assert_eq!(db.get::<Todo>(&read).await.unwrap().unwrap().title, "raw");
+    // A table registered by a descriptor alone has no such check.
+    let other = SyncDb::open_in_memory().await.unwrap();
+    other.register_schema(Todo::SCHEMA.clone()).await.unwrap();
+    other
+        .execute_raw(
+            "INSERT INTO todos (id, title) VALUES ('abc', 'raw')",
+            params![],
+        )
+        .await
+        .unwrap();
+}
+
 /// A server whose HTTP client cannot be built is reported by every sync, with
 /// a typed error that lasts (not a panic, and not a retry).
 #[tokio::test]

@@ -138,6 +138,7 @@ impl Error {
                 | R::GrowOnly { .. }
                 | R::Refused { .. }
                 | R::NotANumber { .. }
+                | R::InvalidKey { .. }
                 | R::NotRegistered { .. } => StatusCode::BAD_REQUEST,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
