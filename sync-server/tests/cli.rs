@@ -140,3 +140,60 @@ fn hash_key_prints_the_form_for_the_config() {
         "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
     );
 }
+
+/// A push whose every row is refused is logged as a warning at the default
+/// level, saying when the database has no policies for users at all.
+#[tokio::test]
+async fn a_push_refused_whole_is_logged_as_a_warning() {
+    use sync_runtime::protocol::{SCHEMA_HEADER, SITE_HEADER};
+    let dir = tempfile::tempdir().unwrap();
+    let schema = dir.path().join("todo.schema.json");
+    std::fs::write(&schema, serde_json::to_vec(&[Todo::SCHEMA]).unwrap()).unwrap();
+    let config = dir.path().join("server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[auth]\njwt_hs256_secret = \"{SECRET}\"\n\n[databases.{DB}]\nschema = \"{}\"\n",
+            schema.display()
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let (_server, addr, mut log) = spawn_server_with_log(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ])
+    .await;
+    let device = Device::new("alice").await;
+    device.db.insert(&Todo::new("mine")).await.unwrap();
+    let response = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/db/{DB}/push"))
+        .bearer_auth(&device.token)
+        .header(SCHEMA_HEADER, device.fingerprint().await)
+        .header(SITE_HEADER, device.db.site_id().to_string())
+        .body(device.local_changes().await)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let warning = timeout(PATIENCE, async {
+        while let Some(line) = log.next_line().await.unwrap() {
+            if line.contains("WARN") && line.contains("refused") {
+                return line;
+            }
+        }
+        panic!("the log ended without the warning");
+    })
+    .await
+    .expect("no warning was logged");
+    assert!(
+        warning.contains("every row of a push was refused"),
+        "{warning}"
+    );
+    assert!(warning.contains("no policies for users"), "{warning}");
+    assert!(warning.contains("alice"), "{warning}");
+}
