@@ -541,11 +541,13 @@ impl SyncDb {
     /// they may have carried already (see [`Cursor`]).
     pub async fn vacuum(&self) -> Result<()> {
         self.call(|w| {
-            // Counted first: a count without its vacuum costs a few rows sent
-            // twice, a vacuum without its count could skip some.
+            // Counted before and after: a cursor another handle makes while
+            // the vacuum runs carries the count between, which is neither; a
+            // count without its vacuum costs a few rows sent twice.
             w.conn.execute(sql::COUNT_VACUUM, [])?;
-            Ok(w.conn
-                .execute_batch("VACUUM; PRAGMA wal_checkpoint(TRUNCATE);")?)
+            w.conn.execute_batch("VACUUM;")?;
+            w.conn.execute(sql::COUNT_VACUUM, [])?;
+            Ok(w.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?)
         })
         .await
     }
@@ -1311,13 +1313,13 @@ fn open_connection(
         move |action: rusqlite::hooks::Action, _: &str, table: &str, rowid: i64| {
             if table.starts_with(sql::CLOCK_PREFIX) {
                 flag.store(true, Ordering::Relaxed);
-                // A clock row inserted by the app's SQL is a key it wrote.
-                if action == rusqlite::hooks::Action::SQLITE_INSERT
-                    && app.running.load(Ordering::Relaxed)
-                    && let Ok(mut keys) = app.new_keys.lock()
-                {
-                    keys.push((table.to_owned(), rowid));
-                }
+            }
+            // A row the app's checked SQL inserts holds a key it wrote.
+            if action == rusqlite::hooks::Action::SQLITE_INSERT
+                && app.checking.load(Ordering::Relaxed)
+                && let Ok(mut keys) = app.new_keys.lock()
+            {
+                keys.push((table.to_owned(), rowid));
             }
         },
     ))?;

@@ -642,8 +642,13 @@ fn resolve(conn: &Connection, payload: &Payload) -> Result<Vec<Target>> {
             .map(|c| {
                 c.default_value()
                     .map(Option::unwrap_or_default)
-                    .map_err(|reason| Error::Corrupt {
-                        details: format!("table `{}`, column `{}`: {reason}", schema.name, c.name),
+                    .map_err(|reason| {
+                        // A descriptor stored by a release that took defaults
+                        // as SQL (see `crate::format`).
+                        Error::InvalidSchema(crate::schema::SchemaError {
+                            table: schema.name.to_string(),
+                            reason: format!("column `{}`: {reason}", c.name),
+                        })
                     })
             })
             .collect::<Result<Vec<_>>>()?;

@@ -267,6 +267,10 @@ fn parse_literal(text: &str) -> Option<Value> {
         let mut out = String::with_capacity(body.len());
         let mut chars = body.chars();
         while let Some(c) = chars.next() {
+            // SQL text ends at a NUL: no literal can hold one.
+            if c == '\0' {
+                return None;
+            }
             // A quote inside is written twice.
             if c == '\'' && chars.next() != Some('\'') {
                 return None;
@@ -404,6 +408,7 @@ mod tests {
             (SqlType::Text, false, "CURRENT_TIMESTAMP"),
             (SqlType::Text, false, "NULL"),
             (SqlType::Text, false, ""),
+            (SqlType::Text, false, "'a\0b'"),
         ] {
             let error = with_default(sql_type, nullable, literal).unwrap_err();
             assert_eq!(error.table, "t", "{literal}");

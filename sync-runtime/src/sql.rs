@@ -326,6 +326,8 @@ pub(crate) struct TableSql {
     pub(crate) select_by_key: String,
     /// The key of the clock row with rowid `?1`.
     pub(crate) clock_key_by_rowid: String,
+    /// The key of the table's row with rowid `?1`.
+    pub(crate) key_by_rowid: String,
     pub(crate) changes_since: String,
     /// `changes_since` for the clock rows whose `(_synced_dv, rowid)` lies after
     /// `(?1, ?2)` and up to `(?3, ?4)`: one page of a batched export.
@@ -394,6 +396,10 @@ impl TableSql {
             select_by_key: format!("SELECT {all} FROM {table} WHERE {by_key_params}"),
             clock_key_by_rowid: format!(
                 "SELECT {} FROM {clock} WHERE rowid = ?1",
+                list(schema.key_columns(), "")
+            ),
+            key_by_rowid: format!(
+                "SELECT {} FROM {table} WHERE rowid = ?1",
                 list(schema.key_columns(), "")
             ),
             changes_since: changes_since(schema, &format!("c.{DV} > ?1")),

@@ -87,6 +87,11 @@ pub(crate) fn drop_tracking(worker: &mut Worker, name: &str) -> Result<()> {
         conn.execute_batch(&sql.drop_guards)?;
         conn.execute_batch(&sql.drop_clock)?;
         conn.execute("DELETE FROM _synced_tables WHERE name = ?1", [name])?;
+        // Refused writes kept in the table's shape (see `crate::quarantine`).
+        conn.execute(
+            "DELETE FROM _synced_rejected WHERE tbl = ?1",
+            [name.to_ascii_lowercase()],
+        )?;
         Ok::<_, Error>(())
     })?;
     worker.registry.remove(name);

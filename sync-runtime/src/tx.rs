@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 
 use crate::error::{Error, Result};
 use crate::model::{RowReader, Synced};
@@ -31,7 +31,11 @@ pub(crate) struct Registered {
 pub(crate) struct AppSql {
     /// Set while it runs: the authorizer then refuses transaction control.
     pub(crate) running: AtomicBool,
-    /// The clock rows it inserted (clock table, rowid): the new keys it wrote.
+    /// Set while a statement whose keys are checked runs: the update hook then
+    /// records the rows it inserts.
+    pub(crate) checking: AtomicBool,
+    /// The rows it inserted (table or clock table, rowid): the new keys it
+    /// wrote, a clock row for a key change too.
     pub(crate) new_keys: Mutex<Vec<(String, i64)>>,
 }
 
@@ -374,7 +378,9 @@ fn where_clause(filter: &str) -> String {
 /// Runs the app's SQL. Where a registered table's keys have a narrower domain
 /// than their storage type, the statement runs inside a savepoint, and the keys
 /// it inserted are checked after it: one outside its domain undoes the
-/// statement and fails with [`Error::InvalidKey`].
+/// statement and fails with [`Error::InvalidKey`]. A statement that fails on
+/// its own keeps SQLite's behaviour (what `OR FAIL` keeps stays, `OR ROLLBACK`
+/// ends the transaction).
 pub(crate) fn execute_raw(
     conn: &Connection,
     registry: &Registry,
@@ -398,23 +404,44 @@ pub(crate) fn execute_raw(
     let new_keys = || user_sql.new_keys.lock().unwrap_or_else(|e| e.into_inner());
     new_keys().clear();
     conn.prepare_cached("SAVEPOINT synced_raw")?.execute([])?;
-    let result = run().and_then(|changed| {
-        let inserted = std::mem::take(&mut *new_keys());
-        check_keys(conn, registry, &inserted).map(|()| changed)
-    });
-    if result.is_err() {
+    user_sql.checking.store(true, Ordering::Relaxed);
+    let ran = run();
+    user_sql.checking.store(false, Ordering::Relaxed);
+    let inserted = std::mem::take(&mut *new_keys());
+    // A statement that ended the transaction took the savepoint with it.
+    let open = !conn.is_autocommit();
+    let changed = match ran {
+        Ok(changed) => changed,
+        Err(e) => {
+            if open {
+                conn.prepare_cached("RELEASE synced_raw")?.execute([])?;
+            }
+            return Err(e);
+        }
+    };
+    let checked = check_keys(conn, registry, &inserted);
+    if checked.is_err() {
         conn.prepare_cached("ROLLBACK TO synced_raw")?.execute([])?;
     }
     conn.prepare_cached("RELEASE synced_raw")?.execute([])?;
-    result
+    checked.map(|()| changed)
 }
 
-/// Checks the keys of the clock rows `inserted` (clock table, rowid) against
-/// their tables' key domains.
+/// Where a written row's key is read from.
+enum Lookup {
+    Clock,
+    Table,
+}
+
+/// Checks the keys of the rows `inserted` (table or clock table, rowid)
+/// against their tables' key domains.
 fn check_keys(conn: &Connection, registry: &Registry, inserted: &[(String, i64)]) -> Result<()> {
-    for (clock, rowid) in inserted {
-        let Some(name) = clock.strip_prefix(sql::CLOCK_PREFIX) else {
-            continue;
+    for (written, rowid) in inserted {
+        // A clock row (a new key, with tracking on, or a key change) or a row
+        // of the table itself (tracking on or off).
+        let (name, lookup) = match written.strip_prefix(sql::CLOCK_PREFIX) {
+            Some(name) => (name, Lookup::Clock),
+            None => (written.as_str(), Lookup::Table),
         };
         let Some(table) = registry
             .values()
@@ -425,11 +452,22 @@ fn check_keys(conn: &Connection, registry: &Registry, inserted: &[(String, i64)]
         if table.key_domains.iter().all(|d| *d == Domain::Any) {
             continue;
         }
-        let key: Vec<rusqlite::types::Value> = conn
-            .prepare_cached(&table.sql.clock_key_by_rowid)?
+        let by_rowid = match lookup {
+            Lookup::Clock => &table.sql.clock_key_by_rowid,
+            Lookup::Table => &table.sql.key_by_rowid,
+        };
+        let Some(key) = conn
+            .prepare_cached(by_rowid)?
             .query_row([rowid], |row| {
-                (0..table.key_domains.len()).map(|i| row.get(i)).collect()
-            })?;
+                (0..table.key_domains.len())
+                    .map(|i| row.get::<_, rusqlite::types::Value>(i))
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .optional()?
+        else {
+            // Deleted again by the same statement.
+            continue;
+        };
         let key = key.into_iter().map(|value| match value {
             rusqlite::types::Value::Null => Value::Null,
             rusqlite::types::Value::Integer(i) => Value::Integer(i),
@@ -478,5 +516,33 @@ mod tests {
         assert_eq!(where_clause("ordering = 1"), " WHERE ordering = 1");
         assert_eq!(where_clause("limited = ?1"), " WHERE limited = ?1");
         assert_eq!(where_clause("ORDER\n  BY title"), " ORDER\n  BY title");
+    }
+
+    /// The update hook records the rows the app's SQL inserts only while a
+    /// checked statement runs, which takes them: with no checked key
+    /// registered, a raw statement's rows never pile up in `AppSql::new_keys`.
+    #[tokio::test]
+    async fn new_keys_do_not_pile_up_when_nothing_is_checked() {
+        use crate::schema::{Algorithm, ColumnSchema, TableSchema};
+        use crate::value::SqlType;
+        let db = crate::SyncDb::open_in_memory().await.unwrap();
+        let schema = TableSchema::new(
+            "tags",
+            Algorithm::Cls,
+            vec![ColumnSchema::new("name", SqlType::Text).primary_key()],
+        );
+        db.register_schema(schema).await.unwrap();
+        db.execute_raw(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000) \
+             INSERT INTO tags (name) SELECT 'tag ' || i FROM n",
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+        let left = db
+            .call(|w| Ok(w.user_sql.new_keys.lock().unwrap().len()))
+            .await
+            .unwrap();
+        assert_eq!(left, 0, "keys kept after the statement");
     }
 }

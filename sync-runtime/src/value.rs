@@ -294,6 +294,14 @@ pub enum Domain {
     /// characters, lowercase hexadecimal digits in groups of 8, 4, 4, 4 and 12
     /// joined by hyphens.
     SyncId,
+    /// The integers from `min` to `max`: a narrower integer type's, or `bool`'s
+    /// 0 and 1.
+    Integers {
+        /// The smallest.
+        min: i64,
+        /// The largest.
+        max: i64,
+    },
 }
 
 impl Domain {
@@ -303,6 +311,9 @@ impl Domain {
             Domain::Any => true,
             Domain::SyncId => matches!(value, Value::Text(text)
                 if text.parse::<crate::SyncId>().is_ok_and(|id| id.as_str() == text)),
+            Domain::Integers { min, max } => {
+                matches!(value, Value::Integer(i) if (min..=max).contains(i))
+            }
         }
     }
 }
@@ -319,6 +330,11 @@ macro_rules! integer_value {
         impl SyncValue for $t {
             const SQL_TYPE: SqlType = SqlType::Integer;
             const DEFAULT_SQL: Option<&'static str> = Some("0");
+            // Every value of these fits an i64.
+            const DOMAIN: Domain = Domain::Integers {
+                min: <$t>::MIN as i64,
+                max: <$t>::MAX as i64,
+            };
 
             fn to_value_ref(&self) -> ValueRef<'_> {
                 ValueRef::Integer(i64::from(*self))
@@ -337,11 +353,28 @@ macro_rules! integer_value {
     )*};
 }
 
-integer_value!(i8, i16, i32, i64, u8, u16, u32);
+integer_value!(i8, i16, i32, u8, u16, u32);
+
+impl SyncValue for i64 {
+    const SQL_TYPE: SqlType = SqlType::Integer;
+    const DEFAULT_SQL: Option<&'static str> = Some("0");
+
+    fn to_value_ref(&self) -> ValueRef<'_> {
+        ValueRef::Integer(*self)
+    }
+
+    fn from_value_ref(value: ValueRef<'_>) -> Result<Self, ValueError> {
+        match value {
+            ValueRef::Integer(i) => Ok(i),
+            other => Err(wrong_type("INTEGER", other)),
+        }
+    }
+}
 
 impl SyncValue for bool {
     const SQL_TYPE: SqlType = SqlType::Integer;
     const DEFAULT_SQL: Option<&'static str> = Some("0");
+    const DOMAIN: Domain = Domain::Integers { min: 0, max: 1 };
 
     fn to_value_ref(&self) -> ValueRef<'_> {
         ValueRef::Integer(i64::from(*self))

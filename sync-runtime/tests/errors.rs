@@ -643,3 +643,154 @@ async fn a_remote_without_an_http_client_is_a_typed_error() {
         assert!(!err.is_transient());
     }
 }
+
+/// The key check looks at the rows a raw statement inserts, not only at the
+/// clock rows tracking writes: with tracking off, a key no typed read can
+/// decode is refused too (`enable_tracking` would record it for sync).
+#[tokio::test]
+async fn a_raw_key_no_typed_read_can_decode_is_refused_while_tracking_is_off() {
+    let db = SyncDb::open_in_memory().await.unwrap();
+    db.register::<Todo>().await.unwrap();
+    db.disable_tracking::<Todo>().await.unwrap();
+    let inserted = db
+        .execute_raw(
+            "INSERT INTO todos (id, title) VALUES ('abc', 'raw')",
+            params![],
+        )
+        .await;
+    db.enable_tracking::<Todo>().await.unwrap();
+    assert!(
+        matches!(inserted, Err(Error::InvalidKey { .. })),
+        "accepted: {inserted:?}; read back: {:?}",
+        db.query::<Todo>("", params![]).await
+    );
+}
+
+/// A composite key of a `SyncId` and a `u8`.
+#[derive(Synced, Debug, Clone, PartialEq)]
+#[synced(table = "slots")]
+struct Slot {
+    #[synced(primary_key)]
+    owner: SyncId,
+    #[synced(primary_key)]
+    index: u8,
+    label: Option<String>,
+}
+
+/// A key column of a narrower integer type (or `bool`) takes only its type's
+/// values from raw SQL: 300 in a `u8` would make every typed read fail.
+#[tokio::test]
+async fn a_raw_integer_key_out_of_its_types_range_is_refused() {
+    let db = SyncDb::open_in_memory().await.unwrap();
+    db.register::<Slot>().await.unwrap();
+    let inserted = db
+        .execute_raw(
+            "INSERT INTO slots (owner, \"index\") VALUES (?1, 300)",
+            params![SyncId::new().to_string()],
+        )
+        .await;
+    assert!(
+        matches!(inserted, Err(Error::InvalidKey { .. })),
+        "accepted: {inserted:?}; read back: {:?}",
+        db.query::<Slot>("", params![]).await
+    );
+}
+
+/// A conflict clause `OR ROLLBACK` (or a trigger's `RAISE(ROLLBACK, ...)`)
+/// ends the whole transaction, the key check's savepoint with it: the
+/// statement's own error (`Error::Constraint`) is what comes back, as without
+/// the check.
+#[tokio::test]
+async fn a_statement_that_rolls_back_reports_its_own_error_under_the_key_check() {
+    let db = SyncDb::open_in_memory().await.unwrap();
+    db.register::<Todo>().await.unwrap();
+    let id = SyncId::new();
+    db.insert(&Todo {
+        id,
+        title: "kept".into(),
+        done: false,
+        note: None,
+    })
+    .await
+    .unwrap();
+    let duplicate = db
+        .execute_raw(
+            "INSERT OR ROLLBACK INTO todos (id, title) VALUES (?1, 'again')",
+            params![id.to_string()],
+        )
+        .await;
+    assert!(
+        matches!(duplicate, Err(Error::Constraint { .. })),
+        "{duplicate:?}"
+    );
+}
+
+/// A table keyed by text, which the key check does not look at.
+#[derive(Synced, Debug, Clone, PartialEq)]
+#[synced(table = "tags")]
+struct Tag {
+    #[synced(primary_key)]
+    name: String,
+}
+
+/// `INSERT OR FAIL` keeps the rows it wrote before the conflict (SQLite's
+/// documented behaviour), whether or not a table with a checked key is
+/// registered: the key check's savepoint undoes a statement only for a key it
+/// refuses.
+#[tokio::test]
+async fn insert_or_fail_keeps_its_earlier_rows_whether_or_not_a_syncid_key_is_registered() {
+    let mut kept = Vec::new();
+    for with_syncid_table in [false, true] {
+        let db = SyncDb::open_in_memory().await.unwrap();
+        db.register::<Tag>().await.unwrap();
+        if with_syncid_table {
+            db.register::<Todo>().await.unwrap();
+        }
+        db.execute_raw("INSERT INTO tags (name) VALUES ('c')", params![])
+            .await
+            .unwrap();
+        db.transaction(|tx| {
+            let failed = tx.execute_raw(
+                "INSERT OR FAIL INTO tags VALUES ('a'), ('b'), ('c')",
+                params![],
+            );
+            assert!(
+                matches!(failed, Err(Error::Constraint { .. })),
+                "{failed:?}"
+            );
+            Ok::<_, Error>(())
+        })
+        .await
+        .unwrap();
+        let tags = db.query::<Tag>("ORDER BY name", params![]).await.unwrap();
+        kept.push(tags.into_iter().map(|t| t.name).collect::<Vec<_>>());
+    }
+    assert_eq!(kept[0], ["a", "b", "c"]);
+    assert_eq!(
+        kept[1], kept[0],
+        "the unrelated SyncId table changed what OR FAIL keeps"
+    );
+}
+
+/// A text default is parsed and checked as a value, then written back as a
+/// literal into the DDL; SQL text ends at a NUL, so a default holding one is
+/// refused by the checks, naming its column, rather than by SQLite's tokenizer.
+#[tokio::test]
+async fn a_text_default_with_a_nul_is_refused_naming_its_column() {
+    let schema = TableSchema::new(
+        "notes",
+        Algorithm::Cls,
+        vec![
+            ColumnSchema::new("id", SqlType::Text).primary_key(),
+            ColumnSchema::new("body", SqlType::Text).default_sql("'a\0b'"),
+        ],
+    );
+    let refused = schema.validate().unwrap_err();
+    assert!(refused.reason.starts_with("column `body`: "), "{refused}");
+    let db = SyncDb::open_in_memory().await.unwrap();
+    let registered = db.register_schema(schema).await;
+    assert!(
+        matches!(registered, Err(Error::InvalidSchema(_))),
+        "{registered:?}"
+    );
+}

@@ -127,3 +127,41 @@ async fn a_push_whose_every_row_is_refused_says_so() {
     assert_eq!(kept[0].row.as_ref(), Some(&mine));
     server.stop().await;
 }
+
+/// The `items` table in a later shape of the app: one more column.
+#[derive(sync_runtime::Synced, Debug, Clone, PartialEq)]
+#[synced(table = "items")]
+struct ItemV2 {
+    #[synced(primary_key)]
+    id: sync_runtime::SyncId,
+    owner_id: String,
+    #[synced(default = false)]
+    shared: bool,
+    title: String,
+    #[synced(default = 0)]
+    priority: i64,
+}
+
+/// `drop_tracking` removes every trace of sync from a table, the refused
+/// writes kept in its old shape too: a table registered again in a new shape
+/// starts with none, instead of entries it could not read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_tables_tracking_drops_its_refused_writes() {
+    let (_dir, server, [_admin, _ann, bob]) = cast().await;
+    let forged = item("ann", false, "typed by bob");
+    bob.insert(&forged).await.unwrap();
+    let report = bob.sync().await.unwrap();
+    assert_eq!(report.quarantined, 1, "{report:?}");
+
+    bob.drop_tracking::<Item>().await.unwrap();
+    bob.execute_raw("DROP TABLE items", sync_runtime::params![])
+        .await
+        .unwrap();
+    bob.register::<ItemV2>().await.unwrap();
+    let listed = bob.rejected::<ItemV2>().await;
+    assert!(
+        listed.as_ref().is_ok_and(Vec::is_empty),
+        "the entries of the dropped table are still there: {listed:?}"
+    );
+    server.stop().await;
+}

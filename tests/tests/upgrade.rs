@@ -177,3 +177,70 @@ async fn an_upgrade_that_fails_leaves_the_file_as_0_1_0_wrote_it() {
     assert_eq!(format_of(&phone_file), None);
     assert_eq!(triggers(&phone_file), before);
 }
+
+/// Release 0.1.0 took a column default as SQL (the merge ran `SELECT
+/// <default>`), so a hand-built descriptor could say `CURRENT_TIMESTAMP` (the
+/// derive never wrote one). A default is a value now: after the upgrade, which
+/// keeps descriptors as they are stored, such a table is refused loudly, with
+/// an error naming its column, when it is registered or merged into, and the
+/// file's other tables go on syncing. The file is emulated from a current one
+/// brought back to format 1 (no `_synced_format`, no `vacuums`, no
+/// `_synced_rejected`), with the default 0.1.0 accepted in its stored
+/// descriptor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_0_1_0_table_whose_default_is_sql_is_refused_by_name_and_the_rest_syncs() {
+    use sync_runtime::{Algorithm, ColumnSchema, Since, SqlType, TableSchema, params};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    let schema = |default: &'static str| {
+        TableSchema::new(
+            "notes",
+            Algorithm::Cls,
+            vec![
+                ColumnSchema::new("id", SqlType::Text).primary_key(),
+                ColumnSchema::new("created", SqlType::Text).default_sql(default),
+            ],
+        )
+    };
+    {
+        let db = SyncDb::open(&path).await.unwrap();
+        db.register_schema(schema("''")).await.unwrap();
+        db.register::<Todo>().await.unwrap();
+        db.execute_raw("INSERT INTO notes (id) VALUES ('n1')", params![])
+            .await
+            .unwrap();
+        db.insert(&todo("kept")).await.unwrap();
+    }
+    let old = serde_json::to_string(&schema("CURRENT_TIMESTAMP")).unwrap();
+    let conn = read_write(&path);
+    conn.execute_batch(
+        "DROP TABLE _synced_format; DROP TABLE _synced_rejected; \
+         ALTER TABLE _synced_state DROP COLUMN vacuums;",
+    )
+    .unwrap();
+    conn.execute(
+        "UPDATE _synced_tables SET descriptor = ?1 WHERE name = 'notes'",
+        [old],
+    )
+    .unwrap();
+    drop(conn);
+    assert_eq!(format_of(&path), None);
+
+    let db = SyncDb::open(&path).await.unwrap();
+    assert_eq!(format_of(&path), Some(FORMAT));
+    match db.register_schema(schema("CURRENT_TIMESTAMP")).await {
+        Err(Error::InvalidSchema(e)) => {
+            assert_eq!(e.table, "notes");
+            assert!(e.reason.starts_with("column `created`: "), "{e}");
+        }
+        other => panic!("expected InvalidSchema, got {:?}", other.map(|_| ())),
+    }
+    // The other table syncs with a current replica.
+    db.register::<Todo>().await.unwrap();
+    let fresh = SyncDb::open(dir.path().join("fresh.db")).await.unwrap();
+    fresh.register::<Todo>().await.unwrap();
+    fresh.insert(&todo("from fresh")).await.unwrap();
+    let sent = fresh.export_changes(Since::Beginning).await.unwrap();
+    db.apply_changes(&sent).await.unwrap();
+    assert_eq!(titles(&rows(&db).await), ["from fresh", "kept"]);
+}
