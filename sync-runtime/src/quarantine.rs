@@ -42,7 +42,8 @@ pub struct Rejected<T> {
 
 /// Keeps this device's state of each refused row, before the server's state
 /// replaces it; returns how many rows were kept. Rows of tables this database
-/// does not sync are left out.
+/// does not sync are left out, and so are rows it never held (it can have
+/// sent nothing of them; a server that names them is not believed).
 pub(crate) fn keep(conn: &Connection, rejections: &[Rejection], now_ms: i64) -> Result<usize> {
     if rejections.is_empty() {
         return Ok(0);
@@ -59,7 +60,16 @@ pub(crate) fn keep(conn: &Connection, rejections: &[Rejection], now_ms: i64) -> 
         if rejection.pk.len() != schema.key_columns().count() {
             continue;
         }
-        let row = read_row(conn, schema, &rejection.pk)?;
+        let sql = TableSql::new(schema);
+        let held = conn
+            .prepare_cached(&sql.merge_read_clock)?
+            .query(rusqlite::params_from_iter(&rejection.pk))?
+            .next()?
+            .is_some();
+        if !held {
+            continue;
+        }
+        let row = read_row(conn, schema, &sql, &rejection.pk)?;
         conn.prepare_cached(sql::KEEP_REJECTED)?.execute((
             schema.name.to_ascii_lowercase(),
             wire::encode_key(&rejection.pk),
@@ -73,8 +83,12 @@ pub(crate) fn keep(conn: &Connection, rejections: &[Rejection], now_ms: i64) -> 
 }
 
 /// Every column of the row with key `pk`, in table order, if it exists here.
-fn read_row(conn: &Connection, schema: &TableSchema, pk: &[Value]) -> Result<Option<Vec<Value>>> {
-    let sql = TableSql::new(schema);
+fn read_row(
+    conn: &Connection,
+    schema: &TableSchema,
+    sql: &TableSql,
+    pk: &[Value],
+) -> Result<Option<Vec<Value>>> {
     let mut stmt = conn.prepare_cached(&sql.select_by_key)?;
     let mut rows = stmt.query(rusqlite::params_from_iter(pk))?;
     let Some(row) = rows.next()? else {
@@ -227,4 +241,46 @@ fn key_values<T: Synced>(key: &T::Key) -> Vec<Value> {
     (0..T::SCHEMA.key_columns().count())
         .map(|i| T::key_value(key, i).into_owned())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::{Algorithm, ColumnSchema};
+    use crate::value::SqlType;
+
+    /// A server's answer may name any row; only rows this database holds can
+    /// have been sent, and only they are kept.
+    #[tokio::test]
+    async fn only_rows_held_here_are_kept() {
+        let db = SyncDb::open_in_memory().await.unwrap();
+        let tags = TableSchema::new(
+            "tags",
+            Algorithm::Cls,
+            vec![
+                ColumnSchema::new("name", SqlType::Text).primary_key(),
+                ColumnSchema::new("note", SqlType::Text).nullable(true),
+            ],
+        );
+        db.register_schema(tags).await.unwrap();
+        db.execute_raw("INSERT INTO tags (name) VALUES ('held')", Vec::new())
+            .await
+            .unwrap();
+        let refused = |name: &str| Rejection::new("tags", vec![Value::from(name)], "refused");
+        let rejections = [refused("held"), refused("never held"), refused("held")];
+        let kept = db
+            .call(move |w| keep(&w.conn, &rejections, 1))
+            .await
+            .unwrap();
+        // The same row twice is one entry, kept twice.
+        assert_eq!(kept, 2);
+        let entries: i64 = db
+            .call(|w| {
+                Ok(w.conn
+                    .query_row("SELECT count(*) FROM _synced_rejected", [], |r| r.get(0))?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(entries, 1);
+    }
 }
