@@ -227,6 +227,9 @@ pub(crate) fn clock_row(
 pub(crate) struct Origins<'c> {
     conn: &'c Connection,
     sites: HashMap<i64, SiteId>,
+    /// The site ids this database had before (see [`crate::identity`]): up to
+    /// which version each was its own, in version order.
+    identities: Vec<(i64, i64)>,
     known: RefCell<HashMap<i64, (i64, i64)>>,
 }
 
@@ -235,6 +238,7 @@ impl<'c> Origins<'c> {
         Ok(Self {
             conn,
             sites: site_dictionary(conn)?,
+            identities: identities(conn)?,
             known: RefCell::new(HashMap::new()),
         })
     }
@@ -251,9 +255,18 @@ impl<'c> Origins<'c> {
             )?
             .query_row([version], |row| Ok((row.get(0)?, row.get(1)?)))
             .optional()?
-            .unwrap_or((0, version));
+            .unwrap_or_else(|| (self.made_under(version), version));
         self.known.borrow_mut().insert(version, origin);
         Ok(origin)
+    }
+
+    /// The ordinal of the site id this database had when it made `version`: 0
+    /// unless it has had another since.
+    fn made_under(&self, version: i64) -> i64 {
+        self.identities
+            .iter()
+            .find(|(upto, _)| version <= *upto)
+            .map_or(0, |(_, site)| *site)
     }
 
     /// The site id of a site ordinal.
@@ -348,6 +361,15 @@ fn owned(raw: rusqlite::types::ValueRef<'_>) -> Result<Value> {
 
 fn corrupt(details: String) -> crate::Error {
     crate::Error::Corrupt { details }
+}
+
+/// The site ids a database had before its current one: up to which version
+/// each was its own, in version order.
+pub(crate) fn identities(conn: &Connection) -> Result<Vec<(i64, i64)>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT upto, site FROM _synced_identities ORDER BY upto")?;
+    let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 fn site_dictionary(conn: &Connection) -> Result<HashMap<i64, SiteId>> {

@@ -981,7 +981,8 @@ pub(crate) fn wipe(worker: &mut Worker, site: SiteId) -> Result<()> {
         }
         conn.execute_batch(
             "DELETE FROM _synced_versions; DELETE FROM _synced_peers; \
-             DELETE FROM _synced_remote; DELETE FROM _synced_sites WHERE ordinal <> 0;",
+             DELETE FROM _synced_remote; DELETE FROM _synced_sites WHERE ordinal <> 0; \
+             DELETE FROM _synced_identities; DELETE FROM _synced_rejected;",
         )?;
         let site = site.as_bytes().as_slice();
         conn.execute(

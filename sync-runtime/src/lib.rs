@@ -65,6 +65,7 @@ mod export;
 mod filter;
 mod format;
 mod id;
+mod identity;
 mod merge;
 mod model;
 pub mod protocol;

@@ -589,7 +589,11 @@ fn own_version(conn: &Connection, version: i64, current: i64, may_return: bool) 
     let remote: bool = conn
         .prepare_cached("SELECT EXISTS (SELECT 1 FROM _synced_versions WHERE db_version = ?1)")?
         .query_row([version], |r| r.get(0))?;
-    if version < 1 || version > current || remote {
+    // Made under a site id this database had before, not under its own.
+    let earlier = crate::change::identities(conn)?
+        .last()
+        .is_some_and(|(upto, _)| version <= *upto);
+    if version < 1 || version > current || remote || earlier {
         return Err(Error::Refused {
             reason: format!(
                 "a change claims to have been made here at version {version}, which is not \

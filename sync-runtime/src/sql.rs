@@ -16,6 +16,9 @@
 //!   the writer of any change is the origin of its version, and no clock row
 //!   stores a site.
 //! - `_synced_peers`: per site, the highest of its versions this database has seen.
+//! - `_synced_identities`: the site ids this database had before its current one
+//!   (see [`crate::identity`]): the versions up to `upto` not listed in
+//!   `_synced_versions` were made under the site of ordinal `site`.
 //! - `_synced_rejected`: this device's writes its server refused, with the values
 //!   it wrote (see [`crate::quarantine`]).
 //! - `_synced_tables`: every synced table with its algorithm, descriptor (JSON) and
@@ -93,6 +96,10 @@ CREATE TABLE IF NOT EXISTS _synced_held (
 CREATE TABLE IF NOT EXISTS _synced_site_owners (
   site_id BLOB PRIMARY KEY,
   owner TEXT NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS _synced_identities (
+  upto INTEGER PRIMARY KEY,
+  site INTEGER NOT NULL
 ) STRICT;
 CREATE TABLE IF NOT EXISTS _synced_rejected (
   tbl TEXT NOT NULL,
@@ -317,6 +324,9 @@ pub(crate) struct TableSql {
     pub(crate) drop_clock: String,
     /// Deletes every row and every clock (run with the triggers off).
     pub(crate) wipe: String,
+    /// Gives the changes this database made under an earlier site id, after
+    /// version `?1` and up to `?2`, version `?3` (see [`crate::identity`]).
+    pub(crate) restamp: String,
     /// Deletes a row's clock by key (an eviction, with the triggers off).
     pub(crate) delete_clock: String,
     pub(crate) insert: String,
@@ -382,6 +392,7 @@ impl TableSql {
             drop_guards: drop_triggers(schema, &["guard_delete", "guard_rekey"]),
             drop_clock: format!("DROP TABLE IF EXISTS {clock};"),
             wipe: format!("DELETE FROM {table}; DELETE FROM {clock};"),
+            restamp: restamp(schema),
             delete_clock: format!("DELETE FROM {clock} WHERE {by_key_params}"),
 
             insert: format!("INSERT OR FAIL INTO {table} ({all}) VALUES ({placeholders})"),
@@ -585,6 +596,36 @@ fn record_insert(schema: &TableSchema, source: &str, source_where: &str) -> Stri
         list(schema.key_columns(), ""),
         updates.join(", "),
     )
+}
+
+/// See [`TableSql::restamp`]: each version of the clock row (its columns', its
+/// creation's, its last change's) that is one of this database's own in the
+/// range moves to `?3`, and the row's last change is the latest of them.
+fn restamp(schema: &TableSchema) -> String {
+    let own = |column: &str| {
+        format!(
+            "{column} = CASE WHEN {column} > ?1 AND {column} <= ?2 AND {column} NOT IN \
+             (SELECT db_version FROM _synced_versions) THEN ?3 ELSE {column} END"
+        )
+    };
+    let mut sets: Vec<String> = vec![own(CREATED), own(DV)];
+    let mut latest = vec![DV.to_owned()];
+    for c in schema.value_columns() {
+        let column = meta_col(&c.name, "dv");
+        sets.push(own(&column));
+        latest.push(column);
+    }
+    let clock = ident(&clock_table(&schema.name));
+    let mut sql = format!("UPDATE {clock} SET {};", sets.join(", "));
+    // `max` of one argument would be the aggregate.
+    if latest.len() > 1 {
+        let _ = write!(
+            sql,
+            "\nUPDATE {clock} SET {DV} = max({});",
+            latest.join(", ")
+        );
+    }
+    sql
 }
 
 /// Marks the live clock rows matching `filter` as deleted (causal length + 1).

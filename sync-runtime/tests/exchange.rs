@@ -854,3 +854,46 @@ fn plain_vacuum(path: &std::path::Path) -> bool {
         .and_then(|conn| conn.execute_batch("VACUUM"))
         .is_ok()
 }
+
+/// A byte copy of a file shares its site id: each would take the other's
+/// changes for its own. The copy takes a new site id, and the two converge,
+/// peer to peer, with what each made before and after the copy.
+#[tokio::test]
+async fn a_copy_with_a_new_site_id_converges_with_its_original() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = SyncDb::open(dir.path().join("a.db")).await.unwrap();
+    a.register::<Todo>().await.unwrap();
+    let shared = todo("shared");
+    a.insert(&shared).await.unwrap();
+    // The log moved into the file, so that the file alone is a whole copy.
+    a.vacuum().await.unwrap();
+    std::fs::copy(dir.path().join("a.db"), dir.path().join("b.db")).unwrap();
+    let b = SyncDb::open(dir.path().join("b.db")).await.unwrap();
+    b.register::<Todo>().await.unwrap();
+    assert_eq!(b.site_id(), a.site_id());
+    let new = b.new_site_id().await.unwrap();
+    assert_ne!(new, a.site_id());
+    assert_eq!(b.site_id(), new);
+
+    a.insert(&todo("from a")).await.unwrap();
+    b.insert(&todo("from b")).await.unwrap();
+    for (db, title) in [(&a, "a's title"), (&b, "b's title")] {
+        let mut row = shared.clone();
+        row.title = title.into();
+        db.update(&row).await.unwrap();
+    }
+    for _ in 0..2 {
+        b.apply_changes(&a.export_changes(Since::Beginning).await.unwrap())
+            .await
+            .unwrap();
+        a.apply_changes(&b.export_changes(Since::Beginning).await.unwrap())
+            .await
+            .unwrap();
+    }
+    let (on_a, on_b) = (rows(&a).await, rows(&b).await);
+    assert_eq!(on_a, on_b);
+    let mut titles: Vec<&str> = on_a.iter().map(|t| t.title.as_str()).collect();
+    titles.sort_unstable();
+    assert_eq!(titles, ["b's title", "from a", "from b"]);
+    converged(&[&a, &b]).await;
+}

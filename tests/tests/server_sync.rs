@@ -390,3 +390,39 @@ async fn a_refused_long_poll_is_a_transient_error() {
     assert!(started.elapsed() < options.wait, "the pull was held");
     server.stop().await;
 }
+
+/// A device's file copied to another device: the copy takes a new site id,
+/// and both sync as devices of their own, including what the original had not
+/// sent yet when it was copied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copied_file_with_a_new_site_id_syncs_as_a_device_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server")).await;
+    let url = server.url("todo");
+    publish_schema(&url, dir.path()).await;
+    let a = device(dir.path(), "a", &url, "ann").await;
+    a.insert(&todo("synced")).await.unwrap();
+    a.sync().await.unwrap();
+    a.insert(&todo("not sent when copied")).await.unwrap();
+    a.vacuum().await.unwrap();
+    std::fs::copy(dir.path().join("a.db"), dir.path().join("b.db")).unwrap();
+    let b = device(dir.path(), "b", &url, "ann").await;
+    b.new_site_id().await.unwrap();
+
+    a.insert(&todo("from a")).await.unwrap();
+    b.insert(&todo("from b")).await.unwrap();
+    // B syncs first, then A: each gets the other's.
+    sync_all(&[&b, &a]).await;
+    let c = device(dir.path(), "c", &url, "ann").await;
+    c.sync().await.unwrap();
+    let seen = rows(&c).await;
+    let mut titles: Vec<&str> = seen.iter().map(|t| t.title.as_str()).collect();
+    titles.sort_unstable();
+    assert_eq!(
+        titles,
+        ["from a", "from b", "not sent when copied", "synced"]
+    );
+    assert_eq!(rows(&a).await, seen);
+    assert_eq!(rows(&b).await, seen);
+    server.stop().await;
+}

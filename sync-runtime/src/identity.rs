@@ -1,0 +1,107 @@
+//! A database's site id, and the ones it had before.
+//!
+//! Every change is labelled with the site id of the database that made it and
+//! its version there. Two files that share a site id (a byte copy of a file,
+//! or a file restored from a backup over the device that kept writing after
+//! it) would label different changes alike, and replicas would take one for
+//! the other. Such a file takes a new site id ([`SyncDb::new_site_id`]) and
+//! keeps its rows and history:
+//!
+//! - the versions it made under its earlier id stay that id's: the id moves to
+//!   an ordinary ordinal of the site dictionary, and `_synced_identities`
+//!   records up to which version it was this database's;
+//! - its own changes that its server has not acknowledged yet (after the send
+//!   cursor of every server it syncs with, or all of them if it syncs with
+//!   none) are made again under the new id, at one new version, so that they
+//!   are sent: the other file may never send them. A replica that has them
+//!   already under the earlier id gets the same values again, which changes
+//!   nothing.
+
+use rusqlite::Connection;
+
+use crate::db::{SyncDb, Worker, write};
+use crate::error::{Error, Result};
+use crate::export::Cursor;
+use crate::id::SiteId;
+use crate::sql::{self, TableSql};
+use crate::tracking;
+
+impl SyncDb {
+    /// Gives this database a new site id, keeping its rows and their history.
+    ///
+    /// Call it on a file that is a copy of another replica's (two files must
+    /// never sync under one site id) or that was restored from a backup while
+    /// its device kept writing after the backup was taken. Returns the new id.
+    /// The changes it made and has not sent yet are sent under the new id (see
+    /// the module's documentation).
+    pub async fn new_site_id(&self) -> Result<SiteId> {
+        let site = SiteId::random().map_err(|e| Error::NoRandomness(e.to_string()))?;
+        self.call(move |w| rekey(w, site)).await?;
+        self.set_site_id(site);
+        Ok(site)
+    }
+}
+
+/// Moves the database to site id `site` (see the module's documentation).
+fn rekey(worker: &mut Worker, site: SiteId) -> Result<()> {
+    write(worker, |tx| {
+        tx.set_versions();
+        let conn = tx.conn();
+        let current: i64 = conn.query_row(sql::CURRENT_VERSION, [], |r| r.get(0))?;
+        let old: Vec<u8> = conn.query_row("SELECT site_id FROM _synced_state", [], |r| r.get(0))?;
+        conn.execute(
+            "UPDATE _synced_sites SET site_id = ?1 WHERE ordinal = 0",
+            [site.as_bytes().as_slice()],
+        )?;
+        conn.execute(
+            "INSERT INTO _synced_sites (ordinal, site_id) \
+             SELECT max(ordinal) + 1, ?1 FROM _synced_sites",
+            [&old],
+        )?;
+        let ordinal: i64 = conn.query_row(
+            "SELECT ordinal FROM _synced_sites WHERE site_id = ?1",
+            [&old],
+            |r| r.get(0),
+        )?;
+        conn.execute(
+            "INSERT INTO _synced_identities (upto, site) VALUES (?1, ?2) \
+             ON CONFLICT (upto) DO UPDATE SET site = excluded.site",
+            (current, ordinal),
+        )?;
+        // Made again under the new id: what no server acknowledged.
+        let acknowledged = acknowledged(conn)?;
+        let restamped = current + 1;
+        let mut moved = 0;
+        for schema in tracking::synced_tables(conn, false)? {
+            let sql = TableSql::new(&schema);
+            let mut statements = sql.restamp.split('\n');
+            if let Some(first) = statements.next() {
+                moved += conn.execute(first, (acknowledged, current, restamped))?;
+            }
+            for rest in statements {
+                conn.execute(rest, [])?;
+            }
+        }
+        conn.execute(
+            "UPDATE _synced_state SET site_id = ?1",
+            [site.as_bytes().as_slice()],
+        )?;
+        if moved > 0 {
+            conn.execute("UPDATE _synced_state SET db_version = ?1", [restamped])?;
+        }
+        Ok(())
+    })
+}
+
+/// The version up to which every server this database syncs with acknowledged
+/// its changes: the least of its send cursors; 0 without a server.
+fn acknowledged(conn: &Connection) -> Result<i64> {
+    let mut stmt = conn.prepare("SELECT sent FROM _synced_remote")?;
+    let sent = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    let mut least: Option<i64> = None;
+    for cursor in sent {
+        let version = cursor?.parse::<Cursor>().map_or(0, |c| c.version());
+        least = Some(least.map_or(version, |l| l.min(version)));
+    }
+    Ok(least.unwrap_or(0))
+}
