@@ -234,6 +234,17 @@ pub enum Error {
         reason: String,
     },
 
+    /// The server has received versions of this database's site id beyond its
+    /// own (409, `site_reused`): the file is a copy of another device's, or was
+    /// restored from a backup. [`SyncDb::sync`](crate::SyncDb::sync) handles it
+    /// by taking a new site id; it reaches the app only from
+    /// [`send_changes`](crate::SyncDb::send_changes) and the like.
+    #[error("the sync server has seen this database's site id further than it is: {message}")]
+    SiteReused {
+        /// The server's message.
+        message: String,
+    },
+
     /// The server could not be reached (no network, refused, timed out), even
     /// after the retries. Local writes go on; sync again later.
     #[error("the sync server at {url} is unreachable: {reason}")]

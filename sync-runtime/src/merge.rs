@@ -161,6 +161,26 @@ pub(crate) fn apply_push(
             payload.exporter
         ));
     }
+    // A device's version only grows: one that claims less than the server
+    // received from its site id is another file under that id.
+    let seen: i64 = conn
+        .prepare_cached(
+            "SELECT p.seen FROM _synced_peers AS p JOIN _synced_sites AS s ON s.ordinal = p.site \
+             WHERE s.site_id = ?1",
+        )?
+        .query_row([device.as_bytes().as_slice()], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0);
+    let upto = i64::try_from(payload.upto).unwrap_or(i64::MAX);
+    if payload.upto > payload.since && upto < seen {
+        return Err(Error::SiteReused {
+            message: format!(
+                "it received versions of site {device} up to {seen}, and this push says the \
+                 device is at {upto}: its file is a copy of another device's, or was restored \
+                 from a backup; it needs a new site id"
+            ),
+        });
+    }
     let own = |origin| made_by(payload, origin, device);
     for row in &payload.rows {
         if row.cl == wire::EVICT {

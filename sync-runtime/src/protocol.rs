@@ -22,6 +22,12 @@ use crate::value::Value;
 pub const SCHEMA_HEADER: &str = "synced-schema";
 /// The header with the device's site id (32 hex digits).
 pub const SITE_HEADER: &str = "synced-site";
+/// The answer header of a push or a pull with the highest version the server
+/// has received from the calling device's site id. A device whose own version
+/// is lower was copied or restored from a backup: its site id made versions it
+/// no longer has, and it takes a new one (see
+/// [`SyncDb::new_site_id`](crate::SyncDb::new_site_id)).
+pub const SEEN_HEADER: &str = "synced-seen";
 /// The header with an API key (services and admins).
 pub const API_KEY_HEADER: &str = "x-api-key";
 
@@ -146,6 +152,12 @@ impl ErrorBody {
     /// is damaged, until an operator restores it from a backup. A retry in a few
     /// seconds does not help, unlike the other 503s.
     pub const DATABASE_UNAVAILABLE: &str = "database_unavailable";
+
+    /// The code of a push refused because the server has received versions of
+    /// the device's site id beyond the ones it sends (409): the device's file
+    /// is a copy of another's, or was restored from a backup. The device takes
+    /// a new site id and sends again.
+    pub const SITE_REUSED: &str = "site_reused";
 }
 
 /// The body of a pull answer: one batch of changes and the cursor after it, with a

@@ -141,6 +141,9 @@ pub(crate) struct RemoteState {
     remote: Remote,
     /// The client, or why none could be built (reported by every sync).
     http: std::result::Result<reqwest::Client, String>,
+    /// The last [`SEEN_HEADER`](crate::protocol::SEEN_HEADER) an answer
+    /// carried, -1 if none since it was read.
+    seen: std::sync::atomic::AtomicI64,
     sending: Mutex<()>,
     receiving: Mutex<()>,
 }
@@ -231,6 +234,12 @@ pub struct SyncReport {
     /// taken there. Typically the user may write nothing in the tables written
     /// (a database without policies for users is closed to them).
     pub refused_all: bool,
+    /// Whether the server had received versions of this database's site id
+    /// beyond its own version: the file is a copy of another device's, or was
+    /// restored from a backup. It took a new site id
+    /// ([`SyncDb::new_site_id`]) and forgot its cursors for this server, so
+    /// that it sends what no server acknowledged and fetches what it lacks.
+    pub site_id_renewed: bool,
 }
 
 impl SyncReport {
@@ -238,6 +247,7 @@ impl SyncReport {
         self.rejected.extend(other.rejected.iter().cloned());
         self.quarantined += other.quarantined;
         self.refused_all |= other.refused_all;
+        self.site_id_renewed |= other.site_id_renewed;
         self.changes_sent += other.changes_sent;
         self.changes_received += other.changes_received;
         self.applied += other.applied;
@@ -265,6 +275,7 @@ impl SyncDb {
         self.set_remote_state(Arc::new(RemoteState {
             remote,
             http,
+            seen: std::sync::atomic::AtomicI64::new(-1),
             sending: Mutex::new(()),
             receiving: Mutex::new(()),
         }));
@@ -280,6 +291,19 @@ impl SyncDb {
     /// [`send_changes`](Self::send_changes), then
     /// [`check_changes`](Self::check_changes), with these options.
     pub async fn sync_with(&self, options: SyncOptions) -> Result<SyncReport> {
+        let mut report = self.sync_once(&options).await?;
+        if report.site_id_renewed {
+            // Under the new site id: what was not acknowledged, and everything
+            // the server has.
+            let again = self.sync_once(&options).await?;
+            report.add(&again);
+        }
+        Ok(report)
+    }
+
+    /// One send and one fetch.
+    async fn sync_once(&self, options: &SyncOptions) -> Result<SyncReport> {
+        let options = options.clone();
         let mut report = self.send_changes_with(&options).await?;
         let progress = options.progress.clone().map(|each| {
             let sent = report.clone();
@@ -315,6 +339,50 @@ impl SyncDb {
     /// overlap, and a large send takes little more than the server's merging.
     pub async fn send_changes_with(&self, options: &SyncOptions) -> Result<SyncReport> {
         let state = self.remote_state().ok_or(Error::NoRemote)?;
+        let mut report = match self.send_batches(&state, options).await {
+            // Nothing of the refused batch was taken, nor acknowledged here.
+            Err(Error::SiteReused { .. }) => {
+                state
+                    .seen
+                    .store(i64::MAX, std::sync::atomic::Ordering::Relaxed);
+                SyncReport::default()
+            }
+            other => other?,
+        };
+        report.site_id_renewed = self.renew_if_reused(&state).await?;
+        Ok(report)
+    }
+
+    /// If the server's answers said it has received versions of this
+    /// database's site id beyond its own, takes a new site id and forgets the
+    /// cursors for this server (see [`SyncReport::site_id_renewed`]).
+    async fn renew_if_reused(&self, state: &RemoteState) -> Result<bool> {
+        let seen = state.seen.swap(-1, std::sync::atomic::Ordering::Relaxed);
+        if seen <= self.db_version().await? {
+            return Ok(false);
+        }
+        // No send or fetch of this server runs meanwhile.
+        let _sending = state.sending.lock().await;
+        let _receiving = state.receiving.lock().await;
+        // The send cursor says what is made again under the new id: first.
+        self.new_site_id().await?;
+        let url = state.remote.url.clone();
+        self.call(move |w| {
+            w.conn
+                .execute("DELETE FROM _synced_remote WHERE url = ?1", [url])?;
+            Ok(())
+        })
+        .await?;
+        Ok(true)
+    }
+
+    /// The batches of [`send_changes_with`](Self::send_changes_with).
+    async fn send_batches(
+        &self,
+        state: &Arc<RemoteState>,
+        options: &SyncOptions,
+    ) -> Result<SyncReport> {
+        let state = Arc::clone(state);
         let _one_at_a_time = state.sending.lock().await;
         let url = state.remote.url.clone();
         let limits = state.remote.limits;
@@ -391,6 +459,18 @@ impl SyncDb {
     /// While one batch is merged here, the next one is fetched.
     pub async fn check_changes_with(&self, options: &SyncOptions) -> Result<SyncReport> {
         let state = self.remote_state().ok_or(Error::NoRemote)?;
+        let mut report = self.fetch_batches(&state, options).await?;
+        report.site_id_renewed = self.renew_if_reused(&state).await?;
+        Ok(report)
+    }
+
+    /// The batches of [`check_changes_with`](Self::check_changes_with).
+    async fn fetch_batches(
+        &self,
+        state: &Arc<RemoteState>,
+        options: &SyncOptions,
+    ) -> Result<SyncReport> {
+        let state = Arc::clone(state);
         let _one_at_a_time = state.receiving.lock().await;
         let url = state.remote.url.clone();
         let fingerprint = self.schema_fingerprint().await?;
@@ -659,6 +739,15 @@ impl RemoteState {
             Err(e) => return (Err(offline(e)), None),
         };
         let retry_after = retry_after(response.headers());
+        if let Some(seen) = response
+            .headers()
+            .get(crate::protocol::SEEN_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<i64>().ok())
+        {
+            self.seen
+                .fetch_max(seen, std::sync::atomic::Ordering::Relaxed);
+        }
         (self.read_answer(response).await, retry_after)
     }
 
@@ -684,6 +773,7 @@ impl RemoteState {
             503 if code.as_deref() == Some(ErrorBody::DATABASE_UNAVAILABLE) => {
                 Error::DatabaseUnavailable { message }
             }
+            409 if code.as_deref() == Some(ErrorBody::SITE_REUSED) => Error::SiteReused { message },
             401 => Error::Unauthorized { message },
             403 => Error::Forbidden { message },
             409 => Error::ServerSchemaMismatch { message },

@@ -121,7 +121,7 @@ impl Error {
             Error::TooManyWaitingPulls { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::DatabaseUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::Runtime(e) => match e {
-                R::SchemaMismatch { .. } => StatusCode::CONFLICT,
+                R::SchemaMismatch { .. } | R::SiteReused { .. } => StatusCode::CONFLICT,
                 R::Payload(sync_runtime::wire::WireError::TooLarge { .. }) => {
                     StatusCode::PAYLOAD_TOO_LARGE
                 }
@@ -152,6 +152,7 @@ impl Error {
     pub fn body_code(&self) -> &'static str {
         match self {
             Error::DatabaseUnavailable { .. } => ErrorBody::DATABASE_UNAVAILABLE,
+            Error::Runtime(sync_runtime::Error::SiteReused { .. }) => ErrorBody::SITE_REUSED,
             other => Error::code(other.status()),
         }
     }

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::HeaderName;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
@@ -28,7 +29,9 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use bytes::Bytes;
 use serde::Deserialize;
-use sync_runtime::protocol::{self, PullResponse, PushAck, SCHEMA_HEADER, SITE_HEADER};
+use sync_runtime::protocol::{
+    self, PullResponse, PushAck, SCHEMA_HEADER, SEEN_HEADER, SITE_HEADER,
+};
 use sync_runtime::wire::{self, Payload};
 use sync_runtime::{Batch, BatchLimits, Cursor, RowFilters, SiteId, TableSchema};
 use tokio::sync::watch;
@@ -215,7 +218,7 @@ async fn push(
     Extension(caller): Extension<Principal>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<PushAck>> {
+) -> Result<Response> {
     let db = state.database(&name, &caller).await?;
     let body = body.map_err(|rejection| body_error(&rejection, state.limits()))?;
     check_schema(&*db, &name, &headers).await?;
@@ -253,7 +256,8 @@ async fn push(
         rejected = ack.rejected.len(),
         "push merged"
     );
-    Ok(Json(ack))
+    let seen = db.seen_version(site).await?;
+    Ok(([(SEEN_HEADER, seen.to_string())], Json::<PushAck>(ack)).into_response())
 }
 
 /// Decodes a pushed payload whose body may inflate to `limit` bytes, on the
@@ -334,7 +338,15 @@ async fn pull(
         complete: batch.complete,
     }
     .encode();
-    Ok(([(CONTENT_TYPE, "application/octet-stream")], body).into_response())
+    let seen = db.seen_version(site).await?;
+    Ok((
+        [
+            (CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (HeaderName::from_static(SEEN_HEADER), seen.to_string()),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 /// What a pull reads: the changes of `db` not made by `site`, that `filter`

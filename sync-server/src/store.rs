@@ -133,6 +133,10 @@ pub trait Database: Send + Sync + 'static {
     /// The fingerprint of the registered tables, which clients must match.
     fn fingerprint(&self) -> BoxFuture<'_, Result<u64>>;
 
+    /// The highest version received from `site` (0 if none): see
+    /// [`sync_runtime::protocol::SEEN_HEADER`].
+    fn seen_version(&self, site: SiteId) -> BoxFuture<'_, Result<i64>>;
+
     /// The database's version, updated after every commit that created one: a
     /// pull that found nothing waits on it for new changes.
     fn subscribe(&self) -> watch::Receiver<i64>;
@@ -454,6 +458,10 @@ impl Database for SqliteDatabase {
             // A schema change that finished meanwhile stored its own.
             Ok(*lock(&self.fingerprint).get_or_insert(fingerprint))
         })
+    }
+
+    fn seen_version(&self, site: SiteId) -> BoxFuture<'_, Result<i64>> {
+        Box::pin(async move { Ok(self.db.seen_version(site).await?) })
     }
 
     fn claim_site<'a>(&'a self, site: SiteId, owner: &'a str) -> BoxFuture<'a, Result<bool>> {

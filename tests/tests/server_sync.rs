@@ -426,3 +426,77 @@ async fn a_copied_file_with_a_new_site_id_syncs_as_a_device_of_its_own() {
     assert_eq!(rows(&b).await, seen);
     server.stop().await;
 }
+
+/// A device restored from a backup taken before it sent some changes: its
+/// server has versions of its site id beyond its own, so it takes a new site
+/// id at its next sync, and gets back every change it had sent after the
+/// backup, with what it writes now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_restored_from_a_backup_gets_back_what_it_sent_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server")).await;
+    let url = server.url("todo");
+    publish_schema(&url, dir.path()).await;
+    let phone = device(dir.path(), "phone", &url, "ann").await;
+    phone.insert(&todo("before the backup")).await.unwrap();
+    phone.sync().await.unwrap();
+    phone.vacuum().await.unwrap();
+    std::fs::copy(dir.path().join("phone.db"), dir.path().join("backup.db")).unwrap();
+    phone.insert(&todo("after the backup")).await.unwrap();
+    phone.insert(&todo("also after")).await.unwrap();
+    phone.sync().await.unwrap();
+    let site = phone.site_id();
+    drop(phone);
+
+    // The phone starts again from the backup.
+    let restored = device(dir.path(), "backup", &url, "ann").await;
+    assert_eq!(restored.site_id(), site);
+    restored.insert(&todo("after the restore")).await.unwrap();
+    let report = restored.sync().await.unwrap();
+    assert!(report.site_id_renewed, "{report:?}");
+    assert_ne!(restored.site_id(), site);
+    let mut titles: Vec<String> = rows(&restored).await.into_iter().map(|t| t.title).collect();
+    titles.sort();
+    assert_eq!(
+        titles,
+        [
+            "after the backup",
+            "after the restore",
+            "also after",
+            "before the backup"
+        ]
+    );
+    let other = device(dir.path(), "other", &url, "ann").await;
+    other.sync().await.unwrap();
+    assert_eq!(rows(&other).await, rows(&restored).await);
+    // Later syncs are ordinary ones.
+    assert!(!restored.sync().await.unwrap().site_id_renewed);
+    server.stop().await;
+}
+
+/// A copy that syncs after its original went further is noticed the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copied_file_behind_its_original_takes_a_new_site_id_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server")).await;
+    let url = server.url("todo");
+    publish_schema(&url, dir.path()).await;
+    let a = device(dir.path(), "a", &url, "ann").await;
+    a.insert(&todo("synced")).await.unwrap();
+    a.sync().await.unwrap();
+    a.vacuum().await.unwrap();
+    std::fs::copy(dir.path().join("a.db"), dir.path().join("b.db")).unwrap();
+    let b = device(dir.path(), "b", &url, "ann").await;
+    for title in ["from a", "from a again"] {
+        a.insert(&todo(title)).await.unwrap();
+    }
+    a.sync().await.unwrap();
+    b.insert(&todo("from b")).await.unwrap();
+    assert!(b.sync().await.unwrap().site_id_renewed);
+    a.sync().await.unwrap();
+    let mut titles: Vec<String> = rows(&a).await.into_iter().map(|t| t.title).collect();
+    titles.sort();
+    assert_eq!(titles, ["from a", "from a again", "from b", "synced"]);
+    assert_eq!(rows(&a).await, rows(&b).await);
+    server.stop().await;
+}
