@@ -234,11 +234,12 @@ pub enum Error {
         reason: String,
     },
 
-    /// The server has received versions of this database's site id beyond its
-    /// own (409, `site_reused`): the file is a copy of another device's, or was
-    /// restored from a backup. [`SyncDb::sync`](crate::SyncDb::sync) handles it
-    /// by taking a new site id; it reaches the app only from
-    /// [`send_changes`](crate::SyncDb::send_changes) and the like.
+    /// Another file made changes under this database's site id: the server has
+    /// received versions of it beyond this database's own (409, `site_reused`),
+    /// or sent a change in its name that it did not make. The file is a copy
+    /// of another device's, or was restored from a backup (or someone with its
+    /// user's token wrote in its name). The sync takes a new site id and goes
+    /// on ([`SyncReport::site_id_renewed`](crate::SyncReport::site_id_renewed)).
     #[error("the sync server has seen this database's site id further than it is: {message}")]
     SiteReused {
         /// The server's message.

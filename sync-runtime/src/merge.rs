@@ -614,10 +614,13 @@ fn own_version(conn: &Connection, version: i64, current: i64, may_return: bool) 
         .last()
         .is_some_and(|(upto, _)| version <= *upto);
     if version < 1 || version > current || remote || earlier {
-        return Err(Error::Refused {
-            reason: format!(
-                "a change claims to have been made here at version {version}, which is not \
-                 one of this database's own"
+        // From its server: another file made changes under this database's
+        // site id (a copy, a restored backup, or someone with its user's
+        // token); it takes a new one (see `crate::identity`).
+        return Err(Error::SiteReused {
+            message: format!(
+                "a change in this database's name claims version {version}, which is not \
+                 one of its own"
             ),
         });
     }

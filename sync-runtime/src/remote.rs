@@ -459,7 +459,16 @@ impl SyncDb {
     /// While one batch is merged here, the next one is fetched.
     pub async fn check_changes_with(&self, options: &SyncOptions) -> Result<SyncReport> {
         let state = self.remote_state().ok_or(Error::NoRemote)?;
-        let mut report = self.fetch_batches(&state, options).await?;
+        let mut report = match self.fetch_batches(&state, options).await {
+            // The batch that showed it was not applied, nor its cursor kept.
+            Err(Error::SiteReused { .. }) => {
+                state
+                    .seen
+                    .store(i64::MAX, std::sync::atomic::Ordering::Relaxed);
+                SyncReport::default()
+            }
+            other => other?,
+        };
         report.site_id_renewed = self.renew_if_reused(&state).await?;
         Ok(report)
     }
