@@ -240,6 +240,10 @@ pub struct SyncReport {
     /// ([`SyncDb::new_site_id`]) and forgot its cursors for this server, so
     /// that it sends what no server acknowledged and fetches what it lacks.
     pub site_id_renewed: bool,
+    /// Whether the server had lost changes of this device that it had
+    /// acknowledged (its database was restored from a backup): they are sent
+    /// again, in this sync.
+    pub server_lost_changes: bool,
 }
 
 impl SyncReport {
@@ -248,6 +252,7 @@ impl SyncReport {
         self.quarantined += other.quarantined;
         self.refused_all |= other.refused_all;
         self.site_id_renewed |= other.site_id_renewed;
+        self.server_lost_changes |= other.server_lost_changes;
         self.changes_sent += other.changes_sent;
         self.changes_received += other.changes_received;
         self.applied += other.applied;
@@ -292,7 +297,7 @@ impl SyncDb {
     /// [`check_changes`](Self::check_changes), with these options.
     pub async fn sync_with(&self, options: SyncOptions) -> Result<SyncReport> {
         let mut report = self.sync_once(&options).await?;
-        if report.site_id_renewed {
+        if report.site_id_renewed || report.server_lost_changes {
             // Under the new site id: what was not acknowledged, and everything
             // the server has.
             let again = self.sync_once(&options).await?;
@@ -349,18 +354,25 @@ impl SyncDb {
             }
             other => other?,
         };
-        report.site_id_renewed = self.renew_if_reused(&state).await?;
+        self.after_answers(&state, &mut report).await?;
         Ok(report)
     }
 
-    /// If the server's answers said it has received versions of this
-    /// database's site id beyond its own, takes a new site id and forgets the
-    /// cursors for this server (see [`SyncReport::site_id_renewed`]).
-    async fn renew_if_reused(&self, state: &RemoteState) -> Result<bool> {
+    /// Acts on how far the server's answers said it has received this
+    /// database's site id: beyond its own version, takes a new site id and
+    /// forgets the cursors for this server (see
+    /// [`SyncReport::site_id_renewed`]); short of what it acknowledged, sends
+    /// again from there (see [`SyncReport::server_lost_changes`]).
+    async fn after_answers(&self, state: &RemoteState, report: &mut SyncReport) -> Result<()> {
         let seen = state.seen.swap(-1, std::sync::atomic::Ordering::Relaxed);
-        if seen <= self.db_version().await? {
-            return Ok(false);
+        if seen < 0 {
+            return Ok(());
         }
+        if seen <= self.db_version().await? {
+            report.server_lost_changes |= self.resend_if_lost(state, seen).await?;
+            return Ok(());
+        }
+        report.site_id_renewed = true;
         // No send or fetch of this server runs meanwhile.
         let _sending = state.sending.lock().await;
         let _receiving = state.receiving.lock().await;
@@ -370,6 +382,27 @@ impl SyncDb {
         self.call(move |w| {
             w.conn
                 .execute("DELETE FROM _synced_remote WHERE url = ?1", [url])?;
+            Ok(())
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// If the server has received this database's changes only up to `seen`,
+    /// short of what it acknowledged (its database was restored from a
+    /// backup), moves the send cursor back there; returns whether it did.
+    async fn resend_if_lost(&self, state: &RemoteState, seen: i64) -> Result<bool> {
+        let _sending = state.sending.lock().await;
+        let url = state.remote.url.clone();
+        let sent = self.remote_cursors(&url).await?.0;
+        if seen >= sent.version() {
+            return Ok(false);
+        }
+        self.call(move |w| {
+            w.conn.execute(
+                "UPDATE _synced_remote SET sent = ?2 WHERE url = ?1",
+                [url, Cursor::at(seen).to_string()],
+            )?;
             Ok(())
         })
         .await?;
@@ -469,7 +502,7 @@ impl SyncDb {
             }
             other => other?,
         };
-        report.site_id_renewed = self.renew_if_reused(&state).await?;
+        self.after_answers(&state, &mut report).await?;
         Ok(report)
     }
 

@@ -500,3 +500,64 @@ async fn a_copied_file_behind_its_original_takes_a_new_site_id_on_its_own() {
     assert_eq!(rows(&a).await, rows(&b).await);
     server.stop().await;
 }
+
+/// A server whose database file is replaced by an older copy (restored from a
+/// backup) has lost changes it had acknowledged: the devices that made them
+/// send them again at their next sync, and nothing any device holds is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_send_again_what_a_server_restored_from_a_backup_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = support::config(&dir.path().join("server"));
+    let server = TestServer::start_with(config.clone()).await;
+    let url = server.url("todo");
+    publish_schema(&url, dir.path()).await;
+    let a = device(dir.path(), "a", &url, "ann").await;
+    let b = device(dir.path(), "b", &url, "bob").await;
+    a.insert(&todo("before the backup")).await.unwrap();
+    sync_all(&[&a, &b]).await;
+    // A backup of the running server's database, as SQLite takes one.
+    let restored = dir.path().join("restored");
+    std::fs::create_dir(&restored).unwrap();
+    rusqlite::Connection::open(dir.path().join("server/todo.db"))
+        .unwrap()
+        .execute(
+            "VACUUM INTO ?1",
+            [restored.join("todo.db").to_str().unwrap()],
+        )
+        .unwrap();
+    a.insert(&todo("after the backup, from a")).await.unwrap();
+    b.insert(&todo("after the backup, from b")).await.unwrap();
+    sync_all(&[&a, &b]).await;
+
+    // The server comes back on the same address with the backup.
+    let address = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    server.stop().await;
+    config.listen = address;
+    config.data = restored;
+    let server = TestServer::start_with(config).await;
+    let report = a.sync().await.unwrap();
+    assert!(report.server_lost_changes, "{report:?}");
+    assert!(b.sync().await.unwrap().server_lost_changes);
+    sync_all(&[&a, &b]).await;
+    let c = device(dir.path(), "c", &url, "cy").await;
+    c.sync().await.unwrap();
+    let mut titles: Vec<String> = rows(&c).await.into_iter().map(|t| t.title).collect();
+    titles.sort();
+    assert_eq!(
+        titles,
+        [
+            "after the backup, from a",
+            "after the backup, from b",
+            "before the backup"
+        ]
+    );
+    assert_eq!(rows(&a).await, rows(&c).await);
+    assert_eq!(rows(&b).await, rows(&c).await);
+    server.stop().await;
+}
