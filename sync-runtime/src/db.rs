@@ -594,15 +594,29 @@ impl SyncDb {
     /// the book's "Offline and conflicts" chapter; the changes it takes are not
     /// recorded as local changes, yet they are exported again by
     /// `export_changes`, so a replica can relay them.
+    ///
+    /// A payload that carries a change in this database's own name that it did
+    /// not make shows that another file writes under its site id (a copy of
+    /// this one): this database takes a new site id
+    /// ([`new_site_id`](Self::new_site_id)) and merges the payload again, the
+    /// change then taken as the other file's.
     pub async fn apply_changes(&self, payload: &[u8]) -> Result<ApplyReport> {
-        let payload = payload.to_vec();
-        self.call(move |w| {
-            write(w, |tx| {
-                tx.set_versions();
-                merge::apply(tx.conn(), &payload, merge::Source::Peer)
+        let payload = std::sync::Arc::new(payload.to_vec());
+        let merge = |payload: std::sync::Arc<Vec<u8>>| {
+            self.call(move |w| {
+                write(w, |tx| {
+                    tx.set_versions();
+                    merge::apply(tx.conn(), &payload, merge::Source::Peer)
+                })
             })
-        })
-        .await
+        };
+        match merge(std::sync::Arc::clone(&payload)).await {
+            Err(Error::SiteReused { .. }) => {
+                self.new_site_id().await?;
+                merge(payload).await
+            }
+            other => other,
+        }
     }
 
     /// Merges what a device pushed, as a server does: like

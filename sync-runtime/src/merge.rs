@@ -566,10 +566,12 @@ impl Versions {
     /// its own coming back from its server (a row restored after a refused
     /// push): it keeps the version it was made at, so that it is not taken for
     /// a new change and sent again, and only a version this database gave one
-    /// of its own transactions is believed. From anyone else (a peer), such a
-    /// change is refused: its own changes never come back newer than what it
-    /// holds, and one taken at a version not sent yet would go to its server as
-    /// its own write.
+    /// of its own transactions is believed. Anything else shows that another
+    /// file writes under this database's site id ([`Error::SiteReused`]): its
+    /// own changes never come back from a peer newer than what it holds, and
+    /// one taken at a version not sent yet would go to its server as its own
+    /// write. The caller takes a new site id and merges again (see
+    /// [`crate::identity`]).
     fn local(
         &mut self,
         conn: &Connection,
@@ -600,9 +602,11 @@ impl Versions {
 /// (see [`Versions::local`]).
 fn own_version(conn: &Connection, version: i64, current: i64, may_return: bool) -> Result<i64> {
     if !may_return {
-        return Err(Error::Refused {
-            reason: "a change in this database's own name is newer than what it holds: \
-                     only this database makes its changes"
+        // Another file writes under this database's site id (see
+        // `crate::identity`): it takes a new one, and the change is the other's.
+        return Err(Error::SiteReused {
+            message: "a peer's change in this database's own name is newer than what it \
+                      holds: only this database makes its changes"
                 .into(),
         });
     }

@@ -897,3 +897,34 @@ async fn a_copy_with_a_new_site_id_converges_with_its_original() {
     assert_eq!(titles, ["b's title", "from a", "from b"]);
     converged(&[&a, &b]).await;
 }
+
+/// Two copies that never took a new site id notice each other when they meet:
+/// the one that gets a change in its own name that it did not make takes a new
+/// site id, and they converge.
+#[tokio::test]
+async fn copies_that_meet_peer_to_peer_notice_it_and_converge() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = SyncDb::open(dir.path().join("a.db")).await.unwrap();
+    a.register::<Todo>().await.unwrap();
+    a.insert(&todo("shared")).await.unwrap();
+    a.vacuum().await.unwrap();
+    std::fs::copy(dir.path().join("a.db"), dir.path().join("b.db")).unwrap();
+    let b = SyncDb::open(dir.path().join("b.db")).await.unwrap();
+    b.register::<Todo>().await.unwrap();
+    a.insert(&todo("from a")).await.unwrap();
+    b.insert(&todo("from b")).await.unwrap();
+    b.insert(&todo("from b again")).await.unwrap();
+    let site = a.site_id();
+    for _ in 0..2 {
+        b.apply_changes(&a.export_changes(Since::Beginning).await.unwrap())
+            .await
+            .unwrap();
+        a.apply_changes(&b.export_changes(Since::Beginning).await.unwrap())
+            .await
+            .unwrap();
+    }
+    assert!(a.site_id() != site || b.site_id() != site);
+    assert_ne!(a.site_id(), b.site_id());
+    assert_eq!(rows(&a).await.len(), 4);
+    converged(&[&a, &b]).await;
+}
