@@ -28,10 +28,6 @@ pub const SITE_HEADER: &str = "synced-site";
 /// no longer has, and it takes a new one (see
 /// [`SyncDb::new_site_id`](crate::SyncDb::new_site_id)).
 pub const SEEN_HEADER: &str = "synced-seen";
-/// The request header of a pull with the device's own version: a server that
-/// has received versions of the device's site id beyond it answers 409
-/// `site_reused` (see [`ErrorBody::SITE_REUSED`]).
-pub const VERSION_HEADER: &str = "synced-version";
 /// The header with an API key (services and admins).
 pub const API_KEY_HEADER: &str = "x-api-key";
 

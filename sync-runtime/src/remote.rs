@@ -591,7 +591,6 @@ impl SyncDb {
             ("limit", state.remote.limits.max_rows.to_string()),
         ];
         let site = self.site_id().to_string();
-        let version = self.db_version().await?.to_string();
         state
             .call(
                 options,
@@ -601,7 +600,6 @@ impl SyncDb {
                         .timeout(remote.timeout + wait)
                         .header(SCHEMA_HEADER, fingerprint_hex(fingerprint))
                         .header(SITE_HEADER, &site)
-                        .header(crate::protocol::VERSION_HEADER, &version)
                 },
                 |body| PullResponse::decode(body).map_err(|e| e.to_string()),
             )
