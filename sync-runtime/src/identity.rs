@@ -17,7 +17,7 @@
 //!   already under the earlier id gets the same values again, which changes
 //!   nothing.
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 
 use crate::db::{SyncDb, Worker, write};
 use crate::error::{Error, Result};
@@ -39,6 +39,61 @@ impl SyncDb {
         self.call(move |w| rekey(w, site)).await?;
         self.set_site_id(site);
         Ok(site)
+    }
+}
+
+impl SyncDb {
+    /// The site id this database had before its current one, if it had one.
+    pub(crate) async fn previous_site_id(&self) -> Result<Option<SiteId>> {
+        self.call(|w| {
+            let Some(&(_, ordinal)) = crate::change::identities(&w.conn)?.last() else {
+                return Ok(None);
+            };
+            let bytes: Vec<u8> = w.conn.query_row(
+                "SELECT site_id FROM _synced_sites WHERE ordinal = ?1",
+                [ordinal],
+                |r| r.get(0),
+            )?;
+            Ok(<[u8; 16]>::try_from(bytes.as_slice())
+                .ok()
+                .map(SiteId::from_bytes))
+        })
+        .await
+    }
+
+    /// On a server: gives device site `to` the record of the rows device site
+    /// `from` holds (see [`crate::filter`]), when `to` has none yet and both
+    /// belong to `owner`: a device that took a new site id
+    /// ([`new_site_id`](Self::new_site_id)) still gets the evictions of the
+    /// rows its user may no longer read.
+    pub async fn inherit_held(&self, from: SiteId, to: SiteId, owner: &str) -> Result<()> {
+        let owner = owner.to_owned();
+        self.call(move |w| {
+            // Reads, and one statement when there is something to carry over:
+            // a device sends this with every request.
+            let conn = &w.conn;
+            let owned: Option<String> = conn
+                .prepare_cached("SELECT owner FROM _synced_site_owners WHERE site_id = ?1")?
+                .query_row([from.as_bytes().as_slice()], |r| r.get(0))
+                .optional()?;
+            if from == to || owned.as_deref() != Some(owner.as_str()) {
+                return Ok(());
+            }
+            let ordinals = crate::merge::local_sites(conn, &[from, to])?;
+            let has: bool = conn
+                .prepare_cached("SELECT EXISTS (SELECT 1 FROM _synced_held WHERE site = ?1)")?
+                .query_row([ordinals[1]], |r| r.get(0))?;
+            if !has {
+                conn.execute(
+                    "INSERT INTO _synced_held (site, tbl, pk, evicted, at) \
+                     SELECT ?2, tbl, pk, evicted, at FROM _synced_held WHERE site = ?1 \
+                     ON CONFLICT DO NOTHING",
+                    (ordinals[0], ordinals[1]),
+                )?;
+            }
+            Ok(())
+        })
+        .await
     }
 }
 

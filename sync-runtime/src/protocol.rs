@@ -28,6 +28,11 @@ pub const SITE_HEADER: &str = "synced-site";
 /// no longer has, and it takes a new one (see
 /// [`SyncDb::new_site_id`](crate::SyncDb::new_site_id)).
 pub const SEEN_HEADER: &str = "synced-seen";
+/// The request header with the site id a device had before its current one
+/// (see [`SyncDb::new_site_id`](crate::SyncDb::new_site_id)): its server
+/// carries over what it knew of the rows the device holds, so that rows its
+/// user may no longer read are still evicted.
+pub const PREVIOUS_SITE_HEADER: &str = "synced-previous-site";
 /// The header with an API key (services and admins).
 pub const API_KEY_HEADER: &str = "x-api-key";
 

@@ -557,6 +557,7 @@ impl SyncDb {
         payload: bytes::Bytes,
     ) -> Result<PushAck> {
         let site = self.site_id().to_string();
+        let previous = self.previous_site_header().await?;
         state
             .call(
                 options,
@@ -565,6 +566,7 @@ impl SyncDb {
                         .authorize(http.post(format!("{}/push", remote.url)))
                         .header(SCHEMA_HEADER, fingerprint_hex(fingerprint))
                         .header(SITE_HEADER, &site)
+                        .header(crate::protocol::PREVIOUS_SITE_HEADER, &previous)
                         .body(payload.clone())
                 },
                 // Read whole: a cut or damaged acknowledgement is no acknowledgement.
@@ -574,6 +576,16 @@ impl SyncDb {
                 },
             )
             .await
+    }
+
+    /// The [`PREVIOUS_SITE_HEADER`](crate::protocol::PREVIOUS_SITE_HEADER)
+    /// value: the site id this database had before, or empty.
+    async fn previous_site_header(&self) -> Result<String> {
+        Ok(self
+            .previous_site_id()
+            .await?
+            .map(|site| site.to_string())
+            .unwrap_or_default())
     }
 
     /// Fetches the batch after `cursor`, waiting up to `wait` for one.
@@ -591,6 +603,7 @@ impl SyncDb {
             ("limit", state.remote.limits.max_rows.to_string()),
         ];
         let site = self.site_id().to_string();
+        let previous = self.previous_site_header().await?;
         state
             .call(
                 options,
@@ -600,6 +613,7 @@ impl SyncDb {
                         .timeout(remote.timeout + wait)
                         .header(SCHEMA_HEADER, fingerprint_hex(fingerprint))
                         .header(SITE_HEADER, &site)
+                        .header(crate::protocol::PREVIOUS_SITE_HEADER, &previous)
                 },
                 |body| PullResponse::decode(body).map_err(|e| e.to_string()),
             )

@@ -508,6 +508,14 @@ async fn device_site(db: &dyn Database, caller: &Principal, headers: &HeaderMap)
                 .into(),
         ));
     }
+    // A device that took a new site id keeps what the server knew it holds.
+    if let Some(previous) = headers
+        .get(protocol::PREVIOUS_SITE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<SiteId>().ok())
+    {
+        db.inherit_held(previous, site, &owner).await?;
+    }
     Ok(site)
 }
 

@@ -133,6 +133,15 @@ pub trait Database: Send + Sync + 'static {
     /// The fingerprint of the registered tables, which clients must match.
     fn fingerprint(&self) -> BoxFuture<'_, Result<u64>>;
 
+    /// Gives device site `to` the record of the rows `from` holds, if `to` has
+    /// none and both belong to `owner` (see [`SyncDb::inherit_held`]).
+    fn inherit_held<'a>(
+        &'a self,
+        from: SiteId,
+        to: SiteId,
+        owner: &'a str,
+    ) -> BoxFuture<'a, Result<()>>;
+
     /// The highest version received from `site` (0 if none): see
     /// [`sync_runtime::protocol::SEEN_HEADER`].
     fn seen_version(&self, site: SiteId) -> BoxFuture<'_, Result<i64>>;
@@ -458,6 +467,15 @@ impl Database for SqliteDatabase {
             // A schema change that finished meanwhile stored its own.
             Ok(*lock(&self.fingerprint).get_or_insert(fingerprint))
         })
+    }
+
+    fn inherit_held<'a>(
+        &'a self,
+        from: SiteId,
+        to: SiteId,
+        owner: &'a str,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move { Ok(self.db.inherit_held(from, to, owner).await?) })
     }
 
     fn seen_version(&self, site: SiteId) -> BoxFuture<'_, Result<i64>> {
