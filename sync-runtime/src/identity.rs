@@ -62,7 +62,8 @@ impl SyncDb {
     }
 
     /// On a server: gives device site `to` the record of the rows device site
-    /// `from` holds (see [`crate::filter`]), when `to` has none yet and both
+    /// `from` holds (the rows a filtered pull evicts when they stop passing),
+    /// when `to` has none yet and both
     /// belong to `owner`: a device that took a new site id
     /// ([`new_site_id`](Self::new_site_id)) still gets the evictions of the
     /// rows its user may no longer read.
