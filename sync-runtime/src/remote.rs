@@ -344,8 +344,25 @@ impl SyncDb {
     /// overlap, and a large send takes little more than the server's merging.
     pub async fn send_changes_with(&self, options: &SyncOptions) -> Result<SyncReport> {
         let state = self.remote_state().ok_or(Error::NoRemote)?;
-        let mut report = match self.send_batches(&state, options).await {
-            // Nothing of the refused batch was taken, nor acknowledged here.
+        let batches = self.send_batches(&state, options).await;
+        self.after_answers(&state, batches).await
+    }
+
+    /// Acts on how far the server's answers said it has received this
+    /// database's site id: beyond its own version, takes a new site id and
+    /// forgets the cursors for this server (see
+    /// [`SyncReport::site_id_renewed`]); short of what it acknowledged, sends
+    /// again from there (see [`SyncReport::server_lost_changes`]).
+    ///
+    /// `batches` is what the sends or fetches did: refused because another file
+    /// writes under this site id, nothing of the batch that showed it was taken
+    /// or acknowledged, and the site id is renewed all the same.
+    async fn after_answers(
+        &self,
+        state: &RemoteState,
+        batches: Result<SyncReport>,
+    ) -> Result<SyncReport> {
+        let mut report = match batches {
             Err(Error::SiteReused { .. }) => {
                 state
                     .seen
@@ -354,16 +371,12 @@ impl SyncDb {
             }
             other => other?,
         };
-        self.after_answers(&state, &mut report).await?;
+        self.renew_or_resend(state, &mut report).await?;
         Ok(report)
     }
 
-    /// Acts on how far the server's answers said it has received this
-    /// database's site id: beyond its own version, takes a new site id and
-    /// forgets the cursors for this server (see
-    /// [`SyncReport::site_id_renewed`]); short of what it acknowledged, sends
-    /// again from there (see [`SyncReport::server_lost_changes`]).
-    async fn after_answers(&self, state: &RemoteState, report: &mut SyncReport) -> Result<()> {
+    /// See [`after_answers`](Self::after_answers).
+    async fn renew_or_resend(&self, state: &RemoteState, report: &mut SyncReport) -> Result<()> {
         let seen = state.seen.swap(-1, std::sync::atomic::Ordering::Relaxed);
         if seen < 0 {
             return Ok(());
@@ -492,18 +505,8 @@ impl SyncDb {
     /// While one batch is merged here, the next one is fetched.
     pub async fn check_changes_with(&self, options: &SyncOptions) -> Result<SyncReport> {
         let state = self.remote_state().ok_or(Error::NoRemote)?;
-        let mut report = match self.fetch_batches(&state, options).await {
-            // The batch that showed it was not applied, nor its cursor kept.
-            Err(Error::SiteReused { .. }) => {
-                state
-                    .seen
-                    .store(i64::MAX, std::sync::atomic::Ordering::Relaxed);
-                SyncReport::default()
-            }
-            other => other?,
-        };
-        self.after_answers(&state, &mut report).await?;
-        Ok(report)
+        let batches = self.fetch_batches(&state, options).await;
+        self.after_answers(&state, batches).await
     }
 
     /// The batches of [`check_changes_with`](Self::check_changes_with).
