@@ -96,6 +96,47 @@ impl SyncDb {
         })
         .await
     }
+
+    /// On a server: checks that a device presenting site id `site`, at its own
+    /// `version` when it says (a pull's `synced-version` header, a push's
+    /// range), is the only file using that id. A site id the server has
+    /// received versions of beyond `version` was used by more than one file:
+    /// it is remembered as reused, and this call and every later one with it
+    /// fail with [`Error::SiteReused`], so that every file using it takes a new
+    /// one.
+    pub async fn check_device_version(&self, site: SiteId, version: Option<i64>) -> Result<()> {
+        let message = self
+            .call(move |w| {
+                // Reads alone, but for the mark: a pull takes no write lock.
+                let conn = &w.conn;
+                let reused: bool = conn
+                    .prepare_cached(
+                        "SELECT EXISTS (SELECT 1 FROM _synced_reused WHERE site_id = ?1)",
+                    )?
+                    .query_row([site.as_bytes().as_slice()], |r| r.get(0))?;
+                if reused {
+                    return Ok(Some(format!(
+                        "site {site} was used by more than one file; the device needs a new site id"
+                    )));
+                }
+                let Some(version) = version else {
+                    return Ok(None);
+                };
+                let behind = crate::merge::behind(conn, site, version)?;
+                if behind.is_some() {
+                    conn.execute(
+                        "INSERT INTO _synced_reused (site_id) VALUES (?1) ON CONFLICT DO NOTHING",
+                        [site.as_bytes().as_slice()],
+                    )?;
+                }
+                Ok(behind)
+            })
+            .await?;
+        match message {
+            Some(message) => Err(Error::SiteReused { message }),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Moves the database to site id `site` (see the module's documentation).

@@ -161,25 +161,11 @@ pub(crate) fn apply_push(
             payload.exporter
         ));
     }
-    // A device's version only grows: one that claims less than the server
-    // received from its site id is another file under that id.
-    let seen: i64 = conn
-        .prepare_cached(
-            "SELECT p.seen FROM _synced_peers AS p JOIN _synced_sites AS s ON s.ordinal = p.site \
-             WHERE s.site_id = ?1",
-        )?
-        .query_row([device.as_bytes().as_slice()], |r| r.get(0))
-        .optional()?
-        .unwrap_or(0);
-    let upto = i64::try_from(payload.upto).unwrap_or(i64::MAX);
-    if payload.upto > payload.since && upto < seen {
-        return Err(Error::SiteReused {
-            message: format!(
-                "it received versions of site {device} up to {seen}, and this push says the \
-                 device is at {upto}: its file is a copy of another device's, or was restored \
-                 from a backup; it needs a new site id"
-            ),
-        });
+    if payload.upto > payload.since {
+        let upto = i64::try_from(payload.upto).unwrap_or(i64::MAX);
+        if let Some(message) = behind(conn, device, upto)? {
+            return Err(Error::SiteReused { message });
+        }
     }
     let own = |origin| made_by(payload, origin, device);
     for row in &payload.rows {
@@ -205,6 +191,28 @@ pub(crate) fn apply_push(
         crate::export::export_restore(conn, &tables, rows, reader)?
     };
     Ok(PushReport { restore, ..report })
+}
+
+/// Why a device that says it is at `version` cannot be site `device`: the
+/// server received versions of that site beyond it (a device's version only
+/// grows, so its file is a copy of another device's, or was restored from a
+/// backup); `None` if it can be.
+pub(crate) fn behind(conn: &Connection, device: SiteId, version: i64) -> Result<Option<String>> {
+    let seen: i64 = conn
+        .prepare_cached(
+            "SELECT p.seen FROM _synced_peers AS p JOIN _synced_sites AS s ON s.ordinal = p.site \
+             WHERE s.site_id = ?1",
+        )?
+        .query_row([device.as_bytes().as_slice()], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0);
+    Ok((version < seen).then(|| {
+        format!(
+            "it received versions of site {device} up to {seen}, and the device says it is at \
+             {version}: its file is a copy of another device's, or was restored from a backup; \
+             it needs a new site id"
+        )
+    }))
 }
 
 /// Replaces this device's state of rows its server refused with the server's

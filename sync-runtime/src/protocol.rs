@@ -33,6 +33,10 @@ pub const SEEN_HEADER: &str = "synced-seen";
 /// carries over what it knew of the rows the device holds, so that rows its
 /// user may no longer read are still evicted.
 pub const PREVIOUS_SITE_HEADER: &str = "synced-previous-site";
+/// The request header of a pull with the device's own version: a server that
+/// has received versions of the device's site id beyond it answers 409
+/// `site_reused` (see [`ErrorBody::SITE_REUSED`]).
+pub const VERSION_HEADER: &str = "synced-version";
 /// The header with an API key (services and admins).
 pub const API_KEY_HEADER: &str = "x-api-key";
 

@@ -607,6 +607,7 @@ impl SyncDb {
         ];
         let site = self.site_id().to_string();
         let previous = self.previous_site_header().await?;
+        let version = self.db_version().await?.to_string();
         state
             .call(
                 options,
@@ -617,6 +618,7 @@ impl SyncDb {
                         .header(SCHEMA_HEADER, fingerprint_hex(fingerprint))
                         .header(SITE_HEADER, &site)
                         .header(crate::protocol::PREVIOUS_SITE_HEADER, &previous)
+                        .header(crate::protocol::VERSION_HEADER, &version)
                 },
                 |body| PullResponse::decode(body).map_err(|e| e.to_string()),
             )

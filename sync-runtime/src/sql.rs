@@ -16,6 +16,8 @@
 //!   the writer of any change is the origin of its version, and no clock row
 //!   stores a site.
 //! - `_synced_peers`: per site, the highest of its versions this database has seen.
+//! - `_synced_reused`: on a server, the site ids more than one file used (see
+//!   `SyncDb::check_device_version`).
 //! - `_synced_identities`: the site ids this database had before its current one
 //!   (see [`crate::identity`]): the versions up to `upto` not listed in
 //!   `_synced_versions` were made under the site of ordinal `site`.
@@ -96,6 +98,9 @@ CREATE TABLE IF NOT EXISTS _synced_held (
 CREATE TABLE IF NOT EXISTS _synced_site_owners (
   site_id BLOB PRIMARY KEY,
   owner TEXT NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS _synced_reused (
+  site_id BLOB PRIMARY KEY
 ) STRICT;
 CREATE TABLE IF NOT EXISTS _synced_identities (
   upto INTEGER PRIMARY KEY,

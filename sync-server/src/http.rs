@@ -30,7 +30,7 @@ use axum::{Extension, Json, Router};
 use bytes::Bytes;
 use serde::Deserialize;
 use sync_runtime::protocol::{
-    self, PullResponse, PushAck, SCHEMA_HEADER, SEEN_HEADER, SITE_HEADER,
+    self, PullResponse, PushAck, SCHEMA_HEADER, SEEN_HEADER, SITE_HEADER, VERSION_HEADER,
 };
 use sync_runtime::wire::{self, Payload};
 use sync_runtime::{Batch, BatchLimits, Cursor, RowFilters, SiteId, TableSchema};
@@ -228,6 +228,10 @@ async fn push(
     let policies = state.policies(&name);
     let access = policies.push_access(&caller);
     let rows = payload.rows.len();
+    // A push that claims a range says the device's version.
+    let claimed =
+        (payload.upto > payload.since).then(|| i64::try_from(payload.upto).unwrap_or(i64::MAX));
+    db.check_device_version(site, claimed).await?;
     let ack = db.push(payload, site, access).await?;
     if rows > 0 && ack.rejected.len() == rows {
         // A device whose every write is refused keeps them in quarantine; its
@@ -297,6 +301,12 @@ async fn pull(
     let db = state.database(&name, &caller).await?;
     check_schema(&*db, &name, &headers).await?;
     let site = device_site(&*db, &caller, &headers).await?;
+    // Devices of 0.1.0 do not say their version.
+    let version = headers
+        .get(VERSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<i64>().ok());
+    db.check_device_version(site, version).await?;
     let Query(query) =
         query.map_err(|e| Error::BadRequest(format!("bad pull query: {}", e.body_text())))?;
     let from = match query.cursor.as_deref() {

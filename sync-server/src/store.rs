@@ -146,6 +146,11 @@ pub trait Database: Send + Sync + 'static {
     /// [`sync_runtime::protocol::SEEN_HEADER`].
     fn seen_version(&self, site: SiteId) -> BoxFuture<'_, Result<i64>>;
 
+    /// Checks that the device presenting `site` at `version` is the only file
+    /// using that site id (see [`SyncDb::check_device_version`]).
+    fn check_device_version(&self, site: SiteId, version: Option<i64>)
+    -> BoxFuture<'_, Result<()>>;
+
     /// The database's version, updated after every commit that created one: a
     /// pull that found nothing waits on it for new changes.
     fn subscribe(&self) -> watch::Receiver<i64>;
@@ -480,6 +485,14 @@ impl Database for SqliteDatabase {
 
     fn seen_version(&self, site: SiteId) -> BoxFuture<'_, Result<i64>> {
         Box::pin(async move { Ok(self.db.seen_version(site).await?) })
+    }
+
+    fn check_device_version(
+        &self,
+        site: SiteId,
+        version: Option<i64>,
+    ) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move { Ok(self.db.check_device_version(site, version).await?) })
     }
 
     fn claim_site<'a>(&'a self, site: SiteId, owner: &'a str) -> BoxFuture<'a, Result<bool>> {

@@ -561,3 +561,45 @@ async fn devices_send_again_what_a_server_restored_from_a_backup_lost() {
     assert_eq!(rows(&b).await, rows(&c).await);
     server.stop().await;
 }
+
+/// Two copies of one file that both wrote before either synced: whichever
+/// syncs first, the server notices the second one under the same site id,
+/// remembers the id as reused, and both copies take new ones; they converge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_that_both_wrote_before_syncing_converge_through_the_server() {
+    for copy_first in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let server = TestServer::start(&dir.path().join("server")).await;
+        let url = server.url("todo");
+        publish_schema(&url, dir.path()).await;
+        let a = device(dir.path(), "a", &url, "ann").await;
+        a.insert(&todo("synced")).await.unwrap();
+        a.sync().await.unwrap();
+        a.vacuum().await.unwrap();
+        std::fs::copy(dir.path().join("a.db"), dir.path().join("b.db")).unwrap();
+        let b = device(dir.path(), "b", &url, "ann").await;
+        a.insert(&todo("from a")).await.unwrap();
+        // The copy goes further than its original.
+        for title in ["from b", "from b again", "and again"] {
+            b.insert(&todo(title)).await.unwrap();
+        }
+        let (first, second) = if copy_first { (&b, &a) } else { (&a, &b) };
+        first.sync().await.unwrap();
+        second.sync().await.unwrap();
+        first.sync().await.unwrap();
+        second.sync().await.unwrap();
+        let c = device(dir.path(), "c", &url, "ann").await;
+        c.sync().await.unwrap();
+        let mut titles: Vec<String> = rows(&c).await.into_iter().map(|t| t.title).collect();
+        titles.sort();
+        assert_eq!(
+            titles,
+            ["and again", "from a", "from b", "from b again", "synced"],
+            "copy first: {copy_first}"
+        );
+        assert_eq!(rows(&a).await, rows(&c).await, "copy first: {copy_first}");
+        assert_eq!(rows(&b).await, rows(&c).await, "copy first: {copy_first}");
+        assert_ne!(a.site_id(), b.site_id());
+        server.stop().await;
+    }
+}
