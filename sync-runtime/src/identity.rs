@@ -176,7 +176,7 @@ fn rekey(worker: &mut Worker, site: SiteId) -> Result<()> {
                 moved += conn.execute(first, (acknowledged, current, restamped))?;
             }
             for rest in statements {
-                conn.execute(rest, [])?;
+                conn.execute(rest, [acknowledged])?;
             }
         }
         conn.execute(

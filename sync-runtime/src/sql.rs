@@ -605,7 +605,9 @@ fn record_insert(schema: &TableSchema, source: &str, source_where: &str) -> Stri
 
 /// See [`TableSql::restamp`]: each version of the clock row (its columns', its
 /// creation's, its last change's) that is one of this database's own in the
-/// range moves to `?3`, and the row's last change is the latest of them.
+/// range moves to `?3`, and the row's last change is the latest of them. A
+/// row's last change is never older than its other versions, so only rows
+/// changed after `?1` are read and written (through the index on it).
 fn restamp(schema: &TableSchema) -> String {
     let own = |column: &str| {
         format!(
@@ -621,12 +623,12 @@ fn restamp(schema: &TableSchema) -> String {
         latest.push(column);
     }
     let clock = ident(&clock_table(&schema.name));
-    let mut sql = format!("UPDATE {clock} SET {};", sets.join(", "));
+    let mut sql = format!("UPDATE {clock} SET {} WHERE {DV} > ?1;", sets.join(", "));
     // `max` of one argument would be the aggregate.
     if latest.len() > 1 {
         let _ = write!(
             sql,
-            "\nUPDATE {clock} SET {DV} = max({});",
+            "\nUPDATE {clock} SET {DV} = max({}) WHERE {DV} > ?1;",
             latest.join(", ")
         );
     }
