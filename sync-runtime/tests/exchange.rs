@@ -855,22 +855,37 @@ fn plain_vacuum(path: &std::path::Path) -> bool {
         .is_ok()
 }
 
+/// Database `a` in `dir` with the row `first`, and a byte copy of its file
+/// opened as `b`: the same site id.
+async fn copied(dir: &std::path::Path, first: &Todo) -> (SyncDb, SyncDb) {
+    let a = SyncDb::open(dir.join("a.db")).await.unwrap();
+    a.register::<Todo>().await.unwrap();
+    a.insert(first).await.unwrap();
+    // The log moved into the file, so that the file alone is a whole copy.
+    a.vacuum().await.unwrap();
+    std::fs::copy(dir.join("a.db"), dir.join("b.db")).unwrap();
+    let b = SyncDb::open(dir.join("b.db")).await.unwrap();
+    b.register::<Todo>().await.unwrap();
+    assert_eq!(b.site_id(), a.site_id());
+    (a, b)
+}
+
+/// Sends everything each has to the other, twice round.
+async fn exchange(a: &SyncDb, b: &SyncDb) {
+    for _ in 0..2 {
+        sync(a, b).await;
+        sync(b, a).await;
+    }
+}
+
 /// A byte copy of a file shares its site id: each would take the other's
 /// changes for its own. The copy takes a new site id, and the two converge,
 /// peer to peer, with what each made before and after the copy.
 #[tokio::test]
 async fn a_copy_with_a_new_site_id_converges_with_its_original() {
     let dir = tempfile::tempdir().unwrap();
-    let a = SyncDb::open(dir.path().join("a.db")).await.unwrap();
-    a.register::<Todo>().await.unwrap();
     let shared = todo("shared");
-    a.insert(&shared).await.unwrap();
-    // The log moved into the file, so that the file alone is a whole copy.
-    a.vacuum().await.unwrap();
-    std::fs::copy(dir.path().join("a.db"), dir.path().join("b.db")).unwrap();
-    let b = SyncDb::open(dir.path().join("b.db")).await.unwrap();
-    b.register::<Todo>().await.unwrap();
-    assert_eq!(b.site_id(), a.site_id());
+    let (a, b) = copied(dir.path(), &shared).await;
     let new = b.new_site_id().await.unwrap();
     assert_ne!(new, a.site_id());
     assert_eq!(b.site_id(), new);
@@ -882,16 +897,8 @@ async fn a_copy_with_a_new_site_id_converges_with_its_original() {
         row.title = title.into();
         db.update(&row).await.unwrap();
     }
-    for _ in 0..2 {
-        b.apply_changes(&a.export_changes(Since::Beginning).await.unwrap())
-            .await
-            .unwrap();
-        a.apply_changes(&b.export_changes(Since::Beginning).await.unwrap())
-            .await
-            .unwrap();
-    }
-    let (on_a, on_b) = (rows(&a).await, rows(&b).await);
-    assert_eq!(on_a, on_b);
+    exchange(&a, &b).await;
+    let on_a = rows(&a).await;
     let mut titles: Vec<&str> = on_a.iter().map(|t| t.title.as_str()).collect();
     titles.sort_unstable();
     assert_eq!(titles, ["b's title", "from a", "from b"]);
@@ -904,25 +911,12 @@ async fn a_copy_with_a_new_site_id_converges_with_its_original() {
 #[tokio::test]
 async fn copies_that_meet_peer_to_peer_notice_it_and_converge() {
     let dir = tempfile::tempdir().unwrap();
-    let a = SyncDb::open(dir.path().join("a.db")).await.unwrap();
-    a.register::<Todo>().await.unwrap();
-    a.insert(&todo("shared")).await.unwrap();
-    a.vacuum().await.unwrap();
-    std::fs::copy(dir.path().join("a.db"), dir.path().join("b.db")).unwrap();
-    let b = SyncDb::open(dir.path().join("b.db")).await.unwrap();
-    b.register::<Todo>().await.unwrap();
+    let (a, b) = copied(dir.path(), &todo("shared")).await;
     a.insert(&todo("from a")).await.unwrap();
     b.insert(&todo("from b")).await.unwrap();
     b.insert(&todo("from b again")).await.unwrap();
     let site = a.site_id();
-    for _ in 0..2 {
-        b.apply_changes(&a.export_changes(Since::Beginning).await.unwrap())
-            .await
-            .unwrap();
-        a.apply_changes(&b.export_changes(Since::Beginning).await.unwrap())
-            .await
-            .unwrap();
-    }
+    exchange(&a, &b).await;
     assert!(a.site_id() != site || b.site_id() != site);
     assert_ne!(a.site_id(), b.site_id());
     assert_eq!(rows(&a).await.len(), 4);

@@ -4,7 +4,7 @@
 
 mod support;
 
-use support::{TestServer, Todo, device, publish_schema, rows, server_rows, todo};
+use support::{Copied, TestServer, Todo, device, publish_schema, rows, server_rows, titles, todo};
 use sync_runtime::{Error, SyncDb};
 
 /// Syncs every device, twice round, so that each has what the others sent.
@@ -396,17 +396,13 @@ async fn a_refused_long_poll_is_a_transient_error() {
 /// sent yet when it was copied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copied_file_with_a_new_site_id_syncs_as_a_device_of_its_own() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(&dir.path().join("server")).await;
-    let url = server.url("todo");
-    publish_schema(&url, dir.path()).await;
-    let a = device(dir.path(), "a", &url, "ann").await;
-    a.insert(&todo("synced")).await.unwrap();
-    a.sync().await.unwrap();
-    a.insert(&todo("not sent when copied")).await.unwrap();
-    a.vacuum().await.unwrap();
-    std::fs::copy(dir.path().join("a.db"), dir.path().join("b.db")).unwrap();
-    let b = device(dir.path(), "b", &url, "ann").await;
+    let Copied {
+        dir,
+        server,
+        url,
+        a,
+        b,
+    } = Copied::new(&["not sent when copied"]).await;
     b.new_site_id().await.unwrap();
 
     a.insert(&todo("from a")).await.unwrap();
@@ -415,15 +411,12 @@ async fn a_copied_file_with_a_new_site_id_syncs_as_a_device_of_its_own() {
     sync_all(&[&b, &a]).await;
     let c = device(dir.path(), "c", &url, "ann").await;
     c.sync().await.unwrap();
-    let seen = rows(&c).await;
-    let mut titles: Vec<&str> = seen.iter().map(|t| t.title.as_str()).collect();
-    titles.sort_unstable();
     assert_eq!(
-        titles,
+        titles(&c).await,
         ["from a", "from b", "not sent when copied", "synced"]
     );
-    assert_eq!(rows(&a).await, seen);
-    assert_eq!(rows(&b).await, seen);
+    assert_eq!(rows(&a).await, rows(&c).await);
+    assert_eq!(rows(&b).await, rows(&c).await);
     server.stop().await;
 }
 
@@ -433,37 +426,32 @@ async fn a_copied_file_with_a_new_site_id_syncs_as_a_device_of_its_own() {
 /// backup, with what it writes now.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_restored_from_a_backup_gets_back_what_it_sent_after_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(&dir.path().join("server")).await;
-    let url = server.url("todo");
-    publish_schema(&url, dir.path()).await;
-    let phone = device(dir.path(), "phone", &url, "ann").await;
-    phone.insert(&todo("before the backup")).await.unwrap();
-    phone.sync().await.unwrap();
-    phone.vacuum().await.unwrap();
-    std::fs::copy(dir.path().join("phone.db"), dir.path().join("backup.db")).unwrap();
+    // `b` is a backup of `a`'s file, put back in place of it later.
+    let Copied {
+        dir,
+        server,
+        url,
+        a: phone,
+        b: restored,
+    } = Copied::new(&[]).await;
     phone.insert(&todo("after the backup")).await.unwrap();
     phone.insert(&todo("also after")).await.unwrap();
     phone.sync().await.unwrap();
     let site = phone.site_id();
     drop(phone);
 
-    // The phone starts again from the backup.
-    let restored = device(dir.path(), "backup", &url, "ann").await;
     assert_eq!(restored.site_id(), site);
     restored.insert(&todo("after the restore")).await.unwrap();
     let report = restored.sync().await.unwrap();
     assert!(report.site_id_renewed, "{report:?}");
     assert_ne!(restored.site_id(), site);
-    let mut titles: Vec<String> = rows(&restored).await.into_iter().map(|t| t.title).collect();
-    titles.sort();
     assert_eq!(
-        titles,
+        titles(&restored).await,
         [
             "after the backup",
             "after the restore",
             "also after",
-            "before the backup"
+            "synced"
         ]
     );
     let other = device(dir.path(), "other", &url, "ann").await;
@@ -477,16 +465,7 @@ async fn a_device_restored_from_a_backup_gets_back_what_it_sent_after_it() {
 /// A copy that syncs after its original went further is noticed the same way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copied_file_behind_its_original_takes_a_new_site_id_on_its_own() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(&dir.path().join("server")).await;
-    let url = server.url("todo");
-    publish_schema(&url, dir.path()).await;
-    let a = device(dir.path(), "a", &url, "ann").await;
-    a.insert(&todo("synced")).await.unwrap();
-    a.sync().await.unwrap();
-    a.vacuum().await.unwrap();
-    std::fs::copy(dir.path().join("a.db"), dir.path().join("b.db")).unwrap();
-    let b = device(dir.path(), "b", &url, "ann").await;
+    let Copied { server, a, b, .. } = Copied::new(&[]).await;
     for title in ["from a", "from a again"] {
         a.insert(&todo(title)).await.unwrap();
     }
@@ -494,9 +473,10 @@ async fn a_copied_file_behind_its_original_takes_a_new_site_id_on_its_own() {
     b.insert(&todo("from b")).await.unwrap();
     assert!(b.sync().await.unwrap().site_id_renewed);
     a.sync().await.unwrap();
-    let mut titles: Vec<String> = rows(&a).await.into_iter().map(|t| t.title).collect();
-    titles.sort();
-    assert_eq!(titles, ["from a", "from a again", "from b", "synced"]);
+    assert_eq!(
+        titles(&a).await,
+        ["from a", "from a again", "from b", "synced"]
+    );
     assert_eq!(rows(&a).await, rows(&b).await);
     server.stop().await;
 }
@@ -547,10 +527,8 @@ async fn devices_send_again_what_a_server_restored_from_a_backup_lost() {
     sync_all(&[&a, &b]).await;
     let c = device(dir.path(), "c", &url, "cy").await;
     c.sync().await.unwrap();
-    let mut titles: Vec<String> = rows(&c).await.into_iter().map(|t| t.title).collect();
-    titles.sort();
     assert_eq!(
-        titles,
+        titles(&c).await,
         [
             "after the backup, from a",
             "after the backup, from b",
@@ -568,32 +546,24 @@ async fn devices_send_again_what_a_server_restored_from_a_backup_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copies_that_both_wrote_before_syncing_converge_through_the_server() {
     for copy_first in [true, false] {
-        let dir = tempfile::tempdir().unwrap();
-        let server = TestServer::start(&dir.path().join("server")).await;
-        let url = server.url("todo");
-        publish_schema(&url, dir.path()).await;
-        let a = device(dir.path(), "a", &url, "ann").await;
-        a.insert(&todo("synced")).await.unwrap();
-        a.sync().await.unwrap();
-        a.vacuum().await.unwrap();
-        std::fs::copy(dir.path().join("a.db"), dir.path().join("b.db")).unwrap();
-        let b = device(dir.path(), "b", &url, "ann").await;
+        let Copied {
+            dir,
+            server,
+            url,
+            a,
+            b,
+        } = Copied::new(&[]).await;
         a.insert(&todo("from a")).await.unwrap();
         // The copy goes further than its original.
         for title in ["from b", "from b again", "and again"] {
             b.insert(&todo(title)).await.unwrap();
         }
         let (first, second) = if copy_first { (&b, &a) } else { (&a, &b) };
-        first.sync().await.unwrap();
-        second.sync().await.unwrap();
-        first.sync().await.unwrap();
-        second.sync().await.unwrap();
+        sync_all(&[first, second]).await;
         let c = device(dir.path(), "c", &url, "ann").await;
         c.sync().await.unwrap();
-        let mut titles: Vec<String> = rows(&c).await.into_iter().map(|t| t.title).collect();
-        titles.sort();
         assert_eq!(
-            titles,
+            titles(&c).await,
             ["and again", "from a", "from b", "from b again", "synced"],
             "copy first: {copy_first}"
         );

@@ -134,3 +134,48 @@ pub async fn server_rows(data: &Path, database: &str) -> Vec<Todo> {
     db.register::<Todo>().await.unwrap();
     rows(&db).await
 }
+
+/// The titles of every row, sorted.
+pub async fn titles(db: &SyncDb) -> Vec<String> {
+    let mut titles: Vec<String> = rows(db).await.into_iter().map(|t| t.title).collect();
+    titles.sort();
+    titles
+}
+
+/// A server with the `Todo` schema, and device `a` of user `ann` that synced
+/// the row "synced" through it; then a copy of `a`'s file opened as device `b`
+/// (same user, same site id).
+pub struct Copied {
+    pub dir: tempfile::TempDir,
+    pub server: TestServer,
+    pub url: String,
+    pub a: SyncDb,
+    pub b: SyncDb,
+}
+
+impl Copied {
+    /// See the type; `before_copy` runs on `a` after its sync, before the copy.
+    pub async fn new(before_copy: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let server = TestServer::start(&dir.path().join("server")).await;
+        let url = server.url("todo");
+        publish_schema(&url, dir.path()).await;
+        let a = device(dir.path(), "a", &url, "ann").await;
+        a.insert(&todo("synced")).await.unwrap();
+        a.sync().await.unwrap();
+        for title in before_copy {
+            a.insert(&todo(title)).await.unwrap();
+        }
+        // Everything in the main file, as a copy of a closed app's file has it.
+        a.vacuum().await.unwrap();
+        std::fs::copy(dir.path().join("a.db"), dir.path().join("b.db")).unwrap();
+        let b = device(dir.path(), "b", &url, "ann").await;
+        Copied {
+            dir,
+            server,
+            url,
+            a,
+            b,
+        }
+    }
+}
