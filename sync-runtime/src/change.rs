@@ -367,7 +367,7 @@ fn corrupt(details: String) -> crate::Error {
 /// each was its own, in version order.
 pub(crate) fn identities(conn: &Connection) -> Result<Vec<(i64, i64)>> {
     let mut stmt =
-        conn.prepare_cached("SELECT upto, site FROM _synced_identities ORDER BY upto")?;
+        conn.prepare_cached("SELECT upto, site FROM _synced_identities ORDER BY upto, id")?;
     let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }

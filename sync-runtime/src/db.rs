@@ -612,7 +612,7 @@ impl SyncDb {
         };
         match merge(std::sync::Arc::clone(&payload)).await {
             Err(Error::SiteReused { .. }) => {
-                self.new_site_id().await?;
+                self.leave_reused_site_id().await?;
                 merge(payload).await
             }
             other => other,

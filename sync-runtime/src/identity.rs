@@ -35,43 +35,66 @@ impl SyncDb {
     /// The changes it made and has not sent yet are sent under the new id (see
     /// the module's documentation).
     pub async fn new_site_id(&self) -> Result<SiteId> {
+        self.renew_site_id(false).await
+    }
+
+    /// Gives this database a new site id because another file uses its
+    /// current one too (its server or a peer showed it): the requests to its
+    /// server then say so (see
+    /// [`REUSED_SITE_HEADER`](crate::protocol::REUSED_SITE_HEADER)), so that
+    /// the other file is told to take a new one as well.
+    pub(crate) async fn leave_reused_site_id(&self) -> Result<SiteId> {
+        self.renew_site_id(true).await
+    }
+
+    async fn renew_site_id(&self, reused: bool) -> Result<SiteId> {
         let site = SiteId::random().map_err(|e| Error::NoRandomness(e.to_string()))?;
-        self.call(move |w| rekey(w, site)).await?;
+        self.call(move |w| rekey(w, site, reused)).await?;
         self.set_site_id(site);
         Ok(site)
     }
 }
 
 impl SyncDb {
-    /// The site id this database had before its current one, if it had one.
-    pub(crate) async fn previous_site_id(&self) -> Result<Option<SiteId>> {
+    /// The site id this database had before its current one, if it had one,
+    /// and whether it left it because another file used it too.
+    pub(crate) async fn previous_site_id(&self) -> Result<Option<(SiteId, bool)>> {
         self.call(|w| {
-            let Some(&(_, ordinal)) = crate::change::identities(&w.conn)?.last() else {
-                return Ok(None);
-            };
-            let bytes: Vec<u8> = w.conn.query_row(
-                "SELECT site_id FROM _synced_sites WHERE ordinal = ?1",
-                [ordinal],
-                |r| r.get(0),
-            )?;
-            Ok(<[u8; 16]>::try_from(bytes.as_slice())
-                .ok()
-                .map(SiteId::from_bytes))
+            let previous: Option<(Vec<u8>, bool)> = w
+                .conn
+                .prepare_cached(
+                    "SELECT s.site_id, i.reused FROM _synced_identities AS i \
+                     JOIN _synced_sites AS s ON s.ordinal = i.site ORDER BY i.id DESC LIMIT 1",
+                )?
+                .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            Ok(previous.and_then(|(bytes, reused)| {
+                let site = SiteId::from_bytes(<[u8; 16]>::try_from(bytes.as_slice()).ok()?);
+                Some((site, reused))
+            }))
         })
         .await
     }
 
-    /// On a server: gives device site `to` the record of the rows device site
-    /// `from` holds (the rows a filtered pull evicts when they stop passing),
-    /// when `to` has none yet and both
-    /// belong to `owner`: a device that took a new site id
-    /// ([`new_site_id`](Self::new_site_id)) still gets the evictions of the
-    /// rows its user may no longer read.
-    pub async fn inherit_held(&self, from: SiteId, to: SiteId, owner: &str) -> Result<()> {
+    /// On a server: a device of `owner`'s left site id `from` for `to` (see
+    /// [`new_site_id`](Self::new_site_id)). When both are `owner`'s, `to`
+    /// gets the record of the rows `from` holds (the rows a filtered pull
+    /// evicts when they stop passing) if it has none yet, so that the device
+    /// still gets the evictions of the rows its user may no longer read; and
+    /// when the device left `from` because another file used it too
+    /// (`reused`), `from` is remembered as reused (see
+    /// [`check_device_version`](Self::check_device_version)).
+    pub async fn site_renewed(
+        &self,
+        from: SiteId,
+        to: SiteId,
+        owner: &str,
+        reused: bool,
+    ) -> Result<()> {
         let owner = owner.to_owned();
         self.call(move |w| {
-            // Reads, and one statement when there is something to carry over:
-            // a device sends this with every request.
+            // Reads, and a statement when there is something to record: a
+            // device sends this with every request.
             let conn = &w.conn;
             let owned: Option<String> = conn
                 .prepare_cached("SELECT owner FROM _synced_site_owners WHERE site_id = ?1")?
@@ -79,6 +102,12 @@ impl SyncDb {
                 .optional()?;
             if from == to || owned.as_deref() != Some(owner.as_str()) {
                 return Ok(());
+            }
+            if reused && !is_reused(conn, from)? {
+                conn.prepare_cached(
+                    "INSERT INTO _synced_reused (site_id) VALUES (?1) ON CONFLICT DO NOTHING",
+                )?
+                .execute([from.as_bytes().as_slice()])?;
             }
             let ordinals = crate::merge::local_sites(conn, &[from, to])?;
             let has: bool = conn
@@ -98,23 +127,19 @@ impl SyncDb {
     }
 
     /// On a server: checks that a device presenting site id `site`, at its own
-    /// `version` when it says (a pull's `synced-version` header, a push's
-    /// range), is the only file using that id. A site id the server has
-    /// received versions of beyond `version` was used by more than one file:
-    /// it is remembered as reused, and this call and every later one with it
-    /// fail with [`Error::SiteReused`], so that every file using it takes a new
-    /// one.
+    /// `version` when it says (a push's range), is the only file using that
+    /// id. A site id the server has received versions of beyond `version` was
+    /// used by more than one file (a device's version only grows, and its
+    /// pushes go one at a time): it is remembered as reused, and this call and
+    /// every later one with it fail with [`Error::SiteReused`], so that every
+    /// file using it takes a new one. So do the site ids a device left because
+    /// another file used them too (see [`site_renewed`](Self::site_renewed)).
     pub async fn check_device_version(&self, site: SiteId, version: Option<i64>) -> Result<()> {
         let message = self
             .call(move |w| {
                 // Reads alone, but for the mark: a pull takes no write lock.
                 let conn = &w.conn;
-                let reused: bool = conn
-                    .prepare_cached(
-                        "SELECT EXISTS (SELECT 1 FROM _synced_reused WHERE site_id = ?1)",
-                    )?
-                    .query_row([site.as_bytes().as_slice()], |r| r.get(0))?;
-                if reused {
+                if is_reused(conn, site)? {
                     return Ok(Some(format!(
                         "site {site} was used by more than one file; the device needs a new site id"
                     )));
@@ -139,8 +164,16 @@ impl SyncDb {
     }
 }
 
-/// Moves the database to site id `site` (see the module's documentation).
-fn rekey(worker: &mut Worker, site: SiteId) -> Result<()> {
+/// Whether a server remembers `site` as used by more than one file.
+fn is_reused(conn: &Connection, site: SiteId) -> Result<bool> {
+    Ok(conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM _synced_reused WHERE site_id = ?1)")?
+        .query_row([site.as_bytes().as_slice()], |r| r.get(0))?)
+}
+
+/// Moves the database to site id `site` (see the module's documentation);
+/// `reused`: it leaves its current one because another file uses it too.
+fn rekey(worker: &mut Worker, site: SiteId, reused: bool) -> Result<()> {
     write(worker, |tx| {
         tx.set_versions();
         let conn = tx.conn();
@@ -161,9 +194,10 @@ fn rekey(worker: &mut Worker, site: SiteId) -> Result<()> {
             |r| r.get(0),
         )?;
         conn.execute(
-            "INSERT INTO _synced_identities (upto, site) VALUES (?1, ?2) \
-             ON CONFLICT (upto) DO UPDATE SET site = excluded.site",
-            (current, ordinal),
+            // A site id it left without making anything under it (`upto` the
+            // same as the one before) keeps no version from the earlier one.
+            "INSERT INTO _synced_identities (upto, site, reused) VALUES (?1, ?2, ?3)",
+            (current, ordinal, reused),
         )?;
         // Made again under the new id: what no server acknowledged.
         let acknowledged = acknowledged(conn)?;

@@ -33,10 +33,12 @@ pub const SEEN_HEADER: &str = "synced-seen";
 /// carries over what it knew of the rows the device holds, so that rows its
 /// user may no longer read are still evicted.
 pub const PREVIOUS_SITE_HEADER: &str = "synced-previous-site";
-/// The request header of a pull with the device's own version: a server that
-/// has received versions of the device's site id beyond it answers 409
-/// `site_reused` (see [`ErrorBody::SITE_REUSED`]).
-pub const VERSION_HEADER: &str = "synced-version";
+/// The request header with the previous site id again when the device left it
+/// because another file used it too (a copy, a restored backup): the server
+/// remembers it as reused and answers 409 `site_reused` (see
+/// [`ErrorBody::SITE_REUSED`]) to every file that presents it later, so that
+/// the other file takes a new site id too.
+pub const REUSED_SITE_HEADER: &str = "synced-reused-site";
 /// The header with an API key (services and admins).
 pub const API_KEY_HEADER: &str = "x-api-key";
 

@@ -390,7 +390,7 @@ impl SyncDb {
         let _sending = state.sending.lock().await;
         let _receiving = state.receiving.lock().await;
         // The send cursor says what is made again under the new id: first.
-        self.new_site_id().await?;
+        self.leave_reused_site_id().await?;
         let url = state.remote.url.clone();
         self.call(move |w| {
             w.conn
@@ -560,7 +560,7 @@ impl SyncDb {
         payload: bytes::Bytes,
     ) -> Result<PushAck> {
         let site = self.site_id().to_string();
-        let previous = self.previous_site_header().await?;
+        let previous = self.previous_site_headers().await?;
         state
             .call(
                 options,
@@ -569,7 +569,8 @@ impl SyncDb {
                         .authorize(http.post(format!("{}/push", remote.url)))
                         .header(SCHEMA_HEADER, fingerprint_hex(fingerprint))
                         .header(SITE_HEADER, &site)
-                        .header(crate::protocol::PREVIOUS_SITE_HEADER, &previous)
+                        .header(crate::protocol::PREVIOUS_SITE_HEADER, &previous.0)
+                        .header(crate::protocol::REUSED_SITE_HEADER, &previous.1)
                         .body(payload.clone())
                 },
                 // Read whole: a cut or damaged acknowledgement is no acknowledgement.
@@ -582,13 +583,15 @@ impl SyncDb {
     }
 
     /// The [`PREVIOUS_SITE_HEADER`](crate::protocol::PREVIOUS_SITE_HEADER)
-    /// value: the site id this database had before, or empty.
-    async fn previous_site_header(&self) -> Result<String> {
-        Ok(self
-            .previous_site_id()
-            .await?
-            .map(|site| site.to_string())
-            .unwrap_or_default())
+    /// and [`REUSED_SITE_HEADER`](crate::protocol::REUSED_SITE_HEADER)
+    /// values: the site id this database had before, or empty; the same if it
+    /// left it because another file used it too, or empty.
+    async fn previous_site_headers(&self) -> Result<(String, String)> {
+        Ok(match self.previous_site_id().await? {
+            Some((site, true)) => (site.to_string(), site.to_string()),
+            Some((site, false)) => (site.to_string(), String::new()),
+            None => (String::new(), String::new()),
+        })
     }
 
     /// Fetches the batch after `cursor`, waiting up to `wait` for one.
@@ -606,8 +609,7 @@ impl SyncDb {
             ("limit", state.remote.limits.max_rows.to_string()),
         ];
         let site = self.site_id().to_string();
-        let previous = self.previous_site_header().await?;
-        let version = self.db_version().await?.to_string();
+        let previous = self.previous_site_headers().await?;
         state
             .call(
                 options,
@@ -617,8 +619,8 @@ impl SyncDb {
                         .timeout(remote.timeout + wait)
                         .header(SCHEMA_HEADER, fingerprint_hex(fingerprint))
                         .header(SITE_HEADER, &site)
-                        .header(crate::protocol::PREVIOUS_SITE_HEADER, &previous)
-                        .header(crate::protocol::VERSION_HEADER, &version)
+                        .header(crate::protocol::PREVIOUS_SITE_HEADER, &previous.0)
+                        .header(crate::protocol::REUSED_SITE_HEADER, &previous.1)
                 },
                 |body| PullResponse::decode(body).map_err(|e| e.to_string()),
             )

@@ -19,8 +19,10 @@
 //! - `_synced_reused`: on a server, the site ids more than one file used (see
 //!   `SyncDb::check_device_version`).
 //! - `_synced_identities`: the site ids this database had before its current one
-//!   (see [`crate::identity`]): the versions up to `upto` not listed in
-//!   `_synced_versions` were made under the site of ordinal `site`.
+//!   (see [`crate::identity`]), in the order it had them (`id`): the versions
+//!   up to `upto` not listed in `_synced_versions` (and above the `upto` of an
+//!   earlier one) were made under the site of ordinal `site`; `reused` when the
+//!   database left it because another file used it too.
 //! - `_synced_rejected`: this device's writes its server refused, with the values
 //!   it wrote (see [`crate::quarantine`]).
 //! - `_synced_tables`: every synced table with its algorithm, descriptor (JSON) and
@@ -103,8 +105,10 @@ CREATE TABLE IF NOT EXISTS _synced_reused (
   site_id BLOB PRIMARY KEY
 ) STRICT;
 CREATE TABLE IF NOT EXISTS _synced_identities (
-  upto INTEGER PRIMARY KEY,
-  site INTEGER NOT NULL
+  id INTEGER PRIMARY KEY,
+  upto INTEGER NOT NULL,
+  site INTEGER NOT NULL,
+  reused INTEGER NOT NULL DEFAULT 0
 ) STRICT;
 CREATE TABLE IF NOT EXISTS _synced_rejected (
   tbl TEXT NOT NULL,

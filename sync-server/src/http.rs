@@ -30,7 +30,7 @@ use axum::{Extension, Json, Router};
 use bytes::Bytes;
 use serde::Deserialize;
 use sync_runtime::protocol::{
-    self, PullResponse, PushAck, SCHEMA_HEADER, SEEN_HEADER, SITE_HEADER, VERSION_HEADER,
+    self, PullResponse, PushAck, SCHEMA_HEADER, SEEN_HEADER, SITE_HEADER,
 };
 use sync_runtime::wire::{self, Payload};
 use sync_runtime::{Batch, BatchLimits, Cursor, RowFilters, SiteId, TableSchema};
@@ -301,12 +301,7 @@ async fn pull(
     let db = state.database(&name, &caller).await?;
     check_schema(&*db, &name, &headers).await?;
     let site = device_site(&*db, &caller, &headers).await?;
-    // Devices of 0.1.0 do not say their version.
-    let version = headers
-        .get(VERSION_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<i64>().ok());
-    db.check_device_version(site, version).await?;
+    db.check_device_version(site, None).await?;
     let Query(query) =
         query.map_err(|e| Error::BadRequest(format!("bad pull query: {}", e.body_text())))?;
     let from = match query.cursor.as_deref() {
@@ -518,13 +513,17 @@ async fn device_site(db: &dyn Database, caller: &Principal, headers: &HeaderMap)
                 .into(),
         ));
     }
-    // A device that took a new site id keeps what the server knew it holds.
-    if let Some(previous) = headers
-        .get(protocol::PREVIOUS_SITE_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<SiteId>().ok())
-    {
-        db.inherit_held(previous, site, &owner).await?;
+    // A device that took a new site id keeps what the server knew it holds,
+    // and one that left it because another file used it too has it remembered.
+    let optional_site = |name| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<SiteId>().ok())
+    };
+    if let Some(previous) = optional_site(protocol::PREVIOUS_SITE_HEADER) {
+        let reused = optional_site(protocol::REUSED_SITE_HEADER) == Some(previous);
+        db.site_renewed(previous, site, &owner, reused).await?;
     }
     Ok(site)
 }

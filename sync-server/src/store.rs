@@ -133,13 +133,14 @@ pub trait Database: Send + Sync + 'static {
     /// The fingerprint of the registered tables, which clients must match.
     fn fingerprint(&self) -> BoxFuture<'_, Result<u64>>;
 
-    /// Gives device site `to` the record of the rows `from` holds, if `to` has
-    /// none and both belong to `owner` (see [`SyncDb::inherit_held`]).
-    fn inherit_held<'a>(
+    /// A device of `owner`'s left site id `from` for `to`, because another
+    /// file used it too if `reused` (see [`SyncDb::site_renewed`]).
+    fn site_renewed<'a>(
         &'a self,
         from: SiteId,
         to: SiteId,
         owner: &'a str,
+        reused: bool,
     ) -> BoxFuture<'a, Result<()>>;
 
     /// The highest version received from `site` (0 if none): see
@@ -474,13 +475,14 @@ impl Database for SqliteDatabase {
         })
     }
 
-    fn inherit_held<'a>(
+    fn site_renewed<'a>(
         &'a self,
         from: SiteId,
         to: SiteId,
         owner: &'a str,
+        reused: bool,
     ) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move { Ok(self.db.inherit_held(from, to, owner).await?) })
+        Box::pin(async move { Ok(self.db.site_renewed(from, to, owner, reused).await?) })
     }
 
     fn seen_version(&self, site: SiteId) -> BoxFuture<'_, Result<i64>> {

@@ -9,7 +9,9 @@ mod support;
 
 use support::policy::{Item, cast, item, open, titles};
 use support::token;
-use sync_runtime::protocol::{PushAck, SCHEMA_HEADER, SITE_HEADER, fingerprint_hex};
+use sync_runtime::protocol::{
+    PREVIOUS_SITE_HEADER, PushAck, REUSED_SITE_HEADER, SCHEMA_HEADER, SITE_HEADER, fingerprint_hex,
+};
 use sync_runtime::wire::{self, Compression, Origin, Payload};
 use sync_runtime::{BatchLimits, Cursor, Remote, Scope, SyncDb, Value};
 
@@ -672,5 +674,36 @@ async fn a_peer_never_writes_to_the_server_in_a_devices_name() {
     bob.sync().await.unwrap();
     admin.sync().await.unwrap();
     assert_eq!(titles(&admin).await, ["bob's", "pending"]);
+    server.stop().await;
+}
+
+/// Saying that another user's device site id was reused (as a device that left
+/// it would) marks nothing: the server takes it only from the id's owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_one_marks_another_users_site_id_reused() {
+    let (_dir, server, [_admin, ann, bob]) = cast().await;
+    let url = server.url("items");
+    ann.sync().await.unwrap();
+    bob.sync().await.unwrap();
+    let fingerprint = bob.schema_fingerprint().await.unwrap();
+    for path in ["pull", "pull?cursor=&wait=0"] {
+        let response = reqwest::Client::new()
+            .get(format!("{url}/{path}"))
+            .bearer_auth(token("bob"))
+            .header(SCHEMA_HEADER, fingerprint_hex(fingerprint))
+            .header(SITE_HEADER, bob.site_id().to_string())
+            .header(PREVIOUS_SITE_HEADER, ann.site_id().to_string())
+            .header(REUSED_SITE_HEADER, ann.site_id().to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    ann.insert(&item("ann", false, "still hers")).await.unwrap();
+    let site = ann.site_id();
+    let report = ann.sync().await.unwrap();
+    assert!(!report.site_id_renewed, "{report:?}");
+    assert_eq!(ann.site_id(), site);
+    assert!(!bob.sync().await.unwrap().site_id_renewed);
     server.stop().await;
 }

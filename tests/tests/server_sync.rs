@@ -4,6 +4,7 @@
 
 mod support;
 
+use support::proxy::HoldingProxy;
 use support::{Copied, TestServer, Todo, device, publish_schema, rows, server_rows, titles, todo};
 use sync_runtime::{Error, SyncDb};
 
@@ -572,4 +573,70 @@ async fn copies_that_both_wrote_before_syncing_converge_through_the_server() {
         assert_ne!(a.site_id(), b.site_id());
         server.stop().await;
     }
+}
+
+/// A device's fetch and send run side by side, and their requests can reach
+/// the server in another order than they left: a push of versions made after
+/// the fetch started, that overtakes it, is no sign of a copy. The device keeps
+/// its site id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_that_overtakes_a_fetch_is_no_sign_of_a_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server")).await;
+    publish_schema(&server.url("todo"), dir.path()).await;
+    let mut proxy = HoldingProxy::start(server.address()).await;
+    let a = device(dir.path(), "a", &proxy.url("todo"), "ann").await;
+    a.insert(&todo("before the fetch")).await.unwrap();
+    let site = a.site_id();
+    let fetch = tokio::spawn({
+        let a = a.clone();
+        async move { a.check_changes().await }
+    });
+    proxy.holding(1).await;
+    a.insert(&todo("after the fetch started")).await.unwrap();
+    let sent = a.send_changes().await.unwrap();
+    assert!(!sent.site_id_renewed, "{sent:?}");
+    proxy.release();
+    let fetched = fetch.await.unwrap().unwrap();
+    assert!(!fetched.site_id_renewed, "{fetched:?}");
+    let again = a.sync().await.unwrap();
+    assert!(!again.site_id_renewed, "{again:?}");
+    assert_eq!(a.site_id(), site);
+    let b = device(dir.path(), "b", &server.url("todo"), "ann").await;
+    b.sync().await.unwrap();
+    assert_eq!(rows(&a).await, rows(&b).await);
+    server.stop().await;
+}
+
+/// The site id of each change a database holds, by key.
+async fn origins(db: &SyncDb) -> Vec<(Vec<sync_runtime::Value>, sync_runtime::SiteId)> {
+    let mut origins: Vec<_> = db
+        .changes_since(0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.pk, c.site_id))
+        .collect();
+    origins.sort_by_key(|o| format!("{o:?}"));
+    origins
+}
+
+/// A device that takes a new site id twice, with nothing its server has not
+/// acknowledged, still labels what it made before with the id it made it
+/// under, as every other replica does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_new_site_ids_in_a_row_keep_the_first_ones_changes_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server")).await;
+    let url = server.url("todo");
+    publish_schema(&url, dir.path()).await;
+    let a = device(dir.path(), "a", &url, "ann").await;
+    a.insert(&todo("made under the first id")).await.unwrap();
+    a.sync().await.unwrap();
+    a.new_site_id().await.unwrap();
+    a.new_site_id().await.unwrap();
+    let b = device(dir.path(), "b", &url, "ann").await;
+    sync_all(&[&a, &b]).await;
+    assert_eq!(origins(&a).await, origins(&b).await);
+    server.stop().await;
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub)] // each test file uses its own part; shared by `mod support`
 
 pub mod policy;
+pub mod proxy;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -69,6 +70,11 @@ impl TestServer {
         let data = config.data.clone();
         let server = Server::bind(config).await.unwrap().spawn();
         Self { data, server }
+    }
+
+    /// The server's address.
+    pub fn address(&self) -> SocketAddr {
+        self.server.local_addr()
     }
 
     /// The URL of a server database.
