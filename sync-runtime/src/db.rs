@@ -192,8 +192,11 @@ pub struct SyncDb {
 
 struct Inner {
     jobs: mpsc::Sender<Job>,
-    /// Changes only at [`SyncDb::logout`].
-    site_id: RwLock<SiteId>,
+    /// This database's site id and the one it had before (and whether it left
+    /// that one because another file used it too), kept here so that a request
+    /// to a server reads them without waiting on the connection's thread.
+    /// Change only at [`SyncDb::logout`] and [`SyncDb::new_site_id`].
+    site_ids: RwLock<SiteIds>,
     path: Option<PathBuf>,
     versions: Arc<watch::Sender<i64>>,
     /// The sync server, once set.
@@ -238,6 +241,13 @@ impl Worker {
         });
         Ok(())
     }
+}
+
+/// See `Inner::site_ids`.
+#[derive(Clone, Copy)]
+pub(crate) struct SiteIds {
+    pub(crate) current: SiteId,
+    pub(crate) previous: Option<(SiteId, bool)>,
 }
 
 type Job = Box<dyn FnOnce(&mut Worker) + Send>;
@@ -291,15 +301,24 @@ impl SyncDb {
             })
             .map_err(|_| Error::Closed)?;
         let site_id = opened.await.map_err(|_| Error::Closed)??;
-        Ok(Self {
+        let db = Self {
             inner: Arc::new(Inner {
                 jobs,
-                site_id: RwLock::new(site_id),
+                site_ids: RwLock::new(SiteIds {
+                    current: site_id,
+                    previous: None,
+                }),
                 path,
                 versions,
                 remote: RwLock::new(None),
             }),
-        })
+        };
+        let previous = db.previous_site_id().await?;
+        db.set_site_ids(SiteIds {
+            current: site_id,
+            previous,
+        });
+        Ok(db)
     }
 
     /// Runs `f` on the connection's thread and returns its result. A panic in `f`
@@ -332,15 +351,20 @@ impl SyncDb {
     /// This database's site id: created with the file, kept for its whole life
     /// (only [`logout`](Self::logout) gives it a new one).
     pub fn site_id(&self) -> SiteId {
-        *self.inner.site_id.read().unwrap_or_else(|e| e.into_inner())
+        self.site_ids().current
     }
 
-    pub(crate) fn set_site_id(&self, site: SiteId) {
+    /// See `Inner::site_ids`.
+    pub(crate) fn site_ids(&self) -> SiteIds {
+        *self.inner.site_ids.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn set_site_ids(&self, ids: SiteIds) {
         *self
             .inner
-            .site_id
+            .site_ids
             .write()
-            .unwrap_or_else(|e| e.into_inner()) = site;
+            .unwrap_or_else(|e| e.into_inner()) = ids;
     }
 
     pub(crate) fn remote_state(&self) -> Option<Arc<RemoteState>> {

@@ -49,8 +49,11 @@ impl SyncDb {
 
     async fn renew_site_id(&self, reused: bool) -> Result<SiteId> {
         let site = SiteId::random().map_err(|e| Error::NoRandomness(e.to_string()))?;
-        self.call(move |w| rekey(w, site, reused)).await?;
-        self.set_site_id(site);
+        let old = self.call(move |w| rekey(w, site, reused)).await?;
+        self.set_site_ids(crate::db::SiteIds {
+            current: site,
+            previous: Some((old, reused)),
+        });
         Ok(site)
     }
 }
@@ -173,12 +176,18 @@ fn is_reused(conn: &Connection, site: SiteId) -> Result<bool> {
 
 /// Moves the database to site id `site` (see the module's documentation);
 /// `reused`: it leaves its current one because another file uses it too.
-fn rekey(worker: &mut Worker, site: SiteId, reused: bool) -> Result<()> {
+/// Returns the site id it left.
+fn rekey(worker: &mut Worker, site: SiteId, reused: bool) -> Result<SiteId> {
     write(worker, |tx| {
         tx.set_versions();
         let conn = tx.conn();
         let current: i64 = conn.query_row(sql::CURRENT_VERSION, [], |r| r.get(0))?;
         let old: Vec<u8> = conn.query_row("SELECT site_id FROM _synced_state", [], |r| r.get(0))?;
+        let left = <[u8; 16]>::try_from(old.as_slice())
+            .map(SiteId::from_bytes)
+            .map_err(|_| Error::Corrupt {
+                details: format!("the site id is {} bytes, not 16", old.len()),
+            })?;
         conn.execute(
             "UPDATE _synced_sites SET site_id = ?1 WHERE ordinal = 0",
             [site.as_bytes().as_slice()],
@@ -220,7 +229,7 @@ fn rekey(worker: &mut Worker, site: SiteId, reused: bool) -> Result<()> {
         if moved > 0 {
             conn.execute("UPDATE _synced_state SET db_version = ?1", [restamped])?;
         }
-        Ok(())
+        Ok(left)
     })
 }
 

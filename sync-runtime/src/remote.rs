@@ -560,7 +560,7 @@ impl SyncDb {
         payload: bytes::Bytes,
     ) -> Result<PushAck> {
         let site = self.site_id().to_string();
-        let previous = self.previous_site_headers().await?;
+        let previous = self.previous_site_headers();
         state
             .call(
                 options,
@@ -586,12 +586,12 @@ impl SyncDb {
     /// and [`REUSED_SITE_HEADER`](crate::protocol::REUSED_SITE_HEADER)
     /// values: the site id this database had before, or empty; the same if it
     /// left it because another file used it too, or empty.
-    async fn previous_site_headers(&self) -> Result<(String, String)> {
-        Ok(match self.previous_site_id().await? {
+    fn previous_site_headers(&self) -> (String, String) {
+        match self.site_ids().previous {
             Some((site, true)) => (site.to_string(), site.to_string()),
             Some((site, false)) => (site.to_string(), String::new()),
             None => (String::new(), String::new()),
-        })
+        }
     }
 
     /// Fetches the batch after `cursor`, waiting up to `wait` for one.
@@ -609,7 +609,7 @@ impl SyncDb {
             ("limit", state.remote.limits.max_rows.to_string()),
         ];
         let site = self.site_id().to_string();
-        let previous = self.previous_site_headers().await?;
+        let previous = self.previous_site_headers();
         state
             .call(
                 options,
@@ -703,7 +703,10 @@ impl SyncDb {
         };
         let site = crate::id::SiteId::random().map_err(|e| Error::NoRandomness(e.to_string()))?;
         self.call(move |w| crate::db::wipe(w, site)).await?;
-        self.set_site_id(site);
+        self.set_site_ids(crate::db::SiteIds {
+            current: site,
+            previous: None,
+        });
         Ok(())
     }
 
