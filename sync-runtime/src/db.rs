@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, mpsc};
 use std::thread;
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use tokio::sync::{oneshot, watch};
 
 use crate::change::{self, Change};
@@ -356,7 +356,11 @@ impl SyncDb {
 
     /// See `Inner::site_ids`.
     pub(crate) fn site_ids(&self) -> SiteIds {
-        *self.inner.site_ids.read().unwrap_or_else(|e| e.into_inner())
+        *self
+            .inner
+            .site_ids
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn set_site_ids(&self, ids: SiteIds) {
@@ -659,10 +663,11 @@ impl SyncDb {
     /// of it.
     pub async fn apply_push(&self, payload: Payload, device: SiteId) -> Result<PushReport> {
         self.call(move |w| {
-            write(w, |tx| {
+            let pushed = write(w, |tx| {
                 tx.set_versions();
                 merge::apply_push(tx.conn(), &payload, device, None)
-            })
+            });
+            remember_reused(w, device, pushed)
         })
         .await
     }
@@ -682,14 +687,15 @@ impl SyncDb {
         may_read: RowFilters,
     ) -> Result<PushReport> {
         self.call(move |w| {
-            write(w, |tx| {
+            let pushed = write(w, |tx| {
                 tx.set_versions();
                 let access = merge::Access {
                     write: &may_write,
                     read: &may_read,
                 };
                 merge::apply_push(tx.conn(), &payload, device, Some(access))
-            })
+            });
+            remember_reused(w, device, pushed)
         })
         .await
     }
@@ -725,16 +731,7 @@ impl SyncDb {
             if site == local {
                 return Ok(w.conn.query_row(sql::CURRENT_VERSION, [], |r| r.get(0))?);
             }
-            let seen = w
-                .conn
-                .query_row(
-                    "SELECT p.seen FROM _synced_peers AS p JOIN _synced_sites AS s ON s.ordinal = p.site \
-                     WHERE s.site_id = ?1",
-                    [site.as_bytes().as_slice()],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            Ok(seen.unwrap_or(0))
+            merge::seen_version(&w.conn, site)
         })
         .await
     }
@@ -940,6 +937,12 @@ impl SyncDb {
     pub fn subscribe(&self) -> watch::Receiver<i64> {
         self.inner.versions.subscribe()
     }
+
+    /// The version last published to subscribers (see
+    /// [`subscribe`](Self::subscribe)): never above the database's.
+    pub(crate) fn published_version(&self) -> i64 {
+        *self.inner.versions.borrow()
+    }
 }
 
 impl SyncDb {
@@ -1005,6 +1008,20 @@ impl SyncDb {
         })
         .await
     }
+}
+
+/// A push refused because more than one file uses the device's site id
+/// leaves the id remembered as reused (after the push's own transaction rolled
+/// back), so that every file presenting it later is refused too.
+fn remember_reused(
+    worker: &mut Worker,
+    device: SiteId,
+    pushed: Result<PushReport>,
+) -> Result<PushReport> {
+    if matches!(pushed, Err(Error::SiteReused { .. })) {
+        merge::mark_reused(&worker.conn, device)?;
+    }
+    pushed
 }
 
 /// Deletes every synced row, clock, cursor and peer, and takes `site` as this

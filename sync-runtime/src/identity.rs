@@ -23,6 +23,7 @@ use crate::db::{SyncDb, Worker, write};
 use crate::error::{Error, Result};
 use crate::export::Cursor;
 use crate::id::SiteId;
+use crate::merge;
 use crate::sql::{self, TableSql};
 use crate::tracking;
 
@@ -106,13 +107,10 @@ impl SyncDb {
             if from == to || owned.as_deref() != Some(owner.as_str()) {
                 return Ok(());
             }
-            if reused && !is_reused(conn, from)? {
-                conn.prepare_cached(
-                    "INSERT INTO _synced_reused (site_id) VALUES (?1) ON CONFLICT DO NOTHING",
-                )?
-                .execute([from.as_bytes().as_slice()])?;
+            if reused && !merge::is_reused(conn, from)? {
+                merge::mark_reused(conn, from)?;
             }
-            let ordinals = crate::merge::local_sites(conn, &[from, to])?;
+            let ordinals = merge::local_sites(conn, &[from, to])?;
             let has: bool = conn
                 .prepare_cached("SELECT EXISTS (SELECT 1 FROM _synced_held WHERE site = ?1)")?
                 .query_row([ordinals[1]], |r| r.get(0))?;
@@ -131,47 +129,27 @@ impl SyncDb {
 
     /// On a server: checks that a device presenting site id `site`, at its own
     /// `version` when it says (a push's range), is the only file using that
-    /// id. A site id the server has received versions of beyond `version` was
-    /// used by more than one file (a device's version only grows, and its
-    /// pushes go one at a time): it is remembered as reused, and this call and
-    /// every later one with it fail with [`Error::SiteReused`], so that every
-    /// file using it takes a new one. So do the site ids a device left because
-    /// another file used them too (see [`site_renewed`](Self::site_renewed)).
-    pub async fn check_device_version(&self, site: SiteId, version: Option<i64>) -> Result<()> {
-        let message = self
-            .call(move |w| {
-                // Reads alone, but for the mark: a pull takes no write lock.
-                let conn = &w.conn;
-                if is_reused(conn, site)? {
-                    return Ok(Some(format!(
-                        "site {site} was used by more than one file; the device needs a new site id"
-                    )));
-                }
-                let Some(version) = version else {
-                    return Ok(None);
-                };
-                let behind = crate::merge::behind(conn, site, version)?;
-                if behind.is_some() {
-                    conn.execute(
-                        "INSERT INTO _synced_reused (site_id) VALUES (?1) ON CONFLICT DO NOTHING",
-                        [site.as_bytes().as_slice()],
-                    )?;
-                }
-                Ok(behind)
-            })
-            .await?;
-        match message {
-            Some(message) => Err(Error::SiteReused { message }),
-            None => Ok(()),
-        }
+    /// id, and returns how far this replica has received it (see
+    /// [`seen_version`](Self::seen_version)). A site id the server has
+    /// received versions of beyond `version` was used by more than one file
+    /// (a device's version only grows, and its pushes go one at a time): it is
+    /// remembered as reused, and this call and every later one with it fail
+    /// with [`Error::SiteReused`], so that every file using it takes a new
+    /// one. So do the site ids a device left because another file used them
+    /// too (see [`site_renewed`](Self::site_renewed)). A push
+    /// ([`apply_push`](Self::apply_push)) makes the same check.
+    pub async fn check_device_version(&self, site: SiteId, version: Option<i64>) -> Result<i64> {
+        self.call(move |w| {
+            // Reads alone, but for the mark: a pull takes no write lock.
+            let conn = &w.conn;
+            if let Some(message) = merge::reused_site(conn, site, version)? {
+                merge::mark_reused(conn, site)?;
+                return Err(Error::SiteReused { message });
+            }
+            merge::seen_version(conn, site)
+        })
+        .await
     }
-}
-
-/// Whether a server remembers `site` as used by more than one file.
-fn is_reused(conn: &Connection, site: SiteId) -> Result<bool> {
-    Ok(conn
-        .prepare_cached("SELECT EXISTS (SELECT 1 FROM _synced_reused WHERE site_id = ?1)")?
-        .query_row([site.as_bytes().as_slice()], |r| r.get(0))?)
 }
 
 /// Moves the database to site id `site` (see the module's documentation);

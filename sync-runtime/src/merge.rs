@@ -131,6 +131,9 @@ pub struct PushReport {
     /// takes them back: nothing changes here, and no clock rises that other
     /// devices' writes are judged against.
     pub restore: Vec<u8>,
+    /// How far this replica has received the device's site id after the
+    /// merge (see [`SyncDb::seen_version`](crate::SyncDb::seen_version)).
+    pub seen: i64,
 }
 
 /// What a user may write and read: the row filters of a checked push.
@@ -161,11 +164,10 @@ pub(crate) fn apply_push(
             payload.exporter
         ));
     }
-    if payload.upto > payload.since {
-        let upto = i64::try_from(payload.upto).unwrap_or(i64::MAX);
-        if let Some(message) = behind(conn, device, upto)? {
-            return Err(Error::SiteReused { message });
-        }
+    let claimed =
+        (payload.upto > payload.since).then(|| i64::try_from(payload.upto).unwrap_or(i64::MAX));
+    if let Some(message) = reused_site(conn, device, claimed)? {
+        return Err(Error::SiteReused { message });
     }
     let own = |origin| made_by(payload, origin, device);
     for row in &payload.rows {
@@ -190,22 +192,66 @@ pub(crate) fn apply_push(
         let tables = tracking::synced_tables(conn, false)?;
         crate::export::export_restore(conn, &tables, rows, reader)?
     };
-    Ok(PushReport { restore, ..report })
+    let seen = seen_version(conn, device)?;
+    Ok(PushReport {
+        restore,
+        seen,
+        ..report
+    })
+}
+
+/// The highest of `site`'s versions this replica has seen (0 if none).
+pub(crate) fn seen_version(conn: &Connection, site: SiteId) -> Result<i64> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT p.seen FROM _synced_peers AS p JOIN _synced_sites AS s ON s.ordinal = p.site \
+             WHERE s.site_id = ?1",
+        )?
+        .query_row([site.as_bytes().as_slice()], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0))
+}
+
+/// Why device site `device`, at its own `version` when it says (a push's
+/// range), cannot be the only file using that id: a server remembers it as
+/// reused (see [`SyncDb::site_renewed`](crate::SyncDb::site_renewed)), or
+/// received versions of it beyond `version`; `None` if it can be.
+pub(crate) fn reused_site(
+    conn: &Connection,
+    device: SiteId,
+    version: Option<i64>,
+) -> Result<Option<String>> {
+    if is_reused(conn, device)? {
+        return Ok(Some(format!(
+            "site {device} was used by more than one file; the device needs a new site id"
+        )));
+    }
+    match version {
+        Some(version) => behind(conn, device, version),
+        None => Ok(None),
+    }
+}
+
+/// Whether a server remembers `site` as used by more than one file.
+pub(crate) fn is_reused(conn: &Connection, site: SiteId) -> Result<bool> {
+    Ok(conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM _synced_reused WHERE site_id = ?1)")?
+        .query_row([site.as_bytes().as_slice()], |r| r.get(0))?)
+}
+
+/// Remembers `site` as used by more than one file.
+pub(crate) fn mark_reused(conn: &Connection, site: SiteId) -> Result<()> {
+    conn.prepare_cached("INSERT INTO _synced_reused (site_id) VALUES (?1) ON CONFLICT DO NOTHING")?
+        .execute([site.as_bytes().as_slice()])?;
+    Ok(())
 }
 
 /// Why a device that says it is at `version` cannot be site `device`: the
 /// server received versions of that site beyond it (a device's version only
 /// grows, so its file is a copy of another device's, or was restored from a
 /// backup); `None` if it can be.
-pub(crate) fn behind(conn: &Connection, device: SiteId, version: i64) -> Result<Option<String>> {
-    let seen: i64 = conn
-        .prepare_cached(
-            "SELECT p.seen FROM _synced_peers AS p JOIN _synced_sites AS s ON s.ordinal = p.site \
-             WHERE s.site_id = ?1",
-        )?
-        .query_row([device.as_bytes().as_slice()], |r| r.get(0))
-        .optional()?
-        .unwrap_or(0);
+fn behind(conn: &Connection, device: SiteId, version: i64) -> Result<Option<String>> {
+    let seen = seen_version(conn, device)?;
     Ok((version < seen).then(|| {
         format!(
             "it received versions of site {device} up to {seen}, and the device says it is at \
@@ -394,6 +440,7 @@ fn apply_payload(conn: &Connection, payload: &Payload, sender: Sender<'_>) -> Re
         applied: report,
         rejected,
         restore: Vec::new(),
+        seen: 0,
     })
 }
 

@@ -141,9 +141,13 @@ pub(crate) struct RemoteState {
     remote: Remote,
     /// The client, or why none could be built (reported by every sync).
     http: std::result::Result<reqwest::Client, String>,
-    /// The last [`SEEN_HEADER`](crate::protocol::SEEN_HEADER) an answer
-    /// carried, -1 if none since it was read.
+    /// The highest [`SEEN_HEADER`](crate::protocol::SEEN_HEADER) the answers
+    /// carried since it was last read; -1 if none.
     seen: std::sync::atomic::AtomicI64,
+    /// The lowest `SEEN_HEADER` of an answer to a request sent when the server
+    /// had acknowledged more than it (it lost changes); `i64::MAX` if none
+    /// since it was last read.
+    lost: std::sync::atomic::AtomicI64,
     sending: Mutex<()>,
     receiving: Mutex<()>,
 }
@@ -281,6 +285,7 @@ impl SyncDb {
             remote,
             http,
             seen: std::sync::atomic::AtomicI64::new(-1),
+            lost: std::sync::atomic::AtomicI64::new(i64::MAX),
             sending: Mutex::new(()),
             receiving: Mutex::new(()),
         }));
@@ -377,12 +382,18 @@ impl SyncDb {
 
     /// See [`after_answers`](Self::after_answers).
     async fn renew_or_resend(&self, state: &RemoteState, report: &mut SyncReport) -> Result<()> {
-        let seen = state.seen.swap(-1, std::sync::atomic::Ordering::Relaxed);
+        use std::sync::atomic::Ordering::Relaxed;
+        let seen = state.seen.swap(-1, Relaxed);
+        let lost = state.lost.swap(i64::MAX, Relaxed);
         if seen < 0 {
             return Ok(());
         }
-        if seen <= self.db_version().await? {
-            report.server_lost_changes |= self.resend_if_lost(state, seen).await?;
+        // The version last published is never above the database's: most
+        // answers are settled without asking the connection's thread.
+        if seen <= self.published_version() || seen <= self.db_version().await? {
+            if lost != i64::MAX {
+                report.server_lost_changes |= self.resend_if_lost(state, lost).await?;
+            }
             return Ok(());
         }
         report.site_id_renewed = true;
@@ -434,6 +445,7 @@ impl SyncDb {
         let limits = state.remote.limits;
         let fingerprint = self.schema_fingerprint().await?;
         let cursor = self.remote_cursors(&url).await?.0;
+        let acked = cursor.version();
         let mut batch = self.export_batch(cursor, Scope::Local, limits).await?;
         let mut report = SyncReport::default();
         let mut rows_sent = 0;
@@ -444,7 +456,7 @@ impl SyncDb {
                 if batch.rows == 0 {
                     return Ok::<_, Error>(None);
                 }
-                let ack = self.push(&state, options, fingerprint, payload);
+                let ack = self.push(&state, options, fingerprint, payload, acked);
                 Ok(Some(ack.await?))
             };
             let next = async {
@@ -519,9 +531,10 @@ impl SyncDb {
         let _one_at_a_time = state.receiving.lock().await;
         let url = state.remote.url.clone();
         let fingerprint = self.schema_fingerprint().await?;
-        let cursor = self.remote_cursors(&url).await?.1;
+        let (sent, cursor) = self.remote_cursors(&url).await?;
+        let acked = sent.version();
         let mut answer = self
-            .pull(&state, options, fingerprint, &cursor, options.wait)
+            .pull(&state, options, fingerprint, &cursor, options.wait, acked)
             .await?;
         let mut report = SyncReport::default();
         loop {
@@ -530,7 +543,14 @@ impl SyncDb {
                 if answer.complete {
                     return Ok::<_, Error>(None);
                 }
-                let next = self.pull(&state, options, fingerprint, &answer.next, Duration::ZERO);
+                let next = self.pull(
+                    &state,
+                    options,
+                    fingerprint,
+                    &answer.next,
+                    Duration::ZERO,
+                    acked,
+                );
                 next.await.map(Some)
             };
             let (applied, next) = tokio::join!(apply, next);
@@ -558,12 +578,14 @@ impl SyncDb {
         options: &SyncOptions,
         fingerprint: u64,
         payload: bytes::Bytes,
+        acked: i64,
     ) -> Result<PushAck> {
         let site = self.site_id().to_string();
         let previous = self.previous_site_headers();
         state
             .call(
                 options,
+                acked,
                 |http, remote| {
                     remote
                         .authorize(http.post(format!("{}/push", remote.url)))
@@ -602,6 +624,7 @@ impl SyncDb {
         fingerprint: u64,
         cursor: &Cursor,
         wait: Duration,
+        acked: i64,
     ) -> Result<PullResponse> {
         let query = [
             ("cursor", cursor.to_string()),
@@ -613,6 +636,7 @@ impl SyncDb {
         state
             .call(
                 options,
+                acked,
                 |http, remote| {
                     remote
                         .authorize(http.get(format!("{}/pull", remote.url)).query(&query))
@@ -640,6 +664,7 @@ impl SyncDb {
         state
             .call(
                 &SyncOptions::default(),
+                0,
                 |http, remote| {
                     remote
                         .authorize(http.put(format!("{}/schema", remote.url)))
@@ -761,9 +786,14 @@ impl RemoteState {
     /// One request and the reading of its answer, tried again while the failure
     /// may pass: an unreachable server, a server error, or an answer that `read`
     /// finds damaged.
+    ///
+    /// `acked` is how far the server had acknowledged this database's changes
+    /// before the request (its send cursor then; 0 if unknown): an answer
+    /// saying it has received less shows that it lost changes.
     async fn call<T>(
         &self,
         options: &SyncOptions,
+        acked: i64,
         request: impl Fn(&reqwest::Client, &Remote) -> reqwest::RequestBuilder,
         read: impl Fn(&[u8]) -> std::result::Result<T, String>,
     ) -> Result<T> {
@@ -773,7 +803,7 @@ impl RemoteState {
         })?;
         let mut attempt = 0;
         loop {
-            let (outcome, retry_after) = self.call_once(request(http, &self.remote)).await;
+            let (outcome, retry_after) = self.call_once(request(http, &self.remote), acked).await;
             let outcome = outcome.and_then(|body| {
                 read(&body).map_err(|message| Error::Server {
                     status: 200,
@@ -795,6 +825,7 @@ impl RemoteState {
     async fn call_once(
         &self,
         request: reqwest::RequestBuilder,
+        acked: i64,
     ) -> (Result<bytes::Bytes>, Option<Duration>) {
         let offline = |e: reqwest::Error| Error::Offline {
             url: self.remote.url.clone(),
@@ -813,6 +844,10 @@ impl RemoteState {
         {
             self.seen
                 .fetch_max(seen, std::sync::atomic::Ordering::Relaxed);
+            if seen < acked {
+                self.lost
+                    .fetch_min(seen, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         (self.read_answer(response).await, retry_after)
     }

@@ -228,11 +228,7 @@ async fn push(
     let policies = state.policies(&name);
     let access = policies.push_access(&caller);
     let rows = payload.rows.len();
-    // A push that claims a range says the device's version.
-    let claimed =
-        (payload.upto > payload.since).then(|| i64::try_from(payload.upto).unwrap_or(i64::MAX));
-    db.check_device_version(site, claimed).await?;
-    let ack = db.push(payload, site, access).await?;
+    let (ack, seen) = db.push(payload, site, access).await?;
     if rows > 0 && ack.rejected.len() == rows {
         // A device whose every write is refused keeps them in quarantine; its
         // user, or the operator, needs to know.
@@ -260,7 +256,6 @@ async fn push(
         rejected = ack.rejected.len(),
         "push merged"
     );
-    let seen = db.seen_version(site).await?;
     Ok(([(SEEN_HEADER, seen.to_string())], Json::<PushAck>(ack)).into_response())
 }
 
@@ -301,7 +296,10 @@ async fn pull(
     let db = state.database(&name, &caller).await?;
     check_schema(&*db, &name, &headers).await?;
     let site = device_site(&*db, &caller, &headers).await?;
-    db.check_device_version(site, None).await?;
+    // How far the database has received the device's site id, read before
+    // the export: the device compares it with its version once it has the
+    // answer.
+    let seen = db.check_device(site).await?;
     let Query(query) =
         query.map_err(|e| Error::BadRequest(format!("bad pull query: {}", e.body_text())))?;
     let from = match query.cursor.as_deref() {
@@ -343,7 +341,6 @@ async fn pull(
         complete: batch.complete,
     }
     .encode();
-    let seen = db.seen_version(site).await?;
     Ok((
         [
             (CONTENT_TYPE, "application/octet-stream".to_owned()),

@@ -86,13 +86,16 @@ pub trait Database: Send + Sync + 'static {
     /// (durable), with the database's version after it. With `access` (a user's
     /// push), each row must pass its table's write filter (see
     /// [`SyncDb::apply_push_checked`]). The ack lists the rows refused, with the
-    /// state of each the device takes back, as its user may read it.
+    /// state of each the device takes back, as its user may read it; with it
+    /// comes how far the database has received `site` after the merge (see
+    /// [`sync_runtime::protocol::SEEN_HEADER`]). A site id that more than one
+    /// file uses is refused (see [`SyncDb::check_device_version`]).
     fn push(
         &self,
         payload: Payload,
         site: SiteId,
         access: Option<PushAccess>,
-    ) -> BoxFuture<'_, Result<PushAck>>;
+    ) -> BoxFuture<'_, Result<(PushAck, i64)>>;
 
     /// The changes after `from` not made by `site`, bounded by `limits`.
     fn pull(&self, from: Cursor, site: SiteId, limits: BatchLimits)
@@ -143,14 +146,11 @@ pub trait Database: Send + Sync + 'static {
         reused: bool,
     ) -> BoxFuture<'a, Result<()>>;
 
-    /// The highest version received from `site` (0 if none): see
+    /// Checks that the device presenting `site` is the only file using that
+    /// site id, and returns the highest version received from it (0 if none):
+    /// see [`SyncDb::check_device_version`] and
     /// [`sync_runtime::protocol::SEEN_HEADER`].
-    fn seen_version(&self, site: SiteId) -> BoxFuture<'_, Result<i64>>;
-
-    /// Checks that the device presenting `site` at `version` is the only file
-    /// using that site id (see [`SyncDb::check_device_version`]).
-    fn check_device_version(&self, site: SiteId, version: Option<i64>)
-    -> BoxFuture<'_, Result<()>>;
+    fn check_device(&self, site: SiteId) -> BoxFuture<'_, Result<i64>>;
 
     /// The database's version, updated after every commit that created one: a
     /// pull that found nothing waits on it for new changes.
@@ -413,7 +413,7 @@ impl Database for SqliteDatabase {
         payload: Payload,
         site: SiteId,
         access: Option<PushAccess>,
-    ) -> BoxFuture<'_, Result<PushAck>> {
+    ) -> BoxFuture<'_, Result<(PushAck, i64)>> {
         Box::pin(async move {
             let pushed = match access {
                 None => self.db.apply_push(payload, site).await?,
@@ -425,13 +425,14 @@ impl Database for SqliteDatabase {
             };
             // Read after the commit: at or above the version the merge created.
             let version = self.db.db_version().await?;
-            Ok(PushAck {
+            let ack = PushAck {
                 applied: pushed.applied.applied as u64,
                 ignored: pushed.applied.ignored as u64,
                 version,
                 rejected: pushed.rejected.iter().map(RejectedRow::new).collect(),
                 restore: (!pushed.restore.is_empty()).then(|| hex::encode(&pushed.restore)),
-            })
+            };
+            Ok((ack, pushed.seen))
         })
     }
 
@@ -485,16 +486,8 @@ impl Database for SqliteDatabase {
         Box::pin(async move { Ok(self.db.site_renewed(from, to, owner, reused).await?) })
     }
 
-    fn seen_version(&self, site: SiteId) -> BoxFuture<'_, Result<i64>> {
-        Box::pin(async move { Ok(self.db.seen_version(site).await?) })
-    }
-
-    fn check_device_version(
-        &self,
-        site: SiteId,
-        version: Option<i64>,
-    ) -> BoxFuture<'_, Result<()>> {
-        Box::pin(async move { Ok(self.db.check_device_version(site, version).await?) })
+    fn check_device(&self, site: SiteId) -> BoxFuture<'_, Result<i64>> {
+        Box::pin(async move { Ok(self.db.check_device_version(site, None).await?) })
     }
 
     fn claim_site<'a>(&'a self, site: SiteId, owner: &'a str) -> BoxFuture<'a, Result<bool>> {

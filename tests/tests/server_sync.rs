@@ -640,3 +640,39 @@ async fn two_new_site_ids_in_a_row_keep_the_first_ones_changes_its_own() {
     assert_eq!(origins(&a).await, origins(&b).await);
     server.stop().await;
 }
+
+/// A device's send acknowledged while its fetch waits at the server for
+/// changes (a long-poll) moves its send cursor past what the fetch's answer
+/// says the server had received when the fetch arrived: no sign that the
+/// server lost anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_during_a_long_poll_is_no_sign_of_lost_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server")).await;
+    let url = server.url("todo");
+    publish_schema(&url, dir.path()).await;
+    let a = device(dir.path(), "a", &url, "ann").await;
+    a.insert(&todo("first")).await.unwrap();
+    a.sync().await.unwrap();
+    let before = server.pulls_received();
+    let fetch = tokio::spawn({
+        let a = a.clone();
+        async move {
+            let wait = sync_runtime::SyncOptions {
+                wait: std::time::Duration::from_millis(500),
+                ..sync_runtime::SyncOptions::default()
+            };
+            a.check_changes_with(&wait).await
+        }
+    });
+    while server.pulls_received() == before {
+        tokio::task::yield_now().await;
+    }
+    a.insert(&todo("sent while the fetch waits")).await.unwrap();
+    let sent = a.send_changes().await.unwrap();
+    assert!(sent.changes_sent > 0);
+    let fetched = fetch.await.unwrap().unwrap();
+    assert!(!fetched.server_lost_changes, "{fetched:?}");
+    assert!(!a.has_unsent_changes().await.unwrap());
+    server.stop().await;
+}

@@ -59,6 +59,7 @@ pub fn config(data: &Path) -> Config {
 pub struct TestServer {
     pub data: PathBuf,
     server: Serving,
+    state: sync_server::AppState,
 }
 
 impl TestServer {
@@ -68,8 +69,19 @@ impl TestServer {
 
     pub async fn start_with(config: Config) -> Self {
         let data = config.data.clone();
-        let server = Server::bind(config).await.unwrap().spawn();
-        Self { data, server }
+        let server = Server::bind(config).await.unwrap();
+        let state = server.state().clone();
+        let server = server.spawn();
+        Self {
+            data,
+            server,
+            state,
+        }
+    }
+
+    /// How many pulls the server has received.
+    pub fn pulls_received(&self) -> u64 {
+        self.state.pulls_received()
     }
 
     /// The server's address.
