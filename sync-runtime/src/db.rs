@@ -1224,11 +1224,15 @@ fn guard(conn: &mut Connection, user_sql: &Arc<tx::AppSql>, reads: Option<Reads>
         {
             columns.push((*column_name).to_owned());
         }
+        let app = refuse.running.load(Ordering::Relaxed);
+        if app {
+            note_app_write(&refuse, &context.action);
+        }
         let control = matches!(
             context.action,
             AuthAction::Transaction { .. } | AuthAction::Savepoint { .. }
         );
-        if control && refuse.running.load(Ordering::Relaxed) {
+        if control && app {
             Authorization::Deny
         } else {
             Authorization::Allow
@@ -1239,6 +1243,42 @@ fn guard(conn: &mut Connection, user_sql: &Arc<tx::AppSql>, reads: Option<Reads>
 
 /// What SQLite's quick check reports as wrong with the database: `None` when it
 /// finds nothing.
+/// Records what the app's statement being compiled writes (see
+/// [`tx::AppSql::compiled`]), and moves the epoch of its write sets when it
+/// changes the schema.
+fn note_app_write(app: &tx::AppSql, action: &rusqlite::hooks::AuthAction<'_>) {
+    use rusqlite::hooks::AuthAction;
+    let write = match *action {
+        AuthAction::Insert { table_name } => {
+            Some(tx::Write::Insert(table_name.to_ascii_lowercase()))
+        }
+        AuthAction::Update {
+            table_name,
+            column_name,
+        } => Some(tx::Write::Update(
+            table_name.to_ascii_lowercase(),
+            column_name.to_ascii_lowercase(),
+        )),
+        AuthAction::Read { .. }
+        | AuthAction::Select
+        | AuthAction::Delete { .. }
+        | AuthAction::Function { .. }
+        | AuthAction::Recursive
+        | AuthAction::Transaction { .. }
+        | AuthAction::Savepoint { .. } => None,
+        // Everything else may change what a statement's triggers write.
+        _ => {
+            app.epoch.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    };
+    if let (Some(write), Ok(mut compiled)) = (write, app.compiled.lock())
+        && let Some(writes) = compiled.as_mut()
+    {
+        writes.push(write);
+    }
+}
+
 fn quick_check(conn: &Connection) -> rusqlite::Result<Option<String>> {
     let mut stmt = conn.prepare("PRAGMA quick_check")?;
     let mut rows = Vec::new();

@@ -1,7 +1,7 @@
 //! Typed reads and writes inside one transaction.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension};
@@ -37,7 +37,32 @@ pub(crate) struct AppSql {
     /// The rows it inserted (table or clock table, rowid): the new keys it
     /// wrote, a clock row for a key change too.
     pub(crate) new_keys: Mutex<Vec<(String, i64)>>,
+    /// What the statement being compiled while it runs writes, as the
+    /// authorizer sees it (its triggers' writes included); `None` until the
+    /// authorizer is called.
+    pub(crate) compiled: Mutex<Option<Vec<Write>>>,
+    /// Moves whenever the app's SQL changes the schema: the write sets of
+    /// [`writes`](Self::writes) recorded before then are read again.
+    pub(crate) epoch: AtomicU64,
+    /// The write set of each statement text the app ran, and the epoch it was
+    /// read at.
+    pub(crate) writes: Mutex<WriteSets>,
 }
+
+/// Per statement text: the epoch its write set was read at, and the set.
+pub(crate) type WriteSets = HashMap<String, (u64, Arc<[Write]>)>;
+
+/// A write a statement can make: an insert into a table, or an update of one
+/// of its columns (names in lowercase).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Write {
+    Insert(String),
+    Update(String, String),
+}
+
+/// The most statement texts whose write sets are kept; beyond, they are
+/// forgotten and read again when run.
+const KEPT_WRITE_SETS: usize = 256;
 
 /// Tables registered with a database handle, by name.
 pub(crate) type Registry = HashMap<String, Arc<Registered>>;
@@ -375,12 +400,14 @@ fn where_clause(filter: &str) -> String {
     }
 }
 
-/// Runs the app's SQL. Where a registered table's keys have a narrower domain
-/// than their storage type, the statement runs inside a savepoint, and the keys
-/// it inserted are checked after it: one outside its domain undoes the
-/// statement and fails with [`Error::InvalidKey`]. A statement that fails on
-/// its own keeps SQLite's behaviour (what `OR FAIL` keeps stays, `OR ROLLBACK`
-/// ends the transaction).
+/// Runs the app's SQL. Where a statement can write a key of a registered table
+/// whose keys have a narrower domain than their storage type (it inserts into
+/// the table, or updates one of its key columns, itself or through triggers),
+/// it runs inside a savepoint, and the keys it inserted are checked after it:
+/// one outside its domain undoes the statement and fails with
+/// [`Error::InvalidKey`]. Other statements run without the savepoint. A
+/// statement that fails on its own keeps SQLite's behaviour (what `OR FAIL`
+/// keeps stays, `OR ROLLBACK` ends the transaction).
 pub(crate) fn execute_raw(
     conn: &Connection,
     registry: &Registry,
@@ -403,6 +430,24 @@ pub(crate) fn execute_raw(
     }
     let new_keys = || user_sql.new_keys.lock().unwrap_or_else(|e| e.into_inner());
     new_keys().clear();
+    if !writes_checked_keys(&writes_of(conn, user_sql, sql)?, registry) {
+        // The schema may have changed under the statement since its writes were
+        // read (another connection's DDL): the rows it inserted say so.
+        user_sql.checking.store(true, Ordering::Relaxed);
+        let ran = run();
+        user_sql.checking.store(false, Ordering::Relaxed);
+        let mut inserted = std::mem::take(&mut *new_keys());
+        let changed = ran?;
+        inserted.retain(|(table, _)| {
+            let table = table.strip_prefix(sql::CLOCK_PREFIX).unwrap_or(table);
+            writes_checked_keys(&[Write::Insert(table.to_ascii_lowercase())], registry)
+        });
+        if !inserted.is_empty() {
+            user_sql.writes_mut().remove(sql);
+            check_keys(conn, registry, &inserted)?;
+        }
+        return Ok(changed);
+    }
     conn.prepare_cached("SAVEPOINT synced_raw")?.execute([])?;
     user_sql.checking.store(true, Ordering::Relaxed);
     let ran = run();
@@ -425,6 +470,53 @@ pub(crate) fn execute_raw(
     }
     conn.prepare_cached("RELEASE synced_raw")?.execute([])?;
     checked.map(|()| changed)
+}
+
+impl AppSql {
+    pub(crate) fn writes_mut(&self) -> std::sync::MutexGuard<'_, WriteSets> {
+        self.writes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What statement `sql` writes: read by compiling it once more under the
+/// authorizer when it was not read since the app last changed the schema.
+fn writes_of(conn: &Connection, user_sql: &AppSql, sql: &str) -> Result<Arc<[Write]>> {
+    let epoch = user_sql.epoch.load(Ordering::Relaxed);
+    if let Some((at, writes)) = user_sql.writes_mut().get(sql)
+        && *at == epoch
+    {
+        return Ok(Arc::clone(writes));
+    }
+    let compiled = || user_sql.compiled.lock().unwrap_or_else(|e| e.into_inner());
+    *compiled() = Some(Vec::new());
+    let prepared = as_user(&user_sql.running, || conn.prepare(sql).map(drop));
+    let writes: Arc<[Write]> = compiled().take().unwrap_or_default().into();
+    prepared?;
+    let mut kept = user_sql.writes_mut();
+    if kept.len() >= KEPT_WRITE_SETS {
+        kept.clear();
+    }
+    kept.insert(sql.to_owned(), (epoch, Arc::clone(&writes)));
+    Ok(writes)
+}
+
+/// Whether `writes` can write a key of a registered table whose keys are
+/// checked.
+fn writes_checked_keys(writes: &[Write], registry: &Registry) -> bool {
+    let checked = |table: &str| {
+        registry.values().find(|t| {
+            t.schema.name.eq_ignore_ascii_case(table)
+                && t.key_domains.iter().any(|d| *d != Domain::Any)
+        })
+    };
+    writes.iter().any(|write| match write {
+        Write::Insert(table) => checked(table).is_some(),
+        Write::Update(table, column) => checked(table).is_some_and(|t| {
+            t.schema
+                .key_columns()
+                .any(|c| c.name.eq_ignore_ascii_case(column))
+        }),
+    })
 }
 
 /// Where a written row's key is read from.

@@ -666,6 +666,54 @@ async fn a_raw_key_no_typed_read_can_decode_is_refused_while_tracking_is_off() {
     );
 }
 
+/// Statements that write keys only through triggers are checked too, and so
+/// is a statement the app ran before it added a trigger that makes it write
+/// keys: the statement is undone and nothing is recorded.
+#[tokio::test]
+async fn a_raw_key_written_through_a_trigger_is_refused() {
+    let db = SyncDb::open_in_memory().await.unwrap();
+    db.register::<Todo>().await.unwrap();
+    db.execute_raw("CREATE TABLE inbox (key TEXT, title TEXT)", params![])
+        .await
+        .unwrap();
+    let deliver = "INSERT INTO inbox (key, title) VALUES (?1, 'from the inbox')";
+    // Before any trigger, the statement writes no synced key.
+    db.execute_raw(deliver, params!["not a key"]).await.unwrap();
+    db.execute_raw(
+        "CREATE TRIGGER inbox_to_todos AFTER INSERT ON inbox BEGIN \
+         INSERT INTO todos (id, title) VALUES (NEW.key, NEW.title); END",
+        params![],
+    )
+    .await
+    .unwrap();
+    // Inside a transaction that goes on after the error and commits, as an
+    // app may.
+    let id = SyncId::new();
+    let delivered = db
+        .transaction(move |tx| {
+            let delivered = tx.execute_raw(deliver, params!["abc"]);
+            tx.execute_raw(deliver, params![id.to_string()])
+                .map(|_| delivered)
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(delivered, Err(Error::InvalidKey { .. })),
+        "accepted: {delivered:?}"
+    );
+    // The refused statement is undone whole: the inbox has no row of it, and
+    // the only synced row is the one with a key in its canonical form.
+    let left = db
+        .execute_raw("DELETE FROM inbox WHERE key = 'abc'", params![])
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    let todos = db.query::<Todo>("", params![]).await.unwrap();
+    assert_eq!(todos.len(), 1);
+    assert_eq!(todos[0].id, id);
+    assert_eq!(todos[0].title, "from the inbox");
+}
+
 /// A composite key of a `SyncId` and a `u8`.
 #[derive(Synced, Debug, Clone, PartialEq)]
 #[synced(table = "slots")]
