@@ -661,6 +661,14 @@ impl SyncDb {
     /// rejected alone: the report lists it, and its
     /// [`restore`](PushReport::restore) gives the device this database's state
     /// of it.
+    ///
+    /// A device's version only grows, and its pushes go one at a time: a push
+    /// whose range ends below what this replica received from `device` comes
+    /// from another file using the same site id (a copy, a restored backup).
+    /// It is refused with [`Error::SiteReused`], and the site id is remembered
+    /// as reused, so that every later push or pull presenting it is refused the
+    /// same way (see [`export_for_device`](Self::export_for_device)) and every
+    /// file using it takes a new one.
     pub async fn apply_push(&self, payload: Payload, device: SiteId) -> Result<PushReport> {
         self.call(move |w| {
             let pushed = write(w, |tx| {
@@ -821,6 +829,42 @@ impl SyncDb {
                 let tables = tracking::synced_tables(tx.conn(), true)?;
                 export::export_filtered(tx.conn(), &tables, &from, reader, limits, &filter)
             })
+        })
+        .await
+    }
+
+    /// On a server: what a pull of device site `device` returns, in one call
+    /// on the connection's thread: the changes after `from` not made by the
+    /// device ([`export_batch`](Self::export_batch)), or with `filter` only
+    /// those it may read ([`export_filtered`](Self::export_filtered)); and how
+    /// far this replica has received the device's site id. A site id
+    /// remembered as used by more than one file (a push showed it, see
+    /// [`apply_push`](Self::apply_push), or a device that left it said so, see
+    /// [`site_renewed`](Self::site_renewed)) is refused with
+    /// [`Error::SiteReused`], so that every file using it takes a new one.
+    pub async fn export_for_device(
+        &self,
+        device: SiteId,
+        from: Cursor,
+        limits: BatchLimits,
+        filter: Option<RowFilters>,
+    ) -> Result<(Batch, i64)> {
+        self.call(move |w| {
+            if let Some(message) = merge::reused_site(&w.conn, device, None)? {
+                return Err(Error::SiteReused { message });
+            }
+            let seen = merge::seen_version(&w.conn, device)?;
+            let batch = match &filter {
+                None => read_final(w, |conn, tables| {
+                    export::export_batch(conn, tables, &from, Scope::Except(device), limits)
+                })?,
+                Some(filter) => write(w, |tx| {
+                    tx.set_versions();
+                    let tables = tracking::synced_tables(tx.conn(), true)?;
+                    export::export_filtered(tx.conn(), &tables, &from, device, limits, filter)
+                })?,
+            };
+            Ok((batch, seen))
         })
         .await
     }
@@ -1013,6 +1057,7 @@ impl SyncDb {
 /// A push refused because more than one file uses the device's site id
 /// leaves the id remembered as reused (after the push's own transaction rolled
 /// back), so that every file presenting it later is refused too.
+/// Otherwise, the report gets the database's version after the commit.
 fn remember_reused(
     worker: &mut Worker,
     device: SiteId,
@@ -1021,7 +1066,10 @@ fn remember_reused(
     if matches!(pushed, Err(Error::SiteReused { .. })) {
         merge::mark_reused(&worker.conn, device)?;
     }
-    pushed
+    let version = worker
+        .conn
+        .query_row(sql::CURRENT_VERSION, [], |r| r.get(0))?;
+    Ok(PushReport { version, ..pushed? })
 }
 
 /// Deletes every synced row, clock, cursor and peer, and takes `site` as this

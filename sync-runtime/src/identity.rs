@@ -86,8 +86,10 @@ impl SyncDb {
     /// evicts when they stop passing) if it has none yet, so that the device
     /// still gets the evictions of the rows its user may no longer read; and
     /// when the device left `from` because another file used it too
-    /// (`reused`), `from` is remembered as reused (see
-    /// [`check_device_version`](Self::check_device_version)).
+    /// (`reused`), `from` is remembered as reused: every later push or pull
+    /// presenting it is refused with [`Error::SiteReused`] (see
+    /// [`apply_push`](Self::apply_push) and
+    /// [`export_for_device`](Self::export_for_device)).
     pub async fn site_renewed(
         &self,
         from: SiteId,
@@ -123,30 +125,6 @@ impl SyncDb {
                 )?;
             }
             Ok(())
-        })
-        .await
-    }
-
-    /// On a server: checks that a device presenting site id `site`, at its own
-    /// `version` when it says (a push's range), is the only file using that
-    /// id, and returns how far this replica has received it (see
-    /// [`seen_version`](Self::seen_version)). A site id the server has
-    /// received versions of beyond `version` was used by more than one file
-    /// (a device's version only grows, and its pushes go one at a time): it is
-    /// remembered as reused, and this call and every later one with it fail
-    /// with [`Error::SiteReused`], so that every file using it takes a new
-    /// one. So do the site ids a device left because another file used them
-    /// too (see [`site_renewed`](Self::site_renewed)). A push
-    /// ([`apply_push`](Self::apply_push)) makes the same check.
-    pub async fn check_device_version(&self, site: SiteId, version: Option<i64>) -> Result<i64> {
-        self.call(move |w| {
-            // Reads alone, but for the mark: a pull takes no write lock.
-            let conn = &w.conn;
-            if let Some(message) = merge::reused_site(conn, site, version)? {
-                merge::mark_reused(conn, site)?;
-                return Err(Error::SiteReused { message });
-            }
-            merge::seen_version(conn, site)
         })
         .await
     }

@@ -134,6 +134,8 @@ pub struct PushReport {
     /// How far this replica has received the device's site id after the
     /// merge (see [`SyncDb::seen_version`](crate::SyncDb::seen_version)).
     pub seen: i64,
+    /// This replica's version once the merge is committed.
+    pub version: i64,
 }
 
 /// What a user may write and read: the row filters of a checked push.
@@ -441,6 +443,7 @@ fn apply_payload(conn: &Connection, payload: &Payload, sender: Sender<'_>) -> Re
         rejected,
         restore: Vec::new(),
         seen: 0,
+        version: 0,
     })
 }
 

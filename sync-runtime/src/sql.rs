@@ -17,7 +17,7 @@
 //!   stores a site.
 //! - `_synced_peers`: per site, the highest of its versions this database has seen.
 //! - `_synced_reused`: on a server, the site ids more than one file used (see
-//!   `SyncDb::check_device_version`).
+//!   `SyncDb::site_renewed`).
 //! - `_synced_identities`: the site ids this database had before its current one
 //!   (see [`crate::identity`]), in the order it had them (`id`): the versions
 //!   up to `upto` not listed in `_synced_versions` (and above the `upto` of an

@@ -296,10 +296,6 @@ async fn pull(
     let db = state.database(&name, &caller).await?;
     check_schema(&*db, &name, &headers).await?;
     let site = device_site(&*db, &caller, &headers).await?;
-    // How far the database has received the device's site id, read before
-    // the export: the device compares it with its version once it has the
-    // answer.
-    let seen = db.check_device(site).await?;
     let Query(query) =
         query.map_err(|e| Error::BadRequest(format!("bad pull query: {}", e.body_text())))?;
     let from = match query.cursor.as_deref() {
@@ -327,7 +323,7 @@ async fn pull(
         limits: batch_limits,
         filter,
     };
-    let batch = wait_for_changes(&state, &caller, &changes, from, wait)
+    let (batch, seen) = wait_for_changes(&state, &caller, &changes, from, wait)
         .await
         .inspect_err(|e| {
             if matches!(e, Error::TooManyWaitingPulls { .. }) {
@@ -361,19 +357,18 @@ struct Changes<'a> {
 }
 
 impl Changes<'_> {
-    async fn after(&self, from: Cursor) -> Result<Batch> {
-        Ok(match &self.filter {
-            None => self.db.pull(from, self.site, self.limits).await?,
-            Some(filter) => {
-                self.db
-                    .pull_filtered(from, self.site, self.limits, filter.clone())
-                    .await?
-            }
-        })
+    /// The batch after `from`, and how far the database has received the
+    /// device's site id.
+    async fn after(&self, from: Cursor) -> Result<(Batch, i64)> {
+        self.db
+            .pull(from, self.site, self.limits, self.filter.clone())
+            .await
     }
 }
 
-/// Exports the changes after `from`; when there are none yet, waits for the
+/// Exports the changes after `from`, with how far the database has received
+/// the device's site id (read with the last export); when there are none yet,
+/// waits for the
 /// database's version to move (or the wait to end, or the server to shut down)
 /// and looks again. The wait takes one of the server's waiting slots, or is
 /// refused (429) when `caller` or the server has none left.
@@ -383,7 +378,7 @@ async fn wait_for_changes(
     changes: &Changes<'_>,
     mut from: Cursor,
     wait: Duration,
-) -> Result<Batch> {
+) -> Result<(Batch, i64)> {
     let deadline = Instant::now() + wait;
     let mut shutdown = state.shared.shutdown.subscribe();
     let mut versions = changes.db.subscribe();
@@ -392,10 +387,10 @@ async fn wait_for_changes(
         // Marked seen before the export: a commit after this point either is in
         // the export or wakes the wait below.
         versions.borrow_and_update();
-        let batch = changes.after(from.clone()).await?;
+        let (batch, seen) = changes.after(from.clone()).await?;
         let nothing_new = batch.rows == 0 && batch.complete;
         if !nothing_new || wait.is_zero() || *shutdown.borrow() {
-            return Ok(batch);
+            return Ok((batch, seen));
         }
         // What was skipped (the caller's own changes) need not be read again.
         from = batch.next.clone();
@@ -403,9 +398,9 @@ async fn wait_for_changes(
             slot = Some(state.shared.waiting.try_start(caller)?);
         }
         tokio::select! {
-            changed = versions.changed() => if changed.is_err() { return Ok(batch) },
-            () = tokio::time::sleep_until(deadline) => return Ok(batch),
-            _ = shutdown.changed() => return Ok(batch),
+            changed = versions.changed() => if changed.is_err() { return Ok((batch, seen)) },
+            () = tokio::time::sleep_until(deadline) => return Ok((batch, seen)),
+            _ = shutdown.changed() => return Ok((batch, seen)),
         }
     }
 }

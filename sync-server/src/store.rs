@@ -14,7 +14,7 @@ use std::sync::Arc;
 use sync_runtime::protocol::{PushAck, RejectedRow};
 use sync_runtime::wire::Payload;
 use sync_runtime::{
-    Batch, BatchLimits, Cursor, Options, RowFilter, RowFilters, Scope, SiteId, SyncDb, Synchronous,
+    Batch, BatchLimits, Cursor, Options, RowFilter, RowFilters, SiteId, SyncDb, Synchronous,
     TableSchema,
 };
 use tokio::sync::{Mutex, watch};
@@ -89,7 +89,7 @@ pub trait Database: Send + Sync + 'static {
     /// state of each the device takes back, as its user may read it; with it
     /// comes how far the database has received `site` after the merge (see
     /// [`sync_runtime::protocol::SEEN_HEADER`]). A site id that more than one
-    /// file uses is refused (see [`SyncDb::check_device_version`]).
+    /// file uses is refused (see [`SyncDb::apply_push`]).
     fn push(
         &self,
         payload: Payload,
@@ -97,9 +97,19 @@ pub trait Database: Send + Sync + 'static {
         access: Option<PushAccess>,
     ) -> BoxFuture<'_, Result<(PushAck, i64)>>;
 
-    /// The changes after `from` not made by `site`, bounded by `limits`.
-    fn pull(&self, from: Cursor, site: SiteId, limits: BatchLimits)
-    -> BoxFuture<'_, Result<Batch>>;
+    /// The changes after `from` not made by `site`, bounded by `limits`; with
+    /// `filter` (a user's pull), only those of rows it lets the device read
+    /// (see [`SyncDb::export_filtered`]); and how far the database has
+    /// received `site` (see [`sync_runtime::protocol::SEEN_HEADER`]). A site
+    /// id that more than one file uses is refused (see
+    /// [`SyncDb::export_for_device`]).
+    fn pull(
+        &self,
+        from: Cursor,
+        site: SiteId,
+        limits: BatchLimits,
+        filter: Option<RowFilters>,
+    ) -> BoxFuture<'_, Result<(Batch, i64)>>;
 
     /// The registered tables.
     fn schemas(&self) -> BoxFuture<'_, Result<Vec<TableSchema>>>;
@@ -123,16 +133,6 @@ pub trait Database: Send + Sync + 'static {
         filter: RowFilter,
     ) -> BoxFuture<'a, Result<Vec<String>>>;
 
-    /// The changes after `from` that `site` may read through `filter`, bounded by
-    /// `limits` (row-level security; see [`SyncDb::export_filtered`]).
-    fn pull_filtered(
-        &self,
-        from: Cursor,
-        site: SiteId,
-        limits: BatchLimits,
-        filter: RowFilters,
-    ) -> BoxFuture<'_, Result<Batch>>;
-
     /// The fingerprint of the registered tables, which clients must match.
     fn fingerprint(&self) -> BoxFuture<'_, Result<u64>>;
 
@@ -145,12 +145,6 @@ pub trait Database: Send + Sync + 'static {
         owner: &'a str,
         reused: bool,
     ) -> BoxFuture<'a, Result<()>>;
-
-    /// Checks that the device presenting `site` is the only file using that
-    /// site id, and returns the highest version received from it (0 if none):
-    /// see [`SyncDb::check_device_version`] and
-    /// [`sync_runtime::protocol::SEEN_HEADER`].
-    fn check_device(&self, site: SiteId) -> BoxFuture<'_, Result<i64>>;
 
     /// The database's version, updated after every commit that created one: a
     /// pull that found nothing waits on it for new changes.
@@ -424,7 +418,7 @@ impl Database for SqliteDatabase {
                 }
             };
             // Read after the commit: at or above the version the merge created.
-            let version = self.db.db_version().await?;
+            let version = pushed.version;
             let ack = PushAck {
                 applied: pushed.applied.applied as u64,
                 ignored: pushed.applied.ignored as u64,
@@ -441,11 +435,12 @@ impl Database for SqliteDatabase {
         from: Cursor,
         site: SiteId,
         limits: BatchLimits,
-    ) -> BoxFuture<'_, Result<Batch>> {
+        filter: Option<RowFilters>,
+    ) -> BoxFuture<'_, Result<(Batch, i64)>> {
         Box::pin(async move {
             Ok(self
                 .db
-                .export_batch(from, Scope::Except(site), limits)
+                .export_for_device(site, from, limits, filter)
                 .await?)
         })
     }
@@ -486,10 +481,6 @@ impl Database for SqliteDatabase {
         Box::pin(async move { Ok(self.db.site_renewed(from, to, owner, reused).await?) })
     }
 
-    fn check_device(&self, site: SiteId) -> BoxFuture<'_, Result<i64>> {
-        Box::pin(async move { Ok(self.db.check_device_version(site, None).await?) })
-    }
-
     fn claim_site<'a>(&'a self, site: SiteId, owner: &'a str) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
             if let Some(known) = lock(&self.owners).get(&site) {
@@ -513,16 +504,6 @@ impl Database for SqliteDatabase {
         filter: RowFilter,
     ) -> BoxFuture<'a, Result<Vec<String>>> {
         Box::pin(async move { Ok(self.db.index_filter(table, filter).await?) })
-    }
-
-    fn pull_filtered(
-        &self,
-        from: Cursor,
-        site: SiteId,
-        limits: BatchLimits,
-        filter: RowFilters,
-    ) -> BoxFuture<'_, Result<Batch>> {
-        Box::pin(async move { Ok(self.db.export_filtered(from, site, limits, filter).await?) })
     }
 
     fn subscribe(&self) -> watch::Receiver<i64> {
