@@ -1063,13 +1063,17 @@ fn remember_reused(
     device: SiteId,
     pushed: Result<PushReport>,
 ) -> Result<PushReport> {
-    if matches!(pushed, Err(Error::SiteReused { .. })) {
-        merge::mark_reused(&worker.conn, device)?;
-    }
+    let pushed = match pushed {
+        Err(Error::SiteReused { message }) => {
+            merge::mark_reused(&worker.conn, device)?;
+            return Err(Error::SiteReused { message });
+        }
+        other => other?,
+    };
     let version = worker
         .conn
         .query_row(sql::CURRENT_VERSION, [], |r| r.get(0))?;
-    Ok(PushReport { version, ..pushed? })
+    Ok(PushReport { version, ..pushed })
 }
 
 /// Deletes every synced row, clock, cursor and peer, and takes `site` as this
