@@ -9,6 +9,7 @@ use rusqlite::{Connection, OptionalExtension};
 use crate::error::Result;
 use crate::id::SiteId;
 use crate::schema::TableSchema;
+use crate::site;
 use crate::sql::{ClockLayout, TableSql};
 use crate::value::{self, Value, ValueRef};
 
@@ -237,8 +238,8 @@ impl<'c> Origins<'c> {
     pub(crate) fn new(conn: &'c Connection) -> Result<Self> {
         Ok(Self {
             conn,
-            sites: site_dictionary(conn)?,
-            identities: identities(conn)?,
+            sites: site::dictionary(conn)?,
+            identities: site::identities(conn)?,
             known: RefCell::new(HashMap::new()),
         })
     }
@@ -361,32 +362,4 @@ fn owned(raw: rusqlite::types::ValueRef<'_>) -> Result<Value> {
 
 fn corrupt(details: String) -> crate::Error {
     crate::Error::Corrupt { details }
-}
-
-/// The site ids a database had before its current one: up to which version
-/// each was its own, in version order.
-pub(crate) fn identities(conn: &Connection) -> Result<Vec<(i64, i64)>> {
-    let mut stmt =
-        conn.prepare_cached("SELECT upto, site FROM _synced_identities ORDER BY upto, id")?;
-    let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
-}
-
-fn site_dictionary(conn: &Connection) -> Result<HashMap<i64, SiteId>> {
-    let mut stmt = conn.prepare_cached("SELECT ordinal, site_id FROM _synced_sites")?;
-    let rows = stmt.query_map([], |row| {
-        Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?))
-    })?;
-    let mut sites = HashMap::new();
-    for row in rows {
-        let (ordinal, bytes) = row?;
-        let bytes = <[u8; 16]>::try_from(bytes.as_slice()).map_err(|_| {
-            corrupt(format!(
-                "site ordinal {ordinal} has {} bytes, not 16",
-                bytes.len()
-            ))
-        })?;
-        sites.insert(ordinal, SiteId::from_bytes(bytes));
-    }
-    Ok(sites)
 }

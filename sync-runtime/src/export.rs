@@ -57,7 +57,7 @@ pub enum Scope {
 /// `<version>`, `<base>.<version>.<rowid>.<table>` inside the changes after a
 /// base version, or `s.<version>.r<rowid>.<table>` / `s.<version>.h<key>.<table>`
 /// inside a filtered reader's first export (a snapshot of what it may read, see
-/// [`SyncDb::export_filtered`](crate::SyncDb::export_filtered)), whose
+/// [`Replica::export_filtered`](crate::server::Replica::export_filtered)), whose
 /// [`version`](Self::version) is 0 until it is done. Those two end with
 /// `.<count>` once the exporting database has been
 /// [vacuumed](crate::SyncDb::vacuum): a cursor made before a vacuum resumes at
@@ -586,7 +586,7 @@ pub(crate) fn export_restore<'a>(
     let (tables, names) = export_order(tables);
     let mut sites = SiteDictionary::new(&origins);
     let ordinal = match reader {
-        Some((site, _)) => Some(crate::merge::local_sites(conn, &[site])?[0]),
+        Some((site, _)) => Some(crate::site::local_sites(conn, &[site])?[0]),
         None => None,
     };
     let mut out = Vec::new();
@@ -700,7 +700,7 @@ pub(crate) fn finish(
         payload.rows.push(row);
     }
     payload.sites = sites.list;
-    payload.schema_fingerprint = fingerprint(included.iter().copied());
+    payload.schema_fingerprint = crate::schema::fingerprint(included.iter().copied());
     payload.exporter = origins.site(0)?;
     // A payload claims to hold everything between `since` and `upto` only when it
     // does: a partial batch claims nothing beyond its base.
@@ -912,27 +912,4 @@ impl<'o> SiteDictionary<'o> {
         let version = u64::try_from(origin_version).unwrap_or_default();
         Ok(Origin { site, version })
     }
-}
-
-/// A fingerprint of the descriptors of `tables`, in order: name, algorithm and every
-/// column's name, type, nullability, key role and default (FNV-1a, 64 bits).
-pub(crate) fn fingerprint<'a>(tables: impl Iterator<Item = &'a TableSchema>) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut feed = |bytes: &[u8]| {
-        for &b in bytes.iter().chain(&[0xff]) {
-            hash ^= u64::from(b);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-    };
-    for table in tables {
-        feed(table.name.to_ascii_lowercase().as_bytes());
-        feed(table.algorithm.as_str().as_bytes());
-        for c in table.columns.iter() {
-            feed(c.name.as_bytes());
-            feed(c.sql_type.as_sql().as_bytes());
-            feed(&[u8::from(c.nullable), u8::from(c.primary_key)]);
-            feed(c.default.as_deref().unwrap_or("").as_bytes());
-        }
-    }
-    hash
 }

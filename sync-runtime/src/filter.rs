@@ -44,10 +44,11 @@ pub enum RowFilter {
 }
 
 /// The row filter of each table: what a reader may read in an export (see
-/// [`SyncDb::export_filtered`](crate::SyncDb::export_filtered)).
+/// [`Replica::export_filtered`](crate::server::Replica::export_filtered)).
 ///
 /// ```
-/// use sync_runtime::{RowFilters, RowFilter, Value};
+/// use sync_runtime::Value;
+/// use sync_runtime::server::{RowFilter, RowFilters};
 ///
 /// let filter = RowFilters::new(RowFilter::Nothing).table(
 ///     "todos",
@@ -205,7 +206,7 @@ impl<'f> Gate<'f> {
         base: i64,
         upto: i64,
     ) -> Result<Self> {
-        let reader = crate::merge::local_sites(conn, &[reader])?[0];
+        let reader = crate::site::local_sites(conn, &[reader])?[0];
         Ok(Self {
             filter,
             reader,

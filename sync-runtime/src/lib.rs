@@ -59,37 +59,48 @@
 //! `Option<T>` → nullable. See [`SyncValue`].
 
 pub mod change;
+#[cfg(feature = "http")]
+mod client;
 mod db;
 pub mod error;
 mod export;
 mod filter;
 mod format;
+mod guard;
 mod id;
 mod identity;
 mod merge;
 mod model;
+mod open;
 pub mod protocol;
 mod quarantine;
-mod remote;
 pub mod schema;
+pub mod server;
+mod site;
 mod snapshot;
 mod sql;
+#[cfg(feature = "http")]
+mod sync;
 mod tracking;
 mod tx;
 pub mod value;
 pub mod wire;
+mod worker;
 
 pub use change::{Change, ChangeKind};
-pub use db::{Options, SyncDb, Synchronous};
+#[cfg(feature = "http")]
+pub use client::{ProgressFn, Remote, SyncOptions, SyncReport};
+pub use db::SyncDb;
 pub use error::{Error, Result};
 pub use export::{BadCursor, Batch, BatchLimits, Cursor, Scope, Since};
-pub use filter::{RowFilter, RowFilters};
 pub use id::{BadSiteId, SiteId, SyncId};
-pub use merge::{ApplyReport, PushReport, Rejection};
+pub use merge::{ApplyReport, Rejection};
 pub use model::{RowReader, Synced};
+pub use open::{Options, Synchronous};
 pub use quarantine::Rejected;
-pub use remote::{AutoSync, ProgressFn, Remote, SyncEvent, SyncOptions, SyncReport};
 pub use schema::{Algorithm, ColumnSchema, TableSchema};
+#[cfg(feature = "http")]
+pub use sync::{AutoSync, SyncEvent};
 pub use tx::Transaction;
 pub use value::{Domain, SqlType, SyncValue, Value, ValueRef};
 

@@ -32,10 +32,10 @@ use rusqlite::{Connection, OptionalExtension};
 
 use crate::change::Origins;
 use crate::error::{Error, Result};
-use crate::export::fingerprint;
 use crate::filter::{self, RowFilter, RowFilters};
 use crate::id::SiteId;
-use crate::schema::{Algorithm, TableSchema};
+use crate::schema::{Algorithm, TableSchema, fingerprint};
+use crate::site::{self, local_sites};
 use crate::sql::TableSql;
 use crate::tracking;
 use crate::value::{self, SqlType, Value};
@@ -77,6 +77,10 @@ struct Clock {
 pub(crate) enum Source {
     /// The server this device syncs with, in a pull: it holds only clocks it
     /// checked, and a device takes them as they are.
+    #[cfg_attr(
+        not(feature = "http"),
+        allow(dead_code, reason = "used by the sync client")
+    )]
     Server,
     /// A peer: a causal length or column version that leaps beyond what any
     /// replica can have counted to (see [`wire::CLOCK_STEP`]) refuses the payload.
@@ -168,7 +172,7 @@ pub(crate) fn apply_push(
     }
     let claimed =
         (payload.upto > payload.since).then(|| i64::try_from(payload.upto).unwrap_or(i64::MAX));
-    if let Some(message) = reused_site(conn, device, claimed)? {
+    if let Some(message) = site::reused_site(conn, device, claimed)? {
         return Err(Error::SiteReused { message });
     }
     let own = |origin| made_by(payload, origin, device);
@@ -182,85 +186,7 @@ pub(crate) fn apply_push(
             return refuse(FOREIGN_CHANGES.into());
         }
     }
-    let report = apply_payload(conn, payload, Sender::Device { device, access })?;
-    let restore = if report.rejected.is_empty() {
-        Vec::new()
-    } else {
-        let rows = report
-            .rejected
-            .iter()
-            .map(|r| (r.table.as_str(), &r.pk[..]));
-        let reader = access.map(|access| (device, access.read));
-        let tables = tracking::synced_tables(conn, false)?;
-        crate::export::export_restore(conn, &tables, rows, reader)?
-    };
-    let seen = seen_version(conn, device)?;
-    Ok(PushReport {
-        restore,
-        seen,
-        ..report
-    })
-}
-
-/// The highest of `site`'s versions this replica has seen (0 if none).
-pub(crate) fn seen_version(conn: &Connection, site: SiteId) -> Result<i64> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT p.seen FROM _synced_peers AS p JOIN _synced_sites AS s ON s.ordinal = p.site \
-             WHERE s.site_id = ?1",
-        )?
-        .query_row([site.as_bytes().as_slice()], |r| r.get(0))
-        .optional()?
-        .unwrap_or(0))
-}
-
-/// Why device site `device`, at its own `version` when it says (a push's
-/// range), cannot be the only file using that id: a server remembers it as
-/// reused (see [`SyncDb::site_renewed`](crate::SyncDb::site_renewed)), or
-/// received versions of it beyond `version`; `None` if it can be.
-pub(crate) fn reused_site(
-    conn: &Connection,
-    device: SiteId,
-    version: Option<i64>,
-) -> Result<Option<String>> {
-    if is_reused(conn, device)? {
-        return Ok(Some(format!(
-            "site {device} was used by more than one file; the device needs a new site id"
-        )));
-    }
-    match version {
-        Some(version) => behind(conn, device, version),
-        None => Ok(None),
-    }
-}
-
-/// Whether a server remembers `site` as used by more than one file.
-pub(crate) fn is_reused(conn: &Connection, site: SiteId) -> Result<bool> {
-    Ok(conn
-        .prepare_cached("SELECT EXISTS (SELECT 1 FROM _synced_reused WHERE site_id = ?1)")?
-        .query_row([site.as_bytes().as_slice()], |r| r.get(0))?)
-}
-
-/// Remembers `site` as used by more than one file.
-pub(crate) fn mark_reused(conn: &Connection, site: SiteId) -> Result<()> {
-    conn.prepare_cached("INSERT INTO _synced_reused (site_id) VALUES (?1) ON CONFLICT DO NOTHING")?
-        .execute([site.as_bytes().as_slice()])?;
-    Ok(())
-}
-
-/// Why a device that says it is at `version` cannot be site `device`: the
-/// server received versions of that site beyond it (a device's version only
-/// grows, so its file is a copy of another device's, or was restored from a
-/// backup); `None` if it can be.
-fn behind(conn: &Connection, device: SiteId, version: i64) -> Result<Option<String>> {
-    let seen = seen_version(conn, device)?;
-    Ok((version < seen).then(|| {
-        format!(
-            "it received versions of site {device} up to {seen}, and the device says it is at \
-             {version}: its file is a copy of another device's, or was restored from a backup; \
-             it needs a new site id"
-        )
-    }))
+    apply_payload(conn, payload, Sender::Device { device, access })
 }
 
 /// Replaces this device's state of rows its server refused with the server's
@@ -672,7 +598,7 @@ fn own_version(conn: &Connection, version: i64, current: i64, may_return: bool) 
         .prepare_cached("SELECT EXISTS (SELECT 1 FROM _synced_versions WHERE db_version = ?1)")?
         .query_row([version], |r| r.get(0))?;
     // Made under a site id this database had before, not under its own.
-    let earlier = crate::change::identities(conn)?
+    let earlier = site::identities(conn)?
         .last()
         .is_some_and(|(upto, _)| version <= *upto);
     if version < 1 || version > current || remote || earlier {
@@ -803,25 +729,6 @@ fn check_types(payload: &Payload, targets: &[Target]) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// The local ordinal of every payload site (this database is 0), adding new sites
-/// to the dictionary.
-pub(crate) fn local_sites(conn: &Connection, sites: &[SiteId]) -> Result<Vec<i64>> {
-    sites
-        .iter()
-        .map(|site| {
-            conn.prepare_cached(
-                "INSERT INTO _synced_sites (ordinal, site_id) \
-                 SELECT coalesce(max(ordinal), 0) + 1, ?1 FROM _synced_sites WHERE true \
-                 ON CONFLICT (site_id) DO NOTHING",
-            )?
-            .execute([site.as_bytes().as_slice()])?;
-            Ok(conn
-                .prepare_cached("SELECT ordinal FROM _synced_sites WHERE site_id = ?1")?
-                .query_row([site.as_bytes().as_slice()], |r| r.get(0))?)
-        })
-        .collect()
 }
 
 /// Records that this database holds every change the exporter made up to

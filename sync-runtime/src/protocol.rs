@@ -80,7 +80,7 @@ pub struct PushAck {
     /// If rows were refused: the server's state of each as the device may see
     /// it, a [payload](crate::wire) in lowercase hex, which the device puts in
     /// place of its own state of those rows (see
-    /// [`PushReport::restore`](crate::PushReport::restore)). Absent from the
+    /// [`PushReport::restore`](crate::server::PushReport::restore)). Absent from the
     /// answers of servers before this field, and ignored by older devices.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore: Option<String>,

@@ -14,14 +14,13 @@
 
 use rusqlite::{Connection, OptionalExtension};
 
-use crate::db::{SyncDb, write};
 use crate::error::{Error, Result};
 use crate::merge::Rejection;
 use crate::model::{RowReader, Synced};
 use crate::schema::TableSchema;
 use crate::sql::{self, TableSql};
 use crate::tracking;
-use crate::tx;
+use crate::tx::{self, Registered};
 use crate::value::{self, Value};
 use crate::wire;
 
@@ -44,6 +43,10 @@ pub struct Rejected<T> {
 /// replaces it; returns how many rows were kept. Rows of tables this database
 /// does not sync are left out, and so are rows it never held (it can have
 /// sent nothing of them; a server that names them is not believed).
+#[cfg_attr(
+    not(feature = "http"),
+    allow(dead_code, reason = "used by the sync client")
+)]
 pub(crate) fn keep(conn: &Connection, rejections: &[Rejection], now_ms: i64) -> Result<usize> {
     if rejections.is_empty() {
         return Ok(0);
@@ -83,6 +86,10 @@ pub(crate) fn keep(conn: &Connection, rejections: &[Rejection], now_ms: i64) -> 
 }
 
 /// Every column of the row with key `pk`, in table order, if it exists here.
+#[cfg_attr(
+    not(feature = "http"),
+    allow(dead_code, reason = "used by the sync client")
+)]
 fn read_row(
     conn: &Connection,
     schema: &TableSchema,
@@ -164,83 +171,25 @@ pub(crate) fn take(
     .map_err(Error::from)
 }
 
-impl SyncDb {
-    /// The writes to `T`'s table that the server refused, oldest first, each with
-    /// the values this device had written (see [`Rejected`]). They stay until
-    /// [`resubmit`](Self::resubmit) or [`discard`](Self::discard), across syncs
-    /// and reopenings.
-    ///
-    /// ```
-    /// # use sync_runtime::{Synced, SyncDb, SyncId};
-    /// # #[derive(Synced, Debug, Clone, PartialEq)]
-    /// # #[synced(table = "todos")]
-    /// # struct Todo { #[synced(primary_key)] id: SyncId, title: String }
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> sync_runtime::Result<()> {
-    /// let db = SyncDb::open_in_memory().await?;
-    /// db.register::<Todo>().await?;
-    /// for refused in db.rejected::<Todo>().await? {
-    ///     println!("{:?} was refused: {}", refused.row, refused.reason);
-    /// }
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub async fn rejected<T: Synced>(&self) -> Result<Vec<Rejected<T>>> {
-        self.call(|w| {
-            tx::table_of(&w.registry, T::SCHEMA)?;
-            list::<T>(&w.conn)
-        })
-        .await
+/// Writes a refused row again as a new change (see
+/// [`SyncDb::resubmit`](crate::SyncDb::resubmit)); whether there was an entry
+/// for `pk`.
+pub(crate) fn resubmit(conn: &Connection, table: &Registered, pk: &[Value]) -> Result<bool> {
+    let Some(row) = take(conn, &table.schema, pk)? else {
+        return Ok(false);
+    };
+    match row {
+        Some(values) => match tx::update(conn, table, |i| values[i].as_ref()) {
+            Err(Error::NotFound { .. }) => {
+                tx::insert(conn, table, |i| values[i].as_ref())?;
+            }
+            other => other?,
+        },
+        None => {
+            tx::delete(conn, table, |i| pk[i].as_ref())?;
+        }
     }
-
-    /// Writes a refused row again, as a new change of this device: the values it
-    /// had (inserting the row if it is gone here, updating it otherwise), or its
-    /// delete; the next sync sends it. The entry is removed; if the server
-    /// refuses the write again, a new one takes its place. Returns whether there
-    /// was an entry for `key`.
-    pub async fn resubmit<T: Synced>(&self, key: &T::Key) -> Result<bool> {
-        let pk = key_values::<T>(key);
-        self.call(move |w| {
-            write(w, |tx| {
-                let table = tx::table_of(tx.registry(), T::SCHEMA)?;
-                let conn = tx.conn();
-                let Some(row) = take(conn, &table.schema, &pk)? else {
-                    return Ok(false);
-                };
-                match row {
-                    Some(values) => match tx::update(conn, table, |i| values[i].as_ref()) {
-                        Err(Error::NotFound { .. }) => {
-                            tx::insert(conn, table, |i| values[i].as_ref())?;
-                        }
-                        other => other?,
-                    },
-                    None => {
-                        tx::delete(conn, table, |i| pk[i].as_ref())?;
-                    }
-                }
-                Ok(true)
-            })
-        })
-        .await
-    }
-
-    /// Drops the entry of a refused row, keeping the server's state of it.
-    /// Returns whether there was one.
-    pub async fn discard<T: Synced>(&self, key: &T::Key) -> Result<bool> {
-        let pk = key_values::<T>(key);
-        self.call(move |w| {
-            let table = tx::table_of(&w.registry, T::SCHEMA)?;
-            Ok(take(&w.conn, &table.schema, &pk)?.is_some())
-        })
-        .await
-    }
-}
-
-/// The values of a key of `T`, in key order.
-fn key_values<T: Synced>(key: &T::Key) -> Vec<Value> {
-    (0..T::SCHEMA.key_columns().count())
-        .map(|i| T::key_value(key, i).into_owned())
-        .collect()
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -253,7 +202,7 @@ mod tests {
     /// have been sent, and only they are kept.
     #[tokio::test]
     async fn only_rows_held_here_are_kept() {
-        let db = SyncDb::open_in_memory().await.unwrap();
+        let db = crate::SyncDb::open_in_memory().await.unwrap();
         let tags = TableSchema::new(
             "tags",
             Algorithm::Cls,

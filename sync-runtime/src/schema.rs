@@ -325,6 +325,29 @@ pub struct SchemaError {
     pub reason: String,
 }
 
+/// A fingerprint of the descriptors of `tables`, in order: name, algorithm and every
+/// column's name, type, nullability, key role and default (FNV-1a, 64 bits).
+pub(crate) fn fingerprint<'a>(tables: impl Iterator<Item = &'a TableSchema>) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for &b in bytes.iter().chain(&[0xff]) {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for table in tables {
+        feed(table.name.to_ascii_lowercase().as_bytes());
+        feed(table.algorithm.as_str().as_bytes());
+        for c in table.columns.iter() {
+            feed(c.name.as_bytes());
+            feed(c.sql_type.as_sql().as_bytes());
+            feed(&[u8::from(c.nullable), u8::from(c.primary_key)]);
+            feed(c.default.as_deref().unwrap_or("").as_bytes());
+        }
+    }
+    hash
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,7 @@
 //!   stores a site.
 //! - `_synced_peers`: per site, the highest of its versions this database has seen.
 //! - `_synced_reused`: on a server, the site ids more than one file used (see
-//!   `SyncDb::site_renewed`).
+//!   `Replica::site_renewed`).
 //! - `_synced_identities`: the site ids this database had before its current one
 //!   (see [`crate::identity`]), in the order it had them (`id`): the versions
 //!   up to `upto` not listed in `_synced_versions` (and above the `upto` of an
@@ -155,6 +155,10 @@ pub(crate) const CLOSE_VERSION: &str = "UPDATE _synced_state SET db_version = db
 
 /// Keeps a refused write (see [`crate::quarantine`]): table (lowercase), key,
 /// values (none for a delete), reason, when.
+#[cfg_attr(
+    not(feature = "http"),
+    allow(dead_code, reason = "used by the sync client")
+)]
 pub(crate) const KEEP_REJECTED: &str = "INSERT INTO _synced_rejected (tbl, pk, row, reason, at) VALUES (?1, ?2, ?3, ?4, ?5) \
      ON CONFLICT (tbl, pk) DO UPDATE SET row = excluded.row, reason = excluded.reason, \
      at = excluded.at";
@@ -182,6 +186,86 @@ pub(crate) const CURRENT_VERSION: &str = "SELECT db_version FROM _synced_state";
 
 /// A change counter of the database file that moves when another connection commits.
 pub(crate) const DATA_VERSION: &str = "PRAGMA data_version";
+
+/// Adds a site to the dictionary, at the next ordinal, unless it is there.
+pub(crate) const ADD_SITE: &str = "INSERT INTO _synced_sites (ordinal, site_id) \
+     SELECT coalesce(max(ordinal), 0) + 1, ?1 FROM _synced_sites WHERE true \
+     ON CONFLICT (site_id) DO NOTHING";
+
+/// The ordinal of a site id.
+pub(crate) const SITE_ORDINAL: &str = "SELECT ordinal FROM _synced_sites WHERE site_id = ?1";
+
+/// The site dictionary.
+pub(crate) const SITES: &str = "SELECT ordinal, site_id FROM _synced_sites";
+
+/// This database's site id.
+pub(crate) const OWN_SITE: &str = "SELECT site_id FROM _synced_state";
+
+/// The site ids this database had before, in version order.
+pub(crate) const IDENTITIES: &str = "SELECT upto, site FROM _synced_identities ORDER BY upto, id";
+
+/// The site id this database had last before its current one, and whether it
+/// left it because another file used it too.
+pub(crate) const PREVIOUS_SITE: &str = "SELECT s.site_id, i.reused FROM _synced_identities AS i \
+     JOIN _synced_sites AS s ON s.ordinal = i.site ORDER BY i.id DESC LIMIT 1";
+
+/// The highest version of a site (by id) this database has seen.
+pub(crate) const SEEN_VERSION: &str = "SELECT p.seen FROM _synced_peers AS p \
+     JOIN _synced_sites AS s ON s.ordinal = p.site WHERE s.site_id = ?1";
+
+/// Whether a site id is remembered as used by more than one file.
+pub(crate) const IS_REUSED: &str =
+    "SELECT EXISTS (SELECT 1 FROM _synced_reused WHERE site_id = ?1)";
+
+/// Remembers a site id as used by more than one file.
+pub(crate) const MARK_REUSED: &str =
+    "INSERT INTO _synced_reused (site_id) VALUES (?1) ON CONFLICT DO NOTHING";
+
+/// Binds a site id to its owner unless it has one.
+pub(crate) const CLAIM_SITE: &str =
+    "INSERT INTO _synced_site_owners (site_id, owner) VALUES (?1, ?2) ON CONFLICT DO NOTHING";
+
+/// The owner of a site id.
+pub(crate) const SITE_OWNER: &str = "SELECT owner FROM _synced_site_owners WHERE site_id = ?1";
+
+/// Whether a reader (by ordinal) holds any row.
+pub(crate) const HOLDS_ANY: &str = "SELECT EXISTS (SELECT 1 FROM _synced_held WHERE site = ?1)";
+
+/// Gives reader `?2` the record of the rows reader `?1` holds.
+pub(crate) const INHERIT_HELD: &str = "INSERT INTO _synced_held (site, tbl, pk, evicted, at) \
+     SELECT ?2, tbl, pk, evicted, at FROM _synced_held WHERE site = ?1 ON CONFLICT DO NOTHING";
+
+/// Registers a synced table: name, algorithm, descriptor (JSON), tracking on.
+pub(crate) const REGISTER_TABLE: &str = "INSERT INTO _synced_tables (name, algorithm, descriptor, tracking) \
+     VALUES (?1, ?2, ?3, 1)";
+
+/// Turns a synced table's tracking on or off.
+pub(crate) const SET_TRACKING: &str = "UPDATE _synced_tables SET tracking = ?2 WHERE name = ?1";
+
+/// Forgets a synced table.
+pub(crate) const UNREGISTER_TABLE: &str = "DELETE FROM _synced_tables WHERE name = ?1";
+
+/// Drops the refused writes kept for one table (lowercase name).
+pub(crate) const DISCARD_REJECTED_OF: &str = "DELETE FROM _synced_rejected WHERE tbl = ?1";
+
+/// Every synced table's name and descriptor.
+pub(crate) const SYNCED_TABLES: &str = "SELECT name, descriptor FROM _synced_tables ORDER BY name";
+
+/// The name and descriptor of every synced table whose tracking is on.
+pub(crate) const TRACKED_TABLES: &str =
+    "SELECT name, descriptor FROM _synced_tables WHERE tracking ORDER BY name";
+
+/// One synced table's descriptor and tracking flag.
+pub(crate) const STORED_TABLE: &str =
+    "SELECT descriptor, tracking FROM _synced_tables WHERE name = ?1";
+
+/// Whether a table of the main schema is STRICT (no row: no such table).
+pub(crate) const IS_STRICT: &str =
+    "SELECT strict FROM pragma_table_list WHERE schema = 'main' AND name = ?1 COLLATE NOCASE";
+
+/// A table's columns: name, type, not-null flag, key position.
+pub(crate) const TABLE_COLUMNS: &str =
+    "SELECT name, type, \"notnull\", pk FROM pragma_table_info(?1) ORDER BY cid";
 
 /// Message prefix of the error raised when a row of a grow-only table would be
 /// deleted (or re-keyed); the table name follows.
@@ -332,6 +416,10 @@ pub(crate) struct TableSql {
     pub(crate) drop_guards: String,
     pub(crate) drop_clock: String,
     /// Deletes every row and every clock (run with the triggers off).
+    #[cfg_attr(
+        not(feature = "http"),
+        allow(dead_code, reason = "used by the sync client")
+    )]
     pub(crate) wipe: String,
     /// Gives the changes this database made under an earlier site id, after
     /// version `?1` and up to `?2`, version `?3` (see [`crate::identity`]).

@@ -2,99 +2,69 @@
 
 use rusqlite::{Connection, OptionalExtension};
 
-use crate::db::{Worker, write};
 use crate::error::{Error, Result};
 use crate::schema::TableSchema;
-use crate::sql::TableSql;
+use crate::sql::{self, TableSql};
 use crate::tx::Registered;
-use crate::value::Domain;
 
-/// Creates (or checks) a synced table and its metadata; see `SyncDb::register`.
-///
-/// `key_domains` are the domains of the key columns' types (see
-/// [`crate::Domain`]), for the checks of the app's raw SQL.
-pub(crate) fn register(
-    worker: &mut Worker,
-    schema: TableSchema,
-    source: Option<usize>,
-    key_domains: &'static [Domain],
-) -> Result<()> {
-    schema.validate()?;
-    let table = Registered::new(schema, source, key_domains);
-    write(worker, |tx| {
-        let conn = tx.conn();
-        let (schema, sql) = (&table.schema, &table.sql);
-        match stored(conn, &schema.name)? {
-            Some((stored, tracking)) => {
-                if stored != *schema {
-                    return Err(Error::SchemaMismatch {
-                        table: schema.name.to_string(),
-                        details: describe_difference(&stored, schema),
-                    });
-                }
-                check_shape(conn, schema)?;
-                create(conn, sql, tracking)?;
+/// Creates (or checks) a synced table and its metadata, inside the caller's
+/// write transaction; see `SyncDb::register`.
+pub(crate) fn register(conn: &Connection, table: &Registered) -> Result<()> {
+    let (schema, sql) = (&table.schema, &table.sql);
+    match stored(conn, &schema.name)? {
+        Some((stored, tracking)) => {
+            if stored != *schema {
+                return Err(Error::SchemaMismatch {
+                    table: schema.name.to_string(),
+                    details: describe_difference(&stored, schema),
+                });
             }
-            None => {
-                check_shape(conn, schema)?;
-                create(conn, sql, true)?;
-                let descriptor =
-                    serde_json::to_string(schema).map_err(|e| Error::SchemaMismatch {
-                        table: schema.name.to_string(),
-                        details: e.to_string(),
-                    })?;
-                conn.execute(
-                    "INSERT INTO _synced_tables (name, algorithm, descriptor, tracking) VALUES (?1, ?2, ?3, 1)",
-                    (schema.name.as_ref(), schema.algorithm.as_str(), descriptor),
-                )?;
-                backfill(conn, sql)?;
-            }
+            check_shape(conn, schema)?;
+            create(conn, sql, tracking)?;
         }
-        Ok::<_, Error>(())
-    })?;
-    worker.registry.insert(table.schema.name.to_string(), table);
+        None => {
+            check_shape(conn, schema)?;
+            create(conn, sql, true)?;
+            let descriptor = serde_json::to_string(schema).map_err(|e| Error::SchemaMismatch {
+                table: schema.name.to_string(),
+                details: e.to_string(),
+            })?;
+            conn.execute(
+                sql::REGISTER_TABLE,
+                (schema.name.as_ref(), schema.algorithm.as_str(), descriptor),
+            )?;
+            backfill(conn, sql)?;
+        }
+    }
     Ok(())
 }
 
 /// Turns tracking of a registered table on (recording what changed while it was off)
-/// or off.
-pub(crate) fn set_tracking(worker: &mut Worker, name: &str, on: bool) -> Result<()> {
-    write(worker, |tx| {
-        let conn = tx.conn();
-        let (schema, tracking) = stored(conn, name)?.ok_or_else(|| not_registered(name))?;
-        let sql = TableSql::new(&schema);
-        if on && !tracking {
-            conn.execute_batch(&sql.create_triggers)?;
-            backfill(conn, &sql)?;
-        } else if !on {
-            conn.execute_batch(&sql.drop_triggers)?;
-        }
-        conn.execute(
-            "UPDATE _synced_tables SET tracking = ?2 WHERE name = ?1",
-            (name, on),
-        )?;
-        Ok(())
-    })
+/// or off, inside the caller's write transaction.
+pub(crate) fn set_tracking(conn: &Connection, name: &str, on: bool) -> Result<()> {
+    let (schema, tracking) = stored(conn, name)?.ok_or_else(|| not_registered(name))?;
+    let sql = TableSql::new(&schema);
+    if on && !tracking {
+        conn.execute_batch(&sql.create_triggers)?;
+        backfill(conn, &sql)?;
+    } else if !on {
+        conn.execute_batch(&sql.drop_triggers)?;
+    }
+    conn.execute(sql::SET_TRACKING, (name, on))?;
+    Ok(())
 }
 
-/// Removes every trace of sync from a table, keeping its rows.
-pub(crate) fn drop_tracking(worker: &mut Worker, name: &str) -> Result<()> {
-    write(worker, |tx| {
-        let conn = tx.conn();
-        let (schema, _) = stored(conn, name)?.ok_or_else(|| not_registered(name))?;
-        let sql = TableSql::new(&schema);
-        conn.execute_batch(&sql.drop_triggers)?;
-        conn.execute_batch(&sql.drop_guards)?;
-        conn.execute_batch(&sql.drop_clock)?;
-        conn.execute("DELETE FROM _synced_tables WHERE name = ?1", [name])?;
-        // Refused writes kept in the table's shape (see `crate::quarantine`).
-        conn.execute(
-            "DELETE FROM _synced_rejected WHERE tbl = ?1",
-            [name.to_ascii_lowercase()],
-        )?;
-        Ok::<_, Error>(())
-    })?;
-    worker.registry.remove(name);
+/// Removes every trace of sync from a table, keeping its rows, inside the
+/// caller's write transaction.
+pub(crate) fn drop_tracking(conn: &Connection, name: &str) -> Result<()> {
+    let (schema, _) = stored(conn, name)?.ok_or_else(|| not_registered(name))?;
+    let sql = TableSql::new(&schema);
+    conn.execute_batch(&sql.drop_triggers)?;
+    conn.execute_batch(&sql.drop_guards)?;
+    conn.execute_batch(&sql.drop_clock)?;
+    conn.execute(sql::UNREGISTER_TABLE, [name])?;
+    // Refused writes kept in the table's shape (see `crate::quarantine`).
+    conn.execute(sql::DISCARD_REJECTED_OF, [name.to_ascii_lowercase()])?;
     Ok(())
 }
 
@@ -102,9 +72,9 @@ pub(crate) fn drop_tracking(worker: &mut Worker, name: &str) -> Result<()> {
 /// tracking is on), whether or not this handle registered it.
 pub(crate) fn synced_tables(conn: &Connection, tracked_only: bool) -> Result<Vec<TableSchema>> {
     let mut stmt = conn.prepare_cached(if tracked_only {
-        "SELECT name, descriptor FROM _synced_tables WHERE tracking ORDER BY name"
+        sql::TRACKED_TABLES
     } else {
-        "SELECT name, descriptor FROM _synced_tables ORDER BY name"
+        sql::SYNCED_TABLES
     })?;
     let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
     rows.map(|row| {
@@ -130,11 +100,9 @@ fn parse_descriptor(name: &str, descriptor: &str) -> Result<TableSchema> {
 /// The stored descriptor and tracking flag of a synced table.
 fn stored(conn: &Connection, name: &str) -> Result<Option<(TableSchema, bool)>> {
     let row = conn
-        .query_row(
-            "SELECT descriptor, tracking FROM _synced_tables WHERE name = ?1",
-            [name],
-            |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?)),
-        )
+        .query_row(sql::STORED_TABLE, [name], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?))
+        })
         .optional()?;
     row.map(|(descriptor, tracking)| Ok((parse_descriptor(name, &descriptor)?, tracking)))
         .transpose()
@@ -169,19 +137,14 @@ fn check_shape(conn: &Connection, schema: &TableSchema) -> Result<()> {
         })
     };
     let strict: Option<bool> = conn
-        .query_row(
-            "SELECT strict FROM pragma_table_list WHERE schema = 'main' AND name = ?1 COLLATE NOCASE",
-            [name],
-            |r| r.get(0),
-        )
+        .query_row(sql::IS_STRICT, [name], |r| r.get(0))
         .optional()?;
     match strict {
         None => return Ok(()),
         Some(false) => return mismatch("it is not a STRICT table".into()),
         Some(true) => {}
     }
-    let mut stmt =
-        conn.prepare("SELECT name, type, \"notnull\", pk FROM pragma_table_info(?1) ORDER BY cid")?;
+    let mut stmt = conn.prepare(sql::TABLE_COLUMNS)?;
     let existing = stmt
         .query_map([name], |r| {
             Ok((

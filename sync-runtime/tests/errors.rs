@@ -626,6 +626,7 @@ async fn a_raw_write_of_a_key_no_typed_read_can_decode_is_refused() {
 
 /// A server whose HTTP client cannot be built is reported by every sync, with
 /// a typed error that lasts (not a panic, and not a retry).
+#[cfg(feature = "http")]
 #[tokio::test]
 async fn a_remote_without_an_http_client_is_a_typed_error() {
     let db = SyncDb::open_in_memory().await.unwrap().with_remote(

@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used)] // in tests, a failed unwrap is a failed assertion
 
+use sync_runtime::server::Replica;
 use sync_runtime::wire::{self, Payload};
 use sync_runtime::{
     BatchLimits, Cursor, Error, Scope, Since, SyncDb, SyncId, Synced, Value, params,
@@ -620,6 +621,7 @@ async fn a_relay_leaves_out_what_the_receiver_made() {
     b.insert(&from_b).await.unwrap();
     sync(&a, &relay).await;
     sync(&b, &relay).await;
+    let relay = Replica::new(relay);
     let for_a = decode(
         &relay
             .export_changes_except(Since::Beginning, a.site_id())

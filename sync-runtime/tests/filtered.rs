@@ -3,9 +3,8 @@
 
 #![allow(clippy::unwrap_used)] // in tests, a failed unwrap is a failed assertion
 
-use sync_runtime::{
-    BatchLimits, Cursor, RowFilter, RowFilters, Since, SyncDb, SyncId, Synced, Value, params, wire,
-};
+use sync_runtime::server::{PushReport, Replica, RowFilter, RowFilters};
+use sync_runtime::{BatchLimits, Cursor, Since, SyncDb, SyncId, Synced, Value, params, wire};
 
 #[derive(Synced, Debug, Clone, PartialEq)]
 #[synced(table = "notes")]
@@ -67,7 +66,7 @@ impl Reader {
     /// Fetches everything new from `server`, in batches of `limits`.
     async fn pull_in(&mut self, server: &SyncDb, limits: BatchLimits) {
         loop {
-            let batch = server
+            let batch = Replica::new(server.clone())
                 .export_filtered(
                     self.cursor.clone(),
                     self.db.site_id(),
@@ -89,7 +88,7 @@ impl Reader {
     async fn peek(&self, server: &SyncDb) -> sync_runtime::Batch {
         let limits = BatchLimits::default();
         let (cursor, site) = (self.cursor.clone(), self.db.site_id());
-        server
+        Replica::new(server.clone())
             .export_filtered(cursor, site, limits, self.filter())
             .await
             .unwrap()
@@ -259,7 +258,7 @@ async fn a_device_cannot_push_evictions() {
         .unwrap();
     let eviction = ann.peek(&server).await;
     // Sent to another replica as a push from the server's own site id.
-    let error = other
+    let error = Replica::new(other.clone())
         .apply_push(wire::decode(&eviction.payload).unwrap(), server.site_id())
         .await
         .unwrap_err();
@@ -292,7 +291,7 @@ async fn a_device_cannot_claim_a_row_another_site_created() {
     // The row is rejected alone, as a row a peer created reaches a server
     // through a device that received it: nothing of it is applied.
     let forged = wire::encode(&payload, Compression::None);
-    let report = server
+    let report = Replica::new(server.clone())
         .apply_push(wire::decode(&forged).unwrap(), mallory.site_id())
         .await
         .unwrap();
@@ -308,11 +307,11 @@ async fn a_device_cannot_claim_a_row_another_site_created() {
 
     // Once the server has the row, the same context is fine: an update.
     let honest = alice.export_local_changes(Since::Beginning).await.unwrap();
-    server
+    Replica::new(server.clone())
         .apply_push(wire::decode(&honest).unwrap(), alice.site_id())
         .await
         .unwrap();
-    server
+    Replica::new(server.clone())
         .apply_push(wire::decode(&forged).unwrap(), mallory.site_id())
         .await
         .unwrap();
@@ -322,7 +321,7 @@ async fn a_device_cannot_claim_a_row_another_site_created() {
     let mut tied = payload.clone();
     tied.sites[0] = sync_runtime::SiteId::from_bytes([0xff; 16]);
     let tied = wire::encode(&tied, Compression::None);
-    server
+    Replica::new(server.clone())
         .apply_push(wire::decode(&tied).unwrap(), mallory.site_id())
         .await
         .unwrap();
@@ -344,7 +343,7 @@ async fn the_delete_of_a_row_the_reader_created_reaches_it() {
     let mine = note("ann", true, "mine");
     ann.db.insert(&mine).await.unwrap();
     let pushed = ann.db.export_local_changes(Since::Beginning).await.unwrap();
-    server
+    Replica::new(server.clone())
         .apply_push(wire::decode(&pushed).unwrap(), ann.db.site_id())
         .await
         .unwrap();
@@ -369,7 +368,7 @@ impl Reader {
 
     /// Sends every change made here to `server`, with this user's filters, and
     /// takes back the server's state of the rows it refused, as a device does.
-    async fn push(&self, server: &SyncDb) -> sync_runtime::PushReport {
+    async fn push(&self, server: &SyncDb) -> PushReport {
         let exported_at = self.db.db_version().await.unwrap();
         let payload = self
             .db
@@ -377,7 +376,7 @@ impl Reader {
             .await
             .unwrap();
         let site = self.db.site_id();
-        let report = server
+        let report = Replica::new(server.clone())
             .apply_push_checked(
                 wire::decode(&payload).unwrap(),
                 site,
@@ -556,7 +555,7 @@ async fn rows_changed_during_a_first_fetch_arrive_as_they_end() {
         max_rows: 2,
         ..BatchLimits::default()
     };
-    let first = server
+    let first = Replica::new(server.clone())
         .export_filtered(Cursor::BEGINNING, ann.db.site_id(), limits, ann.filter())
         .await
         .unwrap();

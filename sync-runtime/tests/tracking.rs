@@ -4,7 +4,8 @@
 
 use std::path::Path;
 
-use sync_runtime::{Change, ChangeKind, Error, RowFilter, SyncDb, SyncId, Synced, Value, params};
+use sync_runtime::server::{Replica, RowFilter};
+use sync_runtime::{Change, ChangeKind, Error, SyncDb, SyncId, Synced, Value, params};
 
 #[derive(Synced, Debug, Clone, PartialEq)]
 #[synced(table = "todos")]
@@ -742,7 +743,11 @@ async fn transaction_control_stays_refused_after_a_filter_is_indexed() {
         sql: "done = 1".into(),
         params: Vec::new(),
     };
-    assert_eq!(db.index_filter("todos", policy).await.unwrap(), ["done"]);
+    let replica = Replica::new(db.clone());
+    assert_eq!(
+        replica.index_filter("todos", policy).await.unwrap(),
+        ["done"]
+    );
     assert_transaction_control_refused(&db).await;
 }
 

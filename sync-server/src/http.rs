@@ -32,8 +32,9 @@ use serde::Deserialize;
 use sync_runtime::protocol::{
     self, PullResponse, PushAck, SCHEMA_HEADER, SEEN_HEADER, SITE_HEADER,
 };
+use sync_runtime::server::RowFilters;
 use sync_runtime::wire::{self, Payload};
-use sync_runtime::{Batch, BatchLimits, Cursor, RowFilters, SiteId, TableSchema};
+use sync_runtime::{Batch, BatchLimits, Cursor, SiteId, TableSchema};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tower_http::timeout::TimeoutLayer;

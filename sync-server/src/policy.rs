@@ -8,7 +8,8 @@
 
 use std::collections::HashMap;
 
-use sync_runtime::{RowFilter, RowFilters, Value};
+use sync_runtime::Value;
+use sync_runtime::server::{RowFilter, RowFilters};
 
 use crate::auth::Principal;
 use crate::config::{Access, DatabaseConfig};

@@ -12,11 +12,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use sync_runtime::protocol::{PushAck, RejectedRow};
+use sync_runtime::server::{Replica, RowFilter, RowFilters};
 use sync_runtime::wire::Payload;
-use sync_runtime::{
-    Batch, BatchLimits, Cursor, Options, RowFilter, RowFilters, SiteId, SyncDb, Synchronous,
-    TableSchema,
-};
+use sync_runtime::{Batch, BatchLimits, Cursor, Options, SiteId, SyncDb, Synchronous, TableSchema};
 use tokio::sync::{Mutex, watch};
 
 use crate::config::StorageConfig;
@@ -82,14 +80,14 @@ pub struct PushAccess {
 /// One database: a replica that accepts pushes and serves pulls.
 pub trait Database: Send + Sync + 'static {
     /// Merges a payload that device `site` pushed, decoded (only its own changes; see
-    /// [`SyncDb::apply_push`]). Returns only once the merge is committed
+    /// [`Replica::apply_push`]). Returns only once the merge is committed
     /// (durable), with the database's version after it. With `access` (a user's
     /// push), each row must pass its table's write filter (see
-    /// [`SyncDb::apply_push_checked`]). The ack lists the rows refused, with the
+    /// [`Replica::apply_push_checked`]). The ack lists the rows refused, with the
     /// state of each the device takes back, as its user may read it; with it
     /// comes how far the database has received `site` after the merge (see
     /// [`sync_runtime::protocol::SEEN_HEADER`]). A site id that more than one
-    /// file uses is refused (see [`SyncDb::apply_push`]).
+    /// file uses is refused (see [`Replica::apply_push`]).
     fn push(
         &self,
         payload: Payload,
@@ -99,10 +97,10 @@ pub trait Database: Send + Sync + 'static {
 
     /// The changes after `from` not made by `site`, bounded by `limits`; with
     /// `filter` (a user's pull), only those of rows it lets the device read
-    /// (see [`SyncDb::export_filtered`]); and how far the database has
+    /// (see [`Replica::export_filtered`]); and how far the database has
     /// received `site` (see [`sync_runtime::protocol::SEEN_HEADER`]). A site
     /// id that more than one file uses is refused (see
-    /// [`SyncDb::export_for_device`]).
+    /// [`Replica::export_for_device`]).
     fn pull(
         &self,
         from: Cursor,
@@ -137,7 +135,7 @@ pub trait Database: Send + Sync + 'static {
     fn fingerprint(&self) -> BoxFuture<'_, Result<u64>>;
 
     /// A device of `owner`'s left site id `from` for `to`, because another
-    /// file used it too if `reused` (see [`SyncDb::site_renewed`]).
+    /// file used it too if `reused` (see [`Replica::site_renewed`]).
     fn site_renewed<'a>(
         &'a self,
         from: SiteId,
@@ -354,7 +352,7 @@ impl Store for SqliteStore {
 
 /// One database of a [`SqliteStore`]: a [`SyncDb`] replica.
 pub struct SqliteDatabase {
-    db: SyncDb,
+    db: Replica,
     /// What every push and pull checks, kept here rather than read from the
     /// replica each time: the tables' fingerprint (which only
     /// [`set_schemas`](Database::set_schemas) changes) and the sites whose owner
@@ -389,7 +387,7 @@ impl SqliteDatabase {
 
     async fn open_with(path: &Path, options: Options) -> Result<Self> {
         Ok(Self {
-            db: SyncDb::open_with(path, options).await?,
+            db: Replica::new(SyncDb::open_with(path, options).await?),
             fingerprint: std::sync::Mutex::default(),
             owners: std::sync::Mutex::default(),
         })
@@ -397,7 +395,7 @@ impl SqliteDatabase {
 
     /// The replica itself.
     pub fn sync_db(&self) -> &SyncDb {
-        &self.db
+        self.db.db()
     }
 }
 
@@ -446,15 +444,15 @@ impl Database for SqliteDatabase {
     }
 
     fn schemas(&self) -> BoxFuture<'_, Result<Vec<TableSchema>>> {
-        Box::pin(async move { Ok(self.db.schemas().await?) })
+        Box::pin(async move { Ok(self.db.db().schemas().await?) })
     }
 
     fn set_schemas(&self, schemas: Vec<TableSchema>) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             for schema in schemas {
-                self.db.register_schema(schema).await?;
+                self.db.db().register_schema(schema).await?;
             }
-            let fingerprint = self.db.schema_fingerprint().await?;
+            let fingerprint = self.db.db().schema_fingerprint().await?;
             *lock(&self.fingerprint) = Some(fingerprint);
             Ok(())
         })
@@ -465,7 +463,7 @@ impl Database for SqliteDatabase {
             if let Some(fingerprint) = *lock(&self.fingerprint) {
                 return Ok(fingerprint);
             }
-            let fingerprint = self.db.schema_fingerprint().await?;
+            let fingerprint = self.db.db().schema_fingerprint().await?;
             // A schema change that finished meanwhile stored its own.
             Ok(*lock(&self.fingerprint).get_or_insert(fingerprint))
         })
@@ -507,7 +505,7 @@ impl Database for SqliteDatabase {
     }
 
     fn subscribe(&self) -> watch::Receiver<i64> {
-        self.db.subscribe()
+        self.db.db().subscribe()
     }
 }
 

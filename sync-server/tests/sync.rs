@@ -408,7 +408,8 @@ async fn a_schema_whose_default_is_sql_is_refused_and_runs_nothing() {
 /// policy under an authorizer of its own).
 #[tokio::test]
 async fn a_servers_database_keeps_its_transaction_guard_after_its_policies_are_indexed() {
-    use sync_runtime::{RowFilter, Synced, params};
+    use sync_runtime::server::RowFilter;
+    use sync_runtime::{Synced, params};
     use sync_server::store::{Database, SqliteDatabase};
     let dir = tempfile::tempdir().unwrap();
     let db = SqliteDatabase::open(&dir.path().join("todo.db"))

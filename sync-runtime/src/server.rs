@@ -1,0 +1,389 @@
+//! What a sync server or a relay does with a database: the operations that
+//! serve other replicas' devices, on a [`Replica`] view of a [`SyncDb`].
+//!
+//! An app needs none of this: it syncs with [`SyncDb::sync`] or, peer to peer,
+//! with [`SyncDb::export_changes`] and [`SyncDb::apply_changes`]. A server
+//! keeps a [`Replica`] of each database it serves and merges what devices push
+//! into it with the same merge engine, checking who sends what and, with
+//! [`RowFilters`], what each user may read and write.
+
+use std::sync::Arc;
+
+use rusqlite::Connection;
+
+use crate::db::SyncDb;
+use crate::error::{Error, Result};
+use crate::export::{self, Batch, BatchLimits, Cursor, Scope, Since};
+use crate::guard::{Reads, guard};
+use crate::id::SiteId;
+use crate::merge;
+use crate::schema::TableSchema;
+use crate::site;
+use crate::sql;
+use crate::tracking;
+use crate::wire::Payload;
+use crate::worker::{Worker, read_final, write};
+
+pub use crate::filter::{RowFilter, RowFilters};
+pub use crate::merge::PushReport;
+
+/// A database as a sync server or relay serves it: the operations only a
+/// server or relay needs, on the same database as its [`SyncDb`] (a clone of
+/// the handle; cheap).
+///
+/// ```
+/// use sync_runtime::server::Replica;
+/// use sync_runtime::{Scope, Since, SyncDb};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> sync_runtime::Result<()> {
+/// let device = SyncDb::open_in_memory().await?;
+/// let server = Replica::new(SyncDb::open_in_memory().await?);
+/// let payload = device.export_local_changes(Since::Beginning).await?;
+/// let decoded = sync_runtime::wire::decode(&payload)?;
+/// let report = server.apply_push(decoded, device.site_id()).await?;
+/// assert!(report.rejected.is_empty());
+/// # let _ = Scope::Local;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Replica {
+    db: SyncDb,
+}
+
+impl Replica {
+    /// The server's view of `db`.
+    pub fn new(db: SyncDb) -> Self {
+        Self { db }
+    }
+
+    /// The database, for what apps and servers both do with it.
+    pub fn db(&self) -> &SyncDb {
+        &self.db
+    }
+
+    /// On a server: a device of `owner`'s left site id `from` for `to` (see
+    /// [`new_site_id`](SyncDb::new_site_id)). When both are `owner`'s, `to`
+    /// gets the record of the rows `from` holds (the rows a filtered pull
+    /// evicts when they stop passing) if it has none yet, so that the device
+    /// still gets the evictions of the rows its user may no longer read; and
+    /// when the device left `from` because another file used it too
+    /// (`reused`), `from` is remembered as reused: every later push or pull
+    /// presenting it is refused with [`Error::SiteReused`] (see
+    /// [`apply_push`](Self::apply_push) and
+    /// [`export_for_device`](Self::export_for_device)).
+    pub async fn site_renewed(
+        &self,
+        from: SiteId,
+        to: SiteId,
+        owner: &str,
+        reused: bool,
+    ) -> Result<()> {
+        let owner = owner.to_owned();
+        self.db
+            .call(move |w| site::renewed(&w.conn, from, to, &owner, reused))
+            .await
+    }
+
+    /// Like [`export_changes`](SyncDb::export_changes), without the changes `site`
+    /// made: what a relay (a server) sends back to `site`, which has them already.
+    pub async fn export_changes_except(&self, since: Since, site: SiteId) -> Result<Vec<u8>> {
+        self.db
+            .call(move |w| {
+                read_final(w, |conn, tables| {
+                    export::export(conn, tables, since.version(), Scope::Except(site))
+                })
+            })
+            .await
+    }
+
+    /// Merges what a device pushed, as a server does: like
+    /// [`apply_changes`](SyncDb::apply_changes) of a payload decoded beforehand
+    /// (with [`wire::decode_within`](crate::wire::decode_within), so that a
+    /// server bounds what a request inflates to and decodes off this database's
+    /// thread), after checking that the payload
+    /// holds only changes `device` made itself (exported by it with
+    /// [`Scope::Local`]) and no evictions; anything else is [`Error::Refused`],
+    /// and nothing is applied. A row whose clocks leap beyond what any replica
+    /// can have counted to ([`wire::CLOCK_STEP`](crate::wire::CLOCK_STEP)), or
+    /// whose existence would change here by another site's record (a peer's
+    /// creation or delete, which the device received and cannot make for it), is
+    /// rejected alone: the report lists it, and its
+    /// [`restore`](PushReport::restore) gives the device this database's state
+    /// of it.
+    ///
+    /// A device's version only grows, and its pushes go one at a time: a push
+    /// whose range ends below what this replica received from `device` comes
+    /// from another file using the same site id (a copy, a restored backup).
+    /// It is refused with [`Error::SiteReused`], and the site id is remembered
+    /// as reused, so that every later push or pull presenting it is refused the
+    /// same way (see [`export_for_device`](Self::export_for_device)) and every
+    /// file using it takes a new one.
+    pub async fn apply_push(&self, payload: Payload, device: SiteId) -> Result<PushReport> {
+        self.db
+            .call(move |w| {
+                let pushed = write(w, |tx| {
+                    tx.set_versions();
+                    push(tx.conn(), &payload, device, None)
+                });
+                remember_reused(w, device, pushed)
+            })
+            .await
+    }
+
+    /// [`apply_push`](Self::apply_push) with row-level security: each pushed row
+    /// must pass its table's filter in `may_write` before its change (if the row
+    /// exists here) and after it (if it still exists). A row that does not is
+    /// rejected: nothing of it is applied, the rest of the push is, and nothing
+    /// here changes for it. The report lists the rejected rows, and its
+    /// [`restore`](PushReport::restore) gives the device its state of each as
+    /// `may_read` lets it see them, so that the device alone takes them back.
+    pub async fn apply_push_checked(
+        &self,
+        payload: Payload,
+        device: SiteId,
+        may_write: RowFilters,
+        may_read: RowFilters,
+    ) -> Result<PushReport> {
+        self.db
+            .call(move |w| {
+                let pushed = write(w, |tx| {
+                    tx.set_versions();
+                    let access = merge::Access {
+                        write: &may_write,
+                        read: &may_read,
+                    };
+                    push(tx.conn(), &payload, device, Some(access))
+                });
+                remember_reused(w, device, pushed)
+            })
+            .await
+    }
+
+    /// Like [`export_batch`](SyncDb::export_batch) for one reader (a device of a
+    /// user), with row-level security: only the changes of rows `filter` lets it
+    /// read, whole for rows it does not hold yet, evictions for rows it holds but
+    /// may no longer read, and nothing of other rows; never the reader's own
+    /// changes. What each reader holds is kept in this database (an export is
+    /// a write).
+    ///
+    /// From [`Cursor::BEGINNING`], the export is a snapshot: it walks the rows
+    /// the reader may read now (through indexes of the columns the filter reads,
+    /// see [`index_filter`](Self::index_filter)) and the rows it holds, not the
+    /// history, so its cost follows what the reader may read. Once the snapshot
+    /// is done, the reader goes on from the version it started at; a batch is
+    /// [`complete`](Batch::complete) only if nothing changed meanwhile.
+    pub async fn export_filtered(
+        &self,
+        from: Cursor,
+        reader: SiteId,
+        limits: BatchLimits,
+        filter: RowFilters,
+    ) -> Result<Batch> {
+        self.db
+            .call(move |w| {
+                write(w, |tx| {
+                    tx.set_versions();
+                    let tables = tracking::synced_tables(tx.conn(), true)?;
+                    export::export_filtered(tx.conn(), &tables, &from, reader, limits, &filter)
+                })
+            })
+            .await
+    }
+
+    /// On a server: what a pull of device site `device` returns, in one call
+    /// on the connection's thread: the changes after `from` not made by the
+    /// device ([`export_batch`](SyncDb::export_batch)), or with `filter` only
+    /// those it may read ([`export_filtered`](Self::export_filtered)); and how
+    /// far this replica has received the device's site id. A site id
+    /// remembered as used by more than one file (a push showed it, see
+    /// [`apply_push`](Self::apply_push), or a device that left it said so, see
+    /// [`site_renewed`](Self::site_renewed)) is refused with
+    /// [`Error::SiteReused`], so that every file using it takes a new one.
+    pub async fn export_for_device(
+        &self,
+        device: SiteId,
+        from: Cursor,
+        limits: BatchLimits,
+        filter: Option<RowFilters>,
+    ) -> Result<(Batch, i64)> {
+        self.db
+            .call(move |w| {
+                if let Some(message) = site::reused_site(&w.conn, device, None)? {
+                    return Err(Error::SiteReused { message });
+                }
+                let seen = site::seen_version(&w.conn, device)?;
+                let batch = match &filter {
+                    None => read_final(w, |conn, tables| {
+                        export::export_batch(conn, tables, &from, Scope::Except(device), limits)
+                    })?,
+                    Some(filter) => write(w, |tx| {
+                        tx.set_versions();
+                        let tables = tracking::synced_tables(tx.conn(), true)?;
+                        export::export_filtered(tx.conn(), &tables, &from, device, limits, filter)
+                    })?,
+                };
+                Ok((batch, seen))
+            })
+            .await
+    }
+
+    /// Binds a device's site id to its owner (a user) the first time it is seen,
+    /// and tells whether `owner` is that site's owner: a server refuses a device
+    /// that presents another user's site id, which would let it pose as that
+    /// user's device. This database's own site id belongs to no one.
+    pub async fn claim_site(&self, site: SiteId, owner: &str) -> Result<bool> {
+        if site == self.db.site_id() {
+            return Ok(false);
+        }
+        let owner = owner.to_owned();
+        self.db
+            .call(move |w| site::claim(&w.conn, site, &owner))
+            .await
+    }
+
+    /// Checks that `filter` can run on `table`: the table is registered here and
+    /// the filter's SQL prepares against it (known columns, valid syntax, one
+    /// expression). Anything else is [`Error::InvalidFilter`].
+    pub async fn check_filter(&self, table: &str, filter: RowFilter) -> Result<()> {
+        let table = table.to_owned();
+        self.db
+            .call(move |w| prepare_filter(&w.conn, &table, &filter).map(drop))
+            .await
+    }
+
+    /// Checks `filter` as [`check_filter`](Self::check_filter) does, then indexes
+    /// each column of `table` it reads (but the key's), so that a reader's first
+    /// [`export_filtered`](Self::export_filtered) finds the rows it may read
+    /// through them: its cost then follows those rows, not the table's size.
+    /// Returns the columns indexed; indexing a column again does nothing.
+    ///
+    /// ```
+    /// # use sync_runtime::{Synced, SyncDb, SyncId, Value};
+    /// # use sync_runtime::server::{Replica, RowFilter};
+    /// # #[derive(Synced)]
+    /// # struct Todo { #[synced(primary_key)] id: SyncId, owner_id: String, shared: bool }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> sync_runtime::Result<()> {
+    /// let db = Replica::new(SyncDb::open_in_memory().await?);
+    /// db.db().register::<Todo>().await?;
+    /// let policy = RowFilter::Where {
+    ///     sql: "owner_id = ?1 OR shared = 1".into(),
+    ///     params: vec![Value::Null],
+    /// };
+    /// assert_eq!(db.index_filter("todo", policy).await?, ["owner_id", "shared"]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn index_filter(&self, table: &str, filter: RowFilter) -> Result<Vec<String>> {
+        let table = table.to_owned();
+        self.db
+            .call(move |w| {
+                let schema = prepare_filter(&w.conn, &table, &filter)?;
+                let RowFilter::Where { sql, params } = &filter else {
+                    return Ok(Vec::new());
+                };
+                // SQLite's authorizer names every column a statement reads as it
+                // prepares it; the guard stays on while it does.
+                let read = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+                let recorder = Reads {
+                    table: schema.name.to_string(),
+                    columns: Arc::clone(&read),
+                };
+                guard(&mut w.conn, &w.user_sql, Some(recorder))?;
+                let prepared = w
+                    .conn
+                    .prepare(&sql::row_passes(&schema, sql, params.len()))
+                    .map(drop);
+                guard(&mut w.conn, &w.user_sql, None)?;
+                prepared?;
+                let read = read.lock().map(|r| r.clone()).unwrap_or_default();
+                let mut indexed = Vec::new();
+                for column in schema.value_columns() {
+                    if read.iter().any(|r| r.eq_ignore_ascii_case(&column.name)) {
+                        w.conn
+                            .execute_batch(&sql::filter_index(&schema, &column.name))?;
+                        indexed.push(column.name.to_string());
+                    }
+                }
+                Ok(indexed)
+            })
+            .await
+    }
+}
+
+/// Applies what `device` pushed (see [`merge::apply_push`]) and completes its
+/// report: the payload that gives the device back this replica's state of each
+/// row refused, as the device's user may read it, and how far this replica
+/// has received the device's site id.
+fn push(
+    conn: &Connection,
+    payload: &Payload,
+    device: SiteId,
+    access: Option<merge::Access<'_>>,
+) -> Result<PushReport> {
+    let report = merge::apply_push(conn, payload, device, access)?;
+    let restore = if report.rejected.is_empty() {
+        Vec::new()
+    } else {
+        let rows = report
+            .rejected
+            .iter()
+            .map(|r| (r.table.as_str(), &r.pk[..]));
+        let reader = access.map(|access| (device, access.read));
+        let tables = tracking::synced_tables(conn, false)?;
+        export::export_restore(conn, &tables, rows, reader)?
+    };
+    let seen = site::seen_version(conn, device)?;
+    Ok(PushReport {
+        restore,
+        seen,
+        ..report
+    })
+}
+
+/// A push refused because more than one file uses the device's site id
+/// leaves the id remembered as reused (after the push's own transaction rolled
+/// back), so that every file presenting it later is refused too.
+/// Otherwise, the report gets the database's version after the commit.
+fn remember_reused(
+    worker: &mut Worker,
+    device: SiteId,
+    pushed: Result<PushReport>,
+) -> Result<PushReport> {
+    let pushed = match pushed {
+        Err(Error::SiteReused { message }) => {
+            site::mark_reused(&worker.conn, device)?;
+            return Err(Error::SiteReused { message });
+        }
+        other => other?,
+    };
+    let version = worker
+        .conn
+        .query_row(sql::CURRENT_VERSION, [], |r| r.get(0))?;
+    Ok(PushReport { version, ..pushed })
+}
+
+/// The schema of `table`, once `filter` prepared against it in every query an
+/// export runs it in; anything else is [`Error::InvalidFilter`].
+fn prepare_filter(conn: &Connection, table: &str, filter: &RowFilter) -> Result<TableSchema> {
+    let invalid = |message: String| Error::InvalidFilter {
+        table: table.to_owned(),
+        message,
+    };
+    let schemas = tracking::synced_tables(conn, false)?;
+    let schema = schemas
+        .into_iter()
+        .find(|s| s.name.eq_ignore_ascii_case(table))
+        .ok_or_else(|| invalid("no such table is registered".into()))?;
+    if let RowFilter::Where { sql, params } = filter {
+        for query in [
+            sql::row_passes(&schema, sql, params.len()),
+            sql::snapshot_rows(&schema, Some(sql), params.len()),
+        ] {
+            conn.prepare(&query).map_err(|e| invalid(e.to_string()))?;
+        }
+    }
+    Ok(schema)
+}

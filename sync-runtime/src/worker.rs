@@ -1,0 +1,285 @@
+//! The thread that owns a database's connection, and the transaction protocol
+//! every job on it runs in: versions close on commit, and reads see only final
+//! versions.
+
+use std::panic::{self, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock, mpsc};
+use std::thread;
+
+use rusqlite::{Connection, TransactionBehavior};
+use tokio::sync::{oneshot, watch};
+
+use crate::error::{Error, Result};
+use crate::id::SiteId;
+use crate::open::{self, Options};
+use crate::schema::TableSchema;
+use crate::sql::{self, TableSql};
+use crate::tracking;
+use crate::tx::{self, Registry, Transaction};
+
+/// The way to a database's connection: jobs go to its thread, and what a
+/// request needs without waiting on that thread (site ids, the version last
+/// published) is kept here.
+pub(crate) struct Handle {
+    jobs: mpsc::Sender<Job>,
+    /// This database's site id and the one it had before (and whether it left
+    /// that one because another file used it too), kept here so that a request
+    /// to a server reads them without waiting on the connection's thread.
+    /// Change only when the site id does (see [`crate::identity`]).
+    site_ids: RwLock<SiteIds>,
+    path: Option<PathBuf>,
+    versions: Arc<watch::Sender<i64>>,
+}
+
+/// The connection and what this handle registered, owned by the worker thread.
+pub(crate) struct Worker {
+    pub(crate) conn: Connection,
+    pub(crate) registry: Registry,
+    /// Set by the connection's update hook whenever a trigger writes a clock row:
+    /// the open transaction recorded changes and takes a version.
+    recorded: Arc<AtomicBool>,
+    /// The app's own SQL while it runs (see [`tx::AppSql`]).
+    pub(crate) user_sql: Arc<tx::AppSql>,
+    /// `PRAGMA data_version` when this handle last looked for changes that other
+    /// connections recorded; `None` before the first look.
+    seen_data_version: Option<i64>,
+    /// The database's version, published after every commit that moved it.
+    versions: Arc<watch::Sender<i64>>,
+}
+
+impl Worker {
+    /// Tells subscribers the database's current version.
+    fn publish_version(&self) -> Result<()> {
+        let version: i64 = self
+            .conn
+            .query_row(sql::CURRENT_VERSION, [], |r| r.get(0))?;
+        self.versions.send_if_modified(|seen| {
+            let moved = *seen != version;
+            *seen = version;
+            moved
+        });
+        Ok(())
+    }
+}
+
+/// A database's site id and the one it had before (see `Handle::site_ids`).
+#[derive(Clone, Copy)]
+pub(crate) struct SiteIds {
+    pub(crate) current: SiteId,
+    #[cfg_attr(
+        not(feature = "http"),
+        allow(dead_code, reason = "used by the sync client")
+    )]
+    pub(crate) previous: Option<(SiteId, bool)>,
+}
+
+type Job = Box<dyn FnOnce(&mut Worker) + Send>;
+type Reply<R> = std::thread::Result<R>;
+
+impl Handle {
+    /// Opens the database at `path` (in memory without one) on a new thread.
+    pub(crate) async fn open(path: Option<PathBuf>, options: Options) -> Result<Self> {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let (ready, opened) = oneshot::channel();
+        let thread_path = path.clone();
+        let versions = Arc::new(watch::Sender::new(0));
+        let thread_versions = Arc::clone(&versions);
+        thread::Builder::new()
+            .name("synced-sqlite".into())
+            .spawn(move || {
+                let opened = open::open(thread_path.as_deref(), &options);
+                let mut worker = match opened {
+                    Ok(opened) => {
+                        let worker = Worker {
+                            conn: opened.conn,
+                            registry: Registry::new(),
+                            recorded: opened.recorded,
+                            user_sql: opened.user_sql,
+                            seen_data_version: None,
+                            versions: thread_versions,
+                        };
+                        let ids = SiteIds {
+                            current: opened.site_id,
+                            previous: opened.previous,
+                        };
+                        let _ = ready.send(worker.publish_version().map(|()| ids));
+                        worker
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                        return;
+                    }
+                };
+                for job in queue {
+                    job(&mut worker);
+                }
+            })
+            .map_err(|_| Error::Closed)?;
+        let site_ids = opened.await.map_err(|_| Error::Closed)??;
+        Ok(Self {
+            jobs,
+            site_ids: RwLock::new(site_ids),
+            path,
+            versions,
+        })
+    }
+
+    /// Runs `f` on the connection's thread and returns its result. A panic in `f`
+    /// is resumed in the caller.
+    pub(crate) async fn call<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Worker) -> Result<R> + Send + 'static,
+    {
+        self.call_raw(f).await.map_err(|()| Error::Closed)?
+    }
+
+    /// Like [`call`](Self::call); `Err(())` when the thread is gone.
+    pub(crate) async fn call_raw<R, F>(&self, f: F) -> Result<R, ()>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Worker) -> R + Send + 'static,
+    {
+        let (reply, result) = oneshot::channel::<Reply<R>>();
+        let job: Job = Box::new(move |worker| {
+            let _ = reply.send(panic::catch_unwind(AssertUnwindSafe(|| f(worker))));
+        });
+        self.jobs.send(job).map_err(|_| ())?;
+        match result.await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(panic)) => panic::resume_unwind(panic),
+            Err(_) => Err(()),
+        }
+    }
+
+    /// See `Handle::site_ids`.
+    pub(crate) fn site_ids(&self) -> SiteIds {
+        *self.site_ids.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn set_site_ids(&self, ids: SiteIds) {
+        *self.site_ids.write().unwrap_or_else(|e| e.into_inner()) = ids;
+    }
+
+    /// The file the database lives in (`None` in memory).
+    pub(crate) fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// The database's version, now and after every commit that moves it.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<i64> {
+        self.versions.subscribe()
+    }
+
+    /// The version last published to subscribers: never above the database's.
+    #[cfg_attr(
+        not(feature = "http"),
+        allow(dead_code, reason = "used by the sync client")
+    )]
+    pub(crate) fn published_version(&self) -> i64 {
+        *self.versions.borrow()
+    }
+}
+
+/// Runs `f` in an immediate write transaction that closes its version on commit.
+pub(crate) fn write<R, E>(
+    worker: &mut Worker,
+    f: impl FnOnce(&mut Transaction<'_>) -> Result<R, E>,
+) -> Result<R, E>
+where
+    E: From<Error>,
+{
+    let outcome = write_inner(worker, f);
+    if outcome.is_err() {
+        // The rollback undid any version this transaction closed for another
+        // connection: look again next time.
+        worker.seen_data_version = None;
+    }
+    outcome
+}
+
+fn write_inner<R, E>(
+    worker: &mut Worker,
+    f: impl FnOnce(&mut Transaction<'_>) -> Result<R, E>,
+) -> Result<R, E>
+where
+    E: From<Error>,
+{
+    let tx = worker
+        .conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(Error::from)?;
+    // Changes another connection recorded get their own version, before ours.
+    if open_elsewhere(&tx, &mut worker.seen_data_version)? {
+        close_version(&tx)?;
+    }
+    worker.recorded.store(false, Ordering::Relaxed);
+    let mut transaction = Transaction::new(&tx, &worker.registry, &worker.user_sql);
+    let result = f(&mut transaction)?;
+    // A statement that failed took its clock writes back with it; if one did, the
+    // hook's flag may be stale, so ask the clocks.
+    let recorded = worker.recorded.swap(false, Ordering::Relaxed)
+        && !transaction.versions_set()
+        && (!transaction.failed() || open_changes(&tx)?);
+    if recorded {
+        close_version(&tx)?;
+    }
+    if tx.is_autocommit() {
+        return Err(E::from(Error::TransactionEnded));
+    }
+    let moved = recorded || transaction.versions_set();
+    tx.commit().map_err(Error::from)?;
+    if moved {
+        worker.publish_version()?;
+    }
+    Ok(result)
+}
+
+/// Runs `read` on one snapshot of the tracked tables in which every version is
+/// final: if another connection left changes in an open version, it is closed
+/// first, inside the same (write) transaction. A table whose tracking is off is
+/// left out: its rows may have changed in ways its clock does not know.
+pub(crate) fn read_final<R>(
+    worker: &mut Worker,
+    read: impl Fn(&Connection, &[TableSchema]) -> Result<R>,
+) -> Result<R> {
+    let read = |conn: &Connection| read(conn, &tracking::synced_tables(conn, true)?);
+    let tx = worker.conn.transaction()?;
+    if !open_elsewhere(&tx, &mut worker.seen_data_version)? {
+        let result = read(&tx)?;
+        tx.commit()?;
+        return Ok(result);
+    }
+    drop(tx);
+    worker.seen_data_version = None;
+    write(worker, |tx| read(tx.conn()))
+}
+
+fn close_version(conn: &Connection) -> Result<()> {
+    conn.prepare_cached(sql::CLOSE_VERSION)?.execute([])?;
+    Ok(())
+}
+
+/// Whether another connection recorded changes that no version closed yet. Probes
+/// the clocks only when another connection committed since the last look.
+fn open_elsewhere(conn: &Connection, seen: &mut Option<i64>) -> Result<bool> {
+    let now: i64 = conn.query_row(sql::DATA_VERSION, [], |r| r.get(0))?;
+    if *seen == Some(now) {
+        return Ok(false);
+    }
+    *seen = Some(now);
+    open_changes(conn)
+}
+
+/// Whether any clock holds a change stamped with the open version.
+fn open_changes(conn: &Connection) -> Result<bool> {
+    for schema in tracking::synced_tables(conn, false)? {
+        let open: bool = conn.query_row(&TableSql::new(&schema).open_changes, [], |r| r.get(0))?;
+        if open {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
