@@ -13,6 +13,8 @@ use crate::sql::TableSql;
 use crate::value::Value;
 use crate::wire::{self, ColumnChange, Compression, Origin, Payload, RowChange, TableEntry};
 
+mod snapshot;
+
 /// Where an export starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Since {
@@ -91,7 +93,7 @@ pub(crate) enum Position {
     Base,
     /// After the last row a batch carried.
     Page(PageEnd),
-    /// Inside a reader's first filtered export (see [`crate::snapshot`]); the
+    /// Inside a reader's first filtered export (see [`snapshot`]); the
     /// base is 0.
     Snapshot(SnapshotEnd),
 }
@@ -427,9 +429,9 @@ pub(crate) fn export_filtered(
     };
     if let Some(resume) = snapshot
         && !filter.allows_everything()
-        && crate::snapshot::applies(conn, tables)?
+        && snapshot::applies(conn, tables)?
     {
-        let batch = crate::snapshot::export(conn, tables, resume, reader, limits, filter)?;
+        let batch = snapshot::export(conn, tables, resume, reader, limits, filter)?;
         return Ok(Batch {
             next: batch.next.made_after(vacuums),
             ..batch

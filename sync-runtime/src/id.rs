@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use uuid::Uuid;
 
-use crate::value::{Domain, SqlType, SyncValue, ValueError, ValueRef};
+use crate::value::{Domain, SqlType, SyncValue, Value, ValueError, ValueRef, canonical_uuid};
 
 /// A globally unique, time-ordered row id: a UUIDv7 stored as 36 characters of text.
 ///
@@ -91,6 +91,18 @@ impl From<Uuid> for SyncId {
     }
 }
 
+impl From<SyncId> for Value {
+    fn from(id: SyncId) -> Self {
+        id.to_value_ref().into_owned()
+    }
+}
+
+impl From<&SyncId> for Value {
+    fn from(id: &SyncId) -> Self {
+        id.to_value_ref().into_owned()
+    }
+}
+
 impl SyncValue for SyncId {
     const SQL_TYPE: SqlType = SqlType::Text;
     const DEFAULT_SQL: Option<&'static str> = None;
@@ -105,10 +117,8 @@ impl SyncValue for SyncId {
             // Only the canonical form the runtime writes: an id stored in another
             // form (by raw SQL) could never be found by its key, so reading it is
             // an error rather than a silent normalisation.
-            ValueRef::Text(t) => match t.parse::<SyncId>() {
-                Ok(id) if id.as_str() == t => Ok(id),
-                _ => Err(ValueError::InvalidId(t.to_owned())),
-            },
+            ValueRef::Text(t) if canonical_uuid(t) => t.parse(),
+            ValueRef::Text(t) => Err(ValueError::InvalidId(t.to_owned())),
             other => Err(ValueError::WrongType {
                 expected: "TEXT",
                 found: other.type_name(),

@@ -77,7 +77,6 @@ mod quarantine;
 pub mod schema;
 pub mod server;
 mod site;
-mod snapshot;
 mod sql;
 #[cfg(feature = "http")]
 mod sync;

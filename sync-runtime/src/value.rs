@@ -304,13 +304,22 @@ pub enum Domain {
     },
 }
 
+/// Whether `text` is a UUID in the form a [`SyncId`](crate::SyncId) is
+/// stored in: 36 characters, hyphenated, lowercase.
+pub(crate) fn canonical_uuid(text: &str) -> bool {
+    let mut canonical = [0u8; 36];
+    uuid::Uuid::try_parse(text).is_ok_and(|uuid| {
+        uuid.hyphenated().encode_lower(&mut canonical);
+        canonical == text.as_bytes()
+    })
+}
+
 impl Domain {
     /// Whether `value` is in this domain.
     pub fn admits(self, value: &Value) -> bool {
         match self {
             Domain::Any => true,
-            Domain::SyncId => matches!(value, Value::Text(text)
-                if text.parse::<crate::SyncId>().is_ok_and(|id| id.as_str() == text)),
+            Domain::SyncId => matches!(value, Value::Text(text) if canonical_uuid(text)),
             Domain::Integers { min, max } => {
                 matches!(value, Value::Integer(i) if (min..=max).contains(i))
             }
@@ -506,8 +515,7 @@ value_from!(
     f32,
     f64,
     String,
-    Vec<u8>,
-    crate::SyncId
+    Vec<u8>
 );
 
 impl From<&str> for Value {

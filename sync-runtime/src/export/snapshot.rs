@@ -18,12 +18,12 @@
 
 use rusqlite::Connection;
 
-use crate::change::{Origins, clock_row};
-use crate::error::{Error, Result};
-use crate::export::{
+use super::{
     Batch, BatchLimits, Cursor, Done, Scope, SiteDictionary, SnapshotEnd, SnapshotPart, decided,
     export_order, finish, row_size,
 };
+use crate::change::{Origins, clock_row};
+use crate::error::{Error, Result};
 use crate::filter::{Gate, NewMark, RowFilter, RowFilters};
 use crate::id::SiteId;
 use crate::schema::TableSchema;
