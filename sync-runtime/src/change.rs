@@ -10,7 +10,7 @@ use crate::error::Result;
 use crate::id::SiteId;
 use crate::schema::TableSchema;
 use crate::site;
-use crate::sql::{ClockLayout, TableSql};
+use crate::sql::{self, ClockLayout, TableSql};
 use crate::value::{self, Value, ValueRef};
 
 /// One tracked change, as [`SyncDb::changes_since`](crate::SyncDb::changes_since)
@@ -139,7 +139,7 @@ pub(crate) fn scan(
             ..
         } => {
             let only_passing = filter.only_passing_for.is_some();
-            let query = crate::sql::changes_between_filtered(
+            let query = sql::changes_between_filtered(
                 schema,
                 filter.sql,
                 filter.params.len(),
@@ -251,9 +251,7 @@ impl<'c> Origins<'c> {
         }
         let origin = self
             .conn
-            .prepare_cached(
-                "SELECT site, origin_version FROM _synced_versions WHERE db_version = ?1",
-            )?
+            .prepare_cached(sql::VERSION_ORIGIN)?
             .query_row([version], |row| Ok((row.get(0)?, row.get(1)?)))
             .optional()?
             .unwrap_or_else(|| (self.made_under(version), version));

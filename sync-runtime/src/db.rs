@@ -351,9 +351,9 @@ impl SyncDb {
             // the vacuum runs carries the count between, which is neither; a
             // count without its vacuum costs a few rows sent twice.
             w.conn.execute(sql::COUNT_VACUUM, [])?;
-            w.conn.execute_batch("VACUUM;")?;
+            w.conn.execute_batch(sql::VACUUM)?;
             w.conn.execute(sql::COUNT_VACUUM, [])?;
-            Ok(w.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?)
+            Ok(w.conn.execute_batch(sql::CHECKPOINT)?)
         })
         .await
     }

@@ -9,7 +9,7 @@ use crate::error::Result;
 use crate::filter::{Decision, Gate, RowFilter, RowFilters};
 use crate::id::SiteId;
 use crate::schema::TableSchema;
-use crate::sql::TableSql;
+use crate::sql::{self, TableSql};
 use crate::value::Value;
 use crate::wire::{self, ColumnChange, Compression, Origin, Payload, RowChange, TableEntry};
 
@@ -450,7 +450,7 @@ fn export_gated(
     filter: Option<(&RowFilters, SiteId)>,
 ) -> Result<Batch> {
     let origins = Origins::new(conn)?;
-    let upto: i64 = conn.query_row(crate::sql::CURRENT_VERSION, [], |r| r.get(0))?;
+    let upto: i64 = conn.query_row(sql::CURRENT_VERSION, [], |r| r.get(0))?;
     let vacuums = vacuums(conn)?;
     let resumed = from.resumed(vacuums);
     let from = &resumed;
@@ -584,7 +584,7 @@ pub(crate) fn export_restore<'a>(
     reader: Option<(SiteId, &RowFilters)>,
 ) -> Result<Vec<u8>> {
     let origins = Origins::new(conn)?;
-    let upto: i64 = conn.query_row(crate::sql::CURRENT_VERSION, [], |r| r.get(0))?;
+    let upto: i64 = conn.query_row(sql::CURRENT_VERSION, [], |r| r.get(0))?;
     let (tables, names) = export_order(tables);
     let mut sites = SiteDictionary::new(&origins);
     let ordinal = match reader {
@@ -604,7 +604,7 @@ pub(crate) fn export_restore<'a>(
             RowFilter::Nothing => ("0", &[]),
             RowFilter::Where { sql, params } => (sql, params),
         };
-        let query = crate::sql::clock_row_filtered(schema, sql, params.len());
+        let query = sql::clock_row_filtered(schema, sql, params.len());
         let mut stmt = conn.prepare_cached(&query)?;
         let mut found = stmt.query(rusqlite::params_from_iter(params.iter().chain(pk)))?;
         let row = match found.next()? {
@@ -722,7 +722,7 @@ pub(crate) fn finish(
 
 /// How many times the database was vacuumed (see [`Cursor::resumed`]).
 fn vacuums(conn: &Connection) -> Result<i64> {
-    Ok(conn.query_row(crate::sql::VACUUMS, [], |r| r.get(0))?)
+    Ok(conn.query_row(sql::VACUUMS, [], |r| r.get(0))?)
 }
 
 /// Where the batch starting after `from` ends if more than `max_rows` rows follow

@@ -23,6 +23,7 @@ use crate::change::{ClockRow, Origins};
 use crate::error::Result;
 use crate::id::SiteId;
 use crate::schema::TableSchema;
+use crate::sql;
 use crate::value::Value;
 use crate::wire;
 
@@ -108,7 +109,7 @@ pub(crate) fn passes(
         RowFilter::Nothing => ("0", &[]),
         RowFilter::Where { sql, params } => (sql, params),
     };
-    let query = crate::sql::row_passes(schema, sql, params.len());
+    let query = sql::row_passes(schema, sql, params.len());
     let mut stmt = conn.prepare_cached(&query)?;
     let bound = params.iter().chain(pk);
     Ok(stmt
@@ -130,11 +131,8 @@ pub(crate) fn mark_held(
     key: &[u8],
     at: i64,
 ) -> Result<()> {
-    conn.prepare_cached(
-        "INSERT INTO _synced_held (site, tbl, pk, evicted, at) VALUES (?1, ?2, ?3, 0, ?4) \
-         ON CONFLICT (site, tbl, pk) DO UPDATE SET evicted = 0, at = excluded.at",
-    )?
-    .execute((reader, table, key, at))?;
+    conn.prepare_cached(sql::MARK_HELD)?
+        .execute((reader, table, key, at))?;
     Ok(())
 }
 
@@ -148,10 +146,8 @@ pub(crate) fn evict_if_held(
     key: &[u8],
     at: i64,
 ) -> Result<()> {
-    conn.prepare_cached(
-        "UPDATE _synced_held SET evicted = 1, at = ?4 WHERE site = ?1 AND tbl = ?2 AND pk = ?3",
-    )?
-    .execute((reader, table, key, at))?;
+    conn.prepare_cached(sql::MARK_EVICTED)?
+        .execute((reader, table, key, at))?;
     Ok(())
 }
 
@@ -244,9 +240,7 @@ impl<'f> Gate<'f> {
             return Ok(marked);
         }
         let marked = conn
-            .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM _synced_held WHERE site = ?1 AND tbl = ?2)",
-            )?
+            .prepare_cached(sql::HOLDS_IN_TABLE)?
             .query_row((self.reader, table), |r| r.get(0))?;
         self.marked.insert(table.to_owned(), marked);
         Ok(marked)
@@ -270,18 +264,16 @@ impl<'f> Gate<'f> {
         let mark = if !self.is_marked(conn, &table)? {
             None
         } else {
-            conn.prepare_cached(
-                "SELECT evicted, at FROM _synced_held WHERE site = ?1 AND tbl = ?2 AND pk = ?3",
-            )?
-            .query_row((self.reader, &table, wire::encode_key(&row.pk)), |r| {
-                let (evicted, at): (bool, i64) = (r.get(0)?, r.get(1)?);
-                Ok(if evicted {
-                    Mark::Evicted { at }
-                } else {
-                    Mark::Held { at }
+            conn.prepare_cached(sql::HELD_MARK)?
+                .query_row((self.reader, &table, wire::encode_key(&row.pk)), |r| {
+                    let (evicted, at): (bool, i64) = (r.get(0)?, r.get(1)?);
+                    Ok(if evicted {
+                        Mark::Evicted { at }
+                    } else {
+                        Mark::Held { at }
+                    })
                 })
-            })
-            .optional()?
+                .optional()?
         };
         let lives = row.cl % 2 == 1;
         // A reader holds what it was sent (and received: the mark is not newer than
@@ -331,10 +323,7 @@ impl<'f> Gate<'f> {
         conn: &Connection,
         marks: impl IntoIterator<Item = NewMark>,
     ) -> Result<()> {
-        let mut stmt = conn.prepare_cached(
-            "INSERT INTO _synced_held (site, tbl, pk, evicted, at) VALUES (?1, ?2, ?3, ?4, ?5) \
-             ON CONFLICT (site, tbl, pk) DO UPDATE SET evicted = excluded.evicted, at = excluded.at",
-        )?;
+        let mut stmt = conn.prepare_cached(sql::SET_MARK)?;
         for NewMark { table, key, mark } in marks {
             let (evicted, at) = match mark {
                 Mark::Held { at } => (false, at),

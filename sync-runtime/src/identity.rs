@@ -52,24 +52,13 @@ fn rekey(worker: &mut Worker, site: SiteId, reused: bool) -> Result<SiteId> {
         let current: i64 = conn.query_row(sql::CURRENT_VERSION, [], |r| r.get(0))?;
         let left = site::own(conn)?;
         let old = left.as_bytes().as_slice();
-        conn.execute(
-            "UPDATE _synced_sites SET site_id = ?1 WHERE ordinal = 0",
-            [site.as_bytes().as_slice()],
-        )?;
-        conn.execute(
-            "INSERT INTO _synced_sites (ordinal, site_id) \
-             SELECT max(ordinal) + 1, ?1 FROM _synced_sites",
-            [old],
-        )?;
-        let ordinal: i64 = conn.query_row(
-            "SELECT ordinal FROM _synced_sites WHERE site_id = ?1",
-            [old],
-            |r| r.get(0),
-        )?;
+        conn.execute(sql::SET_OWN_SITE, [site.as_bytes().as_slice()])?;
+        conn.execute(sql::ADD_LEFT_SITE, [old])?;
+        let ordinal: i64 = conn.query_row(sql::SITE_ORDINAL, [old], |r| r.get(0))?;
         conn.execute(
             // A site id it left without making anything under it (`upto` the
             // same as the one before) keeps no version from the earlier one.
-            "INSERT INTO _synced_identities (upto, site, reused) VALUES (?1, ?2, ?3)",
+            sql::ADD_IDENTITY,
             (current, ordinal, reused),
         )?;
         // Made again under the new id: what no server acknowledged.
@@ -86,12 +75,9 @@ fn rekey(worker: &mut Worker, site: SiteId, reused: bool) -> Result<SiteId> {
                 conn.execute(rest, [acknowledged])?;
             }
         }
-        conn.execute(
-            "UPDATE _synced_state SET site_id = ?1",
-            [site.as_bytes().as_slice()],
-        )?;
+        conn.execute(sql::SET_STATE_SITE, [site.as_bytes().as_slice()])?;
         if moved > 0 {
-            conn.execute("UPDATE _synced_state SET db_version = ?1", [restamped])?;
+            conn.execute(sql::SET_VERSION, [restamped])?;
         }
         Ok(left)
     })
@@ -100,7 +86,7 @@ fn rekey(worker: &mut Worker, site: SiteId, reused: bool) -> Result<SiteId> {
 /// The version up to which every server this database syncs with acknowledged
 /// its changes: the least of its send cursors; 0 without a server.
 fn acknowledged(conn: &Connection) -> Result<i64> {
-    let mut stmt = conn.prepare("SELECT sent FROM _synced_remote")?;
+    let mut stmt = conn.prepare(sql::SEND_CURSORS)?;
     let sent = stmt.query_map([], |r| r.get::<_, String>(0))?;
     let mut least: Option<i64> = None;
     for cursor in sent {

@@ -36,7 +36,7 @@ use crate::filter::{self, RowFilter, RowFilters};
 use crate::id::SiteId;
 use crate::schema::{Algorithm, TableSchema, fingerprint};
 use crate::site::{self, local_sites};
-use crate::sql::TableSql;
+use crate::sql::{self, TableSql};
 use crate::tracking;
 use crate::value::{self, SqlType, Value};
 use crate::wire::{self, ColumnChange, Origin, Payload, RowChange};
@@ -203,8 +203,8 @@ pub(crate) fn restore(conn: &Connection, bytes: &[u8], exported_at: i64) -> Resu
     check_types(&payload, &targets)?;
     check_rows_once(&payload, &targets)?;
     check_versions(&payload)?;
-    let current: i64 = conn.query_row(crate::sql::CURRENT_VERSION, [], |r| r.get(0))?;
-    conn.execute("UPDATE _synced_state SET applying = 1", [])?;
+    let current: i64 = conn.query_row(sql::CURRENT_VERSION, [], |r| r.get(0))?;
+    conn.execute(sql::BEGIN_APPLYING, [])?;
     let mut merge = Merge {
         conn,
         payload: &payload,
@@ -232,11 +232,8 @@ pub(crate) fn restore(conn: &Connection, bytes: &[u8], exported_at: i64) -> Resu
             merge.restore_columns(target, row, stored, exported_at)?;
         }
     }
-    conn.execute("UPDATE _synced_state SET applying = 0", [])?;
-    conn.execute(
-        "UPDATE _synced_state SET db_version = ?1",
-        [merge.versions.next.max(current)],
-    )?;
+    conn.execute(sql::END_APPLYING, [])?;
+    conn.execute(sql::SET_VERSION, [merge.versions.next.max(current)])?;
     Ok(merge.report)
 }
 
@@ -280,12 +277,12 @@ fn apply_payload(conn: &Connection, payload: &Payload, sender: Sender<'_>) -> Re
     }
 
     check_versions(payload)?;
-    let current: i64 = conn.query_row(crate::sql::CURRENT_VERSION, [], |r| r.get(0))?;
+    let current: i64 = conn.query_row(sql::CURRENT_VERSION, [], |r| r.get(0))?;
     // Only its server returns a device's own changes to it.
     let versions = Versions::new(current, matches!(sender, Sender::Replica(Source::Server)));
     remember_exporter(conn, payload)?;
 
-    conn.execute("UPDATE _synced_state SET applying = 1", [])?;
+    conn.execute(sql::BEGIN_APPLYING, [])?;
     let (device, access) = match sender {
         Sender::Device { device, access } => (Some(device), access),
         Sender::Replica(_) => (None, None),
@@ -357,13 +354,10 @@ fn apply_payload(conn: &Connection, payload: &Payload, sender: Sender<'_>) -> Re
             merge.mark_held(target, row)?;
         }
     }
-    conn.execute("UPDATE _synced_state SET applying = 0", [])?;
+    conn.execute(sql::END_APPLYING, [])?;
     let (report, versions) = (merge.report, merge.versions);
 
-    conn.execute(
-        "UPDATE _synced_state SET db_version = ?1",
-        [versions.next.max(current)],
-    )?;
+    conn.execute(sql::SET_VERSION, [versions.next.max(current)])?;
     Ok(PushReport {
         applied: report,
         rejected,
@@ -573,10 +567,8 @@ impl Versions {
         self.next = self.next.checked_add(1).ok_or_else(|| Error::Corrupt {
             details: "the database version would overflow".into(),
         })?;
-        conn.prepare_cached(
-            "INSERT INTO _synced_versions (db_version, site, origin_version) VALUES (?1, ?2, ?3)",
-        )?
-        .execute((self.next, site, origin_version))?;
+        conn.prepare_cached(sql::ADD_VERSION_ORIGIN)?
+            .execute((self.next, site, origin_version))?;
         self.assigned.insert((site, origin_version), self.next);
         Ok(self.next)
     }
@@ -595,7 +587,7 @@ fn own_version(conn: &Connection, version: i64, current: i64, may_return: bool) 
         });
     }
     let remote: bool = conn
-        .prepare_cached("SELECT EXISTS (SELECT 1 FROM _synced_versions WHERE db_version = ?1)")?
+        .prepare_cached(sql::MADE_ELSEWHERE)?
         .query_row([version], |r| r.get(0))?;
     // Made under a site id this database had before, not under its own.
     let earlier = site::identities(conn)?
@@ -741,7 +733,7 @@ fn remember_exporter(conn: &Connection, payload: &Payload) -> Result<()> {
         return Ok(());
     }
     let seen: i64 = conn
-        .prepare_cached("SELECT seen FROM _synced_peers WHERE site = ?1")?
+        .prepare_cached(sql::PEER_SEEN)?
         .query_row([exporter], |r| r.get(0))
         .optional()?
         .unwrap_or(0);
@@ -750,11 +742,8 @@ fn remember_exporter(conn: &Connection, payload: &Payload) -> Result<()> {
         i64::try_from(payload.upto).unwrap_or(i64::MAX),
     );
     if since <= seen && upto > seen {
-        conn.prepare_cached(
-            "INSERT INTO _synced_peers (site, seen) VALUES (?1, ?2) \
-             ON CONFLICT (site) DO UPDATE SET seen = excluded.seen",
-        )?
-        .execute((exporter, upto))?;
+        conn.prepare_cached(sql::SET_PEER_SEEN)?
+            .execute((exporter, upto))?;
     }
     Ok(())
 }
@@ -802,18 +791,18 @@ impl Merge<'_> {
             return Ok(true);
         }
         let (next, report) = (self.versions.next, self.report);
-        conn.prepare_cached("SAVEPOINT synced_row")?.execute([])?;
+        conn.prepare_cached(sql::ROW_SAVEPOINT)?.execute([])?;
         self.row(target, row)?;
         if denied()? {
-            conn.prepare_cached("ROLLBACK TO synced_row")?.execute([])?;
-            conn.prepare_cached("RELEASE synced_row")?.execute([])?;
+            conn.prepare_cached(sql::ROW_ROLLBACK)?.execute([])?;
+            conn.prepare_cached(sql::ROW_RELEASE)?.execute([])?;
             // The versions given out since were rolled back with the row.
             self.versions.next = next;
             self.versions.assigned.retain(|_, version| *version <= next);
             self.report = report;
             return Ok(true);
         }
-        conn.prepare_cached("RELEASE synced_row")?.execute([])?;
+        conn.prepare_cached(sql::ROW_RELEASE)?.execute([])?;
         Ok(false)
     }
 

@@ -190,14 +190,11 @@ pub(crate) fn open(path: Option<&Path>, options: &Options) -> Result<Opened> {
         Some(rusqlite::ErrorCode::DatabaseCorrupt) => damaged(e.to_string()),
         _ => Error::from(e),
     };
-    let synchronous = match options.synchronous {
-        Synchronous::Normal => "NORMAL",
-        Synchronous::Full => "FULL",
-    };
     // Settings of this connection only: nothing is read or written yet.
-    conn.execute_batch(&format!(
-        "PRAGMA synchronous = {synchronous}; PRAGMA cache_size = -{}; PRAGMA busy_timeout = {};",
-        options.cache_size_kib, options.busy_timeout_ms
+    conn.execute_batch(&sql::connection_settings(
+        options.synchronous == Synchronous::Full,
+        options.cache_size_kib,
+        options.busy_timeout_ms,
     ))
     .map_err(at_open)?;
     // The first read: SQLite checks the header of the file (its magic, page size,
@@ -222,17 +219,13 @@ pub(crate) fn open(path: Option<&Path>, options: &Options) -> Result<Opened> {
         format::create(&mut conn, &file)?;
     }
     conn.execute(
-        "INSERT INTO _synced_state (id, site_id, db_version, applying) VALUES (0, ?1, 0, 0) \
-         ON CONFLICT DO NOTHING",
+        sql::INIT_STATE,
         [SiteId::random()
             .map_err(|e| Error::NoRandomness(e.to_string()))?
             .as_bytes()
             .as_slice()],
     )?;
-    conn.execute_batch(
-        "INSERT INTO _synced_sites (ordinal, site_id) SELECT 0, site_id FROM _synced_state
-           WHERE true ON CONFLICT DO NOTHING;",
-    )?;
+    conn.execute_batch(sql::INIT_OWN_SITE)?;
     let site_id = site::own(&conn)?;
     let user_sql = Arc::new(tx::AppSql::default());
     guard(&mut conn, &user_sql, None)?;
@@ -266,7 +259,7 @@ pub(crate) fn open(path: Option<&Path>, options: &Options) -> Result<Opened> {
 /// What SQLite's quick check reports as wrong with the database: `None` when it
 /// finds nothing.
 fn quick_check(conn: &Connection) -> rusqlite::Result<Option<String>> {
-    let mut stmt = conn.prepare("PRAGMA quick_check")?;
+    let mut stmt = conn.prepare(sql::QUICK_CHECK)?;
     let mut rows = Vec::new();
     for row in stmt.query_map([], |r| r.get::<_, String>(0))? {
         match row {

@@ -140,8 +140,7 @@ pub(crate) fn list<T: Synced>(conn: &Connection) -> Result<Vec<Rejected<T>>> {
 
 /// Reads `values` (every column, in table order) as a `T`.
 fn typed<T: Synced>(conn: &Connection, values: &[Value]) -> Result<T> {
-    let placeholders: Vec<String> = (1..=values.len()).map(|i| format!("?{i}")).collect();
-    let mut stmt = conn.prepare_cached(&format!("SELECT {}", placeholders.join(", ")))?;
+    let mut stmt = conn.prepare_cached(&sql::select_params(values.len()))?;
     let mut rows = stmt.query(rusqlite::params_from_iter(values))?;
     let row = rows.next()?.ok_or_else(|| Error::Corrupt {
         details: "a SELECT of values returned no row".into(),

@@ -62,214 +62,400 @@ use std::fmt::{self, Write as _};
 use crate::schema::{Algorithm, ColumnSchema, TableSchema};
 use crate::value::Value;
 
-/// The runtime's own tables.
-pub(crate) const CREATE_META: &str = "\
-CREATE TABLE IF NOT EXISTS _synced_state (
-  id INTEGER PRIMARY KEY,
-  site_id BLOB,
-  db_version INTEGER,
-  applying INTEGER,
-  vacuums INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS _synced_sites (
-  ordinal INTEGER PRIMARY KEY,
-  site_id BLOB NOT NULL UNIQUE
-) STRICT;
-CREATE TABLE IF NOT EXISTS _synced_versions (
-  db_version INTEGER PRIMARY KEY,
-  site INTEGER NOT NULL,
-  origin_version INTEGER NOT NULL
-) STRICT;
-CREATE TABLE IF NOT EXISTS _synced_peers (
-  site INTEGER PRIMARY KEY,
-  seen INTEGER NOT NULL
-) STRICT;
-CREATE TABLE IF NOT EXISTS _synced_remote (
-  url TEXT PRIMARY KEY,
-  sent TEXT NOT NULL,
-  received TEXT NOT NULL
-) STRICT;
-CREATE TABLE IF NOT EXISTS _synced_held (
-  site INTEGER NOT NULL,
-  tbl TEXT NOT NULL,
-  pk BLOB NOT NULL,
-  evicted INTEGER NOT NULL,
-  at INTEGER NOT NULL,
-  PRIMARY KEY (site, tbl, pk)
-) STRICT, WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS _synced_site_owners (
-  site_id BLOB PRIMARY KEY,
-  owner TEXT NOT NULL
-) STRICT;
-CREATE TABLE IF NOT EXISTS _synced_reused (
-  site_id BLOB PRIMARY KEY
-) STRICT;
-CREATE TABLE IF NOT EXISTS _synced_identities (
-  id INTEGER PRIMARY KEY,
-  upto INTEGER NOT NULL,
-  site INTEGER NOT NULL,
-  reused INTEGER NOT NULL DEFAULT 0
-) STRICT;
-CREATE TABLE IF NOT EXISTS _synced_rejected (
-  tbl TEXT NOT NULL,
-  pk BLOB NOT NULL,
-  row BLOB,
-  reason TEXT NOT NULL,
-  at INTEGER NOT NULL,
-  PRIMARY KEY (tbl, pk)
-) STRICT, WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS _synced_tables (
-  name TEXT PRIMARY KEY COLLATE NOCASE,
-  algorithm TEXT NOT NULL,
-  descriptor TEXT NOT NULL,
-  tracking INTEGER NOT NULL
-) STRICT;";
+/// Declares the runtime's fixed statements, and lists every one in
+/// `STATEMENTS` for the test that runs them against a new database, so that
+/// none can break unnoticed.
+macro_rules! statements {
+    ($($(#[$attr:meta])* $name:ident = $sql:expr;)*) => {
+        $($(#[$attr])* pub(crate) const $name: &str = $sql;)*
 
-/// The file format's version (see [`crate::format`]): one row.
-pub(crate) const CREATE_FORMAT: &str = "\
-CREATE TABLE IF NOT EXISTS _synced_format (
-  id INTEGER PRIMARY KEY CHECK (id = 0),
-  version INTEGER NOT NULL
-) STRICT;";
+        /// Every fixed statement, by name.
+        #[cfg(test)]
+        const STATEMENTS: &[(&str, &str)] = &[$((stringify!($name), $name)),*];
+    };
+}
 
-/// Whether the file records its format (release 0.1.0 did not).
-pub(crate) const HAS_FORMAT: &str =
-    "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = '_synced_format')";
+statements! {
+    /// The runtime's own tables.
+    CREATE_META = "\
+    CREATE TABLE IF NOT EXISTS _synced_state (
+      id INTEGER PRIMARY KEY,
+      site_id BLOB,
+      db_version INTEGER,
+      applying INTEGER,
+      vacuums INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE IF NOT EXISTS _synced_sites (
+      ordinal INTEGER PRIMARY KEY,
+      site_id BLOB NOT NULL UNIQUE
+    ) STRICT;
+    CREATE TABLE IF NOT EXISTS _synced_versions (
+      db_version INTEGER PRIMARY KEY,
+      site INTEGER NOT NULL,
+      origin_version INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE IF NOT EXISTS _synced_peers (
+      site INTEGER PRIMARY KEY,
+      seen INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE IF NOT EXISTS _synced_remote (
+      url TEXT PRIMARY KEY,
+      sent TEXT NOT NULL,
+      received TEXT NOT NULL
+    ) STRICT;
+    CREATE TABLE IF NOT EXISTS _synced_held (
+      site INTEGER NOT NULL,
+      tbl TEXT NOT NULL,
+      pk BLOB NOT NULL,
+      evicted INTEGER NOT NULL,
+      at INTEGER NOT NULL,
+      PRIMARY KEY (site, tbl, pk)
+    ) STRICT, WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS _synced_site_owners (
+      site_id BLOB PRIMARY KEY,
+      owner TEXT NOT NULL
+    ) STRICT;
+    CREATE TABLE IF NOT EXISTS _synced_reused (
+      site_id BLOB PRIMARY KEY
+    ) STRICT;
+    CREATE TABLE IF NOT EXISTS _synced_identities (
+      id INTEGER PRIMARY KEY,
+      upto INTEGER NOT NULL,
+      site INTEGER NOT NULL,
+      reused INTEGER NOT NULL DEFAULT 0
+    ) STRICT;
+    CREATE TABLE IF NOT EXISTS _synced_rejected (
+      tbl TEXT NOT NULL,
+      pk BLOB NOT NULL,
+      row BLOB,
+      reason TEXT NOT NULL,
+      at INTEGER NOT NULL,
+      PRIMARY KEY (tbl, pk)
+    ) STRICT, WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS _synced_tables (
+      name TEXT PRIMARY KEY COLLATE NOCASE,
+      algorithm TEXT NOT NULL,
+      descriptor TEXT NOT NULL,
+      tracking INTEGER NOT NULL
+    ) STRICT;";
 
-/// The file's format.
-pub(crate) const READ_FORMAT: &str = "SELECT version FROM _synced_format WHERE id = 0";
+    /// The file format's version (see [`crate::format`]): one row.
+    CREATE_FORMAT = "\
+    CREATE TABLE IF NOT EXISTS _synced_format (
+      id INTEGER PRIMARY KEY CHECK (id = 0),
+      version INTEGER NOT NULL
+    ) STRICT;";
 
-/// Records the file's format.
-pub(crate) const WRITE_FORMAT: &str = "INSERT INTO _synced_format (id, version) VALUES (0, ?1) \
-     ON CONFLICT (id) DO UPDATE SET version = excluded.version";
+    /// Whether the file records its format (release 0.1.0 did not).
+    HAS_FORMAT =
+        "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = '_synced_format')";
 
-/// Whether the database holds the runtime's tables (a Synced database, not a new
-/// or foreign one).
-pub(crate) const IS_REPLICA: &str =
-    "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = '_synced_state')";
+    /// The file's format.
+    READ_FORMAT = "SELECT version FROM _synced_format WHERE id = 0";
 
-/// Closes the open version: the changes recorded since the last close keep the
-/// version they were stamped with (`db_version + 1`), and the next ones get the
-/// one after.
-pub(crate) const CLOSE_VERSION: &str = "UPDATE _synced_state SET db_version = db_version + 1";
+    /// Records the file's format.
+    WRITE_FORMAT = "INSERT INTO _synced_format (id, version) VALUES (0, ?1) \
+         ON CONFLICT (id) DO UPDATE SET version = excluded.version";
 
-/// Keeps a refused write (see [`crate::quarantine`]): table (lowercase), key,
-/// values (none for a delete), reason, when.
-#[cfg_attr(
-    not(feature = "http"),
-    allow(dead_code, reason = "used by the sync client")
-)]
-pub(crate) const KEEP_REJECTED: &str = "INSERT INTO _synced_rejected (tbl, pk, row, reason, at) VALUES (?1, ?2, ?3, ?4, ?5) \
-     ON CONFLICT (tbl, pk) DO UPDATE SET row = excluded.row, reason = excluded.reason, \
-     at = excluded.at";
+    /// Whether the database holds the runtime's tables (a Synced database, not a new
+    /// or foreign one).
+    IS_REPLICA =
+        "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = '_synced_state')";
 
-/// The refused writes to one table, oldest first.
-pub(crate) const LIST_REJECTED: &str =
-    "SELECT pk, row, reason, at FROM _synced_rejected WHERE tbl = ?1 ORDER BY at, pk";
+    /// Closes the open version: the changes recorded since the last close keep the
+    /// version they were stamped with (`db_version + 1`), and the next ones get the
+    /// one after.
+    CLOSE_VERSION = "UPDATE _synced_state SET db_version = db_version + 1";
 
-/// Removes a refused write, returning its values.
-pub(crate) const TAKE_REJECTED: &str =
-    "DELETE FROM _synced_rejected WHERE tbl = ?1 AND pk = ?2 RETURNING row";
+    /// Keeps a refused write (see [`crate::quarantine`]): table (lowercase), key,
+    /// values (none for a delete), reason, when.
+    #[cfg_attr(
+        not(feature = "http"),
+        allow(dead_code, reason = "used by the sync client")
+    )]
+    KEEP_REJECTED = "INSERT INTO _synced_rejected (tbl, pk, row, reason, at) VALUES (?1, ?2, ?3, ?4, ?5) \
+         ON CONFLICT (tbl, pk) DO UPDATE SET row = excluded.row, reason = excluded.reason, \
+         at = excluded.at";
 
-/// How many times the database was vacuumed (see `Cursor::resumed`).
-pub(crate) const VACUUMS: &str = "SELECT vacuums FROM _synced_state";
+    /// The refused writes to one table, oldest first.
+    LIST_REJECTED =
+        "SELECT pk, row, reason, at FROM _synced_rejected WHERE tbl = ?1 ORDER BY at, pk";
 
-/// Counts a vacuum, before it runs.
-pub(crate) const COUNT_VACUUM: &str = "UPDATE _synced_state SET vacuums = vacuums + 1";
+    /// Removes a refused write, returning its values.
+    TAKE_REJECTED =
+        "DELETE FROM _synced_rejected WHERE tbl = ?1 AND pk = ?2 RETURNING row";
 
-/// Adds the count of vacuums to a format 1 file.
-pub(crate) const ADD_VACUUMS: &str =
-    "ALTER TABLE _synced_state ADD COLUMN vacuums INTEGER NOT NULL DEFAULT 0";
+    /// How many times the database was vacuumed (see `Cursor::resumed`).
+    VACUUMS = "SELECT vacuums FROM _synced_state";
 
-/// The last closed version.
-pub(crate) const CURRENT_VERSION: &str = "SELECT db_version FROM _synced_state";
+    /// Counts a vacuum, before it runs.
+    COUNT_VACUUM = "UPDATE _synced_state SET vacuums = vacuums + 1";
 
-/// A change counter of the database file that moves when another connection commits.
-pub(crate) const DATA_VERSION: &str = "PRAGMA data_version";
+    /// Adds the count of vacuums to a format 1 file.
+    ADD_VACUUMS =
+        "ALTER TABLE _synced_state ADD COLUMN vacuums INTEGER NOT NULL DEFAULT 0";
 
-/// Adds a site to the dictionary, at the next ordinal, unless it is there.
-pub(crate) const ADD_SITE: &str = "INSERT INTO _synced_sites (ordinal, site_id) \
-     SELECT coalesce(max(ordinal), 0) + 1, ?1 FROM _synced_sites WHERE true \
-     ON CONFLICT (site_id) DO NOTHING";
+    /// The last closed version.
+    CURRENT_VERSION = "SELECT db_version FROM _synced_state";
 
-/// The ordinal of a site id.
-pub(crate) const SITE_ORDINAL: &str = "SELECT ordinal FROM _synced_sites WHERE site_id = ?1";
+    /// A change counter of the database file that moves when another connection commits.
+    DATA_VERSION = "PRAGMA data_version";
 
-/// The site dictionary.
-pub(crate) const SITES: &str = "SELECT ordinal, site_id FROM _synced_sites";
+    /// Adds a site to the dictionary, at the next ordinal, unless it is there.
+    ADD_SITE = "INSERT INTO _synced_sites (ordinal, site_id) \
+         SELECT coalesce(max(ordinal), 0) + 1, ?1 FROM _synced_sites WHERE true \
+         ON CONFLICT (site_id) DO NOTHING";
 
-/// This database's site id.
-pub(crate) const OWN_SITE: &str = "SELECT site_id FROM _synced_state";
+    /// The ordinal of a site id.
+    SITE_ORDINAL = "SELECT ordinal FROM _synced_sites WHERE site_id = ?1";
 
-/// The site ids this database had before, in version order.
-pub(crate) const IDENTITIES: &str = "SELECT upto, site FROM _synced_identities ORDER BY upto, id";
+    /// The site dictionary.
+    SITES = "SELECT ordinal, site_id FROM _synced_sites";
 
-/// The site id this database had last before its current one, and whether it
-/// left it because another file used it too.
-pub(crate) const PREVIOUS_SITE: &str = "SELECT s.site_id, i.reused FROM _synced_identities AS i \
-     JOIN _synced_sites AS s ON s.ordinal = i.site ORDER BY i.id DESC LIMIT 1";
+    /// This database's site id.
+    OWN_SITE = "SELECT site_id FROM _synced_state";
 
-/// The highest version of a site (by id) this database has seen.
-pub(crate) const SEEN_VERSION: &str = "SELECT p.seen FROM _synced_peers AS p \
-     JOIN _synced_sites AS s ON s.ordinal = p.site WHERE s.site_id = ?1";
+    /// The site ids this database had before, in version order.
+    IDENTITIES = "SELECT upto, site FROM _synced_identities ORDER BY upto, id";
 
-/// Whether a site id is remembered as used by more than one file.
-pub(crate) const IS_REUSED: &str =
-    "SELECT EXISTS (SELECT 1 FROM _synced_reused WHERE site_id = ?1)";
+    /// The site id this database had last before its current one, and whether it
+    /// left it because another file used it too.
+    PREVIOUS_SITE = "SELECT s.site_id, i.reused FROM _synced_identities AS i \
+         JOIN _synced_sites AS s ON s.ordinal = i.site ORDER BY i.id DESC LIMIT 1";
 
-/// Remembers a site id as used by more than one file.
-pub(crate) const MARK_REUSED: &str =
-    "INSERT INTO _synced_reused (site_id) VALUES (?1) ON CONFLICT DO NOTHING";
+    /// The highest version of a site (by id) this database has seen.
+    SEEN_VERSION = "SELECT p.seen FROM _synced_peers AS p \
+         JOIN _synced_sites AS s ON s.ordinal = p.site WHERE s.site_id = ?1";
 
-/// Binds a site id to its owner unless it has one.
-pub(crate) const CLAIM_SITE: &str =
-    "INSERT INTO _synced_site_owners (site_id, owner) VALUES (?1, ?2) ON CONFLICT DO NOTHING";
+    /// Whether a site id is remembered as used by more than one file.
+    IS_REUSED =
+        "SELECT EXISTS (SELECT 1 FROM _synced_reused WHERE site_id = ?1)";
 
-/// The owner of a site id.
-pub(crate) const SITE_OWNER: &str = "SELECT owner FROM _synced_site_owners WHERE site_id = ?1";
+    /// Remembers a site id as used by more than one file.
+    MARK_REUSED =
+        "INSERT INTO _synced_reused (site_id) VALUES (?1) ON CONFLICT DO NOTHING";
 
-/// Whether a reader (by ordinal) holds any row.
-pub(crate) const HOLDS_ANY: &str = "SELECT EXISTS (SELECT 1 FROM _synced_held WHERE site = ?1)";
+    /// Binds a site id to its owner unless it has one.
+    CLAIM_SITE =
+        "INSERT INTO _synced_site_owners (site_id, owner) VALUES (?1, ?2) ON CONFLICT DO NOTHING";
 
-/// Gives reader `?2` the record of the rows reader `?1` holds.
-pub(crate) const INHERIT_HELD: &str = "INSERT INTO _synced_held (site, tbl, pk, evicted, at) \
-     SELECT ?2, tbl, pk, evicted, at FROM _synced_held WHERE site = ?1 ON CONFLICT DO NOTHING";
+    /// The owner of a site id.
+    SITE_OWNER = "SELECT owner FROM _synced_site_owners WHERE site_id = ?1";
 
-/// Registers a synced table: name, algorithm, descriptor (JSON), tracking on.
-pub(crate) const REGISTER_TABLE: &str = "INSERT INTO _synced_tables (name, algorithm, descriptor, tracking) \
-     VALUES (?1, ?2, ?3, 1)";
+    /// Whether a reader (by ordinal) holds any row.
+    HOLDS_ANY = "SELECT EXISTS (SELECT 1 FROM _synced_held WHERE site = ?1)";
 
-/// Turns a synced table's tracking on or off.
-pub(crate) const SET_TRACKING: &str = "UPDATE _synced_tables SET tracking = ?2 WHERE name = ?1";
+    /// Gives reader `?2` the record of the rows reader `?1` holds.
+    INHERIT_HELD = "INSERT INTO _synced_held (site, tbl, pk, evicted, at) \
+         SELECT ?2, tbl, pk, evicted, at FROM _synced_held WHERE site = ?1 ON CONFLICT DO NOTHING";
 
-/// Forgets a synced table.
-pub(crate) const UNREGISTER_TABLE: &str = "DELETE FROM _synced_tables WHERE name = ?1";
+    /// Registers a synced table: name, algorithm, descriptor (JSON), tracking on.
+    REGISTER_TABLE = "INSERT INTO _synced_tables (name, algorithm, descriptor, tracking) \
+         VALUES (?1, ?2, ?3, 1)";
 
-/// Drops the refused writes kept for one table (lowercase name).
-pub(crate) const DISCARD_REJECTED_OF: &str = "DELETE FROM _synced_rejected WHERE tbl = ?1";
+    /// Turns a synced table's tracking on or off.
+    SET_TRACKING = "UPDATE _synced_tables SET tracking = ?2 WHERE name = ?1";
 
-/// Every synced table's name and descriptor.
-pub(crate) const SYNCED_TABLES: &str = "SELECT name, descriptor FROM _synced_tables ORDER BY name";
+    /// Forgets a synced table.
+    UNREGISTER_TABLE = "DELETE FROM _synced_tables WHERE name = ?1";
 
-/// The name and descriptor of every synced table whose tracking is on.
-pub(crate) const TRACKED_TABLES: &str =
-    "SELECT name, descriptor FROM _synced_tables WHERE tracking ORDER BY name";
+    /// Drops the refused writes kept for one table (lowercase name).
+    DISCARD_REJECTED_OF = "DELETE FROM _synced_rejected WHERE tbl = ?1";
 
-/// One synced table's descriptor and tracking flag.
-pub(crate) const STORED_TABLE: &str =
-    "SELECT descriptor, tracking FROM _synced_tables WHERE name = ?1";
+    /// Every synced table's name and descriptor.
+    SYNCED_TABLES = "SELECT name, descriptor FROM _synced_tables ORDER BY name";
 
-/// Whether a table of the main schema is STRICT (no row: no such table).
-pub(crate) const IS_STRICT: &str =
-    "SELECT strict FROM pragma_table_list WHERE schema = 'main' AND name = ?1 COLLATE NOCASE";
+    /// The name and descriptor of every synced table whose tracking is on.
+    TRACKED_TABLES =
+        "SELECT name, descriptor FROM _synced_tables WHERE tracking ORDER BY name";
 
-/// A table's columns: name, type, not-null flag, key position.
-pub(crate) const TABLE_COLUMNS: &str =
-    "SELECT name, type, \"notnull\", pk FROM pragma_table_info(?1) ORDER BY cid";
+    /// One synced table's descriptor and tracking flag.
+    STORED_TABLE =
+        "SELECT descriptor, tracking FROM _synced_tables WHERE name = ?1";
+
+    /// Whether a table of the main schema is STRICT (no row: no such table).
+    IS_STRICT =
+        "SELECT strict FROM pragma_table_list WHERE schema = 'main' AND name = ?1 COLLATE NOCASE";
+
+    /// A table's columns: name, type, not-null flag, key position.
+    TABLE_COLUMNS =
+        "SELECT name, type, \"notnull\", pk FROM pragma_table_info(?1) ORDER BY cid";
+
+    /// The state row of a new database: its site id (`?1`), version 0.
+    INIT_STATE = "INSERT INTO _synced_state (id, site_id, db_version, applying) VALUES (0, ?1, 0, 0) \
+         ON CONFLICT DO NOTHING";
+
+    /// This database as ordinal 0 of the site dictionary.
+    INIT_OWN_SITE = "INSERT INTO _synced_sites (ordinal, site_id) SELECT 0, site_id FROM _synced_state
+               WHERE true ON CONFLICT DO NOTHING;";
+
+    /// SQLite's check of the file's structure; one row `ok` when it finds nothing.
+    QUICK_CHECK = "PRAGMA quick_check";
+
+    /// The site (ordinal) and version there of a local version made elsewhere.
+    VERSION_ORIGIN = "SELECT site, origin_version FROM _synced_versions WHERE db_version = ?1";
+
+    /// Marks a row (`?3`, of table `?2`) as held by reader `?1` since version `?4`.
+    MARK_HELD = "INSERT INTO _synced_held (site, tbl, pk, evicted, at) VALUES (?1, ?2, ?3, 0, ?4) \
+         ON CONFLICT (site, tbl, pk) DO UPDATE SET evicted = 0, at = excluded.at";
+
+    /// Marks a row a reader holds as evicted at version `?4`.
+    MARK_EVICTED = "UPDATE _synced_held SET evicted = 1, at = ?4 WHERE site = ?1 AND tbl = ?2 AND pk = ?3";
+
+    /// Whether a reader holds any row of a table.
+    HOLDS_IN_TABLE = "SELECT EXISTS (SELECT 1 FROM _synced_held WHERE site = ?1 AND tbl = ?2)";
+
+    /// A reader's mark of one row.
+    HELD_MARK = "SELECT evicted, at FROM _synced_held WHERE site = ?1 AND tbl = ?2 AND pk = ?3";
+
+    /// Sets a reader's mark of one row.
+    SET_MARK = "INSERT INTO _synced_held (site, tbl, pk, evicted, at) VALUES (?1, ?2, ?3, ?4, ?5) \
+         ON CONFLICT (site, tbl, pk) DO UPDATE SET evicted = excluded.evicted, at = excluded.at";
+
+    /// Gives ordinal 0 of the site dictionary (this database) a new site id.
+    SET_OWN_SITE = "UPDATE _synced_sites SET site_id = ?1 WHERE ordinal = 0";
+
+    /// Adds a site id this database left to the dictionary, at the next ordinal.
+    ADD_LEFT_SITE = "INSERT INTO _synced_sites (ordinal, site_id) \
+         SELECT max(ordinal) + 1, ?1 FROM _synced_sites";
+
+    /// Records a site id this database left: up to which version it was its own, its ordinal, whether it left it because another file used it too.
+    ADD_IDENTITY = "INSERT INTO _synced_identities (upto, site, reused) VALUES (?1, ?2, ?3)";
+
+    /// Gives the state row a new site id.
+    SET_STATE_SITE = "UPDATE _synced_state SET site_id = ?1";
+
+    /// Sets the last closed version.
+    SET_VERSION = "UPDATE _synced_state SET db_version = ?1";
+
+    /// The send cursor of every server this database syncs with.
+    SEND_CURSORS = "SELECT sent FROM _synced_remote";
+
+    /// Whether a table is `WITHOUT ROWID`.
+    IS_WITHOUT_ROWID = "SELECT wr FROM pragma_table_list(?1)";
+
+    /// The keys of a table a reader holds after `?3` that it got before version `?4` or that were evicted, in key order.
+    HELD_TO_CHECK = "SELECT pk FROM _synced_held WHERE site = ?1 AND tbl = ?2 AND pk > ?3 \
+         AND (at < ?4 OR evicted) ORDER BY pk";
+
+    /// Forgets a server's cursors.
+    #[cfg_attr(not(feature = "http"), allow(dead_code, reason = "used by the sync client"))]
+    FORGET_REMOTE = "DELETE FROM _synced_remote WHERE url = ?1";
+
+    /// Moves a server's send cursor.
+    #[cfg_attr(not(feature = "http"), allow(dead_code, reason = "used by the sync client"))]
+    SET_SENT = "UPDATE _synced_remote SET sent = ?2 WHERE url = ?1";
+
+    /// A server's send and receive cursors.
+    #[cfg_attr(not(feature = "http"), allow(dead_code, reason = "used by the sync client"))]
+    REMOTE_CURSORS = "SELECT sent, received FROM _synced_remote WHERE url = ?1";
+
+    /// Stores a server's send cursor.
+    #[cfg_attr(not(feature = "http"), allow(dead_code, reason = "used by the sync client"))]
+    STORE_SENT = "INSERT INTO _synced_remote (url, sent, received) VALUES (?1, ?2, '0') \
+         ON CONFLICT (url) DO UPDATE SET sent = excluded.sent";
+
+    /// Stores a server's receive cursor.
+    #[cfg_attr(not(feature = "http"), allow(dead_code, reason = "used by the sync client"))]
+    STORE_RECEIVED = "INSERT INTO _synced_remote (url, sent, received) VALUES (?1, '0', ?2) \
+         ON CONFLICT (url) DO UPDATE SET received = excluded.received";
+
+    /// Turns the triggers off: what follows is not recorded as local changes.
+    BEGIN_APPLYING = "UPDATE _synced_state SET applying = 1";
+
+    /// Deletes every version origin, peer, cursor, earlier site id, other site and refused write.
+    #[cfg_attr(not(feature = "http"), allow(dead_code, reason = "used by the sync client"))]
+    WIPE_META = "DELETE FROM _synced_versions; DELETE FROM _synced_peers; \
+         DELETE FROM _synced_remote; DELETE FROM _synced_sites WHERE ordinal <> 0; \
+         DELETE FROM _synced_identities; DELETE FROM _synced_rejected;";
+
+    /// Gives the state row a new site id and turns the triggers back on.
+    #[cfg_attr(not(feature = "http"), allow(dead_code, reason = "used by the sync client"))]
+    SET_STATE_SITE_APPLIED = "UPDATE _synced_state SET site_id = ?1, applying = 0";
+
+    /// Turns the triggers back on.
+    END_APPLYING = "UPDATE _synced_state SET applying = 0";
+
+    /// Records that a local version holds changes made elsewhere: by site `?2`, at its version `?3`.
+    ADD_VERSION_ORIGIN = "INSERT INTO _synced_versions (db_version, site, origin_version) VALUES (?1, ?2, ?3)";
+
+    /// Whether a local version holds changes made elsewhere.
+    MADE_ELSEWHERE = "SELECT EXISTS (SELECT 1 FROM _synced_versions WHERE db_version = ?1)";
+
+    /// The highest version of a site (by ordinal) this database has seen.
+    PEER_SEEN = "SELECT seen FROM _synced_peers WHERE site = ?1";
+
+    /// Sets the highest version of a site (by ordinal) this database has seen.
+    SET_PEER_SEEN = "INSERT INTO _synced_peers (site, seen) VALUES (?1, ?2) \
+         ON CONFLICT (site) DO UPDATE SET seen = excluded.seen";
+
+    /// Opens the savepoint around one pushed row.
+    ROW_SAVEPOINT = "SAVEPOINT synced_row";
+
+    /// Undoes what one pushed row did.
+    ROW_ROLLBACK = "ROLLBACK TO synced_row";
+
+    /// Closes the savepoint around one pushed row.
+    ROW_RELEASE = "RELEASE synced_row";
+
+    /// Opens the savepoint around one of the app's raw statements.
+    RAW_SAVEPOINT = "SAVEPOINT synced_raw";
+
+    /// Closes the savepoint around one of the app's raw statements.
+    RAW_RELEASE = "RELEASE synced_raw";
+
+    /// Undoes one of the app's raw statements.
+    RAW_ROLLBACK = "ROLLBACK TO synced_raw";
+
+    /// Rebuilds the file to its smallest size.
+    VACUUM = "VACUUM;";
+
+    /// Moves the write-ahead log into the file and truncates the log.
+    CHECKPOINT = "PRAGMA wal_checkpoint(TRUNCATE);";
+}
 
 /// Message prefix of the error raised when a row of a grow-only table would be
 /// deleted (or re-keyed); the table name follows.
 pub(crate) const GROW_ONLY_PREFIX: &str = "synced: grow-only table rows cannot be deleted: ";
+
+/// The settings of a connection: `synchronous` (`FULL` when `full`, else
+/// `NORMAL`), the page cache's limit in KiB and the busy timeout in ms.
+pub(crate) fn connection_settings(full: bool, cache_size_kib: u32, busy_timeout_ms: u32) -> String {
+    let synchronous = if full { "FULL" } else { "NORMAL" };
+    format!(
+        "PRAGMA synchronous = {synchronous}; PRAGMA cache_size = -{cache_size_kib}; \
+         PRAGMA busy_timeout = {busy_timeout_ms};"
+    )
+}
+
+/// A row of `count` parameters (`SELECT ?1, ?2, …`), to read values as a row.
+pub(crate) fn select_params(count: usize) -> String {
+    let params: Vec<String> = (1..=count).map(|i| format!("?{i}")).collect();
+    format!("SELECT {}", params.join(", "))
+}
+
+/// A table's `select` for a user's filter (see [`where_clause`]).
+pub(crate) fn filtered_select(select: &str, filter: &str) -> String {
+    format!("{select}{}", where_clause(filter))
+}
+
+/// What follows `SELECT … FROM t` for a user's filter: nothing, `WHERE filter`, or
+/// the filter itself when it starts with `ORDER BY` or `LIMIT`.
+fn where_clause(filter: &str) -> String {
+    let trimmed = filter.trim_start();
+    let mut words = trimmed.split_whitespace();
+    let first = words.next().unwrap_or_default();
+    let clause = first.eq_ignore_ascii_case("LIMIT")
+        || (first.eq_ignore_ascii_case("ORDER")
+            && words.next().is_some_and(|w| w.eq_ignore_ascii_case("BY")));
+    if trimmed.is_empty() {
+        String::new()
+    } else if clause {
+        format!(" {trimmed}")
+    } else {
+        format!(" WHERE {filter}")
+    }
+}
 
 const CL: &str = "_synced_cl";
 const DV: &str = "_synced_dv";
@@ -1057,6 +1243,17 @@ mod tests {
     }
 
     #[test]
+    fn filters_become_where_clauses_unless_they_only_order() {
+        assert_eq!(where_clause(""), "");
+        assert_eq!(where_clause("done = ?1"), " WHERE done = ?1");
+        assert_eq!(where_clause(" order by title"), " order by title");
+        assert_eq!(where_clause("LIMIT 3"), " LIMIT 3");
+        assert_eq!(where_clause("ordering = 1"), " WHERE ordering = 1");
+        assert_eq!(where_clause("limited = ?1"), " WHERE limited = ?1");
+        assert_eq!(where_clause("ORDER\n  BY title"), " ORDER\n  BY title");
+    }
+
+    #[test]
     fn identifiers_and_literals_are_quoted() {
         assert_eq!(ident(r#"a"b"#), r#""a""b""#);
         assert_eq!(literal("it's"), "'it''s'");
@@ -1071,34 +1268,161 @@ mod tests {
             sql.contains(r#""done" INTEGER NOT NULL DEFAULT 0"#),
             "{sql}"
         );
-        assert!(sql.contains(r#""note" TEXT,"#) || sql.contains(r#""note" TEXT"#));
+        // A nullable column: its definition ends after its type.
+        let note = &sql[sql.find(r#""note""#).expect("the note column")..];
+        let note = note.split([',', '\n']).next().unwrap_or_default().trim();
+        assert_eq!(note, r#""note" TEXT"#, "{sql}");
         let pairs = TableSql::new(&pairs()).create_table;
         assert!(pairs.contains(r#"PRIMARY KEY ("a", "b")"#), "{pairs}");
+    }
+
+    /// Prepares `statement`; a script of several statements runs instead, in a
+    /// savepoint that is rolled back.
+    fn check(conn: &rusqlite::Connection, name: &str, statement: &str) {
+        if statement.trim().is_empty() {
+            return; // a script with nothing to do for this table
+        }
+        match conn.prepare(statement) {
+            Ok(_) => {}
+            Err(rusqlite::Error::MultipleStatement) => {
+                conn.execute_batch("SAVEPOINT checked").unwrap();
+                let ran = conn.execute_batch(statement);
+                conn.execute_batch("ROLLBACK TO checked; RELEASE checked")
+                    .unwrap();
+                ran.unwrap_or_else(|e| panic!("{name}: {e}\n{statement}"));
+            }
+            Err(e) => panic!("{name}: {e}\n{statement}"),
+        }
+    }
+
+    #[test]
+    fn every_fixed_statement_prepares() {
+        let conn = conn_with(&todos());
+        conn.execute_batch(CREATE_FORMAT).unwrap();
+        assert!(STATEMENTS.len() > 60, "{}", STATEMENTS.len());
+        // Upgrades of older formats run against the state table those had.
+        let upgrades = ["ADD_VACUUMS"];
+        let older = rusqlite::Connection::open_in_memory().unwrap();
+        older
+            .execute_batch(
+                "CREATE TABLE _synced_state (id INTEGER PRIMARY KEY, site_id BLOB, \
+                 db_version INTEGER, applying INTEGER);",
+            )
+            .unwrap();
+        for (name, statement) in STATEMENTS {
+            let conn = if upgrades.contains(name) {
+                &older
+            } else {
+                &conn
+            };
+            check(conn, name, statement);
+        }
+        check(&conn, "select_params", &select_params(3));
+        // Settings run outside any transaction, as at opening.
+        for settings in [
+            connection_settings(true, 1024, 5_000),
+            connection_settings(false, 0, 0),
+        ] {
+            conn.execute_batch(&settings)
+                .unwrap_or_else(|e| panic!("{e}\n{settings}"));
+        }
     }
 
     #[test]
     fn every_generated_statement_prepares() {
         for schema in [&todos(), &pairs()] {
             let conn = conn_with(schema);
-            let sql = TableSql::new(schema);
-            for stmt in [
-                &sql.insert,
-                &sql.delete,
-                &sql.select,
-                &sql.select_by_key,
-                &sql.changes_since,
-                &sql.changes_between,
-                &sql.batch_keys,
-                &sql.backfill_live,
-                &sql.backfill_deleted,
+            // Every statement of the table (a field added later must be
+            // listed here to compile).
+            let TableSql {
+                create_table,
+                create_clock,
+                create_triggers,
+                drop_triggers,
+                create_guards,
+                drop_guards,
+                drop_clock,
+                wipe,
+                restamp,
+                delete_clock,
+                insert,
+                update,
+                delete,
+                select,
+                select_by_key,
+                clock_key_by_rowid,
+                key_by_rowid,
+                changes_since,
+                changes_between,
+                batch_keys,
+                open_changes,
+                backfill_live,
+                backfill_deleted,
+                merge_read_clock,
+                merge_clock_layout: _,
+                merge_write_clock,
+                merge_write_row,
+            } = TableSql::new(schema);
+            let named = [
+                ("create_table", create_table),
+                ("create_clock", create_clock),
+                ("create_triggers", create_triggers),
+                ("create_guards", create_guards),
+                ("wipe", wipe),
+                ("delete_clock", delete_clock),
+                ("insert", insert),
+                ("delete", delete),
+                ("select", select),
+                ("select_by_key", select_by_key),
+                ("clock_key_by_rowid", clock_key_by_rowid),
+                ("key_by_rowid", key_by_rowid),
+                ("changes_since", changes_since),
+                ("changes_between", changes_between),
+                ("batch_keys", batch_keys),
+                ("open_changes", open_changes),
+                ("backfill_live", backfill_live),
+                ("backfill_deleted", backfill_deleted),
+                ("merge_read_clock", merge_read_clock),
+                ("merge_write_clock", merge_write_clock),
+                ("merge_write_row", merge_write_row),
+                ("drop_triggers", drop_triggers),
+                ("drop_guards", drop_guards),
+                ("drop_clock", drop_clock),
+            ];
+            for (name, statement) in &named {
+                check(&conn, name, statement);
+            }
+            // The re-keying runs its lines one by one.
+            for line in restamp.split('\n') {
+                check(&conn, "restamp", line);
+            }
+            if let Some(update) = &update {
+                check(&conn, "update", update);
+            }
+            // The filtered reads, with a filter of one parameter.
+            let filter = "?1 IS NULL OR rowid > 0";
+            let column = &schema
+                .value_columns()
+                .next()
+                .unwrap_or(&schema.columns[0])
+                .name;
+            for (name, statement) in [
+                ("row_passes", row_passes(schema, filter, 1)),
+                ("clock_row_filtered", clock_row_filtered(schema, filter, 1)),
+                ("snapshot_rows", snapshot_rows(schema, Some(filter), 1)),
+                ("snapshot_rows", snapshot_rows(schema, None, 0)),
+                (
+                    "changes_between_filtered",
+                    changes_between_filtered(schema, filter, 1, true),
+                ),
+                (
+                    "changes_between_filtered",
+                    changes_between_filtered(schema, filter, 1, false),
+                ),
+                ("filter_index", filter_index(schema, column)),
             ] {
-                conn.prepare(stmt).unwrap_or_else(|e| panic!("{e}\n{stmt}"));
+                check(&conn, name, &statement);
             }
-            if let Some(update) = &sql.update {
-                conn.prepare(update).unwrap();
-            }
-            conn.execute_batch(&sql.drop_triggers).unwrap();
-            conn.execute_batch(&sql.drop_clock).unwrap();
         }
     }
 

@@ -23,7 +23,7 @@ use crate::identity;
 use crate::merge::{self, ApplyReport, Rejection};
 use crate::protocol::{PullResponse, PushAck, SCHEMA_HEADER, SITE_HEADER, fingerprint_hex};
 use crate::quarantine;
-use crate::sql::TableSql;
+use crate::sql::{self, TableSql};
 use crate::tracking;
 use crate::worker::{SiteIds, Worker, write};
 
@@ -157,8 +157,7 @@ impl SyncDb {
         identity::renew(self.handle(), true).await?;
         let url = state.remote.url.clone();
         self.call(move |w| {
-            w.conn
-                .execute("DELETE FROM _synced_remote WHERE url = ?1", [url])?;
+            w.conn.execute(sql::FORGET_REMOTE, [url])?;
             Ok(())
         })
         .await?;
@@ -176,10 +175,8 @@ impl SyncDb {
             return Ok(false);
         }
         self.call(move |w| {
-            w.conn.execute(
-                "UPDATE _synced_remote SET sent = ?2 WHERE url = ?1",
-                [url, Cursor::at(seen).to_string()],
-            )?;
+            w.conn
+                .execute(sql::SET_SENT, [url, Cursor::at(seen).to_string()])?;
             Ok(())
         })
         .await?;
@@ -458,8 +455,7 @@ impl SyncDb {
         let _receiving = state.receiving.lock().await;
         let url = state.remote.url.clone();
         self.call(move |w| {
-            w.conn
-                .execute("DELETE FROM _synced_remote WHERE url = ?1", [url])?;
+            w.conn.execute(sql::FORGET_REMOTE, [url])?;
             Ok(())
         })
         .await
@@ -515,11 +511,7 @@ impl SyncDb {
             use rusqlite::OptionalExtension;
             let stored: Option<(String, String)> = w
                 .conn
-                .query_row(
-                    "SELECT sent, received FROM _synced_remote WHERE url = ?1",
-                    [url],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
+                .query_row(sql::REMOTE_CURSORS, [url], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
             let parse = |text: &str| {
                 text.parse::<Cursor>().map_err(|e| Error::Corrupt {
@@ -562,11 +554,8 @@ impl SyncDb {
                 } else {
                     merge::restore(tx.conn(), &restore, exported_at)?
                 };
-                tx.conn().execute(
-                    "INSERT INTO _synced_remote (url, sent, received) VALUES (?1, ?2, '0') \
-                     ON CONFLICT (url) DO UPDATE SET sent = excluded.sent",
-                    [url, next.to_string()],
-                )?;
+                tx.conn()
+                    .execute(sql::STORE_SENT, [url, next.to_string()])?;
                 Ok((report, kept))
             })
         })
@@ -586,11 +575,8 @@ impl SyncDb {
             write(w, |tx| {
                 tx.set_versions();
                 let report = merge::apply(tx.conn(), &payload, merge::Source::Server)?;
-                tx.conn().execute(
-                    "INSERT INTO _synced_remote (url, sent, received) VALUES (?1, '0', ?2) \
-                     ON CONFLICT (url) DO UPDATE SET received = excluded.received",
-                    [url, next.to_string()],
-                )?;
+                tx.conn()
+                    .execute(sql::STORE_RECEIVED, [url, next.to_string()])?;
                 Ok(report)
             })
         })
@@ -604,24 +590,14 @@ pub(crate) fn wipe(worker: &mut Worker, site: SiteId) -> Result<()> {
     write(worker, |tx| {
         tx.set_versions();
         let conn = tx.conn();
-        conn.execute("UPDATE _synced_state SET applying = 1", [])?;
+        conn.execute(sql::BEGIN_APPLYING, [])?;
         for schema in tracking::synced_tables(conn, false)? {
             conn.execute_batch(&TableSql::new(&schema).wipe)?;
         }
-        conn.execute_batch(
-            "DELETE FROM _synced_versions; DELETE FROM _synced_peers; \
-             DELETE FROM _synced_remote; DELETE FROM _synced_sites WHERE ordinal <> 0; \
-             DELETE FROM _synced_identities; DELETE FROM _synced_rejected;",
-        )?;
+        conn.execute_batch(sql::WIPE_META)?;
         let site = site.as_bytes().as_slice();
-        conn.execute(
-            "UPDATE _synced_sites SET site_id = ?1 WHERE ordinal = 0",
-            [site],
-        )?;
-        conn.execute(
-            "UPDATE _synced_state SET site_id = ?1, applying = 0",
-            [site],
-        )?;
+        conn.execute(sql::SET_OWN_SITE, [site])?;
+        conn.execute(sql::SET_STATE_SITE_APPLIED, [site])?;
         Ok(())
     })
 }

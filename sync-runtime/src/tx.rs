@@ -370,7 +370,7 @@ pub(crate) fn query<T: Synced>(
     filter: &str,
     params: &[Value],
 ) -> Result<Vec<T>> {
-    let sql = format!("{}{}", table.sql.select, where_clause(filter));
+    let sql = sql::filtered_select(&table.sql.select, filter);
     as_user(user_sql, || {
         let mut stmt = conn.prepare_cached(&sql)?;
         let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
@@ -380,24 +380,6 @@ pub(crate) fn query<T: Synced>(
         }
         Ok(out)
     })
-}
-
-/// What follows `SELECT … FROM t` for a user's filter: nothing, `WHERE filter`, or
-/// the filter itself when it starts with `ORDER BY` or `LIMIT`.
-fn where_clause(filter: &str) -> String {
-    let trimmed = filter.trim_start();
-    let mut words = trimmed.split_whitespace();
-    let first = words.next().unwrap_or_default();
-    let clause = first.eq_ignore_ascii_case("LIMIT")
-        || (first.eq_ignore_ascii_case("ORDER")
-            && words.next().is_some_and(|w| w.eq_ignore_ascii_case("BY")));
-    if trimmed.is_empty() {
-        String::new()
-    } else if clause {
-        format!(" {trimmed}")
-    } else {
-        format!(" WHERE {filter}")
-    }
 }
 
 /// Runs the app's SQL. Where a statement can write a key of a registered table
@@ -448,7 +430,7 @@ pub(crate) fn execute_raw(
         }
         return Ok(changed);
     }
-    conn.prepare_cached("SAVEPOINT synced_raw")?.execute([])?;
+    conn.prepare_cached(sql::RAW_SAVEPOINT)?.execute([])?;
     user_sql.checking.store(true, Ordering::Relaxed);
     let ran = run();
     user_sql.checking.store(false, Ordering::Relaxed);
@@ -459,16 +441,16 @@ pub(crate) fn execute_raw(
         Ok(changed) => changed,
         Err(e) => {
             if open {
-                conn.prepare_cached("RELEASE synced_raw")?.execute([])?;
+                conn.prepare_cached(sql::RAW_RELEASE)?.execute([])?;
             }
             return Err(e);
         }
     };
     let checked = check_keys(conn, registry, &inserted);
     if checked.is_err() {
-        conn.prepare_cached("ROLLBACK TO synced_raw")?.execute([])?;
+        conn.prepare_cached(sql::RAW_ROLLBACK)?.execute([])?;
     }
-    conn.prepare_cached("RELEASE synced_raw")?.execute([])?;
+    conn.prepare_cached(sql::RAW_RELEASE)?.execute([])?;
     checked.map(|()| changed)
 }
 
@@ -597,18 +579,6 @@ fn as_user<R>(flag: &AtomicBool, f: impl FnOnce() -> R) -> R {
 
 #[cfg(test)]
 mod tests {
-    use super::where_clause;
-
-    #[test]
-    fn filters_become_where_clauses_unless_they_only_order() {
-        assert_eq!(where_clause(""), "");
-        assert_eq!(where_clause("done = ?1"), " WHERE done = ?1");
-        assert_eq!(where_clause(" order by title"), " order by title");
-        assert_eq!(where_clause("LIMIT 3"), " LIMIT 3");
-        assert_eq!(where_clause("ordering = 1"), " WHERE ordering = 1");
-        assert_eq!(where_clause("limited = ?1"), " WHERE limited = ?1");
-        assert_eq!(where_clause("ORDER\n  BY title"), " ORDER\n  BY title");
-    }
 
     /// The update hook records the rows the app's SQL inserts only while a
     /// checked statement runs, which takes them: with no checked key

@@ -27,12 +27,13 @@ use crate::error::{Error, Result};
 use crate::filter::{Gate, NewMark, RowFilter, RowFilters};
 use crate::id::SiteId;
 use crate::schema::TableSchema;
+use crate::sql;
 use crate::value::Value;
 use crate::wire::{self, RowChange};
 
 /// Whether a snapshot can walk `tables`: each has a rowid, its order.
 pub(crate) fn applies(conn: &Connection, tables: &[TableSchema]) -> Result<bool> {
-    let mut stmt = conn.prepare_cached("SELECT wr FROM pragma_table_list(?1)")?;
+    let mut stmt = conn.prepare_cached(sql::IS_WITHOUT_ROWID)?;
     for table in tables {
         let without_rowid: bool = stmt.query_row([&table.name], |r| r.get(0))?;
         if without_rowid {
@@ -53,7 +54,7 @@ pub(crate) fn export(
     filter: &RowFilters,
 ) -> Result<Batch> {
     let origins = Origins::new(conn)?;
-    let upto: i64 = conn.query_row(crate::sql::CURRENT_VERSION, [], |r| r.get(0))?;
+    let upto: i64 = conn.query_row(sql::CURRENT_VERSION, [], |r| r.get(0))?;
     // A snapshot past this database's history came from another database: start
     // over.
     let from = from.filter(|end| end.at <= upto);
@@ -124,13 +125,13 @@ impl Walk<'_, '_> {
                 Some(SnapshotPart::Readable(rowid)) => *rowid,
                 _ => i64::MIN,
             };
-            let query = crate::sql::snapshot_rows(schema, sql, params.len());
+            let query = sql::snapshot_rows(schema, sql, params.len());
             let mut stmt = conn.prepare_cached(&query)?;
             let after = Value::Integer(after);
             let mut found =
                 stmt.query(rusqlite::params_from_iter(params.iter().chain([&after])))?;
             let position =
-                crate::sql::ClockLayout::changes(schema).after(schema.value_columns().count()) + 3;
+                sql::ClockLayout::changes(schema).after(schema.value_columns().count()) + 3;
             while let Some(found) = found.next()? {
                 let rowid: i64 = found.get(position)?;
                 if self.add(conn, schema, index, clock_row(found, schema, 0, true)?)? {
@@ -150,14 +151,11 @@ impl Walk<'_, '_> {
         // them that changed since has a later version, so it goes after the
         // snapshot. (A row held since an export at the snapshot's version has not
         // changed since, so it is still readable, unless it was evicted then.)
-        let mut held = conn.prepare_cached(
-            "SELECT pk FROM _synced_held WHERE site = ?1 AND tbl = ?2 AND pk > ?3 \
-             AND (at < ?4 OR evicted) ORDER BY pk",
-        )?;
+        let mut held = conn.prepare_cached(sql::HELD_TO_CHECK)?;
         let table = schema.name.to_ascii_lowercase();
         let mut keys = held.query((self.gate.reader(), &table, after, self.at))?;
         let mut by_key =
-            conn.prepare_cached(&crate::sql::clock_row_filtered(schema, sql, params.len()))?;
+            conn.prepare_cached(&sql::clock_row_filtered(schema, sql, params.len()))?;
         let key_columns = schema.key_columns().count();
         while let Some(key) = keys.next()? {
             let key: Vec<u8> = key.get(0)?;
