@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Mutex;
+use tracing::Instrument;
 
 use crate::error::{Error, Result};
 use crate::export::BatchLimits;
@@ -303,8 +304,15 @@ impl RemoteState {
             });
             match outcome {
                 Err(e) if e.is_transient() && attempt < options.max_retries => {
-                    tokio::time::sleep(retry_pause(options, attempt, retry_after)).await;
+                    let pause = retry_pause(options, attempt, retry_after);
                     attempt += 1;
+                    let span = tracing::info_span!(
+                        "retry",
+                        attempt,
+                        pause_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX),
+                        error = %e,
+                    );
+                    tokio::time::sleep(pause).instrument(span).await;
                 }
                 outcome => return outcome,
             }

@@ -18,6 +18,7 @@
 //!   nothing.
 
 use rusqlite::Connection;
+use tracing::Instrument;
 
 use crate::error::{Error, Result};
 use crate::export::Cursor;
@@ -34,7 +35,12 @@ use crate::worker::{Handle, SiteIds, Worker, write};
 /// other file is told to take a new one as well. Returns the new id.
 pub(crate) async fn renew(handle: &Handle, reused: bool) -> Result<SiteId> {
     let site = SiteId::random().map_err(|e| Error::NoRandomness(e.to_string()))?;
-    let old = handle.call(move |w| rekey(w, site, reused)).await?;
+    let span = tracing::info_span!("rekey", to = %site, reused, from = tracing::field::Empty);
+    let old = handle
+        .call(move |w| rekey(w, site, reused))
+        .instrument(span.clone())
+        .await?;
+    span.record("from", tracing::field::display(old));
     handle.set_site_ids(SiteIds {
         current: site,
         previous: Some((old, reused)),

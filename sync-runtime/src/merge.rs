@@ -261,6 +261,15 @@ const FOREIGN_CHANGES: &str = "a device may send only the changes it made itself
 /// change a row here must have been made by that device, and rows are checked
 /// one by one (their clocks, and its write filter).
 fn apply_payload(conn: &Connection, payload: &Payload, sender: Sender<'_>) -> Result<PushReport> {
+    let span = tracing::debug_span!(
+        "merge",
+        exporter = %payload.exporter,
+        rows = payload.rows.len(),
+        applied = tracing::field::Empty,
+        ignored = tracing::field::Empty,
+        rejected = tracing::field::Empty,
+    )
+    .entered();
     let targets = resolve(conn, payload)?;
     check_types(payload, &targets)?;
     check_rows_once(payload, &targets)?;
@@ -358,6 +367,9 @@ fn apply_payload(conn: &Connection, payload: &Payload, sender: Sender<'_>) -> Re
     let (report, versions) = (merge.report, merge.versions);
 
     conn.execute(sql::SET_VERSION, [versions.next.max(current)])?;
+    span.record("applied", report.applied);
+    span.record("ignored", report.ignored);
+    span.record("rejected", rejected.len());
     Ok(PushReport {
         applied: report,
         rejected,

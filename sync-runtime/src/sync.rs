@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tracing::{Instrument, field};
 
 use crate::client::{ProgressFn, Remote, RemoteState, SyncOptions, SyncReport};
 use crate::db::SyncDb;
@@ -54,14 +55,20 @@ impl SyncDb {
     /// [`send_changes`](Self::send_changes), then
     /// [`check_changes`](Self::check_changes), with these options.
     pub async fn sync_with(&self, options: SyncOptions) -> Result<SyncReport> {
-        let mut report = self.sync_once(&options).await?;
-        if report.site_id_renewed || report.server_lost_changes {
-            // Under the new site id: what was not acknowledged, and everything
-            // the server has.
-            let again = self.sync_once(&options).await?;
-            report.add(&again);
+        let url = self.remote_state().map(|state| state.remote.url.clone());
+        let span = tracing::info_span!("sync", url = url.as_deref().unwrap_or_default());
+        async {
+            let mut report = self.sync_once(&options).await?;
+            if report.site_id_renewed || report.server_lost_changes {
+                // Under the new site id: what was not acknowledged, and everything
+                // the server has.
+                let again = self.sync_once(&options).await?;
+                report.add(&again);
+            }
+            Ok(report)
         }
-        Ok(report)
+        .instrument(span)
+        .await
     }
 
     /// One send and one fetch.
@@ -102,8 +109,22 @@ impl SyncDb {
     /// overlap, and a large send takes little more than the server's merging.
     pub async fn send_changes_with(&self, options: &SyncOptions) -> Result<SyncReport> {
         let state = self.remote_state().ok_or(Error::NoRemote)?;
-        let batches = self.send_batches(&state, options).await;
-        self.after_answers(&state, batches).await
+        let span = tracing::info_span!(
+            "send",
+            changes = field::Empty,
+            rejected = field::Empty,
+            batches = field::Empty,
+        );
+        let sent = async {
+            let batches = self.send_batches(&state, options).await;
+            self.after_answers(&state, batches).await
+        }
+        .instrument(span.clone())
+        .await?;
+        span.record("changes", sent.changes_sent);
+        span.record("rejected", sent.rejected.len());
+        span.record("batches", sent.batches);
+        Ok(sent)
     }
 
     /// Acts on how far the server's answers said it has received this
@@ -206,8 +227,18 @@ impl SyncDb {
                 if batch.rows == 0 {
                     return Ok::<_, Error>(None);
                 }
-                let ack = self.push(&state, options, fingerprint, payload, acked);
-                Ok(Some(ack.await?))
+                let span = tracing::debug_span!(
+                    "push",
+                    rows = batch.rows,
+                    bytes,
+                    rejected = field::Empty,
+                );
+                let ack = self
+                    .push(&state, options, fingerprint, payload, acked)
+                    .instrument(span.clone())
+                    .await?;
+                span.record("rejected", ack.rejected.len());
+                Ok(Some(ack))
             };
             let next = async {
                 if batch.complete {
@@ -267,8 +298,22 @@ impl SyncDb {
     /// While one batch is merged here, the next one is fetched.
     pub async fn check_changes_with(&self, options: &SyncOptions) -> Result<SyncReport> {
         let state = self.remote_state().ok_or(Error::NoRemote)?;
-        let batches = self.fetch_batches(&state, options).await;
-        self.after_answers(&state, batches).await
+        let span = tracing::info_span!(
+            "fetch",
+            changes = field::Empty,
+            applied = field::Empty,
+            batches = field::Empty,
+        );
+        let fetched = async {
+            let batches = self.fetch_batches(&state, options).await;
+            self.after_answers(&state, batches).await
+        }
+        .instrument(span.clone())
+        .await?;
+        span.record("changes", fetched.changes_received);
+        span.record("applied", fetched.applied);
+        span.record("batches", fetched.batches);
+        Ok(fetched)
     }
 
     /// The batches of [`check_changes_with`](Self::check_changes_with).
@@ -288,7 +333,10 @@ impl SyncDb {
             .await?;
         let mut report = SyncReport::default();
         loop {
-            let apply = self.apply_received(&url, answer.payload.clone(), answer.next.clone());
+            let span = tracing::debug_span!("pull", bytes = answer.payload.len());
+            let apply = self
+                .apply_received(&url, answer.payload.clone(), answer.next.clone())
+                .instrument(span);
             let next = async {
                 if answer.complete {
                     return Ok::<_, Error>(None);

@@ -143,8 +143,16 @@ impl Handle {
         F: FnOnce(&mut Worker) -> R + Send + 'static,
     {
         let (reply, result) = oneshot::channel::<Reply<R>>();
+        // The job runs in the caller's span, for the caller's subscriber: what
+        // it records (a merge's counts) shows where it was asked for.
+        let span = tracing::Span::current();
+        let dispatch = tracing::dispatcher::get_default(tracing::Dispatch::clone);
         let job: Job = Box::new(move |worker| {
-            let _ = reply.send(panic::catch_unwind(AssertUnwindSafe(|| f(worker))));
+            let run = || span.in_scope(|| f(worker));
+            let ran = tracing::dispatcher::with_default(&dispatch, || {
+                panic::catch_unwind(AssertUnwindSafe(run))
+            });
+            let _ = reply.send(ran);
         });
         self.jobs.send(job).map_err(|_| ())?;
         match result.await {
