@@ -153,10 +153,10 @@ impl SiteId {
 
 impl fmt::Display for SiteId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        let mut text = [0u8; 32];
+        // 16 bytes always fit 32 digits.
+        hex::encode_to_slice(self.0, &mut text).map_err(|_| fmt::Error)?;
+        f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -170,15 +170,8 @@ impl FromStr for SiteId {
 
     /// Reads the form `Display` writes (32 hex digits, either case).
     fn from_str(text: &str) -> Result<Self, BadSiteId> {
-        let text = text.as_bytes();
-        if text.len() != 32 {
-            return Err(BadSiteId);
-        }
-        let digit = |c: u8| (c as char).to_digit(16).ok_or(BadSiteId);
         let mut bytes = [0u8; 16];
-        for (i, byte) in bytes.iter_mut().enumerate() {
-            *byte = (digit(text[2 * i])? << 4 | digit(text[2 * i + 1])?) as u8;
-        }
+        hex::decode_to_slice(text, &mut bytes).map_err(|_| BadSiteId)?;
         Ok(Self(bytes))
     }
 }
@@ -206,6 +199,17 @@ mod tests {
         assert_eq!(site.to_string().to_uppercase().parse::<SiteId>(), Ok(site));
         assert!("00".parse::<SiteId>().is_err());
         assert!("g".repeat(32).parse::<SiteId>().is_err());
+        assert!("".parse::<SiteId>().is_err());
+        assert!("0".repeat(31).parse::<SiteId>().is_err());
+        assert!("0".repeat(33).parse::<SiteId>().is_err());
+        assert!("0".repeat(64).parse::<SiteId>().is_err());
+        // 32 bytes, not 32 digits.
+        assert!("é".repeat(16).parse::<SiteId>().is_err());
+        assert_eq!(
+            "0".repeat(32).parse::<SiteId>(),
+            Ok(SiteId::from_bytes([0; 16]))
+        );
+        assert_eq!(SiteId::from_bytes([0xab; 16]).to_string(), "ab".repeat(16));
     }
 
     #[test]
