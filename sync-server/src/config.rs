@@ -42,6 +42,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer};
 
 use crate::auth::parse_key_hash;
@@ -155,8 +156,9 @@ impl fmt::Debug for AuthConfig {
     }
 }
 
-/// The `[limits]` section. Durations are written `"500ms"`, `"30s"`, `"2m"` or as
-/// a number of seconds.
+/// The `[limits]` section. Durations are written `"500ms"`, `"30s"`, `"2m"`,
+/// `"1h 30m"`, `"1.5s"` (numbers with units, added up; the units are those of
+/// [`humantime::parse_duration`]) or as a number of seconds.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
@@ -453,37 +455,71 @@ impl Config {
     }
 }
 
-/// Parses `"500ms"`, `"30s"`, `"2m"`, `"1h"` or a bare number of seconds.
-fn parse_duration(text: &str) -> Option<Duration> {
+/// Reads a duration: a number of seconds (`"30"`), or numbers with units as
+/// [`humantime::parse_duration`] reads them (`"500ms"`, `"2m"`, `"1h 30m"`,
+/// `"1.5s"`). An error names the text, why it is refused and the forms that do.
+fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().ok()?;
-    match unit.trim() {
-        "ms" => Some(Duration::from_millis(number)),
-        "" | "s" => Some(Duration::from_secs(number)),
-        "m" => Some(Duration::from_secs(number.checked_mul(60)?)),
-        "h" => Some(Duration::from_secs(number.checked_mul(3600)?)),
-        _ => None,
+    // humantime wants a unit after every number but a lone 0; the file has always
+    // taken a bare number as seconds.
+    if text.bytes().all(|b| b.is_ascii_digit())
+        && let Ok(seconds) = text.parse()
+    {
+        return Ok(Duration::from_secs(seconds));
     }
+    humantime::parse_duration(text).map_err(|error| {
+        let reason = match error {
+            // humantime would say "expected number at 0".
+            _ if text.starts_with('-') => NEGATIVE.to_owned(),
+            humantime::DurationError::NumberOverflow => TOO_LARGE.to_owned(),
+            other => other.to_string(),
+        };
+        not_a_duration(format_args!("{text:?}"), &reason)
+    })
+}
+
+const DURATION_FORMS: &str =
+    "write e.g. \"500ms\", \"30s\", \"2m\", \"1h 30m\" or a number of seconds";
+const NEGATIVE: &str = "a duration cannot be negative";
+const TOO_LARGE: &str = "too large for 64 bits of seconds, or a fraction too fine for its unit";
+
+fn not_a_duration(value: impl fmt::Display, reason: &str) -> String {
+    format!("{value} is not a duration ({reason}); {DURATION_FORMS}")
 }
 
 fn deserialize_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Seconds(u64),
-        Text(String),
+    deserializer.deserialize_any(DurationVisitor)
+}
+
+/// Takes a string with units or an integer of seconds. TOML gives integers as
+/// `i64` (`i128` beyond it), so negative and huge ones are named as such rather
+/// than as a type mismatch.
+struct DurationVisitor;
+
+impl Visitor<'_> for DurationVisitor {
+    type Value = Duration;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "a duration: {DURATION_FORMS}")
     }
-    match Raw::deserialize(deserializer)? {
-        Raw::Seconds(s) => Ok(Duration::from_secs(s)),
-        Raw::Text(text) => parse_duration(&text).ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "{text:?} is not a duration; write e.g. \"500ms\", \"30s\" or \"2m\""
-            ))
-        }),
+
+    fn visit_u64<E: de::Error>(self, seconds: u64) -> Result<Duration, E> {
+        Ok(Duration::from_secs(seconds))
+    }
+
+    fn visit_i64<E: de::Error>(self, seconds: i64) -> Result<Duration, E> {
+        self.visit_i128(seconds.into())
+    }
+
+    fn visit_i128<E: de::Error>(self, seconds: i128) -> Result<Duration, E> {
+        let reason = if seconds < 0 { NEGATIVE } else { TOO_LARGE };
+        u64::try_from(seconds)
+            .map(Duration::from_secs)
+            .map_err(|_| E::custom(not_a_duration(seconds, reason)))
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Duration, E> {
+        parse_duration(text).map_err(E::custom)
     }
 }
 
@@ -493,12 +529,104 @@ mod tests {
 
     #[test]
     fn durations_take_a_unit_or_seconds() {
-        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
-        assert_eq!(parse_duration("30"), Some(Duration::from_secs(30)));
-        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_duration("soon"), None);
-        assert_eq!(parse_duration("5 days"), None);
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration(" 30 s "), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn durations_may_add_up_units_and_take_fractions() {
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("2min"), Ok(Duration::from_secs(120)));
+        assert_eq!(
+            parse_duration("2 minutes 5 sec"),
+            Ok(Duration::from_secs(125))
+        );
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(
+            parse_duration("5 days"),
+            Ok(Duration::from_secs(5 * 86_400))
+        );
+        // Units are case-sensitive: `M` is a month of 30.44 days.
+        assert_eq!(parse_duration("1M"), Ok(Duration::from_secs(2_630_016)));
+    }
+
+    #[test]
+    fn a_zero_duration_parses_but_a_request_must_have_time_to_work() {
+        for zero in ["0", "\"0\"", "\"0s\"", "\"0ms\""] {
+            let config = Config::parse(&format!("[limits]\nmax_wait = {zero}")).unwrap();
+            assert_eq!(config.limits.max_wait, Duration::ZERO);
+            config.validate().unwrap();
+        }
+        let config = Config::parse("[limits]\nrequest_timeout = \"0s\"").unwrap();
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("request_timeout must be above 0"), "{error}");
+    }
+
+    fn max_wait_error(value: &str) -> String {
+        let error = Config::parse(&format!("[limits]\nmax_wait = {value}")).unwrap_err();
+        error.to_string()
+    }
+
+    #[test]
+    fn an_invalid_duration_names_the_text_and_the_forms_that_would_do() {
+        let error = max_wait_error("\"forever\"");
+        assert!(error.contains("max_wait"), "{error}");
+        assert!(error.contains("\"forever\" is not a duration"), "{error}");
+        assert!(
+            error.contains("\"500ms\", \"30s\", \"2m\", \"1h 30m\""),
+            "{error}"
+        );
+        let error = max_wait_error("\"5 fortnights\"");
+        assert!(
+            error.contains("unknown time unit \"fortnights\""),
+            "{error}"
+        );
+        let error = max_wait_error("1.5");
+        assert!(error.contains("expected a duration"), "{error}");
+    }
+
+    #[test]
+    fn a_negative_duration_is_refused() {
+        for negative in ["\"-5s\"", "\"-5\"", "-5"] {
+            let error = max_wait_error(negative);
+            assert!(error.contains("a duration cannot be negative"), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_duration_too_large_or_too_fine_is_refused() {
+        // Too many digits for 64 bits, too many hours for 64 bits of seconds, a
+        // fraction of an hour that is no whole second, half a nanosecond.
+        for value in [
+            "\"99999999999999999999\"",
+            "\"9999999999999999999h\"",
+            "\"0.333h\"",
+            "\"0.5ns\"",
+        ] {
+            let error = max_wait_error(value);
+            assert!(
+                error.contains("too large for 64 bits of seconds"),
+                "{error}"
+            );
+        }
+        let error = max_wait_error("99999999999999999999");
+        assert!(
+            error.contains("99999999999999999999 is not a duration (too large"),
+            "{error}"
+        );
+        // The largest that counts is kept; the total timeout saturates.
+        for largest in ["18446744073709551615", "\"18446744073709551615s\""] {
+            let config = Config::parse(&format!("[limits]\nmax_wait = {largest}")).unwrap();
+            assert_eq!(config.limits.max_wait, Duration::from_secs(u64::MAX));
+            assert_eq!(config.limits.total_timeout(), Duration::MAX);
+        }
     }
 
     #[test]
