@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tracing::{Instrument, field};
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use crate::client::{ProgressFn, Remote, RemoteState, SyncOptions, SyncReport};
 use crate::db::SyncDb;
@@ -109,22 +110,28 @@ impl SyncDb {
     /// overlap, and a large send takes little more than the server's merging.
     pub async fn send_changes_with(&self, options: &SyncOptions) -> Result<SyncReport> {
         let state = self.remote_state().ok_or(Error::NoRemote)?;
-        let span = tracing::info_span!(
-            "send",
-            changes = field::Empty,
-            rejected = field::Empty,
-            batches = field::Empty,
-        );
-        let sent = async {
-            let batches = self.send_batches(&state, options).await;
-            self.after_answers(&state, batches).await
-        }
-        .instrument(span.clone())
-        .await?;
-        span.record("changes", sent.changes_sent);
-        span.record("rejected", sent.rejected.len());
-        span.record("batches", sent.batches);
-        Ok(sent)
+        let span = tracing::info_span!("send", changes = Empty, rejected = Empty, batches = Empty);
+        self.answered(&state, span, self.send_batches(&state, options))
+            .await
+    }
+
+    /// Runs the sends or fetches of `batches`, then acts on the server's
+    /// answers (see [`after_answers`](Self::after_answers)), in `span`, which
+    /// gets the counts of the report.
+    async fn answered(
+        &self,
+        state: &RemoteState,
+        span: tracing::Span,
+        batches: impl Future<Output = Result<SyncReport>>,
+    ) -> Result<SyncReport> {
+        let report = async { self.after_answers(state, batches.await).await }
+            .instrument(span.clone())
+            .await?;
+        span.record("changes", report.changes_sent + report.changes_received);
+        span.record("applied", report.applied);
+        span.record("rejected", report.rejected.len());
+        span.record("batches", report.batches);
+        Ok(report)
     }
 
     /// Acts on how far the server's answers said it has received this
@@ -227,12 +234,8 @@ impl SyncDb {
                 if batch.rows == 0 {
                     return Ok::<_, Error>(None);
                 }
-                let span = tracing::debug_span!(
-                    "push",
-                    rows = batch.rows,
-                    bytes,
-                    rejected = field::Empty,
-                );
+                let span =
+                    tracing::debug_span!("push", rows = batch.rows, bytes, rejected = Empty,);
                 let ack = self
                     .push(&state, options, fingerprint, payload, acked)
                     .instrument(span.clone())
@@ -298,22 +301,9 @@ impl SyncDb {
     /// While one batch is merged here, the next one is fetched.
     pub async fn check_changes_with(&self, options: &SyncOptions) -> Result<SyncReport> {
         let state = self.remote_state().ok_or(Error::NoRemote)?;
-        let span = tracing::info_span!(
-            "fetch",
-            changes = field::Empty,
-            applied = field::Empty,
-            batches = field::Empty,
-        );
-        let fetched = async {
-            let batches = self.fetch_batches(&state, options).await;
-            self.after_answers(&state, batches).await
-        }
-        .instrument(span.clone())
-        .await?;
-        span.record("changes", fetched.changes_received);
-        span.record("applied", fetched.applied);
-        span.record("batches", fetched.batches);
-        Ok(fetched)
+        let span = tracing::info_span!("fetch", changes = Empty, applied = Empty, batches = Empty);
+        self.answered(&state, span, self.fetch_batches(&state, options))
+            .await
     }
 
     /// The batches of [`check_changes_with`](Self::check_changes_with).
