@@ -45,7 +45,7 @@ struct Args {
     #[arg(long, value_enum, default_value_t = Keys::Both)]
     keys: Keys,
     /// SQLite page cache of both sides, in KiB (the runtime's default is 65,536).
-    #[arg(long, default_value_t = Options::default().cache_size())]
+    #[arg(long, default_value_t = Options::default().cache_size_kib)]
     cache_kib: u32,
     /// Rows sent from device A through the server to device B (default: --rows).
     #[arg(long)]

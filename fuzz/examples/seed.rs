@@ -137,10 +137,7 @@ async fn scenario() -> Result<Vec<(String, Vec<u8>)>> {
         "b-local-since",
         b.export_local_changes(Since::Version(b_mark)).await?,
     );
-    let limits = BatchLimits {
-        max_rows: 2,
-        ..BatchLimits::default()
-    };
+    let limits = BatchLimits::default().max_rows(2);
     let first = b
         .export_batch(Cursor::BEGINNING, Scope::All, limits)
         .await?;

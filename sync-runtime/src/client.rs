@@ -74,7 +74,7 @@ impl Remote {
     }
 
     /// How long one request may take (default 30 s); a pull's long-poll
-    /// [`wait`](SyncOptions::wait) comes on top.
+    /// [`wait`](field@SyncOptions::wait) comes on top.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -150,16 +150,21 @@ pub(crate) struct RemoteState {
 /// Called with the running totals after every batch of a sync.
 pub type ProgressFn = Arc<dyn Fn(&SyncReport) + Send + Sync>;
 
-/// How a sync runs. `SyncOptions::default()` is what [`SyncDb::sync`](crate::SyncDb::sync) uses.
+/// How a sync runs. `SyncOptions::default()` is what
+/// [`SyncDb::sync`](crate::SyncDb::sync) uses; each setting is read as a field
+/// and set by the method of the same name, so that a setting added later
+/// changes no code that builds one.
 ///
 /// ```
 /// use std::time::Duration;
 /// use sync_runtime::SyncOptions;
 ///
-/// let options = SyncOptions { wait: Duration::from_secs(5), max_retries: 3, ..Default::default() };
+/// let options = SyncOptions::default().wait(Duration::from_secs(5)).max_retries(3);
+/// assert_eq!(options.wait, Duration::from_secs(5));
 /// assert_eq!(options.backoff, Duration::from_millis(100));
 /// ```
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct SyncOptions {
     /// How long the server may hold the request for changes when it has none yet
     /// (a long-poll: it answers as soon as one arrives). Default 0: answer at once.
@@ -189,6 +194,83 @@ impl Default for SyncOptions {
             max_backoff: Duration::from_secs(5),
             progress: None,
         }
+    }
+}
+
+impl SyncOptions {
+    /// Sets [`wait`](field@Self::wait), how long the server may hold the
+    /// request for changes when it has none yet (default 0).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use sync_runtime::SyncOptions;
+    ///
+    /// let long_poll = SyncOptions::default().wait(Duration::from_secs(25));
+    /// assert_eq!(long_poll.wait, Duration::from_secs(25));
+    /// ```
+    pub fn wait(mut self, wait: Duration) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// Sets [`max_retries`](field@Self::max_retries), how many times a failed
+    /// request is tried again when the failure may pass (default 3).
+    ///
+    /// ```
+    /// use sync_runtime::SyncOptions;
+    ///
+    /// let once = SyncOptions::default().max_retries(0);
+    /// assert_eq!(once.max_retries, 0);
+    /// ```
+    pub fn max_retries(mut self, max_retries: u32) -> Self {
+        self.max_retries = max_retries;
+        self
+    }
+
+    /// Sets [`backoff`](field@Self::backoff), the first pause before a retry
+    /// (default 100 ms).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use sync_runtime::SyncOptions;
+    ///
+    /// let patient = SyncOptions::default().backoff(Duration::from_secs(1));
+    /// assert_eq!(patient.backoff, Duration::from_secs(1));
+    /// ```
+    pub fn backoff(mut self, backoff: Duration) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Sets [`max_backoff`](field@Self::max_backoff), the longest pause between
+    /// retries (default 5 s).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use sync_runtime::SyncOptions;
+    ///
+    /// let options = SyncOptions::default().max_backoff(Duration::from_secs(60));
+    /// assert_eq!(options.max_backoff, Duration::from_secs(60));
+    /// ```
+    pub fn max_backoff(mut self, max_backoff: Duration) -> Self {
+        self.max_backoff = max_backoff;
+        self
+    }
+
+    /// Sets [`progress`](field@Self::progress): `progress` is told the running
+    /// totals after every batch (default none).
+    ///
+    /// ```
+    /// use sync_runtime::SyncOptions;
+    ///
+    /// let options = SyncOptions::default().progress(|report| {
+    ///     println!("{} changes received so far", report.changes_received);
+    /// });
+    /// assert!(options.progress.is_some());
+    /// ```
+    pub fn progress(mut self, progress: impl Fn(&SyncReport) + Send + Sync + 'static) -> Self {
+        self.progress = Some(Arc::new(progress));
+        self
     }
 }
 
@@ -483,11 +565,9 @@ mod tests {
         let options = SyncOptions::default();
         let pause = retry_pause(&options, 0, Some(Duration::from_secs(3_600)));
         assert!(pause <= MAX_RETRY_AFTER.mul_f64(1.5), "{pause:?}");
-        let slow = SyncOptions {
-            backoff: Duration::from_secs(8),
-            max_backoff: Duration::from_secs(8),
-            ..SyncOptions::default()
-        };
+        let slow = SyncOptions::default()
+            .backoff(Duration::from_secs(8))
+            .max_backoff(Duration::from_secs(8));
         let pause = retry_pause(&slow, 0, Some(Duration::ZERO));
         assert!(pause >= Duration::from_secs(4), "{pause:?}");
     }

@@ -99,8 +99,9 @@ impl SyncDb {
         Self::open_with(path, Options::default()).await
     }
 
-    /// Opens (or, unless [`Options::create`] says not to, creates) a database
-    /// file. A file that SQLite finds damaged gives [`Error::Damaged`].
+    /// Opens (or, unless [`Options::create`](field@Options::create) says not
+    /// to, creates) a database file. A file that SQLite finds damaged gives
+    /// [`Error::Damaged`].
     pub async fn open_with(path: impl AsRef<Path>, options: Options) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         Self::start(Some(path), options).await
@@ -480,7 +481,7 @@ impl SyncDb {
     /// for i in 0..5 {
     ///     a.insert(&Note { id: SyncId::new(), text: format!("note {i}") }).await?;
     /// }
-    /// let limits = BatchLimits { max_rows: 2, ..BatchLimits::default() };
+    /// let limits = BatchLimits::default().max_rows(2);
     /// let mut cursor = Cursor::BEGINNING;
     /// loop {
     ///     let batch = a.export_batch(cursor, Scope::Local, limits).await?;

@@ -22,7 +22,8 @@ pub enum Error {
 
     /// The database file is damaged (SQLite finds it malformed, or its quick check
     /// reports problems), or it holds no Synced database where one was expected
-    /// (see [`Options::create`](crate::Options::create)). The file is left as it is.
+    /// (see [`Options::create`](field@crate::Options::create)). The file is left
+    /// as it is.
     #[error("the database file {} cannot be used: {reason}; restore it from a backup", path.display())]
     Damaged {
         /// The file.

@@ -315,15 +315,19 @@ impl std::str::FromStr for Cursor {
 /// The largest version a cursor may name (see [`wire::MAX_CLOCK`]).
 const MAX_VERSION: i64 = 1 << 62;
 
-/// How much one batch may carry.
+/// How much one batch may carry. Each limit is read as a field and set by the
+/// method of the same name, from [`default`](Self::default), so that a limit
+/// added later changes no code that builds one.
 ///
 /// ```
 /// use sync_runtime::BatchLimits;
 ///
-/// let limits = BatchLimits { max_rows: 1_000, ..BatchLimits::default() };
+/// let limits = BatchLimits::default().max_rows(1_000);
+/// assert_eq!(limits.max_rows, 1_000);
 /// assert_eq!(limits.max_bytes, 4 * 1024 * 1024);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BatchLimits {
     /// The most rows (each with any number of its column changes); at least one is
     /// always carried. Default 10,000.
@@ -344,10 +348,44 @@ impl Default for BatchLimits {
 
 impl BatchLimits {
     /// No limit: one batch holds everything.
+    ///
+    /// ```
+    /// use sync_runtime::BatchLimits;
+    ///
+    /// assert_eq!(BatchLimits::UNLIMITED.max_rows, usize::MAX);
+    /// assert_eq!(BatchLimits::UNLIMITED.max_bytes, usize::MAX);
+    /// ```
     pub const UNLIMITED: BatchLimits = BatchLimits {
         max_rows: usize::MAX,
         max_bytes: usize::MAX,
     };
+
+    /// Sets [`max_rows`](field@Self::max_rows), the most rows in a batch
+    /// (default 10,000).
+    ///
+    /// ```
+    /// use sync_runtime::BatchLimits;
+    ///
+    /// assert_eq!(BatchLimits::default().max_rows(1).max_rows, 1);
+    /// ```
+    pub fn max_rows(mut self, max_rows: usize) -> Self {
+        self.max_rows = max_rows;
+        self
+    }
+
+    /// Sets [`max_bytes`](field@Self::max_bytes), roughly the most bytes of
+    /// values in a batch before compression (default 4 MiB).
+    ///
+    /// ```
+    /// use sync_runtime::BatchLimits;
+    ///
+    /// let limits = BatchLimits::default().max_rows(1_000).max_bytes(64 * 1024);
+    /// assert_eq!((limits.max_rows, limits.max_bytes), (1_000, 64 * 1024));
+    /// ```
+    pub fn max_bytes(mut self, max_bytes: usize) -> Self {
+        self.max_bytes = max_bytes;
+        self
+    }
 }
 
 /// One bounded part of an export: see

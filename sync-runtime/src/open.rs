@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
@@ -15,31 +16,63 @@ use crate::site;
 use crate::sql;
 use crate::tx;
 
-/// How a database is opened. `Options::default()` is what [`SyncDb::open`](crate::SyncDb::open) uses.
+/// How a database is opened. `Options::default()` is what
+/// [`SyncDb::open`](crate::SyncDb::open) uses; each setting is read as a field
+/// and set by the method of the same name, so that a setting added later
+/// changes no code that builds one.
 ///
 /// ```
-/// use sync_runtime::Options;
+/// use sync_runtime::{Options, Synchronous};
 ///
-/// let options = Options::default().cache_size_kib(16 * 1024);
-/// assert_eq!(options.cache_size(), 16 * 1024);
+/// let options = Options::default().cache_size_kib(16 * 1024).synchronous(Synchronous::Full);
+/// assert_eq!(options.cache_size_kib, 16 * 1024);
+/// assert_eq!(options.synchronous, Synchronous::Full);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Options {
-    cache_size_kib: u32,
-    busy_timeout_ms: u32,
-    synchronous: Synchronous,
-    create: bool,
-    quick_check: bool,
+    /// The most memory SQLite may use to cache pages, in KiB (default 65,536:
+    /// 64 MiB; more than `i32::MAX` counts as `i32::MAX`). Pages are only
+    /// allocated when used, so a small database uses little; a larger cache
+    /// makes writes to large tables markedly faster (see the book's performance
+    /// page).
+    pub cache_size_kib: u32,
+    /// When a commit reaches the disk (default [`Synchronous::Normal`]).
+    pub synchronous: Synchronous,
+    /// Whether a path without a Synced database may become a new one (default
+    /// `true`). With `false`, only an existing Synced database opens: a missing
+    /// file gives [`Error::Open`], and an empty (0-byte) file or a SQLite database
+    /// without the runtime's tables gives [`Error::Damaged`] and is left as it is,
+    /// where SQLite and the default would quietly turn it into a new, empty
+    /// database. For a file that must hold data, such as a server's.
+    pub create: bool,
+    /// Whether opening runs SQLite's `PRAGMA quick_check` before anything else
+    /// touches the file (default `false`); a file it finds damaged gives
+    /// [`Error::Damaged`]. It catches damage that opening alone does not see
+    /// (pages overwritten or lost inside the file), at the cost of reading every
+    /// page: 40 to 60 ms for a table of 100,000 rows (a 23 MB file) and 0.5 s for
+    /// 1,000,000 rows (233 MB), read from the operating system's cache
+    /// (`cargo run --release -p synced-bench --bin quick-check`); from disk, about
+    /// the time it takes to read the file.
+    ///
+    /// Without it, opening still refuses a file that is not a SQLite database
+    /// ([`Error::NotADatabase`]) or whose header does not match its size, such as
+    /// a truncated file ([`Error::Damaged`]): SQLite checks both when it reads the
+    /// first page.
+    pub quick_check: bool,
+    /// How long a write waits for another connection's lock before failing
+    /// (default 5 s; counted in whole milliseconds, at most `i32::MAX` of them).
+    pub busy_timeout: Duration,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Self {
             cache_size_kib: 64 * 1024,
-            busy_timeout_ms: 5_000,
             synchronous: Synchronous::Normal,
             create: true,
             quick_check: false,
+            busy_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -58,33 +91,36 @@ pub enum Synchronous {
 }
 
 impl Options {
-    /// The most memory SQLite may use to cache pages, in KiB (default 65,536: 64 MiB).
-    /// Pages are only allocated when used, so a small database uses little; a larger
-    /// cache makes writes to large tables markedly faster (see the book's
-    /// performance page).
+    /// Sets [`cache_size_kib`](field@Self::cache_size_kib), the page cache's
+    /// limit in KiB (default 65,536: 64 MiB).
+    ///
+    /// ```
+    /// use sync_runtime::Options;
+    ///
+    /// let small = Options::default().cache_size_kib(2 * 1024);
+    /// assert_eq!(small.cache_size_kib, 2 * 1024);
+    /// ```
     pub fn cache_size_kib(mut self, kib: u32) -> Self {
-        // SQLite takes the size as a signed 32-bit number.
-        self.cache_size_kib = kib.min(i32::MAX as u32);
+        self.cache_size_kib = kib;
         self
     }
 
-    /// When a commit reaches the disk (default [`Synchronous::Normal`]).
+    /// Sets [`synchronous`](field@Self::synchronous), when a commit reaches the
+    /// disk (default [`Synchronous::Normal`]).
+    ///
+    /// ```
+    /// use sync_runtime::{Options, Synchronous};
+    ///
+    /// let durable = Options::default().synchronous(Synchronous::Full);
+    /// assert_eq!(durable.synchronous, Synchronous::Full);
+    /// ```
     pub fn synchronous(mut self, synchronous: Synchronous) -> Self {
         self.synchronous = synchronous;
         self
     }
 
-    /// The page-cache limit in KiB.
-    pub fn cache_size(&self) -> u32 {
-        self.cache_size_kib
-    }
-
-    /// Whether a path without a Synced database may become a new one (default
-    /// `true`). With `false`, only an existing Synced database opens: a missing
-    /// file gives [`Error::Open`], and an empty (0-byte) file or a SQLite database
-    /// without the runtime's tables gives [`Error::Damaged`] and is left as it is,
-    /// where SQLite and the default would quietly turn it into a new, empty
-    /// database. For a file that must hold data, such as a server's.
+    /// Sets [`create`](field@Self::create), whether a path without a Synced
+    /// database may become a new one (default `true`).
     ///
     /// ```
     /// use sync_runtime::{Error, Options, SyncDb};
@@ -105,41 +141,43 @@ impl Options {
         self
     }
 
-    /// Whether opening runs SQLite's `PRAGMA quick_check` before anything else
-    /// touches the file (default `false`); a file it finds damaged gives
-    /// [`Error::Damaged`]. It catches damage that opening alone does not see
-    /// (pages overwritten or lost inside the file), at the cost of reading every
-    /// page: 40 to 60 ms for a table of 100,000 rows (a 23 MB file) and 0.5 s for
-    /// 1,000,000 rows (233 MB), read from the operating system's cache
-    /// (`cargo run --release -p synced-bench --bin quick-check`); from disk, about
-    /// the time it takes to read the file.
+    /// Sets [`quick_check`](field@Self::quick_check), whether opening reads the
+    /// whole file to check it first (default `false`).
     ///
-    /// Without it, opening still refuses a file that is not a SQLite database
-    /// ([`Error::NotADatabase`]) or whose header does not match its size, such as
-    /// a truncated file ([`Error::Damaged`]): SQLite checks both when it reads the
-    /// first page.
+    /// ```
+    /// use sync_runtime::Options;
+    ///
+    /// let checked = Options::default().quick_check(true);
+    /// assert!(checked.quick_check);
+    /// ```
     pub fn quick_check(mut self, quick_check: bool) -> Self {
         self.quick_check = quick_check;
         self
     }
 
-    /// How long a write waits for another connection's lock before failing
-    /// (default 5 s).
-    pub fn busy_timeout(mut self, timeout: std::time::Duration) -> Self {
-        // SQLite takes the timeout as a signed 32-bit number of milliseconds.
-        self.busy_timeout_ms = u32::try_from(timeout.as_millis())
-            .unwrap_or(u32::MAX)
-            .min(i32::MAX as u32);
+    /// Sets [`busy_timeout`](field@Self::busy_timeout), how long a write waits
+    /// for another connection's lock before failing (default 5 s).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use sync_runtime::Options;
+    ///
+    /// let options = Options::default().busy_timeout(Duration::from_secs(30));
+    /// assert_eq!(options.busy_timeout, Duration::from_secs(30));
+    /// ```
+    pub fn busy_timeout(mut self, timeout: Duration) -> Self {
+        self.busy_timeout = timeout;
         self
     }
 }
 
-/// Why an empty file is not opened as a new database (see [`Options::create`]).
+/// Why an empty file is not opened as a new database (see
+/// [`Options::create`](field@Options::create)).
 const EMPTY_FILE: &str = "the file is empty (0 bytes): its database was lost, or its creation was \
                           cut short before anything was written";
 
 /// Why a SQLite database without the runtime's tables is not opened as a Synced
-/// one (see [`Options::create`]).
+/// one (see [`Options::create`](field@Options::create)).
 const NOT_A_REPLICA: &str =
     "it is a SQLite database but not a Synced one: it has no `_synced_state` table";
 
@@ -191,10 +229,15 @@ pub(crate) fn open(path: Option<&Path>, options: &Options) -> Result<Opened> {
         _ => Error::from(e),
     };
     // Settings of this connection only: nothing is read or written yet.
+    // SQLite takes both numbers as signed 32-bit ones.
+    let cache_size_kib = options.cache_size_kib.min(i32::MAX as u32);
+    let busy_timeout_ms = u32::try_from(options.busy_timeout.as_millis())
+        .unwrap_or(u32::MAX)
+        .min(i32::MAX as u32);
     conn.execute_batch(&sql::connection_settings(
         options.synchronous == Synchronous::Full,
-        options.cache_size_kib,
-        options.busy_timeout_ms,
+        cache_size_kib,
+        busy_timeout_ms,
     ))
     .map_err(at_open)?;
     // The first read: SQLite checks the header of the file (its magic, page size,
@@ -291,4 +334,34 @@ fn quick_check(conn: &Connection) -> rusqlite::Result<Option<String>> {
             }
         ),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pragma(conn: &Connection, name: &str) -> i64 {
+        conn.pragma_query_value(None, name, |r| r.get(0)).unwrap()
+    }
+
+    #[test]
+    fn settings_reach_the_connection() {
+        let options = Options::default()
+            .cache_size_kib(2 * 1024)
+            .busy_timeout(Duration::from_millis(1_500));
+        let opened = open(None, &options).unwrap();
+        assert_eq!(pragma(&opened.conn, "cache_size"), -2 * 1024);
+        assert_eq!(pragma(&opened.conn, "busy_timeout"), 1_500);
+    }
+
+    #[test]
+    fn settings_beyond_what_sqlite_takes_are_cut_to_its_largest() {
+        // Unclamped, SQLite reads a cache size of -4294967295 KiB as 0.
+        let options = Options::default()
+            .cache_size_kib(u32::MAX)
+            .busy_timeout(Duration::MAX);
+        let opened = open(None, &options).unwrap();
+        assert_eq!(pragma(&opened.conn, "cache_size"), -i64::from(i32::MAX));
+        assert_eq!(pragma(&opened.conn, "busy_timeout"), i64::from(i32::MAX));
+    }
 }

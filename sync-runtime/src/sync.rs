@@ -74,9 +74,9 @@ impl SyncDb {
 
     /// One send and one fetch.
     async fn sync_once(&self, options: &SyncOptions) -> Result<SyncReport> {
-        let options = options.clone();
+        let mut options = options.clone();
         let mut report = self.send_changes_with(&options).await?;
-        let progress = options.progress.clone().map(|each| {
+        options.progress = options.progress.take().map(|each| {
             let sent = report.clone();
             Arc::new(move |r: &SyncReport| {
                 let mut total = sent.clone();
@@ -84,10 +84,6 @@ impl SyncDb {
                 each(&total)
             }) as ProgressFn
         });
-        let options = SyncOptions {
-            progress,
-            ..options
-        };
         report.add(&self.check_changes_with(&options).await?);
         Ok(report)
     }
@@ -295,7 +291,7 @@ impl SyncDb {
     }
 
     /// [`check_changes`](Self::check_changes) with options: with a
-    /// [`wait`](SyncOptions::wait), the first request waits on the server until a
+    /// [`wait`](field@SyncOptions::wait), the first request waits on the server until a
     /// change arrives or the wait is over.
     ///
     /// While one batch is merged here, the next one is fetched.
@@ -468,10 +464,7 @@ impl SyncDb {
     pub async fn has_unsent_changes(&self) -> Result<bool> {
         let state = self.remote_state().ok_or(Error::NoRemote)?;
         let mut cursor = self.remote_cursors(&state.remote.url).await?.0;
-        let limits = BatchLimits {
-            max_rows: 1_000,
-            max_bytes: usize::MAX,
-        };
+        let limits = BatchLimits::default().max_rows(1_000).max_bytes(usize::MAX);
         loop {
             let batch = self.export_batch(cursor, Scope::Local, limits).await?;
             if batch.rows > 0 {
@@ -702,10 +695,7 @@ async fn send_loop(db: SyncDb, interval: Duration, events: mpsc::Sender<SyncEven
 /// from [`EMPTY_POLL_PAUSE`] up to `interval` while such answers go on, so that
 /// the loop never spins.
 async fn receive_loop(db: SyncDb, interval: Duration, events: mpsc::Sender<SyncEvent>) {
-    let options = SyncOptions {
-        wait: Duration::from_secs(25),
-        ..SyncOptions::default()
-    };
+    let options = SyncOptions::default().wait(Duration::from_secs(25));
     let mut early = 0u32;
     loop {
         let asked = tokio::time::Instant::now();

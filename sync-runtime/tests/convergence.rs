@@ -353,10 +353,7 @@ async fn run(replicas: usize, steps: Vec<Step>, keys: &[SyncId], finish: Finish)
                 sent.push(payload);
             }
             Step::Batch { from, to, max_rows } => {
-                let limits = BatchLimits {
-                    max_rows,
-                    ..BatchLimits::default()
-                };
+                let limits = BatchLimits::default().max_rows(max_rows);
                 let cursor = cursors[from][to].clone();
                 let batch = dbs[from]
                     .export_batch(cursor, Scope::All, limits)
@@ -386,10 +383,7 @@ async fn run(replicas: usize, steps: Vec<Step>, keys: &[SyncId], finish: Finish)
                     dbs[to].apply_changes(&payload).await.unwrap();
                     continue;
                 }
-                let limits = BatchLimits {
-                    max_rows: 2,
-                    ..BatchLimits::default()
-                };
+                let limits = BatchLimits::default().max_rows(2);
                 loop {
                     let cursor = cursors[from][to].clone();
                     let batch = dbs[from]

@@ -655,10 +655,7 @@ async fn batches_stay_within_their_byte_limit_and_carry_everything() {
     })
     .await
     .unwrap();
-    let limits = BatchLimits {
-        max_rows: 100,
-        max_bytes: 3000,
-    };
+    let limits = BatchLimits::default().max_rows(100).max_bytes(3000);
     let mut cursor = Cursor::BEGINNING;
     let mut batches = 0;
     loop {
@@ -692,10 +689,7 @@ async fn keys_from(
     max_rows: usize,
     between: impl AsyncFnOnce(),
 ) -> Vec<Vec<Value>> {
-    let limits = BatchLimits {
-        max_rows,
-        ..BatchLimits::default()
-    };
+    let limits = BatchLimits::default().max_rows(max_rows);
     let mut keys = Vec::new();
     let mut cursor = from;
     let mut between = Some(between);
@@ -797,10 +791,7 @@ async fn a_cursor_made_during_another_handles_vacuum_skips_no_row() {
     })
     .await
     .unwrap();
-    let limits = BatchLimits {
-        max_rows: 4,
-        ..BatchLimits::default()
-    };
+    let limits = BatchLimits::default().max_rows(4);
     // Another handle's `vacuum`: first its count...
     let other = SyncDb::open(&path).await.unwrap();
     other

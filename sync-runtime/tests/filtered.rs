@@ -56,10 +56,7 @@ impl Reader {
 
     /// Fetches everything new from `server`, in small batches.
     async fn pull(&mut self, server: &SyncDb) {
-        let limits = BatchLimits {
-            max_rows: 2,
-            ..BatchLimits::default()
-        };
+        let limits = BatchLimits::default().max_rows(2);
         self.pull_in(server, limits).await;
     }
 
@@ -551,10 +548,7 @@ async fn rows_changed_during_a_first_fetch_arrive_as_they_end() {
         server.insert(row).await.unwrap();
     }
     let mut ann = Reader::new("ann").await;
-    let limits = BatchLimits {
-        max_rows: 2,
-        ..BatchLimits::default()
-    };
+    let limits = BatchLimits::default().max_rows(2);
     let first = Replica::new(server.clone())
         .export_filtered(Cursor::BEGINNING, ann.db.site_id(), limits, ann.filter())
         .await
@@ -621,10 +615,7 @@ async fn deletes_cut_into_batches_by_size_arrive_as_deletes() {
     for row in &rows {
         server.delete::<Note>(&row.id).await.unwrap();
     }
-    let one_row_each = BatchLimits {
-        max_bytes: 1,
-        ..BatchLimits::default()
-    };
+    let one_row_each = BatchLimits::default().max_bytes(1);
     ann.pull_in(&server, one_row_each).await;
     assert!(ann.texts().await.is_empty());
     let known = ann.known_keys().await;

@@ -321,13 +321,13 @@ async fn pull(
     };
     let limits = state.limits();
     let wait = Duration::from_millis(query.wait.unwrap_or(0)).min(limits.max_wait);
-    let batch_limits = BatchLimits {
-        max_rows: query
-            .limit
-            .unwrap_or(limits.max_batch_rows)
-            .clamp(1, limits.max_batch_rows),
-        max_bytes: limits.max_batch_bytes,
-    };
+    let max_rows = query
+        .limit
+        .unwrap_or(limits.max_batch_rows)
+        .clamp(1, limits.max_batch_rows);
+    let batch_limits = BatchLimits::default()
+        .max_rows(max_rows)
+        .max_bytes(limits.max_batch_bytes);
     let filter = state
         .policies(&name)
         .read_filter(&caller)

@@ -263,12 +263,10 @@ async fn within<F: Future>(body: F) -> F::Output {
 
 /// Sync options for a faulty network: `max_retries` quick retries.
 fn retrying(max_retries: u32) -> SyncOptions {
-    SyncOptions {
-        max_retries,
-        backoff: Duration::from_millis(2),
-        max_backoff: Duration::from_millis(20),
-        ..SyncOptions::default()
-    }
+    SyncOptions::default()
+        .max_retries(max_retries)
+        .backoff(Duration::from_millis(2))
+        .max_backoff(Duration::from_millis(20))
 }
 
 /// The seed of a test: `FAULTS_SEED` if set, else a new one, printed either way.
@@ -761,10 +759,7 @@ impl Cloud {
                 Remote::new(self.proxy.url())
                     .bearer_token(user_token(name))
                     .timeout(PATIENCE)
-                    .batch_limits(BatchLimits {
-                        max_rows: BATCH_ROWS,
-                        ..BatchLimits::default()
-                    }),
+                    .batch_limits(BatchLimits::default().max_rows(BATCH_ROWS)),
             );
         db.register::<Todo>().await.unwrap();
         Device {

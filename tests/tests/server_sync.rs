@@ -87,10 +87,7 @@ async fn large_change_sets_go_in_bounded_batches() {
     let server = TestServer::start(&dir.path().join("server")).await;
     let url = server.url("todo");
     publish_schema(&url, dir.path()).await;
-    let limits = sync_runtime::BatchLimits {
-        max_rows: 100,
-        ..Default::default()
-    };
+    let limits = sync_runtime::BatchLimits::default().max_rows(100);
     let open = |name: &'static str, user: &'static str| {
         let (dir, url) = (dir.path().to_path_buf(), url.clone());
         async move {
@@ -115,12 +112,8 @@ async fn large_change_sets_go_in_bounded_batches() {
     .unwrap();
     let progress = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = progress.clone();
-    let options = sync_runtime::SyncOptions {
-        progress: Some(std::sync::Arc::new(move |r: &sync_runtime::SyncReport| {
-            seen.lock().unwrap().push(r.clone())
-        })),
-        ..Default::default()
-    };
+    let options = sync_runtime::SyncOptions::default()
+        .progress(move |r| seen.lock().unwrap().push(r.clone()));
     let sent = a.send_changes_with(&options).await.unwrap();
     assert_eq!(sent.batches, 10);
     let steps: Vec<_> = progress.lock().unwrap().drain(..).collect();
@@ -225,11 +218,9 @@ async fn offline_is_a_typed_error_and_keeps_the_changes() {
     let url = format!("http://{addr}/v1/db/todo");
     let db = device(dir.path(), "a", &url, "ann").await;
     db.insert(&todo("offline")).await.unwrap();
-    let options = sync_runtime::SyncOptions {
-        max_retries: 2,
-        backoff: std::time::Duration::from_millis(1),
-        ..Default::default()
-    };
+    let options = sync_runtime::SyncOptions::default()
+        .max_retries(2)
+        .backoff(std::time::Duration::from_millis(1));
     let error = db.sync_with(options).await.unwrap_err();
     assert!(matches!(error, Error::Offline { .. }), "{error:?}");
     assert!(error.is_transient());
@@ -351,11 +342,9 @@ async fn a_long_poll_may_wait_longer_than_the_request_timeout() {
             .bearer_token(support::token("ann"))
             .timeout(std::time::Duration::from_millis(300)),
     );
-    let options = sync_runtime::SyncOptions {
-        wait: std::time::Duration::from_millis(600),
-        max_retries: 0,
-        ..Default::default()
-    };
+    let options = sync_runtime::SyncOptions::default()
+        .wait(std::time::Duration::from_millis(600))
+        .max_retries(0);
     let started = std::time::Instant::now();
     let report = db.check_changes_with(&options).await.unwrap();
     assert_eq!(report.changes_received, 0);
@@ -376,11 +365,9 @@ async fn a_refused_long_poll_is_a_transient_error() {
     // A pull that does not wait needs no slot.
     db.sync().await.unwrap();
 
-    let options = sync_runtime::SyncOptions {
-        wait: std::time::Duration::from_secs(10),
-        max_retries: 0,
-        ..Default::default()
-    };
+    let options = sync_runtime::SyncOptions::default()
+        .wait(std::time::Duration::from_secs(10))
+        .max_retries(0);
     let started = std::time::Instant::now();
     let error = db.check_changes_with(&options).await.unwrap_err();
     assert!(
@@ -658,10 +645,8 @@ async fn a_send_during_a_long_poll_is_no_sign_of_lost_changes() {
     let fetch = tokio::spawn({
         let a = a.clone();
         async move {
-            let wait = sync_runtime::SyncOptions {
-                wait: std::time::Duration::from_millis(500),
-                ..sync_runtime::SyncOptions::default()
-            };
+            let wait =
+                sync_runtime::SyncOptions::default().wait(std::time::Duration::from_millis(500));
             a.check_changes_with(&wait).await
         }
     });
