@@ -145,12 +145,10 @@ async fn a_subscriber_sees_syncs_pushes_pulls_merges_retries_and_rekeying() {
         .await
         .unwrap()
         .with_remote(Remote::new(nowhere));
-    let options = SyncOptions {
-        max_retries: 2,
-        backoff: Duration::from_millis(1),
-        max_backoff: Duration::from_millis(2),
-        ..SyncOptions::default()
-    };
+    let options = SyncOptions::default()
+        .max_retries(2)
+        .backoff(Duration::from_millis(1))
+        .max_backoff(Duration::from_millis(2));
     let failed = offline.sync_with(options).await;
     assert!(matches!(failed, Err(Error::Offline { .. })), "{failed:?}");
     let retries = captured.closed(&["sync", "fetch", "retry"]);
