@@ -1,22 +1,18 @@
 //! Syncing through a server on loopback: transfer time, write-to-visible latency
 //! and throughput under many clients.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value as Json, json};
 use sync_runtime::{Remote, SyncDb, SyncId, Synced};
-use sync_server::auth::{hash_key, sign_token};
-use sync_server::{AuthConfig, Config, DatabaseConfig, Server, Serving, TablePolicies};
+use sync_server::{DatabaseConfig, Server, Serving, TablePolicies};
 use synced_bench::{Owned, Todo};
+use synced_testkit::{ADMIN_KEY, config_sharing, token};
 use tokio::task::JoinSet;
 
 use crate::BoxError;
-
-const ADMIN_KEY: &str = "bench-admin-key";
-const SECRET: &str = "bench-secret-for-hs256-tokens-only";
 
 /// What the server benchmark runs.
 pub(crate) struct Plan {
@@ -39,11 +35,7 @@ impl Running {
     /// A new server database with the benchmark table; its URL.
     async fn database(&self, name: &str) -> Result<String, BoxError> {
         let url = self.server.url(name);
-        let admin = SyncDb::open_in_memory()
-            .await?
-            .with_remote(Remote::new(&url).api_key(ADMIN_KEY));
-        admin.register::<Todo>().await?;
-        admin.publish_schema().await?;
+        synced_testkit::publish_schema::<Todo>(&url).await?;
         Ok(url)
     }
 }
@@ -64,40 +56,17 @@ async fn start(dir: &Path) -> Result<Running, BoxError> {
         .into(),
         ..DatabaseConfig::default()
     };
-    let server = Server::bind(Config {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        data: dir.join("server"),
-        auth: AuthConfig {
-            api_keys: vec![hash_key(ADMIN_KEY)],
-            jwt_hs256_secret: Some(SECRET.into()),
-            ..AuthConfig::default()
-        },
-        // Shared tables: these figures are without row-level security.
-        databases: ["transfer", "latency", "clients"]
-            .map(|name| (name.to_owned(), DatabaseConfig::shared()))
-            .into_iter()
-            .chain([("owned".to_owned(), owned)])
-            .collect(),
-        ..Config::default()
-    })
-    .await?;
+    // Shared tables: these figures are without row-level security.
+    let mut config = config_sharing(&dir.join("server"), &["transfer", "latency", "clients"]);
+    config.databases.insert("owned".to_owned(), owned);
+    let server = Server::bind(config).await?;
     Ok(Running {
         server: server.spawn(),
     })
 }
 
-fn token(user: &str) -> Result<String, BoxError> {
-    Ok(sign_token(SECRET, user, Duration::from_secs(3600))?)
-}
-
 async fn device(path: Option<&Path>, url: &str, user: &str) -> Result<SyncDb, BoxError> {
-    let db = match path {
-        Some(path) => SyncDb::open(path).await?,
-        None => SyncDb::open_in_memory().await?,
-    };
-    let db = db.with_remote(Remote::new(url).bearer_token(token(user)?));
-    db.register::<Todo>().await?;
-    Ok(db)
+    Ok(synced_testkit::device::<Todo>(path, url, user).await?)
 }
 
 fn todo(i: usize) -> Todo {
@@ -318,7 +287,7 @@ async fn row_level_security(server: &Running, dir: &Path, rows: usize) -> Result
         Ok::<_, BoxError>((start.elapsed().as_secs_f64(), report.changes_received))
     };
     // The user's pull first: it gets no cache the other pull warmed.
-    let user = open("rls-user", Remote::new(&url).bearer_token(token("user0")?)).await?;
+    let user = open("rls-user", Remote::new(&url).bearer_token(token("user0"))).await?;
     let (user_s, user_changes) = timed(user).await?;
     let everything = open("rls-all", Remote::new(&url).api_key(ADMIN_KEY)).await?;
     let (all_s, all_changes) = timed(everything).await?;

@@ -641,7 +641,7 @@ async fn a_send_during_a_long_poll_is_no_sign_of_lost_changes() {
     let a = device(dir.path(), "a", &url, "ann").await;
     a.insert(&todo("first")).await.unwrap();
     a.sync().await.unwrap();
-    let before = server.pulls_received();
+    let before = server.state().pulls_received();
     let fetch = tokio::spawn({
         let a = a.clone();
         async move {
@@ -650,7 +650,7 @@ async fn a_send_during_a_long_poll_is_no_sign_of_lost_changes() {
             a.check_changes_with(&wait).await
         }
     });
-    while server.pulls_received() == before {
+    while server.state().pulls_received() == before {
         tokio::task::yield_now().await;
     }
     a.insert(&todo("sent while the fetch waits")).await.unwrap();

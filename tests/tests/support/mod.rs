@@ -6,104 +6,11 @@
 pub mod policy;
 pub mod proxy;
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
-use sync_runtime::{Remote, SyncDb, SyncId, Synced, params};
-use sync_server::auth::{hash_key, sign_token};
-use sync_server::{AuthConfig, Config, DatabaseConfig, Server, Serving};
+use sync_runtime::{SyncDb, params};
 
-pub const ADMIN_KEY: &str = "admin-key-for-tests";
-pub const JWT_SECRET: &str = "a-test-secret-of-enough-length-for-hs256";
-
-/// The model the tests sync.
-#[derive(Synced, Debug, Clone, PartialEq)]
-#[synced(table = "todos")]
-pub struct Todo {
-    #[synced(primary_key)]
-    pub id: SyncId,
-    pub title: String,
-    #[synced(default = false)]
-    pub done: bool,
-    pub note: Option<String>,
-}
-
-pub fn todo(title: &str) -> Todo {
-    Todo {
-        id: SyncId::new(),
-        title: title.into(),
-        done: false,
-        note: None,
-    }
-}
-
-/// The configuration of a test server on an ephemeral loopback port.
-pub fn config(data: &Path) -> Config {
-    Config {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        data: data.to_path_buf(),
-        auth: AuthConfig {
-            api_keys: vec![hash_key(ADMIN_KEY)],
-            jwt_hs256_secret: Some(JWT_SECRET.into()),
-            ..AuthConfig::default()
-        },
-        // Every table shared with users: these tests are about sync, not
-        // row-level security.
-        databases: [("todo".to_owned(), DatabaseConfig::shared())].into(),
-        ..Config::default()
-    }
-}
-
-/// A server running in this process until dropped.
-pub struct TestServer {
-    pub data: PathBuf,
-    server: Serving,
-    state: sync_server::AppState,
-}
-
-impl TestServer {
-    pub async fn start(data: &Path) -> Self {
-        Self::start_with(config(data)).await
-    }
-
-    pub async fn start_with(config: Config) -> Self {
-        let data = config.data.clone();
-        let server = Server::bind(config).await.unwrap();
-        let state = server.state().clone();
-        let server = server.spawn();
-        Self {
-            data,
-            server,
-            state,
-        }
-    }
-
-    /// How many pulls the server has received.
-    pub fn pulls_received(&self) -> u64 {
-        self.state.pulls_received()
-    }
-
-    /// The server's address.
-    pub fn address(&self) -> SocketAddr {
-        self.server.local_addr()
-    }
-
-    /// The URL of a server database.
-    pub fn url(&self, database: &str) -> String {
-        self.server.url(database)
-    }
-
-    /// Stops gracefully and waits until it has.
-    pub async fn stop(self) {
-        self.server.stop().await.unwrap();
-    }
-}
-
-/// A JWT for `user`, valid for an hour.
-pub fn token(user: &str) -> String {
-    sign_token(JWT_SECRET, user, Duration::from_secs(3600)).unwrap()
-}
+pub use synced_testkit::{ADMIN_KEY, JWT_SECRET, TestServer, Todo, config, todo, token};
 
 /// A JWT for `user` with more claims (`aud`, a team…), valid for an hour.
 pub fn token_with(user: &str, claims: serde_json::Value) -> String {
@@ -119,24 +26,17 @@ pub fn token_with(user: &str, claims: serde_json::Value) -> String {
     jsonwebtoken::encode(&jsonwebtoken::Header::default(), &all, &key).unwrap()
 }
 
-/// Creates the server database `name` with the `Todo` schema, as an admin does.
-pub async fn publish_schema(url: &str, dir: &Path) {
-    let admin = SyncDb::open(dir.join("admin.db"))
-        .await
-        .unwrap()
-        .with_remote(Remote::new(url).api_key(ADMIN_KEY));
-    admin.register::<Todo>().await.unwrap();
-    admin.publish_schema().await.unwrap();
+/// Creates the server database at `url` with the `Todo` schema, as an admin does.
+pub async fn publish_schema(url: &str, _dir: &Path) {
+    synced_testkit::publish_schema::<Todo>(url).await.unwrap();
 }
 
 /// A device: its own database file, synced as `user`.
 pub async fn device(dir: &Path, name: &str, url: &str, user: &str) -> SyncDb {
-    let db = SyncDb::open(dir.join(format!("{name}.db")))
+    let path = dir.join(format!("{name}.db"));
+    synced_testkit::device::<Todo>(Some(&path), url, user)
         .await
         .unwrap()
-        .with_remote(Remote::new(url).bearer_token(token(user)));
-    db.register::<Todo>().await.unwrap();
-    db
 }
 
 /// Every row, in key order.
