@@ -32,14 +32,21 @@ pub struct Todo {
     pub note: Option<String>,
 }
 
-/// A new, open todo.
-pub fn todo(title: &str) -> Todo {
-    Todo {
-        id: SyncId::new(),
-        title: title.into(),
-        done: false,
-        note: None,
+impl Todo {
+    /// A new, open todo.
+    pub fn new(title: &str) -> Self {
+        Self {
+            id: SyncId::new(),
+            title: title.into(),
+            done: false,
+            note: None,
+        }
     }
+}
+
+/// A new, open todo: [`Todo::new`].
+pub fn todo(title: &str) -> Todo {
+    Todo::new(title)
 }
 
 /// The configuration of a server on an ephemeral loopback port, storing its

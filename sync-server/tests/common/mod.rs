@@ -12,8 +12,8 @@ use serde::Serialize;
 use sync_runtime::protocol::{
     API_KEY_HEADER, ErrorBody, PullResponse, PushAck, SCHEMA_HEADER, SITE_HEADER, fingerprint_hex,
 };
-use sync_runtime::{BatchLimits, Cursor, Scope, SyncDb, SyncId, Synced};
-use sync_server::{AppState, AuthConfig, Config, DatabaseConfig, Limits, Server, auth};
+use sync_runtime::{BatchLimits, Cursor, Scope, SyncDb, Synced};
+use sync_server::{AppState, Config, Server, auth};
 use tempfile::TempDir;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStderr, Command};
@@ -21,10 +21,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
-/// The admin API key of test servers.
-pub const ADMIN_KEY: &str = "test-admin-key";
-/// The HS256 secret of test servers.
-pub const SECRET: &str = "a test secret that is long enough";
+pub use synced_testkit::{ADMIN_KEY, JWT_SECRET as SECRET, Todo};
+
 /// The database tests sync through.
 pub const DB: &str = "todo";
 /// The bound of every wait in these tests: nothing should come close.
@@ -34,26 +32,6 @@ pub const SERVER_BIN: &str = env!("CARGO_BIN_EXE_sync-server");
 
 pub fn keys_dir() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/keys")
-}
-
-#[derive(Synced, Debug, Clone, PartialEq)]
-#[synced(table = "todos")]
-pub struct Todo {
-    #[synced(primary_key)]
-    pub id: SyncId,
-    pub title: String,
-    #[synced(default = false)]
-    pub done: bool,
-}
-
-impl Todo {
-    pub fn new(title: &str) -> Self {
-        Self {
-            id: SyncId::new(),
-            title: title.into(),
-            done: false,
-        }
-    }
 }
 
 /// A server running in this process, with its data directory.
@@ -66,27 +44,13 @@ pub struct TestServer {
     pub data: TempDir,
 }
 
-/// A configuration with an admin key, an HS256 secret and an RS256 public key.
+/// The shared test configuration ([`synced_testkit::config_sharing`] of
+/// [`DB`]) with an RS256 public key too, and a long wait for pulls.
 pub fn test_config(data: &std::path::Path) -> Config {
-    Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data: data.to_path_buf(),
-        auth: AuthConfig {
-            api_keys: vec![auth::hash_key(ADMIN_KEY)],
-            jwt_hs256_secret: Some(SECRET.into()),
-            jwt_rs256_public_key: Some(keys_dir().join("rs256-public.pem")),
-            issuer: None,
-            audience: None,
-        },
-        limits: Limits {
-            max_wait: Duration::from_secs(30),
-            ..Limits::default()
-        },
-        // Every table shared with users: these tests are about sync, not
-        // row-level security.
-        databases: [(DB.to_owned(), DatabaseConfig::shared())].into(),
-        ..Config::default()
-    }
+    let mut config = synced_testkit::config_sharing(data, &[DB]);
+    config.auth.jwt_rs256_public_key = Some(keys_dir().join("rs256-public.pem"));
+    config.limits.max_wait = Duration::from_secs(30);
+    config
 }
 
 impl TestServer {
