@@ -538,8 +538,10 @@ impl SyncDb {
     /// Call it on a file that is a copy of another replica's (two files must
     /// never sync under one site id) or that was restored from a backup while
     /// its device kept writing after the backup was taken. Returns the new id.
-    /// The changes it made and has not sent yet are sent under the new id (see
-    /// the book's page on storage).
+    /// The versions it made under its earlier id stay that id's; the changes
+    /// it made and no server acknowledged yet are made again under the new id,
+    /// at one new version, so that they are sent (see the book's "Copies and
+    /// backups" in "Syncing through a server").
     pub async fn new_site_id(&self) -> Result<SiteId> {
         identity::renew(self.handle(), false).await
     }

@@ -33,7 +33,7 @@ pub use crate::merge::PushReport;
 ///
 /// ```
 /// use sync_runtime::server::Replica;
-/// use sync_runtime::{Scope, Since, SyncDb};
+/// use sync_runtime::{Since, SyncDb};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> sync_runtime::Result<()> {
@@ -43,7 +43,6 @@ pub use crate::merge::PushReport;
 /// let decoded = sync_runtime::wire::decode(&payload)?;
 /// let report = server.apply_push(decoded, device.site_id()).await?;
 /// assert!(report.rejected.is_empty());
-/// # let _ = Scope::Local;
 /// # Ok(())
 /// # }
 /// ```
