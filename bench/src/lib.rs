@@ -34,3 +34,26 @@ pub struct Owned {
     /// An integer column.
     pub done: bool,
 }
+
+/// [`Todo`] in its app's next version: a nullable `due` and a `priority` with a
+/// default, for the schema-evolution figures.
+#[derive(Synced, Debug, Clone, PartialEq)]
+#[synced(table = "todos")]
+pub struct TodoV2 {
+    /// The key.
+    #[synced(primary_key)]
+    pub id: SyncId,
+    /// A text column.
+    pub title: String,
+    /// An integer column.
+    pub done: bool,
+    /// A nullable text column.
+    pub note: Option<String>,
+    /// A real column.
+    pub score: f64,
+    /// Added: a nullable integer.
+    pub due: Option<i64>,
+    /// Added: an integer with a default.
+    #[synced(default = 2)]
+    pub priority: i64,
+}

@@ -20,6 +20,7 @@ use serde_json::{Value as Json, json};
 use sync_runtime::{Options, Since, SyncDb, SyncId, Transaction};
 use synced_bench::Todo;
 
+mod evolve;
 mod server;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -59,6 +60,9 @@ struct Args {
     /// Rounds of (write 20 rows, sync) per client.
     #[arg(long, default_value_t = 10)]
     rounds: usize,
+    /// Rows of the table that gains two columns in the schema-evolution figure.
+    #[arg(long, default_value_t = 1_000_000)]
+    evolve_rows: usize,
 }
 
 const PLAIN_TABLE: &str = "CREATE TABLE todos (
@@ -104,6 +108,10 @@ fn main() -> Result<(), BoxError> {
         .enable_all()
         .build()?;
     report.insert("server".into(), threaded.block_on(server::run(&plan))?);
+    report.insert(
+        "evolve".into(),
+        runtime.block_on(evolve::run(args.evolve_rows))?,
+    );
     println!("{}", Json::Object(report));
     Ok(())
 }

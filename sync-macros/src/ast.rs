@@ -30,6 +30,8 @@ pub(crate) struct Field<'a> {
     pub(crate) integer_key: Option<Span>,
     pub(crate) default: Option<DefaultValue>,
     pub(crate) skip: Option<Span>,
+    /// Earlier names of the column, oldest first.
+    pub(crate) renamed_from: Vec<syn::LitStr>,
 }
 
 impl Field<'_> {
@@ -98,6 +100,7 @@ impl<'a> Model<'a> {
                     integer_key: attrs.integer_key,
                     default: attrs.default,
                     skip: attrs.skip,
+                    renamed_from: attrs.renamed_from,
                 })
             })
             .collect();

@@ -17,7 +17,9 @@ pub(crate) const RENAME: &str = "rename";
 pub(crate) const DEFAULT: &str = "default";
 pub(crate) const SKIP: &str = "skip";
 pub(crate) const COUNTER: &str = "counter";
-const FIELD_KEYS: &str = "`primary_key`, `integer_key`, `rename`, `default`, `skip`, `counter`";
+pub(crate) const RENAMED_FROM: &str = "renamed_from";
+const FIELD_KEYS: &str =
+    "`primary_key`, `integer_key`, `rename`, `renamed_from`, `default`, `skip`, `counter`";
 
 /// The merge algorithms the runtime implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +50,8 @@ pub(crate) struct FieldAttrs {
     pub(crate) rename: Option<LitStr>,
     pub(crate) default: Option<DefaultValue>,
     pub(crate) skip: Option<Span>,
+    /// Earlier names of the column, oldest first (the attribute may repeat).
+    pub(crate) renamed_from: Vec<LitStr>,
 }
 
 /// Collects errors so that all of them are reported at once.
@@ -143,6 +147,8 @@ pub(crate) fn field_attrs(attrs: &[Attribute], errors: &mut Errors) -> FieldAttr
             } else if meta.path.is_ident(RENAME) {
                 let rename = meta.value()?.parse()?;
                 set_once(&mut out.rename, rename, &meta)?;
+            } else if meta.path.is_ident(RENAMED_FROM) {
+                out.renamed_from.push(meta.value()?.parse()?);
             } else if meta.path.is_ident(DEFAULT) {
                 let expr: Expr = meta.value()?.parse()?;
                 let default = DefaultValue {

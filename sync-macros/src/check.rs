@@ -36,6 +36,7 @@ pub(crate) fn check(model: &Model<'_>, errors: &mut Errors) {
                 (field.integer_key.is_some(), "`integer_key`"),
                 (field.default.is_some(), "`default`"),
                 (field.renamed, "`rename`"),
+                (!field.renamed_from.is_empty(), "`renamed_from`"),
             ]
             .into_iter()
             .filter_map(|(set, name)| set.then_some(name))
@@ -59,6 +60,13 @@ pub(crate) fn check(model: &Model<'_>, errors: &mut Errors) {
                 span,
                 "`integer_key` only applies to the field of a single-column #[synced(primary_key)]; \
                  integers in composite keys need no opt-in",
+            ));
+        }
+        if let (Some(old), Some(_)) = (field.renamed_from.first(), field.primary_key) {
+            errors.push(syn::Error::new(
+                old.span(),
+                "key columns cannot be renamed: the key is how every replica finds a row; keep \
+                 the column's name with #[synced(rename = \"...\")] if the field's name changes",
             ));
         }
         if let (Some(default), Some(_)) = (&field.default, field.primary_key) {

@@ -48,9 +48,11 @@ fn expand(model: &Model<'_>) -> TokenStream {
             }
             None => quote!(::core::option::Option::None),
         };
+        let renamed_from = f.renamed_from.iter();
         quote! {
             ::sync_runtime::__private::column(
                 #name, #key, #default, #value::SQL_TYPE, #value::NULLABLE, #value::DEFAULT_SQL,
+                &[#(::std::borrow::Cow::Borrowed(#renamed_from)),*],
             )
         }
     });

@@ -71,15 +71,30 @@ pub enum Error {
     #[error(transparent)]
     InvalidSchema(#[from] SchemaError),
 
-    /// The table exists with a shape other than the struct describes.
+    /// A table that is not a synced table, or not one the runtime made, exists
+    /// with a shape other than the struct describes.
     #[error(
-        "table `{table}` already exists with another shape: {details}; migrate it or use another table name"
+        "table `{table}` already exists with another shape: {details}; rename the existing \
+         table or use another table name"
     )]
     SchemaMismatch {
         /// The table.
         table: String,
         /// The first difference found.
         details: String,
+    },
+
+    /// The struct of a synced table changed in a way replicas cannot follow
+    /// on their own (see the book's chapter "Evolving your schema"): nothing
+    /// was changed.
+    #[error("table `{table}`: {change}; {remedy}")]
+    IncompatibleChange {
+        /// The table.
+        table: String,
+        /// The change.
+        change: String,
+        /// What to do instead.
+        remedy: String,
     },
 
     /// A typed operation on a struct whose table was not registered with this database.

@@ -731,7 +731,8 @@ pub(crate) fn finish(
             payload.tables.push(TableEntry {
                 name: schema.name.to_string(),
                 keys: schema.key_columns().map(|c| c.name.to_string()).collect(),
-                values: schema.value_columns().map(|c| c.name.to_string()).collect(),
+                // Columns travel under their ids, which renames leave alone.
+                values: schema.value_columns().map(|c| c.id().to_owned()).collect(),
             });
             included.push(schema);
         }

@@ -25,7 +25,7 @@ use crate::sql::{self, TableSql};
 use crate::tracking;
 
 /// The file format this release writes.
-pub(crate) const FORMAT: i64 = 2;
+pub(crate) const FORMAT: i64 = 3;
 
 /// The format of files that carry no version: those of release 0.1.0.
 const UNVERSIONED: i64 = 1;
@@ -44,6 +44,14 @@ const STEPS: &[Step] = &[
     Step {
         to: 2,
         sql: &[sql::CREATE_META, sql::CREATE_FORMAT, sql::ADD_VACUUMS],
+    },
+    // Schema evolution: descriptors may name earlier names and retired columns
+    // (which a format 2 runtime would misread), clock columns are named after
+    // column ids, and what peers' payloads carried that the file lacked is
+    // recorded (`_synced_skipped`).
+    Step {
+        to: 3,
+        sql: &[sql::CREATE_META],
     },
 ];
 

@@ -63,6 +63,7 @@ pub mod change;
 mod client;
 mod db;
 pub mod error;
+mod evolve;
 mod export;
 mod filter;
 mod format;
@@ -171,6 +172,7 @@ pub mod __private {
         sql_type: crate::SqlType,
         nullable: bool,
         natural_default: Option<&'static str>,
+        renamed_from: &'static [std::borrow::Cow<'static, str>],
     ) -> crate::ColumnSchema {
         let default = match default {
             Some(sql) => Some(sql),
@@ -186,6 +188,8 @@ pub mod __private {
                 Some(sql) => Some(std::borrow::Cow::Borrowed(sql)),
                 None => None,
             },
+            renamed_from: std::borrow::Cow::Borrowed(renamed_from),
+            retired: false,
         }
     }
 }

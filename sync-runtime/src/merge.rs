@@ -25,6 +25,7 @@
 //! transaction, with the tracking triggers off (the merge writes the clocks
 //! itself).
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
 
@@ -34,7 +35,7 @@ use crate::change::Origins;
 use crate::error::{Error, Result};
 use crate::filter::{self, RowFilter, RowFilters};
 use crate::id::SiteId;
-use crate::schema::{Algorithm, TableSchema, fingerprint};
+use crate::schema::{Algorithm, TableSchema};
 use crate::site::{self, local_sites};
 use crate::sql::{self, TableSql};
 use crate::tracking;
@@ -52,6 +53,11 @@ pub struct ApplyReport {
     pub ignored: usize,
     /// Rows that changed here.
     pub rows: usize,
+    /// Changes of tables and columns this database does not have (another app
+    /// version's), left out. They are not lost: this database asks their
+    /// exporter for them again once its app registers those tables and
+    /// columns (see [`SyncDb::register`](crate::SyncDb::register)).
+    pub skipped: usize,
 }
 
 /// A payload table matched to its local descriptor.
@@ -199,15 +205,18 @@ pub(crate) fn apply_push(
 /// the others take the server's, if the row's existence agrees.
 pub(crate) fn restore(conn: &Connection, bytes: &[u8], exported_at: i64) -> Result<ApplyReport> {
     let payload = wire::decode(bytes)?;
-    let targets = resolve(conn, &payload)?;
-    check_types(&payload, &targets)?;
-    check_rows_once(&payload, &targets)?;
-    check_versions(&payload)?;
+    let Fitted {
+        payload, targets, ..
+    } = resolve(conn, &payload, true)?;
+    let payload = payload.as_ref();
+    check_types(payload, &targets)?;
+    check_rows_once(payload, &targets)?;
+    check_versions(payload)?;
     let current: i64 = conn.query_row(sql::CURRENT_VERSION, [], |r| r.get(0))?;
     conn.execute(sql::BEGIN_APPLYING, [])?;
     let mut merge = Merge {
         conn,
-        payload: &payload,
+        payload,
         device: None,
         sites: local_sites(conn, &payload.sites)?,
         origins: Origins::new(conn)?,
@@ -270,7 +279,16 @@ fn apply_payload(conn: &Connection, payload: &Payload, sender: Sender<'_>) -> Re
         rejected = tracing::field::Empty,
     )
     .entered();
-    let targets = resolve(conn, payload)?;
+    // A server knows every column a device's app version has (see
+    // `crate::server`); a replica may hear of columns of a newer version.
+    let whole = payload;
+    let Fitted {
+        payload,
+        targets,
+        skipped,
+    } = resolve(conn, payload, matches!(sender, Sender::Replica(_)))?;
+
+    let payload = payload.as_ref();
     check_types(payload, &targets)?;
     check_rows_once(payload, &targets)?;
     let sites = local_sites(conn, &payload.sites)?;
@@ -289,7 +307,7 @@ fn apply_payload(conn: &Connection, payload: &Payload, sender: Sender<'_>) -> Re
     let current: i64 = conn.query_row(sql::CURRENT_VERSION, [], |r| r.get(0))?;
     // Only its server returns a device's own changes to it.
     let versions = Versions::new(current, matches!(sender, Sender::Replica(Source::Server)));
-    remember_exporter(conn, payload)?;
+    remember_exporter(conn, whole, skipped)?;
 
     conn.execute(sql::BEGIN_APPLYING, [])?;
     let (device, access) = match sender {
@@ -307,7 +325,10 @@ fn apply_payload(conn: &Connection, payload: &Payload, sender: Sender<'_>) -> Re
         origins: Origins::new(conn)?,
         versions,
         current,
-        report: ApplyReport::default(),
+        report: ApplyReport {
+            skipped,
+            ..ApplyReport::default()
+        },
     };
     let mut rejected = Vec::new();
     for row in &payload.rows {
@@ -619,17 +640,44 @@ fn own_version(conn: &Connection, version: i64, current: i64, may_return: bool) 
     Ok(version)
 }
 
-/// Matches every payload table to its local descriptor and checks the schema.
-fn resolve(conn: &Connection, payload: &Payload) -> Result<Vec<Target>> {
+/// A payload fitted to this database: what of it this database has tables and
+/// columns for, and their local descriptors.
+struct Fitted<'p> {
+    /// The payload without what this database has no table or column for.
+    payload: Cow<'p, Payload>,
+    /// Per table of `payload`, its local descriptor.
+    targets: Vec<Target>,
+    /// Changes left out: rows of tables and values of columns this database
+    /// does not have (another app version's).
+    skipped: usize,
+}
+
+/// Matches every payload table to its local descriptor, and each of its columns
+/// by id (see [`ColumnSchema::id`](crate::schema::ColumnSchema::id)). Tables
+/// and columns this database does not have are left out when `skip_unknown`
+/// (another replica's app version may have more); otherwise they refuse the
+/// payload.
+fn resolve<'p>(conn: &Connection, payload: &'p Payload, skip_unknown: bool) -> Result<Fitted<'p>> {
     let local = tracking::synced_tables(conn, false)?;
     let mut targets = Vec::with_capacity(payload.tables.len());
+    // Per payload table, its index among the targets; per payload column, its
+    // local value-column index.
+    let mut tables: Vec<Option<(u32, Vec<Option<usize>>)>> = Vec::with_capacity(targets.len());
+    let mut partial = false;
     for entry in &payload.tables {
-        let schema = local
+        let Some(schema) = local
             .iter()
             .find(|s| s.name.eq_ignore_ascii_case(&entry.name))
-            .ok_or_else(|| Error::UnknownTable {
-                table: entry.name.clone(),
-            })?;
+        else {
+            if !skip_unknown {
+                return Err(Error::UnknownTable {
+                    table: entry.name.clone(),
+                });
+            }
+            tables.push(None);
+            partial = true;
+            continue;
+        };
         let keys: Vec<&str> = schema.key_columns().map(|c| c.name.as_ref()).collect();
         if keys != entry.keys {
             return Err(Error::SchemaMismatch {
@@ -641,20 +689,27 @@ fn resolve(conn: &Connection, payload: &Payload) -> Result<Vec<Target>> {
                 ),
             });
         }
-        let values: Vec<&str> = schema.value_columns().map(|c| c.name.as_ref()).collect();
-        let columns = entry
-            .values
-            .iter()
-            .map(|name| {
-                values
-                    .iter()
-                    .position(|v| v == name)
-                    .ok_or_else(|| Error::UnknownColumn {
+        let values: Vec<&str> = schema.value_columns().map(|c| c.id()).collect();
+        let mut columns = Vec::with_capacity(entry.values.len());
+        for name in &entry.values {
+            let local = values.iter().position(|v| v.eq_ignore_ascii_case(name));
+            if local.is_none() {
+                if !skip_unknown {
+                    return Err(Error::UnknownColumn {
                         table: entry.name.clone(),
                         column: name.clone(),
-                    })
-            })
-            .collect::<Result<Vec<_>>>()?;
+                    });
+                }
+                partial = true;
+            }
+            if local.is_some() && columns.contains(&local) {
+                return Err(Error::Payload(wire::WireError::Malformed(
+                    "a table of the payload lists a column twice",
+                )));
+            }
+            columns.push(local);
+        }
+        tables.push(Some((targets.len() as u32, columns.clone())));
         let sql = TableSql::new(schema);
         let defaults = schema
             .value_columns()
@@ -674,23 +729,74 @@ fn resolve(conn: &Connection, payload: &Payload) -> Result<Vec<Target>> {
         targets.push(Target {
             schema: schema.clone(),
             sql,
-            columns,
+            columns: columns.into_iter().flatten().collect(),
             defaults,
         });
     }
-    let here = fingerprint(targets.iter().map(|t| &t.schema));
-    if !payload.tables.is_empty() && here != payload.schema_fingerprint {
-        return Err(Error::SchemaMismatch {
-            table: payload
-                .tables
-                .iter()
-                .map(|t| t.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-            details: "the payload was made with another schema (its fingerprint differs)".into(),
+    if !partial {
+        return Ok(Fitted {
+            payload: Cow::Borrowed(payload),
+            targets,
+            skipped: 0,
         });
     }
-    Ok(targets)
+    // Leave out what has no place here; the column indexes of what is kept
+    // follow the targets' own column lists.
+    let mut skipped = 0;
+    let mut fitted = Payload {
+        tables: Vec::new(),
+        rows: Vec::with_capacity(payload.rows.len()),
+        sites: payload.sites.clone(),
+        ..*payload
+    };
+    for row in &payload.rows {
+        let Some(Some((table, columns))) = tables.get(row.table as usize) else {
+            skipped += 1 + row.columns.len();
+            continue;
+        };
+        let mut kept = RowChange {
+            table: *table,
+            pk: row.pk.clone(),
+            cl: row.cl,
+            origin: row.origin,
+            columns: Vec::with_capacity(row.columns.len()),
+        };
+        for change in &row.columns {
+            // A column index beyond the table's list is the decoder's to refuse.
+            let Some(local) = columns.get(change.column as usize) else {
+                return Err(Error::Payload(wire::WireError::Malformed(
+                    "a column index is beyond its table's columns",
+                )));
+            };
+            match local {
+                Some(_) => {
+                    let position = columns[..change.column as usize]
+                        .iter()
+                        .filter(|c| c.is_some())
+                        .count();
+                    kept.columns.push(ColumnChange {
+                        column: position as u32,
+                        ..change.clone()
+                    });
+                }
+                None => skipped += 1,
+            }
+        }
+        fitted.rows.push(kept);
+    }
+    fitted.tables = targets
+        .iter()
+        .map(|t| wire::TableEntry {
+            name: t.schema.name.to_string(),
+            keys: t.schema.key_columns().map(|c| c.name.to_string()).collect(),
+            values: t.columns.iter().map(|_| String::new()).collect(),
+        })
+        .collect();
+    Ok(Fitted {
+        payload: Cow::Owned(fitted),
+        targets,
+        skipped,
+    })
 }
 
 /// Every value must have its column's type exactly: a STRICT table would quietly
@@ -739,10 +845,19 @@ fn check_types(payload: &Payload, targets: &[Target]) -> Result<()> {
 /// `upto`, if it held them up to `since` before (a payload holds every change of
 /// its exporter's versions between the two). Relayed or partial changes of other
 /// sites never raise their mark.
-fn remember_exporter(conn: &Connection, payload: &Payload) -> Result<()> {
+///
+/// When `skipped` changes of it had no table or column here, it also records
+/// that the exporter is to be asked again from `since` once this database has
+/// more tables or columns (see [`crate::evolve`]).
+fn remember_exporter(conn: &Connection, payload: &Payload, skipped: usize) -> Result<()> {
     let exporter = local_sites(conn, std::slice::from_ref(&payload.exporter))?[0];
     if exporter == 0 {
         return Ok(());
+    }
+    if skipped > 0 {
+        let since = i64::try_from(payload.since).unwrap_or(i64::MAX);
+        conn.prepare_cached(sql::SKIPPED)?
+            .execute((exporter, since))?;
     }
     let seen: i64 = conn
         .prepare_cached(sql::PEER_SEEN)?

@@ -61,6 +61,20 @@ pub struct ColumnSchema {
     /// parses it, checks it against the column's type (see
     /// [`TableSchema::validate`]) and writes the literal itself.
     pub default: Option<Cow<'static, str>>,
+    /// The names the column had before, oldest first
+    /// (`#[synced(renamed_from = "…")]`). The oldest is its [`id`](Self::id):
+    /// the name it travels under between replicas, whatever each calls it.
+    #[serde(default, skip_serializing_if = "<[_]>::is_empty")]
+    pub renamed_from: Cow<'static, [Cow<'static, str>]>,
+    /// Set in a replica's stored descriptor when the app's struct no longer has
+    /// the column: the app stops reading and writing it, the replica keeps its
+    /// values and keeps merging them (other app versions may still use it).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub retired: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 impl ColumnSchema {
@@ -72,7 +86,28 @@ impl ColumnSchema {
             nullable: false,
             primary_key: false,
             default: None,
+            renamed_from: Cow::Borrowed(&[]),
+            retired: false,
         }
+    }
+
+    /// Records a name the column had before (call it once per earlier name,
+    /// oldest first): the same column, renamed, on every replica.
+    pub fn renamed_from(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+        self.renamed_from.to_mut().push(name.into());
+        self
+    }
+
+    /// Its current name and every earlier one.
+    pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.name.as_ref()).chain(self.renamed_from.iter().map(AsRef::as_ref))
+    }
+
+    /// The column's identity between replicas: the first name it had. Replicas
+    /// that call it differently (an app version before or after a rename) name it
+    /// by this in payloads and clocks.
+    pub fn id(&self) -> &str {
+        self.renamed_from.first().unwrap_or(&self.name)
     }
 
     /// Sets whether the column accepts `NULL`.
@@ -197,6 +232,42 @@ impl TableSchema {
                 .any(|o| o.name.eq_ignore_ascii_case(&c.name))
             {
                 return err(format!("column `{}` appears twice", c.name));
+            }
+            for old in c.renamed_from.iter() {
+                if old.is_empty() || reserved(old) || old.contains('.') || rowid_alias(old) {
+                    return err(format!(
+                        "column `{}`: the earlier name `{old}` is not a column name",
+                        c.name
+                    ));
+                }
+            }
+            if let Some(twice) = c
+                .names()
+                .enumerate()
+                .find(|(j, n)| c.names().take(*j).any(|m| m.eq_ignore_ascii_case(n)))
+            {
+                return err(format!(
+                    "column `{}`: the name `{}` is listed twice among its names",
+                    c.name, twice.1
+                ));
+            }
+            if c.primary_key && !c.renamed_from.is_empty() {
+                return err(format!(
+                    "key column `{}` cannot be renamed: the key is how replicas find a row",
+                    c.name
+                ));
+            }
+            if let Some((other, name)) = self.columns[..i].iter().find_map(|o| {
+                o.names()
+                    .find(|n| c.names().any(|m| m.eq_ignore_ascii_case(n)))
+                    .map(|n| (o, n))
+            }) {
+                return err(format!(
+                    "columns `{}` and `{}` both claim the name `{name}`; a name identifies one \
+                     column for good (its values travel under its first name), so give the new \
+                     column another name",
+                    other.name, c.name,
+                ));
             }
             if c.primary_key && c.nullable {
                 return err(format!("key column `{}` cannot be nullable", c.name));
@@ -326,7 +397,10 @@ pub struct SchemaError {
 }
 
 /// A fingerprint of the descriptors of `tables`, in order: name, algorithm and every
-/// column's name, type, nullability, key role and default (FNV-1a, 64 bits).
+/// column's name, type, nullability, key role and default, then its earlier names
+/// and whether it is retired, when it has any (FNV-1a, 64 bits). A descriptor
+/// without earlier names or retired columns has the fingerprint release 0.1.0
+/// gave it.
 pub(crate) fn fingerprint<'a>(tables: impl Iterator<Item = &'a TableSchema>) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     let mut feed = |bytes: &[u8]| {
@@ -343,6 +417,15 @@ pub(crate) fn fingerprint<'a>(tables: impl Iterator<Item = &'a TableSchema>) -> 
             feed(c.sql_type.as_sql().as_bytes());
             feed(&[u8::from(c.nullable), u8::from(c.primary_key)]);
             feed(c.default.as_deref().unwrap_or("").as_bytes());
+            if !c.renamed_from.is_empty() {
+                feed(b"renamed_from");
+                for name in c.renamed_from.iter() {
+                    feed(name.as_bytes());
+                }
+            }
+            if c.retired {
+                feed(b"retired");
+            }
         }
     }
     hash

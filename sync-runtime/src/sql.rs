@@ -137,6 +137,10 @@ statements! {
       algorithm TEXT NOT NULL,
       descriptor TEXT NOT NULL,
       tracking INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE IF NOT EXISTS _synced_skipped (
+      site INTEGER PRIMARY KEY,
+      since INTEGER NOT NULL
     ) STRICT;";
 
     /// The file format's version (see [`crate::format`]): one row.
@@ -389,6 +393,23 @@ statements! {
     SET_PEER_SEEN = "INSERT INTO _synced_peers (site, seen) VALUES (?1, ?2) \
          ON CONFLICT (site) DO UPDATE SET seen = excluded.seen";
 
+    /// Records that a payload exported by a site (by ordinal) after its version
+    /// `?2` carried tables or columns this database did not have.
+    SKIPPED = "INSERT INTO _synced_skipped (site, since) VALUES (?1, ?2) \
+         ON CONFLICT (site) DO UPDATE SET since = min(since, excluded.since)";
+
+    /// Lowers what this database has seen of each site whose payloads carried
+    /// tables or columns it did not have, to ask them again once it has more.
+    ASK_AGAIN_FOR_SKIPPED = "UPDATE _synced_peers SET seen = min(seen, \
+         (SELECT s.since FROM _synced_skipped AS s WHERE s.site = _synced_peers.site)) \
+         WHERE site IN (SELECT site FROM _synced_skipped)";
+
+    /// Forgets what peers' payloads carried that this database lacked.
+    FORGET_SKIPPED = "DELETE FROM _synced_skipped";
+
+    /// Stores a synced table's new descriptor.
+    STORE_DESCRIPTOR = "UPDATE _synced_tables SET descriptor = ?2 WHERE name = ?1";
+
     /// Opens the savepoint around one pushed row.
     ROW_SAVEPOINT = "SAVEPOINT synced_row";
 
@@ -494,6 +515,8 @@ pub(crate) fn literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
+/// A clock column of a value column, named after the column's id (its first
+/// name), so that a rename leaves the clock as it is.
 fn meta_col(column: &str, part: &str) -> String {
     ident(&format!("{column}.{part}"))
 }
@@ -814,10 +837,48 @@ fn clock_columns(schema: &TableSchema) -> Vec<String> {
     cols.extend([CL, DV, CREATED].map(String::from));
     for c in schema.value_columns() {
         for part in ["v", "dv"] {
-            cols.push(meta_col(&c.name, part));
+            cols.push(meta_col(c.id(), part));
         }
     }
     cols
+}
+
+/// Renames a column of an app table (SQLite also renames it in the indexes,
+/// views and triggers that name it).
+pub(crate) fn rename_column(table: &str, from: &str, to: &str) -> String {
+    format!(
+        "ALTER TABLE {} RENAME COLUMN {} TO {};",
+        ident(table),
+        ident(from),
+        ident(to)
+    )
+}
+
+/// Adds a value column to an app table and its clock columns, at 0 ("never
+/// written") in every existing clock row: no row is rewritten.
+pub(crate) fn add_column(table: &str, column: &ColumnSchema) -> String {
+    let mut sql = format!(
+        "ALTER TABLE {} ADD COLUMN {} {}",
+        ident(table),
+        ident(&column.name),
+        column.sql_type.as_sql()
+    );
+    if !column.nullable {
+        sql.push_str(" NOT NULL");
+    }
+    if let Ok(Some(default)) = column.default_value() {
+        let _ = write!(sql, " DEFAULT {}", value_literal(&default));
+    }
+    sql.push(';');
+    let clock = ident(&clock_table(table));
+    for part in ["v", "dv"] {
+        let _ = write!(
+            sql,
+            "\nALTER TABLE {clock} ADD COLUMN {} INTEGER DEFAULT 0;",
+            meta_col(column.id(), part)
+        );
+    }
+    sql
 }
 
 fn create_clock(schema: &TableSchema) -> String {
@@ -829,7 +890,7 @@ fn create_clock(schema: &TableSchema) -> String {
     let mut meta: Vec<String> = [CL, DV, CREATED].map(String::from).to_vec();
     for c in schema.value_columns() {
         for part in ["v", "dv"] {
-            meta.push(meta_col(&c.name, part));
+            meta.push(meta_col(c.id(), part));
         }
     }
     let meta: Vec<String> = meta.iter().map(|m| format!("  {m} INTEGER")).collect();
@@ -866,7 +927,7 @@ fn record_insert(schema: &TableSchema, source: &str, source_where: &str) -> Stri
     ];
     for c in schema.value_columns() {
         values.extend(["1".into(), OPEN_VERSION.into()]);
-        let (v, dv) = (meta_col(&c.name, "v"), meta_col(&c.name, "dv"));
+        let (v, dv) = (meta_col(c.id(), "v"), meta_col(c.id(), "dv"));
         updates.push(format!(
             "{v} = CASE WHEN {CL} % 2 = 0 THEN 1 ELSE {v} + 1 END"
         ));
@@ -896,7 +957,7 @@ fn restamp(schema: &TableSchema) -> String {
     let mut sets: Vec<String> = vec![own(CREATED), own(DV)];
     let mut latest = vec![DV.to_owned()];
     for c in schema.value_columns() {
-        let column = meta_col(&c.name, "dv");
+        let column = meta_col(c.id(), "dv");
         sets.push(own(&column));
         latest.push(column);
     }
@@ -981,7 +1042,7 @@ fn create_triggers(schema: &TableSchema) -> String {
         let mut sets = Vec::new();
         let (mut targets, mut stamps) = (Vec::new(), Vec::new());
         for c in &value_columns {
-            let (v, dv) = (meta_col(&c.name, "v"), meta_col(&c.name, "dv"));
+            let (v, dv) = (meta_col(c.id(), "v"), meta_col(c.id(), "dv"));
             let ch = changed(c);
             sets.push(format!("{v} = {v} + ({ch})"));
             targets.push(dv.clone());
@@ -1161,7 +1222,7 @@ fn changes_query(schema: &TableSchema, drive: Drive<'_>, filter: &str, extra: &[
     cols.extend([CL, DV, CREATED].map(|m| format!("c.{m}")));
     for c in schema.value_columns() {
         for part in ["v", "dv"] {
-            cols.push(format!("c.{}", meta_col(&c.name, part)));
+            cols.push(format!("c.{}", meta_col(c.id(), part)));
         }
         cols.push(format!("t.{}", ident(&c.name)));
     }

@@ -3,28 +3,28 @@
 use rusqlite::{Connection, OptionalExtension};
 
 use crate::error::{Error, Result};
+use crate::evolve;
 use crate::schema::TableSchema;
 use crate::sql::{self, TableSql};
 use crate::tx::Registered;
 
-/// Creates (or checks) a synced table and its metadata, inside the caller's
-/// write transaction; see `SyncDb::register`.
+/// Creates a synced table and its metadata, or evolves the one registered
+/// before to the struct's descriptor (see [`crate::evolve`]), inside the
+/// caller's write transaction; see `SyncDb::register`.
 pub(crate) fn register(conn: &Connection, table: &Registered) -> Result<()> {
-    let (schema, sql) = (&table.schema, &table.sql);
+    let schema = &table.schema;
     match stored(conn, &schema.name)? {
         Some((stored, tracking)) => {
-            if stored != *schema {
-                return Err(Error::SchemaMismatch {
-                    table: schema.name.to_string(),
-                    details: describe_difference(&stored, schema),
-                });
+            check_shape(conn, &stored)?;
+            let evolution = evolve::plan(&stored, schema)?;
+            if evolution.changes(&stored) {
+                evolve::apply(conn, &stored, &evolution)?;
             }
-            check_shape(conn, schema)?;
-            create(conn, sql, tracking)?;
+            create(conn, &TableSql::new(&evolution.stored), tracking)?;
         }
         None => {
             check_shape(conn, schema)?;
-            create(conn, sql, true)?;
+            create(conn, &table.sql, true)?;
             let descriptor = serde_json::to_string(schema).map_err(|e| Error::SchemaMismatch {
                 table: schema.name.to_string(),
                 details: e.to_string(),
@@ -33,7 +33,7 @@ pub(crate) fn register(conn: &Connection, table: &Registered) -> Result<()> {
                 sql::REGISTER_TABLE,
                 (schema.name.as_ref(), schema.algorithm.as_str(), descriptor),
             )?;
-            backfill(conn, sql)?;
+            backfill(conn, &table.sql)?;
         }
     }
     Ok(())
@@ -199,27 +199,4 @@ fn check_shape(conn: &Connection, schema: &TableSchema) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// A short human description of how two descriptors of the same table differ.
-fn describe_difference(stored: &TableSchema, new: &TableSchema) -> String {
-    if stored.algorithm != new.algorithm {
-        return format!(
-            "it was registered with algorithm {}, the struct says {}",
-            stored.algorithm, new.algorithm
-        );
-    }
-    for (old, new) in stored.columns.iter().zip(new.columns.iter()) {
-        if old != new {
-            return format!(
-                "column `{}` was registered as {old:?}, the struct says {new:?}",
-                old.name
-            );
-        }
-    }
-    format!(
-        "it was registered with {} columns, the struct has {}",
-        stored.columns.len(),
-        new.columns.len()
-    )
 }

@@ -24,7 +24,8 @@
 //! ```text
 //! sites:   varint n, then n × 16 bytes (site ids)
 //! tables:  varint n, then per table: string name, varint keys, varint values,
-//!          then keys + values strings (key column names first)
+//!          then keys + values strings (key column names first, then
+//!          value column ids: a column's first name, which renames keep)
 //! rows:    varint n, then per row:
 //!            varint table index
 //!            one value per key column
@@ -133,7 +134,10 @@ pub struct TableEntry {
     pub name: String,
     /// Its key columns, in key order.
     pub keys: Vec<String>,
-    /// Its value columns; [`ColumnChange::column`] indexes this list.
+    /// Its value columns, by id (see
+    /// [`ColumnSchema::id`](crate::schema::ColumnSchema::id));
+    /// [`ColumnChange::column`] indexes this list. A receiver leaves out the
+    /// columns it does not have.
     pub values: Vec<String>,
 }
 

@@ -172,23 +172,34 @@ async fn a_directory_cannot_be_opened() {
 }
 
 #[tokio::test]
-async fn registering_another_shape_for_a_registered_table_is_a_mismatch() {
+async fn registering_another_struct_for_a_table_evolves_it_and_the_first_struct_is_refused() {
     let db = SyncDb::open_in_memory().await.unwrap();
     db.register::<Todo>().await.unwrap();
-    let err = db.register::<TodoV2>().await.unwrap_err();
+    // TodoV2 adds `priority` and retires `done` and `note`.
+    db.register::<TodoV2>().await.unwrap();
+    let id = SyncId::new();
+    db.insert(&TodoV2 {
+        id,
+        title: "ok".into(),
+        priority: 3,
+    })
+    .await
+    .unwrap();
+    assert_eq!(db.get::<TodoV2>(&id).await.unwrap().unwrap().priority, 3);
+    // The struct registered first no longer describes the table here.
+    let err = db
+        .insert(&Todo {
+            id: SyncId::new(),
+            title: "old".into(),
+            done: false,
+            note: None,
+        })
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, Error::SchemaMismatch { ref table, .. } if table == "todos"),
         "{err}"
     );
-    // Still usable with the original struct.
-    db.insert(&Todo {
-        id: SyncId::new(),
-        title: "ok".into(),
-        done: false,
-        note: None,
-    })
-    .await
-    .unwrap();
 }
 
 #[tokio::test]

@@ -1,0 +1,485 @@
+//! Schema evolution: how a synced table's stored descriptor follows the struct
+//! an app registers.
+//!
+//! A replica stores, per synced table, the descriptor of every column its table
+//! has: the union of the app versions it ran. [`plan`] compares it with the
+//! descriptor the app registers now and decides what changes; columns are
+//! matched by [`id`](ColumnSchema::id) (their first name), never by position:
+//!
+//! - a column the struct adds is added at the end of the table (nullable or
+//!   with a default), with clock columns at 0, "never written": no row and no
+//!   clock row is touched, and every existing row reads the default;
+//! - a column the struct no longer has is *retired*: the app stops reading and
+//!   writing it, the replica keeps its values and keeps merging them (another
+//!   app version may still write it); a retired column the struct has again
+//!   comes back with its values;
+//! - a column whose name changed, and which the struct says it was renamed
+//!   from, is renamed in place; its clock columns and the name it travels
+//!   under stay those of its id;
+//! - a changed default leaves the stored one: the default a column was added
+//!   with is what every replica reads for rows that never wrote it.
+//!
+//! Everything else (a column's type or nullability, the key, the algorithm, a
+//! name that would mean two columns) is refused with
+//! [`Error::IncompatibleChange`], naming the change and the way out. [`apply`]
+//! runs inside the registering transaction: a failure leaves the file as it was.
+
+use rusqlite::Connection;
+
+use crate::error::{Error, Result};
+use crate::schema::{ColumnSchema, TableSchema};
+use crate::sql::{self, TableSql};
+
+/// What registering a struct changes in a table.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Evolution {
+    /// The descriptor to store: every column of the table, in table order.
+    pub(crate) stored: TableSchema,
+    /// Columns renamed, from and to.
+    pub(crate) renamed: Vec<(String, String)>,
+    /// Columns added at the end of the table, in order.
+    pub(crate) added: Vec<ColumnSchema>,
+}
+
+impl Evolution {
+    /// Whether the stored descriptor changes at all.
+    pub(crate) fn changes(&self, before: &TableSchema) -> bool {
+        self.stored != *before
+    }
+}
+
+/// Decides how the table of `stored` becomes the one `wanted` describes (both
+/// valid descriptors of the same table).
+pub(crate) fn plan(stored: &TableSchema, wanted: &TableSchema) -> Result<Evolution> {
+    let refuse = |change: String, remedy: &str| {
+        Err(Error::IncompatibleChange {
+            table: wanted.name.to_string(),
+            change,
+            remedy: remedy.to_owned(),
+        })
+    };
+    if stored.algorithm != wanted.algorithm {
+        return refuse(
+            format!(
+                "its merge algorithm changes from {} to {}",
+                stored.algorithm, wanted.algorithm
+            ),
+            "replicas merge its rows with the algorithm it was created with; create a new \
+             table with the new algorithm and copy the rows",
+        );
+    }
+    let old_keys: Vec<&str> = stored.key_columns().map(|c| c.name.as_ref()).collect();
+    let new_keys: Vec<&str> = wanted.key_columns().map(|c| c.name.as_ref()).collect();
+    if !old_keys
+        .iter()
+        .zip(&new_keys)
+        .all(|(a, b)| a.eq_ignore_ascii_case(b))
+        || old_keys.len() != new_keys.len()
+    {
+        return refuse(
+            format!(
+                "its primary key changes from ({}) to ({})",
+                old_keys.join(", "),
+                new_keys.join(", ")
+            ),
+            "the key is how every replica finds a row; create a new table with the new key \
+             and copy the rows",
+        );
+    }
+
+    let mut columns: Vec<ColumnSchema> = stored.columns.to_vec();
+    let mut renamed = Vec::new();
+    let mut matched = vec![false; columns.len()];
+    let mut added = Vec::new();
+    for new in wanted.columns.iter() {
+        let same = columns
+            .iter()
+            .position(|old| old.id().eq_ignore_ascii_case(new.id()));
+        // A name that another column has or had.
+        let clash = columns.iter().enumerate().find(|(i, old)| {
+            Some(*i) != same
+                && old
+                    .names()
+                    .any(|n| new.names().any(|m| m.eq_ignore_ascii_case(n)))
+        });
+        if let Some((_, old)) = clash {
+            let shared = old
+                .names()
+                .find(|n| new.names().any(|m| m.eq_ignore_ascii_case(n)))
+                .unwrap_or_default();
+            let retired = if old.retired { " (retired)" } else { "" };
+            let renaming = new
+                .renamed_from
+                .iter()
+                .any(|n| old.names().any(|m| m.eq_ignore_ascii_case(n)))
+                || new.name.eq_ignore_ascii_case(&old.name);
+            return match same {
+                Some(i) => refuse(
+                    format!(
+                        "column `{}` would be renamed to `{}`, a name column `{}`{retired} has \
+                         or had",
+                        columns[i].name, new.name, old.name
+                    ),
+                    "a name identifies one column for good; choose another name",
+                ),
+                None if renaming => refuse(
+                    format!(
+                        "column `{}` was first called `{}`, the name its values travel under",
+                        old.name,
+                        old.id()
+                    ),
+                    &format!(
+                        "list every earlier name, oldest first, starting with \
+                         #[synced(renamed_from = \"{}\")]",
+                        old.id()
+                    ),
+                ),
+                None => refuse(
+                    format!(
+                        "new column `{}` takes the name `{shared}`, which column `{}`{retired} \
+                         has or had",
+                        new.name, old.name
+                    ),
+                    "a name identifies one column for good; give the new column another name",
+                ),
+            };
+        }
+        match same {
+            Some(i) => {
+                let old = &columns[i];
+                if matched[i] {
+                    return refuse(
+                        format!("two columns are the column `{}`", old.name),
+                        "give each column its own earlier names",
+                    );
+                }
+                if old.sql_type != new.sql_type || old.nullable != new.nullable {
+                    return refuse(
+                        format!(
+                            "column `{}` changes from {} to {}",
+                            new.name,
+                            type_name(old),
+                            type_name(new)
+                        ),
+                        &format!(
+                            "replicas on other app versions still read and write it as {}; add \
+                             a new column of the new type and copy the values into it (or \
+                             create a new table)",
+                            type_name(old)
+                        ),
+                    );
+                }
+                if old.primary_key != new.primary_key {
+                    return refuse(
+                        format!("column `{}` changes its role in the primary key", new.name),
+                        "create a new table with the new key and copy the rows",
+                    );
+                }
+                let mut column = old.clone();
+                if column.name != new.name {
+                    renamed.push((column.name.to_string(), new.name.to_string()));
+                    column.name = new.name.clone();
+                }
+                column.renamed_from = new.renamed_from.clone();
+                column.retired = false;
+                matched[i] = true;
+                columns[i] = column;
+            }
+            None if new.primary_key => {
+                return refuse(
+                    format!("key column `{}` is new", new.name),
+                    "the key is how every replica finds a row; create a new table with the new \
+                     key and copy the rows",
+                );
+            }
+            None => {
+                if !new.nullable && new.default.is_none() {
+                    return refuse(
+                        format!("new column `{}` is NOT NULL without a default", new.name),
+                        "rows that exist (and rows other app versions create) need a value: \
+                         make the field an Option or give it #[synced(default = ...)]",
+                    );
+                }
+                let mut column = new.clone();
+                column.retired = false;
+                added.push(column.clone());
+                columns.push(column);
+                matched.push(true);
+            }
+        }
+    }
+    for (column, matched) in columns.iter_mut().zip(&matched) {
+        if !matched {
+            // Key columns were all matched: the keys are the same.
+            column.retired = true;
+        }
+    }
+    let mut next = stored.clone();
+    next.columns = columns.into();
+    Ok(Evolution {
+        stored: next,
+        renamed,
+        added,
+    })
+}
+
+fn type_name(column: &ColumnSchema) -> String {
+    if column.nullable {
+        format!("{} (nullable)", column.sql_type)
+    } else {
+        format!("{} NOT NULL", column.sql_type)
+    }
+}
+
+/// Changes the table of `before` as `evolution` says and stores the new
+/// descriptor, inside the caller's write transaction. The tracking triggers are
+/// dropped; the caller creates them again from the new descriptor.
+pub(crate) fn apply(conn: &Connection, before: &TableSchema, evolution: &Evolution) -> Result<()> {
+    let name = before.name.as_ref();
+    conn.execute_batch(&TableSql::new(before).drop_triggers)?;
+    for (from, to) in &evolution.renamed {
+        conn.execute_batch(&sql::rename_column(name, from, to))?;
+    }
+    for column in &evolution.added {
+        conn.execute_batch(&sql::add_column(name, column))?;
+    }
+    let descriptor = serde_json::to_string(&evolution.stored).map_err(|e| {
+        Error::InvalidSchema(crate::schema::SchemaError {
+            table: name.to_owned(),
+            reason: e.to_string(),
+        })
+    })?;
+    conn.execute(sql::STORE_DESCRIPTOR, (name, descriptor))?;
+    if !evolution.added.is_empty() {
+        // Payloads from peers may have carried values of the new columns, left
+        // out here while the table lacked them: ask those peers again.
+        conn.execute(sql::ASK_AGAIN_FOR_SKIPPED, [])?;
+        conn.execute(sql::FORGET_SKIPPED, [])?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::Algorithm;
+    use crate::value::SqlType;
+
+    fn todos(columns: Vec<ColumnSchema>) -> TableSchema {
+        let mut all = vec![ColumnSchema::new("id", SqlType::Text).primary_key()];
+        all.extend(columns);
+        TableSchema::new("todos", Algorithm::Cls, all)
+    }
+
+    fn title() -> ColumnSchema {
+        ColumnSchema::new("title", SqlType::Text).default_sql("''")
+    }
+
+    fn refused(stored: &TableSchema, wanted: &TableSchema) -> (String, String) {
+        match plan(stored, wanted) {
+            Err(Error::IncompatibleChange { change, remedy, .. }) => (change, remedy),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_same_struct_changes_nothing() {
+        let t = todos(vec![title()]);
+        let e = plan(&t, &t).unwrap();
+        assert!(!e.changes(&t));
+    }
+
+    #[test]
+    fn a_new_column_is_added_at_the_end() {
+        let v1 = todos(vec![title()]);
+        let due = ColumnSchema::new("due", SqlType::Integer).nullable(true);
+        let v2 = todos(vec![due.clone(), title()]);
+        let e = plan(&v1, &v2).unwrap();
+        assert_eq!(e.added, vec![due]);
+        let names: Vec<_> = e.stored.columns.iter().map(|c| c.name.as_ref()).collect();
+        assert_eq!(names, ["id", "title", "due"]);
+    }
+
+    #[test]
+    fn a_missing_column_is_retired_and_comes_back() {
+        let v1 = todos(vec![title()]);
+        let v2 = todos(vec![]);
+        let e = plan(&v1, &v2).unwrap();
+        assert!(e.stored.columns[1].retired);
+        assert!(e.added.is_empty());
+        let back = plan(&e.stored, &v1).unwrap();
+        assert_eq!(back.stored, v1);
+    }
+
+    #[test]
+    fn a_rename_keeps_the_columns_id() {
+        let v1 = todos(vec![title()]);
+        let v2 = todos(vec![
+            ColumnSchema::new("name", SqlType::Text)
+                .default_sql("''")
+                .renamed_from("title"),
+        ]);
+        let e = plan(&v1, &v2).unwrap();
+        assert_eq!(e.renamed, [("title".to_owned(), "name".to_owned())]);
+        assert_eq!(e.stored.columns[1].id(), "title");
+        assert!(e.added.is_empty());
+        // A second rename lists both earlier names.
+        let v3 = todos(vec![
+            ColumnSchema::new("label", SqlType::Text)
+                .default_sql("''")
+                .renamed_from("title")
+                .renamed_from("name"),
+        ]);
+        let e3 = plan(&e.stored, &v3).unwrap();
+        assert_eq!(e3.renamed, [("name".to_owned(), "label".to_owned())]);
+        // A replica still on v1 goes straight to v3.
+        assert_eq!(plan(&v1, &v3).unwrap().stored, e3.stored);
+    }
+
+    #[test]
+    fn a_rename_that_forgets_the_first_name_is_refused() {
+        let v2 = todos(vec![
+            ColumnSchema::new("name", SqlType::Text)
+                .default_sql("''")
+                .renamed_from("title"),
+        ]);
+        let stored = plan(&todos(vec![title()]), &v2).unwrap().stored;
+        let v3 = todos(vec![
+            ColumnSchema::new("label", SqlType::Text)
+                .default_sql("''")
+                .renamed_from("name"),
+        ]);
+        let (change, remedy) = refused(&stored, &v3);
+        assert!(change.contains("first called `title`"), "{change}");
+        assert!(remedy.contains("renamed_from = \"title\""), "{remedy}");
+    }
+
+    #[test]
+    fn a_name_is_never_reused() {
+        // `title` became `name`, then `label`; a new `name` would be another column.
+        let v3 = todos(vec![
+            ColumnSchema::new("label", SqlType::Text)
+                .default_sql("''")
+                .renamed_from("title")
+                .renamed_from("name"),
+        ]);
+        let stored = plan(&todos(vec![title()]), &v3).unwrap().stored;
+        let v4 = todos(vec![
+            v3.columns[1].clone(),
+            ColumnSchema::new("name", SqlType::Integer).nullable(true),
+        ]);
+        let (change, remedy) = refused(&stored, &v4);
+        assert!(
+            change.contains("new column `name` takes the name `name`"),
+            "{change}"
+        );
+        assert!(remedy.contains("another name"), "{remedy}");
+        // Dropping `renamed_from` would make it another column.
+        let forgot = todos(vec![
+            ColumnSchema::new("label", SqlType::Text).default_sql("''"),
+        ]);
+        let (change, _) = refused(&stored, &forgot);
+        assert!(change.contains("first called `title`"), "{change}");
+        // A rename onto a retired column's name.
+        let retired = plan(
+            &todos(vec![
+                title(),
+                ColumnSchema::new("notes", SqlType::Text).nullable(true),
+            ]),
+            &todos(vec![title()]),
+        )
+        .unwrap()
+        .stored;
+        let onto = todos(vec![
+            ColumnSchema::new("notes", SqlType::Text)
+                .default_sql("''")
+                .renamed_from("title"),
+        ]);
+        let (change, _) = refused(&retired, &onto);
+        assert!(change.contains("retired"), "{change}");
+    }
+
+    #[test]
+    fn a_retired_columns_name_brings_it_back_with_its_type() {
+        let v1 = todos(vec![
+            title(),
+            ColumnSchema::new("notes", SqlType::Text).nullable(true),
+        ]);
+        let retired = plan(&v1, &todos(vec![title()])).unwrap().stored;
+        let (change, _) = refused(
+            &retired,
+            &todos(vec![
+                title(),
+                ColumnSchema::new("notes", SqlType::Integer).nullable(true),
+            ]),
+        );
+        assert!(
+            change.contains("column `notes` changes from TEXT"),
+            "{change}"
+        );
+        assert_eq!(plan(&retired, &v1).unwrap().stored, v1);
+    }
+
+    #[test]
+    fn incompatible_changes_are_refused_by_name() {
+        let v1 = todos(vec![title()]);
+        for (wanted, expected) in [
+            (
+                todos(vec![
+                    ColumnSchema::new("title", SqlType::Integer).default_sql("0"),
+                ]),
+                "changes from TEXT NOT NULL to INTEGER NOT NULL",
+            ),
+            (
+                todos(vec![
+                    ColumnSchema::new("title", SqlType::Text).nullable(true),
+                ]),
+                "changes from TEXT NOT NULL to TEXT (nullable)",
+            ),
+            (
+                TableSchema::new("todos", Algorithm::Gos, v1.columns.clone()),
+                "algorithm changes from cls to gos",
+            ),
+            (
+                TableSchema::new(
+                    "todos",
+                    Algorithm::Cls,
+                    vec![
+                        ColumnSchema::new("id", SqlType::Text).primary_key(),
+                        title().primary_key(),
+                    ],
+                ),
+                "primary key changes from (id) to (id, title)",
+            ),
+            (
+                TableSchema::new(
+                    "todos",
+                    Algorithm::Cls,
+                    vec![
+                        ColumnSchema::new("key", SqlType::Text).primary_key(),
+                        title(),
+                    ],
+                ),
+                "primary key changes from (id) to (key)",
+            ),
+            (
+                todos(vec![title(), ColumnSchema::new("due", SqlType::Integer)]),
+                "NOT NULL without a default",
+            ),
+        ] {
+            let (change, remedy) = refused(&v1, &wanted);
+            assert!(change.contains(expected), "{change}");
+            assert!(!remedy.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_changed_default_keeps_the_one_the_column_was_added_with() {
+        let v1 = todos(vec![title()]);
+        let v2 = todos(vec![
+            ColumnSchema::new("title", SqlType::Text).default_sql("'untitled'"),
+        ]);
+        let e = plan(&v1, &v2).unwrap();
+        assert_eq!(e.stored, v1);
+    }
+}

@@ -1,0 +1,441 @@
+//! Schema evolution on devices: an app changes its struct and registers it
+//! again; replicas on the old and the new struct sync with each other.
+
+#![allow(clippy::unwrap_used)] // in tests, a failed unwrap is a failed assertion
+
+use std::path::{Path, PathBuf};
+
+use sync_runtime::{Error, Since, SyncDb, SyncId, Synced, params};
+
+mod v1 {
+    use super::*;
+
+    #[derive(Synced, Debug, Clone, PartialEq)]
+    #[synced(table = "todos")]
+    pub(crate) struct Todo {
+        #[synced(primary_key)]
+        pub(crate) id: SyncId,
+        pub(crate) title: String,
+        pub(crate) done: bool,
+        pub(crate) notes: Option<String>,
+    }
+}
+
+mod v2 {
+    use super::*;
+
+    /// v1 plus `due` (nullable) and `priority` (with a default), fields in
+    /// another order.
+    #[derive(Synced, Debug, Clone, PartialEq)]
+    #[synced(table = "todos")]
+    pub(crate) struct Todo {
+        #[synced(primary_key)]
+        pub(crate) id: SyncId,
+        pub(crate) due: Option<i64>,
+        pub(crate) title: String,
+        #[synced(default = 2)]
+        pub(crate) priority: i64,
+        pub(crate) done: bool,
+        pub(crate) notes: Option<String>,
+    }
+}
+
+mod v3 {
+    use super::*;
+
+    /// v2 with `title` renamed to `name` and `notes` retired.
+    #[derive(Synced, Debug, Clone, PartialEq)]
+    #[synced(table = "todos")]
+    pub(crate) struct Todo {
+        #[synced(primary_key)]
+        pub(crate) id: SyncId,
+        #[synced(renamed_from = "title")]
+        pub(crate) name: String,
+        pub(crate) due: Option<i64>,
+        #[synced(default = 2)]
+        pub(crate) priority: i64,
+        pub(crate) done: bool,
+    }
+}
+
+/// A tag: a table only v3 has.
+#[derive(Synced, Debug, Clone, PartialEq)]
+#[synced(table = "tags")]
+struct Tag {
+    #[synced(primary_key)]
+    id: SyncId,
+    label: String,
+}
+
+async fn open(path: &Path) -> SyncDb {
+    SyncDb::open(path).await.unwrap()
+}
+
+fn file(dir: &tempfile::TempDir, name: &str) -> PathBuf {
+    dir.path().join(name)
+}
+
+/// Sends `from`'s changes that `to` has not seen to `to`, as two peers do.
+async fn send(from: &SyncDb, to: &SyncDb) {
+    let seen = to.seen_version(from.site_id()).await.unwrap();
+    let payload = from.export_changes(Since::Version(seen)).await.unwrap();
+    to.apply_changes(&payload).await.unwrap();
+}
+
+async fn both_ways(a: &SyncDb, b: &SyncDb) {
+    send(a, b).await;
+    send(b, a).await;
+}
+
+/// The database file's schema text and every row of the runtime's tables,
+/// to compare a file before and after a refused change.
+fn snapshot(path: &Path) -> Vec<String> {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let mut out: Vec<String> = conn
+        .prepare("SELECT type || ' ' || name || ' ' || coalesce(sql, '') FROM sqlite_schema ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    let tables: Vec<String> = out
+        .iter()
+        .filter_map(|s| s.strip_prefix("table "))
+        .map(|s| s.split(' ').next().unwrap().to_owned())
+        .collect();
+    for table in tables {
+        let rows: Vec<String> = conn
+            .prepare(&format!("SELECT * FROM \"{table}\""))
+            .and_then(|mut stmt| {
+                let n = stmt.column_count();
+                stmt.query_map([], |r| {
+                    Ok((0..n)
+                        .map(|i| format!("{:?}", r.get_ref(i).unwrap()))
+                        .collect::<Vec<_>>()
+                        .join("|"))
+                })?
+                .collect()
+            })
+            .unwrap();
+        out.push(format!("{table}: {rows:?}"));
+    }
+    out
+}
+
+/// The value of the column `notes` (which v3 retired) of a row, read from the
+/// file.
+fn notes(path: &Path, id: SyncId) -> Option<String> {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.query_row(
+        "SELECT notes FROM todos WHERE id = ?1",
+        [id.as_str()],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+fn v1_todo(title: &str) -> v1::Todo {
+    v1::Todo {
+        id: SyncId::new(),
+        title: title.into(),
+        done: false,
+        notes: Some(format!("notes of {title}")),
+    }
+}
+
+#[tokio::test]
+async fn adding_columns_records_no_change_and_rows_read_the_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = file(&dir, "app.db");
+    let db = open(&path).await;
+    db.register::<v1::Todo>().await.unwrap();
+    let milk = v1_todo("milk");
+    db.insert(&milk).await.unwrap();
+    let version = db.db_version().await.unwrap();
+    drop(db);
+
+    let db = open(&path).await;
+    db.register::<v2::Todo>().await.unwrap();
+    assert_eq!(db.db_version().await.unwrap(), version);
+    assert!(
+        db.changes_since(version).await.unwrap().is_empty(),
+        "adding a column records nothing"
+    );
+    let row = db.get::<v2::Todo>(&milk.id).await.unwrap().unwrap();
+    assert_eq!((row.due, row.priority), (None, 2));
+    assert_eq!(row.title, "milk");
+    assert_eq!(row.notes, milk.notes);
+    // The new columns are tracked like the others.
+    db.update(&v2::Todo {
+        due: Some(5),
+        ..row.clone()
+    })
+    .await
+    .unwrap();
+    let changes = db.changes_since(version).await.unwrap();
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    // Registering the same struct again changes nothing.
+    db.register::<v2::Todo>().await.unwrap();
+    assert_eq!(
+        db.get::<v2::Todo>(&milk.id).await.unwrap().unwrap().due,
+        Some(5)
+    );
+}
+
+#[tokio::test]
+async fn a_retired_column_keeps_its_values_and_a_rename_keeps_the_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = file(&dir, "app.db");
+    let db = open(&path).await;
+    db.register::<v1::Todo>().await.unwrap();
+    let milk = v1_todo("milk");
+    db.insert(&milk).await.unwrap();
+    drop(db);
+
+    let db = open(&path).await;
+    db.register::<v3::Todo>().await.unwrap();
+    let row = db.get::<v3::Todo>(&milk.id).await.unwrap().unwrap();
+    assert_eq!(row.name, "milk");
+    // The retired column is still in the table, with its value.
+    assert_eq!(notes(&path, milk.id), milk.notes);
+    // Rows created now leave it at its default.
+    let bread = v3::Todo {
+        id: SyncId::new(),
+        name: "bread".into(),
+        due: None,
+        priority: 1,
+        done: false,
+    };
+    db.insert(&bread).await.unwrap();
+    let mut names: Vec<String> = db
+        .query::<v3::Todo>("ORDER BY name", params![])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    names.sort();
+    assert_eq!(names, ["bread", "milk"]);
+    drop(db);
+
+    // An app downgraded to v2 has `title` (the column's first name) and
+    // `notes` again, with their values.
+    let db = open(&path).await;
+    db.register::<v2::Todo>().await.unwrap();
+    let row = db.get::<v2::Todo>(&milk.id).await.unwrap().unwrap();
+    assert_eq!((row.title.as_str(), &row.notes), ("milk", &milk.notes));
+    let bread = db.get::<v2::Todo>(&bread.id).await.unwrap().unwrap();
+    assert_eq!((bread.title.as_str(), bread.notes), ("bread", None));
+}
+
+#[tokio::test]
+async fn old_and_new_versions_sync_side_by_side_peer_to_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (
+        open(&file(&dir, "old.db")).await,
+        open(&file(&dir, "new.db")).await,
+    );
+    old.register::<v1::Todo>().await.unwrap();
+    new.register::<v1::Todo>().await.unwrap();
+    let milk = v1_todo("milk");
+    old.insert(&milk).await.unwrap();
+    both_ways(&old, &new).await;
+
+    // `new` moves to v3: a new column, a rename, a retired column, a new table.
+    drop(new);
+    let new = open(&file(&dir, "new.db")).await;
+    new.register::<v3::Todo>().await.unwrap();
+    new.register::<Tag>().await.unwrap();
+    let mut row = new.get::<v3::Todo>(&milk.id).await.unwrap().unwrap();
+    row.due = Some(7);
+    row.name = "oat milk".into();
+    new.update(&row).await.unwrap();
+    new.insert(&Tag {
+        id: SyncId::new(),
+        label: "shopping".into(),
+    })
+    .await
+    .unwrap();
+    let eggs = v3::Todo {
+        id: SyncId::new(),
+        name: "eggs".into(),
+        due: Some(1),
+        priority: 9,
+        done: false,
+    };
+    new.insert(&eggs).await.unwrap();
+
+    // v1 takes what it knows and leaves the rest without failing.
+    send(&new, &old).await;
+    let seen = old.get::<v1::Todo>(&milk.id).await.unwrap().unwrap();
+    assert_eq!(seen.title, "oat milk", "a rename is the same column");
+    assert_eq!(
+        old.get::<v1::Todo>(&eggs.id).await.unwrap().unwrap().title,
+        "eggs"
+    );
+
+    // v1 edits the row: v3's column keeps its value everywhere.
+    old.update(&v1::Todo {
+        done: true,
+        notes: Some("retired elsewhere".into()),
+        ..seen
+    })
+    .await
+    .unwrap();
+    let butter = v1_todo("butter");
+    old.insert(&butter).await.unwrap();
+    send(&old, &new).await;
+    let row = new.get::<v3::Todo>(&milk.id).await.unwrap().unwrap();
+    assert_eq!(
+        (row.done, row.due, row.name.as_str()),
+        (true, Some(7), "oat milk")
+    );
+    assert_eq!(
+        notes(&file(&dir, "new.db"), milk.id),
+        Some("retired elsewhere".to_owned())
+    );
+    // Rows v1 creates read v3's defaults there.
+    let butter_there = new.get::<v3::Todo>(&butter.id).await.unwrap().unwrap();
+    assert_eq!((butter_there.due, butter_there.priority), (None, 2));
+
+    // Once v1 upgrades, it asks again for what it had left out.
+    drop(old);
+    let old = open(&file(&dir, "old.db")).await;
+    old.register::<v3::Todo>().await.unwrap();
+    old.register::<Tag>().await.unwrap();
+    both_ways(&old, &new).await;
+    both_ways(&old, &new).await;
+    for db in [&old, &new] {
+        let row = db.get::<v3::Todo>(&milk.id).await.unwrap().unwrap();
+        assert_eq!(row.due, Some(7));
+        let eggs = db.get::<v3::Todo>(&eggs.id).await.unwrap().unwrap();
+        assert_eq!(eggs.priority, 9);
+        assert_eq!(db.query::<Tag>("", params![]).await.unwrap().len(), 1);
+    }
+    let rows = |db: &SyncDb| {
+        let db = db.clone();
+        async move {
+            let mut rows = db.query::<v3::Todo>("", params![]).await.unwrap();
+            rows.sort_by_key(|t| t.id);
+            rows
+        }
+    };
+    assert_eq!(rows(&old).await, rows(&new).await);
+}
+
+#[tokio::test]
+async fn an_incompatible_change_is_refused_and_changes_nothing() {
+    mod typed {
+        use super::*;
+        #[derive(Synced, Debug, Clone, PartialEq)]
+        #[synced(table = "todos")]
+        pub(crate) struct Todo {
+            #[synced(primary_key)]
+            pub(crate) id: SyncId,
+            pub(crate) title: String,
+            pub(crate) done: String,
+            pub(crate) notes: Option<String>,
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = file(&dir, "app.db");
+    let db = open(&path).await;
+    db.register::<v1::Todo>().await.unwrap();
+    db.insert(&v1_todo("milk")).await.unwrap();
+    drop(db);
+    let before = snapshot(&path);
+    let db = open(&path).await;
+    let err = db.register::<typed::Todo>().await.unwrap_err();
+    let Error::IncompatibleChange {
+        table,
+        change,
+        remedy,
+    } = &err
+    else {
+        panic!("{err}");
+    };
+    assert_eq!(table, "todos");
+    assert!(
+        change.contains("column `done` changes from INTEGER NOT NULL to TEXT NOT NULL"),
+        "{change}"
+    );
+    assert!(remedy.contains("new column"), "{remedy}");
+    drop(db);
+    assert_eq!(snapshot(&path), before);
+}
+
+#[tokio::test]
+async fn an_evolution_that_fails_half_way_leaves_the_file_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = file(&dir, "app.db");
+    let db = open(&path).await;
+    db.register::<v2::Todo>().await.unwrap();
+    db.insert(&v2::Todo {
+        id: SyncId::new(),
+        due: None,
+        title: "milk".into(),
+        priority: 1,
+        done: false,
+        notes: None,
+    })
+    .await
+    .unwrap();
+    // An app view SQLite cannot read again once `title` is renamed: the
+    // rename, which comes after the new columns, fails.
+    db.execute_raw(
+        "CREATE VIEW titles AS SELECT title FROM todos WHERE title IN (SELECT x FROM gone)",
+        params![],
+    )
+    .await
+    .unwrap();
+    drop(db);
+    let before = snapshot(&path);
+    let db = open(&path).await;
+    mod added {
+        use super::*;
+        #[derive(Synced, Debug, Clone, PartialEq)]
+        #[synced(table = "todos")]
+        pub(crate) struct Todo {
+            #[synced(primary_key)]
+            pub(crate) id: SyncId,
+            #[synced(renamed_from = "title")]
+            pub(crate) name: String,
+            pub(crate) due: Option<i64>,
+            #[synced(default = 2)]
+            pub(crate) priority: i64,
+            pub(crate) done: bool,
+            pub(crate) notes: Option<String>,
+            pub(crate) extra: Option<String>,
+        }
+    }
+    let err = db.register::<added::Todo>().await.unwrap_err();
+    assert!(err.to_string().contains("gone"), "{err}");
+    drop(db);
+    assert_eq!(snapshot(&path), before);
+    // The file still works with the struct it had.
+    let db = open(&path).await;
+    db.register::<v2::Todo>().await.unwrap();
+    assert_eq!(db.query::<v2::Todo>("", params![]).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn what_a_payload_carries_for_tables_and_columns_here_unknown_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (
+        open(&file(&dir, "old.db")).await,
+        open(&file(&dir, "new.db")).await,
+    );
+    old.register::<v1::Todo>().await.unwrap();
+    new.register::<v3::Todo>().await.unwrap();
+    new.register::<Tag>().await.unwrap();
+    new.insert(&Tag {
+        id: SyncId::new(),
+        label: "x".into(),
+    })
+    .await
+    .unwrap();
+    let payload = new.export_changes(Since::Beginning).await.unwrap();
+    let report = old.apply_changes(&payload).await.unwrap();
+    assert_eq!(report.applied, 0);
+    assert_eq!(report.skipped, 2, "the tag's row and its label: {report:?}");
+}
