@@ -24,7 +24,7 @@
 //! [`Error::IncompatibleChange`], naming the change and the way out. [`apply`]
 //! runs inside the registering transaction: a failure leaves the file as it was.
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 
 use crate::error::{Error, Result};
 use crate::schema::{ColumnSchema, TableSchema};
@@ -223,6 +223,92 @@ pub(crate) fn plan(stored: &TableSchema, wanted: &TableSchema) -> Result<Evoluti
     })
 }
 
+/// Adds `evolution.added` to the table of `before` (and their clock columns).
+///
+/// SQLite's `ADD COLUMN` checks every row of a `STRICT` table afterwards
+/// (`pragma_quick_check`), which takes time in proportion to the table. A new
+/// column at the end of a table changes no stored row: a row stored before
+/// reads the column's default. So when the table's SQL text is the one
+/// `register` wrote, the runtime writes the new text itself, as SQLite's
+/// documented procedure for schema changes that leave the stored rows alone
+/// does (`writable_schema`, then a new `schema_version`), and checks the
+/// columns SQLite then reads; if any of it fails, or the text is not the
+/// runtime's (a table the app created and `register` adopted), `ADD COLUMN`
+/// runs instead.
+fn add_columns(conn: &Connection, before: &TableSchema, evolution: &Evolution) -> Result<()> {
+    let name = before.name.as_ref();
+    let mut widened = before.clone();
+    widened
+        .columns
+        .to_mut()
+        .extend(evolution.added.iter().cloned());
+    let text: Option<String> = conn
+        .query_row(sql::TABLE_SQL, [name], |r| r.get(0))
+        .optional()?;
+    let ours = text.as_deref() == Some(sql::stored_table_sql(before).as_str());
+    let rewritten = ours && {
+        conn.execute_batch("SAVEPOINT synced_add_columns")?;
+        let result = rewrite_table_sql(conn, name, &sql::stored_table_sql(&widened), &widened);
+        if matches!(result, Ok(true)) {
+            conn.execute_batch("RELEASE synced_add_columns")?;
+            true
+        } else {
+            conn.execute_batch("ROLLBACK TO synced_add_columns; RELEASE synced_add_columns")?;
+            false
+        }
+    };
+    for column in &evolution.added {
+        let [table, clock] = sql::add_column(name, column);
+        if !rewritten {
+            conn.execute_batch(&table)?;
+        }
+        conn.execute_batch(&clock)?;
+    }
+    Ok(())
+}
+
+/// Gives table `name` the SQL text `text` and checks that SQLite then reads
+/// the columns of `expected`; `Ok(false)` if it does not.
+fn rewrite_table_sql(
+    conn: &Connection,
+    name: &str,
+    text: &str,
+    expected: &TableSchema,
+) -> Result<bool> {
+    let version: i64 = conn.query_row("PRAGMA schema_version", [], |r| r.get(0))?;
+    conn.execute_batch("PRAGMA writable_schema = ON")?;
+    let updated = conn.execute(sql::SET_TABLE_SQL, (name, text));
+    // A new schema version makes every connection read the schema again.
+    let bumped = conn.execute_batch(&format!("PRAGMA schema_version = {}", version + 1));
+    conn.execute_batch("PRAGMA writable_schema = RESET")?;
+    if updated? != 1 {
+        return Ok(false);
+    }
+    bumped?;
+    let mut stmt = conn.prepare(sql::TABLE_COLUMNS)?;
+    let columns = stmt
+        .query_map([name], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, bool>(2)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let expected: Vec<(String, String, bool)> = expected
+        .columns
+        .iter()
+        .map(|c| {
+            (
+                c.name.to_string(),
+                c.sql_type.as_sql().to_owned(),
+                !c.nullable,
+            )
+        })
+        .collect();
+    Ok(columns == expected)
+}
+
 fn type_name(column: &ColumnSchema) -> String {
     if column.nullable {
         format!("{} (nullable)", column.sql_type)
@@ -240,8 +326,8 @@ pub(crate) fn apply(conn: &Connection, before: &TableSchema, evolution: &Evoluti
     for (from, to) in &evolution.renamed {
         conn.execute_batch(&sql::rename_column(name, from, to))?;
     }
-    for column in &evolution.added {
-        conn.execute_batch(&sql::add_column(name, column))?;
+    if !evolution.added.is_empty() {
+        add_columns(conn, before, evolution)?;
     }
     let descriptor = serde_json::to_string(&evolution.stored).map_err(|e| {
         Error::InvalidSchema(crate::schema::SchemaError {

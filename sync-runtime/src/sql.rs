@@ -407,6 +407,12 @@ statements! {
     /// Forgets what peers' payloads carried that this database lacked.
     FORGET_SKIPPED = "DELETE FROM _synced_skipped";
 
+    /// The SQL text of a table of the main schema.
+    TABLE_SQL = "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?1";
+
+    /// Replaces the SQL text of a table (with `writable_schema` on).
+    SET_TABLE_SQL = "UPDATE sqlite_schema SET sql = ?2 WHERE type = 'table' AND name = ?1";
+
     /// Stores a synced table's new descriptor.
     STORE_DESCRIPTOR = "UPDATE _synced_tables SET descriptor = ?2 WHERE name = ?1";
 
@@ -843,6 +849,15 @@ fn clock_columns(schema: &TableSchema) -> Vec<String> {
     cols
 }
 
+/// The text SQLite keeps in `sqlite_schema` for the app table `register`
+/// creates from `schema` (without `IF NOT EXISTS` and the final `;`).
+pub(crate) fn stored_table_sql(schema: &TableSchema) -> String {
+    create_table(schema)
+        .replacen("CREATE TABLE IF NOT EXISTS ", "CREATE TABLE ", 1)
+        .trim_end_matches(';')
+        .to_owned()
+}
+
 /// Renames a column of an app table (SQLite also renames it in the indexes,
 /// views and triggers that name it).
 pub(crate) fn rename_column(table: &str, from: &str, to: &str) -> String {
@@ -854,31 +869,33 @@ pub(crate) fn rename_column(table: &str, from: &str, to: &str) -> String {
     )
 }
 
-/// Adds a value column to an app table and its clock columns, at 0 ("never
-/// written") in every existing clock row: no row is rewritten.
-pub(crate) fn add_column(table: &str, column: &ColumnSchema) -> String {
-    let mut sql = format!(
+/// Adds a value column: to its app table, and its clock columns, at 0 ("never
+/// written") in every existing clock row, to the clock table. No row is
+/// rewritten.
+pub(crate) fn add_column(table: &str, column: &ColumnSchema) -> [String; 2] {
+    let mut app = format!(
         "ALTER TABLE {} ADD COLUMN {} {}",
         ident(table),
         ident(&column.name),
         column.sql_type.as_sql()
     );
     if !column.nullable {
-        sql.push_str(" NOT NULL");
+        app.push_str(" NOT NULL");
     }
     if let Ok(Some(default)) = column.default_value() {
-        let _ = write!(sql, " DEFAULT {}", value_literal(&default));
+        let _ = write!(app, " DEFAULT {}", value_literal(&default));
     }
-    sql.push(';');
+    app.push(';');
     let clock = ident(&clock_table(table));
-    for part in ["v", "dv"] {
-        let _ = write!(
-            sql,
-            "\nALTER TABLE {clock} ADD COLUMN {} INTEGER DEFAULT 0;",
-            meta_col(column.id(), part)
-        );
-    }
-    sql
+    let clock = ["v", "dv"]
+        .map(|part| {
+            format!(
+                "ALTER TABLE {clock} ADD COLUMN {} INTEGER DEFAULT 0;",
+                meta_col(column.id(), part)
+            )
+        })
+        .join("\n");
+    [app, clock]
 }
 
 fn create_clock(schema: &TableSchema) -> String {

@@ -439,3 +439,114 @@ async fn what_a_payload_carries_for_tables_and_columns_here_unknown_is_skipped()
     assert_eq!(report.applied, 0);
     assert_eq!(report.skipped, 2, "the tag's row and its label: {report:?}");
 }
+
+fn integrity(path: &Path) -> String {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap()
+}
+
+fn table_sql(path: &Path, table: &str) -> String {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.query_row(
+        "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+        [table],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn columns_added_to_a_composite_key_table_go_before_its_key_clause() {
+    mod before {
+        use super::*;
+        #[derive(Synced, Debug, Clone, PartialEq)]
+        #[synced(table = "cells")]
+        pub(crate) struct Cell {
+            #[synced(primary_key)]
+            pub(crate) sheet: String,
+            #[synced(primary_key)]
+            pub(crate) pos: i64,
+            pub(crate) text: String,
+        }
+    }
+    mod after {
+        use super::*;
+        #[derive(Synced, Debug, Clone, PartialEq)]
+        #[synced(table = "cells")]
+        pub(crate) struct Cell {
+            #[synced(primary_key)]
+            pub(crate) sheet: String,
+            #[synced(primary_key)]
+            pub(crate) pos: i64,
+            pub(crate) text: String,
+            #[synced(default = "black")]
+            pub(crate) color: String,
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = file(&dir, "app.db");
+    let db = open(&path).await;
+    db.register::<before::Cell>().await.unwrap();
+    db.insert(&before::Cell {
+        sheet: "a".into(),
+        pos: 1,
+        text: "x".into(),
+    })
+    .await
+    .unwrap();
+    db.register::<after::Cell>().await.unwrap();
+    let cell = db
+        .get::<after::Cell>(&("a".to_owned(), 1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(cell.color, "black");
+    db.insert(&after::Cell {
+        sheet: "a".into(),
+        pos: 2,
+        text: "y".into(),
+        color: "red".into(),
+    })
+    .await
+    .unwrap();
+    drop(db);
+    // The runtime wrote the table's new text itself (SQLite's ADD COLUMN would
+    // have appended the column after the key clause's text).
+    let text = table_sql(&path, "cells");
+    assert!(
+        text.contains("\"color\" TEXT NOT NULL DEFAULT 'black',\n  PRIMARY KEY"),
+        "{text}"
+    );
+    assert_eq!(integrity(&path), "ok");
+}
+
+#[tokio::test]
+async fn a_table_the_app_created_keeps_its_own_constraints_when_it_gains_a_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = file(&dir, "app.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE todos (id TEXT NOT NULL PRIMARY KEY, title TEXT NOT NULL DEFAULT '' \
+             CHECK (length(title) < 100), done INTEGER NOT NULL DEFAULT 0, notes TEXT) STRICT;
+             INSERT INTO todos VALUES ('00000000-0000-7000-8000-000000000001', 'milk', 0, NULL);",
+        )
+        .unwrap();
+    }
+    let db = open(&path).await;
+    db.register::<v1::Todo>().await.unwrap();
+    db.register::<v2::Todo>().await.unwrap();
+    let rows = db.query::<v2::Todo>("", params![]).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!((rows[0].priority, rows[0].due), (2, None));
+    // Its CHECK constraint is still there.
+    let long = v2::Todo {
+        title: "x".repeat(200),
+        ..rows[0].clone()
+    };
+    assert!(db.update(&long).await.is_err());
+    drop(db);
+    assert!(table_sql(&path, "todos").contains("CHECK"));
+    assert_eq!(integrity(&path), "ok");
+}
