@@ -332,6 +332,46 @@ impl SyncDb {
         .await
     }
 
+    /// Applies the app's own schema migrations that this file has not
+    /// recorded yet, in order, in one write transaction; returns how many it
+    /// applied. They are for what is not synced: indexes (on synced tables
+    /// too), views, local tables. Synced tables change through their structs
+    /// (see [`register`](Self::register)).
+    ///
+    /// `migrations` is the app's whole history, oldest first: each script is
+    /// applied once, statement by statement as raw SQL (writes to synced tables
+    /// are tracked), and recorded with its text in the file (not in `PRAGMA
+    /// user_version`, which stays the app's). [`Error::Migration`] names the
+    /// migration that cannot be applied, and nothing is: an applied script
+    /// whose text changed, a file that a newer app version migrated further, a
+    /// statement that fails, or a migration that changes a synced table's
+    /// columns.
+    ///
+    /// ```
+    /// # use sync_runtime::{SyncDb, Synced, SyncId};
+    /// # #[derive(Synced)]
+    /// # #[synced(table = "todos")]
+    /// # struct Todo { #[synced(primary_key)] id: SyncId, title: String, done: bool }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> sync_runtime::Result<()> {
+    /// let db = SyncDb::open_in_memory().await?;
+    /// db.register::<Todo>().await?;
+    /// const MIGRATIONS: &[&str] = &[
+    ///     "CREATE INDEX todos_by_title ON todos (title)",
+    ///     "CREATE TABLE drafts (id INTEGER PRIMARY KEY, text TEXT);
+    ///      CREATE VIEW open_todos AS SELECT * FROM todos WHERE NOT done",
+    /// ];
+    /// assert_eq!(db.migrate(MIGRATIONS).await?, 2);
+    /// assert_eq!(db.migrate(MIGRATIONS).await?, 0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn migrate(&self, migrations: &[&str]) -> Result<usize> {
+        let scripts: Vec<String> = migrations.iter().map(|s| (*s).to_owned()).collect();
+        self.call(move |w| write(w, |tx| crate::migrate::run(tx, &scripts)))
+            .await
+    }
+
     /// Runs one raw SQL statement in its own transaction; returns the number of
     /// changed rows. Writes to synced tables are tracked exactly like typed writes.
     pub async fn execute_raw(&self, sql: &str, params: impl Into<Vec<Value>>) -> Result<usize> {

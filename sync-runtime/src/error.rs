@@ -97,6 +97,16 @@ pub enum Error {
         remedy: String,
     },
 
+    /// One of the app's migrations (see [`SyncDb::migrate`](crate::SyncDb::migrate))
+    /// could not be applied: none of them was.
+    #[error("migration {index}: {reason}")]
+    Migration {
+        /// Its position in the app's list, from 0.
+        index: usize,
+        /// Why.
+        reason: String,
+    },
+
     /// A typed operation on a struct whose table was not registered with this database.
     #[error("table `{table}` is not registered; call `db.register::<T>()` first")]
     NotRegistered {

@@ -71,6 +71,7 @@ mod guard;
 mod id;
 mod identity;
 mod merge;
+mod migrate;
 mod model;
 mod open;
 pub mod protocol;

@@ -141,6 +141,10 @@ statements! {
     CREATE TABLE IF NOT EXISTS _synced_skipped (
       site INTEGER PRIMARY KEY,
       since INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE IF NOT EXISTS _synced_migrations (
+      n INTEGER PRIMARY KEY,
+      script TEXT NOT NULL
     ) STRICT;";
 
     /// The file format's version (see [`crate::format`]): one row.
@@ -412,6 +416,12 @@ statements! {
 
     /// Replaces the SQL text of a table (with `writable_schema` on).
     SET_TABLE_SQL = "UPDATE sqlite_schema SET sql = ?2 WHERE type = 'table' AND name = ?1";
+
+    /// The text of every applied migration, in order.
+    APPLIED_MIGRATIONS = "SELECT script FROM _synced_migrations ORDER BY n";
+
+    /// Records an applied migration.
+    RECORD_MIGRATION = "INSERT INTO _synced_migrations (n, script) VALUES (?1, ?2)";
 
     /// Stores a synced table's new descriptor.
     STORE_DESCRIPTOR = "UPDATE _synced_tables SET descriptor = ?2 WHERE name = ?1";
@@ -1377,6 +1387,8 @@ mod tests {
     fn every_fixed_statement_prepares() {
         let conn = conn_with(&todos());
         conn.execute_batch(CREATE_FORMAT).unwrap();
+        // `SET_TABLE_SQL` runs with it on (see `crate::evolve`).
+        conn.execute_batch("PRAGMA writable_schema = ON").unwrap();
         assert!(STATEMENTS.len() > 60, "{}", STATEMENTS.len());
         // Upgrades of older formats run against the state table those had.
         let upgrades = ["ADD_VACUUMS"];

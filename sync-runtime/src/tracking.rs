@@ -128,7 +128,7 @@ fn backfill(conn: &Connection, sql: &TableSql) -> Result<()> {
 }
 
 /// Checks that an existing table has exactly the shape the descriptor creates.
-fn check_shape(conn: &Connection, schema: &TableSchema) -> Result<()> {
+pub(crate) fn check_shape(conn: &Connection, schema: &TableSchema) -> Result<()> {
     let name = schema.name.as_ref();
     let mismatch = |details: String| {
         Err(Error::SchemaMismatch {

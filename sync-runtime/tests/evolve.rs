@@ -550,3 +550,83 @@ async fn a_table_the_app_created_keeps_its_own_constraints_when_it_gains_a_colum
     assert!(table_sql(&path, "todos").contains("CHECK"));
     assert_eq!(integrity(&path), "ok");
 }
+
+fn objects(path: &Path) -> Vec<String> {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.prepare("SELECT name FROM sqlite_schema WHERE name NOT LIKE '%synced%' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_apps_migrations_apply_once_in_order_and_all_or_nothing() {
+    const V1: &[&str] = &["CREATE INDEX todos_by_title ON todos (title)"];
+    const V2: &[&str] = &[
+        "CREATE INDEX todos_by_title ON todos (title)",
+        "CREATE TABLE drafts (id INTEGER PRIMARY KEY, text TEXT);
+         CREATE VIEW open_todos AS SELECT id, title FROM todos WHERE NOT done;
+         UPDATE todos SET title = title || '!'",
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let path = file(&dir, "app.db");
+    let db = open(&path).await;
+    db.register::<v1::Todo>().await.unwrap();
+    let milk = v1_todo("milk");
+    db.insert(&milk).await.unwrap();
+    assert_eq!(db.migrate(V1).await.unwrap(), 1);
+    assert_eq!(db.migrate(V1).await.unwrap(), 0);
+    let version = db.db_version().await.unwrap();
+    assert_eq!(db.migrate(V2).await.unwrap(), 1);
+    // A migration's writes to a synced table are tracked.
+    assert_eq!(db.changes_since(version).await.unwrap().len(), 1);
+    assert_eq!(
+        db.get::<v1::Todo>(&milk.id).await.unwrap().unwrap().title,
+        "milk!"
+    );
+    let all = ["drafts", "open_todos", "todos", "todos_by_title"];
+    drop(db);
+    assert_eq!(objects(&path), all);
+    let db = open(&path).await;
+
+    // An older app on a file a newer one migrated, or an edited migration:
+    // refused before anything runs.
+    let err = db.migrate(V1).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Migration { index: 1, ref reason } if reason.contains("newer")),
+        "{err}"
+    );
+    let edited = ["CREATE INDEX todos_by_title ON todos (title, done)", V2[1]];
+    let err = db.migrate(&edited).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Migration { index: 0, ref reason } if reason.contains("differs")),
+        "{err}"
+    );
+
+    // A migration that fails half way, one that changes a synced table's
+    // columns, one that ends the transaction: nothing applied.
+    for (bad, expected) in [
+        (
+            "CREATE INDEX drafts_by_text ON drafts (text); SELECT * FROM nowhere",
+            "nowhere",
+        ),
+        (
+            "ALTER TABLE todos ADD COLUMN extra TEXT",
+            "synced table `todos`",
+        ),
+        ("CREATE TABLE x (a); COMMIT", ""),
+    ] {
+        let before = snapshot(&path);
+        let list = [V2[0], V2[1], bad];
+        let err = db.migrate(&list).await.unwrap_err();
+        assert!(
+            matches!(err, Error::Migration { index: 2, ref reason } if reason.contains(expected)),
+            "{bad}: {err}"
+        );
+        assert_eq!(snapshot(&path), before, "{bad}");
+    }
+    db.register::<v1::Todo>().await.unwrap();
+    db.insert(&v1_todo("still works")).await.unwrap();
+}
