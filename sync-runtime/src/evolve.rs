@@ -323,11 +323,13 @@ fn type_name(column: &ColumnSchema) -> String {
 pub(crate) fn apply(conn: &Connection, before: &TableSchema, evolution: &Evolution) -> Result<()> {
     let name = before.name.as_ref();
     conn.execute_batch(&TableSql::new(before).drop_triggers)?;
-    for (from, to) in &evolution.renamed {
-        conn.execute_batch(&sql::rename_column(name, from, to))?;
-    }
+    // Columns first: the table's text is then still the one `before` describes
+    // (see `add_columns`).
     if !evolution.added.is_empty() {
         add_columns(conn, before, evolution)?;
+    }
+    for (from, to) in &evolution.renamed {
+        conn.execute_batch(&sql::rename_column(name, from, to))?;
     }
     let descriptor = serde_json::to_string(&evolution.stored).map_err(|e| {
         Error::InvalidSchema(crate::schema::SchemaError {
@@ -337,11 +339,17 @@ pub(crate) fn apply(conn: &Connection, before: &TableSchema, evolution: &Evoluti
     })?;
     conn.execute(sql::STORE_DESCRIPTOR, (name, descriptor))?;
     if !evolution.added.is_empty() {
-        // Payloads from peers may have carried values of the new columns, left
-        // out here while the table lacked them: ask those peers again.
-        conn.execute(sql::ASK_AGAIN_FOR_SKIPPED, [])?;
-        conn.execute(sql::FORGET_SKIPPED, [])?;
+        ask_again_for_skipped(conn)?;
     }
+    Ok(())
+}
+
+/// Payloads from peers may have carried tables or columns this database did
+/// not have, which it left out: once it has more, it asks those peers again
+/// from where the first such payload started.
+pub(crate) fn ask_again_for_skipped(conn: &Connection) -> Result<()> {
+    conn.execute(sql::ASK_AGAIN_FOR_SKIPPED, [])?;
+    conn.execute(sql::FORGET_SKIPPED, [])?;
     Ok(())
 }
 

@@ -660,9 +660,9 @@ struct Fitted<'p> {
 fn resolve<'p>(conn: &Connection, payload: &'p Payload, skip_unknown: bool) -> Result<Fitted<'p>> {
     let local = tracking::synced_tables(conn, false)?;
     let mut targets = Vec::with_capacity(payload.tables.len());
-    // Per payload table, its index among the targets; per payload column, its
-    // local value-column index.
-    let mut tables: Vec<Option<(u32, Vec<Option<usize>>)>> = Vec::with_capacity(targets.len());
+    // Per payload table, its index among the targets and, per payload column,
+    // its position among the columns kept (`None`: left out).
+    let mut tables: Vec<Option<(u32, Vec<Option<u32>>)>> = Vec::with_capacity(payload.tables.len());
     let mut partial = false;
     for entry in &payload.tables {
         let Some(schema) = local
@@ -709,7 +709,17 @@ fn resolve<'p>(conn: &Connection, payload: &'p Payload, skip_unknown: bool) -> R
             }
             columns.push(local);
         }
-        tables.push(Some((targets.len() as u32, columns.clone())));
+        let mut kept = 0;
+        let positions = columns
+            .iter()
+            .map(|local| {
+                local.map(|_| {
+                    kept += 1;
+                    kept - 1
+                })
+            })
+            .collect();
+        tables.push(Some((targets.len() as u32, positions)));
         let sql = TableSql::new(schema);
         let defaults = schema
             .value_columns()
@@ -763,22 +773,16 @@ fn resolve<'p>(conn: &Connection, payload: &'p Payload, skip_unknown: bool) -> R
         };
         for change in &row.columns {
             // A column index beyond the table's list is the decoder's to refuse.
-            let Some(local) = columns.get(change.column as usize) else {
+            let Some(position) = columns.get(change.column as usize) else {
                 return Err(Error::Payload(wire::WireError::Malformed(
                     "a column index is beyond its table's columns",
                 )));
             };
-            match local {
-                Some(_) => {
-                    let position = columns[..change.column as usize]
-                        .iter()
-                        .filter(|c| c.is_some())
-                        .count();
-                    kept.columns.push(ColumnChange {
-                        column: position as u32,
-                        ..change.clone()
-                    });
-                }
+            match position {
+                Some(column) => kept.columns.push(ColumnChange {
+                    column: *column,
+                    ..change.clone()
+                }),
                 None => skipped += 1,
             }
         }

@@ -630,3 +630,27 @@ async fn the_apps_migrations_apply_once_in_order_and_all_or_nothing() {
     db.register::<v1::Todo>().await.unwrap();
     db.insert(&v1_todo("still works")).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_table_registered_later_gets_the_rows_a_peer_sent_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (
+        open(&file(&dir, "old.db")).await,
+        open(&file(&dir, "new.db")).await,
+    );
+    old.register::<v1::Todo>().await.unwrap();
+    new.register::<v1::Todo>().await.unwrap();
+    new.register::<Tag>().await.unwrap();
+    let tag = Tag {
+        id: SyncId::new(),
+        label: "shopping".into(),
+    };
+    new.insert(&tag).await.unwrap();
+    new.insert(&v1_todo("milk")).await.unwrap();
+    send(&new, &old).await;
+    assert_eq!(old.query::<v1::Todo>("", params![]).await.unwrap().len(), 1);
+    // Only a new table, no new column: the skipped rows are asked for again.
+    old.register::<Tag>().await.unwrap();
+    send(&new, &old).await;
+    assert_eq!(old.query::<Tag>("", params![]).await.unwrap(), [tag]);
+}

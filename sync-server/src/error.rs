@@ -121,7 +121,9 @@ impl Error {
             Error::TooManyWaitingPulls { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::DatabaseUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::Runtime(e) => match e {
-                R::SchemaMismatch { .. } | R::SiteReused { .. } => StatusCode::CONFLICT,
+                R::SchemaMismatch { .. } | R::IncompatibleChange { .. } | R::SiteReused { .. } => {
+                    StatusCode::CONFLICT
+                }
                 R::Payload(sync_runtime::wire::WireError::TooLarge { .. }) => {
                     StatusCode::PAYLOAD_TOO_LARGE
                 }

@@ -456,3 +456,52 @@ async fn a_server_that_holds_no_pulls_is_polled_at_a_pace() {
     let pulls = server.state.pulls_received();
     assert!((2..=20).contains(&pulls), "{pulls} pulls in 2 s");
 }
+
+/// Publishing a table the server has: a compatible change evolves it (here a
+/// new nullable column), an incompatible one gets 409 naming the change, and
+/// changes nothing.
+#[tokio::test]
+async fn a_published_change_to_a_table_is_applied_if_compatible_and_409_otherwise() {
+    use sync_runtime::{ColumnSchema, SqlType, Synced, TableSchema};
+    let server = TestServer::with_todo_db().await;
+    let publish = |tables: Vec<TableSchema>| {
+        server
+            .as_admin(server.http.put(server.url(&format!("/v1/db/{DB}/schema"))))
+            .body(serde_json::to_vec(&tables).unwrap())
+            .send()
+    };
+    let get = || async {
+        let body = server
+            .as_admin(server.http.get(server.url(&format!("/v1/db/{DB}/schema"))))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        serde_json::from_slice::<Vec<TableSchema>>(&body).unwrap()
+    };
+    let before = get().await;
+    let mut retyped = Todo::SCHEMA.clone();
+    retyped.columns.to_mut()[2] = ColumnSchema::new("done", SqlType::Text).default_sql("''");
+    let error = error_body(publish(vec![retyped]).await.unwrap(), StatusCode::CONFLICT).await;
+    assert!(
+        error
+            .message
+            .contains("column `done` changes from INTEGER NOT NULL to TEXT NOT NULL"),
+        "{}",
+        error.message
+    );
+    assert_eq!(get().await, before);
+
+    let mut widened = Todo::SCHEMA.clone();
+    widened
+        .columns
+        .to_mut()
+        .push(ColumnSchema::new("due", SqlType::Integer).nullable(true));
+    assert_eq!(
+        publish(vec![widened.clone()]).await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(get().await, vec![widened]);
+}
