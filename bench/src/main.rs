@@ -109,6 +109,10 @@ fn main() -> Result<(), BoxError> {
         .build()?;
     report.insert("server".into(), threaded.block_on(server::run(&plan))?);
     report.insert(
+        "versions".into(),
+        threaded.block_on(evolve::side_by_side(plan.rows))?,
+    );
+    report.insert(
         "evolve".into(),
         runtime.block_on(evolve::run(args.evolve_rows))?,
     );

@@ -454,6 +454,12 @@ impl RemoteState {
                 Error::DatabaseUnavailable { message }
             }
             409 if code.as_deref() == Some(ErrorBody::SITE_REUSED) => Error::SiteReused { message },
+            409 if code.as_deref() == Some(ErrorBody::SCHEMA_NOT_PUBLISHED) => {
+                Error::SchemaNotPublished { message }
+            }
+            409 if code.as_deref() == Some(ErrorBody::SCHEMA_TOO_OLD) => {
+                Error::SchemaTooOld { message }
+            }
             401 => Error::Unauthorized { message },
             403 => Error::Forbidden { message },
             409 => Error::ServerSchemaMismatch { message },

@@ -304,6 +304,26 @@ pub enum Error {
         message: String,
     },
 
+    /// The server was never told of this app version: a table of it is as no
+    /// published version has it (409, code
+    /// [`schema_not_published`](crate::protocol::ErrorBody::SCHEMA_NOT_PUBLISHED)).
+    /// The unsent changes stay here until an admin publishes the version's
+    /// schema (see the book's chapter "Evolving your schema").
+    #[error("the sync server does not serve this app version yet: {message}")]
+    SchemaNotPublished {
+        /// The server's message.
+        message: String,
+    },
+
+    /// This app version is older than the oldest the server still supports
+    /// (409, code [`schema_too_old`](crate::protocol::ErrorBody::SCHEMA_TOO_OLD)).
+    /// The unsent changes stay here until the app is updated.
+    #[error("the sync server no longer serves this app version: {message}")]
+    SchemaTooOld {
+        /// The server's message.
+        message: String,
+    },
+
     /// The server has this database but cannot serve it: its file there is
     /// damaged (503 with code `database_unavailable`). Not transient: it lasts
     /// until an operator restores the file from a backup and restarts the server.

@@ -39,6 +39,9 @@ pub(crate) struct Evolution {
     pub(crate) renamed: Vec<(String, String)>,
     /// Columns added at the end of the table, in order.
     pub(crate) added: Vec<ColumnSchema>,
+    /// Whether the app now has columns it did not have before (added, or
+    /// retired and back): what other replicas sent it before lacked them.
+    pub(crate) widens: bool,
 }
 
 impl Evolution {
@@ -91,6 +94,7 @@ pub(crate) fn plan(stored: &TableSchema, wanted: &TableSchema) -> Result<Evoluti
     let mut renamed = Vec::new();
     let mut matched = vec![false; columns.len()];
     let mut added = Vec::new();
+    let mut widens = false;
     for new in wanted.columns.iter() {
         let same = columns
             .iter()
@@ -181,7 +185,9 @@ pub(crate) fn plan(stored: &TableSchema, wanted: &TableSchema) -> Result<Evoluti
                     column.name = new.name.clone();
                 }
                 column.renamed_from = new.renamed_from.clone();
-                column.retired = false;
+                // A published descriptor may list the columns its app retired.
+                widens |= column.retired && !new.retired;
+                column.retired = new.retired;
                 matched[i] = true;
                 columns[i] = column;
             }
@@ -200,8 +206,8 @@ pub(crate) fn plan(stored: &TableSchema, wanted: &TableSchema) -> Result<Evoluti
                          make the field an Option or give it #[synced(default = ...)]",
                     );
                 }
-                let mut column = new.clone();
-                column.retired = false;
+                let column = new.clone();
+                widens |= !column.retired;
                 added.push(column.clone());
                 columns.push(column);
                 matched.push(true);
@@ -220,6 +226,7 @@ pub(crate) fn plan(stored: &TableSchema, wanted: &TableSchema) -> Result<Evoluti
         stored: next,
         renamed,
         added,
+        widens,
     })
 }
 
@@ -338,18 +345,21 @@ pub(crate) fn apply(conn: &Connection, before: &TableSchema, evolution: &Evoluti
         })
     })?;
     conn.execute(sql::STORE_DESCRIPTOR, (name, descriptor))?;
-    if !evolution.added.is_empty() {
-        ask_again_for_skipped(conn)?;
+    if evolution.widens {
+        ask_again(conn)?;
     }
     Ok(())
 }
 
-/// Payloads from peers may have carried tables or columns this database did
-/// not have, which it left out: once it has more, it asks those peers again
-/// from where the first such payload started.
-pub(crate) fn ask_again_for_skipped(conn: &Connection) -> Result<()> {
+/// What other replicas sent this database before it had a table or column it
+/// has now lacked it, so it asks them again: payloads from peers that carried
+/// tables or columns it left out are asked for again from where the first such
+/// payload started, and its servers (which send a device only the tables and
+/// columns its app has) from the beginning.
+pub(crate) fn ask_again(conn: &Connection) -> Result<()> {
     conn.execute(sql::ASK_AGAIN_FOR_SKIPPED, [])?;
     conn.execute(sql::FORGET_SKIPPED, [])?;
+    conn.execute(sql::RECEIVE_AGAIN, [])?;
     Ok(())
 }
 

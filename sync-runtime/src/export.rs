@@ -406,6 +406,8 @@ pub struct Batch {
     /// The exporting database's version when the batch was made: every change
     /// the batch carries was made at or before it.
     pub version: i64,
+    /// The tables the payload has changes of, in payload order.
+    pub tables: Vec<String>,
 }
 
 /// Builds and encodes the payload of the changes after `since` in `tables`.
@@ -756,6 +758,7 @@ pub(crate) fn finish(
         rows,
         changes,
         version: done.upto,
+        tables: payload.tables.into_iter().map(|t| t.name).collect(),
     })
 }
 

@@ -25,7 +25,7 @@ use crate::sql::{self, TableSql};
 use crate::tracking;
 
 /// The file format this release writes.
-pub(crate) const FORMAT: i64 = 3;
+pub(crate) const FORMAT: i64 = 4;
 
 /// The format of files that carry no version: those of release 0.1.0.
 const UNVERSIONED: i64 = 1;
@@ -51,6 +51,11 @@ const STEPS: &[Step] = &[
     // recorded (`_synced_skipped`).
     Step {
         to: 3,
+        sql: &[sql::CREATE_META],
+    },
+    // The app versions a server published (`_synced_published`).
+    Step {
+        to: 4,
         sql: &[sql::CREATE_META],
     },
 ];

@@ -85,6 +85,7 @@ mod sync;
 mod tracking;
 mod tx;
 pub mod value;
+mod versions;
 pub mod wire;
 mod worker;
 

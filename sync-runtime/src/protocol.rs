@@ -8,8 +8,9 @@
 //! | `GET /v1/db/{name}/schema` | | the tables, JSON |
 //! | `PUT /v1/db/{name}/schema` | the tables, JSON (admin key) | the tables, JSON |
 //!
-//! Push and pull carry the device's schema fingerprint ([`SCHEMA_HEADER`]) and
-//! its site id ([`SITE_HEADER`]); a user authenticates with
+//! Push and pull carry the view fingerprints of the device's tables
+//! ([`TABLES_HEADER`]; a device of release 0.1.0 sends its whole schema's
+//! fingerprint, [`SCHEMA_HEADER`], instead) and its site id ([`SITE_HEADER`]); a user authenticates with
 //! `Authorization: Bearer <JWT>`, a service with [`API_KEY_HEADER`]. Errors come
 //! as an [`ErrorBody`] with the status codes its [`code`](ErrorBody::code) lists.
 
@@ -20,6 +21,14 @@ use crate::value::Value;
 
 /// The header with the device's schema fingerprint ([`fingerprint_hex`]).
 pub const SCHEMA_HEADER: &str = "synced-schema";
+/// The header with the [view fingerprint](crate::TableSchema::view_fingerprint)
+/// of each of the device's tables ([`tables_header`]): the server serves the
+/// device the tables and columns of its app version (see
+/// [`Versions`](crate::server::Versions)). A device of release 0.1.0 sends
+/// [`SCHEMA_HEADER`] only.
+pub const TABLES_HEADER: &str = "synced-tables";
+/// The most tables a [`TABLES_HEADER`] may name.
+pub const MAX_HEADER_TABLES: usize = 1024;
 /// The header with the device's site id (32 hex digits).
 pub const SITE_HEADER: &str = "synced-site";
 /// The answer header of a push or a pull with the highest version the server
@@ -61,6 +70,72 @@ pub fn parse_fingerprint(text: &str) -> Option<u64> {
         return None;
     }
     u64::from_str_radix(text, 16).ok()
+}
+
+/// The [`TABLES_HEADER`] of a device with these tables: `name=fingerprint`
+/// per table, comma-separated, each name percent-encoded and each fingerprint
+/// 16 hex digits.
+///
+/// ```
+/// use sync_runtime::protocol::{parse_tables_header, tables_header};
+/// use sync_runtime::{Algorithm, ColumnSchema, SqlType, TableSchema};
+///
+/// let key = ColumnSchema::new("id", SqlType::Text).primary_key();
+/// let todos = TableSchema::new("todos", Algorithm::Cls, vec![key.clone()]);
+/// let notes = TableSchema::new("Notizen für mich", Algorithm::Cls, vec![key]);
+/// let header = tables_header(&[todos.clone(), notes.clone()]);
+/// assert!(header.starts_with("todos="));
+/// assert_eq!(
+///     parse_tables_header(&header),
+///     Ok(vec![
+///         ("todos".to_owned(), todos.view_fingerprint()),
+///         ("Notizen für mich".to_owned(), notes.view_fingerprint()),
+///     ])
+/// );
+/// assert!(parse_tables_header("todos=xyz").is_err());
+/// assert_eq!(parse_tables_header(""), Ok(vec![]));
+/// ```
+pub fn tables_header(tables: &[crate::TableSchema]) -> String {
+    use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+    let mut header = String::new();
+    for table in tables {
+        if !header.is_empty() {
+            header.push(',');
+        }
+        header.extend(utf8_percent_encode(&table.name, NON_ALPHANUMERIC));
+        header.push('=');
+        header.push_str(&fingerprint_hex(table.view_fingerprint()));
+    }
+    header
+}
+
+/// Reads a [`tables_header`]: each table's name and view fingerprint. At
+/// most [`MAX_HEADER_TABLES`] tables, each named once.
+pub fn parse_tables_header(text: &str) -> Result<Vec<(String, u64)>, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut tables: Vec<(String, u64)> = Vec::new();
+    for (i, entry) in text.split(',').enumerate() {
+        if i >= MAX_HEADER_TABLES {
+            return Err(format!("it names more than {MAX_HEADER_TABLES} tables"));
+        }
+        let (name, fingerprint) = entry
+            .trim()
+            .split_once('=')
+            .ok_or_else(|| format!("`{entry}` is not `name=fingerprint`"))?;
+        let name = percent_encoding::percent_decode_str(name)
+            .decode_utf8()
+            .map_err(|_| format!("the table name `{name}` is not UTF-8 once decoded"))?;
+        let fingerprint = parse_fingerprint(fingerprint)
+            .ok_or_else(|| format!("`{fingerprint}` is not a fingerprint (16 hex digits)"))?;
+        if name.is_empty() || tables.iter().any(|(t, _)| t.eq_ignore_ascii_case(&name)) {
+            return Err(format!("the table name `{name}` is empty or named twice"));
+        }
+        tables.push((name.into_owned(), fingerprint));
+    }
+    Ok(tables)
 }
 
 /// What the server answers to a push, once the changes are committed.
@@ -146,7 +221,9 @@ impl RejectedRow {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     /// What went wrong, for programs: `unauthorized` (401), `forbidden` (403),
-    /// `not_found` (404), `schema_mismatch` (409), `payload_too_large` (413),
+    /// `not_found` (404), `schema_mismatch` (409),
+    /// [`schema_not_published`](Self::SCHEMA_NOT_PUBLISHED) and
+    /// [`schema_too_old`](Self::SCHEMA_TOO_OLD) (409), `payload_too_large` (413),
     /// `too_many_requests` (429: too many pulls wait for changes already; pull
     /// again after the `Retry-After` header's seconds), `bad_request` (400: a
     /// malformed payload, cursor or header), `server_error` (500), `unavailable`
@@ -169,6 +246,17 @@ impl ErrorBody {
     /// is a copy of another's, or was restored from a backup. The device takes
     /// a new site id and sends again.
     pub const SITE_REUSED: &str = "site_reused";
+
+    /// The code of a device whose app version has a table as no published
+    /// version has it (409): the app is newer than what the server was told
+    /// of. The device keeps its changes; an admin publishes the version's
+    /// schema.
+    pub const SCHEMA_NOT_PUBLISHED: &str = "schema_not_published";
+
+    /// The code of a device whose app version is older than the oldest the
+    /// server still supports (409). The device keeps its changes until the
+    /// app is updated.
+    pub const SCHEMA_TOO_OLD: &str = "schema_too_old";
 }
 
 /// The body of a pull answer: one batch of changes and the cursor after it, with a

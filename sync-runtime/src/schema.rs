@@ -196,6 +196,61 @@ impl TableSchema {
         self.columns.iter().filter(|c| !c.primary_key)
     }
 
+    /// A fingerprint of the table as one app version reads and writes it, which
+    /// a device sends its server so that the server serves it that version's
+    /// columns (see the book's chapter "Evolving your schema"): the name and
+    /// algorithm, the key columns in order, and every column the app has (its
+    /// retired ones left out) by [`id`](ColumnSchema::id), type and
+    /// nullability. Names and defaults are left out: a rename or a changed
+    /// default is the same table to a server.
+    ///
+    /// ```
+    /// use sync_runtime::{Algorithm, ColumnSchema, SqlType, TableSchema};
+    ///
+    /// let key = ColumnSchema::new("id", SqlType::Text).primary_key();
+    /// let v1 = TableSchema::new("todos", Algorithm::Cls, vec![
+    ///     key.clone(),
+    ///     ColumnSchema::new("title", SqlType::Text).default_sql("''"),
+    /// ]);
+    /// let renamed = TableSchema::new("todos", Algorithm::Cls, vec![
+    ///     key.clone(),
+    ///     ColumnSchema::new("label", SqlType::Text).renamed_from("title").default_sql("'-'"),
+    /// ]);
+    /// let v2 = TableSchema::new("todos", Algorithm::Cls, vec![
+    ///     key,
+    ///     ColumnSchema::new("title", SqlType::Text).default_sql("''"),
+    ///     ColumnSchema::new("due", SqlType::Integer).nullable(true),
+    /// ]);
+    /// assert_eq!(v1.view_fingerprint(), renamed.view_fingerprint());
+    /// assert_ne!(v1.view_fingerprint(), v2.view_fingerprint());
+    /// ```
+    pub fn view_fingerprint(&self) -> u64 {
+        let mut hash = Fnv::new();
+        hash.feed(b"view");
+        hash.feed(self.name.to_ascii_lowercase().as_bytes());
+        hash.feed(self.algorithm.as_str().as_bytes());
+        for key in self.key_columns() {
+            hash.feed(key.id().to_ascii_lowercase().as_bytes());
+            hash.feed(key.sql_type.as_sql().as_bytes());
+        }
+        let mut values: Vec<&ColumnSchema> = self.value_columns().filter(|c| !c.retired).collect();
+        values.sort_by_cached_key(|c| c.id().to_ascii_lowercase());
+        for column in values {
+            hash.feed(column.id().to_ascii_lowercase().as_bytes());
+            hash.feed(column.sql_type.as_sql().as_bytes());
+            hash.feed(&[u8::from(column.nullable)]);
+        }
+        hash.0
+    }
+
+    /// Whether the app version that stored this descriptor has column `id`
+    /// (by [`id`](ColumnSchema::id), not retired).
+    pub(crate) fn has_column(&self, id: &str) -> bool {
+        self.columns
+            .iter()
+            .any(|c| !c.retired && c.id().eq_ignore_ascii_case(id))
+    }
+
     /// Checks the rules every synced table follows; the derive enforces the same
     /// rules at compile time, this catches hand-built descriptors.
     pub fn validate(&self) -> Result<(), SchemaError> {
@@ -249,6 +304,12 @@ impl TableSchema {
                 return err(format!(
                     "column `{}`: the name `{}` is listed twice among its names",
                     c.name, twice.1
+                ));
+            }
+            if c.primary_key && c.retired {
+                return err(format!(
+                    "key column `{}` cannot be retired: the key is how replicas find a row",
+                    c.name
                 ));
             }
             if c.primary_key && !c.renamed_from.is_empty() {
@@ -402,33 +463,44 @@ pub struct SchemaError {
 /// without earlier names or retired columns has the fingerprint release 0.1.0
 /// gave it.
 pub(crate) fn fingerprint<'a>(tables: impl Iterator<Item = &'a TableSchema>) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut feed = |bytes: &[u8]| {
-        for &b in bytes.iter().chain(&[0xff]) {
-            hash ^= u64::from(b);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-    };
+    let mut hash = Fnv::new();
     for table in tables {
-        feed(table.name.to_ascii_lowercase().as_bytes());
-        feed(table.algorithm.as_str().as_bytes());
+        hash.feed(table.name.to_ascii_lowercase().as_bytes());
+        hash.feed(table.algorithm.as_str().as_bytes());
         for c in table.columns.iter() {
-            feed(c.name.as_bytes());
-            feed(c.sql_type.as_sql().as_bytes());
-            feed(&[u8::from(c.nullable), u8::from(c.primary_key)]);
-            feed(c.default.as_deref().unwrap_or("").as_bytes());
+            hash.feed(c.name.as_bytes());
+            hash.feed(c.sql_type.as_sql().as_bytes());
+            hash.feed(&[u8::from(c.nullable), u8::from(c.primary_key)]);
+            hash.feed(c.default.as_deref().unwrap_or("").as_bytes());
             if !c.renamed_from.is_empty() {
-                feed(b"renamed_from");
+                hash.feed(b"renamed_from");
                 for name in c.renamed_from.iter() {
-                    feed(name.as_bytes());
+                    hash.feed(name.as_bytes());
                 }
             }
             if c.retired {
-                feed(b"retired");
+                hash.feed(b"retired");
             }
         }
     }
-    hash
+    hash.0
+}
+
+/// FNV-1a, 64 bits, over fields each followed by `0xff`: stable across
+/// releases and platforms, as fingerprints that travel must be.
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+
+    fn feed(&mut self, bytes: &[u8]) {
+        for &b in bytes.iter().chain(&[0xff]) {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
 }
 
 #[cfg(test)]

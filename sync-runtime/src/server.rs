@@ -21,11 +21,13 @@ use crate::schema::TableSchema;
 use crate::site;
 use crate::sql;
 use crate::tracking;
+use crate::tx::Registered;
 use crate::wire::Payload;
 use crate::worker::{Worker, read_final, write};
 
 pub use crate::filter::{RowFilter, RowFilters};
 pub use crate::merge::PushReport;
+pub use crate::versions::{Unserved, Versions, View};
 
 /// A database as a sync server or relay serves it: the operations only a
 /// server or relay needs, on the same database as its [`SyncDb`] (a clone of
@@ -49,12 +51,100 @@ pub use crate::merge::PushReport;
 #[derive(Clone, Debug)]
 pub struct Replica {
     db: SyncDb,
+    /// The tables and columns of the device served, if it does not know them all.
+    view: Option<Arc<View>>,
 }
 
 impl Replica {
     /// The server's view of `db`.
     pub fn new(db: SyncDb) -> Self {
-        Self { db }
+        Self { db, view: None }
+    }
+
+    /// This replica as it serves a device of an app version that has the
+    /// tables and columns of `view` only (see
+    /// [`Versions::resolve`]): its pulls ([`export_for_device`](Self::export_for_device),
+    /// [`export_filtered`](Self::export_filtered)) and the
+    /// [`restore`](PushReport::restore) of its pushes carry nothing else.
+    pub fn serving(&self, view: View) -> Self {
+        Self {
+            db: self.db.clone(),
+            view: Some(Arc::new(view)),
+        }
+    }
+
+    /// Publishes an app version: the descriptors of its tables (those it does
+    /// not list stay as they are). Each table is created, or evolved to the
+    /// descriptor (see the book's chapter "Evolving your schema"), in one
+    /// transaction: an incompatible change ([`Error::IncompatibleChange`]) or
+    /// an invalid descriptor leaves the database as it was. When any table
+    /// differs from the newest version's, the publication is a new version;
+    /// returns the newest version's number.
+    ///
+    /// ```
+    /// use sync_runtime::server::Replica;
+    /// use sync_runtime::{Algorithm, ColumnSchema, SqlType, SyncDb, TableSchema};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> sync_runtime::Result<()> {
+    /// let server = Replica::new(SyncDb::open_in_memory().await?);
+    /// let key = ColumnSchema::new("id", SqlType::Text).primary_key();
+    /// let v1 = TableSchema::new("todos", Algorithm::Cls, vec![key.clone()]);
+    /// let due = ColumnSchema::new("due", SqlType::Integer).nullable(true);
+    /// let v2 = TableSchema::new("todos", Algorithm::Cls, vec![key, due]);
+    /// assert_eq!(server.publish(vec![v1.clone()]).await?, 1);
+    /// assert_eq!(server.publish(vec![v1.clone()]).await?, 1);
+    /// assert_eq!(server.publish(vec![v2.clone()]).await?, 2);
+    ///
+    /// // Devices of both versions are served, each with its own columns.
+    /// let versions = server.versions().await?;
+    /// let v1_device = [("todos".to_owned(), v1.view_fingerprint())];
+    /// assert_eq!(versions.resolve(&v1_device, 1).unwrap().tables(), [v1]);
+    /// assert!(versions.resolve(&v1_device, 2).is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn publish(&self, schemas: Vec<TableSchema>) -> Result<i64> {
+        let tables: Vec<_> = schemas
+            .into_iter()
+            .map(|schema| Registered::new(schema, None, &[]))
+            .collect();
+        self.db
+            .call(move |w| {
+                let version = write(w, |tx| crate::versions::publish(tx.conn(), &tables))?;
+                for table in tables {
+                    w.registry.insert(table.schema.name.to_string(), table);
+                }
+                Ok(version)
+            })
+            .await
+    }
+
+    /// The app versions published on this database, which devices are matched
+    /// against (see [`Versions::resolve`]).
+    pub async fn versions(&self) -> Result<Versions> {
+        self.db.call(move |w| crate::versions::load(&w.conn)).await
+    }
+
+    /// `tables` (this replica's stored descriptors) as the device served reads them.
+    fn narrow(&self, tables: Vec<TableSchema>) -> Vec<TableSchema> {
+        match &self.view {
+            Some(view) => view.narrow(&tables),
+            None => tables,
+        }
+    }
+
+    /// A batch for the device served, whose app version may check the
+    /// payload's schema fingerprint (release 0.1.0).
+    fn for_device(&self, mut batch: Batch) -> Batch {
+        if let Some(fingerprint) = self
+            .view
+            .as_deref()
+            .and_then(|view| view.payload_fingerprint(&batch.tables))
+        {
+            crate::wire::set_schema_fingerprint(&mut batch.payload, fingerprint);
+        }
+        batch
     }
 
     /// The database, for what apps and servers both do with it.
@@ -120,11 +210,12 @@ impl Replica {
     /// same way (see [`export_for_device`](Self::export_for_device)) and every
     /// file using it takes a new one.
     pub async fn apply_push(&self, payload: Payload, device: SiteId) -> Result<PushReport> {
+        let view = self.view.clone();
         self.db
             .call(move |w| {
                 let pushed = write(w, |tx| {
                     tx.set_versions();
-                    push(tx.conn(), &payload, device, None)
+                    push(tx.conn(), &payload, device, None, view.as_deref())
                 });
                 remember_reused(w, device, pushed)
             })
@@ -145,6 +236,7 @@ impl Replica {
         may_write: RowFilters,
         may_read: RowFilters,
     ) -> Result<PushReport> {
+        let view = self.view.clone();
         self.db
             .call(move |w| {
                 let pushed = write(w, |tx| {
@@ -153,7 +245,7 @@ impl Replica {
                         write: &may_write,
                         read: &may_read,
                     };
-                    push(tx.conn(), &payload, device, Some(access))
+                    push(tx.conn(), &payload, device, Some(access), view.as_deref())
                 });
                 remember_reused(w, device, pushed)
             })
@@ -180,13 +272,15 @@ impl Replica {
         limits: BatchLimits,
         filter: RowFilters,
     ) -> Result<Batch> {
+        let this = self.clone();
         self.db
             .call(move |w| {
-                write(w, |tx| {
+                let batch = write(w, |tx| {
                     tx.set_versions();
-                    let tables = tracking::synced_tables(tx.conn(), true)?;
+                    let tables = this.narrow(tracking::synced_tables(tx.conn(), true)?);
                     export::export_filtered(tx.conn(), &tables, &from, reader, limits, &filter)
-                })
+                })?;
+                Ok(this.for_device(batch))
             })
             .await
     }
@@ -207,6 +301,7 @@ impl Replica {
         limits: BatchLimits,
         filter: Option<RowFilters>,
     ) -> Result<(Batch, i64)> {
+        let this = self.clone();
         self.db
             .call(move |w| {
                 if let Some(message) = site::reused_site(&w.conn, device, None)? {
@@ -215,15 +310,16 @@ impl Replica {
                 let seen = site::seen_version(&w.conn, device)?;
                 let batch = match &filter {
                     None => read_final(w, |conn, tables| {
-                        export::export_batch(conn, tables, &from, Scope::Except(device), limits)
+                        let tables = this.narrow(tables.to_vec());
+                        export::export_batch(conn, &tables, &from, Scope::Except(device), limits)
                     })?,
                     Some(filter) => write(w, |tx| {
                         tx.set_versions();
-                        let tables = tracking::synced_tables(tx.conn(), true)?;
+                        let tables = this.narrow(tracking::synced_tables(tx.conn(), true)?);
                         export::export_filtered(tx.conn(), &tables, &from, device, limits, filter)
                     })?,
                 };
-                Ok((batch, seen))
+                Ok((this.for_device(batch), seen))
             })
             .await
     }
@@ -321,6 +417,7 @@ fn push(
     payload: &Payload,
     device: SiteId,
     access: Option<merge::Access<'_>>,
+    view: Option<&View>,
 ) -> Result<PushReport> {
     let report = merge::apply_push(conn, payload, device, access)?;
     let restore = if report.rejected.is_empty() {
@@ -331,7 +428,10 @@ fn push(
             .iter()
             .map(|r| (r.table.as_str(), &r.pk[..]));
         let reader = access.map(|access| (device, access.read));
-        let tables = tracking::synced_tables(conn, false)?;
+        let mut tables = tracking::synced_tables(conn, false)?;
+        if let Some(view) = view {
+            tables = view.narrow(&tables);
+        }
         export::export_restore(conn, &tables, rows, reader)?
     };
     let seen = site::seen_version(conn, device)?;

@@ -145,6 +145,12 @@ statements! {
     CREATE TABLE IF NOT EXISTS _synced_migrations (
       n INTEGER PRIMARY KEY,
       script TEXT NOT NULL
+    ) STRICT;
+    CREATE TABLE IF NOT EXISTS _synced_published (
+      version INTEGER NOT NULL,
+      tbl TEXT NOT NULL,
+      descriptor TEXT NOT NULL,
+      PRIMARY KEY (version, tbl)
     ) STRICT;";
 
     /// The file format's version (see [`crate::format`]): one row.
@@ -362,6 +368,16 @@ statements! {
     #[cfg_attr(not(feature = "http"), allow(dead_code, reason = "used by the sync client"))]
     STORE_SENT = "INSERT INTO _synced_remote (url, sent, received) VALUES (?1, ?2, '0') \
          ON CONFLICT (url) DO UPDATE SET sent = excluded.sent";
+
+    /// Every table descriptor a server published, by app version (see
+    /// [`crate::versions`]).
+    PUBLISHED = "SELECT version, descriptor FROM _synced_published ORDER BY version, tbl";
+
+    /// Records a table descriptor of a published app version.
+    PUBLISH = "INSERT INTO _synced_published (version, tbl, descriptor) VALUES (?1, ?2, ?3)";
+
+    /// Moves every server's receive cursor back to the beginning.
+    RECEIVE_AGAIN = "UPDATE _synced_remote SET received = '0'";
 
     /// Stores a server's receive cursor.
     #[cfg_attr(not(feature = "http"), allow(dead_code, reason = "used by the sync client"))]

@@ -23,7 +23,9 @@ use crate::export::{BatchLimits, Cursor, Scope};
 use crate::id::SiteId;
 use crate::identity;
 use crate::merge::{self, ApplyReport, Rejection};
-use crate::protocol::{PullResponse, PushAck, SCHEMA_HEADER, SITE_HEADER, fingerprint_hex};
+use crate::protocol::{
+    PullResponse, PushAck, SCHEMA_HEADER, SITE_HEADER, TABLES_HEADER, fingerprint_hex,
+};
 use crate::quarantine;
 use crate::sql::{self, TableSql};
 use crate::tracking;
@@ -217,7 +219,7 @@ impl SyncDb {
         let _one_at_a_time = state.sending.lock().await;
         let url = state.remote.url.clone();
         let limits = state.remote.limits;
-        let fingerprint = self.schema_fingerprint().await?;
+        let schema = self.schema_headers().await?;
         let cursor = self.remote_cursors(&url).await?.0;
         let acked = cursor.version();
         let mut batch = self.export_batch(cursor, Scope::Local, limits).await?;
@@ -233,7 +235,7 @@ impl SyncDb {
                 let span =
                     tracing::debug_span!("push", rows = batch.rows, bytes, rejected = Empty,);
                 let ack = self
-                    .push(&state, options, fingerprint, payload, acked)
+                    .push(&state, options, &schema, payload, acked)
                     .instrument(span.clone())
                     .await?;
                 span.record("rejected", ack.rejected.len());
@@ -311,11 +313,11 @@ impl SyncDb {
         let state = Arc::clone(state);
         let _one_at_a_time = state.receiving.lock().await;
         let url = state.remote.url.clone();
-        let fingerprint = self.schema_fingerprint().await?;
+        let schema = self.schema_headers().await?;
         let (sent, cursor) = self.remote_cursors(&url).await?;
         let acked = sent.version();
         let mut answer = self
-            .pull(&state, options, fingerprint, &cursor, options.wait, acked)
+            .pull(&state, options, &schema, &cursor, options.wait, acked)
             .await?;
         let mut report = SyncReport::default();
         loop {
@@ -330,7 +332,7 @@ impl SyncDb {
                 let next = self.pull(
                     &state,
                     options,
-                    fingerprint,
+                    &schema,
                     &answer.next,
                     Duration::ZERO,
                     acked,
@@ -360,7 +362,7 @@ impl SyncDb {
         &self,
         state: &RemoteState,
         options: &SyncOptions,
-        fingerprint: u64,
+        schema: &SchemaHeaders,
         payload: bytes::Bytes,
         acked: i64,
     ) -> Result<PushAck> {
@@ -373,7 +375,8 @@ impl SyncDb {
                 |http, remote| {
                     remote
                         .authorize(http.post(format!("{}/push", remote.url)))
-                        .header(SCHEMA_HEADER, fingerprint_hex(fingerprint))
+                        .header(SCHEMA_HEADER, &schema.whole)
+                        .header(TABLES_HEADER, &schema.tables)
                         .header(SITE_HEADER, &site)
                         .header(crate::protocol::PREVIOUS_SITE_HEADER, &previous.0)
                         .header(crate::protocol::REUSED_SITE_HEADER, &previous.1)
@@ -386,6 +389,17 @@ impl SyncDb {
                 },
             )
             .await
+    }
+
+    /// The headers that tell the server this database's app version: the
+    /// view fingerprint of each table, and (for servers of release 0.1.0) the
+    /// whole schema's fingerprint.
+    async fn schema_headers(&self) -> Result<SchemaHeaders> {
+        let schemas = self.schemas().await?;
+        Ok(SchemaHeaders {
+            whole: fingerprint_hex(crate::schema::fingerprint(schemas.iter())),
+            tables: crate::protocol::tables_header(&schemas),
+        })
     }
 
     /// The [`PREVIOUS_SITE_HEADER`](crate::protocol::PREVIOUS_SITE_HEADER)
@@ -405,7 +419,7 @@ impl SyncDb {
         &self,
         state: &RemoteState,
         options: &SyncOptions,
-        fingerprint: u64,
+        schema: &SchemaHeaders,
         cursor: &Cursor,
         wait: Duration,
         acked: i64,
@@ -425,7 +439,8 @@ impl SyncDb {
                     remote
                         .authorize(http.get(format!("{}/pull", remote.url)).query(&query))
                         .timeout(remote.timeout + wait)
-                        .header(SCHEMA_HEADER, fingerprint_hex(fingerprint))
+                        .header(SCHEMA_HEADER, &schema.whole)
+                        .header(TABLES_HEADER, &schema.tables)
                         .header(SITE_HEADER, &site)
                         .header(crate::protocol::PREVIOUS_SITE_HEADER, &previous.0)
                         .header(crate::protocol::REUSED_SITE_HEADER, &previous.1)
@@ -643,6 +658,12 @@ pub enum SyncEvent {
     Received(SyncReport),
     /// A sync failed; the loop tries again after its interval.
     Failed(Error),
+}
+
+/// The values of [`SCHEMA_HEADER`] and [`TABLES_HEADER`] for a database.
+struct SchemaHeaders {
+    whole: String,
+    tables: String,
 }
 
 /// A background sync; it stops when dropped. Read its events with

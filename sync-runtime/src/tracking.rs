@@ -34,7 +34,7 @@ pub(crate) fn register(conn: &Connection, table: &Registered) -> Result<()> {
                 (schema.name.as_ref(), schema.algorithm.as_str(), descriptor),
             )?;
             backfill(conn, &table.sql)?;
-            evolve::ask_again_for_skipped(conn)?;
+            evolve::ask_again(conn)?;
         }
     }
     Ok(())

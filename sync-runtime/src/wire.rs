@@ -252,6 +252,19 @@ pub fn encode(payload: &Payload, compression: Compression) -> Vec<u8> {
     out
 }
 
+/// Gives an encoded payload another schema fingerprint (and the checksum that
+/// goes with it): what a server sends a device of release 0.1.0, which checks
+/// that the fingerprint is that of its own descriptors of the payload's
+/// tables. Bytes too short to be a payload are left as they are.
+pub fn set_schema_fingerprint(payload: &mut [u8], fingerprint: u64) {
+    let Some(body) = payload.len().checked_sub(CHECKSUM).filter(|&b| b >= HEADER) else {
+        return;
+    };
+    payload[8..16].copy_from_slice(&fingerprint.to_le_bytes());
+    let crc = crc32fast::hash(&payload[..body]);
+    payload[body..].copy_from_slice(&crc.to_le_bytes());
+}
+
 fn len32(len: usize) -> u32 {
     u32::try_from(len).unwrap_or(u32::MAX)
 }
@@ -740,6 +753,21 @@ mod tests {
             let bytes = encode(&sample(), compression);
             assert_eq!(decode(&bytes), Ok(sample()), "{compression:?}");
         }
+    }
+
+    #[test]
+    fn a_new_schema_fingerprint_is_sealed_with_its_checksum() {
+        let mut bytes = encode(&sample(), Compression::Zstd);
+        set_schema_fingerprint(&mut bytes, 0x0123_4567_89ab_cdef);
+        let expected = Payload {
+            schema_fingerprint: 0x0123_4567_89ab_cdef,
+            ..sample()
+        };
+        assert_eq!(decode(&bytes), Ok(expected));
+        // Too short to be a payload: left alone.
+        let mut short = bytes[..HEADER].to_vec();
+        set_schema_fingerprint(&mut short, 1);
+        assert_eq!(short, bytes[..HEADER]);
     }
 
     #[test]

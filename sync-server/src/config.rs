@@ -28,6 +28,7 @@
 //! [databases.todo]
 //! schema = "todo.schema.json"                 # relative to this file
 //! unlisted_tables = "closed"                  # tables without policies: "closed" or "shared"
+//! oldest_supported_version = 1                # older app versions get 409 schema_too_old
 //!
 //! [databases.todo.tables.todos]               # row-level security for users (tokens)
 //! read = "owner_id = $user_id OR shared = 1"
@@ -292,6 +293,12 @@ pub struct DatabaseConfig {
     /// Unset, any valid token may try (its policies still apply). API keys are
     /// not concerned.
     pub audience: Option<String>,
+    /// The oldest app version whose devices this database serves: devices of
+    /// older versions get 409 `schema_too_old` (see the book's chapter
+    /// "Evolving your schema"). Every published app version (`PUT /schema`
+    /// that changed the tables) is numbered, from 1. Unset, every version is
+    /// served.
+    pub oldest_supported_version: Option<i64>,
 }
 
 impl DatabaseConfig {

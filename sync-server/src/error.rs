@@ -7,6 +7,7 @@ use axum::http::header::{CONNECTION, RETRY_AFTER};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use sync_runtime::protocol::ErrorBody;
+use sync_runtime::server::Unserved;
 
 /// `Result` with [`Error`] as the default error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -67,19 +68,16 @@ pub enum Error {
     #[error("{0}")]
     BadRequest(String),
 
-    /// The client's schema differs from the database's (409). The client keeps its
-    /// changes; it must use the server's schema (or the admin must update it).
-    #[error(
-        "schema mismatch: the client's schema fingerprint is {client}, database `{database}` has {server}; \
-         update the app or the server's schema"
-    )]
-    SchemaMismatch {
+    /// The device's app version is not served (409): a table of it is as no
+    /// published version has it, or as only versions older than the oldest
+    /// supported have it (see [`Versions::resolve`](sync_runtime::server::Versions::resolve)).
+    /// The device keeps its changes.
+    #[error("database `{database}`: {reason}")]
+    Unserved {
         /// The database.
         database: String,
-        /// The client's fingerprint, as sent.
-        client: String,
-        /// The database's fingerprint.
-        server: String,
+        /// Why.
+        reason: Unserved,
     },
 
     /// The request body is larger than `max_body_bytes` (413).
@@ -116,7 +114,7 @@ impl Error {
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::DatabaseNotFound(_) | Error::RouteNotFound(_) => StatusCode::NOT_FOUND,
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Error::SchemaMismatch { .. } => StatusCode::CONFLICT,
+            Error::Unserved { .. } => StatusCode::CONFLICT,
             Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::TooManyWaitingPulls { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::DatabaseUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -155,6 +153,12 @@ impl Error {
         match self {
             Error::DatabaseUnavailable { .. } => ErrorBody::DATABASE_UNAVAILABLE,
             Error::Runtime(sync_runtime::Error::SiteReused { .. }) => ErrorBody::SITE_REUSED,
+            Error::Unserved { reason, .. } => match reason {
+                Unserved::NotPublished { .. } => ErrorBody::SCHEMA_NOT_PUBLISHED,
+                Unserved::TooOld { .. } => ErrorBody::SCHEMA_TOO_OLD,
+                // What a device of release 0.1.0 reads as its schema differing.
+                _ => Error::code(StatusCode::CONFLICT),
+            },
             other => Error::code(other.status()),
         }
     }

@@ -6,10 +6,13 @@
 //! | `POST /v1/db/{name}/push` | API key or JWT | merges the payload in the body; replies with a [`PushAck`] once committed |
 //! | `GET /v1/db/{name}/pull?cursor=&wait=&limit=` | API key or JWT | the changes after `cursor` not made by the caller's site, as a [`PullResponse`]; waits up to `wait` ms for one, or gets 429 when too many pulls wait already ([`waiting`](crate::waiting)) |
 //! | `GET /v1/db/{name}/schema` | API key or JWT | the registered tables, a JSON array of [`TableSchema`] |
-//! | `PUT /v1/db/{name}/schema` | API key | registers the tables in the body (a JSON array), creating the database if needed |
+//! | `PUT /v1/db/{name}/schema` | API key | publishes an app version with the tables in the body (a JSON array), creating the database if needed |
 //!
-//! Push and pull carry the client's schema fingerprint in the `synced-schema`
-//! header (409 when it differs from the database's), and the device's site id in
+//! Push and pull carry the fingerprints of the device's tables in the
+//! `synced-tables` header (a device of release 0.1.0 sends its whole schema's
+//! fingerprint in `synced-schema` instead): the device is served the tables and
+//! columns of its app version, and gets 409 when no published version from the
+//! oldest supported has them. They carry the device's site id in
 //! `synced-site` (its own changes are left out of pulls; 403 if the site belongs to
 //! another caller). Every error has a JSON
 //! [`ErrorBody`](protocol::ErrorBody).
@@ -30,9 +33,9 @@ use axum::{Extension, Json, Router};
 use bytes::Bytes;
 use serde::Deserialize;
 use sync_runtime::protocol::{
-    self, PullResponse, PushAck, SCHEMA_HEADER, SEEN_HEADER, SITE_HEADER,
+    self, PullResponse, PushAck, SCHEMA_HEADER, SEEN_HEADER, SITE_HEADER, TABLES_HEADER,
 };
-use sync_runtime::server::RowFilters;
+use sync_runtime::server::{RowFilters, View};
 use sync_runtime::wire::{self, Payload};
 use sync_runtime::{Batch, BatchLimits, Cursor, SiteId, TableSchema};
 use tokio::sync::watch;
@@ -222,14 +225,14 @@ async fn push(
 ) -> Result<Response> {
     let db = state.database(&name, &caller).await?;
     let body = body.map_err(|rejection| body_error(&rejection, state.limits()))?;
-    check_schema(&*db, &name, &headers).await?;
+    let policies = state.policies(&name);
+    let view = device_view(&*db, &name, &headers, policies.oldest_version()).await?;
     let site = device_site(&*db, &caller, &headers).await?;
     let bytes = body.len();
     let payload = decode_push(body, state.limits().inflated_limit()).await?;
-    let policies = state.policies(&name);
     let access = policies.push_access(&caller);
     let rows = payload.rows.len();
-    let (ack, seen) = db.push(payload, site, access).await?;
+    let (ack, seen) = db.push(payload, site, access, view).await?;
     if rows > 0 && ack.rejected.len() == rows {
         // A device whose every write is refused keeps them in quarantine; its
         // user, or the operator, needs to know.
@@ -309,7 +312,8 @@ async fn pull(
         .pulls
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let db = state.database(&name, &caller).await?;
-    check_schema(&*db, &name, &headers).await?;
+    let oldest = state.policies(&name).oldest_version();
+    let view = device_view(&*db, &name, &headers, oldest).await?;
     let site = device_site(&*db, &caller, &headers).await?;
     let Query(query) =
         query.map_err(|e| Error::BadRequest(format!("bad pull query: {}", e.body_text())))?;
@@ -337,6 +341,7 @@ async fn pull(
         site,
         limits: batch_limits,
         filter,
+        view,
     };
     let (batch, seen) = wait_for_changes(&state, &caller, &changes, from, wait)
         .await
@@ -363,12 +368,13 @@ async fn pull(
 }
 
 /// What a pull reads: the changes of `db` not made by `site`, that `filter`
-/// lets through, in batches of `limits`.
+/// lets through, in batches of `limits`, of the tables and columns of `view`.
 struct Changes<'a> {
     db: &'a dyn Database,
     site: SiteId,
     limits: BatchLimits,
     filter: Option<RowFilters>,
+    view: View,
 }
 
 impl Changes<'_> {
@@ -376,7 +382,13 @@ impl Changes<'_> {
     /// device's site id.
     async fn after(&self, from: Cursor) -> Result<(Batch, i64)> {
         self.db
-            .pull(from, self.site, self.limits, self.filter.clone())
+            .pull(
+                from,
+                self.site,
+                self.limits,
+                self.filter.clone(),
+                self.view.clone(),
+            )
             .await
     }
 }
@@ -453,9 +465,8 @@ async fn put_schema(
             .map_err(|e| Error::Runtime(sync_runtime::Error::InvalidSchema(e)))?;
     }
     let db = state.store().create(&name).await?;
-    db.set_schemas(schemas).await?;
-    let fingerprint = protocol::fingerprint_hex(db.fingerprint().await?);
-    tracing::info!(database = %name, caller = %caller, %fingerprint, "schema registered");
+    let version = db.publish(schemas).await?;
+    tracing::info!(database = %name, caller = %caller, version, "schema published");
     Ok(Json(db.schemas().await?))
 }
 
@@ -467,24 +478,36 @@ fn check_name(name: &str) -> Result<()> {
     }
 }
 
-/// 409 unless the client's `synced-schema` header matches the database.
-async fn check_schema(db: &dyn Database, name: &str, headers: &HeaderMap) -> Result<()> {
-    let sent = required_header(headers, SCHEMA_HEADER)?;
-    let client = protocol::parse_fingerprint(sent).ok_or_else(|| {
-        Error::BadRequest(format!(
-            "the {SCHEMA_HEADER} header must be a schema fingerprint (16 hex digits)"
-        ))
-    })?;
-    let server = db.fingerprint().await?;
-    if client == server {
-        Ok(())
+/// The tables and columns the device's app version has, from its
+/// `synced-tables` header (or, from a device of release 0.1.0, its
+/// `synced-schema` header): 409 when no published version from the oldest
+/// the database supports has them.
+async fn device_view(
+    db: &dyn Database,
+    name: &str,
+    headers: &HeaderMap,
+    oldest: i64,
+) -> Result<View> {
+    let versions = db.versions().await?;
+    let resolved = if headers.contains_key(TABLES_HEADER) {
+        let tables = protocol::parse_tables_header(required_header(headers, TABLES_HEADER)?)
+            .map_err(|e| {
+                Error::BadRequest(format!("the {TABLES_HEADER} header is invalid: {e}"))
+            })?;
+        versions.resolve(&tables, oldest)
     } else {
-        Err(Error::SchemaMismatch {
-            database: name.to_owned(),
-            client: protocol::fingerprint_hex(client),
-            server: protocol::fingerprint_hex(server),
-        })
-    }
+        let sent = required_header(headers, SCHEMA_HEADER)?;
+        let fingerprint = protocol::parse_fingerprint(sent).ok_or_else(|| {
+            Error::BadRequest(format!(
+                "the {SCHEMA_HEADER} header must be a schema fingerprint (16 hex digits)"
+            ))
+        })?;
+        versions.resolve_legacy(fingerprint, oldest)
+    };
+    resolved.map_err(|reason| Error::Unserved {
+        database: name.to_owned(),
+        reason,
+    })
 }
 
 /// The one value of header `name`.

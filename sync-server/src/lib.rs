@@ -110,7 +110,7 @@ impl Server {
             };
             if let Some(path) = &database.schema {
                 let schemas = read_schema_file(path)?;
-                db.set_schemas(schemas).await.map_err(|e| {
+                db.publish(schemas).await.map_err(|e| {
                     Error::Config(format!(
                         "cannot register the schema {} in database `{name}`: {e}",
                         path.display(),

@@ -191,6 +191,8 @@ pub struct Policies {
     tables: HashMap<String, (Rule, Rule)>,
     unlisted: Access,
     audience: Option<String>,
+    /// The oldest app version served (0: every one).
+    oldest_version: i64,
 }
 
 impl Policies {
@@ -220,7 +222,14 @@ impl Policies {
             tables,
             unlisted: config.unlisted_tables,
             audience: config.audience.clone(),
+            oldest_version: config.oldest_supported_version.unwrap_or(0),
         })
+    }
+
+    /// The oldest app version whose devices the database serves (see
+    /// [`DatabaseConfig::oldest_supported_version`]); 0 for every one.
+    pub fn oldest_version(&self) -> i64 {
+        self.oldest_version
     }
 
     /// Whether `caller` may use the database at all: an API key may; a user's

@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use sync_runtime::protocol::{PushAck, RejectedRow};
-use sync_runtime::server::{Replica, RowFilter, RowFilters};
+use sync_runtime::server::{Replica, RowFilter, RowFilters, Versions, View};
 use sync_runtime::wire::Payload;
 use sync_runtime::{Batch, BatchLimits, Cursor, Options, SiteId, SyncDb, Synchronous, TableSchema};
 use tokio::sync::{Mutex, watch};
@@ -87,12 +87,14 @@ pub trait Database: Send + Sync + 'static {
     /// state of each the device takes back, as its user may read it; with it
     /// comes how far the database has received `site` after the merge (see
     /// [`sync_runtime::protocol::SEEN_HEADER`]). A site id that more than one
-    /// file uses is refused (see [`Replica::apply_push`]).
+    /// file uses is refused (see [`Replica::apply_push`]). The state of refused
+    /// rows has the tables and columns of the device's `view` only.
     fn push(
         &self,
         payload: Payload,
         site: SiteId,
         access: Option<PushAccess>,
+        view: View,
     ) -> BoxFuture<'_, Result<(PushAck, i64)>>;
 
     /// The changes after `from` not made by `site`, bounded by `limits`; with
@@ -100,21 +102,25 @@ pub trait Database: Send + Sync + 'static {
     /// (see [`Replica::export_filtered`]); and how far the database has
     /// received `site` (see [`sync_runtime::protocol::SEEN_HEADER`]). A site
     /// id that more than one file uses is refused (see
-    /// [`Replica::export_for_device`]).
+    /// [`Replica::export_for_device`]). Only the tables and columns of the
+    /// device's `view` travel (see [`Replica::serving`]).
     fn pull(
         &self,
         from: Cursor,
         site: SiteId,
         limits: BatchLimits,
         filter: Option<RowFilters>,
+        view: View,
     ) -> BoxFuture<'_, Result<(Batch, i64)>>;
 
     /// The registered tables.
     fn schemas(&self) -> BoxFuture<'_, Result<Vec<TableSchema>>>;
 
-    /// Registers tables (idempotent for tables already registered with the same
-    /// shape; a table registered with another shape is an error).
-    fn set_schemas(&self, schemas: Vec<TableSchema>) -> BoxFuture<'_, Result<()>>;
+    /// Publishes an app version with these tables (see [`Replica::publish`]):
+    /// each is created or evolved to its descriptor, all or none (an
+    /// incompatible change is an error); returns the newest version's number.
+    /// Publishing the same tables again changes nothing.
+    fn publish(&self, schemas: Vec<TableSchema>) -> BoxFuture<'_, Result<i64>>;
 
     /// Binds a device's site to its user the first time it is seen; whether `user`
     /// is that site's user.
@@ -131,8 +137,9 @@ pub trait Database: Send + Sync + 'static {
         filter: RowFilter,
     ) -> BoxFuture<'a, Result<Vec<String>>>;
 
-    /// The fingerprint of the registered tables, which clients must match.
-    fn fingerprint(&self) -> BoxFuture<'_, Result<u64>>;
+    /// The app versions published, which devices are matched against (see
+    /// [`Versions::resolve`]).
+    fn versions(&self) -> BoxFuture<'_, Result<Arc<Versions>>>;
 
     /// A device of `owner`'s left site id `from` for `to`, because another
     /// file used it too if `reused` (see [`Replica::site_renewed`]).
@@ -354,10 +361,13 @@ impl Store for SqliteStore {
 pub struct SqliteDatabase {
     db: Replica,
     /// What every push and pull checks, kept here rather than read from the
-    /// replica each time: the tables' fingerprint (which only
-    /// [`set_schemas`](Database::set_schemas) changes) and the sites whose owner
+    /// replica each time: the app versions published (which only
+    /// [`publish`](Database::publish) changes) and the sites whose owner
     /// was confirmed (which never changes).
-    fingerprint: std::sync::Mutex<Option<u64>>,
+    versions: std::sync::Mutex<Option<Arc<Versions>>>,
+    /// Held by a publication until its versions are cached: the last one cached
+    /// is the last one committed.
+    publishing: Mutex<()>,
     owners: std::sync::Mutex<std::collections::HashMap<SiteId, String>>,
 }
 
@@ -388,7 +398,8 @@ impl SqliteDatabase {
     async fn open_with(path: &Path, options: Options) -> Result<Self> {
         Ok(Self {
             db: Replica::new(SyncDb::open_with(path, options).await?),
-            fingerprint: std::sync::Mutex::default(),
+            versions: std::sync::Mutex::default(),
+            publishing: Mutex::new(()),
             owners: std::sync::Mutex::default(),
         })
     }
@@ -405,14 +416,14 @@ impl Database for SqliteDatabase {
         payload: Payload,
         site: SiteId,
         access: Option<PushAccess>,
+        view: View,
     ) -> BoxFuture<'_, Result<(PushAck, i64)>> {
         Box::pin(async move {
+            let db = self.db.serving(view);
             let pushed = match access {
-                None => self.db.apply_push(payload, site).await?,
+                None => db.apply_push(payload, site).await?,
                 Some(PushAccess { write, read }) => {
-                    self.db
-                        .apply_push_checked(payload, site, write, read)
-                        .await?
+                    db.apply_push_checked(payload, site, write, read).await?
                 }
             };
             // Read after the commit: at or above the version the merge created.
@@ -434,10 +445,12 @@ impl Database for SqliteDatabase {
         site: SiteId,
         limits: BatchLimits,
         filter: Option<RowFilters>,
+        view: View,
     ) -> BoxFuture<'_, Result<(Batch, i64)>> {
         Box::pin(async move {
             Ok(self
                 .db
+                .serving(view)
                 .export_for_device(site, from, limits, filter)
                 .await?)
         })
@@ -447,25 +460,24 @@ impl Database for SqliteDatabase {
         Box::pin(async move { Ok(self.db.db().schemas().await?) })
     }
 
-    fn set_schemas(&self, schemas: Vec<TableSchema>) -> BoxFuture<'_, Result<()>> {
+    fn publish(&self, schemas: Vec<TableSchema>) -> BoxFuture<'_, Result<i64>> {
         Box::pin(async move {
-            for schema in schemas {
-                self.db.db().register_schema(schema).await?;
-            }
-            let fingerprint = self.db.db().schema_fingerprint().await?;
-            *lock(&self.fingerprint) = Some(fingerprint);
-            Ok(())
+            let _one_at_a_time = self.publishing.lock().await;
+            let version = self.db.publish(schemas).await?;
+            let versions = Arc::new(self.db.versions().await?);
+            *lock(&self.versions) = Some(versions);
+            Ok(version)
         })
     }
 
-    fn fingerprint(&self) -> BoxFuture<'_, Result<u64>> {
+    fn versions(&self) -> BoxFuture<'_, Result<Arc<Versions>>> {
         Box::pin(async move {
-            if let Some(fingerprint) = *lock(&self.fingerprint) {
-                return Ok(fingerprint);
+            if let Some(versions) = &*lock(&self.versions) {
+                return Ok(Arc::clone(versions));
             }
-            let fingerprint = self.db.db().schema_fingerprint().await?;
-            // A schema change that finished meanwhile stored its own.
-            Ok(*lock(&self.fingerprint).get_or_insert(fingerprint))
+            let versions = Arc::new(self.db.versions().await?);
+            // A publication that finished meanwhile stored its own.
+            Ok(Arc::clone(lock(&self.versions).get_or_insert(versions)))
         })
     }
 

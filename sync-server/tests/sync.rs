@@ -415,7 +415,7 @@ async fn a_servers_database_keeps_its_transaction_guard_after_its_policies_are_i
     let db = SqliteDatabase::open(&dir.path().join("todo.db"))
         .await
         .unwrap();
-    db.set_schemas(vec![Todo::SCHEMA.clone()]).await.unwrap();
+    db.publish(vec![Todo::SCHEMA.clone()]).await.unwrap();
     let policy = RowFilter::Where {
         sql: "done = 1".into(),
         params: Vec::new(),
@@ -504,4 +504,125 @@ async fn a_published_change_to_a_table_is_applied_if_compatible_and_409_otherwis
         StatusCode::OK
     );
     assert_eq!(get().await, vec![widened]);
+}
+
+/// Bad `synced-tables` headers get 400; a table as no version published it
+/// gets 409 `schema_not_published`; and nothing is applied.
+#[tokio::test]
+async fn a_device_naming_unpublished_or_malformed_tables_is_refused() {
+    use sync_runtime::protocol::{ErrorBody, TABLES_HEADER, tables_header};
+    use sync_runtime::{ColumnSchema, SqlType, Synced};
+    let server = TestServer::with_todo_db().await;
+    let device = Device::new("ann").await;
+    device.db.insert(&Todo::new("refused")).await.unwrap();
+    let push = || async {
+        device
+            .push_request(&server, device.local_changes().await)
+            .await
+    };
+
+    let mut newer = Todo::SCHEMA.clone();
+    newer
+        .columns
+        .to_mut()
+        .push(ColumnSchema::new("due", SqlType::Integer).nullable(true));
+    let unpublished = tables_header(&[newer]);
+    let too_many = vec!["t=0000000000000000"; 1025].join(",");
+    let twice = format!("{0},{0}", tables_header(std::slice::from_ref(Todo::SCHEMA)));
+    for (value, status) in [
+        (unpublished.as_str(), StatusCode::CONFLICT),
+        ("todos=xyz", StatusCode::BAD_REQUEST),
+        ("todos", StatusCode::BAD_REQUEST),
+        ("%FF%FE=0000000000000000", StatusCode::BAD_REQUEST),
+        ("=0000000000000000", StatusCode::BAD_REQUEST),
+        (too_many.as_str(), StatusCode::BAD_REQUEST),
+        (twice.as_str(), StatusCode::BAD_REQUEST),
+    ] {
+        let response = send_with_header(&server, push().await, TABLES_HEADER, value).await;
+        let error = error_body(response, status).await;
+        if status == StatusCode::CONFLICT {
+            assert_eq!(error.code, ErrorBody::SCHEMA_NOT_PUBLISHED, "{value}");
+        }
+    }
+    // The header wins over the whole-schema fingerprint, which older devices send.
+    let ok = tables_header(std::slice::from_ref(Todo::SCHEMA));
+    let response = send_with_header(&server, push().await, TABLES_HEADER, &ok).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    // No tables at all: the device syncs nothing, and is served.
+    let pull = device.pull_request(&server, &Cursor::BEGINNING, 0).await;
+    let pulled = decode_pull(send_with_header(&server, pull, TABLES_HEADER, "").await).await;
+    assert!(
+        sync_runtime::wire::decode(&pulled.payload)
+            .unwrap()
+            .rows
+            .is_empty()
+    );
+}
+
+/// A publication that would make two columns one, rename a column onto
+/// another's name, retire a key or list a table twice is refused, and leaves
+/// the tables and the published versions as they were.
+#[tokio::test]
+async fn a_forged_or_incompatible_publication_changes_nothing() {
+    use sync_runtime::{ColumnSchema, SqlType, Synced, TableSchema};
+    let server = TestServer::with_todo_db().await;
+    let publish = |body: String| {
+        server
+            .as_admin(server.http.put(server.url(&format!("/v1/db/{DB}/schema"))))
+            .body(body)
+            .send()
+    };
+    let get = || async {
+        let response = server
+            .as_admin(server.http.get(server.url(&format!("/v1/db/{DB}/schema"))))
+            .send()
+            .await
+            .unwrap();
+        response.text().await.unwrap()
+    };
+    let before = get().await;
+    let with = |column: ColumnSchema| {
+        let mut schema = Todo::SCHEMA.clone();
+        schema.columns.to_mut().push(column);
+        schema
+    };
+    let json = |tables: &[TableSchema]| serde_json::to_string(tables).unwrap();
+    let collision = with(
+        ColumnSchema::new("summary", SqlType::Text)
+            .nullable(true)
+            .renamed_from("title"),
+    );
+    let mut renamed_onto_other = Todo::SCHEMA.clone();
+    renamed_onto_other.columns.to_mut()[1] = ColumnSchema::new("note", SqlType::Text)
+        .renamed_from("title")
+        .default_sql("''");
+    let mut retired_key = serde_json::to_value(Todo::SCHEMA.clone()).unwrap();
+    retired_key["columns"][0]["retired"] = serde_json::Value::Bool(true);
+    let twice = json(&[Todo::SCHEMA.clone(), Todo::SCHEMA.clone()]);
+    for (body, status) in [
+        (json(&[collision]), StatusCode::BAD_REQUEST),
+        (json(&[renamed_onto_other]), StatusCode::BAD_REQUEST),
+        (format!("[{retired_key}]"), StatusCode::BAD_REQUEST),
+        (twice, StatusCode::BAD_REQUEST),
+        (
+            json(&[with(ColumnSchema::new("due", SqlType::Integer))]),
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        let response = publish(body.clone()).await.unwrap();
+        let error = error_body(response, status).await;
+        assert!(!error.message.is_empty(), "{body}");
+        assert_eq!(get().await, before, "{body}");
+    }
+    // The same tables again are no new version: devices keep being served.
+    let device = Device::new("ann").await;
+    assert_eq!(
+        publish(json(std::slice::from_ref(Todo::SCHEMA)))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    device.db.insert(&Todo::new("served")).await.unwrap();
+    device.push(&server).await;
 }

@@ -171,7 +171,7 @@ async fn a_schema_mismatch_keeps_the_unsent_changes() {
     .unwrap();
     let error = db.sync().await.unwrap_err();
     assert!(
-        matches!(error, Error::ServerSchemaMismatch { .. }),
+        matches!(error, Error::SchemaNotPublished { .. }),
         "{error:?}"
     );
     assert!(db.has_unsent_changes().await.unwrap());

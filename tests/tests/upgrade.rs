@@ -12,7 +12,7 @@ use support::{TestServer, Todo, device, rows, server_rows, todo};
 use sync_runtime::{Error, SyncDb};
 
 /// The format this release writes (see the runtime's `format` module).
-const FORMAT: i64 = 3;
+const FORMAT: i64 = 4;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

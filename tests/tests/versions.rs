@@ -1,0 +1,262 @@
+//! App versions side by side through a real server: devices of the previous
+//! version keep syncing with devices of the next one, each served the tables
+//! and columns it knows.
+
+#![allow(clippy::unwrap_used)] // in tests, a failed unwrap is a failed assertion
+
+mod support;
+
+use std::path::Path;
+
+use support::{ADMIN_KEY, TestServer, Todo, config, todo, token};
+use sync_runtime::{Error, Remote, SyncDb, SyncId, Synced, params};
+
+/// The next version of [`Todo`]: `title` renamed to `label`, `note` retired, a
+/// nullable `due` and a `priority` with a default added.
+#[derive(Synced, Debug, Clone, PartialEq)]
+#[synced(table = "todos")]
+struct TodoV2 {
+    #[synced(primary_key)]
+    id: SyncId,
+    #[synced(renamed_from = "title")]
+    label: String,
+    #[synced(default = false)]
+    done: bool,
+    due: Option<i64>,
+    #[synced(default = 3)]
+    priority: i64,
+}
+
+/// A table the next version adds.
+#[derive(Synced, Debug, Clone, PartialEq)]
+#[synced(table = "tags")]
+struct Tag {
+    #[synced(primary_key)]
+    name: String,
+    color: Option<String>,
+}
+
+/// A version no one published: [`TodoV2`] with one more column.
+#[derive(Synced, Debug, Clone, PartialEq)]
+#[synced(table = "todos")]
+struct TodoV3 {
+    #[synced(primary_key)]
+    id: SyncId,
+    #[synced(renamed_from = "title")]
+    label: String,
+    #[synced(default = false)]
+    done: bool,
+    due: Option<i64>,
+    #[synced(default = 3)]
+    priority: i64,
+    estimate: Option<f64>,
+}
+
+/// How a device registers its app version's tables.
+type Registers = fn(&SyncDb) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+
+fn v1(db: &SyncDb) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+    Box::pin(async move { db.register::<Todo>().await.unwrap() })
+}
+
+fn v2(db: &SyncDb) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+    Box::pin(async move {
+        db.register::<TodoV2>().await.unwrap();
+        db.register::<Tag>().await.unwrap();
+    })
+}
+
+fn v3(db: &SyncDb) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+    Box::pin(async move { db.register::<TodoV3>().await.unwrap() })
+}
+
+fn tags_only(db: &SyncDb) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+    Box::pin(async move { db.register::<Tag>().await.unwrap() })
+}
+
+/// A device of `user` with its own file, on the app version `registers` makes.
+async fn device(path: &Path, url: &str, user: &str, registers: Registers) -> SyncDb {
+    let db = SyncDb::open(path)
+        .await
+        .unwrap()
+        .with_remote(Remote::new(url).bearer_token(token(user)));
+    registers(&db).await;
+    db
+}
+
+/// Publishes an app version, as its admin does.
+async fn publish(url: &str, registers: Registers) {
+    let admin = SyncDb::open_in_memory()
+        .await
+        .unwrap()
+        .with_remote(Remote::new(url).api_key(ADMIN_KEY));
+    registers(&admin).await;
+    admin.publish_schema().await.unwrap();
+}
+
+async fn todos<T: Synced>(db: &SyncDb) -> Vec<T> {
+    db.query("ORDER BY id", params![]).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_of_two_app_versions_sync_side_by_side_through_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server")).await;
+    let url = server.url("todo");
+    publish(&url, v1).await;
+    let old = device(&dir.path().join("old.db"), &url, "ann", v1).await;
+    let other_old = device(&dir.path().join("other-old.db"), &url, "bob", v1).await;
+    let first = todo("first");
+    old.insert(&first).await.unwrap();
+    old.sync().await.unwrap();
+
+    // The next version is published while the first one's devices sync on.
+    publish(&url, v2).await;
+    let new = device(&dir.path().join("new.db"), &url, "cy", v2).await;
+    let only_tags = device(&dir.path().join("tags.db"), &url, "dee", tags_only).await;
+    new.sync().await.unwrap();
+    let mut edited = TodoV2 {
+        id: first.id,
+        label: "first".into(),
+        done: false,
+        due: None,
+        priority: 3,
+    };
+    assert_eq!(todos::<TodoV2>(&new).await, [edited.clone()]);
+    edited.label = "first, relabelled".into();
+    edited.due = Some(5);
+    new.update(&edited).await.unwrap();
+    let made_by_new = TodoV2 {
+        id: SyncId::new(),
+        label: "made by the new version".into(),
+        done: true,
+        due: Some(7),
+        priority: 1,
+    };
+    new.insert(&made_by_new).await.unwrap();
+    new.insert(&Tag {
+        name: "home".into(),
+        color: Some("green".into()),
+    })
+    .await
+    .unwrap();
+    new.sync().await.unwrap();
+
+    // The old version reads the renamed column under its old name, never
+    // sees the new ones, and never fails on them.
+    old.sync().await.unwrap();
+    let seen: Vec<(String, bool)> = todos::<Todo>(&old)
+        .await
+        .into_iter()
+        .map(|t| (t.title, t.done))
+        .collect();
+    let mut expected = vec![
+        ("first, relabelled".to_owned(), false),
+        ("made by the new version".to_owned(), true),
+    ];
+    expected.sort_by_key(|(title, _)| {
+        if title.starts_with("first") {
+            first.id
+        } else {
+            made_by_new.id
+        }
+    });
+    assert_eq!(seen, expected);
+    assert_eq!(old.schemas().await.unwrap().len(), 1);
+
+    // An old device's edit keeps the new version's columns everywhere, and
+    // the column the new version retired still reaches the old version.
+    let mut old_edit = todos::<Todo>(&old)
+        .await
+        .into_iter()
+        .find(|t| t.id == first.id)
+        .unwrap();
+    old_edit.title = "edited by the old version".into();
+    old_edit.note = Some("a note only the old version has".into());
+    old.update(&old_edit).await.unwrap();
+    let made_by_old = todo("made by the old version");
+    old.insert(&made_by_old).await.unwrap();
+    old.sync().await.unwrap();
+    new.sync().await.unwrap();
+    other_old.sync().await.unwrap();
+    let now = todos::<TodoV2>(&new).await;
+    let first_now = now.iter().find(|t| t.id == first.id).unwrap();
+    assert_eq!(first_now.label, "edited by the old version");
+    assert_eq!(first_now.due, Some(5), "the old version's edit kept `due`");
+    let from_old = now.iter().find(|t| t.id == made_by_old.id).unwrap();
+    assert_eq!(
+        (from_old.due, from_old.priority),
+        (None, 3),
+        "a row the old version made reads the new version's defaults"
+    );
+    let noted = todos::<Todo>(&other_old)
+        .await
+        .into_iter()
+        .find(|t| t.id == first.id)
+        .unwrap();
+    assert_eq!(noted, old_edit);
+
+    // A device with some of the tables syncs those.
+    only_tags.sync().await.unwrap();
+    let tags: Vec<Tag> = only_tags.query("", params![]).await.unwrap();
+    assert_eq!(tags.len(), 1);
+
+    // The old device updates its app: it gets what it was not sent before.
+    drop(old);
+    let upgraded = device(&dir.path().join("old.db"), &url, "ann", v2).await;
+    upgraded.sync().await.unwrap();
+    new.sync().await.unwrap();
+    assert_eq!(
+        todos::<TodoV2>(&upgraded).await,
+        todos::<TodoV2>(&new).await
+    );
+    let tags: Vec<Tag> = upgraded.query("", params![]).await.unwrap();
+    assert_eq!(tags.len(), 1);
+    for db in [&upgraded, &new, &other_old] {
+        assert!(!db.has_unsent_changes().await.unwrap());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpublished_and_unsupported_app_versions_are_refused_and_keep_their_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&dir.path().join("server"));
+    if let Some(todo) = config.databases.get_mut("todo") {
+        todo.oldest_supported_version = Some(2);
+    }
+    let server = TestServer::start_with(config).await;
+    let url = server.url("todo");
+    publish(&url, v1).await;
+    let old = device(&dir.path().join("old.db"), &url, "ann", v1).await;
+    old.insert(&todo("kept")).await.unwrap();
+    publish(&url, v2).await;
+    let newer = device(&dir.path().join("newer.db"), &url, "bob", v3).await;
+    newer
+        .insert(&TodoV3 {
+            id: SyncId::new(),
+            label: "kept too".into(),
+            done: false,
+            due: None,
+            priority: 1,
+            estimate: Some(1.5),
+        })
+        .await
+        .unwrap();
+
+    let too_old = old.sync().await.unwrap_err();
+    assert!(matches!(too_old, Error::SchemaTooOld { .. }), "{too_old}");
+    assert!(too_old.to_string().contains("update the app"), "{too_old}");
+    let unpublished = newer.sync().await.unwrap_err();
+    assert!(
+        matches!(unpublished, Error::SchemaNotPublished { .. }),
+        "{unpublished}"
+    );
+    for db in [&old, &newer] {
+        assert!(db.has_unsent_changes().await.unwrap());
+    }
+
+    // Once its version is published, the newer device syncs.
+    publish(&url, v3).await;
+    newer.sync().await.unwrap();
+    assert!(!newer.has_unsent_changes().await.unwrap());
+}
