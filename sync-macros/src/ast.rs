@@ -32,6 +32,8 @@ pub(crate) struct Field<'a> {
     pub(crate) skip: Option<Span>,
     /// Earlier names of the column, oldest first.
     pub(crate) renamed_from: Vec<syn::LitStr>,
+    /// `#[synced(index)]`.
+    pub(crate) index: Option<Span>,
 }
 
 impl Field<'_> {
@@ -101,6 +103,7 @@ impl<'a> Model<'a> {
                     default: attrs.default,
                     skip: attrs.skip,
                     renamed_from: attrs.renamed_from,
+                    index: attrs.index,
                 })
             })
             .collect();

@@ -18,8 +18,9 @@ pub(crate) const DEFAULT: &str = "default";
 pub(crate) const SKIP: &str = "skip";
 pub(crate) const COUNTER: &str = "counter";
 pub(crate) const RENAMED_FROM: &str = "renamed_from";
-const FIELD_KEYS: &str =
-    "`primary_key`, `integer_key`, `rename`, `renamed_from`, `default`, `skip`, `counter`";
+pub(crate) const INDEX: &str = "index";
+const FIELD_KEYS: &str = "`primary_key`, `integer_key`, `rename`, `renamed_from`, `default`, \
+     `index`, `skip`, `counter`";
 
 /// The merge algorithms the runtime implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +53,8 @@ pub(crate) struct FieldAttrs {
     pub(crate) skip: Option<Span>,
     /// Earlier names of the column, oldest first (the attribute may repeat).
     pub(crate) renamed_from: Vec<LitStr>,
+    /// The column is indexed.
+    pub(crate) index: Option<Span>,
 }
 
 /// Collects errors so that all of them are reported at once.
@@ -142,6 +145,8 @@ pub(crate) fn field_attrs(attrs: &[Attribute], errors: &mut Errors) -> FieldAttr
                 set_once(&mut out.primary_key, span, &meta)?;
             } else if meta.path.is_ident(INTEGER_KEY) {
                 set_once(&mut out.integer_key, span, &meta)?;
+            } else if meta.path.is_ident(INDEX) {
+                set_once(&mut out.index, span, &meta)?;
             } else if meta.path.is_ident(SKIP) {
                 set_once(&mut out.skip, span, &meta)?;
             } else if meta.path.is_ident(RENAME) {

@@ -37,6 +37,7 @@ pub(crate) fn check(model: &Model<'_>, errors: &mut Errors) {
                 (field.default.is_some(), "`default`"),
                 (field.renamed, "`rename`"),
                 (!field.renamed_from.is_empty(), "`renamed_from`"),
+                (field.index.is_some(), "`index`"),
             ]
             .into_iter()
             .filter_map(|(set, name)| set.then_some(name))
@@ -67,6 +68,12 @@ pub(crate) fn check(model: &Model<'_>, errors: &mut Errors) {
                 old.span(),
                 "key columns cannot be renamed: the key is how every replica finds a row; keep \
                  the column's name with #[synced(rename = \"...\")] if the field's name changes",
+            ));
+        }
+        if let (Some(span), Some(_)) = (field.index, field.primary_key) {
+            errors.push(syn::Error::new(
+                span,
+                "key columns are indexed already: the primary key is an index",
             ));
         }
         if let (Some(default), Some(_)) = (&field.default, field.primary_key) {

@@ -49,10 +49,11 @@ fn expand(model: &Model<'_>) -> TokenStream {
             None => quote!(::core::option::Option::None),
         };
         let renamed_from = f.renamed_from.iter();
+        let indexed = f.index.is_some();
         quote! {
             ::sync_runtime::__private::column(
                 #name, #key, #default, #value::SQL_TYPE, #value::NULLABLE, #value::DEFAULT_SQL,
-                &[#(::std::borrow::Cow::Borrowed(#renamed_from)),*],
+                &[#(::std::borrow::Cow::Borrowed(#renamed_from)),*], #indexed,
             )
         }
     });

@@ -180,14 +180,29 @@ pub(crate) fn plan(stored: &TableSchema, wanted: &TableSchema) -> Result<Evoluti
                     );
                 }
                 let mut column = old.clone();
-                if column.name != new.name {
+                // Names differing in case only are one name to SQLite: the
+                // stored one stays, and so does the column's id.
+                if !column.name.eq_ignore_ascii_case(&new.name) {
                     renamed.push((column.name.to_string(), new.name.to_string()));
                     column.name = new.name.clone();
                 }
-                column.renamed_from = new.renamed_from.clone();
+                let same_history = column.renamed_from.len() == new.renamed_from.len()
+                    && column
+                        .renamed_from
+                        .iter()
+                        .zip(new.renamed_from.iter())
+                        .all(|(a, b)| a.eq_ignore_ascii_case(b));
+                if !same_history {
+                    let id = old.id().to_owned();
+                    column.renamed_from = new.renamed_from.clone();
+                    if let Some(first) = column.renamed_from.to_mut().first_mut() {
+                        *first = id.into();
+                    }
+                }
                 // A published descriptor may list the columns its app retired.
                 widens |= column.retired && !new.retired;
                 column.retired = new.retired;
+                column.indexed = new.indexed;
                 matched[i] = true;
                 columns[i] = column;
             }
@@ -218,6 +233,7 @@ pub(crate) fn plan(stored: &TableSchema, wanted: &TableSchema) -> Result<Evoluti
         if !matched {
             // Key columns were all matched: the keys are the same.
             column.retired = true;
+            column.indexed = false;
         }
     }
     let mut next = stored.clone();
@@ -438,6 +454,31 @@ mod tests {
         assert_eq!(e3.renamed, [("name".to_owned(), "label".to_owned())]);
         // A replica still on v1 goes straight to v3.
         assert_eq!(plan(&v1, &v3).unwrap().stored, e3.stored);
+    }
+
+    #[test]
+    fn names_differing_in_case_only_keep_the_stored_name_and_id() {
+        let v1 = todos(vec![title()]);
+        let shouting = TableSchema::new(
+            "todos",
+            Algorithm::Cls,
+            vec![
+                ColumnSchema::new("ID", SqlType::Text).primary_key(),
+                ColumnSchema::new("Title", SqlType::Text).default_sql("''"),
+            ],
+        );
+        let e = plan(&v1, &shouting).unwrap();
+        assert!(e.renamed.is_empty());
+        assert_eq!(e.stored, v1);
+        // Renamed from the id in another case: the id keeps the stored case.
+        let renamed = todos(vec![
+            ColumnSchema::new("name", SqlType::Text)
+                .default_sql("''")
+                .renamed_from("TITLE"),
+        ]);
+        let e = plan(&v1, &renamed).unwrap();
+        assert_eq!(e.stored.columns[1].id(), "title");
+        assert_eq!(e.renamed, [("title".to_owned(), "name".to_owned())]);
     }
 
     #[test]

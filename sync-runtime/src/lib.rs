@@ -167,6 +167,10 @@ pub mod __private {
     /// The descriptor of a field's column, from the field type's `SyncValue`
     /// constants. Without an explicit default, a `NOT NULL` value column takes its
     /// type's natural default.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one argument per part of a descriptor, passed by generated code only"
+    )]
     pub const fn column(
         name: &'static str,
         primary_key: bool,
@@ -175,6 +179,7 @@ pub mod __private {
         nullable: bool,
         natural_default: Option<&'static str>,
         renamed_from: &'static [std::borrow::Cow<'static, str>],
+        indexed: bool,
     ) -> crate::ColumnSchema {
         let default = match default {
             Some(sql) => Some(sql),
@@ -192,6 +197,7 @@ pub mod __private {
             },
             renamed_from: std::borrow::Cow::Borrowed(renamed_from),
             retired: false,
+            indexed,
         }
     }
 }

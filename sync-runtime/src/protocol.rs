@@ -117,6 +117,7 @@ pub fn parse_tables_header(text: &str) -> Result<Vec<(String, u64)>, String> {
         return Ok(Vec::new());
     }
     let mut tables: Vec<(String, u64)> = Vec::new();
+    let mut names = std::collections::HashSet::new();
     for (i, entry) in text.split(',').enumerate() {
         if i >= MAX_HEADER_TABLES {
             return Err(format!("it names more than {MAX_HEADER_TABLES} tables"));
@@ -130,7 +131,7 @@ pub fn parse_tables_header(text: &str) -> Result<Vec<(String, u64)>, String> {
             .map_err(|_| format!("the table name `{name}` is not UTF-8 once decoded"))?;
         let fingerprint = parse_fingerprint(fingerprint)
             .ok_or_else(|| format!("`{fingerprint}` is not a fingerprint (16 hex digits)"))?;
-        if name.is_empty() || tables.iter().any(|(t, _)| t.eq_ignore_ascii_case(&name)) {
+        if name.is_empty() || !names.insert(name.to_ascii_lowercase()) {
             return Err(format!("the table name `{name}` is empty or named twice"));
         }
         tables.push((name.into_owned(), fingerprint));

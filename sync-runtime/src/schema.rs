@@ -71,6 +71,11 @@ pub struct ColumnSchema {
     /// values and keeps merging them (other app versions may still use it).
     #[serde(default, skip_serializing_if = "is_false")]
     pub retired: bool,
+    /// Whether the replica indexes the column (`#[synced(index)]`), so that
+    /// the app's queries that filter or sort by it need not read the whole
+    /// table. An index is the replica's own: it changes nothing of what syncs.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub indexed: bool,
 }
 
 fn is_false(value: &bool) -> bool {
@@ -88,6 +93,7 @@ impl ColumnSchema {
             default: None,
             renamed_from: Cow::Borrowed(&[]),
             retired: false,
+            indexed: false,
         }
     }
 
@@ -108,6 +114,12 @@ impl ColumnSchema {
     /// by this in payloads and clocks.
     pub fn id(&self) -> &str {
         self.renamed_from.first().unwrap_or(&self.name)
+    }
+
+    /// Indexes the column on every replica that registers the table.
+    pub fn indexed(mut self) -> Self {
+        self.indexed = true;
+        self
     }
 
     /// Sets whether the column accepts `NULL`.
@@ -304,6 +316,12 @@ impl TableSchema {
                 return err(format!(
                     "column `{}`: the name `{}` is listed twice among its names",
                     c.name, twice.1
+                ));
+            }
+            if c.primary_key && c.indexed {
+                return err(format!(
+                    "key column `{}` is indexed already: the primary key is an index",
+                    c.name
                 ));
             }
             if c.primary_key && c.retired {

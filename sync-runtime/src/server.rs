@@ -77,9 +77,10 @@ impl Replica {
     /// not list stay as they are). Each table is created, or evolved to the
     /// descriptor (see the book's chapter "Evolving your schema"), in one
     /// transaction: an incompatible change ([`Error::IncompatibleChange`]) or
-    /// an invalid descriptor leaves the database as it was. When any table
-    /// differs from the newest version's, the publication is a new version;
-    /// returns the newest version's number.
+    /// an invalid descriptor leaves the database as it was. When a table is as
+    /// no version published it, the publication is a new version; a table as
+    /// an earlier version published it is left alone (publishing an older
+    /// version again changes nothing). Returns the newest version's number.
     ///
     /// ```
     /// use sync_runtime::server::Replica;

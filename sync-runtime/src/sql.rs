@@ -655,6 +655,9 @@ pub(crate) struct TableSql {
     pub(crate) drop_triggers: String,
     pub(crate) create_guards: String,
     pub(crate) drop_guards: String,
+    /// Creates the index of every column the app indexes, and drops those of
+    /// the others (`#[synced(index)]`).
+    pub(crate) indexes: String,
     pub(crate) drop_clock: String,
     /// Deletes every row and every clock (run with the triggers off).
     #[cfg_attr(
@@ -728,6 +731,7 @@ impl TableSql {
             drop_triggers: drop_triggers(schema, &["insert", "update", "rekey", "delete"]),
             create_guards: create_guards(schema),
             drop_guards: drop_triggers(schema, &["guard_delete", "guard_rekey"]),
+            indexes: indexes(schema),
             drop_clock: format!("DROP TABLE IF EXISTS {clock};"),
             wipe: format!("DELETE FROM {table}; DELETE FROM {clock};"),
             restamp: restamp(schema),
@@ -825,7 +829,9 @@ impl fmt::Display for TableSql {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "{}\n", self.create_table)?;
         writeln!(f, "{}\n", self.create_clock)?;
-        write!(f, "{}{}", self.create_triggers, self.create_guards)
+        write!(f, "{}{}", self.create_triggers, self.create_guards)?;
+        let mut created = self.indexes.lines().filter(|l| l.starts_with("CREATE"));
+        created.try_for_each(|index| write!(f, "\n{index}"))
     }
 }
 
@@ -835,6 +841,34 @@ impl TableSchema {
     pub fn sql(&self) -> String {
         TableSql::new(self).to_string()
     }
+}
+
+/// The index of each value column the app indexes (`CREATE INDEX IF NOT
+/// EXISTS`), and the removal of those of the others, one statement a line.
+/// An index is named after its column's id, which renames keep (SQLite moves
+/// an index to a column's new name with it).
+fn indexes(schema: &TableSchema) -> String {
+    let mut sql = String::new();
+    for column in schema.value_columns() {
+        let name = ident(&format!(
+            // The table's length keeps `a_b` + `c` apart from `a` + `b_c`.
+            "_synced_index.{}.{}.{}",
+            schema.name.len(),
+            schema.name,
+            column.id()
+        ));
+        if column.indexed && !column.retired {
+            let _ = writeln!(
+                sql,
+                "CREATE INDEX IF NOT EXISTS {name} ON {} ({});",
+                ident(&schema.name),
+                ident(&column.name)
+            );
+        } else {
+            let _ = writeln!(sql, "DROP INDEX IF EXISTS {name};");
+        }
+    }
+    sql
 }
 
 fn create_table(schema: &TableSchema) -> String {
@@ -1468,6 +1502,7 @@ mod tests {
                 merge_clock_layout: _,
                 merge_write_clock,
                 merge_write_row,
+                indexes,
             } = TableSql::new(schema);
             let named = [
                 ("create_table", create_table),
@@ -1498,9 +1533,20 @@ mod tests {
             for (name, statement) in &named {
                 check(&conn, name, statement);
             }
-            // The re-keying runs its lines one by one.
+            // The re-keying runs its lines one by one, and so do the indexes
+            // (of the table as it is, and with every value column indexed).
             for line in restamp.split('\n') {
                 check(&conn, "restamp", line);
+            }
+            let mut indexed = schema.clone();
+            for column in indexed.columns.to_mut().iter_mut() {
+                column.indexed = !column.primary_key;
+            }
+            for line in indexes
+                .lines()
+                .chain(TableSql::new(&indexed).indexes.lines())
+            {
+                check(&conn, "indexes", line);
             }
             if let Some(update) = &update {
                 check(&conn, "update", update);

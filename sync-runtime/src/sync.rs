@@ -323,7 +323,12 @@ impl SyncDb {
         loop {
             let span = tracing::debug_span!("pull", bytes = answer.payload.len());
             let apply = self
-                .apply_received(&url, answer.payload.clone(), answer.next.clone())
+                .apply_received(
+                    &url,
+                    answer.payload.clone(),
+                    answer.next.clone(),
+                    schema.tables.clone(),
+                )
                 .instrument(span);
             let next = async {
                 if answer.complete {
@@ -341,7 +346,7 @@ impl SyncDb {
             };
             let (applied, next) = tokio::join!(apply, next);
             // Applied and committed with its cursor, in one transaction.
-            let applied = applied?;
+            let (applied, kept) = applied?;
             report.changes_received += applied.applied + applied.ignored;
             report.applied += applied.applied;
             report.bytes_received += answer.payload.len() as u64;
@@ -350,6 +355,8 @@ impl SyncDb {
                 progress(&report);
             }
             match next? {
+                // The app registered more meanwhile: the next sync asks again.
+                Some(_) if !kept => return Ok(report),
                 Some(next) => answer = next,
                 None => return Ok(report),
             }
@@ -609,21 +616,31 @@ impl SyncDb {
     }
 
     /// Merges a batch received from a server and stores the cursor after it, in
-    /// one transaction: the cursor never runs ahead of what was applied.
+    /// one transaction: the cursor never runs ahead of what was applied. The
+    /// batch was asked for with the tables of `asked_with` (a
+    /// [`TABLES_HEADER`] value): if the app registered more tables or columns
+    /// since, the batch lacks them, and the cursor stays where that
+    /// registration put it (the beginning) instead; whether it was stored.
     pub(crate) async fn apply_received(
         &self,
         url: &str,
         payload: Vec<u8>,
         next: Cursor,
-    ) -> Result<ApplyReport> {
+        asked_with: String,
+    ) -> Result<(ApplyReport, bool)> {
         let url = url.to_owned();
         self.call(move |w| {
             write(w, |tx| {
                 tx.set_versions();
                 let report = merge::apply(tx.conn(), &payload, merge::Source::Server)?;
-                tx.conn()
-                    .execute(sql::STORE_RECEIVED, [url, next.to_string()])?;
-                Ok(report)
+                let now =
+                    crate::protocol::tables_header(&tracking::synced_tables(tx.conn(), false)?);
+                let kept = now == asked_with;
+                if kept {
+                    tx.conn()
+                        .execute(sql::STORE_RECEIVED, [url, next.to_string()])?;
+                }
+                Ok((report, kept))
             })
         })
         .await

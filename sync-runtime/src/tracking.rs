@@ -113,6 +113,7 @@ fn create(conn: &Connection, sql: &TableSql, tracking: bool) -> Result<()> {
     conn.execute_batch(&sql.create_table)?;
     conn.execute_batch(&sql.create_clock)?;
     conn.execute_batch(&sql.create_guards)?;
+    conn.execute_batch(&sql.indexes)?;
     if tracking {
         conn.execute_batch(&sql.create_triggers)?;
     }

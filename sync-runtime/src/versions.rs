@@ -116,24 +116,15 @@ impl Versions {
 
     /// The view of a device that sent the [view
     /// fingerprint](TableSchema::view_fingerprint) of each of its tables, by
-    /// name; every table must be as an app version from `oldest` on has it.
+    /// name. Every table must be as an app version from `oldest` on has it: a
+    /// device is judged by its tables, so one whose tables no later version
+    /// changed is served as the later versions' devices are (it differs from
+    /// one of those that registered only some tables in nothing the server
+    /// can see, and it reads and writes what they do).
     pub fn resolve(&self, tables: &[(String, u64)], oldest: i64) -> Result<View, Unserved> {
         let mut view = Vec::with_capacity(tables.len());
         for (name, fingerprint) in tables {
-            let key = (name.to_ascii_lowercase(), *fingerprint);
-            let Some((schema, version)) = self.views.get(&key) else {
-                return Err(Unserved::NotPublished {
-                    table: name.clone(),
-                });
-            };
-            if *version < oldest {
-                return Err(Unserved::TooOld {
-                    table: name.clone(),
-                    version: *version,
-                    oldest,
-                });
-            }
-            view.push(schema.clone());
+            view.push(self.supported(name, *fingerprint, oldest)?.clone());
         }
         Ok(View {
             tables: view,
@@ -141,25 +132,42 @@ impl Versions {
         })
     }
 
+    /// The descriptor of table `name` as the app version with its view
+    /// `fingerprint` has it, if a version from `oldest` on has it so.
+    fn supported(
+        &self,
+        name: &str,
+        fingerprint: u64,
+        oldest: i64,
+    ) -> Result<&TableSchema, Unserved> {
+        let key = (name.to_ascii_lowercase(), fingerprint);
+        let Some((schema, version)) = self.views.get(&key) else {
+            return Err(Unserved::NotPublished {
+                table: name.to_owned(),
+            });
+        };
+        if *version < oldest {
+            return Err(Unserved::TooOld {
+                table: name.to_owned(),
+                version: *version,
+                oldest,
+            });
+        }
+        Ok(schema)
+    }
+
     /// The view of a device of release 0.1.0, which sends the fingerprint of
     /// its whole schema: the tables of the newest version with that
-    /// fingerprint, if it is `oldest` or later.
+    /// fingerprint, each of which must be as a version from `oldest` on has it
+    /// (as [`resolve`](Self::resolve) judges devices of later releases).
     pub fn resolve_legacy(&self, fingerprint: u64, oldest: i64) -> Result<View, Unserved> {
         let unknown = || Unserved::UnknownSchema {
             fingerprint: format!("{fingerprint:016x}"),
         };
         let version = *self.legacy.get(&fingerprint).ok_or_else(unknown)?;
         let tables = self.tables(version).ok_or_else(unknown)?;
-        if version < oldest {
-            let table = tables
-                .first()
-                .map(|t| t.name.to_string())
-                .unwrap_or_default();
-            return Err(Unserved::TooOld {
-                table,
-                version,
-                oldest,
-            });
+        for table in &tables {
+            self.supported(&table.name, table.view_fingerprint(), oldest)?;
         }
         Ok(View {
             tables,
@@ -282,8 +290,10 @@ fn first_version(conn: &Connection) -> Result<Vec<(i64, TableSchema)>> {
 /// Publishes an app version with the tables `schemas`, inside the caller's
 /// write transaction: each table is created or evolved to it (see
 /// [`crate::evolve`]; an incompatible change fails the whole publication), and
-/// when any descriptor differs from the newest version's, the tables that
-/// differ are recorded as a new version. Returns the newest version.
+/// the tables whose descriptor no version had are recorded as a new version.
+/// A table as an earlier version published it is left alone: publishing an
+/// older version again (a configuration file not updated) changes nothing.
+/// Returns the newest version.
 pub(crate) fn publish(conn: &Connection, tables: &[Arc<Registered>]) -> Result<i64> {
     let schemas: Vec<&TableSchema> = tables.iter().map(|t| &t.schema).collect();
     for (i, schema) in schemas.iter().enumerate() {
@@ -304,17 +314,15 @@ pub(crate) fn publish(conn: &Connection, tables: &[Arc<Registered>]) -> Result<i
         recorded = first_version(conn)?;
         record(conn, &recorded)?;
     }
-    let before = Versions::build(recorded);
-    let latest = before.latest();
-    let current = before.tables(latest).unwrap_or_default();
+    let latest = recorded.iter().map(|(v, _)| *v).max().unwrap_or(0);
     let mut changed = Vec::new();
     for table in tables {
-        tracking::register(conn, table)?;
         let schema = &table.schema;
-        let same = current
+        let published = recorded
             .iter()
-            .any(|t| t.name.eq_ignore_ascii_case(&schema.name) && t == schema);
-        if !same {
+            .any(|(_, t)| t.name.eq_ignore_ascii_case(&schema.name) && t == schema);
+        if !published {
+            tracking::register(conn, table)?;
             changed.push((latest + 1, schema.clone()));
         }
     }
@@ -395,7 +403,7 @@ mod tests {
 
     #[test]
     fn a_release_0_1_0_device_is_matched_by_its_whole_fingerprint() {
-        let versions = Versions::build(vec![(1, todos(&[])), (2, tags())]);
+        let versions = Versions::build(vec![(1, todos(&[])), (2, tags()), (3, todos(&["due"]))]);
         let v1 = fingerprint([todos(&[])].iter());
         let v2 = fingerprint([tags(), todos(&[])].iter());
         assert_eq!(
@@ -403,9 +411,12 @@ mod tests {
             [todos(&[])]
         );
         assert_eq!(versions.resolve_legacy(v2, 1).unwrap().tables().len(), 2);
+        // Judged by its tables, as later releases' devices are: version 2
+        // changed nothing of what version 1 has.
+        assert!(versions.resolve_legacy(v1, 2).is_ok());
         assert!(matches!(
-            versions.resolve_legacy(v1, 2),
-            Err(Unserved::TooOld { version: 1, .. })
+            versions.resolve_legacy(v1, 3),
+            Err(Unserved::TooOld { version: 2, .. })
         ));
         assert!(matches!(
             versions.resolve_legacy(7, 1),

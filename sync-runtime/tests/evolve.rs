@@ -654,3 +654,86 @@ async fn a_table_registered_later_gets_the_rows_a_peer_sent_before() {
     send(&new, &old).await;
     assert_eq!(old.query::<Tag>("", params![]).await.unwrap(), [tag]);
 }
+
+mod indexed {
+    use super::*;
+
+    /// v1 with `title` indexed.
+    #[derive(Synced, Debug, Clone, PartialEq)]
+    #[synced(table = "todos")]
+    pub(crate) struct Todo {
+        #[synced(primary_key)]
+        pub(crate) id: SyncId,
+        #[synced(index)]
+        pub(crate) title: String,
+        pub(crate) done: bool,
+        pub(crate) notes: Option<String>,
+    }
+
+    /// The same, with `title` renamed to `name`, still indexed.
+    #[derive(Synced, Debug, Clone, PartialEq)]
+    #[synced(table = "todos")]
+    pub(crate) struct Renamed {
+        #[synced(primary_key)]
+        pub(crate) id: SyncId,
+        #[synced(index, renamed_from = "title")]
+        pub(crate) name: String,
+        pub(crate) done: bool,
+        pub(crate) notes: Option<String>,
+    }
+}
+
+/// How SQLite finds the rows of `todos` whose column `column` is `'x'`.
+fn plan(path: &Path, column: &str) -> String {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let sql = format!("EXPLAIN QUERY PLAN SELECT * FROM todos WHERE {column} = 'x'");
+    let mut stmt = conn.prepare(&sql).unwrap();
+    let rows = stmt.query_map([], |r| r.get::<_, String>(3)).unwrap();
+    rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
+}
+
+#[tokio::test]
+async fn a_field_marked_index_is_indexed_and_follows_the_struct() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = file(&dir, "device.db");
+    let db = open(&path).await;
+    db.register::<v1::Todo>().await.unwrap();
+    assert!(
+        plan(&path, "title").contains("SCAN"),
+        "{}",
+        plan(&path, "title")
+    );
+    drop(db);
+
+    // Indexed by a new version: an index, no change recorded.
+    let db = open(&path).await;
+    let version = db.db_version().await.unwrap();
+    db.register::<indexed::Todo>().await.unwrap();
+    assert!(
+        plan(&path, "title").contains("USING INDEX"),
+        "{}",
+        plan(&path, "title")
+    );
+    assert!(db.changes_since(version).await.unwrap().is_empty());
+    let sql = indexed::Todo::SCHEMA.sql();
+    assert!(sql.contains("CREATE INDEX IF NOT EXISTS"), "{sql}");
+    drop(db);
+
+    // Renamed, it keeps its index; a version without the attribute drops it.
+    let db = open(&path).await;
+    db.register::<indexed::Renamed>().await.unwrap();
+    assert!(
+        plan(&path, "name").contains("USING INDEX"),
+        "{}",
+        plan(&path, "name")
+    );
+    drop(db);
+    let db = open(&path).await;
+    db.register::<v3::Todo>().await.unwrap();
+    assert!(
+        plan(&path, "name").contains("SCAN"),
+        "{}",
+        plan(&path, "name")
+    );
+    assert_eq!(integrity(&path), "ok");
+}

@@ -463,10 +463,10 @@ impl Database for SqliteDatabase {
     fn publish(&self, schemas: Vec<TableSchema>) -> BoxFuture<'_, Result<i64>> {
         Box::pin(async move {
             let _one_at_a_time = self.publishing.lock().await;
-            let version = self.db.publish(schemas).await?;
-            let versions = Arc::new(self.db.versions().await?);
-            *lock(&self.versions) = Some(versions);
-            Ok(version)
+            let published = self.db.publish(schemas).await;
+            // Read again by the next request if it cannot be read now.
+            *lock(&self.versions) = self.db.versions().await.ok().map(Arc::new);
+            Ok(published?)
         })
     }
 

@@ -243,6 +243,10 @@ async fn unpublished_and_unsupported_app_versions_are_refused_and_keep_their_cha
         .await
         .unwrap();
 
+    // Publishing the first version again (a configuration file not updated)
+    // changes nothing: it stays older than the oldest supported.
+    publish(&url, v1).await;
+
     let too_old = old.sync().await.unwrap_err();
     assert!(matches!(too_old, Error::SchemaTooOld { .. }), "{too_old}");
     assert!(too_old.to_string().contains("update the app"), "{too_old}");
@@ -259,4 +263,61 @@ async fn unpublished_and_unsupported_app_versions_are_refused_and_keep_their_cha
     publish(&url, v3).await;
     newer.sync().await.unwrap();
     assert!(!newer.has_unsent_changes().await.unwrap());
+}
+
+/// An app that registers more while a pull of the previous version waits on
+/// the server does not keep that pull's cursor: it asks again from the
+/// beginning, so a column it was never sent arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registering_more_while_a_pull_waits_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server")).await;
+    let url = server.url("todo");
+    publish(&url, v1).await;
+    publish(&url, v2).await;
+    let new = device(&dir.path().join("new.db"), &url, "ann", v2).await;
+    let row = TodoV2 {
+        id: SyncId::new(),
+        label: "due soon".into(),
+        done: false,
+        due: Some(5),
+        priority: 1,
+    };
+    new.insert(&row).await.unwrap();
+    new.sync().await.unwrap();
+    let old = device(&dir.path().join("old.db"), &url, "bob", v1).await;
+    old.sync().await.unwrap();
+
+    // A pull of the old version waits; the app registers the new one.
+    let waiting = {
+        let old = old.clone();
+        let options = sync_runtime::SyncOptions::default().wait(std::time::Duration::from_secs(30));
+        tokio::spawn(async move { old.check_changes_with(&options).await })
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while server.state().waiting_pulls() != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the pull never waited"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    v2(&old).await;
+    // Another change wakes the pull, which brings a batch of the old version.
+    new.insert(&TodoV2 {
+        id: SyncId::new(),
+        label: "wakes the pull".into(),
+        done: false,
+        due: None,
+        priority: 3,
+    })
+    .await
+    .unwrap();
+    new.sync().await.unwrap();
+    waiting.await.unwrap().unwrap();
+
+    old.sync().await.unwrap();
+    let rows = todos::<TodoV2>(&old).await;
+    assert_eq!(rows.iter().find(|t| t.id == row.id), Some(&row));
+    assert_eq!(rows.len(), 2);
 }

@@ -4,7 +4,7 @@ use sync_runtime::{SyncId, Synced};
 struct Todo {
     #[synced(primary_key)]
     id: SyncId,
-    #[synced(index)]
+    #[synced(indexed)]
     title: String,
 }
 
