@@ -34,6 +34,8 @@ pub(crate) struct Field<'a> {
     pub(crate) renamed_from: Vec<syn::LitStr>,
     /// `#[synced(index)]`.
     pub(crate) index: Option<Span>,
+    /// `#[synced(first_default = …)]`.
+    pub(crate) first_default: Option<DefaultValue>,
 }
 
 impl Field<'_> {
@@ -104,6 +106,7 @@ impl<'a> Model<'a> {
                     skip: attrs.skip,
                     renamed_from: attrs.renamed_from,
                     index: attrs.index,
+                    first_default: attrs.first_default,
                 })
             })
             .collect();

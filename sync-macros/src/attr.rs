@@ -19,8 +19,9 @@ pub(crate) const SKIP: &str = "skip";
 pub(crate) const COUNTER: &str = "counter";
 pub(crate) const RENAMED_FROM: &str = "renamed_from";
 pub(crate) const INDEX: &str = "index";
+pub(crate) const FIRST_DEFAULT: &str = "first_default";
 const FIELD_KEYS: &str = "`primary_key`, `integer_key`, `rename`, `renamed_from`, `default`, \
-     `index`, `skip`, `counter`";
+     `first_default`, `index`, `skip`, `counter`";
 
 /// The merge algorithms the runtime implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +56,8 @@ pub(crate) struct FieldAttrs {
     pub(crate) renamed_from: Vec<LitStr>,
     /// The column is indexed.
     pub(crate) index: Option<Span>,
+    /// The default the column was added with, if it changed since.
+    pub(crate) first_default: Option<DefaultValue>,
 }
 
 /// Collects errors so that all of them are reported at once.
@@ -145,6 +148,13 @@ pub(crate) fn field_attrs(attrs: &[Attribute], errors: &mut Errors) -> FieldAttr
                 set_once(&mut out.primary_key, span, &meta)?;
             } else if meta.path.is_ident(INTEGER_KEY) {
                 set_once(&mut out.integer_key, span, &meta)?;
+            } else if meta.path.is_ident(FIRST_DEFAULT) {
+                let expr: Expr = meta.value()?.parse()?;
+                let default = DefaultValue {
+                    sql: sql_literal(&expr)?,
+                    expr,
+                };
+                set_once(&mut out.first_default, default, &meta)?;
             } else if meta.path.is_ident(INDEX) {
                 set_once(&mut out.index, span, &meta)?;
             } else if meta.path.is_ident(SKIP) {

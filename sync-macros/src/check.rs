@@ -38,6 +38,7 @@ pub(crate) fn check(model: &Model<'_>, errors: &mut Errors) {
                 (field.renamed, "`rename`"),
                 (!field.renamed_from.is_empty(), "`renamed_from`"),
                 (field.index.is_some(), "`index`"),
+                (field.first_default.is_some(), "`first_default`"),
             ]
             .into_iter()
             .filter_map(|(set, name)| set.then_some(name))
@@ -74,6 +75,12 @@ pub(crate) fn check(model: &Model<'_>, errors: &mut Errors) {
             errors.push(syn::Error::new(
                 span,
                 "key columns are indexed already: the primary key is an index",
+            ));
+        }
+        if let (Some(first), Some(_)) = (&field.first_default, field.primary_key) {
+            errors.push(syn::Error::new_spanned(
+                &first.expr,
+                "key columns take no default: every row carries its key",
             ));
         }
         if let (Some(default), Some(_)) = (&field.default, field.primary_key) {

@@ -50,10 +50,17 @@ fn expand(model: &Model<'_>) -> TokenStream {
         };
         let renamed_from = f.renamed_from.iter();
         let indexed = f.index.is_some();
+        let first_default = match &f.first_default {
+            Some(d) => {
+                let sql = &d.sql;
+                quote!(::core::option::Option::Some(#sql))
+            }
+            None => quote!(::core::option::Option::None),
+        };
         quote! {
             ::sync_runtime::__private::column(
                 #name, #key, #default, #value::SQL_TYPE, #value::NULLABLE, #value::DEFAULT_SQL,
-                &[#(::std::borrow::Cow::Borrowed(#renamed_from)),*], #indexed,
+                &[#(::std::borrow::Cow::Borrowed(#renamed_from)),*], #first_default, #indexed,
             )
         }
     });
@@ -216,7 +223,15 @@ fn field_checks(field: &Field<'_>, single_key: bool) -> TokenStream {
                 };
             });
         }
-    } else if let Some(default) = &field.default {
+        return checks;
+    }
+    if let Some(first) = &field.first_default {
+        let expr = &first.expr;
+        checks.extend(quote_spanned! {expr.span()=>
+            const _: <#ty as ::sync_runtime::__private::DefaultLiteral>::Literal = #expr;
+        });
+    }
+    if let Some(default) = &field.default {
         // A typed constant: a literal of the wrong type is a type mismatch at the
         // literal, an out-of-range integer a compile error.
         let expr = &default.expr;

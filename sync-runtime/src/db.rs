@@ -327,7 +327,7 @@ impl SyncDb {
         let (filter, params) = (filter.to_owned(), params.into());
         self.call(move |w| {
             let table = tx::table_of(&w.registry, T::SCHEMA)?;
-            tx::query(&w.conn, &w.user_sql.running, table, &filter, &params)
+            tx::query(&w.conn, &w.user_sql, table, &filter, &params)
         })
         .await
     }

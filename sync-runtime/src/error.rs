@@ -225,6 +225,18 @@ pub enum Error {
     )]
     TransactionEnded,
 
+    /// The app's SQL tried to change the runtime's own tables, triggers or
+    /// indexes (those named `_synced…`), which record what syncs: refused
+    /// before it ran. Reading them is allowed.
+    #[error(
+        "the app's SQL may not change the runtime's own objects: it {action}; their state is \
+         what syncs, and the runtime keeps it"
+    )]
+    RuntimeObject {
+        /// What the statement would have done.
+        action: String,
+    },
+
     /// The operating system gave no random bytes for a new database's site id.
     #[error("the system has no randomness for a new site id: {0}")]
     NoRandomness(String),

@@ -42,6 +42,10 @@ pub(crate) struct Evolution {
     /// Whether the app now has columns it did not have before (added, or
     /// retired and back): what other replicas sent it before lacked them.
     pub(crate) widens: bool,
+    /// Columns (by their new names) whose default in the table's SQL is not
+    /// their descriptor's default: changed defaults, and columns added with a
+    /// first default other than their default.
+    pub(crate) defaults: Vec<String>,
 }
 
 impl Evolution {
@@ -95,6 +99,7 @@ pub(crate) fn plan(stored: &TableSchema, wanted: &TableSchema) -> Result<Evoluti
     let mut matched = vec![false; columns.len()];
     let mut added = Vec::new();
     let mut widens = false;
+    let mut defaults = Vec::new();
     for new in wanted.columns.iter() {
         let same = columns
             .iter()
@@ -199,6 +204,31 @@ pub(crate) fn plan(stored: &TableSchema, wanted: &TableSchema) -> Result<Evoluti
                         *first = id.into();
                     }
                 }
+                // What a row that never wrote the column reads stays: a new
+                // default is for the rows created from now on.
+                let first = old.never_written().ok().flatten();
+                if new.first_default.is_some() && new.never_written().ok().flatten() != first {
+                    let first = old.never_written_sql().unwrap_or("NULL");
+                    return refuse(
+                        format!(
+                            "column `{}` was added with the default {first}, and the struct \
+                             says it was {}",
+                            new.name,
+                            new.never_written_sql().unwrap_or("NULL"),
+                        ),
+                        &format!(
+                            "rows that never wrote the column read its first default on every \
+                             replica; write #[synced(first_default = {first})]"
+                        ),
+                    );
+                }
+                if new.default_value().ok().flatten() != old.default_value().ok().flatten() {
+                    defaults.push(new.name.to_string());
+                }
+                column.default = new.default.clone();
+                column.first_default = (new.default_value().ok().flatten() != first)
+                    .then(|| old.never_written_sql().map(|s| s.to_owned().into()))
+                    .flatten();
                 // A published descriptor may list the columns its app retired.
                 widens |= column.retired && !new.retired;
                 column.retired = new.retired;
@@ -221,7 +251,12 @@ pub(crate) fn plan(stored: &TableSchema, wanted: &TableSchema) -> Result<Evoluti
                          make the field an Option or give it #[synced(default = ...)]",
                     );
                 }
-                let column = new.clone();
+                let mut column = new.clone();
+                if column.default_value().ok().flatten() == column.never_written().ok().flatten() {
+                    column.first_default = None;
+                } else {
+                    defaults.push(column.name.to_string());
+                }
                 widens |= !column.retired;
                 added.push(column.clone());
                 columns.push(column);
@@ -243,6 +278,7 @@ pub(crate) fn plan(stored: &TableSchema, wanted: &TableSchema) -> Result<Evoluti
         renamed,
         added,
         widens,
+        defaults,
     })
 }
 
@@ -261,10 +297,16 @@ pub(crate) fn plan(stored: &TableSchema, wanted: &TableSchema) -> Result<Evoluti
 fn add_columns(conn: &Connection, before: &TableSchema, evolution: &Evolution) -> Result<()> {
     let name = before.name.as_ref();
     let mut widened = before.clone();
+    // The rows that exist read what a row that never wrote a column reads.
     widened
         .columns
         .to_mut()
-        .extend(evolution.added.iter().cloned());
+        .extend(evolution.added.iter().map(|column| {
+            let mut column = column.clone();
+            column.default = column.never_written_sql().map(|s| s.to_owned().into());
+            column.first_default = None;
+            column
+        }));
     let text: Option<String> = conn
         .query_row(sql::TABLE_SQL, [name], |r| r.get(0))
         .optional()?;
@@ -332,6 +374,87 @@ fn rewrite_table_sql(
     Ok(columns == expected)
 }
 
+/// Checks that a published descriptor says the first default of each column
+/// whose default changed since `stored` got it: a device that installs the app
+/// version takes the descriptor as it is, and would otherwise read the new
+/// default for rows that never wrote the column, where devices that updated
+/// read the first one. (A device that updates knows the first default from
+/// its own file.)
+pub(crate) fn check_first_defaults(stored: &TableSchema, published: &TableSchema) -> Result<()> {
+    for new in published
+        .value_columns()
+        .filter(|c| c.first_default.is_none())
+    {
+        let Some(old) = stored
+            .value_columns()
+            .find(|old| old.id().eq_ignore_ascii_case(new.id()))
+        else {
+            continue;
+        };
+        if new.default_value().ok().flatten() != old.never_written().ok().flatten() {
+            let first = old.never_written_sql().unwrap_or("NULL");
+            return Err(Error::IncompatibleChange {
+                table: published.name.to_string(),
+                change: format!(
+                    "column `{}` was added with the default {first}, and this version's default \
+                     is {} without saying so: its new installs would read {1} for rows that \
+                     never wrote the column, and devices that updated {first}",
+                    new.name,
+                    new.default.as_deref().unwrap_or("NULL"),
+                ),
+                remedy: format!(
+                    "keep the first default with #[synced(first_default = {first})] on the field \
+                     (ColumnSchema::first_default)"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Gives the columns of `evolution.defaults` their new default in the
+/// table's SQL, so that rows inserted from now on get it, after writing into
+/// every row that never wrote one of them the value it reads now (its first
+/// default): those rows keep it. Only the runtime's own table text is
+/// rewritten (see [`add_columns`]); a table the app created keeps its SQL
+/// defaults, and its rows read their first defaults all the same.
+fn change_defaults(conn: &Connection, before: &TableSchema, evolution: &Evolution) -> Result<()> {
+    let name = before.name.as_ref();
+    let after = &evolution.stored;
+    // The table as its SQL text is now: the new descriptor with the defaults
+    // the text still has.
+    let mut now = after.clone();
+    for column in now.columns.to_mut() {
+        if !evolution.defaults.iter().any(|d| *d == *column.name) {
+            continue;
+        }
+        let old = before.columns.iter().find(|o| o.id() == column.id());
+        column.default = match old {
+            Some(old) => old.default.clone(),
+            None => column.never_written_sql().map(|s| s.to_owned().into()),
+        };
+    }
+    let text: Option<String> = conn
+        .query_row(sql::TABLE_SQL, [name], |r| r.get(0))
+        .optional()?;
+    if text.as_deref() != Some(sql::stored_table_sql(&now).as_str()) {
+        return Ok(());
+    }
+    for column in after.columns.iter() {
+        if evolution.defaults.iter().any(|d| *d == *column.name) {
+            conn.execute_batch(&sql::keep_never_written(after, column))?;
+        }
+    }
+    conn.execute_batch("SAVEPOINT synced_change_defaults")?;
+    let result = rewrite_table_sql(conn, name, &sql::stored_table_sql(after), after);
+    if matches!(result, Ok(true)) {
+        conn.execute_batch("RELEASE synced_change_defaults")?;
+    } else {
+        conn.execute_batch("ROLLBACK TO synced_change_defaults; RELEASE synced_change_defaults")?;
+    }
+    Ok(())
+}
+
 fn type_name(column: &ColumnSchema) -> String {
     if column.nullable {
         format!("{} (nullable)", column.sql_type)
@@ -353,6 +476,9 @@ pub(crate) fn apply(conn: &Connection, before: &TableSchema, evolution: &Evoluti
     }
     for (from, to) in &evolution.renamed {
         conn.execute_batch(&sql::rename_column(name, from, to))?;
+    }
+    if !evolution.defaults.is_empty() {
+        change_defaults(conn, before, evolution)?;
     }
     let descriptor = serde_json::to_string(&evolution.stored).map_err(|e| {
         Error::InvalidSchema(crate::schema::SchemaError {
@@ -383,7 +509,7 @@ pub(crate) fn ask_again(conn: &Connection) -> Result<()> {
 mod tests {
     use super::*;
     use crate::schema::Algorithm;
-    use crate::value::SqlType;
+    use crate::value::{SqlType, Value};
 
     fn todos(columns: Vec<ColumnSchema>) -> TableSchema {
         let mut all = vec![ColumnSchema::new("id", SqlType::Text).primary_key()];
@@ -621,10 +747,44 @@ mod tests {
     #[test]
     fn a_changed_default_keeps_the_one_the_column_was_added_with() {
         let v1 = todos(vec![title()]);
-        let v2 = todos(vec![
-            ColumnSchema::new("title", SqlType::Text).default_sql("'untitled'"),
-        ]);
+        let untitled = || ColumnSchema::new("title", SqlType::Text).default_sql("'untitled'");
+        let v2 = todos(vec![untitled()]);
         let e = plan(&v1, &v2).unwrap();
-        assert_eq!(e.stored, v1);
+        // New rows get the new default; rows that never wrote it read the first.
+        let kept = todos(vec![untitled().first_default("''")]);
+        assert_eq!(e.stored, kept);
+        assert_eq!(e.defaults, ["title"]);
+        assert_eq!(
+            e.stored.columns[1].never_written(),
+            Ok(Some(Value::Text(String::new())))
+        );
+        // A new install says so itself; saying another first default is refused.
+        assert_eq!(plan(&v1, &kept).unwrap().stored, kept);
+        assert_eq!(plan(&kept, &kept).unwrap().stored, kept);
+        let wrong = todos(vec![untitled().first_default("'none'")]);
+        assert!(matches!(
+            plan(&v1, &wrong),
+            Err(Error::IncompatibleChange { change, .. }) if change.contains("added with the default ''")
+        ));
+        // The published descriptor of a new install must say it.
+        assert!(check_first_defaults(&v1, &v2).is_err());
+        assert!(check_first_defaults(&v1, &kept).is_ok());
+        // Back to the first default: nothing to remember.
+        assert_eq!(plan(&kept, &v1).unwrap().stored, v1);
+    }
+
+    #[test]
+    fn a_column_added_with_a_changed_default_reads_its_first_one() {
+        let v1 = todos(vec![title()]);
+        let v3 = todos(vec![
+            title(),
+            ColumnSchema::new("rank", SqlType::Integer)
+                .default_sql("5")
+                .first_default("3"),
+        ]);
+        let e = plan(&v1, &v3).unwrap();
+        assert_eq!(e.added.len(), 1);
+        assert_eq!(e.defaults, ["rank"]);
+        assert_eq!(e.stored, v3);
     }
 }

@@ -42,6 +42,12 @@ pub(crate) fn guard(
         }
         let app = refuse.running.load(Ordering::Relaxed);
         if app {
+            if let Some(action) = runtime_object_change(&context) {
+                if let Ok(mut refused) = refuse.refused.lock() {
+                    *refused = Some(action);
+                }
+                return Authorization::Deny;
+            }
             note_app_write(&refuse, &context.action);
         }
         let control = matches!(
@@ -55,6 +61,76 @@ pub(crate) fn guard(
         }
     }))?;
     Ok(())
+}
+
+/// Whether an action of the app's SQL changes one of the runtime's own objects
+/// (named with [`RESERVED_PREFIX`](crate::schema::RESERVED_PREFIX)): what it
+/// would do, if so. The runtime's own triggers write its tables when the app
+/// writes a synced table; their writes are theirs.
+fn runtime_object_change(context: &rusqlite::hooks::AuthContext<'_>) -> Option<String> {
+    use rusqlite::hooks::AuthAction;
+    let ours = |name: &str| {
+        name.get(..crate::schema::RESERVED_PREFIX.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(crate::schema::RESERVED_PREFIX))
+    };
+    let by_trigger_of_ours = context.accessor.is_some_and(ours);
+    let (what, name) = match context.action {
+        AuthAction::Insert { table_name } if !by_trigger_of_ours => ("writes", table_name),
+        AuthAction::Update { table_name, .. } if !by_trigger_of_ours => ("writes", table_name),
+        AuthAction::Delete { table_name } if !by_trigger_of_ours => ("deletes from", table_name),
+        AuthAction::CreateTable { table_name }
+        | AuthAction::CreateTempTable { table_name }
+        | AuthAction::CreateView {
+            view_name: table_name,
+        }
+        | AuthAction::CreateTempView {
+            view_name: table_name,
+        } => ("creates", table_name),
+        AuthAction::DropTable { table_name }
+        | AuthAction::DropTempTable { table_name }
+        | AuthAction::DropView {
+            view_name: table_name,
+        }
+        | AuthAction::DropTempView {
+            view_name: table_name,
+        } => ("drops", table_name),
+        AuthAction::AlterTable { table_name, .. } => ("alters", table_name),
+        AuthAction::CreateIndex {
+            index_name,
+            table_name,
+        }
+        | AuthAction::CreateTempIndex {
+            index_name,
+            table_name,
+        }
+        | AuthAction::CreateTrigger {
+            trigger_name: index_name,
+            table_name,
+        }
+        | AuthAction::CreateTempTrigger {
+            trigger_name: index_name,
+            table_name,
+        } => (
+            "creates an object on",
+            if ours(index_name) {
+                index_name
+            } else {
+                table_name
+            },
+        ),
+        AuthAction::DropIndex { index_name, .. }
+        | AuthAction::DropTempIndex { index_name, .. }
+        | AuthAction::DropTrigger {
+            trigger_name: index_name,
+            ..
+        }
+        | AuthAction::DropTempTrigger {
+            trigger_name: index_name,
+            ..
+        } => ("drops", index_name),
+        _ => return None,
+    };
+    ours(name).then(|| format!("{what} `{name}`"))
 }
 
 /// Records what the app's statement being compiled writes (see

@@ -179,6 +179,7 @@ pub mod __private {
         nullable: bool,
         natural_default: Option<&'static str>,
         renamed_from: &'static [std::borrow::Cow<'static, str>],
+        first_default: Option<&'static str>,
         indexed: bool,
     ) -> crate::ColumnSchema {
         let default = match default {
@@ -197,6 +198,10 @@ pub mod __private {
             },
             renamed_from: std::borrow::Cow::Borrowed(renamed_from),
             retired: false,
+            first_default: match first_default {
+                Some(sql) => Some(std::borrow::Cow::Borrowed(sql)),
+                None => None,
+            },
             indexed,
         }
     }

@@ -724,7 +724,7 @@ fn resolve<'p>(conn: &Connection, payload: &'p Payload, skip_unknown: bool) -> R
         let defaults = schema
             .value_columns()
             .map(|c| {
-                c.default_value()
+                c.never_written()
                     .map(Option::unwrap_or_default)
                     .map_err(|reason| {
                         // A descriptor stored by a release that took defaults

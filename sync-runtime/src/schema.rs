@@ -71,6 +71,16 @@ pub struct ColumnSchema {
     /// values and keeps merging them (other app versions may still use it).
     #[serde(default, skip_serializing_if = "is_false")]
     pub retired: bool,
+    /// The default the column was added with, when its
+    /// [`default`](Self::default) changed since (`#[synced(first_default =
+    /// …)]`): what every replica reads for a row that never wrote the column
+    /// (one created before the column existed, or by an app version without
+    /// it), so that replicas that got the column at different times agree.
+    /// [`default`](Self::default) is then what new rows get. A replica that
+    /// had the column before the change keeps its first default on its own;
+    /// a new install learns it from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_default: Option<Cow<'static, str>>,
     /// Whether the replica indexes the column (`#[synced(index)]`), so that
     /// the app's queries that filter or sort by it need not read the whole
     /// table. An index is the replica's own: it changes nothing of what syncs.
@@ -93,6 +103,7 @@ impl ColumnSchema {
             default: None,
             renamed_from: Cow::Borrowed(&[]),
             retired: false,
+            first_default: None,
             indexed: false,
         }
     }
@@ -114,6 +125,13 @@ impl ColumnSchema {
     /// by this in payloads and clocks.
     pub fn id(&self) -> &str {
         self.renamed_from.first().unwrap_or(&self.name)
+    }
+
+    /// Records the default the column was added with, when its default
+    /// changed since: see [`first_default`](field@Self::first_default).
+    pub fn first_default(mut self, literal: impl Into<Cow<'static, str>>) -> Self {
+        self.first_default = Some(literal.into());
+        self
     }
 
     /// Indexes the column on every replica that registers the table.
@@ -354,6 +372,15 @@ impl TableSchema {
             if let Err(reason) = c.default_value() {
                 return err(format!("column `{}`: {reason}", c.name));
             }
+            if let Err(reason) = c.never_written() {
+                return err(format!("column `{}`: first default: {reason}", c.name));
+            }
+            if c.primary_key && c.first_default.is_some() {
+                return err(format!(
+                    "key column `{}` takes no default: every row carries its key",
+                    c.name
+                ));
+            }
             if !c.primary_key && !c.nullable && c.default.is_none() {
                 return err(format!(
                     "column `{}` is NOT NULL without a default; a row may arrive column by column, so give it a default or make it nullable",
@@ -370,7 +397,26 @@ impl ColumnSchema {
     /// and checked against the column's type. An integer literal in a `REAL`
     /// column is its real value, as SQLite stores it.
     pub(crate) fn default_value(&self) -> Result<Option<Value>, String> {
-        let Some(literal) = &self.default else {
+        self.literal_value(self.default.as_deref())
+    }
+
+    /// What a row that never wrote the column reads: its
+    /// [`first_default`](field@Self::first_default), or its default.
+    pub(crate) fn never_written(&self) -> Result<Option<Value>, String> {
+        match &self.first_default {
+            Some(first) => self.literal_value(Some(first)),
+            None => self.default_value(),
+        }
+    }
+
+    /// [`never_written`](Self::never_written) as an SQL literal.
+    pub(crate) fn never_written_sql(&self) -> Option<&str> {
+        self.first_default.as_deref().or(self.default.as_deref())
+    }
+
+    /// A default literal of the column, parsed and checked against its type.
+    fn literal_value(&self, literal: Option<&str>) -> Result<Option<Value>, String> {
+        let Some(literal) = literal else {
             return Ok(None);
         };
         let value = parse_literal(literal).ok_or_else(|| {
@@ -498,6 +544,10 @@ pub(crate) fn fingerprint<'a>(tables: impl Iterator<Item = &'a TableSchema>) -> 
             }
             if c.retired {
                 hash.feed(b"retired");
+            }
+            if let Some(first) = &c.first_default {
+                hash.feed(b"first_default");
+                hash.feed(first.as_bytes());
             }
         }
     }

@@ -942,7 +942,8 @@ pub(crate) fn add_column(table: &str, column: &ColumnSchema) -> [String; 2] {
     if !column.nullable {
         app.push_str(" NOT NULL");
     }
-    if let Ok(Some(default)) = column.default_value() {
+    // The rows that exist read it: what a row that never wrote it reads.
+    if let Ok(Some(default)) = column.never_written() {
         let _ = write!(app, " DEFAULT {}", value_literal(&default));
     }
     app.push(';');
@@ -1331,6 +1332,27 @@ fn changes_query(schema: &TableSchema, drive: Drive<'_>, filter: &str, extra: &[
 
 /// Records every app row without a live clock as inserted (tracking turned on for
 /// rows written while it was off, or for a table that existed before).
+/// Writes, into every row of `schema`'s table that never wrote `column` (no
+/// clock of it), the value such a row reads ([`ColumnSchema::never_written`]),
+/// so that the row keeps it when the table's SQL default changes. Run with the
+/// triggers off: nothing is recorded.
+pub(crate) fn keep_never_written(schema: &TableSchema, column: &ColumnSchema) -> String {
+    let value = column
+        .never_written()
+        .ok()
+        .flatten()
+        .map_or_else(|| "NULL".to_owned(), |v| value_literal(&v));
+    let table = ident(&schema.name);
+    let clock = ident(&clock_table(&schema.name));
+    format!(
+        "UPDATE {table} AS t SET {} = {value} WHERE NOT EXISTS (SELECT 1 FROM {clock} AS c \
+         WHERE {} AND c.{} > 0)",
+        ident(&column.name),
+        key_match(schema, "c.", "t."),
+        meta_col(column.id(), "v"),
+    )
+}
+
 fn backfill_live(schema: &TableSchema) -> String {
     let table = ident(&schema.name);
     let clock = ident(&clock_table(&schema.name));

@@ -41,6 +41,9 @@ pub(crate) struct AppSql {
     /// authorizer sees it (its triggers' writes included); `None` until the
     /// authorizer is called.
     pub(crate) compiled: Mutex<Option<Vec<Write>>>,
+    /// What the authorizer refused of the app's statement being compiled: a
+    /// change to the runtime's own objects (see [`Error::RuntimeObject`]).
+    pub(crate) refused: Mutex<Option<String>>,
     /// Moves whenever the app's SQL changes the schema: the write sets of
     /// [`writes`](Self::writes) recorded before then are read again.
     pub(crate) epoch: AtomicU64,
@@ -205,13 +208,7 @@ impl<'c> Transaction<'c> {
         params: impl AsRef<[Value]>,
     ) -> Result<Vec<T>> {
         let table = self.table::<T>()?;
-        query(
-            self.conn,
-            &self.user_sql.running,
-            table,
-            filter,
-            params.as_ref(),
-        )
+        query(self.conn, self.user_sql, table, filter, params.as_ref())
     }
 
     /// Runs raw SQL (one statement) with parameters; returns the number of changed
@@ -365,7 +362,7 @@ fn get_raw<'v, R>(
 
 pub(crate) fn query<T: Synced>(
     conn: &Connection,
-    user_sql: &AtomicBool,
+    user_sql: &AppSql,
     table: &Registered,
     filter: &str,
     params: &[Value],
@@ -399,7 +396,7 @@ pub(crate) fn execute_raw(
 ) -> Result<usize> {
     check_params(params)?;
     let run = || {
-        as_user(&user_sql.running, || {
+        as_user(user_sql, || {
             let mut stmt = conn.prepare_cached(sql)?;
             Ok(stmt.execute(rusqlite::params_from_iter(params))?)
         })
@@ -471,7 +468,7 @@ fn writes_of(conn: &Connection, user_sql: &AppSql, sql: &str) -> Result<Arc<[Wri
     }
     let compiled = || user_sql.compiled.lock().unwrap_or_else(|e| e.into_inner());
     *compiled() = Some(Vec::new());
-    let prepared = as_user(&user_sql.running, || conn.prepare(sql).map(drop));
+    let prepared = as_user(user_sql, || Ok(conn.prepare(sql).map(drop)?));
     let writes: Arc<[Write]> = compiled().take().unwrap_or_default().into();
     prepared?;
     let mut kept = user_sql.writes_mut();
@@ -565,16 +562,22 @@ fn check_keys(conn: &Connection, registry: &Registry, inserted: &[(String, i64)]
 /// Runs `f` with the app's SQL flag set: the connection's authorizer then refuses
 /// transaction control (`BEGIN`, `COMMIT`, `ROLLBACK`, savepoints), which would
 /// end the runtime's transaction halfway.
-fn as_user<R>(flag: &AtomicBool, f: impl FnOnce() -> R) -> R {
+fn as_user<T>(user_sql: &AppSql, f: impl FnOnce() -> Result<T>) -> Result<T> {
     struct Reset<'a>(&'a AtomicBool);
     impl Drop for Reset<'_> {
         fn drop(&mut self) {
             self.0.store(false, Ordering::Relaxed);
         }
     }
-    flag.store(true, Ordering::Relaxed);
-    let _reset = Reset(flag);
-    f()
+    let refused = || user_sql.refused.lock().unwrap_or_else(|e| e.into_inner());
+    refused().take();
+    user_sql.running.store(true, Ordering::Relaxed);
+    let _reset = Reset(&user_sql.running);
+    let result = f();
+    match refused().take() {
+        Some(action) if result.is_err() => Err(Error::RuntimeObject { action }),
+        _ => result,
+    }
 }
 
 #[cfg(test)]

@@ -315,6 +315,7 @@ pub(crate) fn publish(conn: &Connection, tables: &[Arc<Registered>]) -> Result<i
         record(conn, &recorded)?;
     }
     let latest = recorded.iter().map(|(v, _)| *v).max().unwrap_or(0);
+    let stored = tracking::synced_tables(conn, false)?;
     let mut changed = Vec::new();
     for table in tables {
         let schema = &table.schema;
@@ -322,6 +323,15 @@ pub(crate) fn publish(conn: &Connection, tables: &[Arc<Registered>]) -> Result<i
             .iter()
             .any(|(_, t)| t.name.eq_ignore_ascii_case(&schema.name) && t == schema);
         if !published {
+            if let Some(old) = stored
+                .iter()
+                .find(|s| s.name.eq_ignore_ascii_case(&schema.name))
+            {
+                // What the evolution refuses first, then what only a
+                // publication must say.
+                crate::evolve::plan(old, schema)?;
+                crate::evolve::check_first_defaults(old, schema)?;
+            }
             tracking::register(conn, table)?;
             changed.push((latest + 1, schema.clone()));
         }

@@ -854,3 +854,60 @@ async fn a_text_default_with_a_nul_is_refused_naming_its_column() {
         "{registered:?}"
     );
 }
+
+/// The app's raw SQL reads the runtime's own tables but never changes them,
+/// nor its triggers and indexes: that state is what syncs.
+#[tokio::test]
+async fn the_apps_sql_may_not_change_the_runtimes_own_objects() {
+    let db = SyncDb::open_in_memory().await.unwrap();
+    db.register::<Todo>().await.unwrap();
+    for (sql, action) in [
+        (
+            "DELETE FROM _synced_versions",
+            "deletes from `_synced_versions`",
+        ),
+        (
+            "UPDATE _Synced_State SET db_version = 0",
+            "writes `_synced_state`",
+        ),
+        (
+            "INSERT INTO _synced_peers VALUES (7, 7)",
+            "writes `_synced_peers`",
+        ),
+        (
+            "DROP TABLE \"_synced_clock.todos\"",
+            "drops `_synced_clock.todos`",
+        ),
+        (
+            "DROP TRIGGER \"_synced_trigger.todos.update\"",
+            "drops `_synced_trigger.todos.update`",
+        ),
+        (
+            "ALTER TABLE _synced_sites ADD COLUMN x",
+            "alters `_synced_sites`",
+        ),
+        ("CREATE TABLE _synced_mine (a)", "creates `_synced_mine`"),
+    ] {
+        let err = db.execute_raw(sql, params![]).await.unwrap_err();
+        match &err {
+            Error::RuntimeObject { action: a } => assert_eq!(a, action, "{sql}"),
+            other => panic!("{sql}: {other:?}"),
+        }
+    }
+    // The app's own writes, which the runtime's triggers record, still run.
+    db.insert(&Todo {
+        id: SyncId::new(),
+        title: "kept".into(),
+        done: false,
+        note: None,
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        db.execute_raw("UPDATE todos SET title = 'edited'", params![])
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(db.changes_since(0).await.unwrap().len() > 1);
+}

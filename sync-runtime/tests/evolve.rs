@@ -617,6 +617,27 @@ async fn the_apps_migrations_apply_once_in_order_and_all_or_nothing() {
             "synced table `todos`",
         ),
         ("CREATE TABLE x (a); COMMIT", ""),
+        // The runtime's own objects: what syncs.
+        (
+            "DROP TRIGGER \"_synced_trigger.todos.insert\"",
+            "drops `_synced_trigger.todos.insert`",
+        ),
+        (
+            "DROP TABLE \"_synced_clock.todos\"",
+            "drops `_synced_clock.todos`",
+        ),
+        (
+            "DELETE FROM _synced_tables",
+            "deletes from `_synced_tables`",
+        ),
+        (
+            "UPDATE _synced_state SET db_version = 0",
+            "writes `_synced_state`",
+        ),
+        (
+            "CREATE INDEX mine ON \"_synced_clock.todos\" (\"title.v\")",
+            "`_synced_clock.todos`",
+        ),
     ] {
         let before = snapshot(&path);
         let list = [V2[0], V2[1], bad];
@@ -736,4 +757,86 @@ async fn a_field_marked_index_is_indexed_and_follows_the_struct() {
         plan(&path, "name")
     );
     assert_eq!(integrity(&path), "ok");
+}
+
+mod v2_new_default {
+    use super::*;
+
+    /// v2 with `priority`'s default changed from 2 to 3.
+    #[derive(Synced, Debug, Clone, PartialEq)]
+    #[synced(table = "todos")]
+    pub(crate) struct Todo {
+        #[synced(primary_key)]
+        pub(crate) id: SyncId,
+        pub(crate) due: Option<i64>,
+        pub(crate) title: String,
+        #[synced(default = 3, first_default = 2)]
+        pub(crate) priority: i64,
+        pub(crate) done: bool,
+        pub(crate) notes: Option<String>,
+    }
+}
+
+/// `(title, priority)` of every row, by title.
+async fn priorities(db: &SyncDb) -> Vec<(String, i64)> {
+    let mut rows: Vec<(String, i64)> = db
+        .query::<v2_new_default::Todo>("", params![])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.title, t.priority))
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[tokio::test]
+async fn a_changed_default_is_for_new_rows_and_every_replica_reads_the_first_one_for_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, updated, installed) = (
+        open(&file(&dir, "old.db")).await,
+        open(&file(&dir, "updated.db")).await,
+        open(&file(&dir, "installed.db")).await,
+    );
+    old.register::<v1::Todo>().await.unwrap();
+    updated.register::<v1::Todo>().await.unwrap();
+    old.insert(&v1_todo("before the column")).await.unwrap();
+    both_ways(&old, &updated).await;
+    // The updated device gets `priority` (default 2), then its default 3.
+    updated.register::<v2::Todo>().await.unwrap();
+    drop(updated);
+    let updated = open(&file(&dir, "updated.db")).await;
+    let version = updated.db_version().await.unwrap();
+    updated.register::<v2_new_default::Todo>().await.unwrap();
+    assert!(updated.changes_since(version).await.unwrap().is_empty());
+    // A new install of the last version knows the column's first default.
+    installed.register::<v2_new_default::Todo>().await.unwrap();
+    old.insert(&v1_todo("by the old version")).await.unwrap();
+    both_ways(&old, &updated).await;
+    both_ways(&old, &installed).await;
+    // New rows, written by raw SQL that leaves the column out, get the new
+    // default on both; rows that never wrote it read the first on both.
+    for (db, title) in [
+        (&updated, "raw on updated"),
+        (&installed, "raw on installed"),
+    ] {
+        db.execute_raw(
+            "INSERT INTO todos (id, title, done) VALUES (?1, ?2, 0)",
+            params![SyncId::new(), title],
+        )
+        .await
+        .unwrap();
+    }
+    both_ways(&updated, &installed).await;
+    both_ways(&updated, &old).await;
+    let expected = [
+        ("before the column".to_owned(), 2),
+        ("by the old version".to_owned(), 2),
+        ("raw on installed".to_owned(), 3),
+        ("raw on updated".to_owned(), 3),
+    ];
+    assert_eq!(priorities(&updated).await, expected);
+    assert_eq!(priorities(&installed).await, expected);
+    drop(updated);
+    assert_eq!(integrity(&file(&dir, "updated.db")), "ok");
 }

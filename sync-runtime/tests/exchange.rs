@@ -101,26 +101,29 @@ async fn an_export_since_a_version_carries_only_later_changes() {
 
 #[tokio::test]
 async fn a_local_export_leaves_out_what_came_from_elsewhere() {
-    let db = db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.db");
+    let db = SyncDb::open(&path).await.unwrap();
+    db.register::<Todo>().await.unwrap();
     let mine = todo("mine");
     db.insert(&mine).await.unwrap();
     let theirs = todo("theirs");
     db.insert(&theirs).await.unwrap();
-    // Version 2 stands for a transaction merged from another site.
+    // Version 2 stands for a transaction merged from another site (written
+    // through a connection of its own: the app's SQL may not).
     let elsewhere = [9u8; 16];
-    db.transaction(move |tx| {
-        tx.execute_raw(
-            "INSERT INTO _synced_sites (ordinal, site_id) VALUES (1, ?1)",
-            vec![Value::Blob(elsewhere.to_vec())],
-        )?;
-        tx.execute_raw(
-            "INSERT INTO _synced_versions (db_version, site, origin_version) VALUES (2, 1, 77)",
-            params![],
-        )?;
-        Ok::<_, Error>(())
-    })
-    .await
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute(
+        "INSERT INTO _synced_sites (ordinal, site_id) VALUES (1, ?1)",
+        [elsewhere.to_vec()],
+    )
     .unwrap();
+    conn.execute(
+        "INSERT INTO _synced_versions (db_version, site, origin_version) VALUES (2, 1, 77)",
+        [],
+    )
+    .unwrap();
+    drop(conn);
 
     let all = decode(&db.export_changes(Since::Beginning).await.unwrap());
     assert_eq!(all.rows.len(), 2);
@@ -731,7 +734,10 @@ async fn keys_from(
 /// rowid, still reaches them.
 #[tokio::test]
 async fn a_cursor_resumed_across_a_vacuum_skips_no_row() {
-    let db = db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.db");
+    let db = SyncDb::open(&path).await.unwrap();
+    db.register::<Todo>().await.unwrap();
     let rows: Vec<Todo> = (0..10).map(|i| todo(&format!("row {i}"))).collect();
     let written = rows.clone();
     db.transaction(move |tx| {
@@ -746,14 +752,7 @@ async fn a_cursor_resumed_across_a_vacuum_skips_no_row() {
         // What SQLite allows a vacuum to do, done by hand: the rowids are
         // numbered again, the other way round, so that the rows the first batch
         // did not reach come before its cursor.
-        for renumber in ["rowid + 1000", "1011 - rowid"] {
-            db.execute_raw(
-                &format!("UPDATE \"_synced_clock.todos\" SET rowid = {renumber}"),
-                params![],
-            )
-            .await
-            .unwrap();
-        }
+        renumber_clock(&path);
         db.vacuum().await.unwrap();
     };
     let mut keys = keys_from(&db, Cursor::BEGINNING, 4, renumbering_vacuum).await;
@@ -811,11 +810,13 @@ async fn a_cursor_made_during_another_handles_vacuum_skips_no_row() {
     .unwrap();
     let limits = BatchLimits::default().max_rows(4);
     // Another handle's `vacuum`: first its count...
-    let other = SyncDb::open(&path).await.unwrap();
-    other
-        .execute_raw("UPDATE _synced_state SET vacuums = vacuums + 1", params![])
-        .await
-        .unwrap();
+    let count_vacuum = || {
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute("UPDATE _synced_state SET vacuums = vacuums + 1", [])
+            .unwrap()
+    };
+    count_vacuum();
     // ...this handle's export, before the VACUUM commits...
     let first = db
         .export_batch(Cursor::BEGINNING, Scope::All, limits)
@@ -824,21 +825,10 @@ async fn a_cursor_made_during_another_handles_vacuum_skips_no_row() {
     assert!(!first.complete);
     // ...then the VACUUM, which may renumber the clock's rowids (done by hand,
     // as in `a_cursor_resumed_across_a_vacuum_skips_no_row`).
-    for renumber in ["rowid + 1000", "1011 - rowid"] {
-        other
-            .execute_raw(
-                &format!("UPDATE \"_synced_clock.todos\" SET rowid = {renumber}"),
-                params![],
-            )
-            .await
-            .unwrap();
-    }
+    renumber_clock(&path);
     let vacuum = plain_vacuum(&path);
     assert!(vacuum, "VACUUM ran");
-    other
-        .execute_raw("UPDATE _synced_state SET vacuums = vacuums + 1", params![])
-        .await
-        .unwrap();
+    count_vacuum();
     let mut keys: Vec<Vec<Value>> = decode(&first.payload)
         .rows
         .into_iter()
@@ -856,6 +846,20 @@ async fn a_cursor_made_during_another_handles_vacuum_skips_no_row() {
     keys.sort_by(|a, b| a[0].sqlite_cmp(&b[0]));
     keys.dedup();
     assert_eq!(keys.len(), rows.len(), "rows were skipped");
+}
+
+/// Numbers the rowids of the file's `todos` clock again, the other way
+/// round, as a vacuum may (through a connection of its own: the app's SQL may
+/// not change the runtime's tables).
+fn renumber_clock(path: &std::path::Path) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    for renumber in ["rowid + 1000", "1011 - rowid"] {
+        conn.execute(
+            &format!("UPDATE \"_synced_clock.todos\" SET rowid = {renumber}"),
+            [],
+        )
+        .unwrap();
+    }
 }
 
 /// Runs a plain `VACUUM` on the file, as the middle step of `SyncDb::vacuum`

@@ -506,34 +506,50 @@ async fn writes_from_another_connection_are_tracked() {
     assert_eq!(versions, vec![2, 3]);
 }
 
+/// Runs `sql` on the file at `path` through a connection of its own: how
+/// these tests set up the runtime's metadata, which the app's SQL may not
+/// change.
+fn tamper(path: &Path, sql: &str, params: impl rusqlite::Params) {
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .execute(sql, params)
+        .unwrap();
+}
+
+/// A database file in `dir` with the `Todo` table.
+async fn on_file(dir: &tempfile::TempDir) -> (SyncDb, std::path::PathBuf) {
+    let path = dir.path().join("db.db");
+    let db = SyncDb::open(&path).await.unwrap();
+    db.register::<Todo>().await.unwrap();
+    (db, path)
+}
+
 #[tokio::test]
 async fn the_writer_of_a_change_is_the_origin_of_its_version() {
-    let db = memory().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (db, path) = on_file(&dir).await;
     let local = todo("written here");
     db.insert(&local).await.unwrap();
     // What a merge records for a version holding another replica's changes.
     let elsewhere = [7u8; 16];
-    db.execute_raw(
+    tamper(
+        &path,
         "INSERT INTO _synced_sites (ordinal, site_id) VALUES (1, ?1)",
-        vec![Value::Blob(elsewhere.to_vec())],
-    )
-    .await
-    .unwrap();
-    db.execute_raw(
+        [elsewhere.to_vec()],
+    );
+    tamper(
+        &path,
         "INSERT INTO _synced_versions (db_version, site, origin_version) VALUES (3, 1, 40)",
-        params![],
-    )
-    .await
-    .unwrap();
+        [],
+    );
     let remote = todo("written elsewhere");
     db.insert(&remote).await.unwrap(); // version 2, here
     // Version 3 brought another replica's title.
-    db.execute_raw(
+    tamper(
+        &path,
         "UPDATE \"_synced_clock.todos\" SET \"title.dv\" = 3, _synced_dv = 3 WHERE id = ?1",
-        params![remote.id],
-    )
-    .await
-    .unwrap();
+        [remote.id.to_string()],
+    );
 
     let changes = db.changes_since(0).await.unwrap();
     let site_of = |id: SyncId, column: &str| {
@@ -553,7 +569,8 @@ async fn the_writer_of_a_change_is_the_origin_of_its_version() {
 
 #[tokio::test]
 async fn writes_under_the_merge_flag_are_not_recorded_and_app_triggers_still_fire() {
-    let db = memory().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (db, path) = on_file(&dir).await;
     let kept = todo("existing");
     db.insert(&kept).await.unwrap();
     db.execute_raw("CREATE TABLE audit (what TEXT) STRICT", params![])
@@ -567,20 +584,23 @@ async fn writes_under_the_merge_flag_are_not_recorded_and_app_triggers_still_fir
     .unwrap();
     let before = db.changes_since(0).await.unwrap();
 
-    let id = SyncId::new();
-    db.transaction(move |tx| {
-        // What the merge does around the rows it writes.
-        tx.execute_raw("UPDATE _synced_state SET applying = 1", params![])?;
-        tx.execute_raw(
-            "INSERT INTO todos (id, title) VALUES (?1, 'from a peer')",
-            params![id],
-        )?;
-        tx.execute_raw("UPDATE todos SET done = 1", params![])?;
-        tx.execute_raw("UPDATE _synced_state SET applying = 0", params![])?;
-        Ok::<_, Error>(())
-    })
-    .await
+    // What the merge does around the rows it writes, in one transaction (of
+    // a connection of its own: the app's SQL may not set the flag).
+    let id = SyncId::new().to_string();
+    let mut conn = rusqlite::Connection::open(&path).unwrap();
+    let tx = conn.transaction().unwrap();
+    tx.execute("UPDATE _synced_state SET applying = 1", [])
+        .unwrap();
+    tx.execute(
+        "INSERT INTO todos (id, title) VALUES (?1, 'from a peer')",
+        [id],
+    )
     .unwrap();
+    tx.execute("UPDATE todos SET done = 1", []).unwrap();
+    tx.execute("UPDATE _synced_state SET applying = 0", [])
+        .unwrap();
+    tx.commit().unwrap();
+    drop(conn);
 
     // The metadata is as before (the changes view reads current values, so
     // compare the clocks only): the merge writes its own metadata.

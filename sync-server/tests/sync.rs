@@ -503,7 +503,33 @@ async fn a_published_change_to_a_table_is_applied_if_compatible_and_409_otherwis
         publish(vec![widened.clone()]).await.unwrap().status(),
         StatusCode::OK
     );
-    assert_eq!(get().await, vec![widened]);
+    assert_eq!(get().await, vec![widened.clone()]);
+
+    // A changed default must keep the first one, or new installs of the
+    // version would read another value for rows that never wrote the column.
+    let done = |column: ColumnSchema| {
+        let mut schema = widened.clone();
+        schema.columns.to_mut()[2] = column;
+        schema
+    };
+    let changed = ColumnSchema::new("done", SqlType::Integer).default_sql("1");
+    let error = error_body(
+        publish(vec![done(changed.clone())]).await.unwrap(),
+        StatusCode::CONFLICT,
+    )
+    .await;
+    assert!(
+        error.message.contains("first_default = 0"),
+        "{}",
+        error.message
+    );
+    assert_eq!(get().await, vec![widened.clone()]);
+    let kept = done(changed.first_default("0"));
+    assert_eq!(
+        publish(vec![kept.clone()]).await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(get().await, vec![kept]);
 }
 
 /// Bad `synced-tables` headers get 400; a table as no version published it
