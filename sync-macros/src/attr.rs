@@ -44,6 +44,17 @@ pub(crate) struct DefaultValue {
     pub(crate) expr: Expr,
 }
 
+impl DefaultValue {
+    /// The literal after `default =` or `first_default =`.
+    fn parse(meta: &syn::meta::ParseNestedMeta<'_>) -> syn::Result<Self> {
+        let expr: Expr = meta.value()?.parse()?;
+        Ok(Self {
+            sql: sql_literal(&expr)?,
+            expr,
+        })
+    }
+}
+
 /// Field-level attributes.
 #[derive(Default)]
 pub(crate) struct FieldAttrs {
@@ -149,11 +160,7 @@ pub(crate) fn field_attrs(attrs: &[Attribute], errors: &mut Errors) -> FieldAttr
             } else if meta.path.is_ident(INTEGER_KEY) {
                 set_once(&mut out.integer_key, span, &meta)?;
             } else if meta.path.is_ident(FIRST_DEFAULT) {
-                let expr: Expr = meta.value()?.parse()?;
-                let default = DefaultValue {
-                    sql: sql_literal(&expr)?,
-                    expr,
-                };
+                let default = DefaultValue::parse(&meta)?;
                 set_once(&mut out.first_default, default, &meta)?;
             } else if meta.path.is_ident(INDEX) {
                 set_once(&mut out.index, span, &meta)?;
@@ -165,11 +172,7 @@ pub(crate) fn field_attrs(attrs: &[Attribute], errors: &mut Errors) -> FieldAttr
             } else if meta.path.is_ident(RENAMED_FROM) {
                 out.renamed_from.push(meta.value()?.parse()?);
             } else if meta.path.is_ident(DEFAULT) {
-                let expr: Expr = meta.value()?.parse()?;
-                let default = DefaultValue {
-                    sql: sql_literal(&expr)?,
-                    expr,
-                };
+                let default = DefaultValue::parse(&meta)?;
                 set_once(&mut out.default, default, &meta)?;
             } else if meta.path.is_ident(COUNTER) {
                 return Err(meta.error(
