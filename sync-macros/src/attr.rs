@@ -239,8 +239,15 @@ fn sql_literal(expr: &Expr) -> syn::Result<String> {
             }) => Ok(format!("-{}", float_sql(f.base10_digits()))),
             _ => Err(unsupported()),
         },
+        // `NULL`, for an `Option` field (checked where the field's type is known).
+        Expr::Path(path) if is_none(path) => Ok("NULL".to_owned()),
         _ => Err(unsupported()),
     }
+}
+
+/// Whether a default is written `None`.
+pub(crate) fn is_none(path: &syn::ExprPath) -> bool {
+    path.qself.is_none() && path.path.is_ident("None")
 }
 
 /// SQLite reads `1` as an integer; a REAL default keeps its decimal point.

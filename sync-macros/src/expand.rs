@@ -226,18 +226,10 @@ fn field_checks(field: &Field<'_>, single_key: bool) -> TokenStream {
         return checks;
     }
     if let Some(first) = &field.first_default {
-        let expr = &first.expr;
-        checks.extend(quote_spanned! {expr.span()=>
-            const _: <#ty as ::sync_runtime::__private::DefaultLiteral>::Literal = #expr;
-        });
+        checks.extend(literal_check(ty, &first.expr));
     }
     if let Some(default) = &field.default {
-        // A typed constant: a literal of the wrong type is a type mismatch at the
-        // literal, an out-of-range integer a compile error.
-        let expr = &default.expr;
-        checks.extend(quote_spanned! {expr.span()=>
-            const _: <#ty as ::sync_runtime::__private::DefaultLiteral>::Literal = #expr;
-        });
+        checks.extend(literal_check(ty, &default.expr));
     } else {
         let message = format!(
             "field `{name}` needs a column default: a row may arrive column by column, so every NOT NULL \
@@ -252,6 +244,20 @@ fn field_checks(field: &Field<'_>, single_key: bool) -> TokenStream {
         });
     }
     checks
+}
+
+/// A typed constant of a default: a literal of the wrong type is a type
+/// mismatch at the literal, an out-of-range integer a compile error, and
+/// `None` compiles for an `Option` field only.
+fn literal_check(ty: &syn::Type, expr: &syn::Expr) -> TokenStream {
+    match expr {
+        syn::Expr::Path(path) if crate::attr::is_none(path) => quote_spanned! {expr.span()=>
+            const _: #ty = ::core::option::Option::None;
+        },
+        _ => quote_spanned! {expr.span()=>
+            const _: <#ty as ::sync_runtime::__private::DefaultLiteral>::Literal = #expr;
+        },
+    }
 }
 
 /// A type as written, for messages: `sync_runtime::SyncId`, `Vec<u8>`.

@@ -212,6 +212,7 @@ impl SyncDb {
         let name = T::SCHEMA.name.to_string();
         self.call(move |w| {
             write(w, |tx| tracking::drop_tracking(tx.conn(), &name))?;
+            tx::note_synced_tables(&w.conn, &w.user_sql)?;
             w.registry.remove(&name);
             Ok(())
         })
@@ -653,6 +654,7 @@ fn register(
     schema.validate()?;
     let table = Registered::new(schema, source, key_domains);
     write(worker, |tx| tracking::register(tx.conn(), &table))?;
+    tx::note_synced_tables(&worker.conn, &worker.user_sql)?;
     worker.registry.insert(table.schema.name.to_string(), table);
     Ok(())
 }

@@ -42,10 +42,27 @@ pub(crate) struct Evolution {
     /// Whether the app now has columns it did not have before (added, or
     /// retired and back): what other replicas sent it before lacked them.
     pub(crate) widens: bool,
-    /// Columns (by their new names) whose default in the table's SQL is not
-    /// their descriptor's default: changed defaults, and columns added with a
-    /// first default other than their default.
-    pub(crate) defaults: Vec<String>,
+    /// Columns whose default changes (see [`DefaultChange`]).
+    pub(crate) defaults: Vec<DefaultChange>,
+}
+
+/// A column whose default in the table's SQL is not its descriptor's default
+/// (a changed default, or a column added with a first default other than its
+/// default), or whose first default the struct says is not the one this file
+/// had.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct DefaultChange {
+    /// The column's name in the new descriptor.
+    pub(crate) column: String,
+    /// The struct says the column's first default is not the one this file
+    /// has (a version that did not say it, installed here, read its default
+    /// for rows that never wrote the column): those rows take the one it says.
+    pub(crate) realign: bool,
+}
+
+/// A default as the value it stands for; no default is `NULL`.
+fn value_of(default: Result<Option<crate::value::Value>, String>) -> crate::value::Value {
+    default.ok().flatten().unwrap_or(crate::value::Value::Null)
 }
 
 impl Evolution {
@@ -205,30 +222,27 @@ pub(crate) fn plan(stored: &TableSchema, wanted: &TableSchema) -> Result<Evoluti
                     }
                 }
                 // What a row that never wrote the column reads stays: a new
-                // default is for the rows created from now on.
-                let first = old.never_written().ok().flatten();
-                if new.first_default.is_some() && new.never_written().ok().flatten() != first {
-                    let first = old.never_written_sql().unwrap_or("NULL");
-                    return refuse(
-                        format!(
-                            "column `{}` was added with the default {first}, and the struct \
-                             says it was {}",
-                            new.name,
-                            new.never_written_sql().unwrap_or("NULL"),
-                        ),
-                        &format!(
-                            "rows that never wrote the column read its first default on every \
-                             replica; write #[synced(first_default = {first})]"
-                        ),
-                    );
-                }
-                if new.default_value().ok().flatten() != old.default_value().ok().flatten() {
-                    defaults.push(new.name.to_string());
+                // default is for the rows created from now on. The struct's
+                // word on the first default wins over this file's (a version
+                // that did not say it may have been installed here).
+                let had = value_of(old.never_written());
+                let (first, first_sql) = match &new.first_default {
+                    Some(sql) => (value_of(new.never_written()), sql.clone()),
+                    None => (
+                        had.clone(),
+                        old.never_written_sql().unwrap_or("NULL").to_owned().into(),
+                    ),
+                };
+                let realign = first != had;
+                if realign || value_of(new.default_value()) != value_of(old.default_value()) {
+                    defaults.push(DefaultChange {
+                        column: column.name.to_string(),
+                        realign,
+                    });
                 }
                 column.default = new.default.clone();
-                column.first_default = (new.default_value().ok().flatten() != first)
-                    .then(|| old.never_written_sql().map(|s| s.to_owned().into()))
-                    .flatten();
+                column.first_default =
+                    (value_of(new.default_value()) != first).then_some(first_sql);
                 // A published descriptor may list the columns its app retired.
                 widens |= column.retired && !new.retired;
                 column.retired = new.retired;
@@ -252,10 +266,13 @@ pub(crate) fn plan(stored: &TableSchema, wanted: &TableSchema) -> Result<Evoluti
                     );
                 }
                 let mut column = new.clone();
-                if column.default_value().ok().flatten() == column.never_written().ok().flatten() {
+                if value_of(column.default_value()) == value_of(column.never_written()) {
                     column.first_default = None;
                 } else {
-                    defaults.push(column.name.to_string());
+                    defaults.push(DefaultChange {
+                        column: column.name.to_string(),
+                        realign: false,
+                    });
                 }
                 widens |= !column.retired;
                 added.push(column.clone());
@@ -381,58 +398,97 @@ fn rewrite_table_sql(
 /// read the first one. (A device that updates knows the first default from
 /// its own file.)
 pub(crate) fn check_first_defaults(stored: &TableSchema, published: &TableSchema) -> Result<()> {
-    for new in published
-        .value_columns()
-        .filter(|c| c.first_default.is_none())
-    {
+    for new in published.value_columns() {
         let Some(old) = stored
             .value_columns()
             .find(|old| old.id().eq_ignore_ascii_case(new.id()))
         else {
             continue;
         };
-        if new.default_value().ok().flatten() != old.never_written().ok().flatten() {
-            let first = old.never_written_sql().unwrap_or("NULL");
-            return Err(Error::IncompatibleChange {
-                table: published.name.to_string(),
-                change: format!(
-                    "column `{}` was added with the default {first}, and this version's default \
-                     is {} without saying so: its new installs would read {1} for rows that \
-                     never wrote the column, and devices that updated {first}",
-                    new.name,
-                    new.default.as_deref().unwrap_or("NULL"),
-                ),
-                remedy: format!(
-                    "keep the first default with #[synced(first_default = {first})] on the field \
-                     (ColumnSchema::first_default)"
-                ),
-            });
+        let first = value_of(old.never_written());
+        if value_of(new.never_written()) == first {
+            continue;
         }
+        let literal = old.never_written_sql().unwrap_or("NULL");
+        let attribute = if first == crate::value::Value::Null {
+            "None".to_owned()
+        } else {
+            literal.to_owned()
+        };
+        let said = match &new.first_default {
+            Some(first) => format!("says it was {first}"),
+            None => format!(
+                "has the default {} without saying so",
+                new.default.as_deref().unwrap_or("NULL")
+            ),
+        };
+        return Err(Error::IncompatibleChange {
+            table: published.name.to_string(),
+            change: format!(
+                "column `{}` was added with the default {literal}, and this version {said}: its \
+                 new installs would read another value than the devices that updated for rows \
+                 that never wrote the column",
+                new.name,
+            ),
+            remedy: format!(
+                "keep the first default with #[synced(first_default = {attribute})] on the field \
+                 (ColumnSchema::first_default(\"{literal}\"))"
+            ),
+        });
     }
     Ok(())
 }
 
 /// Gives the columns of `evolution.defaults` their new default in the
-/// table's SQL, so that rows inserted from now on get it, after writing into
-/// every row that never wrote one of them the value it reads now (its first
-/// default): those rows keep it. Only the runtime's own table text is
-/// rewritten (see [`add_columns`]); a table the app created keeps its SQL
-/// defaults, and its rows read their first defaults all the same.
+/// table's SQL, so that rows inserted from now on get it, after storing in
+/// every row the value it reads now (a row stored before its column was
+/// added reads the table's default, and keeps it so). Rows that never wrote a
+/// column whose first default the struct corrects take the one it says. Only
+/// the runtime's own table text is rewritten (see [`add_columns`]): a table
+/// the app created keeps its SQL defaults, and its rows read their first
+/// defaults all the same. Every trigger is off meanwhile (the runtime's are
+/// dropped, and the app's must not see rows rewritten as they are).
 fn change_defaults(conn: &Connection, before: &TableSchema, evolution: &Evolution) -> Result<()> {
+    use rusqlite::config::DbConfig;
+    let triggers_on = conn.db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER)?;
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false)?;
+    let result = rewrite_defaults(conn, before, evolution);
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, triggers_on)?;
+    result
+}
+
+fn rewrite_defaults(conn: &Connection, before: &TableSchema, evolution: &Evolution) -> Result<()> {
     let name = before.name.as_ref();
     let after = &evolution.stored;
+    let change = |column: &ColumnSchema| {
+        evolution
+            .defaults
+            .iter()
+            .find(|d| d.column.eq_ignore_ascii_case(&column.name))
+    };
+    for column in after.columns.iter() {
+        if change(column).is_some_and(|c| c.realign) {
+            conn.execute_batch(&sql::realign_never_written(after, column))?;
+        }
+    }
     // The table as its SQL text is now: the new descriptor with the defaults
     // the text still has.
     let mut now = after.clone();
     for column in now.columns.to_mut() {
-        if !evolution.defaults.iter().any(|d| *d == *column.name) {
+        if change(column).is_none() {
             continue;
         }
-        let old = before.columns.iter().find(|o| o.id() == column.id());
+        let old = before
+            .columns
+            .iter()
+            .find(|o| o.id().eq_ignore_ascii_case(column.id()));
         column.default = match old {
             Some(old) => old.default.clone(),
             None => column.never_written_sql().map(|s| s.to_owned().into()),
         };
+    }
+    if now == *after {
+        return Ok(());
     }
     let text: Option<String> = conn
         .query_row(sql::TABLE_SQL, [name], |r| r.get(0))
@@ -441,8 +497,8 @@ fn change_defaults(conn: &Connection, before: &TableSchema, evolution: &Evolutio
         return Ok(());
     }
     for column in after.columns.iter() {
-        if evolution.defaults.iter().any(|d| *d == *column.name) {
-            conn.execute_batch(&sql::keep_never_written(after, column))?;
+        if change(column).is_some() {
+            conn.execute_batch(&sql::store_what_rows_read(after, column))?;
         }
     }
     conn.execute_batch("SAVEPOINT synced_change_defaults")?;
@@ -753,7 +809,11 @@ mod tests {
         // New rows get the new default; rows that never wrote it read the first.
         let kept = todos(vec![untitled().first_default("''")]);
         assert_eq!(e.stored, kept);
-        assert_eq!(e.defaults, ["title"]);
+        let changed = |column: &str, realign| DefaultChange {
+            column: column.to_owned(),
+            realign,
+        };
+        assert_eq!(e.defaults, [changed("title", false)]);
         assert_eq!(
             e.stored.columns[1].never_written(),
             Ok(Some(Value::Text(String::new())))
@@ -761,14 +821,34 @@ mod tests {
         // A new install says so itself; saying another first default is refused.
         assert_eq!(plan(&v1, &kept).unwrap().stored, kept);
         assert_eq!(plan(&kept, &kept).unwrap().stored, kept);
-        let wrong = todos(vec![untitled().first_default("'none'")]);
+        // A struct that says another first default is taken at its word on a
+        // device (one that did not say it may have been installed there)...
+        let other = todos(vec![untitled().first_default("'none'")]);
+        let e = plan(&v1, &other).unwrap();
+        assert_eq!(e.defaults, [changed("title", true)]);
+        assert_eq!(e.stored, other);
+        // ...and refused by a server, which knows the first one.
         assert!(matches!(
-            plan(&v1, &wrong),
-            Err(Error::IncompatibleChange { change, .. }) if change.contains("added with the default ''")
+            check_first_defaults(&v1, &other),
+            Err(Error::IncompatibleChange { change, .. }) if change.contains("says it was 'none'")
         ));
-        // The published descriptor of a new install must say it.
-        assert!(check_first_defaults(&v1, &v2).is_err());
+        assert!(matches!(
+            check_first_defaults(&v1, &v2),
+            Err(Error::IncompatibleChange { remedy, .. }) if remedy.contains("first_default = ''")
+        ));
         assert!(check_first_defaults(&v1, &kept).is_ok());
+        // A nullable column without a default reads NULL first.
+        let note = |c: ColumnSchema| todos(vec![c]);
+        let plain = note(ColumnSchema::new("note", SqlType::Text).nullable(true));
+        let defaulted = ColumnSchema::new("note", SqlType::Text)
+            .nullable(true)
+            .default_sql("'-'");
+        let e = plan(&plain, &note(defaulted.clone())).unwrap();
+        assert_eq!(e.stored.columns[1].first_default.as_deref(), Some("NULL"));
+        assert_eq!(e.stored.columns[1].never_written(), Ok(Some(Value::Null)));
+        assert!(check_first_defaults(&plain, &note(defaulted.clone())).is_err());
+        assert!(check_first_defaults(&plain, &e.stored).is_ok());
+        assert!(check_first_defaults(&plain, &note(defaulted.first_default("NULL"))).is_ok());
         // Back to the first default: nothing to remember.
         assert_eq!(plan(&kept, &v1).unwrap().stored, v1);
     }
@@ -784,7 +864,13 @@ mod tests {
         ]);
         let e = plan(&v1, &v3).unwrap();
         assert_eq!(e.added.len(), 1);
-        assert_eq!(e.defaults, ["rank"]);
+        assert_eq!(
+            e.defaults,
+            [DefaultChange {
+                column: "rank".into(),
+                realign: false
+            }]
+        );
         assert_eq!(e.stored, v3);
     }
 }

@@ -41,13 +41,17 @@ pub(crate) fn guard(
             columns.push((*column_name).to_owned());
         }
         let app = refuse.running.load(Ordering::Relaxed);
-        if app {
-            if let Some(action) = runtime_object_change(&context) {
-                if let Ok(mut refused) = refuse.refused.lock() {
-                    *refused = Some(action);
-                }
-                return Authorization::Deny;
+        // The app's triggers are the app's SQL too, whoever fires them.
+        let by_app_trigger = context.accessor.is_some_and(|a| !ours(a));
+        if (app || by_app_trigger)
+            && let Some(action) = runtime_object_change(&context, &refuse)
+        {
+            if let Ok(mut refused) = refuse.refused.lock() {
+                refused.get_or_insert(action);
             }
+            return Authorization::Deny;
+        }
+        if app {
             note_app_write(&refuse, &context.action);
         }
         let control = matches!(
@@ -67,14 +71,43 @@ pub(crate) fn guard(
 /// (named with [`RESERVED_PREFIX`](crate::schema::RESERVED_PREFIX)): what it
 /// would do, if so. The runtime's own triggers write its tables when the app
 /// writes a synced table; their writes are theirs.
-fn runtime_object_change(context: &rusqlite::hooks::AuthContext<'_>) -> Option<String> {
+fn runtime_object_change(
+    context: &rusqlite::hooks::AuthContext<'_>,
+    app: &tx::AppSql,
+) -> Option<String> {
     use rusqlite::hooks::AuthAction;
-    let ours = |name: &str| {
-        name.get(..crate::schema::RESERVED_PREFIX.len())
-            .is_some_and(|head| head.eq_ignore_ascii_case(crate::schema::RESERVED_PREFIX))
-    };
     let by_trigger_of_ours = context.accessor.is_some_and(ours);
     let (what, name) = match context.action {
+        // What rewrites the schema behind SQLite's back.
+        AuthAction::Pragma {
+            pragma_name,
+            pragma_value,
+        } if pragma_name.eq_ignore_ascii_case("writable_schema")
+            || (pragma_name.eq_ignore_ascii_case("schema_version") && pragma_value.is_some()) =>
+        {
+            return Some(format!(
+                "sets `PRAGMA {pragma_name}`, which edits the schema by hand"
+            ));
+        }
+        // A synced table's shape is its struct's, and its triggers go with it.
+        AuthAction::AlterTable { table_name, .. } if app.is_synced(table_name) => {
+            return Some(format!(
+                "alters the synced table `{table_name}`; change its struct instead"
+            ));
+        }
+        AuthAction::DropTable { table_name } if app.is_synced(table_name) => {
+            return Some(format!(
+                "drops the synced table `{table_name}`; drop its tracking first (drop_tracking)"
+            ));
+        }
+        AuthAction::CreateTempTable { table_name }
+        | AuthAction::CreateTempView {
+            view_name: table_name,
+        } if app.is_synced(table_name) => {
+            return Some(format!(
+                "creates a temporary `{table_name}`, which would hide the synced table"
+            ));
+        }
         AuthAction::Insert { table_name } if !by_trigger_of_ours => ("writes", table_name),
         AuthAction::Update { table_name, .. } if !by_trigger_of_ours => ("writes", table_name),
         AuthAction::Delete { table_name } if !by_trigger_of_ours => ("deletes from", table_name),
@@ -131,6 +164,13 @@ fn runtime_object_change(context: &rusqlite::hooks::AuthContext<'_>) -> Option<S
         _ => return None,
     };
     ours(name).then(|| format!("{what} `{name}`"))
+}
+
+/// Whether `name` is one of the runtime's own (named with
+/// [`RESERVED_PREFIX`](crate::schema::RESERVED_PREFIX)).
+fn ours(name: &str) -> bool {
+    name.get(..crate::schema::RESERVED_PREFIX.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(crate::schema::RESERVED_PREFIX))
 }
 
 /// Records what the app's statement being compiled writes (see

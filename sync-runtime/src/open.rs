@@ -271,6 +271,7 @@ pub(crate) fn open(path: Option<&Path>, options: &Options) -> Result<Opened> {
     conn.execute_batch(sql::INIT_OWN_SITE)?;
     let site_id = site::own(&conn)?;
     let user_sql = Arc::new(tx::AppSql::default());
+    tx::note_synced_tables(&conn, &user_sql)?;
     guard(&mut conn, &user_sql, None)?;
     let recorded = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&recorded);

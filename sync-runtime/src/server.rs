@@ -113,6 +113,7 @@ impl Replica {
         self.db
             .call(move |w| {
                 let version = write(w, |tx| crate::versions::publish(tx.conn(), &tables))?;
+                crate::tx::note_synced_tables(&w.conn, &w.user_sql)?;
                 for table in tables {
                     w.registry.insert(table.schema.name.to_string(), table);
                 }

@@ -279,6 +279,9 @@ statements! {
     /// Every synced table's name and descriptor.
     SYNCED_TABLES = "SELECT name, descriptor FROM _synced_tables ORDER BY name";
 
+    /// The name of every synced table.
+    SYNCED_TABLE_NAMES = "SELECT name FROM _synced_tables";
+
     /// The name and descriptor of every synced table whose tracking is on.
     TRACKED_TABLES =
         "SELECT name, descriptor FROM _synced_tables WHERE tracking ORDER BY name";
@@ -1330,13 +1333,19 @@ fn changes_query(schema: &TableSchema, drive: Drive<'_>, filter: &str, extra: &[
     )
 }
 
-/// Records every app row without a live clock as inserted (tracking turned on for
-/// rows written while it was off, or for a table that existed before).
-/// Writes, into every row of `schema`'s table that never wrote `column` (no
-/// clock of it), the value such a row reads ([`ColumnSchema::never_written`]),
-/// so that the row keeps it when the table's SQL default changes. Run with the
-/// triggers off: nothing is recorded.
-pub(crate) fn keep_never_written(schema: &TableSchema, column: &ColumnSchema) -> String {
+/// Stores in every row of `schema`'s table the value of `column` it reads now:
+/// a row stored before the column was added reads the table's default, and
+/// keeps that value when the default changes. Run with every trigger off.
+pub(crate) fn store_what_rows_read(schema: &TableSchema, column: &ColumnSchema) -> String {
+    let name = ident(&column.name);
+    format!("UPDATE {} SET {name} = {name}", ident(&schema.name))
+}
+
+/// Gives every live row of `schema`'s table that never wrote `column` (its
+/// clock of the column at 0) the value such a row reads
+/// ([`ColumnSchema::never_written`]). Run with every trigger off: nothing is
+/// recorded.
+pub(crate) fn realign_never_written(schema: &TableSchema, column: &ColumnSchema) -> String {
     let value = column
         .never_written()
         .ok()
@@ -1345,14 +1354,16 @@ pub(crate) fn keep_never_written(schema: &TableSchema, column: &ColumnSchema) ->
     let table = ident(&schema.name);
     let clock = ident(&clock_table(&schema.name));
     format!(
-        "UPDATE {table} AS t SET {} = {value} WHERE NOT EXISTS (SELECT 1 FROM {clock} AS c \
-         WHERE {} AND c.{} > 0)",
+        "UPDATE {table} AS t SET {} = {value} WHERE EXISTS (SELECT 1 FROM {clock} AS c \
+         WHERE {} AND c.{CL} % 2 = 1 AND c.{} = 0)",
         ident(&column.name),
         key_match(schema, "c.", "t."),
         meta_col(column.id(), "v"),
     )
 }
 
+/// Records every app row without a live clock as inserted (tracking turned on for
+/// rows written while it was off, or for a table that existed before).
 fn backfill_live(schema: &TableSchema) -> String {
     let table = ident(&schema.name);
     let clock = ident(&clock_table(&schema.name));

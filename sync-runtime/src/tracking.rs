@@ -63,6 +63,13 @@ pub(crate) fn drop_tracking(conn: &Connection, name: &str) -> Result<()> {
     conn.execute_batch(&sql.drop_triggers)?;
     conn.execute_batch(&sql.drop_guards)?;
     conn.execute_batch(&sql.drop_clock)?;
+    // The indexes `#[synced(index)]` made are named as the runtime's objects,
+    // which the app's SQL may not drop.
+    let mut unindexed = schema.clone();
+    for column in unindexed.columns.to_mut() {
+        column.indexed = false;
+    }
+    conn.execute_batch(&TableSql::new(&unindexed).indexes)?;
     conn.execute(sql::UNREGISTER_TABLE, [name])?;
     // Refused writes kept in the table's shape (see `crate::quarantine`).
     conn.execute(sql::DISCARD_REJECTED_OF, [name.to_ascii_lowercase()])?;

@@ -44,6 +44,9 @@ pub(crate) struct AppSql {
     /// What the authorizer refused of the app's statement being compiled: a
     /// change to the runtime's own objects (see [`Error::RuntimeObject`]).
     pub(crate) refused: Mutex<Option<String>>,
+    /// The synced tables (lowercase), which the app's SQL may not alter,
+    /// rename or drop (see [`note_synced_tables`]).
+    pub(crate) synced: Mutex<Vec<String>>,
     /// Moves whenever the app's SQL changes the schema: the write sets of
     /// [`writes`](Self::writes) recorded before then are read again.
     pub(crate) epoch: AtomicU64,
@@ -455,6 +458,23 @@ impl AppSql {
     pub(crate) fn writes_mut(&self) -> std::sync::MutexGuard<'_, WriteSets> {
         self.writes.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Whether `table` is a synced table.
+    pub(crate) fn is_synced(&self, table: &str) -> bool {
+        let synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
+        synced.iter().any(|t| t.eq_ignore_ascii_case(table))
+    }
+}
+
+/// Reads which tables are synced, for the authorizer: when a file is opened
+/// and whenever this handle registers or drops a table.
+pub(crate) fn note_synced_tables(conn: &Connection, app: &AppSql) -> Result<()> {
+    let names = conn
+        .prepare_cached(sql::SYNCED_TABLE_NAMES)?
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    *app.synced.lock().unwrap_or_else(|e| e.into_inner()) = names;
+    Ok(())
 }
 
 /// What statement `sql` writes: read by compiling it once more under the
@@ -574,6 +594,7 @@ fn as_user<T>(user_sql: &AppSql, f: impl FnOnce() -> Result<T>) -> Result<T> {
     user_sql.running.store(true, Ordering::Relaxed);
     let _reset = Reset(&user_sql.running);
     let result = f();
+    user_sql.running.store(false, Ordering::Relaxed);
     match refused().take() {
         Some(action) if result.is_err() => Err(Error::RuntimeObject { action }),
         _ => result,

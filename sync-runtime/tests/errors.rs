@@ -887,6 +887,22 @@ async fn the_apps_sql_may_not_change_the_runtimes_own_objects() {
             "alters `_synced_sites`",
         ),
         ("CREATE TABLE _synced_mine (a)", "creates `_synced_mine`"),
+        (
+            "ALTER TABLE todos RENAME TO chores",
+            "alters the synced table `todos`; change its struct instead",
+        ),
+        (
+            "DROP TABLE todos",
+            "drops the synced table `todos`; drop its tracking first (drop_tracking)",
+        ),
+        (
+            "PRAGMA writable_schema = ON",
+            "sets `PRAGMA writable_schema`, which edits the schema by hand",
+        ),
+        (
+            "CREATE TEMP TABLE todos (id TEXT)",
+            "creates a temporary `todos`, which would hide the synced table",
+        ),
     ] {
         let err = db.execute_raw(sql, params![]).await.unwrap_err();
         match &err {
@@ -894,15 +910,26 @@ async fn the_apps_sql_may_not_change_the_runtimes_own_objects() {
             other => panic!("{sql}: {other:?}"),
         }
     }
-    // The app's own writes, which the runtime's triggers record, still run.
-    db.insert(&Todo {
-        id: SyncId::new(),
-        title: "kept".into(),
-        done: false,
-        note: None,
-    })
+    // An app trigger that writes them is refused whoever fires it: the app's
+    // SQL, or the runtime's typed writes.
+    db.execute_raw(
+        "CREATE TRIGGER sneaky AFTER INSERT ON todos BEGIN DELETE FROM _synced_peers; END",
+        params![],
+    )
     .await
     .unwrap();
+    let row = || Todo {
+        id: SyncId::new(),
+        title: "fires the trigger".into(),
+        done: false,
+        note: None,
+    };
+    assert!(db.insert(&row()).await.is_err());
+    db.execute_raw("DROP TRIGGER sneaky", params![])
+        .await
+        .unwrap();
+    // The app's own writes, which the runtime's triggers record, still run.
+    db.insert(&row()).await.unwrap();
     assert_eq!(
         db.execute_raw("UPDATE todos SET title = 'edited'", params![])
             .await

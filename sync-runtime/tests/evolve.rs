@@ -840,3 +840,74 @@ async fn a_changed_default_is_for_new_rows_and_every_replica_reads_the_first_one
     drop(updated);
     assert_eq!(integrity(&file(&dir, "updated.db")), "ok");
 }
+
+mod v2_forgot_first {
+    use super::*;
+
+    /// v2 with `priority`'s default changed to 3, not saying it was 2.
+    #[derive(Synced, Debug, Clone, PartialEq)]
+    #[synced(table = "todos")]
+    pub(crate) struct Todo {
+        #[synced(primary_key)]
+        pub(crate) id: SyncId,
+        pub(crate) due: Option<i64>,
+        pub(crate) title: String,
+        #[synced(default = 3)]
+        pub(crate) priority: i64,
+        pub(crate) done: bool,
+        pub(crate) notes: Option<String>,
+    }
+}
+
+/// A version that did not say the first default, installed fresh, read its
+/// new default for rows that never wrote the column; the version that says it
+/// brings those rows back in line. Rows written while tracking was off keep
+/// their values through a changed default.
+#[tokio::test]
+async fn a_first_default_said_late_realigns_and_untracked_rows_keep_their_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, installed) = (
+        open(&file(&dir, "old.db")).await,
+        open(&file(&dir, "installed.db")).await,
+    );
+    old.register::<v1::Todo>().await.unwrap();
+    old.insert(&v1_todo("by the old version")).await.unwrap();
+    installed.register::<v2_forgot_first::Todo>().await.unwrap();
+    send(&old, &installed).await;
+    let read = |db: &SyncDb| {
+        let db = db.clone();
+        async move {
+            let rows: Vec<v2_forgot_first::Todo> = db.query("", params![]).await.unwrap();
+            rows.into_iter()
+                .map(|t| (t.title, t.priority))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        read(&installed).await,
+        [("by the old version".to_owned(), 3)]
+    );
+    drop(installed);
+    let installed = open(&file(&dir, "installed.db")).await;
+    installed.register::<v2_new_default::Todo>().await.unwrap();
+    assert_eq!(
+        priorities(&installed).await,
+        [("by the old version".to_owned(), 2)]
+    );
+
+    // Rows the app wrote while tracking was off keep what they hold.
+    let updated = open(&file(&dir, "updated.db")).await;
+    updated.register::<v2::Todo>().await.unwrap();
+    updated.disable_tracking::<v2::Todo>().await.unwrap();
+    updated
+        .execute_raw(
+            "INSERT INTO todos (id, title, done, priority) VALUES (?1, 'untracked', 0, 9)",
+            params![SyncId::new()],
+        )
+        .await
+        .unwrap();
+    drop(updated);
+    let updated = open(&file(&dir, "updated.db")).await;
+    updated.register::<v2_new_default::Todo>().await.unwrap();
+    assert_eq!(priorities(&updated).await, [("untracked".to_owned(), 9)]);
+}

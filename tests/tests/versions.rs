@@ -196,6 +196,41 @@ async fn devices_of_two_app_versions_sync_side_by_side_through_the_server() {
         .unwrap();
     assert_eq!(noted, old_edit);
 
+    // Both edit the same row offline, then sync: they converge, and the old
+    // version's edit of the shared column never resets the new one's column.
+    let mut on_old = todos::<Todo>(&old)
+        .await
+        .into_iter()
+        .find(|t| t.id == first.id)
+        .unwrap();
+    on_old.title = "offline on the old version".into();
+    on_old.done = true;
+    old.update(&on_old).await.unwrap();
+    let mut on_new = todos::<TodoV2>(&new)
+        .await
+        .into_iter()
+        .find(|t| t.id == first.id)
+        .unwrap();
+    on_new.label = "offline on the new version".into();
+    on_new.due = Some(9);
+    new.update(&on_new).await.unwrap();
+    for db in [&old, &new, &old, &new] {
+        db.sync().await.unwrap();
+    }
+    let old_now = todos::<Todo>(&old)
+        .await
+        .into_iter()
+        .find(|t| t.id == first.id)
+        .unwrap();
+    let new_now = todos::<TodoV2>(&new)
+        .await
+        .into_iter()
+        .find(|t| t.id == first.id)
+        .unwrap();
+    assert_eq!(old_now.title, new_now.label, "one title wins on both");
+    assert_eq!((old_now.done, new_now.done), (true, true));
+    assert_eq!(new_now.due, Some(9));
+
     // A device with some of the tables syncs those.
     only_tags.sync().await.unwrap();
     let tags: Vec<Tag> = only_tags.query("", params![]).await.unwrap();
