@@ -5,6 +5,7 @@ mod ast;
 mod attr;
 mod check;
 mod expand;
+mod value;
 
 use proc_macro::TokenStream;
 
@@ -13,4 +14,13 @@ use proc_macro::TokenStream;
 pub fn derive_synced(input: TokenStream) -> TokenStream {
     let input = syn::parse_macro_input!(input as syn::DeriveInput);
     expand::derive(&input).into()
+}
+
+/// Derives `sync_runtime::SyncValue` for a unit enum (stored as its variants'
+/// names, or with `#[sync_value(integer)]` their discriminants) or a newtype
+/// (stored as what it wraps); see the `sync-runtime` crate documentation.
+#[proc_macro_derive(SyncValue, attributes(sync_value))]
+pub fn derive_sync_value(input: TokenStream) -> TokenStream {
+    let input = syn::parse_macro_input!(input as syn::DeriveInput);
+    value::derive(&input).into()
 }

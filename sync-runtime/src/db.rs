@@ -249,15 +249,93 @@ impl SyncDb {
         .await
     }
 
-    /// Writes every column of the row with `row`'s key, in its own transaction; only
-    /// columns whose value changed are recorded. [`Error::NotFound`] if no such row.
+    /// Changes the row with `key` in its own transaction: reads it as it is
+    /// now (with every edit merged so far), lets `change` set what the user
+    /// changed, and writes the columns whose value `change` changed, and only
+    /// those. Returns the row as changed, or `None` if there is no such row
+    /// (nothing is written). A change of the key is refused with
+    /// [`Error::KeyChanged`].
+    ///
+    /// This is how a form saves: another device's edit of another column,
+    /// merged while the form was open, stays, because that column is not
+    /// written.
+    ///
+    /// ```
+    /// # use sync_runtime::{Synced, SyncDb, SyncId};
+    /// # #[derive(Synced, Debug, Clone, PartialEq)]
+    /// # #[synced(table = "todos")]
+    /// # struct Todo { #[synced(primary_key)] id: SyncId, title: String, done: bool }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> sync_runtime::Result<()> {
+    /// # let db = SyncDb::open_in_memory().await?;
+    /// # db.register::<Todo>().await?;
+    /// # let id = SyncId::new();
+    /// db.insert(&Todo { id, title: "milk".into(), done: false }).await?;
+    /// let form = db.get::<Todo>(&id).await?.unwrap();
+    /// // Meanwhile another device marks it done, and the edit is merged here.
+    /// # db.execute_raw("UPDATE todos SET done = 1", sync_runtime::params![]).await?;
+    /// let title = "oat milk".to_owned();
+    /// let saved = db.modify::<Todo, _>(&form.id, move |t| t.title = title).await?;
+    /// assert_eq!(saved, Some(Todo { id, title: "oat milk".into(), done: true }));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn modify<T, F>(&self, key: &T::Key, change: F) -> Result<Option<T>>
+    where
+        T: Synced,
+        F: FnOnce(&mut T) + Send + 'static,
+    {
+        let key = key_values::<T>(key);
+        self.call(move |w| {
+            write(w, |tx| {
+                let table = tx::table_of(tx.registry(), T::SCHEMA)?;
+                tx::modify(tx.conn(), table, |i| key[i].as_ref(), change)
+            })
+        })
+        .await
+    }
+
+    /// Inserts `row` in its own transaction, or, if a row with its key exists,
+    /// writes every column of it as [`update`](Self::update) does; whether it
+    /// inserted.
+    pub async fn upsert<T: Synced>(&self, row: &T) -> Result<bool> {
+        let values = row_values(row);
+        self.call(move |w| {
+            write(w, |tx| {
+                let table = tx::table_of(tx.registry(), T::SCHEMA)?;
+                tx::upsert(tx.conn(), table, |i| values[i].as_ref())
+            })
+        })
+        .await
+    }
+
+    /// Inserts `row` in its own transaction unless a row with its key exists,
+    /// which stays as it is; whether it inserted. Creating a row that several
+    /// devices may create (a settings row with a fixed key) this way never
+    /// overwrites the one already here.
+    pub async fn insert_if_absent<T: Synced>(&self, row: &T) -> Result<bool> {
+        let values = row_values(row);
+        self.call(move |w| {
+            write(w, |tx| {
+                let table = tx::table_of(tx.registry(), T::SCHEMA)?;
+                tx::insert_if_absent(tx.conn(), table, |i| values[i].as_ref())
+            })
+        })
+        .await
+    }
+
+    /// Replaces the row with `row`'s key by `row`, in its own transaction:
+    /// every column gets `row`'s value; only columns whose value changed are
+    /// recorded. [`Error::NotFound`] if no such row.
     ///
     /// Every column gets `row`'s value, including columns the app did not mean to
     /// change. A `row` read before another device's edit was merged here still
     /// holds the old value of the column that edit changed: writing it back
     /// records a new change that undoes that edit, and the undo wins everywhere.
-    /// Read, change and write in one [`transaction`](Self::transaction), so that
-    /// no merge can land in between:
+    /// To save what a user changed, use [`modify`](Self::modify), which writes
+    /// only the changed columns. To replace a row on purpose, read, change and
+    /// write it in one [`transaction`](Self::transaction), so that no merge can
+    /// land in between:
     ///
     /// ```
     /// # use sync_runtime::{Synced, SyncDb, SyncId};

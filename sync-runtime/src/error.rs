@@ -225,6 +225,18 @@ pub enum Error {
     )]
     TransactionEnded,
 
+    /// A change of a row through [`SyncDb::modify`](crate::SyncDb::modify)
+    /// changed its key: a key is how every replica finds a row. Nothing was
+    /// written; delete the row and insert one with the new key instead.
+    #[error(
+        "the change of a row of `{table}` changed its key; delete the row and insert it with the \
+         new key instead"
+    )]
+    KeyChanged {
+        /// The table.
+        table: String,
+    },
+
     /// The app's SQL tried to change the runtime's own tables, triggers or
     /// indexes (those named `_synced…`), which record what syncs: refused
     /// before it ran. Reading them is allowed.

@@ -109,6 +109,72 @@ pub use value::{Domain, SqlType, SyncValue, Value, ValueRef};
 /// Derives [`Synced`](trait@Synced) for a struct; see the [crate docs](crate#the-derive).
 pub use sync_macros::Synced;
 
+/// Derives [`SyncValue`](trait@SyncValue), so that a type of the app's can be
+/// a field of a synced struct:
+///
+/// - a **unit enum** is stored as the name of its variant (TEXT;
+///   `#[sync_value(rename = "…")]` on a variant stores another name), or with
+///   `#[sync_value(integer)]` on the enum as its discriminant (INTEGER). Its
+///   natural default is the variant marked `#[default]` (with
+///   `#[derive(Default)]`); without one, a field of it needs an explicit
+///   `#[synced(default = …)]` (the stored name or number) or an `Option`. A
+///   stored value that is none of the variants (one an app version with more
+///   variants wrote) fails the read with
+///   [`ValueError::UnknownVariant`](value::ValueError::UnknownVariant), naming
+///   the table and column.
+/// - a **newtype** (`struct Email(String);`) is stored as what it wraps.
+///
+/// ```
+/// use sync_runtime::{SyncDb, SyncId, SyncValue, Synced, params};
+///
+/// #[derive(SyncValue, Debug, Clone, Copy, PartialEq, Default)]
+/// enum Status {
+///     #[default]
+///     Open,
+///     #[sync_value(rename = "in-progress")]
+///     InProgress,
+///     Done,
+/// }
+///
+/// #[derive(SyncValue, Debug, Clone, Copy, PartialEq)]
+/// #[sync_value(integer)]
+/// enum Priority {
+///     Low = 1,
+///     High = 5,
+/// }
+///
+/// #[derive(SyncValue, Debug, Clone, PartialEq)]
+/// struct Email(String);
+///
+/// #[derive(Synced, Debug, Clone, PartialEq)]
+/// #[synced(table = "tasks")]
+/// struct Task {
+///     #[synced(primary_key)]
+///     id: SyncId,
+///     status: Status,
+///     #[synced(default = 1)]
+///     priority: Priority,
+///     owner: Option<Email>,
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> sync_runtime::Result<()> {
+/// let db = SyncDb::open_in_memory().await?;
+/// db.register::<Task>().await?;
+/// let task = Task {
+///     id: SyncId::new(),
+///     status: Status::InProgress,
+///     priority: Priority::High,
+///     owner: Some(Email("ann@example.com".into())),
+/// };
+/// db.insert(&task).await?;
+/// let found: Vec<Task> = db.query("status = ?1 AND priority = ?2", params!["in-progress", 5]).await?;
+/// assert_eq!(found, [task]);
+/// # Ok(())
+/// # }
+/// ```
+pub use sync_macros::SyncValue;
+
 /// Builds the parameter list of a query or raw statement: `params![a, b]` binds `a`
 /// to `?1` and `b` to `?2`. Accepts every field type, `&str` and `Option`s.
 ///

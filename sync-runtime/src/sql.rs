@@ -1333,6 +1333,23 @@ fn changes_query(schema: &TableSchema, drive: Drive<'_>, filter: &str, extra: &[
     )
 }
 
+/// Sets the columns at `columns` (table order) of the row with a key: their
+/// values are `?1`…`?n`, then the key's, in key order. Only these columns are
+/// written, so only they can be recorded as changed.
+pub(crate) fn update_columns(schema: &TableSchema, columns: &[usize]) -> String {
+    let sets = columns
+        .iter()
+        .enumerate()
+        .map(|(p, &i)| format!("{} = ?{}", ident(&schema.columns[i].name), p + 1))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "UPDATE OR FAIL {} SET {sets} WHERE {}",
+        ident(&schema.name),
+        key_equals(schema, "", columns.len())
+    )
+}
+
 /// Stores in every row of `schema`'s table the value of `column` it reads now:
 /// a row stored before the column was added reads the table's default, and
 /// keeps that value when the default changes. Run with every trigger off.

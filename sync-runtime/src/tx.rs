@@ -190,6 +190,39 @@ impl<'c> Transaction<'c> {
         self.track(result)
     }
 
+    /// Changes the row with this key as `change` says, writing only the columns
+    /// it changed (see [`SyncDb::modify`](crate::SyncDb::modify)); the row as
+    /// changed, or `None` if there is no such row.
+    pub fn modify<T: Synced>(
+        &mut self,
+        key: &T::Key,
+        change: impl FnOnce(&mut T),
+    ) -> Result<Option<T>> {
+        let result = self
+            .table::<T>()
+            .and_then(|table| modify(self.conn, table, |i| T::key_value(key, i), change));
+        self.track(result)
+    }
+
+    /// Inserts `row`, or writes every column of the row with its key if there
+    /// is one (see [`SyncDb::upsert`](crate::SyncDb::upsert)); whether it
+    /// inserted.
+    pub fn upsert<T: Synced>(&mut self, row: &T) -> Result<bool> {
+        let result = self
+            .table::<T>()
+            .and_then(|table| upsert(self.conn, table, |i| row.column_value(i)));
+        self.track(result)
+    }
+
+    /// Inserts `row` unless a row with its key exists, which stays as it is;
+    /// whether it inserted.
+    pub fn insert_if_absent<T: Synced>(&mut self, row: &T) -> Result<bool> {
+        let result = self
+            .table::<T>()
+            .and_then(|table| insert_if_absent(self.conn, table, |i| row.column_value(i)));
+        self.track(result)
+    }
+
     /// Deletes the row with this key; returns whether there was one.
     pub fn delete<T: Synced>(&mut self, key: &T::Key) -> Result<bool> {
         let result = self
@@ -326,6 +359,91 @@ pub(crate) fn update<'v>(
         0 => Err(not_found()),
         _ => Ok(()),
     }
+}
+
+/// Reads the row with a key, lets `change` change it, and writes the columns
+/// whose value it changed, and only those; the row as changed.
+pub(crate) fn modify<'v, T: Synced>(
+    conn: &Connection,
+    table: &Registered,
+    key: impl Fn(usize) -> ValueRef<'v>,
+    change: impl FnOnce(&mut T),
+) -> Result<Option<T>> {
+    let Some(mut row) = get::<T>(conn, table, key)? else {
+        return Ok(None);
+    };
+    let count = table.schema.columns.len();
+    let before: Vec<Value> = (0..count)
+        .map(|i| row.column_value(i).into_owned())
+        .collect();
+    change(&mut row);
+    let changed: Vec<usize> = (0..count)
+        .filter(|&i| row.column_value(i) != before[i].as_ref())
+        .collect();
+    if changed.iter().any(|&i| table.schema.columns[i].primary_key) {
+        return Err(Error::KeyChanged {
+            table: table.schema.name.to_string(),
+        });
+    }
+    if changed.is_empty() {
+        return Ok(Some(row));
+    }
+    let mut stmt = conn.prepare_cached(&sql::update_columns(&table.schema, &changed))?;
+    let keys = table
+        .schema
+        .columns
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.primary_key);
+    let params = changed.iter().copied().chain(keys.map(|(i, _)| i));
+    for (p, i) in params.enumerate() {
+        let value = row.column_value(i);
+        if matches!(value, ValueRef::Real(r) if r.is_nan()) {
+            return Err(Error::NotANumber {
+                place: format!(
+                    "column `{}` of table `{}`",
+                    table.schema.columns[i].name, table.schema.name
+                ),
+            });
+        }
+        stmt.raw_bind_parameter(p + 1, value)?;
+    }
+    stmt.raw_execute()?;
+    Ok(Some(row))
+}
+
+/// Inserts a row, or writes every column of the row with its key; whether it
+/// inserted.
+pub(crate) fn upsert<'v>(
+    conn: &Connection,
+    table: &Registered,
+    value: impl Fn(usize) -> ValueRef<'v> + Copy,
+) -> Result<bool> {
+    match update(conn, table, value) {
+        Ok(()) => Ok(false),
+        Err(Error::NotFound { .. }) => insert(conn, table, value).map(|()| true),
+        Err(e) => Err(e),
+    }
+}
+
+/// Inserts a row unless one with its key exists; whether it inserted.
+pub(crate) fn insert_if_absent<'v>(
+    conn: &Connection,
+    table: &Registered,
+    value: impl Fn(usize) -> ValueRef<'v> + Copy,
+) -> Result<bool> {
+    let keys: Vec<ValueRef<'v>> = table
+        .schema
+        .columns
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.primary_key)
+        .map(|(i, _)| value(i))
+        .collect();
+    if get_raw(conn, table, |i| keys[i], |_| Ok(()))?.is_some() {
+        return Ok(false);
+    }
+    insert(conn, table, value).map(|()| true)
 }
 
 pub(crate) fn delete<'v>(

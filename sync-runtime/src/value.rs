@@ -239,19 +239,34 @@ pub enum ValueError {
     /// Stored text is not a valid id.
     #[error("{0:?} is not a valid id (expected a hyphenated UUID)")]
     InvalidId(String),
+    /// The stored value is none of an enum's variants (`#[derive(SyncValue)]`):
+    /// written by an app version with more variants, say.
+    #[error("{value} is not a variant of {target}")]
+    UnknownVariant {
+        /// The stored value, as text.
+        value: String,
+        /// The enum.
+        target: &'static str,
+    },
 }
 
 /// A Rust type that can be stored in a synced column.
 ///
 /// Implemented for `bool`, the integer types up to `i64`/`u32`, `f32`, `f64`,
-/// `String`, `Vec<u8>`, [`SyncId`](crate::SyncId) and `Option<T>` of any of them.
+/// `String`, `Vec<u8>`, [`SyncId`](crate::SyncId) and `Option<T>` of any of them;
+/// [`#[derive(SyncValue)]`](derive@crate::SyncValue) implements it for the app's
+/// unit enums and newtypes.
 /// The derive checks every field against this trait, so an unsupported field type is
 /// a compile error that names the field.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be stored in a synced column",
     label = "unsupported field type",
-    note = "supported: bool, i8..i64, u8..u32, f32, f64, String, Vec<u8>, SyncId and Option<T> of these; \
-            mark the field #[synced(skip)] to keep it out of the table"
+    note = "supported: bool, i8..i64, u8..u32, f32, f64, String, Vec<u8>, SyncId and Option<T> of these, \
+            and unit enums and newtypes with #[derive(SyncValue)]; mark the field #[synced(skip)] to keep \
+            it out of the table",
+    note = "u64, usize and u128 do not fit SQLite's INTEGER, a signed 64-bit integer: use i64 (or u32) \
+            if the values do, or a newtype with #[derive(SyncValue)] over String or Vec<u8> that \
+            encodes them"
 )]
 pub trait SyncValue: Sized {
     /// The column's storage type.

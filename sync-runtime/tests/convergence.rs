@@ -91,6 +91,16 @@ enum Step {
         replica: usize,
         qty: i64,
     },
+    /// Changes some fields of an item through `modify` (only they are
+    /// written), or, `whole`, writes back every field of the item as read
+    /// (`update`).
+    ChangeItem {
+        replica: usize,
+        key: usize,
+        title: Option<usize>,
+        qty: Option<i64>,
+        whole: bool,
+    },
     DeleteItem {
         replica: usize,
         key: usize,
@@ -172,6 +182,20 @@ fn step(replicas: usize) -> impl Strategy<Value = Step> {
             }
         }),
         (r.clone(), -2i64..3).prop_map(|(replica, qty)| Step::RawUpdateItems { replica, qty }),
+        (
+            r.clone(),
+            k.clone(),
+            proptest::option::of(0..3usize),
+            proptest::option::of(-2i64..3),
+            any::<bool>()
+        )
+            .prop_map(|(replica, key, title, qty, whole)| Step::ChangeItem {
+                replica,
+                key,
+                title,
+                qty,
+                whole,
+            }),
         (r.clone(), k.clone()).prop_map(|(replica, key)| Step::DeleteItem { replica, key }),
         (r.clone(), k.clone(), k.clone()).prop_map(|(replica, from, to)| Step::RekeyItem {
             replica,
@@ -327,6 +351,37 @@ async fn run(replicas: usize, steps: Vec<Step>, keys: &[SyncId], finish: Finish)
                         .await,
                 );
             }
+            Step::ChangeItem {
+                replica,
+                key,
+                title,
+                qty,
+                whole,
+            } => {
+                let db = &dbs[replica];
+                let title = title.map(|t| TITLES[t].to_owned());
+                if upgraded[replica] {
+                    let change = move |item: &mut ItemV2| {
+                        if let Some(title) = title {
+                            item.name = title;
+                        }
+                        if let Some(qty) = qty {
+                            item.qty = qty;
+                        }
+                    };
+                    change_item(db, keys[key], whole, change).await;
+                } else {
+                    let change = move |item: &mut Item| {
+                        if let Some(title) = title {
+                            item.title = title;
+                        }
+                        if let Some(qty) = qty {
+                            item.qty = qty;
+                        }
+                    };
+                    change_item(db, keys[key], whole, change).await;
+                }
+            }
             Step::RawUpdateItems { replica, qty } => tolerate(
                 dbs[replica]
                     .execute_raw("UPDATE items SET qty = qty + ?1", params![qty])
@@ -463,6 +518,26 @@ async fn run(replicas: usize, steps: Vec<Step>, keys: &[SyncId], finish: Finish)
     let first = snapshot(&dbs[0]).await;
     for db in &dbs[1..] {
         assert_eq!(snapshot(db).await, first);
+    }
+}
+
+/// Changes the item `key` on `db`: through `modify`, or by reading it and
+/// writing every field back with `update`.
+async fn change_item<T>(
+    db: &SyncDb,
+    key: SyncId,
+    whole: bool,
+    change: impl FnOnce(&mut T) + Send + 'static,
+) where
+    T: Synced<Key = SyncId>,
+{
+    if !whole {
+        db.modify::<T, _>(&key, change).await.unwrap();
+        return;
+    }
+    if let Some(mut row) = db.get::<T>(&key).await.unwrap() {
+        change(&mut row);
+        tolerate(db.update(&row).await);
     }
 }
 

@@ -257,3 +257,232 @@ async fn an_id_stored_in_another_text_form_is_refused_or_a_decode_error() {
         "{err}"
     );
 }
+
+/// A task, for the writes that save what a user changed.
+#[derive(Synced, Debug, Clone, PartialEq)]
+#[synced(table = "tasks")]
+struct Task {
+    #[synced(primary_key)]
+    id: SyncId,
+    title: String,
+    #[synced(default = "open")]
+    status: String,
+    points: f64,
+}
+
+fn task(title: &str) -> Task {
+    Task {
+        id: SyncId::new(),
+        title: title.into(),
+        status: "open".into(),
+        points: 1.0,
+    }
+}
+
+/// The columns each change since `version` set.
+async fn columns_set(db: &SyncDb, version: i64) -> Vec<String> {
+    let mut set: Vec<String> = db
+        .changes_since(version)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|c| match c.kind {
+            sync_runtime::ChangeKind::Set { column, .. } => Some(column),
+            _ => None,
+        })
+        .collect();
+    set.sort();
+    set
+}
+
+#[tokio::test]
+async fn modify_writes_only_the_columns_the_change_changed() {
+    let db = SyncDb::open_in_memory().await.unwrap();
+    db.register::<Task>().await.unwrap();
+    let mut row = task("draft");
+    db.insert(&row).await.unwrap();
+    // A form loaded now; another device's status arrives meanwhile.
+    let form = db.get::<Task>(&row.id).await.unwrap().unwrap();
+    db.execute_raw("UPDATE tasks SET status = 'done'", params![])
+        .await
+        .unwrap();
+    let version = db.db_version().await.unwrap();
+    let saved = db
+        .modify::<Task, _>(&form.id, |t| t.title = "final".into())
+        .await
+        .unwrap();
+    row.title = "final".into();
+    row.status = "done".into();
+    assert_eq!(saved.as_ref(), Some(&row));
+    assert_eq!(db.get::<Task>(&row.id).await.unwrap(), Some(row.clone()));
+    assert_eq!(columns_set(&db, version).await, ["title"]);
+
+    // A change that changes nothing writes nothing.
+    let version = db.db_version().await.unwrap();
+    db.modify::<Task, _>(&row.id, |t| t.points = 1.0)
+        .await
+        .unwrap();
+    assert_eq!(db.db_version().await.unwrap(), version);
+
+    // No such row: nothing written, None.
+    let missing = db
+        .modify::<Task, _>(&SyncId::new(), |t| t.title = "x".into())
+        .await
+        .unwrap();
+    assert_eq!(missing, None);
+
+    // The key is not the change's to make; NaN is refused as everywhere.
+    let err = db
+        .modify::<Task, _>(&row.id, |t| t.id = SyncId::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::KeyChanged { ref table } if table == "tasks"),
+        "{err}"
+    );
+    let err = db
+        .modify::<Task, _>(&row.id, |t| t.points = f64::NAN)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NotANumber { .. }), "{err}");
+    assert_eq!(db.get::<Task>(&row.id).await.unwrap(), Some(row.clone()));
+
+    // Inside a transaction, with other writes.
+    let other = task("other");
+    let id = row.id;
+    let inserted = other.clone();
+    db.transaction(move |tx| {
+        tx.insert(&inserted)?;
+        tx.modify::<Task>(&id, |t| t.points = 3.5)?;
+        Ok::<_, Error>(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(db.get::<Task>(&row.id).await.unwrap().unwrap().points, 3.5);
+}
+
+#[tokio::test]
+async fn upsert_inserts_or_replaces_and_insert_if_absent_never_overwrites() {
+    let db = SyncDb::open_in_memory().await.unwrap();
+    db.register::<Task>().await.unwrap();
+    let mut row = task("first");
+    assert!(db.upsert(&row).await.unwrap());
+    row.title = "second".into();
+    assert!(!db.upsert(&row).await.unwrap());
+    assert_eq!(db.get::<Task>(&row.id).await.unwrap(), Some(row.clone()));
+
+    let mut other = row.clone();
+    other.title = "would overwrite".into();
+    assert!(!db.insert_if_absent(&other).await.unwrap());
+    assert_eq!(db.get::<Task>(&row.id).await.unwrap(), Some(row.clone()));
+    let fresh = task("fresh");
+    assert!(db.insert_if_absent(&fresh).await.unwrap());
+    assert_eq!(db.get::<Task>(&fresh.id).await.unwrap(), Some(fresh));
+}
+
+#[derive(sync_runtime::SyncValue, Debug, Clone, Copy, PartialEq, Default)]
+enum Stage {
+    #[default]
+    Todo,
+    #[sync_value(rename = "in progress")]
+    Doing,
+    Done,
+}
+
+#[derive(sync_runtime::SyncValue, Debug, Clone, Copy, PartialEq)]
+#[sync_value(integer)]
+enum Size {
+    Small = -1,
+    Medium,
+    Large = 10,
+}
+
+#[derive(sync_runtime::SyncValue, Debug, Clone, PartialEq)]
+struct Label(String);
+
+#[derive(Synced, Debug, Clone, PartialEq)]
+#[synced(table = "cards")]
+struct Card {
+    #[synced(primary_key)]
+    id: SyncId,
+    stage: Stage,
+    #[synced(default = 0)]
+    size: Size,
+    label: Option<Label>,
+}
+
+#[tokio::test]
+async fn enums_and_newtypes_round_trip_and_an_unknown_variant_is_a_named_error() {
+    let db = SyncDb::open_in_memory().await.unwrap();
+    db.register::<Card>().await.unwrap();
+    let columns = &Card::SCHEMA.columns;
+    assert_eq!(columns[1].default.as_deref(), Some("'Todo'"));
+    assert_eq!(columns[2].default.as_deref(), Some("0"));
+    let cards: Vec<Card> = [
+        (Stage::Doing, Size::Small, None),
+        (Stage::Done, Size::Medium, Some(Label("urgent".into()))),
+        (Stage::Todo, Size::Large, None),
+    ]
+    .into_iter()
+    .map(|(stage, size, label)| Card {
+        id: SyncId::new(),
+        stage,
+        size,
+        label,
+    })
+    .collect();
+    for card in &cards {
+        db.insert(card).await.unwrap();
+    }
+    // Stored as the names and numbers the app's SQL filters by.
+    for card in &cards {
+        let stage = match card.stage {
+            Stage::Todo => "Todo",
+            Stage::Doing => "in progress",
+            Stage::Done => "Done",
+        };
+        let size = match card.size {
+            Size::Small => -1,
+            Size::Medium => 0,
+            Size::Large => 10,
+        };
+        let rows: Vec<Card> = db
+            .query(
+                "id = ?1 AND stage = ?2 AND size = ?3",
+                params![card.id, stage, size],
+            )
+            .await
+            .unwrap();
+        assert_eq!(rows, std::slice::from_ref(card));
+    }
+    // Defaults: a row written without the columns reads the natural ones.
+    let id = SyncId::new();
+    db.execute_raw("INSERT INTO cards (id) VALUES (?1)", params![id])
+        .await
+        .unwrap();
+    let plain = db.get::<Card>(&id).await.unwrap().unwrap();
+    assert_eq!(
+        (plain.stage, plain.size, plain.label),
+        (Stage::Todo, Size::Medium, None)
+    );
+
+    // A variant a newer app version wrote: that row fails, naming where.
+    db.execute_raw(
+        "UPDATE cards SET stage = 'archived' WHERE id = ?1",
+        params![id],
+    )
+    .await
+    .unwrap();
+    let err = db.get::<Card>(&id).await.unwrap_err();
+    match err {
+        Error::Decode {
+            table,
+            column,
+            source: sync_runtime::value::ValueError::UnknownVariant { value, target },
+        } => {
+            assert_eq!((table.as_str(), column.as_str()), ("cards", "stage"));
+            assert_eq!((value.as_str(), target), ("\"archived\"", "Stage"));
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -59,16 +59,10 @@ async fn run(path: &Path) -> Result<(), Error> {
     db.insert(&milk).await?;
     db.insert(&plants).await?;
 
-    // Read, change and write in one transaction: `update` writes every column.
-    let id = milk.id;
-    db.transaction(move |tx| {
-        if let Some(mut milk) = tx.get::<Todo>(&id)? {
-            milk.done = true;
-            tx.update(&milk)?;
-        }
-        Ok::<_, Error>(())
-    })
-    .await?;
+    // Save what changed: `modify` reads the row as it is now and writes only
+    // the fields the closure changed.
+    db.modify::<Todo, _>(&milk.id, |todo| todo.done = true)
+        .await?;
     // ANCHOR_END: write
 
     // ANCHOR: read
