@@ -9,6 +9,9 @@ use crate::attr::{self, Algorithm, DefaultValue, Errors};
 /// A struct that derives `Synced`.
 pub(crate) struct Model<'a> {
     pub(crate) ident: &'a Ident,
+    pub(crate) vis: &'a syn::Visibility,
+    /// The generated patch type's name.
+    pub(crate) patch: Ident,
     pub(crate) table: String,
     /// Where the table name comes from, for errors.
     pub(crate) table_span: Span,
@@ -19,6 +22,7 @@ pub(crate) struct Model<'a> {
 /// One named field.
 pub(crate) struct Field<'a> {
     pub(crate) ident: &'a Ident,
+    pub(crate) vis: &'a syn::Visibility,
     pub(crate) ty: &'a Type,
     /// The column's name (the field's name unless renamed).
     pub(crate) column: String,
@@ -96,6 +100,7 @@ impl<'a> Model<'a> {
                 };
                 Some(Field {
                     ident,
+                    vis: &f.vis,
                     ty: &f.ty,
                     renamed: attrs.rename.is_some(),
                     column,
@@ -114,8 +119,14 @@ impl<'a> Model<'a> {
             Some(lit) => (lit.value(), lit.span()),
             None => (snake_case(&input.ident.to_string()), input.ident.span()),
         };
+        let patch = attrs
+            .patch
+            .clone()
+            .unwrap_or_else(|| quote::format_ident!("{}Patch", input.ident));
         Some(Model {
             ident: &input.ident,
+            vis: &input.vis,
+            patch,
             table,
             table_span,
             algorithm: attrs.algorithm.map_or(Algorithm::Cls, |(a, _)| a),

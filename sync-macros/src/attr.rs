@@ -9,7 +9,8 @@ pub(crate) const SYNCED: &str = "synced";
 
 pub(crate) const TABLE: &str = "table";
 pub(crate) const ALGORITHM: &str = "algorithm";
-const STRUCT_KEYS: &str = "`table`, `algorithm`";
+pub(crate) const PATCH: &str = "patch";
+const STRUCT_KEYS: &str = "`table`, `algorithm`, `patch`";
 
 pub(crate) const PRIMARY_KEY: &str = "primary_key";
 pub(crate) const INTEGER_KEY: &str = "integer_key";
@@ -35,6 +36,8 @@ pub(crate) enum Algorithm {
 pub(crate) struct StructAttrs {
     pub(crate) table: Option<LitStr>,
     pub(crate) algorithm: Option<(Algorithm, Span)>,
+    /// The name of the generated patch type.
+    pub(crate) patch: Option<syn::Ident>,
 }
 
 /// A default value, already rendered as an SQL literal, with the Rust literal for
@@ -111,6 +114,9 @@ pub(crate) fn struct_attrs(attrs: &[Attribute], errors: &mut Errors) -> StructAt
             if meta.path.is_ident(TABLE) {
                 let table = meta.value()?.parse()?;
                 set_once(&mut out.table, table, &meta)?;
+            } else if meta.path.is_ident(PATCH) {
+                let name: LitStr = meta.value()?.parse()?;
+                set_once(&mut out.patch, name.parse()?, &meta)?;
             } else if meta.path.is_ident(ALGORITHM) {
                 let lit: LitStr = meta.value()?.parse()?;
                 let algorithm = match lit.value().as_str() {

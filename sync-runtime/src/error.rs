@@ -153,10 +153,13 @@ pub enum Error {
 
     /// A stored value could not be read as the field's type (usually a value written
     /// by raw SQL that the struct cannot represent).
-    #[error("cannot read `{table}.{column}`: {source}")]
+    #[error("cannot read `{table}.{column}` of the row with key {key:?}: {source}")]
     Decode {
         /// The table.
         table: String,
+        /// The row's key, in key order (empty where the row could not be read
+        /// at all).
+        key: Vec<crate::value::Value>,
         /// The column.
         column: String,
         /// Why.

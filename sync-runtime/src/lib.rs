@@ -97,13 +97,13 @@ pub use error::{Error, Result};
 pub use export::{BadCursor, Batch, BatchLimits, Cursor, Scope, Since};
 pub use id::{BadSiteId, SiteId, SyncId};
 pub use merge::{ApplyReport, Rejection};
-pub use model::{RowReader, Synced};
+pub use model::{Patch, RowReader, Synced};
 pub use open::{Options, Synchronous};
 pub use quarantine::Rejected;
 pub use schema::{Algorithm, ColumnSchema, TableSchema};
 #[cfg(feature = "http")]
 pub use sync::{AutoSync, SyncEvent};
-pub use tx::Transaction;
+pub use tx::{Readable, Transaction};
 pub use value::{Domain, SqlType, SyncValue, Value, ValueRef};
 
 /// Derives [`Synced`](trait@Synced) for a struct; see the [crate docs](crate#the-derive).

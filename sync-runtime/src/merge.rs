@@ -1183,6 +1183,7 @@ fn read_row(conn: &Connection, target: &Target, pk: &[Value]) -> Result<Option<V
         if !column.primary_key {
             let value = value::from_sqlite(row.get_ref(i)?).map_err(|source| Error::Decode {
                 table: target.schema.name.to_string(),
+                key: pk.to_vec(),
                 column: column.name.to_string(),
                 source,
             })?;

@@ -54,6 +54,19 @@ pub trait Synced: Sized + Send + 'static {
     fn from_row(row: &mut RowReader<'_>) -> Result<Self>;
 }
 
+/// Changes to some columns of a row of [`Row`](Self::Row), written without
+/// reading the row first: the type `#[derive(Synced)]` generates next to the
+/// struct, `<Struct>Patch` (or the name `#[synced(patch = "…")]` gives), with
+/// an `Option` per column outside the key. See
+/// [`SyncDb::patch`](crate::SyncDb::patch).
+pub trait Patch: Send + 'static {
+    /// The synced struct whose rows it changes.
+    type Row: Synced;
+
+    /// The columns it sets (their index in table order) and their values.
+    fn values(&self) -> Vec<(usize, ValueRef<'_>)>;
+}
+
 /// Reads the columns of one result row in order, with errors that name the column.
 ///
 /// Handed to [`Synced::from_row`]; the derive calls [`RowReader::read`] once per
@@ -65,6 +78,19 @@ pub struct RowReader<'r> {
 }
 
 impl<'r> RowReader<'r> {
+    /// The row's key, as far as it reads (for errors).
+    pub(crate) fn key(&self) -> Vec<crate::value::Value> {
+        let keys = self
+            .schema
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.primary_key);
+        keys.filter_map(|(i, _)| self.row.get_ref(i).ok())
+            .filter_map(|raw| value::from_sqlite(raw).ok().map(ValueRef::into_owned))
+            .collect()
+    }
+
     pub(crate) fn new(row: &'r rusqlite::Row<'r>, schema: &'r TableSchema) -> Self {
         Self {
             row,
@@ -79,6 +105,7 @@ impl<'r> RowReader<'r> {
         self.index += 1;
         let decode_error = |source| Error::Decode {
             table: self.schema.name.to_string(),
+            key: self.key(),
             column: self
                 .schema
                 .columns

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OptionalExtension};
 
 use crate::error::{Error, Result};
-use crate::model::{RowReader, Synced};
+use crate::model::{Patch, RowReader, Synced};
 use crate::schema::TableSchema;
 use crate::sql::{self, TableSql};
 use crate::value::{Domain, Value, ValueRef};
@@ -204,6 +204,21 @@ impl<'c> Transaction<'c> {
         self.track(result)
     }
 
+    /// Writes the columns `patch` sets of the row with this key, and only
+    /// those (see [`SyncDb::patch`](crate::SyncDb::patch)); whether there is
+    /// such a row.
+    pub fn patch<P: Patch>(&mut self, key: &<P::Row as Synced>::Key, patch: &P) -> Result<bool> {
+        let result = table_of(self.registry, P::Row::SCHEMA).and_then(|table| {
+            write_columns(
+                self.conn,
+                table,
+                |i| P::Row::key_value(key, i),
+                &patch.values(),
+            )
+        });
+        self.track(result)
+    }
+
     /// Inserts `row`, or writes every column of the row with its key if there
     /// is one (see [`SyncDb::upsert`](crate::SyncDb::upsert)); whether it
     /// inserted.
@@ -245,6 +260,24 @@ impl<'c> Transaction<'c> {
     ) -> Result<Vec<T>> {
         let table = self.table::<T>()?;
         query(self.conn, self.user_sql, table, filter, params.as_ref())
+    }
+
+    /// [`query`](Self::query) that sets aside the rows the struct cannot read;
+    /// see [`SyncDb::query_readable`](crate::SyncDb::query_readable).
+    pub fn query_readable<T: Synced>(
+        &mut self,
+        filter: &str,
+        params: impl AsRef<[Value]>,
+    ) -> Result<Readable<T>> {
+        let table = self.table::<T>()?;
+        query_rows(
+            self.conn,
+            self.user_sql,
+            table,
+            filter,
+            params.as_ref(),
+            true,
+        )
     }
 
     /// Runs raw SQL (one statement) with parameters; returns the number of changed
@@ -388,28 +421,41 @@ pub(crate) fn modify<'v, T: Synced>(
     if changed.is_empty() {
         return Ok(Some(row));
     }
-    let mut stmt = conn.prepare_cached(&sql::update_columns(&table.schema, &changed))?;
-    let keys = table
-        .schema
-        .columns
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| c.primary_key);
-    let params = changed.iter().copied().chain(keys.map(|(i, _)| i));
-    for (p, i) in params.enumerate() {
-        let value = row.column_value(i);
+    let keys: Vec<usize> = (0..count)
+        .filter(|&i| table.schema.columns[i].primary_key)
+        .collect();
+    let values: Vec<(usize, ValueRef<'_>)> =
+        changed.iter().map(|&i| (i, row.column_value(i))).collect();
+    write_columns(conn, table, |k| row.column_value(keys[k]), &values)?;
+    Ok(Some(row))
+}
+
+/// Writes `values` (column index in table order, value) into the row with a
+/// key, and only them; whether there is such a row.
+pub(crate) fn write_columns<'v>(
+    conn: &Connection,
+    table: &Registered,
+    key: impl Fn(usize) -> ValueRef<'v>,
+    values: &[(usize, ValueRef<'_>)],
+) -> Result<bool> {
+    if values.is_empty() {
+        return Ok(get_raw(conn, table, key, |_| Ok(()))?.is_some());
+    }
+    let columns: Vec<usize> = values.iter().map(|(i, _)| *i).collect();
+    let mut stmt = conn.prepare_cached(&sql::update_columns(&table.schema, &columns))?;
+    let keys = table.schema.key_columns().count();
+    let key_values = (0..keys).map(|k| (usize::MAX, key(k)));
+    let all = values.iter().copied().chain(key_values);
+    for (p, (i, value)) in all.enumerate() {
         if matches!(value, ValueRef::Real(r) if r.is_nan()) {
+            let column = table.schema.columns.get(i).map_or("", |c| &c.name);
             return Err(Error::NotANumber {
-                place: format!(
-                    "column `{}` of table `{}`",
-                    table.schema.columns[i].name, table.schema.name
-                ),
+                place: format!("column `{column}` of table `{}`", table.schema.name),
             });
         }
         stmt.raw_bind_parameter(p + 1, value)?;
     }
-    stmt.raw_execute()?;
-    Ok(Some(row))
+    Ok(stmt.raw_execute()? > 0)
 }
 
 /// Inserts a row, or writes every column of the row with its key; whether it
@@ -488,15 +534,47 @@ pub(crate) fn query<T: Synced>(
     filter: &str,
     params: &[Value],
 ) -> Result<Vec<T>> {
+    query_rows(conn, user_sql, table, filter, params, false).map(|read| read.rows)
+}
+
+/// What [`SyncDb::query_readable`](crate::SyncDb::query_readable) read: the
+/// rows the struct can read, and why each of the others cannot be.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Readable<T> {
+    /// The rows read, in the query's order.
+    pub rows: Vec<T>,
+    /// One [`Error::Decode`] per row left out (naming its table, key and
+    /// column), in the query's order.
+    pub unreadable: Vec<Error>,
+}
+
+/// The rows of `table` matching `filter`; with `keep_going`, a row the
+/// struct cannot read is set aside instead of failing the query.
+pub(crate) fn query_rows<T: Synced>(
+    conn: &Connection,
+    user_sql: &AppSql,
+    table: &Registered,
+    filter: &str,
+    params: &[Value],
+    keep_going: bool,
+) -> Result<Readable<T>> {
     let sql = sql::filtered_select(&table.sql.select, filter);
     as_user(user_sql, || {
         let mut stmt = conn.prepare_cached(&sql)?;
         let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
-        let mut out = Vec::new();
+        let mut read = Readable {
+            rows: Vec::new(),
+            unreadable: Vec::new(),
+        };
         while let Some(row) = rows.next()? {
-            out.push(T::from_row(&mut RowReader::new(row, &table.schema))?);
+            match T::from_row(&mut RowReader::new(row, &table.schema)) {
+                Ok(row) => read.rows.push(row),
+                Err(e @ Error::Decode { .. }) if keep_going => read.unreadable.push(e),
+                Err(e) => return Err(e),
+            }
         }
-        Ok(out)
+        Ok(read)
     })
 }
 

@@ -477,12 +477,57 @@ async fn enums_and_newtypes_round_trip_and_an_unknown_variant_is_a_named_error()
     match err {
         Error::Decode {
             table,
+            key,
             column,
             source: sync_runtime::value::ValueError::UnknownVariant { value, target },
+            ..
         } => {
             assert_eq!((table.as_str(), column.as_str()), ("cards", "stage"));
+            assert_eq!(key, [Value::from(id)]);
             assert_eq!((value.as_str(), target), ("\"archived\"", "Stage"));
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[tokio::test]
+async fn a_patch_writes_the_columns_it_sets_without_reading_the_row() {
+    let db = SyncDb::open_in_memory().await.unwrap();
+    db.register::<Task>().await.unwrap();
+    let row = task("draft");
+    db.insert(&row).await.unwrap();
+    // Another device's status arrives; the app patches the title only.
+    db.execute_raw("UPDATE tasks SET status = 'done'", params![])
+        .await
+        .unwrap();
+    let version = db.db_version().await.unwrap();
+    let title = TaskPatch {
+        title: Some("final".into()),
+        ..TaskPatch::default()
+    };
+    assert!(db.patch(&row.id, title).await.unwrap());
+    assert_eq!(columns_set(&db, version).await, ["title"]);
+    let now = db.get::<Task>(&row.id).await.unwrap().unwrap();
+    assert_eq!((now.title.as_str(), now.status.as_str()), ("final", "done"));
+
+    // No such row: false, nothing written; an empty patch says whether it exists.
+    let missing = TaskPatch {
+        points: Some(2.0),
+        ..TaskPatch::default()
+    };
+    assert!(!db.patch(&SyncId::new(), missing).await.unwrap());
+    assert!(db.patch(&row.id, TaskPatch::default()).await.unwrap());
+    assert!(
+        !db.patch(&SyncId::new(), TaskPatch::default())
+            .await
+            .unwrap()
+    );
+    let nan = TaskPatch {
+        points: Some(f64::NAN),
+        ..TaskPatch::default()
+    };
+    assert!(matches!(
+        db.patch(&row.id, nan).await.unwrap_err(),
+        Error::NotANumber { .. }
+    ));
 }
