@@ -127,6 +127,29 @@ impl SyncValue for SyncId {
     }
 }
 
+/// A `uuid::Uuid` field is stored as its 16 bytes (`BLOB`), which sort as
+/// the UUIDs do; [`SyncId`] is the key type made for rows, stored as text.
+impl SyncValue for uuid::Uuid {
+    const SQL_TYPE: SqlType = SqlType::Blob;
+    const DEFAULT_SQL: Option<&'static str> = None;
+
+    fn to_value_ref(&self) -> ValueRef<'_> {
+        ValueRef::Blob(self.as_bytes())
+    }
+
+    fn from_value_ref(value: ValueRef<'_>) -> Result<Self, ValueError> {
+        match value {
+            ValueRef::Blob(bytes) => {
+                uuid::Uuid::from_slice(bytes).map_err(|_| ValueError::InvalidUuid(bytes.len()))
+            }
+            other => Err(ValueError::WrongType {
+                expected: "BLOB",
+                found: other.type_name(),
+            }),
+        }
+    }
+}
+
 /// The identity of one replica (one database file): 16 random bytes, created once
 /// when the database is first opened and kept for its whole life.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

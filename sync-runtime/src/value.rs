@@ -239,6 +239,12 @@ pub enum ValueError {
     /// Stored text is not a valid id.
     #[error("{0:?} is not a valid id (expected a hyphenated UUID)")]
     InvalidId(String),
+    /// Stored text is not the JSON of a [`Json`](crate::Json) field's type.
+    #[error("the stored JSON does not read as the field's type: {0}")]
+    Json(String),
+    /// A stored blob is not the 16 bytes of a `uuid::Uuid` field.
+    #[error("a blob of {0} bytes is not a UUID (16 bytes)")]
+    InvalidUuid(usize),
     /// The stored value is none of an enum's variants (`#[derive(SyncValue)]`):
     /// written by an app version with more variants, say.
     #[error("{value} is not a variant of {target}")]

@@ -531,3 +531,61 @@ async fn a_patch_writes_the_columns_it_sets_without_reading_the_row() {
         Error::NotANumber { .. }
     ));
 }
+
+#[derive(Synced, Debug, Clone, PartialEq)]
+#[synced(table = "links")]
+struct Link {
+    #[synced(primary_key)]
+    id: SyncId,
+    external: Option<uuid::Uuid>,
+    meta: Option<sync_runtime::Json<std::collections::BTreeMap<String, i64>>>,
+}
+
+#[tokio::test]
+async fn uuid_and_json_fields_round_trip_and_bad_stored_values_are_named() {
+    let db = SyncDb::open_in_memory().await.unwrap();
+    db.register::<Link>().await.unwrap();
+    let meta: std::collections::BTreeMap<String, i64> = [("clicks".to_owned(), 3)].into();
+    let link = Link {
+        id: SyncId::new(),
+        external: Some(uuid::Uuid::from_u128(
+            0x0123_4567_89ab_cdef_0123_4567_89ab_cdef,
+        )),
+        meta: Some(sync_runtime::Json::new(meta).unwrap()),
+    };
+    db.insert(&link).await.unwrap();
+    assert_eq!(db.get::<Link>(&link.id).await.unwrap(), Some(link.clone()));
+    let by_blob: Vec<Link> = db
+        .query(
+            "external = ?1",
+            params![Value::Blob(link.external.unwrap().as_bytes().to_vec())],
+        )
+        .await
+        .unwrap();
+    assert_eq!(by_blob.len(), 1);
+    // JSON the app's SQL reads too.
+    let clicks: Vec<Link> = db
+        .query("json_extract(meta, '$.clicks') = 3", params![])
+        .await
+        .unwrap();
+    assert_eq!(clicks.len(), 1);
+
+    for (sql, expected) in [
+        (
+            "UPDATE links SET external = x'00ff'",
+            "2 bytes is not a UUID",
+        ),
+        (
+            "UPDATE links SET external = NULL, meta = '{\"clicks\": \"three\"}'",
+            "JSON",
+        ),
+    ] {
+        db.execute_raw(sql, params![]).await.unwrap();
+        let err = db.get::<Link>(&link.id).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Decode { table, .. } if table == "links")
+                && err.to_string().contains(expected),
+            "{sql}: {err}"
+        );
+    }
+}
