@@ -104,7 +104,7 @@ pub use open::{Options, Synchronous};
 pub use quarantine::Rejected;
 pub use schema::{Algorithm, ColumnSchema, TableSchema};
 #[cfg(feature = "http")]
-pub use sync::{AutoSync, SyncEvent};
+pub use sync::{AutoSync, SyncEvent, Unsent};
 pub use tx::{Readable, Transaction};
 pub use value::{Domain, SqlType, SyncValue, Value, ValueRef};
 

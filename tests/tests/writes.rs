@@ -68,3 +68,30 @@ async fn a_form_saved_with_modify_keeps_the_edit_another_device_made_meanwhile()
     drop((a_events, b_events));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_counts_what_it_has_not_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server")).await;
+    let url = server.url("todo");
+    publish_schema(&url, dir.path()).await;
+    let db = device(dir.path(), "a", &url, "ann").await;
+    assert_eq!(db.unsent_changes().await.unwrap().rows, 0);
+    let (first, second) = (todo("first"), todo("second"));
+    db.insert(&first).await.unwrap();
+    db.insert(&second).await.unwrap();
+    db.modify::<Todo, _>(&first.id, |t| t.done = true)
+        .await
+        .unwrap();
+    let unsent = db.unsent_changes().await.unwrap();
+    assert_eq!(unsent.tables, [("todos".to_owned(), 2)]);
+    assert_eq!(unsent.rows, 2);
+    // Each row's creation and its three columns.
+    assert_eq!(unsent.changes, 8);
+    assert!(db.has_unsent_changes().await.unwrap());
+    db.sync().await.unwrap();
+    let unsent = db.unsent_changes().await.unwrap();
+    assert_eq!((unsent.rows, unsent.changes), (0, 0));
+    assert!(unsent.tables.is_empty());
+    server.stop().await;
+}
