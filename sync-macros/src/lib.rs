@@ -5,6 +5,7 @@ mod ast;
 mod attr;
 mod check;
 mod expand;
+mod from_row;
 mod value;
 
 use proc_macro::TokenStream;
@@ -14,6 +15,15 @@ use proc_macro::TokenStream;
 pub fn derive_synced(input: TokenStream) -> TokenStream {
     let input = syn::parse_macro_input!(input as syn::DeriveInput);
     expand::derive(&input).into()
+}
+
+/// Derives `sync_runtime::FromRow` for a struct whose fields read the columns
+/// of their names (`#[from_row(rename = "…")]` reads another); see the
+/// `sync-runtime` crate documentation.
+#[proc_macro_derive(FromRow, attributes(from_row))]
+pub fn derive_from_row(input: TokenStream) -> TokenStream {
+    let input = syn::parse_macro_input!(input as syn::DeriveInput);
+    from_row::derive(&input).into()
 }
 
 /// Derives `sync_runtime::SyncValue` for a unit enum (stored as its variants'

@@ -454,6 +454,83 @@ impl SyncDb {
         .await
     }
 
+    /// Runs any read-only SQL (joins, aggregates, `GROUP BY`, CTEs, reads of
+    /// several tables) with `?N` parameters, and makes each row a `R` (see
+    /// [`FromRow`](crate::FromRow)). A statement that writes is refused with
+    /// [`Error::NotReadOnly`] before it runs.
+    ///
+    /// ```
+    /// # use sync_runtime::{FromRow, SyncDb, SyncId, Synced, params};
+    /// # #[derive(Synced)]
+    /// # #[synced(table = "lists")]
+    /// # struct List { #[synced(primary_key)] id: SyncId, name: String }
+    /// # #[derive(Synced)]
+    /// # #[synced(table = "todos")]
+    /// # struct Todo { #[synced(primary_key)] id: SyncId, list: Option<SyncId>, done: bool }
+    /// #[derive(FromRow, Debug, PartialEq)]
+    /// struct Progress {
+    ///     name: String,
+    ///     open: i64,
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> sync_runtime::Result<()> {
+    /// # let db = SyncDb::open_in_memory().await?;
+    /// # db.register::<List>().await?;
+    /// # db.register::<Todo>().await?;
+    /// # let list = SyncId::new();
+    /// # db.insert(&List { id: list, name: "home".into() }).await?;
+    /// # db.insert(&Todo { id: SyncId::new(), list: Some(list), done: false }).await?;
+    /// let progress: Vec<Progress> = db
+    ///     .read(
+    ///         "SELECT l.name, count(*) FILTER (WHERE NOT t.done) AS open \
+    ///          FROM lists l JOIN todos t ON t.list = l.id GROUP BY l.id ORDER BY l.name",
+    ///         params![],
+    ///     )
+    ///     .await?;
+    /// assert_eq!(progress, [Progress { name: "home".into(), open: 1 }]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn read<R: crate::FromRow>(
+        &self,
+        sql: &str,
+        params: impl Into<Vec<Value>>,
+    ) -> Result<Vec<R>> {
+        self.read_with(sql, params, R::from_row).await
+    }
+
+    /// [`read`](Self::read) with a closure that makes each row a value.
+    ///
+    /// ```
+    /// # use sync_runtime::{SyncDb, params};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> sync_runtime::Result<()> {
+    /// # let db = SyncDb::open_in_memory().await?;
+    /// let sums = db
+    ///     .read_with("SELECT 1 + 1 AS two, 'x' AS x", params![], |row| {
+    ///         Ok((row.get::<i64>("two")?, row.get_at::<String>(1)?))
+    ///     })
+    ///     .await?;
+    /// assert_eq!(sums, [(2, "x".to_owned())]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn read_with<R, F>(
+        &self,
+        sql: &str,
+        params: impl Into<Vec<Value>>,
+        map: F,
+    ) -> Result<Vec<R>>
+    where
+        R: Send + 'static,
+        F: FnMut(&crate::ResultRow<'_>) -> Result<R> + Send + 'static,
+    {
+        let (sql, params) = (sql.to_owned(), params.into());
+        self.call(move |w| crate::read::read(&w.conn, &w.user_sql, &sql, &params, map))
+            .await
+    }
+
     /// [`query`](Self::query) that reads what it can: a row the struct cannot
     /// read (a value an app version with more enum variants wrote, say) is set
     /// aside with its [`Error::Decode`], which names its table, key and

@@ -228,6 +228,36 @@ pub enum Error {
     )]
     TransactionEnded,
 
+    /// [`SyncDb::read`](crate::SyncDb::read) was given a statement that
+    /// writes: it runs read-only SQL only. Nothing ran.
+    #[error(
+        "`read` runs read-only SQL; write with execute_raw or the typed writes (insert, modify, \
+         patch, …)"
+    )]
+    NotReadOnly,
+
+    /// [`SyncDb::execute_raw`](crate::SyncDb::execute_raw) was given a
+    /// statement that returns rows.
+    #[error("the statement returns rows: read them with db.read (or read_with)")]
+    ReturnsRows,
+
+    /// A read's result has no column of this name (or position).
+    #[error("the result has no column `{column}`")]
+    NoSuchColumn {
+        /// The name (or position) asked for.
+        column: String,
+    },
+
+    /// A value of a read's result could not be read as the type asked for.
+    #[error("cannot read column `{column}` of the result: {source}")]
+    ReadColumn {
+        /// The column's name (or position).
+        column: String,
+        /// Why.
+        #[source]
+        source: crate::value::ValueError,
+    },
+
     /// A change of a row through [`SyncDb::modify`](crate::SyncDb::modify)
     /// changed its key: a key is how every replica finds a row. Nothing was
     /// written; delete the row and insert one with the new key instead.
@@ -409,6 +439,9 @@ impl SqliteError {
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Self {
         use rusqlite::ErrorCode;
+        if matches!(e, rusqlite::Error::ExecuteReturnedResults) {
+            return Error::ReturnsRows;
+        }
         if let rusqlite::Error::SqliteFailure(code, message) = &e {
             let message = message.clone().unwrap_or_else(|| code.to_string());
             if let Some(table) = message.strip_prefix(GROW_ONLY_PREFIX) {

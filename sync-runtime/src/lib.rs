@@ -77,6 +77,7 @@ mod model;
 mod open;
 pub mod protocol;
 mod quarantine;
+mod read;
 pub mod schema;
 pub mod server;
 mod site;
@@ -102,6 +103,7 @@ pub use merge::{ApplyReport, Rejection};
 pub use model::{Patch, RowReader, Synced};
 pub use open::{Options, Synchronous};
 pub use quarantine::Rejected;
+pub use read::{FromRow, ResultRow};
 pub use schema::{Algorithm, ColumnSchema, TableSchema};
 #[cfg(feature = "http")]
 pub use sync::{AutoSync, SyncEvent, Unsent};
@@ -110,6 +112,12 @@ pub use value::{Domain, SqlType, SyncValue, Value, ValueRef};
 
 /// Derives [`Synced`](trait@Synced) for a struct; see the [crate docs](crate#the-derive).
 pub use sync_macros::Synced;
+
+/// Derives [`FromRow`](trait@FromRow) for a struct: each field reads the
+/// column of its name in a [`read`](SyncDb::read)'s result (its `AS` name),
+/// as the field's [`SyncValue`](trait@SyncValue) type; `#[from_row(rename =
+/// "…")]` reads another column. See [`SyncDb::read`] for an example.
+pub use sync_macros::FromRow;
 
 /// Derives [`SyncValue`](trait@SyncValue), so that a type of the app's can be
 /// a field of a synced struct:

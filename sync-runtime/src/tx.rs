@@ -160,6 +160,10 @@ impl<'c> Transaction<'c> {
         self.conn
     }
 
+    pub(crate) fn user_sql(&self) -> &'c AppSql {
+        self.user_sql
+    }
+
     pub(crate) fn registry(&self) -> &'c Registry {
         self.registry
     }
@@ -778,7 +782,7 @@ fn check_keys(conn: &Connection, registry: &Registry, inserted: &[(String, i64)]
 /// Runs `f` with the app's SQL flag set: the connection's authorizer then refuses
 /// transaction control (`BEGIN`, `COMMIT`, `ROLLBACK`, savepoints), which would
 /// end the runtime's transaction halfway.
-fn as_user<T>(user_sql: &AppSql, f: impl FnOnce() -> Result<T>) -> Result<T> {
+pub(crate) fn as_user<T>(user_sql: &AppSql, f: impl FnOnce() -> Result<T>) -> Result<T> {
     struct Reset<'a>(&'a AtomicBool);
     impl Drop for Reset<'_> {
         fn drop(&mut self) {

@@ -589,3 +589,94 @@ async fn uuid_and_json_fields_round_trip_and_bad_stored_values_are_named() {
         );
     }
 }
+
+#[derive(sync_runtime::FromRow, Debug, PartialEq)]
+struct StatusCount {
+    status: String,
+    #[from_row(rename = "count(*)")]
+    tasks: i64,
+    total: Option<f64>,
+}
+
+#[tokio::test]
+async fn reads_run_any_read_only_sql_and_refuse_writes() {
+    let db = SyncDb::open_in_memory().await.unwrap();
+    db.register::<Task>().await.unwrap();
+    for (title, status, points) in [("a", "open", 1.0), ("b", "open", 2.5), ("c", "done", 4.0)] {
+        let mut row = task(title);
+        row.status = status.into();
+        row.points = points;
+        db.insert(&row).await.unwrap();
+    }
+    let counts: Vec<StatusCount> = db
+        .read(
+            "WITH s AS (SELECT status, points FROM tasks) \
+             SELECT status, count(*), sum(points) AS total FROM s GROUP BY status ORDER BY status",
+            params![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        counts,
+        [
+            StatusCount {
+                status: "done".into(),
+                tasks: 1,
+                total: Some(4.0)
+            },
+            StatusCount {
+                status: "open".into(),
+                tasks: 2,
+                total: Some(3.5)
+            },
+        ]
+    );
+    // Inside a transaction, and the runtime's own tables too (reading them is fine).
+    let tables = db
+        .transaction(|tx| {
+            tx.read_with("SELECT name FROM _synced_tables", params![], |row| {
+                row.get::<String>("name")
+            })
+        })
+        .await
+        .unwrap();
+    assert_eq!(tables, ["tasks"]);
+
+    // Writes are refused before they run; a read through execute_raw says where to go.
+    for sql in [
+        "DELETE FROM tasks",
+        "UPDATE tasks SET title = 'x' RETURNING id",
+        "INSERT INTO tasks (id, title, points) VALUES ('x', 'y', 0) RETURNING id",
+    ] {
+        let err = db.read_with(sql, params![], |_| Ok(())).await.unwrap_err();
+        assert!(matches!(err, Error::NotReadOnly), "{sql}: {err}");
+    }
+    assert_eq!(db.query::<Task>("", params![]).await.unwrap().len(), 3);
+    let err = db
+        .execute_raw("SELECT * FROM tasks", params![])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::ReturnsRows), "{err}");
+
+    // Columns that are not there, or not of the type asked for, are named.
+    let err = db
+        .read_with("SELECT title FROM tasks", params![], |row| {
+            row.get::<String>("nope")
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::NoSuchColumn { ref column } if column == "nope"),
+        "{err}"
+    );
+    let err = db
+        .read_with("SELECT title FROM tasks", params![], |row| {
+            row.get::<i64>("title")
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::ReadColumn { ref column, .. } if column == "title"),
+        "{err}"
+    );
+}
