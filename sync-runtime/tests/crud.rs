@@ -680,3 +680,64 @@ async fn reads_run_any_read_only_sql_and_refuse_writes() {
         "{err}"
     );
 }
+
+#[derive(sync_runtime::FromRow, Debug, Clone, PartialEq)]
+struct OpenCount {
+    open: i64,
+}
+
+#[tokio::test]
+async fn a_watched_query_gives_a_new_result_after_each_commit_that_changes_it() {
+    let db = SyncDb::open_in_memory().await.unwrap();
+    db.register::<Task>().await.unwrap();
+    db.register::<Card>().await.unwrap();
+    let mut open = db.watch::<Task>("status = 'open' ORDER BY title", params![]);
+    let mut count = db.watch_read::<OpenCount>(
+        "SELECT count(*) AS open FROM tasks WHERE status = 'open'",
+        params![],
+    );
+    assert!(open.next().await.unwrap().is_empty());
+    assert_eq!(count.next().await.unwrap(), [OpenCount { open: 0 }]);
+
+    // A burst of writes: one result, after the last.
+    for title in ["a", "b", "c"] {
+        db.insert(&task(title)).await.unwrap();
+    }
+    let titles = |rows: Vec<Task>| rows.into_iter().map(|t| t.title).collect::<Vec<_>>();
+    assert_eq!(titles(open.next().await.unwrap()), ["a", "b", "c"]);
+    assert_eq!(count.next().await.unwrap(), [OpenCount { open: 3 }]);
+
+    // A commit that leaves the result as it is gives nothing: the next result
+    // is the one after the raw SQL that changes it.
+    db.insert(&Card {
+        id: SyncId::new(),
+        stage: Stage::Done,
+        size: Size::Small,
+        label: None,
+    })
+    .await
+    .unwrap();
+    db.execute_raw(
+        "UPDATE tasks SET status = 'done' WHERE title = 'b'",
+        params![],
+    )
+    .await
+    .unwrap();
+    assert_eq!(titles(open.next().await.unwrap()), ["a", "c"]);
+    assert_eq!(count.next().await.unwrap(), [OpenCount { open: 2 }]);
+
+    // Another device's change, merged here.
+    let peer = SyncDb::open_in_memory().await.unwrap();
+    peer.register::<Task>().await.unwrap();
+    peer.insert(&task("from a peer")).await.unwrap();
+    let payload = peer
+        .export_changes(sync_runtime::Since::Beginning)
+        .await
+        .unwrap();
+    db.apply_changes(&payload).await.unwrap();
+    assert_eq!(
+        titles(open.next().await.unwrap()),
+        ["a", "c", "from a peer"]
+    );
+    assert_eq!(count.next().await.unwrap(), [OpenCount { open: 3 }]);
+}
