@@ -379,16 +379,11 @@ pub(crate) fn update<'v>(
     };
     let Some(sql) = &table.sql.update else {
         // A key-only table has nothing to update; the row must exist all the same.
-        let keys: Vec<ValueRef<'v>> = table
-            .schema
-            .columns
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.primary_key)
-            .map(|(i, _)| value(i))
-            .collect();
-        let exists = get_raw(conn, table, |i| keys[i], |_| Ok(()))?.is_some();
-        return if exists { Ok(()) } else { Err(not_found()) };
+        return if row_exists(conn, table, value)? {
+            Ok(())
+        } else {
+            Err(not_found())
+        };
     };
     let mut stmt = conn.prepare_cached(sql)?;
     bind(&mut stmt, table, false, value)?;
@@ -462,6 +457,24 @@ pub(crate) fn write_columns<'v>(
     Ok(stmt.raw_execute()? > 0)
 }
 
+/// Whether the row whose columns `value` gives (in table order) exists, by
+/// its key.
+fn row_exists<'v>(
+    conn: &Connection,
+    table: &Registered,
+    value: impl Fn(usize) -> ValueRef<'v>,
+) -> Result<bool> {
+    let keys: Vec<ValueRef<'v>> = table
+        .schema
+        .columns
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.primary_key)
+        .map(|(i, _)| value(i))
+        .collect();
+    Ok(get_raw(conn, table, |i| keys[i], |_| Ok(()))?.is_some())
+}
+
 /// Inserts a row, or writes every column of the row with its key; whether it
 /// inserted.
 pub(crate) fn upsert<'v>(
@@ -482,15 +495,7 @@ pub(crate) fn insert_if_absent<'v>(
     table: &Registered,
     value: impl Fn(usize) -> ValueRef<'v> + Copy,
 ) -> Result<bool> {
-    let keys: Vec<ValueRef<'v>> = table
-        .schema
-        .columns
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| c.primary_key)
-        .map(|(i, _)| value(i))
-        .collect();
-    if get_raw(conn, table, |i| keys[i], |_| Ok(()))?.is_some() {
+    if row_exists(conn, table, value)? {
         return Ok(false);
     }
     insert(conn, table, value).map(|()| true)
