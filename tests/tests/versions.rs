@@ -52,45 +52,48 @@ struct TodoV3 {
     estimate: Option<f64>,
 }
 
-/// How a device registers its app version's tables.
-type Registers = fn(&SyncDb) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>>;
-
-fn v1(db: &SyncDb) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
-    Box::pin(async move { db.register::<Todo>().await.unwrap() })
+/// An app version: the tables it registers.
+#[derive(Clone, Copy)]
+enum App {
+    V1,
+    V2,
+    /// A version no one published.
+    V3,
+    /// A device with the `tags` table only.
+    TagsOnly,
 }
 
-fn v2(db: &SyncDb) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
-    Box::pin(async move {
-        db.register::<TodoV2>().await.unwrap();
-        db.register::<Tag>().await.unwrap();
-    })
+impl App {
+    async fn register(self, db: &SyncDb) {
+        match self {
+            App::V1 => db.register::<Todo>().await.unwrap(),
+            App::V2 => {
+                db.register::<TodoV2>().await.unwrap();
+                db.register::<Tag>().await.unwrap();
+            }
+            App::V3 => db.register::<TodoV3>().await.unwrap(),
+            App::TagsOnly => db.register::<Tag>().await.unwrap(),
+        }
+    }
 }
 
-fn v3(db: &SyncDb) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
-    Box::pin(async move { db.register::<TodoV3>().await.unwrap() })
-}
-
-fn tags_only(db: &SyncDb) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
-    Box::pin(async move { db.register::<Tag>().await.unwrap() })
-}
-
-/// A device of `user` with its own file, on the app version `registers` makes.
-async fn device(path: &Path, url: &str, user: &str, registers: Registers) -> SyncDb {
+/// A device of `user` with its own file, on app version `app`.
+async fn device(path: &Path, url: &str, user: &str, app: App) -> SyncDb {
     let db = SyncDb::open(path)
         .await
         .unwrap()
         .with_remote(Remote::new(url).bearer_token(token(user)));
-    registers(&db).await;
+    app.register(&db).await;
     db
 }
 
 /// Publishes an app version, as its admin does.
-async fn publish(url: &str, registers: Registers) {
+async fn publish(url: &str, app: App) {
     let admin = SyncDb::open_in_memory()
         .await
         .unwrap()
         .with_remote(Remote::new(url).api_key(ADMIN_KEY));
-    registers(&admin).await;
+    app.register(&admin).await;
     admin.publish_schema().await.unwrap();
 }
 
@@ -103,17 +106,17 @@ async fn devices_of_two_app_versions_sync_side_by_side_through_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(&dir.path().join("server")).await;
     let url = server.url("todo");
-    publish(&url, v1).await;
-    let old = device(&dir.path().join("old.db"), &url, "ann", v1).await;
-    let other_old = device(&dir.path().join("other-old.db"), &url, "bob", v1).await;
+    publish(&url, App::V1).await;
+    let old = device(&dir.path().join("old.db"), &url, "ann", App::V1).await;
+    let other_old = device(&dir.path().join("other-old.db"), &url, "bob", App::V1).await;
     let first = todo("first");
     old.insert(&first).await.unwrap();
     old.sync().await.unwrap();
 
     // The next version is published while the first one's devices sync on.
-    publish(&url, v2).await;
-    let new = device(&dir.path().join("new.db"), &url, "cy", v2).await;
-    let only_tags = device(&dir.path().join("tags.db"), &url, "dee", tags_only).await;
+    publish(&url, App::V2).await;
+    let new = device(&dir.path().join("new.db"), &url, "cy", App::V2).await;
+    let only_tags = device(&dir.path().join("tags.db"), &url, "dee", App::TagsOnly).await;
     new.sync().await.unwrap();
     let mut edited = TodoV2 {
         id: first.id,
@@ -238,7 +241,7 @@ async fn devices_of_two_app_versions_sync_side_by_side_through_the_server() {
 
     // The old device updates its app: it gets what it was not sent before.
     drop(old);
-    let upgraded = device(&dir.path().join("old.db"), &url, "ann", v2).await;
+    let upgraded = device(&dir.path().join("old.db"), &url, "ann", App::V2).await;
     upgraded.sync().await.unwrap();
     new.sync().await.unwrap();
     assert_eq!(
@@ -261,11 +264,11 @@ async fn unpublished_and_unsupported_app_versions_are_refused_and_keep_their_cha
     }
     let server = TestServer::start_with(config).await;
     let url = server.url("todo");
-    publish(&url, v1).await;
-    let old = device(&dir.path().join("old.db"), &url, "ann", v1).await;
+    publish(&url, App::V1).await;
+    let old = device(&dir.path().join("old.db"), &url, "ann", App::V1).await;
     old.insert(&todo("kept")).await.unwrap();
-    publish(&url, v2).await;
-    let newer = device(&dir.path().join("newer.db"), &url, "bob", v3).await;
+    publish(&url, App::V2).await;
+    let newer = device(&dir.path().join("newer.db"), &url, "bob", App::V3).await;
     newer
         .insert(&TodoV3 {
             id: SyncId::new(),
@@ -280,7 +283,7 @@ async fn unpublished_and_unsupported_app_versions_are_refused_and_keep_their_cha
 
     // Publishing the first version again (a configuration file not updated)
     // changes nothing: it stays older than the oldest supported.
-    publish(&url, v1).await;
+    publish(&url, App::V1).await;
 
     let too_old = old.sync().await.unwrap_err();
     assert!(matches!(too_old, Error::SchemaTooOld { .. }), "{too_old}");
@@ -295,7 +298,7 @@ async fn unpublished_and_unsupported_app_versions_are_refused_and_keep_their_cha
     }
 
     // Once its version is published, the newer device syncs.
-    publish(&url, v3).await;
+    publish(&url, App::V3).await;
     newer.sync().await.unwrap();
     assert!(!newer.has_unsent_changes().await.unwrap());
 }
@@ -308,9 +311,9 @@ async fn registering_more_while_a_pull_waits_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(&dir.path().join("server")).await;
     let url = server.url("todo");
-    publish(&url, v1).await;
-    publish(&url, v2).await;
-    let new = device(&dir.path().join("new.db"), &url, "ann", v2).await;
+    publish(&url, App::V1).await;
+    publish(&url, App::V2).await;
+    let new = device(&dir.path().join("new.db"), &url, "ann", App::V2).await;
     let row = TodoV2 {
         id: SyncId::new(),
         label: "due soon".into(),
@@ -320,7 +323,7 @@ async fn registering_more_while_a_pull_waits_loses_nothing() {
     };
     new.insert(&row).await.unwrap();
     new.sync().await.unwrap();
-    let old = device(&dir.path().join("old.db"), &url, "bob", v1).await;
+    let old = device(&dir.path().join("old.db"), &url, "bob", App::V1).await;
     old.sync().await.unwrap();
 
     // A pull of the old version waits; the app registers the new one.
@@ -337,7 +340,7 @@ async fn registering_more_while_a_pull_waits_loses_nothing() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
-    v2(&old).await;
+    App::V2.register(&old).await;
     // Another change wakes the pull, which brings a batch of the old version.
     new.insert(&TodoV2 {
         id: SyncId::new(),
