@@ -61,6 +61,8 @@
 pub mod change;
 #[cfg(feature = "http")]
 mod client;
+#[cfg(any(feature = "chrono", feature = "time"))]
+mod dates;
 mod db;
 pub mod error;
 mod evolve;

@@ -259,7 +259,12 @@ pub enum ValueError {
 /// A Rust type that can be stored in a synced column.
 ///
 /// Implemented for `bool`, the integer types up to `i64`/`u32`, `f32`, `f64`,
-/// `String`, `Vec<u8>`, [`SyncId`](crate::SyncId) and `Option<T>` of any of them;
+/// `String`, `Vec<u8>`, [`SyncId`](crate::SyncId), `uuid::Uuid`,
+/// [`Json<T>`](crate::Json) and `Option<T>` of any of them; with the `chrono`
+/// feature, for `chrono`'s `DateTime<Utc>`, `NaiveDateTime`, `NaiveDate` and
+/// `NaiveTime`, and with the `time` feature for `time`'s `OffsetDateTime`,
+/// `PrimitiveDateTime`, `Date` and `Time` (stored as integers: microseconds
+/// since the Unix epoch or midnight, days since 1970-01-01).
 /// [`#[derive(SyncValue)]`](derive@crate::SyncValue) implements it for the app's
 /// unit enums and newtypes.
 /// The derive checks every field against this trait, so an unsupported field type is
@@ -267,9 +272,10 @@ pub enum ValueError {
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be stored in a synced column",
     label = "unsupported field type",
-    note = "supported: bool, i8..i64, u8..u32, f32, f64, String, Vec<u8>, SyncId and Option<T> of these, \
-            and unit enums and newtypes with #[derive(SyncValue)]; mark the field #[synced(skip)] to keep \
-            it out of the table",
+    note = "supported: bool, i8..i64, u8..u32, f32, f64, String, Vec<u8>, SyncId, uuid::Uuid, Json<T> \
+            and Option<T> of these, chrono's and time's dates and times with the `chrono` and `time` \
+            features, and unit enums and newtypes with #[derive(SyncValue)]; mark the field \
+            #[synced(skip)] to keep it out of the table",
     note = "u64, usize and u128 do not fit SQLite's INTEGER, a signed 64-bit integer: use i64 (or u32) \
             if the values do, or a newtype with #[derive(SyncValue)] over String or Vec<u8> that \
             encodes them"

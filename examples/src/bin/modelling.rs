@@ -44,6 +44,9 @@ struct Sample {
     double: f64,
     text: String,
     bytes: Vec<u8>,
+    // With the `chrono` feature (or `time`'s types with `time`): integers.
+    at: chrono::DateTime<chrono::Utc>,
+    day: chrono::NaiveDate,
     // An `Option` of any supported type is a nullable column of the same type.
     parent: Option<SyncId>,
     maybe_flag: Option<bool>,
@@ -284,6 +287,8 @@ mod tests {
                 ("double", Real, false, false, Some("0.0")),
                 ("text", Text, false, false, Some("''")),
                 ("bytes", Blob, false, false, Some("x''")),
+                ("at", Integer, false, false, Some("0")),
+                ("day", Integer, false, false, Some("0")),
                 ("parent", Text, true, false, None),
                 ("maybe_flag", Integer, true, false, None),
                 ("maybe_count", Integer, true, false, None),
