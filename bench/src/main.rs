@@ -21,6 +21,7 @@ use sync_runtime::{Options, Since, SyncDb, SyncId, Transaction};
 use synced_bench::Todo;
 
 mod evolve;
+mod reads;
 mod server;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -63,6 +64,9 @@ struct Args {
     /// Rows of the table that gains two columns in the schema-evolution figure.
     #[arg(long, default_value_t = 1_000_000)]
     evolve_rows: usize,
+    /// Rows of the merge that point reads run beside.
+    #[arg(long, default_value_t = 100_000)]
+    merge_rows: usize,
 }
 
 const PLAIN_TABLE: &str = "CREATE TABLE todos (
@@ -115,6 +119,10 @@ fn main() -> Result<(), BoxError> {
     report.insert(
         "evolve".into(),
         runtime.block_on(evolve::run(args.evolve_rows))?,
+    );
+    report.insert(
+        "reads".into(),
+        threaded.block_on(reads::during_merge(args.merge_rows))?,
     );
     println!("{}", Json::Object(report));
     Ok(())

@@ -213,7 +213,7 @@ impl SyncDb {
         self.call(move |w| {
             write(w, |tx| tracking::drop_tracking(tx.conn(), &name))?;
             tx::note_synced_tables(&w.conn, &w.user_sql)?;
-            w.registry.remove(&name);
+            w.set_registered(name, None);
             Ok(())
         })
         .await
@@ -430,11 +430,12 @@ impl SyncDb {
     /// The row with this key, if any.
     pub async fn get<T: Synced>(&self, key: &T::Key) -> Result<Option<T>> {
         let key = key_values::<T>(key);
-        self.call(move |w| {
-            let table = tx::table_of(&w.registry, T::SCHEMA)?;
-            tx::get(&w.conn, table, |i| key[i].as_ref())
-        })
-        .await
+        self.handle()
+            .read(move |conn, registry, _| {
+                let table = tx::table_of(registry, T::SCHEMA)?;
+                tx::get(conn, table, |i| key[i].as_ref())
+            })
+            .await
     }
 
     /// The rows matching an SQL filter: what follows `WHERE` (optionally with
@@ -447,11 +448,12 @@ impl SyncDb {
         params: impl Into<Vec<Value>>,
     ) -> Result<Vec<T>> {
         let (filter, params) = (filter.to_owned(), params.into());
-        self.call(move |w| {
-            let table = tx::table_of(&w.registry, T::SCHEMA)?;
-            tx::query(&w.conn, &w.user_sql, table, &filter, &params)
-        })
-        .await
+        self.handle()
+            .read(move |conn, registry, user_sql| {
+                let table = tx::table_of(registry, T::SCHEMA)?;
+                tx::query(conn, user_sql, table, &filter, &params)
+            })
+            .await
     }
 
     /// Runs any read-only SQL (joins, aggregates, `GROUP BY`, CTEs, reads of
@@ -527,7 +529,8 @@ impl SyncDb {
         F: FnMut(&crate::ResultRow<'_>) -> Result<R> + Send + 'static,
     {
         let (sql, params) = (sql.to_owned(), params.into());
-        self.call(move |w| crate::read::read(&w.conn, &w.user_sql, &sql, &params, map))
+        self.handle()
+            .read(move |conn, _, user_sql| crate::read::read(conn, user_sql, &sql, &params, map))
             .await
     }
 
@@ -564,11 +567,12 @@ impl SyncDb {
         params: impl Into<Vec<Value>>,
     ) -> Result<tx::Readable<T>> {
         let (filter, params) = (filter.to_owned(), params.into());
-        self.call(move |w| {
-            let table = tx::table_of(&w.registry, T::SCHEMA)?;
-            tx::query_rows(&w.conn, &w.user_sql, table, &filter, &params, true)
-        })
-        .await
+        self.handle()
+            .read(move |conn, registry, user_sql| {
+                let table = tx::table_of(registry, T::SCHEMA)?;
+                tx::query_rows(conn, user_sql, table, &filter, &params, true)
+            })
+            .await
     }
 
     /// Applies the app's own schema migrations that this file has not
@@ -893,7 +897,7 @@ fn register(
     let table = Registered::new(schema, source, key_domains);
     write(worker, |tx| tracking::register(tx.conn(), &table))?;
     tx::note_synced_tables(&worker.conn, &worker.user_sql)?;
-    worker.registry.insert(table.schema.name.to_string(), table);
+    worker.set_registered(table.schema.name.to_string(), Some(table));
     Ok(())
 }
 

@@ -63,6 +63,17 @@ pub struct Options {
     /// How long a write waits for another connection's lock before failing
     /// (default 5 s; counted in whole milliseconds, at most `i32::MAX` of them).
     pub busy_timeout: Duration,
+    /// The most read-only connections the app's reads use at once (default
+    /// 4): [`get`](crate::SyncDb::get), [`query`](crate::SyncDb::query),
+    /// [`read`](crate::SyncDb::read) and live queries run on them, beside the
+    /// one connection that writes, so a long merge or a bulk write does not
+    /// hold them up (WAL mode lets readers and the writer work at once). Each
+    /// is opened when reads first need that many at once, on a thread of its
+    /// own, with this `cache_size_kib`. With 0, and always in memory (a
+    /// private in-memory database has one connection), reads run on the
+    /// write connection, in turn with writes. A read sees every commit that
+    /// finished before it started.
+    pub read_connections: usize,
 }
 
 impl Default for Options {
@@ -73,6 +84,7 @@ impl Default for Options {
             create: true,
             quick_check: false,
             busy_timeout: Duration::from_secs(5),
+            read_connections: 4,
         }
     }
 }
@@ -169,6 +181,35 @@ impl Options {
         self.busy_timeout = timeout;
         self
     }
+
+    /// Sets [`read_connections`](field@Self::read_connections), how many
+    /// read-only connections reads use at most (default 4; 0 reads on the
+    /// write connection).
+    ///
+    /// ```
+    /// use sync_runtime::Options;
+    ///
+    /// let options = Options::default().read_connections(8);
+    /// assert_eq!(options.read_connections, 8);
+    /// ```
+    pub fn read_connections(mut self, connections: usize) -> Self {
+        self.read_connections = connections;
+        self
+    }
+
+    /// The pragmas every connection to the file runs first.
+    pub(crate) fn settings(&self) -> String {
+        // SQLite takes both numbers as signed 32-bit ones.
+        let cache_size_kib = self.cache_size_kib.min(i32::MAX as u32);
+        let busy_timeout_ms = u32::try_from(self.busy_timeout.as_millis())
+            .unwrap_or(u32::MAX)
+            .min(i32::MAX as u32);
+        sql::connection_settings(
+            self.synchronous == Synchronous::Full,
+            cache_size_kib,
+            busy_timeout_ms,
+        )
+    }
 }
 
 /// Why an empty file is not opened as a new database (see
@@ -229,17 +270,7 @@ pub(crate) fn open(path: Option<&Path>, options: &Options) -> Result<Opened> {
         _ => Error::from(e),
     };
     // Settings of this connection only: nothing is read or written yet.
-    // SQLite takes both numbers as signed 32-bit ones.
-    let cache_size_kib = options.cache_size_kib.min(i32::MAX as u32);
-    let busy_timeout_ms = u32::try_from(options.busy_timeout.as_millis())
-        .unwrap_or(u32::MAX)
-        .min(i32::MAX as u32);
-    conn.execute_batch(&sql::connection_settings(
-        options.synchronous == Synchronous::Full,
-        cache_size_kib,
-        busy_timeout_ms,
-    ))
-    .map_err(at_open)?;
+    conn.execute_batch(&options.settings()).map_err(at_open)?;
     // The first read: SQLite checks the header of the file (its magic, page size,
     // and page count against the file's size) and refuses a file that fails.
     let replica: bool = conn

@@ -115,7 +115,7 @@ impl Replica {
                 let version = write(w, |tx| crate::versions::publish(tx.conn(), &tables))?;
                 crate::tx::note_synced_tables(&w.conn, &w.user_sql)?;
                 for table in tables {
-                    w.registry.insert(table.schema.name.to_string(), table);
+                    w.set_registered(table.schema.name.to_string(), Some(table));
                 }
                 Ok(version)
             })

@@ -476,6 +476,9 @@ pub(crate) const GROW_ONLY_PREFIX: &str = "synced: grow-only table rows cannot b
 
 /// The settings of a connection: `synchronous` (`FULL` when `full`, else
 /// `NORMAL`), the page cache's limit in KiB and the busy timeout in ms.
+/// What makes a read connection refuse writes, even to its temporary tables.
+pub(crate) const READ_ONLY: &str = "PRAGMA query_only = 1;";
+
 pub(crate) fn connection_settings(full: bool, cache_size_kib: u32, busy_timeout_ms: u32) -> String {
     let synchronous = if full { "FULL" } else { "NORMAL" };
     format!(

@@ -2,7 +2,6 @@
 //! every job on it runs in: versions close on commit, and reads see only final
 //! versions.
 
-use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, mpsc};
@@ -13,11 +12,13 @@ use tokio::sync::{oneshot, watch};
 
 use crate::error::{Error, Result};
 use crate::id::SiteId;
+use crate::job::{Caller, Reply, reply};
 use crate::open::{self, Options};
+use crate::pool::ReadPool;
 use crate::schema::TableSchema;
 use crate::sql::{self, TableSql};
 use crate::tracking;
-use crate::tx::{self, Registry, Transaction};
+use crate::tx::{self, Registered, Registry, Transaction};
 
 /// The way to a database's connection: jobs go to its thread, and what a
 /// request needs without waiting on that thread (site ids, the version last
@@ -31,12 +32,23 @@ pub(crate) struct Handle {
     site_ids: RwLock<SiteIds>,
     path: Option<PathBuf>,
     versions: Arc<watch::Sender<i64>>,
+    /// The read connections of a file (see [`Options::read_connections`]).
+    reads: Option<ReadPool>,
+    /// The tables registered, as of the last registration, for reads on the
+    /// read connections.
+    registry: Shared<Registry>,
 }
+
+/// A value the worker thread replaces and other threads read.
+type Shared<T> = Arc<RwLock<Arc<T>>>;
 
 /// The connection and what this handle registered, owned by the worker thread.
 pub(crate) struct Worker {
     pub(crate) conn: Connection,
+    /// Change with [`set_registered`](Self::set_registered).
     pub(crate) registry: Registry,
+    /// A copy of `registry` for the read connections.
+    shared_registry: Shared<Registry>,
     /// Set by the connection's update hook whenever a trigger writes a clock row:
     /// the open transaction recorded changes and takes a version.
     recorded: Arc<AtomicBool>,
@@ -50,6 +62,18 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
+    /// Registers `table` under `name`, or forgets `name` without one.
+    pub(crate) fn set_registered(&mut self, name: String, table: Option<Arc<Registered>>) {
+        match table {
+            Some(table) => self.registry.insert(name, table),
+            None => self.registry.remove(&name),
+        };
+        *self
+            .shared_registry
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(self.registry.clone());
+    }
+
     /// Tells subscribers the database's current version.
     fn publish_version(&self) -> Result<()> {
         let version: i64 = self
@@ -76,7 +100,6 @@ pub(crate) struct SiteIds {
 }
 
 type Job = Box<dyn FnOnce(&mut Worker) + Send>;
-type Reply<R> = std::thread::Result<R>;
 
 impl Handle {
     /// Opens the database at `path` (in memory without one) on a new thread.
@@ -86,6 +109,10 @@ impl Handle {
         let thread_path = path.clone();
         let versions = Arc::new(watch::Sender::new(0));
         let thread_versions = Arc::clone(&versions);
+        let registry = Shared::default();
+        let thread_registry = Arc::clone(&registry);
+        let settings = options.settings();
+        let read_connections = options.read_connections;
         thread::Builder::new()
             .name("synced-sqlite".into())
             .spawn(move || {
@@ -95,6 +122,7 @@ impl Handle {
                         let worker = Worker {
                             conn: opened.conn,
                             registry: Registry::new(),
+                            shared_registry: thread_registry,
                             recorded: opened.recorded,
                             user_sql: opened.user_sql,
                             seen_data_version: None,
@@ -118,11 +146,19 @@ impl Handle {
             })
             .map_err(|_| Error::Closed)?;
         let site_ids = opened.await.map_err(|_| Error::Closed)??;
+        let reads = match &path {
+            Some(path) if read_connections > 0 => {
+                Some(ReadPool::new(path, settings, read_connections))
+            }
+            _ => None,
+        };
         Ok(Self {
             jobs,
             site_ids: RwLock::new(site_ids),
             path,
             versions,
+            reads,
+            registry,
         })
     }
 
@@ -142,23 +178,33 @@ impl Handle {
         R: Send + 'static,
         F: FnOnce(&mut Worker) -> R + Send + 'static,
     {
-        let (reply, result) = oneshot::channel::<Reply<R>>();
-        // The job runs in the caller's span, for the caller's subscriber: what
-        // it records (a merge's counts) shows where it was asked for.
-        let span = tracing::Span::current();
-        let dispatch = tracing::dispatcher::get_default(tracing::Dispatch::clone);
+        let caller = Caller::here();
+        let (answer, result) = oneshot::channel::<Reply<R>>();
         let job: Job = Box::new(move |worker| {
-            let run = || span.in_scope(|| f(worker));
-            let ran = tracing::dispatcher::with_default(&dispatch, || {
-                panic::catch_unwind(AssertUnwindSafe(run))
-            });
-            let _ = reply.send(ran);
+            let _ = answer.send(caller.run(|| f(worker)));
         });
         self.jobs.send(job).map_err(|_| ())?;
-        match result.await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(panic)) => panic::resume_unwind(panic),
-            Err(_) => Err(()),
+        reply(result).await
+    }
+
+    /// Runs `read` on a read connection (on the write connection in memory,
+    /// or without read connections) with the tables registered, as the app's
+    /// SQL; it sees every commit that finished before it started.
+    pub(crate) async fn read<R, F>(&self, read: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection, &Registry, &tx::AppSql) -> Result<R> + Send + 'static,
+    {
+        match &self.reads {
+            Some(pool) => {
+                let registry = Arc::clone(&self.registry.read().unwrap_or_else(|e| e.into_inner()));
+                pool.read(move |reader| read(&reader.conn, &registry, &reader.user_sql))
+                    .await
+            }
+            None => {
+                self.call(move |w| read(&w.conn, &w.registry, &w.user_sql))
+                    .await
+            }
         }
     }
 

@@ -1,0 +1,228 @@
+//! Read-only connections to a database file, on threads of their own: in WAL
+//! mode a reader sees the last commit as of its first step, and neither waits
+//! for the write connection nor makes it wait, so a long merge or a bulk write
+//! does not hold up the app's reads.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread;
+
+use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+use rusqlite::{Connection, OpenFlags};
+
+use crate::error::{Error, Result};
+use crate::job::{Caller, reply};
+use crate::sql;
+use crate::tx::AppSql;
+
+/// A read connection, and the app-SQL flags its reads run under (see
+/// [`crate::tx::as_user`]).
+pub(crate) struct Reader {
+    pub(crate) conn: Connection,
+    pub(crate) user_sql: AppSql,
+}
+
+type Job = Box<dyn FnOnce(Result<&Reader>) + Send>;
+
+/// Up to `size` read connections, each on its thread, opened when reads first
+/// need that many at once and kept until the pool is dropped. A read goes to
+/// the thread that became idle last (its connection's cache is the warmest),
+/// to a new thread while there are fewer than `size`, or else waits in line
+/// for the next thread done.
+pub(crate) struct ReadPool {
+    state: Arc<Mutex<State>>,
+    open: Arc<Opener>,
+    size: usize,
+}
+
+#[derive(Default)]
+struct State {
+    /// The way to each thread started, by its number; the pool holds the only
+    /// sender of each, so that dropping the pool ends the threads' waits.
+    threads: Vec<mpsc::Sender<Job>>,
+    /// The threads waiting for a job, the last one idle at the end.
+    idle: Vec<usize>,
+    /// Jobs no thread was free for.
+    waiting: VecDeque<Job>,
+    /// Threads started and not ended.
+    started: usize,
+    /// Set when the pool is dropped: threads end after their job.
+    closed: bool,
+}
+
+/// How a read connection is opened.
+struct Opener {
+    path: PathBuf,
+    settings: String,
+}
+
+impl ReadPool {
+    /// A pool of up to `size` (at least 1) read connections to the database at
+    /// `path`, which the write connection has opened, set up and put in WAL
+    /// mode; `settings` are the connection's pragmas (cache size, busy
+    /// timeout).
+    pub(crate) fn new(path: &Path, settings: String, size: usize) -> Self {
+        Self {
+            state: Arc::default(),
+            open: Arc::new(Opener {
+                path: path.to_path_buf(),
+                settings,
+            }),
+            size: size.max(1),
+        }
+    }
+
+    /// Runs `f` on a read connection, in the caller's tracing span; a panic in
+    /// `f` is resumed in the caller.
+    pub(crate) async fn read<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Reader) -> Result<R> + Send + 'static,
+    {
+        let caller = Caller::here();
+        let (answer, result) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |reader| {
+            let _ = answer.send(caller.run(|| reader.and_then(f)));
+        });
+        self.dispatch(job)?;
+        reply(result).await.map_err(|()| Error::Closed)?
+    }
+
+    fn dispatch(&self, job: Job) -> Result<()> {
+        let mut state = lock(&self.state);
+        let mut job = job;
+        while let Some(thread) = state.idle.pop() {
+            match state.threads[thread].send(job) {
+                Ok(()) => return Ok(()),
+                // The thread ended (it panicked outside a job): try the next.
+                Err(mpsc::SendError(back)) => job = back,
+            }
+        }
+        if state.started >= self.size {
+            state.waiting.push_back(job);
+            return Ok(());
+        }
+        let (to_thread, jobs) = mpsc::channel();
+        let number = state.threads.len();
+        state.threads.push(to_thread);
+        state.started += 1;
+        drop(state);
+        let (state, open) = (Arc::clone(&self.state), Arc::clone(&self.open));
+        thread::Builder::new()
+            .name("synced-read".into())
+            .spawn(move || serve(number, job, &jobs, &state, &open))
+            .map(|_| ())
+            .map_err(|_| {
+                lock(&self.state).started -= 1;
+                Error::Closed
+            })
+    }
+}
+
+impl Drop for ReadPool {
+    fn drop(&mut self) {
+        let mut state = lock(&self.state);
+        state.closed = true;
+        // Idle threads see their channel close and end.
+        state.threads.clear();
+    }
+}
+
+fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A read thread: opens its connection, runs `first`, then the jobs waiting
+/// or sent to it, until the pool is dropped. A connection that cannot be
+/// opened fails the job that asked for it, and the thread ends.
+fn serve(
+    number: usize,
+    first: Job,
+    jobs: &mpsc::Receiver<Job>,
+    state: &Mutex<State>,
+    open: &Opener,
+) {
+    let reader = match open.open() {
+        Ok(reader) => reader,
+        Err(e) => {
+            lock(state).started -= 1;
+            first(Err(e));
+            return;
+        }
+    };
+    let mut job = first;
+    loop {
+        job(Ok(&reader));
+        let mut shared = lock(state);
+        if shared.closed {
+            return;
+        }
+        if let Some(next) = shared.waiting.pop_front() {
+            job = next;
+            continue;
+        }
+        shared.idle.push(number);
+        drop(shared);
+        match jobs.recv() {
+            Ok(next) => job = next,
+            Err(_) => return,
+        }
+    }
+}
+
+impl Opener {
+    fn open(&self) -> Result<Reader> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
+        let mut conn =
+            Connection::open_with_flags(&self.path, flags).map_err(|source| Error::Open {
+                path: self.path.clone(),
+                source: source.into(),
+            })?;
+        conn.execute_batch(&self.settings)?;
+        conn.execute_batch(sql::READ_ONLY)?;
+        conn.set_prepared_statement_cache_capacity(128);
+        conn.authorizer(Some(reads_only))?;
+        Ok(Reader {
+            conn,
+            user_sql: AppSql::default(),
+        })
+    }
+}
+
+/// Pragmas that take a table's or an index's name and read its shape.
+const SHAPE_PRAGMAS: &[&str] = &[
+    "table_info",
+    "table_xinfo",
+    "index_info",
+    "index_xinfo",
+    "index_list",
+    "foreign_key_list",
+];
+
+/// A read connection's authorizer: it refuses what would leave the connection
+/// in another state for the next read (a transaction, an attached database,
+/// a setting). Writes are refused by the connection (opened read-only, with
+/// `query_only`), and before that by [`crate::read::read`], which names them.
+fn reads_only(context: AuthContext<'_>) -> Authorization {
+    match context.action {
+        AuthAction::Transaction { .. }
+        | AuthAction::Savepoint { .. }
+        | AuthAction::Attach { .. }
+        | AuthAction::Detach { .. } => Authorization::Deny,
+        // `PRAGMA name = value` and `PRAGMA name(value)` look alike here: of
+        // those with a value, only the ones that read a table's shape pass.
+        AuthAction::Pragma {
+            pragma_name,
+            pragma_value: Some(_),
+        } if !SHAPE_PRAGMAS
+            .iter()
+            .any(|p| p.eq_ignore_ascii_case(pragma_name)) =>
+        {
+            Authorization::Deny
+        }
+        _ => Authorization::Allow,
+    }
+}

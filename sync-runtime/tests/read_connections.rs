@@ -1,0 +1,198 @@
+//! Reads of a database file run on read-only connections of their own: they
+//! neither wait for an open write transaction nor see it before it commits,
+//! and nothing the app's SQL does on one changes what the next read sees.
+
+#![allow(clippy::unwrap_used)] // in tests, a failed unwrap is a failed assertion
+
+use std::time::Duration;
+
+use sync_runtime::{Error, Options, SyncDb, SyncId, Synced, params};
+
+#[derive(Synced, Debug, Clone, PartialEq)]
+#[synced(table = "notes")]
+struct Note {
+    #[synced(primary_key)]
+    id: SyncId,
+    text: String,
+}
+
+#[derive(Synced, Debug, Clone, PartialEq)]
+#[synced(table = "tags")]
+struct Tag {
+    #[synced(primary_key)]
+    name: String,
+}
+
+fn note(text: &str) -> Note {
+    Note {
+        id: SyncId::new(),
+        text: text.into(),
+    }
+}
+
+/// A bound on a wait that must end, not a measure of how long it takes.
+const BOUND: Duration = Duration::from_secs(30);
+
+async fn open(dir: &tempfile::TempDir, options: Options) -> SyncDb {
+    let db = SyncDb::open_with(dir.path().join("notes.db"), options)
+        .await
+        .unwrap();
+    db.register::<Note>().await.unwrap();
+    db
+}
+
+#[tokio::test]
+async fn reads_run_while_a_write_transaction_is_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir, Options::default()).await;
+    let first = note("committed");
+    db.insert(&first).await.unwrap();
+
+    let second = note("in the open transaction");
+    let (opened, wait_opened) = tokio::sync::oneshot::channel();
+    let (finish, wait_finish) = std::sync::mpsc::channel::<()>();
+    let writer = tokio::spawn({
+        let (db, second) = (db.clone(), second.clone());
+        async move {
+            db.transaction(move |tx| {
+                tx.insert(&second)?;
+                opened.send(()).unwrap();
+                // Holds the write connection until the reads below are done.
+                wait_finish.recv().unwrap();
+                Ok::<_, Error>(())
+            })
+            .await
+        }
+    });
+    wait_opened.await.unwrap();
+
+    // The write connection is busy; these reads go on without it, and see the
+    // last commit, not the open transaction.
+    let reads = async {
+        let got = db.get::<Note>(&first.id).await.unwrap();
+        let all: Vec<Note> = db.query("", params![]).await.unwrap();
+        let count: Vec<i64> = db
+            .read_with("SELECT count(*) FROM notes", params![], |r| r.get_at(0))
+            .await
+            .unwrap();
+        (got, all, count)
+    };
+    let (got, all, count) = tokio::time::timeout(BOUND, reads)
+        .await
+        .expect("the reads waited for the write transaction");
+    assert_eq!(got, Some(first.clone()));
+    assert_eq!(all, std::slice::from_ref(&first));
+    assert_eq!(count, [1]);
+
+    finish.send(()).unwrap();
+    writer.await.unwrap().unwrap();
+    // Committed: every read from now on sees it.
+    assert_eq!(db.get::<Note>(&second.id).await.unwrap(), Some(second));
+}
+
+#[tokio::test]
+async fn many_reads_at_once_share_the_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir, Options::default().read_connections(2)).await;
+    let notes: Vec<Note> = (0..64).map(|i| note(&format!("note {i}"))).collect();
+    db.transaction({
+        let notes = notes.clone();
+        move |tx| {
+            for n in &notes {
+                tx.insert(n)?;
+            }
+            Ok::<_, Error>(())
+        }
+    })
+    .await
+    .unwrap();
+    let reads = notes.iter().map(|n| {
+        let db = db.clone();
+        let id = n.id;
+        tokio::spawn(async move { db.get::<Note>(&id).await })
+    });
+    let mut read = Vec::new();
+    for r in reads {
+        read.push(r.await.unwrap().unwrap().unwrap());
+    }
+    assert_eq!(read, notes);
+}
+
+#[tokio::test]
+async fn the_apps_sql_cannot_change_a_read_connection_for_the_next_read() {
+    let dir = tempfile::tempdir().unwrap();
+    // One read connection, so that every read below runs on the same one.
+    let db = open(&dir, Options::default().read_connections(1)).await;
+    let other = dir.path().join("other.db");
+    let attach = format!("ATTACH '{}' AS other", other.display());
+    for sql in [
+        "BEGIN",
+        "SAVEPOINT s",
+        attach.as_str(),
+        "PRAGMA query_only = 0",
+        "PRAGMA cache_size = 1",
+    ] {
+        let refused = db.read_with(sql, params![], |_| Ok(())).await;
+        assert!(refused.is_err(), "{sql} ran on a read connection");
+        // Whatever it tried, the next read sees the next commit.
+        let n = note(sql);
+        db.insert(&n).await.unwrap();
+        assert_eq!(db.get::<Note>(&n.id).await.unwrap(), Some(n), "after {sql}");
+    }
+    assert!(matches!(
+        db.read_with("DELETE FROM notes", params![], |_| Ok(()))
+            .await,
+        Err(Error::NotReadOnly)
+    ));
+    // Reading pragmas, as an app's diagnostics might, is a read.
+    let columns: Vec<String> = db
+        .read_with("PRAGMA table_info(notes)", params![], |r| r.get("name"))
+        .await
+        .unwrap();
+    assert_eq!(columns, ["id", "text"]);
+}
+
+#[tokio::test]
+async fn a_panic_while_reading_reaches_the_caller_and_reads_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir, Options::default().read_connections(1)).await;
+    let n = note("still here");
+    db.insert(&n).await.unwrap();
+    let panicked = tokio::spawn({
+        let db = db.clone();
+        async move {
+            db.read_with("SELECT 1", params![], |_| -> sync_runtime::Result<()> {
+                panic!("the app's mapper panicked")
+            })
+            .await
+        }
+    })
+    .await;
+    assert!(panicked.unwrap_err().is_panic());
+    assert_eq!(db.get::<Note>(&n.id).await.unwrap(), Some(n));
+}
+
+#[tokio::test]
+async fn reads_know_tables_registered_and_dropped_since_they_started() {
+    let dir = tempfile::tempdir().unwrap();
+    for connections in [0, 3] {
+        let db = open(&dir, Options::default().read_connections(connections)).await;
+        assert!(matches!(
+            db.query::<Tag>("", params![]).await,
+            Err(Error::NotRegistered { .. })
+        ));
+        db.register::<Tag>().await.unwrap();
+        db.insert(&Tag {
+            name: format!("tag {connections}"),
+        })
+        .await
+        .unwrap();
+        assert_eq!(db.query::<Tag>("", params![]).await.unwrap().len(), 1);
+        db.drop_tracking::<Tag>().await.unwrap();
+        assert!(matches!(
+            db.query::<Tag>("", params![]).await,
+            Err(Error::NotRegistered { .. })
+        ));
+        db.execute_raw("DROP TABLE tags", params![]).await.unwrap();
+    }
+}
