@@ -23,7 +23,7 @@ pub(crate) struct Reader {
     pub(crate) user_sql: AppSql,
 }
 
-type Job = Box<dyn FnOnce(Result<&Reader>) + Send>;
+type Job = Box<dyn FnOnce(Result<&Reader, &Error>) + Send>;
 
 /// Up to `size` read connections, each on its thread, opened when reads first
 /// need that many at once and kept until the pool is dropped. A read goes to
@@ -47,6 +47,9 @@ struct State {
     waiting: VecDeque<Job>,
     /// Threads started and not ended.
     started: usize,
+    /// Why a read connection could not be opened, once one could not: the
+    /// reads after it are handed back without trying again.
+    failed: Option<Arc<Error>>,
     /// Set when the pool is dropped: threads end after their job.
     closed: bool,
 }
@@ -74,34 +77,40 @@ impl ReadPool {
     }
 
     /// Runs `f` on a read connection, in the caller's tracing span; a panic in
-    /// `f` is resumed in the caller.
-    pub(crate) async fn read<R, F>(&self, f: F) -> Result<R>
+    /// `f` is resumed in the caller. Where no read connection can be opened
+    /// (the file's directory is gone, no file descriptor is left), `f` gets
+    /// the error instead, and [`Error::Closed`] means the pool is.
+    pub(crate) async fn read<T, F>(&self, f: F) -> Result<T>
     where
-        R: Send + 'static,
-        F: FnOnce(&Reader) -> Result<R> + Send + 'static,
+        T: Send + 'static,
+        F: FnOnce(Result<&Reader, &Error>) -> T + Send + 'static,
     {
         let caller = Caller::here();
         let (answer, result) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move |reader| {
-            let _ = answer.send(caller.run(|| reader.and_then(f)));
+            let _ = answer.send(caller.run(|| f(reader)));
         });
-        self.dispatch(job)?;
-        reply(result).await.map_err(|()| Error::Closed)?
+        self.dispatch(job);
+        reply(result).await.map_err(|()| Error::Closed)
     }
 
-    fn dispatch(&self, job: Job) -> Result<()> {
+    fn dispatch(&self, job: Job) {
         let mut state = lock(&self.state);
+        if let Some(failed) = state.failed.clone() {
+            drop(state);
+            return job(Err(&failed));
+        }
         let mut job = job;
         while let Some(thread) = state.idle.pop() {
             match state.threads[thread].send(job) {
-                Ok(()) => return Ok(()),
+                Ok(()) => return,
                 // The thread ended (it panicked outside a job): try the next.
                 Err(mpsc::SendError(back)) => job = back,
             }
         }
         if state.started >= self.size {
             state.waiting.push_back(job);
-            return Ok(());
+            return;
         }
         let (to_thread, jobs) = mpsc::channel();
         let number = state.threads.len();
@@ -109,14 +118,24 @@ impl ReadPool {
         state.started += 1;
         drop(state);
         let (state, open) = (Arc::clone(&self.state), Arc::clone(&self.open));
-        thread::Builder::new()
+        let (first, first_back) = mpsc::channel();
+        let spawned = thread::Builder::new()
             .name("synced-read".into())
-            .spawn(move || serve(number, job, &jobs, &state, &open))
-            .map(|_| ())
-            .map_err(|_| {
+            .spawn(move || {
+                if let Ok(job) = first_back.recv() {
+                    serve(number, job, &jobs, &state, &open);
+                }
+            });
+        match spawned {
+            Ok(_) => {
+                let _ = first.send(job);
+            }
+            // No thread for it: this read runs on the write connection.
+            Err(_) => {
                 lock(&self.state).started -= 1;
-                Error::Closed
-            })
+                job(Err(&Error::Closed));
+            }
+        }
     }
 }
 
@@ -146,8 +165,17 @@ fn serve(
     let reader = match open.open() {
         Ok(reader) => reader,
         Err(e) => {
-            lock(state).started -= 1;
-            first(Err(e));
+            let failed = Arc::new(e);
+            let waiting = {
+                let mut shared = lock(state);
+                shared.started -= 1;
+                shared.failed = Some(Arc::clone(&failed));
+                std::mem::take(&mut shared.waiting)
+            };
+            tracing::warn!(error = %failed, "reads run on the write connection: no read connection opens");
+            for job in std::iter::once(first).chain(waiting) {
+                job(Err(&failed));
+            }
             return;
         }
     };

@@ -188,24 +188,33 @@ impl Handle {
     }
 
     /// Runs `read` on a read connection (on the write connection in memory,
-    /// or without read connections) with the tables registered, as the app's
-    /// SQL; it sees every commit that finished before it started.
+    /// without read connections, or where none can be opened) with the
+    /// tables registered, as the app's SQL; it sees every commit that finished
+    /// before it started.
     pub(crate) async fn read<R, F>(&self, read: F) -> Result<R>
     where
         R: Send + 'static,
         F: FnOnce(&Connection, &Registry, &tx::AppSql) -> Result<R> + Send + 'static,
     {
-        match &self.reads {
+        let read = match &self.reads {
             Some(pool) => {
                 let registry = Arc::clone(&self.registry.read().unwrap_or_else(|e| e.into_inner()));
-                pool.read(move |reader| read(&reader.conn, &registry, &reader.user_sql))
-                    .await
+                let outcome = pool
+                    .read(move |reader| match reader {
+                        Ok(reader) => Ok(read(&reader.conn, &registry, &reader.user_sql)),
+                        // Handed back, to run on the write connection.
+                        Err(_) => Err(read),
+                    })
+                    .await?;
+                match outcome {
+                    Ok(result) => return result,
+                    Err(read) => read,
+                }
             }
-            None => {
-                self.call(move |w| read(&w.conn, &w.registry, &w.user_sql))
-                    .await
-            }
-        }
+            None => read,
+        };
+        self.call(move |w| read(&w.conn, &w.registry, &w.user_sql))
+            .await
     }
 
     /// See `Handle::site_ids`.

@@ -196,3 +196,31 @@ async fn reads_know_tables_registered_and_dropped_since_they_started() {
         db.execute_raw("DROP TABLE tags", params![]).await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn reads_after_a_vacuum() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir, Options::default()).await;
+    let n = note("before");
+    db.insert(&n).await.unwrap();
+    db.vacuum().await.unwrap();
+    assert_eq!(db.get::<Note>(&n.id).await.unwrap(), Some(n));
+}
+
+/// Where no read connection can be opened (here the file's directory is
+/// gone; elsewhere, no file descriptor is left), reads run on the write
+/// connection, as they would without read connections.
+#[tokio::test]
+async fn reads_go_on_where_no_read_connection_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir, Options::default()).await;
+    let n = note("kept");
+    db.insert(&n).await.unwrap();
+    std::fs::remove_dir_all(dir.path()).unwrap();
+    for _ in 0..3 {
+        assert_eq!(db.get::<Note>(&n.id).await.unwrap(), Some(n.clone()));
+    }
+    let later = note("written after");
+    db.insert(&later).await.unwrap();
+    assert_eq!(db.query::<Note>("", params![]).await.unwrap().len(), 2);
+}
