@@ -352,7 +352,7 @@ pub(crate) fn changes_since(
         .collect())
 }
 
-fn owned(raw: rusqlite::types::ValueRef<'_>) -> Result<Value> {
+pub(crate) fn owned(raw: rusqlite::types::ValueRef<'_>) -> Result<Value> {
     value::from_sqlite(raw)
         .map(ValueRef::into_owned)
         .map_err(|e| corrupt(e.to_string()))

@@ -2,8 +2,8 @@
 //! anything is written to it, and the connection's settings and hooks.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::format;
 use crate::guard::guard;
 use crate::id::SiteId;
+use crate::schema::RESERVED_PREFIX;
 use crate::site;
 use crate::sql;
 use crate::tx;
@@ -232,8 +233,26 @@ pub(crate) struct Opened {
     /// Set by the connection's update hook whenever a trigger writes a clock row:
     /// the open transaction recorded changes and takes a version.
     pub(crate) recorded: Arc<AtomicBool>,
+    /// The tables written since it was last emptied, as the update hook names
+    /// them (a synced table for its clock's rows too): what a commit's
+    /// [`Changed`](crate::Changed) event lists.
+    pub(crate) written: Written,
     /// The app's own SQL while it runs (see [`tx::AppSql`]).
     pub(crate) user_sql: Arc<tx::AppSql>,
+}
+
+/// See [`Opened::written`].
+pub(crate) type Written = Arc<Mutex<Vec<String>>>;
+
+/// Adds `table` to the tables written, once; called for every row written,
+/// so the common case (the same table as the last one added) comes first.
+fn note_written(written: &Mutex<Vec<String>>, table: &str) {
+    let Ok(mut tables) = written.lock() else {
+        return;
+    };
+    if !tables.iter().rev().any(|t| t == table) {
+        tables.push(table.to_owned());
+    }
 }
 
 /// Opens the database at `path` (in memory without one) as `options` say.
@@ -307,10 +326,20 @@ pub(crate) fn open(path: Option<&Path>, options: &Options) -> Result<Opened> {
     let recorded = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&recorded);
     let app = Arc::clone(&user_sql);
+    let written = Arc::new(Mutex::new(Vec::new()));
+    let tables = Arc::clone(&written);
     conn.update_hook(Some(
         move |action: rusqlite::hooks::Action, _: &str, table: &str, rowid: i64| {
-            if table.starts_with(sql::CLOCK_PREFIX) {
-                flag.store(true, Ordering::Relaxed);
+            let app_table = match table.strip_prefix(sql::CLOCK_PREFIX) {
+                Some(synced) => {
+                    flag.store(true, Ordering::Relaxed);
+                    Some(synced)
+                }
+                None if table.starts_with(RESERVED_PREFIX) => None,
+                None => Some(table),
+            };
+            if let Some(name) = app_table {
+                note_written(&tables, name);
             }
             // A row the app's checked SQL inserts holds a key it wrote.
             if action == rusqlite::hooks::Action::SQLITE_INSERT
@@ -327,6 +356,7 @@ pub(crate) fn open(path: Option<&Path>, options: &Options) -> Result<Opened> {
         site_id,
         previous,
         recorded,
+        written,
         user_sql,
     })
 }

@@ -564,6 +564,17 @@ fn meta_col(column: &str, part: &str) -> String {
 pub(crate) const CLOCK_PREFIX: &str = "_synced_clock.";
 
 /// The name of a table's clock table.
+/// The keys and causal lengths of `schema`'s rows changed after version `?1`,
+/// in the order of their last change, at most `?2` of them.
+pub(crate) fn changed_keys(schema: &TableSchema) -> String {
+    let keys: Vec<String> = schema.key_columns().map(|c| ident(&c.name)).collect();
+    format!(
+        "SELECT {}, {CL} FROM {} WHERE {DV} > ?1 ORDER BY {DV}, rowid LIMIT ?2",
+        keys.join(", "),
+        ident(&clock_table(&schema.name))
+    )
+}
+
 pub(crate) fn clock_table(table: &str) -> String {
     format!("{CLOCK_PREFIX}{table}")
 }

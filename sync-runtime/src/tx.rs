@@ -31,6 +31,10 @@ pub(crate) struct Registered {
 pub(crate) struct AppSql {
     /// Set while it runs: the authorizer then refuses transaction control.
     pub(crate) running: AtomicBool,
+    /// Set when it ran in the transaction: what the transaction changed may
+    /// include what the update hook does not report (see
+    /// [`Changed::complete`](crate::Changed::complete)).
+    pub(crate) ran: AtomicBool,
     /// Set while a statement whose keys are checked runs: the update hook then
     /// records the rows it inserts.
     pub(crate) checking: AtomicBool,
@@ -797,6 +801,7 @@ pub(crate) fn as_user<T>(user_sql: &AppSql, f: impl FnOnce() -> Result<T>) -> Re
     let refused = || user_sql.refused.lock().unwrap_or_else(|e| e.into_inner());
     refused().take();
     user_sql.running.store(true, Ordering::Relaxed);
+    user_sql.ran.store(true, Ordering::Relaxed);
     let _reset = Reset(&user_sql.running);
     let result = f();
     user_sql.running.store(false, Ordering::Relaxed);

@@ -8,9 +8,10 @@ use std::sync::{Arc, RwLock, mpsc};
 use std::thread;
 
 use rusqlite::{Connection, TransactionBehavior};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{broadcast, oneshot, watch};
 
 use crate::error::{Error, Result};
+use crate::events::{self, ChangeEvents, Changed};
 use crate::id::SiteId;
 use crate::job::{Caller, Reply, reply};
 use crate::open::{self, Options};
@@ -37,6 +38,8 @@ pub(crate) struct Handle {
     /// The tables registered, as of the last registration, for reads on the
     /// read connections.
     registry: Shared<Registry>,
+    /// What each commit changed (see [`Changed`]).
+    events: broadcast::Sender<Arc<Changed>>,
 }
 
 /// A value the worker thread replaces and other threads read.
@@ -59,9 +62,40 @@ pub(crate) struct Worker {
     seen_data_version: Option<i64>,
     /// The database's version, published after every commit that moved it.
     versions: Arc<watch::Sender<i64>>,
+    /// The tables the open transaction wrote (see [`open::Written`]).
+    written: open::Written,
+    /// What each commit changed, for subscribers.
+    events: broadcast::Sender<Arc<Changed>>,
 }
 
 impl Worker {
+    /// After a commit: publishes the version if it `moved` from `before`, and
+    /// what the commit wrote to the change events' subscribers, if any.
+    fn committed(&self, moved: bool, before: i64) -> Result<()> {
+        if moved {
+            self.publish_version()?;
+        }
+        let written = std::mem::take(&mut *self.written.lock().unwrap_or_else(|e| e.into_inner()));
+        if written.is_empty() || self.events.receiver_count() == 0 {
+            return Ok(());
+        }
+        let version = *self.versions.borrow();
+        let complete = !self.user_sql.ran.load(Ordering::Relaxed);
+        let event = events::describe(&self.conn, written, before, version, complete)?;
+        let _ = self.events.send(Arc::new(event));
+        Ok(())
+    }
+
+    /// Forgets what an earlier statement outside a transaction of ours (or a
+    /// rolled-back one) wrote, before a transaction starts.
+    fn starting(&self) {
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.user_sql.ran.store(false, Ordering::Relaxed);
+    }
+
     /// Registers `table` under `name`, or forgets `name` without one.
     pub(crate) fn set_registered(&mut self, name: String, table: Option<Arc<Registered>>) {
         match table {
@@ -111,6 +145,8 @@ impl Handle {
         let thread_versions = Arc::clone(&versions);
         let registry = Shared::default();
         let thread_registry = Arc::clone(&registry);
+        let events = broadcast::Sender::new(events::KEPT_EVENTS);
+        let thread_events = events.clone();
         let settings = options.settings();
         let read_connections = options.read_connections;
         thread::Builder::new()
@@ -127,6 +163,8 @@ impl Handle {
                             user_sql: opened.user_sql,
                             seen_data_version: None,
                             versions: thread_versions,
+                            written: opened.written,
+                            events: thread_events,
                         };
                         let ids = SiteIds {
                             current: opened.site_id,
@@ -159,6 +197,7 @@ impl Handle {
             versions,
             reads,
             registry,
+            events,
         })
     }
 
@@ -236,6 +275,11 @@ impl Handle {
         self.versions.subscribe()
     }
 
+    /// What each commit from now on changes.
+    pub(crate) fn change_events(&self) -> ChangeEvents {
+        ChangeEvents::new(self.events.subscribe(), self.versions.subscribe())
+    }
+
     /// The version last published to subscribers: never above the database's.
     #[cfg_attr(
         not(feature = "http"),
@@ -270,6 +314,8 @@ fn write_inner<R, E>(
 where
     E: From<Error>,
 {
+    worker.starting();
+    let before = *worker.versions.borrow();
     let tx = worker
         .conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -294,9 +340,7 @@ where
     }
     let moved = recorded || transaction.versions_set();
     tx.commit().map_err(Error::from)?;
-    if moved {
-        worker.publish_version()?;
-    }
+    worker.committed(moved, before)?;
     Ok(result)
 }
 
