@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value as Json, json};
-use sync_runtime::{Remote, SyncDb, SyncId, Synced};
+use sync_runtime::{FromRow, Remote, SyncDb, SyncId, Synced, params};
 use sync_server::{DatabaseConfig, Server, Serving, TablePolicies};
 use synced_bench::{Owned, Todo};
 use synced_testkit::{ADMIN_KEY, config_sharing, token};
@@ -57,7 +57,10 @@ async fn start(dir: &Path) -> Result<Running, BoxError> {
         ..DatabaseConfig::default()
     };
     // Shared tables: these figures are without row-level security.
-    let mut config = config_sharing(&dir.join("server"), &["transfer", "latency", "clients"]);
+    let mut config = config_sharing(
+        &dir.join("server"),
+        &["transfer", "latency", "watch", "clients"],
+    );
     config.databases.insert("owned".to_owned(), owned);
     let server = Server::bind(config).await?;
     Ok(Running {
@@ -67,6 +70,62 @@ async fn start(dir: &Path) -> Result<Running, BoxError> {
 
 async fn device(path: Option<&Path>, url: &str, user: &str) -> Result<SyncDb, BoxError> {
     Ok(synced_testkit::device::<Todo>(path, url, user).await?)
+}
+
+/// The median and the 99th percentile of `took`, in milliseconds.
+fn median_p99_ms(took: &mut [Duration]) -> (f64, f64) {
+    took.sort();
+    let quantile = |q: f64| {
+        let index = ((took.len() as f64 - 1.0) * q).round() as usize;
+        took[index].as_secs_f64() * 1e3
+    };
+    (quantile(0.5), quantile(0.99))
+}
+
+/// The result of the watched query.
+#[derive(FromRow, Debug, Clone, PartialEq)]
+struct Count {
+    n: i64,
+}
+
+/// A live query on a device that syncs by long-poll: from the push that
+/// commits a change on the server (its start: the server commits during it)
+/// to the device's updated result, over `changes` changes.
+async fn watch_latency(server: &Running, changes: usize) -> Result<Json, BoxError> {
+    let url = server.database("watch").await?;
+    let a = device(None, &url, "ann").await?;
+    let watching = device(None, &url, "ann").await?;
+    let _sync = watching.auto_sync(Duration::from_secs(1));
+    a.sync().await?;
+    watching.sync().await?;
+    let mut watch = watching.watch_read::<Count>("SELECT count(*) AS n FROM todos", params![]);
+    let before = watch.next().await?[0].n;
+    let mut took = Vec::with_capacity(changes);
+    for i in 0..changes {
+        a.insert(&todo(i)).await?;
+        let expected = before + i as i64 + 1;
+        let start = Instant::now();
+        let seen = async {
+            loop {
+                if watch.next().await?[0].n == expected {
+                    return Ok::<_, BoxError>(Instant::now());
+                }
+            }
+        };
+        let (pushed, seen) = tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::join!(a.sync(), seen)
+        })
+        .await
+        .map_err(|_| format!("change {i} not in the live result after 10 s"))?;
+        pushed?;
+        took.push(seen? - start);
+    }
+    let (median, p99) = median_p99_ms(&mut took);
+    println!(
+        "{:<34} {:>10.2} ms   median; p99 {p99:.2} ms ({changes} changes)",
+        "server commit -> live result", median
+    );
+    Ok(json!({ "changes": changes, "median_ms": median, "p99_ms": p99 }))
 }
 
 fn todo(i: usize) -> Todo {
@@ -160,22 +219,18 @@ pub(crate) async fn run(plan: &Plan) -> Result<Json, BoxError> {
         }
         latencies.push(written.elapsed());
     }
-    latencies.sort();
-    let quantile = |q: f64| {
-        let index = ((latencies.len() as f64 - 1.0) * q).round() as usize;
-        latencies[index].as_secs_f64() * 1e3
-    };
-    let (median, p99) = (quantile(0.5), quantile(0.99));
+    let max = latencies
+        .iter()
+        .max()
+        .map_or(0.0, |d| d.as_secs_f64() * 1e3);
+    let (median, p99) = median_p99_ms(&mut latencies);
     println!(
         "{:<34} {:>10.2} ms   median; p99 {:.2} ms, max {:.2} ms ({} writes)",
-        "write on A -> visible on B",
-        median,
-        p99,
-        quantile(1.0),
-        plan.writes
+        "write on A -> visible on B", median, p99, max, plan.writes
     );
     let latency = json!({ "writes": plan.writes, "median_ms": median, "p99_ms": p99 });
     drop((a, b));
+    let watch = watch_latency(&server, plan.writes).await?;
 
     // 3. Many clients at once, each writing and syncing in rounds: every client
     // receives what all the others write (one shared list, no row-level security).
@@ -247,7 +302,13 @@ pub(crate) async fn run(plan: &Plan) -> Result<Json, BoxError> {
     if errors > 0 {
         return Err(format!("{errors} of {} clients failed", plan.clients).into());
     }
-    Ok(json!({ "transfer": transfer, "latency": latency, "clients": load, "rls": security }))
+    Ok(json!({
+        "transfer": transfer,
+        "latency": latency,
+        "watch": watch,
+        "clients": load,
+        "rls": security,
+    }))
 }
 
 /// A user's first pull of a table of which it may read a tenth, against an
