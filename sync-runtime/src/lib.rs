@@ -114,7 +114,7 @@ pub use quarantine::Rejected;
 pub use read::{FromRow, ResultRow};
 pub use schema::{Algorithm, ColumnSchema, TableSchema};
 #[cfg(feature = "http")]
-pub use sync::{AutoSync, SyncEvent, Unsent};
+pub use sync::{AutoSync, SyncEvent, Unsent, UnsentRow};
 pub use tx::{Readable, Transaction};
 pub use value::{Domain, SqlType, SyncValue, Value, ValueRef};
 

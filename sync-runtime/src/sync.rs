@@ -19,16 +19,18 @@ use tracing::field::Empty;
 use crate::client::{ProgressFn, Remote, RemoteState, SyncOptions, SyncReport};
 use crate::db::SyncDb;
 use crate::error::{Error, Result};
-use crate::export::{BatchLimits, Cursor, Scope};
+use crate::export::{Batch, BatchLimits, Cursor, Scope};
 use crate::id::SiteId;
 use crate::identity;
 use crate::merge::{self, ApplyReport, Rejection};
+use crate::model::Synced;
 use crate::protocol::{
     PullResponse, PushAck, SCHEMA_HEADER, SITE_HEADER, TABLES_HEADER, fingerprint_hex,
 };
 use crate::quarantine;
 use crate::sql::{self, TableSql};
 use crate::tracking;
+use crate::value::Value;
 use crate::worker::{SiteIds, Worker, write};
 
 impl SyncDb {
@@ -484,48 +486,104 @@ impl SyncDb {
 
     /// Whether changes made here have not been acknowledged by the server yet.
     pub async fn has_unsent_changes(&self) -> Result<bool> {
-        let state = self.remote_state().ok_or(Error::NoRemote)?;
-        let mut cursor = self.remote_cursors(&state.remote.url).await?.0;
-        let limits = BatchLimits::default().max_rows(1_000).max_bytes(usize::MAX);
-        loop {
-            let batch = self.export_batch(cursor, Scope::Local, limits).await?;
-            if batch.rows > 0 {
-                return Ok(true);
-            }
-            if batch.complete {
-                return Ok(false);
-            }
-            cursor = batch.next;
-        }
+        let mut any = false;
+        self.each_unsent(|batch| {
+            any = batch.rows > 0;
+            Ok(!any)
+        })
+        .await?;
+        Ok(any)
     }
 
     /// What changes made here the server has not acknowledged yet: how many
     /// rows and changes, and how many rows per table. A UI shows it as
     /// "3 changes not synced yet"; [`has_unsent_changes`](Self::has_unsent_changes)
-    /// answers sooner when all it needs is whether there are any.
+    /// answers sooner when all it needs is whether there are any, and
+    /// [`unsent_rows`](Self::unsent_rows) lists the rows of one table.
     pub async fn unsent_changes(&self) -> Result<Unsent> {
+        let mut unsent = Unsent::default();
+        let mut tables = std::collections::BTreeMap::<String, usize>::new();
+        self.each_unsent(|batch| {
+            let payload = crate::wire::decode(&batch.payload)?;
+            for row in &payload.rows {
+                if let Some(table) = payload.tables.get(row.table as usize) {
+                    *tables.entry(table.name.clone()).or_default() += 1;
+                }
+            }
+            unsent.rows += batch.rows;
+            unsent.changes += batch.changes;
+            Ok(true)
+        })
+        .await?;
+        unsent.tables = tables.into_iter().collect();
+        Ok(unsent)
+    }
+
+    /// The rows of `T`'s table with changes made here that the server has not
+    /// acknowledged yet, each as it is now (`None` once deleted), in the
+    /// order they were last changed: for a UI that marks what is not synced.
+    ///
+    /// ```
+    /// # use sync_runtime::{Remote, SyncDb, SyncId, Synced, Value};
+    /// # #[derive(Synced, Debug, Clone, PartialEq)]
+    /// # #[synced(table = "todos")]
+    /// # struct Todo { #[synced(primary_key)] id: SyncId, title: String }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> sync_runtime::Result<()> {
+    /// let db = SyncDb::open_in_memory().await?.with_remote(Remote::new("http://127.0.0.1:9/todo"));
+    /// db.register::<Todo>().await?;
+    /// let todo = Todo { id: SyncId::new(), title: "milk".into() };
+    /// db.insert(&todo).await?;
+    /// let unsent = db.unsent_rows::<Todo>().await?;
+    /// assert_eq!(unsent[0].key, [Value::from(todo.id)]);
+    /// assert_eq!(unsent[0].row.as_ref(), Some(&todo));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn unsent_rows<T: Synced>(&self) -> Result<Vec<UnsentRow<T>>> {
+        let mut keys = Vec::new();
+        self.each_unsent(|batch| {
+            let payload = crate::wire::decode(&batch.payload)?;
+            let ours = payload
+                .tables
+                .iter()
+                .position(|t| t.name == T::SCHEMA.name.as_ref());
+            keys.extend(
+                payload
+                    .rows
+                    .into_iter()
+                    .filter(|row| Some(row.table as usize) == ours)
+                    .map(|row| (row.pk, row.columns.len())),
+            );
+            Ok(true)
+        })
+        .await?;
+        self.handle()
+            .read(move |conn, registry, _| {
+                let table = crate::tx::table_of(registry, T::SCHEMA)?;
+                keys.into_iter()
+                    .map(|(key, changes)| {
+                        let row = crate::tx::get(conn, table, |i| key[i].as_ref())?;
+                        Ok(UnsentRow { key, row, changes })
+                    })
+                    .collect()
+            })
+            .await
+    }
+
+    /// Calls `each` with every batch of the changes made here that the
+    /// server has not acknowledged, until it returns `false`.
+    async fn each_unsent(&self, mut each: impl FnMut(Batch) -> Result<bool>) -> Result<()> {
         let state = self.remote_state().ok_or(Error::NoRemote)?;
         let mut cursor = self.remote_cursors(&state.remote.url).await?.0;
         let limits = BatchLimits::default().max_rows(1_000).max_bytes(usize::MAX);
-        let mut unsent = Unsent::default();
-        let mut tables = std::collections::BTreeMap::<String, usize>::new();
         loop {
             let batch = self.export_batch(cursor, Scope::Local, limits).await?;
-            if batch.rows > 0 {
-                let payload = crate::wire::decode(&batch.payload)?;
-                for row in &payload.rows {
-                    if let Some(table) = payload.tables.get(row.table as usize) {
-                        *tables.entry(table.name.clone()).or_default() += 1;
-                    }
-                }
-                unsent.rows += batch.rows;
-                unsent.changes += batch.changes;
+            let (complete, next) = (batch.complete, batch.next.clone());
+            if (batch.rows > 0 && !each(batch)?) || complete {
+                return Ok(());
             }
-            if batch.complete {
-                unsent.tables = tables.into_iter().collect();
-                return Ok(unsent);
-            }
-            cursor = batch.next;
+            cursor = next;
         }
     }
 
@@ -718,6 +776,20 @@ pub struct Unsent {
     pub rows: usize,
     /// The changes themselves: row existences (a creation, a delete) and
     /// column values.
+    pub changes: usize,
+}
+
+/// A row with changes the server has not acknowledged yet (see
+/// [`SyncDb::unsent_rows`]).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct UnsentRow<T> {
+    /// The row's key, one value per key column.
+    pub key: Vec<Value>,
+    /// The row as it is now; `None` once deleted (its delete is unsent).
+    pub row: Option<T>,
+    /// The column values not sent (0 for a delete or a row created with
+    /// nothing but its key).
     pub changes: usize,
 }
 

@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use support::{TestServer, Todo, device, publish_schema, todo};
-use sync_runtime::{AutoSync, SyncDb};
+use sync_runtime::{AutoSync, SyncDb, Value};
 
 /// Waits, reading `events`, until `db`'s copy of the row `id` satisfies `ok`.
 async fn until(
@@ -93,5 +93,34 @@ async fn a_device_counts_what_it_has_not_sent() {
     let unsent = db.unsent_changes().await.unwrap();
     assert_eq!((unsent.rows, unsent.changes), (0, 0));
     assert!(unsent.tables.is_empty());
+    assert!(!db.has_unsent_changes().await.unwrap());
+
+    // The typed list: each row as it is now, a deleted one as `None`.
+    assert!(db.unsent_rows::<Todo>().await.unwrap().is_empty());
+    db.modify::<Todo, _>(&second.id, |t| t.title = "second, edited".into())
+        .await
+        .unwrap();
+    db.delete::<Todo>(&first.id).await.unwrap();
+    let third = todo("third");
+    db.insert(&third).await.unwrap();
+    let unsent = db.unsent_rows::<Todo>().await.unwrap();
+    let listed: Vec<(Vec<Value>, Option<String>, usize)> = unsent
+        .into_iter()
+        .map(|u| (u.key, u.row.map(|t| t.title), u.changes))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (
+                vec![Value::from(second.id)],
+                Some("second, edited".into()),
+                1
+            ),
+            (vec![Value::from(first.id)], None, 0),
+            (vec![Value::from(third.id)], Some("third".into()), 3),
+        ]
+    );
+    db.sync().await.unwrap();
+    assert!(db.unsent_rows::<Todo>().await.unwrap().is_empty());
     server.stop().await;
 }
