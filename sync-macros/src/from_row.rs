@@ -47,7 +47,10 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
                     column = rename.value();
                     Ok(())
                 } else {
-                    Err(meta.error("expected `rename = \"...\"`"))
+                    let name = meta.path.get_ident().map(ToString::to_string).unwrap_or_default();
+                    Err(meta.error(format!(
+                        "unknown `from_row` attribute `{name}`; the one there is: `rename = \"column\"`"
+                    )))
                 }
             })?;
         }

@@ -1,0 +1,9 @@
+use sync_runtime::FromRow;
+
+#[derive(FromRow)]
+enum Progress {
+    Open,
+    Done,
+}
+
+fn main() {}

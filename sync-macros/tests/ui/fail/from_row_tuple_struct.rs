@@ -1,0 +1,6 @@
+use sync_runtime::FromRow;
+
+#[derive(FromRow)]
+struct Progress(String, i64);
+
+fn main() {}
