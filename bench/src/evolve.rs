@@ -7,6 +7,7 @@ use sync_runtime::{SyncDb, SyncId};
 use synced_bench::{Todo, TodoV2};
 
 use crate::BoxError;
+use synced_bench::insert_all;
 
 /// Registers [`TodoV2`] over a file whose `todos` holds `rows` rows of
 /// [`Todo`]: how long it takes and how many changes it records (the target is
@@ -27,13 +28,7 @@ pub(crate) async fn run(rows: usize) -> Result<Json, BoxError> {
                 score: 0.0,
             })
             .collect();
-        db.transaction(move |tx| {
-            for row in &batch {
-                tx.insert(row)?;
-            }
-            Ok::<_, sync_runtime::Error>(())
-        })
-        .await?;
+        insert_all(&db, batch).await?;
     }
     drop(db);
     // A new process of the app's next version opens the file and registers.
@@ -139,18 +134,4 @@ fn v2_row(i: usize) -> TodoV2 {
         due: Some(i as i64),
         priority: 1,
     }
-}
-
-async fn insert_all<T: sync_runtime::Synced + Send + 'static>(
-    db: &SyncDb,
-    rows: Vec<T>,
-) -> Result<(), BoxError> {
-    db.transaction(move |tx| {
-        for row in &rows {
-            tx.insert(row)?;
-        }
-        Ok::<_, sync_runtime::Error>(())
-    })
-    .await?;
-    Ok(())
 }

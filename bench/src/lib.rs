@@ -1,6 +1,6 @@
 //! What the benchmark binaries share: the table they measure.
 
-use sync_runtime::{SyncId, Synced};
+use sync_runtime::{SyncDb, SyncId, Synced};
 
 /// The benchmark table: `id TEXT` key, title TEXT, done INTEGER, note TEXT nullable,
 /// score REAL.
@@ -56,4 +56,18 @@ pub struct TodoV2 {
     /// Added: an integer with a default.
     #[synced(default = 2)]
     pub priority: i64,
+}
+
+/// Inserts `rows` in one transaction.
+pub async fn insert_all<T: Synced + Send + 'static>(
+    db: &SyncDb,
+    rows: Vec<T>,
+) -> sync_runtime::Result<()> {
+    db.transaction(move |tx| {
+        for row in &rows {
+            tx.insert(row)?;
+        }
+        Ok(())
+    })
+    .await
 }

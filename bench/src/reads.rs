@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value as Json, json};
 use sync_runtime::{Options, Since, SyncDb, SyncId};
-use synced_bench::Todo;
+use synced_bench::{Todo, insert_all};
 
 use crate::BoxError;
 
@@ -28,17 +28,6 @@ fn todos(count: usize, prefix: &str) -> Vec<Todo> {
             score: i as f64,
         })
         .collect()
-}
-
-async fn insert_all(db: &SyncDb, rows: Vec<Todo>) -> Result<(), BoxError> {
-    db.transaction(move |tx| {
-        for row in &rows {
-            tx.insert(row)?;
-        }
-        Ok::<_, sync_runtime::Error>(())
-    })
-    .await?;
-    Ok(())
 }
 
 /// `READS` point reads of the held rows, each timed; stops early once
