@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use sync_runtime::{Error, SyncDb, SyncId, Synced, params};
+use sync_runtime::{Error, Json, SyncDb, SyncId, SyncValue, Synced, params};
 
 // ANCHOR: tag
 /// A small model: a key, a text column and a nullable text column.
@@ -118,6 +118,49 @@ struct Country {
 }
 // ANCHOR_END: country
 
+// ANCHOR: app_types
+/// An enum stored as its variant's name (`'Open'`, `'done'`); `#[default]` is
+/// its natural default.
+#[derive(SyncValue, Debug, Clone, Copy, PartialEq, Default)]
+enum Status {
+    #[default]
+    Open,
+    #[sync_value(rename = "done")]
+    Done,
+}
+
+/// An enum stored as its discriminant, for columns the app's SQL compares.
+#[derive(SyncValue, Debug, Clone, Copy, PartialEq, Default)]
+#[sync_value(integer)]
+enum Priority {
+    Low = 1,
+    #[default]
+    Normal = 2,
+    High = 3,
+}
+
+/// A newtype: stored as what it wraps.
+#[derive(SyncValue, Debug, Clone, PartialEq, Default)]
+struct Email(String);
+
+#[derive(Synced, Debug, Clone, PartialEq)]
+#[synced(table = "tasks")]
+struct Task {
+    #[synced(primary_key)]
+    id: SyncId,
+    status: Status,
+    priority: Priority,
+    assignee: Option<Email>,
+    /// An id from another system, stored as its 16 bytes.
+    external: Option<uuid::Uuid>,
+    /// Any serde type, stored as JSON text.
+    #[synced(default = "[]")]
+    labels: Json<Vec<String>>,
+    due: Option<chrono::NaiveDate>,
+    created: chrono::DateTime<chrono::Utc>,
+}
+// ANCHOR_END: app_types
+
 // ANCHOR: audit_entry
 /// A grow-only table: rows can be inserted and updated, never deleted.
 #[derive(Synced, Debug, Clone, PartialEq)]
@@ -149,6 +192,7 @@ async fn run(path: &Path) -> Result<(), Error> {
     db.register::<TeamMember>().await?;
     db.register::<Country>().await?;
     db.register::<AuditEntry>().await?;
+    db.register::<Task>().await?;
     // ANCHOR_END: register
 
     // ANCHOR: natural_defaults
@@ -233,6 +277,42 @@ async fn run(path: &Path) -> Result<(), Error> {
     }
     // ANCHOR_END: grow_only
 
+    // ANCHOR: app_values
+    let task = Task {
+        id: SyncId::new(),
+        status: Status::Done,
+        priority: Priority::High,
+        assignee: Some(Email("ann@example.com".into())),
+        external: Some(uuid::Uuid::from_u128(7)),
+        labels: Json::new(vec!["home".to_owned()]).expect("a list of strings is JSON"),
+        due: chrono::NaiveDate::from_ymd_opt(2026, 12, 24),
+        created: chrono::DateTime::from_timestamp(1_796_000_000, 0).unwrap_or_default(),
+    };
+    db.insert(&task).await?;
+    // The app's SQL sees what is stored: names, numbers, JSON, integers.
+    let stored: Vec<(String, i64, String, i64)> = db
+        .read_with(
+            "SELECT status, priority, labels, due FROM tasks WHERE id = ?1",
+            params![task.id],
+            |row| {
+                Ok((
+                    row.get_at(0)?,
+                    row.get_at(1)?,
+                    row.get_at(2)?,
+                    row.get_at(3)?,
+                ))
+            },
+        )
+        .await?;
+    println!("stored: {stored:?}");
+    assert_eq!(
+        stored,
+        [("done".into(), 3, r#"["home"]"#.into(), 20_811)],
+        "status, priority, labels, due (days since 1970-01-01)"
+    );
+    assert_eq!(db.get::<Task>(&task.id).await?, Some(task));
+    // ANCHOR_END: app_values
+
     // ANCHOR: print_sql
     // The table, clock table, indexes and triggers that `register` created.
     println!("\n{}", Tag::SCHEMA.sql());
@@ -295,6 +375,24 @@ mod tests {
                 ("maybe_ratio", Real, true, false, None),
                 ("maybe_text", Text, true, false, None),
                 ("maybe_bytes", Blob, true, false, None),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_apps_own_types_map_to_their_storage() {
+        use SqlType::{Blob, Integer, Text};
+        assert_eq!(
+            columns(super::Task::SCHEMA),
+            [
+                ("id", Text, false, true, None),
+                ("status", Text, false, false, Some("'Open'")),
+                ("priority", Integer, false, false, Some("2")),
+                ("assignee", Text, true, false, None),
+                ("external", Blob, true, false, None),
+                ("labels", Text, false, false, Some("'[]'")),
+                ("due", Integer, true, false, None),
+                ("created", Integer, false, false, Some("0")),
             ]
         );
     }
