@@ -143,6 +143,27 @@ impl SyncDb {
     /// Keeps [`read`](Self::read) live: the result of read-only SQL (a join,
     /// an aggregate) now, and again whenever a commit changes it (see
     /// [`Watch`]).
+    ///
+    /// ```
+    /// # use sync_runtime::{FromRow, Synced, SyncDb, SyncId, params};
+    /// # #[derive(Synced, Debug, Clone, PartialEq)]
+    /// # #[synced(table = "todos")]
+    /// # struct Todo { #[synced(primary_key)] id: SyncId, title: String, done: bool }
+    /// #[derive(FromRow, Debug, Clone, PartialEq)]
+    /// struct Open {
+    ///     open: i64,
+    /// }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> sync_runtime::Result<()> {
+    /// # let db = SyncDb::open_in_memory().await?;
+    /// # db.register::<Todo>().await?;
+    /// let mut count = db.watch_read::<Open>("SELECT count(*) AS open FROM todos WHERE NOT done", params![]);
+    /// assert_eq!(count.next().await?, [Open { open: 0 }]);
+    /// db.insert(&Todo { id: SyncId::new(), title: "milk".into(), done: false }).await?;
+    /// assert_eq!(count.next().await?, [Open { open: 1 }]);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn watch_read<R>(&self, sql: &str, params: impl Into<Vec<Value>>) -> Watch<R>
     where
         R: FromRow + PartialEq + Clone,

@@ -267,6 +267,21 @@ pub enum ValueError {
 /// since the Unix epoch or midnight, days since 1970-01-01).
 /// [`#[derive(SyncValue)]`](derive@crate::SyncValue) implements it for the app's
 /// unit enums and newtypes.
+///
+/// ```
+/// use sync_runtime::{SyncValue, ValueRef};
+///
+/// assert_eq!(true.to_value_ref(), ValueRef::Integer(1));
+/// assert_eq!(u32::from_value_ref(ValueRef::Integer(7)), Ok(7));
+/// assert!(u8::from_value_ref(ValueRef::Integer(256)).is_err());
+/// # #[cfg(feature = "chrono")]
+/// # {
+/// // With the `chrono` feature: a date is the days since 1970-01-01.
+/// let day = chrono::NaiveDate::from_ymd_opt(1970, 1, 2).unwrap();
+/// assert_eq!(day.to_value_ref(), ValueRef::Integer(1));
+/// # }
+/// ```
+///
 /// The derive checks every field against this trait, so an unsupported field type is
 /// a compile error that names the field.
 #[diagnostic::on_unimplemented(
