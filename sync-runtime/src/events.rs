@@ -18,8 +18,10 @@ use crate::value::Value;
 pub const MAX_LISTED_KEYS: usize = 1_000;
 
 /// Events kept for a subscriber that has not read them yet; one that falls
-/// further behind gets one event with `complete: false` in their place.
-pub(crate) const KEPT_EVENTS: usize = 1_024;
+/// further behind gets one event with `complete: false` in their place. With
+/// up to [`MAX_LISTED_KEYS`] keys per table in each, this bounds what a
+/// subscriber that stopped reading holds.
+pub(crate) const KEPT_EVENTS: usize = 256;
 
 /// What one commit on this database handle changed: a local write (typed or
 /// raw SQL), a migration, or a merge of another replica's changes.
@@ -37,7 +39,7 @@ pub struct Changed {
     /// `false` when the commit ran the app's own SQL, which can change a local
     /// table in ways SQLite does not report (a `DELETE` without `WHERE`, a
     /// `WITHOUT ROWID` table), and for the event that stands in for those a
-    /// subscriber missed by falling more than 1,024 events behind. Read
+    /// subscriber missed by falling more than 256 events behind. Read
     /// again what may have changed.
     pub complete: bool,
 }
