@@ -16,7 +16,8 @@
 //! from one to the other without touching its data.
 //!
 //! The precision is the microsecond, as in PostgreSQL's `timestamptz`: a value
-//! with nanoseconds is stored rounded down to its microsecond. An
+//! with nanoseconds is stored rounded down to its microsecond, and chrono's
+//! leap second (23:59:60) as its second's last microsecond, 23:59:59.999999. An
 //! `OffsetDateTime` is stored as its instant and read back in UTC (its offset
 //! is not kept; equality, which compares instants, holds). The natural
 //! default, which a row that never wrote the column reads, is 0: the epoch,
@@ -98,17 +99,21 @@ mod chrono_types {
     /// Days from 0001-01-01 (day 1 of the common era) to 1970-01-01.
     const EPOCH_FROM_CE: i64 = 719_163;
 
-    integer_coded!(
-        DateTime<Utc>,
-        "chrono::DateTime<Utc>",
-        |v| v.timestamp_micros(),
-        |i| DateTime::from_timestamp_micros(i)
-    );
+    /// Microseconds since the epoch; a leap second (nanoseconds past
+    /// 999,999,999) keeps its second's last microsecond, so that it sorts
+    /// before the next second. Every chrono instant (±262,143 years) fits.
+    fn micros(t: &DateTime<Utc>) -> i64 {
+        t.timestamp() * MICROS + i64::from(t.timestamp_subsec_nanos().min(999_999_999) / 1_000)
+    }
+
+    integer_coded!(DateTime<Utc>, "chrono::DateTime<Utc>", |v| micros(v), |i| {
+        DateTime::from_timestamp_micros(i)
+    });
 
     integer_coded!(
         NaiveDateTime,
         "chrono::NaiveDateTime",
-        |v| v.and_utc().timestamp_micros(),
+        |v| micros(&v.and_utc()),
         |i| DateTime::from_timestamp_micros(i).map(|t| t.naive_utc())
     );
 
@@ -146,13 +151,20 @@ mod time_types {
     /// The Julian day number of 1970-01-01.
     const EPOCH_JULIAN_DAY: i64 = 2_440_588;
 
+    /// Microseconds since the epoch. Microseconds fit an `i64` for ±292,277
+    /// years: every `OffsetDateTime` of the crate's default range (±9,999
+    /// years) does; one beyond, with the crate's `large-dates`, is stored as
+    /// `i64::MIN` or `i64::MAX`, which keep the order and which reading
+    /// refuses (`OutOfRange`) rather than give another date.
     fn micros(t: OffsetDateTime) -> i64 {
-        // Every `OffsetDateTime` (±9,999 years, or ±999,999 with the crate's
-        // `large-dates`) is within ±292,000 years of the epoch.
-        i64::try_from(t.unix_timestamp_nanos().div_euclid(1_000)).unwrap_or(i64::MAX)
+        let micros = t.unix_timestamp_nanos().div_euclid(1_000);
+        i64::try_from(micros).unwrap_or(if micros < 0 { i64::MIN } else { i64::MAX })
     }
 
     fn from_micros(i: i64) -> Option<OffsetDateTime> {
+        if i == i64::MIN || i == i64::MAX {
+            return None;
+        }
         OffsetDateTime::from_unix_timestamp_nanos(i128::from(i) * 1_000).ok()
     }
 

@@ -36,10 +36,12 @@ pub struct Changed {
     /// are known.
     pub tables: Vec<TableChanges>,
     /// Whether `tables` names every table the commit may have changed. It is
-    /// `false` when the commit ran the app's own SQL, which can change a local
-    /// table in ways SQLite does not report (a `DELETE` without `WHERE`, a
-    /// `WITHOUT ROWID` table), and for the event that stands in for those a
-    /// subscriber missed by falling more than 256 events behind. Read
+    /// `false` when the commit ran the app's own SQL that may write, or wrote
+    /// a table the app put triggers on (the app's triggers are its SQL too),
+    /// or emptied tables whole (a logout): SQL can change a local table in
+    /// ways SQLite does not report (a `DELETE` without `WHERE`, a `WITHOUT
+    /// ROWID` table, DDL). It is `false` too for the event that stands in for
+    /// those a subscriber missed by falling more than 256 events behind. Read
     /// again what may have changed.
     pub complete: bool,
 }
@@ -81,8 +83,9 @@ impl Changed {
             .find(|t| t.table.eq_ignore_ascii_case(table))
     }
 
-    /// An event that stands in for those a subscriber missed.
-    fn missed(version: i64) -> Self {
+    /// An event that says nothing of what changed: it stands in for those a
+    /// subscriber missed, or for one whose changes could not be read.
+    pub(crate) fn unknown(version: i64) -> Self {
         Self {
             version,
             tables: Vec::new(),
@@ -113,7 +116,7 @@ impl ChangeEvents {
         match self.events.recv().await {
             Ok(event) => Ok(event),
             Err(broadcast::error::RecvError::Lagged(_)) => {
-                Ok(Arc::new(Changed::missed(*self.versions.borrow())))
+                Ok(Arc::new(Changed::unknown(*self.versions.borrow())))
             }
             Err(broadcast::error::RecvError::Closed) => Err(Error::Closed),
         }
@@ -124,7 +127,7 @@ impl ChangeEvents {
         match self.events.try_recv() {
             Ok(event) => Some(event),
             Err(broadcast::error::TryRecvError::Lagged(_)) => {
-                Some(Arc::new(Changed::missed(*self.versions.borrow())))
+                Some(Arc::new(Changed::unknown(*self.versions.borrow())))
             }
             Err(_) => None,
         }
@@ -132,34 +135,73 @@ impl ChangeEvents {
 }
 
 /// Describes a commit that wrote `written` (table names as the update hook
-/// reported them) and moved the database from version `before` to
-/// `version`: the synced tables get the keys of their rows changed since
-/// `before`.
+/// reported them), evicted the rows `evicted` (table, key) and moved the
+/// database from version `before` to `version`: the tracked tables get the
+/// keys of their rows changed since `before`, and the evicted ones.
 pub(crate) fn describe(
     conn: &Connection,
-    written: Vec<String>,
+    mut written: Vec<String>,
+    evicted: Vec<(String, Vec<Value>)>,
     before: i64,
     version: i64,
     complete: bool,
 ) -> Result<Changed> {
-    let synced = if version > before {
-        tracking::synced_tables(conn, false)?
+    for (table, _) in &evicted {
+        if !written.iter().any(|t| t.eq_ignore_ascii_case(table)) {
+            written.push(table.clone());
+        }
+    }
+    let tracked = if version > before || !evicted.is_empty() {
+        tracking::synced_tables(conn, true)?
     } else {
         Vec::new()
     };
     let mut tables = Vec::with_capacity(written.len());
     for table in written {
-        let keys = match synced.iter().find(|s| s.name.eq_ignore_ascii_case(&table)) {
-            Some(schema) => changed_keys(conn, schema, before)?,
-            None => None,
+        let Some(schema) = tracked.iter().find(|s| s.name.eq_ignore_ascii_case(&table)) else {
+            tables.push(TableChanges { table, keys: None });
+            continue;
         };
-        tables.push(TableChanges { table, keys });
+        let mut keys = if version > before {
+            changed_keys(conn, schema, before)?
+        } else {
+            Some(Vec::new())
+        };
+        if let Some(listed) = &mut keys {
+            listed.extend(
+                evicted
+                    .iter()
+                    .filter(|(t, _)| t.eq_ignore_ascii_case(&schema.name))
+                    .map(|(_, key)| KeyChange {
+                        key: key.clone(),
+                        deleted: true,
+                    }),
+            );
+            if listed.len() > MAX_LISTED_KEYS {
+                keys = None;
+            }
+        }
+        tables.push(TableChanges {
+            table: schema.name.to_string(),
+            keys,
+        });
     }
     Ok(Changed {
         version,
         tables,
         complete,
     })
+}
+
+/// The tables (lowercase) that triggers of the app's own (not the runtime's)
+/// are on.
+pub(crate) fn tables_with_app_triggers(conn: &Connection) -> Result<HashSet<String>> {
+    let mut stmt = conn.prepare_cached(sql::APP_TRIGGER_TABLES)?;
+    let tables = stmt
+        .query_map([], |r| r.get::<_, String>(0))?
+        .map(|t| Ok(t?.to_ascii_lowercase()))
+        .collect::<Result<_>>()?;
+    Ok(tables)
 }
 
 /// The keys of `schema`'s rows changed after version `before`, if there are

@@ -53,6 +53,18 @@ pub(crate) fn guard(
         }
         if app {
             note_app_write(&refuse, &context.action);
+            if refuse.reading.load(Ordering::Relaxed) && changes_connection(&context.action) {
+                return Authorization::Deny;
+            }
+            if matches!(
+                context.action,
+                AuthAction::CreateTempTable { .. }
+                    | AuthAction::CreateTempView { .. }
+                    | AuthAction::CreateTempIndex { .. }
+                    | AuthAction::CreateTempTrigger { .. }
+            ) {
+                refuse.temp.store(true, Ordering::Relaxed);
+            }
         }
         let control = matches!(
             context.action,
@@ -65,6 +77,37 @@ pub(crate) fn guard(
         }
     }))?;
     Ok(())
+}
+
+/// Pragmas that take a table's or an index's name and read its shape.
+const SHAPE_PRAGMAS: &[&str] = &[
+    "table_info",
+    "table_xinfo",
+    "index_info",
+    "index_xinfo",
+    "index_list",
+    "foreign_key_list",
+];
+
+/// Whether a read's `action` would leave its connection in another state for
+/// what runs next: a transaction, an attached database, a setting. `PRAGMA
+/// name = value` and `PRAGMA name(value)` look alike here: of those with a
+/// value, only the ones that read a table's shape pass.
+pub(crate) fn changes_connection(action: &rusqlite::hooks::AuthAction<'_>) -> bool {
+    use rusqlite::hooks::AuthAction;
+    match *action {
+        AuthAction::Transaction { .. }
+        | AuthAction::Savepoint { .. }
+        | AuthAction::Attach { .. }
+        | AuthAction::Detach { .. } => true,
+        AuthAction::Pragma {
+            pragma_name,
+            pragma_value: Some(_),
+        } => !SHAPE_PRAGMAS
+            .iter()
+            .any(|p| p.eq_ignore_ascii_case(pragma_name)),
+        _ => false,
+    }
 }
 
 /// Whether an action of the app's SQL changes one of the runtime's own objects

@@ -60,6 +60,19 @@ pub struct ApplyReport {
     pub skipped: usize,
 }
 
+thread_local! {
+    /// The rows this thread's open transaction evicted (their row and clock
+    /// deleted), which the commit's change event lists: no clock is left to
+    /// list them from.
+    static EVICTED: std::cell::RefCell<Vec<(String, Vec<Value>)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Takes the rows this thread's transaction evicted (see [`EVICTED`]).
+pub(crate) fn take_evicted() -> Vec<(String, Vec<Value>)> {
+    EVICTED.with_borrow_mut(std::mem::take)
+}
+
 /// A payload table matched to its local descriptor.
 struct Target {
     schema: TableSchema,
@@ -966,6 +979,10 @@ impl Merge<'_> {
         if deleted + forgotten > 0 {
             self.report.applied += 1;
             self.report.rows += 1;
+            // Its clock is gone: the change event learns of it here.
+            EVICTED.with_borrow_mut(|evicted| {
+                evicted.push((target.schema.name.to_string(), pk.to_vec()));
+            });
         }
         Ok(())
     }

@@ -241,6 +241,17 @@ pub(crate) struct Opened {
     pub(crate) user_sql: Arc<tx::AppSql>,
 }
 
+/// Whether `path` names an in-memory database rather than a file (`:memory:`,
+/// an empty path, a `file:` URI with `mode=memory`): a second connection to
+/// it would open another, empty database.
+pub(crate) fn in_memory(path: &Path) -> bool {
+    let text = path.to_string_lossy();
+    text.is_empty()
+        || text == ":memory:"
+        || (text.starts_with("file:")
+            && (text.starts_with("file::memory:") || text.contains("mode=memory")))
+}
+
 /// See [`Opened::written`].
 pub(crate) type Written = Arc<Mutex<Vec<String>>>;
 
@@ -250,7 +261,7 @@ fn note_written(written: &Mutex<Vec<String>>, table: &str) {
     let Ok(mut tables) = written.lock() else {
         return;
     };
-    if !tables.iter().rev().any(|t| t == table) {
+    if !tables.iter().rev().any(|t| t.eq_ignore_ascii_case(table)) {
         tables.push(table.to_owned());
     }
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 
-use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+use rusqlite::hooks::{AuthContext, Authorization};
 use rusqlite::{Connection, OpenFlags};
 
 use crate::error::{Error, Result};
@@ -220,37 +220,15 @@ impl Opener {
     }
 }
 
-/// Pragmas that take a table's or an index's name and read its shape.
-const SHAPE_PRAGMAS: &[&str] = &[
-    "table_info",
-    "table_xinfo",
-    "index_info",
-    "index_xinfo",
-    "index_list",
-    "foreign_key_list",
-];
-
 /// A read connection's authorizer: it refuses what would leave the connection
-/// in another state for the next read (a transaction, an attached database,
-/// a setting). Writes are refused by the connection (opened read-only, with
-/// `query_only`), and before that by [`crate::read::read`], which names them.
+/// in another state for the next read (see
+/// [`changes_connection`](crate::guard::changes_connection)). Writes are
+/// refused by the connection (opened read-only, with `query_only`), and
+/// before that by [`crate::read::read`], which names them.
 fn reads_only(context: AuthContext<'_>) -> Authorization {
-    match context.action {
-        AuthAction::Transaction { .. }
-        | AuthAction::Savepoint { .. }
-        | AuthAction::Attach { .. }
-        | AuthAction::Detach { .. } => Authorization::Deny,
-        // `PRAGMA name = value` and `PRAGMA name(value)` look alike here: of
-        // those with a value, only the ones that read a table's shape pass.
-        AuthAction::Pragma {
-            pragma_name,
-            pragma_value: Some(_),
-        } if !SHAPE_PRAGMAS
-            .iter()
-            .any(|p| p.eq_ignore_ascii_case(pragma_name)) =>
-        {
-            Authorization::Deny
-        }
-        _ => Authorization::Allow,
+    if crate::guard::changes_connection(&context.action) {
+        Authorization::Deny
+    } else {
+        Authorization::Allow
     }
 }

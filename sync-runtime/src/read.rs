@@ -1,6 +1,8 @@
 //! Reads of any read-only SQL (joins, aggregates, `GROUP BY`, CTEs), mapped to
 //! the app's types: [`FromRow`] structs or a closure over [`ResultRow`]s.
 
+use std::sync::atomic::Ordering;
+
 use rusqlite::Connection;
 
 use crate::error::{Error, Result};
@@ -101,6 +103,14 @@ pub(crate) fn read<R>(
     params: &[Value],
     mut map: impl FnMut(&ResultRow<'_>) -> Result<R>,
 ) -> Result<Vec<R>> {
+    struct Reading<'a>(&'a AppSql);
+    impl Drop for Reading<'_> {
+        fn drop(&mut self) {
+            self.0.reading.store(false, Ordering::Relaxed);
+        }
+    }
+    user_sql.reading.store(true, Ordering::Relaxed);
+    let _reading = Reading(user_sql);
     as_user(user_sql, || {
         let mut stmt = conn.prepare_cached(sql)?;
         if !stmt.readonly() {

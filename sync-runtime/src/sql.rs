@@ -476,6 +476,11 @@ pub(crate) const GROW_ONLY_PREFIX: &str = "synced: grow-only table rows cannot b
 
 /// The settings of a connection: `synchronous` (`FULL` when `full`, else
 /// `NORMAL`), the page cache's limit in KiB and the busy timeout in ms.
+/// The tables with triggers of the app's own: those not named as the
+/// runtime's (see [`crate::schema::RESERVED_PREFIX`]).
+pub(crate) const APP_TRIGGER_TABLES: &str = "SELECT DISTINCT tbl_name FROM sqlite_schema \
+     WHERE type = 'trigger' AND substr(lower(name), 1, 7) <> '_synced'";
+
 /// What makes a read connection refuse writes, even to its temporary tables.
 pub(crate) const READ_ONLY: &str = "PRAGMA query_only = 1;";
 

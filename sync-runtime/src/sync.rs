@@ -547,7 +547,7 @@ impl SyncDb {
             let ours = payload
                 .tables
                 .iter()
-                .position(|t| t.name == T::SCHEMA.name.as_ref());
+                .position(|t| t.name.eq_ignore_ascii_case(&T::SCHEMA.name));
             keys.extend(
                 payload
                     .rows
@@ -740,6 +740,10 @@ impl SyncDb {
 pub(crate) fn wipe(worker: &mut Worker, site: SiteId) -> Result<()> {
     write(worker, |tx| {
         tx.set_versions();
+        // Tables emptied whole may not be reported row by row.
+        tx.user_sql()
+            .ran
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let conn = tx.conn();
         conn.execute(sql::BEGIN_APPLYING, [])?;
         for schema in tracking::synced_tables(conn, false)? {

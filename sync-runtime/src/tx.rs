@@ -31,10 +31,18 @@ pub(crate) struct Registered {
 pub(crate) struct AppSql {
     /// Set while it runs: the authorizer then refuses transaction control.
     pub(crate) running: AtomicBool,
-    /// Set when it ran in the transaction: what the transaction changed may
-    /// include what the update hook does not report (see
+    /// Set when the app's SQL that may write ran in the transaction (or the
+    /// runtime emptied tables whole): what the transaction changed may include
+    /// what the update hook does not report (see
     /// [`Changed::complete`](crate::Changed::complete)).
     pub(crate) ran: AtomicBool,
+    /// Set while a read runs ([`crate::read::read`]): the authorizer then
+    /// also refuses what would change the connection (see
+    /// [`crate::guard::changes_connection`]).
+    pub(crate) reading: AtomicBool,
+    /// Set once the app's SQL created a temporary object, which only this
+    /// connection sees: reads stay on it from then on.
+    pub(crate) temp: AtomicBool,
     /// Set while a statement whose keys are checked runs: the update hook then
     /// records the rows it inserts.
     pub(crate) checking: AtomicBool,
@@ -607,6 +615,7 @@ pub(crate) fn execute_raw(
     params: &[Value],
 ) -> Result<usize> {
     check_params(params)?;
+    user_sql.ran.store(true, Ordering::Relaxed);
     let run = || {
         as_user(user_sql, || {
             let mut stmt = conn.prepare_cached(sql)?;
@@ -801,7 +810,6 @@ pub(crate) fn as_user<T>(user_sql: &AppSql, f: impl FnOnce() -> Result<T>) -> Re
     let refused = || user_sql.refused.lock().unwrap_or_else(|e| e.into_inner());
     refused().take();
     user_sql.running.store(true, Ordering::Relaxed);
-    user_sql.ran.store(true, Ordering::Relaxed);
     let _reset = Reset(&user_sql.running);
     let result = f();
     user_sql.running.store(false, Ordering::Relaxed);

@@ -40,6 +40,9 @@ pub(crate) struct Handle {
     registry: Shared<Registry>,
     /// What each commit changed (see [`Changed`]).
     events: broadcast::Sender<Arc<Changed>>,
+    /// The write connection's app-SQL flags: once the app made a temporary
+    /// object there, reads stay on that connection, the only one that sees it.
+    app_sql: Arc<tx::AppSql>,
 }
 
 /// A value the worker thread replaces and other threads read.
@@ -66,22 +69,40 @@ pub(crate) struct Worker {
     written: open::Written,
     /// What each commit changed, for subscribers.
     events: broadcast::Sender<Arc<Changed>>,
+    /// The tables (lowercase) with triggers of the app's own, whose writes
+    /// the update hook may not see all of.
+    app_triggers: std::collections::HashSet<String>,
 }
 
 impl Worker {
     /// After a commit: publishes the version if it `moved` from `before`, and
     /// what the commit wrote to the change events' subscribers, if any.
-    fn committed(&self, moved: bool, before: i64) -> Result<()> {
+    fn committed(&mut self, moved: bool, before: i64) -> Result<()> {
         if moved {
             self.publish_version()?;
         }
         let written = std::mem::take(&mut *self.written.lock().unwrap_or_else(|e| e.into_inner()));
-        if written.is_empty() || self.events.receiver_count() == 0 {
+        let evicted = crate::merge::take_evicted();
+        let app_wrote = self.user_sql.ran.load(Ordering::Relaxed);
+        if app_wrote {
+            // It may have created or dropped triggers.
+            self.app_triggers = events::tables_with_app_triggers(&self.conn).unwrap_or_default();
+        }
+        let nothing = written.is_empty() && evicted.is_empty() && !app_wrote;
+        if nothing || self.events.receiver_count() == 0 {
             return Ok(());
         }
         let version = *self.versions.borrow();
-        let complete = !self.user_sql.ran.load(Ordering::Relaxed);
-        let event = events::describe(&self.conn, written, before, version, complete)?;
+        // The app's triggers are the app's SQL too, whoever fires them.
+        let triggered = written
+            .iter()
+            .any(|t| self.app_triggers.contains(&t.to_ascii_lowercase()));
+        let complete = !app_wrote && !triggered;
+        let event = events::describe(&self.conn, written, evicted, before, version, complete)
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "a change event lists no table: reading what changed failed");
+                Changed::unknown(version)
+            });
         let _ = self.events.send(Arc::new(event));
         Ok(())
     }
@@ -93,6 +114,7 @@ impl Worker {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
+        crate::merge::take_evicted();
         self.user_sql.ran.store(false, Ordering::Relaxed);
     }
 
@@ -155,6 +177,8 @@ impl Handle {
                 let opened = open::open(thread_path.as_deref(), &options);
                 let mut worker = match opened {
                     Ok(opened) => {
+                        let app_triggers =
+                            events::tables_with_app_triggers(&opened.conn).unwrap_or_default();
                         let worker = Worker {
                             conn: opened.conn,
                             registry: Registry::new(),
@@ -165,12 +189,14 @@ impl Handle {
                             versions: thread_versions,
                             written: opened.written,
                             events: thread_events,
+                            app_triggers,
                         };
                         let ids = SiteIds {
                             current: opened.site_id,
                             previous: opened.previous,
                         };
-                        let _ = ready.send(worker.publish_version().map(|()| ids));
+                        let app_sql = Arc::clone(&worker.user_sql);
+                        let _ = ready.send(worker.publish_version().map(|()| (ids, app_sql)));
                         worker
                     }
                     Err(e) => {
@@ -183,9 +209,9 @@ impl Handle {
                 }
             })
             .map_err(|_| Error::Closed)?;
-        let site_ids = opened.await.map_err(|_| Error::Closed)??;
+        let (site_ids, app_sql) = opened.await.map_err(|_| Error::Closed)??;
         let reads = match &path {
-            Some(path) if read_connections > 0 => {
+            Some(path) if read_connections > 0 && !open::in_memory(path) => {
                 Some(ReadPool::new(path, settings, read_connections))
             }
             _ => None,
@@ -198,6 +224,7 @@ impl Handle {
             reads,
             registry,
             events,
+            app_sql,
         })
     }
 
@@ -236,7 +263,7 @@ impl Handle {
         F: FnOnce(&Connection, &Registry, &tx::AppSql) -> Result<R> + Send + 'static,
     {
         let read = match &self.reads {
-            Some(pool) => {
+            Some(pool) if !self.app_sql.temp.load(Ordering::Relaxed) => {
                 let registry = Arc::clone(&self.registry.read().unwrap_or_else(|e| e.into_inner()));
                 let outcome = pool
                     .read(move |reader| match reader {
@@ -250,7 +277,7 @@ impl Handle {
                     Err(read) => read,
                 }
             }
-            None => read,
+            _ => read,
         };
         self.call(move |w| read(&w.conn, &w.registry, &w.user_sql))
             .await
@@ -315,7 +342,6 @@ where
     E: From<Error>,
 {
     worker.starting();
-    let before = *worker.versions.borrow();
     let tx = worker
         .conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -324,6 +350,14 @@ where
     if open_elsewhere(&tx, &mut worker.seen_data_version)? {
         close_version(&tx)?;
     }
+    // Where this transaction's changes start, for the change event: another
+    // handle on the file may have committed since this one last published.
+    let before = if worker.events.receiver_count() > 0 {
+        tx.query_row(sql::CURRENT_VERSION, [], |r| r.get(0))
+            .map_err(Error::from)?
+    } else {
+        *worker.versions.borrow()
+    };
     worker.recorded.store(false, Ordering::Relaxed);
     let mut transaction = Transaction::new(&tx, &worker.registry, &worker.user_sql);
     let result = f(&mut transaction)?;
@@ -336,6 +370,9 @@ where
         close_version(&tx)?;
     }
     if tx.is_autocommit() {
+        // What ran after the transaction ended committed on its own.
+        drop(tx);
+        let _ = worker.committed(false, before);
         return Err(E::from(Error::TransactionEnded));
     }
     let moved = recorded || transaction.versions_set();

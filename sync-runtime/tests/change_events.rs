@@ -122,10 +122,16 @@ async fn raw_sql_names_its_tables_and_says_it_may_have_done_more() {
     assert_eq!(local.tables.len(), 1);
     assert_eq!(local.tables[0].table, "drafts");
     assert_eq!(local.tables[0].keys, None);
-    // A statement that writes nothing: no event.
+    // A statement that wrote nothing the hook saw may still have changed a
+    // table (a `DELETE` without `WHERE`): an event says it may have.
     db.execute_raw("UPDATE drafts SET text = 'y' WHERE id = -1", params![])
         .await
         .unwrap();
+    let nothing_seen = events.next().await.unwrap();
+    assert!(!nothing_seen.complete && nothing_seen.tables.is_empty());
+    assert!(nothing_seen.may_have_changed("drafts"));
+    // Typed writes and reads do not run the app's SQL: nothing, no event.
+    db.query::<Todo>("title = 'raw'", params![]).await.unwrap();
     assert!(events.try_next().is_none());
 }
 
