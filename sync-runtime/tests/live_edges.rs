@@ -4,10 +4,14 @@
 //! temporary tables, and what a read may not change.
 
 #![allow(clippy::unwrap_used)] // in tests, a failed unwrap is a failed assertion
+
 use std::time::Duration;
+
+#[cfg(feature = "http")]
+use sync_runtime::Remote;
 use sync_runtime::server::{Replica, RowFilter, RowFilters};
 use sync_runtime::{
-    BatchLimits, Cursor, FromRow, Options, Remote, SyncDb, SyncId, Synced, Value, Watch, params,
+    BatchLimits, Cursor, FromRow, Options, SyncDb, SyncId, Synced, Value, Watch, params,
 };
 
 #[derive(Synced, Debug, Clone, PartialEq)]
@@ -103,6 +107,7 @@ async fn a_redefined_view_is_read_again() {
     assert_eq!(next(&mut w).await, [Count { n: 2 }]);
 }
 
+#[cfg(feature = "http")]
 #[tokio::test]
 async fn logout_wakes_watches_even_with_tracking_off() {
     let db = mem().await;
@@ -288,6 +293,7 @@ async fn a_table_is_listed_once_whatever_its_case() {
     assert_eq!(names, ["todos"]); // ["Todos", "todos"]
 }
 
+#[cfg(feature = "http")]
 #[derive(Synced, Debug, Clone, PartialEq)]
 #[synced(table = "Memos")]
 struct MemoV1 {
@@ -295,6 +301,7 @@ struct MemoV1 {
     id: SyncId,
     text: String,
 }
+#[cfg(feature = "http")]
 #[derive(Synced, Debug, Clone, PartialEq)]
 #[synced(table = "memos")]
 struct MemoV2 {
@@ -303,6 +310,7 @@ struct MemoV2 {
     text: String,
 }
 
+#[cfg(feature = "http")]
 #[tokio::test]
 async fn unsent_rows_find_a_table_whatever_its_case() {
     let dir = tempfile::tempdir().unwrap();
