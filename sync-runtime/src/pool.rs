@@ -20,7 +20,7 @@ use crate::tx::AppSql;
 /// [`crate::tx::as_user`]).
 pub(crate) struct Reader {
     pub(crate) conn: Connection,
-    pub(crate) user_sql: AppSql,
+    pub(crate) user_sql: Arc<AppSql>,
 }
 
 type Job = Box<dyn FnOnce(Result<&Reader, &Error>) + Send>;
@@ -212,23 +212,18 @@ impl Opener {
         conn.execute_batch(&self.settings)?;
         conn.execute_batch(sql::READ_ONLY)?;
         conn.set_prepared_statement_cache_capacity(128);
-        conn.authorizer(Some(reads_only))?;
-        Ok(Reader {
-            conn,
-            user_sql: AppSql::default(),
-        })
-    }
-}
-
-/// A read connection's authorizer: it refuses what would leave the connection
-/// in another state for the next read (see
-/// [`changes_connection`](crate::guard::changes_connection)). Writes are
-/// refused by the connection (opened read-only, with `query_only`), and
-/// before that by [`crate::read::read`], which names them.
-fn reads_only(context: AuthContext<'_>) -> Authorization {
-    if crate::guard::changes_connection(&context.action) {
-        Authorization::Deny
-    } else {
-        Authorization::Allow
+        let user_sql = Arc::new(AppSql::default());
+        let app = Arc::clone(&user_sql);
+        conn.authorizer(Some(move |context: AuthContext<'_>| {
+            // The runtime's own reads take a snapshot (`BEGIN`); the app's may
+            // leave nothing behind.
+            let app_sql = app.running.load(std::sync::atomic::Ordering::Relaxed);
+            if app_sql && crate::guard::changes_connection(&context.action) {
+                Authorization::Deny
+            } else {
+                Authorization::Allow
+            }
+        }))?;
+        Ok(Reader { conn, user_sql })
     }
 }

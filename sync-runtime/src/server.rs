@@ -23,7 +23,7 @@ use crate::sql;
 use crate::tracking;
 use crate::tx::Registered;
 use crate::wire::Payload;
-use crate::worker::{Worker, read_final, write};
+use crate::worker::{Worker, write};
 
 pub use crate::filter::{RowFilter, RowFilters};
 pub use crate::merge::PushReport;
@@ -181,10 +181,9 @@ impl Replica {
     /// made: what a relay (a server) sends back to `site`, which has them already.
     pub async fn export_changes_except(&self, since: Since, site: SiteId) -> Result<Vec<u8>> {
         self.db
-            .call(move |w| {
-                read_final(w, |conn, tables| {
-                    export::export(conn, tables, since.version(), Scope::Except(site))
-                })
+            .handle()
+            .read_final(move |conn, tables| {
+                export::export(conn, tables, since.version(), Scope::Except(site))
             })
             .await
     }
@@ -304,23 +303,35 @@ impl Replica {
         filter: Option<RowFilters>,
     ) -> Result<(Batch, i64)> {
         let this = self.clone();
+        let Some(filter) = filter else {
+            // Unfiltered: a read, on a read connection where there is one.
+            let batch = self
+                .db
+                .handle()
+                .read_final(move |conn, tables| {
+                    if let Some(message) = site::reused_site(conn, device, None)? {
+                        return Err(Error::SiteReused { message });
+                    }
+                    let seen = site::seen_version(conn, device)?;
+                    let tables = this.narrow(tables.to_vec());
+                    let batch =
+                        export::export_batch(conn, &tables, &from, Scope::Except(device), limits)?;
+                    Ok((this.for_device(batch), seen))
+                })
+                .await?;
+            return Ok(batch);
+        };
         self.db
             .call(move |w| {
                 if let Some(message) = site::reused_site(&w.conn, device, None)? {
                     return Err(Error::SiteReused { message });
                 }
                 let seen = site::seen_version(&w.conn, device)?;
-                let batch = match &filter {
-                    None => read_final(w, |conn, tables| {
-                        let tables = this.narrow(tables.to_vec());
-                        export::export_batch(conn, &tables, &from, Scope::Except(device), limits)
-                    })?,
-                    Some(filter) => write(w, |tx| {
-                        tx.set_versions();
-                        let tables = this.narrow(tracking::synced_tables(tx.conn(), true)?);
-                        export::export_filtered(tx.conn(), &tables, &from, device, limits, filter)
-                    })?,
-                };
+                let batch = write(w, |tx| {
+                    tx.set_versions();
+                    let tables = this.narrow(tracking::synced_tables(tx.conn(), true)?);
+                    export::export_filtered(tx.conn(), &tables, &from, device, limits, &filter)
+                })?;
                 Ok((this.for_device(batch), seen))
             })
             .await

@@ -283,6 +283,35 @@ impl Handle {
             .await
     }
 
+    /// Runs `read` as [`read_final`] does (one snapshot of the tracked tables,
+    /// every version in it final), on a read connection where there is one,
+    /// so that it neither waits for writes nor holds them up; on the write
+    /// connection where another connection left changes in an open version
+    /// (which that connection closes first), or without read connections.
+    pub(crate) async fn read_final<R, F>(&self, read: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: Fn(&Connection, &[TableSchema]) -> Result<R> + Send + Sync + 'static,
+    {
+        let read = Arc::new(read);
+        if let Some(pool) = &self.reads
+            && !self.app_sql.temp.load(Ordering::Relaxed)
+        {
+            let shared = Arc::clone(&read);
+            let read_there = pool
+                .read(move |reader| match reader {
+                    Ok(reader) => final_snapshot(&reader.conn, &*shared),
+                    Err(_) => Ok(None),
+                })
+                .await??;
+            if let Some(result) = read_there {
+                return Ok(result);
+            }
+        }
+        self.call(move |w| read_final(w, |conn, tables| read(conn, tables)))
+            .await
+    }
+
     /// See `Handle::site_ids`.
     pub(crate) fn site_ids(&self) -> SiteIds {
         *self.site_ids.read().unwrap_or_else(|e| e.into_inner())
@@ -401,6 +430,21 @@ pub(crate) fn read_final<R>(
     write(worker, |tx| read(tx.conn()))
 }
 
+/// `read` on one read transaction of `conn`, if every version in it is final
+/// (else `None`: a read-only connection cannot close another's version).
+fn final_snapshot<R>(
+    conn: &Connection,
+    read: impl Fn(&Connection, &[TableSchema]) -> Result<R>,
+) -> Result<Option<R>> {
+    let tx = conn.unchecked_transaction()?;
+    if open_changes(&tx)? {
+        return Ok(None);
+    }
+    let result = read(&tx, &tracking::synced_tables(&tx, true)?)?;
+    tx.commit()?;
+    Ok(Some(result))
+}
+
 fn close_version(conn: &Connection) -> Result<()> {
     conn.prepare_cached(sql::CLOSE_VERSION)?.execute([])?;
     Ok(())
@@ -418,7 +462,7 @@ fn open_elsewhere(conn: &Connection, seen: &mut Option<i64>) -> Result<bool> {
 }
 
 /// Whether any clock holds a change stamped with the open version.
-fn open_changes(conn: &Connection) -> Result<bool> {
+pub(crate) fn open_changes(conn: &Connection) -> Result<bool> {
     for schema in tracking::synced_tables(conn, false)? {
         let open: bool = conn.query_row(&TableSql::new(&schema).open_changes, [], |r| r.get(0))?;
         if open {

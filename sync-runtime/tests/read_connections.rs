@@ -224,3 +224,86 @@ async fn reads_go_on_where_no_read_connection_opens() {
     db.insert(&later).await.unwrap();
     assert_eq!(db.query::<Note>("", params![]).await.unwrap().len(), 2);
 }
+
+/// A server's pull of a device is a read: it runs on a read connection while
+/// a push holds the write connection, and sees the last commit.
+#[tokio::test]
+async fn a_pull_runs_while_a_push_holds_the_write_connection() {
+    use sync_runtime::server::Replica;
+    use sync_runtime::{BatchLimits, Cursor, SiteId};
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir, Options::default()).await;
+    let first = note("committed");
+    db.insert(&first).await.unwrap();
+    let replica = Replica::new(db.clone());
+    let device = SiteId::from_bytes([7; 16]);
+
+    let (opened, wait_opened) = tokio::sync::oneshot::channel();
+    let (finish, wait_finish) = std::sync::mpsc::channel::<()>();
+    let writer = tokio::spawn({
+        let db = db.clone();
+        async move {
+            db.transaction(move |tx| {
+                tx.insert(&note("in the open transaction"))?;
+                opened.send(()).unwrap();
+                wait_finish.recv().unwrap();
+                Ok::<_, Error>(())
+            })
+            .await
+        }
+    });
+    wait_opened.await.unwrap();
+    let pull = replica.export_for_device(device, Cursor::BEGINNING, BatchLimits::default(), None);
+    let (batch, seen) = tokio::time::timeout(BOUND, pull)
+        .await
+        .expect("the pull waited for the write transaction")
+        .unwrap();
+    assert_eq!((batch.rows, seen), (1, 0));
+    assert!(batch.complete);
+    finish.send(()).unwrap();
+    writer.await.unwrap().unwrap();
+    let (batch, _) = replica
+        .export_for_device(device, Cursor::BEGINNING, BatchLimits::default(), None)
+        .await
+        .unwrap();
+    assert_eq!(batch.rows, 2);
+}
+
+/// Changes another connection recorded and no version closed yet (a plain
+/// SQLite connection wrote the file) are in the next pull all the same: a
+/// read connection cannot close their version, so the write connection reads.
+#[tokio::test]
+async fn a_pull_closes_what_another_connection_left_open() {
+    use sync_runtime::server::Replica;
+    use sync_runtime::{BatchLimits, Cursor, SiteId};
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir, Options::default()).await;
+    db.insert(&note("typed")).await.unwrap();
+    let plain = rusqlite::Connection::open(dir.path().join("notes.db")).unwrap();
+    let id = SyncId::new();
+    plain
+        .execute(
+            "INSERT INTO notes (id, text) VALUES (?1, 'by another connection')",
+            [id.to_string()],
+        )
+        .unwrap();
+    drop(plain);
+    let replica = Replica::new(db.clone());
+    let (batch, _) = replica
+        .export_for_device(
+            SiteId::from_bytes([7; 16]),
+            Cursor::BEGINNING,
+            BatchLimits::default(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        batch.rows, 2,
+        "the row the other connection wrote is in the pull"
+    );
+    let version = db.db_version().await.unwrap();
+    assert_eq!(batch.version, version);
+}
