@@ -171,3 +171,51 @@ async fn a_stored_integer_outside_the_type_fails_its_row_by_name() {
     assert!(readable.rows.is_empty());
     assert_eq!(readable.unreadable.len(), 1);
 }
+
+#[derive(Synced, Debug, Clone, PartialEq)]
+#[synced(table = "stamps")]
+struct Stamp {
+    #[synced(primary_key)]
+    n: String,
+    at: chrono::DateTime<chrono::Utc>,
+}
+
+/// chrono's leap second (23:59:60.5) keeps its second's last microsecond: it
+/// sorts before the next second, as the instants do.
+#[tokio::test]
+async fn a_leap_second_sorts_before_the_next_second() {
+    let leap = NaiveDate::from_ymd_opt(2016, 12, 31)
+        .unwrap()
+        .and_hms_milli_opt(23, 59, 59, 1_500)
+        .unwrap()
+        .and_utc();
+    let after = NaiveDate::from_ymd_opt(2017, 1, 1)
+        .unwrap()
+        .and_hms_milli_opt(0, 0, 0, 200)
+        .unwrap()
+        .and_utc();
+    let db = SyncDb::open_in_memory().await.unwrap();
+    db.register::<Stamp>().await.unwrap();
+    db.insert(&Stamp {
+        n: "leap".into(),
+        at: leap,
+    })
+    .await
+    .unwrap();
+    db.insert(&Stamp {
+        n: "after".into(),
+        at: after,
+    })
+    .await
+    .unwrap();
+    let rows = db.query::<Stamp>("ORDER BY at", params![]).await.unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r.n.as_str()).collect();
+    assert_eq!(names, ["leap", "after"]);
+    // It keeps its second's last microsecond.
+    let last = NaiveDate::from_ymd_opt(2016, 12, 31)
+        .unwrap()
+        .and_hms_micro_opt(23, 59, 59, 999_999)
+        .unwrap()
+        .and_utc();
+    assert_eq!(rows[0].at, last);
+}

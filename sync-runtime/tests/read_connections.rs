@@ -307,3 +307,55 @@ async fn a_pull_closes_what_another_connection_left_open() {
     let version = db.db_version().await.unwrap();
     assert_eq!(batch.version, version);
 }
+
+/// A path that names an in-memory database (`:memory:`) has no file for a
+/// read connection to open: reads stay on the write connection, which holds
+/// the database.
+#[tokio::test]
+async fn a_memory_path_reads_its_own_database() {
+    let db = SyncDb::open(":memory:").await.unwrap();
+    db.register::<Note>().await.unwrap();
+    let n = note("in memory");
+    db.insert(&n).await.unwrap();
+    assert_eq!(db.get::<Note>(&n.id).await.unwrap(), Some(n));
+}
+
+/// A temporary table belongs to the connection that made it: once the app's
+/// SQL makes one, reads run there.
+#[tokio::test]
+async fn temporary_tables_stay_readable_on_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir, Options::default()).await;
+    db.execute_raw("CREATE TEMP TABLE scratch (x)", params![])
+        .await
+        .unwrap();
+    db.execute_raw("INSERT INTO scratch VALUES (1)", params![])
+        .await
+        .unwrap();
+    let count: Vec<i64> = db
+        .read_with("SELECT count(*) FROM scratch", params![], |r| r.get_at(0))
+        .await
+        .unwrap();
+    assert_eq!(count, [1]);
+}
+
+/// What a read may not do to a read connection, it may not do to the write
+/// connection either, where reads run without read connections.
+#[tokio::test]
+async fn a_read_on_the_write_connection_cannot_change_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let on_file = open(&dir, Options::default().read_connections(0)).await;
+    let in_memory = SyncDb::open_in_memory().await.unwrap();
+    in_memory.register::<Note>().await.unwrap();
+    for db in [on_file, in_memory] {
+        for sql in [
+            "PRAGMA query_only = 1",
+            "BEGIN",
+            "ATTACH ':memory:' AS other",
+        ] {
+            let refused = db.read_with(sql, params![], |_| Ok(())).await;
+            assert!(refused.is_err(), "{sql} ran");
+        }
+        db.insert(&note("still writable")).await.unwrap();
+    }
+}
