@@ -70,8 +70,9 @@ pub(crate) struct Worker {
     /// What each commit changed, for subscribers.
     events: broadcast::Sender<Arc<Changed>>,
     /// The tables (lowercase) with triggers of the app's own, whose writes
-    /// the update hook may not see all of.
-    app_triggers: std::collections::HashSet<String>,
+    /// the update hook may not see all of; `None` until read, and again after
+    /// the app's SQL ran (it may have changed them).
+    app_triggers: Option<std::collections::HashSet<String>>,
 }
 
 impl Worker {
@@ -85,18 +86,24 @@ impl Worker {
         let evicted = crate::merge::take_evicted();
         let app_wrote = self.user_sql.ran.load(Ordering::Relaxed);
         if app_wrote {
-            // It may have created or dropped triggers.
-            self.app_triggers = events::tables_with_app_triggers(&self.conn).unwrap_or_default();
+            // It may have created or dropped triggers: read them again when
+            // an event needs them.
+            self.app_triggers = None;
         }
         let nothing = written.is_empty() && evicted.is_empty() && !app_wrote;
         if nothing || self.events.receiver_count() == 0 {
             return Ok(());
         }
         let version = *self.versions.borrow();
+        let app_triggers = match self.app_triggers.take() {
+            Some(tables) => tables,
+            None => events::tables_with_app_triggers(&self.conn).unwrap_or_default(),
+        };
         // The app's triggers are the app's SQL too, whoever fires them.
         let triggered = written
             .iter()
-            .any(|t| self.app_triggers.contains(&t.to_ascii_lowercase()));
+            .any(|t| app_triggers.contains(&t.to_ascii_lowercase()));
+        self.app_triggers = Some(app_triggers);
         let complete = !app_wrote && !triggered;
         let event = events::describe(&self.conn, written, evicted, before, version, complete)
             .unwrap_or_else(|e| {
@@ -177,8 +184,6 @@ impl Handle {
                 let opened = open::open(thread_path.as_deref(), &options);
                 let mut worker = match opened {
                     Ok(opened) => {
-                        let app_triggers =
-                            events::tables_with_app_triggers(&opened.conn).unwrap_or_default();
                         let worker = Worker {
                             conn: opened.conn,
                             registry: Registry::new(),
@@ -189,7 +194,7 @@ impl Handle {
                             versions: thread_versions,
                             written: opened.written,
                             events: thread_events,
-                            app_triggers,
+                            app_triggers: None,
                         };
                         let ids = SiteIds {
                             current: opened.site_id,
