@@ -217,38 +217,51 @@ fn sql_literal(expr: &Expr) -> syn::Result<String> {
             "a default must be a literal: `false`, `0`, `-1`, `1.5`, `\"text\"` or `b\"bytes\"`",
         )
     };
+    if let Expr::Path(path) = expr
+        && is_none(path)
+    {
+        // `NULL`, for an `Option` field (checked where the field's type is known).
+        return Ok("NULL".to_owned());
+    }
+    match signed_literal(expr).ok_or_else(unsupported)? {
+        (false, Lit::Bool(b)) => Ok(if b.value { "1" } else { "0" }.to_owned()),
+        (false, Lit::Str(s)) => Ok(format!("'{}'", s.value().replace('\'', "''"))),
+        (false, Lit::ByteStr(b)) => Ok(format!(
+            "x'{}'",
+            b.value()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        )),
+        (negative, Lit::Int(i)) => Ok(format!("{}{}", sign(negative), i.base10_digits())),
+        (negative, Lit::Float(f)) => Ok(format!(
+            "{}{}",
+            sign(negative),
+            float_sql(f.base10_digits())
+        )),
+        _ => Err(unsupported()),
+    }
+}
+
+/// A literal, or a negated one (`-3`, `-1.5`): whether it is negated, and the
+/// literal; `None` for any other expression.
+pub(crate) fn signed_literal(expr: &Expr) -> Option<(bool, &Lit)> {
     match expr {
-        Expr::Lit(ExprLit { lit, .. }) => match lit {
-            Lit::Bool(b) => Ok(if b.value { "1" } else { "0" }.to_owned()),
-            Lit::Int(i) => Ok(i.base10_digits().to_owned()),
-            Lit::Float(f) => Ok(float_sql(f.base10_digits())),
-            Lit::Str(s) => Ok(format!("'{}'", s.value().replace('\'', "''"))),
-            Lit::ByteStr(b) => Ok(format!(
-                "x'{}'",
-                b.value()
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<String>()
-            )),
-            _ => Err(unsupported()),
-        },
+        Expr::Lit(ExprLit { lit, .. }) => Some((false, lit)),
         Expr::Unary(ExprUnary {
             op: UnOp::Neg(_),
             expr: inner,
             ..
         }) => match inner.as_ref() {
-            Expr::Lit(ExprLit {
-                lit: Lit::Int(i), ..
-            }) => Ok(format!("-{}", i.base10_digits())),
-            Expr::Lit(ExprLit {
-                lit: Lit::Float(f), ..
-            }) => Ok(format!("-{}", float_sql(f.base10_digits()))),
-            _ => Err(unsupported()),
+            Expr::Lit(ExprLit { lit, .. }) => Some((true, lit)),
+            _ => None,
         },
-        // `NULL`, for an `Option` field (checked where the field's type is known).
-        Expr::Path(path) if is_none(path) => Ok("NULL".to_owned()),
-        _ => Err(unsupported()),
+        _ => None,
     }
+}
+
+fn sign(negative: bool) -> &'static str {
+    if negative { "-" } else { "" }
 }
 
 /// Whether a default is written `None`.

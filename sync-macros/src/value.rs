@@ -4,7 +4,7 @@
 use proc_macro2::TokenStream;
 use quote::quote;
 use syn::spanned::Spanned;
-use syn::{Data, DeriveInput, Expr, ExprLit, ExprUnary, Fields, Lit, LitStr, UnOp};
+use syn::{Data, DeriveInput, Expr, Fields, Lit, LitStr};
 
 /// How a unit enum is stored.
 #[derive(Clone, Copy, PartialEq)]
@@ -76,24 +76,15 @@ fn variant_name(variant: &syn::Variant) -> syn::Result<String> {
 }
 
 fn discriminant(expr: &Expr) -> syn::Result<i64> {
-    let parse = |lit: &syn::LitInt| lit.base10_parse::<i64>();
-    match expr {
-        Expr::Lit(ExprLit {
-            lit: Lit::Int(i), ..
-        }) => parse(i),
-        Expr::Unary(ExprUnary {
-            op: UnOp::Neg(_),
-            expr: inner,
-            ..
-        }) => match inner.as_ref() {
-            Expr::Lit(ExprLit {
-                lit: Lit::Int(i), ..
-            }) => parse(i).map(|v| -v),
-            _ => Err(syn::Error::new_spanned(
-                expr,
-                "a discriminant must be an integer literal",
-            )),
-        },
+    match crate::attr::signed_literal(expr) {
+        // Parsed with its sign, so that `i64::MIN`, whose magnitude is not
+        // an `i64`, is one too.
+        Some((negative, Lit::Int(i))) => {
+            let sign = if negative { "-" } else { "" };
+            format!("{sign}{}", i.base10_digits())
+                .parse::<i64>()
+                .map_err(|_| syn::Error::new_spanned(expr, "a discriminant must fit an i64"))
+        }
         _ => Err(syn::Error::new_spanned(
             expr,
             "a discriminant must be an integer literal",

@@ -741,3 +741,29 @@ async fn a_watched_query_gives_a_new_result_after_each_commit_that_changes_it() 
     );
     assert_eq!(count.next().await.unwrap(), [OpenCount { open: 3 }]);
 }
+
+/// Discriminants at the ends of `i64` are stored as they are.
+#[derive(sync_runtime::SyncValue, Debug, Clone, Copy, PartialEq)]
+#[sync_value(integer)]
+#[repr(i64)]
+enum Extreme {
+    Least = -9_223_372_036_854_775_808,
+    Zero = 0,
+    Most = 9_223_372_036_854_775_807,
+}
+
+#[test]
+fn integer_enums_store_the_ends_of_i64() {
+    use sync_runtime::{SyncValue, ValueRef};
+    for (variant, stored) in [
+        (Extreme::Least, i64::MIN),
+        (Extreme::Zero, 0),
+        (Extreme::Most, i64::MAX),
+    ] {
+        assert_eq!(variant.to_value_ref(), ValueRef::Integer(stored));
+        assert_eq!(
+            Extreme::from_value_ref(ValueRef::Integer(stored)),
+            Ok(variant)
+        );
+    }
+}
