@@ -6,7 +6,7 @@ use rusqlite::Connection;
 
 use crate::change::{ClockRow, Origins, PageFilter, Range, scan};
 use crate::error::Result;
-use crate::filter::{Decision, Gate, RowFilter, RowFilters};
+use crate::filter::{Decision, Gate, Marks, NewMark, RowFilter, RowFilters};
 use crate::id::SiteId;
 use crate::schema::TableSchema;
 use crate::sql::{self, TableSql};
@@ -445,12 +445,13 @@ pub(crate) fn export_batch(
     scope: Scope,
     limits: BatchLimits,
 ) -> Result<Batch> {
-    export_gated(conn, tables, from, scope, limits, None)
+    Ok(export_gated(conn, tables, from, scope, limits, None)?.0)
 }
 
 /// [`export_batch`] of the changes `reader` may see through `filter` (its own
-/// left out), in a write transaction: the rows sent and evicted are marked for the
-/// reader (see [`crate::filter`]).
+/// left out), with the marks of the rows it sends and evicts (see
+/// [`crate::filter`]): a read, whose marks the caller records in a write of its
+/// own before it answers the batch.
 pub(crate) fn export_filtered(
     conn: &Connection,
     tables: &[TableSchema],
@@ -458,7 +459,7 @@ pub(crate) fn export_filtered(
     reader: SiteId,
     limits: BatchLimits,
     filter: &RowFilters,
-) -> Result<Batch> {
+) -> Result<(Batch, Marks)> {
     let vacuums = vacuums(conn)?;
     let from = &from.resumed(vacuums);
     // A reader's first export walks what it may read rather than the history.
@@ -471,14 +472,16 @@ pub(crate) fn export_filtered(
         && !filter.allows_everything()
         && snapshot::applies(conn, tables)?
     {
-        let batch = snapshot::export(conn, tables, resume, reader, limits, filter)?;
-        return Ok(Batch {
+        let (batch, marks) = snapshot::export(conn, tables, resume, reader, limits, filter)?;
+        let batch = Batch {
             next: batch.next.made_after(vacuums),
             ..batch
-        });
+        };
+        return Ok((batch, Marks::new(reader, marks)));
     }
     let scope = Scope::Except(reader);
-    export_gated(conn, tables, from, scope, limits, Some((filter, reader)))
+    let (batch, marks) = export_gated(conn, tables, from, scope, limits, Some((filter, reader)))?;
+    Ok((batch, Marks::new(reader, marks)))
 }
 
 fn export_gated(
@@ -488,7 +491,7 @@ fn export_gated(
     scope: Scope,
     limits: BatchLimits,
     filter: Option<(&RowFilters, SiteId)>,
-) -> Result<Batch> {
+) -> Result<(Batch, Vec<NewMark>)> {
     let origins = Origins::new(conn)?;
     let upto: i64 = conn.query_row(sql::CURRENT_VERSION, [], |r| r.get(0))?;
     let vacuums = vacuums(conn)?;
@@ -605,10 +608,8 @@ fn export_gated(
         complete,
         next,
     };
-    if let Some(gate) = gate {
-        gate.record(conn, marks.into_iter().map(|(_, mark)| mark))?;
-    }
-    finish(&tables, &origins, sites, rows, done)
+    let batch = finish(&tables, &origins, sites, rows, done)?;
+    Ok((batch, marks.into_iter().map(|(_, mark)| mark).collect()))
 }
 
 /// The payload that gives a device back this replica's state of rows it pushed

@@ -171,20 +171,61 @@ enum Mark {
     Evicted { at: i64 },
 }
 
-/// A mark an export sets on a row it sends, recorded with
-/// [`Gate::record`] once the batch that carries the row is final.
+/// A mark an export sets on a row it sends, recorded with the batch's other
+/// [`Marks`] once the batch that carries the row is final.
 pub(crate) struct NewMark {
     table: String,
     key: Vec<u8>,
     mark: Mark,
 }
 
-/// The filtered reader of one export: decides row by row, and records the marks
-/// the export sets.
+/// The marks a filtered export sets for its reader: what the reader holds
+/// once it received the batch. An export only reads, so that it can run on a
+/// read connection beside the writes; its marks are a small write of their own,
+/// committed before the batch is answered ([`record`](Self::record)).
+#[must_use = "a filtered export's marks must be recorded before its batch is answered"]
+pub(crate) struct Marks {
+    reader: SiteId,
+    marks: Vec<NewMark>,
+}
+
+impl Marks {
+    /// The marks of `reader`.
+    pub(crate) fn new(reader: SiteId, marks: Vec<NewMark>) -> Self {
+        Self { reader, marks }
+    }
+
+    /// Whether there is nothing to record.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.marks.is_empty()
+    }
+
+    /// Stores the marks (adding the reader to the site dictionary if it is new
+    /// there), in the caller's write transaction.
+    pub(crate) fn record(self, conn: &Connection) -> Result<()> {
+        if self.marks.is_empty() {
+            return Ok(());
+        }
+        let reader = crate::site::local_sites(conn, &[self.reader])?[0];
+        let mut stmt = conn.prepare_cached(sql::SET_MARK)?;
+        for NewMark { table, key, mark } in self.marks {
+            let (evicted, at) = match mark {
+                Mark::Held { at } => (false, at),
+                Mark::Evicted { at } => (true, at),
+            };
+            stmt.execute((reader, table, key, evicted, at))?;
+        }
+        Ok(())
+    }
+}
+
+/// The filtered reader of one export: decides row by row, and gives the marks
+/// the export sets. It only reads.
 pub(crate) struct Gate<'f> {
     filter: &'f RowFilters,
-    /// The reader's site ordinal here.
-    reader: i64,
+    /// The reader's site ordinal here; `None` while it is not in the site
+    /// dictionary, when it holds nothing and created nothing here.
+    reader: Option<i64>,
     /// The cursor's base version and the version of this export.
     base: i64,
     upto: i64,
@@ -193,8 +234,7 @@ pub(crate) struct Gate<'f> {
 }
 
 impl<'f> Gate<'f> {
-    /// A gate for `reader` (added to the sites if new) exporting after `base`, at
-    /// version `upto`.
+    /// A gate for `reader` exporting after `base`, at version `upto`.
     pub(crate) fn new(
         conn: &Connection,
         filter: &'f RowFilters,
@@ -202,7 +242,7 @@ impl<'f> Gate<'f> {
         base: i64,
         upto: i64,
     ) -> Result<Self> {
-        let reader = crate::site::local_sites(conn, &[reader])?[0];
+        let reader = crate::site::ordinal(conn, reader)?;
         Ok(Self {
             filter,
             reader,
@@ -212,8 +252,8 @@ impl<'f> Gate<'f> {
         })
     }
 
-    /// The reader's site ordinal here.
-    pub(crate) fn reader(&self) -> i64 {
+    /// The reader's site ordinal here, if it has one.
+    pub(crate) fn reader(&self) -> Option<i64> {
         self.reader
     }
 
@@ -231,17 +271,25 @@ impl<'f> Gate<'f> {
         schema: &TableSchema,
     ) -> Result<Option<i64>> {
         let table = schema.name.to_ascii_lowercase();
-        Ok((!self.is_marked(conn, &table)?).then_some(self.reader))
+        if self.is_marked(conn, &table)? {
+            return Ok(None);
+        }
+        // A reader the site dictionary does not know created nothing here: no
+        // row has a creator with a negative ordinal.
+        Ok(Some(self.reader.unwrap_or(-1)))
     }
 
     /// Whether the reader has any mark in `table` (lowercase).
     fn is_marked(&mut self, conn: &Connection, table: &str) -> Result<bool> {
+        let Some(reader) = self.reader else {
+            return Ok(false);
+        };
         if let Some(&marked) = self.marked.get(table) {
             return Ok(marked);
         }
         let marked = conn
             .prepare_cached(sql::HOLDS_IN_TABLE)?
-            .query_row((self.reader, table), |r| r.get(0))?;
+            .query_row((reader, table), |r| r.get(0))?;
         self.marked.insert(table.to_owned(), marked);
         Ok(marked)
     }
@@ -281,7 +329,7 @@ impl<'f> Gate<'f> {
         let holds = match mark {
             Some(Mark::Held { at }) => Some(at <= self.base),
             Some(Mark::Evicted { .. }) => None,
-            None => (origins.of(row.created)?.0 == self.reader).then_some(true),
+            None => (Some(origins.of(row.created)?.0) == self.reader).then_some(true),
         };
         // An eviction the reader may not have received goes again.
         let evicted_unseen = matches!(mark, Some(Mark::Evicted { at }) if at > self.base);
@@ -315,22 +363,5 @@ impl<'f> Gate<'f> {
             mark,
         });
         Ok((decision, new_mark))
-    }
-
-    /// Stores the marks of the rows a batch carries.
-    pub(crate) fn record(
-        &self,
-        conn: &Connection,
-        marks: impl IntoIterator<Item = NewMark>,
-    ) -> Result<()> {
-        let mut stmt = conn.prepare_cached(sql::SET_MARK)?;
-        for NewMark { table, key, mark } in marks {
-            let (evicted, at) = match mark {
-                Mark::Held { at } => (false, at),
-                Mark::Evicted { at } => (true, at),
-            };
-            stmt.execute((self.reader, table, key, evicted, at))?;
-        }
-        Ok(())
     }
 }

@@ -257,8 +257,11 @@ impl Replica {
     /// user), with row-level security: only the changes of rows `filter` lets it
     /// read, whole for rows it does not hold yet, evictions for rows it holds but
     /// may no longer read, and nothing of other rows; never the reader's own
-    /// changes. What each reader holds is kept in this database (an export is
-    /// a write).
+    /// changes. What each reader holds is kept in this database: the export
+    /// reads on a read connection where there is one (beside pushes and merges,
+    /// neither waiting for them nor holding them up), then records what the
+    /// batch gives the reader in a small write of its own, committed before the
+    /// batch is returned.
     ///
     /// From [`Cursor::BEGINNING`], the export is a snapshot: it walks the rows
     /// the reader may read now (through indexes of the columns the filter reads,
@@ -273,17 +276,40 @@ impl Replica {
         limits: BatchLimits,
         filter: RowFilters,
     ) -> Result<Batch> {
+        let (batch, ()) = self
+            .filtered(reader, from, limits, filter, |_| Ok(()))
+            .await?;
+        Ok(batch)
+    }
+
+    /// The filtered export of [`export_filtered`](Self::export_filtered), with
+    /// what `first` reads on the same snapshot before it (and may refuse).
+    async fn filtered<T: Send + 'static>(
+        &self,
+        reader: SiteId,
+        from: Cursor,
+        limits: BatchLimits,
+        filter: RowFilters,
+        first: impl Fn(&Connection) -> Result<T> + Send + Sync + 'static,
+    ) -> Result<(Batch, T)> {
         let this = self.clone();
-        self.db
-            .call(move |w| {
-                let batch = write(w, |tx| {
-                    tx.set_versions();
-                    let tables = this.narrow(tracking::synced_tables(tx.conn(), true)?);
-                    export::export_filtered(tx.conn(), &tables, &from, reader, limits, &filter)
-                })?;
-                Ok(this.for_device(batch))
+        let (batch, marks, first) = self
+            .db
+            .handle()
+            .read_final(move |conn, tables| {
+                let first = first(conn)?;
+                let tables = this.narrow(tables.to_vec());
+                let (batch, marks) =
+                    export::export_filtered(conn, &tables, &from, reader, limits, &filter)?;
+                Ok((this.for_device(batch), marks, first))
             })
-            .await
+            .await?;
+        if !marks.is_empty() {
+            self.db
+                .call(move |w| write(w, |tx| marks.record(tx.conn())))
+                .await?;
+        }
+        Ok((batch, first))
     }
 
     /// On a server: what a pull of device site `device` returns, in one call
@@ -302,17 +328,14 @@ impl Replica {
         limits: BatchLimits,
         filter: Option<RowFilters>,
     ) -> Result<(Batch, i64)> {
-        let this = self.clone();
         let Some(filter) = filter else {
             // Unfiltered: a read, on a read connection where there is one.
+            let this = self.clone();
             let batch = self
                 .db
                 .handle()
                 .read_final(move |conn, tables| {
-                    if let Some(message) = site::reused_site(conn, device, None)? {
-                        return Err(Error::SiteReused { message });
-                    }
-                    let seen = site::seen_version(conn, device)?;
+                    let seen = served_site(conn, device)?;
                     let tables = this.narrow(tables.to_vec());
                     let batch =
                         export::export_batch(conn, &tables, &from, Scope::Except(device), limits)?;
@@ -321,20 +344,10 @@ impl Replica {
                 .await?;
             return Ok(batch);
         };
-        self.db
-            .call(move |w| {
-                if let Some(message) = site::reused_site(&w.conn, device, None)? {
-                    return Err(Error::SiteReused { message });
-                }
-                let seen = site::seen_version(&w.conn, device)?;
-                let batch = write(w, |tx| {
-                    tx.set_versions();
-                    let tables = this.narrow(tracking::synced_tables(tx.conn(), true)?);
-                    export::export_filtered(tx.conn(), &tables, &from, device, limits, &filter)
-                })?;
-                Ok((this.for_device(batch), seen))
-            })
-            .await
+        self.filtered(device, from, limits, filter, move |conn| {
+            served_site(conn, device)
+        })
+        .await
     }
 
     /// Binds a device's site id to its owner (a user) the first time it is seen,
@@ -419,6 +432,15 @@ impl Replica {
             })
             .await
     }
+}
+
+/// How far this replica has received device site `device`, which a pull
+/// answers with; [`Error::SiteReused`] if more than one file used it.
+fn served_site(conn: &Connection, device: SiteId) -> Result<i64> {
+    if let Some(message) = site::reused_site(conn, device, None)? {
+        return Err(Error::SiteReused { message });
+    }
+    site::seen_version(conn, device)
 }
 
 /// Applies what `device` pushed (see [`merge::apply_push`]) and completes its

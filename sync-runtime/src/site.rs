@@ -25,6 +25,14 @@ pub(crate) fn local_sites(conn: &Connection, sites: &[SiteId]) -> Result<Vec<i64
         .collect()
 }
 
+/// The local ordinal of `site`, if the dictionary has it (a read).
+pub(crate) fn ordinal(conn: &Connection, site: SiteId) -> Result<Option<i64>> {
+    Ok(conn
+        .prepare_cached(sql::SITE_ORDINAL)?
+        .query_row([site.as_bytes().as_slice()], |r| r.get(0))
+        .optional()?)
+}
+
 /// Every site of the dictionary by its ordinal.
 pub(crate) fn dictionary(conn: &Connection) -> Result<HashMap<i64, SiteId>> {
     let mut stmt = conn.prepare_cached(sql::SITES)?;

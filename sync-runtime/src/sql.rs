@@ -325,9 +325,11 @@ statements! {
     /// A reader's mark of one row.
     HELD_MARK = "SELECT evicted, at FROM _synced_held WHERE site = ?1 AND tbl = ?2 AND pk = ?3";
 
-    /// Sets a reader's mark of one row.
+    /// Sets a reader's mark of one row, unless it has one from a later export
+    /// (two pulls of one device at once, the later recorded first).
     SET_MARK = "INSERT INTO _synced_held (site, tbl, pk, evicted, at) VALUES (?1, ?2, ?3, ?4, ?5) \
-         ON CONFLICT (site, tbl, pk) DO UPDATE SET evicted = excluded.evicted, at = excluded.at";
+         ON CONFLICT (site, tbl, pk) DO UPDATE SET evicted = excluded.evicted, at = excluded.at \
+         WHERE excluded.at >= _synced_held.at";
 
     /// Gives ordinal 0 of the site dictionary (this database) a new site id.
     SET_OWN_SITE = "UPDATE _synced_sites SET site_id = ?1 WHERE ordinal = 0";

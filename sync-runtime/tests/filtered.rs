@@ -117,10 +117,27 @@ impl Reader {
     }
 }
 
-async fn server() -> SyncDb {
-    let db = SyncDb::open_in_memory().await.unwrap();
+/// A server's database: on a file, as a server keeps it, so that its filtered
+/// exports read on read connections and record their marks in a write of
+/// their own.
+struct Server {
+    db: SyncDb,
+    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Server {
+    type Target = SyncDb;
+
+    fn deref(&self) -> &SyncDb {
+        &self.db
+    }
+}
+
+async fn server() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let db = SyncDb::open(dir.path().join("server.db")).await.unwrap();
     db.register::<Note>().await.unwrap();
-    db
+    Server { db, _dir: dir }
 }
 
 #[tokio::test]
@@ -394,7 +411,7 @@ impl Reader {
 }
 
 /// A server with ann's own note and bob's shared one, and ann's device with both.
-async fn two_owners() -> (SyncDb, Reader, Note, Note) {
+async fn two_owners() -> (Server, Reader, Note, Note) {
     let server = server().await;
     let (annes, bobs) = (note("ann", false, "ann's"), note("bob", true, "bob's"));
     server.insert(&annes).await.unwrap();

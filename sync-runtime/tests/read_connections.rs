@@ -270,6 +270,75 @@ async fn a_pull_runs_while_a_push_holds_the_write_connection() {
     assert_eq!(batch.rows, 2);
 }
 
+/// A filtered pull reads on a read connection as well: while a push holds the
+/// write connection, a pull that gives the reader nothing new to hold answers;
+/// what a pull gives the reader is recorded once the write connection is free,
+/// so that a row it may no longer read is evicted later.
+#[tokio::test]
+async fn a_filtered_pull_runs_while_a_push_holds_the_write_connection() {
+    use sync_runtime::server::{Replica, RowFilter, RowFilters};
+    use sync_runtime::{BatchLimits, Cursor, SiteId, wire};
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir, Options::default()).await;
+    let mine = note("mine");
+    db.insert(&mine).await.unwrap();
+    db.insert(&note("theirs")).await.unwrap();
+    let replica = Replica::new(db.clone());
+    let reader = SiteId::from_bytes([9; 16]);
+    let filter = RowFilters::new(RowFilter::Nothing).table(
+        "notes",
+        RowFilter::Where {
+            sql: "text LIKE 'mine%'".into(),
+            params: vec![],
+        },
+    );
+    let pull = |from: Cursor| {
+        replica.export_filtered(from, reader, BatchLimits::default(), filter.clone())
+    };
+    let first = pull(Cursor::BEGINNING).await.unwrap();
+    assert_eq!(first.rows, 1);
+
+    let (opened, wait_opened) = tokio::sync::oneshot::channel();
+    let (finish, wait_finish) = std::sync::mpsc::channel::<()>();
+    let writer = tokio::spawn({
+        let db = db.clone();
+        async move {
+            db.transaction(move |tx| {
+                tx.insert(&note("mine too"))?;
+                opened.send(()).unwrap();
+                wait_finish.recv().unwrap();
+                Ok::<_, Error>(())
+            })
+            .await
+        }
+    });
+    wait_opened.await.unwrap();
+    let nothing_new = tokio::time::timeout(BOUND, pull(first.next.clone()))
+        .await
+        .expect("the filtered pull waited for the write transaction")
+        .unwrap();
+    assert_eq!(nothing_new.rows, 0);
+    assert!(nothing_new.complete);
+    finish.send(()).unwrap();
+    writer.await.unwrap().unwrap();
+
+    let second = pull(first.next.clone()).await.unwrap();
+    assert_eq!(second.rows, 1);
+    // The row the first pull sent moves out of the reader's sight: it is held,
+    // so it goes as an eviction.
+    db.update(&Note {
+        text: "given away".into(),
+        ..mine.clone()
+    })
+    .await
+    .unwrap();
+    let third = pull(second.next.clone()).await.unwrap();
+    let payload = wire::decode(&third.payload).unwrap();
+    assert_eq!(payload.rows.len(), 1);
+    assert_eq!(payload.rows[0].cl, wire::EVICT);
+}
+
 /// Changes another connection recorded and no version closed yet (a plain
 /// SQLite connection wrote the file) are in the next pull all the same: a
 /// read connection cannot close their version, so the write connection reads.

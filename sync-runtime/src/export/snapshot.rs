@@ -52,7 +52,7 @@ pub(crate) fn export(
     reader: SiteId,
     limits: BatchLimits,
     filter: &RowFilters,
-) -> Result<Batch> {
+) -> Result<(Batch, Vec<NewMark>)> {
     let origins = Origins::new(conn)?;
     let upto: i64 = conn.query_row(sql::CURRENT_VERSION, [], |r| r.get(0))?;
     // A snapshot past this database's history came from another database: start
@@ -83,10 +83,10 @@ pub(crate) fn export(
                 table: names[index].clone(),
                 part,
             });
-            return walk.finish(conn, &tables, upto, false, next);
+            return walk.finish(&tables, upto, false, next);
         }
     }
-    walk.finish(conn, &tables, upto, at == upto, Cursor::at(at))
+    walk.finish(&tables, upto, at == upto, Cursor::at(at))
 }
 
 /// One batch of a snapshot being gathered.
@@ -139,8 +139,9 @@ impl Walk<'_, '_> {
                 }
             }
         }
-        // Every row of the table went (deletes too) with the readable ones.
-        let Some(sql) = sql else {
+        // Every row of the table went (deletes too) with the readable ones; a
+        // reader the site dictionary does not know holds nothing.
+        let (Some(sql), Some(reader)) = (sql, self.gate.reader()) else {
             return Ok(None);
         };
         let after = match resume {
@@ -153,7 +154,7 @@ impl Walk<'_, '_> {
         // changed since, so it is still readable, unless it was evicted then.)
         let mut held = conn.prepare_cached(sql::HELD_TO_CHECK)?;
         let table = schema.name.to_ascii_lowercase();
-        let mut keys = held.query((self.gate.reader(), &table, after, self.at))?;
+        let mut keys = held.query((reader, &table, after, self.at))?;
         let mut by_key =
             conn.prepare_cached(&sql::clock_row_filtered(schema, sql, params.len()))?;
         let key_columns = schema.key_columns().count();
@@ -201,25 +202,24 @@ impl Walk<'_, '_> {
 
     fn finish(
         self,
-        conn: &Connection,
         tables: &[&TableSchema],
         upto: i64,
         complete: bool,
         next: Cursor,
-    ) -> Result<Batch> {
+    ) -> Result<(Batch, Vec<NewMark>)> {
         let done = Done {
             base: 0,
             upto,
             complete,
             next,
         };
-        self.gate.record(conn, self.marks)?;
-        finish(
+        let batch = finish(
             tables,
             self.origins,
             self.sites,
             self.rows.into_iter(),
             done,
-        )
+        )?;
+        Ok((batch, self.marks))
     }
 }
