@@ -75,7 +75,7 @@ pub enum Scope {
 /// assert_eq!(Cursor::BEGINNING.version(), 0);
 /// assert!("42.x".parse::<Cursor>().is_err());
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct Cursor {
     base: i64,
     position: Position,
@@ -86,7 +86,7 @@ pub struct Cursor {
 }
 
 /// Where in the changes after a cursor's base version the next batch starts.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub(crate) enum Position {
     /// Right after the base version.
     #[default]
@@ -100,7 +100,7 @@ pub(crate) enum Position {
 
 /// Where a batch that stopped inside the changes after a cursor's base version
 /// ended: the last clock row it carried, in export order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct PageEnd {
     /// The version of the row's last change.
     version: i64,
@@ -111,7 +111,7 @@ pub(crate) struct PageEnd {
 }
 
 /// Where a batch of a snapshot ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct SnapshotEnd {
     /// The version the snapshot started at.
     pub(crate) at: i64,
@@ -122,7 +122,7 @@ pub(crate) struct SnapshotEnd {
 }
 
 /// Which part of a table's snapshot a batch ended in, and where.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum SnapshotPart {
     /// Among the rows the reader may read, after this rowid.
     Readable(i64),
@@ -408,6 +408,10 @@ pub struct Batch {
     pub version: i64,
     /// The tables the payload has changes of, in payload order.
     pub tables: Vec<String>,
+    /// The sites whose changes the payload carries (its site dictionary): a
+    /// site not among them made none of them, so an export that leaves out
+    /// that site's changes would carry the same batch.
+    pub sites: Vec<SiteId>,
 }
 
 /// Builds and encodes the payload of the changes after `since` in `tables`.
@@ -760,6 +764,7 @@ pub(crate) fn finish(
         changes,
         version: done.upto,
         tables: payload.tables.into_iter().map(|t| t.name).collect(),
+        sites: payload.sites,
     })
 }
 

@@ -350,6 +350,56 @@ impl Replica {
         .await
     }
 
+    /// On a server: how far this replica has received device site `device`
+    /// (what a pull answers with, see
+    /// [`SEEN_HEADER`](crate::protocol::SEEN_HEADER)), read on a read
+    /// connection; [`Error::SiteReused`] if more than one file used it (see
+    /// [`export_for_device`](Self::export_for_device)).
+    pub async fn served_site(&self, device: SiteId) -> Result<i64> {
+        self.db
+            .handle()
+            .read_final(move |conn, _| served_site(conn, device))
+            .await
+    }
+
+    /// On a server: the batch after `from` as every device that made none of
+    /// its changes receives it from
+    /// [`export_for_device`](Self::export_for_device) without a filter: one
+    /// export that the pulls waiting at the same place share. A device whose
+    /// site is among the batch's [`sites`](Batch::sites) gets its own export
+    /// instead (which leaves its changes out); for any other, this batch is
+    /// the one its own export would give. It checks no device's site id: the
+    /// caller has checked each one's with an export of its own.
+    ///
+    /// ```
+    /// use sync_runtime::server::Replica;
+    /// use sync_runtime::{BatchLimits, Cursor, SiteId, SyncDb};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> sync_runtime::Result<()> {
+    /// let server = Replica::new(SyncDb::open_in_memory().await?);
+    /// let device = SiteId::from_bytes([7; 16]);
+    /// let shared = server.export_shared(Cursor::BEGINNING, BatchLimits::default()).await?;
+    /// assert!(!shared.sites.contains(&device));
+    /// let (own, _seen) = server
+    ///     .export_for_device(device, Cursor::BEGINNING, BatchLimits::default(), None)
+    ///     .await?;
+    /// assert_eq!((shared.rows, &shared.next), (own.rows, &own.next));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn export_shared(&self, from: Cursor, limits: BatchLimits) -> Result<Batch> {
+        let this = self.clone();
+        self.db
+            .handle()
+            .read_final(move |conn, tables| {
+                let tables = this.narrow(tables.to_vec());
+                let batch = export::export_batch(conn, &tables, &from, Scope::All, limits)?;
+                Ok(this.for_device(batch))
+            })
+            .await
+    }
+
     /// Binds a device's site id to its owner (a user) the first time it is seen,
     /// and tells whether `owner` is that site's owner: a server refuses a device
     /// that presents another user's site id, which would let it pose as that

@@ -33,11 +33,11 @@ use axum::{Extension, Json, Router};
 use bytes::Bytes;
 use serde::Deserialize;
 use sync_runtime::protocol::{
-    self, PullResponse, PushAck, SCHEMA_HEADER, SEEN_HEADER, SITE_HEADER, TABLES_HEADER,
+    self, PushAck, SCHEMA_HEADER, SEEN_HEADER, SITE_HEADER, TABLES_HEADER,
 };
 use sync_runtime::server::{RowFilters, View};
 use sync_runtime::wire::{self, Payload};
-use sync_runtime::{Batch, BatchLimits, Cursor, SiteId, TableSchema};
+use sync_runtime::{BatchLimits, Cursor, SiteId, TableSchema};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tower_http::timeout::TimeoutLayer;
@@ -46,6 +46,7 @@ use tower_http::trace::TraceLayer;
 use crate::auth::{Authenticator, Principal};
 use crate::config::Limits;
 use crate::error::{Error, Result, error_response};
+use crate::fanout::{Answer, Fanout};
 use crate::policy::Policies;
 use crate::store::{Database, Store, bad_database_name, valid_database_name};
 use crate::waiting::{WaitingCaps, WaitingPulls, open_files_limit};
@@ -69,6 +70,8 @@ struct Shared {
     waiting: WaitingPulls,
     /// Pull requests received since the start.
     pulls: std::sync::atomic::AtomicU64,
+    /// The answers that pulls share.
+    fanout: Fanout,
 }
 
 impl AppState {
@@ -91,6 +94,7 @@ impl AppState {
                 shutdown: watch::Sender::new(false),
                 waiting,
                 pulls: std::sync::atomic::AtomicU64::new(0),
+                fanout: Fanout::default(),
             }),
         }
     }
@@ -336,40 +340,40 @@ async fn pull(
         .policies(&name)
         .read_filter(&caller)
         .filter(|filter| !filter.allows_everything());
+    let seen = db.served_site(site).await?;
     let changes = Changes {
+        state: &state,
+        name: &name,
         db: &*db,
         site,
         limits: batch_limits,
         filter,
         view,
     };
-    let (batch, seen) = wait_for_changes(&state, &caller, &changes, from, wait)
+    let answer = wait_for_changes(&state, &caller, &changes, from, wait)
         .await
         .inspect_err(|e| {
             if matches!(e, Error::TooManyWaitingPulls { .. }) {
                 tracing::debug!(database = %name, caller = %caller, "long-poll refused: {e}");
             }
         })?;
-    tracing::debug!(database = %name, rows = batch.rows, next = %batch.next, "pull served");
-    let body = PullResponse {
-        payload: batch.payload,
-        next: batch.next,
-        complete: batch.complete,
-    }
-    .encode();
+    tracing::debug!(database = %name, rows = answer.rows, next = %answer.next, "pull served");
     Ok((
         [
             (CONTENT_TYPE, "application/octet-stream".to_owned()),
             (HeaderName::from_static(SEEN_HEADER), seen.to_string()),
         ],
-        body,
+        answer.body.clone(),
     )
         .into_response())
 }
 
-/// What a pull reads: the changes of `db` not made by `site`, that `filter`
-/// lets through, in batches of `limits`, of the tables and columns of `view`.
+/// What a pull reads: the changes of database `name` not made by `site`, that
+/// `filter` lets through, in batches of `limits`, of the tables and columns of
+/// `view`.
 struct Changes<'a> {
+    state: &'a AppState,
+    name: &'a str,
     db: &'a dyn Database,
     site: SiteId,
     limits: BatchLimits,
@@ -378,34 +382,47 @@ struct Changes<'a> {
 }
 
 impl Changes<'_> {
-    /// The batch after `from`, and how far the database has received the
-    /// device's site id.
-    async fn after(&self, from: Cursor) -> Result<(Batch, i64)> {
-        self.db
+    /// The answer after `from`, for a pull that saw the database at
+    /// `version`: without a filter, the one the pulls asking the same share
+    /// ([`fanout`](crate::fanout)), unless it carries changes of this
+    /// device's; otherwise one of its own.
+    async fn after(&self, from: &Cursor, version: i64) -> Result<Arc<Answer>> {
+        if self.filter.is_none() {
+            let shared = self
+                .state
+                .shared
+                .fanout
+                .answer(self.name, self.db, version, from, self.limits, &self.view)
+                .await?;
+            if !shared.sites.contains(&self.site) {
+                return Ok(shared);
+            }
+        }
+        let (batch, _seen) = self
+            .db
             .pull(
-                from,
+                from.clone(),
                 self.site,
                 self.limits,
                 self.filter.clone(),
                 self.view.clone(),
             )
-            .await
+            .await?;
+        Ok(Arc::new(Answer::new(batch)))
     }
 }
 
-/// Exports the changes after `from`, with how far the database has received
-/// the device's site id (read with the last export); when there are none yet,
-/// waits for the
-/// database's version to move (or the wait to end, or the server to shut down)
-/// and looks again. The wait takes one of the server's waiting slots, or is
-/// refused (429) when `caller` or the server has none left.
+/// The answer of the changes after `from`; when there are none yet, waits for
+/// the database's version to move (or the wait to end, or the server to shut
+/// down) and looks again. The wait takes one of the server's waiting slots, or
+/// is refused (429) when `caller` or the server has none left.
 async fn wait_for_changes(
     state: &AppState,
     caller: &Principal,
     changes: &Changes<'_>,
     mut from: Cursor,
     wait: Duration,
-) -> Result<(Batch, i64)> {
+) -> Result<Arc<Answer>> {
     let deadline = Instant::now() + wait;
     let mut shutdown = state.shared.shutdown.subscribe();
     let mut versions = changes.db.subscribe();
@@ -413,21 +430,20 @@ async fn wait_for_changes(
     loop {
         // Marked seen before the export: a commit after this point either is in
         // the export or wakes the wait below.
-        versions.borrow_and_update();
-        let (batch, seen) = changes.after(from.clone()).await?;
-        let nothing_new = batch.rows == 0 && batch.complete;
-        if !nothing_new || wait.is_zero() || *shutdown.borrow() {
-            return Ok((batch, seen));
+        let version = *versions.borrow_and_update();
+        let answer = changes.after(&from, version).await?;
+        if !answer.nothing_new() || wait.is_zero() || *shutdown.borrow() {
+            return Ok(answer);
         }
         // What was skipped (the caller's own changes) need not be read again.
-        from = batch.next.clone();
+        from = answer.next.clone();
         if slot.is_none() {
             slot = Some(state.shared.waiting.try_start(caller)?);
         }
         tokio::select! {
-            changed = versions.changed() => if changed.is_err() { return Ok((batch, seen)) },
-            () = tokio::time::sleep_until(deadline) => return Ok((batch, seen)),
-            _ = shutdown.changed() => return Ok((batch, seen)),
+            changed = versions.changed() => if changed.is_err() { return Ok(answer) },
+            () = tokio::time::sleep_until(deadline) => return Ok(answer),
+            _ = shutdown.changed() => return Ok(answer),
         }
     }
 }

@@ -39,6 +39,7 @@
 pub mod auth;
 pub mod config;
 mod error;
+pub mod fanout;
 pub mod http;
 pub mod policy;
 pub mod store;

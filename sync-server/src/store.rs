@@ -151,6 +151,23 @@ pub trait Database: Send + Sync + 'static {
         reused: bool,
     ) -> BoxFuture<'a, Result<()>>;
 
+    /// The changes after `from` as every device that made none of them gets
+    /// them without a filter, bounded by `limits`, of the tables and columns of
+    /// `view` (see [`Replica::export_shared`]): one export that the pulls
+    /// waiting at the same place share; the batch's `sites` say which devices
+    /// it does not serve (those whose changes it carries).
+    fn pull_shared(
+        &self,
+        from: Cursor,
+        limits: BatchLimits,
+        view: View,
+    ) -> BoxFuture<'_, Result<Batch>>;
+
+    /// How far the database has received device site `site` (see
+    /// [`sync_runtime::protocol::SEEN_HEADER`]); a site id that more than one
+    /// file uses is refused (see [`Replica::served_site`]).
+    fn served_site(&self, site: SiteId) -> BoxFuture<'_, Result<i64>>;
+
     /// The database's version, updated after every commit that created one: a
     /// pull that found nothing waits on it for new changes.
     fn subscribe(&self) -> watch::Receiver<i64>;
@@ -369,6 +386,28 @@ pub struct SqliteDatabase {
     /// is the last one committed.
     publishing: Mutex<()>,
     owners: std::sync::Mutex<std::collections::HashMap<SiteId, String>>,
+    /// How far the database has received each device site that pushed or
+    /// pulled, known not to be reused (see [`Seen`]).
+    seen: std::sync::Mutex<Seen>,
+}
+
+/// How far a database has received each device site known not to be reused:
+/// what every pull answers with, kept here so that a long-poll costs no read.
+/// Pushes, which all go through this process, keep it up to date; a site found
+/// reused, or left for a new one, is forgotten.
+#[derive(Default)]
+struct Seen {
+    sites: std::collections::HashMap<SiteId, i64>,
+    /// How many times a site was forgotten: a value read from the database
+    /// before one was is not kept, as it may be of a site found reused since.
+    forgotten: u64,
+}
+
+impl Seen {
+    fn forget(&mut self, site: SiteId) {
+        self.sites.remove(&site);
+        self.forgotten += 1;
+    }
 }
 
 impl SqliteDatabase {
@@ -401,6 +440,7 @@ impl SqliteDatabase {
             versions: std::sync::Mutex::default(),
             publishing: Mutex::new(()),
             owners: std::sync::Mutex::default(),
+            seen: std::sync::Mutex::default(),
         })
     }
 
@@ -420,12 +460,36 @@ impl Database for SqliteDatabase {
     ) -> BoxFuture<'_, Result<(PushAck, i64)>> {
         Box::pin(async move {
             let db = self.db.serving(view);
+            let forgotten = lock(&self.seen).forgotten;
             let pushed = match access {
-                None => db.apply_push(payload, site).await?,
+                None => db.apply_push(payload, site).await,
                 Some(PushAccess { write, read }) => {
-                    db.apply_push_checked(payload, site, write, read).await?
+                    db.apply_push_checked(payload, site, write, read).await
                 }
             };
+            let pushed = match pushed {
+                Ok(pushed) => pushed,
+                Err(e) => {
+                    if matches!(e, sync_runtime::Error::SiteReused { .. }) {
+                        lock(&self.seen).forget(site);
+                    }
+                    return Err(e.into());
+                }
+            };
+            // Accepted, so not reused (unless a site was found reused since
+            // the push started); a pull that read the database before this
+            // push committed does not bring back the value it read.
+            let mut known = lock(&self.seen);
+            if known.forgotten == forgotten {
+                known
+                    .sites
+                    .entry(site)
+                    .and_modify(|seen| *seen = pushed.seen.max(*seen))
+                    .or_insert(pushed.seen);
+            } else {
+                known.sites.remove(&site);
+            }
+            drop(known);
             // Read after the commit: at or above the version the merge created.
             let version = pushed.version;
             let ack = PushAck {
@@ -488,7 +552,13 @@ impl Database for SqliteDatabase {
         owner: &'a str,
         reused: bool,
     ) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move { Ok(self.db.site_renewed(from, to, owner, reused).await?) })
+        Box::pin(async move {
+            let renewed = self.db.site_renewed(from, to, owner, reused).await;
+            let mut seen = lock(&self.seen);
+            seen.forget(from);
+            seen.forget(to);
+            Ok(renewed?)
+        })
     }
 
     fn claim_site<'a>(&'a self, site: SiteId, owner: &'a str) -> BoxFuture<'a, Result<bool>> {
@@ -514,6 +584,34 @@ impl Database for SqliteDatabase {
         filter: RowFilter,
     ) -> BoxFuture<'a, Result<Vec<String>>> {
         Box::pin(async move { Ok(self.db.index_filter(table, filter).await?) })
+    }
+
+    fn pull_shared(
+        &self,
+        from: Cursor,
+        limits: BatchLimits,
+        view: View,
+    ) -> BoxFuture<'_, Result<Batch>> {
+        Box::pin(async move { Ok(self.db.serving(view).export_shared(from, limits).await?) })
+    }
+
+    fn served_site(&self, site: SiteId) -> BoxFuture<'_, Result<i64>> {
+        Box::pin(async move {
+            let forgotten = {
+                let known = lock(&self.seen);
+                if let Some(&seen) = known.sites.get(&site) {
+                    return Ok(seen);
+                }
+                known.forgotten
+            };
+            let seen = self.db.served_site(site).await?;
+            let mut known = lock(&self.seen);
+            if known.forgotten != forgotten {
+                return Ok(seen);
+            }
+            // A push that committed meanwhile stored a later one.
+            Ok(*known.sites.entry(site).or_insert(seen))
+        })
     }
 
     fn subscribe(&self) -> watch::Receiver<i64> {

@@ -1,0 +1,274 @@
+//! Answers that the pulls of one database share.
+//!
+//! A commit wakes every pull waiting on the database, and every device pulls
+//! again once answered. Exported one by one, the answers cost one export per
+//! device per commit, all on the database's read connections: with 10,000
+//! devices waiting, a change took seconds to reach the last of them. Instead,
+//! the pulls that ask from the same place (cursor), for the same app version
+//! (view) and with the same batch limits take one answer, exported once with
+//! every site's changes ([`Database::pull_shared`]) and encoded once. A device
+//! whose own changes are among the answer's (its site is in the batch's
+//! `sites`) gets an export of its own instead, which leaves them out; for any
+//! other device the shared answer is the one its own export would give.
+//! Filtered pulls (users under row filters) are not shared: what each gets
+//! depends on what its device holds.
+//!
+//! The answers kept are those of the database's latest version: a pull that
+//! saw version `v` may take any answer built at `v` or later, which holds every
+//! change up to `v`. They are dropped when the version moves, and held to
+//! [`MAX_ANSWERS`] and [`MAX_ANSWER_BYTES`] per database: beyond either, a pull
+//! exports on its own, as it did before.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use bytes::Bytes;
+use sync_runtime::protocol::PullResponse;
+use sync_runtime::server::View;
+use sync_runtime::{Batch, BatchLimits, Cursor, SiteId};
+use tokio::sync::OnceCell;
+
+use crate::error::Result;
+use crate::store::Database;
+
+/// The most answers kept for one database's latest version.
+pub const MAX_ANSWERS: usize = 1_024;
+
+/// The most bytes of answers kept for one database's latest version.
+pub const MAX_ANSWER_BYTES: usize = 64 << 20;
+
+/// A pull's answer, encoded once for every pull that takes it.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    /// The encoded [`PullResponse`].
+    pub(crate) body: Bytes,
+    /// The rows its payload carries.
+    pub(crate) rows: usize,
+    /// Where the next pull starts.
+    pub(crate) next: Cursor,
+    /// Whether the database had nothing more when it was made.
+    pub(crate) complete: bool,
+    /// The sites whose changes it carries.
+    pub(crate) sites: Vec<SiteId>,
+}
+
+impl Answer {
+    pub(crate) fn new(batch: Batch) -> Self {
+        let body = PullResponse {
+            payload: batch.payload,
+            next: batch.next.clone(),
+            complete: batch.complete,
+        }
+        .encode();
+        Self {
+            body: Bytes::from(body),
+            rows: batch.rows,
+            next: batch.next,
+            complete: batch.complete,
+            sites: batch.sites,
+        }
+    }
+
+    /// Whether it carries nothing, and the database had nothing more.
+    pub(crate) fn nothing_new(&self) -> bool {
+        self.rows == 0 && self.complete
+    }
+}
+
+/// The answers shared by the pulls of every database.
+#[derive(Default)]
+pub(crate) struct Fanout {
+    databases: Mutex<HashMap<String, Answers>>,
+}
+
+/// The answers kept for one database.
+#[derive(Default)]
+struct Answers {
+    /// The version they were asked at or after.
+    version: i64,
+    by_place: HashMap<Place, Arc<OnceCell<Arc<Answer>>>>,
+    /// The bytes of the answers built.
+    bytes: usize,
+}
+
+/// What makes two pulls' answers the same: where they start, the app version
+/// served and the batch limits.
+#[derive(PartialEq, Eq, Hash, Clone)]
+struct Place {
+    from: Cursor,
+    max_rows: usize,
+    max_bytes: usize,
+    view: ViewKey,
+}
+
+/// A view compared whole, hashed by its table names.
+#[derive(PartialEq, Clone)]
+struct ViewKey(View);
+
+impl Eq for ViewKey {}
+
+impl Hash for ViewKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        for table in self.0.tables() {
+            table.name.hash(state);
+        }
+    }
+}
+
+impl Fanout {
+    /// The answer after `from` of `db` (the database `name`) for an unfiltered
+    /// pull that saw the database at `version`, within `limits`, of the tables
+    /// and columns of `view`: the one the pulls asking the same share, built
+    /// by the first of them. Its `sites` say whose pulls it does not serve.
+    pub(crate) async fn answer(
+        &self,
+        name: &str,
+        db: &dyn Database,
+        version: i64,
+        from: &Cursor,
+        limits: BatchLimits,
+        view: &View,
+    ) -> Result<Arc<Answer>> {
+        let place = Place {
+            from: from.clone(),
+            max_rows: limits.max_rows,
+            max_bytes: limits.max_bytes,
+            view: ViewKey(view.clone()),
+        };
+        let export = || async {
+            let batch = db.pull_shared(from.clone(), limits, view.clone()).await?;
+            Ok::<_, crate::Error>(Arc::new(Answer::new(batch)))
+        };
+        let Some((cell, kept_at)) = self.cell(name, version, &place) else {
+            return export().await;
+        };
+        let mut built = false;
+        let answer = cell
+            .get_or_try_init(|| {
+                built = true;
+                export()
+            })
+            .await?;
+        if built {
+            self.account(name, kept_at, &place, answer.body.len());
+        }
+        Ok(Arc::clone(answer))
+    }
+
+    /// The answer kept for `place`, made if there is room, with the version
+    /// the database's answers are kept at; `None` when the caps leave no room.
+    fn cell(
+        &self,
+        name: &str,
+        version: i64,
+        place: &Place,
+    ) -> Option<(Arc<OnceCell<Arc<Answer>>>, i64)> {
+        let mut databases = self.lock();
+        let answers = match databases.get_mut(name) {
+            Some(answers) => answers,
+            None => databases.entry(name.to_owned()).or_default(),
+        };
+        if version > answers.version {
+            *answers = Answers {
+                version,
+                ..Answers::default()
+            };
+        }
+        if let Some(cell) = answers.by_place.get(place) {
+            return Some((Arc::clone(cell), answers.version));
+        }
+        if answers.by_place.len() >= MAX_ANSWERS || answers.bytes >= MAX_ANSWER_BYTES {
+            return None;
+        }
+        let cell = Arc::new(OnceCell::new());
+        answers.by_place.insert(place.clone(), Arc::clone(&cell));
+        Some((cell, answers.version))
+    }
+
+    /// Counts an answer of `bytes` built for `place` at `version`; drops it
+    /// when that takes its database beyond [`MAX_ANSWER_BYTES`] (the pulls
+    /// that have it already still answer with it).
+    fn account(&self, name: &str, version: i64, place: &Place, bytes: usize) {
+        let mut databases = self.lock();
+        let Some(answers) = databases.get_mut(name) else {
+            return;
+        };
+        if answers.version != version || !answers.by_place.contains_key(place) {
+            return;
+        }
+        if answers.bytes.saturating_add(bytes) > MAX_ANSWER_BYTES {
+            answers.by_place.remove(place);
+        } else {
+            answers.bytes += bytes;
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Answers>> {
+        // Every step under the lock leaves the maps consistent.
+        self.databases
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sync_runtime::{Algorithm, ColumnSchema, SqlType, TableSchema};
+
+    use super::*;
+    use crate::store::SqliteDatabase;
+
+    async fn database() -> (tempfile::TempDir, SqliteDatabase, View) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteDatabase::open(&dir.path().join("todo.db"))
+            .await
+            .unwrap();
+        let key = ColumnSchema::new("id", SqlType::Text).primary_key();
+        let todos = TableSchema::new("todos", Algorithm::Cls, vec![key]);
+        db.publish(vec![todos.clone()]).await.unwrap();
+        (dir, db, View::of(vec![todos]))
+    }
+
+    #[tokio::test]
+    async fn pulls_at_the_same_place_share_one_answer_until_the_version_moves() {
+        let (_dir, db, view) = database().await;
+        let fanout = Fanout::default();
+        let limits = BatchLimits::default();
+        let start = Cursor::BEGINNING;
+        let answer = |version, limits| fanout.answer("todo", &db, version, &start, limits, &view);
+
+        let first = answer(1, limits).await.unwrap();
+        assert!(Arc::ptr_eq(&first, &answer(1, limits).await.unwrap()));
+        // Other limits, another answer.
+        let fewer = limits.max_rows(1);
+        assert!(!Arc::ptr_eq(&first, &answer(1, fewer).await.unwrap()));
+        // A later version: a new answer, which a pull that saw an older one
+        // takes too.
+        let later = answer(2, limits).await.unwrap();
+        assert!(!Arc::ptr_eq(&first, &later));
+        assert!(Arc::ptr_eq(&later, &answer(1, limits).await.unwrap()));
+    }
+
+    #[tokio::test]
+    async fn beyond_the_cap_a_pull_exports_on_its_own() {
+        let (_dir, db, view) = database().await;
+        let fanout = Fanout::default();
+        let start = Cursor::BEGINNING;
+        let answer = |rows| {
+            let limits = BatchLimits::default().max_rows(rows);
+            fanout.answer("todo", &db, 1, &start, limits, &view)
+        };
+        for rows in 1..=MAX_ANSWERS {
+            answer(rows).await.unwrap();
+        }
+        let kept = answer(MAX_ANSWERS).await.unwrap();
+        assert!(Arc::ptr_eq(&kept, &answer(MAX_ANSWERS).await.unwrap()));
+        let beyond = answer(MAX_ANSWERS + 1).await.unwrap();
+        assert!(!Arc::ptr_eq(
+            &beyond,
+            &answer(MAX_ANSWERS + 1).await.unwrap()
+        ));
+        assert_eq!(fanout.lock()["todo"].by_place.len(), MAX_ANSWERS);
+    }
+}
