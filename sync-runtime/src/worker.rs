@@ -65,6 +65,9 @@ pub(crate) struct Worker {
     seen_data_version: Option<i64>,
     /// The database's version, published after every commit that moved it.
     versions: Arc<watch::Sender<i64>>,
+    /// The version a commit moved to, published once the job that committed
+    /// it has answered its caller (see [`publish_staged`](Self::publish_staged)).
+    staged: Option<i64>,
     /// The tables the open transaction wrote (see [`open::Written`]).
     written: open::Written,
     /// What each commit changed, for subscribers.
@@ -80,7 +83,7 @@ impl Worker {
     /// what the commit wrote to the change events' subscribers, if any.
     fn committed(&mut self, moved: bool, before: i64) -> Result<()> {
         if moved {
-            self.publish_version()?;
+            self.staged = Some(self.current_version()?);
         }
         let written = std::mem::take(&mut *self.written.lock().unwrap_or_else(|e| e.into_inner()));
         let evicted = crate::merge::take_evicted();
@@ -94,7 +97,7 @@ impl Worker {
         if nothing || self.events.receiver_count() == 0 {
             return Ok(());
         }
-        let version = *self.versions.borrow();
+        let version = self.staged.unwrap_or(*self.versions.borrow());
         let app_triggers = match self.app_triggers.take() {
             Some(tables) => tables,
             None => events::tables_with_app_triggers(&self.conn).unwrap_or_default(),
@@ -137,17 +140,34 @@ impl Worker {
             .unwrap_or_else(|e| e.into_inner()) = Arc::new(self.registry.clone());
     }
 
+    fn current_version(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .query_row(sql::CURRENT_VERSION, [], |r| r.get(0))?)
+    }
+
     /// Tells subscribers the database's current version.
     fn publish_version(&self) -> Result<()> {
-        let version: i64 = self
-            .conn
-            .query_row(sql::CURRENT_VERSION, [], |r| r.get(0))?;
+        self.publish(self.current_version()?);
+        Ok(())
+    }
+
+    fn publish(&self, version: i64) {
         self.versions.send_if_modified(|seen| {
             let moved = *seen != version;
             *seen = version;
             moved
         });
-        Ok(())
+    }
+
+    /// Tells subscribers the version the last job's commits moved to, after
+    /// the job answered: the caller that committed (a server's push) is woken
+    /// before everyone waiting for the version (a server's long-polls, which
+    /// may be thousands).
+    fn publish_staged(&mut self) {
+        if let Some(version) = self.staged.take() {
+            self.publish(version);
+        }
     }
 }
 
@@ -195,6 +215,7 @@ impl Handle {
                             written: opened.written,
                             events: thread_events,
                             app_triggers: None,
+                            staged: None,
                         };
                         let ids = SiteIds {
                             current: opened.site_id,
@@ -211,6 +232,7 @@ impl Handle {
                 };
                 for job in queue {
                     job(&mut worker);
+                    worker.publish_staged();
                 }
             })
             .map_err(|_| Error::Closed)?;
