@@ -66,10 +66,10 @@ impl Replica {
     /// [`Versions::resolve`]): its pulls ([`export_for_device`](Self::export_for_device),
     /// [`export_filtered`](Self::export_filtered)) and the
     /// [`restore`](PushReport::restore) of its pushes carry nothing else.
-    pub fn serving(&self, view: View) -> Self {
+    pub fn serving(&self, view: impl Into<Arc<View>>) -> Self {
         Self {
             db: self.db.clone(),
-            view: Some(Arc::new(view)),
+            view: Some(view.into()),
         }
     }
 

@@ -8,6 +8,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::sync::Arc;
 
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
@@ -110,12 +111,41 @@ pub(crate) fn parse_key_hash(text: &str) -> Option<[u8; 32]> {
 }
 
 /// Checks the credentials of requests against the configured keys.
+///
+/// A token that verified is remembered, by its SHA-256 hash, until it expires:
+/// a device sends the same token with every request (a long-poll after each
+/// change), and checking its signature and reading its claims again each time
+/// cost a tenth of a busy server's time. At most [`REMEMBERED_TOKEN_BYTES`] of
+/// tokens are remembered; the others are verified each time.
 pub struct Authenticator {
     api_keys: Vec<[u8; 32]>,
     hs256: Option<DecodingKey>,
     rs256: Option<DecodingKey>,
     issuer: Option<String>,
     audience: Option<String>,
+    verified: quick_cache::sync::Cache<[u8; 32], Arc<Verified>, TokenWeight>,
+}
+
+/// The most bytes of tokens remembered once verified (a token's claims take
+/// about as many bytes as the token).
+pub const REMEMBERED_TOKEN_BYTES: u64 = 32 << 20;
+
+/// A token that verified: its caller, and its expiry (`exp`, in seconds since
+/// the epoch).
+struct Verified {
+    caller: Arc<Principal>,
+    expires: u64,
+    bytes: u64,
+}
+
+/// Weighs a remembered token by its length.
+#[derive(Clone)]
+struct TokenWeight;
+
+impl quick_cache::Weighter<[u8; 32], Arc<Verified>> for TokenWeight {
+    fn weight(&self, _: &[u8; 32], verified: &Arc<Verified>) -> u64 {
+        verified.bytes
+    }
 }
 
 impl fmt::Debug for Authenticator {
@@ -172,6 +202,11 @@ impl Authenticator {
             rs256,
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
+            verified: quick_cache::sync::Cache::with_weighter(
+                16_384,
+                REMEMBERED_TOKEN_BYTES,
+                TokenWeight,
+            ),
         })
     }
 
@@ -183,8 +218,14 @@ impl Authenticator {
     /// Authenticates a request by its headers: an `x-api-key`, else an
     /// `Authorization: Bearer` token.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Principal> {
+        self.caller(headers).map(Arc::unwrap_or_clone)
+    }
+
+    /// [`authenticate`](Self::authenticate), sharing the caller of a token
+    /// remembered.
+    pub(crate) fn caller(&self, headers: &HeaderMap) -> Result<Arc<Principal>> {
         if let Some(key) = headers.get(API_KEY_HEADER) {
-            return self.check_api_key(key.as_bytes());
+            return self.check_api_key(key.as_bytes()).map(Arc::new);
         }
         let Some(authorization) = headers.get(AUTHORIZATION) else {
             return Err(unauthorized(
@@ -219,7 +260,29 @@ impl Authenticator {
         }
     }
 
-    fn check_token(&self, token: &str) -> Result<Principal> {
+    /// The caller of a token: remembered if it verified before and has not
+    /// expired since (with the same leeway as a verification), else verified.
+    fn check_token(&self, token: &str) -> Result<Arc<Principal>> {
+        let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let now = unix_seconds();
+        if let Some(verified) = self.verified.get(&hash)
+            && now <= verified.expires.saturating_add(LEEWAY_SECS)
+        {
+            return Ok(Arc::clone(&verified.caller));
+        }
+        let (caller, expires) = self.verify_token(token)?;
+        let caller = Arc::new(caller);
+        let verified = Verified {
+            caller: Arc::clone(&caller),
+            expires,
+            bytes: token.len() as u64,
+        };
+        self.verified.insert(hash, Arc::new(verified));
+        Ok(caller)
+    }
+
+    /// Verifies a token: its caller and its expiry.
+    fn verify_token(&self, token: &str) -> Result<(Principal, u64)> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| unauthorized("the bearer token is not a valid JWT"))?;
         let key = match header.alg {
@@ -243,10 +306,16 @@ impl Authenticator {
         let Some(serde_json::Value::String(id)) = claims.get("sub") else {
             return Err(unauthorized("the bearer token names no user (sub)"));
         };
-        Ok(Principal::User {
+        // Required and checked: a number of seconds.
+        let expires = claims
+            .get("exp")
+            .and_then(serde_json::Value::as_f64)
+            .map_or(0, |exp| exp as u64);
+        let caller = Principal::User {
             id: id.clone(),
             claims,
-        })
+        };
+        Ok((caller, expires))
     }
 
     fn validation(&self, algorithm: Algorithm) -> Validation {
@@ -268,6 +337,13 @@ impl Authenticator {
         }
         validation
     }
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+fn unix_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn unauthorized(message: &str) -> Error {
@@ -324,6 +400,52 @@ mod tests {
         assert!(matches!(
             auth.authenticate(&HeaderMap::new()),
             Err(Error::Unauthorized(_))
+        ));
+    }
+
+    #[test]
+    fn a_remembered_token_is_shared_until_it_expires() {
+        const SECRET: &str = "a-secret-of-enough-length-for-hs256";
+        let auth = Authenticator::new(&AuthConfig {
+            jwt_hs256_secret: Some(SECRET.into()),
+            ..AuthConfig::default()
+        })
+        .unwrap();
+        let bearer = |token: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+            headers
+        };
+        let valid = sign_token(SECRET, "ann", std::time::Duration::from_secs(3600)).unwrap();
+        let first = auth.caller(&bearer(&valid)).unwrap();
+        assert!(Arc::ptr_eq(&first, &auth.caller(&bearer(&valid)).unwrap()));
+
+        // A token that verified once and has expired since, beyond the leeway:
+        // refused, as its verification says.
+        let now = unix_seconds();
+        let claims = serde_json::json!({ "sub": "ann", "exp": now - LEEWAY_SECS - 1 });
+        let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+        let expired =
+            jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap();
+        let hash: [u8; 32] = Sha256::digest(expired.as_bytes()).into();
+        let remembered = Verified {
+            caller: Arc::clone(&first),
+            expires: now - LEEWAY_SECS - 1,
+            bytes: expired.len() as u64,
+        };
+        auth.verified.insert(hash, Arc::new(remembered));
+        let refused = auth.caller(&bearer(&expired)).err().unwrap();
+        assert!(refused.to_string().contains("expired"), "{refused}");
+        // Within the leeway, it is still the caller it was.
+        let remembered = Verified {
+            caller: Arc::clone(&first),
+            expires: now - LEEWAY_SECS + 5,
+            bytes: expired.len() as u64,
+        };
+        auth.verified.insert(hash, Arc::new(remembered));
+        assert!(Arc::ptr_eq(
+            &first,
+            &auth.caller(&bearer(&expired)).unwrap()
         ));
     }
 }

@@ -102,9 +102,16 @@ struct Place {
     view: ViewKey,
 }
 
-/// A view compared whole, hashed by its table names.
-#[derive(PartialEq, Clone)]
-struct ViewKey(View);
+/// A view compared whole (at once when it is the same one), hashed by its
+/// table names.
+#[derive(Clone)]
+struct ViewKey(Arc<View>);
+
+impl PartialEq for ViewKey {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
 
 impl Eq for ViewKey {}
 
@@ -128,16 +135,18 @@ impl Fanout {
         version: i64,
         from: &Cursor,
         limits: BatchLimits,
-        view: &View,
+        view: &Arc<View>,
     ) -> Result<Arc<Answer>> {
         let place = Place {
             from: from.clone(),
             max_rows: limits.max_rows,
             max_bytes: limits.max_bytes,
-            view: ViewKey(view.clone()),
+            view: ViewKey(Arc::clone(view)),
         };
         let export = || async {
-            let batch = db.pull_shared(from.clone(), limits, view.clone()).await?;
+            let batch = db
+                .pull_shared(from.clone(), limits, Arc::clone(view))
+                .await?;
             Ok::<_, crate::Error>(Arc::new(Answer::new(batch)))
         };
         let Some((cell, kept_at)) = self.cell(name, version, &place) else {
@@ -219,7 +228,7 @@ mod tests {
     use super::*;
     use crate::store::SqliteDatabase;
 
-    async fn database() -> (tempfile::TempDir, SqliteDatabase, View) {
+    async fn database() -> (tempfile::TempDir, SqliteDatabase, Arc<View>) {
         let dir = tempfile::tempdir().unwrap();
         let db = SqliteDatabase::open(&dir.path().join("todo.db"))
             .await
@@ -227,7 +236,7 @@ mod tests {
         let key = ColumnSchema::new("id", SqlType::Text).primary_key();
         let todos = TableSchema::new("todos", Algorithm::Cls, vec![key]);
         db.publish(vec![todos.clone()]).await.unwrap();
-        (dir, db, View::of(vec![todos]))
+        (dir, db, Arc::new(View::of(vec![todos])))
     }
 
     #[tokio::test]

@@ -22,14 +22,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, Request, State};
 use axum::http::HeaderName;
 use axum::http::header::CONTENT_TYPE;
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Json, Router};
 use bytes::Bytes;
 use serde::Deserialize;
 use sync_runtime::protocol::{
@@ -49,6 +50,7 @@ use crate::error::{Error, Result, error_response};
 use crate::fanout::{Answer, Fanout};
 use crate::policy::Policies;
 use crate::store::{Database, Store, bad_database_name, valid_database_name};
+use crate::views::{Sent, Views};
 use crate::waiting::{WaitingCaps, WaitingPulls, open_files_limit};
 
 /// What every handler shares: the store, the authenticator, the limits, the
@@ -72,6 +74,8 @@ struct Shared {
     pulls: std::sync::atomic::AtomicU64,
     /// The answers that pulls share.
     fanout: Fanout,
+    /// The app version each device is served, by its header.
+    views: Views,
 }
 
 impl AppState {
@@ -95,6 +99,7 @@ impl AppState {
                 waiting,
                 pulls: std::sync::atomic::AtomicU64::new(0),
                 fanout: Fanout::default(),
+                views: Views::default(),
             }),
         }
     }
@@ -167,8 +172,7 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/v1/db/{name}/push", post(push))
         .route("/v1/db/{name}/pull", get(pull))
-        .route("/v1/db/{name}/schema", get(get_schema).put(put_schema))
-        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+        .route("/v1/db/{name}/schema", get(get_schema).put(put_schema));
     Router::new()
         .route("/health", get(health))
         .merge(api)
@@ -183,16 +187,17 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Rejects requests without valid credentials (401) and hands the caller to the
-/// handlers as an `Extension<Principal>`.
-async fn authenticate(
-    State(state): State<AppState>,
-    mut request: Request,
-    next: Next,
-) -> Result<Response> {
-    let principal = state.shared.auth.authenticate(request.headers())?;
-    request.extensions_mut().insert(principal);
-    Ok(next.run(request).await)
+/// The caller of a request to `/v1`, authenticated by its credentials before
+/// anything else of the request is read: without valid ones, the request is
+/// refused (401).
+struct Caller(Arc<Principal>);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+        state.shared.auth.caller(&parts.headers).map(Caller)
+    }
 }
 
 /// Gives an [`ErrorBody`](protocol::ErrorBody) to the error responses made
@@ -221,16 +226,16 @@ async fn no_route(request: Request) -> Error {
 }
 
 async fn push(
+    Caller(caller): Caller,
     State(state): State<AppState>,
     Path(name): Path<String>,
-    Extension(caller): Extension<Principal>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
     let db = state.database(&name, &caller).await?;
     let body = body.map_err(|rejection| body_error(&rejection, state.limits()))?;
     let policies = state.policies(&name);
-    let view = device_view(&*db, &name, &headers, policies.oldest_version()).await?;
+    let view = device_view(&state, &*db, &name, &headers, policies.oldest_version()).await?;
     let site = device_site(&*db, &caller, &headers).await?;
     let bytes = body.len();
     let payload = decode_push(body, state.limits().inflated_limit()).await?;
@@ -305,9 +310,9 @@ struct PullQuery {
 }
 
 async fn pull(
+    Caller(caller): Caller,
     State(state): State<AppState>,
     Path(name): Path<String>,
-    Extension(caller): Extension<Principal>,
     headers: HeaderMap,
     query: Result<Query<PullQuery>, QueryRejection>,
 ) -> Result<Response> {
@@ -317,7 +322,7 @@ async fn pull(
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let db = state.database(&name, &caller).await?;
     let oldest = state.policies(&name).oldest_version();
-    let view = device_view(&*db, &name, &headers, oldest).await?;
+    let view = device_view(&state, &*db, &name, &headers, oldest).await?;
     let site = device_site(&*db, &caller, &headers).await?;
     let Query(query) =
         query.map_err(|e| Error::BadRequest(format!("bad pull query: {}", e.body_text())))?;
@@ -378,7 +383,7 @@ struct Changes<'a> {
     site: SiteId,
     limits: BatchLimits,
     filter: Option<RowFilters>,
-    view: View,
+    view: Arc<View>,
 }
 
 impl Changes<'_> {
@@ -449,18 +454,18 @@ async fn wait_for_changes(
 }
 
 async fn get_schema(
+    Caller(caller): Caller,
     State(state): State<AppState>,
     Path(name): Path<String>,
-    Extension(caller): Extension<Principal>,
 ) -> Result<Json<Vec<TableSchema>>> {
     let db = state.database(&name, &caller).await?;
     Ok(Json(db.schemas().await?))
 }
 
 async fn put_schema(
+    Caller(caller): Caller,
     State(state): State<AppState>,
     Path(name): Path<String>,
-    Extension(caller): Extension<Principal>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Vec<TableSchema>>> {
     if !caller.is_admin() {
@@ -499,31 +504,19 @@ fn check_name(name: &str) -> Result<()> {
 /// `synced-schema` header): 409 when no published version from the oldest
 /// the database supports has them.
 async fn device_view(
+    state: &AppState,
     db: &dyn Database,
     name: &str,
     headers: &HeaderMap,
     oldest: i64,
-) -> Result<View> {
+) -> Result<Arc<View>> {
     let versions = db.versions().await?;
-    let resolved = if headers.contains_key(TABLES_HEADER) {
-        let tables = protocol::parse_tables_header(required_header(headers, TABLES_HEADER)?)
-            .map_err(|e| {
-                Error::BadRequest(format!("the {TABLES_HEADER} header is invalid: {e}"))
-            })?;
-        versions.resolve(&tables, oldest)
+    let sent = if headers.contains_key(TABLES_HEADER) {
+        Sent::Tables(required_header(headers, TABLES_HEADER)?)
     } else {
-        let sent = required_header(headers, SCHEMA_HEADER)?;
-        let fingerprint = protocol::parse_fingerprint(sent).ok_or_else(|| {
-            Error::BadRequest(format!(
-                "the {SCHEMA_HEADER} header must be a schema fingerprint (16 hex digits)"
-            ))
-        })?;
-        versions.resolve_legacy(fingerprint, oldest)
+        Sent::Schema(required_header(headers, SCHEMA_HEADER)?)
     };
-    resolved.map_err(|reason| Error::Unserved {
-        database: name.to_owned(),
-        reason,
-    })
+    state.shared.views.resolve(name, &versions, oldest, sent)
 }
 
 /// The one value of header `name`.

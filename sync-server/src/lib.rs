@@ -43,6 +43,7 @@ pub mod fanout;
 pub mod http;
 pub mod policy;
 pub mod store;
+pub mod views;
 pub mod waiting;
 
 use std::future::Future;

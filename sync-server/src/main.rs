@@ -14,6 +14,12 @@ use clap::{Parser, Subcommand};
 use sync_server::{Config, Server, auth};
 use tracing_subscriber::EnvFilter;
 
+/// Every request allocates a little, on whichever thread serves it: mimalloc
+/// does that with a third less CPU than the system allocator (measured with
+/// the `server-scale` bench, whose process uses it too).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Serves Synced databases over HTTP: devices push their changes and pull the
 /// others'. Logs go to stderr (filter with RUST_LOG, e.g. RUST_LOG=sync_server=debug).
 #[derive(Debug, Parser)]

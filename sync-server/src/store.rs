@@ -94,7 +94,7 @@ pub trait Database: Send + Sync + 'static {
         payload: Payload,
         site: SiteId,
         access: Option<PushAccess>,
-        view: View,
+        view: Arc<View>,
     ) -> BoxFuture<'_, Result<(PushAck, i64)>>;
 
     /// The changes after `from` not made by `site`, bounded by `limits`; with
@@ -110,7 +110,7 @@ pub trait Database: Send + Sync + 'static {
         site: SiteId,
         limits: BatchLimits,
         filter: Option<RowFilters>,
-        view: View,
+        view: Arc<View>,
     ) -> BoxFuture<'_, Result<(Batch, i64)>>;
 
     /// The registered tables.
@@ -160,7 +160,7 @@ pub trait Database: Send + Sync + 'static {
         &self,
         from: Cursor,
         limits: BatchLimits,
-        view: View,
+        view: Arc<View>,
     ) -> BoxFuture<'_, Result<Batch>>;
 
     /// How far the database has received device site `site` (see
@@ -456,7 +456,7 @@ impl Database for SqliteDatabase {
         payload: Payload,
         site: SiteId,
         access: Option<PushAccess>,
-        view: View,
+        view: Arc<View>,
     ) -> BoxFuture<'_, Result<(PushAck, i64)>> {
         Box::pin(async move {
             let db = self.db.serving(view);
@@ -509,7 +509,7 @@ impl Database for SqliteDatabase {
         site: SiteId,
         limits: BatchLimits,
         filter: Option<RowFilters>,
-        view: View,
+        view: Arc<View>,
     ) -> BoxFuture<'_, Result<(Batch, i64)>> {
         Box::pin(async move {
             Ok(self
@@ -590,7 +590,7 @@ impl Database for SqliteDatabase {
         &self,
         from: Cursor,
         limits: BatchLimits,
-        view: View,
+        view: Arc<View>,
     ) -> BoxFuture<'_, Result<Batch>> {
         Box::pin(async move { Ok(self.db.serving(view).export_shared(from, limits).await?) })
     }

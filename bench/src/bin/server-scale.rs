@@ -33,6 +33,10 @@ use tokio::net::TcpStream;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The allocator of the `sync-server` binary, which this process stands in for.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(about = "The sync server with many devices waiting for changes")]
 struct Args {
@@ -203,6 +207,26 @@ async fn write(
     Ok((pushes, written))
 }
 
+/// The CPU time this process used so far (user and system), from
+/// `/proc/self/stat`; zero where it cannot be read.
+fn cpu_time() -> Duration {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return Duration::ZERO;
+    };
+    // The fields after the command's closing parenthesis: utime and stime are
+    // the 12th and 13th, in clock ticks (100 per second on Linux).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
 /// The median, the 99th percentile and the largest of `values` (sorted here).
 fn quantiles(values: &mut [f64]) -> (f64, f64, f64) {
     if values.is_empty() {
@@ -221,12 +245,33 @@ async fn measure(
     url: &str,
 ) -> Result<Json, BoxError> {
     synced_testkit::publish_schema::<Todo>(url).await?;
-    let writer = synced_testkit::device::<Todo>(None, url, "writer").await?;
-    writer.sync().await?;
-
-    // The writer alone: its push latency with no one waiting.
-    let (mut idle, _) = write(&writer, state, name, scenario.every.min(ms(50)), 20).await?;
-    let mut idle_ms: Vec<f64> = idle.iter_mut().map(|d| d.as_secs_f64() * 1e3).collect();
+    // The writer device runs on a thread and a runtime of its own, as a device
+    // on another machine would: it is not queued behind the server's tasks.
+    let (idle_done, idle_pushes) = tokio::sync::oneshot::channel();
+    let (go, start_writing) = tokio::sync::oneshot::channel::<()>();
+    let writer = {
+        let (state, name, url) = (state.clone(), name.to_owned(), url.to_owned());
+        let (every, writes) = (scenario.every, scenario.writes);
+        std::thread::spawn(move || -> Result<_, BoxError> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let writer = synced_testkit::device::<Todo>(None, &url, "writer").await?;
+                writer.sync().await?;
+                // The writer alone: its push latency with no one waiting.
+                let (idle, _) = write(&writer, &state, &name, every.min(ms(50)), 20).await?;
+                let _ = idle_done.send(idle);
+                start_writing.await?;
+                write(&writer, &state, &name, every, writes).await
+            })
+        })
+    };
+    let mut idle_ms: Vec<f64> = idle_pushes
+        .await?
+        .iter()
+        .map(|d| d.as_secs_f64() * 1e3)
+        .collect();
     let (idle_push, ..) = quantiles(&mut idle_ms);
 
     let from = version(state, name).await?;
@@ -235,6 +280,7 @@ async fn measure(
         .args(["simulate", "--addr", &addr.to_string(), "--database", name])
         .args(["--devices", &scenario.waiters.to_string()])
         .args(["--from", &from.to_string(), "--until", &until.to_string()])
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()?;
@@ -259,52 +305,76 @@ async fn measure(
         tokio::time::sleep(ms(20)).await;
     }
     let settled = settle.elapsed();
+    let mut settled_signal = simulator.stdin.take().ok_or("no simulator input")?;
+    settled_signal.write_all(b"settled\n").await?;
+    drop(settled_signal);
 
-    let (pushes, written) = write(&writer, state, name, scenario.every, scenario.writes).await?;
+    let cpu_before = cpu_time();
+    let _ = go.send(());
+    let (pushes, written) = tokio::task::spawn_blocking(move || writer.join())
+        .await?
+        .map_err(|_| "the writer panicked")??;
     let status = tokio::time::timeout(PATIENCE, simulator.wait()).await??;
+    let server_cpu = cpu_time().saturating_sub(cpu_before);
     let text = collected.await??;
     if !status.success() {
         return Err(format!("the simulator failed: {status}").into());
     }
 
-    // Each device's answers: the version it reached, and when.
-    let mut answers: HashMap<usize, Vec<(i64, i64)>> = HashMap::new();
+    // Each device's answers: the version it reached, when it arrived and
+    // when the simulator had read it.
+    let mut answers: HashMap<usize, Vec<(i64, i64, i64)>> = HashMap::new();
     let mut errors = 0u64;
+    let mut simulator_cpu_ms = 0u64;
     for line in text.lines() {
         let mut fields = line.split_whitespace();
         match fields.next() {
             Some("answer") => {
                 let mut number =
                     || -> Result<i64, BoxError> { Ok(fields.next().ok_or("short line")?.parse()?) };
-                let (device, version, at) = (number()?, number()?, number()?);
+                let (device, version) = (number()?, number()?);
+                let (arrived, read) = (number()?, number()?);
                 answers
                     .entry(device as usize)
                     .or_default()
-                    .push((version, at));
+                    .push((version, arrived, read));
             }
             Some("errors") => errors = fields.next().ok_or("short line")?.parse()?,
+            Some("cpu_ms") => simulator_cpu_ms = fields.next().ok_or("short line")?.parse()?,
             _ => {}
         }
     }
-    let mut latencies = Vec::with_capacity(scenario.waiters * scenario.writes);
+    // Each write's latency to each device: until the answer that brought it
+    // arrived, and until the simulator had read it.
+    let mut arrived_ms = Vec::with_capacity(scenario.waiters * scenario.writes);
+    let mut read_ms = Vec::with_capacity(scenario.waiters * scenario.writes);
     let mut missing = 0usize;
     for device in 0..scenario.waiters {
         let reached = answers.get(&device).map_or(&[][..], Vec::as_slice);
         for &(version, at) in &written {
-            match reached.iter().find(|(got, _)| *got >= version) {
-                Some((_, received)) => latencies.push((received - at) as f64 / 1e3),
+            match reached.iter().find(|(got, ..)| *got >= version) {
+                Some((_, arrived, read)) => {
+                    arrived_ms.push((arrived - at) as f64 / 1e3);
+                    read_ms.push((read - at) as f64 / 1e3);
+                }
                 None => missing += 1,
             }
         }
     }
-    let (p50, p99, max) = quantiles(&mut latencies);
+    let (p50, p99, max) = quantiles(&mut arrived_ms);
+    let (read_p50, read_p99, _) = quantiles(&mut read_ms);
+    let latencies = arrived_ms;
     let mut push_ms: Vec<f64> = pushes.iter().map(|d| d.as_secs_f64() * 1e3).collect();
     let (push, ..) = quantiles(&mut push_ms);
+    let deliveries = latencies.len().max(1) as f64;
+    let server_us = server_cpu.as_secs_f64() * 1e6 / deliveries;
+    let simulator_us = simulator_cpu_ms as f64 * 1e3 / deliveries;
     println!(
         "{:>6} devices, a row every {:>5} ms: write -> visible p50 {p50:.1} ms, p99 {p99:.1} ms, \
-         max {max:.1} ms over {} deliveries; {missing} missing, {errors} errors; writer's push \
-         median {push:.2} ms vs {idle_push:.2} ms with no one waiting ({:.2}x); all waiting after \
-         {:.1} s",
+         max {max:.1} ms over {} deliveries (read by the simulator: p50 {read_p50:.1} ms, p99 \
+         {read_p99:.1} ms); {missing} missing, {errors} errors; writer's push median {push:.2} ms \
+         vs {idle_push:.2} ms with no one waiting ({:.2}x); CPU per delivery: server \
+         {server_us:.0} µs, simulator {simulator_us:.0} µs; all waiting after {:.1} s",
         scenario.waiters,
         scenario.every.as_millis(),
         latencies.len(),
@@ -323,12 +393,16 @@ async fn measure(
         "p50_ms": p50,
         "p99_ms": p99,
         "max_ms": max,
+        "read_p50_ms": read_p50,
+        "read_p99_ms": read_p99,
         "missing": missing,
         "errors": errors,
         "push_ms": push,
         "idle_push_ms": idle_push,
         "push_ratio": push / idle_push,
         "settle_s": settled.as_secs_f64(),
+        "server_cpu_us_per_delivery": server_us,
+        "simulator_cpu_us_per_delivery": simulator_us,
     }))
 }
 
@@ -336,8 +410,9 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-/// The simulated devices: prints `answer <device> <version> <µs>` for every
-/// answer that moved a device's cursor, then `errors <n>`.
+/// The simulated devices: prints `answer <device> <version> <arrived µs>
+/// <read µs>` for every answer that moved a device's cursor, then `errors <n>`
+/// and `cpu_ms <n>` (the CPU time used once every device waited).
 async fn simulate(
     addr: SocketAddr,
     database: &str,
@@ -362,13 +437,25 @@ async fn simulate(
             tokio::time::sleep(ms(5)).await;
         }
     }
+    // The CPU used so far when the parent says every device waits.
+    let settled_cpu = tokio::spawn(async {
+        let mut line = String::new();
+        let mut input = BufReader::new(tokio::io::stdin());
+        let _ = input.read_line(&mut line).await;
+        cpu_time()
+    });
     let mut out = String::new();
     let mut errors = 0;
     while let Some(done) = running.join_next().await {
         match done? {
             (device, Ok(answers)) => {
-                for (version, at) in answers {
-                    out.push_str(&format!("answer {device} {version} {at}\n"));
+                for Received {
+                    version,
+                    arrived,
+                    read,
+                } in answers
+                {
+                    out.push_str(&format!("answer {device} {version} {arrived} {read}\n"));
                 }
             }
             (device, Err(e)) => {
@@ -378,6 +465,10 @@ async fn simulate(
         }
     }
     out.push_str(&format!("errors {errors}\n"));
+    // What the devices used once connected and waiting (roughly: from when
+    // the first one ended).
+    let cpu = cpu_time().saturating_sub(settled_cpu.await?);
+    out.push_str(&format!("cpu_ms {}\n", cpu.as_millis()));
     let mut stdout = tokio::io::stdout();
     stdout.write_all(out.as_bytes()).await?;
     stdout.flush().await?;
@@ -393,18 +484,34 @@ struct Request {
     tables: String,
 }
 
+/// One answer a device received: the version it brought the device to, when
+/// it reached the device's socket (the kernel's receive time) and when the
+/// simulator had read it (both in µs since the epoch).
+struct Received {
+    version: i64,
+    arrived: i64,
+    read: i64,
+}
+
 impl Request {
     /// Long-polls from version `from` until the device has received `until`,
-    /// on one connection; the version each answer brought and when.
-    async fn long_poll(&self, from: i64, until: i64) -> Result<Vec<(i64, i64)>, BoxError> {
-        let stream = TcpStream::connect(self.addr).await?;
+    /// on one connection: each answer that moved its cursor.
+    async fn long_poll(&self, from: i64, until: i64) -> Result<Vec<Received>, BoxError> {
+        use std::io::Write as _;
+        let mut stream = TcpStream::connect(self.addr).await?;
         stream.set_nodelay(true)?;
-        let (read, mut write) = stream.into_split();
-        let mut read = BufReader::new(read);
+        nix::sys::socket::setsockopt(
+            &stream,
+            nix::sys::socket::sockopt::ReceiveTimestampns,
+            &true,
+        )?;
         let mut cursor = Cursor::at(from);
-        let mut answers = Vec::new();
+        let mut received = Vec::new();
+        let (mut request, mut buffer) = (Vec::with_capacity(1024), Vec::with_capacity(4096));
         while cursor.version() < until {
-            let request = format!(
+            request.clear();
+            write!(
+                request,
                 "GET {}?cursor={}&wait={WAIT_MS} HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {}\r\n\
                  {TABLES_HEADER}: {}\r\n{SITE_HEADER}: {}\r\n\r\n",
                 self.path,
@@ -413,10 +520,10 @@ impl Request {
                 self.token,
                 self.tables,
                 self.site,
-            );
-            write.write_all(request.as_bytes()).await?;
-            let (status, body) = response(&mut read).await?;
-            let at = now_us();
+            )?;
+            stream.write_all(&request).await?;
+            let (status, body, arrived) = response(&stream, &mut buffer).await?;
+            let read = now_us();
             if status != 200 {
                 return Err(format!(
                     "status {status}: {}",
@@ -426,40 +533,80 @@ impl Request {
             }
             let answer = PullResponse::decode(&body)?;
             if answer.next.version() > cursor.version() {
-                answers.push((answer.next.version(), at));
+                received.push(Received {
+                    version: answer.next.version(),
+                    arrived: arrived.unwrap_or(read),
+                    read,
+                });
             }
             cursor = answer.next;
         }
-        Ok(answers)
+        Ok(received)
     }
 }
 
-/// Reads one HTTP/1.1 response with a `content-length`: its status and body.
-async fn response<R: AsyncBufReadExt + Unpin>(read: &mut R) -> Result<(u16, Vec<u8>), BoxError> {
-    let mut line = String::new();
-    read.read_line(&mut line).await?;
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .ok_or("the connection closed")?
-        .parse()?;
-    let mut length = 0usize;
+/// Reads one HTTP/1.1 response with a `content-length` from `stream`, through
+/// `buffer` (which keeps what follows it): its status, its body, and when its
+/// last part reached the socket (if the kernel said).
+async fn response(
+    stream: &TcpStream,
+    buffer: &mut Vec<u8>,
+) -> Result<(u16, Vec<u8>, Option<i64>), BoxError> {
+    let mut arrived = None;
+    let mut chunk = vec![0; 16 * 1024];
     loop {
-        line.clear();
-        read.read_line(&mut line).await?;
-        let header = line.trim_end();
-        if header.is_empty() {
-            break;
+        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = std::str::from_utf8(&buffer[..end])?;
+            let status: u16 = head
+                .split_whitespace()
+                .nth(1)
+                .ok_or("no status line")?
+                .parse()?;
+            let length: usize = head
+                .lines()
+                .filter_map(|line| line.split_once(':'))
+                .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+                .map_or(Ok(0), |(_, value)| value.trim().parse())?;
+            let total = end + 4 + length;
+            if buffer.len() >= total {
+                let body = buffer[end + 4..total].to_vec();
+                buffer.drain(..total);
+                return Ok((status, body, arrived));
+            }
         }
-        if let Some((name, value)) = header.split_once(':')
-            && name.eq_ignore_ascii_case("content-length")
-        {
-            length = value.trim().parse()?;
+        stream.readable().await?;
+        let read = stream.try_io(tokio::io::Interest::READABLE, || {
+            receive(std::os::fd::AsRawFd::as_raw_fd(stream), &mut chunk)
+        });
+        match read {
+            Ok((0, _)) => return Err("the connection closed".into()),
+            Ok((n, at)) => {
+                buffer.extend_from_slice(&chunk[..n]);
+                arrived = at.or(arrived);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e.into()),
         }
     }
-    let mut body = vec![0; length];
-    read.read_exact(&mut body).await?;
-    Ok((status, body))
+}
+
+/// One `recvmsg` of what `fd` holds: the bytes read, and the kernel's receive
+/// time of the data (µs since the epoch) when it gives one.
+fn receive(fd: std::os::fd::RawFd, into: &mut [u8]) -> std::io::Result<(usize, Option<i64>)> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    use nix::sys::time::TimeValLike;
+    let mut space = nix::cmsg_space!(nix::sys::time::TimeSpec);
+    let mut parts = [std::io::IoSliceMut::new(into)];
+    let message = recvmsg::<()>(fd, &mut parts, Some(&mut space), MsgFlags::MSG_DONTWAIT)
+        .map_err(std::io::Error::from)?;
+    let at = message
+        .cmsgs()
+        .map_err(std::io::Error::from)?
+        .find_map(|control| match control {
+            ControlMessageOwned::ScmTimestampns(at) => Some(at.num_microseconds()),
+            _ => None,
+        });
+    Ok((message.bytes, at))
 }
 
 /// `text` with every byte but letters, digits, `-`, `.` and `_` percent-encoded.
