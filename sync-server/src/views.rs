@@ -39,8 +39,28 @@ pub(crate) struct Views {
 struct Resolved {
     versions: Arc<Versions>,
     oldest: i64,
-    /// By whether the header is a schema fingerprint, and its text.
-    views: HashMap<(bool, String), Arc<View>>,
+    /// By the text of a `synced-tables` header.
+    by_tables: HashMap<String, Arc<View>>,
+    /// By the text of a `synced-schema` header.
+    by_schema: HashMap<String, Arc<View>>,
+}
+
+impl Resolved {
+    fn new(versions: &Arc<Versions>, oldest: i64) -> Self {
+        Self {
+            versions: Arc::clone(versions),
+            oldest,
+            by_tables: HashMap::new(),
+            by_schema: HashMap::new(),
+        }
+    }
+
+    fn of<'s, 'h>(&'s mut self, sent: Sent<'h>) -> (&'s mut HashMap<String, Arc<View>>, &'h str) {
+        match sent {
+            Sent::Tables(text) => (&mut self.by_tables, text),
+            Sent::Schema(text) => (&mut self.by_schema, text),
+        }
+    }
 }
 
 impl Views {
@@ -54,38 +74,28 @@ impl Views {
         oldest: i64,
         sent: Sent<'_>,
     ) -> Result<Arc<View>> {
-        let key = match sent {
-            Sent::Tables(text) => (false, text),
-            Sent::Schema(text) => (true, text),
-        };
+        let current =
+            |kept: &Resolved| Arc::ptr_eq(&kept.versions, versions) && kept.oldest == oldest;
         {
-            let databases = self.lock();
-            let kept = databases
-                .get(name)
-                .filter(|kept| Arc::ptr_eq(&kept.versions, versions) && kept.oldest == oldest);
-            if let Some(view) = kept.and_then(|kept| kept.views.get(&(key.0, key.1.to_owned()))) {
-                return Ok(Arc::clone(view));
+            let mut databases = self.lock();
+            if let Some(kept) = databases.get_mut(name).filter(|kept| current(kept)) {
+                let (views, text) = kept.of(sent);
+                if let Some(view) = views.get(text) {
+                    return Ok(Arc::clone(view));
+                }
             }
         }
         let view = Arc::new(resolve(name, versions, oldest, sent)?);
         let mut databases = self.lock();
         let kept = databases
             .entry(name.to_owned())
-            .or_insert_with(|| Resolved {
-                versions: Arc::clone(versions),
-                oldest,
-                views: HashMap::new(),
-            });
-        if !Arc::ptr_eq(&kept.versions, versions) || kept.oldest != oldest {
-            *kept = Resolved {
-                versions: Arc::clone(versions),
-                oldest,
-                views: HashMap::new(),
-            };
+            .or_insert_with(|| Resolved::new(versions, oldest));
+        if !current(kept) {
+            *kept = Resolved::new(versions, oldest);
         }
-        if kept.views.len() < MAX_VIEWS {
-            kept.views
-                .insert((key.0, key.1.to_owned()), Arc::clone(&view));
+        if kept.by_tables.len() + kept.by_schema.len() < MAX_VIEWS {
+            let (views, text) = kept.of(sent);
+            views.insert(text.to_owned(), Arc::clone(&view));
         }
         Ok(view)
     }
@@ -124,4 +134,50 @@ fn resolve(name: &str, versions: &Versions, oldest: i64, sent: Sent<'_>) -> Resu
         database: name.to_owned(),
         reason,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use sync_runtime::{Algorithm, ColumnSchema, SqlType, TableSchema};
+
+    use super::*;
+    use crate::store::{Database, SqliteDatabase};
+
+    #[tokio::test]
+    async fn a_header_is_resolved_once_per_publication() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteDatabase::open(&dir.path().join("todo.db"))
+            .await
+            .unwrap();
+        let key = ColumnSchema::new("id", SqlType::Text).primary_key();
+        let v1 = TableSchema::new("todos", Algorithm::Cls, vec![key.clone()]);
+        db.publish(vec![v1.clone()]).await.unwrap();
+        let header = protocol::tables_header(std::slice::from_ref(&v1));
+        let views = Views::default();
+        let versions = db.versions().await.unwrap();
+        let resolve = |versions: &Arc<Versions>, header: &str| {
+            views.resolve("todo", versions, 0, Sent::Tables(header))
+        };
+
+        let first = resolve(&versions, &header).unwrap();
+        assert_eq!(first.tables(), [v1.clone()]);
+        assert!(Arc::ptr_eq(&first, &resolve(&versions, &header).unwrap()));
+        assert!(matches!(
+            resolve(&versions, "todos=xyz"),
+            Err(Error::BadRequest(_))
+        ));
+        assert!(matches!(
+            resolve(&versions, "notes=0000000000000001"),
+            Err(Error::Unserved { .. })
+        ));
+
+        // A new app version: the header is resolved again, against it.
+        let due = ColumnSchema::new("due", SqlType::Integer).nullable(true);
+        let v2 = TableSchema::new("todos", Algorithm::Cls, vec![key, due]);
+        db.publish(vec![v2]).await.unwrap();
+        let republished = db.versions().await.unwrap();
+        let again = resolve(&republished, &header).unwrap();
+        assert!(!Arc::ptr_eq(&first, &again));
+        assert_eq!(*first, *again);
+    }
 }
