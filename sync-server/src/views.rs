@@ -160,7 +160,7 @@ mod tests {
         };
 
         let first = resolve(&versions, &header).unwrap();
-        assert_eq!(first.tables(), [v1.clone()]);
+        assert_eq!(first.tables(), std::slice::from_ref(&v1));
         assert!(Arc::ptr_eq(&first, &resolve(&versions, &header).unwrap()));
         assert!(matches!(
             resolve(&versions, "todos=xyz"),
