@@ -1,0 +1,197 @@
+//! The sync server under load, measured from outside: many devices waiting in
+//! long-polls while one device writes ([`live`]), and the first sync of a
+//! large database ([`first_sync`]).
+//!
+//! ```text
+//! cargo run --release -p synced-bench --bin server-scale
+//! cargo run --release -p synced-bench --bin server-scale -- --waiters 2000 --writes 10
+//! ```
+//!
+//! The server runs in this process, with its SQLite store, on a loopback port.
+//! The last line of output is one JSON object with every figure and the
+//! parameters.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand};
+use serde_json::{Value as Json, json};
+use sync_server::Server;
+
+use crate::live::Scenario;
+
+mod first_sync;
+mod live;
+mod simulator;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The allocator of the `sync-server` binary, which this process stands in for.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Debug, Parser)]
+#[command(about = "The sync server with many devices waiting for changes")]
+struct Args {
+    #[command(subcommand)]
+    simulate: Option<Simulate>,
+    /// Devices waiting in long-polls in the first scenario.
+    #[arg(long, default_value_t = 10_000)]
+    waiters: usize,
+    /// Milliseconds between the writer's commits in the first scenario.
+    #[arg(long, default_value_t = 1_000)]
+    every_ms: u64,
+    /// Rows the writer commits in the first scenario.
+    #[arg(long, default_value_t = 30)]
+    writes: usize,
+    /// Devices waiting in the second scenario.
+    #[arg(long, default_value_t = 500)]
+    fast_waiters: usize,
+    /// Milliseconds between commits in the second scenario.
+    #[arg(long, default_value_t = 50)]
+    fast_every_ms: u64,
+    /// Rows the writer commits in the second scenario.
+    #[arg(long, default_value_t = 200)]
+    fast_writes: usize,
+    /// Rows of the database whose first sync is timed.
+    #[arg(long, default_value_t = 1_000_000)]
+    first_sync_rows: usize,
+    /// Rows of the small database the ten-row pulls are compared with.
+    #[arg(long, default_value_t = 1_000)]
+    small_rows: usize,
+    /// Ten-row pulls timed on each database.
+    #[arg(long, default_value_t = 30)]
+    pulls: usize,
+}
+
+/// The simulated devices, run as a process of their own.
+#[derive(Debug, Subcommand)]
+enum Simulate {
+    /// Long-polls as `devices` devices until each has received `until`.
+    Simulate {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        database: String,
+        #[arg(long)]
+        devices: usize,
+        /// The version every device starts after.
+        #[arg(long)]
+        from: i64,
+        /// The version every device must reach.
+        #[arg(long)]
+        until: i64,
+    },
+}
+
+/// What a device asks to wait for, at most: longer than any scenario's gap
+/// between writes, shorter than the server's cap.
+const WAIT_MS: u64 = 30_000;
+
+fn main() -> Result<(), BoxError> {
+    let args = Args::parse();
+    if let Some(Simulate::Simulate {
+        addr,
+        database,
+        devices,
+        from,
+        until,
+    }) = args.simulate
+    {
+        // One thread: the simulator stays light beside the server (two
+        // threads contend with it and make every figure worse).
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        return runtime.block_on(simulator::simulate(addr, &database, devices, from, until));
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(run(&args))?;
+    println!("{report}");
+    Ok(())
+}
+
+async fn run(args: &Args) -> Result<Json, BoxError> {
+    let dir = tempfile::tempdir()?;
+    let scenarios = [
+        Scenario {
+            waiters: args.waiters,
+            every: Duration::from_millis(args.every_ms),
+            writes: args.writes,
+        },
+        Scenario {
+            waiters: args.fast_waiters,
+            every: Duration::from_millis(args.fast_every_ms),
+            writes: args.fast_writes,
+        },
+    ];
+    let names: Vec<String> = (0..scenarios.len()).map(|i| format!("live-{i}")).collect();
+    let mut shared: Vec<&str> = names.iter().map(String::as_str).collect();
+    shared.extend(first_sync::DATABASES);
+    let config = synced_testkit::config_sharing(&dir.path().join("server"), &shared);
+    let server = Server::bind(config).await?;
+    let state = server.state().clone();
+    let caps = state.waiting_caps();
+    let serving = server.spawn();
+    let plan = first_sync::Plan {
+        rows: args.first_sync_rows,
+        small_rows: args.small_rows,
+        pulls: args.pulls,
+    };
+    let first = first_sync::run(&serving, dir.path(), &plan).await?;
+    println!(
+        "devices waiting in long-polls while one device writes (server: SQLite store, loopback; \
+         waiting caps {} per server, {} per user)",
+        caps.per_server, caps.per_user
+    );
+    let mut figures = Vec::new();
+    for (scenario, name) in scenarios.iter().zip(&names) {
+        let url = serving.url(name);
+        figures.push(live::measure(scenario, &state, serving.local_addr(), name, &url).await?);
+    }
+    serving.stop().await?;
+    Ok(json!({ "first_sync": first, "live": figures }))
+}
+
+/// Microseconds since the Unix epoch: a clock both processes read alike.
+pub(crate) fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// The CPU time this process used so far (user and system), from
+/// `/proc/self/stat`; zero where it cannot be read.
+pub(crate) fn cpu_time() -> Duration {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return Duration::ZERO;
+    };
+    // The fields after the command's closing parenthesis: utime and stime are
+    // the 12th and 13th, in clock ticks (100 per second on Linux).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+/// The median, the 99th percentile and the largest of `values` (sorted here).
+pub(crate) fn quantiles(values: &mut [f64]) -> (f64, f64, f64) {
+    if values.is_empty() {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    values.sort_by(f64::total_cmp);
+    let at = |q: f64| values[((values.len() as f64 - 1.0) * q).round() as usize];
+    (at(0.5), at(0.99), values[values.len() - 1])
+}
+
+pub(crate) fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
