@@ -780,13 +780,17 @@ impl TableSql {
                 list(schema.key_columns(), "")
             ),
             changes_since: changes_since(schema, &format!("c.{DV} > ?1")),
-            changes_between: changes_since(
-                schema,
-                &format!("(c.{DV}, c.rowid) > (?1, ?2) AND (c.{DV}, c.rowid) <= (?3, ?4)"),
-            ),
+            changes_between: changes_since(schema, &page_between(1)),
+            // In two parts, the rest of version ?1 and the versions after,
+            // merged in order: a search of the index on the version alone.
+            // (SQLite searches `(v, rowid) > (?1, ?2)` as `v >= ?1`, and a
+            // batch inside a version of a million rows read every row of it
+            // before its own.)
             batch_keys: format!(
-                "SELECT {DV}, rowid FROM {clock} WHERE ({DV}, rowid) > (?1, ?2) \
-                 AND {DV} <= (SELECT {STATE}.db_version FROM {STATE}) ORDER BY {DV}, rowid LIMIT ?3"
+                "SELECT {DV}, rowid FROM {clock} WHERE {DV} = ?1 AND rowid > ?2 \
+                 AND {DV} <= (SELECT {STATE}.db_version FROM {STATE}) \
+                 UNION ALL SELECT {DV}, rowid FROM {clock} WHERE {DV} > ?1 \
+                 AND {DV} <= (SELECT {STATE}.db_version FROM {STATE}) ORDER BY 1, 2 LIMIT ?3"
             ),
             merge_clock_layout: ClockLayout {
                 offset: 0,
@@ -1225,6 +1229,24 @@ fn passes(schema: &TableSchema, filter: &str) -> String {
     )
 }
 
+/// The clock rows `c` whose `(version, rowid)` lies after `(?n, ?n+1)` and at
+/// or before `(?n+2, ?n+3)`, as four ranges of the index on the version, each
+/// bounded on both ends, which SQLite searches one by one (those whose
+/// condition on the bounds alone is false, not at all). Compared as row
+/// values, the same pair is searched from the first row of the first version
+/// to the end of it, whatever the rowids: a page inside a version of a million
+/// rows read every row of the version after its start.
+fn page_between(n: usize) -> String {
+    let (after, after_rowid, upto, upto_rowid) = (n, n + 1, n + 2, n + 3);
+    format!(
+        "((c.{DV} = ?{after} AND ?{after} = ?{upto} \
+           AND c.rowid > ?{after_rowid} AND c.rowid <= ?{upto_rowid}) \
+          OR (c.{DV} = ?{after} AND ?{after} < ?{upto} AND c.rowid > ?{after_rowid}) \
+          OR (c.{DV} > ?{after} AND c.{DV} < ?{upto}) \
+          OR (c.{DV} = ?{upto} AND ?{after} < ?{upto} AND c.rowid <= ?{upto_rowid}))"
+    )
+}
+
 /// A page of clock rows (as `TableSql::changes_between`) with one more column:
 /// whether the app row passes a row filter of `params` parameters, bound first,
 /// before the page's bounds. With `only_passing`, the rows that fail are left
@@ -1237,13 +1259,7 @@ pub(crate) fn changes_between_filtered(
     only_passing: bool,
 ) -> String {
     let passes = passes(schema, filter);
-    let mut page = format!(
-        "(c.{DV}, c.rowid) > (?{}, ?{}) AND (c.{DV}, c.rowid) <= (?{}, ?{})",
-        params + 1,
-        params + 2,
-        params + 3,
-        params + 4
-    );
+    let mut page = page_between(params + 1);
     if only_passing {
         page.push_str(&format!(
             " AND ({passes} OR EXISTS (SELECT 1 FROM _synced_versions AS v \
@@ -1537,6 +1553,24 @@ mod tests {
             conn.execute_batch(&settings)
                 .unwrap_or_else(|e| panic!("{e}\n{settings}"));
         }
+    }
+
+    /// A page inside one version of many rows is searched between its two
+    /// rowids, and the end of the next page is found from the page's end: a
+    /// batched export of a million rows written in one transaction reads each
+    /// row once, not every row of the version before it for each batch.
+    #[test]
+    fn pages_are_searched_between_their_bounds() {
+        let schema = todos();
+        let conn = conn_with(&schema);
+        let sql = TableSql::new(&schema);
+        let page = plan(&conn, &sql.changes_between, 4);
+        assert!(page.contains("=? AND rowid>? AND rowid<?)"), "{page}");
+        assert!(!page.contains("SCAN c"), "{page}");
+        let keys = plan(&conn, &sql.batch_keys, 3);
+        assert!(keys.contains("MERGE (UNION ALL)"), "{keys}");
+        assert!(keys.contains("rowid>?"), "{keys}");
+        assert!(!keys.contains("USE TEMP B-TREE"), "{keys}");
     }
 
     #[test]
