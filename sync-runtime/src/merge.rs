@@ -417,8 +417,12 @@ fn apply_payload(conn: &Connection, payload: &Payload, sender: Sender<'_>) -> Re
             }
         }
         // A checked device holds the rows it creates, which a filtered export
-        // must then know without a scan of the history.
-        if access.is_some() && device.is_some_and(|d| made_by(payload, row.origin, d)) {
+        // must then know without a scan of the history; in a table its user
+        // may read whole, no export is filtered, and nothing is kept, as for
+        // the rows it receives there.
+        let filtered = access
+            .is_some_and(|access| *access.read.for_table(&target.schema.name) != RowFilter::All);
+        if filtered && device.is_some_and(|d| made_by(payload, row.origin, d)) {
             merge.mark_held(target, row)?;
         }
     }
