@@ -58,6 +58,34 @@ pub struct TodoV2 {
     pub priority: i64,
 }
 
+/// The `i`-th row of the server benchmarks: a new key, every column written
+/// (the note on every other row).
+pub fn todo(i: usize) -> Todo {
+    Todo {
+        id: SyncId::new(),
+        title: format!("todo number {i}"),
+        done: i.is_multiple_of(3),
+        note: i.is_multiple_of(2).then(|| format!("note {i}")),
+        score: i as f64 * 0.5,
+    }
+}
+
+/// An error unless a device applied every change another sent: the check of
+/// each transfer the benchmarks time.
+pub fn received_all(
+    sent: &sync_runtime::SyncReport,
+    received: &sync_runtime::SyncReport,
+) -> Result<(), String> {
+    if received.applied == sent.changes_sent {
+        Ok(())
+    } else {
+        Err(format!(
+            "B applied {} changes of the {} A sent",
+            received.applied, sent.changes_sent
+        ))
+    }
+}
+
 /// Inserts `rows` in one transaction.
 pub async fn insert_all<T: Synced + Send + 'static>(
     db: &SyncDb,

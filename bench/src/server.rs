@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value as Json, json};
 use sync_runtime::{FromRow, Remote, SyncDb, SyncId, Synced, params};
 use sync_server::{DatabaseConfig, Server, Serving, TablePolicies};
-use synced_bench::{Owned, Todo};
+use synced_bench::{Owned, Todo, todo};
 use synced_testkit::{ADMIN_KEY, config_sharing, token};
 use tokio::task::JoinSet;
 
@@ -128,16 +128,6 @@ async fn watch_latency(server: &Running, changes: usize) -> Result<Json, BoxErro
     Ok(json!({ "changes": changes, "median_ms": median, "p99_ms": p99 }))
 }
 
-fn todo(i: usize) -> Todo {
-    Todo {
-        id: SyncId::new(),
-        title: format!("todo number {i}"),
-        done: i.is_multiple_of(3),
-        note: i.is_multiple_of(2).then(|| format!("note {i}")),
-        score: i as f64 * 0.5,
-    }
-}
-
 /// Runs the three measurements; prints them and returns their JSON.
 pub(crate) async fn run(plan: &Plan) -> Result<Json, BoxError> {
     let dir = tempfile::tempdir()?;
@@ -163,13 +153,7 @@ pub(crate) async fn run(plan: &Plan) -> Result<Json, BoxError> {
     let send = start.elapsed();
     let received = b.sync().await?;
     let total = start.elapsed();
-    if received.applied != sent.changes_sent {
-        return Err(format!(
-            "B applied {} changes of the {} A sent",
-            received.applied, sent.changes_sent
-        )
-        .into());
-    }
+    synced_bench::received_all(&sent, &received)?;
     let seconds = total.as_secs_f64();
     println!(
         "{:<34} {:>10.1} ms   A sends {:.0} ms + B fetches {:.0} ms; {:.0} rows/s, {:.0} column changes/s ({} batches up, {} down)",

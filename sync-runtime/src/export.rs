@@ -481,11 +481,13 @@ pub(crate) fn export_filtered(
             next: batch.next.made_after(vacuums),
             ..batch
         };
-        return Ok((batch, Marks::new(reader, marks)));
+        let at = batch.version;
+        return Ok((batch, Marks::new(reader, marks, at)));
     }
     let scope = Scope::Except(reader);
     let (batch, marks) = export_gated(conn, tables, from, scope, limits, Some((filter, reader)))?;
-    Ok((batch, Marks::new(reader, marks)))
+    let at = batch.version;
+    Ok((batch, Marks::new(reader, marks, at)))
 }
 
 fn export_gated(

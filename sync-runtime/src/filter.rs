@@ -187,12 +187,27 @@ pub(crate) struct NewMark {
 pub(crate) struct Marks {
     reader: SiteId,
     marks: Vec<NewMark>,
+    /// The version the export read at.
+    at: i64,
 }
 
 impl Marks {
-    /// The marks of `reader`.
-    pub(crate) fn new(reader: SiteId, marks: Vec<NewMark>) -> Self {
-        Self { reader, marks }
+    /// The marks of `reader`, set by an export that read at version `at`.
+    pub(crate) fn new(reader: SiteId, marks: Vec<NewMark>, at: i64) -> Self {
+        Self { reader, marks, at }
+    }
+
+    /// Whether the reader's own device wrote here since the export read: its
+    /// push may have marked rows it created (or re-created) as held, which
+    /// these older marks must not replace. The export is then made again in
+    /// the write transaction, with the marks it sets.
+    pub(crate) fn superseded(&self, conn: &Connection) -> Result<bool> {
+        let Some(reader) = crate::site::ordinal(conn, self.reader)? else {
+            return Ok(false);
+        };
+        Ok(conn
+            .prepare_cached(sql::WROTE_SINCE)?
+            .query_row((self.at, reader), |r| r.get(0))?)
     }
 
     /// Whether there is nothing to record.

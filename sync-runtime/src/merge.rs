@@ -710,7 +710,15 @@ fn resolve<'p, 'c>(
     // its position among the columns kept (`None`: left out).
     let mut tables: Vec<Option<(u32, Vec<Option<u32>>)>> = Vec::with_capacity(payload.tables.len());
     let mut partial = false;
+    // Each table once: an exporter lists a table once, and each entry has the
+    // statements of its rows prepared.
+    let mut listed = HashSet::new();
     for entry in &payload.tables {
+        if !listed.insert(entry.name.to_ascii_lowercase()) {
+            return Err(Error::Refused {
+                reason: format!("the payload lists table `{}` twice", entry.name),
+            });
+        }
         let Some(schema) = local
             .iter()
             .find(|s| s.name.eq_ignore_ascii_case(&entry.name))

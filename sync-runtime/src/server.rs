@@ -293,6 +293,7 @@ impl Replica {
         first: impl Fn(&Connection) -> Result<T> + Send + Sync + 'static,
     ) -> Result<(Batch, T)> {
         let this = self.clone();
+        let again = (self.clone(), from.clone(), filter.clone());
         let (batch, marks, first) = self
             .db
             .handle()
@@ -304,12 +305,28 @@ impl Replica {
                 Ok((this.for_device(batch), marks, first))
             })
             .await?;
-        if !marks.is_empty() {
-            self.db
-                .call(move |w| write(w, |tx| marks.record(tx.conn())))
-                .await?;
+        if marks.is_empty() {
+            return Ok((batch, first));
         }
-        Ok((batch, first))
+        let redone = self
+            .db
+            .call(move |w| {
+                write(w, |tx| {
+                    let conn = tx.conn();
+                    if !marks.superseded(conn)? {
+                        marks.record(conn)?;
+                        return Ok(None);
+                    }
+                    let (this, from, filter) = again;
+                    let tables = this.narrow(tracking::synced_tables(conn, true)?);
+                    let (batch, marks) =
+                        export::export_filtered(conn, &tables, &from, reader, limits, &filter)?;
+                    marks.record(conn)?;
+                    Ok(Some(this.for_device(batch)))
+                })
+            })
+            .await?;
+        Ok((redone.unwrap_or(batch), first))
     }
 
     /// On a server: what a pull of device site `device` returns, in one call

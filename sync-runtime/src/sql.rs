@@ -322,6 +322,9 @@ statements! {
     /// Whether a reader holds any row of a table.
     HOLDS_IN_TABLE = "SELECT EXISTS (SELECT 1 FROM _synced_held WHERE site = ?1 AND tbl = ?2)";
 
+    /// Whether site ordinal `?2` made a version after `?1` here.
+    WROTE_SINCE = "SELECT EXISTS (SELECT 1 FROM _synced_versions WHERE db_version > ?1 AND site = ?2)";
+
     /// A reader's mark of one row.
     HELD_MARK = "SELECT evicted, at FROM _synced_held WHERE site = ?1 AND tbl = ?2 AND pk = ?3";
 

@@ -128,6 +128,18 @@ fn fingerprint(tables: &[&TableSchema]) -> u64 {
     hash
 }
 
+/// A payload that lists a table twice is refused whatever its rows: each entry
+/// would have the statements of its rows prepared, and a small push could
+/// name one table a hundred thousand times.
+#[tokio::test]
+async fn a_table_listed_twice_is_refused_even_without_rows_in_it() {
+    let (peer, replica) = peer_and_replica().await;
+    let mut payload = exported(&peer).await;
+    let again = payload.tables[0].clone();
+    payload.tables.extend(std::iter::repeat_n(again, 3));
+    assert_refused(&replica, &payload).await;
+}
+
 #[tokio::test]
 async fn a_table_named_twice_in_another_case_is_still_one_table() {
     let (peer, replica) = peer_and_replica().await;

@@ -225,6 +225,33 @@ async fn reads_go_on_where_no_read_connection_opens() {
     assert_eq!(db.query::<Note>("", params![]).await.unwrap().len(), 2);
 }
 
+/// Opens a write transaction that inserts `held` and keeps the write
+/// connection until `finish` is sent; returns once it is open.
+async fn hold_write_connection(
+    db: &SyncDb,
+    held: Note,
+) -> (
+    tokio::task::JoinHandle<Result<(), Error>>,
+    std::sync::mpsc::Sender<()>,
+) {
+    let (opened, wait_opened) = tokio::sync::oneshot::channel();
+    let (finish, wait_finish) = std::sync::mpsc::channel::<()>();
+    let writer = tokio::spawn({
+        let db = db.clone();
+        async move {
+            db.transaction(move |tx| {
+                tx.insert(&held)?;
+                opened.send(()).unwrap();
+                wait_finish.recv().unwrap();
+                Ok::<_, Error>(())
+            })
+            .await
+        }
+    });
+    wait_opened.await.unwrap();
+    (writer, finish)
+}
+
 /// A server's pull of a device is a read: it runs on a read connection while
 /// a push holds the write connection, and sees the last commit.
 #[tokio::test]
@@ -239,21 +266,7 @@ async fn a_pull_runs_while_a_push_holds_the_write_connection() {
     let replica = Replica::new(db.clone());
     let device = SiteId::from_bytes([7; 16]);
 
-    let (opened, wait_opened) = tokio::sync::oneshot::channel();
-    let (finish, wait_finish) = std::sync::mpsc::channel::<()>();
-    let writer = tokio::spawn({
-        let db = db.clone();
-        async move {
-            db.transaction(move |tx| {
-                tx.insert(&note("in the open transaction"))?;
-                opened.send(()).unwrap();
-                wait_finish.recv().unwrap();
-                Ok::<_, Error>(())
-            })
-            .await
-        }
-    });
-    wait_opened.await.unwrap();
+    let (writer, finish) = hold_write_connection(&db, note("in the open transaction")).await;
     let pull = replica.export_for_device(device, Cursor::BEGINNING, BatchLimits::default(), None);
     let (batch, seen) = tokio::time::timeout(BOUND, pull)
         .await
@@ -299,21 +312,7 @@ async fn a_filtered_pull_runs_while_a_push_holds_the_write_connection() {
     let first = pull(Cursor::BEGINNING).await.unwrap();
     assert_eq!(first.rows, 1);
 
-    let (opened, wait_opened) = tokio::sync::oneshot::channel();
-    let (finish, wait_finish) = std::sync::mpsc::channel::<()>();
-    let writer = tokio::spawn({
-        let db = db.clone();
-        async move {
-            db.transaction(move |tx| {
-                tx.insert(&note("mine too"))?;
-                opened.send(()).unwrap();
-                wait_finish.recv().unwrap();
-                Ok::<_, Error>(())
-            })
-            .await
-        }
-    });
-    wait_opened.await.unwrap();
+    let (writer, finish) = hold_write_connection(&db, note("mine too")).await;
     let nothing_new = tokio::time::timeout(BOUND, pull(first.next.clone()))
         .await
         .expect("the filtered pull waited for the write transaction")

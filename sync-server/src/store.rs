@@ -487,7 +487,9 @@ impl Database for SqliteDatabase {
                     .and_modify(|seen| *seen = pushed.seen.max(*seen))
                     .or_insert(pushed.seen);
             } else {
-                known.sites.remove(&site);
+                // A pull that read the database before this push committed
+                // must not bring back what it read either.
+                known.forget(site);
             }
             drop(known);
             // Read after the commit: at or above the version the merge created.
@@ -554,9 +556,12 @@ impl Database for SqliteDatabase {
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let renewed = self.db.site_renewed(from, to, owner, reused).await;
-            let mut seen = lock(&self.seen);
-            seen.forget(from);
-            seen.forget(to);
+            // A renewed device names its previous site id with every request:
+            // only one found reused is forgotten (the new one's pushes keep
+            // its own entry up to date).
+            if reused {
+                lock(&self.seen).forget(from);
+            }
             Ok(renewed?)
         })
     }

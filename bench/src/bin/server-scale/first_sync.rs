@@ -8,13 +8,12 @@
 //! should follow what it fetches, not the database's size.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value as Json, json};
-use sync_runtime::{SyncDb, SyncId};
+use sync_runtime::SyncDb;
 use sync_server::Serving;
-use synced_bench::Todo;
+use synced_bench::{Todo, todo};
 
 use crate::{BoxError, quantiles};
 
@@ -31,16 +30,6 @@ pub(crate) struct Plan {
 /// The databases this measurement uses.
 pub(crate) const DATABASES: [&str; 2] = ["first-large", "first-small"];
 
-fn todo(i: usize) -> Todo {
-    Todo {
-        id: SyncId::new(),
-        title: format!("todo number {i}"),
-        done: i.is_multiple_of(3),
-        note: i.is_multiple_of(2).then(|| format!("note {i}")),
-        score: i as f64 * 0.5,
-    }
-}
-
 /// A device of user `ann` syncing with database `name`, in file `file` of `dir`.
 async fn device(serving: &Serving, dir: &Path, name: &str, file: &str) -> Result<SyncDb, BoxError> {
     let path = dir.join(file);
@@ -49,15 +38,7 @@ async fn device(serving: &Serving, dir: &Path, name: &str, file: &str) -> Result
 
 /// Writes `rows` rows on `db` in one transaction.
 async fn fill(db: &SyncDb, rows: usize) -> Result<(), BoxError> {
-    let rows: Arc<Vec<Todo>> = Arc::new((0..rows).map(todo).collect());
-    db.transaction(move |tx| {
-        for row in rows.iter() {
-            tx.insert(row)?;
-        }
-        Ok::<_, sync_runtime::Error>(())
-    })
-    .await?;
-    Ok(())
+    Ok(synced_bench::insert_all(db, (0..rows).map(todo).collect()).await?)
 }
 
 /// Device A with `rows` rows, its first sync, and a new device B's: their
@@ -78,13 +59,7 @@ async fn first_syncs(
     let start = Instant::now();
     let received = b.sync().await?;
     let pull = start.elapsed();
-    if received.applied != sent.changes_sent {
-        return Err(format!(
-            "B applied {} changes of the {} A sent",
-            received.applied, sent.changes_sent
-        )
-        .into());
-    }
+    synced_bench::received_all(&sent, &received)?;
     Ok((push, pull, a, b))
 }
 
