@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `GET /health` | anyone | `{"status":"ok"}` |
 //! | `POST /v1/db/{name}/push` | API key or JWT | merges the payload in the body; replies with a [`PushAck`] once committed |
-//! | `GET /v1/db/{name}/pull?cursor=&wait=&limit=` | API key or JWT | the changes after `cursor` not made by the caller's site, as a [`PullResponse`]; waits up to `wait` ms for one, or gets 429 when too many pulls wait already ([`waiting`](crate::waiting)) |
+//! | `GET /v1/db/{name}/pull?cursor=&wait=&limit=` | API key or JWT | the changes after `cursor` not made by the caller's site, as a [`PullResponse`](protocol::PullResponse); waits up to `wait` ms for one, or gets 429 when too many pulls wait already ([`waiting`](crate::waiting)) |
 //! | `GET /v1/db/{name}/schema` | API key or JWT | the registered tables, a JSON array of [`TableSchema`] |
 //! | `PUT /v1/db/{name}/schema` | API key | publishes an app version with the tables in the body (a JSON array), creating the database if needed |
 //!
