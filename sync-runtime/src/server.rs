@@ -588,3 +588,111 @@ fn prepare_filter(conn: &Connection, table: &str, filter: &RowFilter) -> Result<
     }
     Ok(schema)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::filter::Marks;
+    use crate::schema::{Algorithm, ColumnSchema};
+    use crate::value::{SqlType, Value};
+
+    fn notes() -> TableSchema {
+        TableSchema::new(
+            "notes",
+            Algorithm::Cls,
+            vec![
+                ColumnSchema::new("id", SqlType::Text).primary_key(),
+                ColumnSchema::new("owner", SqlType::Text).default_sql("''"),
+            ],
+        )
+    }
+
+    /// A device that wrote one note of `owner`'s, and pushed it to `server`.
+    async fn pushed_a_note(server: &Replica, id: &str, owner: &str) -> SyncDb {
+        let device = SyncDb::open_in_memory().await.unwrap();
+        device.register_schema(notes()).await.unwrap();
+        device
+            .execute_raw(
+                "INSERT INTO notes (id, owner) VALUES (?1, ?2)",
+                vec![Value::from(id), Value::from(owner)],
+            )
+            .await
+            .unwrap();
+        let payload = device.export_local_changes(Since::Beginning).await.unwrap();
+        let decoded = crate::wire::decode(&payload).unwrap();
+        server.apply_push(decoded, device.site_id()).await.unwrap();
+        device
+    }
+
+    /// The marks a filtered export of `reader` sets, read on a read
+    /// connection at the database's version now.
+    async fn marks_now(server: &Replica, reader: SiteId) -> Marks {
+        let filter = RowFilters::new(RowFilter::Nothing).table(
+            "notes",
+            RowFilter::Where {
+                sql: "owner = 'ann'".into(),
+                params: vec![],
+            },
+        );
+        let (_, marks) = server
+            .db()
+            .handle()
+            .read_final(move |conn, tables| {
+                export::export_filtered(
+                    conn,
+                    tables,
+                    &Cursor::BEGINNING,
+                    reader,
+                    BatchLimits::default(),
+                    &filter,
+                )
+            })
+            .await
+            .unwrap();
+        marks
+    }
+
+    /// An export's marks are recorded as they are unless the reader's own
+    /// device pushed since the export read: then its push may have marked
+    /// rows it created, which older marks must not replace, and the export is
+    /// made again.
+    #[tokio::test]
+    async fn marks_are_superseded_by_a_push_of_their_reader_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Replica::new(SyncDb::open(dir.path().join("server.db")).await.unwrap());
+        server.db().register_schema(notes()).await.unwrap();
+        let reader = pushed_a_note(&server, "first", "ann").await;
+        // A note of another device's, which the reader's export sends whole
+        // and marks as held.
+        pushed_a_note(&server, "theirs", "ann").await;
+        let superseded = |marks: Marks| {
+            let db = server.db().clone();
+            async move { db.call(move |w| marks.superseded(&w.conn)).await.unwrap() }
+        };
+
+        let marks = marks_now(&server, reader.site_id()).await;
+        assert!(!marks.is_empty());
+        assert!(!superseded(marks).await);
+
+        let marks = marks_now(&server, reader.site_id()).await;
+        pushed_a_note(&server, "another's", "ann").await;
+        assert!(!superseded(marks).await, "another device's push");
+
+        let marks = marks_now(&server, reader.site_id()).await;
+        reader
+            .execute_raw(
+                "INSERT INTO notes (id, owner) VALUES ('second', 'ann')",
+                Vec::<Value>::new(),
+            )
+            .await
+            .unwrap();
+        let payload = reader.export_local_changes(Since::Beginning).await.unwrap();
+        let decoded = crate::wire::decode(&payload).unwrap();
+        server.apply_push(decoded, reader.site_id()).await.unwrap();
+        assert!(superseded(marks).await, "the reader's own push");
+
+        // A reader the database has never heard of has no marks to lose.
+        let stranger = SiteId::from_bytes([3; 16]);
+        assert!(!superseded(marks_now(&server, stranger).await).await);
+    }
+}
