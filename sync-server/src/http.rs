@@ -27,7 +27,6 @@ use axum::http::HeaderName;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
-use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -182,7 +181,8 @@ pub fn router(state: AppState) -> Router {
             StatusCode::SERVICE_UNAVAILABLE,
             limits.total_timeout(),
         ))
-        .layer(middleware::map_response(fill_error_body))
+        // A plain function of the response: no future is boxed per request.
+        .layer(tower::util::MapResponseLayer::new(fill_error_body))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -202,7 +202,7 @@ impl FromRequestParts<AppState> for Caller {
 
 /// Gives an [`ErrorBody`](protocol::ErrorBody) to the error responses made
 /// outside the handlers (a timeout, a method not allowed).
-async fn fill_error_body(response: Response) -> Response {
+fn fill_error_body(response: Response) -> Response {
     use axum::body::HttpBody;
     let status = response.status();
     let is_error = status.is_client_error() || status.is_server_error();

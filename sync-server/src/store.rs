@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 
 use sync_runtime::protocol::{PushAck, RejectedRow};
 use sync_runtime::server::{Replica, RowFilter, RowFilters, Versions, View};
@@ -205,6 +205,9 @@ pub struct SqliteStore {
     dir: PathBuf,
     quick_check: bool,
     databases: Mutex<HashMap<String, Slot>>,
+    /// The databases open, for every request to find its own without
+    /// waiting on `databases`, which an opening holds.
+    open: std::sync::RwLock<HashMap<String, Arc<SqliteDatabase>>>,
 }
 
 /// What became of a database file the store opened.
@@ -238,6 +241,7 @@ impl SqliteStore {
             dir,
             quick_check: storage.quick_check,
             databases: Mutex::new(HashMap::new()),
+            open: std::sync::RwLock::default(),
         };
         for name in store.names_on_disk()? {
             match store.open_database(&name, false).await {
@@ -283,6 +287,15 @@ impl SqliteStore {
         if !valid_database_name(name) {
             return Err(Error::BadRequest(bad_database_name(name)));
         }
+        let found = self
+            .open
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .cloned();
+        if found.is_some() {
+            return Ok(found);
+        }
         // Held across the open, so that a database is opened once.
         let mut databases = self.databases.lock().await;
         match databases.get(name) {
@@ -319,6 +332,10 @@ impl SqliteStore {
         };
         tracing::info!(database = name, path = %path.display(), "database opened");
         databases.insert(name.to_owned(), Slot::Open(Arc::clone(&db)));
+        self.open
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name.to_owned(), Arc::clone(&db));
         Ok(Some(db))
     }
 }
