@@ -16,7 +16,8 @@
 //! The answers kept are those of the database's latest version: a pull that
 //! saw version `v` may take any answer built at `v` or later, which holds every
 //! change up to `v`. They are dropped when the version moves, and held to
-//! [`MAX_ANSWERS`] and [`MAX_ANSWER_BYTES`] per database: beyond either, a pull
+//! [`MAX_ANSWERS`] and [`MAX_ANSWER_BYTES`] per database: when full, an answer
+//! no pull holds makes room for a new one; when every one is held, a pull
 //! exports on its own, as it did before.
 
 use std::collections::HashMap;
@@ -160,7 +161,7 @@ impl Fanout {
             })
             .await?;
         if built {
-            self.account(name, kept_at, &place, answer.body.len());
+            self.account(name, kept_at, &place, &cell, answer.body.len());
         }
         Ok(Arc::clone(answer))
     }
@@ -188,22 +189,45 @@ impl Fanout {
             return Some((Arc::clone(cell), answers.version));
         }
         if answers.by_place.len() >= MAX_ANSWERS || answers.bytes >= MAX_ANSWER_BYTES {
-            return None;
+            // Full: an answer no pull holds now makes room, so that pulls
+            // asking from made-up places cannot keep the others from sharing.
+            let idle = answers
+                .by_place
+                .iter()
+                .find(|(_, cell)| Arc::strong_count(cell) == 1)
+                .map(|(idle, _)| idle.clone())?;
+            if let Some(cell) = answers.by_place.remove(&idle) {
+                let bytes = cell.get().map_or(0, |answer| answer.body.len());
+                answers.bytes = answers.bytes.saturating_sub(bytes);
+            }
+            if answers.bytes >= MAX_ANSWER_BYTES {
+                return None;
+            }
         }
         let cell = Arc::new(OnceCell::new());
         answers.by_place.insert(place.clone(), Arc::clone(&cell));
         Some((cell, answers.version))
     }
 
-    /// Counts an answer of `bytes` built for `place` at `version`; drops it
+    /// Counts an answer of `bytes` built in `cell` for `place` at `version`; drops it
     /// when that takes its database beyond [`MAX_ANSWER_BYTES`] (the pulls
     /// that have it already still answer with it).
-    fn account(&self, name: &str, version: i64, place: &Place, bytes: usize) {
+    fn account(
+        &self,
+        name: &str,
+        version: i64,
+        place: &Place,
+        cell: &Arc<OnceCell<Arc<Answer>>>,
+        bytes: usize,
+    ) {
         let mut databases = self.lock();
         let Some(answers) = databases.get_mut(name) else {
             return;
         };
-        if answers.version != version || !answers.by_place.contains_key(place) {
+        // Not if it was dropped meanwhile (the version moved, or it made
+        // room), even if another answer for the same place was kept since.
+        let kept = answers.by_place.get(place);
+        if answers.version != version || !kept.is_some_and(|kept| Arc::ptr_eq(kept, cell)) {
             return;
         }
         if answers.bytes.saturating_add(bytes) > MAX_ANSWER_BYTES {
@@ -260,7 +284,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn beyond_the_cap_a_pull_exports_on_its_own() {
+    async fn at_the_cap_an_idle_answer_makes_room() {
         let (_dir, db, view) = database().await;
         let fanout = Fanout::default();
         let start = Cursor::BEGINNING;
@@ -268,16 +292,22 @@ mod tests {
             let limits = BatchLimits::default().max_rows(rows);
             fanout.answer("todo", &db, 1, &start, limits, &view)
         };
+        // Made-up places fill every slot; none is held once answered.
         for rows in 1..=MAX_ANSWERS {
             answer(rows).await.unwrap();
         }
-        let kept = answer(MAX_ANSWERS).await.unwrap();
-        assert!(Arc::ptr_eq(&kept, &answer(MAX_ANSWERS).await.unwrap()));
-        let beyond = answer(MAX_ANSWERS + 1).await.unwrap();
+        let kept = answer(MAX_ANSWERS + 1).await.unwrap();
+        assert!(Arc::ptr_eq(&kept, &answer(MAX_ANSWERS + 1).await.unwrap()));
+        assert_eq!(fanout.lock()["todo"].by_place.len(), MAX_ANSWERS);
+
+        // Every slot held by a pull: the next pull exports on its own.
+        let held: Vec<_> = fanout.lock()["todo"].by_place.values().cloned().collect();
+        let alone = answer(MAX_ANSWERS + 2).await.unwrap();
         assert!(!Arc::ptr_eq(
-            &beyond,
-            &answer(MAX_ANSWERS + 1).await.unwrap()
+            &alone,
+            &answer(MAX_ANSWERS + 2).await.unwrap()
         ));
+        drop(held);
         assert_eq!(fanout.lock()["todo"].by_place.len(), MAX_ANSWERS);
     }
 }
