@@ -49,22 +49,8 @@ async fn reads_run_while_a_write_transaction_is_open() {
     db.insert(&first).await.unwrap();
 
     let second = note("in the open transaction");
-    let (opened, wait_opened) = tokio::sync::oneshot::channel();
-    let (finish, wait_finish) = std::sync::mpsc::channel::<()>();
-    let writer = tokio::spawn({
-        let (db, second) = (db.clone(), second.clone());
-        async move {
-            db.transaction(move |tx| {
-                tx.insert(&second)?;
-                opened.send(()).unwrap();
-                // Holds the write connection until the reads below are done.
-                wait_finish.recv().unwrap();
-                Ok::<_, Error>(())
-            })
-            .await
-        }
-    });
-    wait_opened.await.unwrap();
+    // Holds the write connection until the reads below are done.
+    let (writer, finish) = hold_write_connection(&db, second.clone()).await;
 
     // The write connection is busy; these reads go on without it, and see the
     // last commit, not the open transaction.
