@@ -211,7 +211,9 @@ impl SyncDb {
         Ok(true)
     }
 
-    /// The batches of [`send_changes_with`](Self::send_changes_with).
+    /// The batches of [`send_changes_with`](Self::send_changes_with): while
+    /// the server merges one, the next is read here and the one before is
+    /// recorded as acknowledged.
     async fn send_batches(
         &self,
         state: &Arc<RemoteState>,
@@ -227,6 +229,8 @@ impl SyncDb {
         let mut batch = self.export_batch(cursor, Scope::Local, limits).await?;
         let mut report = SyncReport::default();
         let mut rows_sent = 0;
+        // The batch the server acknowledged last, not recorded yet.
+        let mut unrecorded: Option<Sent> = None;
         loop {
             let payload = bytes::Bytes::from(std::mem::take(&mut batch.payload));
             let bytes = payload.len() as u64;
@@ -250,48 +254,80 @@ impl SyncDb {
                 let next = self.export_batch(batch.next.clone(), Scope::Local, limits);
                 next.await.map(Some)
             };
-            let (pushed, next) = tokio::join!(push, next);
-            let ack = pushed?;
-            let (rejected, restore) = match ack {
-                Some(ack) => (ack.rejected, ack.restore),
-                None => (Vec::new(), None),
+            // Recorded while the server merges this batch: the cursor moves
+            // past the one before, which the server holds already.
+            let record = async {
+                match unrecorded.take() {
+                    Some(sent) => {
+                        self.record_sent(&url, sent, &mut report, &mut rows_sent, options)
+                            .await
+                    }
+                    None => Ok(()),
+                }
             };
-            let restore = match restore {
-                Some(hex) => hex::decode(hex).map_err(|e| Error::Server {
-                    status: 200,
-                    message: format!("the push acknowledgement's restore is not hex: {e}"),
-                })?,
-                None => Vec::new(),
+            let (pushed, next, recorded) = tokio::join!(push, next, record);
+            recorded?;
+            let sent = Sent {
+                ack: pushed?,
+                next: batch.next.clone(),
+                version: batch.version,
+                rows: batch.rows,
+                changes: batch.changes,
+                bytes,
             };
-            // Acknowledged: the cursor may move past the batch, and the rows the
-            // server refused are kept and take its state, in one transaction.
-            let rejected: Vec<Rejection> = rejected.iter().filter_map(|r| r.rejection()).collect();
-            let (_, kept) = self
-                .acknowledged(
-                    &url,
-                    batch.next.clone(),
-                    rejected.clone(),
-                    restore,
-                    batch.version,
-                )
-                .await?;
-            if batch.rows > 0 {
-                rows_sent += batch.rows;
-                report.changes_sent += batch.changes;
-                report.rejected.extend(rejected);
-                report.quarantined += kept;
-                report.refused_all = report.rejected.len() >= rows_sent;
-                report.bytes_sent += bytes;
-                report.batches += 1;
-            }
-            if let Some(progress) = &options.progress {
-                progress(&report);
-            }
             match next? {
-                Some(next) => batch = next,
-                None => return Ok(report),
+                Some(next) => {
+                    unrecorded = Some(sent);
+                    batch = next;
+                }
+                None => {
+                    self.record_sent(&url, sent, &mut report, &mut rows_sent, options)
+                        .await?;
+                    return Ok(report);
+                }
             }
         }
+    }
+
+    /// Records a batch the server acknowledged: the cursor moves past it, and
+    /// the rows the server refused are kept and take its state, in one
+    /// transaction; then `report` counts it.
+    async fn record_sent(
+        &self,
+        url: &str,
+        sent: Sent,
+        report: &mut SyncReport,
+        rows_sent: &mut usize,
+        options: &SyncOptions,
+    ) -> Result<()> {
+        let (rejected, restore) = match sent.ack {
+            Some(ack) => (ack.rejected, ack.restore),
+            None => (Vec::new(), None),
+        };
+        let restore = match restore {
+            Some(hex) => hex::decode(hex).map_err(|e| Error::Server {
+                status: 200,
+                message: format!("the push acknowledgement's restore is not hex: {e}"),
+            })?,
+            None => Vec::new(),
+        };
+        let rejected: Vec<Rejection> = rejected.iter().filter_map(|r| r.rejection()).collect();
+        let (_, kept) = self
+            .acknowledged(url, sent.next, rejected.clone(), restore, sent.version)
+            .await?;
+        if sent.rows > 0 {
+            *rows_sent += sent.rows;
+            report.changes_sent += sent.changes;
+            report.rejected.extend(rejected);
+            report.quarantined += kept;
+            report.refused_all = report.rejected.len() >= *rows_sent;
+            report.bytes_sent += sent.bytes;
+            report.batches += 1;
+        }
+        if let Some(progress) = &options.progress {
+            progress(report);
+        }
+        Ok(())
     }
 
     /// [`check_changes`](Self::check_changes) with options: with a
@@ -885,6 +921,19 @@ fn empty_poll_pause(early: u32, interval: Duration) -> Duration {
     EMPTY_POLL_PAUSE
         .saturating_mul(2u32.saturating_pow(early.min(16)))
         .min(interval.max(EMPTY_POLL_PAUSE))
+}
+
+/// A batch the server acknowledged, to be recorded here.
+struct Sent {
+    /// The server's answer; none for a batch without rows, not sent.
+    ack: Option<PushAck>,
+    /// The cursor after the batch.
+    next: Cursor,
+    /// This database's version when the batch was read.
+    version: i64,
+    rows: usize,
+    changes: usize,
+    bytes: u64,
 }
 
 #[cfg(test)]
