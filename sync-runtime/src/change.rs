@@ -1,6 +1,7 @@
 //! Change records: what the clock metadata says happened, one record per row event
 //! or column value.
 
+use std::cell::Cell;
 use std::cell::RefCell;
 use std::collections::HashMap;
 
@@ -232,6 +233,9 @@ pub(crate) struct Origins<'c> {
     /// which version each was its own, in version order.
     identities: Vec<(i64, i64)>,
     known: RefCell<HashMap<i64, (i64, i64)>>,
+    /// The version looked up last, and its origin: rows come in version order,
+    /// most of a version's after one another.
+    last: Cell<Option<(i64, (i64, i64))>>,
 }
 
 impl<'c> Origins<'c> {
@@ -241,12 +245,19 @@ impl<'c> Origins<'c> {
             sites: site::dictionary(conn)?,
             identities: site::identities(conn)?,
             known: RefCell::new(HashMap::new()),
+            last: Cell::new(None),
         })
     }
 
     /// The site ordinal and the version there of local version `version`.
     pub(crate) fn of(&self, version: i64) -> Result<(i64, i64)> {
+        if let Some((last, origin)) = self.last.get()
+            && last == version
+        {
+            return Ok(origin);
+        }
         if let Some(&origin) = self.known.borrow().get(&version) {
+            self.last.set(Some((version, origin)));
             return Ok(origin);
         }
         let origin = self
@@ -256,6 +267,7 @@ impl<'c> Origins<'c> {
             .optional()?
             .unwrap_or_else(|| (self.made_under(version), version));
         self.known.borrow_mut().insert(version, origin);
+        self.last.set(Some((version, origin)));
         Ok(origin)
     }
 

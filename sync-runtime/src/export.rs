@@ -927,6 +927,8 @@ pub(crate) struct SiteDictionary<'o> {
     origins: &'o Origins<'o>,
     index: HashMap<i64, u32>,
     list: Vec<SiteId>,
+    /// The ordinal looked up last, and its index.
+    last: Option<(i64, u32)>,
 }
 
 impl<'o> SiteDictionary<'o> {
@@ -935,6 +937,7 @@ impl<'o> SiteDictionary<'o> {
             origins,
             index: HashMap::new(),
             list: Vec::new(),
+            last: None,
         }
     }
 
@@ -952,15 +955,19 @@ impl<'o> SiteDictionary<'o> {
     /// dictionary.
     fn origin(&mut self, version: i64) -> Result<Origin> {
         let (ordinal, origin_version) = self.origins.of(version)?;
-        let site = match self.index.get(&ordinal) {
-            Some(&index) => index,
-            None => {
-                let index = self.list.len() as u32;
-                self.list.push(self.origins.site(ordinal)?);
-                self.index.insert(ordinal, index);
-                index
-            }
+        let site = match self.last {
+            Some((last, index)) if last == ordinal => index,
+            _ => match self.index.get(&ordinal) {
+                Some(&index) => index,
+                None => {
+                    let index = self.list.len() as u32;
+                    self.list.push(self.origins.site(ordinal)?);
+                    self.index.insert(ordinal, index);
+                    index
+                }
+            },
         };
+        self.last = Some((ordinal, site));
         let version = u64::try_from(origin_version).unwrap_or_default();
         Ok(Origin { site, version })
     }

@@ -719,10 +719,60 @@ pub(crate) struct TableSql {
     /// The merge: a row's clock by key, laid out as `merge_clock_layout` says.
     pub(crate) merge_read_clock: String,
     pub(crate) merge_clock_layout: ClockLayout,
-    /// The merge: writes a whole clock row (key columns, then as read).
-    pub(crate) merge_write_clock: String,
-    /// The merge: writes a whole app row (every column, table order).
-    pub(crate) merge_write_row: String,
+    /// The merge: writes whole clock rows (key columns, then as read).
+    pub(crate) merge_write_clock: RowsUpsert,
+    /// The merge: writes whole app rows (every column, table order).
+    pub(crate) merge_write_row: RowsUpsert,
+}
+
+/// An upsert of any number of rows in one statement (see [`RowsUpsert::sql`]):
+/// the merge writes the rows of a payload in sets, since a statement run per
+/// row cost as much as the rows' own B-tree writes.
+#[derive(Debug, Clone)]
+pub(crate) struct RowsUpsert {
+    /// Parameters of each row, its marker not counted.
+    pub(crate) columns: usize,
+    /// `INSERT INTO … (…) SELECT column2, … FROM (VALUES `
+    insert: String,
+    /// `) WHERE column1 IS NOT NULL ON CONFLICT …`
+    conflict: String,
+}
+
+impl RowsUpsert {
+    /// Writes `columns` into `table` as the rows given, and on a conflict of
+    /// `keys` runs `action`.
+    fn new(table: &str, columns: &[String], keys: &str, action: &str) -> Self {
+        let selected = (2..=columns.len() + 1)
+            .map(|i| format!("column{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Self {
+            columns: columns.len(),
+            insert: format!(
+                "INSERT INTO {table} ({}) SELECT {selected} FROM (VALUES ",
+                columns.join(", ")
+            ),
+            conflict: format!(") WHERE column1 IS NOT NULL ON CONFLICT ({keys}) DO {action}"),
+        }
+    }
+
+    /// The statement for `rows` rows, each `1 + columns` parameters in a
+    /// row: a marker, then the columns. A row whose marker is NULL is not
+    /// written, so that a statement of many rows can write fewer.
+    pub(crate) fn sql(&self, rows: usize) -> String {
+        let row = format!("(?{})", ", ?".repeat(self.columns));
+        let mut sql =
+            String::with_capacity(self.insert.len() + rows * (row.len() + 2) + self.conflict.len());
+        sql.push_str(&self.insert);
+        for i in 0..rows {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&row);
+        }
+        sql.push_str(&self.conflict);
+        sql
+    }
 }
 
 impl TableSql {
@@ -814,19 +864,16 @@ impl TableSql {
             merge_write_clock: {
                 let cols = clock_columns(schema);
                 let keys = schema.key_columns().count();
-                let params = (1..=cols.len())
-                    .map(|i| format!("?{i}"))
-                    .collect::<Vec<_>>()
-                    .join(", ");
                 let sets = cols[keys..]
                     .iter()
                     .map(|c| format!("{c} = excluded.{c}"))
                     .collect::<Vec<_>>()
                     .join(", ");
-                format!(
-                    "INSERT INTO {clock} ({}) VALUES ({params}) ON CONFLICT ({}) DO UPDATE SET {sets}",
-                    cols.join(", "),
-                    list(schema.key_columns(), ""),
+                RowsUpsert::new(
+                    &clock,
+                    &cols,
+                    &list(schema.key_columns(), ""),
+                    &format!("UPDATE SET {sets}"),
                 )
             },
             merge_write_row: {
@@ -839,10 +886,8 @@ impl TableSql {
                 } else {
                     format!("UPDATE SET {}", values.join(", "))
                 };
-                format!(
-                    "INSERT INTO {table} ({all}) VALUES ({placeholders}) ON CONFLICT ({}) DO {action}",
-                    list(schema.key_columns(), ""),
-                )
+                let columns: Vec<String> = schema.columns.iter().map(|c| ident(&c.name)).collect();
+                RowsUpsert::new(&table, &columns, &list(schema.key_columns(), ""), &action)
             },
             backfill_deleted: tombstone(
                 schema,
@@ -1632,8 +1677,10 @@ mod tests {
                 ("backfill_live", backfill_live),
                 ("backfill_deleted", backfill_deleted),
                 ("merge_read_clock", merge_read_clock),
-                ("merge_write_clock", merge_write_clock),
-                ("merge_write_row", merge_write_row),
+                ("merge_write_clock", merge_write_clock.sql(1)),
+                ("merge_write_clock", merge_write_clock.sql(64)),
+                ("merge_write_row", merge_write_row.sql(1)),
+                ("merge_write_row", merge_write_row.sql(64)),
                 ("drop_triggers", drop_triggers),
                 ("drop_guards", drop_guards),
                 ("drop_clock", drop_clock),

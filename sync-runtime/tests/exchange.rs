@@ -343,6 +343,72 @@ async fn a_reinsert_beats_a_concurrent_delete() {
     converged(&[&a, &b, &c]).await;
 }
 
+/// Sends `from`'s changes after `since` to `to` one row per payload.
+async fn sync_row_by_row(from: &SyncDb, to: &SyncDb) {
+    let limits = BatchLimits::default().max_rows(1);
+    let mut cursor = Cursor::BEGINNING;
+    loop {
+        let batch = from.export_batch(cursor, Scope::All, limits).await.unwrap();
+        to.apply_changes(&batch.payload).await.unwrap();
+        if batch.complete {
+            return;
+        }
+        cursor = batch.next;
+    }
+}
+
+/// The merge writes a payload's rows in sets of up to 64: a payload of
+/// hundreds of rows, new, changed, deleted and re-created, leaves what the
+/// same rows merged one payload each leave, however the sets fall.
+#[tokio::test]
+async fn a_large_payload_merges_as_its_rows_do_one_by_one() {
+    let (a, b) = (db().await, db().await);
+    let todos: Vec<Todo> = (0..200).map(|i| todo(&format!("row {i}"))).collect();
+    for row in &todos[..150] {
+        a.insert(row).await.unwrap();
+    }
+    // b holds some of them, and changes a few of those too.
+    sync(&a, &b).await;
+    for row in &todos[..20] {
+        let changed = Todo {
+            note: Some("b's note".into()),
+            ..row.clone()
+        };
+        b.update(&changed).await.unwrap();
+    }
+    for row in &todos[150..] {
+        a.insert(row).await.unwrap();
+    }
+    for (i, row) in todos.iter().enumerate().step_by(3) {
+        let changed = Todo {
+            title: format!("changed {i}"),
+            done: true,
+            ..row.clone()
+        };
+        a.update(&changed).await.unwrap();
+    }
+    for row in todos.iter().skip(1).step_by(7) {
+        a.delete::<Todo>(&row.id).await.unwrap();
+    }
+    for row in todos.iter().skip(1).step_by(14) {
+        a.insert(row).await.unwrap();
+    }
+    let (whole, one_by_one) = (db().await, db().await);
+    let report = sync(&a, &whole).await;
+    assert_eq!(report.rows, 200, "{report:?}");
+    sync_row_by_row(&a, &one_by_one).await;
+    converged(&[&whole, &one_by_one]).await;
+    // Then what b changed, rows that exist there now.
+    for to in [&whole, &one_by_one] {
+        sync(&b, to).await;
+    }
+    converged(&[&whole, &one_by_one]).await;
+    sync(&b, &a).await;
+    sync(&a, &b).await;
+    converged(&[&a, &b, &whole, &one_by_one]).await;
+    assert_eq!(rows(&a).await.len(), 200 - 29 + 15);
+}
+
 #[tokio::test]
 async fn a_change_with_a_lower_causal_length_is_ignored() {
     let (a, b) = (db().await, db().await);

@@ -640,3 +640,66 @@ async fn deletes_cut_into_batches_by_size_arrive_as_deletes() {
         assert!(known.contains(&Value::from(row.id)), "{known:?}");
     }
 }
+
+/// Who may write another user's notes: a row anyone may write.
+#[derive(Synced, Debug, Clone, PartialEq)]
+#[synced(table = "grants")]
+struct Grant {
+    #[synced(primary_key)]
+    id: SyncId,
+    owner: String,
+    grantee: String,
+}
+
+/// A write policy may read other tables: it sees every row merged before in
+/// the same push, in a table without a policy of its own too (the merge
+/// writes such rows in sets, and writes them out before any policy reads).
+#[tokio::test]
+async fn a_policy_sees_the_rows_merged_before_it_in_the_same_push() {
+    let server = server().await;
+    server.register::<Grant>().await.unwrap();
+    let device = SyncDb::open_in_memory().await.unwrap();
+    device.register::<Grant>().await.unwrap();
+    device.register::<Note>().await.unwrap();
+    // Enough grants that some are written by a full set and the last ones
+    // wait for the next.
+    for i in 0..70 {
+        let grantee = if i == 69 { "ann" } else { "someone" };
+        let grant = Grant {
+            id: SyncId::new(),
+            owner: format!("owner {i}"),
+            grantee: grantee.into(),
+        };
+        device.insert(&grant).await.unwrap();
+    }
+    let granted = note("owner 69", false, "written by ann, as granted");
+    let not_granted = note("owner 68", false, "written by ann, not granted");
+    device.insert(&granted).await.unwrap();
+    device.insert(&not_granted).await.unwrap();
+
+    let payload = device.export_local_changes(Since::Beginning).await.unwrap();
+    let write = RowFilters::new(RowFilter::All).table(
+        "notes",
+        RowFilter::Where {
+            sql: "owner = ?1 OR EXISTS (SELECT 1 FROM grants \
+                  WHERE grants.owner = notes.owner AND grants.grantee = ?1)"
+                .into(),
+            params: vec![Value::from("ann")],
+        },
+    );
+    let report = Replica::new(server.db.clone())
+        .apply_push_checked(
+            wire::decode(&payload).unwrap(),
+            device.site_id(),
+            write,
+            RowFilters::new(RowFilter::All),
+        )
+        .await
+        .unwrap();
+    let refused: Vec<&[Value]> = report.rejected.iter().map(|r| &r.pk[..]).collect();
+    assert_eq!(refused, [&[Value::from(not_granted.id)][..]], "{report:?}");
+    let grants = server.query::<Grant>("", params![]).await.unwrap();
+    assert_eq!(grants.len(), 70);
+    let notes = server.query::<Note>("", params![]).await.unwrap();
+    assert_eq!(notes, [granted]);
+}
