@@ -284,6 +284,9 @@ pub struct PushReport {
     pub seen: i64,
     /// This replica's version once the merge is committed.
     pub version: i64,
+    /// This replica's version before the merge: every change of the versions
+    /// after it, up to [`version`](Self::version), came in this push.
+    pub before: i64,
 }
 
 /// What a user may write and read: the row filters of a checked push.
@@ -543,6 +546,7 @@ fn apply_payload(conn: &Connection, payload: &Payload, sender: Sender<'_>) -> Re
         restore: Vec::new(),
         seen: 0,
         version: 0,
+        before: current,
     })
 }
 

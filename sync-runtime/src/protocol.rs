@@ -160,6 +160,14 @@ pub struct PushAck {
     /// answers of servers before this field, and ignored by older devices.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore: Option<String>,
+    /// The server's version before the merge, when every change of the
+    /// versions after it, up to [`version`](Self::version), came in this push
+    /// and the device may read every row: a device whose pulls had reached
+    /// that version has all of them, and its pulls go on from `version`
+    /// instead of reading back its own changes. Absent from the answers of
+    /// servers before this field, and ignored by older devices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<i64>,
 }
 
 /// A pushed row the server refused (row-level security).

@@ -387,6 +387,10 @@ statements! {
     /// Moves every server's receive cursor back to the beginning.
     RECEIVE_AGAIN = "UPDATE _synced_remote SET received = '0'";
 
+    /// Moves server `?1`'s receive cursor from `?2` to `?3`, if it is at `?2`.
+    #[cfg_attr(not(feature = "http"), allow(dead_code, reason = "used by the sync client"))]
+    SKIP_RECEIVED = "UPDATE _synced_remote SET received = ?3 WHERE url = ?1 AND received = ?2";
+
     /// Stores a server's receive cursor.
     #[cfg_attr(not(feature = "http"), allow(dead_code, reason = "used by the sync client"))]
     STORE_RECEIVED = "INSERT INTO _synced_remote (url, sent, received) VALUES (?1, '0', ?2) \

@@ -300,9 +300,13 @@ impl SyncDb {
         rows_sent: &mut usize,
         options: &SyncOptions,
     ) -> Result<()> {
-        let (rejected, restore) = match sent.ack {
-            Some(ack) => (ack.rejected, ack.restore),
-            None => (Vec::new(), None),
+        let (rejected, restore, own) = match sent.ack {
+            Some(ack) => (
+                ack.rejected,
+                ack.restore,
+                ack.from.map(|from| (from, ack.version)),
+            ),
+            None => (Vec::new(), None, None),
         };
         let restore = match restore {
             Some(hex) => hex::decode(hex).map_err(|e| Error::Server {
@@ -313,7 +317,7 @@ impl SyncDb {
         };
         let rejected: Vec<Rejection> = rejected.iter().filter_map(|r| r.rejection()).collect();
         let (_, kept) = self
-            .acknowledged(url, sent.next, rejected.clone(), restore, sent.version)
+            .acknowledged(url, sent.next, rejected.clone(), restore, sent.version, own)
             .await?;
         if sent.rows > 0 {
             *rows_sent += sent.rows;
@@ -708,8 +712,10 @@ impl SyncDb {
     /// gives them back the server's state (`restore`, see
     /// [`PushReport::restore`]; `exported_at` is this database's version when the
     /// batch was made) and stores the sent cursor after the batch, in one
-    /// transaction, so that a refused row is never left behind nor lost. Returns
-    /// what the restore did and how many rows were kept.
+    /// transaction, so that a refused row is never left behind nor lost; when
+    /// the server's versions `own` hold nothing but the batch's changes (see
+    /// [`PushAck::from`]), a receive cursor at the first moves past them.
+    /// Returns what the restore did and how many rows were kept.
     pub(crate) async fn acknowledged(
         &self,
         url: &str,
@@ -717,6 +723,7 @@ impl SyncDb {
         rejected: Vec<Rejection>,
         restore: Vec<u8>,
         exported_at: i64,
+        own: Option<(i64, i64)>,
     ) -> Result<(ApplyReport, usize)> {
         let url = url.to_owned();
         let now_ms = std::time::SystemTime::now()
@@ -732,7 +739,19 @@ impl SyncDb {
                     merge::restore(tx.conn(), &restore, exported_at)?
                 };
                 tx.conn()
-                    .execute(sql::STORE_SENT, [url, next.to_string()])?;
+                    .execute(sql::STORE_SENT, [&url, &next.to_string()])?;
+                // Every change of the server's versions `from..=to` came in the
+                // batch: pulls that had reached `from` go on from `to`.
+                if let Some((from, to)) = own.filter(|(from, to)| from < to) {
+                    tx.conn().execute(
+                        sql::SKIP_RECEIVED,
+                        [
+                            url,
+                            Cursor::at(from).to_string(),
+                            Cursor::at(to).to_string(),
+                        ],
+                    )?;
+                }
                 Ok((report, kept))
             })
         })

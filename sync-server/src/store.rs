@@ -478,6 +478,12 @@ impl Database for SqliteDatabase {
         Box::pin(async move {
             let db = self.db.serving(view);
             let forgotten = lock(&self.seen).forgotten;
+            // A device that reads every row holds every change of its push's
+            // versions; one that does not may have written rows it may not
+            // read, which its pulls take away.
+            let reads_all = access
+                .as_ref()
+                .is_none_or(|access| access.read.allows_everything());
             let pushed = match access {
                 None => db.apply_push(payload, site).await,
                 Some(PushAccess { write, read }) => {
@@ -517,6 +523,7 @@ impl Database for SqliteDatabase {
                 version,
                 rejected: pushed.rejected.iter().map(RejectedRow::new).collect(),
                 restore: (!pushed.restore.is_empty()).then(|| hex::encode(&pushed.restore)),
+                from: reads_all.then_some(pushed.before),
             };
             Ok((ack, pushed.seen))
         })

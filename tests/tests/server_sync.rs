@@ -661,3 +661,59 @@ async fn a_send_during_a_long_poll_is_no_sign_of_lost_changes() {
     assert!(!a.has_unsent_changes().await.unwrap());
     server.stop().await;
 }
+
+/// The receive cursor device `name` keeps for its server, read from its file.
+fn received(dir: &std::path::Path, name: &str) -> String {
+    let conn = rusqlite::Connection::open(dir.join(format!("{name}.db"))).unwrap();
+    conn.query_row("SELECT received FROM _synced_remote", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// A device whose pulls had reached the server's version when it pushed does
+/// not read its own changes back: its receive cursor moves past the versions
+/// its push made. One that had not keeps its cursor, and receives what others
+/// sent before; what others send after is received either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_up_to_date_moves_its_pulls_past_its_own_push() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server")).await;
+    let url = server.url("todo");
+    publish_schema(&url, dir.path()).await;
+    let a = device(dir.path(), "a", &url, "ann").await;
+    let b = device(dir.path(), "b", &url, "bob").await;
+    b.insert(&todo("b's first")).await.unwrap();
+    b.sync().await.unwrap();
+
+    // Behind: its cursor stays, and its next pull brings b's row.
+    a.insert(&todo("a's first")).await.unwrap();
+    a.send_changes().await.unwrap();
+    assert_eq!(received(dir.path(), "a"), "0");
+    a.check_changes().await.unwrap();
+    assert_eq!(titles(&a).await, ["a's first", "b's first"]);
+    let caught_up = received(dir.path(), "a");
+
+    // Up to date: past its own push, in every batch of it.
+    for i in 0..25 {
+        a.insert(&todo(&format!("a's {i}"))).await.unwrap();
+    }
+    a.set_remote(
+        sync_runtime::Remote::new(&url)
+            .bearer_token(support::token("ann"))
+            .batch_limits(sync_runtime::BatchLimits::default().max_rows(10)),
+    );
+    let sent = a.send_changes().await.unwrap();
+    assert_eq!(sent.batches, 3, "{sent:?}");
+    let skipped: i64 = received(dir.path(), "a").parse().unwrap();
+    assert!(skipped > caught_up.parse().unwrap());
+    let fetched = a.check_changes().await.unwrap();
+    assert_eq!(fetched.applied, 0, "{fetched:?}");
+
+    // What b sends next still arrives.
+    b.insert(&todo("b's second")).await.unwrap();
+    b.sync().await.unwrap();
+    a.check_changes().await.unwrap();
+    assert_eq!(titles(&a).await.len(), 2 + 25 + 1);
+    b.sync().await.unwrap();
+    assert_eq!(rows(&a).await, rows(&b).await);
+    server.stop().await;
+}
