@@ -402,7 +402,9 @@ pub struct SqliteDatabase {
     /// Held by a publication until its versions are cached: the last one cached
     /// is the last one committed.
     publishing: Mutex<()>,
-    owners: std::sync::Mutex<std::collections::HashMap<SiteId, String>>,
+    /// The user of each device site claimed, as far as remembered (the
+    /// database has them all).
+    owners: std::sync::Mutex<Remembered<String>>,
     /// How far the database has received each device site that pushed or
     /// pulled, known not to be reused (see [`Seen`]).
     seen: std::sync::Mutex<Seen>,
@@ -414,7 +416,7 @@ pub struct SqliteDatabase {
 /// reused, or left for a new one, is forgotten.
 #[derive(Default)]
 struct Seen {
-    sites: std::collections::HashMap<SiteId, i64>,
+    sites: Remembered<i64>,
     /// How many times a site was forgotten: a value read from the database
     /// before one was is not kept, as it may be of a site found reused since.
     forgotten: u64,
@@ -422,8 +424,52 @@ struct Seen {
 
 impl Seen {
     fn forget(&mut self, site: SiteId) {
-        self.sites.remove(&site);
+        self.sites.0.remove(&site);
         self.forgotten += 1;
+    }
+
+    /// Keeps `seen` for `site` if it is later than the one kept. A full map
+    /// is emptied first, and counts as every site forgotten.
+    fn keep_later(&mut self, site: SiteId, seen: i64) {
+        if self.sites.make_room(site) {
+            self.forgotten += 1;
+        }
+        self.sites
+            .0
+            .entry(site)
+            .and_modify(|kept| *kept = seen.max(*kept))
+            .or_insert(seen);
+    }
+}
+
+/// The most device sites a database remembers a value of in memory (how far
+/// it received each, who owns each): a client that claims ever new site ids
+/// makes the map start over, not grow.
+const REMEMBERED_SITES: usize = 1 << 18;
+
+/// A value per device site, at most [`REMEMBERED_SITES`] of them: each is in
+/// the database too, and read from there when it is not here.
+struct Remembered<T>(std::collections::HashMap<SiteId, T>);
+
+impl<T> Default for Remembered<T> {
+    fn default() -> Self {
+        Self(std::collections::HashMap::new())
+    }
+}
+
+impl<T> Remembered<T> {
+    /// Empties the map if it is full and does not hold `site`; whether it did.
+    fn make_room(&mut self, site: SiteId) -> bool {
+        let full = self.0.len() >= REMEMBERED_SITES && !self.0.contains_key(&site);
+        if full {
+            self.0.clear();
+        }
+        full
+    }
+
+    fn insert(&mut self, site: SiteId, value: T) {
+        self.make_room(site);
+        self.0.insert(site, value);
     }
 }
 
@@ -504,11 +550,7 @@ impl Database for SqliteDatabase {
             // push committed does not bring back the value it read.
             let mut known = lock(&self.seen);
             if known.forgotten == forgotten {
-                known
-                    .sites
-                    .entry(site)
-                    .and_modify(|seen| *seen = pushed.seen.max(*seen))
-                    .or_insert(pushed.seen);
+                known.keep_later(site, pushed.seen);
             } else {
                 // A pull that read the database before this push committed
                 // must not bring back what it read either.
@@ -592,7 +634,7 @@ impl Database for SqliteDatabase {
 
     fn claim_site<'a>(&'a self, site: SiteId, owner: &'a str) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
-            if let Some(known) = lock(&self.owners).get(&site) {
+            if let Some(known) = lock(&self.owners).0.get(&site) {
                 return Ok(known == owner);
             }
             let claimed = self.db.claim_site(site, owner).await?;
@@ -628,7 +670,7 @@ impl Database for SqliteDatabase {
         Box::pin(async move {
             let forgotten = {
                 let known = lock(&self.seen);
-                if let Some(&seen) = known.sites.get(&site) {
+                if let Some(&seen) = known.sites.0.get(&site) {
                     return Ok(seen);
                 }
                 known.forgotten
@@ -639,7 +681,11 @@ impl Database for SqliteDatabase {
                 return Ok(seen);
             }
             // A push that committed meanwhile stored a later one.
-            Ok(*known.sites.entry(site).or_insert(seen))
+            if let Some(&later) = known.sites.0.get(&site) {
+                return Ok(later);
+            }
+            known.keep_later(site, seen);
+            Ok(seen)
         })
     }
 
@@ -653,4 +699,39 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site(i: usize) -> SiteId {
+        SiteId::from_bytes((i as u128 + 1).to_le_bytes())
+    }
+
+    /// A client claiming ever new site ids makes the map start over: it never
+    /// holds more than its bound, and a value read before it started over is
+    /// not kept (it counts as every site forgotten).
+    #[test]
+    fn the_sites_remembered_are_bounded() {
+        let mut seen = Seen::default();
+        for i in 0..REMEMBERED_SITES {
+            seen.keep_later(site(i), 7);
+        }
+        assert_eq!(seen.sites.0.len(), REMEMBERED_SITES);
+        assert_eq!(seen.forgotten, 0);
+        // A site remembered already takes its later value without a clear.
+        seen.keep_later(site(0), 9);
+        seen.keep_later(site(0), 8);
+        assert_eq!((seen.sites.0[&site(0)], seen.forgotten), (9, 0));
+        seen.keep_later(site(REMEMBERED_SITES), 1);
+        assert_eq!(seen.sites.0.len(), 1);
+        assert_eq!(seen.forgotten, 1);
+
+        let mut owners = Remembered::default();
+        for i in 0..=REMEMBERED_SITES {
+            owners.insert(site(i), "ann".to_owned());
+        }
+        assert_eq!(owners.0.len(), 1);
+    }
 }

@@ -5,8 +5,9 @@
 //! Devices of one app version send the same header, and a device long-polling
 //! sends it with every request: the view resolved for a header is kept, for the
 //! database's app versions as they are, and shared by every request that sends
-//! it. At most [`MAX_VIEWS`] are kept per database; a header beyond them is
-//! resolved each time.
+//! it. At most [`MAX_VIEWS`] are kept per database; a header beyond them
+//! makes the database's views start over, so that headers resolved once and
+//! never again cannot keep the others out.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -93,10 +94,14 @@ impl Views {
         if !current(kept) {
             *kept = Resolved::new(versions, oldest);
         }
-        if kept.by_tables.len() + kept.by_schema.len() < MAX_VIEWS {
-            let (views, text) = kept.of(sent);
-            views.insert(text.to_owned(), Arc::clone(&view));
+        // Full: start over, so that headers resolved once and never again
+        // (a client's made-up variations) cannot keep the others out.
+        if kept.by_tables.len() + kept.by_schema.len() >= MAX_VIEWS {
+            kept.by_tables.clear();
+            kept.by_schema.clear();
         }
+        let (views, text) = kept.of(sent);
+        views.insert(text.to_owned(), Arc::clone(&view));
         Ok(view)
     }
 
@@ -179,5 +184,15 @@ mod tests {
         let again = resolve(&republished, &header).unwrap();
         assert!(!Arc::ptr_eq(&first, &again));
         assert_eq!(*first, *again);
+
+        // Headers that resolve but are never sent again (the same tables,
+        // spelt another way each time) do not keep the others out.
+        for spaces in 1..=2 * MAX_VIEWS {
+            let spelt = format!("{}{header}", " ".repeat(spaces));
+            resolve(&republished, &spelt).unwrap();
+        }
+        let late = format!("{header} ");
+        let kept = resolve(&republished, &late).unwrap();
+        assert!(Arc::ptr_eq(&kept, &resolve(&republished, &late).unwrap()));
     }
 }
