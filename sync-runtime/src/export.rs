@@ -6,7 +6,7 @@ use rusqlite::Connection;
 
 use crate::change::{ClockRow, Origins, PageFilter, Range, scan};
 use crate::error::Result;
-use crate::filter::{Decision, Gate, Marks, NewMark, RowFilter, RowFilters};
+use crate::filter::{Decision, Gate, Marks, NewMark, RowFilter, RowFilters, Withheld};
 use crate::id::SiteId;
 use crate::schema::TableSchema;
 use crate::sql::{self, TableSql};
@@ -485,9 +485,46 @@ pub(crate) fn export_filtered(
         return Ok((batch, Marks::new(reader, marks, at)));
     }
     let scope = Scope::Except(reader);
-    let (batch, marks) = export_gated(conn, tables, from, scope, limits, Some((filter, reader)))?;
+    let gating = Gating::Reader(filter, reader);
+    let (batch, marks, _) = export_gated(conn, tables, from, scope, limits, Some(gating))?;
     let at = batch.version;
     Ok((batch, Marks::new(reader, marks, at)))
+}
+
+/// A filtered export for no reader in particular (see
+/// [`Gate::nobody`](crate::filter::Gate::nobody)): the batch after `from` of
+/// the rows `filter` lets through, each whole, with the marks a reader that
+/// takes it takes and the rows it left out. `None` from the beginning, where a
+/// reader's first export walks a snapshot of what it may read instead.
+pub(crate) fn export_for_nobody(
+    conn: &Connection,
+    tables: &[TableSchema],
+    from: &Cursor,
+    limits: BatchLimits,
+    filter: &RowFilters,
+) -> Result<Option<Gated>> {
+    let resumed = from.resumed(vacuums(conn)?);
+    let first = match &resumed.position {
+        Position::Snapshot(_) => true,
+        Position::Base => resumed.base == 0,
+        Position::Page(_) => false,
+    };
+    if first && !filter.allows_everything() && snapshot::applies(conn, tables)? {
+        return Ok(None);
+    }
+    let gating = Some(Gating::Nobody(filter));
+    export_gated(conn, tables, from, Scope::All, limits, gating).map(Some)
+}
+
+/// A batch of a filtered export, with the marks its rows set and the rows it
+/// left out (see [`Gate`]).
+type Gated = (Batch, Vec<NewMark>, Vec<Withheld>);
+
+/// Whose rows a filtered export decides: a reader's, or no reader's in
+/// particular.
+enum Gating<'f> {
+    Reader(&'f RowFilters, SiteId),
+    Nobody(&'f RowFilters),
 }
 
 fn export_gated(
@@ -496,8 +533,8 @@ fn export_gated(
     from: &Cursor,
     scope: Scope,
     limits: BatchLimits,
-    filter: Option<(&RowFilters, SiteId)>,
-) -> Result<(Batch, Vec<NewMark>)> {
+    gating: Option<Gating<'_>>,
+) -> Result<Gated> {
     let origins = Origins::new(conn)?;
     let upto: i64 = conn.query_row(sql::CURRENT_VERSION, [], |r| r.get(0))?;
     let vacuums = vacuums(conn)?;
@@ -514,8 +551,9 @@ fn export_gated(
     let max_rows = limits.max_rows.max(1);
     let mut sites = SiteDictionary::new(&origins);
     let base = from.base;
-    let mut gate = match filter {
-        Some((filter, reader)) => Some(Gate::new(conn, filter, reader, base, upto)?),
+    let mut gate = match gating {
+        Some(Gating::Reader(filter, reader)) => Some(Gate::new(conn, filter, reader, base, upto)?),
+        Some(Gating::Nobody(filter)) => Some(Gate::nobody(filter, base, upto)),
         None => None,
     };
     // A filtered export may send a row whole: it reads every column.
@@ -615,7 +653,8 @@ fn export_gated(
         next,
     };
     let batch = finish(&tables, &origins, sites, rows, done)?;
-    Ok((batch, marks.into_iter().map(|(_, mark)| mark).collect()))
+    let marks = marks.into_iter().map(|(_, mark)| mark).collect();
+    Ok((batch, marks, gate.map(Gate::withheld).unwrap_or_default()))
 }
 
 /// The payload that gives a device back this replica's state of rows it pushed

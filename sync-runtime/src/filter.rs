@@ -96,6 +96,29 @@ impl RowFilters {
     }
 }
 
+impl Eq for RowFilters {}
+
+impl std::hash::Hash for RowFilters {
+    /// Hashes the tables named and the SQL of each filter (not the values
+    /// bound: equal filters hash alike whatever the type of their values).
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        fn text(filter: &RowFilter) -> &str {
+            match filter {
+                RowFilter::All => "1",
+                RowFilter::Nothing => "0",
+                RowFilter::Where { sql, .. } => sql,
+            }
+        }
+        let mut tables: Vec<(&String, &RowFilter)> = self.tables.iter().collect();
+        tables.sort_by_key(|(name, _)| *name);
+        for (name, filter) in tables {
+            name.hash(state);
+            text(filter).hash(state);
+        }
+        text(&self.others).hash(state);
+    }
+}
+
 /// Whether the row of `schema` with key `pk` passes `filter`; `None` if there is
 /// no such row.
 pub(crate) fn passes(
@@ -173,6 +196,7 @@ enum Mark {
 
 /// A mark an export sets on a row it sends, recorded with the batch's other
 /// [`Marks`] once the batch that carries the row is final.
+#[derive(Debug)]
 pub(crate) struct NewMark {
     table: String,
     key: Vec<u8>,
@@ -218,20 +242,51 @@ impl Marks {
     /// Stores the marks (adding the reader to the site dictionary if it is new
     /// there), in the caller's write transaction.
     pub(crate) fn record(self, conn: &Connection) -> Result<()> {
-        if self.marks.is_empty() {
-            return Ok(());
-        }
-        let reader = crate::site::local_sites(conn, &[self.reader])?[0];
-        let mut stmt = conn.prepare_cached(sql::SET_MARK)?;
-        for NewMark { table, key, mark } in self.marks {
-            let (evicted, at) = match mark {
-                Mark::Held { at } => (false, at),
-                Mark::Evicted { at } => (true, at),
-            };
-            stmt.execute((reader, table, key, evicted, at))?;
-        }
-        Ok(())
+        set_marks(conn, self.reader, &self.marks)
     }
+}
+
+/// Stores `marks` as `reader`'s (adding it to the site dictionary if it is
+/// new there and there are marks).
+fn set_marks(conn: &Connection, reader: SiteId, marks: &[NewMark]) -> Result<()> {
+    if marks.is_empty() {
+        return Ok(());
+    }
+    let reader = crate::site::local_sites(conn, &[reader])?[0];
+    let mut stmt = conn.prepare_cached(sql::SET_MARK)?;
+    for NewMark { table, key, mark } in marks {
+        let (evicted, at) = match *mark {
+            Mark::Held { at } => (false, at),
+            Mark::Evicted { at } => (true, at),
+        };
+        stmt.execute((reader, table, key, evicted, at))?;
+    }
+    Ok(())
+}
+
+/// Whether `reader` may take a batch exported for no reader in particular
+/// (see [`Gate::nobody`]), which set `marks` and left out `withheld`: unless
+/// it holds or created a row left out, its own export would send the same
+/// rows (those it holds as their changes, which the whole rows include). If
+/// it may, the batch's marks are recorded as its own, in the caller's write
+/// transaction.
+pub(crate) fn take_for(
+    conn: &Connection,
+    reader: SiteId,
+    marks: &[NewMark],
+    withheld: &[Withheld],
+) -> Result<bool> {
+    // A reader the site dictionary does not know holds and created nothing.
+    if let Some(ordinal) = crate::site::ordinal(conn, reader)? {
+        let mut held = conn.prepare_cached(sql::HELD_MARK)?;
+        for row in withheld {
+            if row.creator == ordinal || held.exists((ordinal, &row.table, &row.key))? {
+                return Ok(false);
+            }
+        }
+    }
+    set_marks(conn, reader, marks)?;
+    Ok(true)
 }
 
 /// The filtered reader of one export: decides row by row, and gives the marks
@@ -246,6 +301,18 @@ pub(crate) struct Gate<'f> {
     upto: i64,
     /// Per table, whether the reader has any mark there.
     marked: HashMap<String, bool>,
+    /// Exporting for no reader in particular (see [`Gate::nobody`]): the rows
+    /// left out, each with the ordinal of the site that created it.
+    nobody: Option<Vec<Withheld>>,
+}
+
+/// A row an export for no reader in particular left out: a reader that holds
+/// it, or created it, needs an export of its own.
+#[derive(Debug, Clone)]
+pub(crate) struct Withheld {
+    pub(crate) table: String,
+    pub(crate) key: Vec<u8>,
+    pub(crate) creator: i64,
 }
 
 impl<'f> Gate<'f> {
@@ -264,7 +331,29 @@ impl<'f> Gate<'f> {
             base,
             upto,
             marked: HashMap::new(),
+            nobody: None,
         })
+    }
+
+    /// A gate for a reader that holds nothing and created nothing, exporting
+    /// after `base` at version `upto`: every row the filter lets through goes
+    /// whole, and the others are left out and listed ([`withheld`](Self::withheld)).
+    /// Its batch is what any reader of the same filter gets, but one that holds
+    /// or created a row left out.
+    pub(crate) fn nobody(filter: &'f RowFilters, base: i64, upto: i64) -> Self {
+        Self {
+            filter,
+            reader: None,
+            base,
+            upto,
+            marked: HashMap::new(),
+            nobody: Some(Vec::new()),
+        }
+    }
+
+    /// The rows left out by a gate for [`nobody`](Self::nobody).
+    pub(crate) fn withheld(self) -> Vec<Withheld> {
+        self.nobody.unwrap_or_default()
     }
 
     /// The reader's site ordinal here, if it has one.
@@ -286,7 +375,9 @@ impl<'f> Gate<'f> {
         schema: &TableSchema,
     ) -> Result<Option<i64>> {
         let table = schema.name.to_ascii_lowercase();
-        if self.is_marked(conn, &table)? {
+        // For no reader in particular, every row is read: those left out are
+        // listed.
+        if self.nobody.is_some() || self.is_marked(conn, &table)? {
             return Ok(None);
         }
         // A reader the site dictionary does not know created nothing here: no
@@ -322,6 +413,9 @@ impl<'f> Gate<'f> {
             return Ok((Decision::Changes, None));
         }
         let table = schema.name.to_ascii_lowercase();
+        if self.nobody.is_some() {
+            return self.decide_for_nobody(conn, origins, schema, row, table);
+        }
         // A reader with no marks in a table (its first fetch, typically) needs no
         // look-up per row.
         let mark = if !self.is_marked(conn, &table)? {
@@ -378,5 +472,40 @@ impl<'f> Gate<'f> {
             mark,
         });
         Ok((decision, new_mark))
+    }
+
+    /// [`decide`](Self::decide) for a reader that holds nothing: a row it may
+    /// read goes whole, and is marked held; any other is left out, and listed.
+    fn decide_for_nobody(
+        &mut self,
+        conn: &Connection,
+        origins: &Origins<'_>,
+        schema: &TableSchema,
+        row: &ClockRow,
+        table: String,
+    ) -> Result<(Decision, Option<NewMark>)> {
+        let readable = row.cl % 2 == 1
+            && row.exists
+            && match row.passes {
+                Some(passes) => passes,
+                None => {
+                    passes(conn, schema, self.filter.for_table(&schema.name), &row.pk)?
+                        == Some(true)
+                }
+            };
+        let key = wire::encode_key(&row.pk);
+        if readable {
+            let mark = Mark::Held { at: self.upto };
+            return Ok((Decision::Whole, Some(NewMark { table, key, mark })));
+        }
+        let creator = origins.of(row.created)?.0;
+        if let Some(withheld) = &mut self.nobody {
+            withheld.push(Withheld {
+                table,
+                key,
+                creator,
+            });
+        }
+        Ok((Decision::Skip, None))
     }
 }

@@ -25,9 +25,34 @@ use crate::tx::Registered;
 use crate::wire::Payload;
 use crate::worker::{Worker, write};
 
+use crate::filter::{NewMark, Withheld};
 pub use crate::filter::{RowFilter, RowFilters};
 pub use crate::merge::PushReport;
 pub use crate::versions::{Unserved, Versions, View};
+
+/// A filtered batch for every reader of one filter (see
+/// [`Replica::export_shared_filtered`]): the rows it may read, whole.
+#[derive(Debug)]
+pub struct SharedBatch {
+    /// The batch.
+    pub batch: Batch,
+    marks: Vec<NewMark>,
+    withheld: Vec<Withheld>,
+}
+
+impl SharedBatch {
+    /// How many rows it left out: a reader that holds or created one of them
+    /// needs an export of its own, and taking the batch checks each.
+    pub fn withheld(&self) -> usize {
+        self.withheld.len()
+    }
+
+    /// Whether a reader takes it without a look at what it holds and without
+    /// a record: it sends no row and left none out.
+    pub fn taken_by_all(&self) -> bool {
+        self.marks.is_empty() && self.withheld.is_empty()
+    }
+}
 
 /// A database as a sync server or relay serves it: the operations only a
 /// server or relay needs, on the same database as its [`SyncDb`] (a clone of
@@ -413,6 +438,81 @@ impl Replica {
                 let tables = this.narrow(tables.to_vec());
                 let batch = export::export_batch(conn, &tables, &from, Scope::All, limits)?;
                 Ok(this.for_device(batch))
+            })
+            .await
+    }
+
+    /// Like [`export_filtered`](Self::export_filtered) for every reader of
+    /// `filter` at once: the batch after `from` as a reader that holds
+    /// nothing would get it, the rows it may read whole. Each reader then
+    /// [takes](Self::take_shared) it, or, if it holds or created a row the
+    /// batch leaves out, gets an export of its own. `None` from the beginning,
+    /// where each reader's first export walks a snapshot of what it may read.
+    /// It only reads.
+    ///
+    /// ```
+    /// # use sync_runtime::{Synced, SyncDb, SyncId, Value, BatchLimits, Cursor};
+    /// # use sync_runtime::server::{Replica, RowFilter, RowFilters};
+    /// # #[derive(Synced)]
+    /// # struct Note { #[synced(primary_key)] id: SyncId, team: String }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> sync_runtime::Result<()> {
+    /// let server = Replica::new(SyncDb::open_in_memory().await?);
+    /// server.db().register::<Note>().await?;
+    /// server.db().insert(&Note { id: SyncId::new(), team: "red".into() }).await?;
+    /// let red = RowFilters::new(RowFilter::Nothing).table("notes", RowFilter::Where {
+    ///     sql: "team = ?1".into(),
+    ///     params: vec![Value::from("red")],
+    /// });
+    /// let limits = BatchLimits::default();
+    /// let shared = server.export_shared_filtered(Cursor::at(1), limits, red.clone()).await?;
+    /// assert!(shared.is_some());
+    /// assert!(server.export_shared_filtered(Cursor::BEGINNING, limits, red).await?.is_none());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn export_shared_filtered(
+        &self,
+        from: Cursor,
+        limits: BatchLimits,
+        filter: RowFilters,
+    ) -> Result<Option<SharedBatch>> {
+        let this = self.clone();
+        self.db
+            .handle()
+            .read_final(move |conn, tables| {
+                let tables = this.narrow(tables.to_vec());
+                let shared = export::export_for_nobody(conn, &tables, &from, limits, &filter)?;
+                Ok(shared.map(|(batch, marks, withheld)| SharedBatch {
+                    batch: this.for_device(batch),
+                    marks,
+                    withheld,
+                }))
+            })
+            .await
+    }
+
+    /// Which of `readers` take the batch each was given (see
+    /// [`export_shared_filtered`](Self::export_shared_filtered)): those that
+    /// hold and created none of the rows it left out. What each that takes it
+    /// holds then is recorded, all in one write, which the batch must not be
+    /// answered before. The others need an export of their own.
+    pub async fn take_shared(&self, readers: Vec<(Arc<SharedBatch>, SiteId)>) -> Result<Vec<bool>> {
+        self.db
+            .call(move |w| {
+                write(w, |tx| {
+                    readers
+                        .iter()
+                        .map(|(shared, reader)| {
+                            crate::filter::take_for(
+                                tx.conn(),
+                                *reader,
+                                &shared.marks,
+                                &shared.withheld,
+                            )
+                        })
+                        .collect()
+                })
             })
             .await
     }

@@ -703,3 +703,122 @@ async fn a_policy_sees_the_rows_merged_before_it_in_the_same_push() {
     let notes = server.query::<Note>("", params![]).await.unwrap();
     assert_eq!(notes, [granted]);
 }
+
+/// What ann may read.
+fn anns() -> RowFilters {
+    RowFilters::new(RowFilter::Nothing).table(
+        "notes",
+        RowFilter::Where {
+            sql: "owner = ?1 OR shared = 1".into(),
+            params: vec![Value::from("ann")],
+        },
+    )
+}
+
+/// The batch after `reader`'s cursor that every reader of its filter shares,
+/// if the reader takes it: applied, and its cursor moved.
+async fn take_shared(server: &SyncDb, reader: &mut Reader) -> bool {
+    let replica = Replica::new(server.clone());
+    let shared = replica
+        .export_shared_filtered(
+            reader.cursor.clone(),
+            BatchLimits::default(),
+            reader.filter(),
+        )
+        .await
+        .unwrap()
+        .expect("a batch after the beginning is shared");
+    let shared = std::sync::Arc::new(shared);
+    let taken = replica
+        .take_shared(vec![(shared.clone(), reader.db.site_id())])
+        .await
+        .unwrap();
+    if taken[0] {
+        reader
+            .db
+            .apply_changes(&shared.batch.payload)
+            .await
+            .unwrap();
+        reader.cursor = shared.batch.next.clone();
+    }
+    taken[0]
+}
+
+/// Readers of one filter share one batch: the rows they may read, whole. A
+/// reader takes it unless it holds or created a row the batch leaves out,
+/// which its own export must evict or keep; one that takes it holds its rows
+/// from then on, so that they are evicted when it may no longer read them.
+#[tokio::test]
+async fn readers_of_one_filter_share_a_batch_unless_they_hold_a_row_it_leaves_out() {
+    let server = server().await;
+    server
+        .insert(&note("ann", false, "ann's first"))
+        .await
+        .unwrap();
+    let (mut phone, mut laptop) = (Reader::new("ann").await, Reader::new("ann").await);
+    assert_eq!(phone.filter(), anns());
+    for device in [&mut phone, &mut laptop] {
+        device.pull(&server).await;
+    }
+    // From the beginning, each reader walks its own snapshot.
+    let replica = Replica::new(server.db.clone());
+    let first = replica
+        .export_shared_filtered(Cursor::BEGINNING, BatchLimits::default(), anns())
+        .await
+        .unwrap();
+    assert!(first.is_none());
+
+    // Bob's shared note reaches the phone through the shared batch, and
+    // nothing of bob's private one does.
+    let shared = note("bob", true, "bob's shared");
+    let private = note("bob", false, "bob's private");
+    server.insert(&shared).await.unwrap();
+    server.insert(&private).await.unwrap();
+    assert!(take_shared(&server, &mut phone).await);
+    assert_eq!(phone.texts().await, ["ann's first", "bob's shared"]);
+    assert!(!phone.known_keys().await.contains(&Value::from(private.id)));
+
+    // Un-shared: the phone holds it (it took the batch that sent it), so the
+    // next shared batch, which leaves it out, is not the phone's: its own
+    // export evicts it. The laptop never had it: it takes the shared batch,
+    // which tells it nothing of the note.
+    server
+        .execute_raw(
+            "UPDATE notes SET shared = 0 WHERE id = ?1",
+            params![shared.id],
+        )
+        .await
+        .unwrap();
+    assert!(!take_shared(&server, &mut phone).await);
+    phone.pull(&server).await;
+    assert_eq!(phone.texts().await, ["ann's first"]);
+    assert!(!phone.known_keys().await.contains(&Value::from(shared.id)));
+    assert!(take_shared(&server, &mut laptop).await);
+    assert_eq!(laptop.texts().await, ["ann's first"]);
+    assert!(!laptop.known_keys().await.contains(&Value::from(shared.id)));
+
+    // A row the laptop created, which ann may not read, is left out of the
+    // shared batch: the laptop holds it, so it needs its own export.
+    let given = note("bob", false, "given to bob by ann's laptop");
+    laptop.db.insert(&given).await.unwrap();
+    let payload = laptop
+        .db
+        .export_local_changes(Since::Beginning)
+        .await
+        .unwrap();
+    replica
+        .apply_push_checked(
+            wire::decode(&payload).unwrap(),
+            laptop.db.site_id(),
+            RowFilters::new(RowFilter::All),
+            anns(),
+        )
+        .await
+        .unwrap();
+    assert!(!take_shared(&server, &mut laptop).await);
+    laptop.pull(&server).await;
+    assert!(!laptop.known_keys().await.contains(&Value::from(given.id)));
+    // The phone, which did not create it, takes the next shared batch.
+    assert!(take_shared(&server, &mut phone).await);
+    assert_eq!(phone.texts().await, laptop.texts().await);
+}

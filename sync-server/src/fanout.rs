@@ -10,8 +10,16 @@
 //! whose own changes are among the answer's (its site is in the batch's
 //! `sites`) gets an export of its own instead, which leaves them out; for any
 //! other device the shared answer is the one its own export would give.
-//! Filtered pulls (users under row filters) are not shared: what each gets
-//! depends on what its device holds.
+//!
+//! Pulls under one row filter (the devices of one user, or of users whose
+//! policies bind the same values) share one too: the rows they may read,
+//! each whole, as a device that holds none of them gets them
+//! ([`Database::pull_shared_filtered`]). A device takes it unless it holds or
+//! created a row the answer leaves out (its own export must evict or keep
+//! it); what it then holds is recorded before it is answered, for all the
+//! devices taking answers at once in one write ([`Database::take_shared`]). A
+//! device's first pull, from the beginning, is its own, and so is any pull
+//! when the answer left out more than [`MAX_WITHHELD`] rows.
 //!
 //! The answers kept are those of the database's latest version: a pull that
 //! saw version `v` may take any answer built at `v` or later, which holds every
@@ -21,12 +29,13 @@
 //! exports on its own, as it did before.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
 use sync_runtime::protocol::PullResponse;
-use sync_runtime::server::View;
+use sync_runtime::server::{RowFilters, SharedBatch, View};
 use sync_runtime::{Batch, BatchLimits, Cursor, SiteId};
 use tokio::sync::OnceCell;
 
@@ -38,6 +47,10 @@ pub const MAX_ANSWERS: usize = 1_024;
 
 /// The most bytes of answers kept for one database's latest version.
 pub const MAX_ANSWER_BYTES: usize = 64 << 20;
+
+/// The most rows a filtered answer may leave out and still be shared: each
+/// device that takes it is checked against each.
+pub const MAX_WITHHELD: usize = 256;
 
 /// A pull's answer, encoded once for every pull that takes it.
 #[derive(Debug)]
@@ -52,6 +65,9 @@ pub(crate) struct Answer {
     pub(crate) complete: bool,
     /// The sites whose changes it carries.
     pub(crate) sites: Vec<SiteId>,
+    /// For filtered pulls: what each device takes with it, if it may (see
+    /// [`Database::take_shared`]); `None` if they may not share one.
+    pub(crate) filtered: Option<Arc<SharedBatch>>,
 }
 
 impl Answer {
@@ -68,6 +84,31 @@ impl Answer {
             next: batch.next,
             complete: batch.complete,
             sites: batch.sites,
+            filtered: None,
+        }
+    }
+
+    /// The answer filtered pulls after `from` share, from `shared` (its
+    /// payload moved here); one that none takes, which sends each to an
+    /// export of its own, when there is none or it left out more rows than
+    /// [`MAX_WITHHELD`].
+    fn filtered(shared: Option<SharedBatch>, from: &Cursor) -> Self {
+        let Some(mut shared) = shared.filter(|shared| shared.withheld() <= MAX_WITHHELD) else {
+            return Self {
+                body: Bytes::new(),
+                rows: 0,
+                next: from.clone(),
+                complete: false,
+                sites: Vec::new(),
+                filtered: None,
+            };
+        };
+        let payload = std::mem::take(&mut shared.batch.payload);
+        let mut batch = shared.batch.clone();
+        batch.payload = payload;
+        Self {
+            filtered: Some(Arc::new(shared)),
+            ..Self::new(batch)
         }
     }
 
@@ -94,13 +135,14 @@ struct Answers {
 }
 
 /// What makes two pulls' answers the same: where they start, the app version
-/// served and the batch limits.
+/// served, the batch limits and the rows the user may read.
 #[derive(PartialEq, Eq, Hash, Clone)]
 struct Place {
     from: Cursor,
     max_rows: usize,
     max_bytes: usize,
     view: ViewKey,
+    filter: Option<Arc<RowFilters>>,
 }
 
 /// A view compared whole (at once when it is the same one), hashed by its
@@ -143,6 +185,7 @@ impl Fanout {
             max_rows: limits.max_rows,
             max_bytes: limits.max_bytes,
             view: ViewKey(Arc::clone(view)),
+            filter: None,
         };
         let export = || async {
             let batch = db
@@ -150,7 +193,55 @@ impl Fanout {
                 .await?;
             Ok::<_, crate::Error>(Arc::new(Answer::new(batch)))
         };
-        let Some((cell, kept_at)) = self.cell(name, version, &place) else {
+        self.shared(name, version, &place, export).await
+    }
+
+    /// [`answer`](Self::answer) for pulls under `filter`: the one the
+    /// pulls of that filter asking the same share. Its `sites` say whose pulls
+    /// it does not serve; each of the others serves it if it
+    /// [takes](Database::take_shared) it.
+    #[allow(clippy::too_many_arguments, reason = "answer's, and the filter")]
+    pub(crate) async fn answer_filtered(
+        &self,
+        name: &str,
+        db: &dyn Database,
+        version: i64,
+        from: &Cursor,
+        limits: BatchLimits,
+        view: &Arc<View>,
+        filter: &Arc<RowFilters>,
+    ) -> Result<Arc<Answer>> {
+        let place = Place {
+            from: from.clone(),
+            max_rows: limits.max_rows,
+            max_bytes: limits.max_bytes,
+            view: ViewKey(Arc::clone(view)),
+            filter: Some(Arc::clone(filter)),
+        };
+        let export = || async {
+            let shared = db
+                .pull_shared_filtered(
+                    from.clone(),
+                    limits,
+                    Arc::clone(view),
+                    RowFilters::clone(filter),
+                )
+                .await?;
+            Ok::<_, crate::Error>(Arc::new(Answer::filtered(shared, from)))
+        };
+        self.shared(name, version, &place, export).await
+    }
+
+    /// The answer for `place` made by `export`, kept for the pulls that ask the
+    /// same at `version` or before.
+    async fn shared<F: Future<Output = Result<Arc<Answer>>>>(
+        &self,
+        name: &str,
+        version: i64,
+        place: &Place,
+        export: impl FnOnce() -> F,
+    ) -> Result<Arc<Answer>> {
+        let Some((cell, kept_at)) = self.cell(name, version, place) else {
             return export().await;
         };
         let mut built = false;
@@ -161,7 +252,7 @@ impl Fanout {
             })
             .await?;
         if built {
-            self.account(name, kept_at, &place, &cell, answer.body.len());
+            self.account(name, kept_at, place, &cell, answer.body.len());
         }
         Ok(Arc::clone(answer))
     }
@@ -281,6 +372,52 @@ mod tests {
         let later = answer(2, limits).await.unwrap();
         assert!(!Arc::ptr_eq(&first, &later));
         assert!(Arc::ptr_eq(&later, &answer(1, limits).await.unwrap()));
+    }
+
+    #[tokio::test]
+    async fn pulls_under_one_filter_share_one_answer() {
+        use sync_runtime::Value;
+        use sync_runtime::server::RowFilter;
+        let (_dir, db, view) = database().await;
+        let fanout = Fanout::default();
+        let limits = BatchLimits::default();
+        let of = |user: &str| {
+            Arc::new(RowFilters::new(RowFilter::Nothing).table(
+                "todos",
+                RowFilter::Where {
+                    sql: "id > ?1".into(),
+                    params: vec![Value::from(user)],
+                },
+            ))
+        };
+        let answer = |from: Cursor, filter: Arc<RowFilters>| {
+            let (db, view) = (&db, &view);
+            let fanout = &fanout;
+            async move {
+                fanout
+                    .answer_filtered("todo", db, 1, &from, limits, view, &filter)
+                    .await
+                    .unwrap()
+            }
+        };
+        let ann = answer(Cursor::at(1), of("ann")).await;
+        assert!(ann.filtered.is_some());
+        assert!(Arc::ptr_eq(&ann, &answer(Cursor::at(1), of("ann")).await));
+        // Another user's filter, another answer; and none unfiltered.
+        let bob = answer(Cursor::at(1), of("bob")).await;
+        assert!(!Arc::ptr_eq(&ann, &bob));
+        let everyone = fanout
+            .answer("todo", &db, 1, &Cursor::at(1), limits, &view)
+            .await
+            .unwrap();
+        assert!(!Arc::ptr_eq(&ann, &everyone) && everyone.filtered.is_none());
+        // From the beginning, each device's first pull is its own.
+        assert!(
+            answer(Cursor::BEGINNING, of("ann"))
+                .await
+                .filtered
+                .is_none()
+        );
     }
 
     #[tokio::test]

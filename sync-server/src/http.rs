@@ -344,7 +344,8 @@ async fn pull(
     let filter = state
         .policies(&name)
         .read_filter(&caller)
-        .filter(|filter| !filter.allows_everything());
+        .filter(|filter| !filter.allows_everything())
+        .map(Arc::new);
     let seen = db.served_site(site).await?;
     let changes = Changes {
         state: &state,
@@ -382,25 +383,38 @@ struct Changes<'a> {
     db: &'a dyn Database,
     site: SiteId,
     limits: BatchLimits,
-    filter: Option<RowFilters>,
+    filter: Option<Arc<RowFilters>>,
     view: Arc<View>,
 }
 
 impl Changes<'_> {
     /// The answer after `from`, for a pull that saw the database at
-    /// `version`: without a filter, the one the pulls asking the same share
+    /// `version`: the one the pulls asking the same share
     /// ([`fanout`](crate::fanout)), unless it carries changes of this
-    /// device's; otherwise one of its own.
+    /// device's or, under a filter, the device does not take it; otherwise
+    /// one of its own.
     async fn after(&self, from: &Cursor, version: i64) -> Result<Arc<Answer>> {
-        if self.filter.is_none() {
-            let shared = self
-                .state
-                .shared
-                .fanout
-                .answer(self.name, self.db, version, from, self.limits, &self.view)
-                .await?;
-            if !shared.sites.contains(&self.site) {
-                return Ok(shared);
+        let fanout = &self.state.shared.fanout;
+        match &self.filter {
+            None => {
+                let shared = fanout
+                    .answer(self.name, self.db, version, from, self.limits, &self.view)
+                    .await?;
+                if !shared.sites.contains(&self.site) {
+                    return Ok(shared);
+                }
+            }
+            Some(filter) => {
+                let (name, db, limits, view) = (self.name, self.db, self.limits, &self.view);
+                let shared = fanout
+                    .answer_filtered(name, db, version, from, limits, view, filter)
+                    .await?;
+                if let Some(taken) = &shared.filtered
+                    && !shared.sites.contains(&self.site)
+                    && self.db.take_shared(Arc::clone(taken), self.site).await?
+                {
+                    return Ok(shared);
+                }
             }
         }
         let (batch, _seen) = self
@@ -409,7 +423,7 @@ impl Changes<'_> {
                 from.clone(),
                 self.site,
                 self.limits,
-                self.filter.clone(),
+                self.filter.as_deref().cloned(),
                 self.view.clone(),
             )
             .await?;

@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::sync::{Arc, PoisonError};
 
 use sync_runtime::protocol::{PushAck, RejectedRow};
-use sync_runtime::server::{Replica, RowFilter, RowFilters, Versions, View};
+use sync_runtime::server::{Replica, RowFilter, RowFilters, SharedBatch, Versions, View};
 use sync_runtime::wire::Payload;
 use sync_runtime::{Batch, BatchLimits, Cursor, Options, SiteId, SyncDb, Synchronous, TableSchema};
 use tokio::sync::{Mutex, watch};
@@ -162,6 +162,25 @@ pub trait Database: Send + Sync + 'static {
         limits: BatchLimits,
         view: Arc<View>,
     ) -> BoxFuture<'_, Result<Batch>>;
+
+    /// The changes after `from` that `filter` lets through, as a device that
+    /// holds none of them gets them, bounded by `limits`, of the tables and
+    /// columns of `view` (see [`Replica::export_shared_filtered`]): one export
+    /// that the pulls of one filter waiting at the same place share, each
+    /// [taking](Self::take_shared) it. `None` from the beginning, where each
+    /// device's first pull is its own.
+    fn pull_shared_filtered(
+        &self,
+        from: Cursor,
+        limits: BatchLimits,
+        view: Arc<View>,
+        filter: RowFilters,
+    ) -> BoxFuture<'_, Result<Option<SharedBatch>>>;
+
+    /// Whether device site `site` takes `shared` (see
+    /// [`Replica::take_shared`]); if so, what it then holds is recorded before
+    /// this returns. The takes of many devices at once go in one write.
+    fn take_shared(&self, shared: Arc<SharedBatch>, site: SiteId) -> BoxFuture<'_, Result<bool>>;
 
     /// How far the database has received device site `site` (see
     /// [`sync_runtime::protocol::SEEN_HEADER`]); a site id that more than one
@@ -408,6 +427,77 @@ pub struct SqliteDatabase {
     /// How far the database has received each device site that pushed or
     /// pulled, known not to be reused (see [`Seen`]).
     seen: std::sync::Mutex<Seen>,
+    /// Devices taking shared filtered answers, recorded together.
+    takes: Arc<Takes>,
+}
+
+/// The devices waiting to take a shared filtered answer (see
+/// [`Database::take_shared`]): the first to come records its take and every
+/// one queued meanwhile in one write, then those queued during that write in
+/// the next, and so on; the others wait for theirs.
+#[derive(Default)]
+struct Takes {
+    queue: std::sync::Mutex<TakeQueue>,
+}
+
+#[derive(Default)]
+struct TakeQueue {
+    waiting: Vec<(Arc<SharedBatch>, SiteId, tokio::sync::oneshot::Sender<bool>)>,
+    /// Whether a task is recording takes.
+    recording: bool,
+}
+
+impl Takes {
+    /// Whether `site` takes `shared`; `false` too when the write failed (the
+    /// device then exports on its own, which reports the failure if it
+    /// lasts).
+    async fn take(
+        self: &Arc<Self>,
+        db: &Replica,
+        shared: Arc<SharedBatch>,
+        site: SiteId,
+    ) -> Result<bool> {
+        if shared.taken_by_all() {
+            return Ok(true);
+        }
+        let (sender, taken) = tokio::sync::oneshot::channel();
+        let lead = {
+            let mut queue = lock(&self.queue);
+            queue.waiting.push((shared, site, sender));
+            !std::mem::replace(&mut queue.recording, true)
+        };
+        if lead {
+            // On a task of its own: the request that started it may be
+            // dropped (its device gone) while others wait on it.
+            tokio::spawn(Arc::clone(self).record(db.clone()));
+        }
+        Ok(taken.await.unwrap_or(false))
+    }
+
+    /// Records the takes queued, a write at a time, until none is left.
+    async fn record(self: Arc<Self>, db: Replica) {
+        loop {
+            let waiting = {
+                let mut queue = lock(&self.queue);
+                if queue.waiting.is_empty() {
+                    queue.recording = false;
+                    return;
+                }
+                std::mem::take(&mut queue.waiting)
+            };
+            let (readers, senders): (Vec<_>, Vec<_>) = waiting
+                .into_iter()
+                .map(|(shared, site, sender)| ((shared, site), sender))
+                .unzip();
+            let taken = db.take_shared(readers).await.unwrap_or_else(|e| {
+                tracing::warn!("shared answers could not be taken: {e}");
+                Vec::new()
+            });
+            for (index, sender) in senders.into_iter().enumerate() {
+                let _ = sender.send(taken.get(index).copied().unwrap_or(false));
+            }
+        }
+    }
 }
 
 /// How far a database has received each device site known not to be reused:
@@ -504,6 +594,7 @@ impl SqliteDatabase {
             publishing: Mutex::new(()),
             owners: std::sync::Mutex::default(),
             seen: std::sync::Mutex::default(),
+            takes: Arc::default(),
         })
     }
 
@@ -664,6 +755,23 @@ impl Database for SqliteDatabase {
         view: Arc<View>,
     ) -> BoxFuture<'_, Result<Batch>> {
         Box::pin(async move { Ok(self.db.serving(view).export_shared(from, limits).await?) })
+    }
+
+    fn pull_shared_filtered(
+        &self,
+        from: Cursor,
+        limits: BatchLimits,
+        view: Arc<View>,
+        filter: RowFilters,
+    ) -> BoxFuture<'_, Result<Option<SharedBatch>>> {
+        Box::pin(async move {
+            let db = self.db.serving(view);
+            Ok(db.export_shared_filtered(from, limits, filter).await?)
+        })
+    }
+
+    fn take_shared(&self, shared: Arc<SharedBatch>, site: SiteId) -> BoxFuture<'_, Result<bool>> {
+        Box::pin(self.takes.take(&self.db, shared, site))
     }
 
     fn served_site(&self, site: SiteId) -> BoxFuture<'_, Result<i64>> {

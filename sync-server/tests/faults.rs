@@ -16,6 +16,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -38,105 +39,30 @@ const BATCH_ROWS: usize = 10;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_server_loses_no_acknowledged_change() {
-    const KILLS: usize = 20;
     within(async {
         let mut rng = Rng::new(seed("killed_server_loses_no_acknowledged_change"));
-        let mut cloud = Cloud::start(rng.next()).await;
+        let cloud = Cloud::start(rng.next()).await;
         let mut devices = Vec::new();
         for name in ["phone", "laptop", "tablet"] {
             devices.push(cloud.device(name, rng.next()).await);
         }
-        let ledgers: Vec<_> = devices.iter().map(|d| Arc::clone(&d.ledger)).collect();
-
-        // The devices write and sync, with short random pauses, until the killer is
-        // done.
-        let done = Arc::new(AtomicBool::new(false));
-        let writers: Vec<JoinHandle<Device>> = devices
-            .into_iter()
-            .map(|mut device| {
-                let done = Arc::clone(&done);
-                tokio::spawn(async move {
-                    while !done.load(Ordering::Relaxed) {
-                        device.write().await;
-                        if device.rng.below(2) == 0 {
-                            device.sync(&retrying(2)).await;
-                        }
-                        sleep(Duration::from_millis(device.rng.below(3) as u64)).await;
-                    }
-                    device
-                })
+        kill_while_syncing(cloud, rng, devices, 20, |device| {
+            Box::pin(async move {
+                device.write().await;
+                if device.rng.below(2) == 0 {
+                    device.sync(&retrying(2)).await;
+                }
             })
-            .collect();
-
-        for kill in 0..KILLS {
-            // Catch a push (or a pull) on its way, and kill the server a few
-            // milliseconds into it: before, during or after its commit.
-            let kind = if kill % 2 == 0 {
-                Kind::Push
-            } else {
-                Kind::Pull
-            };
-            sleep(Duration::from_millis(rng.below(20) as u64)).await;
-            timeout(PATIENCE, cloud.proxy.until_in_flight(kind))
-                .await
-                .unwrap_or_else(|_| panic!("no {kind:?} came for {PATIENCE:?}"));
-            sleep(Duration::from_millis(rng.below(4) as u64)).await;
-            cloud.proxy.set_upstream(None);
-            cloud.server.kill().await;
-
-            // What the server acknowledged before it died is in its file.
-            let on_server: HashSet<SyncId> = rows_in(&cloud.server.database_file())
-                .await
-                .into_iter()
-                .map(|row| row.id)
-                .collect();
-            for ledger in &ledgers {
-                ledger
-                    .lock()
-                    .unwrap()
-                    .check(&on_server, &format!("after kill {kill}"));
-            }
-
-            cloud.server.restart().await;
-            cloud.proxy.set_upstream(Some(cloud.server.addr));
-        }
-        done.store(true, Ordering::Relaxed);
-        let mut devices = Vec::new();
-        for writer in writers {
-            devices.push(writer.await.unwrap());
-        }
-
-        let interrupted = cloud.proxy.interrupted();
-        eprintln!(
-            "{KILLS} kills; requests cut by them (push, pull, other): {interrupted:?}; \
-             failed syncs: {:?}; rows: {}",
-            devices.iter().map(|d| d.failures).collect::<Vec<_>>(),
-            devices.iter().map(|d| d.written.len()).sum::<usize>()
-        );
-        assert!(
-            interrupted[Kind::Push as usize] > 0 && interrupted[Kind::Pull as usize] > 0,
-            "no kill landed in the middle of a push and of a pull: {interrupted:?}"
-        );
-
-        converge(&mut devices).await;
-        let server_rows = cloud.stop().await;
-        let on_server = server_rows.iter().map(|row| row.id).collect();
-        for device in &devices {
-            device
-                .ledger
-                .lock()
-                .unwrap()
-                .check(&on_server, "at the end");
-        }
-        assert_converged(&devices, &server_rows).await;
+        })
+        .await;
     })
     .await;
 }
 
 /// A read policy that lets every row through, yet filters: each pull is
 /// read on a read connection, and the rows it sends are marked as held in a
-/// write of their own before it is answered.
-/// (Policies need the table: the schema is published at the start.)
+/// write of their own before it is answered. (Policies need the table: the
+/// schema is published at the start.)
 const EVERY_ROW_FILTERED: &str = "schema = \"todo.schema.json\"\n\
                                   [databases.todo.tables.todos]\n\
                                   read = \"title IS NOT NULL\"\nwrite = \"true\"\n";
@@ -146,7 +72,6 @@ const EVERY_ROW_FILTERED: &str = "schema = \"todo.schema.json\"\n\
 /// batch): nothing acknowledged is lost, and everything converges.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_server_mid_filtered_pull_or_large_push_loses_nothing() {
-    const KILLS: usize = 8;
     /// Rows the large device writes before each of its syncs, and sends a
     /// batch at a time.
     const BULK: usize = 3_000;
@@ -155,91 +80,117 @@ async fn killed_server_mid_filtered_pull_or_large_push_loses_nothing() {
         let mut rng = Rng::new(seed(
             "killed_server_mid_filtered_pull_or_large_push_loses_nothing",
         ));
-        let mut cloud = Cloud::start_with(rng.next(), EVERY_ROW_FILTERED).await;
+        let cloud = Cloud::start_with(rng.next(), EVERY_ROW_FILTERED).await;
         let mut devices = Vec::new();
         for name in ["phone", "laptop"] {
             devices.push(cloud.device(name, rng.next()).await);
         }
         devices.push(cloud.device_with("desktop", rng.next(), BULK_BATCH).await);
-        let ledgers: Vec<_> = devices.iter().map(|d| Arc::clone(&d.ledger)).collect();
-
-        let done = Arc::new(AtomicBool::new(false));
-        let writers: Vec<JoinHandle<Device>> = devices
-            .into_iter()
-            .map(|mut device| {
-                let done = Arc::clone(&done);
-                tokio::spawn(async move {
-                    while !done.load(Ordering::Relaxed) {
-                        if device.name == "desktop" {
-                            device.write_many(BULK).await;
-                        } else {
-                            device.write().await;
-                        }
-                        device.sync(&retrying(2)).await;
-                        sleep(Duration::from_millis(device.rng.below(3) as u64)).await;
-                    }
-                    device
-                })
+        kill_while_syncing(cloud, rng, devices, 8, |device| {
+            Box::pin(async move {
+                if device.name == "desktop" {
+                    device.write_many(BULK).await;
+                } else {
+                    device.write().await;
+                }
+                device.sync(&retrying(2)).await;
             })
-            .collect();
-
-        for kill in 0..KILLS {
-            let kind = if kill % 2 == 0 {
-                Kind::Push
-            } else {
-                Kind::Pull
-            };
-            sleep(Duration::from_millis(rng.below(20) as u64)).await;
-            timeout(PATIENCE, cloud.proxy.until_in_flight(kind))
-                .await
-                .unwrap_or_else(|_| panic!("no {kind:?} came for {PATIENCE:?}"));
-            sleep(Duration::from_millis(rng.below(4) as u64)).await;
-            cloud.proxy.set_upstream(None);
-            cloud.server.kill().await;
-            let on_server: HashSet<SyncId> = rows_in(&cloud.server.database_file())
-                .await
-                .into_iter()
-                .map(|row| row.id)
-                .collect();
-            for ledger in &ledgers {
-                ledger
-                    .lock()
-                    .unwrap()
-                    .check(&on_server, &format!("after kill {kill}"));
-            }
-            cloud.server.restart().await;
-            cloud.proxy.set_upstream(Some(cloud.server.addr));
-        }
-        done.store(true, Ordering::Relaxed);
-        let mut devices = Vec::new();
-        for writer in writers {
-            devices.push(writer.await.unwrap());
-        }
-        let interrupted = cloud.proxy.interrupted();
-        eprintln!(
-            "{KILLS} kills; requests cut by them (push, pull, other): {interrupted:?}; \
-             failed syncs: {:?}; rows: {}",
-            devices.iter().map(|d| d.failures).collect::<Vec<_>>(),
-            devices.iter().map(|d| d.written.len()).sum::<usize>()
-        );
-        assert!(
-            interrupted[Kind::Push as usize] > 0 && interrupted[Kind::Pull as usize] > 0,
-            "no kill landed in the middle of a push and of a pull: {interrupted:?}"
-        );
-
-        converge(&mut devices).await;
-        let server_rows = cloud.stop().await;
-        let on_server = server_rows.iter().map(|row| row.id).collect();
-        for device in &devices {
-            device
-                .ledger
-                .lock()
-                .unwrap()
-                .check(&on_server, "at the end");
-        }
-        assert_converged(&devices, &server_rows).await;
+        })
+        .await;
     })
     .await;
+}
+
+/// What a device does again and again while the server is killed.
+type Step = fn(&mut Device) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+
+/// The devices run `step` over and over, with short random pauses, while the
+/// server is killed `kills` times, each a few milliseconds into a push or a
+/// pull (in turn): before, during or after its commit. After each kill, what
+/// the server acknowledged is in its file; at the end, with the network
+/// healthy, the devices and the server hold every write.
+async fn kill_while_syncing(
+    mut cloud: Cloud,
+    mut rng: Rng,
+    devices: Vec<Device>,
+    kills: usize,
+    step: Step,
+) {
+    let ledgers: Vec<_> = devices.iter().map(|d| Arc::clone(&d.ledger)).collect();
+    let done = Arc::new(AtomicBool::new(false));
+    let writers: Vec<JoinHandle<Device>> = devices
+        .into_iter()
+        .map(|mut device| {
+            let done = Arc::clone(&done);
+            tokio::spawn(async move {
+                while !done.load(Ordering::Relaxed) {
+                    step(&mut device).await;
+                    sleep(Duration::from_millis(device.rng.below(3) as u64)).await;
+                }
+                device
+            })
+        })
+        .collect();
+
+    for kill in 0..kills {
+        let kind = if kill % 2 == 0 {
+            Kind::Push
+        } else {
+            Kind::Pull
+        };
+        sleep(Duration::from_millis(rng.below(20) as u64)).await;
+        timeout(PATIENCE, cloud.proxy.until_in_flight(kind))
+            .await
+            .unwrap_or_else(|_| panic!("no {kind:?} came for {PATIENCE:?}"));
+        sleep(Duration::from_millis(rng.below(4) as u64)).await;
+        cloud.proxy.set_upstream(None);
+        cloud.server.kill().await;
+
+        // What the server acknowledged before it died is in its file.
+        let on_server: HashSet<SyncId> = rows_in(&cloud.server.database_file())
+            .await
+            .into_iter()
+            .map(|row| row.id)
+            .collect();
+        for ledger in &ledgers {
+            ledger
+                .lock()
+                .unwrap()
+                .check(&on_server, &format!("after kill {kill}"));
+        }
+
+        cloud.server.restart().await;
+        cloud.proxy.set_upstream(Some(cloud.server.addr));
+    }
+    done.store(true, Ordering::Relaxed);
+    let mut devices = Vec::new();
+    for writer in writers {
+        devices.push(writer.await.unwrap());
+    }
+
+    let interrupted = cloud.proxy.interrupted();
+    eprintln!(
+        "{kills} kills; requests cut by them (push, pull, other): {interrupted:?}; \
+         failed syncs: {:?}; rows: {}",
+        devices.iter().map(|d| d.failures).collect::<Vec<_>>(),
+        devices.iter().map(|d| d.written.len()).sum::<usize>()
+    );
+    assert!(
+        interrupted[Kind::Push as usize] > 0 && interrupted[Kind::Pull as usize] > 0,
+        "no kill landed in the middle of a push and of a pull: {interrupted:?}"
+    );
+
+    converge(&mut devices).await;
+    let server_rows = cloud.stop().await;
+    let on_server = server_rows.iter().map(|row| row.id).collect();
+    for device in &devices {
+        device
+            .ledger
+            .lock()
+            .unwrap()
+            .check(&on_server, "at the end");
+    }
+    assert_converged(&devices, &server_rows).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
