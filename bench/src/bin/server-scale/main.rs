@@ -16,7 +16,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
 use serde_json::{Value as Json, json};
-use sync_server::Server;
+use sync_runtime::Synced;
+use sync_server::{DatabaseConfig, Server, TablePolicies};
+use synced_bench::Todo;
 
 use crate::live::Scenario;
 
@@ -53,6 +55,16 @@ struct Args {
     /// Rows the writer commits in the second scenario.
     #[arg(long, default_value_t = 200)]
     fast_writes: usize,
+    /// Devices waiting in the third scenario, each under the same row filter
+    /// (a read policy every row passes).
+    #[arg(long, default_value_t = 10_000)]
+    filtered_waiters: usize,
+    /// Milliseconds between commits in the third scenario.
+    #[arg(long, default_value_t = 1_000)]
+    filtered_every_ms: u64,
+    /// Rows the writer commits in the third scenario.
+    #[arg(long, default_value_t = 10)]
+    filtered_writes: usize,
     /// Rows of the database whose first sync is timed.
     #[arg(long, default_value_t = 1_000_000)]
     first_sync_rows: usize,
@@ -126,11 +138,31 @@ async fn run(args: &Args) -> Result<Json, BoxError> {
             every: Duration::from_millis(args.fast_every_ms),
             writes: args.fast_writes,
         },
+        Scenario {
+            waiters: args.filtered_waiters,
+            every: Duration::from_millis(args.filtered_every_ms),
+            writes: args.filtered_writes,
+        },
     ];
     let names: Vec<String> = (0..scenarios.len()).map(|i| format!("live-{i}")).collect();
-    let mut shared: Vec<&str> = names.iter().map(String::as_str).collect();
+    let (filtered, open) = names.split_last().ok_or("no scenarios")?;
+    let mut shared: Vec<&str> = open.iter().map(String::as_str).collect();
     shared.extend(first_sync::DATABASES);
-    let config = synced_testkit::config_sharing(&dir.path().join("server"), &shared);
+    let mut config = synced_testkit::config_sharing(&dir.path().join("server"), &shared);
+    // The last scenario's database: every pull under a row filter, one that
+    // every row passes, the same for every user.
+    let schema = dir.path().join("todos.schema.json");
+    std::fs::write(&schema, serde_json::to_vec(&[Todo::SCHEMA])?)?;
+    let policies = TablePolicies {
+        read: Some("score >= 0".into()),
+        write: Some("true".into()),
+    };
+    let database = DatabaseConfig {
+        schema: Some(schema),
+        tables: [("todos".to_owned(), policies)].into(),
+        ..DatabaseConfig::default()
+    };
+    config.databases.insert(filtered.clone(), database);
     let server = Server::bind(config).await?;
     let state = server.state().clone();
     let caps = state.waiting_caps();
@@ -148,8 +180,17 @@ async fn run(args: &Args) -> Result<Json, BoxError> {
     );
     let mut figures = Vec::new();
     for (scenario, name) in scenarios.iter().zip(&names) {
+        if name == filtered {
+            println!("the same, every device under one row filter (a read policy every row passes):");
+        }
         let url = serving.url(name);
-        figures.push(live::measure(scenario, &state, serving.local_addr(), name, &url).await?);
+        let mut figure = live::measure(scenario, &state, serving.local_addr(), name, &url).await?;
+        if name == filtered
+            && let Some(figure) = figure.as_object_mut()
+        {
+            figure.insert("read_policy".into(), json!("score >= 0"));
+        }
+        figures.push(figure);
     }
     serving.stop().await?;
     Ok(json!({ "first_sync": first, "live": figures }))
