@@ -6,7 +6,9 @@ use rusqlite::Connection;
 
 use crate::change::{ClockRow, Origins, PageFilter, Range, scan};
 use crate::error::Result;
-use crate::filter::{Decision, Gate, Marks, NewMark, RowFilter, RowFilters, Withheld};
+use crate::filter::{
+    Decision, Gate, MAX_WITHHELD, Marks, NewMark, RowFilter, RowFilters, Withheld,
+};
 use crate::id::SiteId;
 use crate::schema::TableSchema;
 use crate::sql::{self, TableSql};
@@ -495,7 +497,9 @@ pub(crate) fn export_filtered(
 /// [`Gate::nobody`](crate::filter::Gate::nobody)): the batch after `from` of
 /// the rows `filter` lets through, each whole, with the marks a reader that
 /// takes it takes and the rows it left out. `None` from the beginning, where a
-/// reader's first export walks a snapshot of what it may read instead.
+/// reader's first export walks a snapshot of what it may read instead, and
+/// when it would leave out more than [`MAX_WITHHELD`] rows (each reader that
+/// takes it is checked against each).
 pub(crate) fn export_for_nobody(
     conn: &Connection,
     tables: &[TableSchema],
@@ -513,7 +517,8 @@ pub(crate) fn export_for_nobody(
         return Ok(None);
     }
     let gating = Some(Gating::Nobody(filter));
-    export_gated(conn, tables, from, Scope::All, limits, gating).map(Some)
+    let gated = export_gated(conn, tables, from, Scope::All, limits, gating)?;
+    Ok(Some(gated).filter(|(_, _, withheld)| withheld.len() <= MAX_WITHHELD))
 }
 
 /// A batch of a filtered export, with the marks its rows set and the rows it
@@ -612,6 +617,11 @@ fn export_gated(
                 }
                 Ok(())
             })?;
+        }
+        // An export for no reader in particular that left out too many rows
+        // to be shared stops here: its readers export on their own.
+        if gate.as_ref().is_some_and(Gate::withheld_too_many) {
+            break None;
         }
         match end {
             Some(end) if placed.is_empty() => from = end,

@@ -99,23 +99,39 @@ impl RowFilters {
 impl Eq for RowFilters {}
 
 impl std::hash::Hash for RowFilters {
-    /// Hashes the tables named and the SQL of each filter (not the values
-    /// bound: equal filters hash alike whatever the type of their values).
+    /// Hashes the tables named, and each filter's SQL and values (so that the
+    /// filters of many users of one policy hash apart), equal filters alike.
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        fn text(filter: &RowFilter) -> &str {
-            match filter {
-                RowFilter::All => "1",
-                RowFilter::Nothing => "0",
-                RowFilter::Where { sql, .. } => sql,
-            }
-        }
         let mut tables: Vec<(&String, &RowFilter)> = self.tables.iter().collect();
         tables.sort_by_key(|(name, _)| *name);
         for (name, filter) in tables {
             name.hash(state);
-            text(filter).hash(state);
+            filter.hash(state);
         }
-        text(&self.others).hash(state);
+        self.others.hash(state);
+    }
+}
+
+impl std::hash::Hash for RowFilter {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        match self {
+            RowFilter::All => 0u8.hash(state),
+            RowFilter::Nothing => 1u8.hash(state),
+            RowFilter::Where { sql, params } => {
+                2u8.hash(state);
+                sql.hash(state);
+                for param in params {
+                    match param {
+                        Value::Null => 0u8.hash(state),
+                        Value::Integer(n) => (1u8, n).hash(state),
+                        // Equal reals hash alike: 0.0 and -0.0 are equal.
+                        Value::Real(r) => (2u8, (r + 0.0).to_bits()).hash(state),
+                        Value::Text(text) => (3u8, text).hash(state),
+                        Value::Blob(bytes) => (4u8, bytes).hash(state),
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -201,6 +217,13 @@ pub(crate) struct NewMark {
     table: String,
     key: Vec<u8>,
     mark: Mark,
+}
+
+impl NewMark {
+    /// About how many bytes of memory it holds.
+    pub(crate) fn bytes(&self) -> usize {
+        std::mem::size_of::<Self>() + self.table.len() + self.key.len()
+    }
 }
 
 /// The marks a filtered export sets for its reader: what the reader holds
@@ -306,6 +329,12 @@ pub(crate) struct Gate<'f> {
     nobody: Option<Vec<Withheld>>,
 }
 
+/// The most rows an export for no reader in particular may leave out (see
+/// [`Gate::nobody`]): each reader that takes it is checked against each, and
+/// one far behind under a filter that reads little would otherwise list the
+/// whole history.
+pub const MAX_WITHHELD: usize = 256;
+
 /// A row an export for no reader in particular left out: a reader that holds
 /// it, or created it, needs an export of its own.
 #[derive(Debug, Clone)]
@@ -313,6 +342,13 @@ pub(crate) struct Withheld {
     pub(crate) table: String,
     pub(crate) key: Vec<u8>,
     pub(crate) creator: i64,
+}
+
+impl Withheld {
+    /// About how many bytes of memory it holds.
+    pub(crate) fn bytes(&self) -> usize {
+        std::mem::size_of::<Self>() + self.table.len() + self.key.len()
+    }
 }
 
 impl<'f> Gate<'f> {
@@ -354,6 +390,14 @@ impl<'f> Gate<'f> {
     /// The rows left out by a gate for [`nobody`](Self::nobody).
     pub(crate) fn withheld(self) -> Vec<Withheld> {
         self.nobody.unwrap_or_default()
+    }
+
+    /// Whether a gate for [`nobody`](Self::nobody) left out more rows than
+    /// [`MAX_WITHHELD`]: its export is not shared.
+    pub(crate) fn withheld_too_many(&self) -> bool {
+        self.nobody
+            .as_ref()
+            .is_some_and(|withheld| withheld.len() > MAX_WITHHELD)
     }
 
     /// The reader's site ordinal here, if it has one.
@@ -507,5 +551,38 @@ impl<'f> Gate<'f> {
             });
         }
         Ok((Decision::Skip, None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::hash::{BuildHasher, RandomState};
+
+    use super::*;
+
+    fn of(value: Value) -> RowFilters {
+        RowFilters::new(RowFilter::Nothing).table(
+            "notes",
+            RowFilter::Where {
+                sql: "owner = ?1".into(),
+                params: vec![value],
+            },
+        )
+    }
+
+    /// Filters are told apart by their values too (the answers of one
+    /// policy's users are kept apart, not in one bucket), and equal ones hash
+    /// alike.
+    #[test]
+    fn filters_hash_by_their_values() {
+        let state = RandomState::new();
+        let hash = |filter: &RowFilters| state.hash_one(filter);
+        assert_eq!(hash(&of(Value::from("ann"))), hash(&of(Value::from("ann"))));
+        assert_ne!(hash(&of(Value::from("ann"))), hash(&of(Value::from("bob"))));
+        assert_ne!(of(Value::from("ann")), of(Value::from("bob")));
+        // Equal values, equal hashes: 0.0 and -0.0 are one value.
+        assert_eq!(of(Value::Real(0.0)), of(Value::Real(-0.0)));
+        assert_eq!(hash(&of(Value::Real(0.0))), hash(&of(Value::Real(-0.0))));
+        assert_ne!(hash(&of(Value::Integer(1))), hash(&of(Value::Real(1.0))));
     }
 }

@@ -25,8 +25,8 @@ use crate::tx::Registered;
 use crate::wire::Payload;
 use crate::worker::{Worker, write};
 
+pub use crate::filter::{MAX_WITHHELD, RowFilter, RowFilters};
 use crate::filter::{NewMark, Withheld};
-pub use crate::filter::{RowFilter, RowFilters};
 pub use crate::merge::PushReport;
 pub use crate::versions::{Unserved, Versions, View};
 
@@ -45,6 +45,18 @@ impl SharedBatch {
     /// needs an export of its own, and taking the batch checks each.
     pub fn withheld(&self) -> usize {
         self.withheld.len()
+    }
+
+    /// How many rows a reader that takes it is recorded as holding.
+    pub fn marks(&self) -> usize {
+        self.marks.len()
+    }
+
+    /// About how many bytes of memory it holds beside its batch's payload.
+    pub fn bytes(&self) -> usize {
+        let marks = self.marks.iter().map(NewMark::bytes);
+        let withheld = self.withheld.iter().map(Withheld::bytes);
+        std::mem::size_of::<Self>() + marks.chain(withheld).sum::<usize>()
     }
 
     /// Whether a reader takes it without a look at what it holds and without

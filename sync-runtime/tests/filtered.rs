@@ -822,3 +822,33 @@ async fn readers_of_one_filter_share_a_batch_unless_they_hold_a_row_it_leaves_ou
     assert!(take_shared(&server, &mut phone).await);
     assert_eq!(phone.texts().await, laptop.texts().await);
 }
+
+/// An export for every reader of a filter lists the rows it leaves out, which
+/// each reader taking it is checked against: past
+/// [`MAX_WITHHELD`](sync_runtime::server::MAX_WITHHELD) of them (a reader far
+/// behind, under a filter that reads little), it is not shared, and stops
+/// listing, however small the batches.
+#[tokio::test]
+async fn a_shared_batch_lists_a_bounded_number_of_rows_left_out() {
+    use sync_runtime::server::MAX_WITHHELD;
+    let server = server().await;
+    server.insert(&note("ann", false, "ann's")).await.unwrap();
+    let mut ann = Reader::new("ann").await;
+    ann.pull(&server).await;
+    let replica = Replica::new(server.db.clone());
+    let small = BatchLimits::default().max_rows(2);
+    let shared = |from: Cursor| replica.export_shared_filtered(from, small, anns());
+    let bobs: Vec<Note> = (0..=MAX_WITHHELD)
+        .map(|i| note("bob", false, &format!("bob's {i}")))
+        .collect();
+    for row in &bobs[..MAX_WITHHELD] {
+        server.insert(row).await.unwrap();
+    }
+    let at = shared(ann.cursor.clone()).await.unwrap().unwrap();
+    assert_eq!((at.withheld(), at.batch.rows), (MAX_WITHHELD, 0));
+    server.insert(&bobs[MAX_WITHHELD]).await.unwrap();
+    assert!(shared(ann.cursor.clone()).await.unwrap().is_none());
+    // Its own export still finds nothing for ann, and ann is not behind.
+    ann.pull(&server).await;
+    assert_eq!(ann.texts().await, ["ann's"]);
+}

@@ -19,7 +19,8 @@
 //! it); what it then holds is recorded before it is answered, for all the
 //! devices taking answers at once in one write ([`Database::take_shared`]). A
 //! device's first pull, from the beginning, is its own, and so is any pull
-//! when the answer left out more than [`MAX_WITHHELD`] rows.
+//! when the answer would leave out more than
+//! [`MAX_WITHHELD`](sync_runtime::server::MAX_WITHHELD) rows.
 //!
 //! The answers kept are those of the database's latest version: a pull that
 //! saw version `v` may take any answer built at `v` or later, which holds every
@@ -47,10 +48,6 @@ pub const MAX_ANSWERS: usize = 1_024;
 
 /// The most bytes of answers kept for one database's latest version.
 pub const MAX_ANSWER_BYTES: usize = 64 << 20;
-
-/// The most rows a filtered answer may leave out and still be shared: each
-/// device that takes it is checked against each.
-pub const MAX_WITHHELD: usize = 256;
 
 /// A pull's answer, encoded once for every pull that takes it.
 #[derive(Debug)]
@@ -90,10 +87,10 @@ impl Answer {
 
     /// The answer filtered pulls after `from` share, from `shared` (its
     /// payload moved here); one that none takes, which sends each to an
-    /// export of its own, when there is none or it left out more rows than
-    /// [`MAX_WITHHELD`].
+    /// export of its own, when there is none (see
+    /// [`Replica::export_shared_filtered`](sync_runtime::server::Replica::export_shared_filtered)).
     fn filtered(shared: Option<SharedBatch>, from: &Cursor) -> Self {
-        let Some(mut shared) = shared.filter(|shared| shared.withheld() <= MAX_WITHHELD) else {
+        let Some(mut shared) = shared else {
             return Self {
                 body: Bytes::new(),
                 rows: 0,
@@ -110,6 +107,11 @@ impl Answer {
             filtered: Some(Arc::new(shared)),
             ..Self::new(batch)
         }
+    }
+
+    /// About how many bytes of memory it holds.
+    fn bytes(&self) -> usize {
+        self.body.len() + self.filtered.as_ref().map_or(0, |shared| shared.bytes())
     }
 
     /// Whether it carries nothing, and the database had nothing more.
@@ -252,7 +254,7 @@ impl Fanout {
             })
             .await?;
         if built {
-            self.account(name, kept_at, place, &cell, answer.body.len());
+            self.account(name, kept_at, place, &cell, answer.bytes());
         }
         Ok(Arc::clone(answer))
     }
@@ -288,7 +290,7 @@ impl Fanout {
                 .find(|(_, cell)| Arc::strong_count(cell) == 1)
                 .map(|(idle, _)| idle.clone())?;
             if let Some(cell) = answers.by_place.remove(&idle) {
-                let bytes = cell.get().map_or(0, |answer| answer.body.len());
+                let bytes = cell.get().map_or(0, |answer| answer.bytes());
                 answers.bytes = answers.bytes.saturating_sub(bytes);
             }
             if answers.bytes >= MAX_ANSWER_BYTES {

@@ -476,14 +476,29 @@ impl Takes {
 
     /// Records the takes queued, a write at a time, until none is left.
     async fn record(self: Arc<Self>, db: Replica) {
+        // A write that panics leaves the queue to the next take, and the
+        // devices waiting on it to exports of their own.
+        let _recording = Recording(Arc::clone(&self));
         loop {
-            let waiting = {
+            let waiting: Vec<_> = {
                 let mut queue = lock(&self.queue);
                 if queue.waiting.is_empty() {
                     queue.recording = false;
                     return;
                 }
-                std::mem::take(&mut queue.waiting)
+                // At most about MARKS_PER_WRITE marks a write (one take at
+                // least): pushes wait for no longer.
+                let mut marks = 0;
+                let taken = queue
+                    .waiting
+                    .iter()
+                    .take_while(|(shared, ..)| {
+                        let first = marks == 0;
+                        marks += shared.marks().max(1);
+                        first || marks <= MARKS_PER_WRITE
+                    })
+                    .count();
+                queue.waiting.drain(..taken).collect()
             };
             let (readers, senders): (Vec<_>, Vec<_>) = waiting
                 .into_iter()
@@ -529,6 +544,24 @@ impl Seen {
             .entry(site)
             .and_modify(|kept| *kept = seen.max(*kept))
             .or_insert(seen);
+    }
+}
+
+/// About the most marks (rows a device is recorded as holding) one write of
+/// [`Takes`] records.
+const MARKS_PER_WRITE: usize = 16_384;
+
+/// Set while a task records takes; if it panics, the queue is left to the
+/// next take and the devices waiting on it export on their own.
+struct Recording(Arc<Takes>);
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut queue = lock(&self.0.queue);
+            queue.recording = false;
+            queue.waiting.clear();
+        }
     }
 }
 

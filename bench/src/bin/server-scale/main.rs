@@ -181,7 +181,9 @@ async fn run(args: &Args) -> Result<Json, BoxError> {
     let mut figures = Vec::new();
     for (scenario, name) in scenarios.iter().zip(&names) {
         if name == filtered {
-            println!("the same, every device under one row filter (a read policy every row passes):");
+            println!(
+                "the same, every device under one row filter (a read policy every row passes):"
+            );
         }
         let url = serving.url(name);
         let mut figure = live::measure(scenario, &state, serving.local_addr(), name, &url).await?;
