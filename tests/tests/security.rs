@@ -274,3 +274,60 @@ async fn no_user_can_present_the_site_id_of_an_api_key_device_or_of_the_server()
     assert_eq!(titles(&ann).await, ["by the admin"]);
     server.stop().await;
 }
+
+/// A row a device wrote, was evicted from, and may read again comes back
+/// whole, with the device's own change in it: the device takes it back as
+/// its own, not as another file writing under its site id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_the_device_wrote_moves_out_and_back_in_without_a_new_site_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = TablePolicies {
+        read: Some("owner_id = $user_id OR shared = 1".into()),
+        write: Some("owner_id = $user_id OR shared = 1".into()),
+    };
+    let server = TestServer::start_with(items_config(dir.path(), policies)).await;
+    let url = server.url("items");
+    let admin = open(dir.path(), "admin", Remote::new(&url).api_key(ADMIN_KEY)).await;
+    let ann = open(
+        dir.path(),
+        "ann",
+        Remote::new(&url).bearer_token(token("ann")),
+    )
+    .await;
+    let bobs = item("bob", true, "bob's");
+    admin.insert(&bobs).await.unwrap();
+    admin.sync().await.unwrap();
+    ann.sync().await.unwrap();
+    let site = ann.site_id();
+
+    // Ann edits bob's shared row; it is un-shared (ann's device forgets it),
+    // then shared again.
+    let edited = Item {
+        title: "edited by ann".into(),
+        ..bobs.clone()
+    };
+    ann.update(&edited).await.unwrap();
+    ann.sync().await.unwrap();
+    let reshare = |shared: i64| {
+        let admin = admin.clone();
+        async move {
+            admin
+                .execute_raw(
+                    "UPDATE items SET shared = ?1 WHERE id = ?2",
+                    params![shared, bobs.id],
+                )
+                .await
+                .unwrap();
+            admin.sync().await.unwrap();
+        }
+    };
+    reshare(0).await;
+    ann.sync().await.unwrap();
+    assert!(titles(&ann).await.is_empty());
+    reshare(1).await;
+    let report = ann.sync().await.unwrap();
+    assert!(!report.site_id_renewed, "{report:?}");
+    assert_eq!(ann.site_id(), site);
+    assert_eq!(titles(&ann).await, ["edited by ann"]);
+    server.stop().await;
+}

@@ -20,6 +20,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::{BoxError, WAIT_MS, cpu_time, ms, now_us, quantiles};
 
+/// Pushes of the writer alone, before the devices wait.
+const IDLE_PUSHES: usize = 10;
+
 /// How long a scenario may take to set up or finish before it is a failure.
 const PATIENCE: Duration = Duration::from_secs(300);
 
@@ -96,8 +99,10 @@ pub(crate) async fn measure(
             runtime.block_on(async move {
                 let writer = synced_testkit::device::<Todo>(None, &url, "writer").await?;
                 writer.sync().await?;
-                // The writer alone: its push latency with no one waiting.
-                let (idle, _) = write(&writer, &state, &name, every.min(ms(50)), 20).await?;
+                // The writer alone: its push latency with no one waiting, at
+                // the same pace (a machine idle for a second between pushes
+                // answers slower than one pushed to every 50 ms).
+                let (idle, _) = write(&writer, &state, &name, every, IDLE_PUSHES).await?;
                 let _ = idle_done.send(idle);
                 start_writing.await?;
                 write(&writer, &state, &name, every, writes).await
