@@ -329,10 +329,10 @@ pub(crate) struct Gate<'f> {
     nobody: Option<Vec<Withheld>>,
 }
 
-/// The most rows an export for no reader in particular may leave out (see
-/// [`Gate::nobody`]): each reader that takes it is checked against each, and
-/// one far behind under a filter that reads little would otherwise list the
-/// whole history.
+/// The most rows an export for every reader of a filter may leave out (see
+/// [`Replica::export_shared_filtered`](crate::server::Replica::export_shared_filtered)):
+/// each reader that takes it is checked against each, and one far behind under
+/// a filter that reads little would otherwise list the whole history.
 pub const MAX_WITHHELD: usize = 256;
 
 /// A row an export for no reader in particular left out: a reader that holds

@@ -736,9 +736,9 @@ pub(crate) struct TableSql {
 pub(crate) struct RowsUpsert {
     /// Parameters of each row, its marker not counted.
     pub(crate) columns: usize,
-    /// `INSERT INTO … (…) SELECT column2, … FROM (VALUES `
+    /// `INSERT INTO … (…)`
     insert: String,
-    /// `) WHERE column1 IS NOT NULL ON CONFLICT …`
+    /// `ON CONFLICT (…) DO …`
     conflict: String,
 }
 
@@ -746,36 +746,37 @@ impl RowsUpsert {
     /// Writes `columns` into `table` as the rows given, and on a conflict of
     /// `keys` runs `action`.
     fn new(table: &str, columns: &[String], keys: &str, action: &str) -> Self {
-        let selected = (2..=columns.len() + 1)
-            .map(|i| format!("column{i}"))
-            .collect::<Vec<_>>()
-            .join(", ");
         Self {
             columns: columns.len(),
-            insert: format!(
-                "INSERT INTO {table} ({}) SELECT {selected} FROM (VALUES ",
-                columns.join(", ")
-            ),
-            conflict: format!(") WHERE column1 IS NOT NULL ON CONFLICT ({keys}) DO {action}"),
+            insert: format!("INSERT INTO {table} ({})", columns.join(", ")),
+            conflict: format!("ON CONFLICT ({keys}) DO {action}"),
         }
     }
 
     /// The statement for `rows` rows, each `1 + columns` parameters in a
     /// row: a marker, then the columns. A row whose marker is NULL is not
-    /// written, so that a statement of many rows can write fewer.
+    /// written, so that a statement of many rows can write fewer. The
+    /// statement of one row is a plain upsert, which leaves its marker out
+    /// (a set of rows costs a select from a list of values, about 0.8 µs more
+    /// for a row alone).
     pub(crate) fn sql(&self, rows: usize) -> String {
-        let row = format!("(?{})", ", ?".repeat(self.columns));
-        let mut sql =
-            String::with_capacity(self.insert.len() + rows * (row.len() + 2) + self.conflict.len());
-        sql.push_str(&self.insert);
-        for i in 0..rows {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&row);
+        let (insert, conflict) = (&self.insert, &self.conflict);
+        if rows == 1 {
+            let values = (2..=self.columns + 1)
+                .map(|i| format!("?{i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            return format!("{insert} VALUES ({values}) {conflict}");
         }
-        sql.push_str(&self.conflict);
-        sql
+        let selected = (2..=self.columns + 1)
+            .map(|i| format!("column{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let row = format!("(?{})", ", ?".repeat(self.columns));
+        let values = vec![row; rows].join(", ");
+        format!(
+            "{insert} SELECT {selected} FROM (VALUES {values}) WHERE column1 IS NOT NULL {conflict}"
+        )
     }
 }
 
