@@ -486,15 +486,7 @@ impl<'f> Gate<'f> {
         };
         // An eviction the reader may not have received goes again.
         let evicted_unseen = matches!(mark, Some(Mark::Evicted { at }) if at > self.base);
-        let readable = lives
-            && row.exists
-            && match row.passes {
-                Some(passes) => passes,
-                None => {
-                    passes(conn, schema, self.filter.for_table(&schema.name), &row.pk)?
-                        == Some(true)
-                }
-            };
+        let readable = self.readable(conn, schema, row)?;
         let decision = match (readable, holds) {
             (true, Some(true)) => Decision::Changes,
             (true, _) => Decision::Whole,
@@ -518,6 +510,19 @@ impl<'f> Gate<'f> {
         Ok((decision, new_mark))
     }
 
+    /// Whether `row` of `schema` lives and its table's filter lets it through.
+    fn readable(&self, conn: &Connection, schema: &TableSchema, row: &ClockRow) -> Result<bool> {
+        Ok(row.cl % 2 == 1
+            && row.exists
+            && match row.passes {
+                Some(passes) => passes,
+                None => {
+                    passes(conn, schema, self.filter.for_table(&schema.name), &row.pk)?
+                        == Some(true)
+                }
+            })
+    }
+
     /// [`decide`](Self::decide) for a reader that holds nothing: a row it may
     /// read goes whole, and is marked held; any other is left out, and listed.
     fn decide_for_nobody(
@@ -528,15 +533,7 @@ impl<'f> Gate<'f> {
         row: &ClockRow,
         table: String,
     ) -> Result<(Decision, Option<NewMark>)> {
-        let readable = row.cl % 2 == 1
-            && row.exists
-            && match row.passes {
-                Some(passes) => passes,
-                None => {
-                    passes(conn, schema, self.filter.for_table(&schema.name), &row.pk)?
-                        == Some(true)
-                }
-            };
+        let readable = self.readable(conn, schema, row)?;
         let key = wire::encode_key(&row.pk);
         if readable {
             let mark = Mark::Held { at: self.upto };

@@ -147,6 +147,23 @@ struct Place {
     filter: Option<Arc<RowFilters>>,
 }
 
+impl Place {
+    fn new(
+        from: &Cursor,
+        limits: BatchLimits,
+        view: &Arc<View>,
+        filter: Option<&Arc<RowFilters>>,
+    ) -> Self {
+        Self {
+            from: from.clone(),
+            max_rows: limits.max_rows,
+            max_bytes: limits.max_bytes,
+            view: ViewKey(Arc::clone(view)),
+            filter: filter.cloned(),
+        }
+    }
+}
+
 /// A view compared whole (at once when it is the same one), hashed by its
 /// table names.
 #[derive(Clone)]
@@ -182,13 +199,7 @@ impl Fanout {
         limits: BatchLimits,
         view: &Arc<View>,
     ) -> Result<Arc<Answer>> {
-        let place = Place {
-            from: from.clone(),
-            max_rows: limits.max_rows,
-            max_bytes: limits.max_bytes,
-            view: ViewKey(Arc::clone(view)),
-            filter: None,
-        };
+        let place = Place::new(from, limits, view, None);
         let export = || async {
             let batch = db
                 .pull_shared(from.clone(), limits, Arc::clone(view))
@@ -213,13 +224,7 @@ impl Fanout {
         view: &Arc<View>,
         filter: &Arc<RowFilters>,
     ) -> Result<Arc<Answer>> {
-        let place = Place {
-            from: from.clone(),
-            max_rows: limits.max_rows,
-            max_bytes: limits.max_bytes,
-            view: ViewKey(Arc::clone(view)),
-            filter: Some(Arc::clone(filter)),
-        };
+        let place = Place::new(from, limits, view, Some(filter));
         let export = || async {
             let shared = db
                 .pull_shared_filtered(
