@@ -143,7 +143,8 @@ pub(crate) struct RemoteState {
     pub(crate) lost: AtomicI64,
     /// Held by the send in progress.
     pub(crate) sending: Mutex<()>,
-    /// Held by the fetch in progress.
+    /// Held by the fetch in progress while it applies what it fetched (not
+    /// while its first request waits on the server).
     pub(crate) receiving: Mutex<()>,
 }
 

@@ -353,54 +353,75 @@ impl SyncDb {
         options: &SyncOptions,
     ) -> Result<SyncReport> {
         let state = Arc::clone(state);
-        let _one_at_a_time = state.receiving.lock().await;
         let url = state.remote.url.clone();
         let schema = self.schema_headers().await?;
-        let (sent, cursor) = self.remote_cursors(&url).await?;
-        let acked = sent.version();
-        let mut answer = self
-            .pull(&state, options, &schema, &cursor, options.wait, acked)
-            .await?;
-        let mut report = SyncReport::default();
-        loop {
-            let span = tracing::debug_span!("pull", bytes = answer.payload.len());
-            let apply = self
-                .apply_received(
-                    &url,
-                    answer.payload.clone(),
-                    answer.next.clone(),
-                    schema.tables.clone(),
-                )
-                .instrument(span);
-            let next = async {
-                if answer.complete {
-                    return Ok::<_, Error>(None);
-                }
-                let next = self.pull(
-                    &state,
-                    options,
-                    &schema,
-                    &answer.next,
-                    Duration::ZERO,
-                    acked,
-                );
-                next.await.map(Some)
-            };
-            let (applied, next) = tokio::join!(apply, next);
-            // Applied and committed with its cursor, in one transaction.
-            let (applied, kept) = applied?;
-            report.changes_received += applied.applied + applied.ignored;
-            report.applied += applied.applied;
-            report.bytes_received += answer.payload.len() as u64;
-            report.batches += 1;
-            if let Some(progress) = &options.progress {
-                progress(&report);
+        'fetch: loop {
+            let site = self.site_id();
+            let (sent, cursor) = self.remote_cursors(&url).await?;
+            let acked = sent.version();
+            // The first request (a long-poll may wait long) holds no lock: a
+            // sync, a reset or a logout meanwhile goes ahead, and its answer is
+            // checked against what they did before it is applied.
+            let mut answer = self
+                .pull(&state, options, &schema, &cursor, options.wait, acked)
+                .await?;
+            let _one_at_a_time = state.receiving.lock().await;
+            let current = self
+                .remote_state()
+                .is_some_and(|now| Arc::ptr_eq(&now, &state));
+            if !current {
+                // The app replaced the remote: the answer is not for it.
+                return Ok(SyncReport::default());
             }
-            match next? {
-                // The app registered more meanwhile: the next sync asks again.
-                Some(_) if !kept => return Ok(report),
-                Some(next) => answer = next,
-                None => return Ok(report),
+            if self.site_id() != site {
+                continue 'fetch;
+            }
+            let mut asked = Some(cursor);
+            let mut report = SyncReport::default();
+            loop {
+                let span = tracing::debug_span!("pull", bytes = answer.payload.len());
+                let apply = self
+                    .apply_received(
+                        &url,
+                        answer.payload.clone(),
+                        answer.next.clone(),
+                        schema.tables.clone(),
+                        asked.take(),
+                    )
+                    .instrument(span);
+                let next = async {
+                    if answer.complete {
+                        return Ok::<_, Error>(None);
+                    }
+                    let next = self.pull(
+                        &state,
+                        options,
+                        &schema,
+                        &answer.next,
+                        Duration::ZERO,
+                        acked,
+                    );
+                    next.await.map(Some)
+                };
+                let (applied, next) = tokio::join!(apply, next);
+                // Applied and committed with its cursor, in one transaction.
+                let Some((applied, kept)) = applied? else {
+                    // The receive cursor went back meanwhile: ask again.
+                    continue 'fetch;
+                };
+                report.changes_received += applied.applied + applied.ignored;
+                report.applied += applied.applied;
+                report.bytes_received += answer.payload.len() as u64;
+                report.batches += 1;
+                if let Some(progress) = &options.progress {
+                    progress(&report);
+                }
+                match next? {
+                    // The app registered more meanwhile: the next sync asks again.
+                    Some(_) if !kept => return Ok(report),
+                    Some(next) => answer = next,
+                    None => return Ok(report),
+                }
             }
         }
     }
@@ -670,7 +691,9 @@ impl SyncDb {
     /// changes as soon as the server has them. After a failure, or when nothing
     /// happens, it tries again every `interval`. A server that holds no
     /// long-polls (its answers come back empty at once) is polled at a pace that
-    /// doubles from 50 ms up to `interval`. Needs a Tokio runtime.
+    /// doubles from 50 ms up to `interval`. A [`sync`](Self::sync) or a
+    /// [`logout`](Self::logout) meanwhile does not wait for the long-poll.
+    /// Needs a Tokio runtime.
     ///
     /// # Panics
     ///
@@ -688,23 +711,7 @@ impl SyncDb {
     /// The (sent, received) cursors kept for a server.
     async fn remote_cursors(&self, url: &str) -> Result<(Cursor, Cursor)> {
         let url = url.to_owned();
-        self.call(move |w| {
-            use rusqlite::OptionalExtension;
-            let stored: Option<(String, String)> = w
-                .conn
-                .query_row(sql::REMOTE_CURSORS, [url], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?;
-            let parse = |text: &str| {
-                text.parse::<Cursor>().map_err(|e| Error::Corrupt {
-                    details: format!("a stored sync cursor is unreadable: {e}"),
-                })
-            };
-            match stored {
-                None => Ok((Cursor::BEGINNING, Cursor::BEGINNING)),
-                Some((sent, received)) => Ok((parse(&sent)?, parse(&received)?)),
-            }
-        })
-        .await
+        self.call(move |w| stored_cursors(&w.conn, &url)).await
     }
 
     /// Takes the server's acknowledgement of a batch sent: keeps this device's
@@ -764,16 +771,32 @@ impl SyncDb {
     /// [`TABLES_HEADER`] value): if the app registered more tables or columns
     /// since, the batch lacks them, and the cursor stays where that
     /// registration put it (the beginning) instead; whether it was stored.
+    ///
+    /// A batch `asked` from a cursor without holding the fetch lock is not
+    /// applied (`None`) if the receive cursor went back or elsewhere since (a
+    /// reset, a logout): only one that stayed or moved to a later version (a
+    /// fetch, an acknowledgement that skips this device's own changes) lets it
+    /// through, and the later of the two cursors is kept.
     pub(crate) async fn apply_received(
         &self,
         url: &str,
         payload: Vec<u8>,
-        next: Cursor,
+        mut next: Cursor,
         asked_with: String,
-    ) -> Result<(ApplyReport, bool)> {
+        asked: Option<Cursor>,
+    ) -> Result<Option<(ApplyReport, bool)>> {
         let url = url.to_owned();
         self.call(move |w| {
             write(w, |tx| {
+                if let Some(asked) = &asked {
+                    let stored = stored_cursors(tx.conn(), &url)?.1;
+                    if stored != *asked && stored.version() <= asked.version() {
+                        return Ok(None);
+                    }
+                    if stored.version() > next.version() {
+                        next = stored;
+                    }
+                }
                 tx.set_versions();
                 let report = merge::apply(tx.conn(), &payload, merge::Source::Server)?;
                 let now =
@@ -783,10 +806,27 @@ impl SyncDb {
                     tx.conn()
                         .execute(sql::STORE_RECEIVED, [url, next.to_string()])?;
                 }
-                Ok((report, kept))
+                Ok(Some((report, kept)))
             })
         })
         .await
+    }
+}
+
+/// The (sent, received) cursors kept for the server at `url`.
+fn stored_cursors(conn: &rusqlite::Connection, url: &str) -> Result<(Cursor, Cursor)> {
+    use rusqlite::OptionalExtension;
+    let stored: Option<(String, String)> = conn
+        .query_row(sql::REMOTE_CURSORS, [url], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let parse = |text: &str| {
+        text.parse::<Cursor>().map_err(|e| Error::Corrupt {
+            details: format!("a stored sync cursor is unreadable: {e}"),
+        })
+    };
+    match stored {
+        None => Ok((Cursor::BEGINNING, Cursor::BEGINNING)),
+        Some((sent, received)) => Ok((parse(&sent)?, parse(&received)?)),
     }
 }
 

@@ -717,3 +717,114 @@ async fn a_device_up_to_date_moves_its_pulls_past_its_own_push() {
     assert_eq!(rows(&a).await, rows(&b).await);
     server.stop().await;
 }
+
+/// Waits until the server holds `n` waiting pulls.
+async fn until_waiting(server: &TestServer, n: usize) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while server.state().waiting_pulls() != n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the pull never waited"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_or_a_logout_does_not_wait_for_a_long_poll_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server")).await;
+    let url = server.url("todo");
+    publish_schema(&url, dir.path()).await;
+    let other = server.url("other");
+    publish_schema(&other, dir.path()).await;
+    let a = device(dir.path(), "a", &url, "ann").await;
+    let b = device(dir.path(), "b", &url, "ann").await;
+    b.insert(&todo("before")).await.unwrap();
+    b.sync().await.unwrap();
+    a.sync().await.unwrap();
+
+    // A long-poll waits far longer than any step below may take.
+    let waiting = long_poll(&server, &a).await;
+    let bound = std::time::Duration::from_secs(20);
+
+    // A sync meanwhile sends and fetches at once (the device's own change
+    // does not wake its long-poll).
+    a.insert(&todo("written meanwhile")).await.unwrap();
+    let report = tokio::time::timeout(bound, a.sync()).await;
+    assert!(report.is_ok(), "the sync waited for the long-poll");
+    assert_eq!(report.unwrap().unwrap().changes_sent, 4);
+    assert_eq!(server.state().waiting_pulls(), 1);
+    b.sync().await.unwrap();
+    assert_eq!(rows(&b).await.len(), 2);
+
+    // A logout does not wait either, and what the long-poll brings back for the
+    // database left is not applied to the one the device moves to.
+    let logout = tokio::time::timeout(bound, a.logout()).await;
+    assert!(logout.is_ok(), "the logout waited for the long-poll");
+    logout.unwrap().unwrap();
+    a.set_remote(sync_runtime::Remote::new(&other).bearer_token(support::token("bob")));
+    b.insert(&todo("after the logout")).await.unwrap();
+    b.sync().await.unwrap();
+    let answered = tokio::time::timeout(bound, waiting).await;
+    assert!(answered.is_ok(), "the long-poll never came back");
+    let report = answered.unwrap().unwrap().unwrap();
+    assert_eq!(report.applied, 0, "{report:?}");
+    assert!(rows(&a).await.is_empty());
+    a.sync().await.unwrap();
+    assert!(rows(&a).await.is_empty());
+    server.stop().await;
+}
+
+/// A long-poll on `db` that waits up to a minute, once the server holds it.
+async fn long_poll(
+    server: &TestServer,
+    db: &SyncDb,
+) -> tokio::task::JoinHandle<sync_runtime::Result<sync_runtime::SyncReport>> {
+    let waiting = server.state().waiting_pulls();
+    let db = db.clone();
+    let options = sync_runtime::SyncOptions::default().wait(std::time::Duration::from_secs(60));
+    let task = tokio::spawn(async move { db.check_changes_with(&options).await });
+    until_waiting(server, waiting + 1).await;
+    task
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_answer_is_applied_after_a_push_and_asked_again_after_a_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("server")).await;
+    let url = server.url("todo");
+    publish_schema(&url, dir.path()).await;
+    let a = device(dir.path(), "a", &url, "ann").await;
+    let b = device(dir.path(), "b", &url, "ann").await;
+    b.insert(&todo("before")).await.unwrap();
+    b.sync().await.unwrap();
+    a.sync().await.unwrap();
+
+    // The device pushes while its long-poll waits: the acknowledgement moves
+    // its receive cursor past its own change, and the long-poll's answer is
+    // applied as it comes, without asking again.
+    let waiting = long_poll(&server, &a).await;
+    a.insert(&todo("pushed meanwhile")).await.unwrap();
+    assert_eq!(a.send_changes().await.unwrap().changes_sent, 4);
+    let pulls = server.state().pulls_received();
+    b.insert(&todo("wakes the long-poll")).await.unwrap();
+    b.send_changes().await.unwrap();
+    let report = waiting.await.unwrap().unwrap();
+    assert_eq!((report.applied, report.batches), (4, 1), "{report:?}");
+    assert_eq!(server.state().pulls_received(), pulls, "asked again");
+    assert_eq!(rows(&a).await.len(), 3);
+
+    // A reset while the long-poll waits: its answer is not applied but asked
+    // again from the beginning, as the reset wants.
+    let waiting = long_poll(&server, &a).await;
+    a.reset_sync_version().await.unwrap();
+    b.insert(&todo("wakes it again")).await.unwrap();
+    b.sync().await.unwrap();
+    let report = waiting.await.unwrap().unwrap();
+    // The new row applied, and b's older rows received again.
+    assert_eq!(report.applied, 4, "{report:?}");
+    assert!(report.changes_received > 4, "{report:?}");
+    assert_eq!(rows(&a).await.len(), 4);
+    server.stop().await;
+}
