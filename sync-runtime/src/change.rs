@@ -131,7 +131,7 @@ pub(crate) fn scan(
     // Each query is built only for its kind of range (a scan runs per page).
     let (mut stmt, since) = match range {
         Range::Since(since) => (
-            conn.prepare_cached(&TableSql::new(schema).changes_since)?,
+            conn.prepare_cached(&TableSql::of(schema).changes_since)?,
             since,
         ),
         Range::Page {
@@ -149,7 +149,7 @@ pub(crate) fn scan(
             (conn.prepare_cached(&query)?, base)
         }
         Range::Page { base, .. } => (
-            conn.prepare_cached(&TableSql::new(schema).changes_between)?,
+            conn.prepare_cached(&TableSql::of(schema).changes_between)?,
             base,
         ),
     };
@@ -228,7 +228,9 @@ pub(crate) fn clock_row(
 /// Versions are looked up as needed and remembered.
 pub(crate) struct Origins<'c> {
     conn: &'c Connection,
-    sites: HashMap<i64, SiteId>,
+    /// The site ids looked up, by ordinal (the dictionary holds one per device
+    /// a server ever heard of: it is not read whole).
+    sites: RefCell<HashMap<i64, SiteId>>,
     /// The site ids this database had before (see [`crate::identity`]): up to
     /// which version each was its own, in version order.
     identities: Vec<(i64, i64)>,
@@ -242,7 +244,7 @@ impl<'c> Origins<'c> {
     pub(crate) fn new(conn: &'c Connection) -> Result<Self> {
         Ok(Self {
             conn,
-            sites: site::dictionary(conn)?,
+            sites: RefCell::new(HashMap::new()),
             identities: site::identities(conn)?,
             known: RefCell::new(HashMap::new()),
             last: Cell::new(None),
@@ -282,10 +284,13 @@ impl<'c> Origins<'c> {
 
     /// The site id of a site ordinal.
     pub(crate) fn site(&self, ordinal: i64) -> Result<SiteId> {
-        self.sites
-            .get(&ordinal)
-            .copied()
-            .ok_or_else(|| corrupt(format!("site ordinal {ordinal} is not in _synced_sites")))
+        if let Some(&site) = self.sites.borrow().get(&ordinal) {
+            return Ok(site);
+        }
+        let site = site::of_ordinal(self.conn, ordinal)?
+            .ok_or_else(|| corrupt(format!("site ordinal {ordinal} is not in _synced_sites")))?;
+        self.sites.borrow_mut().insert(ordinal, site);
+        Ok(site)
     }
 
     /// The site id that made local version `version`.

@@ -842,7 +842,7 @@ fn page_end(
     let mut keys: Vec<(i64, usize, i64)> = Vec::new();
     for (index, schema) in tables.iter().enumerate() {
         let (version, rowid) = from.after(&names[index]);
-        let sql = TableSql::new(schema);
+        let sql = TableSql::of(schema);
         let mut stmt = conn.prepare_cached(&sql.batch_keys)?;
         let mut rows = stmt.query((version, rowid, limit))?;
         while let Some(row) = rows.next()? {

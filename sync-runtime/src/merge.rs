@@ -78,7 +78,7 @@ pub(crate) fn take_evicted() -> Vec<(String, Vec<Value>)> {
 /// merge runs for each of its rows, prepared once per payload.
 struct Target<'c> {
     schema: TableSchema,
-    sql: TableSql,
+    sql: std::sync::Arc<TableSql>,
     /// Local value-column index of each payload value column.
     columns: Vec<usize>,
     defaults: Vec<Value>,
@@ -910,7 +910,7 @@ fn resolve<'p, 'c>(
             })
             .collect();
         tables.push(Some((targets.len() as u32, positions)));
-        let sql = TableSql::new(schema);
+        let sql = TableSql::of(schema);
         let defaults = schema
             .value_columns()
             .map(|c| {

@@ -2,8 +2,6 @@
 //! were received, the site ids a database had before its current one, and on a
 //! server, who owns each device's site id and which ones more than one file used.
 
-use std::collections::HashMap;
-
 use rusqlite::{Connection, OptionalExtension};
 
 use crate::error::{Error, Result};
@@ -33,21 +31,19 @@ pub(crate) fn ordinal(conn: &Connection, site: SiteId) -> Result<Option<i64>> {
         .optional()?)
 }
 
-/// Every site of the dictionary by its ordinal.
-pub(crate) fn dictionary(conn: &Connection) -> Result<HashMap<i64, SiteId>> {
-    let mut stmt = conn.prepare_cached(sql::SITES)?;
-    let rows = stmt.query_map([], |row| {
-        Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?))
-    })?;
-    let mut sites = HashMap::new();
-    for row in rows {
-        let (ordinal, bytes) = row?;
-        let site = from_stored(&bytes).ok_or_else(|| Error::Corrupt {
-            details: format!("site ordinal {ordinal} has {} bytes, not 16", bytes.len()),
-        })?;
-        sites.insert(ordinal, site);
-    }
-    Ok(sites)
+/// The site id of a dictionary ordinal, if the dictionary has it (a read).
+pub(crate) fn of_ordinal(conn: &Connection, ordinal: i64) -> Result<Option<SiteId>> {
+    let bytes: Option<Vec<u8>> = conn
+        .prepare_cached(sql::SITE_OF_ORDINAL)?
+        .query_row([ordinal], |r| r.get(0))
+        .optional()?;
+    bytes
+        .map(|bytes| {
+            from_stored(&bytes).ok_or_else(|| Error::Corrupt {
+                details: format!("site ordinal {ordinal} has {} bytes, not 16", bytes.len()),
+            })
+        })
+        .transpose()
 }
 
 /// A site id as stored: 16 bytes.

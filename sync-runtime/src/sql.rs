@@ -223,8 +223,8 @@ statements! {
     /// The ordinal of a site id.
     SITE_ORDINAL = "SELECT ordinal FROM _synced_sites WHERE site_id = ?1";
 
-    /// The site dictionary.
-    SITES = "SELECT ordinal, site_id FROM _synced_sites";
+    /// The site id of an ordinal.
+    SITE_OF_ORDINAL = "SELECT site_id FROM _synced_sites WHERE ordinal = ?1";
 
     /// This database's site id.
     OWN_SITE = "SELECT site_id FROM _synced_state";
@@ -780,7 +780,35 @@ impl RowsUpsert {
     }
 }
 
+/// The most tables whose statements [`TableSql::of`] keeps per thread.
+const KEPT_TABLE_SQL: usize = 64;
+
+thread_local! {
+    /// The statements of the tables this thread used last, by their schema.
+    static KEPT_SQL: std::cell::RefCell<Vec<(TableSchema, std::sync::Arc<TableSql>)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
 impl TableSql {
+    /// [`new`](Self::new), kept for the thread's next use of the same
+    /// schema: an export, a merge or a look for open changes needs a few of a
+    /// table's statements, and writing all of them out took most of a small
+    /// filtered export's time.
+    pub(crate) fn of(schema: &TableSchema) -> std::sync::Arc<TableSql> {
+        KEPT_SQL.with(|kept| {
+            let mut kept = kept.borrow_mut();
+            if let Some((_, sql)) = kept.iter().find(|(known, _)| known == schema) {
+                return std::sync::Arc::clone(sql);
+            }
+            if kept.len() >= KEPT_TABLE_SQL {
+                kept.clear();
+            }
+            let sql = std::sync::Arc::new(TableSql::new(schema));
+            kept.push((schema.clone(), std::sync::Arc::clone(&sql)));
+            sql
+        })
+    }
+
     pub(crate) fn new(schema: &TableSchema) -> Self {
         let table = ident(&schema.name);
         let clock = ident(&clock_table(&schema.name));

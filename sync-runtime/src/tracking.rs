@@ -87,9 +87,36 @@ pub(crate) fn synced_tables(conn: &Connection, tracked_only: bool) -> Result<Vec
     let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
     rows.map(|row| {
         let (name, descriptor) = row?;
-        parse_descriptor(&name, &descriptor)
+        parsed(&name, &descriptor)
     })
     .collect()
+}
+
+/// The most descriptors [`parsed`] keeps per thread.
+const KEPT_DESCRIPTORS: usize = 64;
+
+thread_local! {
+    /// The descriptors this thread parsed last, by their stored text.
+    static PARSED: std::cell::RefCell<Vec<(String, TableSchema)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// [`parse_descriptor`], kept for the thread's next read of the same text:
+/// every export and merge reads the tables' descriptors, and parsing them
+/// took more than a small export's reads.
+fn parsed(name: &str, descriptor: &str) -> Result<TableSchema> {
+    PARSED.with(|kept| {
+        let mut kept = kept.borrow_mut();
+        if let Some((_, schema)) = kept.iter().find(|(text, _)| text == descriptor) {
+            return Ok(schema.clone());
+        }
+        let schema = parse_descriptor(name, descriptor)?;
+        if kept.len() >= KEPT_DESCRIPTORS {
+            kept.clear();
+        }
+        kept.push((descriptor.to_owned(), schema.clone()));
+        Ok(schema)
+    })
 }
 
 fn not_registered(name: &str) -> Error {

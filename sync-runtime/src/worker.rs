@@ -491,7 +491,9 @@ fn open_elsewhere(conn: &Connection, seen: &mut Option<i64>) -> Result<bool> {
 /// Whether any clock holds a change stamped with the open version.
 pub(crate) fn open_changes(conn: &Connection) -> Result<bool> {
     for schema in tracking::synced_tables(conn, false)? {
-        let open: bool = conn.query_row(&TableSql::new(&schema).open_changes, [], |r| r.get(0))?;
+        let open: bool = conn
+            .prepare_cached(&TableSql::of(&schema).open_changes)?
+            .query_row([], |r| r.get(0))?;
         if open {
             return Ok(true);
         }

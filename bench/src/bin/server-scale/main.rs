@@ -65,6 +65,16 @@ struct Args {
     /// Rows the writer commits in the third scenario.
     #[arg(long, default_value_t = 10)]
     filtered_writes: usize,
+    /// Devices waiting in the fourth scenario, each its own user under a
+    /// per-user read policy (every row the writer commits passes it).
+    #[arg(long, default_value_t = 10_000)]
+    per_user_waiters: usize,
+    /// Milliseconds between commits in the fourth scenario.
+    #[arg(long, default_value_t = 1_000)]
+    per_user_every_ms: u64,
+    /// Rows the writer commits in the fourth scenario.
+    #[arg(long, default_value_t = 10)]
+    per_user_writes: usize,
     /// Rows of the database whose first sync is timed.
     #[arg(long, default_value_t = 1_000_000)]
     first_sync_rows: usize,
@@ -125,6 +135,14 @@ fn main() -> Result<(), BoxError> {
     Ok(())
 }
 
+/// The read policy of the third scenario: one row filter, the same for
+/// every user, that every row passes.
+const ONE_FILTER: &str = "score >= 0";
+
+/// The read policy of the fourth scenario: a row filter of each user's own
+/// (it binds the user's id), that every row the writer commits passes.
+const PER_USER: &str = "note IS NULL OR note = $user_id";
+
 async fn run(args: &Args) -> Result<Json, BoxError> {
     let dir = tempfile::tempdir()?;
     let scenarios = [
@@ -143,26 +161,37 @@ async fn run(args: &Args) -> Result<Json, BoxError> {
             every: Duration::from_millis(args.filtered_every_ms),
             writes: args.filtered_writes,
         },
+        Scenario {
+            waiters: args.per_user_waiters,
+            every: Duration::from_millis(args.per_user_every_ms),
+            writes: args.per_user_writes,
+        },
     ];
+    let policies = [None, None, Some(ONE_FILTER), Some(PER_USER)];
     let names: Vec<String> = (0..scenarios.len()).map(|i| format!("live-{i}")).collect();
-    let (filtered, open) = names.split_last().ok_or("no scenarios")?;
-    let mut shared: Vec<&str> = open.iter().map(String::as_str).collect();
+    let mut shared: Vec<&str> = names
+        .iter()
+        .zip(policies)
+        .filter(|(_, policy)| policy.is_none())
+        .map(|(name, _)| name.as_str())
+        .collect();
     shared.extend(first_sync::DATABASES);
     let mut config = synced_testkit::config_sharing(&dir.path().join("server"), &shared);
-    // The last scenario's database: every pull under a row filter, one that
-    // every row passes, the same for every user.
     let schema = dir.path().join("todos.schema.json");
     std::fs::write(&schema, serde_json::to_vec(&[Todo::SCHEMA])?)?;
-    let policies = TablePolicies {
-        read: Some("score >= 0".into()),
-        write: Some("true".into()),
-    };
-    let database = DatabaseConfig {
-        schema: Some(schema),
-        tables: [("todos".to_owned(), policies)].into(),
-        ..DatabaseConfig::default()
-    };
-    config.databases.insert(filtered.clone(), database);
+    for (name, policy) in names.iter().zip(policies) {
+        let Some(read) = policy else { continue };
+        let policies = TablePolicies {
+            read: Some(read.into()),
+            write: Some("true".into()),
+        };
+        let database = DatabaseConfig {
+            schema: Some(schema.clone()),
+            tables: [("todos".to_owned(), policies)].into(),
+            ..DatabaseConfig::default()
+        };
+        config.databases.insert(name.clone(), database);
+    }
     let server = Server::bind(config).await?;
     let state = server.state().clone();
     let caps = state.waiting_caps();
@@ -179,18 +208,22 @@ async fn run(args: &Args) -> Result<Json, BoxError> {
         caps.per_server, caps.per_user
     );
     let mut figures = Vec::new();
-    for (scenario, name) in scenarios.iter().zip(&names) {
-        if name == filtered {
-            println!(
-                "the same, every device under one row filter (a read policy every row passes):"
-            );
+    for ((scenario, name), policy) in scenarios.iter().zip(&names).zip(policies) {
+        match policy {
+            Some(ONE_FILTER) => println!(
+                "the same, every device under one row filter (a read policy every row passes, \
+                 `{ONE_FILTER}`):"
+            ),
+            Some(policy) => println!(
+                "the same, every device its own user under a per-user row filter (`{policy}`, \
+                 every row passes):"
+            ),
+            None => {}
         }
         let url = serving.url(name);
         let mut figure = live::measure(scenario, &state, serving.local_addr(), name, &url).await?;
-        if name == filtered
-            && let Some(figure) = figure.as_object_mut()
-        {
-            figure.insert("read_policy".into(), json!("score >= 0"));
+        if let (Some(policy), Some(figure)) = (policy, figure.as_object_mut()) {
+            figure.insert("read_policy".into(), json!(policy));
         }
         figures.push(figure);
     }
