@@ -718,6 +718,19 @@ async fn a_device_up_to_date_moves_its_pulls_past_its_own_push() {
     server.stop().await;
 }
 
+/// A server and two devices of one user, both holding the row one wrote.
+async fn two_devices_with_a_row(dir: &std::path::Path) -> (TestServer, SyncDb, SyncDb) {
+    let server = TestServer::start(&dir.join("server")).await;
+    let url = server.url("todo");
+    publish_schema(&url, dir).await;
+    let a = device(dir, "a", &url, "ann").await;
+    let b = device(dir, "b", &url, "ann").await;
+    b.insert(&todo("before")).await.unwrap();
+    b.sync().await.unwrap();
+    a.sync().await.unwrap();
+    (server, a, b)
+}
+
 /// Waits until the server holds `n` waiting pulls.
 async fn until_waiting(server: &TestServer, n: usize) {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -733,16 +746,9 @@ async fn until_waiting(server: &TestServer, n: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_or_a_logout_does_not_wait_for_a_long_poll_in_flight() {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(&dir.path().join("server")).await;
-    let url = server.url("todo");
-    publish_schema(&url, dir.path()).await;
+    let (server, a, b) = two_devices_with_a_row(dir.path()).await;
     let other = server.url("other");
     publish_schema(&other, dir.path()).await;
-    let a = device(dir.path(), "a", &url, "ann").await;
-    let b = device(dir.path(), "b", &url, "ann").await;
-    b.insert(&todo("before")).await.unwrap();
-    b.sync().await.unwrap();
-    a.sync().await.unwrap();
 
     // A long-poll waits far longer than any step below may take.
     let waiting = long_poll(&server, &a).await;
@@ -792,14 +798,7 @@ async fn long_poll(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_poll_answer_is_applied_after_a_push_and_asked_again_after_a_reset() {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(&dir.path().join("server")).await;
-    let url = server.url("todo");
-    publish_schema(&url, dir.path()).await;
-    let a = device(dir.path(), "a", &url, "ann").await;
-    let b = device(dir.path(), "b", &url, "ann").await;
-    b.insert(&todo("before")).await.unwrap();
-    b.sync().await.unwrap();
-    a.sync().await.unwrap();
+    let (server, a, b) = two_devices_with_a_row(dir.path()).await;
 
     // The device pushes while its long-poll waits: the acknowledgement moves
     // its receive cursor past its own change, and the long-poll's answer is
