@@ -1,7 +1,10 @@
 //! What the tests and the benchmark share: the configuration of a server on an
 //! ephemeral loopback port with an admin key and a token secret, tokens for
 //! its users, a server running in this process, the model most tests sync,
-//! and devices synced as a user.
+//! and devices synced as a user; and a throwaway PostgreSQL cluster
+//! ([`postgres`]).
+
+pub mod postgres;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
