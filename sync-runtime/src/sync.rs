@@ -354,15 +354,15 @@ impl SyncDb {
     ) -> Result<SyncReport> {
         let state = Arc::clone(state);
         let url = state.remote.url.clone();
-        let schema = self.schema_headers().await?;
-        'fetch: loop {
+        loop {
+            let schema = self.schema_headers().await?;
             let site = self.site_id();
             let (sent, cursor) = self.remote_cursors(&url).await?;
             let acked = sent.version();
             // The first request (a long-poll may wait long) holds no lock: a
-            // sync, a reset or a logout meanwhile goes ahead, and its answer is
-            // checked against what they did before it is applied.
-            let mut answer = self
+            // sync, a reset or a logout meanwhile goes ahead, and each batch
+            // is checked against what they did before it is applied.
+            let answer = self
                 .pull(&state, options, &schema, &cursor, options.wait, acked)
                 .await?;
             let _one_at_a_time = state.receiving.lock().await;
@@ -373,55 +373,78 @@ impl SyncDb {
                 // The app replaced the remote: the answer is not for it.
                 return Ok(SyncReport::default());
             }
-            if self.site_id() != site {
-                continue 'fetch;
+            let asked = Asked { cursor, site };
+            match self
+                .apply_answers(&state, options, &schema, answer, asked, acked)
+                .await?
+            {
+                Some(report) => return Ok(report),
+                // The receive cursor went back meanwhile (a reset): ask again.
+                None => continue,
             }
-            let mut asked = Some(cursor);
-            let mut report = SyncReport::default();
-            loop {
-                let span = tracing::debug_span!("pull", bytes = answer.payload.len());
-                let apply = self
-                    .apply_received(
-                        &url,
-                        answer.payload.clone(),
-                        answer.next.clone(),
-                        schema.tables.clone(),
-                        asked.take(),
-                    )
-                    .instrument(span);
-                let next = async {
-                    if answer.complete {
-                        return Ok::<_, Error>(None);
-                    }
-                    let next = self.pull(
-                        &state,
-                        options,
-                        &schema,
-                        &answer.next,
-                        Duration::ZERO,
-                        acked,
-                    );
-                    next.await.map(Some)
-                };
-                let (applied, next) = tokio::join!(apply, next);
-                // Applied and committed with its cursor, in one transaction.
-                let Some((applied, kept)) = applied? else {
-                    // The receive cursor went back meanwhile: ask again.
-                    continue 'fetch;
-                };
-                report.changes_received += applied.applied + applied.ignored;
-                report.applied += applied.applied;
-                report.bytes_received += answer.payload.len() as u64;
-                report.batches += 1;
-                if let Some(progress) = &options.progress {
-                    progress(&report);
+        }
+    }
+
+    /// Applies `answer`, asked as `asked` says, and the batches after it,
+    /// each fetched while the one before is merged. `None` if the first was
+    /// not applied because the receive cursor went back meanwhile. A site id
+    /// that changed meanwhile (a logout, a renewal) ends the fetch: what was
+    /// asked under the old one is not applied under the new one.
+    async fn apply_answers(
+        &self,
+        state: &RemoteState,
+        options: &SyncOptions,
+        schema: &SchemaHeaders,
+        mut answer: PullResponse,
+        asked: Asked,
+        acked: i64,
+    ) -> Result<Option<SyncReport>> {
+        let url = &state.remote.url;
+        let mut cursor = Some(asked.cursor);
+        let mut report = SyncReport::default();
+        loop {
+            let span = tracing::debug_span!("pull", bytes = answer.payload.len());
+            let apply = self
+                .apply_received(
+                    url,
+                    answer.payload.clone(),
+                    answer.next.clone(),
+                    schema.tables.clone(),
+                    (cursor.take(), asked.site),
+                )
+                .instrument(span);
+            let next = async {
+                if answer.complete {
+                    return Ok::<_, Error>(None);
                 }
-                match next? {
-                    // The app registered more meanwhile: the next sync asks again.
-                    Some(_) if !kept => return Ok(report),
-                    Some(next) => answer = next,
-                    None => return Ok(report),
-                }
+                let next = self.pull(state, options, schema, &answer.next, Duration::ZERO, acked);
+                next.await.map(Some)
+            };
+            let (applied, next) = tokio::join!(apply, next);
+            // Applied and committed with its cursor, in one transaction.
+            let (applied, kept, moved) = match applied? {
+                Received::Applied {
+                    report,
+                    kept,
+                    cursor_moved,
+                } => (report, kept, cursor_moved),
+                Received::WentBack => return Ok(None),
+                Received::OtherSite => return Ok(Some(report)),
+            };
+            report.changes_received += applied.applied + applied.ignored;
+            report.applied += applied.applied;
+            report.bytes_received += answer.payload.len() as u64;
+            report.batches += 1;
+            if let Some(progress) = &options.progress {
+                progress(&report);
+            }
+            match next? {
+                // The app registered more meanwhile, or another fetch moved
+                // the cursor past this one's: the next fetch goes on from the
+                // cursor stored.
+                Some(_) if !kept || moved => return Ok(Some(report)),
+                Some(next) => answer = next,
+                None => return Ok(Some(report)),
             }
         }
     }
@@ -770,31 +793,39 @@ impl SyncDb {
     /// batch was asked for with the tables of `asked_with` (a
     /// [`TABLES_HEADER`] value): if the app registered more tables or columns
     /// since, the batch lacks them, and the cursor stays where that
-    /// registration put it (the beginning) instead; whether it was stored.
+    /// registration put it (the beginning) instead.
     ///
-    /// A batch `asked` from a cursor without holding the fetch lock is not
-    /// applied (`None`) if the receive cursor went back or elsewhere since (a
-    /// reset, a logout): only one that stayed or moved to a later version (a
-    /// fetch, an acknowledgement that skips this device's own changes) lets it
-    /// through, and the later of the two cursors is kept.
+    /// Each batch was asked under a site id, and is not applied if the
+    /// database has another now (a logout, a renewal). The first was asked
+    /// from a cursor without holding the fetch lock: it is not applied if the
+    /// receive cursor went back or elsewhere since (a reset); one that moved
+    /// to a later version (another fetch, an acknowledgement that skips this
+    /// device's own changes) lets it through and is kept.
     pub(crate) async fn apply_received(
         &self,
         url: &str,
         payload: Vec<u8>,
         mut next: Cursor,
         asked_with: String,
-        asked: Option<Cursor>,
-    ) -> Result<Option<(ApplyReport, bool)>> {
+        (asked, site): (Option<Cursor>, SiteId),
+    ) -> Result<Received> {
         let url = url.to_owned();
         self.call(move |w| {
             write(w, |tx| {
+                if crate::site::own(tx.conn())? != site {
+                    return Ok(Received::OtherSite);
+                }
+                let mut cursor_moved = false;
                 if let Some(asked) = &asked {
                     let stored = stored_cursors(tx.conn(), &url)?.1;
-                    if stored != *asked && stored.version() <= asked.version() {
-                        return Ok(None);
-                    }
-                    if stored.version() > next.version() {
-                        next = stored;
+                    if stored != *asked {
+                        if stored.version() <= asked.version() {
+                            return Ok(Received::WentBack);
+                        }
+                        cursor_moved = true;
+                        if stored.version() > next.version() {
+                            next = stored;
+                        }
                     }
                 }
                 tx.set_versions();
@@ -806,11 +837,38 @@ impl SyncDb {
                     tx.conn()
                         .execute(sql::STORE_RECEIVED, [url, next.to_string()])?;
                 }
-                Ok(Some((report, kept)))
+                Ok(Received::Applied {
+                    report,
+                    kept,
+                    cursor_moved,
+                })
             })
         })
         .await
     }
+}
+
+/// What [`SyncDb::apply_received`] did with a batch.
+pub(crate) enum Received {
+    /// Merged; `kept`: its cursor was stored (see `apply_received`);
+    /// `cursor_moved`: another fetch or an acknowledgement had moved the
+    /// receive cursor to a later version since the batch was asked for.
+    Applied {
+        report: ApplyReport,
+        kept: bool,
+        cursor_moved: bool,
+    },
+    /// Not applied: the receive cursor went back since it was asked for.
+    WentBack,
+    /// Not applied: the database has another site id than it was asked under.
+    OtherSite,
+}
+
+/// What a fetch's first request was asked from: the receive cursor and the
+/// site id at the time.
+struct Asked {
+    cursor: Cursor,
+    site: SiteId,
 }
 
 /// The (sent, received) cursors kept for the server at `url`.

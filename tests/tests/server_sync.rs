@@ -827,3 +827,71 @@ async fn a_long_poll_answer_is_applied_after_a_push_and_asked_again_after_a_rese
     assert_eq!(rows(&a).await.len(), 4);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_in_flight_at_a_logout_does_not_bring_the_old_users_rows_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, a, b) = two_devices_with_a_row(dir.path()).await;
+    let waiting = long_poll(&server, &a).await;
+    // The app signs out; the next user's credentials come later (a login
+    // screen), so the remote is still the old user's meanwhile.
+    a.logout().await.unwrap();
+    assert!(rows(&a).await.is_empty());
+    b.insert(&todo("wakes the long-poll")).await.unwrap();
+    b.sync().await.unwrap();
+    let report = waiting.await.unwrap().unwrap();
+    assert_eq!(report.applied, 0, "{report:?}");
+    assert!(rows(&a).await.is_empty());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_past_a_server_restored_from_a_backup_misses_nothing_written_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = support::config(&dir.path().join("server"));
+    let server = TestServer::start_with(config.clone()).await;
+    let url = server.url("todo");
+    publish_schema(&url, dir.path()).await;
+    let a = device(dir.path(), "a", &url, "ann").await;
+    let d = device(dir.path(), "d", &url, "dee").await;
+    a.insert(&todo("before the backup")).await.unwrap();
+    sync_all(&[&a, &d]).await;
+    let restored = dir.path().join("restored");
+    std::fs::create_dir(&restored).unwrap();
+    rusqlite::Connection::open(dir.path().join("server/todo.db"))
+        .unwrap()
+        .execute(
+            "VACUUM INTO ?1",
+            [restored.join("todo.db").to_str().unwrap()],
+        )
+        .unwrap();
+    // d's receive cursor goes past what the backup holds.
+    for i in 0..20 {
+        a.insert(&todo(&format!("after the backup {i}")))
+            .await
+            .unwrap();
+        a.sync().await.unwrap();
+    }
+    d.sync().await.unwrap();
+    config.listen = server.address();
+    config.data = restored;
+    server.stop().await;
+    let server = TestServer::start_with(config).await;
+    // d asks from a cursor past the restored server's history; then another
+    // device writes until the server's versions pass d's old cursor.
+    d.sync().await.unwrap();
+    let c = device(dir.path(), "c", &url, "cy").await;
+    c.insert(&todo("written after the restore")).await.unwrap();
+    c.sync().await.unwrap();
+    for i in 0..40 {
+        c.insert(&todo(&format!("more {i}"))).await.unwrap();
+        c.sync().await.unwrap();
+    }
+    d.sync().await.unwrap();
+    let titles = titles(&d).await;
+    assert!(
+        titles.iter().any(|t| t == "written after the restore"),
+        "d missed it: {titles:?}"
+    );
+    server.stop().await;
+}
