@@ -469,46 +469,76 @@ async fn a_copied_file_behind_its_original_takes_a_new_site_id_on_its_own() {
     server.stop().await;
 }
 
+/// A server, device `a` (ann) and device `b` (of `user`) both holding a row,
+/// and a backup of the server's database taken then, as SQLite takes one.
+struct BackedUp {
+    server: TestServer,
+    config: sync_server::Config,
+    url: String,
+    a: SyncDb,
+    b: SyncDb,
+    backup: std::path::PathBuf,
+}
+
+impl BackedUp {
+    async fn new(dir: &std::path::Path, user: &str) -> Self {
+        let config = support::config(&dir.join("server"));
+        let server = TestServer::start_with(config.clone()).await;
+        let url = server.url("todo");
+        publish_schema(&url, dir).await;
+        let a = device(dir, "a", &url, "ann").await;
+        let b = device(dir, "b", &url, user).await;
+        a.insert(&todo("before the backup")).await.unwrap();
+        sync_all(&[&a, &b]).await;
+        let backup = dir.join("restored");
+        std::fs::create_dir(&backup).unwrap();
+        rusqlite::Connection::open(dir.join("server/todo.db"))
+            .unwrap()
+            .execute("VACUUM INTO ?1", [backup.join("todo.db").to_str().unwrap()])
+            .unwrap();
+        Self {
+            server,
+            config,
+            url,
+            a,
+            b,
+            backup,
+        }
+    }
+
+    /// Stops the server and starts it again on the same address with the
+    /// backup as its data; the new server, its url and the two devices.
+    async fn restore(self) -> (TestServer, String, SyncDb, SyncDb) {
+        let mut config = self.config;
+        config.listen = self.server.address();
+        config.data = self.backup;
+        self.server.stop().await;
+        let server = TestServer::start_with(config).await;
+        (server, self.url, self.a, self.b)
+    }
+}
+
 /// A server whose database file is replaced by an older copy (restored from a
 /// backup) has lost changes it had acknowledged: the devices that made them
 /// send them again at their next sync, and nothing any device holds is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_send_again_what_a_server_restored_from_a_backup_lost() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = support::config(&dir.path().join("server"));
-    let server = TestServer::start_with(config.clone()).await;
-    let url = server.url("todo");
-    publish_schema(&url, dir.path()).await;
-    let a = device(dir.path(), "a", &url, "ann").await;
-    let b = device(dir.path(), "b", &url, "bob").await;
-    a.insert(&todo("before the backup")).await.unwrap();
-    sync_all(&[&a, &b]).await;
-    // A backup of the running server's database, as SQLite takes one.
-    let restored = dir.path().join("restored");
-    std::fs::create_dir(&restored).unwrap();
-    rusqlite::Connection::open(dir.path().join("server/todo.db"))
-        .unwrap()
-        .execute(
-            "VACUUM INTO ?1",
-            [restored.join("todo.db").to_str().unwrap()],
-        )
+    let backed_up = BackedUp::new(dir.path(), "bob").await;
+    backed_up
+        .a
+        .insert(&todo("after the backup, from a"))
+        .await
         .unwrap();
-    a.insert(&todo("after the backup, from a")).await.unwrap();
-    b.insert(&todo("after the backup, from b")).await.unwrap();
-    sync_all(&[&a, &b]).await;
+    backed_up
+        .b
+        .insert(&todo("after the backup, from b"))
+        .await
+        .unwrap();
+    sync_all(&[&backed_up.a, &backed_up.b]).await;
 
     // The server comes back on the same address with the backup.
-    let address = url
-        .trim_start_matches("http://")
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    server.stop().await;
-    config.listen = address;
-    config.data = restored;
-    let server = TestServer::start_with(config).await;
+    let (server, url, a, b) = backed_up.restore().await;
     let report = a.sync().await.unwrap();
     assert!(report.server_lost_changes, "{report:?}");
     assert!(b.sync().await.unwrap().server_lost_changes);
@@ -848,35 +878,17 @@ async fn a_fetch_in_flight_at_a_logout_does_not_bring_the_old_users_rows_back() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_past_a_server_restored_from_a_backup_misses_nothing_written_after() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = support::config(&dir.path().join("server"));
-    let server = TestServer::start_with(config.clone()).await;
-    let url = server.url("todo");
-    publish_schema(&url, dir.path()).await;
-    let a = device(dir.path(), "a", &url, "ann").await;
-    let d = device(dir.path(), "d", &url, "dee").await;
-    a.insert(&todo("before the backup")).await.unwrap();
-    sync_all(&[&a, &d]).await;
-    let restored = dir.path().join("restored");
-    std::fs::create_dir(&restored).unwrap();
-    rusqlite::Connection::open(dir.path().join("server/todo.db"))
-        .unwrap()
-        .execute(
-            "VACUUM INTO ?1",
-            [restored.join("todo.db").to_str().unwrap()],
-        )
-        .unwrap();
+    let backed_up = BackedUp::new(dir.path(), "dee").await;
     // d's receive cursor goes past what the backup holds.
     for i in 0..20 {
+        let a = &backed_up.a;
         a.insert(&todo(&format!("after the backup {i}")))
             .await
             .unwrap();
         a.sync().await.unwrap();
     }
-    d.sync().await.unwrap();
-    config.listen = server.address();
-    config.data = restored;
-    server.stop().await;
-    let server = TestServer::start_with(config).await;
+    backed_up.b.sync().await.unwrap();
+    let (server, url, _a, d) = backed_up.restore().await;
     // d asks from a cursor past the restored server's history; then another
     // device writes until the server's versions pass d's old cursor.
     d.sync().await.unwrap();
