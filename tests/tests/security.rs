@@ -5,7 +5,9 @@
 
 mod support;
 
-use support::policy::{Item, cast, item, items_config, items_schema, open, server_with, titles};
+use support::policy::{
+    Item, admin_and, cast, item, items_config, items_schema, open, server_with, titles,
+};
 use support::{ADMIN_KEY, TestServer, config, token};
 use sync_runtime::{Remote, SyncDb, Value, params};
 use sync_server::{DatabaseConfig, TablePolicies};
@@ -106,14 +108,7 @@ async fn a_claim_the_token_lacks_matches_no_row() {
     let dir = tempfile::tempdir().unwrap();
     // Rows are read by team; the users' tokens carry no team claim.
     let server = server_with(dir.path(), "owner_id = $team").await;
-    let url = server.url("items");
-    let admin = open(dir.path(), "admin", Remote::new(&url).api_key(ADMIN_KEY)).await;
-    let ann = open(
-        dir.path(),
-        "ann",
-        Remote::new(&url).bearer_token(token("ann")),
-    )
-    .await;
+    let [admin, ann] = admin_and(dir.path(), &server, "ann").await;
     // Not even a row whose team is NULL-like: a missing claim is NULL, and
     // `owner_id = NULL` is never true.
     for owner in ["ann", "", "null"] {
@@ -286,14 +281,7 @@ async fn a_row_the_device_wrote_moves_out_and_back_in_without_a_new_site_id() {
         write: Some("owner_id = $user_id OR shared = 1".into()),
     };
     let server = TestServer::start_with(items_config(dir.path(), policies)).await;
-    let url = server.url("items");
-    let admin = open(dir.path(), "admin", Remote::new(&url).api_key(ADMIN_KEY)).await;
-    let ann = open(
-        dir.path(),
-        "ann",
-        Remote::new(&url).bearer_token(token("ann")),
-    )
-    .await;
+    let [admin, ann] = admin_and(dir.path(), &server, "ann").await;
     let bobs = item("bob", true, "bob's");
     admin.insert(&bobs).await.unwrap();
     admin.sync().await.unwrap();

@@ -79,12 +79,23 @@ pub async fn open(dir: &std::path::Path, name: &str, remote: Remote) -> SyncDb {
 pub async fn cast() -> (tempfile::TempDir, TestServer, [SyncDb; 3]) {
     let dir = tempfile::tempdir().unwrap();
     let server = server(dir.path()).await;
+    let [admin, ann] = admin_and(dir.path(), &server, "ann").await;
     let url = server.url("items");
-    let admin = open(dir.path(), "admin", Remote::new(&url).api_key(ADMIN_KEY)).await;
-    let user = |name: &str| Remote::new(&url).bearer_token(token(name));
-    let ann = open(dir.path(), "ann", user("ann")).await;
-    let bob = open(dir.path(), "bob", user("bob")).await;
+    let bob = open(
+        dir.path(),
+        "bob",
+        Remote::new(&url).bearer_token(token("bob")),
+    )
+    .await;
     (dir, server, [admin, ann, bob])
+}
+
+/// An admin's device and `user`'s on `server`'s `items` database.
+pub async fn admin_and(dir: &std::path::Path, server: &TestServer, user: &str) -> [SyncDb; 2] {
+    let url = server.url("items");
+    let admin = open(dir, "admin", Remote::new(&url).api_key(ADMIN_KEY)).await;
+    let user = open(dir, user, Remote::new(&url).bearer_token(token(user))).await;
+    [admin, user]
 }
 
 pub async fn titles(db: &SyncDb) -> Vec<String> {
