@@ -633,7 +633,12 @@ fn push(
     access: Option<merge::Access<'_>>,
     view: Option<&View>,
 ) -> Result<PushReport> {
-    let report = merge::apply_push(conn, payload, device, access)?;
+    let report = merge::apply_push(
+        &mut merge::SqliteStorage::new(conn)?,
+        payload,
+        device,
+        access,
+    )?;
     let restore = if report.rejected.is_empty() {
         Vec::new()
     } else {

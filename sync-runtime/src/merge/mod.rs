@@ -26,22 +26,23 @@
 //! itself).
 
 use std::borrow::Cow;
-use std::cell::RefCell;
 use std::cmp::Ordering;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use rusqlite::{CachedStatement, Connection, OptionalExtension};
+use rusqlite::Connection;
 
-use crate::change::Origins;
 use crate::error::{Error, Result};
-use crate::filter::{self, RowFilter, RowFilters};
+use crate::filter::{RowFilter, RowFilters};
 use crate::id::SiteId;
 use crate::schema::{Algorithm, TableSchema};
-use crate::site::{self, local_sites};
-use crate::sql::{self, TableSql};
-use crate::tracking;
-use crate::value::{self, SqlType, Value};
+use crate::value::{SqlType, Value};
 use crate::wire::{self, ColumnChange, Origin, Payload, RowChange};
+
+mod sqlite;
+mod storage;
+
+pub(crate) use sqlite::{SqliteStorage, take_evicted};
+use storage::{Clock, Storage};
 
 /// What applying a payload did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -61,160 +62,20 @@ pub struct ApplyReport {
     pub skipped: usize,
 }
 
-thread_local! {
-    /// The rows this thread's open transaction evicted (their row and clock
-    /// deleted), which the commit's change event lists: no clock is left to
-    /// list them from.
-    static EVICTED: std::cell::RefCell<Vec<(String, Vec<Value>)>> =
-        const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Takes the rows this thread's transaction evicted (see [`EVICTED`]).
-pub(crate) fn take_evicted() -> Vec<(String, Vec<Value>)> {
-    EVICTED.with_borrow_mut(std::mem::take)
-}
-
-/// A payload table matched to its local descriptor, with the statements the
-/// merge runs for each of its rows, prepared once per payload.
-struct Target<'c> {
+/// A payload table matched to its local descriptor; the storage's table of
+/// the same index.
+struct Target {
+    /// The storage's table number, and the payload's (once fitted).
+    index: usize,
     schema: TableSchema,
-    sql: std::sync::Arc<TableSql>,
     /// Local value-column index of each payload value column.
     columns: Vec<usize>,
     defaults: Vec<Value>,
-    statements: RowStatements<'c>,
 }
 
-/// The statements the merge of a row runs, held for the whole payload: taken
-/// from the connection's cache for each row, they cost a sixth of a large
-/// merge (the cache finds a statement by its text).
-struct RowStatements<'c> {
-    read_clock: RefCell<CachedStatement<'c>>,
-    read_row: RefCell<CachedStatement<'c>>,
-    write_row: RefCell<Gathered<'c>>,
-    write_clock: RefCell<Gathered<'c>>,
-}
-
-impl<'c> RowStatements<'c> {
-    /// The statements of a table with `rows` rows in the payload.
-    fn new(conn: &'c Connection, sql: &TableSql, rows: usize) -> Result<Self> {
-        let prepared = |text: &str| Ok::<_, Error>(RefCell::new(conn.prepare_cached(text)?));
-        Ok(Self {
-            read_clock: prepared(&sql.merge_read_clock)?,
-            read_row: prepared(&sql.select_by_key)?,
-            write_row: RefCell::new(Gathered::new(conn, &sql.merge_write_row, rows)?),
-            write_clock: RefCell::new(Gathered::new(conn, &sql.merge_write_clock, rows)?),
-        })
-    }
-
-    /// Writes the rows and clocks gathered so far.
-    fn flush(&self) -> Result<()> {
-        self.write_row.borrow_mut().flush()?;
-        self.write_clock.borrow_mut().flush()
-    }
-}
-
-/// The most rows one statement writes; more saved little in a measure of a
-/// million rows (a statement per row: 3.3 s; 8 rows: 2.1 s; 64: 1.9 s;
-/// 128: 1.9 s).
-const ROWS_PER_STATEMENT: usize = 64;
-
-/// The most parameters a statement of [`Gathered`] binds: SQLite's smallest
-/// default limit.
-const PARAMETERS_PER_STATEMENT: usize = 32_766;
-
-/// Rows to write gathered in one multi-row upsert (see [`sql::RowsUpsert`]):
-/// each row is bound into the next free row of the statement as the merge
-/// decides it, and the statement runs when every row of it is bound, or when
-/// what was gathered must be read ([`RowStatements::flush`]). Rows are written
-/// later than the merge decides them, never in another order that matters:
-/// a payload carries each row once.
-struct Gathered<'c> {
-    statement: CachedStatement<'c>,
-    /// Parameters of a row, its marker not counted.
-    columns: usize,
-    /// Rows of the statement.
-    rows: usize,
-    /// Rows bound since it last ran.
-    bound: usize,
-}
-
-impl<'c> Gathered<'c> {
-    /// The statement of `upsert` for a table of `rows` rows in the payload:
-    /// as many rows as it has, up to [`ROWS_PER_STATEMENT`], in one of a few
-    /// sizes so that the connection's statement cache keeps them.
-    fn new(conn: &'c Connection, upsert: &sql::RowsUpsert, rows: usize) -> Result<Self> {
-        let most = (PARAMETERS_PER_STATEMENT / (upsert.columns + 1)).clamp(1, ROWS_PER_STATEMENT);
-        let rows = match rows {
-            0 | 1 => 1,
-            2..=8 => 8,
-            _ => ROWS_PER_STATEMENT,
-        }
-        .min(most);
-        Ok(Self {
-            statement: conn.prepare_cached(&upsert.sql(rows))?,
-            columns: upsert.columns,
-            rows,
-            bound: 0,
-        })
-    }
-
-    /// Binds one row, its parameters given in order to `bind`'s binder.
-    fn row(
-        &mut self,
-        bind: impl FnOnce(&mut dyn FnMut(&dyn rusqlite::ToSql) -> Result<()>) -> Result<()>,
-    ) -> Result<()> {
-        let first = self.bound * (self.columns + 1) + 1;
-        self.statement.raw_bind_parameter(first, 1)?;
-        let mut next = first + 1;
-        let statement = &mut self.statement;
-        bind(&mut |value| {
-            statement.raw_bind_parameter(next, value)?;
-            next += 1;
-            Ok(())
-        })?;
-        let given = next - first - 1;
-        if given != self.columns {
-            return Err(rusqlite::Error::InvalidParameterCount(given, self.columns).into());
-        }
-        self.bound += 1;
-        if self.bound == self.rows {
-            self.statement.raw_execute()?;
-            self.bound = 0;
-        }
-        Ok(())
-    }
-
-    /// Writes the rows bound, if any: the rows of the statement left unbound
-    /// are marked as none.
-    fn flush(&mut self) -> Result<()> {
-        if self.bound == 0 {
-            return Ok(());
-        }
-        for row in self.bound..self.rows {
-            let marker = row * (self.columns + 1) + 1;
-            self.statement
-                .raw_bind_parameter(marker, rusqlite::types::Null)?;
-        }
-        self.statement.raw_execute()?;
-        self.bound = 0;
-        Ok(())
-    }
-}
-
-/// Writes what the merge of `targets` gathered (see [`Gathered`]).
-fn flush(targets: &[Target<'_>]) -> Result<()> {
-    targets.iter().try_for_each(|t| t.statements.flush())
-}
-
-/// A row's clock as stored: causal length, versions, and per value column its
-/// `col_version` and local version.
-struct Clock {
-    cl: i64,
-    dv: i64,
-    created: i64,
-    columns: Vec<(i64, i64)>,
-}
+/// How many rows the merge reads at once: their clocks, then the values of
+/// those it needs, in one set per table (see [`Storage`]).
+const ROWS_READ_TOGETHER: usize = 1024;
 
 /// Where a payload comes from, which decides how far its clocks are believed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,7 +96,8 @@ pub(crate) enum Source {
 /// transaction; returns what it did.
 pub(crate) fn apply(conn: &Connection, bytes: &[u8], source: Source) -> Result<ApplyReport> {
     let payload = wire::decode(bytes)?;
-    Ok(apply_payload(conn, &payload, Sender::Replica(source))?.applied)
+    let storage = &mut SqliteStorage::new(conn)?;
+    Ok(apply_payload(storage, &payload, Sender::Replica(source))?.applied)
 }
 
 /// A pushed row that was refused (a write filter, clocks that leap beyond what a
@@ -305,7 +167,7 @@ pub(crate) struct Access<'f> {
 /// pass its table's write filter before and after its change (see
 /// [`Rejection`]).
 pub(crate) fn apply_push(
-    conn: &Connection,
+    storage: &mut impl Storage,
     payload: &Payload,
     device: SiteId,
     access: Option<Access<'_>>,
@@ -319,7 +181,7 @@ pub(crate) fn apply_push(
     }
     let claimed =
         (payload.upto > payload.since).then(|| i64::try_from(payload.upto).unwrap_or(i64::MAX));
-    if let Some(message) = site::reused_site(conn, device, claimed)? {
+    if let Some(message) = storage.reused_site(device, claimed)? {
         return Err(Error::SiteReused { message });
     }
     let own = |origin| made_by(payload, origin, device);
@@ -333,7 +195,7 @@ pub(crate) fn apply_push(
             return refuse(FOREIGN_CHANGES.into());
         }
     }
-    apply_payload(conn, payload, Sender::Device { device, access })
+    apply_payload(storage, payload, Sender::Device { device, access })
 }
 
 /// Replaces this device's state of rows its server refused with the server's
@@ -346,46 +208,95 @@ pub(crate) fn apply_push(
 /// the others take the server's, if the row's existence agrees.
 pub(crate) fn restore(conn: &Connection, bytes: &[u8], exported_at: i64) -> Result<ApplyReport> {
     let payload = wire::decode(bytes)?;
+    let storage = &mut SqliteStorage::new(conn)?;
     let Fitted {
         payload, targets, ..
-    } = resolve(conn, &payload, true)?;
+    } = resolve(storage, &payload, true)?;
     let payload = payload.as_ref();
     check_types(payload, &targets)?;
     check_rows_once(payload, &targets)?;
     check_versions(payload)?;
-    let current: i64 = conn.query_row(sql::CURRENT_VERSION, [], |r| r.get(0))?;
-    conn.execute(sql::BEGIN_APPLYING, [])?;
+    let current = storage.current_version()?;
+    storage.begin_applying()?;
+    let sites = storage.site_ordinals(&payload.sites)?;
     let mut merge = Merge {
-        conn,
+        storage,
         payload,
         device: None,
-        sites: local_sites(conn, &payload.sites)?,
-        origins: Origins::new(conn)?,
-        versions: Versions::new(current, true),
+        sites,
+        versions: Versions::new(true),
         current,
         report: ApplyReport::default(),
     };
-    for row in &payload.rows {
-        let target = &targets[row.table as usize];
-        let Some(stored) = read_clock(target, &row.pk, target.defaults.len())? else {
-            if row.cl != wire::EVICT {
-                merge.row(target, row)?;
+    for chunk in payload.rows.chunks(ROWS_READ_TOGETHER) {
+        let (clocks, values) = read_together(merge.storage, chunk)?;
+        for ((row, stored), values) in chunk.iter().zip(clocks).zip(values) {
+            let target = &targets[row.table as usize];
+            let Some(stored) = stored else {
+                if row.cl != wire::EVICT {
+                    merge.row(target, row, None, values)?;
+                }
+                continue;
+            };
+            if stored.dv <= exported_at {
+                merge.forget(target, &row.pk)?;
+                if row.cl != wire::EVICT {
+                    merge.row(target, row, None, None)?;
+                }
+            } else if i64::try_from(row.cl).is_ok_and(|cl| cl == stored.cl && cl % 2 == 1) {
+                merge.restore_columns(target, row, stored, values, exported_at)?;
             }
-            continue;
-        };
-        if stored.dv <= exported_at {
-            merge.forget(target, &row.pk)?;
-            if row.cl != wire::EVICT {
-                merge.row(target, row)?;
-            }
-        } else if i64::try_from(row.cl).is_ok_and(|cl| cl == stored.cl && cl % 2 == 1) {
-            merge.restore_columns(target, row, stored, exported_at)?;
         }
     }
-    flush(&targets)?;
-    conn.execute(sql::END_APPLYING, [])?;
-    conn.execute(sql::SET_VERSION, [merge.versions.next.max(current)])?;
+    let storage = merge.storage;
+    storage.flush()?;
+    storage.end_applying()?;
+
     Ok(merge.report)
+}
+
+/// The clocks of `rows` here, then the values of those the merge needs (see
+/// [`needs_values`]; `None` for the others), each read in one set per table.
+type ReadTogether = (Vec<Option<Clock>>, Vec<Option<Vec<Value>>>);
+
+/// Reads what the merge of `rows` needs (see [`ReadTogether`]): a payload
+/// carries each row once, so what one row's merge writes changes nothing
+/// read for another.
+fn read_together(storage: &mut impl Storage, rows: &[RowChange]) -> Result<ReadTogether> {
+    let mut tables: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+    for (i, row) in rows.iter().enumerate() {
+        tables.entry(row.table).or_default().push(i);
+    }
+    let mut clocks = vec![None; rows.len()];
+    for (&table, indexes) in &tables {
+        let keys: Vec<&[Value]> = indexes.iter().map(|&i| &rows[i].pk[..]).collect();
+        let read = storage.read_clocks(table as usize, &keys)?;
+        for (&i, clock) in indexes.iter().zip(read) {
+            clocks[i] = clock;
+        }
+    }
+    let mut values = vec![None; rows.len()];
+    for (&table, indexes) in &mut tables {
+        indexes.retain(|&i| needs_values(&rows[i], clocks[i].as_ref()));
+        if indexes.is_empty() {
+            continue;
+        }
+        let keys: Vec<&[Value]> = indexes.iter().map(|&i| &rows[i].pk[..]).collect();
+        let read = storage.read_rows(table as usize, &keys)?;
+        for (&i, row) in indexes.iter().zip(read) {
+            values[i] = row;
+        }
+    }
+    Ok((clocks, values))
+}
+
+/// Whether the merge of `row` reads the row's values here, given its clock
+/// here: not for an eviction, a change its causal length loses, or the
+/// creation of a row this replica never had.
+fn needs_values(row: &RowChange, stored: Option<&Clock>) -> bool {
+    let cl = i64::try_from(row.cl).unwrap_or(i64::MAX);
+    let local_cl = stored.map_or(0, |c| c.cl);
+    row.cl != wire::EVICT && cl >= local_cl && (stored.is_some() || cl % 2 == 0)
 }
 
 /// Who sent a payload.
@@ -411,7 +322,11 @@ const FOREIGN_CHANGES: &str = "a device may send only the changes it made itself
 /// Applies a decoded payload; from a device, an existence record that would
 /// change a row here must have been made by that device, and rows are checked
 /// one by one (their clocks, and its write filter).
-fn apply_payload(conn: &Connection, payload: &Payload, sender: Sender<'_>) -> Result<PushReport> {
+fn apply_payload(
+    storage: &mut impl Storage,
+    payload: &Payload,
+    sender: Sender<'_>,
+) -> Result<PushReport> {
     let span = tracing::debug_span!(
         "merge",
         exporter = %payload.exporter,
@@ -428,12 +343,12 @@ fn apply_payload(conn: &Connection, payload: &Payload, sender: Sender<'_>) -> Re
         payload,
         targets,
         skipped,
-    } = resolve(conn, payload, matches!(sender, Sender::Replica(_)))?;
+    } = resolve(storage, payload, matches!(sender, Sender::Replica(_)))?;
 
     let payload = payload.as_ref();
     check_types(payload, &targets)?;
     check_rows_once(payload, &targets)?;
-    let sites = local_sites(conn, &payload.sites)?;
+    let sites = storage.site_ordinals(&payload.sites)?;
     for row in &payload.rows {
         let target = &targets[row.table as usize];
         // A grow-only row is created once and never deleted: its causal length is 1
@@ -446,25 +361,25 @@ fn apply_payload(conn: &Connection, payload: &Payload, sender: Sender<'_>) -> Re
     }
 
     check_versions(payload)?;
-    let current: i64 = conn.query_row(sql::CURRENT_VERSION, [], |r| r.get(0))?;
+    let current = storage.current_version()?;
     // Only its server returns a device's own changes to it.
-    let versions = Versions::new(current, matches!(sender, Sender::Replica(Source::Server)));
-    remember_exporter(conn, whole, skipped)?;
+    let versions = Versions::new(matches!(sender, Sender::Replica(Source::Server)));
+    remember_exporter(storage, whole, skipped)?;
 
-    conn.execute(sql::BEGIN_APPLYING, [])?;
+    storage.begin_applying()?;
     let (device, access) = match sender {
         Sender::Device { device, access } => (Some(device), access),
         Sender::Replica(_) => (None, None),
     };
+    let device_ordinal = match device {
+        Some(device) => Some((device, storage.site_ordinals(&[device])?[0])),
+        None => None,
+    };
     let mut merge = Merge {
-        conn,
+        storage,
         payload,
-        device: match device {
-            Some(device) => Some((device, local_sites(conn, &[device])?[0])),
-            None => None,
-        },
+        device: device_ordinal,
         sites,
-        origins: Origins::new(conn)?,
         versions,
         current,
         report: ApplyReport {
@@ -473,70 +388,68 @@ fn apply_payload(conn: &Connection, payload: &Payload, sender: Sender<'_>) -> Re
         },
     };
     let mut rejected = Vec::new();
-    for row in &payload.rows {
-        let target = &targets[row.table as usize];
-        let mut reject = |reason: String| {
-            rejected.push(Rejection {
-                table: target.schema.name.to_string(),
-                pk: row.pk.clone(),
-                reason,
-            });
-        };
-        // Clocks first, so that whether a row exists here decides no reason. The
-        // clock read for it serves the merge too.
-        let mut known = None;
-        if sender_checks_clocks(sender) {
-            let stored = read_clock(target, &row.pk, target.defaults.len())?;
-            if let Some(reason) = leap(target, row, stored.as_ref()) {
-                match sender {
-                    Sender::Device { .. } => {
-                        reject(reason);
+    for chunk in payload.rows.chunks(ROWS_READ_TOGETHER) {
+        // Clocks first, so that whether a row exists here decides no reason.
+        let (clocks, values) = read_together(merge.storage, chunk)?;
+        for ((row, stored), values) in chunk.iter().zip(clocks).zip(values) {
+            let target = &targets[row.table as usize];
+            let mut reject = |reason: String| {
+                rejected.push(Rejection {
+                    table: target.schema.name.to_string(),
+                    pk: row.pk.clone(),
+                    reason,
+                });
+            };
+            if sender_checks_clocks(sender) {
+                if let Some(reason) = leap(target, row, stored.as_ref()) {
+                    match sender {
+                        Sender::Device { .. } => {
+                            reject(reason);
+                            continue;
+                        }
+                        Sender::Replica(_) => return Err(Error::Refused { reason }),
+                    }
+                }
+                // A device holds rows created or deleted by a peer, which may never
+                // send that change here: the device cannot make it for them.
+                if let Sender::Device { device, .. } = sender {
+                    let local_cl = stored.as_ref().map_or(0, |c| c.cl);
+                    let cl = i64::try_from(row.cl).unwrap_or(i64::MAX);
+                    if !made_by(payload, row.origin, device) && cl > local_cl {
+                        reject(FOREIGN_EXISTENCE.into());
                         continue;
                     }
-                    Sender::Replica(_) => return Err(Error::Refused { reason }),
                 }
             }
-            // A device holds rows created or deleted by a peer, which may never
-            // send that change here: the device cannot make it for them.
-            if let Sender::Device { device, .. } = sender {
-                let local_cl = stored.as_ref().map_or(0, |c| c.cl);
-                let cl = i64::try_from(row.cl).unwrap_or(i64::MAX);
-                if !made_by(payload, row.origin, device) && cl > local_cl {
-                    reject(FOREIGN_EXISTENCE.into());
-                    continue;
+            let filter = access
+                .map(|access| access.write.for_table(&target.schema.name))
+                .filter(|filter| **filter != RowFilter::All);
+            match filter {
+                None => merge.row(target, row, stored, values)?,
+                Some(filter) => {
+                    // A policy may read any row merged before this one.
+                    merge.storage.flush()?;
+                    if merge.checked_row(target, row, filter, stored, values)? {
+                        reject(WRITE_REFUSED.into());
+                        continue;
+                    }
                 }
             }
-            known = Some(stored);
-        }
-        let filter = access
-            .map(|access| access.write.for_table(&target.schema.name))
-            .filter(|filter| **filter != RowFilter::All);
-        match filter {
-            None => merge.row_with(target, row, known)?,
-            Some(filter) => {
-                // A policy may read any row merged before this one.
-                flush(&targets)?;
-                if merge.checked_row(target, row, filter)? {
-                    reject(WRITE_REFUSED.into());
-                    continue;
-                }
+            // A checked device holds the rows it creates, which a filtered export
+            // must then know without a scan of the history; in a table its user
+            // may read whole, no export is filtered, and nothing is kept, as for
+            // the rows it receives there.
+            let filtered = access.is_some_and(|access| {
+                *access.read.for_table(&target.schema.name) != RowFilter::All
+            });
+            if filtered && device.is_some_and(|d| made_by(payload, row.origin, d)) {
+                merge.mark_held(row)?;
             }
-        }
-        // A checked device holds the rows it creates, which a filtered export
-        // must then know without a scan of the history; in a table its user
-        // may read whole, no export is filtered, and nothing is kept, as for
-        // the rows it receives there.
-        let filtered = access
-            .is_some_and(|access| *access.read.for_table(&target.schema.name) != RowFilter::All);
-        if filtered && device.is_some_and(|d| made_by(payload, row.origin, d)) {
-            merge.mark_held(target, row)?;
         }
     }
-    flush(&targets)?;
-    conn.execute(sql::END_APPLYING, [])?;
-    let (report, versions) = (merge.report, merge.versions);
-
-    conn.execute(sql::SET_VERSION, [versions.next.max(current)])?;
+    let (report, storage) = (merge.report, merge.storage);
+    storage.flush()?;
+    storage.end_applying()?;
     span.record("applied", report.applied);
     span.record("ignored", report.ignored);
     span.record("rejected", rejected.len());
@@ -572,7 +485,7 @@ fn sender_checks_clocks(sender: Sender<'_>) -> bool {
 /// local table, which a dictionary may name twice (names match in any case),
 /// as SQLite compares keys (`0.0` and `-0.0` are one key). Runs after
 /// [`check_types`], which refuses NaN.
-fn check_rows_once(payload: &Payload, targets: &[Target<'_>]) -> Result<()> {
+fn check_rows_once(payload: &Payload, targets: &[Target]) -> Result<()> {
     let table = |index: u32| {
         let name = &targets[index as usize].schema.name;
         targets
@@ -689,7 +602,7 @@ fn leaps(clock: u64, local: i64, what: &str, table: &str) -> Option<String> {
 
 /// Why `row` is refused if one of its clocks leaps beyond what any replica can
 /// have counted to from `stored`, this replica's clock of the row.
-fn leap(target: &Target<'_>, row: &RowChange, stored: Option<&Clock>) -> Option<String> {
+fn leap(target: &Target, row: &RowChange, stored: Option<&Clock>) -> Option<String> {
     let table = &target.schema.name;
     let local_cl = stored.map_or(0, |c| c.cl);
     leaps(row.cl, local_cl, "causal length", table).or_else(|| {
@@ -704,7 +617,6 @@ fn leap(target: &Target<'_>, row: &RowChange, stored: Option<&Clock>) -> Option<
 /// with their origin as soon as they are given out.
 #[derive(Clone)]
 struct Versions {
-    next: i64,
     assigned: HashMap<(i64, i64), i64>,
     /// The version assigned last, with its `(site, origin version)`: a
     /// payload's changes come in their versions' order.
@@ -715,9 +627,8 @@ struct Versions {
 }
 
 impl Versions {
-    fn new(current: i64, own_returns: bool) -> Self {
+    fn new(own_returns: bool) -> Self {
         Self {
-            next: current,
             assigned: HashMap::new(),
             last: None,
             own_returns,
@@ -739,13 +650,13 @@ impl Versions {
     /// [`crate::identity`]).
     fn local(
         &mut self,
-        conn: &Connection,
+        storage: &mut impl Storage,
         site: i64,
         origin_version: i64,
         current: i64,
     ) -> Result<i64> {
         if site == 0 {
-            return own_version(conn, origin_version, current, self.own_returns);
+            return own_version(storage, origin_version, current, self.own_returns);
         }
         let origin = (site, origin_version);
         if let Some((last, local)) = self.last
@@ -757,31 +668,31 @@ impl Versions {
             self.last = Some((origin, local));
             return Ok(local);
         }
-        // Local versions grow by one per transaction, far from i64::MAX.
-        self.next = self.next.checked_add(1).ok_or_else(|| Error::Corrupt {
-            details: "the database version would overflow".into(),
-        })?;
-        conn.prepare_cached(sql::ADD_VERSION_ORIGIN)?
-            .execute((self.next, site, origin_version))?;
-        self.assigned.insert(origin, self.next);
-        self.last = Some((origin, self.next));
-        Ok(self.next)
+        let local = storage.new_version()?;
+        storage.add_version_origin(local, site, origin_version)?;
+        self.assigned.insert(origin, local);
+        self.last = Some((origin, local));
+        Ok(local)
     }
 }
 
 impl Versions {
-    /// Forgets the versions given out after `next`, whose writes were rolled
+    /// Forgets the versions given out after `mark`, whose writes were rolled
     /// back.
-    fn forget_after(&mut self, next: i64) {
-        self.next = next;
-        self.assigned.retain(|_, version| *version <= next);
-        self.last = self.last.filter(|(_, version)| *version <= next);
+    fn forget_after(&mut self, mark: i64) {
+        self.assigned.retain(|_, version| *version <= mark);
+        self.last = self.last.filter(|(_, version)| *version <= mark);
     }
 }
 
 /// The local version of a change in this database's own name made at `version`
 /// (see [`Versions::local`]).
-fn own_version(conn: &Connection, version: i64, current: i64, may_return: bool) -> Result<i64> {
+fn own_version(
+    storage: &mut impl Storage,
+    version: i64,
+    current: i64,
+    may_return: bool,
+) -> Result<i64> {
     if !may_return {
         // Another file writes under this database's site id (see
         // `crate::identity`): it takes a new one, and the change is the other's.
@@ -791,13 +702,11 @@ fn own_version(conn: &Connection, version: i64, current: i64, may_return: bool) 
                 .into(),
         });
     }
-    let remote: bool = conn
-        .prepare_cached(sql::MADE_ELSEWHERE)?
-        .query_row([version], |r| r.get(0))?;
+    let remote = storage.made_elsewhere(version)?;
     // Made under a site id this database had before, not under its own.
-    let earlier = site::identities(conn)?
-        .last()
-        .is_some_and(|(upto, _)| version <= *upto);
+    let earlier = storage
+        .earlier_identity_upto()?
+        .is_some_and(|upto| version <= upto);
     if version < 1 || version > current || remote || earlier {
         // From its server: another file made changes under this database's
         // site id (a copy, a restored backup, or someone with its user's
@@ -814,11 +723,11 @@ fn own_version(conn: &Connection, version: i64, current: i64, may_return: bool) 
 
 /// A payload fitted to this database: what of it this database has tables and
 /// columns for, and their local descriptors.
-struct Fitted<'p, 'c> {
+struct Fitted<'p> {
     /// The payload without what this database has no table or column for.
     payload: Cow<'p, Payload>,
     /// Per table of `payload`, its local descriptor.
-    targets: Vec<Target<'c>>,
+    targets: Vec<Target>,
     /// Changes left out: rows of tables and values of columns this database
     /// does not have (another app version's).
     skipped: usize,
@@ -829,12 +738,12 @@ struct Fitted<'p, 'c> {
 /// and columns this database does not have are left out when `skip_unknown`
 /// (another replica's app version may have more); otherwise they refuse the
 /// payload.
-fn resolve<'p, 'c>(
-    conn: &'c Connection,
+fn resolve<'p>(
+    storage: &mut impl Storage,
     payload: &'p Payload,
     skip_unknown: bool,
-) -> Result<Fitted<'p, 'c>> {
-    let local = tracking::synced_tables(conn, false)?;
+) -> Result<Fitted<'p>> {
+    let local = storage.tables()?;
     let mut targets = Vec::with_capacity(payload.tables.len());
     // Per payload table, its index among the targets and, per payload column,
     // its position among the columns kept (`None`: left out).
@@ -910,7 +819,6 @@ fn resolve<'p, 'c>(
             })
             .collect();
         tables.push(Some((targets.len() as u32, positions)));
-        let sql = TableSql::of(schema);
         let defaults = schema
             .value_columns()
             .map(|c| {
@@ -926,10 +834,10 @@ fn resolve<'p, 'c>(
                     })
             })
             .collect::<Result<Vec<_>>>()?;
+        storage.prepare(schema, rows)?;
         targets.push(Target {
+            index: targets.len(),
             schema: schema.clone(),
-            statements: RowStatements::new(conn, &sql, rows)?,
-            sql,
             columns: columns.into_iter().flatten().collect(),
             defaults,
         });
@@ -996,7 +904,7 @@ fn resolve<'p, 'c>(
 
 /// Every value must have its column's type exactly: a STRICT table would quietly
 /// turn an integer into text, and the replicas would then disagree.
-fn check_types(payload: &Payload, targets: &[Target<'_>]) -> Result<()> {
+fn check_types(payload: &Payload, targets: &[Target]) -> Result<()> {
     for row in &payload.rows {
         let target = &targets[row.table as usize];
         let keys = target.schema.key_columns();
@@ -1044,138 +952,120 @@ fn check_types(payload: &Payload, targets: &[Target<'_>]) -> Result<()> {
 /// When `skipped` changes of it had no table or column here, it also records
 /// that the exporter is to be asked again from `since` once this database has
 /// more tables or columns (see [`crate::evolve`]).
-fn remember_exporter(conn: &Connection, payload: &Payload, skipped: usize) -> Result<()> {
-    let exporter = local_sites(conn, std::slice::from_ref(&payload.exporter))?[0];
+fn remember_exporter(storage: &mut impl Storage, payload: &Payload, skipped: usize) -> Result<()> {
+    let exporter = storage.site_ordinals(std::slice::from_ref(&payload.exporter))?[0];
     if exporter == 0 {
         return Ok(());
     }
-    if skipped > 0 {
-        let since = i64::try_from(payload.since).unwrap_or(i64::MAX);
-        conn.prepare_cached(sql::SKIPPED)?
-            .execute((exporter, since))?;
-    }
-    let seen: i64 = conn
-        .prepare_cached(sql::PEER_SEEN)?
-        .query_row([exporter], |r| r.get(0))
-        .optional()?
-        .unwrap_or(0);
     let (since, upto) = (
         i64::try_from(payload.since).unwrap_or(i64::MAX),
         i64::try_from(payload.upto).unwrap_or(i64::MAX),
     );
+    if skipped > 0 {
+        storage.skipped(exporter, since)?;
+    }
+    let seen = storage.peer_seen(exporter)?;
     if since <= seen && upto > seen {
-        conn.prepare_cached(sql::SET_PEER_SEEN)?
-            .execute((exporter, upto))?;
+        storage.set_peer_seen(exporter, upto)?;
     }
     Ok(())
 }
 
 /// The state of one apply: the payload, what it maps to here, and what it did.
-struct Merge<'a> {
-    conn: &'a Connection,
+struct Merge<'a, S> {
+    storage: &'a mut S,
     payload: &'a Payload,
     /// The device whose push this is, if it is one, and its ordinal here.
     device: Option<(SiteId, i64)>,
     /// The local ordinal of each payload site.
     sites: Vec<i64>,
-    origins: Origins<'a>,
     versions: Versions,
     /// This database's version before the merge.
     current: i64,
     report: ApplyReport,
 }
 
-impl Merge<'_> {
+impl<S: Storage> Merge<'_, S> {
     /// The local version for a change of `origin` (one per remote transaction).
     fn local_version(&mut self, origin: Origin) -> Result<i64> {
         self.versions.local(
-            self.conn,
+            self.storage,
             self.sites[origin.site as usize],
             i64::try_from(origin.version).unwrap_or(i64::MAX),
             self.current,
         )
     }
 
-    /// Merges a pushed row if `filter` lets the device write it, before and after
-    /// its change; otherwise undoes it and says true.
+    /// Merges a pushed row (see [`row`](Self::row)) if `filter` lets the
+    /// device write it, before and after its change; otherwise undoes it and
+    /// says true.
     fn checked_row(
         &mut self,
-        target: &Target<'_>,
+        target: &Target,
         row: &RowChange,
         filter: &RowFilter,
+        stored: Option<Clock>,
+        values: Option<Vec<Value>>,
     ) -> Result<bool> {
-        let conn = self.conn;
         // A row that exists and fails the filter may not be written.
-        let denied = || {
-            Ok::<_, Error>(filter::passes(conn, &target.schema, filter, &row.pk)? == Some(false))
+        let denied = |storage: &mut S| {
+            Ok::<_, Error>(storage.passes(target.index, filter, &row.pk)? == Some(false))
         };
-        if denied()? {
+        if denied(self.storage)? {
             return Ok(true);
         }
-        let (next, report) = (self.versions.next, self.report);
-        conn.prepare_cached(sql::ROW_SAVEPOINT)?.execute([])?;
-        self.row(target, row)?;
+        let (mark, report) = (self.storage.version_mark(), self.report);
+        self.storage.savepoint()?;
+        self.row(target, row, stored, values)?;
         // Written inside the savepoint, and read by the filter.
-        target.statements.flush()?;
-        if denied()? {
-            conn.prepare_cached(sql::ROW_ROLLBACK)?.execute([])?;
-            conn.prepare_cached(sql::ROW_RELEASE)?.execute([])?;
+        self.storage.flush()?;
+        if denied(self.storage)? {
+            self.storage.roll_back_savepoint()?;
             // The versions given out since were rolled back with the row.
-            self.versions.forget_after(next);
+            self.storage.forget_versions_after(mark);
+            self.versions.forget_after(mark);
             self.report = report;
             return Ok(true);
         }
-        conn.prepare_cached(sql::ROW_RELEASE)?.execute([])?;
+        self.storage.release_savepoint()?;
         Ok(false)
     }
 
     /// Marks the pushing device as holding `row`, whatever the cursor it fetches
     /// from (see [`crate::filter`]).
-    fn mark_held(&self, target: &Target<'_>, row: &RowChange) -> Result<()> {
+    fn mark_held(&mut self, row: &RowChange) -> Result<()> {
         let Some((_, reader)) = self.device else {
             return Ok(());
         };
-        let table = target.schema.name.to_ascii_lowercase();
-        filter::mark_held(self.conn, reader, &table, &wire::encode_key(&row.pk), 0)
+        self.storage.mark_held(reader, row.table as usize, &row.pk)
     }
 
-    /// Forgets a row, values and clock, as if this replica never had it: the
-    /// exporter says this replica may no longer read it. Nothing is recorded, so
-    /// nothing of it is sent anywhere.
-    fn evict(&mut self, target: &Target<'_>, row: &RowChange) -> Result<()> {
-        self.forget(target, &row.pk)
-    }
-
-    /// Deletes a row and its clock without a trace.
-    fn forget(&mut self, target: &Target<'_>, pk: &[Value]) -> Result<()> {
-        let conn = self.conn;
-        let deleted = conn
-            .prepare_cached(&target.sql.delete)?
-            .execute(rusqlite::params_from_iter(pk))?;
-        let forgotten = conn
-            .prepare_cached(&target.sql.delete_clock)?
-            .execute(rusqlite::params_from_iter(pk))?;
-        if deleted + forgotten > 0 {
+    /// Deletes a row and its clock without a trace: the exporter says this
+    /// replica may no longer read it (an eviction), or a restore replaces it.
+    /// Nothing is recorded, so nothing of it is sent anywhere.
+    fn forget(&mut self, target: &Target, pk: &[Value]) -> Result<()> {
+        let deleted = self.storage.delete_row(target.index, pk)?;
+        let forgotten = self.storage.delete_clock(target.index, pk)?;
+        if deleted || forgotten {
             self.report.applied += 1;
             self.report.rows += 1;
-            // Its clock is gone: the change event learns of it here.
-            EVICTED.with_borrow_mut(|evicted| {
-                evicted.push((target.schema.name.to_string(), pk.to_vec()));
-            });
+            self.storage.forgotten(target.index, pk);
         }
         Ok(())
     }
 
-    /// Gives the columns of a live row that were not written here after
-    /// `exported_at` the value and clock `row` carries (see [`restore`]).
+    /// Gives the columns of a live row (of values `current`, if it exists) that
+    /// were not written here after `exported_at` the value and clock `row`
+    /// carries (see [`restore`]).
     fn restore_columns(
         &mut self,
-        target: &Target<'_>,
+        target: &Target,
         row: &RowChange,
         mut clock: Clock,
+        current: Option<Vec<Value>>,
         exported_at: i64,
     ) -> Result<()> {
-        let Some(mut current) = read_row(target, &row.pk)? else {
+        let Some(mut current) = current else {
             return Ok(());
         };
         let mut changed = false;
@@ -1194,8 +1084,8 @@ impl Merge<'_> {
             self.report.applied += 1;
         }
         if changed {
-            write_row(target, &row.pk, &current)?;
-            write_clock(target, &row.pk, &clock)?;
+            self.storage.write_row(target.index, &row.pk, &current)?;
+            self.storage.write_clock(target.index, &row.pk, &clock)?;
             self.report.rows += 1;
         }
         Ok(())
@@ -1203,19 +1093,19 @@ impl Merge<'_> {
 
     /// Whether the payload's record of a row's existence replaces the local one,
     /// for the same causal length: the greater site id wins.
-    fn existence_wins(&self, row: &RowChange, clock: &Clock) -> Result<bool> {
+    fn existence_wins(&mut self, row: &RowChange, clock: &Clock) -> Result<bool> {
         let local = if clock.cl % 2 == 0 {
             clock.dv
         } else {
             clock.created
         };
-        let ours = self.origins.site_of(local)?;
+        let ours = self.storage.site_of_version(local)?;
         Ok(self.payload.sites[row.origin.site as usize] > ours)
     }
 
     /// Whether a column change beats the column's local value and clock.
     fn column_wins(
-        &self,
+        &mut self,
         change: &ColumnChange,
         current: &Value,
         local: (i64, i64),
@@ -1229,33 +1119,26 @@ impl Merge<'_> {
                 Ordering::Less => false,
                 Ordering::Equal => {
                     let theirs = self.payload.sites[change.origin.site as usize];
-                    theirs > self.origins.site_of(local.1)?
+                    theirs > self.storage.site_of_version(local.1)?
                 }
             },
         })
     }
 
-    fn row(&mut self, target: &Target<'_>, row: &RowChange) -> Result<()> {
-        self.row_with(target, row, None)
-    }
-
-    /// Merges one row; `known` is its clock here if it was read already.
-    fn row_with(
+    /// Merges one row, given its clock here and, if [`needs_values`] says so,
+    /// its values here (if it exists).
+    fn row(
         &mut self,
-        target: &Target<'_>,
+        target: &Target,
         row: &RowChange,
-        known: Option<Option<Clock>>,
+        stored: Option<Clock>,
+        values: Option<Vec<Value>>,
     ) -> Result<()> {
-        let conn = self.conn;
         if row.cl == wire::EVICT {
-            return self.evict(target, row);
+            return self.forget(target, &row.pk);
         }
         let cl = i64::try_from(row.cl).unwrap_or(i64::MAX);
         let value_count = target.defaults.len();
-        let stored = match known {
-            Some(stored) => stored,
-            None => read_clock(target, &row.pk, value_count)?,
-        };
         let local_cl = stored.as_ref().map_or(0, |c| c.cl);
         // A push may change a row's existence only by the device's own record.
         let own = match self.device {
@@ -1272,13 +1155,10 @@ impl Merge<'_> {
             return Ok(());
         }
         // A row without a clock here is created with its defaults below: it
-        // need not be read. Values are borrowed from the defaults and the
-        // payload until written: a new row copies none.
-        let mut values: Option<Vec<Cow<'_, Value>>> = if stored.is_none() && cl % 2 == 1 {
-            None
-        } else {
-            read_row(target, &row.pk)?.map(|values| values.into_iter().map(Cow::Owned).collect())
-        };
+        // was not read. Values are borrowed from the defaults and the payload
+        // until written: a new row copies none.
+        let mut values: Option<Vec<Cow<'_, Value>>> =
+            values.map(|values| values.into_iter().map(Cow::Owned).collect());
         let mut clock = stored.unwrap_or(Clock {
             cl: 0,
             dv: 0,
@@ -1295,10 +1175,9 @@ impl Merge<'_> {
             if cl % 2 == 0 {
                 self.report.ignored += row.columns.len();
                 if values.is_some() {
-                    conn.prepare_cached(&target.sql.delete)?
-                        .execute(rusqlite::params_from_iter(&row.pk))?;
+                    self.storage.delete_row(target.index, &row.pk)?;
                 }
-                write_clock(target, &row.pk, &clock)?;
+                self.storage.write_clock(target.index, &row.pk, &clock)?;
                 self.report.rows += 1;
                 return Ok(());
             }
@@ -1324,7 +1203,7 @@ impl Merge<'_> {
             // have taken the other site's record of the delete.
             self.report.ignored += row.columns.len();
             if changed {
-                write_clock(target, &row.pk, &clock)?;
+                self.storage.write_clock(target.index, &row.pk, &clock)?;
                 self.report.rows += 1;
             }
             return Ok(());
@@ -1343,88 +1222,10 @@ impl Merge<'_> {
             }
         }
         if changed {
-            write_row(target, &row.pk, &current)?;
-            write_clock(target, &row.pk, &clock)?;
+            self.storage.write_row(target.index, &row.pk, &current)?;
+            self.storage.write_clock(target.index, &row.pk, &clock)?;
             self.report.rows += 1;
         }
         Ok(())
     }
-}
-
-fn read_clock(target: &Target<'_>, pk: &[Value], value_count: usize) -> Result<Option<Clock>> {
-    let mut stmt = target.statements.read_clock.borrow_mut();
-    let mut rows = stmt.query(rusqlite::params_from_iter(pk))?;
-    let Some(row) = rows.next()? else {
-        return Ok(None);
-    };
-    let layout = target.sql.merge_clock_layout;
-    let columns = (0..value_count)
-        .map(|i| Ok((row.get(layout.col_version(i))?, row.get(layout.col_dv(i))?)))
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(Some(Clock {
-        cl: row.get(layout.cl())?,
-        dv: row.get(layout.dv())?,
-        created: row.get(layout.created())?,
-        columns,
-    }))
-}
-
-/// The current values of the row's value columns, if the row exists.
-fn read_row(target: &Target<'_>, pk: &[Value]) -> Result<Option<Vec<Value>>> {
-    let mut stmt = target.statements.read_row.borrow_mut();
-    let mut rows = stmt.query(rusqlite::params_from_iter(pk))?;
-    let Some(row) = rows.next()? else {
-        return Ok(None);
-    };
-    let mut values = Vec::with_capacity(target.defaults.len());
-    for (i, column) in target.schema.columns.iter().enumerate() {
-        if !column.primary_key {
-            let value = value::from_sqlite(row.get_ref(i)?).map_err(|source| Error::Decode {
-                table: target.schema.name.to_string(),
-                key: pk.to_vec(),
-                column: column.name.to_string(),
-                source,
-            })?;
-            values.push(value.into_owned());
-        }
-    }
-    Ok(Some(values))
-}
-
-/// Gathers the writing of a whole app row (see [`Gathered`]).
-fn write_row(
-    target: &Target<'_>,
-    pk: &[Value],
-    values: &[impl std::borrow::Borrow<Value>],
-) -> Result<()> {
-    // In the table's column order: no list is made per row.
-    let (mut keys, mut rest) = (pk.iter(), values.iter().map(std::borrow::Borrow::borrow));
-    target.statements.write_row.borrow_mut().row(|bind| {
-        for column in target.schema.columns.iter() {
-            let value = if column.primary_key {
-                keys.next()
-            } else {
-                rest.next()
-            };
-            bind(value.unwrap_or(&Value::Null))?;
-        }
-        Ok(())
-    })
-}
-
-/// Gathers the writing of a row's whole clock (see [`Gathered`]).
-fn write_clock(target: &Target<'_>, pk: &[Value], clock: &Clock) -> Result<()> {
-    target.statements.write_clock.borrow_mut().row(|bind| {
-        for key in pk {
-            bind(key)?;
-        }
-        for number in [clock.cl, clock.dv, clock.created] {
-            bind(&number)?;
-        }
-        for (col_version, version) in &clock.columns {
-            bind(col_version)?;
-            bind(version)?;
-        }
-        Ok(())
-    })
 }
