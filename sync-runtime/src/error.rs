@@ -67,6 +67,17 @@ pub enum Error {
         source: SqliteError,
     },
 
+    /// PostgreSQL (a server's replica there) refused a statement, or the
+    /// connection to it failed.
+    #[error("PostgreSQL: {message}")]
+    Postgres {
+        /// The SQLSTATE code, if PostgreSQL gave one (`40001` and `40P01`: the
+        /// transaction may be tried again).
+        code: Option<String>,
+        /// What it said.
+        message: String,
+    },
+
     /// A table descriptor breaks the rules of synced tables.
     #[error(transparent)]
     InvalidSchema(#[from] SchemaError),

@@ -81,6 +81,8 @@ mod migrate;
 mod model;
 mod open;
 mod pool;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod protocol;
 mod quarantine;
 mod read;

@@ -104,7 +104,7 @@ thread_local! {
 /// [`parse_descriptor`], kept for the thread's next read of the same text:
 /// every export and merge reads the tables' descriptors, and parsing them
 /// took more than a small export's reads.
-fn parsed(name: &str, descriptor: &str) -> Result<TableSchema> {
+pub(crate) fn parsed(name: &str, descriptor: &str) -> Result<TableSchema> {
     PARSED.with(|kept| {
         let mut kept = kept.borrow_mut();
         if let Some((_, schema)) = kept.iter().find(|(text, _)| text == descriptor) {

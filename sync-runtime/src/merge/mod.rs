@@ -39,7 +39,7 @@ use crate::value::{SqlType, Value};
 use crate::wire::{self, ColumnChange, Origin, Payload, RowChange};
 
 mod sqlite;
-mod storage;
+pub(crate) mod storage;
 
 pub(crate) use sqlite::{SqliteStorage, take_evicted};
 use storage::{Clock, Storage};

@@ -1,0 +1,280 @@
+//! A server's replica on PostgreSQL, for servers that scale out: several
+//! server processes share one PostgreSQL database, and a backend reads and
+//! writes the app's rows there with plain SQL.
+//!
+//! The merge is the same as everywhere (the module `merge`); only its
+//! storage differs (see `storage`). A database is a PostgreSQL schema of its
+//! name, laid out as `sql` says.
+
+use std::sync::Arc;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio::runtime::Handle;
+use tokio_postgres::{Client, NoTls};
+
+use crate::error::{Error, Result};
+use crate::id::SiteId;
+use crate::merge::{self, PushReport};
+use crate::schema::TableSchema;
+use crate::wire::Payload;
+
+mod sql;
+mod storage;
+mod value;
+
+/// The most connections one replica keeps open.
+const MAX_CONNECTIONS: usize = 16;
+
+/// An error of PostgreSQL or of the connection to it.
+pub(crate) fn pg_error(error: tokio_postgres::Error) -> Error {
+    Error::Postgres {
+        code: error.code().map(|c| c.code().to_owned()),
+        message: match error.as_db_error() {
+            Some(db) => db.to_string(),
+            None => error.to_string(),
+        },
+    }
+}
+
+/// What every operation on one database needs to know of it.
+#[derive(Debug)]
+pub(crate) struct Db {
+    /// Its PostgreSQL schema, quoted.
+    schema: String,
+    /// Its site id.
+    site: SiteId,
+}
+
+impl Db {
+    /// The synced tables, with their numbers (which name their clocks).
+    fn tables(&self, client: &Client, runtime: &Handle) -> Result<Vec<(i64, TableSchema)>> {
+        let statement = format!(
+            "SELECT id, name, descriptor FROM {}._synced_tables ORDER BY lower(name)",
+            self.schema
+        );
+        let rows = runtime
+            .block_on(client.query(&statement, &[]))
+            .map_err(pg_error)?;
+        rows.iter()
+            .map(|row| {
+                let (id, name, descriptor): (i64, String, String) =
+                    (row.get(0), row.get(1), row.get(2));
+                Ok((id, crate::tracking::parsed(&name, &descriptor)?))
+            })
+            .collect()
+    }
+}
+
+/// A database on PostgreSQL as a sync server serves it: the counterpart of a
+/// [`Replica`](crate::server::Replica) on SQLite. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct PgReplica {
+    pool: Pool,
+    db: Arc<Db>,
+}
+
+impl PgReplica {
+    /// Opens database `name` in the PostgreSQL database that `config` (a
+    /// connection string, e.g. `host=/run/postgresql dbname=app`) names,
+    /// creating it if it does not exist: a schema `name`, with the runtime's
+    /// tables in it.
+    pub async fn open(config: &str, name: &str) -> Result<Self> {
+        if name.is_empty() || name.len() > sql::MAX_IDENTIFIER {
+            return Err(Error::Postgres {
+                code: None,
+                message: format!(
+                    "a database name has 1 to {} bytes: {name:?}",
+                    sql::MAX_IDENTIFIER
+                ),
+            });
+        }
+        let config: tokio_postgres::Config = config.parse().map_err(pg_error)?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(MAX_CONNECTIONS)
+            .build()
+            .map_err(|e| Error::Postgres {
+                code: None,
+                message: e.to_string(),
+            })?;
+        let schema = sql::ident(name);
+        let client = pool.get().await.map_err(pool_error)?;
+        let created = SiteId::random().map_err(|e| Error::NoRandomness(e.to_string()))?;
+        client
+            .batch_execute(&format!(
+                "BEGIN; {} {} {};",
+                sql::CREATION_LOCK,
+                sql::CREATE_LOCK_SPACES,
+                sql::create_meta(&schema)
+            ))
+            .await
+            .map_err(pg_error)?;
+        let setup = async {
+            client
+                .execute(
+                    "INSERT INTO _synced.lock_spaces (schema_name) VALUES ($1) \
+                     ON CONFLICT (schema_name) DO NOTHING",
+                    &[&name],
+                )
+                .await?;
+            client
+                .execute(
+                    &format!(
+                        "INSERT INTO {schema}._synced_state (id, site_id, lock_space) \
+                         SELECT 1, $1, space FROM _synced.lock_spaces WHERE schema_name = $2 \
+                         ON CONFLICT (id) DO NOTHING"
+                    ),
+                    &[&created.as_bytes().as_slice(), &name],
+                )
+                .await?;
+            client
+                .execute(
+                    &format!(
+                        "INSERT INTO {schema}._synced_sites (ordinal, site_id) \
+                         SELECT 0, site_id FROM {schema}._synced_state ON CONFLICT DO NOTHING"
+                    ),
+                    &[],
+                )
+                .await?;
+            let row = client
+                .query_one(&format!("SELECT site_id FROM {schema}._synced_state"), &[])
+                .await?;
+            client.batch_execute("COMMIT").await?;
+            Ok::<Vec<u8>, tokio_postgres::Error>(row.get(0))
+        };
+        let site = match setup.await {
+            Ok(site) => site,
+            Err(error) => {
+                client.batch_execute("ROLLBACK").await.ok();
+                return Err(pg_error(error));
+            }
+        };
+        let site = crate::site::from_stored(&site).ok_or_else(|| Error::Corrupt {
+            details: format!("the site id is {} bytes, not 16", site.len()),
+        })?;
+        drop(client);
+        Ok(Self {
+            pool,
+            db: Arc::new(Db { schema, site }),
+        })
+    }
+
+    /// This database's site id.
+    pub fn site_id(&self) -> SiteId {
+        self.db.site
+    }
+
+    /// Publishes an app version: the descriptors of its tables, each created
+    /// as an ordinary table with its clock if this database does not have it
+    /// yet (see [`Replica::publish`](crate::server::Replica::publish)).
+    pub async fn publish(&self, schemas: Vec<TableSchema>) -> Result<()> {
+        for schema in &schemas {
+            schema.validate()?;
+            if let Some(reason) = sql::names_too_long(schema) {
+                return Err(Error::InvalidSchema(crate::schema::SchemaError {
+                    table: schema.name.to_string(),
+                    reason,
+                }));
+            }
+        }
+        self.transaction(move |storage| {
+            let (client, runtime, db) = storage;
+            let existing = db.tables(client, runtime)?;
+            for schema in &schemas {
+                if existing
+                    .iter()
+                    .any(|(_, s)| s.name.eq_ignore_ascii_case(&schema.name))
+                {
+                    // Evolving a table is not here yet.
+                    continue;
+                }
+                let descriptor =
+                    serde_json::to_string(schema).map_err(|e| Error::SchemaMismatch {
+                        table: schema.name.to_string(),
+                        details: e.to_string(),
+                    })?;
+                let statement = format!(
+                    "INSERT INTO {}._synced_tables (name, algorithm, descriptor) \
+                     VALUES ($1, $2, $3) RETURNING id",
+                    db.schema
+                );
+                let name: &str = &schema.name;
+                let id: i64 = runtime
+                    .block_on(client.query_one(
+                        &statement,
+                        &[&name, &schema.algorithm.as_str(), &descriptor],
+                    ))
+                    .map_err(pg_error)?
+                    .get(0);
+                let clock = sql::clock_table(&db.schema, id);
+                let table = sql::TableSql::new(&db.schema, schema, &clock);
+                runtime
+                    .block_on(client.batch_execute(&table.create))
+                    .map_err(pg_error)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Merges what device `device` pushed (see
+    /// [`Replica::apply_push`](crate::server::Replica::apply_push)), in one
+    /// transaction.
+    pub async fn apply_push(&self, payload: Payload, device: SiteId) -> Result<PushReport> {
+        self.transaction(move |(client, runtime, db)| {
+            let storage = &mut storage::PgStorage::new(client, runtime, db);
+            merge::apply_push(storage, &payload, device, None)
+        })
+        .await
+    }
+
+    /// Runs `work` in a transaction on a pooled connection, on a blocking
+    /// thread: committed if it returns `Ok`, rolled back otherwise.
+    async fn transaction<T: Send + 'static>(
+        &self,
+        work: impl FnOnce((&Client, &Handle, &Db)) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let db = self.db.clone();
+        let runtime = Handle::current();
+        tokio::task::spawn_blocking(move || {
+            runtime
+                .block_on(client.batch_execute("BEGIN"))
+                .map_err(pg_error)?;
+            match work((&client, &runtime, &db)) {
+                Ok(done) => {
+                    runtime
+                        .block_on(client.batch_execute("COMMIT"))
+                        .map_err(pg_error)?;
+                    Ok(done)
+                }
+                Err(error) => {
+                    runtime.block_on(client.batch_execute("ROLLBACK")).ok();
+                    Err(error)
+                }
+            }
+        })
+        .await
+        .map_err(|e| Error::Postgres {
+            code: None,
+            message: format!("the merge's thread failed: {e}"),
+        })?
+    }
+}
+
+/// An error of the connection pool.
+fn pool_error(error: deadpool_postgres::PoolError) -> Error {
+    match error {
+        deadpool_postgres::PoolError::Backend(error) => pg_error(error),
+        other => Error::Postgres {
+            code: None,
+            message: other.to_string(),
+        },
+    }
+}

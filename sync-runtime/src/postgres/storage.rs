@@ -1,0 +1,485 @@
+//! The merge's storage in PostgreSQL (see [`Storage`]): each set of rows
+//! read in one statement (arrays of keys, unnested), rows and clocks written
+//! in sets at each flush, inside the transaction the caller opened on a
+//! pooled connection.
+//!
+//! The merge runs on a blocking thread; each statement blocks on the
+//! runtime's handle, one round trip per set.
+
+use std::borrow::Borrow;
+use std::collections::HashMap;
+
+use tokio::runtime::Handle;
+use tokio_postgres::Client;
+use tokio_postgres::types::ToSql;
+
+use super::sql::{self, TableSql};
+use super::value::{self, Arrays};
+use super::{Db, pg_error};
+use crate::error::{Error, Result};
+use crate::filter::RowFilter;
+use crate::id::SiteId;
+use crate::merge::storage::{Clock, Storage};
+use crate::schema::TableSchema;
+use crate::value::{SqlType, Value};
+
+/// A database on PostgreSQL as the merge's storage, inside a transaction
+/// open on `client`.
+pub(crate) struct PgStorage<'a> {
+    client: &'a Client,
+    runtime: &'a Handle,
+    db: &'a Db,
+    tables: Vec<Table>,
+    /// The site id of each site ordinal looked up.
+    sites: HashMap<i64, SiteId>,
+    /// The origin site ordinal of each local version looked up.
+    origins: HashMap<i64, i64>,
+    /// The version given out last in this transaction.
+    last_version: Option<i64>,
+}
+
+/// A table prepared for the merge, with the rows and clocks gathered.
+struct Table {
+    schema: TableSchema,
+    sql: TableSql,
+    rows: Vec<(Vec<Value>, Vec<Value>)>,
+    clocks: Vec<(Vec<Value>, Clock)>,
+}
+
+/// The most rows gathered before they are written: a statement's arrays stay
+/// a few megabytes.
+const GATHERED: usize = 4096;
+
+impl<'a> PgStorage<'a> {
+    /// The storage of `db`, in the transaction open on `client`.
+    pub(crate) fn new(client: &'a Client, runtime: &'a Handle, db: &'a Db) -> Self {
+        Self {
+            client,
+            runtime,
+            db,
+            tables: Vec::new(),
+            sites: HashMap::new(),
+            origins: HashMap::new(),
+            last_version: None,
+        }
+    }
+
+    fn query(
+        &self,
+        statement: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>> {
+        self.runtime
+            .block_on(async {
+                let prepared = self.client.prepare(statement).await?;
+                self.client.query(&prepared, params).await
+            })
+            .map_err(pg_error)
+    }
+
+    fn execute(&self, statement: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
+        self.runtime
+            .block_on(self.client.execute(statement, params))
+            .map_err(pg_error)
+    }
+
+    /// Writes the rows, then the clocks, gathered for `table`.
+    fn write_gathered(&mut self, table: usize) -> Result<()> {
+        let t = &mut self.tables[table];
+        let rows = std::mem::take(&mut t.rows);
+        let clocks = std::mem::take(&mut t.clocks);
+        let t = &self.tables[table];
+        if !rows.is_empty() {
+            let mut arrays = Arrays::new(t.schema.columns.iter().map(|c| c.sql_type));
+            for (key, values) in &rows {
+                let (mut keys, mut rest) = (key.iter(), values.iter());
+                for (i, column) in t.schema.columns.iter().enumerate() {
+                    let value = if column.primary_key {
+                        keys.next()
+                    } else {
+                        rest.next()
+                    };
+                    arrays.push(i, value.unwrap_or(&Value::Null))?;
+                }
+            }
+            self.execute(&t.sql.write_rows, &arrays.params())?;
+        }
+        if !clocks.is_empty() {
+            let numbers = 3 + 2 * t.schema.value_columns().count();
+            let types = t.schema.key_columns().map(|c| c.sql_type);
+            let mut arrays =
+                Arrays::new(types.chain(std::iter::repeat_n(SqlType::Integer, numbers)));
+            for (key, clock) in &clocks {
+                for (i, value) in key.iter().enumerate() {
+                    arrays.push(i, value)?;
+                }
+                let numbers = [clock.cl, clock.dv, clock.created]
+                    .into_iter()
+                    .chain(clock.columns.iter().flat_map(|(v, dv)| [*v, *dv]));
+                for (i, number) in numbers.enumerate() {
+                    arrays.push_integer(key.len() + i, number)?;
+                }
+            }
+            self.execute(&t.sql.write_clocks, &arrays.params())?;
+        }
+        Ok(())
+    }
+}
+
+impl Storage for PgStorage<'_> {
+    fn tables(&mut self) -> Result<Vec<TableSchema>> {
+        Ok(self
+            .db
+            .tables(self.client, self.runtime)?
+            .into_iter()
+            .map(|(_, schema)| schema)
+            .collect())
+    }
+
+    fn prepare(&mut self, schema: &TableSchema, _rows: usize) -> Result<()> {
+        let id = self
+            .db
+            .tables(self.client, self.runtime)?
+            .into_iter()
+            .find(|(_, s)| s.name.eq_ignore_ascii_case(&schema.name))
+            .map(|(id, _)| id)
+            .ok_or_else(|| Error::NotRegistered {
+                table: schema.name.to_string(),
+            })?;
+        let clock = sql::clock_table(&self.db.schema, id);
+        self.tables.push(Table {
+            sql: TableSql::new(&self.db.schema, schema, &clock),
+            schema: schema.clone(),
+            rows: Vec::new(),
+            clocks: Vec::new(),
+        });
+        Ok(())
+    }
+
+    fn current_version(&mut self) -> Result<i64> {
+        let rows = self.query(&sql::last_version(&self.db.schema), &[])?;
+        Ok(rows.first().map_or(0, |r| r.get(0)))
+    }
+
+    fn new_version(&mut self) -> Result<i64> {
+        let statement = sql::take_version(&self.db.schema, self.last_version.is_none());
+        let rows = self.query(&statement, &[])?;
+        let version: i64 = rows
+            .first()
+            .map(|r| r.get(1))
+            .ok_or_else(|| Error::Corrupt {
+                details: "the version sequence gave no version".into(),
+            })?;
+        self.last_version = Some(version);
+        Ok(version)
+    }
+
+    fn version_mark(&mut self) -> i64 {
+        self.last_version.unwrap_or(0)
+    }
+
+    fn forget_versions_after(&mut self, _mark: i64) {
+        // A sequence gives a number once; the versions rolled back stay unused.
+    }
+
+    fn begin_applying(&mut self) -> Result<()> {
+        self.execute("SELECT set_config('synced.applying', 'on', true)", &[])?;
+        Ok(())
+    }
+
+    fn end_applying(&mut self) -> Result<()> {
+        self.execute("SELECT set_config('synced.applying', 'off', true)", &[])?;
+        Ok(())
+    }
+
+    fn site_ordinals(&mut self, sites: &[SiteId]) -> Result<Vec<i64>> {
+        let schema = &self.db.schema;
+        let add = format!(
+            "INSERT INTO {schema}._synced_sites (site_id) SELECT unnest($1::bytea[]) \
+             ON CONFLICT (site_id) DO NOTHING"
+        );
+        let read = format!(
+            "SELECT ordinal, site_id FROM {schema}._synced_sites WHERE site_id = ANY($1::bytea[])"
+        );
+        let bytes: Vec<&[u8]> = sites.iter().map(|s| s.as_bytes().as_slice()).collect();
+        self.execute(&add, &[&bytes])?;
+        let rows = self.query(&read, &[&bytes])?;
+        let found: HashMap<Vec<u8>, i64> = rows
+            .iter()
+            .map(|r| (r.get::<_, Vec<u8>>(1), r.get::<_, i64>(0)))
+            .collect();
+        sites
+            .iter()
+            .map(|site| {
+                found
+                    .get(site.as_bytes().as_slice())
+                    .copied()
+                    .ok_or_else(|| Error::Corrupt {
+                        details: format!("site {site} is not in the dictionary after it was added"),
+                    })
+            })
+            .collect()
+    }
+
+    fn reused_site(&mut self, device: SiteId, claimed: Option<i64>) -> Result<Option<String>> {
+        let schema = &self.db.schema;
+        let site = device.as_bytes().as_slice();
+        let reused =
+            format!("SELECT EXISTS (SELECT 1 FROM {schema}._synced_reused WHERE site_id = $1)");
+        if self.query(&reused, &[&site])?[0].get::<_, bool>(0) {
+            return Ok(Some(format!(
+                "site {device} was used by more than one file; the device needs a new site id"
+            )));
+        }
+        let Some(version) = claimed else {
+            return Ok(None);
+        };
+        let seen = format!(
+            "SELECT p.seen FROM {schema}._synced_peers p JOIN {schema}._synced_sites s \
+             ON s.ordinal = p.site WHERE s.site_id = $1"
+        );
+        let seen: i64 = self.query(&seen, &[&site])?.first().map_or(0, |r| r.get(0));
+        Ok((version < seen).then(|| {
+            format!(
+                "it received versions of site {device} up to {seen}, and the device says it is \
+                 at {version}: its file is a copy of another device's, or was restored from a \
+                 backup; it needs a new site id"
+            )
+        }))
+    }
+
+    fn skipped(&mut self, site: i64, since: i64) -> Result<()> {
+        let statement = format!(
+            "INSERT INTO {}._synced_skipped (site, since) VALUES ($1, $2) \
+             ON CONFLICT (site) DO UPDATE SET since = least(_synced_skipped.since, excluded.since)",
+            self.db.schema
+        );
+        self.execute(&statement, &[&site, &since])?;
+        Ok(())
+    }
+
+    fn peer_seen(&mut self, site: i64) -> Result<i64> {
+        let statement = format!(
+            "SELECT seen FROM {}._synced_peers WHERE site = $1",
+            self.db.schema
+        );
+        Ok(self
+            .query(&statement, &[&site])?
+            .first()
+            .map_or(0, |r| r.get(0)))
+    }
+
+    fn set_peer_seen(&mut self, site: i64, upto: i64) -> Result<()> {
+        let statement = format!(
+            "INSERT INTO {}._synced_peers (site, seen) VALUES ($1, $2) \
+             ON CONFLICT (site) DO UPDATE SET seen = excluded.seen",
+            self.db.schema
+        );
+        self.execute(&statement, &[&site, &upto])?;
+        Ok(())
+    }
+
+    fn read_clocks(&mut self, table: usize, keys: &[&[Value]]) -> Result<Vec<Option<Clock>>> {
+        let t = &self.tables[table];
+        let arrays = value::key_arrays(&t.schema, keys)?;
+        let value_count = t.schema.value_columns().count();
+        let rows = self.query(&t.sql.read_clocks, &arrays.params())?;
+        let mut clocks = vec![None; keys.len()];
+        for row in rows {
+            let i: i64 = row.get(0);
+            let columns = (0..value_count)
+                .map(|c| (row.get(4 + 2 * c), row.get(5 + 2 * c)))
+                .collect();
+            clocks[position(i, keys.len())?] = Some(Clock {
+                cl: row.get(1),
+                dv: row.get(2),
+                created: row.get(3),
+                columns,
+            });
+        }
+        Ok(clocks)
+    }
+
+    fn read_rows(&mut self, table: usize, keys: &[&[Value]]) -> Result<Vec<Option<Vec<Value>>>> {
+        let t = &self.tables[table];
+        let arrays = value::key_arrays(&t.schema, keys)?;
+        let rows = self.query(&t.sql.read_rows, &arrays.params())?;
+        let types: Vec<_> = t.schema.value_columns().map(|c| c.sql_type).collect();
+        let mut values = vec![None; keys.len()];
+        for row in rows {
+            let i: i64 = row.get(0);
+            let read = types
+                .iter()
+                .enumerate()
+                .map(|(c, ty)| value::get(&row, c + 1, *ty))
+                .collect::<Result<Vec<_>>>()?;
+            values[position(i, keys.len())?] = Some(read);
+        }
+        Ok(values)
+    }
+
+    fn write_row<V: Borrow<Value>>(
+        &mut self,
+        table: usize,
+        key: &[Value],
+        values: &[V],
+    ) -> Result<()> {
+        let values = values.iter().map(|v| v.borrow().clone()).collect();
+        let t = &mut self.tables[table];
+        t.rows.push((key.to_vec(), values));
+        if t.rows.len() >= GATHERED {
+            self.write_gathered(table)?;
+        }
+        Ok(())
+    }
+
+    fn write_clock(&mut self, table: usize, key: &[Value], clock: &Clock) -> Result<()> {
+        let t = &mut self.tables[table];
+        t.clocks.push((key.to_vec(), clock.clone()));
+        if t.clocks.len() >= GATHERED {
+            self.write_gathered(table)?;
+        }
+        Ok(())
+    }
+
+    fn delete_row(&mut self, table: usize, key: &[Value]) -> Result<bool> {
+        let statement = self.tables[table].sql.delete.clone();
+        let params = value::params(key)?;
+        Ok(self.execute(&statement, &value::refs(&params))? > 0)
+    }
+
+    fn delete_clock(&mut self, table: usize, key: &[Value]) -> Result<bool> {
+        let statement = self.tables[table].sql.delete_clock.clone();
+        let params = value::params(key)?;
+        Ok(self.execute(&statement, &value::refs(&params))? > 0)
+    }
+
+    fn forgotten(&mut self, _table: usize, _key: &[Value]) {
+        // No change events on a server.
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        for table in 0..self.tables.len() {
+            self.write_gathered(table)?;
+        }
+        Ok(())
+    }
+
+    fn site_of_version(&mut self, version: i64) -> Result<SiteId> {
+        let ordinal = match self.origins.get(&version) {
+            Some(&ordinal) => ordinal,
+            None => {
+                let statement = format!(
+                    "SELECT site FROM {}._synced_versions WHERE db_version = $1",
+                    self.db.schema
+                );
+                let ordinal = self
+                    .query(&statement, &[&version])?
+                    .first()
+                    .map_or(0, |r| r.get(0));
+                self.origins.insert(version, ordinal);
+                ordinal
+            }
+        };
+        if let Some(&site) = self.sites.get(&ordinal) {
+            return Ok(site);
+        }
+        let statement = format!(
+            "SELECT site_id FROM {}._synced_sites WHERE ordinal = $1",
+            self.db.schema
+        );
+        let bytes: Vec<u8> = self
+            .query(&statement, &[&ordinal])?
+            .first()
+            .map(|r| r.get(0))
+            .ok_or_else(|| Error::Corrupt {
+                details: format!("site ordinal {ordinal} is not in _synced_sites"),
+            })?;
+        let site = crate::site::from_stored(&bytes).ok_or_else(|| Error::Corrupt {
+            details: format!("site ordinal {ordinal} has {} bytes, not 16", bytes.len()),
+        })?;
+        self.sites.insert(ordinal, site);
+        Ok(site)
+    }
+
+    fn add_version_origin(&mut self, version: i64, site: i64, origin_version: i64) -> Result<()> {
+        let statement = format!(
+            "INSERT INTO {}._synced_versions (db_version, site, origin_version) VALUES ($1, $2, $3)",
+            self.db.schema
+        );
+        self.execute(&statement, &[&version, &site, &origin_version])?;
+        self.origins.insert(version, site);
+        Ok(())
+    }
+
+    fn made_elsewhere(&mut self, version: i64) -> Result<bool> {
+        let statement = format!(
+            "SELECT EXISTS (SELECT 1 FROM {}._synced_versions WHERE db_version = $1)",
+            self.db.schema
+        );
+        Ok(self.query(&statement, &[&version])?[0].get(0))
+    }
+
+    fn earlier_identity_upto(&mut self) -> Result<Option<i64>> {
+        // A server keeps its site id.
+        Ok(None)
+    }
+
+    fn passes(
+        &mut self,
+        _table: usize,
+        filter: &RowFilter,
+        _key: &[Value],
+    ) -> Result<Option<bool>> {
+        match filter {
+            RowFilter::All => Ok(Some(true)),
+            _ => Err(Error::InvalidFilter {
+                table: self.tables[_table].schema.name.to_string(),
+                message: "row filters on PostgreSQL are not supported yet".into(),
+            }),
+        }
+    }
+
+    fn savepoint(&mut self) -> Result<()> {
+        self.execute("SAVEPOINT synced_row", &[])?;
+        Ok(())
+    }
+
+    fn roll_back_savepoint(&mut self) -> Result<()> {
+        self.runtime
+            .block_on(
+                self.client.batch_execute(
+                    "ROLLBACK TO SAVEPOINT synced_row; RELEASE SAVEPOINT synced_row",
+                ),
+            )
+            .map_err(pg_error)
+    }
+
+    fn release_savepoint(&mut self) -> Result<()> {
+        self.runtime
+            .block_on(self.client.batch_execute("RELEASE SAVEPOINT synced_row"))
+            .map_err(pg_error)
+    }
+
+    fn mark_held(&mut self, reader: i64, table: usize, key: &[Value]) -> Result<()> {
+        let statement = format!(
+            "INSERT INTO {}._synced_held (site, tbl, pk, evicted, at) VALUES ($1, $2, $3, 0, 0) \
+             ON CONFLICT (site, tbl, pk) DO UPDATE SET evicted = 0, at = excluded.at",
+            self.db.schema
+        );
+        let name = self.tables[table].schema.name.to_ascii_lowercase();
+        let key = crate::wire::encode_key(key);
+        self.execute(&statement, &[&reader, &name, &key])?;
+        Ok(())
+    }
+}
+
+/// The index in a set of `len` keys of the position PostgreSQL gave back.
+fn position(ordinality: i64, len: usize) -> Result<usize> {
+    usize::try_from(ordinality - 1)
+        .ok()
+        .filter(|&i| i < len)
+        .ok_or_else(|| Error::Corrupt {
+            details: format!("a set of {len} keys gave back position {ordinality}"),
+        })
+}

@@ -1,0 +1,308 @@
+//! A server's replica on PostgreSQL merges exactly as one on SQLite: the same
+//! pushes, in the same order, leave the same rows and the same clocks (every
+//! causal length, column version and local version) in both.
+//!
+//! ```text
+//! cargo test -p synced-tests --test postgres                              # 24 scripts
+//! SYNCED_POSTGRES_CASES=500 cargo test --release -p synced-tests --test postgres
+//! ```
+
+#![allow(clippy::unwrap_used)] // in tests, a failed unwrap is a failed assertion
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+use sync_runtime::postgres::PgReplica;
+use sync_runtime::server::Replica;
+use sync_runtime::{Since, SyncDb, SyncId, Synced, Value, wire};
+use synced_testkit::postgres::Postgres;
+use tokio_postgres::NoTls;
+
+/// Every column type, nullable or not.
+#[derive(Synced, Debug, Clone, PartialEq)]
+#[synced(table = "items")]
+struct Item {
+    #[synced(primary_key)]
+    id: SyncId,
+    title: String,
+    qty: i64,
+    price: f64,
+    data: Vec<u8>,
+    note: Option<String>,
+}
+
+/// A composite key of text and integer.
+#[derive(Synced, Debug, Clone, PartialEq)]
+#[synced(table = "pairs")]
+struct Pair {
+    #[synced(primary_key)]
+    a: String,
+    #[synced(primary_key)]
+    b: i64,
+    val: Option<i64>,
+}
+
+/// The keys the scripts write: few, so that devices meet on the same rows.
+fn item_id(key: u8) -> SyncId {
+    SyncId::from_uuid(uuid::Uuid::from_u128(u128::from(key) + 1))
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    /// A device writes an item (inserted, or updated if it has it).
+    Write {
+        device: usize,
+        key: u8,
+        title: String,
+        qty: i64,
+        price: f64,
+        note: Option<String>,
+    },
+    /// A device deletes an item.
+    Delete { device: usize, key: u8 },
+    /// A device writes a pair.
+    Pair {
+        device: usize,
+        a: String,
+        b: i64,
+        val: Option<i64>,
+    },
+    /// A device pushes what it wrote since its last push to both servers.
+    Push { device: usize },
+    /// One device takes another's changes, peer to peer.
+    Exchange { from: usize, to: usize },
+}
+
+const DEVICES: usize = 3;
+
+fn step() -> impl Strategy<Value = Step> {
+    let device = 0..DEVICES;
+    prop_oneof![
+        3 => (device.clone(), 0u8..4, "[ab]{0,2}", -2i64..3, prop_oneof![Just(0.0), Just(-0.0), Just(1.5), Just(-1.5)], proptest::option::of("[xy]{0,1}"))
+            .prop_map(|(device, key, title, qty, price, note)| Step::Write { device, key, title, qty, price, note }),
+        1 => (device.clone(), 0u8..4).prop_map(|(device, key)| Step::Delete { device, key }),
+        1 => (device.clone(), "[ab]{1}", 0i64..2, proptest::option::of(-1i64..2))
+            .prop_map(|(device, a, b, val)| Step::Pair { device, a, b, val }),
+        3 => device.clone().prop_map(|device| Step::Push { device }),
+        1 => (device.clone(), device).prop_map(|(from, to)| Step::Exchange { from, to }),
+    ]
+}
+
+/// A table's rows and clocks, each row as its values in a fixed order.
+type Dump = Vec<Vec<Value>>;
+
+/// The statements that read a table's rows and its clock in one order on both
+/// stores: (rows, clock).
+fn dumps(table: &str, keys: &[&str], values: &[&str], clock: &str) -> (String, String) {
+    let quote = |c: &str| format!("\"{c}\"");
+    let order = keys.iter().map(|k| quote(k)).collect::<Vec<_>>().join(", ");
+    let all: Vec<String> = keys.iter().chain(values).map(|c| quote(c)).collect();
+    let mut clock_columns: Vec<String> = keys.iter().map(|k| quote(k)).collect();
+    clock_columns.extend(["_synced_cl", "_synced_dv", "_synced_created"].map(String::from));
+    for value in values {
+        clock_columns.push(quote(&format!("{value}.v")));
+        clock_columns.push(quote(&format!("{value}.dv")));
+    }
+    (
+        format!("SELECT {} FROM {table} ORDER BY {order}", all.join(", ")),
+        format!(
+            "SELECT {} FROM {clock} ORDER BY {order}",
+            clock_columns.join(", ")
+        ),
+    )
+}
+
+fn sqlite_dump(conn: &rusqlite::Connection, query: &str) -> Dump {
+    let mut stmt = conn.prepare(query).unwrap();
+    let columns = stmt.column_count();
+    stmt.query_map([], |row| {
+        (0..columns)
+            .map(|i| {
+                Ok(match row.get_ref(i)? {
+                    rusqlite::types::ValueRef::Null => Value::Null,
+                    rusqlite::types::ValueRef::Integer(i) => Value::Integer(i),
+                    rusqlite::types::ValueRef::Real(r) => Value::Real(r),
+                    rusqlite::types::ValueRef::Text(t) => {
+                        Value::Text(String::from_utf8(t.to_vec()).unwrap())
+                    }
+                    rusqlite::types::ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+                })
+            })
+            .collect()
+    })
+    .unwrap()
+    .collect::<Result<_, _>>()
+    .unwrap()
+}
+
+async fn pg_dump(client: &tokio_postgres::Client, query: &str) -> Dump {
+    use tokio_postgres::types::Type;
+    let rows = client.query(query, &[]).await.unwrap();
+    rows.iter()
+        .map(|row| {
+            row.columns()
+                .iter()
+                .enumerate()
+                .map(|(i, column)| {
+                    let ty = column.type_();
+                    if *ty == Type::INT8 {
+                        row.get::<_, Option<i64>>(i)
+                            .map_or(Value::Null, Value::Integer)
+                    } else if *ty == Type::FLOAT8 {
+                        row.get::<_, Option<f64>>(i)
+                            .map_or(Value::Null, Value::Real)
+                    } else if *ty == Type::TEXT {
+                        row.get::<_, Option<String>>(i)
+                            .map_or(Value::Null, Value::Text)
+                    } else if *ty == Type::BYTEA {
+                        row.get::<_, Option<Vec<u8>>>(i)
+                            .map_or(Value::Null, Value::Blob)
+                    } else {
+                        panic!("unexpected column type {ty}")
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Runs `steps` against a server on SQLite and one on PostgreSQL (database
+/// `name` of `cluster`), and compares them after.
+async fn run(cluster: &Postgres, name: &str, steps: &[Step]) -> Result<(), TestCaseError> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("server.db");
+    let sqlite = Replica::new(SyncDb::open(&path).await.unwrap());
+    let postgres = PgReplica::open(&cluster.connection_string("postgres"), name)
+        .await
+        .unwrap();
+    let schemas = vec![Item::SCHEMA.clone(), Pair::SCHEMA.clone()];
+    sqlite.publish(schemas.clone()).await.unwrap();
+    postgres.publish(schemas).await.unwrap();
+    let mut devices = Vec::new();
+    for _ in 0..DEVICES {
+        let db = SyncDb::open_in_memory().await.unwrap();
+        db.register::<Item>().await.unwrap();
+        db.register::<Pair>().await.unwrap();
+        devices.push((db, 0i64));
+    }
+    for step in steps {
+        match step.clone() {
+            Step::Write {
+                device,
+                key,
+                title,
+                qty,
+                price,
+                note,
+            } => {
+                let item = Item {
+                    id: item_id(key),
+                    title,
+                    qty,
+                    price,
+                    data: vec![key],
+                    note,
+                };
+                devices[device].0.upsert(&item).await.unwrap();
+            }
+            Step::Delete { device, key } => {
+                devices[device]
+                    .0
+                    .delete::<Item>(&item_id(key))
+                    .await
+                    .unwrap();
+            }
+            Step::Pair { device, a, b, val } => {
+                devices[device].0.upsert(&Pair { a, b, val }).await.unwrap();
+            }
+            Step::Exchange { from, to } => {
+                let payload = devices[from]
+                    .0
+                    .export_changes(Since::Beginning)
+                    .await
+                    .unwrap();
+                devices[to].0.apply_changes(&payload).await.unwrap();
+            }
+            Step::Push { device } => {
+                let (db, sent) = &mut devices[device];
+                let payload = db
+                    .export_local_changes(Since::Version(*sent))
+                    .await
+                    .unwrap();
+                let decoded = wire::decode(&payload).unwrap();
+                let upto = i64::try_from(decoded.upto).unwrap();
+                let on_sqlite = sqlite.apply_push(decoded.clone(), db.site_id()).await;
+                let on_postgres = postgres.apply_push(decoded, db.site_id()).await;
+                match (on_sqlite, on_postgres) {
+                    (Ok(a), Ok(b)) => {
+                        prop_assert_eq!(a.applied, b.applied);
+                        prop_assert_eq!(a.rejected, b.rejected);
+                    }
+                    (Err(a), Err(b)) => prop_assert_eq!(a.to_string(), b.to_string()),
+                    (a, b) => prop_assert!(false, "SQLite: {a:?}\nPostgreSQL: {b:?}"),
+                }
+                *sent = upto;
+            }
+        }
+    }
+
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let (client, connection) =
+        tokio_postgres::connect(&cluster.connection_string("postgres"), NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let tables = [
+        (
+            "items",
+            vec!["id"],
+            vec!["title", "qty", "price", "data", "note"],
+            1,
+        ),
+        ("pairs", vec!["a", "b"], vec!["val"], 2),
+    ];
+    for (table, keys, values, number) in tables {
+        let (rows, clock) = dumps(table, &keys, &values, &format!("\"_synced_clock.{table}\""));
+        let (pg_rows, pg_clock) = dumps(
+            &format!("\"{name}\".{table}"),
+            &keys,
+            &values,
+            &format!("\"{name}\".\"_synced_clock_{number}\""),
+        );
+        prop_assert_eq!(
+            sqlite_dump(&conn, &rows),
+            pg_dump(&client, &pg_rows).await,
+            "rows of {}",
+            table
+        );
+        prop_assert_eq!(
+            sqlite_dump(&conn, &clock),
+            pg_dump(&client, &pg_clock).await,
+            "clocks of {}",
+            table
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn pushes_merge_on_postgresql_exactly_as_on_sqlite() {
+    let cases = std::env::var("SYNCED_POSTGRES_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(24);
+    let cluster = Postgres::start().expect("a PostgreSQL cluster starts");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let case = std::cell::Cell::new(0u32);
+    runner
+        .run(&proptest::collection::vec(step(), 1..40), |steps| {
+            case.set(case.get() + 1);
+            let name = format!("case{}", case.get());
+            runtime.block_on(run(&cluster, &name, &steps))
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.log()));
+}
