@@ -378,3 +378,160 @@ pub(crate) fn owned(raw: rusqlite::types::ValueRef<'_>) -> Result<Value> {
 fn corrupt(details: String) -> crate::Error {
     crate::Error::Corrupt { details }
 }
+
+/// What an export reads, from whichever store holds the replica: the clock
+/// rows changed in a range, where the pages of a batched export end, the
+/// origins of local versions, and what a filtered reader holds. Every read of
+/// one export sees one snapshot.
+pub(crate) trait Reads {
+    /// The version the export reads at: every change at or below it is final
+    /// (committed, and no transaction still open will take a version below it).
+    fn upto(&self) -> Result<i64>;
+
+    /// How many times the database was vacuumed (see `Cursor::resumed`).
+    fn vacuums(&self) -> Result<i64>;
+
+    /// The site ordinal and the version there of local version `version`.
+    fn origin(&self, version: i64) -> Result<(i64, i64)>;
+
+    /// The site id of a site ordinal.
+    fn site(&self, ordinal: i64) -> Result<SiteId>;
+
+    /// The site id that made local version `version`.
+    fn site_of(&self, version: i64) -> Result<SiteId> {
+        self.site(self.origin(version)?.0)
+    }
+
+    /// The ordinal of `site`, if the dictionary has it.
+    fn ordinal(&self, site: SiteId) -> Result<Option<i64>>;
+
+    /// The `(version of the last change, creation order)` of up to `limit`
+    /// clock rows of `schema` after `after`, at or below [`upto`](Self::upto),
+    /// in that order: where the pages of a batched export end.
+    fn page_keys(
+        &self,
+        schema: &TableSchema,
+        after: (i64, i64),
+        limit: i64,
+    ) -> Result<Vec<(i64, i64)>>;
+
+    /// Calls `each` for every clock row of `schema` in `range`, at or below
+    /// [`upto`](Self::upto).
+    fn scan(
+        &self,
+        schema: &TableSchema,
+        range: Range<'_>,
+        each: &mut dyn FnMut(ClockRow) -> Result<()>,
+    ) -> Result<()>;
+
+    /// Whether reader `reader` (a site ordinal) has any mark in `table`
+    /// (lowercase).
+    fn holds_in_table(&self, reader: i64, table: &str) -> Result<bool>;
+
+    /// Reader `reader`'s mark on the row of `table` with key `key` (encoded):
+    /// whether it is an eviction, and its version.
+    fn held_mark(&self, reader: i64, table: &str, key: &[u8]) -> Result<Option<(bool, i64)>>;
+
+    /// Whether the row of `schema` with key `pk` passes the row filter `sql`
+    /// (with `params`), if the row exists.
+    fn passes(
+        &self,
+        schema: &TableSchema,
+        sql: &str,
+        params: &[Value],
+        pk: &[Value],
+    ) -> Result<Option<bool>>;
+}
+
+/// A SQLite database's [`Reads`], on the read transaction open on `conn`.
+pub(crate) struct SqliteReads<'c> {
+    conn: &'c Connection,
+    origins: Origins<'c>,
+}
+
+impl<'c> SqliteReads<'c> {
+    /// The reads of the database open on `conn`.
+    pub(crate) fn new(conn: &'c Connection) -> Result<Self> {
+        Ok(Self {
+            conn,
+            origins: Origins::new(conn)?,
+        })
+    }
+}
+
+impl Reads for SqliteReads<'_> {
+    fn upto(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .query_row(sql::CURRENT_VERSION, [], |r| r.get(0))?)
+    }
+
+    fn vacuums(&self) -> Result<i64> {
+        Ok(self.conn.query_row(sql::VACUUMS, [], |r| r.get(0))?)
+    }
+
+    fn origin(&self, version: i64) -> Result<(i64, i64)> {
+        self.origins.of(version)
+    }
+
+    fn site(&self, ordinal: i64) -> Result<SiteId> {
+        self.origins.site(ordinal)
+    }
+
+    fn ordinal(&self, site: SiteId) -> Result<Option<i64>> {
+        site::ordinal(self.conn, site)
+    }
+
+    fn page_keys(
+        &self,
+        schema: &TableSchema,
+        after: (i64, i64),
+        limit: i64,
+    ) -> Result<Vec<(i64, i64)>> {
+        let sql = TableSql::of(schema);
+        let mut stmt = self.conn.prepare_cached(&sql.batch_keys)?;
+        let rows = stmt.query_map((after.0, after.1, limit), |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn scan(
+        &self,
+        schema: &TableSchema,
+        range: Range<'_>,
+        each: &mut dyn FnMut(ClockRow) -> Result<()>,
+    ) -> Result<()> {
+        scan(self.conn, schema, range, each)
+    }
+
+    fn holds_in_table(&self, reader: i64, table: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached(sql::HOLDS_IN_TABLE)?
+            .query_row((reader, table), |r| r.get(0))?)
+    }
+
+    fn held_mark(&self, reader: i64, table: &str, key: &[u8]) -> Result<Option<(bool, i64)>> {
+        Ok(self
+            .conn
+            .prepare_cached(sql::HELD_MARK)?
+            .query_row((reader, table, key), |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?)
+    }
+
+    fn passes(
+        &self,
+        schema: &TableSchema,
+        sql: &str,
+        params: &[Value],
+        pk: &[Value],
+    ) -> Result<Option<bool>> {
+        let query = sql::row_passes(schema, sql, params.len());
+        let mut stmt = self.conn.prepare_cached(&query)?;
+        let bound = params.iter().chain(pk);
+        Ok(stmt
+            .query_row(rusqlite::params_from_iter(bound), |r| r.get(0))
+            .optional()?)
+    }
+}

@@ -4,14 +4,14 @@ use std::collections::HashMap;
 
 use rusqlite::Connection;
 
-use crate::change::{ClockRow, Origins, PageFilter, Range, scan};
+use crate::change::{ClockRow, PageFilter, Range, Reads, SqliteReads};
 use crate::error::Result;
 use crate::filter::{
     Decision, Gate, MAX_WITHHELD, Marks, NewMark, RowFilter, RowFilters, Withheld,
 };
 use crate::id::SiteId;
 use crate::schema::TableSchema;
-use crate::sql::{self, TableSql};
+use crate::sql;
 use crate::value::Value;
 use crate::wire::{self, ColumnChange, Compression, Origin, Payload, RowChange, TableEntry};
 
@@ -451,7 +451,8 @@ pub(crate) fn export_batch(
     scope: Scope,
     limits: BatchLimits,
 ) -> Result<Batch> {
-    Ok(export_gated(conn, tables, from, scope, limits, None)?.0)
+    let reads = SqliteReads::new(conn)?;
+    Ok(export_gated(&reads, tables, from, scope, limits, None)?.0)
 }
 
 /// [`export_batch`] of the changes `reader` may see through `filter` (its own
@@ -466,7 +467,8 @@ pub(crate) fn export_filtered(
     limits: BatchLimits,
     filter: &RowFilters,
 ) -> Result<(Batch, Marks)> {
-    let vacuums = vacuums(conn)?;
+    let reads = SqliteReads::new(conn)?;
+    let vacuums = reads.vacuums()?;
     let from = &from.resumed(vacuums);
     // A reader's first export walks what it may read rather than the history.
     let snapshot = match &from.position {
@@ -488,7 +490,7 @@ pub(crate) fn export_filtered(
     }
     let scope = Scope::Except(reader);
     let gating = Gating::Reader(filter, reader);
-    let (batch, marks, _) = export_gated(conn, tables, from, scope, limits, Some(gating))?;
+    let (batch, marks, _) = export_gated(&reads, tables, from, scope, limits, Some(gating))?;
     let at = batch.version;
     Ok((batch, Marks::new(reader, marks, at)))
 }
@@ -507,7 +509,8 @@ pub(crate) fn export_for_nobody(
     limits: BatchLimits,
     filter: &RowFilters,
 ) -> Result<Option<Gated>> {
-    let resumed = from.resumed(vacuums(conn)?);
+    let reads = SqliteReads::new(conn)?;
+    let resumed = from.resumed(reads.vacuums()?);
     let first = match &resumed.position {
         Position::Snapshot(_) => true,
         Position::Base => resumed.base == 0,
@@ -517,32 +520,35 @@ pub(crate) fn export_for_nobody(
         return Ok(None);
     }
     let gating = Some(Gating::Nobody(filter));
-    let gated = export_gated(conn, tables, from, Scope::All, limits, gating)?;
+    let gated = export_gated(&reads, tables, from, Scope::All, limits, gating)?;
     Ok(Some(gated).filter(|(_, _, withheld)| withheld.len() <= MAX_WITHHELD))
 }
 
 /// A batch of a filtered export, with the marks its rows set and the rows it
 /// left out (see [`Gate`]).
-type Gated = (Batch, Vec<NewMark>, Vec<Withheld>);
+pub(crate) type Gated = (Batch, Vec<NewMark>, Vec<Withheld>);
 
 /// Whose rows a filtered export decides: a reader's, or no reader's in
 /// particular.
-enum Gating<'f> {
+pub(crate) enum Gating<'f> {
     Reader(&'f RowFilters, SiteId),
     Nobody(&'f RowFilters),
 }
 
-fn export_gated(
-    conn: &Connection,
+/// The batch after `from` of `tables` read through `reads`, within `limits`,
+/// of the changes `scope` wants, each row decided by `gating` if the export
+/// is filtered (see [`export_batch`], [`export_filtered`] and
+/// [`export_for_nobody`]).
+pub(crate) fn export_gated(
+    reads: &dyn Reads,
     tables: &[TableSchema],
     from: &Cursor,
     scope: Scope,
     limits: BatchLimits,
     gating: Option<Gating<'_>>,
 ) -> Result<Gated> {
-    let origins = Origins::new(conn)?;
-    let upto: i64 = conn.query_row(sql::CURRENT_VERSION, [], |r| r.get(0))?;
-    let vacuums = vacuums(conn)?;
+    let upto = reads.upto()?;
+    let vacuums = reads.vacuums()?;
     let resumed = from.resumed(vacuums);
     let from = &resumed;
     // A cursor past this database's history came from another database (one that
@@ -554,10 +560,10 @@ fn export_gated(
     };
     let (tables, names) = export_order(tables);
     let max_rows = limits.max_rows.max(1);
-    let mut sites = SiteDictionary::new(&origins);
+    let mut sites = SiteDictionary::new(reads);
     let base = from.base;
     let mut gate = match gating {
-        Some(Gating::Reader(filter, reader)) => Some(Gate::new(conn, filter, reader, base, upto)?),
+        Some(Gating::Reader(filter, reader)) => Some(Gate::new(reads, filter, reader, base, upto)?),
         Some(Gating::Nobody(filter)) => Some(Gate::nobody(filter, base, upto)),
         None => None,
     };
@@ -572,7 +578,7 @@ fn export_gated(
     // empty: a device that just pushed a large change set does not fetch it back
     // as empty batches.
     let mut end = loop {
-        let end = page_end(conn, &tables, &names, &from, max_rows)?;
+        let end = page_end(reads, &tables, &names, &from, max_rows)?;
         for (index, schema) in tables.iter().enumerate() {
             let after = from.after(&names[index]);
             let last = match &end {
@@ -587,7 +593,7 @@ fn export_gated(
                     RowFilter::Where { sql, params } => Some(PageFilter {
                         sql: sql.as_str(),
                         params: params.as_slice(),
-                        only_passing_for: gate.unmarked_reader(conn, schema)?,
+                        only_passing_for: gate.unmarked_reader(reads, schema)?,
                     }),
                     _ => None,
                 },
@@ -599,12 +605,12 @@ fn export_gated(
                 upto: last,
                 filter,
             };
-            scan(conn, schema, range, |row| {
+            reads.scan(schema, range, &mut |row| {
                 let place = (row.version, index, row.rowid);
                 let table = index as u32;
                 let decision = match &mut gate {
                     Some(gate) => {
-                        let (decision, mark) = gate.decide(conn, &origins, schema, &row)?;
+                        let (decision, mark) = gate.decide(reads, schema, &row)?;
                         marks.extend(mark.map(|mark| (place, mark)));
                         decision
                     }
@@ -662,7 +668,7 @@ fn export_gated(
         complete,
         next,
     };
-    let batch = finish(&tables, &origins, sites, rows, done)?;
+    let batch = finish(&tables, reads, sites, rows, done)?;
     let marks = marks.into_iter().map(|(_, mark)| mark).collect();
     Ok((batch, marks, gate.map(Gate::withheld).unwrap_or_default()))
 }
@@ -679,10 +685,10 @@ pub(crate) fn export_restore<'a>(
     rows: impl Iterator<Item = (&'a str, &'a [Value])>,
     reader: Option<(SiteId, &RowFilters)>,
 ) -> Result<Vec<u8>> {
-    let origins = Origins::new(conn)?;
-    let upto: i64 = conn.query_row(sql::CURRENT_VERSION, [], |r| r.get(0))?;
+    let reads = SqliteReads::new(conn)?;
+    let upto = reads.upto()?;
     let (tables, names) = export_order(tables);
-    let mut sites = SiteDictionary::new(&origins);
+    let mut sites = SiteDictionary::new(&reads);
     let ordinal = match reader {
         Some((site, _)) => Some(crate::site::local_sites(conn, &[site])?[0]),
         None => None,
@@ -747,7 +753,7 @@ pub(crate) fn export_restore<'a>(
         next: Cursor::BEGINNING,
     };
     let rows = out.into_iter().map(|row| (row, true));
-    Ok(finish(&tables, &origins, sites, rows, done)?.payload)
+    Ok(finish(&tables, &reads, sites, rows, done)?.payload)
 }
 
 /// `tables` in export order (case-insensitive name order), with their lowercase
@@ -772,7 +778,7 @@ pub(crate) struct Done {
 /// changes), in order.
 pub(crate) fn finish(
     tables: &[&TableSchema],
-    origins: &Origins<'_>,
+    reads: &dyn Reads,
     sites: SiteDictionary<'_>,
     rows: impl Iterator<Item = (RowChange, bool)>,
     done: Done,
@@ -800,7 +806,7 @@ pub(crate) fn finish(
     }
     payload.sites = sites.list;
     payload.schema_fingerprint = crate::schema::fingerprint(included.iter().copied());
-    payload.exporter = origins.site(0)?;
+    payload.exporter = reads.site(0)?;
     // A payload claims to hold everything between `since` and `upto` only when it
     // does: a partial batch claims nothing beyond its base.
     let upto = u64::try_from(done.upto).unwrap_or_default();
@@ -819,15 +825,10 @@ pub(crate) fn finish(
     })
 }
 
-/// How many times the database was vacuumed (see [`Cursor::resumed`]).
-fn vacuums(conn: &Connection) -> Result<i64> {
-    Ok(conn.query_row(sql::VACUUMS, [], |r| r.get(0))?)
-}
-
 /// Where the batch starting after `from` ends if more than `max_rows` rows follow
 /// it: the cursor after its last row; `None` if the rest fits.
 fn page_end(
-    conn: &Connection,
+    reads: &dyn Reads,
     tables: &[&TableSchema],
     names: &[String],
     from: &Cursor,
@@ -841,12 +842,9 @@ fn page_end(
         .saturating_add(1);
     let mut keys: Vec<(i64, usize, i64)> = Vec::new();
     for (index, schema) in tables.iter().enumerate() {
-        let (version, rowid) = from.after(&names[index]);
-        let sql = TableSql::of(schema);
-        let mut stmt = conn.prepare_cached(&sql.batch_keys)?;
-        let mut rows = stmt.query((version, rowid, limit))?;
-        while let Some(row) = rows.next()? {
-            keys.push((row.get(0)?, index, row.get(1)?));
+        let after = from.after(&names[index]);
+        for (version, rowid) in reads.page_keys(schema, after, limit)? {
+            keys.push((version, index, rowid));
         }
     }
     if keys.len() <= max_rows {
@@ -973,7 +971,7 @@ pub(crate) fn row_size(row: &RowChange) -> usize {
 
 /// The payload's site dictionary, filled as origins are looked up.
 pub(crate) struct SiteDictionary<'o> {
-    origins: &'o Origins<'o>,
+    reads: &'o dyn Reads,
     index: HashMap<i64, u32>,
     list: Vec<SiteId>,
     /// The ordinal looked up last, and its index.
@@ -981,9 +979,9 @@ pub(crate) struct SiteDictionary<'o> {
 }
 
 impl<'o> SiteDictionary<'o> {
-    pub(crate) fn new(origins: &'o Origins<'o>) -> Self {
+    pub(crate) fn new(reads: &'o dyn Reads) -> Self {
         Self {
-            origins,
+            reads,
             index: HashMap::new(),
             list: Vec::new(),
             last: None,
@@ -992,25 +990,25 @@ impl<'o> SiteDictionary<'o> {
 
     /// Whether local version `version` was made here.
     fn is_local(&self, version: i64) -> Result<bool> {
-        Ok(self.origins.of(version)?.0 == 0)
+        Ok(self.reads.origin(version)?.0 == 0)
     }
 
     /// Whether local version `version` holds changes that `site` made.
     fn made_by(&self, version: i64, site: SiteId) -> Result<bool> {
-        Ok(self.origins.site_of(version)? == site)
+        Ok(self.reads.site_of(version)? == site)
     }
 
     /// The payload origin of local version `version`, its site added to the
     /// dictionary.
     fn origin(&mut self, version: i64) -> Result<Origin> {
-        let (ordinal, origin_version) = self.origins.of(version)?;
+        let (ordinal, origin_version) = self.reads.origin(version)?;
         let site = match self.last {
             Some((last, index)) if last == ordinal => index,
             _ => match self.index.get(&ordinal) {
                 Some(&index) => index,
                 None => {
                     let index = self.list.len() as u32;
-                    self.list.push(self.origins.site(ordinal)?);
+                    self.list.push(self.reads.site(ordinal)?);
                     self.index.insert(ordinal, index);
                     index
                 }

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 
 use rusqlite::{Connection, OptionalExtension};
 
-use crate::change::{ClockRow, Origins};
+use crate::change::{ClockRow, Reads};
 use crate::error::Result;
 use crate::id::SiteId;
 use crate::schema::TableSchema;
@@ -354,13 +354,13 @@ impl Withheld {
 impl<'f> Gate<'f> {
     /// A gate for `reader` exporting after `base`, at version `upto`.
     pub(crate) fn new(
-        conn: &Connection,
+        reads: &dyn Reads,
         filter: &'f RowFilters,
         reader: SiteId,
         base: i64,
         upto: i64,
     ) -> Result<Self> {
-        let reader = crate::site::ordinal(conn, reader)?;
+        let reader = reads.ordinal(reader)?;
         Ok(Self {
             filter,
             reader,
@@ -415,13 +415,13 @@ impl<'f> Gate<'f> {
     /// and a scan may leave out the others.
     pub(crate) fn unmarked_reader(
         &mut self,
-        conn: &Connection,
+        reads: &dyn Reads,
         schema: &TableSchema,
     ) -> Result<Option<i64>> {
         let table = schema.name.to_ascii_lowercase();
         // For no reader in particular, every row is read: those left out are
         // listed.
-        if self.nobody.is_some() || self.is_marked(conn, &table)? {
+        if self.nobody.is_some() || self.is_marked(reads, &table)? {
             return Ok(None);
         }
         // A reader the site dictionary does not know created nothing here: no
@@ -430,16 +430,14 @@ impl<'f> Gate<'f> {
     }
 
     /// Whether the reader has any mark in `table` (lowercase).
-    fn is_marked(&mut self, conn: &Connection, table: &str) -> Result<bool> {
+    fn is_marked(&mut self, reads: &dyn Reads, table: &str) -> Result<bool> {
         let Some(reader) = self.reader else {
             return Ok(false);
         };
         if let Some(&marked) = self.marked.get(table) {
             return Ok(marked);
         }
-        let marked = conn
-            .prepare_cached(sql::HOLDS_IN_TABLE)?
-            .query_row((reader, table), |r| r.get(0))?;
+        let marked = reads.holds_in_table(reader, table)?;
         self.marked.insert(table.to_owned(), marked);
         Ok(marked)
     }
@@ -447,8 +445,7 @@ impl<'f> Gate<'f> {
     /// What goes of `row` of `schema`, and the mark that sets on the row.
     pub(crate) fn decide(
         &mut self,
-        conn: &Connection,
-        origins: &Origins<'_>,
+        reads: &dyn Reads,
         schema: &TableSchema,
         row: &ClockRow,
     ) -> Result<(Decision, Option<NewMark>)> {
@@ -458,23 +455,22 @@ impl<'f> Gate<'f> {
         }
         let table = schema.name.to_ascii_lowercase();
         if self.nobody.is_some() {
-            return self.decide_for_nobody(conn, origins, schema, row, table);
+            return self.decide_for_nobody(reads, schema, row, table);
         }
         // A reader with no marks in a table (its first fetch, typically) needs no
         // look-up per row.
-        let mark = if !self.is_marked(conn, &table)? {
-            None
-        } else {
-            conn.prepare_cached(sql::HELD_MARK)?
-                .query_row((self.reader, &table, wire::encode_key(&row.pk)), |r| {
-                    let (evicted, at): (bool, i64) = (r.get(0)?, r.get(1)?);
-                    Ok(if evicted {
+        let marked = self.is_marked(reads, &table)?;
+        let mark = match self.reader {
+            Some(reader) if marked => reads
+                .held_mark(reader, &table, &wire::encode_key(&row.pk))?
+                .map(|(evicted, at)| {
+                    if evicted {
                         Mark::Evicted { at }
                     } else {
                         Mark::Held { at }
-                    })
-                })
-                .optional()?
+                    }
+                }),
+            _ => None,
         };
         let lives = row.cl % 2 == 1;
         // A reader holds what it was sent (and received: the mark is not newer than
@@ -482,11 +478,11 @@ impl<'f> Gate<'f> {
         let holds = match mark {
             Some(Mark::Held { at }) => Some(at <= self.base),
             Some(Mark::Evicted { .. }) => None,
-            None => (Some(origins.of(row.created)?.0) == self.reader).then_some(true),
+            None => (Some(reads.origin(row.created)?.0) == self.reader).then_some(true),
         };
         // An eviction the reader may not have received goes again.
         let evicted_unseen = matches!(mark, Some(Mark::Evicted { at }) if at > self.base);
-        let readable = self.readable(conn, schema, row)?;
+        let readable = self.readable(reads, schema, row)?;
         let decision = match (readable, holds) {
             (true, Some(true)) => Decision::Changes,
             (true, _) => Decision::Whole,
@@ -511,35 +507,38 @@ impl<'f> Gate<'f> {
     }
 
     /// Whether `row` of `schema` lives and its table's filter lets it through.
-    fn readable(&self, conn: &Connection, schema: &TableSchema, row: &ClockRow) -> Result<bool> {
-        Ok(row.cl % 2 == 1
-            && row.exists
-            && match row.passes {
-                Some(passes) => passes,
-                None => {
-                    passes(conn, schema, self.filter.for_table(&schema.name), &row.pk)?
-                        == Some(true)
-                }
-            })
+    fn readable(&self, reads: &dyn Reads, schema: &TableSchema, row: &ClockRow) -> Result<bool> {
+        if row.cl % 2 == 0 || !row.exists {
+            return Ok(false);
+        }
+        if let Some(passes) = row.passes {
+            return Ok(passes);
+        }
+        Ok(match self.filter.for_table(&schema.name) {
+            RowFilter::All => true,
+            RowFilter::Nothing => false,
+            RowFilter::Where { sql, params } => {
+                reads.passes(schema, sql, params, &row.pk)? == Some(true)
+            }
+        })
     }
 
     /// [`decide`](Self::decide) for a reader that holds nothing: a row it may
     /// read goes whole, and is marked held; any other is left out, and listed.
     fn decide_for_nobody(
         &mut self,
-        conn: &Connection,
-        origins: &Origins<'_>,
+        reads: &dyn Reads,
         schema: &TableSchema,
         row: &ClockRow,
         table: String,
     ) -> Result<(Decision, Option<NewMark>)> {
-        let readable = self.readable(conn, schema, row)?;
+        let readable = self.readable(reads, schema, row)?;
         let key = wire::encode_key(&row.pk);
         if readable {
             let mark = Mark::Held { at: self.upto };
             return Ok((Decision::Whole, Some(NewMark { table, key, mark })));
         }
-        let creator = origins.of(row.created)?.0;
+        let creator = reads.origin(row.created)?.0;
         if let Some(withheld) = &mut self.nobody {
             withheld.push(Withheld {
                 table,

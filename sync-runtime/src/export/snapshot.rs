@@ -22,7 +22,7 @@ use super::{
     Batch, BatchLimits, Cursor, Done, Scope, SiteDictionary, SnapshotEnd, SnapshotPart, decided,
     export_order, finish, row_size,
 };
-use crate::change::{Origins, clock_row};
+use crate::change::{Reads, SqliteReads, clock_row};
 use crate::error::{Error, Result};
 use crate::filter::{Gate, NewMark, RowFilter, RowFilters};
 use crate::id::SiteId;
@@ -53,17 +53,17 @@ pub(crate) fn export(
     limits: BatchLimits,
     filter: &RowFilters,
 ) -> Result<(Batch, Vec<NewMark>)> {
-    let origins = Origins::new(conn)?;
-    let upto: i64 = conn.query_row(sql::CURRENT_VERSION, [], |r| r.get(0))?;
+    let reads = SqliteReads::new(conn)?;
+    let upto = reads.upto()?;
     // A snapshot past this database's history came from another database: start
     // over.
     let from = from.filter(|end| end.at <= upto);
     let at = from.map_or(upto, |end| end.at);
     let (tables, names) = export_order(tables);
     let mut walk = Walk {
-        gate: Gate::new(conn, filter, reader, 0, upto)?,
-        origins: &origins,
-        sites: SiteDictionary::new(&origins),
+        gate: Gate::new(&reads, filter, reader, 0, upto)?,
+        reads: &reads,
+        sites: SiteDictionary::new(&reads),
         reader,
         at,
         rows: Vec::new(),
@@ -92,7 +92,7 @@ pub(crate) fn export(
 /// One batch of a snapshot being gathered.
 struct Walk<'c, 'f> {
     gate: Gate<'f>,
-    origins: &'c Origins<'c>,
+    reads: &'c SqliteReads<'c>,
     sites: SiteDictionary<'c>,
     reader: SiteId,
     /// The version the snapshot started at.
@@ -134,7 +134,7 @@ impl Walk<'_, '_> {
                 sql::ClockLayout::changes(schema).after(schema.value_columns().count()) + 3;
             while let Some(found) = found.next()? {
                 let rowid: i64 = found.get(position)?;
-                if self.add(conn, schema, index, clock_row(found, schema, 0, true)?)? {
+                if self.add(schema, index, clock_row(found, schema, 0, true)?)? {
                     return Ok(Some(SnapshotPart::Readable(rowid)));
                 }
             }
@@ -172,7 +172,7 @@ impl Walk<'_, '_> {
             if row.cl % 2 == 1 && row.exists && row.passes == Some(true) {
                 continue;
             }
-            if self.add(conn, schema, index, row)? {
+            if self.add(schema, index, row)? {
                 return Ok(Some(SnapshotPart::Held(key)));
             }
         }
@@ -182,12 +182,11 @@ impl Walk<'_, '_> {
     /// Adds what goes of `row` to the batch; true once the batch is full.
     fn add(
         &mut self,
-        conn: &Connection,
         schema: &TableSchema,
         index: usize,
         row: crate::change::ClockRow,
     ) -> Result<bool> {
-        let (decision, mark) = self.gate.decide(conn, self.origins, schema, &row)?;
+        let (decision, mark) = self.gate.decide(self.reads, schema, &row)?;
         self.marks.extend(mark);
         let scope = Scope::Except(self.reader);
         let Some((change, existence)) =
@@ -213,13 +212,7 @@ impl Walk<'_, '_> {
             complete,
             next,
         };
-        let batch = finish(
-            tables,
-            self.origins,
-            self.sites,
-            self.rows.into_iter(),
-            done,
-        )?;
+        let batch = finish(tables, self.reads, self.sites, self.rows.into_iter(), done)?;
         Ok((batch, self.marks))
     }
 }
