@@ -1,6 +1,9 @@
-//! A server's replica on PostgreSQL merges exactly as one on SQLite: the same
-//! pushes, in the same order, leave the same rows and the same clocks (every
-//! causal length, column version and local version) in both.
+//! A server's replica on PostgreSQL merges and exports exactly as one on
+//! SQLite. Each device is two copies of one file (one site id): one syncs
+//! with a server on SQLite, the other with a server on PostgreSQL, and both
+//! make the same writes. The same pushes and pulls, in the same order, leave
+//! the same rows and the same clocks (every causal length, column version and
+//! local version) on both servers and on both copies of every device.
 //!
 //! ```text
 //! cargo test -p synced-tests --test postgres                              # 24 scripts
@@ -13,7 +16,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use sync_runtime::postgres::PgReplica;
 use sync_runtime::server::Replica;
-use sync_runtime::{Since, SyncDb, SyncId, Synced, Value, wire};
+use sync_runtime::{BatchLimits, Cursor, Since, SyncDb, SyncId, Synced, Value, wire};
 use synced_testkit::postgres::Postgres;
 use tokio_postgres::NoTls;
 
@@ -68,6 +71,9 @@ enum Step {
     },
     /// A device pushes what it wrote since its last push to both servers.
     Push { device: usize },
+    /// A device pulls what its server has after its cursor, in batches of
+    /// `rows` rows.
+    Pull { device: usize, rows: usize },
     /// One device takes another's changes, peer to peer.
     Exchange { from: usize, to: usize },
 }
@@ -83,6 +89,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (device.clone(), "[ab]{1}", 0i64..2, proptest::option::of(-1i64..2))
             .prop_map(|(device, a, b, val)| Step::Pair { device, a, b, val }),
         3 => device.clone().prop_map(|device| Step::Push { device }),
+        2 => (device.clone(), 1usize..4).prop_map(|(device, rows)| Step::Pull { device, rows }),
         1 => (device.clone(), device).prop_map(|(from, to)| Step::Exchange { from, to }),
     ]
 }
@@ -165,8 +172,30 @@ async fn pg_dump(client: &tokio_postgres::Client, query: &str) -> Dump {
         .collect()
 }
 
+/// One device: its copy that syncs with the server on SQLite and its copy
+/// that syncs with the server on PostgreSQL, each with what it pushed up to
+/// and its cursor.
+struct Device {
+    copies: [SyncDb; 2],
+    paths: [std::path::PathBuf; 2],
+    sent: [i64; 2],
+    cursors: [Cursor; 2],
+}
+
+/// The tables of the scripts: name, key columns, value columns, and the
+/// number of its clock on PostgreSQL.
+const TABLES: [(&str, &[&str], &[&str], i64); 2] = [
+    (
+        "items",
+        &["id"],
+        &["title", "qty", "price", "data", "note"],
+        1,
+    ),
+    ("pairs", &["a", "b"], &["val"], 2),
+];
+
 /// Runs `steps` against a server on SQLite and one on PostgreSQL (database
-/// `name` of `cluster`), and compares them after.
+/// `name` of `cluster`), and compares them, and each device's copies, after.
 async fn run(cluster: &Postgres, name: &str, steps: &[Step]) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("server.db");
@@ -178,11 +207,29 @@ async fn run(cluster: &Postgres, name: &str, steps: &[Step]) -> Result<(), TestC
     sqlite.publish(schemas.clone()).await.unwrap();
     postgres.publish(schemas).await.unwrap();
     let mut devices = Vec::new();
-    for _ in 0..DEVICES {
-        let db = SyncDb::open_in_memory().await.unwrap();
-        db.register::<Item>().await.unwrap();
-        db.register::<Pair>().await.unwrap();
-        devices.push((db, 0i64));
+    for i in 0..DEVICES {
+        let paths = [0, 1].map(|copy| dir.path().join(format!("device{i}-{copy}.db")));
+        let first = SyncDb::open(&paths[0]).await.unwrap();
+        first.register::<Item>().await.unwrap();
+        first.register::<Pair>().await.unwrap();
+        // The file with its WAL: a copy with the same site id.
+        for suffix in ["", "-wal", "-shm"] {
+            let source = format!("{}{suffix}", paths[0].display());
+            if std::path::Path::new(&source).exists() {
+                std::fs::copy(&source, format!("{}{suffix}", paths[1].display())).unwrap();
+            }
+        }
+        let copy = SyncDb::open(&paths[1]).await.unwrap();
+        copy.register::<Item>().await.unwrap();
+        copy.register::<Pair>().await.unwrap();
+        let copies = [first, copy];
+        prop_assert_eq!(copies[0].site_id(), copies[1].site_id());
+        devices.push(Device {
+            copies,
+            paths,
+            sent: [0, 0],
+            cursors: [Cursor::BEGINNING, Cursor::BEGINNING],
+        });
     }
     for step in steps {
         match step.clone() {
@@ -202,45 +249,80 @@ async fn run(cluster: &Postgres, name: &str, steps: &[Step]) -> Result<(), TestC
                     data: vec![key],
                     note,
                 };
-                devices[device].0.upsert(&item).await.unwrap();
+                for db in &devices[device].copies {
+                    db.upsert(&item).await.unwrap();
+                }
             }
             Step::Delete { device, key } => {
-                devices[device]
-                    .0
-                    .delete::<Item>(&item_id(key))
-                    .await
-                    .unwrap();
+                for db in &devices[device].copies {
+                    db.delete::<Item>(&item_id(key)).await.unwrap();
+                }
             }
             Step::Pair { device, a, b, val } => {
-                devices[device].0.upsert(&Pair { a, b, val }).await.unwrap();
+                let pair = Pair { a, b, val };
+                for db in &devices[device].copies {
+                    db.upsert(&pair).await.unwrap();
+                }
             }
             Step::Exchange { from, to } => {
-                let payload = devices[from]
-                    .0
-                    .export_changes(Since::Beginning)
-                    .await
-                    .unwrap();
-                devices[to].0.apply_changes(&payload).await.unwrap();
+                for copy in 0..2 {
+                    let payload = devices[from].copies[copy]
+                        .export_changes(Since::Beginning)
+                        .await
+                        .unwrap();
+                    devices[to].copies[copy]
+                        .apply_changes(&payload)
+                        .await
+                        .unwrap();
+                }
             }
             Step::Push { device } => {
-                let (db, sent) = &mut devices[device];
-                let payload = db
-                    .export_local_changes(Since::Version(*sent))
-                    .await
-                    .unwrap();
-                let decoded = wire::decode(&payload).unwrap();
-                let upto = i64::try_from(decoded.upto).unwrap();
-                let on_sqlite = sqlite.apply_push(decoded.clone(), db.site_id()).await;
-                let on_postgres = postgres.apply_push(decoded, db.site_id()).await;
-                match (on_sqlite, on_postgres) {
+                let device = &mut devices[device];
+                let mut pushed = Vec::new();
+                for copy in 0..2 {
+                    let db = &device.copies[copy];
+                    let since = Since::Version(device.sent[copy]);
+                    let payload = db.export_local_changes(since).await.unwrap();
+                    let decoded = wire::decode(&payload).unwrap();
+                    device.sent[copy] = i64::try_from(decoded.upto).unwrap();
+                    pushed.push(match copy {
+                        0 => sqlite.apply_push(decoded, db.site_id()).await,
+                        _ => postgres.apply_push(decoded, db.site_id()).await,
+                    });
+                }
+                match (&pushed[0], &pushed[1]) {
                     (Ok(a), Ok(b)) => {
                         prop_assert_eq!(a.applied, b.applied);
-                        prop_assert_eq!(a.rejected, b.rejected);
+                        prop_assert_eq!(&a.rejected, &b.rejected);
                     }
                     (Err(a), Err(b)) => prop_assert_eq!(a.to_string(), b.to_string()),
                     (a, b) => prop_assert!(false, "SQLite: {a:?}\nPostgreSQL: {b:?}"),
                 }
-                *sent = upto;
+            }
+            Step::Pull { device, rows } => {
+                let device = &mut devices[device];
+                let limits = BatchLimits::default().max_rows(rows);
+                let site = device.copies[0].site_id();
+                loop {
+                    let (a, _) = sqlite
+                        .export_for_device(site, device.cursors[0].clone(), limits, None)
+                        .await
+                        .unwrap();
+                    let (b, _) = postgres
+                        .export_for_device(site, device.cursors[1].clone(), limits)
+                        .await
+                        .unwrap();
+                    prop_assert_eq!(
+                        (a.rows, a.changes, a.complete),
+                        (b.rows, b.changes, b.complete)
+                    );
+                    device.copies[0].apply_changes(&a.payload).await.unwrap();
+                    device.copies[1].apply_changes(&b.payload).await.unwrap();
+                    device.cursors = [a.next, b.next];
+                    if a.complete {
+                        break;
+                    }
+                }
             }
         }
     }
@@ -251,21 +333,12 @@ async fn run(cluster: &Postgres, name: &str, steps: &[Step]) -> Result<(), TestC
             .await
             .unwrap();
     tokio::spawn(connection);
-    let tables = [
-        (
-            "items",
-            vec!["id"],
-            vec!["title", "qty", "price", "data", "note"],
-            1,
-        ),
-        ("pairs", vec!["a", "b"], vec!["val"], 2),
-    ];
-    for (table, keys, values, number) in tables {
-        let (rows, clock) = dumps(table, &keys, &values, &format!("\"_synced_clock.{table}\""));
+    for (table, keys, values, number) in TABLES {
+        let (rows, clock) = dumps(table, keys, values, &format!("\"_synced_clock.{table}\""));
         let (pg_rows, pg_clock) = dumps(
             &format!("\"{name}\".{table}"),
-            &keys,
-            &values,
+            keys,
+            values,
             &format!("\"{name}\".\"_synced_clock_{number}\""),
         );
         prop_assert_eq!(
@@ -280,6 +353,20 @@ async fn run(cluster: &Postgres, name: &str, steps: &[Step]) -> Result<(), TestC
             "clocks of {}",
             table
         );
+        for device in &devices {
+            let copies = device
+                .paths
+                .each_ref()
+                .map(|path| rusqlite::Connection::open(path).unwrap());
+            for query in [&rows, &clock] {
+                prop_assert_eq!(
+                    sqlite_dump(&copies[0], query),
+                    sqlite_dump(&copies[1], query),
+                    "a device's copies differ in {}",
+                    table
+                );
+            }
+        }
     }
     Ok(())
 }

@@ -13,11 +13,13 @@ use tokio::runtime::Handle;
 use tokio_postgres::{Client, NoTls};
 
 use crate::error::{Error, Result};
+use crate::export::{self, Batch, BatchLimits, Cursor, Scope};
 use crate::id::SiteId;
 use crate::merge::{self, PushReport};
 use crate::schema::TableSchema;
 use crate::wire::Payload;
 
+mod reads;
 mod sql;
 mod storage;
 mod value;
@@ -43,9 +45,69 @@ pub(crate) struct Db {
     schema: String,
     /// Its site id.
     site: SiteId,
+    /// The lock space of its version locks (see [`sql::take_version`]).
+    space: i64,
 }
 
 impl Db {
+    /// The version every change at or below which is committed and visible to
+    /// a snapshot taken after this returns (see [`sql::LOWEST_FLOOR`]).
+    fn horizon(&self, client: &Client, runtime: &Handle) -> Result<i64> {
+        runtime
+            .block_on(async {
+                let last: i64 = client
+                    .query_one(&sql::last_version(&self.schema), &[])
+                    .await?
+                    .get(0);
+                let floor: Option<i64> = client
+                    .query_one(sql::LOWEST_FLOOR, &[&self.space])
+                    .await?
+                    .get(0);
+                Ok(floor.map_or(last, |floor| floor.min(last)))
+            })
+            .map_err(pg_error)
+    }
+
+    /// How far this database has received device site `device`; refused with
+    /// [`Error::SiteReused`] if more than one file used it.
+    fn served_site(&self, client: &Client, runtime: &Handle, device: SiteId) -> Result<i64> {
+        let site = device.as_bytes().as_slice();
+        let (reused, seen) = runtime
+            .block_on(async {
+                let reused: bool = client
+                    .query_one(
+                        &format!(
+                            "SELECT EXISTS (SELECT 1 FROM {}._synced_reused WHERE site_id = $1)",
+                            self.schema
+                        ),
+                        &[&site],
+                    )
+                    .await?
+                    .get(0);
+                let seen: Option<i64> = client
+                    .query_opt(
+                        &format!(
+                            "SELECT p.seen FROM {0}._synced_peers p JOIN {0}._synced_sites s \
+                             ON s.ordinal = p.site WHERE s.site_id = $1",
+                            self.schema
+                        ),
+                        &[&site],
+                    )
+                    .await?
+                    .map(|r| r.get(0));
+                Ok((reused, seen.unwrap_or(0)))
+            })
+            .map_err(pg_error)?;
+        if reused {
+            return Err(Error::SiteReused {
+                message: format!(
+                    "site {device} was used by more than one file; the device needs a new site id"
+                ),
+            });
+        }
+        Ok(seen)
+    }
+
     /// The synced tables, with their numbers (which name their clocks).
     fn tables(&self, client: &Client, runtime: &Handle) -> Result<Vec<(i64, TableSchema)>> {
         let statement = format!(
@@ -143,12 +205,15 @@ impl PgReplica {
                 )
                 .await?;
             let row = client
-                .query_one(&format!("SELECT site_id FROM {schema}._synced_state"), &[])
+                .query_one(
+                    &format!("SELECT site_id, lock_space FROM {schema}._synced_state"),
+                    &[],
+                )
                 .await?;
             client.batch_execute("COMMIT").await?;
-            Ok::<Vec<u8>, tokio_postgres::Error>(row.get(0))
+            Ok::<(Vec<u8>, i64), tokio_postgres::Error>((row.get(0), row.get(1)))
         };
-        let site = match setup.await {
+        let (site, space) = match setup.await {
             Ok(site) => site,
             Err(error) => {
                 client.batch_execute("ROLLBACK").await.ok();
@@ -161,7 +226,11 @@ impl PgReplica {
         drop(client);
         Ok(Self {
             pool,
-            db: Arc::new(Db { schema, site }),
+            db: Arc::new(Db {
+                schema,
+                site,
+                space,
+            }),
         })
     }
 
@@ -232,6 +301,65 @@ impl PgReplica {
             merge::apply_push(storage, &payload, device, None)
         })
         .await
+    }
+
+    /// The changes after `from` not made by device site `device`, bounded by
+    /// `limits`, and how far this database has received the device (see
+    /// [`Replica::export_for_device`](crate::server::Replica::export_for_device)):
+    /// read at this database's horizon, so that a version committed later
+    /// below the cursor is never passed.
+    pub async fn export_for_device(
+        &self,
+        device: SiteId,
+        from: Cursor,
+        limits: BatchLimits,
+    ) -> Result<(Batch, i64)> {
+        self.read(move |(client, runtime, db), upto| {
+            let seen = db.served_site(client, runtime, device)?;
+            let reads = reads::PgReads::new(client, runtime, db, upto)?;
+            let tables: Vec<TableSchema> = db
+                .tables(client, runtime)?
+                .into_iter()
+                .map(|(_, schema)| schema)
+                .collect();
+            let (batch, ..) =
+                export::export_gated(&reads, &tables, &from, Scope::Except(device), limits, None)?;
+            Ok((batch, seen))
+        })
+        .await
+    }
+
+    /// How far this database has received device site `device` (see
+    /// [`Replica::served_site`](crate::server::Replica::served_site)).
+    pub async fn served_site(&self, device: SiteId) -> Result<i64> {
+        self.read(move |(client, runtime, db), _| db.served_site(client, runtime, device))
+            .await
+    }
+
+    /// Runs `work` in a read-only transaction on a pooled connection, on a
+    /// blocking thread, given the horizon read just before it began (see
+    /// [`Db::horizon`]).
+    async fn read<T: Send + 'static>(
+        &self,
+        work: impl FnOnce((&Client, &Handle, &Db), i64) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let db = self.db.clone();
+        let runtime = Handle::current();
+        tokio::task::spawn_blocking(move || {
+            let upto = db.horizon(&client, &runtime)?;
+            runtime
+                .block_on(client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"))
+                .map_err(pg_error)?;
+            let done = work((&client, &runtime, &db), upto);
+            runtime.block_on(client.batch_execute("COMMIT")).ok();
+            done
+        })
+        .await
+        .map_err(|e| Error::Postgres {
+            code: None,
+            message: format!("the export's thread failed: {e}"),
+        })?
     }
 
     /// Runs `work` in a transaction on a pooled connection, on a blocking

@@ -134,6 +134,18 @@ pub(crate) fn take_version(schema: &str, first: bool) -> String {
     }
 }
 
+/// The lowest floor (see [`take_version`]) of the transactions of lock space
+/// `$1` still open: no version at or below it is still to be committed. Read
+/// after [`last_version`], and before the snapshot an export reads on, its
+/// lower of the two is the export's horizon: every version at or below it is
+/// committed (or rolled back), and visible to that snapshot.
+pub(crate) const LOWEST_FLOOR: &str = "\
+    SELECT min(((classid::bigint << 32) | objid::bigint) & ((1::bigint << 48) - 1)) \
+    FROM pg_locks \
+    WHERE locktype = 'advisory' AND objsubid = 1 \
+      AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+      AND ((classid::bigint << 32) | objid::bigint) >> 48 = $1";
+
 /// The last version given out, committed or not.
 pub(crate) fn last_version(schema: &str) -> String {
     format!(
@@ -244,7 +256,7 @@ impl TableSql {
         create.push_str(&format!(", PRIMARY KEY ({key_list}));\n"));
         let dv_index = ident(&format!("_synced_clock_dv_{}", clock_number(clock)));
         create.push_str(&format!(
-            "CREATE INDEX IF NOT EXISTS {dv_index} ON {clock} (_synced_dv);\n"
+            "CREATE INDEX IF NOT EXISTS {dv_index} ON {clock} (_synced_dv, _synced_seq);\n"
         ));
 
         // A set of keys: one array per key column, unnested with positions.

@@ -1,0 +1,316 @@
+//! What an export reads (see [`Reads`]) from a database on PostgreSQL, in a
+//! read-only transaction whose snapshot was taken after its horizon was read
+//! (see [`super::sql::horizon`]): every change at or below the horizon is
+//! committed, and visible.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+
+use tokio::runtime::Handle;
+use tokio_postgres::Client;
+use tokio_postgres::types::ToSql;
+
+use super::sql::{self, ident};
+use super::{Db, pg_error, value};
+use crate::change::{ClockColumn, ClockRow, Range, Reads};
+use crate::error::{Error, Result};
+use crate::id::SiteId;
+use crate::schema::TableSchema;
+use crate::value::Value;
+
+/// A database's reads, in the transaction open on `client`, at `upto`.
+pub(crate) struct PgReads<'a> {
+    client: &'a Client,
+    runtime: &'a Handle,
+    db: &'a Db,
+    upto: i64,
+    /// The clock table of each table, by lowercase name.
+    clocks: HashMap<String, String>,
+    /// The origin of each local version looked up: site ordinal, version there.
+    origins: RefCell<HashMap<i64, (i64, i64)>>,
+    /// The site id of each site ordinal looked up.
+    sites: RefCell<HashMap<i64, SiteId>>,
+}
+
+impl<'a> PgReads<'a> {
+    /// The reads of `db` at version `upto` (its horizon), in the transaction
+    /// open on `client`.
+    pub(crate) fn new(
+        client: &'a Client,
+        runtime: &'a Handle,
+        db: &'a Db,
+        upto: i64,
+    ) -> Result<Self> {
+        let clocks = db
+            .tables(client, runtime)?
+            .into_iter()
+            .map(|(id, schema)| {
+                (
+                    schema.name.to_ascii_lowercase(),
+                    sql::clock_table(&db.schema, id),
+                )
+            })
+            .collect();
+        Ok(Self {
+            client,
+            runtime,
+            db,
+            upto,
+            clocks,
+            origins: RefCell::new(HashMap::new()),
+            sites: RefCell::new(HashMap::new()),
+        })
+    }
+
+    fn query(
+        &self,
+        statement: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>> {
+        self.runtime
+            .block_on(async {
+                let prepared = self.client.prepare(statement).await?;
+                self.client.query(&prepared, params).await
+            })
+            .map_err(pg_error)
+    }
+
+    fn clock(&self, schema: &TableSchema) -> Result<&str> {
+        self.clocks
+            .get(&schema.name.to_ascii_lowercase())
+            .map(String::as_str)
+            .ok_or_else(|| Error::NotRegistered {
+                table: schema.name.to_string(),
+            })
+    }
+
+    /// Looks up the origins of `versions` not looked up yet, in one statement.
+    fn fetch_origins(&self, versions: impl Iterator<Item = i64>) -> Result<()> {
+        let wanted: Vec<i64> = {
+            let known = self.origins.borrow();
+            let set: HashSet<i64> = versions.filter(|v| !known.contains_key(v)).collect();
+            set.into_iter().collect()
+        };
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let statement = format!(
+            "SELECT db_version, site, origin_version FROM {}._synced_versions \
+             WHERE db_version = ANY($1)",
+            self.db.schema
+        );
+        let rows = self.query(&statement, &[&wanted])?;
+        let mut known = self.origins.borrow_mut();
+        // A version not listed was made here.
+        for version in &wanted {
+            known.insert(*version, (0, *version));
+        }
+        for row in rows {
+            known.insert(row.get(0), (row.get(1), row.get(2)));
+        }
+        Ok(())
+    }
+}
+
+impl Reads for PgReads<'_> {
+    fn upto(&self) -> Result<i64> {
+        Ok(self.upto)
+    }
+
+    fn vacuums(&self) -> Result<i64> {
+        // PostgreSQL keeps creation order across a VACUUM.
+        Ok(0)
+    }
+
+    fn origin(&self, version: i64) -> Result<(i64, i64)> {
+        if let Some(&origin) = self.origins.borrow().get(&version) {
+            return Ok(origin);
+        }
+        self.fetch_origins(std::iter::once(version))?;
+        Ok(self.origins.borrow()[&version])
+    }
+
+    fn site(&self, ordinal: i64) -> Result<SiteId> {
+        if let Some(&site) = self.sites.borrow().get(&ordinal) {
+            return Ok(site);
+        }
+        let statement = format!(
+            "SELECT site_id FROM {}._synced_sites WHERE ordinal = $1",
+            self.db.schema
+        );
+        let bytes: Vec<u8> = self
+            .query(&statement, &[&ordinal])?
+            .first()
+            .map(|r| r.get(0))
+            .ok_or_else(|| Error::Corrupt {
+                details: format!("site ordinal {ordinal} is not in _synced_sites"),
+            })?;
+        let site = crate::site::from_stored(&bytes).ok_or_else(|| Error::Corrupt {
+            details: format!("site ordinal {ordinal} has {} bytes, not 16", bytes.len()),
+        })?;
+        self.sites.borrow_mut().insert(ordinal, site);
+        Ok(site)
+    }
+
+    fn ordinal(&self, site: SiteId) -> Result<Option<i64>> {
+        let statement = format!(
+            "SELECT ordinal FROM {}._synced_sites WHERE site_id = $1",
+            self.db.schema
+        );
+        let bytes = site.as_bytes().as_slice();
+        Ok(self.query(&statement, &[&bytes])?.first().map(|r| r.get(0)))
+    }
+
+    fn page_keys(
+        &self,
+        schema: &TableSchema,
+        after: (i64, i64),
+        limit: i64,
+    ) -> Result<Vec<(i64, i64)>> {
+        let statement = format!(
+            "SELECT _synced_dv, _synced_seq FROM {} \
+             WHERE (_synced_dv, _synced_seq) > ($1, $2) AND _synced_dv <= $3 \
+             ORDER BY _synced_dv, _synced_seq LIMIT $4",
+            self.clock(schema)?
+        );
+        let rows = self.query(&statement, &[&after.0, &after.1, &self.upto, &limit])?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    fn scan(
+        &self,
+        schema: &TableSchema,
+        range: Range<'_>,
+        each: &mut dyn FnMut(ClockRow) -> Result<()>,
+    ) -> Result<()> {
+        let clock = self.clock(schema)?;
+        let app = format!("{}.{}", self.db.schema, ident(&schema.name));
+        let keys: Vec<_> = schema.key_columns().collect();
+        let values: Vec<_> = schema.value_columns().collect();
+        let mut columns: Vec<String> = keys
+            .iter()
+            .map(|c| format!("c.{}", ident(&c.name)))
+            .collect();
+        columns.extend(
+            ["_synced_cl", "_synced_dv", "_synced_created", "_synced_seq"]
+                .map(|c| format!("c.{c}")),
+        );
+        for column in &values {
+            columns.push(format!("c.{}", ident(&format!("{}.v", column.id()))));
+            columns.push(format!("c.{}", ident(&format!("{}.dv", column.id()))));
+            columns.push(format!("t.{}", ident(&column.name)));
+        }
+        let first_key = keys.first().map(|c| ident(&c.name)).unwrap_or_default();
+        columns.push(format!("t.{first_key} IS NOT NULL"));
+        let join = keys
+            .iter()
+            .map(|c| format!("t.{0} = c.{0}", ident(&c.name)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let (condition, params, base): (String, Vec<i64>, i64) = match range {
+            Range::Since(since) => ("c._synced_dv > $1".into(), vec![since], since),
+            Range::Page {
+                base,
+                after,
+                upto,
+                filter,
+            } => {
+                if filter.is_some() {
+                    return Err(Error::InvalidFilter {
+                        table: schema.name.to_string(),
+                        message: "row filters on PostgreSQL are not supported yet".into(),
+                    });
+                }
+                (
+                    "(c._synced_dv, c._synced_seq) > ($1, $2) \
+                     AND (c._synced_dv, c._synced_seq) <= ($3, $4)"
+                        .into(),
+                    vec![after.0, after.1, upto.0, upto.1],
+                    base,
+                )
+            }
+        };
+        let statement = format!(
+            "SELECT {} FROM {clock} c LEFT JOIN {app} t ON {join} \
+             WHERE {condition} AND c._synced_dv <= ${}",
+            columns.join(", "),
+            params.len() + 1
+        );
+        let mut bound: Vec<&(dyn ToSql + Sync)> =
+            params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        bound.push(&self.upto);
+        let rows = self.query(&statement, &bound)?;
+        // The origins of every version the rows show, in one look-up.
+        let versions = rows.iter().flat_map(|row| {
+            let meta = keys.len();
+            [row.get::<_, i64>(meta + 1), row.get::<_, i64>(meta + 2)]
+                .into_iter()
+                .chain((0..values.len()).map(move |i| row.get::<_, i64>(meta + 5 + 3 * i)))
+        });
+        self.fetch_origins(versions)?;
+        for row in rows {
+            let meta = keys.len();
+            let pk = keys
+                .iter()
+                .enumerate()
+                .map(|(i, c)| value::get(&row, i, c.sql_type))
+                .collect::<Result<Vec<Value>>>()?;
+            let mut changed = Vec::new();
+            for (index, column) in values.iter().enumerate() {
+                let at = meta + 4 + 3 * index;
+                let version: i64 = row.get(at + 1);
+                if version > base {
+                    changed.push(ClockColumn {
+                        index,
+                        col_version: row.get(at),
+                        version,
+                        value: value::get(&row, at + 2, column.sql_type)?,
+                    });
+                }
+            }
+            each(ClockRow {
+                pk,
+                cl: row.get(meta),
+                version: row.get(meta + 1),
+                created: row.get(meta + 2),
+                rowid: row.get(meta + 3),
+                exists: row.get(meta + 4 + 3 * values.len()),
+                passes: None,
+                columns: changed,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn holds_in_table(&self, reader: i64, table: &str) -> Result<bool> {
+        let statement = format!(
+            "SELECT EXISTS (SELECT 1 FROM {}._synced_held WHERE site = $1 AND tbl = $2)",
+            self.db.schema
+        );
+        Ok(self.query(&statement, &[&reader, &table])?[0].get(0))
+    }
+
+    fn held_mark(&self, reader: i64, table: &str, key: &[u8]) -> Result<Option<(bool, i64)>> {
+        let statement = format!(
+            "SELECT evicted, at FROM {}._synced_held WHERE site = $1 AND tbl = $2 AND pk = $3",
+            self.db.schema
+        );
+        Ok(self
+            .query(&statement, &[&reader, &table, &key])?
+            .first()
+            .map(|r| (r.get::<_, i64>(0) != 0, r.get(1))))
+    }
+
+    fn passes(
+        &self,
+        schema: &TableSchema,
+        _sql: &str,
+        _params: &[Value],
+        _pk: &[Value],
+    ) -> Result<Option<bool>> {
+        Err(Error::InvalidFilter {
+            table: schema.name.to_string(),
+            message: "row filters on PostgreSQL are not supported yet".into(),
+        })
+    }
+}
