@@ -424,6 +424,14 @@ pub(crate) trait Reads {
         each: &mut dyn FnMut(ClockRow) -> Result<()>,
     ) -> Result<()>;
 
+    /// The lowest version after `base` and at or below [`upto`](Self::upto)
+    /// of a change (a creation or a column's write) of a row of `schema`
+    /// whose last change is above `upto`: committed after a version still
+    /// open, the row is left out of an export at `upto`, and so is that
+    /// change, so an export's cursor stops before it. `None` if there is
+    /// none, as always where versions commit in order.
+    fn hidden(&self, schema: &TableSchema, base: i64) -> Result<Option<i64>>;
+
     /// Whether reader `reader` (a site ordinal) has any mark in `table`
     /// (lowercase).
     fn holds_in_table(&self, reader: i64, table: &str) -> Result<bool>;
@@ -503,6 +511,11 @@ impl Reads for SqliteReads<'_> {
         each: &mut dyn FnMut(ClockRow) -> Result<()>,
     ) -> Result<()> {
         scan(self.conn, schema, range, each)
+    }
+
+    fn hidden(&self, _schema: &TableSchema, _base: i64) -> Result<Option<i64>> {
+        // One writer at a time: no row's last change is above the version.
+        Ok(None)
     }
 
     fn holds_in_table(&self, reader: i64, table: &str) -> Result<bool> {

@@ -430,6 +430,13 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         matches!(self, Error::Offline { .. } | Error::Server { .. })
     }
+
+    /// Whether PostgreSQL ended the transaction to break a deadlock or for a
+    /// serialization failure: the same transaction tried again may commit.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn may_retry(&self) -> bool {
+        matches!(self, Error::Postgres { code: Some(code), .. } if code == "40P01" || code == "40001")
+    }
 }
 
 /// An error reported by SQLite, with its message.

@@ -658,6 +658,19 @@ pub(crate) fn export_gated(
     }
 
     let complete = end.is_none();
+    // A change at or below `upto` in a row changed again above it is not in
+    // this batch: the next one starts before it.
+    let upto = if complete {
+        let mut hidden: Option<i64> = None;
+        for schema in &tables {
+            if let Some(version) = reads.hidden(schema, base)? {
+                hidden = Some(hidden.map_or(version, |lowest| lowest.min(version)));
+            }
+        }
+        hidden.map_or(upto, |hidden| upto.min(hidden - 1))
+    } else {
+        upto
+    };
     let next = end.map_or_else(|| Cursor::at(upto), |end| end.made_after(vacuums));
     let rows = placed
         .into_iter()

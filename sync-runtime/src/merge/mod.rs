@@ -361,6 +361,12 @@ fn apply_payload(
     }
 
     check_versions(payload)?;
+    let rows: Vec<(usize, &[Value])> = payload
+        .rows
+        .iter()
+        .map(|row| (row.table as usize, &row.pk[..]))
+        .collect();
+    storage.lock_rows(&rows)?;
     let current = storage.current_version()?;
     // Only its server returns a device's own changes to it.
     let versions = Versions::new(matches!(sender, Sender::Replica(Source::Server)));

@@ -165,6 +165,11 @@ impl Storage for SqliteStorage<'_> {
         Ok(())
     }
 
+    fn lock_rows(&mut self, _rows: &[(usize, &[Value])]) -> Result<()> {
+        // The write transaction holds the whole database.
+        Ok(())
+    }
+
     fn read_clocks(&mut self, table: usize, keys: &[&[Value]]) -> Result<Vec<Option<Clock>>> {
         let table = &mut self.tables[table];
         let layout = table.sql.merge_clock_layout;

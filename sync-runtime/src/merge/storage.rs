@@ -87,6 +87,12 @@ pub(crate) trait Storage {
     /// Records that this replica holds site `site`'s changes up to `upto`.
     fn set_peer_seen(&mut self, site: i64, upto: i64) -> Result<()>;
 
+    /// Locks the rows of `rows` (each a table and a key) until the
+    /// transaction ends, so that no other merge or writer changes one between
+    /// the merge's read of it and its write. A store with one writer at a
+    /// time has nothing to lock.
+    fn lock_rows(&mut self, rows: &[(usize, &[Value])]) -> Result<()>;
+
     /// The clocks of the rows of `table` with these keys, in their order.
     fn read_clocks(&mut self, table: usize, keys: &[&[Value]]) -> Result<Vec<Option<Clock>>>;
 

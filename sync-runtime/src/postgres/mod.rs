@@ -45,7 +45,7 @@ pub(crate) struct Db {
     schema: String,
     /// Its site id.
     site: SiteId,
-    /// The lock space of its version locks (see [`sql::take_version`]).
+    /// The lock space of its version locks (see [`sql::hold_floor`]).
     space: i64,
 }
 
@@ -366,25 +366,36 @@ impl PgReplica {
     /// thread: committed if it returns `Ok`, rolled back otherwise.
     async fn transaction<T: Send + 'static>(
         &self,
-        work: impl FnOnce((&Client, &Handle, &Db)) -> Result<T> + Send + 'static,
+        work: impl Fn((&Client, &Handle, &Db)) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let client = self.pool.get().await.map_err(pool_error)?;
         let db = self.db.clone();
         let runtime = Handle::current();
         tokio::task::spawn_blocking(move || {
-            runtime
-                .block_on(client.batch_execute("BEGIN"))
-                .map_err(pg_error)?;
-            match work((&client, &runtime, &db)) {
-                Ok(done) => {
-                    runtime
-                        .block_on(client.batch_execute("COMMIT"))
-                        .map_err(pg_error)?;
-                    Ok(done)
-                }
-                Err(error) => {
-                    runtime.block_on(client.batch_execute("ROLLBACK")).ok();
-                    Err(error)
+            let mut attempt = 1;
+            loop {
+                let done = runtime
+                    .block_on(client.batch_execute("BEGIN"))
+                    .map_err(pg_error)
+                    .and_then(|()| work((&client, &runtime, &db)))
+                    .and_then(|done| {
+                        runtime
+                            .block_on(client.batch_execute("COMMIT"))
+                            .map_err(pg_error)?;
+                        Ok(done)
+                    });
+                match done {
+                    Ok(done) => return Ok(done),
+                    Err(error) => {
+                        runtime.block_on(client.batch_execute("ROLLBACK")).ok();
+                        // Two transactions that waited for each other: the
+                        // one PostgreSQL chose to end goes again.
+                        if attempt < ATTEMPTS && error.may_retry() {
+                            attempt += 1;
+                            continue;
+                        }
+                        return Err(error);
+                    }
                 }
             }
         })
@@ -395,6 +406,10 @@ impl PgReplica {
         })?
     }
 }
+
+/// How many times a transaction that PostgreSQL ended for a deadlock or a
+/// serialization failure is tried.
+const ATTEMPTS: u32 = 5;
 
 /// An error of the connection pool.
 fn pool_error(error: deadpool_postgres::PoolError) -> Error {

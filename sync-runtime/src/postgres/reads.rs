@@ -282,6 +282,22 @@ impl Reads for PgReads<'_> {
         Ok(())
     }
 
+    fn hidden(&self, schema: &TableSchema, base: i64) -> Result<Option<i64>> {
+        let mut versions = vec!["(c._synced_created)".to_owned()];
+        versions.extend(
+            schema
+                .value_columns()
+                .map(|c| format!("(c.{})", ident(&format!("{}.dv", c.id())))),
+        );
+        let statement = format!(
+            "SELECT min(x.v) FROM {} c, LATERAL (VALUES {}) AS x(v) \
+             WHERE c._synced_dv > $1 AND x.v > $2 AND x.v <= $1",
+            self.clock(schema)?,
+            versions.join(", ")
+        );
+        Ok(self.query(&statement, &[&self.upto, &base])?[0].get(0))
+    }
+
     fn holds_in_table(&self, reader: i64, table: &str) -> Result<bool> {
         let statement = format!(
             "SELECT EXISTS (SELECT 1 FROM {}._synced_held WHERE site = $1 AND tbl = $2)",

@@ -101,7 +101,7 @@ pub(crate) fn create_meta(schema: &str) -> String {
 }
 
 /// The lock spaces of the databases in one PostgreSQL database: the version
-/// locks of a database (see [`take_version`]) are told apart by theirs.
+/// locks of a database (see [`hold_floor`]) are told apart by theirs.
 pub(crate) const CREATE_LOCK_SPACES: &str = "
     CREATE SCHEMA IF NOT EXISTS _synced;
     CREATE TABLE IF NOT EXISTS _synced.lock_spaces (
@@ -115,26 +115,32 @@ pub(crate) const CREATION_LOCK: &str = "SELECT pg_advisory_xact_lock(79554730616
 /// Bits of a version lock's key below its lock space.
 pub(crate) const SPACE_SHIFT: u32 = 48;
 
-/// Gives the open transaction a new version. The first time, it holds a
-/// shared advisory lock whose key is the version given out last before it
-/// (its floor), until it ends: a pull reads no version above the lowest floor
-/// held (see [`horizon`]), so it never passes a version whose transaction
-/// has not committed yet, whatever order transactions commit in.
-pub(crate) fn take_version(schema: &str, first: bool) -> String {
-    if first {
-        format!(
-            "SELECT pg_advisory_xact_lock_shared(
-               (SELECT lock_space FROM {schema}._synced_state) << {SPACE_SHIFT}
-               | (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END
-                  FROM {schema}._synced_version)),
-             nextval('{schema}._synced_version')"
-        )
-    } else {
-        format!("SELECT NULL, nextval('{schema}._synced_version')")
-    }
+/// Before the open transaction takes its first version: holds a shared
+/// advisory lock, until the transaction ends, whose key is the version given
+/// out last (the transaction's floor; every version it takes after is
+/// greater). A pull reads no version above the lowest floor held (see
+/// [`LOWEST_FLOOR`]), so it never passes a version whose transaction has not
+/// committed yet, whatever order transactions commit in.
+pub(crate) fn hold_floor(schema: &str) -> String {
+    format!(
+        "SELECT pg_advisory_xact_lock_shared(
+           (SELECT lock_space FROM {schema}._synced_state) << {SPACE_SHIFT}
+           | (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END
+              FROM {schema}._synced_version))"
+    )
 }
 
-/// The lowest floor (see [`take_version`]) of the transactions of lock space
+/// A new version for the open transaction (after [`hold_floor`]).
+pub(crate) fn next_version(schema: &str) -> String {
+    format!("SELECT nextval('{schema}._synced_version')")
+}
+
+/// Locks rows (see `Storage::lock_rows`) until the transaction ends: `$1`
+/// the database's lock space, `$2` the rows' hashes, in order.
+pub(crate) const LOCK_ROWS: &str =
+    "SELECT count(pg_advisory_xact_lock($1::integer, hash)) FROM unnest($2::integer[]) AS hash";
+
+/// The lowest floor (see [`hold_floor`]) of the transactions of lock space
 /// `$1` still open: no version at or below it is still to be committed. Read
 /// after [`last_version`], and before the snapshot an export reads on, its
 /// lower of the two is the export's horizon: every version at or below it is

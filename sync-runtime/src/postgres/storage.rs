@@ -162,11 +162,15 @@ impl Storage for PgStorage<'_> {
     }
 
     fn new_version(&mut self) -> Result<i64> {
-        let statement = sql::take_version(&self.db.schema, self.last_version.is_none());
-        let rows = self.query(&statement, &[])?;
+        let schema = &self.db.schema;
+        if self.last_version.is_none() {
+            // Its floor first, then its versions (see `sql::hold_floor`).
+            self.query(&sql::hold_floor(schema), &[])?;
+        }
+        let rows = self.query(&sql::next_version(schema), &[])?;
         let version: i64 = rows
             .first()
-            .map(|r| r.get(1))
+            .map(|r| r.get(0))
             .ok_or_else(|| Error::Corrupt {
                 details: "the version sequence gave no version".into(),
             })?;
@@ -276,6 +280,33 @@ impl Storage for PgStorage<'_> {
             self.db.schema
         );
         self.execute(&statement, &[&site, &upto])?;
+        Ok(())
+    }
+
+    fn lock_rows(&mut self, rows: &[(usize, &[Value])]) -> Result<()> {
+        // One lock per row, keyed by a hash of its table and key (two rows
+        // that share a hash only wait for each other), taken in one order by
+        // every merge, so that two merges never wait for each other in a
+        // circle.
+        let mut hashes: Vec<i32> = rows
+            .iter()
+            .map(|(table, key)| {
+                let mut hasher = crc32fast::Hasher::new();
+                hasher.update(
+                    self.tables[*table]
+                        .schema
+                        .name
+                        .to_ascii_lowercase()
+                        .as_bytes(),
+                );
+                hasher.update(&crate::wire::encode_key(key));
+                hasher.finalize() as i32
+            })
+            .collect();
+        hashes.sort_unstable();
+        hashes.dedup();
+        let space = i32::try_from(self.db.space).unwrap_or(i32::MAX);
+        self.execute(sql::LOCK_ROWS, &[&space, &hashes])?;
         Ok(())
     }
 
