@@ -256,32 +256,42 @@ impl View {
     }
 }
 
-/// The versions published on the database of `conn`.
-pub(crate) fn load(conn: &Connection) -> Result<Versions> {
-    let published = published(conn)?;
+/// Where a replica keeps its tables and the app versions published: what
+/// [`load_from`] and [`publish_to`] read and write, in SQLite
+/// ([`SqliteCatalog`]) or in PostgreSQL.
+pub(crate) trait Catalog {
+    /// Every published descriptor, by version, in version order.
+    fn published(&mut self) -> Result<Vec<(i64, TableSchema)>>;
+
+    /// The synced tables' descriptors.
+    fn tables(&mut self) -> Result<Vec<TableSchema>>;
+
+    /// Records descriptors of published versions.
+    fn record(&mut self, published: &[(i64, TableSchema)]) -> Result<()>;
+
+    /// Creates the table of `schema`, or evolves the one stored (`stored`,
+    /// checked already) to it.
+    fn register(&mut self, schema: &TableSchema, stored: Option<&TableSchema>) -> Result<()>;
+}
+
+/// The versions published, as `catalog` has them.
+pub(crate) fn load_from(catalog: &mut impl Catalog) -> Result<Versions> {
+    let published = catalog.published()?;
     if published.is_empty() {
-        return Ok(Versions::build(first_version(conn)?));
+        return Ok(Versions::build(first_version(catalog)?));
     }
     Ok(Versions::build(published))
 }
 
-/// Every published descriptor, by version.
-fn published(conn: &Connection) -> Result<Vec<(i64, TableSchema)>> {
-    let mut stmt = conn.prepare_cached(sql::PUBLISHED)?;
-    let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
-    rows.map(|row| {
-        let (version, descriptor) = row?;
-        let schema = serde_json::from_str(&descriptor).map_err(|e| Error::Corrupt {
-            details: format!("a descriptor of published version {version} is unreadable ({e})"),
-        })?;
-        Ok((version, schema))
-    })
-    .collect()
+/// The versions published on the database of `conn`.
+pub(crate) fn load(conn: &Connection) -> Result<Versions> {
+    load_from(&mut SqliteCatalog { conn, tables: &[] })
 }
 
 /// Version 1 of a database that recorded none: the tables it has.
-fn first_version(conn: &Connection) -> Result<Vec<(i64, TableSchema)>> {
-    Ok(tracking::synced_tables(conn, false)?
+fn first_version(catalog: &mut impl Catalog) -> Result<Vec<(i64, TableSchema)>> {
+    Ok(catalog
+        .tables()?
         .into_iter()
         .map(|schema| (1, schema))
         .collect())
@@ -295,7 +305,12 @@ fn first_version(conn: &Connection) -> Result<Vec<(i64, TableSchema)>> {
 /// older version again (a configuration file not updated) changes nothing.
 /// Returns the newest version.
 pub(crate) fn publish(conn: &Connection, tables: &[Arc<Registered>]) -> Result<i64> {
-    let schemas: Vec<&TableSchema> = tables.iter().map(|t| &t.schema).collect();
+    let schemas: Vec<TableSchema> = tables.iter().map(|t| t.schema.clone()).collect();
+    publish_to(&mut SqliteCatalog { conn, tables }, &schemas)
+}
+
+/// [`publish`] into any [`Catalog`].
+pub(crate) fn publish_to(catalog: &mut impl Catalog, schemas: &[TableSchema]) -> Result<i64> {
     for (i, schema) in schemas.iter().enumerate() {
         schema.validate()?;
         if schemas[..i]
@@ -308,50 +323,90 @@ pub(crate) fn publish(conn: &Connection, tables: &[Arc<Registered>]) -> Result<i
             }));
         }
     }
-    let mut recorded = published(conn)?;
+    let mut recorded = catalog.published()?;
     if recorded.is_empty() {
         // The tables served before any version was recorded are version 1.
-        recorded = first_version(conn)?;
-        record(conn, &recorded)?;
+        recorded = first_version(catalog)?;
+        catalog.record(&recorded)?;
     }
     let latest = recorded.iter().map(|(v, _)| *v).max().unwrap_or(0);
-    let stored = tracking::synced_tables(conn, false)?;
+    let stored = catalog.tables()?;
     let mut changed = Vec::new();
-    for table in tables {
-        let schema = &table.schema;
+    for schema in schemas {
         let published = recorded
             .iter()
             .any(|(_, t)| t.name.eq_ignore_ascii_case(&schema.name) && t == schema);
         if !published {
-            if let Some(old) = stored
+            let old = stored
                 .iter()
-                .find(|s| s.name.eq_ignore_ascii_case(&schema.name))
-            {
+                .find(|s| s.name.eq_ignore_ascii_case(&schema.name));
+            if let Some(old) = old {
                 // What the evolution refuses first, then what only a
                 // publication must say.
                 crate::evolve::plan(old, schema)?;
                 crate::evolve::check_first_defaults(old, schema)?;
             }
-            tracking::register(conn, table)?;
+            catalog.register(schema, old)?;
             changed.push((latest + 1, schema.clone()));
         }
     }
     if changed.is_empty() {
         return Ok(latest);
     }
-    record(conn, &changed)?;
+    catalog.record(&changed)?;
     Ok(latest + 1)
 }
 
-fn record(conn: &Connection, published: &[(i64, TableSchema)]) -> Result<()> {
-    let mut stmt = conn.prepare_cached(sql::PUBLISH)?;
-    for (version, schema) in published {
-        let descriptor = serde_json::to_string(schema).map_err(|e| Error::Corrupt {
-            details: format!("a descriptor does not serialise: {e}"),
-        })?;
-        stmt.execute((version, schema.name.to_ascii_lowercase(), descriptor))?;
+/// A SQLite database as a [`Catalog`], with the tables about to be
+/// registered (their SQL generated already).
+pub(crate) struct SqliteCatalog<'c> {
+    conn: &'c Connection,
+    tables: &'c [Arc<Registered>],
+}
+
+impl Catalog for SqliteCatalog<'_> {
+    fn published(&mut self) -> Result<Vec<(i64, TableSchema)>> {
+        let mut stmt = self.conn.prepare_cached(sql::PUBLISHED)?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+        rows.map(|row| {
+            let (version, descriptor) = row?;
+            Ok((version, published_descriptor(version, &descriptor)?))
+        })
+        .collect()
     }
-    Ok(())
+
+    fn tables(&mut self) -> Result<Vec<TableSchema>> {
+        tracking::synced_tables(self.conn, false)
+    }
+
+    fn record(&mut self, published: &[(i64, TableSchema)]) -> Result<()> {
+        let mut stmt = self.conn.prepare_cached(sql::PUBLISH)?;
+        for (version, schema) in published {
+            let descriptor = serde_json::to_string(schema).map_err(|e| Error::Corrupt {
+                details: format!("a descriptor does not serialise: {e}"),
+            })?;
+            stmt.execute((version, schema.name.to_ascii_lowercase(), descriptor))?;
+        }
+        Ok(())
+    }
+
+    fn register(&mut self, schema: &TableSchema, _stored: Option<&TableSchema>) -> Result<()> {
+        let table = self
+            .tables
+            .iter()
+            .find(|t| t.schema.name.eq_ignore_ascii_case(&schema.name))
+            .ok_or_else(|| Error::NotRegistered {
+                table: schema.name.to_string(),
+            })?;
+        tracking::register(self.conn, table)
+    }
+}
+
+/// A descriptor of published version `version`, as stored.
+pub(crate) fn published_descriptor(version: i64, descriptor: &str) -> Result<TableSchema> {
+    serde_json::from_str(descriptor).map_err(|e| Error::Corrupt {
+        details: format!("a descriptor of published version {version} is unreadable ({e})"),
+    })
 }
 
 #[cfg(test)]

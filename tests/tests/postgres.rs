@@ -529,3 +529,47 @@ fn concurrent_pushes_lose_nothing_and_pulls_pass_no_late_commit() {
         assert_eq!(read, expected, "the reader missed changes");
     });
 }
+
+/// A commit through one process wakes what waits in another: two replicas
+/// of one database (each its own pool and listener, as two server processes
+/// have), a push through one, and the other's horizon moves to it.
+#[test]
+fn a_push_through_one_process_moves_the_horizon_another_watches() {
+    let cluster = Postgres::start().expect("a PostgreSQL cluster starts");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let config = cluster.connection_string("postgres");
+        let one = PgReplica::open(&config, "shared").await.unwrap();
+        let other = PgReplica::open(&config, "shared").await.unwrap();
+        assert_eq!(one.site_id(), other.site_id());
+        one.publish(vec![Item::SCHEMA.clone()]).await.unwrap();
+        let mut horizon = other.subscribe();
+        let device = SyncDb::open_in_memory().await.unwrap();
+        device.register::<Item>().await.unwrap();
+        for round in 0..3 {
+            let item = Item {
+                id: item_id(round),
+                title: "a".into(),
+                qty: 1,
+                price: 0.0,
+                data: vec![],
+                note: None,
+            };
+            device.insert(&item).await.unwrap();
+            let payload = device.export_local_changes(Since::Beginning).await.unwrap();
+            let report = one
+                .apply_push(wire::decode(&payload).unwrap(), device.site_id())
+                .await
+                .unwrap();
+            let version = report.version;
+            assert!(version > report.before);
+            tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                horizon.wait_for(|seen| *seen >= version),
+            )
+            .await
+            .expect("the other process hears of the commit")
+            .unwrap();
+        }
+    });
+}

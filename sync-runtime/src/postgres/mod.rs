@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::runtime::Handle;
+use tokio::sync::watch;
 use tokio_postgres::{Client, NoTls};
 
 use crate::error::{Error, Result};
@@ -17,8 +18,10 @@ use crate::export::{self, Batch, BatchLimits, Cursor, Scope};
 use crate::id::SiteId;
 use crate::merge::{self, PushReport};
 use crate::schema::TableSchema;
+use crate::versions::{self, Catalog, Versions};
 use crate::wire::Payload;
 
+mod listen;
 mod reads;
 mod sql;
 mod storage;
@@ -53,19 +56,24 @@ impl Db {
     /// The version every change at or below which is committed and visible to
     /// a snapshot taken after this returns (see [`sql::LOWEST_FLOOR`]).
     fn horizon(&self, client: &Client, runtime: &Handle) -> Result<i64> {
-        runtime
-            .block_on(async {
-                let last: i64 = client
-                    .query_one(&sql::last_version(&self.schema), &[])
-                    .await?
-                    .get(0);
-                let floor: Option<i64> = client
-                    .query_one(sql::LOWEST_FLOOR, &[&self.space])
-                    .await?
-                    .get(0);
-                Ok(floor.map_or(last, |floor| floor.min(last)))
-            })
-            .map_err(pg_error)
+        let (horizon, _) = runtime.block_on(self.horizon_async(client))?;
+        Ok(horizon)
+    }
+
+    /// The horizon (see [`horizon`](Self::horizon)), and the last version
+    /// given out.
+    async fn horizon_async(&self, client: &Client) -> Result<(i64, i64)> {
+        let last: i64 = client
+            .query_one(&sql::last_version(&self.schema), &[])
+            .await
+            .map_err(pg_error)?
+            .get(0);
+        let floor: Option<i64> = client
+            .query_one(sql::LOWEST_FLOOR, &[&self.space])
+            .await
+            .map_err(pg_error)?
+            .get(0);
+        Ok((floor.map_or(last, |floor| floor.min(last)), last))
     }
 
     /// How far this database has received device site `device`; refused with
@@ -133,6 +141,10 @@ impl Db {
 pub struct PgReplica {
     pool: Pool,
     db: Arc<Db>,
+    /// The connection settings, for the connection that listens for commits.
+    config: tokio_postgres::Config,
+    /// The horizon's watch, once [`subscribe`](Self::subscribe)d to.
+    horizon: Arc<std::sync::OnceLock<Arc<watch::Sender<i64>>>>,
 }
 
 impl PgReplica {
@@ -152,7 +164,7 @@ impl PgReplica {
         }
         let config: tokio_postgres::Config = config.parse().map_err(pg_error)?;
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -231,6 +243,8 @@ impl PgReplica {
                 site,
                 space,
             }),
+            config,
+            horizon: Arc::default(),
         })
     }
 
@@ -239,10 +253,30 @@ impl PgReplica {
         self.db.site
     }
 
+    /// The database's horizon as it moves: the version up to which every
+    /// change is committed, which pulls read up to (see
+    /// [`export_for_device`](Self::export_for_device)). It moves with every
+    /// commit that took versions, made by any process on this database.
+    pub fn subscribe(&self) -> watch::Receiver<i64> {
+        let sender = self.horizon.get_or_init(|| {
+            let sender = Arc::new(watch::Sender::new(0));
+            listen::spawn(
+                self.config.clone(),
+                self.pool.clone(),
+                self.db.clone(),
+                Arc::downgrade(&sender),
+            );
+            sender
+        });
+        sender.subscribe()
+    }
+
     /// Publishes an app version: the descriptors of its tables, each created
     /// as an ordinary table with its clock if this database does not have it
-    /// yet (see [`Replica::publish`](crate::server::Replica::publish)).
-    pub async fn publish(&self, schemas: Vec<TableSchema>) -> Result<()> {
+    /// yet (see [`Replica::publish`](crate::server::Replica::publish));
+    /// returns the newest version's number. A table this database has with
+    /// another descriptor is refused: evolving a table here is not done yet.
+    pub async fn publish(&self, schemas: Vec<TableSchema>) -> Result<i64> {
         for schema in &schemas {
             schema.validate()?;
             if let Some(reason) = sql::names_too_long(schema) {
@@ -252,42 +286,42 @@ impl PgReplica {
                 }));
             }
         }
-        self.transaction(move |storage| {
-            let (client, runtime, db) = storage;
-            let existing = db.tables(client, runtime)?;
-            for schema in &schemas {
-                if existing
-                    .iter()
-                    .any(|(_, s)| s.name.eq_ignore_ascii_case(&schema.name))
-                {
-                    // Evolving a table is not here yet.
-                    continue;
-                }
-                let descriptor =
-                    serde_json::to_string(schema).map_err(|e| Error::SchemaMismatch {
-                        table: schema.name.to_string(),
-                        details: e.to_string(),
-                    })?;
-                let statement = format!(
-                    "INSERT INTO {}._synced_tables (name, algorithm, descriptor) \
-                     VALUES ($1, $2, $3) RETURNING id",
-                    db.schema
-                );
-                let name: &str = &schema.name;
-                let id: i64 = runtime
-                    .block_on(client.query_one(
-                        &statement,
-                        &[&name, &schema.algorithm.as_str(), &descriptor],
-                    ))
-                    .map_err(pg_error)?
-                    .get(0);
-                let clock = sql::clock_table(&db.schema, id);
-                let table = sql::TableSql::new(&db.schema, schema, &clock);
-                runtime
-                    .block_on(client.batch_execute(&table.create))
-                    .map_err(pg_error)?;
-            }
-            Ok(())
+        self.transaction(move |(client, runtime, db)| {
+            // One publication at a time, whatever process publishes.
+            runtime
+                .block_on(client.batch_execute(sql::CREATION_LOCK))
+                .map_err(pg_error)?;
+            let catalog = &mut PgCatalog {
+                client,
+                runtime,
+                db,
+            };
+            versions::publish_to(catalog, &schemas)
+        })
+        .await
+    }
+
+    /// The app versions published, which devices are matched against (see
+    /// [`Replica::versions`](crate::server::Replica::versions)).
+    pub async fn versions(&self) -> Result<Versions> {
+        self.read(move |(client, runtime, db), _| {
+            versions::load_from(&mut PgCatalog {
+                client,
+                runtime,
+                db,
+            })
+        })
+        .await
+    }
+
+    /// The synced tables' descriptors.
+    pub async fn schemas(&self) -> Result<Vec<TableSchema>> {
+        self.read(move |(client, runtime, db), _| {
+            Ok(db
+                .tables(client, runtime)?
+                .into_iter()
+                .map(|(_, schema)| schema)
+                .collect())
         })
         .await
     }
@@ -298,7 +332,12 @@ impl PgReplica {
     pub async fn apply_push(&self, payload: Payload, device: SiteId) -> Result<PushReport> {
         self.transaction(move |(client, runtime, db)| {
             let storage = &mut storage::PgStorage::new(client, runtime, db);
-            merge::apply_push(storage, &payload, device, None)
+            let report = merge::apply_push(storage, &payload, device, None)?;
+            Ok(PushReport {
+                version: storage.last_version().unwrap_or(report.before),
+                seen: db.served_site(client, runtime, device)?,
+                ..report
+            })
         })
         .await
     }
@@ -410,6 +449,99 @@ impl PgReplica {
 /// How many times a transaction that PostgreSQL ended for a deadlock or a
 /// serialization failure is tried.
 const ATTEMPTS: u32 = 5;
+
+/// A database on PostgreSQL as a [`Catalog`].
+struct PgCatalog<'a> {
+    client: &'a Client,
+    runtime: &'a Handle,
+    db: &'a Db,
+}
+
+impl Catalog for PgCatalog<'_> {
+    fn published(&mut self) -> Result<Vec<(i64, TableSchema)>> {
+        let statement = format!(
+            "SELECT version, descriptor FROM {}._synced_published ORDER BY version, tbl",
+            self.db.schema
+        );
+        let rows = self
+            .runtime
+            .block_on(self.client.query(&statement, &[]))
+            .map_err(pg_error)?;
+        rows.iter()
+            .map(|row| {
+                let version: i64 = row.get(0);
+                Ok((
+                    version,
+                    versions::published_descriptor(version, row.get(1))?,
+                ))
+            })
+            .collect()
+    }
+
+    fn tables(&mut self) -> Result<Vec<TableSchema>> {
+        Ok(self
+            .db
+            .tables(self.client, self.runtime)?
+            .into_iter()
+            .map(|(_, schema)| schema)
+            .collect())
+    }
+
+    fn record(&mut self, published: &[(i64, TableSchema)]) -> Result<()> {
+        let statement = format!(
+            "INSERT INTO {}._synced_published (version, tbl, descriptor) VALUES ($1, $2, $3)",
+            self.db.schema
+        );
+        for (version, schema) in published {
+            let descriptor = serde_json::to_string(schema).map_err(|e| Error::Corrupt {
+                details: format!("a descriptor does not serialise: {e}"),
+            })?;
+            let name = schema.name.to_ascii_lowercase();
+            self.runtime
+                .block_on(
+                    self.client
+                        .execute(&statement, &[version, &name, &descriptor]),
+                )
+                .map_err(pg_error)?;
+        }
+        Ok(())
+    }
+
+    fn register(&mut self, schema: &TableSchema, stored: Option<&TableSchema>) -> Result<()> {
+        let (client, runtime, db) = (self.client, self.runtime, self.db);
+        if let Some(stored) = stored {
+            if stored == schema {
+                return Ok(());
+            }
+            return Err(Error::InvalidSchema(crate::schema::SchemaError {
+                table: schema.name.to_string(),
+                reason: "evolving a table of a database on PostgreSQL is not supported yet".into(),
+            }));
+        }
+        let descriptor = serde_json::to_string(schema).map_err(|e| Error::SchemaMismatch {
+            table: schema.name.to_string(),
+            details: e.to_string(),
+        })?;
+        let statement = format!(
+            "INSERT INTO {}._synced_tables (name, algorithm, descriptor) \
+             VALUES ($1, $2, $3) RETURNING id",
+            db.schema
+        );
+        let name: &str = &schema.name;
+        let id: i64 = runtime
+            .block_on(client.query_one(
+                &statement,
+                &[&name, &schema.algorithm.as_str(), &descriptor],
+            ))
+            .map_err(pg_error)?
+            .get(0);
+        let clock = sql::clock_table(&db.schema, id);
+        let table = sql::TableSql::new(&db.schema, schema, &clock);
+        runtime
+            .block_on(client.batch_execute(&table.create))
+            .map_err(pg_error)
+    }
+}
 
 /// An error of the connection pool.
 fn pool_error(error: deadpool_postgres::PoolError) -> Error {

@@ -94,6 +94,12 @@ pub(crate) fn create_meta(schema: &str) -> String {
           algorithm text NOT NULL,
           descriptor text NOT NULL
         );
+        CREATE TABLE IF NOT EXISTS {schema}._synced_published (
+          version bigint NOT NULL,
+          tbl text COLLATE \"C\" NOT NULL,
+          descriptor text NOT NULL,
+          PRIMARY KEY (version, tbl)
+        );
         CREATE UNIQUE INDEX IF NOT EXISTS \"_synced_tables.name\"
           ON {schema}._synced_tables (lower(name));
         "

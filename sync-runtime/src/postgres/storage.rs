@@ -83,6 +83,11 @@ impl<'a> PgStorage<'a> {
             .map_err(pg_error)
     }
 
+    /// The last version this transaction took, if it took any.
+    pub(crate) fn last_version(&self) -> Option<i64> {
+        self.last_version
+    }
+
     /// Writes the rows, then the clocks, gathered for `table`.
     fn write_gathered(&mut self, table: usize) -> Result<()> {
         let t = &mut self.tables[table];
@@ -193,6 +198,11 @@ impl Storage for PgStorage<'_> {
 
     fn end_applying(&mut self) -> Result<()> {
         self.execute("SELECT set_config('synced.applying', 'off', true)", &[])?;
+        if self.last_version.is_some() {
+            // Heard by every process's listener once this commits.
+            let channel = super::listen::channel(self.db);
+            self.execute("SELECT pg_notify($1, '')", &[&channel])?;
+        }
         Ok(())
     }
 

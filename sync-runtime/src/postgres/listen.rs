@@ -1,0 +1,109 @@
+//! The horizon of a database on PostgreSQL as it moves (see [`Db::horizon`]),
+//! for the long-polls of this process: every transaction that takes versions
+//! notifies the database's channel as it commits, whatever process ran it,
+//! and a connection of this process listening there reads the horizon again.
+//!
+//! While a transaction that took versions is still open, the horizon stays
+//! below the versions committed after it; if it ends without a commit (rolled
+//! back, or its process gone), nothing is notified, so a held horizon is read
+//! again every [`HELD_RECHECK`] until it reaches the last version.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use tokio::sync::{mpsc, watch};
+use tokio_postgres::{AsyncMessage, NoTls};
+
+use super::Db;
+
+/// How often a horizon held below the last version is read again.
+pub(crate) const HELD_RECHECK: Duration = Duration::from_millis(50);
+
+/// How long a listener whose connection failed waits before it connects again.
+const RECONNECT: Duration = Duration::from_secs(1);
+
+/// The channel a database's commits notify.
+pub(crate) fn channel(db: &Db) -> String {
+    format!("synced_{}", db.space)
+}
+
+/// The horizon's watch, fed by a task that runs as long as `shared` lives.
+pub(crate) fn spawn(
+    config: tokio_postgres::Config,
+    pool: Pool,
+    db: Arc<Db>,
+    shared: Weak<watch::Sender<i64>>,
+) {
+    tokio::spawn(async move {
+        while shared.strong_count() > 0 {
+            if let Err(error) = listen(&config, &pool, &db, &shared).await {
+                tracing::warn!(database = %db.schema, "listening for commits failed: {error}");
+            }
+            tokio::time::sleep(RECONNECT).await;
+        }
+    });
+}
+
+/// Listens on one connection until it fails or `shared` is gone.
+async fn listen(
+    config: &tokio_postgres::Config,
+    pool: &Pool,
+    db: &Db,
+    shared: &Weak<watch::Sender<i64>>,
+) -> Result<(), String> {
+    let (client, mut connection) = config.connect(NoTls).await.map_err(|e| e.to_string())?;
+    let (notified, mut notifications) = mpsc::unbounded_channel();
+    // The connection's messages: driving it also runs the client's requests.
+    let driver = tokio::spawn(async move {
+        while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            match message {
+                Ok(AsyncMessage::Notification(_)) => {
+                    if notified.send(()).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    let listened = async {
+        client
+            .batch_execute(&format!("LISTEN {}", channel(db)))
+            .await
+            .map_err(|e| e.to_string())?;
+        loop {
+            // Read after LISTEN: no commit between the two goes unseen.
+            let pooled = pool.get().await.map_err(|e| e.to_string())?;
+            let (horizon, last) = db.horizon_async(&pooled).await.map_err(|e| e.to_string())?;
+            drop(pooled);
+            let Some(sender) = shared.upgrade() else {
+                return Ok(());
+            };
+            sender.send_if_modified(|kept| {
+                let later = horizon > *kept;
+                if later {
+                    *kept = horizon;
+                }
+                later
+            });
+            drop(sender);
+            let wait = notifications.recv();
+            if horizon < last {
+                // Held by a transaction still open, which may end without a
+                // commit: read again soon, or when notified.
+                if let Ok(None) = tokio::time::timeout(HELD_RECHECK, wait).await {
+                    return Err("the connection closed".into());
+                }
+            } else if wait.await.is_none() {
+                return Err("the connection closed".into());
+            }
+            // Every notification queued meanwhile is answered by one read.
+            while notifications.try_recv().is_ok() {}
+        }
+    };
+    let result = listened.await;
+    driver.abort();
+    result
+}
