@@ -175,15 +175,8 @@ impl Replica {
 
     /// A batch for the device served, whose app version may check the
     /// payload's schema fingerprint (release 0.1.0).
-    fn for_device(&self, mut batch: Batch) -> Batch {
-        if let Some(fingerprint) = self
-            .view
-            .as_deref()
-            .and_then(|view| view.payload_fingerprint(&batch.tables))
-        {
-            crate::wire::set_schema_fingerprint(&mut batch.payload, fingerprint);
-        }
-        batch
+    fn for_device(&self, batch: Batch) -> Batch {
+        crate::versions::for_device(self.view.as_deref(), batch)
     }
 
     /// The database, for what apps and servers both do with it.

@@ -256,6 +256,15 @@ impl View {
     }
 }
 
+/// `batch` for a device of `view`, whose app version may check the payload's
+/// schema fingerprint (release 0.1.0).
+pub(crate) fn for_device(view: Option<&View>, mut batch: crate::Batch) -> crate::Batch {
+    if let Some(fingerprint) = view.and_then(|view| view.payload_fingerprint(&batch.tables)) {
+        crate::wire::set_schema_fingerprint(&mut batch.payload, fingerprint);
+    }
+    batch
+}
+
 /// Where a replica keeps its tables and the app versions published: what
 /// [`load_from`] and [`publish_to`] read and write, in SQLite
 /// ([`SqliteCatalog`]) or in PostgreSQL.

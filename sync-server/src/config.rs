@@ -24,6 +24,7 @@
 //!
 //! [storage]
 //! quick_check = true                          # false: skip reading every file whole at start
+//! # postgres = "host=/run/postgresql dbname=app" # every database in PostgreSQL instead
 //!
 //! [databases.todo]
 //! schema = "todo.schema.json"                 # relative to this file
@@ -265,11 +266,20 @@ pub struct StorageConfig {
     /// match its size (a truncated file), and a SQLite file that is not a Synced
     /// database are refused.
     pub quick_check: bool,
+    /// A PostgreSQL database to keep every database in instead of SQLite
+    /// files in the data directory: its connection string, e.g.
+    /// `"host=/run/postgresql dbname=app user=synced"` (libpq's form, or a
+    /// `postgresql://` URL). Several servers configured with the same one
+    /// serve the same databases side by side (see the book's "Scaling out").
+    pub postgres: Option<String>,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { quick_check: true }
+        Self {
+            quick_check: true,
+            postgres: None,
+        }
     }
 }
 

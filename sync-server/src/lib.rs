@@ -42,6 +42,7 @@ mod error;
 pub mod fanout;
 pub mod http;
 pub mod policy;
+pub mod postgres;
 pub mod store;
 pub mod views;
 pub mod waiting;
@@ -74,12 +75,17 @@ pub struct Server {
 
 impl Server {
     /// Prepares a server from its configuration: reads the auth keys, opens the
-    /// data directory (a [`SqliteStore`]) and the configured databases with their
-    /// schemas, and binds the listening socket. A damaged database file does not
-    /// stop the start: that database is not served (see [`SqliteStore`]).
+    /// data directory (a [`SqliteStore`]), or the PostgreSQL database of
+    /// `[storage] postgres` (a [`postgres::PgStore`]), and the configured
+    /// databases with their schemas, and binds the listening socket. A damaged
+    /// database file does not stop the start: that database is not served
+    /// (see [`SqliteStore`]).
     pub async fn bind(config: Config) -> Result<Self> {
-        let store = SqliteStore::open_with(&config.data, &config.storage).await?;
-        Self::bind_with_store(config, Arc::new(store)).await
+        let store: Arc<dyn Store> = match &config.storage.postgres {
+            Some(postgres) => Arc::new(postgres::PgStore::open(postgres).await?),
+            None => Arc::new(SqliteStore::open_with(&config.data, &config.storage).await?),
+        };
+        Self::bind_with_store(config, store).await
     }
 
     /// Like [`bind`](Self::bind), with another store (`config.data` and

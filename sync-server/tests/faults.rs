@@ -193,6 +193,143 @@ async fn kill_while_syncing(
     assert_converged(&devices, &server_rows).await;
 }
 
+/// Three server processes sharing one PostgreSQL database, a device talking
+/// to each (through a proxy of its own), and the processes killed (-9) one
+/// after another in the middle of a push, each started again: nothing
+/// acknowledged is lost (every acknowledged write is in PostgreSQL right after
+/// each kill), and every device converges, whichever process it talks to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_servers_on_postgresql_one_killed_mid_push_lose_nothing() {
+    const KILLS: usize = 6;
+    within(async {
+        let mut rng = Rng::new(seed(
+            "three_servers_on_postgresql_one_killed_mid_push_lose_nothing",
+        ));
+        let cluster = synced_testkit::postgres::Postgres::start().expect("a cluster starts");
+        let postgres = cluster.connection_string("postgres");
+        let storage = format!("\n[storage]\npostgres = {postgres:?}\n");
+        let dir = tempfile::tempdir().unwrap();
+        let mut servers = Vec::new();
+        let mut proxies = Vec::new();
+        for i in 0..3 {
+            let home = dir.path().join(format!("server{i}"));
+            std::fs::create_dir_all(&home).unwrap();
+            let server = ServerProcess::start(&home, &storage).await;
+            proxies.push(Proxy::start(server.addr, rng.next()).await);
+            servers.push(server);
+        }
+        let admin = SyncDb::open_in_memory()
+            .await
+            .unwrap()
+            .with_remote(Remote::new(servers[0].url()).api_key(ADMIN_KEY));
+        admin.register::<Todo>().await.unwrap();
+        admin.publish_schema().await.unwrap();
+        let mut devices = Vec::new();
+        for (i, name) in ["phone", "laptop", "tablet"].into_iter().enumerate() {
+            devices.push(Device::open(dir.path(), &proxies[i], name, rng.next(), BATCH_ROWS).await);
+        }
+        let ledgers: Vec<_> = devices.iter().map(|d| Arc::clone(&d.ledger)).collect();
+        let done = Arc::new(AtomicBool::new(false));
+        let writers: Vec<JoinHandle<Device>> = devices
+            .into_iter()
+            .map(|mut device| {
+                let done = Arc::clone(&done);
+                tokio::spawn(async move {
+                    while !done.load(Ordering::Relaxed) {
+                        device.write().await;
+                        device.sync(&retrying(2)).await;
+                    }
+                    device
+                })
+            })
+            .collect();
+        for kill in 0..KILLS {
+            let i = kill % servers.len();
+            sleep(Duration::from_millis(rng.below(20) as u64)).await;
+            timeout(PATIENCE, proxies[i].until_in_flight(Kind::Push))
+                .await
+                .unwrap_or_else(|_| panic!("no push came to server {i} for {PATIENCE:?}"));
+            sleep(Duration::from_millis(rng.below(4) as u64)).await;
+            proxies[i].set_upstream(None);
+            servers[i].kill().await;
+            // What any process acknowledged is in PostgreSQL.
+            let on_server: HashSet<SyncId> = ids_on_postgres(&postgres).await.into_iter().collect();
+            for ledger in &ledgers {
+                ledger
+                    .lock()
+                    .unwrap()
+                    .check(&on_server, &format!("after kill {kill} (server {i})"));
+            }
+            servers[i].restart().await;
+            proxies[i].set_upstream(Some(servers[i].addr));
+        }
+        done.store(true, Ordering::Relaxed);
+        let mut devices = Vec::new();
+        for writer in writers {
+            devices.push(writer.await.unwrap());
+        }
+        let interrupted: usize = proxies
+            .iter()
+            .map(|p| p.interrupted()[Kind::Push as usize])
+            .sum();
+        eprintln!(
+            "{KILLS} kills; pushes cut by them: {interrupted}; failed syncs: {:?}; rows: {}",
+            devices.iter().map(|d| d.failures).collect::<Vec<_>>(),
+            devices.iter().map(|d| d.written.len()).sum::<usize>()
+        );
+        assert!(interrupted > 0, "no kill landed in the middle of a push");
+
+        converge(&mut devices).await;
+        let on_server: HashSet<SyncId> = ids_on_postgres(&postgres).await.into_iter().collect();
+        for device in &devices {
+            device
+                .ledger
+                .lock()
+                .unwrap()
+                .check(&on_server, "at the end");
+        }
+        // Every device, whichever process it talks to, has what the others
+        // wrote, as the server has it.
+        let mut expected = Vec::new();
+        for device in &devices {
+            expected.extend(device.written.values().cloned());
+        }
+        let expected = sorted(expected);
+        assert_eq!(
+            expected.iter().map(|row| row.id).collect::<HashSet<_>>(),
+            on_server
+        );
+        for device in &devices {
+            let rows = sorted(device.db.query("", []).await.unwrap());
+            assert_eq!(rows, expected, "{} differs", device.name);
+        }
+        for server in &mut servers {
+            server.kill().await;
+        }
+    })
+    .await;
+}
+
+/// The keys of the rows of the test's database on PostgreSQL, read with
+/// plain SQL, as a backend reads them.
+async fn ids_on_postgres(config: &str) -> Vec<SyncId> {
+    let (client, connection) = tokio_postgres::connect(config, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    let rows = client
+        .query(&format!("SELECT id FROM \"{DB}\".todos"), &[])
+        .await
+        .unwrap();
+    driver.abort();
+    rows.iter()
+        .map(|row| {
+            let id: String = row.get(0);
+            SyncId::from_uuid(id.parse().unwrap())
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flaky_proxy_cannot_lose_or_duplicate_changes() {
     const WRITES: usize = 40;
@@ -824,11 +961,26 @@ impl Cloud {
 
     /// A device that sends and fetches `batch_rows` rows at a time.
     async fn device_with(&self, name: &str, seed: u64, batch_rows: usize) -> Device {
-        let db = SyncDb::open(self.dir.path().join(format!("{name}.db")))
+        Device::open(self.dir.path(), &self.proxy, name, seed, batch_rows).await
+    }
+
+    /// Kills the server (what it acknowledged is on disk all the same) and reads
+    /// the rows of its database file.
+    async fn stop(mut self) -> Vec<Todo> {
+        self.server.kill().await;
+        rows_in(&self.server.database_file()).await
+    }
+}
+
+impl Device {
+    /// A device with its file in `dir`, syncing through `proxy` `batch_rows`
+    /// rows at a time each way.
+    async fn open(dir: &Path, proxy: &Proxy, name: &str, seed: u64, batch_rows: usize) -> Self {
+        let db = SyncDb::open(dir.join(format!("{name}.db")))
             .await
             .unwrap()
             .with_remote(
-                Remote::new(self.proxy.url())
+                Remote::new(proxy.url())
                     .bearer_token(user_token(name))
                     .timeout(PATIENCE)
                     .batch_limits(BatchLimits::default().max_rows(batch_rows)),
@@ -842,13 +994,6 @@ impl Cloud {
             ledger: Arc::default(),
             failures: 0,
         }
-    }
-
-    /// Kills the server (what it acknowledged is on disk all the same) and reads
-    /// the rows of its database file.
-    async fn stop(mut self) -> Vec<Todo> {
-        self.server.kill().await;
-        rows_in(&self.server.database_file()).await
     }
 }
 

@@ -309,7 +309,7 @@ async fn run(cluster: &Postgres, name: &str, steps: &[Step]) -> Result<(), TestC
                         .await
                         .unwrap();
                     let (b, _) = postgres
-                        .export_for_device(site, device.cursors[1].clone(), limits)
+                        .export_for_device(site, device.cursors[1].clone(), limits, None)
                         .await
                         .unwrap();
                     prop_assert_eq!(
@@ -454,7 +454,7 @@ fn concurrent_pushes_lose_nothing_and_pulls_pass_no_late_commit() {
         let limits = BatchLimits::default().max_rows(7);
         while pushers.iter().any(|p| !p.is_finished()) {
             let (batch, _) = postgres
-                .export_for_device(reader.site_id(), cursor.clone(), limits)
+                .export_for_device(reader.site_id(), cursor.clone(), limits, None)
                 .await
                 .unwrap();
             reader.apply_changes(&batch.payload).await.unwrap();
@@ -466,7 +466,7 @@ fn concurrent_pushes_lose_nothing_and_pulls_pass_no_late_commit() {
         }
         loop {
             let (batch, _) = postgres
-                .export_for_device(reader.site_id(), cursor.clone(), limits)
+                .export_for_device(reader.site_id(), cursor.clone(), limits, None)
                 .await
                 .unwrap();
             reader.apply_changes(&batch.payload).await.unwrap();

@@ -5,7 +5,10 @@
 mod support;
 
 use support::proxy::HoldingProxy;
-use support::{Copied, TestServer, Todo, device, publish_schema, rows, server_rows, titles, todo};
+use support::{
+    Copied, TestServer, Todo, device, publish_schema, rows, server_rows, titles, todo,
+    until_waiting,
+};
 use sync_runtime::{Error, SyncDb};
 
 /// Syncs every device, twice round, so that each has what the others sent.
@@ -759,18 +762,6 @@ async fn two_devices_with_a_row(dir: &std::path::Path) -> (TestServer, SyncDb, S
     b.sync().await.unwrap();
     a.sync().await.unwrap();
     (server, a, b)
-}
-
-/// Waits until the server holds `n` waiting pulls.
-async fn until_waiting(server: &TestServer, n: usize) {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    while server.state().waiting_pulls() != n {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the pull never waited"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,7 +18,7 @@ use crate::export::{self, Batch, BatchLimits, Cursor, Scope};
 use crate::id::SiteId;
 use crate::merge::{self, PushReport};
 use crate::schema::TableSchema;
-use crate::versions::{self, Catalog, Versions};
+use crate::versions::{self, Catalog, Versions, View};
 use crate::wire::Payload;
 
 mod listen;
@@ -343,7 +343,8 @@ impl PgReplica {
     }
 
     /// The changes after `from` not made by device site `device`, bounded by
-    /// `limits`, and how far this database has received the device (see
+    /// `limits`, of the tables and columns of `view` (all without one), and
+    /// how far this database has received the device (see
     /// [`Replica::export_for_device`](crate::server::Replica::export_for_device)):
     /// read at this database's horizon, so that a version committed later
     /// below the cursor is never passed.
@@ -352,18 +353,135 @@ impl PgReplica {
         device: SiteId,
         from: Cursor,
         limits: BatchLimits,
+        view: Option<Arc<View>>,
     ) -> Result<(Batch, i64)> {
         self.read(move |(client, runtime, db), upto| {
             let seen = db.served_site(client, runtime, device)?;
-            let reads = reads::PgReads::new(client, runtime, db, upto)?;
-            let tables: Vec<TableSchema> = db
-                .tables(client, runtime)?
-                .into_iter()
-                .map(|(_, schema)| schema)
-                .collect();
-            let (batch, ..) =
-                export::export_gated(&reads, &tables, &from, Scope::Except(device), limits, None)?;
+            let batch = export(
+                client,
+                runtime,
+                db,
+                upto,
+                &from,
+                Scope::Except(device),
+                limits,
+                view.as_deref(),
+            )?;
             Ok((batch, seen))
+        })
+        .await
+    }
+
+    /// The changes after `from` as every device that made none of them gets
+    /// them (see [`Replica::export_shared`](crate::server::Replica::export_shared)).
+    pub async fn export_shared(
+        &self,
+        from: Cursor,
+        limits: BatchLimits,
+        view: Option<Arc<View>>,
+    ) -> Result<Batch> {
+        self.read(move |(client, runtime, db), upto| {
+            export(
+                client,
+                runtime,
+                db,
+                upto,
+                &from,
+                Scope::All,
+                limits,
+                view.as_deref(),
+            )
+        })
+        .await
+    }
+
+    /// Binds a device's site id to its owner the first time it is seen, and
+    /// tells whether `owner` is that site's owner (see
+    /// [`Replica::claim_site`](crate::server::Replica::claim_site)).
+    pub async fn claim_site(&self, site: SiteId, owner: &str) -> Result<bool> {
+        if site == self.db.site {
+            return Ok(false);
+        }
+        let owner = owner.to_owned();
+        self.transaction(move |(client, runtime, db)| {
+            let bytes = site.as_bytes().as_slice();
+            runtime
+                .block_on(async {
+                    client
+                        .execute(
+                            &format!(
+                                "INSERT INTO {}._synced_site_owners (site_id, owner) \
+                                 VALUES ($1, $2) ON CONFLICT (site_id) DO NOTHING",
+                                db.schema
+                            ),
+                            &[&bytes, &owner],
+                        )
+                        .await?;
+                    let bound: String = client
+                        .query_one(
+                            &format!(
+                                "SELECT owner FROM {}._synced_site_owners WHERE site_id = $1",
+                                db.schema
+                            ),
+                            &[&bytes],
+                        )
+                        .await?
+                        .get(0);
+                    Ok(bound == owner)
+                })
+                .map_err(pg_error)
+        })
+        .await
+    }
+
+    /// A device of `owner`'s left site id `from` for `to`, because another
+    /// file used it too if `reused` (see
+    /// [`Replica::site_renewed`](crate::server::Replica::site_renewed)):
+    /// then `from` is refused from now on.
+    pub async fn site_renewed(
+        &self,
+        from: SiteId,
+        to: SiteId,
+        owner: &str,
+        reused: bool,
+    ) -> Result<()> {
+        if from == to || !reused {
+            return Ok(());
+        }
+        let owner = owner.to_owned();
+        self.transaction(move |(client, runtime, db)| {
+            let bytes = from.as_bytes().as_slice();
+            runtime
+                .block_on(client.execute(
+                    &format!(
+                        "INSERT INTO {0}._synced_reused (site_id) \
+                         SELECT site_id FROM {0}._synced_site_owners \
+                         WHERE site_id = $1 AND owner = $2 ON CONFLICT DO NOTHING",
+                        db.schema
+                    ),
+                    &[&bytes, &owner],
+                ))
+                .map_err(pg_error)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Remembers `site` as used by more than one file: its pushes and pulls
+    /// are refused from now on.
+    pub async fn mark_reused(&self, site: SiteId) -> Result<()> {
+        self.transaction(move |(client, runtime, db)| {
+            let bytes = site.as_bytes().as_slice();
+            runtime
+                .block_on(client.execute(
+                    &format!(
+                        "INSERT INTO {}._synced_reused (site_id) VALUES ($1) ON CONFLICT DO NOTHING",
+                        db.schema
+                    ),
+                    &[&bytes],
+                ))
+                .map_err(pg_error)?;
+            Ok(())
         })
         .await
     }
@@ -449,6 +567,63 @@ impl PgReplica {
 /// How many times a transaction that PostgreSQL ended for a deadlock or a
 /// serialization failure is tried.
 const ATTEMPTS: u32 = 5;
+
+/// The databases of the PostgreSQL database `config` names (see
+/// [`PgReplica::open`]), sorted.
+pub async fn databases(config: &str) -> Result<Vec<String>> {
+    let (client, connection) = tokio_postgres::connect(config, NoTls)
+        .await
+        .map_err(pg_error)?;
+    let driver = tokio::spawn(connection);
+    let listed = client
+        .query(
+            "SELECT schema_name FROM _synced.lock_spaces ORDER BY schema_name",
+            &[],
+        )
+        .await;
+    drop(client);
+    driver.abort();
+    match listed {
+        Ok(rows) => Ok(rows.iter().map(|r| r.get(0)).collect()),
+        // No database was ever created there.
+        Err(e)
+            if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE)
+                || e.code() == Some(&tokio_postgres::error::SqlState::INVALID_SCHEMA_NAME) =>
+        {
+            Ok(Vec::new())
+        }
+        Err(e) => Err(pg_error(e)),
+    }
+}
+
+/// The batch after `from` of the tables and columns of `view`, read at
+/// `upto` in the transaction open on `client`.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the parts of one read, each used once"
+)]
+fn export(
+    client: &Client,
+    runtime: &Handle,
+    db: &Db,
+    upto: i64,
+    from: &Cursor,
+    scope: Scope,
+    limits: BatchLimits,
+    view: Option<&View>,
+) -> Result<Batch> {
+    let reads = reads::PgReads::new(client, runtime, db, upto)?;
+    let mut tables: Vec<TableSchema> = db
+        .tables(client, runtime)?
+        .into_iter()
+        .map(|(_, schema)| schema)
+        .collect();
+    if let Some(view) = view {
+        tables = view.narrow(&tables);
+    }
+    let (batch, ..) = export::export_gated(&reads, &tables, from, scope, limits, None)?;
+    Ok(versions::for_device(view, batch))
+}
 
 /// A database on PostgreSQL as a [`Catalog`].
 struct PgCatalog<'a> {

@@ -97,3 +97,15 @@ impl Copied {
         }
     }
 }
+
+/// Waits until the server holds `n` waiting pulls.
+pub async fn until_waiting(server: &TestServer, n: usize) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while server.state().waiting_pulls() != n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the pull never waited"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+}

@@ -1,0 +1,64 @@
+//! Servers on PostgreSQL: several server processes configured with one
+//! PostgreSQL database serve the same databases, and devices connected to
+//! different ones sync with each other.
+
+#![allow(clippy::unwrap_used)] // in tests, a failed unwrap is a failed assertion
+
+mod support;
+
+use std::time::Duration;
+
+use support::{TestServer, Todo, device, publish_schema, rows, todo, until_waiting};
+use synced_testkit::postgres::Postgres;
+
+/// Two servers sharing one PostgreSQL database: a device on each, what one
+/// writes the other receives, through a sync and through a long-poll woken
+/// by a commit made through the other server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_on_two_servers_sharing_postgresql_converge_and_wake() {
+    let cluster = Postgres::start().expect("a PostgreSQL cluster starts");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = support::config(&dir.path().join("one"));
+    config.storage.postgres = Some(cluster.connection_string("postgres"));
+    let one = TestServer::start_with(config.clone()).await;
+    config.data = dir.path().join("two");
+    let two = TestServer::start_with(config).await;
+    publish_schema(&one.url("todo"), dir.path()).await;
+    // Nothing of the databases is in the data directories.
+    assert!(!dir.path().join("one").join("todo.db").exists());
+
+    let a = device(dir.path(), "a", &one.url("todo"), "ann").await;
+    let b = device(dir.path(), "b", &two.url("todo"), "bob").await;
+    a.insert(&todo("written on a")).await.unwrap();
+    a.sync().await.unwrap();
+    b.sync().await.unwrap();
+    assert_eq!(rows(&b).await, rows(&a).await);
+    let mut edited = rows(&b).await.remove(0);
+    edited.title = "edited on b".into();
+    b.update(&edited).await.unwrap();
+    b.sync().await.unwrap();
+    a.sync().await.unwrap();
+    assert_eq!(rows(&a).await, vec![edited]);
+
+    // A long-poll waiting on the second server, woken by a push through the
+    // first.
+    // Its interval is longer than the test: only a wake-up delivers in time.
+    let mut b_events = b.auto_sync(Duration::from_secs(120));
+    until_waiting(&two, 1).await;
+    let row = todo("woke b");
+    a.insert(&row).await.unwrap();
+    a.sync().await.unwrap();
+    let deadline = Duration::from_secs(20);
+    loop {
+        let event = tokio::time::timeout(deadline, b_events.next())
+            .await
+            .expect("the device on the other server hears of the write");
+        if matches!(&event, Some(sync_runtime::SyncEvent::Received(_))) {
+            break;
+        }
+    }
+    assert_eq!(b.get::<Todo>(&row.id).await.unwrap(), Some(row));
+    drop(b_events);
+    one.stop().await;
+    two.stop().await;
+}
