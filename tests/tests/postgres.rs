@@ -573,3 +573,246 @@ fn a_push_through_one_process_moves_the_horizon_another_watches() {
         }
     });
 }
+
+/// What a backend writes with plain SQL in a replica's tables on PostgreSQL
+/// is tracked as the SQLite store's triggers track an app's raw writes: the
+/// same writes (a creation, a column's write, a delete, a change of key, a
+/// write that changes nothing) in one transaction on both stores leave the
+/// same rows and clocks, and a device pulling from PostgreSQL receives them.
+#[test]
+fn backend_writes_on_postgresql_are_tracked_as_on_sqlite_and_reach_devices() {
+    let cluster = Postgres::start().expect("a PostgreSQL cluster starts");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let config = cluster.connection_string("postgres");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.db");
+        let sqlite = Replica::new(SyncDb::open(&path).await.unwrap());
+        let postgres = PgReplica::open(&config, "backend").await.unwrap();
+        sqlite.publish(vec![Item::SCHEMA.clone()]).await.unwrap();
+        postgres.publish(vec![Item::SCHEMA.clone()]).await.unwrap();
+
+        // A device's rows first, on both.
+        let device = SyncDb::open_in_memory().await.unwrap();
+        device.register::<Item>().await.unwrap();
+        for key in 0..3 {
+            let item = Item {
+                id: item_id(key),
+                title: format!("device {key}"),
+                qty: 1,
+                price: 0.5,
+                data: vec![key],
+                note: None,
+            };
+            device.insert(&item).await.unwrap();
+        }
+        let payload =
+            wire::decode(&device.export_local_changes(Since::Beginning).await.unwrap()).unwrap();
+        sqlite
+            .apply_push(payload.clone(), device.site_id())
+            .await
+            .unwrap();
+        postgres
+            .apply_push(payload, device.site_id())
+            .await
+            .unwrap();
+
+        // The backend's transaction, on both.
+        let id = |key: u8| item_id(key).as_str().to_owned();
+        let writes: Vec<(String, Vec<Value>)> =
+            vec![
+            (
+                "INSERT INTO items (id, title, qty, price, data, note) VALUES (?, ?, ?, ?, ?, ?)"
+                    .into(),
+                vec![
+                    Value::Text(id(7)),
+                    Value::Text("backend".into()),
+                    Value::Integer(3),
+                    Value::Real(1.25),
+                    Value::Blob(vec![7]),
+                    Value::Text("new".into()),
+                ],
+            ),
+            (
+                "UPDATE items SET title = ?, qty = qty WHERE id = ?".into(),
+                vec![Value::Text("edited by the backend".into()), Value::Text(id(0))],
+            ),
+            (
+                "UPDATE items SET note = note WHERE id = ?".into(),
+                vec![Value::Text(id(0))],
+            ),
+            ("DELETE FROM items WHERE id = ?".into(), vec![Value::Text(id(1))]),
+            (
+                "UPDATE items SET id = ? WHERE id = ?".into(),
+                vec![Value::Text(id(9)), Value::Text(id(2))],
+            ),
+        ];
+        let on_sqlite = writes.clone();
+        sqlite
+            .db()
+            .transaction(move |tx| {
+                for (statement, params) in &on_sqlite {
+                    tx.execute_raw(statement, params)?;
+                }
+                Ok::<_, sync_runtime::Error>(())
+            })
+            .await
+            .unwrap();
+        let (mut client, connection) = tokio_postgres::connect(&config, NoTls).await.unwrap();
+        tokio::spawn(connection);
+        let tx = client.transaction().await.unwrap();
+        tx.batch_execute("SET LOCAL search_path TO backend")
+            .await
+            .unwrap();
+        for (statement, params) in &writes {
+            let mut numbered = String::new();
+            let mut n = 0;
+            for c in statement.chars() {
+                if c == '?' {
+                    n += 1;
+                    numbered.push_str(&format!("${n}"));
+                } else {
+                    numbered.push(c);
+                }
+            }
+            let bound: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> = params
+                .iter()
+                .map(
+                    |value| -> Box<dyn tokio_postgres::types::ToSql + Sync + Send> {
+                        match value {
+                            Value::Integer(i) => Box::new(*i),
+                            Value::Real(r) => Box::new(*r),
+                            Value::Text(t) => Box::new(t.clone()),
+                            Value::Blob(b) => Box::new(b.clone()),
+                            Value::Null => Box::new(None::<String>),
+                        }
+                    },
+                )
+                .collect();
+            let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = bound
+                .iter()
+                .map(|b| &**b as &(dyn tokio_postgres::types::ToSql + Sync))
+                .collect();
+            tx.execute(&numbered, &refs).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let (_, keys, values, _) = TABLES[0];
+        let (rows, clock) = dumps("items", keys, values, "\"_synced_clock.items\"");
+        let (pg_rows, pg_clock) =
+            dumps("backend.items", keys, values, "backend.\"_synced_clock_1\"");
+        let expected_rows = sqlite_dump(&conn, &rows);
+        assert_eq!(expected_rows.len(), 3);
+        assert_eq!(pg_dump(&client, &pg_rows).await, expected_rows);
+        assert_eq!(
+            pg_dump(&client, &pg_clock).await,
+            sqlite_dump(&conn, &clock)
+        );
+
+        // The device receives the backend's writes.
+        let mut cursor = Cursor::BEGINNING;
+        loop {
+            let (batch, _) = postgres
+                .export_for_device(device.site_id(), cursor, BatchLimits::default(), None)
+                .await
+                .unwrap();
+            device.apply_changes(&batch.payload).await.unwrap();
+            cursor = batch.next;
+            if batch.complete {
+                break;
+            }
+        }
+        let mut held: Vec<Item> = device.query("1 = 1", Vec::<Value>::new()).await.unwrap();
+        held.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
+        let titles: Vec<(String, String)> = held
+            .iter()
+            .map(|item| (item.id.as_str().to_owned(), item.title.clone()))
+            .collect();
+        assert_eq!(
+            titles,
+            [
+                (id(0), "edited by the backend".to_owned()),
+                (id(7), "backend".to_owned()),
+                (id(9), "device 2".to_owned()),
+            ]
+        );
+    });
+}
+
+/// A backend transaction left open holds every pull below its version; a
+/// row changed again meanwhile, above it, loses none of its earlier changes
+/// on the way to a device: a column written before the transaction began,
+/// in a row written again while it is open, still reaches the reader once it
+/// ends.
+#[test]
+fn an_open_backend_transaction_holds_pulls_and_hides_no_earlier_change() {
+    let cluster = Postgres::start().expect("a PostgreSQL cluster starts");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let config = cluster.connection_string("postgres");
+        let postgres = PgReplica::open(&config, "held").await.unwrap();
+        postgres.publish(vec![Item::SCHEMA.clone()]).await.unwrap();
+        let writer = SyncDb::open_in_memory().await.unwrap();
+        writer.register::<Item>().await.unwrap();
+        let reader = SyncDb::open_in_memory().await.unwrap();
+        reader.register::<Item>().await.unwrap();
+        let mut sent = 0;
+        let mut push = async |item: &Item| {
+            writer.upsert(item).await.unwrap();
+            let payload = writer.export_local_changes(Since::Version(sent)).await.unwrap();
+            let decoded = wire::decode(&payload).unwrap();
+            sent = i64::try_from(decoded.upto).unwrap();
+            postgres.apply_push(decoded, writer.site_id()).await.unwrap()
+        };
+        let mut item = Item {
+            id: item_id(0),
+            title: "first".into(),
+            qty: 1,
+            price: 0.0,
+            data: vec![],
+            note: None,
+        };
+        push(&item).await;
+        item.title = "written before the backend began".into();
+        let before = push(&item).await.version;
+
+        // The backend's transaction takes the next version, and stays open.
+        let (mut client, connection) = tokio_postgres::connect(&config, NoTls).await.unwrap();
+        tokio::spawn(connection);
+        let backend = client.transaction().await.unwrap();
+        let other = item_id(5).as_str().to_owned();
+        backend
+            .execute(
+                "INSERT INTO held.items (id, title, qty, price, data) VALUES ($1, 'backend', 0, 0, '')",
+                &[&other],
+            )
+            .await
+            .unwrap();
+        item.qty = 2;
+        let after = push(&item).await.version;
+        assert!(after > before + 1, "the backend took a version between");
+
+        let pull = async |cursor: Cursor| {
+            let (batch, _) = postgres
+                .export_for_device(reader.site_id(), cursor, BatchLimits::default(), None)
+                .await
+                .unwrap();
+            reader.apply_changes(&batch.payload).await.unwrap();
+            batch
+        };
+        let held = pull(Cursor::BEGINNING).await;
+        // The row is changed above the horizon: not sent yet, and the cursor
+        // does not pass its earlier title.
+        assert_eq!(held.rows, 0);
+        assert!(held.version < before, "{} < {before}", held.version);
+        backend.commit().await.unwrap();
+        let released = pull(held.next).await;
+        assert!(released.complete);
+        let mut rows: Vec<Item> = reader.query("1 = 1", Vec::<Value>::new()).await.unwrap();
+        rows.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0], item);
+        assert_eq!(rows[1].title, "backend");
+    });
+}

@@ -182,10 +182,11 @@ impl PgReplica {
         let created = SiteId::random().map_err(|e| Error::NoRandomness(e.to_string()))?;
         client
             .batch_execute(&format!(
-                "BEGIN; {} {} {};",
+                "BEGIN; {} {} {} {}",
                 sql::CREATION_LOCK,
                 sql::CREATE_LOCK_SPACES,
-                sql::create_meta(&schema)
+                sql::create_meta(&schema),
+                sql::create_tx_version(&schema)
             ))
             .await
             .map_err(pg_error)?;

@@ -141,11 +141,6 @@ pub(crate) fn next_version(schema: &str) -> String {
     format!("SELECT nextval('{schema}._synced_version')")
 }
 
-/// Locks rows (see `Storage::lock_rows`) until the transaction ends: `$1`
-/// the database's lock space, `$2` the rows' hashes, in order.
-pub(crate) const LOCK_ROWS: &str =
-    "SELECT count(pg_advisory_xact_lock($1::integer, hash)) FROM unnest($2::integer[]) AS hash";
-
 /// The lowest floor (see [`hold_floor`]) of the transactions of lock space
 /// `$1` still open: no version at or below it is still to be committed. Read
 /// after [`last_version`], and before the snapshot an export reads on, its
@@ -218,6 +213,11 @@ pub(crate) struct TableSql {
     pub(crate) delete: String,
     /// Deletes a clock by key.
     pub(crate) delete_clock: String,
+    /// Locks the app rows of a set of keys (those that exist), in key order.
+    pub(crate) lock_rows: String,
+    /// Takes the advisory lock of each key of a set (see [`row_lock`]):
+    /// `$1` the database's lock space, then the keys' arrays.
+    pub(crate) lock_keys: String,
 }
 
 impl TableSql {
@@ -372,6 +372,33 @@ impl TableSql {
             .map(|(i, c)| format!("{} = ${}", ident(&c.name), i + 1))
             .collect::<Vec<_>>()
             .join(" AND ");
+        let key_order = keys
+            .iter()
+            .map(|c| format!("t.{}", ident(&c.name)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let lock_rows = format!(
+            "SELECT count(*) FROM (SELECT 1 FROM {set} JOIN {app} t ON {} \
+             ORDER BY {key_order} FOR UPDATE OF t) AS locked",
+            join("t")
+        );
+        let shifted_arrays = keys
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("${}::{}", i + 2, array_type(c.sql_type)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let key_row = (0..keys.len())
+            .map(|i| format!("k.k{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let lock_keys = format!(
+            "SELECT count(pg_advisory_xact_lock($1::integer, h)) FROM \
+             (SELECT DISTINCT {} AS h FROM unnest({shifted_arrays}) AS k({key_names}) ORDER BY h) \
+             AS hashes",
+            row_lock(table, &key_row)
+        );
+        create.push_str(&triggers(schema, table, clock));
         Self {
             create,
             read_clocks,
@@ -380,8 +407,185 @@ impl TableSql {
             write_clocks,
             delete: format!("DELETE FROM {app} WHERE {by_key}"),
             delete_clock: format!("DELETE FROM {clock} WHERE {by_key}"),
+            lock_rows,
+            lock_keys,
         }
     }
+}
+
+/// The advisory lock key of the row of `table` whose key columns' values
+/// are `key_row` (a list of SQL expressions): what a merge and a backend's
+/// write of the row both take before they read its clock.
+fn row_lock(table: &TableSchema, key_row: &str) -> String {
+    let name = table.name.to_ascii_lowercase().replace('\'', "''");
+    format!("hashtext('{name}' || ROW({key_row})::text)")
+}
+
+/// The function that gives a backend's transaction its version, the first
+/// time it writes a synced table: as a merge takes its first version (see
+/// [`hold_floor`]), and notifying the database's channel (heard when the
+/// transaction commits).
+pub(crate) fn create_tx_version(schema: &str) -> String {
+    format!(
+        "CREATE OR REPLACE FUNCTION {schema}._synced_tx_version() RETURNS bigint \
+         LANGUAGE plpgsql AS $f$
+        DECLARE
+          space bigint := (SELECT lock_space FROM {schema}._synced_state);
+          setting text := 'synced.version_' || space;
+          v bigint := nullif(current_setting(setting, true), '')::bigint;
+        BEGIN
+          IF v IS NULL THEN
+            PERFORM pg_advisory_xact_lock_shared((space << {SPACE_SHIFT})
+              | (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END
+                 FROM {schema}._synced_version));
+            v := nextval('{schema}._synced_version');
+            PERFORM set_config(setting, v::text, true);
+            PERFORM pg_notify('synced_' || space, '');
+          END IF;
+          RETURN v;
+        END
+        $f$;"
+    )
+}
+
+/// The triggers that track what a backend writes in the app table of
+/// `table` with plain SQL, as the SQLite store's triggers track an app's
+/// writes (see the book's "Internals: storage and triggers"): a creation, a
+/// column's write, a delete, a change of key (a delete and a creation) each
+/// moves the row's clock under the transaction's version. Before each
+/// insert or update, the row's advisory lock (see [`row_lock`]) waits for a
+/// merge of the same row; a grow-only table refuses deletes and changes of
+/// key. The merge's own writes are not tracked: it keeps the clocks itself.
+fn triggers(schema: &str, table: &TableSchema, clock: &str) -> String {
+    let number = clock_number(clock);
+    let app = format!("{schema}.{}", ident(&table.name));
+    let keys: Vec<&ColumnSchema> = table.key_columns().collect();
+    let values: Vec<&ColumnSchema> = table.value_columns().collect();
+    let row_of = |record: &str, columns: &[&ColumnSchema]| {
+        columns
+            .iter()
+            .map(|c| format!("{record}.{}", ident(&c.name)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let rekeyed = format!(
+        "(TG_OP = 'UPDATE' AND ({}) IS DISTINCT FROM ({}))",
+        row_of("OLD", &keys),
+        row_of("NEW", &keys)
+    );
+    let unchanged = if values.is_empty() {
+        "true".to_owned()
+    } else {
+        format!(
+            "({}) IS NOT DISTINCT FROM ({})",
+            row_of("OLD", &values),
+            row_of("NEW", &values)
+        )
+    };
+    let by_key = |record: &str| {
+        keys.iter()
+            .map(|c| format!("{0} = {record}.{0}", ident(&c.name)))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    };
+    let key_list = keys
+        .iter()
+        .map(|c| ident(&c.name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut clock_columns = vec![key_list.clone()];
+    let mut created = vec![row_of("NEW", &keys), "1, v, v".to_owned()];
+    let mut recreated = vec![
+        "_synced_cl = c._synced_cl + 1 - c._synced_cl % 2".to_owned(),
+        "_synced_dv = v".to_owned(),
+        "_synced_created = CASE WHEN c._synced_cl % 2 = 0 THEN v ELSE c._synced_created END"
+            .to_owned(),
+    ];
+    let mut written = Vec::new();
+    clock_columns.push("_synced_cl, _synced_dv, _synced_created".to_owned());
+    for column in &values {
+        let (v, dv) = (
+            ident(&format!("{}.v", column.id())),
+            ident(&format!("{}.dv", column.id())),
+        );
+        let name = ident(&column.name);
+        clock_columns.push(format!("{v}, {dv}"));
+        created.push("1, v".to_owned());
+        recreated.push(format!(
+            "{v} = CASE WHEN c._synced_cl % 2 = 0 THEN 1 ELSE c.{v} + 1 END"
+        ));
+        recreated.push(format!("{dv} = v"));
+        let changed = format!("OLD.{name} IS DISTINCT FROM NEW.{name}");
+        written.push(format!("{v} = {v} + CASE WHEN {changed} THEN 1 ELSE 0 END"));
+        written.push(format!("{dv} = CASE WHEN {changed} THEN v ELSE {dv} END"));
+    }
+    written.push("_synced_dv = v".to_owned());
+    let guard = if table.algorithm == crate::schema::Algorithm::Gos {
+        format!(
+            "IF TG_OP = 'DELETE' OR {rekeyed} THEN
+               RAISE EXCEPTION '{}';
+             END IF;",
+            format!("{}{}", crate::sql::GROW_ONLY_PREFIX, table.name)
+                .replace('\'', "''")
+                .replace('%', "%%")
+        )
+    } else {
+        String::new()
+    };
+    let lock = row_lock(table, &row_of("NEW", &keys));
+    let guard_fn = format!("{schema}.{}", ident(&format!("_synced_guard_{number}")));
+    let track_fn = format!("{schema}.{}", ident(&format!("_synced_track_{number}")));
+    format!(
+        "CREATE OR REPLACE FUNCTION {guard_fn}() RETURNS trigger LANGUAGE plpgsql AS $f$
+        BEGIN
+          IF current_setting('synced.applying', true) = 'on' THEN
+            RETURN COALESCE(NEW, OLD);
+          END IF;
+          {guard}
+          IF TG_OP <> 'DELETE' THEN
+            PERFORM pg_advisory_xact_lock(
+              (SELECT lock_space FROM {schema}._synced_state)::integer, {lock});
+          END IF;
+          RETURN COALESCE(NEW, OLD);
+        END
+        $f$;
+        CREATE OR REPLACE FUNCTION {track_fn}() RETURNS trigger LANGUAGE plpgsql AS $f$
+        DECLARE v bigint;
+        BEGIN
+          IF current_setting('synced.applying', true) = 'on' THEN
+            RETURN NULL;
+          END IF;
+          IF TG_OP = 'UPDATE' AND NOT {rekeyed} AND {unchanged} THEN
+            RETURN NULL;
+          END IF;
+          v := {schema}._synced_tx_version();
+          IF TG_OP = 'DELETE' OR {rekeyed} THEN
+            UPDATE {clock} SET _synced_cl = _synced_cl + 1, _synced_dv = v
+              WHERE {old_key} AND _synced_cl % 2 = 1;
+          END IF;
+          IF TG_OP = 'INSERT' OR {rekeyed} THEN
+            INSERT INTO {clock} AS c ({clock_columns}) VALUES ({created})
+              ON CONFLICT ({key_list}) DO UPDATE SET {recreated};
+          ELSIF TG_OP = 'UPDATE' THEN
+            UPDATE {clock} SET {written} WHERE {new_key};
+          END IF;
+          RETURN NULL;
+        END
+        $f$;
+        DROP TRIGGER IF EXISTS \"_synced_guard\" ON {app};
+        CREATE TRIGGER \"_synced_guard\" BEFORE INSERT OR UPDATE OR DELETE ON {app}
+          FOR EACH ROW EXECUTE FUNCTION {guard_fn}();
+        DROP TRIGGER IF EXISTS \"_synced_track\" ON {app};
+        CREATE TRIGGER \"_synced_track\" AFTER INSERT OR UPDATE OR DELETE ON {app}
+          FOR EACH ROW EXECUTE FUNCTION {track_fn}();
+        ",
+        old_key = by_key("OLD"),
+        new_key = by_key("NEW"),
+        clock_columns = clock_columns.join(", "),
+        created = created.join(", "),
+        recreated = recreated.join(", "),
+        written = written.join(", "),
+    )
 }
 
 /// The number at the end of a clock table's name.

@@ -294,29 +294,31 @@ impl Storage for PgStorage<'_> {
     }
 
     fn lock_rows(&mut self, rows: &[(usize, &[Value])]) -> Result<()> {
-        // One lock per row, keyed by a hash of its table and key (two rows
-        // that share a hash only wait for each other), taken in one order by
-        // every merge, so that two merges never wait for each other in a
-        // circle.
-        let mut hashes: Vec<i32> = rows
-            .iter()
-            .map(|(table, key)| {
-                let mut hasher = crc32fast::Hasher::new();
-                hasher.update(
-                    self.tables[*table]
-                        .schema
-                        .name
-                        .to_ascii_lowercase()
-                        .as_bytes(),
-                );
-                hasher.update(&crate::wire::encode_key(key));
-                hasher.finalize() as i32
-            })
-            .collect();
-        hashes.sort_unstable();
-        hashes.dedup();
-        let space = i32::try_from(self.db.space).unwrap_or(i32::MAX);
-        self.execute(sql::LOCK_ROWS, &[&space, &hashes])?;
+        // The app rows that exist, then an advisory lock per key (see
+        // `sql::row_lock`), which a backend's write of the row takes too:
+        // table by table in name order, each in key order, so that no two
+        // merges wait for each other in a circle.
+        let mut order: Vec<usize> = (0..self.tables.len()).collect();
+        order.sort_by_cached_key(|&t| self.tables[t].schema.name.to_ascii_lowercase());
+        let space = i32::try_from(self.db.space).map_err(|_| Error::Corrupt {
+            details: format!("lock space {} is out of range", self.db.space),
+        })?;
+        for table in order {
+            let keys: Vec<&[Value]> = rows
+                .iter()
+                .filter(|(t, _)| *t == table)
+                .map(|(_, key)| *key)
+                .collect();
+            if keys.is_empty() {
+                continue;
+            }
+            let t = &self.tables[table];
+            let arrays = value::key_arrays(&t.schema, &keys)?;
+            self.query(&t.sql.lock_rows, &arrays.params())?;
+            let mut params: Vec<&(dyn ToSql + Sync)> = vec![&space];
+            params.extend(arrays.params());
+            self.query(&t.sql.lock_keys, &params)?;
+        }
         Ok(())
     }
 
