@@ -816,3 +816,200 @@ fn an_open_backend_transaction_holds_pulls_and_hides_no_earlier_change() {
         assert_eq!(rows[1].title, "backend");
     });
 }
+
+/// A column's values of one type (and NULL), for [`postgresql_orders_values_as_sqlite_does`].
+fn column_values() -> impl Strategy<Value = (&'static str, &'static str, Vec<Value>)> {
+    let nullable = |values: BoxedStrategy<Value>| {
+        proptest::collection::vec(prop_oneof![1 => Just(Value::Null), 6 => values], 0..24)
+    };
+    prop_oneof![
+        nullable(
+            prop_oneof![
+                any::<i64>(),
+                Just(i64::MIN),
+                Just(i64::MAX),
+                Just(0i64),
+                -3i64..3
+            ]
+            .prop_map(Value::Integer)
+            .boxed()
+        )
+        .prop_map(|v| ("INTEGER", "bigint", v)),
+        nullable(
+            prop_oneof![
+                any::<f64>().prop_filter("SQLite stores no NaN", |r| !r.is_nan()),
+                Just(0.0),
+                Just(-0.0),
+                Just(f64::INFINITY),
+                Just(f64::NEG_INFINITY),
+                Just(f64::MIN_POSITIVE),
+                Just(1e300),
+            ]
+            .prop_map(Value::Real)
+            .boxed()
+        )
+        .prop_map(|v| ("REAL", "double precision", v)),
+        nullable(
+            "[a-zA-Z0-9 _éÉß€😀\u{7f}\u{80}\u{ffff}\u{1}-]{0,6}"
+                .prop_map(Value::Text)
+                .boxed()
+        )
+        .prop_map(|v| ("TEXT", "text COLLATE \"C\"", v)),
+        nullable(
+            proptest::collection::vec(any::<u8>(), 0..6)
+                .prop_map(Value::Blob)
+                .boxed()
+        )
+        .prop_map(|v| ("BLOB", "bytea", v)),
+    ]
+}
+
+/// Where PostgreSQL compares a replica's values (the keys its upserts and
+/// locks match, the order a backend sorts by), it compares them as SQLite
+/// does: the same values of one column type, with NULLs, sort into the same
+/// order in both, and the same of them are equal, in a database whose own
+/// order of text is a language's. (The merge itself compares values in
+/// Rust, the same code on both stores.)
+#[test]
+fn postgresql_orders_values_as_sqlite_does() {
+    let cases = std::env::var("SYNCED_POSTGRES_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    let cluster = Postgres::start().expect("a PostgreSQL cluster starts");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let client = runtime.block_on(async {
+        // A database whose own order of text is a language's (ICU's root
+        // collation), as most installations' are: a column must say it sorts
+        // text by its bytes.
+        let (admin, connection) =
+            tokio_postgres::connect(&cluster.connection_string("postgres"), NoTls)
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        admin
+            .batch_execute(
+                "CREATE DATABASE ordered TEMPLATE template0 ENCODING 'UTF8' \
+                 LOCALE_PROVIDER icu ICU_LOCALE 'und' LOCALE 'C'",
+            )
+            .await
+            .unwrap();
+        let (client, connection) =
+            tokio_postgres::connect(&cluster.connection_string("ordered"), NoTls)
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        client
+    });
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    runner
+        .run(&column_values(), |(sqlite_type, pg_type, values)| {
+            // Equal values (0.0 and -0.0 are one in both) print alike.
+            let canonical = |dump: Dump| -> Vec<Value> {
+                dump.into_iter()
+                    .map(|row| match &row[0] {
+                        Value::Real(r) => Value::Real(r + 0.0),
+                        other => other.clone(),
+                    })
+                    .collect()
+            };
+            let conn = rusqlite::Connection::open_in_memory().unwrap();
+            conn.execute_batch(&format!("CREATE TABLE t (v {sqlite_type}) STRICT"))
+                .unwrap();
+            for value in &values {
+                let bound: rusqlite::types::Value = match value.clone() {
+                    Value::Null => rusqlite::types::Value::Null,
+                    Value::Integer(i) => rusqlite::types::Value::Integer(i),
+                    Value::Real(r) => rusqlite::types::Value::Real(r),
+                    Value::Text(t) => rusqlite::types::Value::Text(t),
+                    Value::Blob(b) => rusqlite::types::Value::Blob(b),
+                };
+                conn.execute("INSERT INTO t VALUES (?1)", [bound]).unwrap();
+            }
+            let sqlite_order = canonical(sqlite_dump(&conn, "SELECT v FROM t ORDER BY v"));
+            let sqlite_distinct =
+                sqlite_dump(&conn, "SELECT count(DISTINCT v) FROM t")[0][0].clone();
+            let (pg_order, pg_distinct) = runtime.block_on(async {
+                client
+                    .batch_execute(&format!(
+                        "DROP TABLE IF EXISTS t; CREATE TABLE t (v {pg_type})"
+                    ))
+                    .await
+                    .unwrap();
+                for value in &values {
+                    let statement = "INSERT INTO t VALUES ($1)";
+                    match value {
+                        Value::Null => client.execute("INSERT INTO t VALUES (NULL)", &[]).await,
+                        Value::Integer(i) => client.execute(statement, &[i]).await,
+                        Value::Real(r) => client.execute(statement, &[r]).await,
+                        Value::Text(t) => client.execute(statement, &[t]).await,
+                        Value::Blob(b) => client.execute(statement, &[b]).await,
+                    }
+                    .unwrap();
+                }
+                let order =
+                    canonical(pg_dump(&client, "SELECT v FROM t ORDER BY v NULLS FIRST").await);
+                let distinct = client
+                    .query_one("SELECT count(DISTINCT v) FROM t", &[])
+                    .await
+                    .unwrap()
+                    .get::<_, i64>(0);
+                (order, Value::Integer(distinct))
+            });
+            prop_assert_eq!(&pg_order, &sqlite_order);
+            prop_assert_eq!(pg_distinct, sqlite_distinct);
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Text holding a NUL character, which SQLite stores and PostgreSQL cannot:
+/// the push is refused whole with a typed error, and nothing of it is
+/// applied.
+#[test]
+fn text_postgresql_cannot_store_refuses_the_push_whole() {
+    let cluster = Postgres::start().expect("a PostgreSQL cluster starts");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let postgres = PgReplica::open(&cluster.connection_string("postgres"), "nul")
+            .await
+            .unwrap();
+        postgres.publish(vec![Item::SCHEMA.clone()]).await.unwrap();
+        let device = SyncDb::open_in_memory().await.unwrap();
+        device.register::<Item>().await.unwrap();
+        for (key, title) in [(0, "fine"), (1, "a\0b")] {
+            let item = Item {
+                id: item_id(key),
+                title: title.into(),
+                qty: 0,
+                price: 0.0,
+                data: vec![],
+                note: None,
+            };
+            device.insert(&item).await.unwrap();
+        }
+        let payload = device.export_local_changes(Since::Beginning).await.unwrap();
+        let refused = postgres
+            .apply_push(wire::decode(&payload).unwrap(), device.site_id())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&refused, sync_runtime::Error::Refused { reason } if reason.contains("NUL")),
+            "{refused:?}"
+        );
+        let (batch, _) = postgres
+            .export_for_device(
+                sync_runtime::SiteId::from_bytes([3; 16]),
+                Cursor::BEGINNING,
+                BatchLimits::default(),
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(batch.rows, 0, "nothing of the refused push is applied");
+    });
+}
