@@ -113,6 +113,10 @@ fn main() -> Result<(), BoxError> {
         .build()?;
     report.insert("server".into(), threaded.block_on(server::run(&plan))?);
     report.insert(
+        "stores".into(),
+        threaded.block_on(server::stores_side_by_side(plan.rows))?,
+    );
+    report.insert(
         "versions".into(),
         threaded.block_on(evolve::side_by_side(plan.rows))?,
     );

@@ -40,7 +40,11 @@ impl Running {
     }
 }
 
-async fn start(dir: &Path) -> Result<Running, BoxError> {
+/// A server storing its databases in `dir`, or in the PostgreSQL database
+/// `postgres` names (without the row-level security database, which it
+/// does not serve yet).
+async fn start(dir: &Path, postgres: Option<String>) -> Result<Running, BoxError> {
+    std::fs::create_dir_all(dir)?;
     // The row-level security database: users read their own rows.
     let schema = dir.join("owned.json");
     std::fs::write(&schema, serde_json::to_string(&[Owned::SCHEMA])?)?;
@@ -61,7 +65,10 @@ async fn start(dir: &Path) -> Result<Running, BoxError> {
         &dir.join("server"),
         &["transfer", "latency", "watch", "clients"],
     );
-    config.databases.insert("owned".to_owned(), owned);
+    if postgres.is_none() {
+        config.databases.insert("owned".to_owned(), owned);
+    }
+    config.storage.postgres = postgres;
     let server = Server::bind(config).await?;
     Ok(Running {
         server: server.spawn(),
@@ -70,6 +77,77 @@ async fn start(dir: &Path) -> Result<Running, BoxError> {
 
 async fn device(path: Option<&Path>, url: &str, user: &str) -> Result<SyncDb, BoxError> {
     Ok(synced_testkit::device::<Todo>(path, url, user).await?)
+}
+
+/// Sends `rows` rows from a device A through the server's database
+/// `transfer` to a device B (their files in `dir`), prints the figures; the
+/// figures, and the seconds it took.
+async fn transfer(server: &Running, dir: &Path, rows: usize) -> Result<(Json, f64), BoxError> {
+    let url = server.database("transfer").await?;
+    let a = device(Some(&dir.join("a.db")), &url, "ann").await?;
+    let b = device(Some(&dir.join("b.db")), &url, "ann").await?;
+    let written: Vec<Todo> = (0..rows).map(todo).collect();
+    let written = Arc::new(written);
+    let inserted = Arc::clone(&written);
+    a.transaction(move |tx| {
+        for row in inserted.iter() {
+            tx.insert(row)?;
+        }
+        Ok::<_, sync_runtime::Error>(())
+    })
+    .await?;
+    let start = Instant::now();
+    let sent = a.sync().await?;
+    let send = start.elapsed();
+    let received = b.sync().await?;
+    let total = start.elapsed();
+    synced_bench::received_all(&sent, &received)?;
+    let seconds = total.as_secs_f64();
+    println!(
+        "{:<34} {:>10.1} ms   A sends {:.0} ms + B fetches {:.0} ms; {:.0} rows/s, {:.0} column changes/s ({} batches up, {} down)",
+        format!("{rows} rows A -> server -> B"),
+        seconds * 1e3,
+        send.as_secs_f64() * 1e3,
+        (total - send).as_secs_f64() * 1e3,
+        rows as f64 / seconds,
+        sent.changes_sent as f64 / seconds,
+        sent.batches,
+        received.batches,
+    );
+    let figures = json!({
+        "rows": rows,
+        "ms": seconds * 1e3,
+        "send_ms": send.as_secs_f64() * 1e3,
+        "fetch_ms": (total - send).as_secs_f64() * 1e3,
+        "rows_per_s": rows as f64 / seconds,
+        "bytes_up": sent.bytes_sent,
+        "bytes_down": received.bytes_received,
+    });
+    Ok((figures, seconds))
+}
+
+/// The transfer of `rows` rows, on a server on SQLite and one on PostgreSQL
+/// (a cluster of its own, started here), side by side.
+pub(crate) async fn stores_side_by_side(rows: usize) -> Result<Json, BoxError> {
+    println!(
+        "
+the same through a server on SQLite and one on PostgreSQL"
+    );
+    let dir = tempfile::tempdir()?;
+    let sqlite = start(&dir.path().join("sqlite"), None).await?;
+    let (on_sqlite, sqlite_s) = transfer(&sqlite, &dir.path().join("sqlite"), rows).await?;
+    drop(sqlite);
+    let cluster = synced_testkit::postgres::Postgres::start()?;
+    let postgres = start(
+        &dir.path().join("postgres"),
+        Some(cluster.connection_string("postgres")),
+    )
+    .await?;
+    let (on_postgres, postgres_s) = transfer(&postgres, &dir.path().join("postgres"), rows).await?;
+    drop(postgres);
+    let ratio = postgres_s / sqlite_s;
+    println!("{:<34} {ratio:>10.2}x   PostgreSQL / SQLite", "transfer");
+    Ok(json!({ "sqlite": on_sqlite, "postgres": on_postgres, "ratio": ratio }))
 }
 
 /// The median and the 99th percentile of `took`, in milliseconds.
@@ -131,51 +209,11 @@ async fn watch_latency(server: &Running, changes: usize) -> Result<Json, BoxErro
 /// Runs the three measurements; prints them and returns their JSON.
 pub(crate) async fn run(plan: &Plan) -> Result<Json, BoxError> {
     let dir = tempfile::tempdir()?;
-    let server = start(dir.path()).await?;
+    let server = start(dir.path(), None).await?;
     println!("\nsync through a server on loopback (HTTP, SQLite store, JWT auth)");
 
     // 1. Rows from A to B: A's sync sends them, B's sync fetches them.
-    let url = server.database("transfer").await?;
-    let a = device(Some(&dir.path().join("a.db")), &url, "ann").await?;
-    let b = device(Some(&dir.path().join("b.db")), &url, "ann").await?;
-    let rows: Vec<Todo> = (0..plan.rows).map(todo).collect();
-    let rows = Arc::new(rows);
-    let inserted = Arc::clone(&rows);
-    a.transaction(move |tx| {
-        for row in inserted.iter() {
-            tx.insert(row)?;
-        }
-        Ok::<_, sync_runtime::Error>(())
-    })
-    .await?;
-    let start = Instant::now();
-    let sent = a.sync().await?;
-    let send = start.elapsed();
-    let received = b.sync().await?;
-    let total = start.elapsed();
-    synced_bench::received_all(&sent, &received)?;
-    let seconds = total.as_secs_f64();
-    println!(
-        "{:<34} {:>10.1} ms   A sends {:.0} ms + B fetches {:.0} ms; {:.0} rows/s, {:.0} column changes/s ({} batches up, {} down)",
-        format!("{} rows A -> server -> B", plan.rows),
-        seconds * 1e3,
-        send.as_secs_f64() * 1e3,
-        (total - send).as_secs_f64() * 1e3,
-        plan.rows as f64 / seconds,
-        sent.changes_sent as f64 / seconds,
-        sent.batches,
-        received.batches,
-    );
-    let transfer = json!({
-        "rows": plan.rows,
-        "ms": seconds * 1e3,
-        "send_ms": send.as_secs_f64() * 1e3,
-        "fetch_ms": (total - send).as_secs_f64() * 1e3,
-        "rows_per_s": plan.rows as f64 / seconds,
-        "bytes_up": sent.bytes_sent,
-        "bytes_down": received.bytes_received,
-    });
-    drop((a, b));
+    let (transfer, _) = transfer(&server, dir.path(), plan.rows).await?;
 
     // 2. Write-to-visible latency: A syncs automatically, B waits in a long-poll.
     let url = server.database("latency").await?;

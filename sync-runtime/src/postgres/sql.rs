@@ -215,9 +215,13 @@ pub(crate) struct TableSql {
     pub(crate) delete_clock: String,
     /// Locks the app rows of a set of keys (those that exist), in key order.
     pub(crate) lock_rows: String,
-    /// Takes the advisory lock of each key of a set (see [`row_lock`]):
-    /// `$1` the database's lock space, then the keys' arrays.
+    /// Takes the advisory lock of each key of a set (see [`row_lock`]),
+    /// after the table's, shared: `$1` the database's lock space, then the
+    /// keys' arrays.
     pub(crate) lock_keys: String,
+    /// Takes the table's advisory lock alone (see [`table_lock`]): `$1` the
+    /// database's lock space.
+    pub(crate) lock_table: String,
 }
 
 impl TableSql {
@@ -300,8 +304,12 @@ impl TableSql {
                 clock_columns.push(format!("c.{}", meta_col(column, part)));
             }
         }
+        // Each key looked up through the primary key, whatever the planner
+        // believes of the tables' sizes (OFFSET 0 keeps the subquery a
+        // lookup per key rather than a join it may plan as a scan).
         let read_clocks = format!(
-            "SELECT k.i, {} FROM {set} JOIN {clock} c ON {}",
+            "SELECT k.i, c.* FROM {set} CROSS JOIN LATERAL \
+             (SELECT {} FROM {clock} c WHERE {} OFFSET 0) AS c",
             clock_columns.join(", "),
             join("c")
         );
@@ -310,7 +318,8 @@ impl TableSql {
             .map(|c| format!("t.{}", ident(&c.name)))
             .collect::<Vec<_>>();
         let read_rows = format!(
-            "SELECT k.i{}{} FROM {set} JOIN {app} t ON {}",
+            "SELECT k.i, t.* FROM {set} CROSS JOIN LATERAL \
+             (SELECT true AS found{}{} FROM {app} t WHERE {} OFFSET 0) AS t",
             if value_list.is_empty() { "" } else { ", " },
             value_list.join(", "),
             join("t")
@@ -372,14 +381,14 @@ impl TableSql {
             .map(|(i, c)| format!("{} = ${}", ident(&c.name), i + 1))
             .collect::<Vec<_>>()
             .join(" AND ");
-        let key_order = keys
-            .iter()
-            .map(|c| format!("t.{}", ident(&c.name)))
+        // In key order, each through the primary key (see `read_clocks`).
+        let sorted_keys = (0..keys.len())
+            .map(|i| format!("k{i}"))
             .collect::<Vec<_>>()
             .join(", ");
         let lock_rows = format!(
-            "SELECT count(*) FROM (SELECT 1 FROM {set} JOIN {app} t ON {} \
-             ORDER BY {key_order} FOR UPDATE OF t) AS locked",
+            "SELECT count(*) FROM (SELECT * FROM {set} ORDER BY {sorted_keys}) AS k \
+             CROSS JOIN LATERAL (SELECT 1 FROM {app} t WHERE {} FOR UPDATE OF t) AS locked",
             join("t")
         );
         let shifted_arrays = keys
@@ -393,10 +402,16 @@ impl TableSql {
             .collect::<Vec<_>>()
             .join(", ");
         let lock_keys = format!(
-            "SELECT count(pg_advisory_xact_lock($1::integer, h)) FROM \
+            "SELECT pg_advisory_xact_lock_shared($1::integer, {table_lock}), \
+             (SELECT count(pg_advisory_xact_lock($1::integer, h)) FROM \
              (SELECT DISTINCT {} AS h FROM unnest({shifted_arrays}) AS k({key_names}) ORDER BY h) \
-             AS hashes",
-            row_lock(table, &key_row)
+             AS hashes)",
+            row_lock(table, &key_row),
+            table_lock = table_lock(table),
+        );
+        let lock_table = format!(
+            "SELECT pg_advisory_xact_lock($1::integer, {})",
+            table_lock(table)
         );
         create.push_str(&triggers(schema, table, clock));
         Self {
@@ -409,17 +424,38 @@ impl TableSql {
             delete_clock: format!("DELETE FROM {clock} WHERE {by_key}"),
             lock_rows,
             lock_keys,
+            lock_table,
         }
     }
 }
+
+/// The advisory lock key of the whole of `table`: held shared by every
+/// writer of a few of its rows (with each row's, see [`row_lock`]), and
+/// alone by a merge of many, which then holds one lock rather than one per
+/// row. Negative, apart from the rows' keys.
+fn table_lock(table: &TableSchema) -> String {
+    let name = table.name.to_ascii_lowercase().replace('\'', "''");
+    format!("(-1 - (hashtext('{name}') & 1073741823))")
+}
+
+/// The most rows of one table a merge locks one by one (see
+/// [`row_lock`]); a merge of more locks the table (see [`table_lock`]).
+pub(crate) const ROWS_LOCKED_ONE_BY_ONE: usize = 256;
 
 /// The advisory lock key of the row of `table` whose key columns' values
 /// are `key_row` (a list of SQL expressions): what a merge and a backend's
 /// write of the row both take before they read its clock.
 fn row_lock(table: &TableSchema, key_row: &str) -> String {
     let name = table.name.to_ascii_lowercase().replace('\'', "''");
-    format!("hashtext('{name}' || ROW({key_row})::text)")
+    format!(
+        "(hashtext('{name}' || ROW({key_row})::text) & {})",
+        ROW_LOCKS - 1
+    )
 }
+
+/// How many advisory locks the rows of one table share (a power of two):
+/// rows that share one only wait for each other.
+pub(crate) const ROW_LOCKS: u32 = 1 << 16;
 
 /// The function that gives a backend's transaction its version, the first
 /// time it writes a synced table: as a merge takes its first version (see
@@ -543,8 +579,9 @@ fn triggers(schema: &str, table: &TableSchema, clock: &str) -> String {
           END IF;
           {guard}
           IF TG_OP <> 'DELETE' THEN
-            PERFORM pg_advisory_xact_lock(
-              (SELECT lock_space FROM {schema}._synced_state)::integer, {lock});
+            PERFORM pg_advisory_xact_lock_shared(space, {table_lock}),
+              pg_advisory_xact_lock(space, {lock})
+              FROM (SELECT lock_space::integer AS space FROM {schema}._synced_state) AS s;
           END IF;
           RETURN COALESCE(NEW, OLD);
         END
@@ -574,11 +611,15 @@ fn triggers(schema: &str, table: &TableSchema, clock: &str) -> String {
         $f$;
         DROP TRIGGER IF EXISTS \"_synced_guard\" ON {app};
         CREATE TRIGGER \"_synced_guard\" BEFORE INSERT OR UPDATE OR DELETE ON {app}
-          FOR EACH ROW EXECUTE FUNCTION {guard_fn}();
+          FOR EACH ROW WHEN ({tracking}) EXECUTE FUNCTION {guard_fn}();
         DROP TRIGGER IF EXISTS \"_synced_track\" ON {app};
         CREATE TRIGGER \"_synced_track\" AFTER INSERT OR UPDATE OR DELETE ON {app}
-          FOR EACH ROW EXECUTE FUNCTION {track_fn}();
+          FOR EACH ROW WHEN ({tracking}) EXECUTE FUNCTION {track_fn}();
         ",
+        // Tested before the function is called: a merge's writes (many rows
+        // at once) call none.
+        tracking = "current_setting('synced.applying', true) IS DISTINCT FROM 'on'",
+        table_lock = table_lock(table),
         old_key = by_key("OLD"),
         new_key = by_key("NEW"),
         clock_columns = clock_columns.join(", "),

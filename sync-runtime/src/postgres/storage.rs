@@ -294,10 +294,11 @@ impl Storage for PgStorage<'_> {
     }
 
     fn lock_rows(&mut self, rows: &[(usize, &[Value])]) -> Result<()> {
-        // The app rows that exist, then an advisory lock per key (see
-        // `sql::row_lock`), which a backend's write of the row takes too:
-        // table by table in name order, each in key order, so that no two
-        // merges wait for each other in a circle.
+        // The app rows that exist, then the table's advisory lock shared and
+        // one per key (see `sql::row_lock`), which a backend's write of the
+        // row takes too, or for many rows the table's alone: table by table
+        // in name order, each in key order, so that no two merges wait for
+        // each other in a circle.
         let mut order: Vec<usize> = (0..self.tables.len()).collect();
         order.sort_by_cached_key(|&t| self.tables[t].schema.name.to_ascii_lowercase());
         let space = i32::try_from(self.db.space).map_err(|_| Error::Corrupt {
@@ -315,6 +316,12 @@ impl Storage for PgStorage<'_> {
             let t = &self.tables[table];
             let arrays = value::key_arrays(&t.schema, &keys)?;
             self.query(&t.sql.lock_rows, &arrays.params())?;
+            if keys.len() > sql::ROWS_LOCKED_ONE_BY_ONE {
+                // One lock for the table rather than one per row: the lock
+                // table has room for a few hundred a connection.
+                self.query(&t.sql.lock_table, &[&space])?;
+                continue;
+            }
             let mut params: Vec<&(dyn ToSql + Sync)> = vec![&space];
             params.extend(arrays.params());
             self.query(&t.sql.lock_keys, &params)?;
@@ -354,7 +361,8 @@ impl Storage for PgStorage<'_> {
             let read = types
                 .iter()
                 .enumerate()
-                .map(|(c, ty)| value::get(&row, c + 1, *ty))
+                // After the position and `found`.
+                .map(|(c, ty)| value::get(&row, c + 2, *ty))
                 .collect::<Result<Vec<_>>>()?;
             values[position(i, keys.len())?] = Some(read);
         }
