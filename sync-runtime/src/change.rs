@@ -406,12 +406,14 @@ pub(crate) trait Reads {
     fn ordinal(&self, site: SiteId) -> Result<Option<i64>>;
 
     /// The `(version of the last change, creation order)` of up to `limit`
-    /// clock rows of `schema` after `after`, at or below [`upto`](Self::upto),
-    /// in that order: where the pages of a batched export end.
+    /// clock rows of `schema` after `after`, at or below `upto` (at most
+    /// [`upto`](Self::upto)), in that order: where the pages of a batched
+    /// export end.
     fn page_keys(
         &self,
         schema: &TableSchema,
         after: (i64, i64),
+        upto: i64,
         limit: i64,
     ) -> Result<Vec<(i64, i64)>>;
 
@@ -424,13 +426,13 @@ pub(crate) trait Reads {
         each: &mut dyn FnMut(ClockRow) -> Result<()>,
     ) -> Result<()>;
 
-    /// The lowest version after `base` and at or below [`upto`](Self::upto)
-    /// of a change (a creation or a column's write) of a row of `schema`
-    /// whose last change is above `upto`: committed after a version still
-    /// open, the row is left out of an export at `upto`, and so is that
-    /// change, so an export's cursor stops before it. `None` if there is
-    /// none, as always where versions commit in order.
-    fn hidden(&self, schema: &TableSchema, base: i64) -> Result<Option<i64>>;
+    /// The lowest version after `base` and at or below `end` (at most
+    /// [`upto`](Self::upto)) of a change (a creation or a column's write) of
+    /// a row of `schema` whose last change is above `end`: such a row is
+    /// left out of an export that ends at `end`, and so is that change, so
+    /// the export must end before it. `None` if there is none, as always
+    /// where versions commit in order and `end` is [`upto`](Self::upto).
+    fn hidden(&self, schema: &TableSchema, base: i64, end: i64) -> Result<Option<i64>>;
 
     /// Whether reader `reader` (a site ordinal) has any mark in `table`
     /// (lowercase).
@@ -494,8 +496,11 @@ impl Reads for SqliteReads<'_> {
         &self,
         schema: &TableSchema,
         after: (i64, i64),
+        _upto: i64,
         limit: i64,
     ) -> Result<Vec<(i64, i64)>> {
+        // Bounded by the database's version, which is `upto`: nothing above
+        // it is hidden here (see `hidden`).
         let sql = TableSql::of(schema);
         let mut stmt = self.conn.prepare_cached(&sql.batch_keys)?;
         let rows = stmt.query_map((after.0, after.1, limit), |row| {
@@ -513,7 +518,7 @@ impl Reads for SqliteReads<'_> {
         scan(self.conn, schema, range, each)
     }
 
-    fn hidden(&self, _schema: &TableSchema, _base: i64) -> Result<Option<i64>> {
+    fn hidden(&self, _schema: &TableSchema, _base: i64, _end: i64) -> Result<Option<i64>> {
         // One writer at a time: no row's last change is above the version.
         Ok(None)
     }

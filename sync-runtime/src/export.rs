@@ -562,6 +562,26 @@ pub(crate) fn export_gated(
     let max_rows = limits.max_rows.max(1);
     let mut sites = SiteDictionary::new(reads);
     let base = from.base;
+    // A change at or below `upto` in a row changed again above it cannot be
+    // in this batch (the row is read as it is now): the batch stops before
+    // it, and carries nothing after, so that a pull that finds nothing new
+    // waits rather than takes the same rows again.
+    // A row left out so is read later as it is then: any change it has
+    // after `base` must then be after the batch's end too, so the end moves
+    // down until no row left out has one before it.
+    let mut upto = upto;
+    loop {
+        let mut hidden: Option<i64> = None;
+        for schema in &tables {
+            if let Some(version) = reads.hidden(schema, base, upto)? {
+                hidden = Some(hidden.map_or(version, |lowest| lowest.min(version)));
+            }
+        }
+        match hidden {
+            Some(version) => upto = version - 1,
+            None => break,
+        }
+    }
     let mut gate = match gating {
         Some(Gating::Reader(filter, reader)) => Some(Gate::new(reads, filter, reader, base, upto)?),
         Some(Gating::Nobody(filter)) => Some(Gate::nobody(filter, base, upto)),
@@ -578,7 +598,7 @@ pub(crate) fn export_gated(
     // empty: a device that just pushed a large change set does not fetch it back
     // as empty batches.
     let mut end = loop {
-        let end = page_end(reads, &tables, &names, &from, max_rows)?;
+        let end = page_end(reads, &tables, &names, &from, upto, max_rows)?;
         for (index, schema) in tables.iter().enumerate() {
             let after = from.after(&names[index]);
             let last = match &end {
@@ -658,19 +678,6 @@ pub(crate) fn export_gated(
     }
 
     let complete = end.is_none();
-    // A change at or below `upto` in a row changed again above it is not in
-    // this batch: the next one starts before it.
-    let upto = if complete {
-        let mut hidden: Option<i64> = None;
-        for schema in &tables {
-            if let Some(version) = reads.hidden(schema, base)? {
-                hidden = Some(hidden.map_or(version, |lowest| lowest.min(version)));
-            }
-        }
-        hidden.map_or(upto, |hidden| upto.min(hidden - 1))
-    } else {
-        upto
-    };
     let next = end.map_or_else(|| Cursor::at(upto), |end| end.made_after(vacuums));
     let rows = placed
         .into_iter()
@@ -845,6 +852,7 @@ fn page_end(
     tables: &[&TableSchema],
     names: &[String],
     from: &Cursor,
+    upto: i64,
     max_rows: usize,
 ) -> Result<Option<Cursor>> {
     if max_rows == usize::MAX {
@@ -856,7 +864,7 @@ fn page_end(
     let mut keys: Vec<(i64, usize, i64)> = Vec::new();
     for (index, schema) in tables.iter().enumerate() {
         let after = from.after(&names[index]);
-        for (version, rowid) in reads.page_keys(schema, after, limit)? {
+        for (version, rowid) in reads.page_keys(schema, after, upto, limit)? {
             keys.push((version, index, rowid));
         }
     }

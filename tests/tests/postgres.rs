@@ -776,6 +776,11 @@ fn an_open_backend_transaction_holds_pulls_and_hides_no_earlier_change() {
         push(&item).await;
         item.title = "written before the backend began".into();
         let before = push(&item).await.version;
+        // A row changed last below the backend's version, after the first's
+        // earlier changes.
+        let mut second = item.clone();
+        second.id = item_id(1);
+        push(&second).await;
 
         // The backend's transaction takes the next version, and stays open.
         let (mut client, connection) = tokio_postgres::connect(&config, NoTls).await.unwrap();
@@ -806,14 +811,19 @@ fn an_open_backend_transaction_holds_pulls_and_hides_no_earlier_change() {
         // does not pass its earlier title.
         assert_eq!(held.rows, 0);
         assert!(held.version < before, "{} < {before}", held.version);
+        // Pulled again while the transaction is open: still nothing, so a
+        // long-poll waits rather than takes the same rows again and again.
+        let again = pull(held.next.clone()).await;
+        assert_eq!((again.rows, &again.next), (0, &held.next));
         backend.commit().await.unwrap();
         let released = pull(held.next).await;
         assert!(released.complete);
         let mut rows: Vec<Item> = reader.query("1 = 1", Vec::<Value>::new()).await.unwrap();
         rows.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
-        assert_eq!(rows.len(), 2);
+        assert_eq!(rows.len(), 3);
         assert_eq!(rows[0], item);
-        assert_eq!(rows[1].title, "backend");
+        assert_eq!(rows[1], second);
+        assert_eq!(rows[2].title, "backend");
     });
 }
 

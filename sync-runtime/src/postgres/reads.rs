@@ -165,6 +165,7 @@ impl Reads for PgReads<'_> {
         &self,
         schema: &TableSchema,
         after: (i64, i64),
+        upto: i64,
         limit: i64,
     ) -> Result<Vec<(i64, i64)>> {
         let statement = format!(
@@ -173,7 +174,7 @@ impl Reads for PgReads<'_> {
              ORDER BY _synced_dv, _synced_seq LIMIT $4",
             self.clock(schema)?
         );
-        let rows = self.query(&statement, &[&after.0, &after.1, &self.upto, &limit])?;
+        let rows = self.query(&statement, &[&after.0, &after.1, &upto, &limit])?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
@@ -282,7 +283,7 @@ impl Reads for PgReads<'_> {
         Ok(())
     }
 
-    fn hidden(&self, schema: &TableSchema, base: i64) -> Result<Option<i64>> {
+    fn hidden(&self, schema: &TableSchema, base: i64, end: i64) -> Result<Option<i64>> {
         let mut versions = vec!["(c._synced_created)".to_owned()];
         versions.extend(
             schema
@@ -295,7 +296,7 @@ impl Reads for PgReads<'_> {
             self.clock(schema)?,
             versions.join(", ")
         );
-        Ok(self.query(&statement, &[&self.upto, &base])?[0].get(0))
+        Ok(self.query(&statement, &[&end, &base])?[0].get(0))
     }
 
     fn holds_in_table(&self, reader: i64, table: &str) -> Result<bool> {
