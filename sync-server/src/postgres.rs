@@ -18,7 +18,7 @@ use tokio::sync::{Mutex, watch};
 
 use crate::error::{Error, Result};
 use crate::store::{
-    BoxFuture, Database, PushAccess, Store, bad_database_name, valid_database_name,
+    BoxFuture, Database, PushAccess, Store, bad_database_name, lock, valid_database_name,
 };
 
 /// The databases of one PostgreSQL database (see the module's documentation).
@@ -59,8 +59,10 @@ impl PgStore {
         tracing::info!(database = name, "database opened on PostgreSQL");
         let db = Arc::new(PgDatabase {
             horizon: replica.subscribe(),
+            publications: replica.publications(),
             db: replica,
             owners: std::sync::Mutex::default(),
+            versions: std::sync::Mutex::default(),
         });
         databases.insert(name.to_owned(), Arc::clone(&db));
         Ok(Some(db))
@@ -96,6 +98,11 @@ pub struct PgDatabase {
     horizon: watch::Receiver<i64>,
     /// The owner of each device site claimed (an owner never changes).
     owners: std::sync::Mutex<HashMap<SiteId, String>>,
+    /// Publications heard of, made through any process.
+    publications: watch::Receiver<u64>,
+    /// The app versions as last read, and how many publications had been
+    /// heard of before: read again after the next one.
+    versions: std::sync::Mutex<Option<(u64, Arc<Versions>)>>,
 }
 
 /// Why what a policy asks is refused on PostgreSQL.
@@ -170,7 +177,12 @@ impl Database for PgDatabase {
     }
 
     fn publish(&self, schemas: Vec<TableSchema>) -> BoxFuture<'_, Result<i64>> {
-        Box::pin(async move { Ok(self.db.publish(schemas).await?) })
+        Box::pin(async move {
+            let published = self.db.publish(schemas).await;
+            // Read again by the next request, without waiting to hear of it.
+            *lock(&self.versions) = None;
+            Ok(published?)
+        })
     }
 
     fn claim_site<'a>(&'a self, site: SiteId, user: &'a str) -> BoxFuture<'a, Result<bool>> {
@@ -214,7 +226,19 @@ impl Database for PgDatabase {
     }
 
     fn versions(&self) -> BoxFuture<'_, Result<Arc<Versions>>> {
-        Box::pin(async move { Ok(Arc::new(self.db.versions().await?)) })
+        Box::pin(async move {
+            // Read before the versions: a publication heard of meanwhile
+            // makes the next request read them again.
+            let heard = *self.publications.borrow();
+            if let Some((read_at, versions)) = &*lock(&self.versions)
+                && *read_at == heard
+            {
+                return Ok(Arc::clone(versions));
+            }
+            let versions = Arc::new(self.db.versions().await?);
+            *lock(&self.versions) = Some((heard, Arc::clone(&versions)));
+            Ok(versions)
+        })
     }
 
     fn site_renewed<'a>(
@@ -262,8 +286,6 @@ impl Database for PgDatabase {
 
 impl PgDatabase {
     fn lock_owners(&self) -> std::sync::MutexGuard<'_, HashMap<SiteId, String>> {
-        self.owners
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.owners)
     }
 }

@@ -836,7 +836,7 @@ impl Database for SqliteDatabase {
 }
 
 /// A cache's lock; a panic while it was held leaves nothing half-written in it.
-fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)

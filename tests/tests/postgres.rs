@@ -542,7 +542,19 @@ fn a_push_through_one_process_moves_the_horizon_another_watches() {
         let one = PgReplica::open(&config, "shared").await.unwrap();
         let other = PgReplica::open(&config, "shared").await.unwrap();
         assert_eq!(one.site_id(), other.site_id());
+        // A publication through one is heard of by the other, whose app
+        // versions read before it are then out of date.
+        let mut publications = other.publications();
+        let listening = *publications.wait_for(|heard| *heard > 0).await.unwrap();
         one.publish(vec![Item::SCHEMA.clone()]).await.unwrap();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            publications.wait_for(|heard| *heard > listening),
+        )
+        .await
+        .expect("the other process hears of the publication")
+        .unwrap();
+        assert_eq!(other.versions().await.unwrap().latest(), 1);
         let mut horizon = other.subscribe();
         let device = SyncDb::open_in_memory().await.unwrap();
         device.register::<Item>().await.unwrap();

@@ -28,13 +28,22 @@ pub(crate) fn channel(db: &Db) -> String {
     format!("synced_{}", db.space)
 }
 
-/// The horizon's watch, fed by a task that runs as long as `shared` lives.
-pub(crate) fn spawn(
-    config: tokio_postgres::Config,
-    pool: Pool,
-    db: Arc<Db>,
-    shared: Weak<watch::Sender<i64>>,
-) {
+/// What a publication's commit notifies (any other notification is a
+/// commit that took versions).
+pub(crate) const PUBLISHED: &str = "published";
+
+/// What this process hears of a database's commits.
+#[derive(Debug)]
+pub(crate) struct Heard {
+    /// The horizon (see [`Db::horizon`]).
+    pub(crate) horizon: watch::Sender<i64>,
+    /// How many publications were heard of since the listener started: the
+    /// app versions read before the last one may be out of date.
+    pub(crate) publications: watch::Sender<u64>,
+}
+
+/// What `shared` is told, by a task that runs as long as it lives.
+pub(crate) fn spawn(config: tokio_postgres::Config, pool: Pool, db: Arc<Db>, shared: Weak<Heard>) {
     tokio::spawn(async move {
         while shared.strong_count() > 0 {
             if let Err(error) = listen(&config, &pool, &db, &shared).await {
@@ -50,7 +59,7 @@ async fn listen(
     config: &tokio_postgres::Config,
     pool: &Pool,
     db: &Db,
-    shared: &Weak<watch::Sender<i64>>,
+    shared: &Weak<Heard>,
 ) -> Result<(), String> {
     let (client, mut connection) = config.connect(NoTls).await.map_err(|e| e.to_string())?;
     let (notified, mut notifications) = mpsc::unbounded_channel();
@@ -58,8 +67,8 @@ async fn listen(
     let driver = tokio::spawn(async move {
         while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
             match message {
-                Ok(AsyncMessage::Notification(_)) => {
-                    if notified.send(()).is_err() {
+                Ok(AsyncMessage::Notification(notification)) => {
+                    if notified.send(notification.payload() == PUBLISHED).is_err() {
                         return;
                     }
                 }
@@ -73,34 +82,52 @@ async fn listen(
             .batch_execute(&format!("LISTEN {}", channel(db)))
             .await
             .map_err(|e| e.to_string())?;
+        // A publication while no connection listened went unheard.
+        if let Some(heard) = shared.upgrade() {
+            heard.publications.send_modify(|count| *count += 1);
+        }
         loop {
             // Read after LISTEN: no commit between the two goes unseen.
             let pooled = pool.get().await.map_err(|e| e.to_string())?;
             let (horizon, last) = db.horizon_async(&pooled).await.map_err(|e| e.to_string())?;
             drop(pooled);
-            let Some(sender) = shared.upgrade() else {
+            let Some(heard) = shared.upgrade() else {
                 return Ok(());
             };
-            sender.send_if_modified(|kept| {
+            heard.horizon.send_if_modified(|kept| {
                 let later = horizon > *kept;
                 if later {
                     *kept = horizon;
                 }
                 later
             });
-            drop(sender);
+            drop(heard);
             let wait = notifications.recv();
+            let mut published = false;
             if horizon < last {
                 // Held by a transaction still open, which may end without a
                 // commit: read again soon, or when notified.
-                if let Ok(None) = tokio::time::timeout(HELD_RECHECK, wait).await {
-                    return Err("the connection closed".into());
+                match tokio::time::timeout(HELD_RECHECK, wait).await {
+                    Ok(None) => return Err("the connection closed".into()),
+                    Ok(Some(publication)) => published |= publication,
+                    Err(_) => {}
                 }
-            } else if wait.await.is_none() {
-                return Err("the connection closed".into());
+            } else {
+                match wait.await {
+                    None => return Err("the connection closed".into()),
+                    Some(publication) => published |= publication,
+                }
             }
             // Every notification queued meanwhile is answered by one read.
-            while notifications.try_recv().is_ok() {}
+            while let Ok(publication) = notifications.try_recv() {
+                published |= publication;
+            }
+            if published {
+                let Some(heard) = shared.upgrade() else {
+                    return Ok(());
+                };
+                heard.publications.send_modify(|count| *count += 1);
+            }
         }
     };
     let result = listened.await;

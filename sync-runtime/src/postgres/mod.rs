@@ -143,8 +143,9 @@ pub struct PgReplica {
     db: Arc<Db>,
     /// The connection settings, for the connection that listens for commits.
     config: tokio_postgres::Config,
-    /// The horizon's watch, once [`subscribe`](Self::subscribe)d to.
-    horizon: Arc<std::sync::OnceLock<Arc<watch::Sender<i64>>>>,
+    /// What this process hears of the database's commits, once
+    /// [`subscribe`](Self::subscribe)d to.
+    heard: Arc<std::sync::OnceLock<Arc<listen::Heard>>>,
 }
 
 impl PgReplica {
@@ -245,7 +246,7 @@ impl PgReplica {
                 space,
             }),
             config,
-            horizon: Arc::default(),
+            heard: Arc::default(),
         })
     }
 
@@ -259,17 +260,30 @@ impl PgReplica {
     /// [`export_for_device`](Self::export_for_device)). It moves with every
     /// commit that took versions, made by any process on this database.
     pub fn subscribe(&self) -> watch::Receiver<i64> {
-        let sender = self.horizon.get_or_init(|| {
-            let sender = Arc::new(watch::Sender::new(0));
+        self.heard().horizon.subscribe()
+    }
+
+    /// How many publications of app versions this process heard of, made
+    /// by any process: the [`versions`](Self::versions) read before the
+    /// last one may be out of date.
+    pub fn publications(&self) -> watch::Receiver<u64> {
+        self.heard().publications.subscribe()
+    }
+
+    fn heard(&self) -> &Arc<listen::Heard> {
+        self.heard.get_or_init(|| {
+            let heard = Arc::new(listen::Heard {
+                horizon: watch::Sender::new(0),
+                publications: watch::Sender::new(0),
+            });
             listen::spawn(
                 self.config.clone(),
                 self.pool.clone(),
                 self.db.clone(),
-                Arc::downgrade(&sender),
+                Arc::downgrade(&heard),
             );
-            sender
-        });
-        sender.subscribe()
+            heard
+        })
     }
 
     /// Publishes an app version: the descriptors of its tables, each created
@@ -297,7 +311,15 @@ impl PgReplica {
                 runtime,
                 db,
             };
-            versions::publish_to(catalog, &schemas)
+            let published = versions::publish_to(catalog, &schemas)?;
+            // Heard by every process's listener once this commits.
+            let channel = listen::channel(db);
+            runtime
+                .block_on(
+                    client.execute("SELECT pg_notify($1, $2)", &[&channel, &listen::PUBLISHED]),
+                )
+                .map_err(pg_error)?;
+            Ok(published)
         })
         .await
     }
