@@ -129,7 +129,8 @@ pub(crate) trait Storage {
     fn site_of_version(&mut self, version: i64) -> Result<SiteId>;
 
     /// Lists local version `version` as made by site `site` (an ordinal) at
-    /// its version `origin_version`.
+    /// its version `origin_version`; may be written at the next
+    /// [`flush`](Self::flush).
     fn add_version_origin(&mut self, version: i64, site: i64, origin_version: i64) -> Result<()>;
 
     /// Whether local version `version` holds changes made elsewhere.

@@ -36,6 +36,9 @@ pub(crate) struct PgStorage<'a> {
     origins: HashMap<i64, i64>,
     /// The version given out last in this transaction.
     last_version: Option<i64>,
+    /// The origins of the versions given out, written at the next flush:
+    /// (version, site ordinal, version there).
+    new_origins: Vec<(i64, i64, i64)>,
 }
 
 /// A table prepared for the merge, with the rows and clocks gathered.
@@ -61,6 +64,7 @@ impl<'a> PgStorage<'a> {
             sites: HashMap::new(),
             origins: HashMap::new(),
             last_version: None,
+            new_origins: Vec::new(),
         }
     }
 
@@ -187,8 +191,10 @@ impl Storage for PgStorage<'_> {
         self.last_version.unwrap_or(0)
     }
 
-    fn forget_versions_after(&mut self, _mark: i64) {
-        // A sequence gives a number once; the versions rolled back stay unused.
+    fn forget_versions_after(&mut self, mark: i64) {
+        // A sequence gives a number once: the versions rolled back stay
+        // unused, and their origins are not written.
+        self.new_origins.retain(|(version, ..)| *version <= mark);
     }
 
     fn begin_applying(&mut self) -> Result<()> {
@@ -413,6 +419,19 @@ impl Storage for PgStorage<'_> {
         for table in 0..self.tables.len() {
             self.write_gathered(table)?;
         }
+        if !self.new_origins.is_empty() {
+            let origins = std::mem::take(&mut self.new_origins);
+            let column = |pick: fn(&(i64, i64, i64)) -> i64| -> Vec<i64> {
+                origins.iter().map(pick).collect()
+            };
+            let (versions, sites, there) = (column(|o| o.0), column(|o| o.1), column(|o| o.2));
+            let statement = format!(
+                "INSERT INTO {}._synced_versions (db_version, site, origin_version) \
+                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[])",
+                self.db.schema
+            );
+            self.execute(&statement, &[&versions, &sites, &there])?;
+        }
         Ok(())
     }
 
@@ -454,16 +473,15 @@ impl Storage for PgStorage<'_> {
     }
 
     fn add_version_origin(&mut self, version: i64, site: i64, origin_version: i64) -> Result<()> {
-        let statement = format!(
-            "INSERT INTO {}._synced_versions (db_version, site, origin_version) VALUES ($1, $2, $3)",
-            self.db.schema
-        );
-        self.execute(&statement, &[&version, &site, &origin_version])?;
+        self.new_origins.push((version, site, origin_version));
         self.origins.insert(version, site);
         Ok(())
     }
 
     fn made_elsewhere(&mut self, version: i64) -> Result<bool> {
+        if self.new_origins.iter().any(|(given, ..)| *given == version) {
+            return Ok(true);
+        }
         let statement = format!(
             "SELECT EXISTS (SELECT 1 FROM {}._synced_versions WHERE db_version = $1)",
             self.db.schema
