@@ -114,7 +114,10 @@ fn main() -> Result<(), BoxError> {
     report.insert("server".into(), threaded.block_on(server::run(&plan))?);
     report.insert(
         "stores".into(),
-        threaded.block_on(server::stores_side_by_side(plan.rows))?,
+        threaded.block_on(server::stores_side_by_side(
+            plan.rows,
+            (plan.clients, plan.rounds),
+        ))?,
     );
     report.insert(
         "versions".into(),

@@ -63,7 +63,7 @@ async fn start(dir: &Path, postgres: Option<String>) -> Result<Running, BoxError
     // Shared tables: these figures are without row-level security.
     let mut config = config_sharing(
         &dir.join("server"),
-        &["transfer", "latency", "watch", "clients"],
+        &["transfer", "latency", "watch", "clients", "clients3"],
     );
     if postgres.is_none() {
         config.databases.insert("owned".to_owned(), owned);
@@ -126,13 +126,86 @@ async fn transfer(server: &Running, dir: &Path, rows: usize) -> Result<(Json, f6
     Ok((figures, seconds))
 }
 
-/// The transfer of `rows` rows, on a server on SQLite and one on PostgreSQL
-/// (a cluster of its own, started here), side by side.
-pub(crate) async fn stores_side_by_side(rows: usize) -> Result<Json, BoxError> {
+/// `count` clients at once, each of them syncing with one of the servers'
+/// database at `urls` in turn, each writing 20 rows and syncing, `rounds`
+/// times: prints the changes pushed and pulled a second; the figures, and
+/// how many clients failed.
+async fn clients(urls: &[String], count: usize, rounds: usize) -> Result<(Json, usize), BoxError> {
+    let per_round = 20;
+    let start = Instant::now();
+    let mut clients = JoinSet::new();
+    for c in 0..count {
+        let url = urls[c % urls.len()].clone();
+        clients.spawn(async move {
+            let db = device(None, &url, &format!("user{c}")).await?;
+            let mut sent = 0;
+            let mut received = 0;
+            for round in 0..rounds {
+                let rows: Vec<Todo> = (0..per_round)
+                    .map(|i| todo(round * per_round + i))
+                    .collect();
+                db.transaction(move |tx| {
+                    for row in &rows {
+                        tx.insert(row)?;
+                    }
+                    Ok::<_, sync_runtime::Error>(())
+                })
+                .await?;
+                let report = db.sync().await?;
+                sent += report.changes_sent;
+                received += report.changes_received;
+            }
+            Ok::<_, BoxError>((sent, received))
+        });
+    }
+    let (mut sent, mut received, mut errors) = (0, 0, 0);
+    while let Some(outcome) = clients.join_next().await {
+        match outcome {
+            Ok(Ok((s, r))) => {
+                sent += s;
+                received += r;
+            }
+            Ok(Err(e)) => {
+                errors += 1;
+                eprintln!("client error: {e}");
+            }
+            Err(e) => {
+                errors += 1;
+                eprintln!("client task failed: {e}");
+            }
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
     println!(
-        "
-the same through a server on SQLite and one on PostgreSQL"
+        "{:<34} {:>10.1} ms   {:.0} changes/s pushed, {:.0} changes/s pulled, {} errors",
+        format!("{count} clients x {rounds} rounds"),
+        seconds * 1e3,
+        sent as f64 / seconds,
+        received as f64 / seconds,
+        errors
     );
+    let load = json!({
+        "clients": count,
+        "rounds": rounds,
+        "servers": urls.len(),
+        "ms": seconds * 1e3,
+        "pushed_changes_per_s": sent as f64 / seconds,
+        "pulled_changes_per_s": received as f64 / seconds,
+        "errors": errors,
+    });
+    Ok((load, errors))
+}
+
+/// The transfer of `rows` rows on a server on SQLite and on one on
+/// PostgreSQL (a cluster of its own, started here), side by side; then
+/// `throughput` (clients, rounds) pushing through one server on PostgreSQL
+/// and through three sharing it (in this process, each with its own
+/// connections and listener).
+pub(crate) async fn stores_side_by_side(
+    rows: usize,
+    throughput: (usize, usize),
+) -> Result<Json, BoxError> {
+    println!("\nthe same through a server on SQLite and one on PostgreSQL");
     let dir = tempfile::tempdir()?;
     let sqlite = start(&dir.path().join("sqlite"), None).await?;
     let (on_sqlite, sqlite_s) = transfer(&sqlite, &dir.path().join("sqlite"), rows).await?;
@@ -144,10 +217,31 @@ the same through a server on SQLite and one on PostgreSQL"
     )
     .await?;
     let (on_postgres, postgres_s) = transfer(&postgres, &dir.path().join("postgres"), rows).await?;
-    drop(postgres);
     let ratio = postgres_s / sqlite_s;
     println!("{:<34} {ratio:>10.2}x   PostgreSQL / SQLite", "transfer");
-    Ok(json!({ "sqlite": on_sqlite, "postgres": on_postgres, "ratio": ratio }))
+
+    println!("pushes through 1 server on PostgreSQL, then through 3 sharing it");
+    let url = postgres.database("clients").await?;
+    let (one, one_errors) = clients(&[url], throughput.0, throughput.1).await?;
+    postgres.database("clients3").await?;
+    let mut servers = vec![postgres];
+    for i in 1..3 {
+        let home = dir.path().join(format!("postgres{i}"));
+        servers.push(start(&home, Some(cluster.connection_string("postgres"))).await?);
+    }
+    let urls: Vec<String> = servers.iter().map(|s| s.server.url("clients3")).collect();
+    let (three, three_errors) = clients(&urls, throughput.0, throughput.1).await?;
+    drop(servers);
+    if one_errors + three_errors > 0 {
+        return Err(format!("{} clients failed", one_errors + three_errors).into());
+    }
+    Ok(json!({
+        "sqlite": on_sqlite,
+        "postgres": on_postgres,
+        "ratio": ratio,
+        "clients_1_server": one,
+        "clients_3_servers": three,
+    }))
 }
 
 /// The median and the 99th percentile of `took`, in milliseconds.
@@ -257,68 +351,7 @@ pub(crate) async fn run(plan: &Plan) -> Result<Json, BoxError> {
     // 3. Many clients at once, each writing and syncing in rounds: every client
     // receives what all the others write (one shared list, no row-level security).
     let url = server.database("clients").await?;
-    let per_round = 20;
-    let start = Instant::now();
-    let mut clients = JoinSet::new();
-    for c in 0..plan.clients {
-        let url = url.clone();
-        let rounds = plan.rounds;
-        clients.spawn(async move {
-            let db = device(None, &url, &format!("user{c}")).await?;
-            let mut sent = 0;
-            let mut received = 0;
-            for round in 0..rounds {
-                let rows: Vec<Todo> = (0..per_round)
-                    .map(|i| todo(round * per_round + i))
-                    .collect();
-                db.transaction(move |tx| {
-                    for row in &rows {
-                        tx.insert(row)?;
-                    }
-                    Ok::<_, sync_runtime::Error>(())
-                })
-                .await?;
-                let report = db.sync().await?;
-                sent += report.changes_sent;
-                received += report.changes_received;
-            }
-            Ok::<_, BoxError>((sent, received))
-        });
-    }
-    let (mut sent, mut received, mut errors) = (0, 0, 0);
-    while let Some(outcome) = clients.join_next().await {
-        match outcome {
-            Ok(Ok((s, r))) => {
-                sent += s;
-                received += r;
-            }
-            Ok(Err(e)) => {
-                errors += 1;
-                eprintln!("client error: {e}");
-            }
-            Err(e) => {
-                errors += 1;
-                eprintln!("client task failed: {e}");
-            }
-        }
-    }
-    let seconds = start.elapsed().as_secs_f64();
-    println!(
-        "{:<34} {:>10.1} ms   {:.0} changes/s pushed, {:.0} changes/s pulled, {} errors",
-        format!("{} clients x {} rounds", plan.clients, plan.rounds),
-        seconds * 1e3,
-        sent as f64 / seconds,
-        received as f64 / seconds,
-        errors
-    );
-    let load = json!({
-        "clients": plan.clients,
-        "rounds": plan.rounds,
-        "ms": seconds * 1e3,
-        "pushed_changes_per_s": sent as f64 / seconds,
-        "pulled_changes_per_s": received as f64 / seconds,
-        "errors": errors,
-    });
+    let (load, errors) = clients(&[url], plan.clients, plan.rounds).await?;
     let security = row_level_security(&server, dir.path(), plan.rows).await?;
     drop(server);
     if errors > 0 {

@@ -58,6 +58,7 @@ impl PgStore {
         let replica = PgReplica::open(&self.config, name).await?;
         tracing::info!(database = name, "database opened on PostgreSQL");
         let db = Arc::new(PgDatabase {
+            name: name.to_owned(),
             horizon: replica.subscribe(),
             publications: replica.publications(),
             db: replica,
@@ -94,6 +95,8 @@ impl Store for PgStore {
 /// One database of a [`PgStore`].
 pub struct PgDatabase {
     db: PgReplica,
+    /// Its name.
+    name: String,
     /// The horizon, which waiting pulls watch.
     horizon: watch::Receiver<i64>,
     /// The owner of each device site claimed (an owner never changes).
@@ -130,7 +133,7 @@ impl Database for PgDatabase {
             if let Some(access) = &access
                 && !(all(Some(&access.write)) && all(Some(&access.read)))
             {
-                return Err(policies_not_supported("*"));
+                return Err(self.filtered_not_served());
             }
             let pushed = match self.db.apply_push(payload, site).await {
                 Err(sync_runtime::Error::SiteReused { message }) => {
@@ -163,7 +166,7 @@ impl Database for PgDatabase {
     ) -> BoxFuture<'_, Result<(Batch, i64)>> {
         Box::pin(async move {
             if !all(filter.as_ref()) {
-                return Err(policies_not_supported("*"));
+                return Err(self.filtered_not_served());
             }
             Ok(self
                 .db
@@ -285,6 +288,17 @@ impl Database for PgDatabase {
 }
 
 impl PgDatabase {
+    /// Why a user's request that policies filter (a database the
+    /// configuration does not list is closed to users) is not served.
+    fn filtered_not_served(&self) -> Error {
+        Error::DatabaseUnavailable {
+            name: self.name.clone(),
+            reason: "row-level policies, and the closed tables of a database the configuration \
+                     does not list, are not served from PostgreSQL yet"
+                .into(),
+        }
+    }
+
     fn lock_owners(&self) -> std::sync::MutexGuard<'_, HashMap<SiteId, String>> {
         lock(&self.owners)
     }

@@ -62,3 +62,52 @@ async fn devices_on_two_servers_sharing_postgresql_converge_and_wake() {
     one.stop().await;
     two.stop().await;
 }
+
+/// Many devices pushing and pulling at once through three servers sharing
+/// one PostgreSQL database: no request fails, and every device ends with
+/// every row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_devices_through_three_servers_at_once() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("sync_server=warn,sync_runtime=warn")
+        .with_test_writer()
+        .try_init();
+    let cluster = Postgres::start().expect("a PostgreSQL cluster starts");
+    let dir = tempfile::tempdir().unwrap();
+    let mut servers = Vec::new();
+    for i in 0..3 {
+        let mut config = support::config(&dir.path().join(format!("server{i}")));
+        config.storage.postgres = Some(cluster.connection_string("postgres"));
+        servers.push(TestServer::start_with(config).await);
+    }
+    publish_schema(&servers[0].url("todo"), dir.path()).await;
+    let mut devices = Vec::new();
+    for d in 0..12 {
+        let url = servers[d % 3].url("todo");
+        devices.push(device(dir.path(), &format!("d{d}"), &url, &format!("user{d}")).await);
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (d, db) in devices.iter().enumerate() {
+        let db = db.clone();
+        tasks.spawn(async move {
+            for round in 0..5 {
+                for n in 0..4 {
+                    db.insert(&todo(&format!("{d}-{round}-{n}"))).await.unwrap();
+                }
+                db.sync().await.unwrap();
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    for db in &devices {
+        db.sync().await.unwrap();
+    }
+    for db in &devices {
+        assert_eq!(rows(db).await.len(), 12 * 5 * 4);
+    }
+    for server in servers {
+        server.stop().await;
+    }
+}

@@ -41,6 +41,19 @@ pub(crate) fn pg_error(error: tokio_postgres::Error) -> Error {
     }
 }
 
+/// Runs `statement` on the connection of `client`, blocking on `runtime`:
+/// the rows it returns.
+pub(crate) fn query(
+    client: &Client,
+    runtime: &Handle,
+    statement: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Vec<tokio_postgres::Row>> {
+    runtime
+        .block_on(client.query(statement, params))
+        .map_err(pg_error)
+}
+
 /// What every operation on one database needs to know of it.
 #[derive(Debug)]
 pub(crate) struct Db {
@@ -74,6 +87,24 @@ impl Db {
             .map_err(pg_error)?
             .get(0);
         Ok((floor.map_or(last, |floor| floor.min(last)), last))
+    }
+
+    /// The site id of site ordinal `ordinal`.
+    fn site_of_ordinal(&self, client: &Client, runtime: &Handle, ordinal: i64) -> Result<SiteId> {
+        let statement = format!(
+            "SELECT site_id FROM {}._synced_sites WHERE ordinal = $1",
+            self.schema
+        );
+        let bytes: Vec<u8> = runtime
+            .block_on(client.query_opt(&statement, &[&ordinal]))
+            .map_err(pg_error)?
+            .map(|r| r.get(0))
+            .ok_or_else(|| Error::Corrupt {
+                details: format!("site ordinal {ordinal} is not in _synced_sites"),
+            })?;
+        crate::site::from_stored(&bytes).ok_or_else(|| Error::Corrupt {
+            details: format!("site ordinal {ordinal} has {} bytes, not 16", bytes.len()),
+        })
     }
 
     /// How far this database has received device site `device`; refused with

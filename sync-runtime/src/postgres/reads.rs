@@ -11,7 +11,7 @@ use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
 
 use super::sql::{self, ident};
-use super::{Db, pg_error, value};
+use super::{Db, value};
 use crate::change::{ClockColumn, ClockRow, Range, Reads};
 use crate::error::{Error, Result};
 use crate::id::SiteId;
@@ -67,12 +67,7 @@ impl<'a> PgReads<'a> {
         statement: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>> {
-        self.runtime
-            .block_on(async {
-                let prepared = self.client.prepare(statement).await?;
-                self.client.query(&prepared, params).await
-            })
-            .map_err(pg_error)
+        super::query(self.client, self.runtime, statement, params)
     }
 
     fn clock(&self, schema: &TableSchema) -> Result<&str> {
@@ -134,20 +129,9 @@ impl Reads for PgReads<'_> {
         if let Some(&site) = self.sites.borrow().get(&ordinal) {
             return Ok(site);
         }
-        let statement = format!(
-            "SELECT site_id FROM {}._synced_sites WHERE ordinal = $1",
-            self.db.schema
-        );
-        let bytes: Vec<u8> = self
-            .query(&statement, &[&ordinal])?
-            .first()
-            .map(|r| r.get(0))
-            .ok_or_else(|| Error::Corrupt {
-                details: format!("site ordinal {ordinal} is not in _synced_sites"),
-            })?;
-        let site = crate::site::from_stored(&bytes).ok_or_else(|| Error::Corrupt {
-            details: format!("site ordinal {ordinal} has {} bytes, not 16", bytes.len()),
-        })?;
+        let site = self
+            .db
+            .site_of_ordinal(self.client, self.runtime, ordinal)?;
         self.sites.borrow_mut().insert(ordinal, site);
         Ok(site)
     }

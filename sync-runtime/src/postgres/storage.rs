@@ -73,12 +73,7 @@ impl<'a> PgStorage<'a> {
         statement: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>> {
-        self.runtime
-            .block_on(async {
-                let prepared = self.client.prepare(statement).await?;
-                self.client.query(&prepared, params).await
-            })
-            .map_err(pg_error)
+        super::query(self.client, self.runtime, statement, params)
     }
 
     fn execute(&self, statement: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
@@ -454,20 +449,9 @@ impl Storage for PgStorage<'_> {
         if let Some(&site) = self.sites.get(&ordinal) {
             return Ok(site);
         }
-        let statement = format!(
-            "SELECT site_id FROM {}._synced_sites WHERE ordinal = $1",
-            self.db.schema
-        );
-        let bytes: Vec<u8> = self
-            .query(&statement, &[&ordinal])?
-            .first()
-            .map(|r| r.get(0))
-            .ok_or_else(|| Error::Corrupt {
-                details: format!("site ordinal {ordinal} is not in _synced_sites"),
-            })?;
-        let site = crate::site::from_stored(&bytes).ok_or_else(|| Error::Corrupt {
-            details: format!("site ordinal {ordinal} has {} bytes, not 16", bytes.len()),
-        })?;
+        let site = self
+            .db
+            .site_of_ordinal(self.client, self.runtime, ordinal)?;
         self.sites.insert(ordinal, site);
         Ok(site)
     }
