@@ -766,8 +766,9 @@ impl Catalog for PgCatalog<'_> {
             .get(0);
         let clock = sql::clock_table(&db.schema, id);
         let table = sql::TableSql::new(&db.schema, schema, &clock);
+        let triggers = sql::triggers(&db.schema, schema, &clock);
         runtime
-            .block_on(client.batch_execute(&table.create))
+            .block_on(client.batch_execute(&format!("{}{triggers}", table.create)))
             .map_err(pg_error)
     }
 }

@@ -197,7 +197,8 @@ pub(crate) fn names_too_long(schema: &TableSchema) -> Option<String> {
 /// merge runs against them.
 #[derive(Debug, Clone)]
 pub(crate) struct TableSql {
-    /// Creates the app table and its clock.
+    /// Creates the app table and its clock (not its triggers: see
+    /// [`triggers`]).
     pub(crate) create: String,
     /// The clocks of a set of keys: each key's position in the set (from 1),
     /// then the clock's numbers, as [`crate::merge`] reads them.
@@ -413,7 +414,6 @@ impl TableSql {
             "SELECT pg_advisory_xact_lock($1::integer, {})",
             table_lock(table)
         );
-        create.push_str(&triggers(schema, table, clock));
         Self {
             create,
             read_clocks,
@@ -492,7 +492,7 @@ pub(crate) fn create_tx_version(schema: &str) -> String {
 /// insert or update, the row's advisory lock (see [`row_lock`]) waits for a
 /// merge of the same row; a grow-only table refuses deletes and changes of
 /// key. The merge's own writes are not tracked: it keeps the clocks itself.
-fn triggers(schema: &str, table: &TableSchema, clock: &str) -> String {
+pub(crate) fn triggers(schema: &str, table: &TableSchema, clock: &str) -> String {
     let number = clock_number(clock);
     let app = format!("{schema}.{}", ident(&table.name));
     let keys: Vec<&ColumnSchema> = table.key_columns().collect();

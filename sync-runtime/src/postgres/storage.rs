@@ -36,6 +36,9 @@ pub(crate) struct PgStorage<'a> {
     origins: HashMap<i64, i64>,
     /// The version given out last in this transaction.
     last_version: Option<i64>,
+    /// The number of each table (which names its clock), by lowercase name,
+    /// as [`Storage::tables`] read them.
+    numbers: HashMap<String, i64>,
     /// The origins of the versions given out, written at the next flush:
     /// (version, site ordinal, version there).
     new_origins: Vec<(i64, i64, i64)>,
@@ -64,6 +67,7 @@ impl<'a> PgStorage<'a> {
             sites: HashMap::new(),
             origins: HashMap::new(),
             last_version: None,
+            numbers: HashMap::new(),
             new_origins: Vec::new(),
         }
     }
@@ -132,21 +136,20 @@ impl<'a> PgStorage<'a> {
 
 impl Storage for PgStorage<'_> {
     fn tables(&mut self) -> Result<Vec<TableSchema>> {
-        Ok(self
-            .db
-            .tables(self.client, self.runtime)?
+        let tables = self.db.tables(self.client, self.runtime)?;
+        let schemas = tables.iter().map(|(_, schema)| schema.clone()).collect();
+        self.numbers = tables
             .into_iter()
-            .map(|(_, schema)| schema)
-            .collect())
+            .map(|(id, schema)| (schema.name.to_ascii_lowercase(), id))
+            .collect();
+        Ok(schemas)
     }
 
     fn prepare(&mut self, schema: &TableSchema, _rows: usize) -> Result<()> {
-        let id = self
-            .db
-            .tables(self.client, self.runtime)?
-            .into_iter()
-            .find(|(_, s)| s.name.eq_ignore_ascii_case(&schema.name))
-            .map(|(id, _)| id)
+        // One of `tables`, read just before.
+        let id = *self
+            .numbers
+            .get(&schema.name.to_ascii_lowercase())
             .ok_or_else(|| Error::NotRegistered {
                 table: schema.name.to_string(),
             })?;
