@@ -104,6 +104,27 @@ async fn killed_server_mid_filtered_pull_or_large_push_loses_nothing() {
 /// What a device does again and again while the server is killed.
 type Step = fn(&mut Device) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
 
+/// Each device runs `step` over and over, with short random pauses, on a
+/// task of its own until the flag returned is set; each task gives its
+/// device back.
+fn run_devices(devices: Vec<Device>, step: Step) -> (Arc<AtomicBool>, Vec<JoinHandle<Device>>) {
+    let done = Arc::new(AtomicBool::new(false));
+    let writers = devices
+        .into_iter()
+        .map(|mut device| {
+            let done = Arc::clone(&done);
+            tokio::spawn(async move {
+                while !done.load(Ordering::Relaxed) {
+                    step(&mut device).await;
+                    sleep(Duration::from_millis(device.rng.below(3) as u64)).await;
+                }
+                device
+            })
+        })
+        .collect();
+    (done, writers)
+}
+
 /// The devices run `step` over and over, with short random pauses, while the
 /// server is killed `kills` times, each a few milliseconds into a push or a
 /// pull (in turn): before, during or after its commit. After each kill, what
@@ -117,20 +138,7 @@ async fn kill_while_syncing(
     step: Step,
 ) {
     let ledgers: Vec<_> = devices.iter().map(|d| Arc::clone(&d.ledger)).collect();
-    let done = Arc::new(AtomicBool::new(false));
-    let writers: Vec<JoinHandle<Device>> = devices
-        .into_iter()
-        .map(|mut device| {
-            let done = Arc::clone(&done);
-            tokio::spawn(async move {
-                while !done.load(Ordering::Relaxed) {
-                    step(&mut device).await;
-                    sleep(Duration::from_millis(device.rng.below(3) as u64)).await;
-                }
-                device
-            })
-        })
-        .collect();
+    let (done, writers) = run_devices(devices, step);
 
     for kill in 0..kills {
         let kind = if kill % 2 == 0 {
@@ -229,20 +237,12 @@ async fn three_servers_on_postgresql_one_killed_mid_push_lose_nothing() {
             devices.push(Device::open(dir.path(), &proxies[i], name, rng.next(), BATCH_ROWS).await);
         }
         let ledgers: Vec<_> = devices.iter().map(|d| Arc::clone(&d.ledger)).collect();
-        let done = Arc::new(AtomicBool::new(false));
-        let writers: Vec<JoinHandle<Device>> = devices
-            .into_iter()
-            .map(|mut device| {
-                let done = Arc::clone(&done);
-                tokio::spawn(async move {
-                    while !done.load(Ordering::Relaxed) {
-                        device.write().await;
-                        device.sync(&retrying(2)).await;
-                    }
-                    device
-                })
+        let (done, writers) = run_devices(devices, |device| {
+            Box::pin(async move {
+                device.write().await;
+                device.sync(&retrying(2)).await;
             })
-            .collect();
+        });
         for kill in 0..KILLS {
             let i = kill % servers.len();
             sleep(Duration::from_millis(rng.below(20) as u64)).await;
