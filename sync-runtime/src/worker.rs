@@ -163,7 +163,8 @@ impl Worker {
     /// Tells subscribers the version the last job's commits moved to, after
     /// the job answered: the caller that committed (a server's push) is woken
     /// before everyone waiting for the version (a server's long-polls, which
-    /// may be thousands).
+    /// may be thousands). The caller publishes it too, should it go on first
+    /// (see [`Handle::call_raw`]).
     fn publish_staged(&mut self) {
         if let Some(version) = self.staged.take() {
             self.publish(version);
@@ -272,12 +273,26 @@ impl Handle {
         F: FnOnce(&mut Worker) -> R + Send + 'static,
     {
         let caller = Caller::here();
-        let (answer, result) = oneshot::channel::<Reply<R>>();
+        let (answer, result) = oneshot::channel::<Reply<(R, Option<i64>)>>();
         let job: Job = Box::new(move |worker| {
-            let _ = answer.send(caller.run(|| f(worker)));
+            let _ = answer.send(caller.run(|| (f(worker), worker.staged)));
         });
         self.jobs.send(job).map_err(|_| ())?;
-        reply(result).await
+        let (value, committed) = reply(result).await?;
+        // The thread publishes it right after answering, but may be preempted
+        // in between: what returned is published before the caller goes on
+        // (a pull that a server starts after a push was acknowledged reads
+        // the version the push made).
+        if let Some(version) = committed {
+            self.versions.send_if_modified(|seen| {
+                let later = version > *seen;
+                if later {
+                    *seen = version;
+                }
+                later
+            });
+        }
+        Ok(value)
     }
 
     /// Runs `read` on a read connection (on the write connection in memory,

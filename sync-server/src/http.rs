@@ -445,6 +445,7 @@ async fn wait_for_changes(
     let deadline = Instant::now() + wait;
     let mut shutdown = state.shared.shutdown.subscribe();
     let mut versions = changes.db.subscribe();
+    changes.db.catch_up().await?;
     let mut slot = None;
     loop {
         // Marked seen before the export: a commit after this point either is in

@@ -285,6 +285,13 @@ impl Database for PgDatabase {
     fn subscribe(&self) -> watch::Receiver<i64> {
         self.horizon.clone()
     }
+
+    fn catch_up(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.db.catch_up().await?;
+            Ok(())
+        })
+    }
 }
 
 impl PgDatabase {

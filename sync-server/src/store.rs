@@ -190,6 +190,15 @@ pub trait Database: Send + Sync + 'static {
     /// The database's version, updated after every commit that created one: a
     /// pull that found nothing waits on it for new changes.
     fn subscribe(&self) -> watch::Receiver<i64>;
+
+    /// Brings [`subscribe`](Self::subscribe)'s version up to every commit
+    /// acknowledged before now, by this process or any other: a pull calls it
+    /// first, so that it never takes an answer kept from before a push whose
+    /// acknowledgement came before the pull. The embedded store's version is
+    /// published before each commit returns.
+    fn catch_up(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 /// The embedded store: a directory with one SQLite file per database,

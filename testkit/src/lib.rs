@@ -4,6 +4,7 @@
 //! and devices synced as a user; and a throwaway PostgreSQL cluster
 //! ([`postgres`]).
 
+pub mod busy;
 pub mod postgres;
 
 use std::net::SocketAddr;

@@ -97,3 +97,34 @@ async fn the_connection_closes_when_the_last_clone_is_dropped() {
     assert_eq!(db.db_version().await.unwrap(), 1);
     assert_eq!(db.query::<Event>("", params![]).await.unwrap().len(), 1);
 }
+
+/// A write that returned is published to the database's subscribers: a
+/// server's pull that starts after a push was acknowledged reads the version
+/// the push made, and so never takes an answer made before it (busy threads
+/// keep both cores taken, so that the database's thread is often preempted
+/// right after it answered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_is_published_to_subscribers_before_it_returns() {
+    let db = SyncDb::open_in_memory().await.unwrap();
+    db.register::<Event>().await.unwrap();
+    let versions = db.subscribe();
+    let busy = synced_testkit::busy::BusyCores::start(4);
+    let mut behind = 0;
+    for n in 0..2_000 {
+        db.insert(&Event {
+            id: SyncId::new(),
+            task: 0,
+            n,
+        })
+        .await
+        .unwrap();
+        if *versions.borrow() != n + 1 {
+            behind += 1;
+        }
+    }
+    drop(busy);
+    assert_eq!(
+        behind, 0,
+        "writes returned before their version was published"
+    );
+}

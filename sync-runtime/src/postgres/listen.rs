@@ -42,6 +42,19 @@ pub(crate) struct Heard {
     pub(crate) publications: watch::Sender<u64>,
 }
 
+impl Heard {
+    /// Publishes `horizon` if it is later than the one published.
+    pub(crate) fn reached(&self, horizon: i64) {
+        self.horizon.send_if_modified(|kept| {
+            let later = horizon > *kept;
+            if later {
+                *kept = horizon;
+            }
+            later
+        });
+    }
+}
+
 /// What `shared` is told, by a task that runs as long as it lives.
 pub(crate) fn spawn(config: tokio_postgres::Config, pool: Pool, db: Arc<Db>, shared: Weak<Heard>) {
     tokio::spawn(async move {
@@ -94,13 +107,7 @@ async fn listen(
             let Some(heard) = shared.upgrade() else {
                 return Ok(());
             };
-            heard.horizon.send_if_modified(|kept| {
-                let later = horizon > *kept;
-                if later {
-                    *kept = horizon;
-                }
-                later
-            });
+            heard.reached(horizon);
             drop(heard);
             let wait = notifications.recv();
             let mut published = false;

@@ -294,6 +294,18 @@ impl PgReplica {
         self.heard().horizon.subscribe()
     }
 
+    /// Reads the horizon from PostgreSQL and publishes it to
+    /// [`subscribe`](Self::subscribe)'s receivers, without waiting to hear of
+    /// the commits that moved it: a pull that starts once a push was
+    /// acknowledged, by this process or any other, sees the version the push
+    /// made. Returns the horizon.
+    pub async fn catch_up(&self) -> Result<i64> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let (horizon, _) = self.db.horizon_async(&client).await?;
+        self.heard().reached(horizon);
+        Ok(horizon)
+    }
+
     /// How many publications of app versions this process heard of, made
     /// by any process: the [`versions`](Self::versions) read before the
     /// last one may be out of date.
