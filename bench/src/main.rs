@@ -67,6 +67,10 @@ struct Args {
     /// Rows of the merge that point reads run beside.
     #[arg(long, default_value_t = 100_000)]
     merge_rows: usize,
+    /// Runs only the figures of SQLite and PostgreSQL side by side (the
+    /// transfer of `--server-rows` and the push throughput).
+    #[arg(long)]
+    stores_only: bool,
 }
 
 const PLAIN_TABLE: &str = "CREATE TABLE todos (
@@ -90,6 +94,16 @@ fn main() -> Result<(), BoxError> {
         }),
     };
     let mut report = serde_json::Map::new();
+    if args.stores_only {
+        let threaded = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        let rows = args.server_rows.unwrap_or(args.rows);
+        let stores = server::stores_side_by_side(rows, (args.clients, args.rounds));
+        report.insert("stores".into(), threaded.block_on(stores)?);
+        println!("{}", Json::Object(report));
+        return Ok(());
+    }
     report.insert("rows".into(), json!(args.rows));
     report.insert("singles".into(), json!(args.singles));
     report.insert("cache_kib".into(), json!(args.cache_kib));

@@ -56,10 +56,14 @@ impl Postgres {
                 "--no-sync",
             ],
         )?;
-        let options = format!(
+        let mut options = format!(
             "-c listen_addresses='' -c unix_socket_directories='{}' -p {PORT} -c fsync=off",
             cluster.dir.path().display()
         );
+        // More settings, to look into a run (`-c log_min_duration_statement=0`).
+        if let Ok(more) = std::env::var("SYNCED_PG_OPTIONS") {
+            options = format!("{options} {more}");
+        }
         cluster.run(
             "pg_ctl",
             &[
