@@ -148,9 +148,9 @@ impl Database for PgDatabase {
                 version: pushed.version,
                 rejected: Vec::new(),
                 restore: None,
-                // Other processes' merges take versions between this push's:
-                // its versions are not a range of its own.
-                from: None,
+                // Empty unless the push's versions are a range of its own:
+                // other processes' merges may take versions between them.
+                from: Some(pushed.before),
             };
             Ok((ack, pushed.seen))
         })

@@ -792,7 +792,10 @@ fn an_open_backend_transaction_holds_pulls_and_hides_no_earlier_change() {
         // earlier changes.
         let mut second = item.clone();
         second.id = item_id(1);
-        push(&second).await;
+        let alone = push(&second).await;
+        // Its version was its own: a device up to date before it may go on
+        // from there.
+        assert_eq!(alone.before, alone.version - 1);
 
         // The backend's transaction takes the next version, and stays open.
         let (mut client, connection) = tokio_postgres::connect(&config, NoTls).await.unwrap();
@@ -807,8 +810,11 @@ fn an_open_backend_transaction_holds_pulls_and_hides_no_earlier_change() {
             .await
             .unwrap();
         item.qty = 2;
-        let after = push(&item).await.version;
+        let beside = push(&item).await;
+        let after = beside.version;
         assert!(after > before + 1, "the backend took a version between");
+        // A version below it may yet commit: a device may not skip to it.
+        assert_eq!(beside.before, beside.version);
 
         let pull = async |cursor: Cursor| {
             let (batch, _) = postgres
@@ -828,6 +834,9 @@ fn an_open_backend_transaction_holds_pulls_and_hides_no_earlier_change() {
         let again = pull(held.next.clone()).await;
         assert_eq!((again.rows, &again.next), (0, &held.next));
         backend.commit().await.unwrap();
+        item.price = 1.5;
+        let after_commit = push(&item).await;
+        assert_eq!(after_commit.before, after_commit.version - 1);
         let released = pull(held.next).await;
         assert!(released.complete);
         let mut rows: Vec<Item> = reader.query("1 = 1", Vec::<Value>::new()).await.unwrap();
@@ -1033,5 +1042,54 @@ fn text_postgresql_cannot_store_refuses_the_push_whole() {
             .await
             .unwrap();
         assert_eq!(batch.rows, 0, "nothing of the refused push is applied");
+    });
+}
+
+/// A row a backend wrote with its triggers off (as a restore with
+/// `session_replication_role = replica` does) has no clock: a device's push
+/// of the same row still merges, writing over it, rather than failing as an
+/// insert of a row that exists would.
+#[test]
+fn a_push_writes_over_a_row_that_has_no_clock() {
+    let cluster = Postgres::start().expect("a PostgreSQL cluster starts");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let config = cluster.connection_string("postgres");
+        let postgres = PgReplica::open(&config, "untracked").await.unwrap();
+        postgres.publish(vec![Item::SCHEMA.clone()]).await.unwrap();
+        let (client, connection) = tokio_postgres::connect(&config, NoTls).await.unwrap();
+        tokio::spawn(connection);
+        let id = item_id(7).as_str().to_owned();
+        client
+            .batch_execute(&format!(
+                "SET session_replication_role = replica; \
+                 INSERT INTO untracked.items (id, title, qty, price, data) \
+                 VALUES ('{id}', 'restored', 0, 0, ''); \
+                 SET session_replication_role = origin"
+            ))
+            .await
+            .unwrap();
+        let device = SyncDb::open_in_memory().await.unwrap();
+        device.register::<Item>().await.unwrap();
+        let item = Item {
+            id: item_id(7),
+            title: "from the device".into(),
+            qty: 3,
+            price: 1.5,
+            data: vec![1],
+            note: None,
+        };
+        device.insert(&item).await.unwrap();
+        let payload = device.export_local_changes(Since::Beginning).await.unwrap();
+        postgres
+            .apply_push(wire::decode(&payload).unwrap(), device.site_id())
+            .await
+            .unwrap();
+        let title: String = client
+            .query_one("SELECT title FROM untracked.items WHERE id = $1", &[&id])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(title, "from the device");
     });
 }

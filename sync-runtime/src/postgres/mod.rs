@@ -394,18 +394,37 @@ impl PgReplica {
 
     /// Merges what device `device` pushed (see
     /// [`Replica::apply_push`](crate::server::Replica::apply_push)), in one
-    /// transaction.
+    /// transaction. Merges of other processes take versions at the same
+    /// time: the report's `before` is the version before the push's first
+    /// only when every version from there to its last is the push's and
+    /// every version below them is committed; otherwise it is the report's
+    /// `version` (the push's versions are not a range of its own).
     pub async fn apply_push(&self, payload: Payload, device: SiteId) -> Result<PushReport> {
-        self.transaction(move |(client, runtime, db)| {
-            let storage = &mut storage::PgStorage::new(client, runtime, db);
-            let report = merge::apply_push(storage, &payload, device, None)?;
-            Ok(PushReport {
-                version: storage.last_version().unwrap_or(report.before),
-                seen: db.served_site(client, runtime, device)?,
-                ..report
+        let report = self
+            .transaction(move |(client, runtime, db)| {
+                let storage = &mut storage::PgStorage::new(client, runtime, db);
+                let report = merge::apply_push(storage, &payload, device, None)?;
+                let version = storage.last_version().unwrap_or(report.before);
+                Ok(PushReport {
+                    version,
+                    before: storage.took_all_since().unwrap_or(version),
+                    seen: db.served_site(client, runtime, device)?,
+                    ..report
+                })
             })
+            .await?;
+        // Waiting pulls here need not wait to hear of it; and unless a
+        // transaction still open may yet commit a version below it, a device
+        // whose pulls reached `before` may go on from `version`.
+        let horizon = self.catch_up().await?;
+        Ok(PushReport {
+            before: if horizon >= report.version {
+                report.before
+            } else {
+                report.version
+            },
+            ..report
         })
-        .await
     }
 
     /// The changes after `from` not made by device site `device`, bounded by

@@ -206,15 +206,23 @@ pub(crate) struct TableSql {
     /// The value columns of the live rows of a set of keys, after each key's
     /// position in the set.
     pub(crate) read_rows: String,
-    /// Writes whole rows given as one array per column.
+    /// Inserts whole rows given as one array per column, none of which may
+    /// exist.
+    pub(crate) insert_rows: String,
+    /// Writes whole rows given as one array per column: inserts, or updates
+    /// the row of the same key.
     pub(crate) write_rows: String,
+    /// Inserts whole clocks given as one array per clock column, none of
+    /// which may exist.
+    pub(crate) insert_clocks: String,
     /// Writes whole clocks given as one array per clock column.
     pub(crate) write_clocks: String,
     /// Deletes a row by key.
     pub(crate) delete: String,
     /// Deletes a clock by key.
     pub(crate) delete_clock: String,
-    /// Locks the app rows of a set of keys (those that exist), in key order.
+    /// Locks the app rows of a set of keys (those that exist), in key order;
+    /// gives back the position in the set of each.
     pub(crate) lock_rows: String,
     /// Takes the advisory lock of each key of a set (see [`row_lock`]),
     /// after the table's, shared: `$1` the database's lock space, then the
@@ -348,10 +356,9 @@ impl TableSql {
         } else {
             format!("DO UPDATE SET {}", updates.join(", "))
         };
-        let write_rows = format!(
-            "INSERT INTO {app} ({column_list}) SELECT * FROM unnest({arrays}) \
-             ON CONFLICT ({key_list}) {on_conflict}"
-        );
+        let insert_rows =
+            format!("INSERT INTO {app} ({column_list}) SELECT * FROM unnest({arrays})");
+        let write_rows = format!("{insert_rows} ON CONFLICT ({key_list}) {on_conflict}");
         let mut clock_names: Vec<String> = keys.iter().map(|c| ident(&c.name)).collect();
         clock_names.extend(["_synced_cl", "_synced_dv", "_synced_created"].map(String::from));
         for column in &values {
@@ -371,11 +378,12 @@ impl TableSql {
             .map(|c| format!("{c} = excluded.{c}"))
             .collect::<Vec<_>>()
             .join(", ");
-        let write_clocks = format!(
-            "INSERT INTO {clock} ({}) SELECT * FROM unnest({clock_arrays}) \
-             ON CONFLICT ({key_list}) DO UPDATE SET {clock_updates}",
+        let insert_clocks = format!(
+            "INSERT INTO {clock} ({}) SELECT * FROM unnest({clock_arrays})",
             clock_names.join(", ")
         );
+        let write_clocks =
+            format!("{insert_clocks} ON CONFLICT ({key_list}) DO UPDATE SET {clock_updates}");
         let by_key = keys
             .iter()
             .enumerate()
@@ -388,7 +396,7 @@ impl TableSql {
             .collect::<Vec<_>>()
             .join(", ");
         let lock_rows = format!(
-            "SELECT count(*) FROM (SELECT * FROM {set} ORDER BY {sorted_keys}) AS k \
+            "SELECT k.i FROM (SELECT * FROM {set} ORDER BY {sorted_keys}) AS k \
              CROSS JOIN LATERAL (SELECT 1 FROM {app} t WHERE {} FOR UPDATE OF t) AS locked",
             join("t")
         );
@@ -418,7 +426,9 @@ impl TableSql {
             create,
             read_clocks,
             read_rows,
+            insert_rows,
             write_rows,
+            insert_clocks,
             write_clocks,
             delete: format!("DELETE FROM {app} WHERE {by_key}"),
             delete_clock: format!("DELETE FROM {clock} WHERE {by_key}"),

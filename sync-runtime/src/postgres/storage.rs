@@ -7,7 +7,7 @@
 //! runtime's handle, one round trip per set.
 
 use std::borrow::Borrow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use tokio::runtime::Handle;
 use tokio_postgres::Client;
@@ -36,6 +36,8 @@ pub(crate) struct PgStorage<'a> {
     origins: HashMap<i64, i64>,
     /// The version given out last in this transaction.
     last_version: Option<i64>,
+    /// The first version given out in this transaction, and how many were.
+    first_version: Option<(i64, i64)>,
     /// The number of each table (which names its clock), by lowercase name,
     /// as [`Storage::tables`] read them.
     numbers: HashMap<String, i64>,
@@ -48,8 +50,50 @@ pub(crate) struct PgStorage<'a> {
 struct Table {
     schema: TableSchema,
     sql: TableSql,
-    rows: Vec<(Vec<Value>, Vec<Value>)>,
-    clocks: Vec<(Vec<Value>, Clock)>,
+    rows: Gathered<Vec<Value>>,
+    clocks: Gathered<Clock>,
+    /// The encoded keys whose app rows did not exist when the rows were
+    /// locked: missing still if their clocks are, once their keys' locks are
+    /// held (every writer of a row writes its clock in the same
+    /// transaction).
+    rows_not_found: HashSet<Vec<u8>>,
+}
+
+/// What is gathered of one kind (rows or clocks) of a table: those known to
+/// be new apart, as inserting them costs PostgreSQL a third less than
+/// writing them whatever is there.
+struct Gathered<T> {
+    /// The encoded keys locked or read and found missing, and not written
+    /// since: their writes are inserts.
+    missing: HashSet<Vec<u8>>,
+    /// Keys and what to insert.
+    new: Vec<(Vec<Value>, T)>,
+    /// Keys and what to write, whatever is there.
+    written: Vec<(Vec<Value>, T)>,
+}
+
+impl<T> Default for Gathered<T> {
+    fn default() -> Self {
+        Self {
+            missing: HashSet::new(),
+            new: Vec::new(),
+            written: Vec::new(),
+        }
+    }
+}
+
+impl<T> Gathered<T> {
+    /// Gathers `item` for `key`; whether it is time to write.
+    fn push(&mut self, key: &[Value], item: T) -> bool {
+        let new = !self.missing.is_empty() && self.missing.remove(&crate::wire::encode_key(key));
+        let to = if new {
+            &mut self.new
+        } else {
+            &mut self.written
+        };
+        to.push((key.to_vec(), item));
+        self.new.len() + self.written.len() >= GATHERED
+    }
 }
 
 /// The most rows gathered before they are written: a statement's arrays stay
@@ -67,6 +111,7 @@ impl<'a> PgStorage<'a> {
             sites: HashMap::new(),
             origins: HashMap::new(),
             last_version: None,
+            first_version: None,
             numbers: HashMap::new(),
             new_origins: Vec::new(),
         }
@@ -91,15 +136,34 @@ impl<'a> PgStorage<'a> {
         self.last_version
     }
 
-    /// Writes the rows, then the clocks, gathered for `table`.
+    /// The version before this transaction's first, if it took every
+    /// version from there to its last: no other transaction made a change
+    /// between them.
+    pub(crate) fn took_all_since(&self) -> Option<i64> {
+        let (first, taken) = self.first_version?;
+        let last = self.last_version?;
+        (last - first + 1 == taken).then_some(first - 1)
+    }
+
+    /// Writes the rows, then the clocks, gathered for `table`: the new ones
+    /// inserted, the others written whatever is there.
     fn write_gathered(&mut self, table: usize) -> Result<()> {
         let t = &mut self.tables[table];
-        let rows = std::mem::take(&mut t.rows);
-        let clocks = std::mem::take(&mut t.clocks);
+        let rows = [
+            std::mem::take(&mut t.rows.new),
+            std::mem::take(&mut t.rows.written),
+        ];
+        let clocks = [
+            std::mem::take(&mut t.clocks.new),
+            std::mem::take(&mut t.clocks.written),
+        ];
         let t = &self.tables[table];
-        if !rows.is_empty() {
+        for (rows, statement) in rows.iter().zip([&t.sql.insert_rows, &t.sql.write_rows]) {
+            if rows.is_empty() {
+                continue;
+            }
             let mut arrays = Arrays::new(t.schema.columns.iter().map(|c| c.sql_type));
-            for (key, values) in &rows {
+            for (key, values) in rows {
                 let (mut keys, mut rest) = (key.iter(), values.iter());
                 for (i, column) in t.schema.columns.iter().enumerate() {
                     let value = if column.primary_key {
@@ -110,14 +174,20 @@ impl<'a> PgStorage<'a> {
                     arrays.push(i, value.unwrap_or(&Value::Null))?;
                 }
             }
-            self.execute(&t.sql.write_rows, &arrays.params())?;
+            self.execute(statement, &arrays.params())?;
         }
-        if !clocks.is_empty() {
-            let numbers = 3 + 2 * t.schema.value_columns().count();
+        let numbers = 3 + 2 * t.schema.value_columns().count();
+        for (clocks, statement) in clocks
+            .iter()
+            .zip([&t.sql.insert_clocks, &t.sql.write_clocks])
+        {
+            if clocks.is_empty() {
+                continue;
+            }
             let types = t.schema.key_columns().map(|c| c.sql_type);
             let mut arrays =
                 Arrays::new(types.chain(std::iter::repeat_n(SqlType::Integer, numbers)));
-            for (key, clock) in &clocks {
+            for (key, clock) in clocks {
                 for (i, value) in key.iter().enumerate() {
                     arrays.push(i, value)?;
                 }
@@ -128,7 +198,7 @@ impl<'a> PgStorage<'a> {
                     arrays.push_integer(key.len() + i, number)?;
                 }
             }
-            self.execute(&t.sql.write_clocks, &arrays.params())?;
+            self.execute(statement, &arrays.params())?;
         }
         Ok(())
     }
@@ -157,8 +227,9 @@ impl Storage for PgStorage<'_> {
         self.tables.push(Table {
             sql: TableSql::new(&self.db.schema, schema, &clock),
             schema: schema.clone(),
-            rows: Vec::new(),
-            clocks: Vec::new(),
+            rows: Gathered::default(),
+            clocks: Gathered::default(),
+            rows_not_found: HashSet::new(),
         });
         Ok(())
     }
@@ -182,6 +253,8 @@ impl Storage for PgStorage<'_> {
                 details: "the version sequence gave no version".into(),
             })?;
         self.last_version = Some(version);
+        let (first, taken) = self.first_version.unwrap_or((version, 0));
+        self.first_version = Some((first, taken + 1));
         Ok(version)
     }
 
@@ -319,7 +392,20 @@ impl Storage for PgStorage<'_> {
             }
             let t = &self.tables[table];
             let arrays = value::key_arrays(&t.schema, &keys)?;
-            self.query(&t.sql.lock_rows, &arrays.params())?;
+            let locked = self.query(&t.sql.lock_rows, &arrays.params())?;
+            // The others may yet be written by a transaction holding their
+            // keys' locks, which are taken next (see `read_clocks`).
+            let mut found = vec![false; keys.len()];
+            for row in &locked {
+                found[position(row.get(0), keys.len())?] = true;
+            }
+            let missing = keys
+                .iter()
+                .zip(found)
+                .filter(|(_, found)| !found)
+                .map(|(key, _)| crate::wire::encode_key(key));
+            self.tables[table].rows_not_found.extend(missing);
+            let t = &self.tables[table];
             if keys.len() > sql::ROWS_LOCKED_ONE_BY_ONE {
                 // One lock for the table rather than one per row: the lock
                 // table has room for a few hundred a connection.
@@ -339,7 +425,7 @@ impl Storage for PgStorage<'_> {
         let value_count = t.schema.value_columns().count();
         let rows = self.query(&t.sql.read_clocks, &arrays.params())?;
         let mut clocks = vec![None; keys.len()];
-        for row in rows {
+        for row in &rows {
             let i: i64 = row.get(0);
             let columns = (0..value_count)
                 .map(|c| (row.get(4 + 2 * c), row.get(5 + 2 * c)))
@@ -350,6 +436,14 @@ impl Storage for PgStorage<'_> {
                 created: row.get(3),
                 columns,
             });
+        }
+        let t = &mut self.tables[table];
+        for (key, _) in keys.iter().zip(&clocks).filter(|(_, c)| c.is_none()) {
+            let key = crate::wire::encode_key(key);
+            if t.rows_not_found.remove(&key) {
+                t.rows.missing.insert(key.clone());
+            }
+            t.clocks.missing.insert(key);
         }
         Ok(clocks)
     }
@@ -380,18 +474,14 @@ impl Storage for PgStorage<'_> {
         values: &[V],
     ) -> Result<()> {
         let values = values.iter().map(|v| v.borrow().clone()).collect();
-        let t = &mut self.tables[table];
-        t.rows.push((key.to_vec(), values));
-        if t.rows.len() >= GATHERED {
+        if self.tables[table].rows.push(key, values) {
             self.write_gathered(table)?;
         }
         Ok(())
     }
 
     fn write_clock(&mut self, table: usize, key: &[Value], clock: &Clock) -> Result<()> {
-        let t = &mut self.tables[table];
-        t.clocks.push((key.to_vec(), clock.clone()));
-        if t.clocks.len() >= GATHERED {
+        if self.tables[table].clocks.push(key, clock.clone()) {
             self.write_gathered(table)?;
         }
         Ok(())
