@@ -591,7 +591,7 @@ impl PgReplica {
         tokio::task::spawn_blocking(move || {
             let upto = db.horizon(&client, &runtime)?;
             runtime
-                .block_on(client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"))
+                .block_on(client.batch_execute(sql::BEGIN_EXPORT))
                 .map_err(pg_error)?;
             let done = work((&client, &runtime, &db), upto);
             runtime.block_on(client.batch_execute("COMMIT")).ok();

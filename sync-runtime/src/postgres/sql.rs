@@ -141,6 +141,20 @@ pub(crate) fn next_version(schema: &str) -> String {
     format!("SELECT nextval('{schema}._synced_version')")
 }
 
+/// Begins an export's transaction: one snapshot, read only, planned to go
+/// through the indexes. Every read of an export is bounded by an index (a
+/// page of a clock by its version index, each row by its key), but right
+/// after a large merge the tables' statistics are still those of the tables
+/// before it, and the planner would scan a whole table for each page
+/// (measured on 100,000 rows: 9 ms rather than 0.1 ms to find the changes
+/// above the horizon, 24 rather than 6 for a page's keys), which makes a
+/// first sync quadratic in the rows.
+pub(crate) const BEGIN_EXPORT: &str = "\
+    BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; \
+    SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; \
+    SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off; \
+    SET LOCAL enable_sort = off";
+
 /// The lowest floor (see [`hold_floor`]) of the transactions of lock space
 /// `$1` still open: no version at or below it is still to be committed. Read
 /// after [`last_version`], and before the snapshot an export reads on, its
