@@ -11,6 +11,20 @@ use std::time::Duration;
 use support::{TestServer, Todo, device, publish_schema, rows, todo, until_waiting};
 use synced_testkit::postgres::Postgres;
 
+/// `N` servers on the PostgreSQL database of `cluster`, each with its data
+/// directory in `dir`.
+async fn servers<const N: usize>(cluster: &Postgres, dir: &std::path::Path) -> [TestServer; N] {
+    let mut servers = Vec::new();
+    for i in 0..N {
+        let mut config = support::config(&dir.join(format!("server{i}")));
+        config.storage.postgres = Some(cluster.connection_string("postgres"));
+        servers.push(TestServer::start_with(config).await);
+    }
+    servers
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("{N} servers started"))
+}
+
 /// Two servers sharing one PostgreSQL database: a device on each, what one
 /// writes the other receives, through a sync and through a long-poll woken
 /// by a commit made through the other server.
@@ -18,14 +32,10 @@ use synced_testkit::postgres::Postgres;
 async fn devices_on_two_servers_sharing_postgresql_converge_and_wake() {
     let cluster = Postgres::start().expect("a PostgreSQL cluster starts");
     let dir = tempfile::tempdir().unwrap();
-    let mut config = support::config(&dir.path().join("one"));
-    config.storage.postgres = Some(cluster.connection_string("postgres"));
-    let one = TestServer::start_with(config.clone()).await;
-    config.data = dir.path().join("two");
-    let two = TestServer::start_with(config).await;
+    let [one, two] = servers(&cluster, dir.path()).await;
     publish_schema(&one.url("todo"), dir.path()).await;
     // Nothing of the databases is in the data directories.
-    assert!(!dir.path().join("one").join("todo.db").exists());
+    assert!(!dir.path().join("server0").join("todo.db").exists());
 
     let a = device(dir.path(), "a", &one.url("todo"), "ann").await;
     let b = device(dir.path(), "b", &two.url("todo"), "bob").await;
@@ -73,11 +83,7 @@ async fn devices_on_two_servers_sharing_postgresql_converge_and_wake() {
 async fn a_push_acknowledged_is_in_the_next_pull_through_any_server() {
     let cluster = Postgres::start().expect("a PostgreSQL cluster starts");
     let dir = tempfile::tempdir().unwrap();
-    let mut config = support::config(&dir.path().join("one"));
-    config.storage.postgres = Some(cluster.connection_string("postgres"));
-    let one = TestServer::start_with(config.clone()).await;
-    config.data = dir.path().join("two");
-    let two = TestServer::start_with(config).await;
+    let [one, two] = servers(&cluster, dir.path()).await;
     publish_schema(&one.url("todo"), dir.path()).await;
     let writer = device(dir.path(), "writer", &one.url("todo"), "ann").await;
     let same = device(dir.path(), "same", &one.url("todo"), "bob").await;
@@ -119,12 +125,7 @@ async fn many_devices_through_three_servers_at_once() {
         .try_init();
     let cluster = Postgres::start().expect("a PostgreSQL cluster starts");
     let dir = tempfile::tempdir().unwrap();
-    let mut servers = Vec::new();
-    for i in 0..3 {
-        let mut config = support::config(&dir.path().join(format!("server{i}")));
-        config.storage.postgres = Some(cluster.connection_string("postgres"));
-        servers.push(TestServer::start_with(config).await);
-    }
+    let servers: [TestServer; 3] = servers(&cluster, dir.path()).await;
     publish_schema(&servers[0].url("todo"), dir.path()).await;
     let mut devices = Vec::new();
     for d in 0..12 {
