@@ -7,8 +7,9 @@
 //! name, laid out as `sql` says.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{ClientWrapper, Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio_postgres::{Client, NoTls};
@@ -68,21 +69,32 @@ pub(crate) struct Db {
 impl Db {
     /// The version every change at or below which is committed and visible to
     /// a snapshot taken after this returns (see [`sql::LOWEST_FLOOR`]).
-    fn horizon(&self, client: &Client, runtime: &Handle) -> Result<i64> {
+    fn horizon(&self, client: &ClientWrapper, runtime: &Handle) -> Result<i64> {
         let (horizon, _) = runtime.block_on(self.horizon_async(client))?;
         Ok(horizon)
     }
 
     /// The horizon (see [`horizon`](Self::horizon)), and the last version
     /// given out.
-    async fn horizon_async(&self, client: &Client) -> Result<(i64, i64)> {
+    /// Both statements are prepared once a connection: every pull reads the
+    /// horizon, and planning the read of `pg_locks` costs more than running
+    /// it.
+    async fn horizon_async(&self, client: &ClientWrapper) -> Result<(i64, i64)> {
+        let last_version = client
+            .prepare_cached(&sql::last_version(&self.schema))
+            .await
+            .map_err(pg_error)?;
+        let lowest_floor = client
+            .prepare_cached(sql::LOWEST_FLOOR)
+            .await
+            .map_err(pg_error)?;
         let last: i64 = client
-            .query_one(&sql::last_version(&self.schema), &[])
+            .query_one(&last_version, &[])
             .await
             .map_err(pg_error)?
             .get(0);
         let floor: Option<i64> = client
-            .query_one(sql::LOWEST_FLOOR, &[&self.space])
+            .query_one(&lowest_floor, &[&self.space])
             .await
             .map_err(pg_error)?
             .get(0);
@@ -110,33 +122,30 @@ impl Db {
     /// How far this database has received device site `device`; refused with
     /// [`Error::SiteReused`] if more than one file used it.
     fn served_site(&self, client: &Client, runtime: &Handle, device: SiteId) -> Result<i64> {
-        let site = device.as_bytes().as_slice();
-        let (reused, seen) = runtime
-            .block_on(async {
-                let reused: bool = client
-                    .query_one(
-                        &format!(
-                            "SELECT EXISTS (SELECT 1 FROM {}._synced_reused WHERE site_id = $1)",
-                            self.schema
-                        ),
-                        &[&site],
-                    )
-                    .await?
-                    .get(0);
-                let seen: Option<i64> = client
-                    .query_opt(
-                        &format!(
-                            "SELECT p.seen FROM {0}._synced_peers p JOIN {0}._synced_sites s \
-                             ON s.ordinal = p.site WHERE s.site_id = $1",
-                            self.schema
-                        ),
-                        &[&site],
-                    )
-                    .await?
-                    .map(|r| r.get(0));
-                Ok((reused, seen.unwrap_or(0)))
-            })
+        let row = runtime
+            .block_on(client.query_one(
+                &self.served_site_statement(),
+                &[&device.as_bytes().as_slice()],
+            ))
             .map_err(pg_error)?;
+        self.served(&row, device)
+    }
+
+    /// Whether site `$1` was found reused, and how far it was received.
+    fn served_site_statement(&self) -> String {
+        format!(
+            "SELECT EXISTS (SELECT 1 FROM {0}._synced_reused WHERE site_id = $1), \
+             (SELECT p.seen FROM {0}._synced_peers p JOIN {0}._synced_sites s \
+             ON s.ordinal = p.site WHERE s.site_id = $1)",
+            self.schema
+        )
+    }
+
+    /// How far `device` was received, as `row` of
+    /// [`served_site_statement`](Self::served_site_statement) says.
+    fn served(&self, row: &tokio_postgres::Row, device: SiteId) -> Result<i64> {
+        let (reused, seen): (bool, Option<i64>) = (row.get(0), row.get(1));
+        let seen = seen.unwrap_or(0);
         if reused {
             return Err(Error::SiteReused {
                 message: format!(
@@ -177,6 +186,19 @@ pub struct PgReplica {
     /// What this process hears of the database's commits, once
     /// [`subscribe`](Self::subscribe)d to.
     heard: Arc<std::sync::OnceLock<Arc<listen::Heard>>>,
+    /// The reads of the horizon that [`catch_up`](Self::catch_up) shares.
+    catching_up: Arc<CatchingUp>,
+}
+
+/// The reads of a database's horizon begun and finished (see
+/// [`PgReplica::catch_up`]), one at a time.
+#[derive(Debug, Default)]
+struct CatchingUp {
+    /// How many reads began.
+    begun: AtomicU64,
+    /// The number of the last read finished (counting from 1), held while
+    /// one is under way.
+    last_read: tokio::sync::Mutex<u64>,
 }
 
 impl PgReplica {
@@ -278,6 +300,7 @@ impl PgReplica {
             }),
             config,
             heard: Arc::default(),
+            catching_up: Arc::default(),
         })
     }
 
@@ -299,10 +322,20 @@ impl PgReplica {
     /// the commits that moved it: a pull that starts once a push was
     /// acknowledged, by this process or any other, sees the version the push
     /// made. Returns the horizon.
+    ///
+    /// Many pulls catching up at once share reads: a caller takes the
+    /// horizon of a read that began after it called, whoever asked for it.
     pub async fn catch_up(&self) -> Result<i64> {
+        let arrived = self.catching_up.begun.load(Ordering::SeqCst);
+        let mut last_read = self.catching_up.last_read.lock().await;
+        if *last_read > arrived {
+            return Ok(*self.heard().horizon.borrow());
+        }
+        let read = self.catching_up.begun.fetch_add(1, Ordering::SeqCst) + 1;
         let client = self.pool.get().await.map_err(pool_error)?;
         let (horizon, _) = self.db.horizon_async(&client).await?;
         self.heard().reached(horizon);
+        *last_read = read;
         Ok(horizon)
     }
 
@@ -574,8 +607,17 @@ impl PgReplica {
     /// How far this database has received device site `device` (see
     /// [`Replica::served_site`](crate::server::Replica::served_site)).
     pub async fn served_site(&self, device: SiteId) -> Result<i64> {
-        self.read(move |(client, runtime, db), _| db.served_site(client, runtime, device))
+        // Every pull asks: one prepared statement, outside a transaction.
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let statement = client
+            .prepare_cached(&self.db.served_site_statement())
             .await
+            .map_err(pg_error)?;
+        let row = client
+            .query_one(&statement, &[&device.as_bytes().as_slice()])
+            .await
+            .map_err(pg_error)?;
+        self.db.served(&row, device)
     }
 
     /// Runs `work` in a read-only transaction on a pooled connection, on a
