@@ -55,6 +55,24 @@ pub(crate) fn query(
         .map_err(pg_error)
 }
 
+/// The most statements a connection keeps prepared: those of a few hundred
+/// databases' pulls. Past it, the connection forgets them all and prepares
+/// again what it runs next, so that a server of many databases does not
+/// grow each connection's memory with each.
+const PREPARED_PER_CONNECTION: usize = 1_024;
+
+/// `statement` prepared on `client`, once while the connection keeps it
+/// (see [`PREPARED_PER_CONNECTION`]).
+async fn prepared(
+    client: &ClientWrapper,
+    statement: &str,
+) -> std::result::Result<tokio_postgres::Statement, tokio_postgres::Error> {
+    if client.statement_cache.size() >= PREPARED_PER_CONNECTION {
+        client.statement_cache.clear();
+    }
+    client.prepare_cached(statement).await
+}
+
 /// What every operation on one database needs to know of it.
 #[derive(Debug)]
 pub(crate) struct Db {
@@ -80,12 +98,10 @@ impl Db {
     /// horizon, and planning the read of `pg_locks` costs more than running
     /// it.
     async fn horizon_async(&self, client: &ClientWrapper) -> Result<(i64, i64)> {
-        let last_version = client
-            .prepare_cached(&sql::last_version(&self.schema))
+        let last_version = prepared(client, &sql::last_version(&self.schema))
             .await
             .map_err(pg_error)?;
-        let lowest_floor = client
-            .prepare_cached(sql::LOWEST_FLOOR)
+        let lowest_floor = prepared(client, sql::LOWEST_FLOOR)
             .await
             .map_err(pg_error)?;
         let last: i64 = client
@@ -609,8 +625,7 @@ impl PgReplica {
     pub async fn served_site(&self, device: SiteId) -> Result<i64> {
         // Every pull asks: one prepared statement, outside a transaction.
         let client = self.pool.get().await.map_err(pool_error)?;
-        let statement = client
-            .prepare_cached(&self.db.served_site_statement())
+        let statement = prepared(&client, &self.db.served_site_statement())
             .await
             .map_err(pg_error)?;
         let row = client
@@ -625,7 +640,7 @@ impl PgReplica {
     /// [`Db::horizon`]).
     async fn read<T: Send + 'static>(
         &self,
-        work: impl FnOnce((&Client, &Handle, &Db), i64) -> Result<T> + Send + 'static,
+        work: impl FnOnce((&ClientWrapper, &Handle, &Db), i64) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let client = self.pool.get().await.map_err(pool_error)?;
         let db = self.db.clone();
@@ -730,7 +745,7 @@ pub async fn databases(config: &str) -> Result<Vec<String>> {
     reason = "the parts of one read, each used once"
 )]
 fn export(
-    client: &Client,
+    client: &ClientWrapper,
     runtime: &Handle,
     db: &Db,
     upto: i64,

@@ -6,8 +6,8 @@
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 
+use deadpool_postgres::ClientWrapper;
 use tokio::runtime::Handle;
-use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
 
 use super::sql::{self, ident};
@@ -20,7 +20,7 @@ use crate::value::Value;
 
 /// A database's reads, in the transaction open on `client`, at `upto`.
 pub(crate) struct PgReads<'a> {
-    client: &'a Client,
+    client: &'a ClientWrapper,
     runtime: &'a Handle,
     db: &'a Db,
     upto: i64,
@@ -36,7 +36,7 @@ impl<'a> PgReads<'a> {
     /// The reads of `db` at version `upto` (its horizon), in the transaction
     /// open on `client`.
     pub(crate) fn new(
-        client: &'a Client,
+        client: &'a ClientWrapper,
         runtime: &'a Handle,
         db: &'a Db,
         upto: i64,
@@ -62,12 +62,19 @@ impl<'a> PgReads<'a> {
         })
     }
 
+    /// Runs `statement`, prepared (see [`super::prepared`]): an export's
+    /// statements are few, and a small pull's time went to planning them.
     fn query(
         &self,
         statement: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>> {
-        super::query(self.client, self.runtime, statement, params)
+        self.runtime
+            .block_on(async {
+                let prepared = super::prepared(self.client, statement).await?;
+                self.client.query(&prepared, params).await
+            })
+            .map_err(super::pg_error)
     }
 
     fn clock(&self, schema: &TableSchema) -> Result<&str> {
