@@ -75,6 +75,58 @@ async fn start(dir: &Path, postgres: Option<String>) -> Result<Running, BoxError
     })
 }
 
+/// A server on PostgreSQL in a process of its own: this program, run with
+/// `--serve-postgres` (see [`serve`]), until dropped.
+struct Process {
+    _child: tokio::process::Child,
+    address: String,
+}
+
+impl Process {
+    /// Starts one storing its files in `dir`, its databases in the
+    /// PostgreSQL database `postgres` names; returns once it listens.
+    async fn start(dir: &Path, postgres: &str) -> Result<Self, BoxError> {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(std::env::current_exe()?)
+            .arg("--serve-postgres")
+            .arg(postgres)
+            .arg("--serve-dir")
+            .arg(dir)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or("no server output")?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let first = lines.next_line().await?.ok_or("the server process ended")?;
+        let address = first
+            .strip_prefix("listening ")
+            .ok_or_else(|| format!("the server process said {first:?}"))?
+            .to_owned();
+        Ok(Self {
+            _child: child,
+            address,
+        })
+    }
+
+    /// The URL of database `name`.
+    fn url(&self, name: &str) -> String {
+        format!("http://{}/v1/db/{name}", self.address)
+    }
+}
+
+/// Runs a server on PostgreSQL (the process [`Process::start`] starts):
+/// says `listening <address>` on a line, then serves until its input ends.
+pub(crate) async fn serve(dir: &Path, postgres: String) -> Result<(), BoxError> {
+    use tokio::io::AsyncReadExt;
+    let running = start(dir, Some(postgres)).await?;
+    println!("listening {}", running.server.local_addr());
+    let mut input = Vec::new();
+    tokio::io::stdin().read_to_end(&mut input).await?;
+    running.server.stop().await?;
+    Ok(())
+}
+
 async fn device(path: Option<&Path>, url: &str, user: &str) -> Result<SyncDb, BoxError> {
     Ok(synced_testkit::device::<Todo>(path, url, user).await?)
 }
@@ -198,9 +250,9 @@ async fn clients(urls: &[String], count: usize, rounds: usize) -> Result<(Json, 
 
 /// The transfer of `rows` rows on a server on SQLite and on one on
 /// PostgreSQL (a cluster of its own, started here), side by side; then
-/// `throughput` (clients, rounds) pushing through one server on PostgreSQL
-/// and through three sharing it (in this process, each with its own
-/// connections and listener).
+/// `throughput` (clients, rounds) pushing through one server process on
+/// PostgreSQL and through three sharing it (each a process of its own, as in
+/// production).
 pub(crate) async fn stores_side_by_side(
     rows: usize,
     throughput: (usize, usize),
@@ -220,16 +272,25 @@ pub(crate) async fn stores_side_by_side(
     let ratio = postgres_s / sqlite_s;
     println!("{:<34} {ratio:>10.2}x   PostgreSQL / SQLite", "transfer");
 
-    println!("pushes through 1 server on PostgreSQL, then through 3 sharing it");
-    let url = postgres.database("clients").await?;
-    let (one, one_errors) = clients(&[url], throughput.0, throughput.1).await?;
+    // The databases the server processes serve, made here.
+    postgres.database("clients").await?;
     postgres.database("clients3").await?;
-    let mut servers = vec![postgres];
-    for i in 1..3 {
-        let home = dir.path().join(format!("postgres{i}"));
-        servers.push(start(&home, Some(cluster.connection_string("postgres"))).await?);
+    drop(postgres);
+    println!(
+        "pushes through 1 server process on PostgreSQL, then through 3 sharing it \
+         (each a process of its own)"
+    );
+    let connection = cluster.connection_string("postgres");
+    let one_server = [Process::start(&dir.path().join("process0"), &connection).await?];
+    let url = one_server[0].url("clients");
+    let (one, one_errors) = clients(&[url], throughput.0, throughput.1).await?;
+    drop(one_server);
+    let mut servers = Vec::new();
+    for i in 0..3 {
+        let home = dir.path().join(format!("process{i}"));
+        servers.push(Process::start(&home, &connection).await?);
     }
-    let urls: Vec<String> = servers.iter().map(|s| s.server.url("clients3")).collect();
+    let urls: Vec<String> = servers.iter().map(|s| s.url("clients3")).collect();
     let (three, three_errors) = clients(&urls, throughput.0, throughput.1).await?;
     drop(servers);
     if one_errors + three_errors > 0 {
