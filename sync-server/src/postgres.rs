@@ -24,6 +24,8 @@ use crate::store::{
 /// The databases of one PostgreSQL database (see the module's documentation).
 pub struct PgStore {
     config: String,
+    /// Where a database not open yet is looked up.
+    directory: postgres::Directory,
     databases: Mutex<HashMap<String, Arc<PgDatabase>>>,
 }
 
@@ -32,9 +34,10 @@ impl PgStore {
     /// string); its databases are opened as they are asked for.
     pub async fn open(config: &str) -> Result<Self> {
         // Reachable, and readable, before the server starts.
-        postgres::databases(config).await?;
+        let directory = postgres::Directory::open(config).await?;
         Ok(Self {
             config: config.to_owned(),
+            directory,
             databases: Mutex::new(HashMap::new()),
         })
     }
@@ -43,17 +46,17 @@ impl PgStore {
         if !valid_database_name(name) {
             return Err(Error::BadRequest(bad_database_name(name)));
         }
+        if let Some(db) = self.databases.lock().await.get(name) {
+            return Ok(Some(Arc::clone(db)));
+        }
+        // Looked up without holding the databases: a request naming one
+        // that does not exist holds up no other.
+        if !create && !self.directory.contains(name).await? {
+            return Ok(None);
+        }
         let mut databases = self.databases.lock().await;
         if let Some(db) = databases.get(name) {
             return Ok(Some(Arc::clone(db)));
-        }
-        if !create
-            && !postgres::databases(&self.config)
-                .await?
-                .iter()
-                .any(|n| n == name)
-        {
-            return Ok(None);
         }
         let replica = PgReplica::open(&self.config, name).await?;
         tracing::info!(database = name, "database opened on PostgreSQL");
@@ -88,7 +91,7 @@ impl Store for PgStore {
     }
 
     fn names(&self) -> BoxFuture<'_, Result<Vec<String>>> {
-        Box::pin(async move { Ok(postgres::databases(&self.config).await?) })
+        Box::pin(async move { Ok(self.directory.names().await?) })
     }
 }
 

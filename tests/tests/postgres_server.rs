@@ -157,3 +157,54 @@ async fn many_devices_through_three_servers_at_once() {
         server.stop().await;
     }
 }
+
+/// Requests naming databases that do not exist, as any token holder may
+/// send, are each answered 404 from a query on a connection the server
+/// keeps: none opens a connection to PostgreSQL of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_database_names_open_no_connections() {
+    let cluster = Postgres::start().expect("a PostgreSQL cluster starts");
+    let dir = tempfile::tempdir().unwrap();
+    let [server] = servers(&cluster, dir.path()).await;
+    publish_schema(&server.url("todo"), dir.path()).await;
+    let (client, connection) = tokio_postgres::connect(
+        &cluster.connection_string("postgres"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    // Sessions started so far, counted once they end or report.
+    let sessions = async || -> i64 {
+        client
+            .batch_execute("SELECT pg_stat_clear_snapshot()")
+            .await
+            .unwrap();
+        client
+            .query_one(
+                "SELECT sessions FROM pg_stat_database WHERE datname = 'postgres'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    };
+    let before = sessions().await;
+    let http = reqwest::Client::new();
+    for n in 0..30 {
+        let answer = http
+            .get(format!("{}/pull", server.url(&format!("missing{n}"))))
+            .bearer_auth(support::token("ann"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 404);
+    }
+    let after = sessions().await;
+    assert!(
+        after - before < 5,
+        "{} sessions for 30 requests",
+        after - before
+    );
+    server.stop().await;
+}

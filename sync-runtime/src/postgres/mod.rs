@@ -233,20 +233,7 @@ impl PgReplica {
             });
         }
         let config: tokio_postgres::Config = config.parse().map_err(pg_error)?;
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(MAX_CONNECTIONS)
-            .build()
-            .map_err(|e| Error::Postgres {
-                code: None,
-                message: e.to_string(),
-            })?;
+        let pool = pool(&config, MAX_CONNECTIONS)?;
         let schema = sql::ident(name);
         let client = pool.get().await.map_err(pool_error)?;
         let created = SiteId::random().map_err(|e| Error::NoRandomness(e.to_string()))?;
@@ -710,31 +697,78 @@ impl PgReplica {
 /// serialization failure is tried.
 const ATTEMPTS: u32 = 5;
 
-/// The databases of the PostgreSQL database `config` names (see
-/// [`PgReplica::open`]), sorted.
-pub async fn databases(config: &str) -> Result<Vec<String>> {
-    let (client, connection) = tokio_postgres::connect(config, NoTls)
-        .await
-        .map_err(pg_error)?;
-    let driver = tokio::spawn(connection);
-    let listed = client
-        .query(
-            "SELECT schema_name FROM _synced.lock_spaces ORDER BY schema_name",
-            &[],
-        )
-        .await;
-    drop(client);
-    driver.abort();
-    match listed {
-        Ok(rows) => Ok(rows.iter().map(|r| r.get(0)).collect()),
-        // No database was ever created there.
-        Err(e)
-            if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE)
-                || e.code() == Some(&tokio_postgres::error::SqlState::INVALID_SCHEMA_NAME) =>
-        {
-            Ok(Vec::new())
+/// A pool of up to `size` connections made with `config`.
+fn pool(config: &tokio_postgres::Config, size: usize) -> Result<Pool> {
+    let manager = Manager::from_config(
+        config.clone(),
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        .build()
+        .map_err(|e| Error::Postgres {
+            code: None,
+            message: e.to_string(),
+        })
+}
+
+/// The databases of one PostgreSQL database (see [`PgReplica::open`]),
+/// looked up on a connection kept for it: a request naming a database that
+/// is not open yet costs a query, never a new connection.
+#[derive(Debug)]
+pub struct Directory {
+    pool: Pool,
+}
+
+impl Directory {
+    /// The directory of the PostgreSQL database `config` (a connection
+    /// string) names; refused if it cannot be read.
+    pub async fn open(config: &str) -> Result<Self> {
+        let config: tokio_postgres::Config = config.parse().map_err(pg_error)?;
+        let directory = Self {
+            pool: pool(&config, 1)?,
+        };
+        directory.names().await?;
+        Ok(directory)
+    }
+
+    /// The databases, sorted.
+    pub async fn names(&self) -> Result<Vec<String>> {
+        let listed = self
+            .list(
+                "SELECT schema_name FROM _synced.lock_spaces ORDER BY schema_name",
+                &[],
+            )
+            .await?;
+        Ok(listed.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Whether database `name` exists.
+    pub async fn contains(&self, name: &str) -> Result<bool> {
+        let statement = "SELECT schema_name FROM _synced.lock_spaces WHERE schema_name = $1";
+        Ok(!self.list(statement, &[&name]).await?.is_empty())
+    }
+
+    async fn list(
+        &self,
+        statement: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        match client.query(statement, params).await {
+            Ok(rows) => Ok(rows),
+            // No database was ever created there.
+            Err(e)
+                if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE)
+                    || e.code() == Some(&tokio_postgres::error::SqlState::INVALID_SCHEMA_NAME) =>
+            {
+                Ok(Vec::new())
+            }
+            Err(e) => Err(pg_error(e)),
         }
-        Err(e) => Err(pg_error(e)),
     }
 }
 
