@@ -46,6 +46,12 @@ impl PgStore {
         if !valid_database_name(name) {
             return Err(Error::BadRequest(bad_database_name(name)));
         }
+        if name.len() > postgres::MAX_DATABASE_NAME {
+            return Err(Error::BadRequest(format!(
+                "{name:?} is too long a name for a database on PostgreSQL: at most {} characters",
+                postgres::MAX_DATABASE_NAME
+            )));
+        }
         if let Some(db) = self.databases.lock().await.get(name) {
             return Ok(Some(Arc::clone(db)));
         }

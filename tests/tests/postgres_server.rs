@@ -160,7 +160,8 @@ async fn many_devices_through_three_servers_at_once() {
 
 /// Requests naming databases that do not exist, as any token holder may
 /// send, are each answered 404 from a query on a connection the server
-/// keeps: none opens a connection to PostgreSQL of its own.
+/// keeps: none opens a connection to PostgreSQL of its own. A name too long
+/// for PostgreSQL is a bad request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_database_names_open_no_connections() {
     let cluster = Postgres::start().expect("a PostgreSQL cluster starts");
@@ -205,6 +206,25 @@ async fn unknown_database_names_open_no_connections() {
         after - before < 5,
         "{} sessions for 30 requests",
         after - before
+    );
+    // A name PostgreSQL cannot hold (SQLite's may be a byte longer) is a
+    // bad request, said so, and no server error.
+    let long = "x".repeat(64);
+    let answer = http
+        .get(format!("{}/pull", server.url(&long)))
+        .bearer_auth(support::token("ann"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 400);
+    assert!(answer.text().await.unwrap().contains("at most 63"));
+    let created = synced_testkit::publish_schema::<Todo>(&server.url(&long)).await;
+    assert!(
+        matches!(
+            &created,
+            Err(sync_runtime::Error::Rejected { status: 400, .. })
+        ),
+        "{created:?}"
     );
     server.stop().await;
 }

@@ -697,6 +697,10 @@ impl PgReplica {
 /// serialization failure is tried.
 const ATTEMPTS: u32 = 5;
 
+/// The longest name of a database on PostgreSQL, in bytes: PostgreSQL's
+/// longest identifier (its schema's name).
+pub const MAX_DATABASE_NAME: usize = sql::MAX_IDENTIFIER;
+
 /// A pool of up to `size` connections made with `config`.
 fn pool(config: &tokio_postgres::Config, size: usize) -> Result<Pool> {
     let manager = Manager::from_config(
