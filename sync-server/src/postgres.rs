@@ -23,8 +23,8 @@ use crate::store::{
 
 /// The databases of one PostgreSQL database (see the module's documentation).
 pub struct PgStore {
-    config: String,
-    /// Where a database not open yet is looked up.
+    /// Where a database not open yet is looked up, and the connections the
+    /// databases share.
     directory: postgres::Directory,
     databases: Mutex<HashMap<String, Arc<PgDatabase>>>,
 }
@@ -36,7 +36,6 @@ impl PgStore {
         // Reachable, and readable, before the server starts.
         let directory = postgres::Directory::open(config).await?;
         Ok(Self {
-            config: config.to_owned(),
             directory,
             databases: Mutex::new(HashMap::new()),
         })
@@ -64,7 +63,7 @@ impl PgStore {
         if let Some(db) = databases.get(name) {
             return Ok(Some(Arc::clone(db)));
         }
-        let replica = PgReplica::open(&self.config, name).await?;
+        let replica = self.directory.replica(name).await?;
         tracing::info!(database = name, "database opened on PostgreSQL");
         let db = Arc::new(PgDatabase {
             name: name.to_owned(),

@@ -228,3 +228,43 @@ async fn unknown_database_names_open_no_connections() {
     );
     server.stop().await;
 }
+
+/// The databases of a server share its connections to PostgreSQL: thirty
+/// databases, each written to, keep no more open than one database's pool
+/// and a listener each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn databases_share_their_connections() {
+    const DATABASES: usize = 30;
+    let cluster = Postgres::start().expect("a PostgreSQL cluster starts");
+    let dir = tempfile::tempdir().unwrap();
+    let names: Vec<String> = (0..DATABASES).map(|n| format!("db{n}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut config = synced_testkit::config_sharing(&dir.path().join("server"), &names);
+    config.storage.postgres = Some(cluster.connection_string("postgres"));
+    let server = TestServer::start_with(config).await;
+    for n in 0..DATABASES {
+        let url = server.url(&format!("db{n}"));
+        publish_schema(&url, dir.path()).await;
+        let db = device(dir.path(), &format!("d{n}"), &url, "ann").await;
+        db.insert(&todo("one")).await.unwrap();
+        db.sync().await.unwrap();
+    }
+    let (client, connection) = tokio_postgres::connect(
+        &cluster.connection_string("postgres"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let open: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // One pool of 16, a listener a database, and this connection.
+    assert!(open <= 16 + DATABASES as i64 + 1, "{open} connections open");
+    server.stop().await;
+}

@@ -28,7 +28,8 @@ mod sql;
 mod storage;
 mod value;
 
-/// The most connections one replica keeps open.
+/// The most connections one replica opened alone, or the databases of one
+/// [`Directory`] together, keep open (besides each database's listener).
 const MAX_CONNECTIONS: usize = 16;
 
 /// An error of PostgreSQL or of the connection to it.
@@ -222,7 +223,17 @@ impl PgReplica {
     /// connection string, e.g. `host=/run/postgresql dbname=app`) names,
     /// creating it if it does not exist: a schema `name`, with the runtime's
     /// tables in it.
+    ///
+    /// It has connections of its own; the databases a [`Directory`] opens
+    /// share the directory's.
     pub async fn open(config: &str, name: &str) -> Result<Self> {
+        let config: tokio_postgres::Config = config.parse().map_err(pg_error)?;
+        let pool = pool(&config, MAX_CONNECTIONS)?;
+        Self::open_on(pool, config, name).await
+    }
+
+    /// [`open`](Self::open), on the connections of `pool`.
+    async fn open_on(pool: Pool, config: tokio_postgres::Config, name: &str) -> Result<Self> {
         if name.is_empty() || name.len() > sql::MAX_IDENTIFIER {
             return Err(Error::Postgres {
                 code: None,
@@ -232,8 +243,6 @@ impl PgReplica {
                 ),
             });
         }
-        let config: tokio_postgres::Config = config.parse().map_err(pg_error)?;
-        let pool = pool(&config, MAX_CONNECTIONS)?;
         let schema = sql::ident(name);
         let client = pool.get().await.map_err(pool_error)?;
         let created = SiteId::random().map_err(|e| Error::NoRandomness(e.to_string()))?;
@@ -719,12 +728,15 @@ fn pool(config: &tokio_postgres::Config, size: usize) -> Result<Pool> {
         })
 }
 
-/// The databases of one PostgreSQL database (see [`PgReplica::open`]),
-/// looked up on a connection kept for it: a request naming a database that
-/// is not open yet costs a query, never a new connection.
+/// The databases of one PostgreSQL database (see [`PgReplica::open`]), and
+/// the connections they share: a server of many databases keeps at most
+/// [`MAX_CONNECTIONS`] open for them all (and one listener each), whatever
+/// their number, and a request naming a database that is not open yet costs
+/// a query on one of them, never a new connection.
 #[derive(Debug)]
 pub struct Directory {
     pool: Pool,
+    config: tokio_postgres::Config,
 }
 
 impl Directory {
@@ -733,10 +745,17 @@ impl Directory {
     pub async fn open(config: &str) -> Result<Self> {
         let config: tokio_postgres::Config = config.parse().map_err(pg_error)?;
         let directory = Self {
-            pool: pool(&config, 1)?,
+            pool: pool(&config, MAX_CONNECTIONS)?,
+            config,
         };
         directory.names().await?;
         Ok(directory)
+    }
+
+    /// Opens database `name` (see [`PgReplica::open`]) on the directory's
+    /// connections.
+    pub async fn replica(&self, name: &str) -> Result<PgReplica> {
+        PgReplica::open_on(self.pool.clone(), self.config.clone(), name).await
     }
 
     /// The databases, sorted.
