@@ -306,7 +306,7 @@ impl PgDatabase {
     /// Why a user's request that policies filter (a database the
     /// configuration does not list is closed to users) is not served.
     fn filtered_not_served(&self) -> Error {
-        Error::DatabaseUnavailable {
+        Error::NotServedByStore {
             name: self.name.clone(),
             reason: "row-level policies, and the closed tables of a database the configuration \
                      does not list, are not served from PostgreSQL yet"

@@ -161,7 +161,8 @@ async fn many_devices_through_three_servers_at_once() {
 /// Requests naming databases that do not exist, as any token holder may
 /// send, are each answered 404 from a query on a connection the server
 /// keeps: none opens a connection to PostgreSQL of its own. A name too long
-/// for PostgreSQL is a bad request.
+/// for PostgreSQL is a bad request; a database closed to users is refused
+/// as not served there yet.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_database_names_open_no_connections() {
     let cluster = Postgres::start().expect("a PostgreSQL cluster starts");
@@ -225,6 +226,16 @@ async fn unknown_database_names_open_no_connections() {
             Err(sync_runtime::Error::Rejected { status: 400, .. })
         ),
         "{created:?}"
+    );
+    // A database the configuration does not list is closed to users, which
+    // takes a row filter: not served from PostgreSQL yet, and said so.
+    publish_schema(&server.url("unlisted"), dir.path()).await;
+    let user = device(dir.path(), "user", &server.url("unlisted"), "ann").await;
+    let refused = user.sync().await.unwrap_err();
+    assert!(
+        matches!(&refused, sync_runtime::Error::DatabaseUnavailable { message }
+            if message.contains("not served from PostgreSQL yet") && !message.contains("damaged")),
+        "{refused:?}"
     );
     server.stop().await;
 }
