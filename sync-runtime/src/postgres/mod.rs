@@ -729,10 +729,10 @@ fn pool(config: &tokio_postgres::Config, size: usize) -> Result<Pool> {
 }
 
 /// The databases of one PostgreSQL database (see [`PgReplica::open`]), and
-/// the connections they share: a server of many databases keeps at most
-/// [`MAX_CONNECTIONS`] open for them all (and one listener each), whatever
-/// their number, and a request naming a database that is not open yet costs
-/// a query on one of them, never a new connection.
+/// the connections they share: a server of many databases keeps at most 16
+/// open for them all (and one listener each), whatever their number, and a
+/// request naming a database that is not open yet costs a query on one of
+/// them, never a new connection.
 #[derive(Debug)]
 pub struct Directory {
     pool: Pool,
