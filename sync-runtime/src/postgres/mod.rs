@@ -811,12 +811,9 @@ fn export(
     limits: BatchLimits,
     view: Option<&View>,
 ) -> Result<Batch> {
-    let reads = reads::PgReads::new(client, runtime, db, upto)?;
-    let mut tables: Vec<TableSchema> = db
-        .tables(client, runtime)?
-        .into_iter()
-        .map(|(_, schema)| schema)
-        .collect();
+    let numbered = db.tables(client, runtime)?;
+    let reads = reads::PgReads::new(client, runtime, db, upto, &numbered);
+    let mut tables: Vec<TableSchema> = numbered.into_iter().map(|(_, schema)| schema).collect();
     if let Some(view) = view {
         tables = view.narrow(&tables);
     }

@@ -34,24 +34,24 @@ pub(crate) struct PgReads<'a> {
 
 impl<'a> PgReads<'a> {
     /// The reads of `db` at version `upto` (its horizon), in the transaction
-    /// open on `client`.
+    /// open on `client`, of its synced `tables` (with their numbers).
     pub(crate) fn new(
         client: &'a ClientWrapper,
         runtime: &'a Handle,
         db: &'a Db,
         upto: i64,
-    ) -> Result<Self> {
-        let clocks = db
-            .tables(client, runtime)?
-            .into_iter()
+        tables: &[(i64, TableSchema)],
+    ) -> Self {
+        let clocks = tables
+            .iter()
             .map(|(id, schema)| {
                 (
                     schema.name.to_ascii_lowercase(),
-                    sql::clock_table(&db.schema, id),
+                    sql::clock_table(&db.schema, *id),
                 )
             })
             .collect();
-        Ok(Self {
+        Self {
             client,
             runtime,
             db,
@@ -59,7 +59,7 @@ impl<'a> PgReads<'a> {
             clocks,
             origins: RefCell::new(HashMap::new()),
             sites: RefCell::new(HashMap::new()),
-        })
+        }
     }
 
     /// Runs `statement`, prepared (see [`super::prepared`]): an export's
