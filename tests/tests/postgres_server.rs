@@ -25,6 +25,19 @@ async fn servers<const N: usize>(cluster: &Postgres, dir: &std::path::Path) -> [
         .unwrap_or_else(|_| unreachable!("{N} servers started"))
 }
 
+/// A connection to the PostgreSQL database of `cluster`, to look at it as an
+/// operator would.
+async fn connect(cluster: &Postgres) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(
+        &cluster.connection_string("postgres"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
 /// Two servers sharing one PostgreSQL database: a device on each, what one
 /// writes the other receives, through a sync and through a long-poll woken
 /// by a commit made through the other server.
@@ -169,13 +182,7 @@ async fn unknown_database_names_open_no_connections() {
     let dir = tempfile::tempdir().unwrap();
     let [server] = servers(&cluster, dir.path()).await;
     publish_schema(&server.url("todo"), dir.path()).await;
-    let (client, connection) = tokio_postgres::connect(
-        &cluster.connection_string("postgres"),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
+    let client = connect(&cluster).await;
     // Sessions started so far, counted once they end or report.
     let sessions = async || -> i64 {
         client
@@ -260,13 +267,7 @@ async fn databases_share_their_connections() {
         db.insert(&todo("one")).await.unwrap();
         db.sync().await.unwrap();
     }
-    let (client, connection) = tokio_postgres::connect(
-        &cluster.connection_string("postgres"),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
+    let client = connect(&cluster).await;
     let open: i64 = client
         .query_one(
             "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'",
