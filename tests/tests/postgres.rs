@@ -44,6 +44,13 @@ struct Pair {
     val: Option<i64>,
 }
 
+/// A device in memory with [`Item`] registered.
+async fn item_device() -> SyncDb {
+    let db = SyncDb::open_in_memory().await.unwrap();
+    db.register::<Item>().await.unwrap();
+    db
+}
+
 /// The keys the scripts write: few, so that devices meet on the same rows.
 fn item_id(key: u8) -> SyncId {
     SyncId::from_uuid(uuid::Uuid::from_u128(u128::from(key) + 1))
@@ -417,8 +424,7 @@ fn concurrent_pushes_lose_nothing_and_pulls_pass_no_late_commit() {
         for device in 0..8u8 {
             let postgres = postgres.clone();
             pushers.push(tokio::spawn(async move {
-                let db = SyncDb::open_in_memory().await.unwrap();
-                db.register::<Item>().await.unwrap();
+                let db = item_device().await;
                 let mut sent = 0;
                 let mut payloads = Vec::new();
                 for round in 0..10u8 {
@@ -448,8 +454,7 @@ fn concurrent_pushes_lose_nothing_and_pulls_pass_no_late_commit() {
             }));
         }
         // A reader pulling while the pushes commit.
-        let reader = SyncDb::open_in_memory().await.unwrap();
-        reader.register::<Item>().await.unwrap();
+        let reader = item_device().await;
         let mut cursor = Cursor::BEGINNING;
         let limits = BatchLimits::default().max_rows(7);
         while pushers.iter().any(|p| !p.is_finished()) {
@@ -556,8 +561,7 @@ fn a_push_through_one_process_moves_the_horizon_another_watches() {
         .unwrap();
         assert_eq!(other.versions().await.unwrap().latest(), 1);
         let mut horizon = other.subscribe();
-        let device = SyncDb::open_in_memory().await.unwrap();
-        device.register::<Item>().await.unwrap();
+        let device = item_device().await;
         for round in 0..3 {
             let item = Item {
                 id: item_id(round),
@@ -605,8 +609,7 @@ fn backend_writes_on_postgresql_are_tracked_as_on_sqlite_and_reach_devices() {
         postgres.publish(vec![Item::SCHEMA.clone()]).await.unwrap();
 
         // A device's rows first, on both.
-        let device = SyncDb::open_in_memory().await.unwrap();
-        device.register::<Item>().await.unwrap();
+        let device = item_device().await;
         for key in 0..3 {
             let item = Item {
                 id: item_id(key),
@@ -765,10 +768,8 @@ fn an_open_backend_transaction_holds_pulls_and_hides_no_earlier_change() {
         let config = cluster.connection_string("postgres");
         let postgres = PgReplica::open(&config, "held").await.unwrap();
         postgres.publish(vec![Item::SCHEMA.clone()]).await.unwrap();
-        let writer = SyncDb::open_in_memory().await.unwrap();
-        writer.register::<Item>().await.unwrap();
-        let reader = SyncDb::open_in_memory().await.unwrap();
-        reader.register::<Item>().await.unwrap();
+        let writer = item_device().await;
+        let reader = item_device().await;
         let mut sent = 0;
         let mut push = async |item: &Item| {
             writer.upsert(item).await.unwrap();
@@ -1010,8 +1011,7 @@ fn text_postgresql_cannot_store_refuses_the_push_whole() {
             .await
             .unwrap();
         postgres.publish(vec![Item::SCHEMA.clone()]).await.unwrap();
-        let device = SyncDb::open_in_memory().await.unwrap();
-        device.register::<Item>().await.unwrap();
+        let device = item_device().await;
         for (key, title) in [(0, "fine"), (1, "a\0b")] {
             let item = Item {
                 id: item_id(key),
@@ -1069,8 +1069,7 @@ fn a_push_writes_over_a_row_that_has_no_clock() {
             ))
             .await
             .unwrap();
-        let device = SyncDb::open_in_memory().await.unwrap();
-        device.register::<Item>().await.unwrap();
+        let device = item_device().await;
         let item = Item {
             id: item_id(7),
             title: "from the device".into(),
