@@ -172,6 +172,18 @@ impl Worker {
     }
 }
 
+/// Tells `versions`' subscribers of `version` if it is later than the one
+/// they know; never moves them back.
+pub(crate) fn publish_later(versions: &watch::Sender<i64>, version: i64) {
+    versions.send_if_modified(|seen| {
+        let later = version > *seen;
+        if later {
+            *seen = version;
+        }
+        later
+    });
+}
+
 /// A database's site id and the one it had before (see `Handle::site_ids`).
 #[derive(Clone, Copy)]
 pub(crate) struct SiteIds {
@@ -284,13 +296,7 @@ impl Handle {
         // (a pull that a server starts after a push was acknowledged reads
         // the version the push made).
         if let Some(version) = committed {
-            self.versions.send_if_modified(|seen| {
-                let later = version > *seen;
-                if later {
-                    *seen = version;
-                }
-                later
-            });
+            publish_later(&self.versions, version);
         }
         Ok(value)
     }

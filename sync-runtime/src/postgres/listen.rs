@@ -45,13 +45,7 @@ pub(crate) struct Heard {
 impl Heard {
     /// Publishes `horizon` if it is later than the one published.
     pub(crate) fn reached(&self, horizon: i64) {
-        self.horizon.send_if_modified(|kept| {
-            let later = horizon > *kept;
-            if later {
-                *kept = horizon;
-            }
-            later
-        });
+        crate::worker::publish_later(&self.horizon, horizon);
     }
 }
 

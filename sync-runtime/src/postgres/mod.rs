@@ -138,31 +138,25 @@ impl Db {
 
     /// How far this database has received device site `device`; refused with
     /// [`Error::SiteReused`] if more than one file used it.
-    fn served_site(&self, client: &Client, runtime: &Handle, device: SiteId) -> Result<i64> {
-        let row = runtime
-            .block_on(client.query_one(
-                &self.served_site_statement(),
-                &[&device.as_bytes().as_slice()],
-            ))
-            .map_err(pg_error)?;
-        self.served(&row, device)
+    fn served_site(&self, client: &ClientWrapper, runtime: &Handle, device: SiteId) -> Result<i64> {
+        runtime.block_on(self.served_site_async(client, device))
     }
 
-    /// Whether site `$1` was found reused, and how far it was received.
-    fn served_site_statement(&self) -> String {
-        format!(
+    /// [`served_site`](Self::served_site), in one prepared statement: every
+    /// pull asks.
+    async fn served_site_async(&self, client: &ClientWrapper, device: SiteId) -> Result<i64> {
+        let statement = format!(
             "SELECT EXISTS (SELECT 1 FROM {0}._synced_reused WHERE site_id = $1), \
              (SELECT p.seen FROM {0}._synced_peers p JOIN {0}._synced_sites s \
              ON s.ordinal = p.site WHERE s.site_id = $1)",
             self.schema
-        )
-    }
-
-    /// How far `device` was received, as `row` of
-    /// [`served_site_statement`](Self::served_site_statement) says.
-    fn served(&self, row: &tokio_postgres::Row, device: SiteId) -> Result<i64> {
+        );
+        let statement = prepared(client, &statement).await.map_err(pg_error)?;
+        let row = client
+            .query_one(&statement, &[&device.as_bytes().as_slice()])
+            .await
+            .map_err(pg_error)?;
         let (reused, seen): (bool, Option<i64>) = (row.get(0), row.get(1));
-        let seen = seen.unwrap_or(0);
         if reused {
             return Err(Error::SiteReused {
                 message: format!(
@@ -170,7 +164,7 @@ impl Db {
                 ),
             });
         }
-        Ok(seen)
+        Ok(seen.unwrap_or(0))
     }
 
     /// The synced tables, with their numbers (which name their clocks).
@@ -619,16 +613,9 @@ impl PgReplica {
     /// How far this database has received device site `device` (see
     /// [`Replica::served_site`](crate::server::Replica::served_site)).
     pub async fn served_site(&self, device: SiteId) -> Result<i64> {
-        // Every pull asks: one prepared statement, outside a transaction.
+        // Outside a transaction: it needs no snapshot.
         let client = self.pool.get().await.map_err(pool_error)?;
-        let statement = prepared(&client, &self.db.served_site_statement())
-            .await
-            .map_err(pg_error)?;
-        let row = client
-            .query_one(&statement, &[&device.as_bytes().as_slice()])
-            .await
-            .map_err(pg_error)?;
-        self.db.served(&row, device)
+        self.db.served_site_async(&client, device).await
     }
 
     /// Runs `work` in a read-only transaction on a pooled connection, on a
@@ -661,7 +648,7 @@ impl PgReplica {
     /// thread: committed if it returns `Ok`, rolled back otherwise.
     async fn transaction<T: Send + 'static>(
         &self,
-        work: impl Fn((&Client, &Handle, &Db)) -> Result<T> + Send + 'static,
+        work: impl Fn((&ClientWrapper, &Handle, &Db)) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let client = self.pool.get().await.map_err(pool_error)?;
         let db = self.db.clone();
