@@ -451,6 +451,17 @@ pub(crate) trait Reads {
         params: &[Value],
         pk: &[Value],
     ) -> Result<Option<bool>>;
+
+    /// The clock row of `schema` with key `pk`, with every value column (as
+    /// after version 0) and whether it passes the row filter `sql` (with
+    /// `params`); `None` if the row has no clock.
+    fn clock_row(
+        &self,
+        schema: &TableSchema,
+        pk: &[Value],
+        sql: &str,
+        params: &[Value],
+    ) -> Result<Option<ClockRow>>;
 }
 
 /// A SQLite database's [`Reads`], on the read transaction open on `conn`.
@@ -551,5 +562,21 @@ impl Reads for SqliteReads<'_> {
         Ok(stmt
             .query_row(rusqlite::params_from_iter(bound), |r| r.get(0))
             .optional()?)
+    }
+
+    fn clock_row(
+        &self,
+        schema: &TableSchema,
+        pk: &[Value],
+        sql: &str,
+        params: &[Value],
+    ) -> Result<Option<ClockRow>> {
+        let query = sql::clock_row_filtered(schema, sql, params.len());
+        let mut stmt = self.conn.prepare_cached(&query)?;
+        let mut found = stmt.query(rusqlite::params_from_iter(params.iter().chain(pk)))?;
+        match found.next()? {
+            Some(found) => Ok(Some(clock_row(found, schema, 0, true)?)),
+            None => Ok(None),
+        }
     }
 }

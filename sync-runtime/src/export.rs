@@ -11,7 +11,6 @@ use crate::filter::{
 };
 use crate::id::SiteId;
 use crate::schema::TableSchema;
-use crate::sql;
 use crate::value::Value;
 use crate::wire::{self, ColumnChange, Compression, Origin, Payload, RowChange, TableEntry};
 
@@ -694,46 +693,31 @@ pub(crate) fn export_gated(
 }
 
 /// The payload that gives a device back this replica's state of rows it pushed
-/// and was refused (`rows`: table and key), as `reader` (the device, and what its
-/// user may read; every row without one) may see them: a live row it may read
-/// goes whole; any other row, whether or not it exists here, goes as the same
-/// eviction, so that the answer tells nothing of rows the user may not read.
-/// The device's marks follow (see [`crate::filter`]).
+/// and was refused (`rows`: table and key), as a reader that `filters` let
+/// read what they pass (every row without them) may see them: a live row it
+/// may read goes whole; any other row, whether or not it exists here, goes as
+/// the same eviction, so that the answer tells nothing of rows the user may not
+/// read. With filters, the device's marks follow ([`Restored::marks`], see
+/// [`crate::filter`]).
 pub(crate) fn export_restore<'a>(
-    conn: &Connection,
+    reads: &dyn Reads,
     tables: &[TableSchema],
     rows: impl Iterator<Item = (&'a str, &'a [Value])>,
-    reader: Option<(SiteId, &RowFilters)>,
-) -> Result<Vec<u8>> {
-    let reads = SqliteReads::new(conn)?;
-    let upto = reads.upto()?;
+    filters: Option<&RowFilters>,
+) -> Result<Restored> {
     let (tables, names) = export_order(tables);
-    let mut sites = SiteDictionary::new(&reads);
-    let ordinal = match reader {
-        Some((site, _)) => Some(crate::site::local_sites(conn, &[site])?[0]),
-        None => None,
-    };
+    let mut sites = SiteDictionary::new(reads);
     let mut out = Vec::new();
+    let mut marks = Vec::new();
     for (table, pk) in rows {
         let lower = table.to_ascii_lowercase();
         let Some(index) = names.iter().position(|name| *name == lower) else {
             continue;
         };
         let schema = tables[index];
-        let filter = reader.map_or(&RowFilter::All, |(_, filters)| filters.for_table(table));
-        let (sql, params): (&str, &[Value]) = match filter {
-            RowFilter::All => ("1", &[]),
-            RowFilter::Nothing => ("0", &[]),
-            RowFilter::Where { sql, params } => (sql, params),
-        };
-        let query = sql::clock_row_filtered(schema, sql, params.len());
-        let mut stmt = conn.prepare_cached(&query)?;
-        let mut found = stmt.query(rusqlite::params_from_iter(params.iter().chain(pk)))?;
-        let row = match found.next()? {
-            Some(found) => Some(crate::change::clock_row(found, schema, 0, true)?),
-            None => None,
-        };
-        let key = wire::encode_key(pk);
+        let filter = filters.map_or(&RowFilter::All, |filters| filters.for_table(table));
+        let (sql, params) = filter.as_sql();
+        let row = reads.clock_row(schema, pk, sql, params)?;
         let readable = row
             .as_ref()
             .is_some_and(|r| r.cl % 2 == 1 && r.exists && r.passes == Some(true));
@@ -748,9 +732,6 @@ pub(crate) fn export_restore<'a>(
                     Scope::All,
                 )?;
                 out.extend(whole.map(|(change, _)| change));
-                if let Some(reader) = ordinal {
-                    crate::filter::mark_held(conn, reader, &lower, &key, upto)?;
-                }
             }
             None => {
                 out.push(RowChange {
@@ -760,10 +741,10 @@ pub(crate) fn export_restore<'a>(
                     origin: sites.origin(0)?,
                     columns: Vec::new(),
                 });
-                if let Some(reader) = ordinal {
-                    crate::filter::evict_if_held(conn, reader, &lower, &key, upto)?;
-                }
             }
+        }
+        if filters.is_some() {
+            marks.push((lower, wire::encode_key(pk), readable));
         }
     }
     let done = Done {
@@ -773,7 +754,21 @@ pub(crate) fn export_restore<'a>(
         next: Cursor::BEGINNING,
     };
     let rows = out.into_iter().map(|row| (row, true));
-    Ok(finish(&tables, &reads, sites, rows, done)?.payload)
+    Ok(Restored {
+        payload: finish(&tables, reads, sites, rows, done)?.payload,
+        marks,
+    })
+}
+
+/// What [`export_restore`] gives a device back.
+pub(crate) struct Restored {
+    /// The payload.
+    pub(crate) payload: Vec<u8>,
+    /// The marks it sets for the device, once it applied it, at the
+    /// replica's version: each row (lowercase table, encoded key) it sent
+    /// whole is held (`true`); each one it evicted is evicted if held
+    /// (`false`).
+    pub(crate) marks: Vec<(String, Vec<u8>, bool)>,
 }
 
 /// `tables` in export order (case-insensitive name order), with their lowercase

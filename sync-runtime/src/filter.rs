@@ -44,6 +44,18 @@ pub enum RowFilter {
     },
 }
 
+impl RowFilter {
+    /// The filter as SQL and the values of its parameters: `1` for every row,
+    /// `0` for none.
+    pub(crate) fn as_sql(&self) -> (&str, &[Value]) {
+        match self {
+            RowFilter::All => ("1", &[]),
+            RowFilter::Nothing => ("0", &[]),
+            RowFilter::Where { sql, params } => (sql, params),
+        }
+    }
+}
+
 /// The row filter of each table: what a reader may read in an export (see
 /// [`Replica::export_filtered`](crate::server::Replica::export_filtered)).
 ///
@@ -143,11 +155,7 @@ pub(crate) fn passes(
     filter: &RowFilter,
     pk: &[Value],
 ) -> Result<Option<bool>> {
-    let (sql, params): (&str, &[Value]) = match filter {
-        RowFilter::All => ("1", &[]),
-        RowFilter::Nothing => ("0", &[]),
-        RowFilter::Where { sql, params } => (sql, params),
-    };
+    let (sql, params) = filter.as_sql();
     let query = sql::row_passes(schema, sql, params.len());
     let mut stmt = conn.prepare_cached(&query)?;
     let bound = params.iter().chain(pk);
@@ -220,6 +228,16 @@ pub(crate) struct NewMark {
 }
 
 impl NewMark {
+    /// The row's table (lowercase) and key (encoded), whether the mark is an
+    /// eviction, and its version: what a store records.
+    pub(crate) fn parts(&self) -> (&str, &[u8], bool, i64) {
+        let (evicted, at) = match self.mark {
+            Mark::Held { at } => (false, at),
+            Mark::Evicted { at } => (true, at),
+        };
+        (&self.table, &self.key, evicted, at)
+    }
+
     /// About how many bytes of memory it holds.
     pub(crate) fn bytes(&self) -> usize {
         std::mem::size_of::<Self>() + self.table.len() + self.key.len()
@@ -277,11 +295,8 @@ fn set_marks(conn: &Connection, reader: SiteId, marks: &[NewMark]) -> Result<()>
     }
     let reader = crate::site::local_sites(conn, &[reader])?[0];
     let mut stmt = conn.prepare_cached(sql::SET_MARK)?;
-    for NewMark { table, key, mark } in marks {
-        let (evicted, at) = match *mark {
-            Mark::Held { at } => (false, at),
-            Mark::Evicted { at } => (true, at),
-        };
+    for mark in marks {
+        let (table, key, evicted, at) = mark.parts();
         stmt.execute((reader, table, key, evicted, at))?;
     }
     Ok(())

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use rusqlite::Connection;
 
+use crate::change::{Reads as _, SqliteReads};
 use crate::db::SyncDb;
 use crate::error::{Error, Result};
 use crate::export::{self, Batch, BatchLimits, Cursor, Scope, Since};
@@ -25,8 +26,8 @@ use crate::tx::Registered;
 use crate::wire::Payload;
 use crate::worker::{Worker, write};
 
+use crate::filter::{self, NewMark, Withheld};
 pub use crate::filter::{MAX_WITHHELD, RowFilter, RowFilters};
-use crate::filter::{NewMark, Withheld};
 pub use crate::merge::PushReport;
 pub use crate::versions::{Unserved, Versions, View};
 
@@ -639,12 +640,24 @@ fn push(
             .rejected
             .iter()
             .map(|r| (r.table.as_str(), &r.pk[..]));
-        let reader = access.map(|access| (device, access.read));
         let mut tables = tracking::synced_tables(conn, false)?;
         if let Some(view) = view {
             tables = view.narrow(&tables);
         }
-        export::export_restore(conn, &tables, rows, reader)?
+        let reads = SqliteReads::new(conn)?;
+        let restored = export::export_restore(&reads, &tables, rows, access.map(|a| a.read))?;
+        if !restored.marks.is_empty() {
+            let reader = site::local_sites(conn, &[device])?[0];
+            let at = reads.upto()?;
+            for (table, key, held) in &restored.marks {
+                if *held {
+                    filter::mark_held(conn, reader, table, key, at)?;
+                } else {
+                    filter::evict_if_held(conn, reader, table, key, at)?;
+                }
+            }
+        }
+        restored.payload
     };
     let seen = site::seen_version(conn, device)?;
     Ok(PushReport {

@@ -1018,6 +1018,16 @@ fn clock_columns(schema: &TableSchema) -> Vec<String> {
     cols
 }
 
+/// The table in which a store that does not keep its rows in SQLite has
+/// SQLite evaluate a row filter on one row at a time: the app table's columns,
+/// types and key as `register` creates them (so every comparison and
+/// conversion is the one the filter makes on SQLite), without a rowid, which
+/// such a store does not have.
+#[cfg(feature = "postgres")]
+pub(crate) fn evaluation_table(schema: &TableSchema) -> String {
+    create_table(schema).replacen(") STRICT;", ") STRICT, WITHOUT ROWID;", 1)
+}
+
 /// The text SQLite keeps in `sqlite_schema` for the app table `register`
 /// creates from `schema` (without `IF NOT EXISTS` and the final `;`).
 pub(crate) fn stored_table_sql(schema: &TableSchema) -> String {

@@ -60,18 +60,6 @@ pub enum Error {
         reason: String,
     },
 
-    /// What a request asks of a database is something its store does not
-    /// do yet (503, body code `database_unavailable`): on PostgreSQL, what
-    /// row-level policies filter. It lasts until the server runs a release
-    /// that does it, or the database is served from another store.
-    #[error("database `{name}` cannot be served here: {reason}")]
-    NotServedByStore {
-        /// The database.
-        name: String,
-        /// What the store does not do.
-        reason: String,
-    },
-
     /// No endpoint has this path (404).
     #[error("no endpoint at {0}")]
     RouteNotFound(String),
@@ -129,9 +117,7 @@ impl Error {
             Error::Unserved { .. } => StatusCode::CONFLICT,
             Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::TooManyWaitingPulls { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Error::DatabaseUnavailable { .. } | Error::NotServedByStore { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Error::DatabaseUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::Runtime(e) => match e {
                 R::SchemaMismatch { .. } | R::IncompatibleChange { .. } | R::SiteReused { .. } => {
                     StatusCode::CONFLICT
@@ -165,9 +151,7 @@ impl Error {
     /// served.
     pub fn body_code(&self) -> &'static str {
         match self {
-            Error::DatabaseUnavailable { .. } | Error::NotServedByStore { .. } => {
-                ErrorBody::DATABASE_UNAVAILABLE
-            }
+            Error::DatabaseUnavailable { .. } => ErrorBody::DATABASE_UNAVAILABLE,
             Error::Runtime(sync_runtime::Error::SiteReused { .. }) => ErrorBody::SITE_REUSED,
             Error::Unserved { reason, .. } => match reason {
                 Unserved::NotPublished { .. } => ErrorBody::SCHEMA_NOT_PUBLISHED,
@@ -202,7 +186,7 @@ impl IntoResponse for Error {
         let message = match &self {
             // Logged with the file's path when the file was refused; the message
             // names no path.
-            Error::DatabaseUnavailable { .. } | Error::NotServedByStore { .. } => self.to_string(),
+            Error::DatabaseUnavailable { .. } => self.to_string(),
             _ if status.is_server_error() => {
                 // The details stay in the server's log.
                 tracing::error!(error = %self, "request failed");

@@ -2,9 +2,11 @@
 //! database ([`sync_runtime::postgres::PgReplica`]), which several server
 //! processes configured with the same connection string serve side by side.
 //!
-//! What this store does not do yet is refused, never done halfway: row-level
-//! policies (a server that has any does not start on it), and evolving a
-//! published table.
+//! Row-level policies are judged by SQLite on the rows read from PostgreSQL,
+//! so that one policy means the same on both stores; a policy that reads
+//! more than the row it judges (another table, a subquery) stops the server's
+//! start (see [`PgReplica::check_filter`]). What this store does not do yet
+//! is refused, never done halfway: evolving a published table.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,7 +20,7 @@ use tokio::sync::{Mutex, watch};
 
 use crate::error::{Error, Result};
 use crate::store::{
-    BoxFuture, Database, PushAccess, Store, bad_database_name, lock, valid_database_name,
+    BoxFuture, Database, PushAccess, Store, bad_database_name, lock, push_ack, valid_database_name,
 };
 
 /// The databases of one PostgreSQL database (see the module's documentation).
@@ -66,7 +68,6 @@ impl PgStore {
         let replica = self.directory.replica(name).await?;
         tracing::info!(database = name, "database opened on PostgreSQL");
         let db = Arc::new(PgDatabase {
-            name: name.to_owned(),
             horizon: replica.subscribe(),
             publications: replica.publications(),
             db: replica,
@@ -103,8 +104,6 @@ impl Store for PgStore {
 /// One database of a [`PgStore`].
 pub struct PgDatabase {
     db: PgReplica,
-    /// Its name.
-    name: String,
     /// The horizon, which waiting pulls watch.
     horizon: watch::Receiver<i64>,
     /// The owner of each device site claimed (an owner never changes).
@@ -116,51 +115,36 @@ pub struct PgDatabase {
     versions: std::sync::Mutex<Option<(u64, Arc<Versions>)>>,
 }
 
-/// Why what a policy asks is refused on PostgreSQL.
-fn policies_not_supported(table: &str) -> Error {
-    Error::Config(format!(
-        "table `{table}`: row-level policies are not supported on PostgreSQL yet; \
-         serve this database from SQLite, or allow every row"
-    ))
-}
-
-/// Whether `filters` let every row through.
-fn all(filters: Option<&RowFilters>) -> bool {
-    filters.is_none_or(RowFilters::allows_everything)
-}
-
 impl Database for PgDatabase {
     fn push(
         &self,
         payload: Payload,
         site: SiteId,
         access: Option<PushAccess>,
-        _view: Arc<View>,
+        view: Arc<View>,
     ) -> BoxFuture<'_, Result<(PushAck, i64)>> {
         Box::pin(async move {
-            if let Some(access) = &access
-                && !(all(Some(&access.write)) && all(Some(&access.read)))
-            {
-                return Err(self.filtered_not_served());
-            }
-            let pushed = match self.db.apply_push(payload, site).await {
+            let db = self.db.serving(view);
+            let reads_all = access
+                .as_ref()
+                .is_none_or(|access| access.read.allows_everything());
+            let pushed = match access {
+                None => db.apply_push(payload, site).await,
+                Some(PushAccess { write, read }) => {
+                    db.apply_push_checked(payload, site, write, read).await
+                }
+            };
+            let pushed = match pushed {
                 Err(sync_runtime::Error::SiteReused { message }) => {
                     self.db.mark_reused(site).await?;
                     return Err(sync_runtime::Error::SiteReused { message }.into());
                 }
                 pushed => pushed?,
             };
-            let ack = PushAck {
-                applied: pushed.applied.applied as u64,
-                ignored: pushed.applied.ignored as u64,
-                version: pushed.version,
-                rejected: Vec::new(),
-                restore: None,
-                // Empty unless the push's versions are a range of its own:
-                // other processes' merges may take versions between them.
-                from: Some(pushed.before),
-            };
-            Ok((ack, pushed.seen))
+            // Other processes' merges may take versions between the push's:
+            // `before` is the version before its first only when they are
+            // a range of its own.
+            Ok((push_ack(&pushed, reads_all), pushed.seen))
         })
     }
 
@@ -173,12 +157,10 @@ impl Database for PgDatabase {
         view: Arc<View>,
     ) -> BoxFuture<'_, Result<(Batch, i64)>> {
         Box::pin(async move {
-            if !all(filter.as_ref()) {
-                return Err(self.filtered_not_served());
-            }
             Ok(self
                 .db
-                .export_for_device(site, from, limits, Some(view))
+                .serving(view)
+                .export_for_device(site, from, limits, filter)
                 .await?)
         })
     }
@@ -215,12 +197,7 @@ impl Database for PgDatabase {
     }
 
     fn check_filter<'a>(&'a self, table: &'a str, filter: RowFilter) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            match filter {
-                RowFilter::All => Ok(()),
-                _ => Err(policies_not_supported(table)),
-            }
-        })
+        Box::pin(async move { Ok(self.db.check_filter(table, filter).await?) })
     }
 
     fn index_filter<'a>(
@@ -229,10 +206,9 @@ impl Database for PgDatabase {
         filter: RowFilter,
     ) -> BoxFuture<'a, Result<Vec<String>>> {
         Box::pin(async move {
-            match filter {
-                RowFilter::All => Ok(Vec::new()),
-                _ => Err(policies_not_supported(table)),
-            }
+            // Judged outside PostgreSQL: no index of PostgreSQL's serves it.
+            self.db.check_filter(table, filter).await?;
+            Ok(Vec::new())
         })
     }
 
@@ -268,7 +244,7 @@ impl Database for PgDatabase {
         limits: BatchLimits,
         view: Arc<View>,
     ) -> BoxFuture<'_, Result<Batch>> {
-        Box::pin(async move { Ok(self.db.export_shared(from, limits, Some(view)).await?) })
+        Box::pin(async move { Ok(self.db.serving(view).export_shared(from, limits).await?) })
     }
 
     fn pull_shared_filtered(
@@ -278,7 +254,7 @@ impl Database for PgDatabase {
         _view: Arc<View>,
         _filter: RowFilters,
     ) -> BoxFuture<'_, Result<Option<SharedBatch>>> {
-        // No filtered pull is served here (see `policies_not_supported`).
+        // Not shared here: each filtered pull exports on its own.
         Box::pin(async move { Ok(None) })
     }
 
@@ -303,17 +279,6 @@ impl Database for PgDatabase {
 }
 
 impl PgDatabase {
-    /// Why a user's request that policies filter (a database the
-    /// configuration does not list is closed to users) is not served.
-    fn filtered_not_served(&self) -> Error {
-        Error::NotServedByStore {
-            name: self.name.clone(),
-            reason: "row-level policies, and the closed tables of a database the configuration \
-                     does not list, are not served from PostgreSQL yet"
-                .into(),
-        }
-    }
-
     fn lock_owners(&self) -> std::sync::MutexGuard<'_, HashMap<SiteId, String>> {
         lock(&self.owners)
     }

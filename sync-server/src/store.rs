@@ -690,17 +690,7 @@ impl Database for SqliteDatabase {
                 known.forget(site);
             }
             drop(known);
-            // Read after the commit: at or above the version the merge created.
-            let version = pushed.version;
-            let ack = PushAck {
-                applied: pushed.applied.applied as u64,
-                ignored: pushed.applied.ignored as u64,
-                version,
-                rejected: pushed.rejected.iter().map(RejectedRow::new).collect(),
-                restore: (!pushed.restore.is_empty()).then(|| hex::encode(&pushed.restore)),
-                from: reads_all.then_some(pushed.before),
-            };
-            Ok((ack, pushed.seen))
+            Ok((push_ack(&pushed, reads_all), pushed.seen))
         })
     }
 
@@ -849,6 +839,22 @@ pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, 
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The answer to a push that `pushed` reports: what was applied, ignored and
+/// rejected (with the device's restore), the database's version after it
+/// (read after the commit: at or above the versions the merge took), and
+/// the version before it when the device, which reads every row
+/// (`reads_all`), may go on from there.
+pub(crate) fn push_ack(pushed: &sync_runtime::server::PushReport, reads_all: bool) -> PushAck {
+    PushAck {
+        applied: pushed.applied.applied as u64,
+        ignored: pushed.applied.ignored as u64,
+        version: pushed.version,
+        rejected: pushed.rejected.iter().map(RejectedRow::new).collect(),
+        restore: (!pushed.restore.is_empty()).then(|| hex::encode(&pushed.restore)),
+        from: reads_all.then_some(pushed.before),
+    }
 }
 
 #[cfg(test)]

@@ -91,6 +91,17 @@ pub struct TestServer {
     pub data: PathBuf,
     server: Serving,
     state: AppState,
+    /// The PostgreSQL cluster started for it, which stops after it.
+    cluster: Option<postgres::Postgres>,
+}
+
+/// Where a test server keeps its databases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    /// SQLite files in its data directory.
+    Sqlite,
+    /// A throwaway PostgreSQL cluster started for it.
+    Postgres,
 }
 
 impl TestServer {
@@ -114,7 +125,35 @@ impl TestServer {
             data,
             server: server.spawn(),
             state,
+            cluster: None,
         }
+    }
+
+    /// A server with `config` keeping its databases on `store`: on
+    /// PostgreSQL, in a cluster started for it, which stops after it.
+    ///
+    /// # Panics
+    ///
+    /// If the cluster does not start, or as [`start_with`](Self::start_with).
+    pub async fn start_on(store: Store, mut config: Config) -> Self {
+        let cluster = match store {
+            Store::Sqlite => None,
+            Store::Postgres => {
+                let cluster = postgres::Postgres::start().expect("a PostgreSQL cluster starts");
+                config.storage.postgres = Some(cluster.connection_string("postgres"));
+                Some(cluster)
+            }
+        };
+        Self {
+            cluster,
+            ..Self::start_with(config).await
+        }
+    }
+
+    /// The PostgreSQL cluster it keeps its databases in, if it was started
+    /// on one by [`start_on`](Self::start_on).
+    pub fn cluster(&self) -> Option<&postgres::Postgres> {
+        self.cluster.as_ref()
     }
 
     /// The server's state, for what it counts.

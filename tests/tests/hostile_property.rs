@@ -452,7 +452,7 @@ struct RowState {
 impl World {
     async fn new(hostile: Hostile) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let server = policy::server(dir.path()).await;
+        let server = policy::server(support::Store::Sqlite, dir.path()).await;
         let url = server.url("items");
         let admin = policy::open(dir.path(), "admin", Remote::new(&url).api_key(ADMIN_KEY)).await;
         let mut devices = Vec::new();

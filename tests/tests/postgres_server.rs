@@ -234,16 +234,24 @@ async fn unknown_database_names_open_no_connections() {
         ),
         "{created:?}"
     );
-    // A database the configuration does not list is closed to users, which
-    // takes a row filter: not served from PostgreSQL yet, and said so.
-    publish_schema(&server.url("unlisted"), dir.path()).await;
-    let user = device(dir.path(), "user", &server.url("unlisted"), "ann").await;
-    let refused = user.sync().await.unwrap_err();
-    assert!(
-        matches!(&refused, sync_runtime::Error::DatabaseUnavailable { message }
-            if message.contains("not served from PostgreSQL yet") && !message.contains("damaged")),
-        "{refused:?}"
-    );
+    // A database the configuration does not list is closed to users, as on
+    // SQLite: a user's write is refused and kept on the device, and nothing
+    // of the database reaches it.
+    let url = server.url("unlisted");
+    publish_schema(&url, dir.path()).await;
+    let admin = sync_runtime::SyncDb::open_in_memory()
+        .await
+        .unwrap()
+        .with_remote(sync_runtime::Remote::new(&url).api_key(support::ADMIN_KEY));
+    admin.register::<Todo>().await.unwrap();
+    admin.insert(&todo("the admin's")).await.unwrap();
+    admin.sync().await.unwrap();
+    let user = device(dir.path(), "user", &url, "ann").await;
+    user.insert(&todo("ann's")).await.unwrap();
+    let report = user.sync().await.unwrap();
+    assert_eq!(report.rejected.len(), 1, "{report:?}");
+    assert!(rows(&user).await.is_empty());
+    assert_eq!(user.rejected::<Todo>().await.unwrap().len(), 1);
     server.stop().await;
 }
 

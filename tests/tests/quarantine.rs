@@ -5,6 +5,8 @@
 
 mod support;
 
+use support::Store;
+
 use std::collections::BTreeMap;
 
 use support::policy::{Item, cast, item, items_schema, open, titles};
@@ -22,9 +24,8 @@ fn kept_titles(kept: &[Rejected<Item>]) -> Vec<String> {
     titles
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refused_writes_are_kept_with_the_values_the_user_wrote() {
-    let (dir, server, [_admin, ann, bob]) = cast().await;
+async fn refused_writes_are_kept_with_the_values_the_user_wrote(store: Store) {
+    let (dir, server, [_admin, ann, bob]) = cast(store).await;
     let url = server.url("items");
     let shared = item("ann", true, "ann's shared");
     let other = item("ann", true, "ann's other");
@@ -145,9 +146,8 @@ struct ItemV2 {
 /// `drop_tracking` removes every trace of sync from a table, the refused
 /// writes kept in its old shape too: a table registered again in a new shape
 /// starts with none, instead of entries it could not read.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dropping_a_tables_tracking_drops_its_refused_writes() {
-    let (_dir, server, [_admin, _ann, bob]) = cast().await;
+async fn dropping_a_tables_tracking_drops_its_refused_writes(store: Store) {
+    let (_dir, server, [_admin, _ann, bob]) = cast(store).await;
     let forged = item("ann", false, "typed by bob");
     bob.insert(&forged).await.unwrap();
     let report = bob.sync().await.unwrap();
@@ -165,3 +165,8 @@ async fn dropping_a_tables_tracking_drops_its_refused_writes() {
     );
     server.stop().await;
 }
+
+support::on_each_store!(
+    refused_writes_are_kept_with_the_values_the_user_wrote,
+    dropping_a_tables_tracking_drops_its_refused_writes,
+);

@@ -5,6 +5,8 @@
 
 mod support;
 
+use support::Store;
+
 use support::policy::{
     Item, admin_and, cast, item, items_config, items_schema, open, server_with, titles,
 };
@@ -12,9 +14,8 @@ use support::{ADMIN_KEY, TestServer, config, token};
 use sync_runtime::{Remote, SyncDb, Value, params};
 use sync_server::{DatabaseConfig, TablePolicies};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_user_receives_only_what_its_policy_lets_it_read() {
-    let (_dir, server, [admin, ann, bob]) = cast().await;
+async fn each_user_receives_only_what_its_policy_lets_it_read(store: Store) {
+    let (_dir, server, [admin, ann, bob]) = cast(store).await;
 
     let shared = item("bob", true, "bob's shared");
     let private = item("bob", false, "bob's");
@@ -49,9 +50,8 @@ async fn each_user_receives_only_what_its_policy_lets_it_read() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writes_a_user_may_not_make_are_rejected_and_undone() {
-    let (_dir, server, [admin, ann, bob]) = cast().await;
+async fn writes_a_user_may_not_make_are_rejected_and_undone(store: Store) {
+    let (_dir, server, [admin, ann, bob]) = cast(store).await;
     let shared = item("bob", true, "bob's shared");
     admin.insert(&shared).await.unwrap();
     admin.sync().await.unwrap();
@@ -103,11 +103,33 @@ async fn a_bad_policy_stops_the_start_naming_its_table() {
     assert!(message.contains("owner"), "{message}");
 }
 
+/// On PostgreSQL a policy may read only the row it judges (SQLite judges it
+/// there, on the row's values): one that reads other rows stops the start,
+/// naming its table and why; on SQLite it starts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_claim_the_token_lacks_matches_no_row() {
+async fn a_policy_reading_beyond_its_row_stops_a_start_on_postgresql() {
+    let cluster = synced_testkit::postgres::Postgres::start().expect("a PostgreSQL cluster starts");
+    let dir = tempfile::tempdir().unwrap();
+    let policies = TablePolicies {
+        read: Some("owner_id IN (SELECT owner_id FROM items WHERE shared = 1)".into()),
+        write: Some("owner_id = $user_id".into()),
+    };
+    let sqlite = items_config(dir.path(), policies.clone());
+    let mut postgres = sqlite.clone();
+    postgres.storage.postgres = Some(cluster.connection_string("postgres"));
+    let error = sync_server::Server::bind(postgres).await.err().unwrap();
+    let message = error.to_string();
+    assert!(
+        message.contains("[databases.items.tables.items] read") && message.contains("a subquery"),
+        "{message}"
+    );
+    drop(sync_server::Server::bind(sqlite).await.unwrap());
+}
+
+async fn a_claim_the_token_lacks_matches_no_row(store: Store) {
     let dir = tempfile::tempdir().unwrap();
     // Rows are read by team; the users' tokens carry no team claim.
-    let server = server_with(dir.path(), "owner_id = $team").await;
+    let server = server_with(store, dir.path(), "owner_id = $team").await;
     let [admin, ann] = admin_and(dir.path(), &server, "ann").await;
     // Not even a row whose team is NULL-like: a missing claim is NULL, and
     // `owner_id = NULL` is never true.
@@ -122,9 +144,8 @@ async fn a_claim_the_token_lacks_matches_no_row() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_row_given_to_another_user_moves_with_it() {
-    let (_dir, server, [admin, ann, bob]) = cast().await;
+async fn a_row_given_to_another_user_moves_with_it(store: Store) {
+    let (_dir, server, [admin, ann, bob]) = cast(store).await;
     let row = item("bob", false, "bob's, then ann's");
     admin.insert(&row).await.unwrap();
     admin.sync().await.unwrap();
@@ -225,7 +246,7 @@ async fn impostor(from: &std::path::Path, to: &std::path::Path, remote: Remote) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_user_can_present_the_site_id_of_an_api_key_device_or_of_the_server() {
-    let (dir, server, [admin, ann, _bob]) = cast().await;
+    let (dir, server, [admin, ann, _bob]) = cast(Store::Sqlite).await;
     admin
         .insert(&item("ann", false, "by the admin"))
         .await
@@ -273,14 +294,13 @@ async fn no_user_can_present_the_site_id_of_an_api_key_device_or_of_the_server()
 /// A row a device wrote, was evicted from, and may read again comes back
 /// whole, with the device's own change in it: the device takes it back as
 /// its own, not as another file writing under its site id.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_row_the_device_wrote_moves_out_and_back_in_without_a_new_site_id() {
+async fn a_row_the_device_wrote_moves_out_and_back_in_without_a_new_site_id(store: Store) {
     let dir = tempfile::tempdir().unwrap();
     let policies = TablePolicies {
         read: Some("owner_id = $user_id OR shared = 1".into()),
         write: Some("owner_id = $user_id OR shared = 1".into()),
     };
-    let server = TestServer::start_with(items_config(dir.path(), policies)).await;
+    let server = TestServer::start_on(store, items_config(dir.path(), policies)).await;
     let [admin, ann] = admin_and(dir.path(), &server, "ann").await;
     let bobs = item("bob", true, "bob's");
     admin.insert(&bobs).await.unwrap();
@@ -319,3 +339,11 @@ async fn a_row_the_device_wrote_moves_out_and_back_in_without_a_new_site_id() {
     assert_eq!(titles(&ann).await, ["edited by ann"]);
     server.stop().await;
 }
+
+support::on_each_store!(
+    each_user_receives_only_what_its_policy_lets_it_read,
+    writes_a_user_may_not_make_are_rejected_and_undone,
+    a_claim_the_token_lacks_matches_no_row,
+    a_row_given_to_another_user_moves_with_it,
+    a_row_the_device_wrote_moves_out_and_back_in_without_a_new_site_id,
+);

@@ -15,14 +15,18 @@ use tokio::sync::watch;
 use tokio_postgres::{Client, NoTls};
 
 use crate::error::{Error, Result};
-use crate::export::{self, Batch, BatchLimits, Cursor, Scope};
+use crate::export::{self, Batch, BatchLimits, Cursor, Gating, Scope};
+use crate::filter::{RowFilter, RowFilters};
 use crate::id::SiteId;
+use crate::merge::storage::Storage as _;
 use crate::merge::{self, PushReport};
 use crate::schema::TableSchema;
 use crate::versions::{self, Catalog, Versions, View};
 use crate::wire::Payload;
 
+mod held;
 mod listen;
+mod policy;
 mod reads;
 mod sql;
 mod storage;
@@ -199,6 +203,9 @@ pub struct PgReplica {
     heard: Arc<std::sync::OnceLock<Arc<listen::Heard>>>,
     /// The reads of the horizon that [`catch_up`](Self::catch_up) shares.
     catching_up: Arc<CatchingUp>,
+    /// The tables and columns of the device served, if it does not know
+    /// them all (see [`serving`](Self::serving)).
+    view: Option<Arc<View>>,
 }
 
 /// The reads of a database's horizon begun and finished (see
@@ -307,7 +314,18 @@ impl PgReplica {
             config,
             heard: Arc::default(),
             catching_up: Arc::default(),
+            view: None,
         })
+    }
+
+    /// This database as it serves a device of an app version that has the
+    /// tables and columns of `view` only (see
+    /// [`Replica::serving`](crate::server::Replica::serving)).
+    pub fn serving(&self, view: impl Into<Arc<View>>) -> Self {
+        Self {
+            view: Some(view.into()),
+            ..self.clone()
+        }
     }
 
     /// This database's site id.
@@ -439,14 +457,62 @@ impl PgReplica {
     /// every version below them is committed; otherwise it is the report's
     /// `version` (the push's versions are not a range of its own).
     pub async fn apply_push(&self, payload: Payload, device: SiteId) -> Result<PushReport> {
+        self.push(payload, device, None).await
+    }
+
+    /// [`apply_push`](Self::apply_push) with row-level security (see
+    /// [`Replica::apply_push_checked`](crate::server::Replica::apply_push_checked)):
+    /// a pushed row that does not pass its table's filter in `may_write`
+    /// before and after its change is rejected, and the report's restore
+    /// gives the device its state as `may_read` lets it see it.
+    pub async fn apply_push_checked(
+        &self,
+        payload: Payload,
+        device: SiteId,
+        may_write: RowFilters,
+        may_read: RowFilters,
+    ) -> Result<PushReport> {
+        self.push(payload, device, Some((may_write, may_read)))
+            .await
+    }
+
+    /// [`apply_push_checked`](Self::apply_push_checked), or without
+    /// `access` [`apply_push`](Self::apply_push).
+    async fn push(
+        &self,
+        payload: Payload,
+        device: SiteId,
+        access: Option<(RowFilters, RowFilters)>,
+    ) -> Result<PushReport> {
+        let view = self.view.clone();
         let report = self
             .transaction(move |(client, runtime, db)| {
                 let storage = &mut storage::PgStorage::new(client, runtime, db);
-                let report = merge::apply_push(storage, &payload, device, None)?;
+                let checked = access
+                    .as_ref()
+                    .map(|(write, read)| merge::Access { write, read });
+                let report = merge::apply_push(storage, &payload, device, checked)?;
                 let version = storage.last_version().unwrap_or(report.before);
+                let before = storage.took_all_since().unwrap_or(version);
+                let restore = if report.rejected.is_empty() {
+                    Vec::new()
+                } else {
+                    let may_read = access.as_ref().map(|(_, read)| read);
+                    let rejected = &report.rejected;
+                    restore(
+                        storage,
+                        (client, runtime, db),
+                        rejected,
+                        device,
+                        may_read,
+                        view.as_deref(),
+                        version,
+                    )?
+                };
                 Ok(PushReport {
                     version,
-                    before: storage.took_all_since().unwrap_or(version),
+                    before,
+                    restore,
                     seen: db.served_site(client, runtime, device)?,
                     ..report
                 })
@@ -467,56 +533,105 @@ impl PgReplica {
     }
 
     /// The changes after `from` not made by device site `device`, bounded by
-    /// `limits`, of the tables and columns of `view` (all without one), and
-    /// how far this database has received the device (see
+    /// `limits`, of the tables and columns of the device served (see
+    /// [`serving`](Self::serving)); with `filter` (a user's pull), only
+    /// those of rows it lets the device read; and how far this database has
+    /// received the device (see
     /// [`Replica::export_for_device`](crate::server::Replica::export_for_device)):
     /// read at this database's horizon, so that a version committed later
     /// below the cursor is never passed.
+    ///
+    /// A filtered pull reads the history from its cursor (a first one walks
+    /// it all; on SQLite it walks what the reader may read instead), and
+    /// records what it sent the reader in a transaction of its own (see
+    /// `held`).
     pub async fn export_for_device(
         &self,
         device: SiteId,
         from: Cursor,
         limits: BatchLimits,
-        view: Option<Arc<View>>,
+        filter: Option<RowFilters>,
     ) -> Result<(Batch, i64)> {
-        self.read(move |(client, runtime, db), upto| {
-            let seen = db.served_site(client, runtime, device)?;
-            let batch = export(
-                client,
-                runtime,
-                db,
-                upto,
-                &from,
-                Scope::Except(device),
-                limits,
-                view.as_deref(),
-            )?;
-            Ok((batch, seen))
+        let view = self.view.clone();
+        let Some(filter) = filter else {
+            return self
+                .read(move |(client, runtime, db), upto| {
+                    let seen = db.served_site(client, runtime, device)?;
+                    let scope = Scope::Except(device);
+                    let reads = &Exporting::new(client, runtime, db, upto, view.as_deref())?;
+                    let (batch, ..) = reads.export(&from, scope, limits, None)?;
+                    Ok((batch, seen))
+                })
+                .await;
+        };
+        let filter = Arc::new(filter);
+        for _ in 0..ATTEMPTS {
+            let (view, from, read_filter) = (view.clone(), from.clone(), Arc::clone(&filter));
+            let (batch, seen, marks) = self
+                .read(move |(client, runtime, db), upto| {
+                    let seen = db.served_site(client, runtime, device)?;
+                    let scope = Scope::Except(device);
+                    let gating = Some(Gating::Reader(&read_filter, device));
+                    let reads = &Exporting::new(client, runtime, db, upto, view.as_deref())?;
+                    let (batch, marks, _) = reads.export(&from, scope, limits, gating)?;
+                    Ok((batch, seen, marks))
+                })
+                .await?;
+            if marks.is_empty() {
+                return Ok((batch, seen));
+            }
+            let marks = Arc::new(marks);
+            let recorded = self
+                .transaction(move |(client, runtime, db)| {
+                    let storage = &mut storage::PgStorage::new(client, runtime, db);
+                    let reader = storage.site_ordinals(&[device])?[0];
+                    held::lock_reader(client, runtime, db, reader)?;
+                    // A push of the device committed since the export read:
+                    // it may hold rows the marks say it does not.
+                    if db.served_site(client, runtime, device)? != seen {
+                        return Ok(false);
+                    }
+                    held::record(client, runtime, db, reader, &marks)?;
+                    Ok(true)
+                })
+                .await?;
+            if recorded {
+                return Ok((batch, seen));
+            }
+        }
+        Err(Error::Postgres {
+            code: None,
+            message: format!(
+                "device {device} pushed during each of {ATTEMPTS} filtered pulls; it may pull again"
+            ),
         })
-        .await
     }
 
     /// The changes after `from` as every device that made none of them gets
     /// them (see [`Replica::export_shared`](crate::server::Replica::export_shared)).
-    pub async fn export_shared(
-        &self,
-        from: Cursor,
-        limits: BatchLimits,
-        view: Option<Arc<View>>,
-    ) -> Result<Batch> {
+    pub async fn export_shared(&self, from: Cursor, limits: BatchLimits) -> Result<Batch> {
+        let view = self.view.clone();
         self.read(move |(client, runtime, db), upto| {
-            export(
-                client,
-                runtime,
-                db,
-                upto,
-                &from,
-                Scope::All,
-                limits,
-                view.as_deref(),
-            )
+            let reads = &Exporting::new(client, runtime, db, upto, view.as_deref())?;
+            let (batch, ..) = reads.export(&from, Scope::All, limits, None)?;
+            Ok(batch)
         })
         .await
+    }
+
+    /// Checks that `filter` can judge the rows of `table` here: it must read
+    /// nothing but the row it judges (see `policy`); anything else is
+    /// [`Error::InvalidFilter`].
+    pub async fn check_filter(&self, table: &str, filter: RowFilter) -> Result<()> {
+        let schemas = self.schemas().await?;
+        let schema = schemas
+            .iter()
+            .find(|s| s.name.eq_ignore_ascii_case(table))
+            .ok_or_else(|| Error::InvalidFilter {
+                table: table.to_owned(),
+                message: "no such table is registered".into(),
+            })?;
+        policy::check(schema, &filter)
     }
 
     /// Binds a device's site id to its owner the first time it is seen, and
@@ -782,30 +897,73 @@ impl Directory {
     }
 }
 
-/// The batch after `from` of the tables and columns of `view`, read at
-/// `upto` in the transaction open on `client`.
-#[allow(
-    clippy::too_many_arguments,
-    reason = "the parts of one read, each used once"
-)]
-fn export(
-    client: &ClientWrapper,
-    runtime: &Handle,
-    db: &Db,
-    upto: i64,
-    from: &Cursor,
-    scope: Scope,
-    limits: BatchLimits,
-    view: Option<&View>,
-) -> Result<Batch> {
-    let numbered = db.tables(client, runtime)?;
-    let reads = reads::PgReads::new(client, runtime, db, upto, &numbered);
-    let mut tables: Vec<TableSchema> = numbered.into_iter().map(|(_, schema)| schema).collect();
-    if let Some(view) = view {
-        tables = view.narrow(&tables);
+/// An export's reads of a database, at its horizon, of the tables and
+/// columns of a view.
+struct Exporting<'a> {
+    reads: reads::PgReads<'a>,
+    tables: Vec<TableSchema>,
+    view: Option<&'a View>,
+}
+
+impl<'a> Exporting<'a> {
+    /// The reads of `db` at `upto`, in the transaction open on `client`, of
+    /// the tables and columns of `view` (every one without it).
+    fn new(
+        client: &'a ClientWrapper,
+        runtime: &'a Handle,
+        db: &'a Db,
+        upto: i64,
+        view: Option<&'a View>,
+    ) -> Result<Self> {
+        let numbered = db.tables(client, runtime)?;
+        let reads = reads::PgReads::new(client, runtime, db, upto, &numbered);
+        let mut tables: Vec<TableSchema> = numbered.into_iter().map(|(_, schema)| schema).collect();
+        if let Some(view) = view {
+            tables = view.narrow(&tables);
+        }
+        Ok(Self {
+            reads,
+            tables,
+            view,
+        })
     }
-    let (batch, ..) = export::export_gated(&reads, &tables, from, scope, limits, None)?;
-    Ok(versions::for_device(view, batch))
+
+    /// The batch after `from` (see [`export::export_gated`]), for the
+    /// device's app version.
+    fn export(
+        &self,
+        from: &Cursor,
+        scope: Scope,
+        limits: BatchLimits,
+        gating: Option<Gating<'_>>,
+    ) -> Result<export::Gated> {
+        let (batch, marks, withheld) =
+            export::export_gated(&self.reads, &self.tables, from, scope, limits, gating)?;
+        Ok((versions::for_device(self.view, batch), marks, withheld))
+    }
+}
+
+/// The payload that gives device `device` back this database's state of the
+/// `rejected` rows of its push (see [`export::export_restore`]), as
+/// `may_read` lets it see them, of the tables and columns of `view`; with
+/// `may_read`, what it then holds is recorded at version `at`.
+fn restore(
+    storage: &mut storage::PgStorage<'_>,
+    (client, runtime, db): (&ClientWrapper, &Handle, &Db),
+    rejected: &[merge::Rejection],
+    device: SiteId,
+    may_read: Option<&RowFilters>,
+    view: Option<&View>,
+    at: i64,
+) -> Result<Vec<u8>> {
+    let exporting = Exporting::new(client, runtime, db, at, view)?;
+    let rows = rejected.iter().map(|r| (r.table.as_str(), &r.pk[..]));
+    let restored = export::export_restore(&exporting.reads, &exporting.tables, rows, may_read)?;
+    if !restored.marks.is_empty() {
+        let reader = storage.site_ordinals(&[device])?[0];
+        held::restored(client, runtime, db, reader, &restored.marks, at)?;
+    }
+    Ok(restored.payload)
 }
 
 /// A database on PostgreSQL as a [`Catalog`].

@@ -11,7 +11,7 @@ use tokio::runtime::Handle;
 use tokio_postgres::types::ToSql;
 
 use super::sql::{self, ident};
-use super::{Db, value};
+use super::{Db, policy, value};
 use crate::change::{ClockColumn, ClockRow, Range, Reads};
 use crate::error::{Error, Result};
 use crate::id::SiteId;
@@ -30,6 +30,8 @@ pub(crate) struct PgReads<'a> {
     origins: RefCell<HashMap<i64, (i64, i64)>>,
     /// The site id of each site ordinal looked up.
     sites: RefCell<HashMap<i64, SiteId>>,
+    /// The evaluator of row filters, once one was needed.
+    evaluator: RefCell<Option<policy::Evaluator>>,
 }
 
 impl<'a> PgReads<'a> {
@@ -59,6 +61,7 @@ impl<'a> PgReads<'a> {
             clocks,
             origins: RefCell::new(HashMap::new()),
             sites: RefCell::new(HashMap::new()),
+            evaluator: RefCell::new(None),
         }
     }
 
@@ -111,6 +114,127 @@ impl<'a> PgReads<'a> {
             known.insert(row.get(0), (row.get(1), row.get(2)));
         }
         Ok(())
+    }
+    /// The clock rows of `schema` that `condition` (over the clock `c`, with
+    /// `params`) picks, with the value columns written after `base`, and
+    /// whether each passes `filter` (SQL and parameters), if given.
+    fn clock_rows(
+        &self,
+        schema: &TableSchema,
+        condition: &str,
+        params: &[&(dyn ToSql + Sync)],
+        base: i64,
+        filter: Option<(&str, &[Value])>,
+    ) -> Result<Vec<ClockRow>> {
+        let clock = self.clock(schema)?;
+        let app = format!("{}.{}", self.db.schema, ident(&schema.name));
+        let keys: Vec<_> = schema.key_columns().collect();
+        let values: Vec<_> = schema.value_columns().collect();
+        let mut columns: Vec<String> = keys
+            .iter()
+            .map(|c| format!("c.{}", ident(&c.name)))
+            .collect();
+        columns.extend(
+            ["_synced_cl", "_synced_dv", "_synced_created", "_synced_seq"]
+                .map(|c| format!("c.{c}")),
+        );
+        for column in &values {
+            columns.push(format!("c.{}", ident(&format!("{}.v", column.id()))));
+            columns.push(format!("c.{}", ident(&format!("{}.dv", column.id()))));
+            columns.push(format!("t.{}", ident(&column.name)));
+        }
+        let first_key = keys.first().map(|c| ident(&c.name)).unwrap_or_default();
+        columns.push(format!("t.{first_key} IS NOT NULL"));
+        let join = keys
+            .iter()
+            .map(|c| format!("t.{0} = c.{0}", ident(&c.name)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let statement = format!(
+            "SELECT {} FROM {clock} c LEFT JOIN {app} t ON {join} WHERE {condition}",
+            columns.join(", "),
+        );
+        let rows = self.query(&statement, params)?;
+        // The origins of every version the rows show, in one look-up.
+        let versions = rows.iter().flat_map(|row| {
+            let meta = keys.len();
+            [row.get::<_, i64>(meta + 1), row.get::<_, i64>(meta + 2)]
+                .into_iter()
+                .chain((0..values.len()).map(move |i| row.get::<_, i64>(meta + 5 + 3 * i)))
+        });
+        self.fetch_origins(versions)?;
+        let mut read = Vec::with_capacity(rows.len());
+        for row in rows {
+            let meta = keys.len();
+            let pk = keys
+                .iter()
+                .enumerate()
+                .map(|(i, c)| value::get(&row, i, c.sql_type))
+                .collect::<Result<Vec<Value>>>()?;
+            let exists: bool = row.get(meta + 4 + 3 * values.len());
+            let mut current = Vec::with_capacity(values.len());
+            let mut changed = Vec::new();
+            for (index, column) in values.iter().enumerate() {
+                let at = meta + 4 + 3 * index;
+                let value = value::get(&row, at + 2, column.sql_type)?;
+                let version: i64 = row.get(at + 1);
+                if version > base {
+                    changed.push(ClockColumn {
+                        index,
+                        col_version: row.get(at),
+                        version,
+                        value: value.clone(),
+                    });
+                }
+                current.push(value);
+            }
+            // As on SQLite: a row that is not there passes no filter.
+            let passes = match filter {
+                Some((sql, params)) => Some(
+                    exists
+                        && self.evaluator()?.passes(
+                            schema,
+                            sql,
+                            params,
+                            &policy::whole_row(schema, &pk, &current),
+                        )?,
+                ),
+                None => None,
+            };
+            read.push(ClockRow {
+                pk,
+                cl: row.get(meta),
+                version: row.get(meta + 1),
+                created: row.get(meta + 2),
+                rowid: row.get(meta + 3),
+                exists,
+                passes,
+                columns: changed,
+            });
+        }
+        Ok(read)
+    }
+
+    /// The evaluator of row filters, made the first time.
+    fn evaluator(&self) -> Result<std::cell::RefMut<'_, policy::Evaluator>> {
+        let mut evaluator = self.evaluator.borrow_mut();
+        if evaluator.is_none() {
+            *evaluator = Some(policy::Evaluator::new()?);
+        }
+        Ok(std::cell::RefMut::map(evaluator, |e| {
+            e.as_mut().unwrap_or_else(|| unreachable!("made above"))
+        }))
+    }
+
+    /// The condition on the clock `c` that picks the row whose key is bound
+    /// to the first parameters.
+    fn by_key(schema: &TableSchema) -> String {
+        schema
+            .key_columns()
+            .enumerate()
+            .map(|(i, c)| format!("c.{} = ${}", ident(&c.name), i + 1))
+            .collect::<Vec<_>>()
+            .join(" AND ")
     }
 }
 
@@ -175,101 +299,36 @@ impl Reads for PgReads<'_> {
         range: Range<'_>,
         each: &mut dyn FnMut(ClockRow) -> Result<()>,
     ) -> Result<()> {
-        let clock = self.clock(schema)?;
-        let app = format!("{}.{}", self.db.schema, ident(&schema.name));
-        let keys: Vec<_> = schema.key_columns().collect();
-        let values: Vec<_> = schema.value_columns().collect();
-        let mut columns: Vec<String> = keys
-            .iter()
-            .map(|c| format!("c.{}", ident(&c.name)))
-            .collect();
-        columns.extend(
-            ["_synced_cl", "_synced_dv", "_synced_created", "_synced_seq"]
-                .map(|c| format!("c.{c}")),
-        );
-        for column in &values {
-            columns.push(format!("c.{}", ident(&format!("{}.v", column.id()))));
-            columns.push(format!("c.{}", ident(&format!("{}.dv", column.id()))));
-            columns.push(format!("t.{}", ident(&column.name)));
-        }
-        let first_key = keys.first().map(|c| ident(&c.name)).unwrap_or_default();
-        columns.push(format!("t.{first_key} IS NOT NULL"));
-        let join = keys
-            .iter()
-            .map(|c| format!("t.{0} = c.{0}", ident(&c.name)))
-            .collect::<Vec<_>>()
-            .join(" AND ");
-        let (condition, params, base): (String, Vec<i64>, i64) = match range {
-            Range::Since(since) => ("c._synced_dv > $1".into(), vec![since], since),
+        let (condition, params, base, filter): (&str, Vec<i64>, i64, _) = match range {
+            Range::Since(since) => ("c._synced_dv > $1", vec![since], since, None),
             Range::Page {
                 base,
                 after,
                 upto,
                 filter,
-            } => {
-                if filter.is_some() {
-                    return Err(Error::InvalidFilter {
-                        table: schema.name.to_string(),
-                        message: "row filters on PostgreSQL are not supported yet".into(),
-                    });
-                }
-                (
-                    "(c._synced_dv, c._synced_seq) > ($1, $2) \
-                     AND (c._synced_dv, c._synced_seq) <= ($3, $4)"
-                        .into(),
-                    vec![after.0, after.1, upto.0, upto.1],
-                    base,
-                )
-            }
+            } => (
+                "(c._synced_dv, c._synced_seq) > ($1, $2) \
+                 AND (c._synced_dv, c._synced_seq) <= ($3, $4)",
+                vec![after.0, after.1, upto.0, upto.1],
+                base,
+                filter,
+            ),
         };
-        let statement = format!(
-            "SELECT {} FROM {clock} c LEFT JOIN {app} t ON {join} \
-             WHERE {condition} AND c._synced_dv <= ${}",
-            columns.join(", "),
-            params.len() + 1
-        );
+        let condition = format!("{condition} AND c._synced_dv <= ${}", params.len() + 1);
         let mut bound: Vec<&(dyn ToSql + Sync)> =
             params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
         bound.push(&self.upto);
-        let rows = self.query(&statement, &bound)?;
-        // The origins of every version the rows show, in one look-up.
-        let versions = rows.iter().flat_map(|row| {
-            let meta = keys.len();
-            [row.get::<_, i64>(meta + 1), row.get::<_, i64>(meta + 2)]
-                .into_iter()
-                .chain((0..values.len()).map(move |i| row.get::<_, i64>(meta + 5 + 3 * i)))
-        });
-        self.fetch_origins(versions)?;
+        let judged = filter.map(|f| (f.sql, f.params));
+        let rows = self.clock_rows(schema, &condition, &bound, base, judged)?;
         for row in rows {
-            let meta = keys.len();
-            let pk = keys
-                .iter()
-                .enumerate()
-                .map(|(i, c)| value::get(&row, i, c.sql_type))
-                .collect::<Result<Vec<Value>>>()?;
-            let mut changed = Vec::new();
-            for (index, column) in values.iter().enumerate() {
-                let at = meta + 4 + 3 * index;
-                let version: i64 = row.get(at + 1);
-                if version > base {
-                    changed.push(ClockColumn {
-                        index,
-                        col_version: row.get(at),
-                        version,
-                        value: value::get(&row, at + 2, column.sql_type)?,
-                    });
-                }
+            // The rows that fail are left out, but those the reader created.
+            if let Some(reader) = filter.and_then(|f| f.only_passing_for)
+                && row.passes == Some(false)
+                && self.origin(row.created)?.0 != reader
+            {
+                continue;
             }
-            each(ClockRow {
-                pk,
-                cl: row.get(meta),
-                version: row.get(meta + 1),
-                created: row.get(meta + 2),
-                rowid: row.get(meta + 3),
-                exists: row.get(meta + 4 + 3 * values.len()),
-                passes: None,
-                columns: changed,
-            })?;
+            each(row)?;
         }
         Ok(())
     }
@@ -312,13 +371,31 @@ impl Reads for PgReads<'_> {
     fn passes(
         &self,
         schema: &TableSchema,
-        _sql: &str,
-        _params: &[Value],
-        _pk: &[Value],
+        sql: &str,
+        params: &[Value],
+        pk: &[Value],
     ) -> Result<Option<bool>> {
-        Err(Error::InvalidFilter {
-            table: schema.name.to_string(),
-            message: "row filters on PostgreSQL are not supported yet".into(),
-        })
+        Ok(self
+            .clock_row(schema, pk, sql, params)?
+            .filter(|row| row.exists)
+            .and_then(|row| row.passes))
+    }
+
+    fn clock_row(
+        &self,
+        schema: &TableSchema,
+        pk: &[Value],
+        sql: &str,
+        params: &[Value],
+    ) -> Result<Option<ClockRow>> {
+        let key = value::params(pk)?;
+        let rows = self.clock_rows(
+            schema,
+            &Self::by_key(schema),
+            &value::refs(&key),
+            0,
+            Some((sql, params)),
+        )?;
+        Ok(rows.into_iter().next())
     }
 }

@@ -481,6 +481,16 @@ fn row_lock(table: &TableSchema, key_row: &str) -> String {
     )
 }
 
+/// The advisory lock key (beside the lock space) of the marks of reader
+/// site ordinal `reader` (see `held`): taken by a push before it marks rows
+/// its device holds and by a pull before it records what it sent, so that a
+/// pull that read before a push of its device committed sees that it did.
+/// Above the rows' keys (see [`row_lock`]).
+pub(crate) fn reader_lock(reader: i64) -> i32 {
+    let above = i64::from(ROW_LOCKS);
+    i32::try_from(above + reader.rem_euclid(i64::from(i32::MAX) - above)).unwrap_or(i32::MAX)
+}
+
 /// How many advisory locks the rows of one table share (a power of two):
 /// rows that share one only wait for each other.
 pub(crate) const ROW_LOCKS: u32 = 1 << 16;

@@ -15,7 +15,7 @@ use tokio_postgres::types::ToSql;
 
 use super::sql::{self, TableSql};
 use super::value::{self, Arrays};
-use super::{Db, pg_error};
+use super::{Db, held, pg_error, policy};
 use crate::error::{Error, Result};
 use crate::filter::RowFilter;
 use crate::id::SiteId;
@@ -34,16 +34,19 @@ pub(crate) struct PgStorage<'a> {
     sites: HashMap<i64, SiteId>,
     /// The origin site ordinal of each local version looked up.
     origins: HashMap<i64, i64>,
-    /// The version given out last in this transaction.
-    last_version: Option<i64>,
-    /// The first version given out in this transaction, and how many were.
-    first_version: Option<(i64, i64)>,
+    /// The versions this transaction took and keeps (those a savepoint
+    /// rolled back left out), in order.
+    taken: Vec<i64>,
     /// The number of each table (which names its clock), by lowercase name,
     /// as [`Storage::tables`] read them.
     numbers: HashMap<String, i64>,
     /// The origins of the versions given out, written at the next flush:
     /// (version, site ordinal, version there).
     new_origins: Vec<(i64, i64, i64)>,
+    /// The evaluator of row filters, once one was needed.
+    evaluator: Option<policy::Evaluator>,
+    /// The readers whose marks' lock this transaction holds (see `held`).
+    readers_locked: HashSet<i64>,
 }
 
 /// A table prepared for the merge, with the rows and clocks gathered.
@@ -110,10 +113,11 @@ impl<'a> PgStorage<'a> {
             tables: Vec::new(),
             sites: HashMap::new(),
             origins: HashMap::new(),
-            last_version: None,
-            first_version: None,
+            taken: Vec::new(),
             numbers: HashMap::new(),
             new_origins: Vec::new(),
+            evaluator: None,
+            readers_locked: HashSet::new(),
         }
     }
 
@@ -133,16 +137,15 @@ impl<'a> PgStorage<'a> {
 
     /// The last version this transaction took, if it took any.
     pub(crate) fn last_version(&self) -> Option<i64> {
-        self.last_version
+        self.taken.last().copied()
     }
 
     /// The version before this transaction's first, if it took every
     /// version from there to its last: no other transaction made a change
     /// between them.
     pub(crate) fn took_all_since(&self) -> Option<i64> {
-        let (first, taken) = self.first_version?;
-        let last = self.last_version?;
-        (last - first + 1 == taken).then_some(first - 1)
+        let (first, last) = (*self.taken.first()?, *self.taken.last()?);
+        (usize::try_from(last - first + 1) == Ok(self.taken.len())).then_some(first - 1)
     }
 
     /// Writes the rows, then the clocks, gathered for `table`: the new ones
@@ -241,8 +244,10 @@ impl Storage for PgStorage<'_> {
 
     fn new_version(&mut self) -> Result<i64> {
         let schema = &self.db.schema;
-        if self.last_version.is_none() {
-            // Its floor first, then its versions (see `sql::hold_floor`).
+        if self.taken.is_empty() {
+            // Its floor first, then its versions (see `sql::hold_floor`);
+            // again after a savepoint that took the first ones rolled back,
+            // which let go of the lock it took.
             self.query(&sql::hold_floor(schema), &[])?;
         }
         let rows = self.query(&sql::next_version(schema), &[])?;
@@ -252,19 +257,19 @@ impl Storage for PgStorage<'_> {
             .ok_or_else(|| Error::Corrupt {
                 details: "the version sequence gave no version".into(),
             })?;
-        self.last_version = Some(version);
-        let (first, taken) = self.first_version.unwrap_or((version, 0));
-        self.first_version = Some((first, taken + 1));
+        self.taken.push(version);
         Ok(version)
     }
 
     fn version_mark(&mut self) -> i64 {
-        self.last_version.unwrap_or(0)
+        self.last_version().unwrap_or(0)
     }
 
     fn forget_versions_after(&mut self, mark: i64) {
         // A sequence gives a number once: the versions rolled back stay
-        // unused, and their origins are not written.
+        // unused, and their origins are not written; the push's version is
+        // its last one kept.
+        self.taken.retain(|version| *version <= mark);
         self.new_origins.retain(|(version, ..)| *version <= mark);
     }
 
@@ -275,7 +280,7 @@ impl Storage for PgStorage<'_> {
 
     fn end_applying(&mut self) -> Result<()> {
         self.execute("SELECT set_config('synced.applying', 'off', true)", &[])?;
-        if self.last_version.is_some() {
+        if !self.taken.is_empty() {
             // Heard by every process's listener once this commits.
             let channel = super::listen::channel(self.db);
             self.execute("SELECT pg_notify($1, '')", &[&channel])?;
@@ -571,19 +576,22 @@ impl Storage for PgStorage<'_> {
         Ok(None)
     }
 
-    fn passes(
-        &mut self,
-        _table: usize,
-        filter: &RowFilter,
-        _key: &[Value],
-    ) -> Result<Option<bool>> {
-        match filter {
-            RowFilter::All => Ok(Some(true)),
-            _ => Err(Error::InvalidFilter {
-                table: self.tables[_table].schema.name.to_string(),
-                message: "row filters on PostgreSQL are not supported yet".into(),
-            }),
-        }
+    fn passes(&mut self, table: usize, filter: &RowFilter, key: &[Value]) -> Result<Option<bool>> {
+        let Some(values) = self.read_rows(table, &[key])?.pop().flatten() else {
+            return Ok(None);
+        };
+        let (sql, params) = match filter {
+            RowFilter::All => return Ok(Some(true)),
+            RowFilter::Nothing => return Ok(Some(false)),
+            RowFilter::Where { sql, params } => (sql, params),
+        };
+        let schema = &self.tables[table].schema;
+        let row = policy::whole_row(schema, key, &values);
+        let evaluator = match &mut self.evaluator {
+            Some(evaluator) => evaluator,
+            empty => empty.insert(policy::Evaluator::new()?),
+        };
+        Ok(Some(evaluator.passes(schema, sql, params, &row)?))
     }
 
     fn savepoint(&mut self) -> Result<()> {
@@ -608,6 +616,9 @@ impl Storage for PgStorage<'_> {
     }
 
     fn mark_held(&mut self, reader: i64, table: usize, key: &[Value]) -> Result<()> {
+        if self.readers_locked.insert(reader) {
+            held::lock_reader(self.client, self.runtime, self.db, reader)?;
+        }
         let statement = format!(
             "INSERT INTO {}._synced_held (site, tbl, pk, evicted, at) VALUES ($1, $2, $3, 0, 0) \
              ON CONFLICT (site, tbl, pk) DO UPDATE SET evicted = 0, at = excluded.at",

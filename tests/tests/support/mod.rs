@@ -10,7 +10,29 @@ use std::path::Path;
 
 use sync_runtime::{SyncDb, params};
 
-pub use synced_testkit::{ADMIN_KEY, JWT_SECRET, TestServer, Todo, config, todo, token};
+pub use synced_testkit::{ADMIN_KEY, JWT_SECRET, Store, TestServer, Todo, config, todo, token};
+
+/// Makes each named `async fn(Store)` two tests, in a module of its name:
+/// `sqlite`, on a server keeping its databases in SQLite files, and
+/// `postgres`, on one keeping them in a PostgreSQL cluster of its own.
+#[allow(unused_macros, reason = "each test file uses its own part")]
+macro_rules! on_each_store {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(super::support::Store::Sqlite).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(super::support::Store::Postgres).await;
+            }
+        }
+    )*};
+}
+#[allow(unused_imports, reason = "each test file uses its own part")]
+pub(crate) use on_each_store;
 
 /// A JWT for `user` with more claims (`aud`, a team…), valid for an hour.
 pub fn token_with(user: &str, claims: serde_json::Value) -> String {

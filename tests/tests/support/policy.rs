@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use sync_runtime::{Remote, SyncDb, SyncId, Synced, params};
 use sync_server::{DatabaseConfig, TablePolicies};
 
-use super::{ADMIN_KEY, TestServer, config, token};
+use super::{ADMIN_KEY, Store, TestServer, config, token};
 
 /// A row with an owner, which may be shared with everyone.
 #[derive(Synced, Debug, Clone, PartialEq)]
@@ -29,19 +29,19 @@ pub fn item(owner: &str, shared: bool, title: &str) -> Item {
     }
 }
 
-/// A server whose `items` table users read by owner or sharing.
-pub async fn server(dir: &std::path::Path) -> TestServer {
-    server_with(dir, "owner_id = $user_id OR shared = 1").await
+/// A server on `store` whose `items` table users read by owner or sharing.
+pub async fn server(store: Store, dir: &std::path::Path) -> TestServer {
+    server_with(store, dir, "owner_id = $user_id OR shared = 1").await
 }
 
-/// A server whose `items` table users read through `read` and write when they
-/// own the row.
-pub async fn server_with(dir: &std::path::Path, read: &str) -> TestServer {
+/// A server on `store` whose `items` table users read through `read` and
+/// write when they own the row.
+pub async fn server_with(store: Store, dir: &std::path::Path, read: &str) -> TestServer {
     let policies = TablePolicies {
         read: Some(read.into()),
         write: Some("owner_id = $user_id".into()),
     };
-    TestServer::start_with(items_config(dir, policies)).await
+    TestServer::start_on(store, items_config(dir, policies)).await
 }
 
 /// The configuration of a server (data in `dir/server`) whose `items` table has
@@ -75,10 +75,11 @@ pub async fn open(dir: &std::path::Path, name: &str, remote: Remote) -> SyncDb {
     db
 }
 
-/// A policy server and three devices on it: an admin's, ann's and bob's.
-pub async fn cast() -> (tempfile::TempDir, TestServer, [SyncDb; 3]) {
+/// A policy server on `store` and three devices on it: an admin's, ann's
+/// and bob's.
+pub async fn cast(store: Store) -> (tempfile::TempDir, TestServer, [SyncDb; 3]) {
     let dir = tempfile::tempdir().unwrap();
-    let server = server(dir.path()).await;
+    let server = server(store, dir.path()).await;
     let [admin, ann] = admin_and(dir.path(), &server, "ann").await;
     let url = server.url("items");
     let bob = open(
