@@ -42,6 +42,23 @@ pub struct SharedBatch {
 }
 
 impl SharedBatch {
+    /// The batch of an export for no reader in particular, the marks it sets
+    /// and the rows it left out (see [`export::export_gated`]).
+    pub(crate) fn new(batch: Batch, marks: Vec<NewMark>, withheld: Vec<Withheld>) -> Self {
+        Self {
+            batch,
+            marks,
+            withheld,
+        }
+    }
+
+    /// The marks a reader that takes it is recorded with, and the rows it
+    /// left out.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn parts(&self) -> (&[NewMark], &[Withheld]) {
+        (&self.marks, &self.withheld)
+    }
+
     /// How many rows it left out: a reader that holds or created one of them
     /// needs an export of its own, and taking the batch checks each.
     pub fn withheld(&self) -> usize {
@@ -489,10 +506,8 @@ impl Replica {
             .read_final(move |conn, tables| {
                 let tables = this.narrow(tables.to_vec());
                 let shared = export::export_for_nobody(conn, &tables, &from, limits, &filter)?;
-                Ok(shared.map(|(batch, marks, withheld)| SharedBatch {
-                    batch: this.for_device(batch),
-                    marks,
-                    withheld,
+                Ok(shared.map(|(batch, marks, withheld)| {
+                    SharedBatch::new(this.for_device(batch), marks, withheld)
                 }))
             })
             .await

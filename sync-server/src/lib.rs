@@ -44,6 +44,7 @@ pub mod http;
 pub mod policy;
 pub mod postgres;
 pub mod store;
+mod takes;
 pub mod views;
 pub mod waiting;
 

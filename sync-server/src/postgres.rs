@@ -22,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::store::{
     BoxFuture, Database, PushAccess, Store, bad_database_name, lock, push_ack, valid_database_name,
 };
+use crate::takes::{TakeShared, Takes};
 
 /// The databases of one PostgreSQL database (see the module's documentation).
 pub struct PgStore {
@@ -73,6 +74,7 @@ impl PgStore {
             db: replica,
             owners: std::sync::Mutex::default(),
             versions: std::sync::Mutex::default(),
+            takes: Arc::default(),
         });
         databases.insert(name.to_owned(), Arc::clone(&db));
         Ok(Some(db))
@@ -113,6 +115,18 @@ pub struct PgDatabase {
     /// The app versions as last read, and how many publications had been
     /// heard of before: read again after the next one.
     versions: std::sync::Mutex<Option<(u64, Arc<Versions>)>>,
+    /// Devices taking shared filtered answers, recorded together.
+    takes: Arc<Takes>,
+}
+
+impl TakeShared for PgReplica {
+    fn take_shared(
+        &self,
+        readers: Vec<(Arc<SharedBatch>, SiteId)>,
+    ) -> BoxFuture<'static, sync_runtime::Result<Vec<bool>>> {
+        let db = self.clone();
+        Box::pin(async move { db.take_shared(readers).await })
+    }
 }
 
 impl Database for PgDatabase {
@@ -249,17 +263,19 @@ impl Database for PgDatabase {
 
     fn pull_shared_filtered(
         &self,
-        _from: Cursor,
-        _limits: BatchLimits,
-        _view: Arc<View>,
-        _filter: RowFilters,
+        from: Cursor,
+        limits: BatchLimits,
+        view: Arc<View>,
+        filter: RowFilters,
     ) -> BoxFuture<'_, Result<Option<SharedBatch>>> {
-        // Not shared here: each filtered pull exports on its own.
-        Box::pin(async move { Ok(None) })
+        Box::pin(async move {
+            let db = self.db.serving(view);
+            Ok(db.export_shared_filtered(from, limits, filter).await?)
+        })
     }
 
-    fn take_shared(&self, shared: Arc<SharedBatch>, _site: SiteId) -> BoxFuture<'_, Result<bool>> {
-        Box::pin(async move { Ok(shared.taken_by_all()) })
+    fn take_shared(&self, shared: Arc<SharedBatch>, site: SiteId) -> BoxFuture<'_, Result<bool>> {
+        Box::pin(self.takes.take(&self.db, shared, site))
     }
 
     fn served_site(&self, site: SiteId) -> BoxFuture<'_, Result<i64>> {

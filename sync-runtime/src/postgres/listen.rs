@@ -12,7 +12,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::{AsyncMessage, NoTls};
 
 use super::Db;
@@ -40,6 +40,9 @@ pub(crate) struct Heard {
     /// How many publications were heard of since the listener started: the
     /// app versions read before the last one may be out of date.
     pub(crate) publications: watch::Sender<u64>,
+    /// Dropped with it, which stops the listener at once (with its
+    /// connection, and the pool it holds).
+    pub(crate) _alive: oneshot::Sender<()>,
 }
 
 impl Heard {
@@ -49,14 +52,27 @@ impl Heard {
     }
 }
 
-/// What `shared` is told, by a task that runs as long as it lives.
-pub(crate) fn spawn(config: tokio_postgres::Config, pool: Pool, db: Arc<Db>, shared: Weak<Heard>) {
+/// What `shared` is told, by a task that runs as long as it lives: until
+/// `gone` hears that its `_alive` was dropped.
+pub(crate) fn spawn(
+    config: tokio_postgres::Config,
+    pool: Pool,
+    db: Arc<Db>,
+    shared: Weak<Heard>,
+    gone: oneshot::Receiver<()>,
+) {
     tokio::spawn(async move {
-        while shared.strong_count() > 0 {
-            if let Err(error) = listen(&config, &pool, &db, &shared).await {
-                tracing::warn!(database = %db.schema, "listening for commits failed: {error}");
+        let listening = async {
+            while shared.strong_count() > 0 {
+                if let Err(error) = listen(&config, &pool, &db, &shared).await {
+                    tracing::warn!(database = %db.schema, "listening for commits failed: {error}");
+                }
+                tokio::time::sleep(RECONNECT).await;
             }
-            tokio::time::sleep(RECONNECT).await;
+        };
+        tokio::select! {
+            () = listening => {}
+            _ = gone => {}
         }
     });
 }

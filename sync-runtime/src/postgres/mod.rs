@@ -16,11 +16,12 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::error::{Error, Result};
 use crate::export::{self, Batch, BatchLimits, Cursor, Gating, Scope};
-use crate::filter::{RowFilter, RowFilters};
+use crate::filter::{MAX_WITHHELD, RowFilter, RowFilters};
 use crate::id::SiteId;
 use crate::merge::storage::Storage as _;
 use crate::merge::{self, PushReport};
 use crate::schema::TableSchema;
+use crate::server::SharedBatch;
 use crate::versions::{self, Catalog, Versions, View};
 use crate::wire::Payload;
 
@@ -372,15 +373,18 @@ impl PgReplica {
 
     fn heard(&self) -> &Arc<listen::Heard> {
         self.heard.get_or_init(|| {
+            let (alive, gone) = tokio::sync::oneshot::channel();
             let heard = Arc::new(listen::Heard {
                 horizon: watch::Sender::new(0),
                 publications: watch::Sender::new(0),
+                _alive: alive,
             });
             listen::spawn(
                 self.config.clone(),
                 self.pool.clone(),
                 self.db.clone(),
                 Arc::downgrade(&heard),
+                gone,
             );
             heard
         })
@@ -617,6 +621,38 @@ impl PgReplica {
             Ok(batch)
         })
         .await
+    }
+
+    /// Like a filtered [`export_for_device`](Self::export_for_device) for
+    /// every reader of `filter` at once (see
+    /// [`Replica::export_shared_filtered`](crate::server::Replica::export_shared_filtered)):
+    /// the batch after `from` as a reader that holds nothing would get it;
+    /// `None` if it leaves out more than [`MAX_WITHHELD`] rows. Each reader
+    /// then [takes](Self::take_shared) it, or exports on its own.
+    pub async fn export_shared_filtered(
+        &self,
+        from: Cursor,
+        limits: BatchLimits,
+        filter: RowFilters,
+    ) -> Result<Option<SharedBatch>> {
+        let view = self.view.clone();
+        self.read(move |(client, runtime, db), upto| {
+            let reads = &Exporting::new(client, runtime, db, upto, view.as_deref())?;
+            let gating = Some(Gating::Nobody(&filter));
+            let (batch, marks, withheld) = reads.export(&from, Scope::All, limits, gating)?;
+            Ok((withheld.len() <= MAX_WITHHELD).then(|| SharedBatch::new(batch, marks, withheld)))
+        })
+        .await
+    }
+
+    /// Which of `readers` take the batch each was given (see
+    /// [`Replica::take_shared`](crate::server::Replica::take_shared)):
+    /// those that hold and created none of the rows it left out; what each
+    /// that takes it holds then is recorded, in one transaction.
+    pub async fn take_shared(&self, readers: Vec<(Arc<SharedBatch>, SiteId)>) -> Result<Vec<bool>> {
+        let readers = Arc::new(readers);
+        self.transaction(move |(client, runtime, db)| held::take(client, runtime, db, &readers))
+            .await
     }
 
     /// Checks that `filter` can judge the rows of `table` here: it must read
