@@ -698,6 +698,25 @@ impl SyncDb {
         }
     }
 
+    /// Merges a batch this database's server sent it (a pull's answer, as
+    /// [`sync`](Self::sync) does with one), for an app that carries batches
+    /// itself: like [`apply_changes`](Self::apply_changes), but a change in
+    /// this database's own name that comes back (a row it wrote, sent whole
+    /// when its user may read it again) keeps the version it was made at.
+    /// One it did not make shows that another file writes under its site id:
+    /// [`Error::SiteReused`], and nothing is applied (the app then takes a
+    /// new site id, see [`new_site_id`](Self::new_site_id)).
+    pub async fn apply_server_batch(&self, payload: &[u8]) -> Result<ApplyReport> {
+        let payload = payload.to_vec();
+        self.call(move |w| {
+            write(w, |tx| {
+                tx.set_versions();
+                merge::apply(tx.conn(), &payload, merge::Source::Server)
+            })
+        })
+        .await
+    }
+
     /// Takes back a server's state of rows it refused from a push of this
     /// database's (a [`PushReport::restore`](crate::server::PushReport::restore), as [`sync`](Self::sync) does with
     /// a server's answer): each such row not changed here since `exported_at`

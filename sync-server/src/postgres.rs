@@ -5,8 +5,8 @@
 //! Row-level policies are judged by SQLite on the rows read from PostgreSQL,
 //! so that one policy means the same on both stores; a policy that reads
 //! more than the row it judges (another table, a subquery) stops the server's
-//! start (see [`PgReplica::check_filter`]). What this store does not do yet
-//! is refused, never done halfway: evolving a published table.
+//! start (see [`PgReplica::check_filter`]). Publishing an app version evolves
+//! the tables as on SQLite.
 
 use std::collections::HashMap;
 use std::sync::Arc;

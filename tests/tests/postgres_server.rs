@@ -8,7 +8,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{TestServer, Todo, device, publish_schema, rows, todo, until_waiting};
+use support::{TestServer, Todo, TodoV2, device, publish_schema, rows, todo, until_waiting};
 use synced_testkit::postgres::Postgres;
 
 /// `N` servers on the PostgreSQL database of `cluster`, each with its data
@@ -286,5 +286,74 @@ async fn databases_share_their_connections() {
         .get(0);
     // One pool of 16, a listener a database, and this connection.
     assert!(open <= 16 + DATABASES as i64 + 1, "{open} connections open");
+    server.stop().await;
+}
+
+/// Publishing an app version that renames, retires and adds columns evolves
+/// the tables on PostgreSQL: the rows there read the new columns as a row
+/// that never wrote them does, a backend writes them under their new names,
+/// and its writes reach devices of both versions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_evolves_on_postgresql_and_a_backend_writes_its_new_columns() {
+    let cluster = Postgres::start().expect("a PostgreSQL cluster starts");
+    let dir = tempfile::tempdir().unwrap();
+    let [server] = servers(&cluster, dir.path()).await;
+    let url = server.url("todo");
+    publish_schema(&url, dir.path()).await;
+    let old = device(dir.path(), "old", &url, "ann").await;
+    let first = todo("first");
+    old.insert(&first).await.unwrap();
+    old.sync().await.unwrap();
+
+    synced_testkit::publish_schema::<TodoV2>(&url)
+        .await
+        .unwrap();
+    let client = connect(&cluster).await;
+    let read = client
+        .query_one(
+            "SELECT label, priority, due, note FROM todo.todos WHERE id = $1",
+            &[&first.id.to_string()],
+        )
+        .await
+        .unwrap();
+    let read: (String, i64, Option<i64>, Option<String>) =
+        (read.get(0), read.get(1), read.get(2), read.get(3));
+    assert_eq!(read, ("first".into(), 3, None, None));
+
+    // A backend writes under the new names, as any client of PostgreSQL.
+    let backend = sync_runtime::SyncId::new();
+    client
+        .batch_execute(&format!(
+            "INSERT INTO todo.todos (id, label, priority) VALUES ('{backend}', 'from the backend', 5);
+             UPDATE todo.todos SET label = 'first, edited', due = 7 WHERE id = '{}';",
+            first.id
+        ))
+        .await
+        .unwrap();
+
+    let new = sync_runtime::SyncDb::open(dir.path().join("new.db"))
+        .await
+        .unwrap()
+        .with_remote(sync_runtime::Remote::new(&url).bearer_token(support::token("bob")));
+    new.register::<TodoV2>().await.unwrap();
+    new.sync().await.unwrap();
+    let read: Vec<(String, bool, Option<i64>, i64)> = new
+        .query::<TodoV2>("ORDER BY label", sync_runtime::params![])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| (row.label, row.done, row.due, row.priority))
+        .collect();
+    assert_eq!(
+        read,
+        [
+            ("first, edited".to_owned(), false, Some(7), 3),
+            ("from the backend".to_owned(), false, None, 5),
+        ]
+    );
+    old.sync().await.unwrap();
+    let mut titles: Vec<String> = rows(&old).await.into_iter().map(|t| t.title).collect();
+    titles.sort();
+    assert_eq!(titles, ["first, edited", "from the backend"]);
     server.stop().await;
 }

@@ -6,26 +6,12 @@
 
 mod support;
 
+use support::Store;
+
 use std::path::Path;
 
-use support::{ADMIN_KEY, TestServer, Todo, config, todo, token};
+use support::{ADMIN_KEY, TestServer, Todo, TodoV2, config, todo, token};
 use sync_runtime::{Error, Remote, SyncDb, SyncId, Synced, params};
-
-/// The next version of [`Todo`]: `title` renamed to `label`, `note` retired, a
-/// nullable `due` and a `priority` with a default added.
-#[derive(Synced, Debug, Clone, PartialEq)]
-#[synced(table = "todos")]
-struct TodoV2 {
-    #[synced(primary_key)]
-    id: SyncId,
-    #[synced(renamed_from = "title")]
-    label: String,
-    #[synced(default = false)]
-    done: bool,
-    due: Option<i64>,
-    #[synced(default = 3)]
-    priority: i64,
-}
 
 /// A table the next version adds.
 #[derive(Synced, Debug, Clone, PartialEq)]
@@ -101,10 +87,9 @@ async fn todos<T: Synced>(db: &SyncDb) -> Vec<T> {
     db.query("ORDER BY id", params![]).await.unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn devices_of_two_app_versions_sync_side_by_side_through_the_server() {
+async fn devices_of_two_app_versions_sync_side_by_side_through_the_server(store: Store) {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(&dir.path().join("server")).await;
+    let server = TestServer::start_on(store, config(&dir.path().join("server"))).await;
     let url = server.url("todo");
     publish(&url, App::V1).await;
     let old = device(&dir.path().join("old.db"), &url, "ann", App::V1).await;
@@ -255,14 +240,13 @@ async fn devices_of_two_app_versions_sync_side_by_side_through_the_server() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unpublished_and_unsupported_app_versions_are_refused_and_keep_their_changes() {
+async fn unpublished_and_unsupported_app_versions_are_refused_and_keep_their_changes(store: Store) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(&dir.path().join("server"));
     if let Some(todo) = config.databases.get_mut("todo") {
         todo.oldest_supported_version = Some(2);
     }
-    let server = TestServer::start_with(config).await;
+    let server = TestServer::start_on(store, config).await;
     let url = server.url("todo");
     publish(&url, App::V1).await;
     let old = device(&dir.path().join("old.db"), &url, "ann", App::V1).await;
@@ -306,10 +290,9 @@ async fn unpublished_and_unsupported_app_versions_are_refused_and_keep_their_cha
 /// An app that registers more while a pull of the previous version waits on
 /// the server does not keep that pull's cursor: it asks again from the
 /// beginning, so a column it was never sent arrives.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn registering_more_while_a_pull_waits_loses_nothing() {
+async fn registering_more_while_a_pull_waits_loses_nothing(store: Store) {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(&dir.path().join("server")).await;
+    let server = TestServer::start_on(store, config(&dir.path().join("server"))).await;
     let url = server.url("todo");
     publish(&url, App::V1).await;
     publish(&url, App::V2).await;
@@ -359,3 +342,9 @@ async fn registering_more_while_a_pull_waits_loses_nothing() {
     assert_eq!(rows.iter().find(|t| t.id == row.id), Some(&row));
     assert_eq!(rows.len(), 2);
 }
+
+support::on_each_store!(
+    devices_of_two_app_versions_sync_side_by_side_through_the_server,
+    unpublished_and_unsupported_app_versions_are_refused_and_keep_their_changes,
+    registering_more_while_a_pull_waits_loses_nothing,
+);

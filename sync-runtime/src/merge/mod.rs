@@ -82,10 +82,6 @@ const ROWS_READ_TOGETHER: usize = 1024;
 pub(crate) enum Source {
     /// The server this device syncs with, in a pull: it holds only clocks it
     /// checked, and a device takes them as they are.
-    #[cfg_attr(
-        not(feature = "http"),
-        allow(dead_code, reason = "used by the sync client")
-    )]
     Server,
     /// A peer: a causal length or column version that leaps beyond what any
     /// replica can have counted to (see [`wire::CLOCK_STEP`]) refuses the payload.

@@ -25,6 +25,7 @@ use crate::server::SharedBatch;
 use crate::versions::{self, Catalog, Versions, View};
 use crate::wire::Payload;
 
+mod evolve;
 mod held;
 mod listen;
 mod policy;
@@ -88,6 +89,9 @@ pub(crate) struct Db {
     site: SiteId,
     /// The lock space of its version locks (see [`sql::hold_floor`]).
     space: i64,
+    /// What begins its transactions, its exports' and its publications' (see
+    /// [`sql::begin`]).
+    begin: [String; 3],
 }
 
 impl Db {
@@ -311,6 +315,11 @@ impl PgReplica {
                 schema,
                 site,
                 space,
+                begin: [
+                    sql::begin(space),
+                    sql::begin_export(space),
+                    sql::begin_publishing(space),
+                ],
             }),
             config,
             heard: Arc::default(),
@@ -392,9 +401,10 @@ impl PgReplica {
 
     /// Publishes an app version: the descriptors of its tables, each created
     /// as an ordinary table with its clock if this database does not have it
-    /// yet (see [`Replica::publish`](crate::server::Replica::publish));
-    /// returns the newest version's number. A table this database has with
-    /// another descriptor is refused: evolving a table here is not done yet.
+    /// yet, or evolved to it (see
+    /// [`Replica::publish`](crate::server::Replica::publish)), all or none;
+    /// returns the newest version's number. It waits for the database's
+    /// transactions open, and the ones that begin meanwhile wait for it.
     pub async fn publish(&self, schemas: Vec<TableSchema>) -> Result<i64> {
         for schema in &schemas {
             schema.validate()?;
@@ -405,11 +415,8 @@ impl PgReplica {
                 }));
             }
         }
-        self.transaction(move |(client, runtime, db)| {
-            // One publication at a time, whatever process publishes.
-            runtime
-                .block_on(client.batch_execute(sql::CREATION_LOCK))
-                .map_err(pg_error)?;
+        // One publication at a time, whatever process publishes, and alone.
+        self.transaction_beginning(Begin::Publishing, move |(client, runtime, db)| {
             let catalog = &mut PgCatalog {
                 client,
                 runtime,
@@ -782,7 +789,7 @@ impl PgReplica {
         tokio::task::spawn_blocking(move || {
             let upto = db.horizon(&client, &runtime)?;
             runtime
-                .block_on(client.batch_execute(sql::BEGIN_EXPORT))
+                .block_on(client.batch_execute(&db.begin[Begin::Export as usize]))
                 .map_err(pg_error)?;
             let done = work((&client, &runtime, &db), upto);
             runtime.block_on(client.batch_execute("COMMIT")).ok();
@@ -801,6 +808,15 @@ impl PgReplica {
         &self,
         work: impl Fn((&ClientWrapper, &Handle, &Db)) -> Result<T> + Send + 'static,
     ) -> Result<T> {
+        self.transaction_beginning(Begin::Transaction, work).await
+    }
+
+    /// [`transaction`](Self::transaction), begun as `begin` says.
+    async fn transaction_beginning<T: Send + 'static>(
+        &self,
+        begin: Begin,
+        work: impl Fn((&ClientWrapper, &Handle, &Db)) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         let client = self.pool.get().await.map_err(pool_error)?;
         let db = self.db.clone();
         let runtime = Handle::current();
@@ -808,7 +824,7 @@ impl PgReplica {
             let mut attempt = 1;
             loop {
                 let done = runtime
-                    .block_on(client.batch_execute("BEGIN"))
+                    .block_on(client.batch_execute(&db.begin[begin as usize]))
                     .map_err(pg_error)
                     .and_then(|()| work((&client, &runtime, &db)))
                     .and_then(|done| {
@@ -838,6 +854,17 @@ impl PgReplica {
             message: format!("the merge's thread failed: {e}"),
         })?
     }
+}
+
+/// How a transaction begins (see [`Db::begin`]).
+#[derive(Debug, Clone, Copy)]
+enum Begin {
+    /// A merge's, or any other that writes.
+    Transaction = 0,
+    /// An export's.
+    Export = 1,
+    /// A publication's.
+    Publishing = 2,
 }
 
 /// How many times a transaction that PostgreSQL ended for a deadlock or a
@@ -1062,13 +1089,19 @@ impl Catalog for PgCatalog<'_> {
     fn register(&mut self, schema: &TableSchema, stored: Option<&TableSchema>) -> Result<()> {
         let (client, runtime, db) = (self.client, self.runtime, self.db);
         if let Some(stored) = stored {
-            if stored == schema {
+            let evolution = crate::evolve::plan(stored, schema)?;
+            if !evolution.changes(stored) {
                 return Ok(());
             }
-            return Err(Error::InvalidSchema(crate::schema::SchemaError {
-                table: schema.name.to_string(),
-                reason: "evolving a table of a database on PostgreSQL is not supported yet".into(),
-            }));
+            let number = db
+                .tables(client, runtime)?
+                .into_iter()
+                .find(|(_, table)| table.name.eq_ignore_ascii_case(&stored.name))
+                .map(|(number, _)| number)
+                .ok_or_else(|| Error::NotRegistered {
+                    table: stored.name.to_string(),
+                })?;
+            return evolve::apply(client, runtime, db, number, stored, &evolution);
         }
         let descriptor = serde_json::to_string(schema).map_err(|e| Error::SchemaMismatch {
             table: schema.name.to_string(),

@@ -152,12 +152,37 @@ pub(crate) fn next_version(schema: &str) -> String {
 /// start parallel workers for it (15-20 ms each time on 1,000,000 rows, for
 /// a read that finds nothing), or compile it (JIT: 1.6-3.6 ms a statement
 /// on 1,000,000 rows, for reads of ten rows that take 0.01 ms).
-pub(crate) const BEGIN_EXPORT: &str = "\
+const BEGIN_EXPORT: &str = "\
     BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; \
     SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; \
     SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off; \
     SET LOCAL enable_sort = off; SET LOCAL max_parallel_workers_per_gather = 0; \
     SET LOCAL jit = off";
+
+/// The advisory lock key (beside the lock space) of a database's tables as
+/// their descriptors say them: every transaction of the database holds it
+/// shared from its start ([`begin`], [`begin_export`]), and a publication
+/// alone ([`begin_publishing`]), as it may change the tables (see `evolve`). Below
+/// every other key of the space.
+const SCHEMA_LOCK: i32 = i32::MIN;
+
+/// Begins a transaction on the database of lock space `space`.
+pub(crate) fn begin(space: i64) -> String {
+    format!("BEGIN; SELECT pg_advisory_xact_lock_shared({space}, {SCHEMA_LOCK})")
+}
+
+/// Begins an export's transaction (see [`BEGIN_EXPORT`]) on the database of
+/// lock space `space`.
+pub(crate) fn begin_export(space: i64) -> String {
+    format!("{BEGIN_EXPORT}; SELECT pg_advisory_xact_lock_shared({space}, {SCHEMA_LOCK})")
+}
+
+/// Begins a publication's transaction on the database of lock space
+/// `space`: one at a time, whatever process publishes, and none while any
+/// other transaction of the database is open.
+pub(crate) fn begin_publishing(space: i64) -> String {
+    format!("BEGIN; {CREATION_LOCK} SELECT pg_advisory_xact_lock({space}, {SCHEMA_LOCK})")
+}
 
 /// The lowest floor (see [`hold_floor`]) of the transactions of lock space
 /// `$1` still open: no version at or below it is still to be committed. Read

@@ -3,6 +3,7 @@
 
 #![allow(dead_code, unreachable_pub)] // each test file uses its own part; shared by `mod support`
 
+pub mod differential;
 pub mod policy;
 pub mod proxy;
 
@@ -46,6 +47,22 @@ pub fn token_with(user: &str, claims: serde_json::Value) -> String {
     }
     let key = jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes());
     jsonwebtoken::encode(&jsonwebtoken::Header::default(), &all, &key).unwrap()
+}
+
+/// The next version of [`Todo`]: `title` renamed to `label`, `note` retired, a
+/// nullable `due` and a `priority` with a default added.
+#[derive(sync_runtime::Synced, Debug, Clone, PartialEq)]
+#[synced(table = "todos")]
+pub struct TodoV2 {
+    #[synced(primary_key)]
+    pub id: sync_runtime::SyncId,
+    #[synced(renamed_from = "title")]
+    pub label: String,
+    #[synced(default = false)]
+    pub done: bool,
+    pub due: Option<i64>,
+    #[synced(default = 3)]
+    pub priority: i64,
 }
 
 /// Creates the server database at `url` with the `Todo` schema, as an admin does.
