@@ -135,19 +135,35 @@ impl TestServer {
     /// # Panics
     ///
     /// If the cluster does not start, or as [`start_with`](Self::start_with).
-    pub async fn start_on(store: Store, mut config: Config) -> Self {
-        let cluster = match store {
-            Store::Sqlite => None,
+    pub async fn start_on(store: Store, config: Config) -> Self {
+        match store {
+            Store::Sqlite => Self::start_with(config).await,
             Store::Postgres => {
                 let cluster = postgres::Postgres::start().expect("a PostgreSQL cluster starts");
-                config.storage.postgres = Some(cluster.connection_string("postgres"));
-                Some(cluster)
+                Self::start_on_cluster(cluster, config).await
             }
-        };
+        }
+    }
+
+    /// A server with `config` keeping its databases in `cluster`, which it
+    /// keeps until it stops (as [`start_on`](Self::start_on) does).
+    pub async fn start_on_cluster(cluster: postgres::Postgres, mut config: Config) -> Self {
+        config.storage.postgres = Some(cluster.connection_string("postgres"));
         Self {
-            cluster,
+            cluster: Some(cluster),
             ..Self::start_with(config).await
         }
+    }
+
+    /// Stops the server, and gives back the PostgreSQL cluster it kept its
+    /// databases in, if it had one.
+    ///
+    /// # Panics
+    ///
+    /// If the server does not stop cleanly.
+    pub async fn stop_keeping_cluster(self) -> Option<postgres::Postgres> {
+        self.server.stop().await.expect("the server stops cleanly");
+        self.cluster
     }
 
     /// The PostgreSQL cluster it keeps its databases in, if it was started

@@ -108,6 +108,39 @@ impl Postgres {
         self.dir.path().join("data")
     }
 
+    /// Backs up `database` whole as `pg_dump` does, as backup `name`, kept in
+    /// the cluster's directory.
+    pub fn back_up(&self, database: &str, name: &str) -> Result<(), String> {
+        let file = self.dir.path().join(format!("{name}.dump"));
+        self.run(
+            "pg_dump",
+            &[
+                "--format=custom",
+                "--file",
+                &file.to_string_lossy(),
+                "--dbname",
+                &self.connection_string(database),
+            ],
+        )
+    }
+
+    /// Restores `database` from backup `name` (see [`back_up`](Self::back_up)):
+    /// everything the backup holds is dropped first, in one transaction.
+    pub fn restore(&self, database: &str, name: &str) -> Result<(), String> {
+        let file = self.dir.path().join(format!("{name}.dump"));
+        self.run(
+            "pg_restore",
+            &[
+                "--clean",
+                "--if-exists",
+                "--single-transaction",
+                "--dbname",
+                &self.connection_string(database),
+                &file.to_string_lossy(),
+            ],
+        )
+    }
+
     /// Runs one of PostgreSQL's programs, as the cluster's user.
     fn run(&self, program: &str, args: &[&str]) -> Result<(), String> {
         let path = locate(program);

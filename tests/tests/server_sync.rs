@@ -4,6 +4,8 @@
 
 mod support;
 
+use support::Store;
+
 use support::proxy::HoldingProxy;
 use support::{
     Copied, TestServer, Todo, device, publish_schema, rows, server_rows, titles, todo,
@@ -472,10 +474,12 @@ async fn a_copied_file_behind_its_original_takes_a_new_site_id_on_its_own() {
     server.stop().await;
 }
 
-/// A server, device `a` (ann) and device `b` (of `user`) both holding a row,
-/// and a backup of the server's database taken then, as SQLite takes one.
+/// A server on `store`, device `a` (ann) and device `b` (of `user`) both
+/// holding a row, and a backup of the server's database taken then, as
+/// SQLite takes one (`VACUUM INTO`) or PostgreSQL's `pg_dump`.
 struct BackedUp {
     server: TestServer,
+    store: Store,
     config: sync_server::Config,
     url: String,
     a: SyncDb,
@@ -484,9 +488,9 @@ struct BackedUp {
 }
 
 impl BackedUp {
-    async fn new(dir: &std::path::Path, user: &str) -> Self {
+    async fn new(dir: &std::path::Path, user: &str, store: Store) -> Self {
         let config = support::config(&dir.join("server"));
-        let server = TestServer::start_with(config.clone()).await;
+        let server = TestServer::start_on(store, config.clone()).await;
         let url = server.url("todo");
         publish_schema(&url, dir).await;
         let a = device(dir, "a", &url, "ann").await;
@@ -495,12 +499,18 @@ impl BackedUp {
         sync_all(&[&a, &b]).await;
         let backup = dir.join("restored");
         std::fs::create_dir(&backup).unwrap();
-        rusqlite::Connection::open(dir.join("server/todo.db"))
-            .unwrap()
-            .execute("VACUUM INTO ?1", [backup.join("todo.db").to_str().unwrap()])
-            .unwrap();
+        match server.cluster() {
+            Some(cluster) => cluster.back_up("postgres", "backup").unwrap(),
+            None => {
+                rusqlite::Connection::open(dir.join("server/todo.db"))
+                    .unwrap()
+                    .execute("VACUUM INTO ?1", [backup.join("todo.db").to_str().unwrap()])
+                    .unwrap();
+            }
+        }
         Self {
             server,
+            store,
             config,
             url,
             a,
@@ -514,9 +524,18 @@ impl BackedUp {
     async fn restore(self) -> (TestServer, String, SyncDb, SyncDb) {
         let mut config = self.config;
         config.listen = self.server.address();
-        config.data = self.backup;
-        self.server.stop().await;
-        let server = TestServer::start_with(config).await;
+        let server = match self.store {
+            Store::Sqlite => {
+                config.data = self.backup;
+                self.server.stop().await;
+                TestServer::start_with(config).await
+            }
+            Store::Postgres => {
+                let cluster = self.server.stop_keeping_cluster().await.unwrap();
+                cluster.restore("postgres", "backup").unwrap();
+                TestServer::start_on_cluster(cluster, config).await
+            }
+        };
         (server, self.url, self.a, self.b)
     }
 }
@@ -524,10 +543,9 @@ impl BackedUp {
 /// A server whose database file is replaced by an older copy (restored from a
 /// backup) has lost changes it had acknowledged: the devices that made them
 /// send them again at their next sync, and nothing any device holds is lost.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn devices_send_again_what_a_server_restored_from_a_backup_lost() {
+async fn devices_send_again_what_a_server_restored_from_a_backup_lost(store: Store) {
     let dir = tempfile::tempdir().unwrap();
-    let backed_up = BackedUp::new(dir.path(), "bob").await;
+    let backed_up = BackedUp::new(dir.path(), "bob", store).await;
     backed_up
         .a
         .insert(&todo("after the backup, from a"))
@@ -866,10 +884,9 @@ async fn a_fetch_in_flight_at_a_logout_does_not_bring_the_old_users_rows_back() 
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_device_past_a_server_restored_from_a_backup_misses_nothing_written_after() {
+async fn a_device_past_a_server_restored_from_a_backup_misses_nothing_written_after(store: Store) {
     let dir = tempfile::tempdir().unwrap();
-    let backed_up = BackedUp::new(dir.path(), "dee").await;
+    let backed_up = BackedUp::new(dir.path(), "dee", store).await;
     // d's receive cursor goes past what the backup holds.
     for i in 0..20 {
         let a = &backed_up.a;
@@ -898,3 +915,8 @@ async fn a_device_past_a_server_restored_from_a_backup_misses_nothing_written_af
     );
     server.stop().await;
 }
+
+support::on_each_store!(
+    devices_send_again_what_a_server_restored_from_a_backup_lost,
+    a_device_past_a_server_restored_from_a_backup_misses_nothing_written_after,
+);
