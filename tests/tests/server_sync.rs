@@ -387,15 +387,14 @@ async fn a_refused_long_poll_is_a_transient_error() {
 /// A device's file copied to another device: the copy takes a new site id,
 /// and both sync as devices of their own, including what the original had not
 /// sent yet when it was copied.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_copied_file_with_a_new_site_id_syncs_as_a_device_of_its_own() {
+async fn a_copied_file_with_a_new_site_id_syncs_as_a_device_of_its_own(store: Store) {
     let Copied {
         dir,
         server,
         url,
         a,
         b,
-    } = Copied::new(&["not sent when copied"]).await;
+    } = Copied::new(&["not sent when copied"], store).await;
     b.new_site_id().await.unwrap();
 
     a.insert(&todo("from a")).await.unwrap();
@@ -417,8 +416,7 @@ async fn a_copied_file_with_a_new_site_id_syncs_as_a_device_of_its_own() {
 /// server has versions of its site id beyond its own, so it takes a new site
 /// id at its next sync, and gets back every change it had sent after the
 /// backup, with what it writes now.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_device_restored_from_a_backup_gets_back_what_it_sent_after_it() {
+async fn a_device_restored_from_a_backup_gets_back_what_it_sent_after_it(store: Store) {
     // `b` is a backup of `a`'s file, put back in place of it later.
     let Copied {
         dir,
@@ -426,7 +424,7 @@ async fn a_device_restored_from_a_backup_gets_back_what_it_sent_after_it() {
         url,
         a: phone,
         b: restored,
-    } = Copied::new(&[]).await;
+    } = Copied::new(&[], store).await;
     phone.insert(&todo("after the backup")).await.unwrap();
     phone.insert(&todo("also after")).await.unwrap();
     phone.sync().await.unwrap();
@@ -456,9 +454,8 @@ async fn a_device_restored_from_a_backup_gets_back_what_it_sent_after_it() {
 }
 
 /// A copy that syncs after its original went further is noticed the same way.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_copied_file_behind_its_original_takes_a_new_site_id_on_its_own() {
-    let Copied { server, a, b, .. } = Copied::new(&[]).await;
+async fn a_copied_file_behind_its_original_takes_a_new_site_id_on_its_own(store: Store) {
+    let Copied { server, a, b, .. } = Copied::new(&[], store).await;
     for title in ["from a", "from a again"] {
         a.insert(&todo(title)).await.unwrap();
     }
@@ -582,8 +579,7 @@ async fn devices_send_again_what_a_server_restored_from_a_backup_lost(store: Sto
 /// Two copies of one file that both wrote before either synced: whichever
 /// syncs first, the server notices the second one under the same site id,
 /// remembers the id as reused, and both copies take new ones; they converge.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn copies_that_both_wrote_before_syncing_converge_through_the_server() {
+async fn copies_that_both_wrote_before_syncing_converge_through_the_server(store: Store) {
     for copy_first in [true, false] {
         let Copied {
             dir,
@@ -591,7 +587,7 @@ async fn copies_that_both_wrote_before_syncing_converge_through_the_server() {
             url,
             a,
             b,
-        } = Copied::new(&[]).await;
+        } = Copied::new(&[], store).await;
         a.insert(&todo("from a")).await.unwrap();
         // The copy goes further than its original.
         for title in ["from b", "from b again", "and again"] {
@@ -917,6 +913,10 @@ async fn a_device_past_a_server_restored_from_a_backup_misses_nothing_written_af
 }
 
 support::on_each_store!(
+    a_copied_file_with_a_new_site_id_syncs_as_a_device_of_its_own,
+    a_device_restored_from_a_backup_gets_back_what_it_sent_after_it,
+    a_copied_file_behind_its_original_takes_a_new_site_id_on_its_own,
+    copies_that_both_wrote_before_syncing_converge_through_the_server,
     devices_send_again_what_a_server_restored_from_a_backup_lost,
     a_device_past_a_server_restored_from_a_backup_misses_nothing_written_after,
 );

@@ -111,10 +111,11 @@ pub struct Copied {
 }
 
 impl Copied {
-    /// See the type; `before_copy` runs on `a` after its sync, before the copy.
-    pub async fn new(before_copy: &[&str]) -> Self {
+    /// See the type, with the server on `store`; `before_copy` runs on `a`
+    /// after its sync, before the copy.
+    pub async fn new(before_copy: &[&str], store: Store) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let server = TestServer::start(&dir.path().join("server")).await;
+        let server = TestServer::start_on(store, config(&dir.path().join("server"))).await;
         let url = server.url("todo");
         publish_schema(&url, dir.path()).await;
         let a = device(dir.path(), "a", &url, "ann").await;
