@@ -450,9 +450,13 @@ struct RowState {
 }
 
 impl World {
-    async fn new(hostile: Hostile) -> Self {
+    /// A world whose server keeps its databases in SQLite files, or in the
+    /// PostgreSQL database `postgres` (a connection string) names.
+    async fn new(hostile: Hostile, postgres: Option<String>) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let server = policy::server(support::Store::Sqlite, dir.path()).await;
+        let mut config = policy::reading(dir.path(), policy::READ);
+        config.storage.postgres = postgres;
+        let server = TestServer::start_with(config).await;
         let url = server.url("items");
         let admin = policy::open(dir.path(), "admin", Remote::new(&url).api_key(ADMIN_KEY)).await;
         let mut devices = Vec::new();
@@ -1269,7 +1273,7 @@ fn items(view: &BTreeMap<String, RowState>) -> BTreeMap<String, Item> {
         .collect()
 }
 
-fn check(hostile: Hostile, default_cases: u32) {
+fn check(hostile: Hostile, default_cases: u32, store: support::Store) {
     let cases = std::env::var("SYNCED_HOSTILE_CASES")
         .ok()
         .and_then(|c| c.parse().ok())
@@ -1279,14 +1283,37 @@ fn check(hostile: Hostile, default_cases: u32) {
         .enable_all()
         .build()
         .unwrap();
+    // On PostgreSQL, one cluster, a database of its own for each script.
+    let cluster = (store == support::Store::Postgres)
+        .then(|| synced_testkit::postgres::Postgres::start().expect("a PostgreSQL cluster starts"));
+    let case = std::cell::Cell::new(0u32);
     let mut runner = TestRunner::new(Config {
         cases,
         ..Config::default()
     });
     runner
         .run(&script(), |steps| {
+            case.set(case.get() + 1);
             runtime.block_on(async {
-                let mut world = World::new(hostile).await;
+                let postgres = match &cluster {
+                    Some(cluster) => {
+                        let name = format!("case{}", case.get());
+                        let (client, connection) = tokio_postgres::connect(
+                            &cluster.connection_string("postgres"),
+                            tokio_postgres::NoTls,
+                        )
+                        .await
+                        .unwrap();
+                        tokio::spawn(connection);
+                        client
+                            .batch_execute(&format!("CREATE DATABASE {name}"))
+                            .await
+                            .unwrap();
+                        Some(cluster.connection_string(&name))
+                    }
+                    None => None,
+                };
+                let mut world = World::new(hostile, postgres).await;
                 for step in &steps {
                     world.run(step).await;
                 }
@@ -1303,10 +1330,17 @@ fn check(hostile: Hostile, default_cases: u32) {
 
 #[test]
 fn a_hostile_users_pushes_change_nothing_other_users_observe() {
-    check(Hostile::User, 40);
+    check(Hostile::User, 40, support::Store::Sqlite);
+}
+
+/// The same against a server on PostgreSQL (fewer scripts: each has a
+/// database of its own).
+#[test]
+fn a_hostile_users_pushes_change_nothing_other_users_observe_on_postgresql() {
+    check(Hostile::User, 12, support::Store::Postgres);
 }
 
 #[test]
 fn a_hostile_peers_payloads_never_stop_a_device_syncing() {
-    check(Hostile::Peer, 40);
+    check(Hostile::Peer, 40, support::Store::Sqlite);
 }

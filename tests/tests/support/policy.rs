@@ -29,19 +29,28 @@ pub fn item(owner: &str, shared: bool, title: &str) -> Item {
     }
 }
 
+/// What users read of the `items` table: the rows they own or share.
+pub const READ: &str = "owner_id = $user_id OR shared = 1";
+
 /// A server on `store` whose `items` table users read by owner or sharing.
 pub async fn server(store: Store, dir: &std::path::Path) -> TestServer {
-    server_with(store, dir, "owner_id = $user_id OR shared = 1").await
+    server_with(store, dir, READ).await
 }
 
 /// A server on `store` whose `items` table users read through `read` and
 /// write when they own the row.
 pub async fn server_with(store: Store, dir: &std::path::Path, read: &str) -> TestServer {
+    TestServer::start_on(store, reading(dir, read)).await
+}
+
+/// The configuration of a server (data in `dir/server`) whose `items`
+/// table users read through `read` and write when they own the row.
+pub fn reading(dir: &std::path::Path, read: &str) -> sync_server::Config {
     let policies = TablePolicies {
         read: Some(read.into()),
         write: Some("owner_id = $user_id".into()),
     };
-    TestServer::start_on(store, items_config(dir, policies)).await
+    items_config(dir, policies)
 }
 
 /// The configuration of a server (data in `dir/server`) whose `items` table has
