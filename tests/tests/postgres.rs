@@ -1279,3 +1279,76 @@ fn a_column_added_and_its_default_changed_on_postgresql_read_as_on_sqlite() {
         assert_eq!(received[0].len(), 3);
     });
 }
+
+/// A push of many new rows (copied into PostgreSQL rather than inserted)
+/// leaves the same rows and clocks as on SQLite, every type and NULL
+/// included.
+#[test]
+fn many_new_rows_are_copied_in_as_sqlite_stores_them() {
+    let cluster = Postgres::start().expect("a PostgreSQL cluster starts");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.db");
+        let sqlite = Replica::new(SyncDb::open(&path).await.unwrap());
+        let postgres = PgReplica::open(&cluster.connection_string("postgres"), "copied")
+            .await
+            .unwrap();
+        let schemas = vec![Item::SCHEMA.clone(), Pair::SCHEMA.clone()];
+        sqlite.publish(schemas.clone()).await.unwrap();
+        postgres.publish(schemas).await.unwrap();
+        let device = item_device().await;
+        device.register::<Pair>().await.unwrap();
+        for i in 0..300i64 {
+            let item = Item {
+                id: SyncId::new(),
+                title: format!("ünïcode {i} '\"\\"),
+                qty: i - 150,
+                price: i as f64 / 7.0,
+                data: (0..(i % 5) as u8).collect(),
+                note: (i % 3 == 0).then(|| format!("note {i}")),
+            };
+            device.insert(&item).await.unwrap();
+            let pair = Pair {
+                a: format!("{i}"),
+                b: i,
+                val: (i % 2 == 0).then_some(i),
+            };
+            device.insert(&pair).await.unwrap();
+        }
+        let payload = device.export_local_changes(Since::Beginning).await.unwrap();
+        let decoded = wire::decode(&payload).unwrap();
+        let a = sqlite
+            .apply_push(decoded.clone(), device.site_id())
+            .await
+            .unwrap();
+        let b = postgres
+            .apply_push(decoded, device.site_id())
+            .await
+            .unwrap();
+        assert_eq!(a.applied, b.applied);
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let (client, connection) =
+            tokio_postgres::connect(&cluster.connection_string("postgres"), NoTls)
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        for (table, keys, values, number) in TABLES {
+            let (rows, clock) = dumps(table, keys, values, &format!("\"_synced_clock.{table}\""));
+            let (pg_rows, pg_clock) = dumps(
+                &format!("copied.{table}"),
+                keys,
+                values,
+                &format!("copied.\"_synced_clock_{number}\""),
+            );
+            let rows = sqlite_dump(&conn, &rows);
+            assert_eq!(rows.len(), 300);
+            assert_eq!(rows, pg_dump(&client, &pg_rows).await, "rows of {table}");
+            assert_eq!(
+                sqlite_dump(&conn, &clock),
+                pg_dump(&client, &pg_clock).await,
+                "clocks of {table}"
+            );
+        }
+    });
+}

@@ -252,12 +252,17 @@ pub(crate) struct TableSql {
     /// Inserts whole rows given as one array per column, none of which may
     /// exist.
     pub(crate) insert_rows: String,
+    /// Inserts whole rows, none of which may exist, copied in (see
+    /// `storage::COPIED`).
+    pub(crate) copy_rows: String,
     /// Writes whole rows given as one array per column: inserts, or updates
     /// the row of the same key.
     pub(crate) write_rows: String,
     /// Inserts whole clocks given as one array per clock column, none of
     /// which may exist.
     pub(crate) insert_clocks: String,
+    /// Inserts whole clocks, none of which may exist, copied in.
+    pub(crate) copy_clocks: String,
     /// Writes whole clocks given as one array per clock column.
     pub(crate) write_clocks: String,
     /// Deletes a row by key.
@@ -401,6 +406,7 @@ impl TableSql {
         };
         let insert_rows =
             format!("INSERT INTO {app} ({column_list}) SELECT * FROM unnest({arrays})");
+        let copy_rows = format!("COPY {app} ({column_list}) FROM STDIN (FORMAT binary)");
         let write_rows = format!("{insert_rows} ON CONFLICT ({key_list}) {on_conflict}");
         let mut clock_names: Vec<String> = keys.iter().map(|c| ident(&c.name)).collect();
         clock_names.extend(["_synced_cl", "_synced_dv", "_synced_created"].map(String::from));
@@ -423,6 +429,10 @@ impl TableSql {
             .join(", ");
         let insert_clocks = format!(
             "INSERT INTO {clock} ({}) SELECT * FROM unnest({clock_arrays})",
+            clock_names.join(", ")
+        );
+        let copy_clocks = format!(
+            "COPY {clock} ({}) FROM STDIN (FORMAT binary)",
             clock_names.join(", ")
         );
         let write_clocks =
@@ -470,8 +480,10 @@ impl TableSql {
             read_clocks,
             read_rows,
             insert_rows,
+            copy_rows,
             write_rows,
             insert_clocks,
+            copy_clocks,
             write_clocks,
             delete: format!("DELETE FROM {app} WHERE {by_key}"),
             delete_clock: format!("DELETE FROM {clock} WHERE {by_key}"),

@@ -11,6 +11,7 @@ use std::collections::{HashMap, HashSet};
 
 use tokio::runtime::Handle;
 use tokio_postgres::Client;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::ToSql;
 
 use super::sql::{self, TableSql};
@@ -99,6 +100,10 @@ impl<T> Gathered<T> {
     }
 }
 
+/// The fewest new rows (or clocks) copied in rather than inserted: `COPY`
+/// costs PostgreSQL less a row, and a round trip more.
+const COPIED: usize = 64;
+
 /// The most rows gathered before they are written: a statement's arrays stay
 /// a few megabytes.
 const GATHERED: usize = 4096;
@@ -161,7 +166,7 @@ impl<'a> PgStorage<'a> {
             std::mem::take(&mut t.clocks.written),
         ];
         let t = &self.tables[table];
-        for (rows, statement) in rows.iter().zip([&t.sql.insert_rows, &t.sql.write_rows]) {
+        for (new, rows) in [true, false].into_iter().zip(&rows) {
             if rows.is_empty() {
                 continue;
             }
@@ -177,13 +182,14 @@ impl<'a> PgStorage<'a> {
                     arrays.push(i, value.unwrap_or(&Value::Null))?;
                 }
             }
-            self.execute(statement, &arrays.params())?;
+            self.write_set(
+                new,
+                [&t.sql.insert_rows, &t.sql.copy_rows, &t.sql.write_rows],
+                &arrays,
+            )?;
         }
         let numbers = 3 + 2 * t.schema.value_columns().count();
-        for (clocks, statement) in clocks
-            .iter()
-            .zip([&t.sql.insert_clocks, &t.sql.write_clocks])
-        {
+        for (new, clocks) in [true, false].into_iter().zip(&clocks) {
             if clocks.is_empty() {
                 continue;
             }
@@ -201,7 +207,41 @@ impl<'a> PgStorage<'a> {
                     arrays.push_integer(key.len() + i, number)?;
                 }
             }
-            self.execute(statement, &arrays.params())?;
+            let statements = [
+                &t.sql.insert_clocks,
+                &t.sql.copy_clocks,
+                &t.sql.write_clocks,
+            ];
+            self.write_set(new, statements, &arrays)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the set of rows (or clocks) `arrays` holds: those that are
+    /// `new` inserted (by `insert`, or by `copy` for a large set), the others
+    /// by `write`.
+    fn write_set(
+        &self,
+        new: bool,
+        [insert, copy, write]: [&String; 3],
+        arrays: &Arrays,
+    ) -> Result<()> {
+        if !new {
+            self.execute(write, &arrays.params())?;
+        } else if arrays.len() < COPIED {
+            self.execute(insert, &arrays.params())?;
+        } else {
+            self.runtime
+                .block_on(async {
+                    let sink = self.client.copy_in(copy.as_str()).await?;
+                    let writer = BinaryCopyInWriter::new(sink, &arrays.types());
+                    let mut writer = std::pin::pin!(writer);
+                    for row in 0..arrays.len() {
+                        writer.as_mut().write(&arrays.row(row)).await?;
+                    }
+                    writer.finish().await
+                })
+                .map_err(pg_error)?;
         }
         Ok(())
     }

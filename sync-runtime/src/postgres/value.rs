@@ -2,7 +2,7 @@
 //! rows, and a column of a result row back into a [`Value`].
 
 use tokio_postgres::Row;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 
 use crate::error::{Error, Result};
 use crate::schema::TableSchema;
@@ -71,6 +71,45 @@ impl<'v> Arrays<'v> {
             }
         }
         Ok(())
+    }
+
+    /// How many rows they hold.
+    pub(crate) fn len(&self) -> usize {
+        match self.columns.first() {
+            Some(Column::Integer(v)) => v.len(),
+            Some(Column::Real(v)) => v.len(),
+            Some(Column::Text(v)) => v.len(),
+            Some(Column::Blob(v)) => v.len(),
+            None => 0,
+        }
+    }
+
+    /// The PostgreSQL type of each column's values.
+    pub(crate) fn types(&self) -> Vec<Type> {
+        self.columns
+            .iter()
+            .map(|column| match column {
+                Column::Integer(_) => Type::INT8,
+                Column::Real(_) => Type::FLOAT8,
+                Column::Text(_) => Type::TEXT,
+                Column::Blob(_) => Type::BYTEA,
+            })
+            .collect()
+    }
+
+    /// Row `row`: its value in each column.
+    pub(crate) fn row(&self, row: usize) -> Vec<&(dyn ToSql + Sync)> {
+        self.columns
+            .iter()
+            .map(|column| -> &(dyn ToSql + Sync) {
+                match column {
+                    Column::Integer(v) => &v[row],
+                    Column::Real(v) => &v[row],
+                    Column::Text(v) => &v[row],
+                    Column::Blob(v) => &v[row],
+                }
+            })
+            .collect()
     }
 
     /// The arrays as a statement's parameters.
