@@ -1352,3 +1352,68 @@ fn many_new_rows_are_copied_in_as_sqlite_stores_them() {
         }
     });
 }
+
+/// Pulls running while a publication renames a column never read a
+/// descriptor their tables no longer match: an export takes the lock that
+/// publications wait for before its snapshot, and none fails.
+#[test]
+fn pulls_during_a_publication_that_renames_a_column_never_fail() {
+    use sync_runtime::{Algorithm, ColumnSchema, SqlType, TableSchema};
+    let cluster = Postgres::start().expect("a PostgreSQL cluster starts");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let postgres = PgReplica::open(&cluster.connection_string("postgres"), "renamed")
+            .await
+            .unwrap();
+        let key = ColumnSchema::new("id", SqlType::Text).primary_key();
+        let title = ColumnSchema::new("title", SqlType::Text).nullable(true);
+        let label = ColumnSchema::new("label", SqlType::Text)
+            .nullable(true)
+            .renamed_from("title");
+        let v1 = TableSchema::new("things", Algorithm::Cls, vec![key.clone(), title]);
+        let v2 = TableSchema::new("things", Algorithm::Cls, vec![key, label]);
+        postgres.publish(vec![v1]).await.unwrap();
+        let (client, connection) =
+            tokio_postgres::connect(&cluster.connection_string("postgres"), NoTls)
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        client
+            .batch_execute(
+                "INSERT INTO renamed.things (id, title) \
+                 SELECT 'row ' || n, 'title ' || n FROM generate_series(1, 200) AS n",
+            )
+            .await
+            .unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut pulls = Vec::new();
+        for _ in 0..4 {
+            let (postgres, stop) = (postgres.clone(), std::sync::Arc::clone(&stop));
+            pulls.push(tokio::spawn(async move {
+                let site = sync_runtime::SiteId::from_bytes(*uuid::Uuid::new_v4().as_bytes());
+                let mut done = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) || done == 0 {
+                    let limits = BatchLimits::default().max_rows(50);
+                    postgres
+                        .export_for_device(site, Cursor::BEGINNING, limits, None)
+                        .await
+                        .map_err(|e| format!("pull {done}: {e}"))?;
+                    done += 1;
+                }
+                Ok::<u32, String>(done)
+            }));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        postgres.publish(vec![v2]).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for pull in pulls {
+            assert!(pull.await.unwrap().unwrap() > 0);
+        }
+        let labels = client
+            .query_one("SELECT count(label) FROM renamed.things", &[])
+            .await
+            .unwrap();
+        assert_eq!(labels.get::<_, i64>(0), 200);
+    });
+}

@@ -13,9 +13,9 @@
 //!   descriptor.
 //!
 //! It all happens in the publication's transaction, which holds the
-//! database's schema lock (see [`sql::schema_lock`]): merges and exports,
-//! which hold it shared, never read a descriptor that their statements'
-//! tables no longer match.
+//! database's schema lock (see [`sql::begin_publishing`]): merges and
+//! exports, which hold it shared, never read a descriptor that their
+//! statements' tables no longer match.
 
 use tokio::runtime::Handle;
 use tokio_postgres::Client;

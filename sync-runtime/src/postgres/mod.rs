@@ -312,14 +312,14 @@ impl PgReplica {
         Ok(Self {
             pool,
             db: Arc::new(Db {
-                schema,
                 site,
                 space,
                 begin: [
-                    sql::begin(space),
-                    sql::begin_export(space),
-                    sql::begin_publishing(space),
+                    sql::begin(&schema),
+                    sql::begin_export(&schema),
+                    sql::begin_publishing(&schema),
                 ],
+                schema,
             }),
             config,
             heard: Arc::default(),

@@ -159,29 +159,37 @@ const BEGIN_EXPORT: &str = "\
     SET LOCAL enable_sort = off; SET LOCAL max_parallel_workers_per_gather = 0; \
     SET LOCAL jit = off";
 
-/// The advisory lock key (beside the lock space) of a database's tables as
-/// their descriptors say them: every transaction of the database holds it
-/// shared from its start ([`begin`], [`begin_export`]), and a publication
-/// alone ([`begin_publishing`]), as it may change the tables (see `evolve`). Below
-/// every other key of the space.
-const SCHEMA_LOCK: i32 = i32::MIN;
+/// The lock on a database's tables as their descriptors say them: every
+/// transaction of the database holds its descriptors' table in `ACCESS
+/// SHARE` mode from its start ([`begin`], [`begin_export`]), and a
+/// publication in `ACCESS EXCLUSIVE` mode ([`begin_publishing`]), as it may
+/// change the tables (see `evolve`). A table lock rather than an advisory
+/// one: taken before the transaction's first query, it comes before the
+/// snapshot of an export (whose view of the data is frozen by its first
+/// query), which then sees what the publication committed.
+fn schema_lock(schema: &str, mode: &str) -> String {
+    format!("LOCK TABLE {schema}._synced_tables IN {mode} MODE")
+}
 
-/// Begins a transaction on the database of lock space `space`.
-pub(crate) fn begin(space: i64) -> String {
-    format!("BEGIN; SELECT pg_advisory_xact_lock_shared({space}, {SCHEMA_LOCK})")
+/// Begins a transaction on the database of PostgreSQL schema `schema`.
+pub(crate) fn begin(schema: &str) -> String {
+    format!("BEGIN; {}", schema_lock(schema, "ACCESS SHARE"))
 }
 
 /// Begins an export's transaction (see [`BEGIN_EXPORT`]) on the database of
-/// lock space `space`.
-pub(crate) fn begin_export(space: i64) -> String {
-    format!("{BEGIN_EXPORT}; SELECT pg_advisory_xact_lock_shared({space}, {SCHEMA_LOCK})")
+/// PostgreSQL schema `schema`.
+pub(crate) fn begin_export(schema: &str) -> String {
+    format!("{BEGIN_EXPORT}; {}", schema_lock(schema, "ACCESS SHARE"))
 }
 
-/// Begins a publication's transaction on the database of lock space
-/// `space`: one at a time, whatever process publishes, and none while any
+/// Begins a publication's transaction on the database of PostgreSQL schema
+/// `schema`: one at a time, whatever process publishes, and none while any
 /// other transaction of the database is open.
-pub(crate) fn begin_publishing(space: i64) -> String {
-    format!("BEGIN; {CREATION_LOCK} SELECT pg_advisory_xact_lock({space}, {SCHEMA_LOCK})")
+pub(crate) fn begin_publishing(schema: &str) -> String {
+    format!(
+        "BEGIN; {CREATION_LOCK} {}",
+        schema_lock(schema, "ACCESS EXCLUSIVE")
+    )
 }
 
 /// The lowest floor (see [`hold_floor`]) of the transactions of lock space
