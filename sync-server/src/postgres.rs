@@ -139,9 +139,7 @@ impl Database for PgDatabase {
     ) -> BoxFuture<'_, Result<(PushAck, i64)>> {
         Box::pin(async move {
             let db = self.db.serving(view);
-            let reads_all = access
-                .as_ref()
-                .is_none_or(|access| access.read.allows_everything());
+            let reads_all = PushAccess::reads_all(access.as_ref());
             let pushed = match access {
                 None => db.apply_push(payload, site).await,
                 Some(PushAccess { write, read }) => {

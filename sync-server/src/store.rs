@@ -78,6 +78,16 @@ pub struct PushAccess {
     pub read: RowFilters,
 }
 
+impl PushAccess {
+    /// Whether a push with `access` (none: an API key's) comes from a device
+    /// that reads every row: it holds every change of its push's versions;
+    /// one that does not may have written rows it may not read, which its
+    /// pulls take away.
+    pub fn reads_all(access: Option<&Self>) -> bool {
+        access.is_none_or(|access| access.read.allows_everything())
+    }
+}
+
 /// One database: a replica that accepts pushes and serves pulls.
 pub trait Database: Send + Sync + 'static {
     /// Merges a payload that device `site` pushed, decoded (only its own changes; see
@@ -556,12 +566,7 @@ impl Database for SqliteDatabase {
         Box::pin(async move {
             let db = self.db.serving(view);
             let forgotten = lock(&self.seen).forgotten;
-            // A device that reads every row holds every change of its push's
-            // versions; one that does not may have written rows it may not
-            // read, which its pulls take away.
-            let reads_all = access
-                .as_ref()
-                .is_none_or(|access| access.read.allows_everything());
+            let reads_all = PushAccess::reads_all(access.as_ref());
             let pushed = match access {
                 None => db.apply_push(payload, site).await,
                 Some(PushAccess { write, read }) => {

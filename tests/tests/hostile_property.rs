@@ -1298,13 +1298,7 @@ fn check(hostile: Hostile, default_cases: u32, store: support::Store) {
                 let postgres = match &cluster {
                     Some(cluster) => {
                         let name = format!("case{}", case.get());
-                        let (client, connection) = tokio_postgres::connect(
-                            &cluster.connection_string("postgres"),
-                            tokio_postgres::NoTls,
-                        )
-                        .await
-                        .unwrap();
-                        tokio::spawn(connection);
+                        let client = support::connect(cluster, "postgres").await;
                         client
                             .batch_execute(&format!("CREATE DATABASE {name}"))
                             .await

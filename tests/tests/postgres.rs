@@ -223,11 +223,7 @@ async fn run(
             cursors: [Cursor::BEGINNING, Cursor::BEGINNING],
         });
     }
-    let (client, connection) =
-        tokio_postgres::connect(&cluster.connection_string("postgres"), NoTls)
-            .await
-            .unwrap();
-    tokio::spawn(connection);
+    let client = support::connect(cluster, "postgres").await;
     for (index, step) in steps.iter().enumerate() {
         // Alike before each step, but for local versions (see below).
         let when = format!("before step {index}");
@@ -584,11 +580,7 @@ fn concurrent_pushes_lose_nothing_and_pulls_pass_no_late_commit() {
         for (payload, site) in pushed {
             sqlite.apply_push(payload, site).await.unwrap();
         }
-        let (client, connection) =
-            tokio_postgres::connect(&cluster.connection_string("postgres"), NoTls)
-                .await
-                .unwrap();
-        tokio::spawn(connection);
+        let client = support::connect(&cluster, "postgres").await;
         let (_, keys, values, _) = TABLES[0];
         let (rows, clock) = dumps("items", keys, values, "\"_synced_clock.items\"");
         let (pg_rows, pg_clock) = dumps("busy.items", keys, values, "busy.\"_synced_clock_1\"");
@@ -1021,12 +1013,8 @@ fn postgresql_orders_values_as_sqlite_does() {
             )
             .await
             .unwrap();
-        let (client, connection) =
-            tokio_postgres::connect(&cluster.connection_string("ordered"), NoTls)
-                .await
-                .unwrap();
-        tokio::spawn(connection);
-        client
+
+        support::connect(&cluster, "ordered").await
     });
     let mut runner = TestRunner::new(Config {
         cases,
@@ -1203,11 +1191,7 @@ fn a_column_added_and_its_default_changed_on_postgresql_read_as_on_sqlite() {
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let sqlite = Replica::new(SyncDb::open(dir.path().join("server.db")).await.unwrap());
-        let (client, connection) =
-            tokio_postgres::connect(&cluster.connection_string("postgres"), NoTls)
-                .await
-                .unwrap();
-        tokio::spawn(connection);
+        let client = support::connect(&cluster, "postgres").await;
         let key = ColumnSchema::new("id", SqlType::Text).primary_key();
         let rank = ColumnSchema::new("rank", SqlType::Integer).default_sql("5");
         let versions = [
@@ -1328,11 +1312,7 @@ fn many_new_rows_are_copied_in_as_sqlite_stores_them() {
             .unwrap();
         assert_eq!(a.applied, b.applied);
         let conn = rusqlite::Connection::open(&path).unwrap();
-        let (client, connection) =
-            tokio_postgres::connect(&cluster.connection_string("postgres"), NoTls)
-                .await
-                .unwrap();
-        tokio::spawn(connection);
+        let client = support::connect(&cluster, "postgres").await;
         for (table, keys, values, number) in TABLES {
             let (rows, clock) = dumps(table, keys, values, &format!("\"_synced_clock.{table}\""));
             let (pg_rows, pg_clock) = dumps(
@@ -1373,11 +1353,7 @@ fn pulls_during_a_publication_that_renames_a_column_never_fail() {
         let v1 = TableSchema::new("things", Algorithm::Cls, vec![key.clone(), title]);
         let v2 = TableSchema::new("things", Algorithm::Cls, vec![key, label]);
         postgres.publish(vec![v1]).await.unwrap();
-        let (client, connection) =
-            tokio_postgres::connect(&cluster.connection_string("postgres"), NoTls)
-                .await
-                .unwrap();
-        tokio::spawn(connection);
+        let client = support::connect(&cluster, "postgres").await;
         client
             .batch_execute(
                 "INSERT INTO renamed.things (id, title) \

@@ -27,7 +27,6 @@ use sync_runtime::postgres::PgReplica;
 use sync_runtime::server::{Replica, Versions, View};
 use sync_runtime::{BatchLimits, Cursor, Since, SyncDb, SyncId, Synced, TableSchema};
 use synced_testkit::postgres::Postgres;
-use tokio_postgres::NoTls;
 
 /// One device: its copy that syncs with the server on SQLite and its copy
 /// that syncs with the server on PostgreSQL, what each pushed up to and its
@@ -212,11 +211,7 @@ async fn run(
     }
 
     let conn = rusqlite::Connection::open(&path).unwrap();
-    let (client, connection) =
-        tokio_postgres::connect(&cluster.connection_string("postgres"), NoTls)
-            .await
-            .unwrap();
-    tokio::spawn(connection);
+    let client = support::connect(cluster, "postgres").await;
     let layout: [(&str, &[&str], &[&str], i64); 3] = [
         (
             "items",

@@ -25,19 +25,6 @@ async fn servers<const N: usize>(cluster: &Postgres, dir: &std::path::Path) -> [
         .unwrap_or_else(|_| unreachable!("{N} servers started"))
 }
 
-/// A connection to the PostgreSQL database of `cluster`, to look at it as an
-/// operator would.
-async fn connect(cluster: &Postgres) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(
-        &cluster.connection_string("postgres"),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
-    client
-}
-
 /// Two servers sharing one PostgreSQL database: a device on each, what one
 /// writes the other receives, through a sync and through a long-poll woken
 /// by a commit made through the other server.
@@ -182,7 +169,7 @@ async fn unknown_database_names_open_no_connections() {
     let dir = tempfile::tempdir().unwrap();
     let [server] = servers(&cluster, dir.path()).await;
     publish_schema(&server.url("todo"), dir.path()).await;
-    let client = connect(&cluster).await;
+    let client = support::connect(&cluster, "postgres").await;
     // Sessions started so far, counted once they end or report.
     let sessions = async || -> i64 {
         client
@@ -275,7 +262,7 @@ async fn databases_share_their_connections() {
         db.insert(&todo("one")).await.unwrap();
         db.sync().await.unwrap();
     }
-    let client = connect(&cluster).await;
+    let client = support::connect(&cluster, "postgres").await;
     let open: i64 = client
         .query_one(
             "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'",
@@ -308,7 +295,7 @@ async fn a_table_evolves_on_postgresql_and_a_backend_writes_its_new_columns() {
     synced_testkit::publish_schema::<TodoV2>(&url)
         .await
         .unwrap();
-    let client = connect(&cluster).await;
+    let client = support::connect(&cluster, "postgres").await;
     let read = client
         .query_one(
             "SELECT label, priority, due, note FROM todo.todos WHERE id = $1",

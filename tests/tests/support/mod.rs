@@ -65,6 +65,20 @@ pub struct TodoV2 {
     pub priority: i64,
 }
 
+/// A connection to database `database` of `cluster`, to look at it (or
+/// write to it) as an operator or a backend would.
+pub async fn connect(
+    cluster: &synced_testkit::postgres::Postgres,
+    database: &str,
+) -> tokio_postgres::Client {
+    let (client, connection) =
+        tokio_postgres::connect(&cluster.connection_string(database), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
 /// Creates the server database at `url` with the `Todo` schema, as an admin does.
 pub async fn publish_schema(url: &str, _dir: &Path) {
     synced_testkit::publish_schema::<Todo>(url).await.unwrap();
