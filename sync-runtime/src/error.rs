@@ -432,9 +432,10 @@ impl Error {
     }
 
     /// Whether PostgreSQL ended the transaction to break a deadlock or for a
-    /// serialization failure: the same transaction tried again may commit.
+    /// serialization failure (or a store gave up on one it tried again each
+    /// time so): the same request tried again may succeed.
     #[cfg(feature = "postgres")]
-    pub(crate) fn may_retry(&self) -> bool {
+    pub fn may_retry(&self) -> bool {
         matches!(self, Error::Postgres { code: Some(code), .. } if code == "40P01" || code == "40001")
     }
 }

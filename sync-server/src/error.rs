@@ -140,6 +140,9 @@ impl Error {
                 | R::NotANumber { .. }
                 | R::InvalidKey { .. }
                 | R::NotRegistered { .. } => StatusCode::BAD_REQUEST,
+                // PostgreSQL ended the request's transaction for a conflict
+                // with others (again at each retry): it may be made again.
+                e if e.may_retry() => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
             Error::Config(_) | Error::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
@@ -213,4 +216,31 @@ pub(crate) fn error_response(status: StatusCode, code: &str, message: String) ->
         message,
     };
     (status, Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A transaction PostgreSQL ended for a conflict (a deadlock, a
+    /// serialization failure) is answered 503, to be made again; any other
+    /// PostgreSQL error is the server's.
+    #[test]
+    fn a_conflict_in_postgresql_is_a_request_to_try_again() {
+        let postgres = |code: Option<&str>| {
+            Error::Runtime(sync_runtime::Error::Postgres {
+                code: code.map(str::to_owned),
+                message: "m".into(),
+            })
+        };
+        for code in ["40001", "40P01"] {
+            assert_eq!(
+                postgres(Some(code)).status(),
+                StatusCode::SERVICE_UNAVAILABLE
+            );
+        }
+        for code in [None, Some("23505")] {
+            assert_eq!(postgres(code).status(), StatusCode::INTERNAL_SERVER_ERROR);
+        }
+    }
 }

@@ -610,8 +610,10 @@ impl PgReplica {
                 return Ok((batch, seen));
             }
         }
+        // A conflict with the device's own pushes, which a later pull does
+        // not meet: said as a serialization failure (see `Error::may_retry`).
         Err(Error::Postgres {
-            code: None,
+            code: Some("40001".into()),
             message: format!(
                 "device {device} pushed during each of {ATTEMPTS} filtered pulls; it may pull again"
             ),

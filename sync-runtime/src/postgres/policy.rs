@@ -14,7 +14,7 @@
 //! anything else (another table, a subquery, the rowid) is refused when the
 //! server starts ([`check`]).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use rusqlite::Connection;
@@ -30,8 +30,17 @@ use crate::value::Value;
 /// documentation).
 pub(crate) struct Evaluator {
     conn: Connection,
-    /// The tables created, by lowercase name.
-    tables: HashSet<String>,
+    /// The tables created, by name.
+    tables: HashMap<String, Table>,
+}
+
+/// A table of an [`Evaluator`]: the statements that put a row in and take
+/// it out again, and the query of each filter judged on it (see
+/// [`judged`]), by the filter's SQL.
+struct Table {
+    insert: String,
+    delete: String,
+    queries: HashMap<String, String>,
 }
 
 impl Evaluator {
@@ -42,16 +51,29 @@ impl Evaluator {
         conn.set_prepared_statement_cache_capacity(64);
         Ok(Self {
             conn,
-            tables: HashSet::new(),
+            tables: HashMap::new(),
         })
     }
 
     /// Creates the table of `schema`, the first time.
     fn table(&mut self, schema: &TableSchema) -> Result<()> {
-        if self.tables.insert(schema.name.to_ascii_lowercase()) {
+        if !self.tables.contains_key(schema.name.as_ref()) {
             self.conn
                 .execute_batch(&sql::evaluation_table(schema))
                 .map_err(|e| invalid(schema, e.to_string()))?;
+            let table = ident(&schema.name);
+            let columns: Vec<String> = schema.columns.iter().map(|c| ident(&c.name)).collect();
+            let slots: Vec<String> = (1..=columns.len()).map(|i| format!("?{i}")).collect();
+            let made = Table {
+                insert: format!(
+                    "INSERT INTO {table} ({}) VALUES ({})",
+                    columns.join(", "),
+                    slots.join(", ")
+                ),
+                delete: format!("DELETE FROM {table}"),
+                queries: HashMap::new(),
+            };
+            self.tables.insert(schema.name.to_string(), made);
         }
         Ok(())
     }
@@ -67,24 +89,22 @@ impl Evaluator {
         row: &[Value],
     ) -> Result<bool> {
         self.table(schema)?;
-        let table = ident(&schema.name);
-        let columns: Vec<String> = schema.columns.iter().map(|c| ident(&c.name)).collect();
-        let slots: Vec<String> = (1..=columns.len()).map(|i| format!("?{i}")).collect();
-        self.conn
-            .prepare_cached(&format!(
-                "INSERT INTO {table} ({}) VALUES ({})",
-                columns.join(", "),
-                slots.join(", ")
-            ))?
+        let Self { conn, tables } = self;
+        let table = tables
+            .get_mut(schema.name.as_ref())
+            .unwrap_or_else(|| unreachable!("made above"));
+        if !table.queries.contains_key(filter) {
+            table
+                .queries
+                .insert(filter.to_owned(), judged(schema, filter));
+        }
+        conn.prepare_cached(&table.insert)?
             .execute(rusqlite::params_from_iter(row))?;
-        let passes = self
-            .conn
-            .prepare_cached(&judged(schema, filter))
+        let passes = conn
+            .prepare_cached(&table.queries[filter])
             .and_then(|mut stmt| stmt.exists(rusqlite::params_from_iter(params)));
         // Emptied whatever the filter gave.
-        self.conn
-            .prepare_cached(&format!("DELETE FROM {table}"))?
-            .execute([])?;
+        conn.prepare_cached(&table.delete)?.execute([])?;
         passes.map_err(|e| invalid(schema, e.to_string()))
     }
 }
