@@ -1393,3 +1393,91 @@ fn pulls_during_a_publication_that_renames_a_column_never_fail() {
         assert_eq!(labels.get::<_, i64>(0), 200);
     });
 }
+
+/// A set of keys is looked up one by one only when the table holds a key in
+/// the set's range, its least to its greatest in the key column's order
+/// (bytes' order for text). In a database whose collation orders text
+/// otherwise ('a' before 'B'), keys already there are still found: rows
+/// written again merge as on SQLite rather than being taken for new ones.
+#[test]
+fn keys_already_there_are_found_whatever_the_database_collation() {
+    let cluster = Postgres::start().expect("a PostgreSQL cluster starts");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let admin = support::connect(&cluster, "postgres").await;
+        admin
+            .batch_execute(
+                "CREATE DATABASE worded LOCALE_PROVIDER icu ICU_LOCALE 'en-US' \
+                 TEMPLATE template0",
+            )
+            .await
+            .unwrap();
+        let worded = support::connect(&cluster, "worded").await;
+        let ordered: bool = worded
+            .query_one("SELECT 'a' < 'B'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(ordered, "the database orders text otherwise than bytes");
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.db");
+        let sqlite = Replica::new(SyncDb::open(&path).await.unwrap());
+        let postgres = PgReplica::open(&cluster.connection_string("worded"), "ranged")
+            .await
+            .unwrap();
+        let schemas = vec![Pair::SCHEMA.clone()];
+        sqlite.publish(schemas.clone()).await.unwrap();
+        postgres.publish(schemas).await.unwrap();
+        let device = SyncDb::open_in_memory().await.unwrap();
+        device.register::<Pair>().await.unwrap();
+        let pair = |a: &str, val: i64| Pair {
+            a: a.into(),
+            b: 1,
+            val: Some(val),
+        };
+        // Few rows (one statement each) and many (copied in).
+        for count in [2, 100] {
+            for round in 0..2 {
+                let before = device.db_version().await.unwrap();
+                for i in 0..count {
+                    // Bytes' order: "B…" < "a…"; the database's: "a…" < "B…".
+                    for a in [format!("a{count}-{i}"), format!("B{count}-{i}")] {
+                        if round == 0 && a.starts_with('B') {
+                            continue;
+                        }
+                        device.upsert(&pair(&a, round)).await.unwrap();
+                    }
+                }
+                let since = Since::Version(before);
+                let payload = device.export_local_changes(since).await.unwrap();
+                let decoded = wire::decode(&payload).unwrap();
+                let a = sqlite
+                    .apply_push(decoded.clone(), device.site_id())
+                    .await
+                    .unwrap();
+                let b = postgres
+                    .apply_push(decoded, device.site_id())
+                    .await
+                    .unwrap();
+                assert_eq!(a.applied, b.applied, "{count} rows, round {round}");
+            }
+        }
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let (table, keys, values, _) = TABLES[1];
+        let (rows, clock) = dumps(table, keys, values, &format!("\"_synced_clock.{table}\""));
+        let (pg_rows, pg_clock) = dumps(
+            &format!("ranged.{table}"),
+            keys,
+            values,
+            "ranged.\"_synced_clock_1\"",
+        );
+        let rows = sqlite_dump(&conn, &rows);
+        assert_eq!(rows.len(), 2 * (2 + 100));
+        assert_eq!(rows, pg_dump(&worded, &pg_rows).await);
+        assert_eq!(
+            sqlite_dump(&conn, &clock),
+            pg_dump(&worded, &pg_clock).await
+        );
+    });
+}

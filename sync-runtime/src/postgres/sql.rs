@@ -371,12 +371,14 @@ impl TableSql {
         }
         // Each key looked up through the primary key, whatever the planner
         // believes of the tables' sizes (OFFSET 0 keeps the subquery a
-        // lookup per key rather than a join it may plan as a scan).
+        // lookup per key rather than a join it may plan as a scan); none
+        // when the table holds no key in the set's range.
         let read_clocks = format!(
             "SELECT k.i, c.* FROM {set} CROSS JOIN LATERAL \
-             (SELECT {} FROM {clock} c WHERE {} OFFSET 0) AS c",
+             (SELECT {} FROM {clock} c WHERE {} OFFSET 0) AS c WHERE {}",
             clock_columns.join(", "),
-            join("c")
+            join("c"),
+            any_in_range(clock, keys[0], 1),
         );
         let value_list = values
             .iter()
@@ -458,8 +460,10 @@ impl TableSql {
             .join(", ");
         let lock_rows = format!(
             "SELECT k.i FROM (SELECT * FROM {set} ORDER BY {sorted_keys}) AS k \
-             CROSS JOIN LATERAL (SELECT 1 FROM {app} t WHERE {} FOR UPDATE OF t) AS locked",
-            join("t")
+             CROSS JOIN LATERAL (SELECT 1 FROM {app} t WHERE {} FOR UPDATE OF t) AS locked \
+             WHERE {}",
+            join("t"),
+            any_in_range(&app, keys[0], 1),
         );
         let shifted_arrays = keys
             .iter()
@@ -500,6 +504,28 @@ impl TableSql {
             lock_table,
         }
     }
+}
+
+/// Whether `table` holds a row whose column `first` (a key's first column)
+/// lies between the least and the greatest of the array bound at
+/// `$param`, in the column's order: checked once, through the key's index,
+/// before a set of keys is looked up one by one. A set of new keys past
+/// those already there (time-ordered ids, counters) costs one descent of
+/// the index rather than one per key.
+fn any_in_range(table: &str, first: &ColumnSchema, param: usize) -> String {
+    // The column's order, not the array's: text in bytes' order.
+    let collate = if first.sql_type == SqlType::Text {
+        " COLLATE \"C\""
+    } else {
+        ""
+    };
+    let array = format!("${param}::{}", array_type(first.sql_type));
+    format!(
+        "EXISTS (SELECT 1 FROM {table} r WHERE r.{column} BETWEEN \
+         (SELECT min(v{collate}) FROM unnest({array}) AS v) AND \
+         (SELECT max(v{collate}) FROM unnest({array}) AS v))",
+        column = ident(&first.name),
+    )
 }
 
 /// The advisory lock key of the whole of `table`: held shared by every
