@@ -11,10 +11,10 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use deadpool_postgres::ClientWrapper;
 use tokio::runtime::Handle;
-use tokio_postgres::Client;
 
-use super::{Db, pg_error, sql};
+use super::{Db, sql};
 use crate::error::{Error, Result};
 use crate::filter::NewMark;
 use crate::id::SiteId;
@@ -22,16 +22,21 @@ use crate::merge::storage::Storage as _;
 use crate::server::SharedBatch;
 
 /// Takes reader site ordinal `reader`'s lock until the transaction ends.
-pub(crate) fn lock_reader(client: &Client, runtime: &Handle, db: &Db, reader: i64) -> Result<()> {
+pub(crate) fn lock_reader(
+    client: &ClientWrapper,
+    runtime: &Handle,
+    db: &Db,
+    reader: i64,
+) -> Result<()> {
     let space = i32::try_from(db.space).map_err(|_| Error::Corrupt {
         details: format!("lock space {} is out of range", db.space),
     })?;
-    runtime
-        .block_on(client.execute(
-            "SELECT pg_advisory_xact_lock($1, $2)",
-            &[&space, &sql::reader_lock(reader)],
-        ))
-        .map_err(pg_error)?;
+    super::execute(
+        client,
+        runtime,
+        "SELECT pg_advisory_xact_lock($1, $2)",
+        &[&space, &sql::reader_lock(reader)],
+    )?;
     Ok(())
 }
 
@@ -39,7 +44,7 @@ pub(crate) fn lock_reader(client: &Client, runtime: &Handle, db: &Db, reader: i6
 /// ordinal), in one statement: each replaces the reader's mark of its row
 /// unless that one is from a later export.
 pub(crate) fn record(
-    client: &Client,
+    client: &ClientWrapper,
     runtime: &Handle,
     db: &Db,
     reader: i64,
@@ -51,7 +56,12 @@ pub(crate) fn record(
 
 /// Records marks of readers (each an ordinal, with its mark) as [`record`]
 /// does, in one statement.
-fn record_all(client: &Client, runtime: &Handle, db: &Db, marks: &[(i64, &NewMark)]) -> Result<()> {
+fn record_all(
+    client: &ClientWrapper,
+    runtime: &Handle,
+    db: &Db,
+    marks: &[(i64, &NewMark)],
+) -> Result<()> {
     // One mark a row (the last), as one statement may write a row once.
     let mut last: HashMap<(i64, &str, &[u8]), (i64, i64)> = HashMap::new();
     for (reader, mark) in marks {
@@ -78,9 +88,12 @@ fn record_all(client: &Client, runtime: &Handle, db: &Db, marks: &[(i64, &NewMar
          WHERE excluded.at >= {0}._synced_held.at",
         db.schema
     );
-    runtime
-        .block_on(client.execute(&statement, &[&readers, &tables, &keys, &evicted, &versions]))
-        .map_err(pg_error)?;
+    super::execute(
+        client,
+        runtime,
+        &statement,
+        &[&readers, &tables, &keys, &evicted, &versions],
+    )?;
     Ok(())
 }
 
@@ -88,7 +101,7 @@ fn record_all(client: &Client, runtime: &Handle, db: &Db, marks: &[(i64, &NewMar
 /// for reader `reader` (an ordinal), at version `at`: the rows sent whole
 /// are held, the rows evicted are evicted if held.
 pub(crate) fn restored(
-    client: &Client,
+    client: &ClientWrapper,
     runtime: &Handle,
     db: &Db,
     reader: i64,
@@ -121,9 +134,7 @@ pub(crate) fn restored(
                 db.schema
             )
         };
-        runtime
-            .block_on(client.execute(&statement, &[&reader, &tables, &keys, &at]))
-            .map_err(pg_error)?;
+        super::execute(client, runtime, &statement, &[&reader, &tables, &keys, &at])?;
     }
     Ok(())
 }
@@ -133,7 +144,7 @@ pub(crate) fn restored(
 /// left out, its own export would send the same rows. The marks of each that
 /// takes its batch are recorded as its own. A few statements for them all.
 pub(crate) fn take(
-    client: &Client,
+    client: &ClientWrapper,
     runtime: &Handle,
     db: &Db,
     readers: &[(Arc<SharedBatch>, SiteId)],
@@ -142,18 +153,18 @@ pub(crate) fn take(
         .iter()
         .map(|(_, r)| r.as_bytes().as_slice())
         .collect();
-    let known: HashMap<Vec<u8>, i64> = runtime
-        .block_on(client.query(
-            &format!(
-                "SELECT site_id, ordinal FROM {}._synced_sites WHERE site_id = ANY($1)",
-                db.schema
-            ),
-            &[&sites],
-        ))
-        .map_err(pg_error)?
-        .iter()
-        .map(|row| (row.get(0), row.get(1)))
-        .collect();
+    let known: HashMap<Vec<u8>, i64> = super::query(
+        client,
+        runtime,
+        &format!(
+            "SELECT site_id, ordinal FROM {}._synced_sites WHERE site_id = ANY($1)",
+            db.schema
+        ),
+        &[&sites],
+    )?
+    .iter()
+    .map(|row| (row.get(0), row.get(1)))
+    .collect();
     let ordinal = |site: &SiteId| known.get(site.as_bytes().as_slice()).copied();
     // A reader the site dictionary does not know holds and created nothing.
     let mut takes: Vec<bool> = readers
@@ -175,20 +186,20 @@ pub(crate) fn take(
         }
     }
     if !holders.is_empty() {
-        let holding: HashSet<i64> = runtime
-            .block_on(client.query(
-                &format!(
-                    "SELECT DISTINCT h.site FROM {}._synced_held h \
+        let holding: HashSet<i64> = super::query(
+            client,
+            runtime,
+            &format!(
+                "SELECT DISTINCT h.site FROM {}._synced_held h \
                      JOIN unnest($1::bigint[], $2::text[], $3::bytea[]) AS m(s, t, k) \
                      ON h.site = m.s AND h.tbl = m.t AND h.pk = m.k",
-                    db.schema
-                ),
-                &[&holders, &tables, &keys],
-            ))
-            .map_err(pg_error)?
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
+                db.schema
+            ),
+            &[&holders, &tables, &keys],
+        )?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
         for ((_, reader), takes) in readers.iter().zip(&mut takes) {
             if ordinal(reader).is_some_and(|o| holding.contains(&o)) {
                 *takes = false;

@@ -49,16 +49,35 @@ pub(crate) fn pg_error(error: tokio_postgres::Error) -> Error {
     }
 }
 
-/// Runs `statement` on the connection of `client`, blocking on `runtime`:
-/// the rows it returns.
+/// Runs `statement` on the connection of `client`, prepared once while the
+/// connection keeps it (see [`prepared`]), blocking on `runtime`: the rows
+/// it returns.
 pub(crate) fn query(
-    client: &Client,
+    client: &ClientWrapper,
     runtime: &Handle,
     statement: &str,
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
 ) -> Result<Vec<tokio_postgres::Row>> {
     runtime
-        .block_on(client.query(statement, params))
+        .block_on(async {
+            let prepared = prepared(client, statement).await?;
+            client.query(&prepared, params).await
+        })
+        .map_err(pg_error)
+}
+
+/// [`query`] for a statement that returns no rows: how many it changed.
+pub(crate) fn execute(
+    client: &ClientWrapper,
+    runtime: &Handle,
+    statement: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<u64> {
+    runtime
+        .block_on(async {
+            let prepared = prepared(client, statement).await?;
+            client.execute(&prepared, params).await
+        })
         .map_err(pg_error)
 }
 

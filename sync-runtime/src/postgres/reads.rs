@@ -72,12 +72,7 @@ impl<'a> PgReads<'a> {
         statement: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>> {
-        self.runtime
-            .block_on(async {
-                let prepared = super::prepared(self.client, statement).await?;
-                self.client.query(&prepared, params).await
-            })
-            .map_err(super::pg_error)
+        super::query(self.client, self.runtime, statement, params)
     }
 
     fn clock(&self, schema: &TableSchema) -> Result<&str> {

@@ -4,13 +4,15 @@
 //! pooled connection.
 //!
 //! The merge runs on a blocking thread; each statement blocks on the
-//! runtime's handle, one round trip per set.
+//! runtime's handle, one round trip per set. Statements are prepared once a
+//! connection (see [`super::prepared`]): a merge runs a few dozen, and
+//! preparing each again cost a round trip and a plan.
 
 use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};
 
+use deadpool_postgres::ClientWrapper;
 use tokio::runtime::Handle;
-use tokio_postgres::Client;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::ToSql;
 
@@ -27,7 +29,7 @@ use crate::value::{SqlType, Value};
 /// A database on PostgreSQL as the merge's storage, inside a transaction
 /// open on `client`.
 pub(crate) struct PgStorage<'a> {
-    client: &'a Client,
+    client: &'a ClientWrapper,
     runtime: &'a Handle,
     db: &'a Db,
     tables: Vec<Table>,
@@ -110,7 +112,7 @@ const GATHERED: usize = 4096;
 
 impl<'a> PgStorage<'a> {
     /// The storage of `db`, in the transaction open on `client`.
-    pub(crate) fn new(client: &'a Client, runtime: &'a Handle, db: &'a Db) -> Self {
+    pub(crate) fn new(client: &'a ClientWrapper, runtime: &'a Handle, db: &'a Db) -> Self {
         Self {
             client,
             runtime,
@@ -135,9 +137,7 @@ impl<'a> PgStorage<'a> {
     }
 
     fn execute(&self, statement: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
-        self.runtime
-            .block_on(self.client.execute(statement, params))
-            .map_err(pg_error)
+        super::execute(self.client, self.runtime, statement, params)
     }
 
     /// The last version this transaction took, if it took any.
@@ -233,7 +233,8 @@ impl<'a> PgStorage<'a> {
         } else {
             self.runtime
                 .block_on(async {
-                    let sink = self.client.copy_in(copy.as_str()).await?;
+                    let prepared = super::prepared(self.client, copy).await?;
+                    let sink = self.client.copy_in(&prepared).await?;
                     let writer = BinaryCopyInWriter::new(sink, &arrays.types());
                     let mut writer = std::pin::pin!(writer);
                     for row in 0..arrays.len() {
