@@ -1481,3 +1481,71 @@ fn keys_already_there_are_found_whatever_the_database_collation() {
         );
     });
 }
+
+/// Sets of new rows are copied in by tasks of their own while the merge
+/// goes on: one that PostgreSQL refuses (here for a constraint a backend
+/// added) fails the push with PostgreSQL's error, and nothing of the push is
+/// written; the next push on the same connections merges.
+#[test]
+fn a_set_postgresql_refuses_to_copy_in_fails_the_push_whole() {
+    let cluster = Postgres::start().expect("a PostgreSQL cluster starts");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let postgres = PgReplica::open(&cluster.connection_string("postgres"), "checked")
+            .await
+            .unwrap();
+        postgres.publish(vec![Item::SCHEMA.clone()]).await.unwrap();
+        let admin = support::connect(&cluster, "postgres").await;
+        admin
+            .batch_execute(
+                "ALTER TABLE checked.items ADD CONSTRAINT fit CHECK (title <> 'refused')",
+            )
+            .await
+            .unwrap();
+        let count = |table: &'static str| {
+            let admin = &admin;
+            async move {
+                let statement = format!("SELECT count(*) FROM checked.{table}");
+                admin.query_one(&statement, &[]).await.unwrap().get::<_, i64>(0)
+            }
+        };
+        let item = |i: usize, title: &str| Item {
+            id: SyncId::new(),
+            title: title.into(),
+            qty: i as i64,
+            price: 0.0,
+            data: vec![],
+            note: None,
+        };
+        // The refused row in the first set copied in, the rest merged after.
+        let device = item_device().await;
+        for i in 0..5_000 {
+            let title = if i == 100 { "refused" } else { "fine" };
+            device.insert(&item(i, title)).await.unwrap();
+        }
+        let payload = device.export_local_changes(Since::Beginning).await.unwrap();
+        let refused = postgres
+            .apply_push(wire::decode(&payload).unwrap(), device.site_id())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&refused, sync_runtime::Error::Postgres { code: Some(code), .. } if code == "23514"),
+            "{refused:?}"
+        );
+        assert_eq!(count("items").await, 0, "no row of the refused push");
+        assert_eq!(count("\"_synced_clock_1\"").await, 0, "no clock of it");
+
+        let device = item_device().await;
+        for i in 0..5_000 {
+            device.insert(&item(i, "fine")).await.unwrap();
+        }
+        let payload = device.export_local_changes(Since::Beginning).await.unwrap();
+        let report = postgres
+            .apply_push(wire::decode(&payload).unwrap(), device.site_id())
+            .await
+            .unwrap();
+        assert_eq!(report.applied.ignored, 0);
+        assert_eq!(count("items").await, 5_000);
+        assert_eq!(count("\"_synced_clock_1\"").await, 5_000);
+    });
+}

@@ -73,10 +73,6 @@ struct Target {
     defaults: Vec<Value>,
 }
 
-/// How many rows the merge reads at once: their clocks, then the values of
-/// those it needs, in one set per table (see [`Storage`]).
-const ROWS_READ_TOGETHER: usize = 1024;
-
 /// Where a payload comes from, which decides how far its clocks are believed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Source {
@@ -224,7 +220,8 @@ pub(crate) fn restore(conn: &Connection, bytes: &[u8], exported_at: i64) -> Resu
         current,
         report: ApplyReport::default(),
     };
-    for chunk in payload.rows.chunks(ROWS_READ_TOGETHER) {
+    let together = merge.storage.rows_read_together();
+    for chunk in payload.rows.chunks(together) {
         let (clocks, values) = read_together(merge.storage, chunk)?;
         for ((row, stored), values) in chunk.iter().zip(clocks).zip(values) {
             let target = &targets[row.table as usize];
@@ -390,7 +387,8 @@ fn apply_payload(
         },
     };
     let mut rejected = Vec::new();
-    for chunk in payload.rows.chunks(ROWS_READ_TOGETHER) {
+    let together = merge.storage.rows_read_together();
+    for chunk in payload.rows.chunks(together) {
         // Clocks first, so that whether a row exists here decides no reason.
         let (clocks, values) = read_together(merge.storage, chunk)?;
         for ((row, stored), values) in chunk.iter().zip(clocks).zip(values) {

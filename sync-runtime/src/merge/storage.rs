@@ -39,6 +39,12 @@ pub(crate) struct Clock {
 /// table's key columns, in key order; values, those of its value columns, in
 /// the order of its descriptor.
 pub(crate) trait Storage {
+    /// How many of a payload's rows the merge reads at once: their clocks,
+    /// then the values of those it needs, in one set per table.
+    fn rows_read_together(&self) -> usize {
+        1024
+    }
+
     /// The synced tables' descriptors.
     fn tables(&mut self) -> Result<Vec<TableSchema>>;
 

@@ -144,7 +144,7 @@ pub(crate) fn restored(
 /// left out, its own export would send the same rows. The marks of each that
 /// takes its batch are recorded as its own. A few statements for them all.
 pub(crate) fn take(
-    client: &ClientWrapper,
+    client: &super::Connection,
     runtime: &Handle,
     db: &Db,
     readers: &[(Arc<SharedBatch>, SiteId)],

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use deadpool_postgres::{ClientWrapper, Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{ClientWrapper, Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio_postgres::{Client, NoTls};
@@ -98,6 +98,10 @@ async fn prepared(
     }
     client.prepare_cached(statement).await
 }
+
+/// A pooled connection, shared by a transaction's thread and the tasks it
+/// sends writes to (see `storage`).
+pub(crate) type Connection = Arc<Object>;
 
 /// What every operation on one database needs to know of it.
 #[derive(Debug)]
@@ -802,9 +806,9 @@ impl PgReplica {
     /// [`Db::horizon`]).
     async fn read<T: Send + 'static>(
         &self,
-        work: impl FnOnce((&ClientWrapper, &Handle, &Db), i64) -> Result<T> + Send + 'static,
+        work: impl FnOnce((&Connection, &Handle, &Db), i64) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let client = self.pool.get().await.map_err(pool_error)?;
+        let client = Arc::new(self.pool.get().await.map_err(pool_error)?);
         let db = self.db.clone();
         let runtime = Handle::current();
         tokio::task::spawn_blocking(move || {
@@ -827,7 +831,7 @@ impl PgReplica {
     /// thread: committed if it returns `Ok`, rolled back otherwise.
     async fn transaction<T: Send + 'static>(
         &self,
-        work: impl Fn((&ClientWrapper, &Handle, &Db)) -> Result<T> + Send + 'static,
+        work: impl Fn((&Connection, &Handle, &Db)) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         self.transaction_beginning(Begin::Transaction, work).await
     }
@@ -836,9 +840,9 @@ impl PgReplica {
     async fn transaction_beginning<T: Send + 'static>(
         &self,
         begin: Begin,
-        work: impl Fn((&ClientWrapper, &Handle, &Db)) -> Result<T> + Send + 'static,
+        work: impl Fn((&Connection, &Handle, &Db)) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let client = self.pool.get().await.map_err(pool_error)?;
+        let client = Arc::new(self.pool.get().await.map_err(pool_error)?);
         let db = self.db.clone();
         let runtime = Handle::current();
         tokio::task::spawn_blocking(move || {
@@ -849,8 +853,12 @@ impl PgReplica {
                     .map_err(pg_error)
                     .and_then(|()| work((&client, &runtime, &db)))
                     .and_then(|done| {
+                        // PostgreSQL answers the COMMIT of a transaction a
+                        // statement of which failed as it does a rollback,
+                        // without an error: whether one failed is asked first,
+                        // in the same round trip.
                         runtime
-                            .block_on(client.batch_execute("COMMIT"))
+                            .block_on(client.batch_execute("SELECT 1; COMMIT"))
                             .map_err(pg_error)?;
                         Ok(done)
                     });

@@ -7,18 +7,24 @@
 //! runtime's handle, one round trip per set. Statements are prepared once a
 //! connection (see [`super::prepared`]): a merge runs a few dozen, and
 //! preparing each again cost a round trip and a plan.
+//!
+//! A large set of new rows is copied in by a task of its own while the
+//! merge goes on with the next rows (see [`PgStorage::settle`]): PostgreSQL
+//! writes one set while the merge decides the next.
 
 use std::borrow::Borrow;
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
-use deadpool_postgres::ClientWrapper;
+use futures_util::SinkExt;
 use tokio::runtime::Handle;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio::task::JoinHandle;
 use tokio_postgres::types::ToSql;
 
 use super::sql::{self, TableSql};
 use super::value::{self, Arrays};
-use super::{Db, held, pg_error, policy};
+use super::{Connection, Db, held, pg_error, policy};
 use crate::error::{Error, Result};
 use crate::filter::RowFilter;
 use crate::id::SiteId;
@@ -29,7 +35,7 @@ use crate::value::{SqlType, Value};
 /// A database on PostgreSQL as the merge's storage, inside a transaction
 /// open on `client`.
 pub(crate) struct PgStorage<'a> {
-    client: &'a ClientWrapper,
+    client: &'a Connection,
     runtime: &'a Handle,
     db: &'a Db,
     tables: Vec<Table>,
@@ -50,7 +56,13 @@ pub(crate) struct PgStorage<'a> {
     evaluator: Option<policy::Evaluator>,
     /// The readers whose marks' lock this transaction holds (see `held`).
     readers_locked: HashSet<i64>,
+    /// The sets being copied in, each by a task of its own (see
+    /// [`settle`](Self::settle)).
+    copying: RefCell<Vec<Copying>>,
 }
+
+/// A set being copied in: how many rows it wrote, once it is done.
+type Copying = JoinHandle<std::result::Result<u64, tokio_postgres::Error>>;
 
 /// A table prepared for the merge, with the rows and clocks gathered.
 struct Table {
@@ -110,9 +122,14 @@ const COPIED: usize = 64;
 /// a few megabytes.
 const GATHERED: usize = 4096;
 
+/// The most rows whose clocks (and values) are read in one statement: a
+/// payload of up to this many reads before it writes, so that what it
+/// copies in goes on while the merge decides the rest.
+const ROWS_READ_TOGETHER: usize = 16_384;
+
 impl<'a> PgStorage<'a> {
     /// The storage of `db`, in the transaction open on `client`.
-    pub(crate) fn new(client: &'a ClientWrapper, runtime: &'a Handle, db: &'a Db) -> Self {
+    pub(crate) fn new(client: &'a Connection, runtime: &'a Handle, db: &'a Db) -> Self {
         Self {
             client,
             runtime,
@@ -125,19 +142,65 @@ impl<'a> PgStorage<'a> {
             new_origins: Vec::new(),
             evaluator: None,
             readers_locked: HashSet::new(),
+            copying: RefCell::new(Vec::new()),
         }
     }
 
+    /// Runs `statement` once the sets being copied in are written (see
+    /// [`settle`](Self::settle)).
     fn query(
         &self,
         statement: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>> {
+        self.settle()?;
         super::query(self.client, self.runtime, statement, params)
     }
 
+    /// [`query`](Self::query) for a statement that returns no rows.
     fn execute(&self, statement: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
+        self.settle()?;
         super::execute(self.client, self.runtime, statement, params)
+    }
+
+    /// Waits for the sets being copied in, the first error of any first.
+    ///
+    /// Their tasks send their statements when they run: the merge's next
+    /// statement may reach PostgreSQL before them. Every statement waits
+    /// for them (but for taking a version, which no copy changes), as the
+    /// end of a merge does, so that none runs before what it may read or
+    /// overwrite, and no transaction ends with a copy still on its way.
+    pub(crate) fn settle(&self) -> Result<()> {
+        let copying = std::mem::take(&mut *self.copying.borrow_mut());
+        let mut failed: Option<Error> = None;
+        for task in copying {
+            let error = match self.runtime.block_on(task) {
+                Ok(Ok(_)) => continue,
+                Ok(Err(error)) => pg_error(error),
+                Err(error) => Error::Postgres {
+                    code: None,
+                    message: format!("a copy's task failed: {error}"),
+                },
+            };
+            // The copies PostgreSQL ran after one failed fail for that one,
+            // whatever order their tasks were in: the cause is told.
+            if failed
+                .as_ref()
+                .is_none_or(|f| aborted(f) && !aborted(&error))
+            {
+                failed = Some(error);
+            }
+        }
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// `error`, or if it only says that the transaction failed before, the
+    /// failure of a copy that caused it.
+    fn cause(&self, error: Error) -> Error {
+        match self.settle() {
+            Err(cause) if aborted(&error) => cause,
+            _ => error,
+        }
     }
 
     /// The last version this transaction took, if it took any.
@@ -231,24 +294,37 @@ impl<'a> PgStorage<'a> {
         } else if arrays.len() < COPIED {
             self.execute(insert, &arrays.params())?;
         } else {
-            self.runtime
-                .block_on(async {
-                    let prepared = super::prepared(self.client, copy).await?;
-                    let sink = self.client.copy_in(&prepared).await?;
-                    let writer = BinaryCopyInWriter::new(sink, &arrays.types());
-                    let mut writer = std::pin::pin!(writer);
-                    for row in 0..arrays.len() {
-                        writer.as_mut().write(&arrays.row(row)).await?;
-                    }
-                    writer.finish().await
-                })
-                .map_err(pg_error)?;
+            // Encoded here, sent by a task of its own while the merge goes on.
+            let data = arrays.copy_data()?;
+            let (client, copy) = (Arc::clone(self.client), copy.clone());
+            let task = self.runtime.spawn(async move {
+                let prepared = super::prepared(&client, &copy).await?;
+                let sink = client.copy_in(&prepared).await?;
+                let mut sink = std::pin::pin!(sink);
+                sink.send(data).await?;
+                sink.finish().await
+            });
+            self.copying.borrow_mut().push(task);
         }
         Ok(())
     }
 }
 
+impl Drop for PgStorage<'_> {
+    fn drop(&mut self) {
+        // A merge that failed before its end: its copies are done before its
+        // transaction is rolled back. (One that succeeded settled them.)
+        if let Err(error) = self.settle() {
+            tracing::debug!(%error, "a copy failed in a merge that ended early");
+        }
+    }
+}
+
 impl Storage for PgStorage<'_> {
+    fn rows_read_together(&self) -> usize {
+        ROWS_READ_TOGETHER
+    }
+
     fn tables(&mut self) -> Result<Vec<TableSchema>> {
         let tables = self.db.tables(self.client, self.runtime)?;
         let schemas = tables.iter().map(|(_, schema)| schema.clone()).collect();
@@ -289,9 +365,12 @@ impl Storage for PgStorage<'_> {
             // Its floor first, then its versions (see `sql::hold_floor`);
             // again after a savepoint that took the first ones rolled back,
             // which let go of the lock it took.
-            self.query(&sql::hold_floor(schema), &[])?;
+            super::query(self.client, self.runtime, &sql::hold_floor(schema), &[])
+                .map_err(|e| self.cause(e))?;
         }
-        let rows = self.query(&sql::next_version(schema), &[])?;
+        // Neither waits for a copy (see `settle`).
+        let rows = super::query(self.client, self.runtime, &sql::next_version(schema), &[])
+            .map_err(|e| self.cause(e))?;
         let version: i64 = rows
             .first()
             .map(|r| r.get(0))
@@ -566,7 +645,7 @@ impl Storage for PgStorage<'_> {
             );
             self.execute(&statement, &[&versions, &sites, &there])?;
         }
-        Ok(())
+        self.settle()
     }
 
     fn site_of_version(&mut self, version: i64) -> Result<SiteId> {
@@ -670,6 +749,11 @@ impl Storage for PgStorage<'_> {
         self.execute(&statement, &[&reader, &name, &key])?;
         Ok(())
     }
+}
+
+/// Whether `error` says only that the transaction failed before.
+fn aborted(error: &Error) -> bool {
+    matches!(error, Error::Postgres { code: Some(code), .. } if code == "25P02")
 }
 
 /// The index in a set of `len` keys of the position PostgreSQL gave back.

@@ -1,8 +1,9 @@
 //! Values to and from PostgreSQL: one typed array per column for a set of
 //! rows, and a column of a result row back into a [`Value`].
 
+use bytes::{BufMut, Bytes, BytesMut};
 use tokio_postgres::Row;
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::types::{IsNull, ToSql, Type};
 
 use crate::error::{Error, Result};
 use crate::schema::TableSchema;
@@ -84,32 +85,46 @@ impl<'v> Arrays<'v> {
         }
     }
 
-    /// The PostgreSQL type of each column's values.
-    pub(crate) fn types(&self) -> Vec<Type> {
-        self.columns
-            .iter()
-            .map(|column| match column {
-                Column::Integer(_) => Type::INT8,
-                Column::Real(_) => Type::FLOAT8,
-                Column::Text(_) => Type::TEXT,
-                Column::Blob(_) => Type::BYTEA,
-            })
-            .collect()
-    }
-
-    /// Row `row`: its value in each column.
-    pub(crate) fn row(&self, row: usize) -> Vec<&(dyn ToSql + Sync)> {
-        self.columns
-            .iter()
-            .map(|column| -> &(dyn ToSql + Sync) {
-                match column {
-                    Column::Integer(v) => &v[row],
-                    Column::Real(v) => &v[row],
-                    Column::Text(v) => &v[row],
-                    Column::Blob(v) => &v[row],
-                }
-            })
-            .collect()
+    /// The set as `COPY … FROM STDIN (FORMAT binary)` reads it: the
+    /// format's header, each row's values (length, then bytes, as each type
+    /// sends itself), its trailer.
+    pub(crate) fn copy_data(&self) -> Result<Bytes> {
+        let fields = i16::try_from(self.columns.len()).map_err(|_| Error::Corrupt {
+            details: format!("{} columns are too many to copy", self.columns.len()),
+        })?;
+        let mut out = BytesMut::new();
+        out.put_slice(b"PGCOPY\n\xff\r\n\0");
+        out.put_i32(0); // flags
+        out.put_i32(0); // header extension
+        for row in 0..self.len() {
+            out.put_i16(fields);
+            for column in &self.columns {
+                let (value, ty): (&(dyn ToSql + Sync), _) = match column {
+                    Column::Integer(v) => (&v[row], Type::INT8),
+                    Column::Real(v) => (&v[row], Type::FLOAT8),
+                    Column::Text(v) => (&v[row], Type::TEXT),
+                    Column::Blob(v) => (&v[row], Type::BYTEA),
+                };
+                let at = out.len();
+                out.put_i32(0);
+                let length =
+                    match value
+                        .to_sql_checked(&ty, &mut out)
+                        .map_err(|e| Error::Refused {
+                            reason: format!("a value cannot be copied in: {e}"),
+                        })? {
+                        IsNull::Yes => -1,
+                        IsNull::No => {
+                            i32::try_from(out.len() - at - 4).map_err(|_| Error::Refused {
+                                reason: "a value is too large to copy in".into(),
+                            })?
+                        }
+                    };
+                out[at..at + 4].copy_from_slice(&length.to_be_bytes());
+            }
+        }
+        out.put_i16(-1);
+        Ok(out.freeze())
     }
 
     /// The arrays as a statement's parameters.
