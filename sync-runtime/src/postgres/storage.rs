@@ -56,13 +56,13 @@ pub(crate) struct PgStorage<'a> {
     evaluator: Option<policy::Evaluator>,
     /// The readers whose marks' lock this transaction holds (see `held`).
     readers_locked: HashSet<i64>,
-    /// The sets being copied in, each by a task of its own (see
-    /// [`settle`](Self::settle)).
-    copying: RefCell<Vec<Copying>>,
+    /// The last set being copied in (see [`settle`](Self::settle)).
+    copying: RefCell<Option<Copying>>,
 }
 
-/// A set being copied in: how many rows it wrote, once it is done.
-type Copying = JoinHandle<std::result::Result<u64, tokio_postgres::Error>>;
+/// A set being copied in by a task of its own, once the sets before it
+/// are: its error, or the first of theirs.
+type Copying = JoinHandle<Result<()>>;
 
 /// A table prepared for the merge, with the rows and clocks gathered.
 struct Table {
@@ -142,7 +142,7 @@ impl<'a> PgStorage<'a> {
             new_origins: Vec::new(),
             evaluator: None,
             readers_locked: HashSet::new(),
-            copying: RefCell::new(Vec::new()),
+            copying: RefCell::new(None),
         }
     }
 
@@ -163,44 +163,25 @@ impl<'a> PgStorage<'a> {
         super::execute(self.client, self.runtime, statement, params)
     }
 
-    /// Waits for the sets being copied in, the first error of any first.
+    /// Waits for the sets being copied in: the first error of theirs.
     ///
-    /// Their tasks send their statements when they run: the merge's next
-    /// statement may reach PostgreSQL before them. Every statement waits
-    /// for them (but for taking a version, which no copy changes), as the
-    /// end of a merge does, so that none runs before what it may read or
-    /// overwrite, and no transaction ends with a copy still on its way.
+    /// They are copied in one after the other, each once the one before
+    /// it succeeded, and no other statement is sent while any is on its
+    /// way: a statement sent on a transaction that failed would fail in
+    /// turn, and a COPY that fails before it starts leaves the client
+    /// waiting for answers that do not come in the order it expects. So
+    /// every statement waits for them first, as the end of a merge does,
+    /// and no transaction ends with a copy still on its way.
     pub(crate) fn settle(&self) -> Result<()> {
-        let copying = std::mem::take(&mut *self.copying.borrow_mut());
-        let mut failed: Option<Error> = None;
-        for task in copying {
-            let error = match self.runtime.block_on(task) {
-                Ok(Ok(_)) => continue,
-                Ok(Err(error)) => pg_error(error),
-                Err(error) => Error::Postgres {
-                    code: None,
-                    message: format!("a copy's task failed: {error}"),
-                },
-            };
-            // The copies PostgreSQL ran after one failed fail for that one,
-            // whatever order their tasks were in: the cause is told.
-            if failed
-                .as_ref()
-                .is_none_or(|f| aborted(f) && !aborted(&error))
-            {
-                failed = Some(error);
-            }
-        }
-        failed.map_or(Ok(()), Err)
-    }
-
-    /// `error`, or if it only says that the transaction failed before, the
-    /// failure of a copy that caused it.
-    fn cause(&self, error: Error) -> Error {
-        match self.settle() {
-            Err(cause) if aborted(&error) => cause,
-            _ => error,
-        }
+        let Some(task) = self.copying.borrow_mut().take() else {
+            return Ok(());
+        };
+        self.runtime.block_on(task).unwrap_or_else(|failed| {
+            Err(Error::Postgres {
+                code: None,
+                message: format!("a copy's task failed: {failed}"),
+            })
+        })
     }
 
     /// The last version this transaction took, if it took any.
@@ -294,17 +275,30 @@ impl<'a> PgStorage<'a> {
         } else if arrays.len() < COPIED {
             self.execute(insert, &arrays.params())?;
         } else {
-            // Encoded here, sent by a task of its own while the merge goes on.
+            // Encoded here, sent by a task of its own while the merge goes
+            // on, once the sets before it are written (see `settle`).
             let data = arrays.copy_data()?;
             let (client, copy) = (Arc::clone(self.client), copy.clone());
+            let before = self.copying.borrow_mut().take();
             let task = self.runtime.spawn(async move {
-                let prepared = super::prepared(&client, &copy).await?;
-                let sink = client.copy_in(&prepared).await?;
-                let mut sink = std::pin::pin!(sink);
-                sink.send(data).await?;
-                sink.finish().await
+                if let Some(before) = before {
+                    before.await.unwrap_or_else(|failed| {
+                        Err(Error::Postgres {
+                            code: None,
+                            message: format!("a copy's task failed: {failed}"),
+                        })
+                    })?;
+                }
+                let copied = async {
+                    let prepared = super::prepared(&client, &copy).await?;
+                    let sink = client.copy_in(&prepared).await?;
+                    let mut sink = std::pin::pin!(sink);
+                    sink.send(data).await?;
+                    sink.finish().await
+                };
+                copied.await.map(|_| ()).map_err(pg_error)
             });
-            self.copying.borrow_mut().push(task);
+            *self.copying.borrow_mut() = Some(task);
         }
         Ok(())
     }
@@ -365,12 +359,9 @@ impl Storage for PgStorage<'_> {
             // Its floor first, then its versions (see `sql::hold_floor`);
             // again after a savepoint that took the first ones rolled back,
             // which let go of the lock it took.
-            super::query(self.client, self.runtime, &sql::hold_floor(schema), &[])
-                .map_err(|e| self.cause(e))?;
+            self.query(&sql::hold_floor(schema), &[])?;
         }
-        // Neither waits for a copy (see `settle`).
-        let rows = super::query(self.client, self.runtime, &sql::next_version(schema), &[])
-            .map_err(|e| self.cause(e))?;
+        let rows = self.query(&sql::next_version(schema), &[])?;
         let version: i64 = rows
             .first()
             .map(|r| r.get(0))
@@ -749,11 +740,6 @@ impl Storage for PgStorage<'_> {
         self.execute(&statement, &[&reader, &name, &key])?;
         Ok(())
     }
-}
-
-/// Whether `error` says only that the transaction failed before.
-fn aborted(error: &Error) -> bool {
-    matches!(error, Error::Postgres { code: Some(code), .. } if code == "25P02")
 }
 
 /// The index in a set of `len` keys of the position PostgreSQL gave back.
