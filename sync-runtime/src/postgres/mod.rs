@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use deadpool_postgres::{ClientWrapper, Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use futures_util::TryStreamExt;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio_postgres::{Client, NoTls};
@@ -64,6 +65,29 @@ pub(crate) fn query(
             client.query(&prepared, params).await
         })
         .map_err(pg_error)
+}
+
+/// [`query`], each row given to `each` as it arrives: what `each` does
+/// with one goes on while PostgreSQL reads the next.
+pub(crate) fn query_each(
+    client: &ClientWrapper,
+    runtime: &Handle,
+    statement: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    mut each: impl FnMut(tokio_postgres::Row) -> Result<()>,
+) -> Result<()> {
+    runtime.block_on(async {
+        let prepared = prepared(client, statement).await.map_err(pg_error)?;
+        let rows = client
+            .query_raw(&prepared, params.iter().copied())
+            .await
+            .map_err(pg_error)?;
+        let mut rows = std::pin::pin!(rows);
+        while let Some(row) = rows.try_next().await.map_err(pg_error)? {
+            each(row)?;
+        }
+        Ok(())
+    })
 }
 
 /// [`query`] for a statement that returns no rows: how many it changed.

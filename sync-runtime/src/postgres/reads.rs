@@ -149,18 +149,12 @@ impl<'a> PgReads<'a> {
             "SELECT {} FROM {clock} c LEFT JOIN {app} t ON {join} WHERE {condition}",
             columns.join(", "),
         );
-        let rows = self.query(&statement, params)?;
-        // The origins of every version the rows show, in one look-up.
-        let versions = rows.iter().flat_map(|row| {
-            let meta = keys.len();
-            [row.get::<_, i64>(meta + 1), row.get::<_, i64>(meta + 2)]
-                .into_iter()
-                .chain((0..values.len()).map(move |i| row.get::<_, i64>(meta + 5 + 3 * i)))
-        });
-        self.fetch_origins(versions)?;
-        let mut read = Vec::with_capacity(rows.len());
-        for row in rows {
-            let meta = keys.len();
+        // Each row made ready as it arrives, while PostgreSQL reads the next;
+        // then the origins of every version the rows show, in one look-up.
+        let mut read = Vec::new();
+        let mut versions = HashSet::new();
+        let meta = keys.len();
+        let each = |row: tokio_postgres::Row| -> Result<()> {
             let pk = keys
                 .iter()
                 .enumerate()
@@ -173,6 +167,7 @@ impl<'a> PgReads<'a> {
                 let at = meta + 4 + 3 * index;
                 let value = value::get(&row, at + 2, column.sql_type)?;
                 let version: i64 = row.get(at + 1);
+                versions.insert(version);
                 if version > base {
                     changed.push(ClockColumn {
                         index,
@@ -196,17 +191,22 @@ impl<'a> PgReads<'a> {
                 ),
                 None => None,
             };
+            let (version, created) = (row.get(meta + 1), row.get(meta + 2));
+            versions.extend([version, created]);
             read.push(ClockRow {
                 pk,
                 cl: row.get(meta),
-                version: row.get(meta + 1),
-                created: row.get(meta + 2),
+                version,
+                created,
                 rowid: row.get(meta + 3),
                 exists,
                 passes,
                 columns: changed,
             });
-        }
+            Ok(())
+        };
+        super::query_each(self.client, self.runtime, &statement, params, each)?;
+        self.fetch_origins(versions.into_iter())?;
         Ok(read)
     }
 
