@@ -6,11 +6,13 @@
 //! cargo run --release -p synced-bench --bin server-scale
 //! cargo run --release -p synced-bench --bin server-scale -- --waiters 2000 --writes 10
 //! cargo run --release -p synced-bench --bin server-scale -- --postgres
+//! cargo run --release -p synced-bench --bin server-scale -- --stores
 //! ```
 //!
 //! The server runs in this process, with its SQLite store (or, with
 //! `--postgres`, on a PostgreSQL cluster started for the run), on a loopback
-//! port.
+//! port; with `--stores`, on each in turn, and the figures are printed side
+//! by side.
 //! The last line of output is one JSON object with every figure and the
 //! parameters.
 
@@ -91,6 +93,10 @@ struct Args {
     /// the book's "Scaling out"), rather than on SQLite.
     #[arg(long)]
     postgres: bool,
+    /// Runs everything on SQLite, then on PostgreSQL, and prints the
+    /// figures side by side.
+    #[arg(long, conflicts_with = "postgres")]
+    stores: bool,
 }
 
 /// The simulated devices, run as a process of their own.
@@ -137,9 +143,69 @@ fn main() -> Result<(), BoxError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let report = runtime.block_on(run(&args))?;
+    let report = if args.stores {
+        let sqlite = runtime.block_on(run(&args, false))?;
+        let postgres = runtime.block_on(run(&args, true))?;
+        side_by_side(&sqlite, &postgres);
+        json!({ "sqlite": sqlite, "postgres": postgres })
+    } else {
+        runtime.block_on(run(&args, args.postgres))?
+    };
     println!("{report}");
     Ok(())
+}
+
+/// Prints the figures of a run on each store (see [`run`]) side by side,
+/// with PostgreSQL's to SQLite's.
+fn side_by_side(sqlite: &Json, postgres: &Json) {
+    println!("side by side: SQLite, PostgreSQL, PostgreSQL / SQLite");
+    let line = |what: String, unit: &str, a: f64, b: f64| {
+        println!("{what:<58} {a:>9.2} {unit} {b:>9.2} {unit} {:>7.2}x", b / a);
+    };
+    let number = |figures: &Json, path: &[&str]| {
+        path.iter()
+            .fold(figures, |at, key| &at[key])
+            .as_f64()
+            .unwrap_or(f64::NAN)
+    };
+    for (what, key) in [
+        ("first sync: A -> server", "push_s"),
+        ("first sync: server -> B", "pull_s"),
+    ] {
+        let path = ["first_sync", key];
+        line(
+            what.into(),
+            "s ",
+            number(sqlite, &path),
+            number(postgres, &path),
+        );
+    }
+    let path = ["first_sync", "ten_row_pull", "large_ms"];
+    let what = "a 10-row pull from the first sync's database".to_owned();
+    line(what, "ms", number(sqlite, &path), number(postgres, &path));
+    let live = |figures: &Json| figures["live"].as_array().cloned().unwrap_or_default();
+    for (a, b) in live(sqlite).iter().zip(live(postgres).iter()) {
+        let policy = a["read_policy"]
+            .as_str()
+            .map(|p| format!(", read policy `{p}`"))
+            .unwrap_or_default();
+        let scenario = format!(
+            "{} devices, a row every {} ms{policy}",
+            a["waiters"], a["every_ms"]
+        );
+        println!("{scenario}");
+        for (what, key) in [
+            ("write -> visible p50", "p50_ms"),
+            ("write -> visible p99", "p99_ms"),
+        ] {
+            line(
+                format!("  {what}"),
+                "ms",
+                number(a, &[key]),
+                number(b, &[key]),
+            );
+        }
+    }
 }
 
 /// The read policy of the third scenario: one row filter, the same for
@@ -150,7 +216,9 @@ const ONE_FILTER: &str = "score >= 0";
 /// (it binds the user's id), that every row the writer commits passes.
 const PER_USER: &str = "note IS NULL OR note = $user_id";
 
-async fn run(args: &Args) -> Result<Json, BoxError> {
+/// Every figure, with the server on PostgreSQL if `postgres`, else on
+/// SQLite.
+async fn run(args: &Args, postgres: bool) -> Result<Json, BoxError> {
     let dir = tempfile::tempdir()?;
     let scenarios = [
         Scenario {
@@ -186,7 +254,7 @@ async fn run(args: &Args) -> Result<Json, BoxError> {
     let mut config = synced_testkit::config_sharing(&dir.path().join("server"), &shared);
     let schema = dir.path().join("todos.schema.json");
     std::fs::write(&schema, serde_json::to_vec(&[Todo::SCHEMA])?)?;
-    let cluster = match args.postgres {
+    let cluster = match postgres {
         true => Some(synced_testkit::postgres::Postgres::start()?),
         false => None,
     };
@@ -219,11 +287,7 @@ async fn run(args: &Args) -> Result<Json, BoxError> {
     println!(
         "devices waiting in long-polls while one device writes (server: {} store, loopback; \
          waiting caps {} per server, {} per user)",
-        if args.postgres {
-            "PostgreSQL"
-        } else {
-            "SQLite"
-        },
+        if postgres { "PostgreSQL" } else { "SQLite" },
         caps.per_server,
         caps.per_user
     );
@@ -249,7 +313,7 @@ async fn run(args: &Args) -> Result<Json, BoxError> {
         figures.push(figure);
     }
     serving.stop().await?;
-    let store = if args.postgres { "postgres" } else { "sqlite" };
+    let store = if postgres { "postgres" } else { "sqlite" };
     Ok(json!({ "store": store, "first_sync": first, "live": figures }))
 }
 
