@@ -71,11 +71,13 @@ struct Args {
     /// transfer of `--server-rows` and the push throughput).
     #[arg(long)]
     stores_only: bool,
-    /// Runs as one of the server processes of the push throughput figure,
-    /// on the PostgreSQL database this names (started by the bench).
+    /// The PostgreSQL database (started by the bench) a server process of
+    /// the push throughput figure stores its databases in; without it, they
+    /// are SQLite files.
     #[arg(long, hide = true, requires = "serve_dir")]
     serve_postgres: Option<String>,
-    /// Where such a server process keeps its files.
+    /// Runs as one of the server processes of the push throughput figure,
+    /// keeping its files here.
     #[arg(long, hide = true)]
     serve_dir: Option<std::path::PathBuf>,
 }
@@ -100,11 +102,11 @@ fn main() -> Result<(), BoxError> {
             _ => &Keys::V7,
         }),
     };
-    if let (Some(postgres), Some(dir)) = (args.serve_postgres.clone(), &args.serve_dir) {
+    if let Some(dir) = &args.serve_dir {
         let threaded = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?;
-        return threaded.block_on(server::serve(dir, postgres));
+        return threaded.block_on(server::serve(dir, args.serve_postgres.clone()));
     }
     let mut report = serde_json::Map::new();
     if args.stores_only {

@@ -75,23 +75,24 @@ async fn start(dir: &Path, postgres: Option<String>) -> Result<Running, BoxError
     })
 }
 
-/// A server on PostgreSQL in a process of its own: this program, run with
-/// `--serve-postgres` (see [`serve`]), until dropped.
+/// A server in a process of its own: this program, run with `--serve-dir`
+/// (see [`serve`]), until dropped.
 struct Process {
     _child: tokio::process::Child,
     address: String,
 }
 
 impl Process {
-    /// Starts one storing its files in `dir`, its databases in the
-    /// PostgreSQL database `postgres` names; returns once it listens.
-    async fn start(dir: &Path, postgres: &str) -> Result<Self, BoxError> {
+    /// Starts one storing its files in `dir`, its databases there too or in
+    /// the PostgreSQL database `postgres` names; returns once it listens.
+    async fn start(dir: &Path, postgres: Option<&str>) -> Result<Self, BoxError> {
         use tokio::io::AsyncBufReadExt;
-        let mut child = tokio::process::Command::new(std::env::current_exe()?)
-            .arg("--serve-postgres")
-            .arg(postgres)
-            .arg("--serve-dir")
-            .arg(dir)
+        let mut command = tokio::process::Command::new(std::env::current_exe()?);
+        command.arg("--serve-dir").arg(dir);
+        if let Some(postgres) = postgres {
+            command.arg("--serve-postgres").arg(postgres);
+        }
+        let mut child = command
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)
@@ -115,11 +116,12 @@ impl Process {
     }
 }
 
-/// Runs a server on PostgreSQL (the process [`Process::start`] starts):
-/// says `listening <address>` on a line, then serves until its input ends.
-pub(crate) async fn serve(dir: &Path, postgres: String) -> Result<(), BoxError> {
+/// Runs a server (the process [`Process::start`] starts), on PostgreSQL if
+/// `postgres` names a database: says `listening <address>` on a line, then
+/// serves until its input ends.
+pub(crate) async fn serve(dir: &Path, postgres: Option<String>) -> Result<(), BoxError> {
     use tokio::io::AsyncReadExt;
-    let running = start(dir, Some(postgres)).await?;
+    let running = start(dir, postgres).await?;
     println!("listening {}", running.server.local_addr());
     let mut input = Vec::new();
     tokio::io::stdin().read_to_end(&mut input).await?;
@@ -262,6 +264,11 @@ pub(crate) async fn stores_side_by_side(
     let sqlite = start(&dir.path().join("sqlite"), None).await?;
     let (on_sqlite, sqlite_s) = transfer(&sqlite, &dir.path().join("sqlite"), rows).await?;
     drop(sqlite);
+    // Pushes through a server process on SQLite, as through those on
+    // PostgreSQL below.
+    let on_sqlite_process = Process::start(&dir.path().join("sqlite-process"), None).await?;
+    let url = on_sqlite_process.url("clients");
+    synced_testkit::publish_schema::<Todo>(&url).await?;
     let cluster = synced_testkit::postgres::Postgres::start()?;
     let postgres = start(
         &dir.path().join("postgres"),
@@ -277,29 +284,33 @@ pub(crate) async fn stores_side_by_side(
     postgres.database("clients3").await?;
     drop(postgres);
     println!(
-        "pushes through 1 server process on PostgreSQL, then through 3 sharing it \
+        "pushes through 1 server process on SQLite, 1 on PostgreSQL, then 3 sharing it \
          (each a process of its own)"
     );
+    let (sqlite_one, sqlite_errors) = clients(&[url], throughput.0, throughput.1).await?;
+    drop(on_sqlite_process);
     let connection = cluster.connection_string("postgres");
-    let one_server = [Process::start(&dir.path().join("process0"), &connection).await?];
+    let one_server = [Process::start(&dir.path().join("process0"), Some(&connection)).await?];
     let url = one_server[0].url("clients");
     let (one, one_errors) = clients(&[url], throughput.0, throughput.1).await?;
     drop(one_server);
     let mut servers = Vec::new();
     for i in 0..3 {
         let home = dir.path().join(format!("process{i}"));
-        servers.push(Process::start(&home, &connection).await?);
+        servers.push(Process::start(&home, Some(&connection)).await?);
     }
     let urls: Vec<String> = servers.iter().map(|s| s.url("clients3")).collect();
     let (three, three_errors) = clients(&urls, throughput.0, throughput.1).await?;
     drop(servers);
-    if one_errors + three_errors > 0 {
-        return Err(format!("{} clients failed", one_errors + three_errors).into());
+    let errors = sqlite_errors + one_errors + three_errors;
+    if errors > 0 {
+        return Err(format!("{errors} clients failed").into());
     }
     Ok(json!({
         "sqlite": on_sqlite,
         "postgres": on_postgres,
         "ratio": ratio,
+        "sqlite_clients_1_server": sqlite_one,
         "clients_1_server": one,
         "clients_3_servers": three,
     }))
