@@ -64,6 +64,17 @@ pub(crate) struct PgStorage<'a> {
 /// are: its error, or the first of theirs.
 type Copying = JoinHandle<Result<()>>;
 
+/// What a copy's task came to: its error, or the first of the copies' before
+/// it.
+async fn copied(task: Copying) -> Result<()> {
+    task.await.unwrap_or_else(|failed| {
+        Err(Error::Postgres {
+            code: None,
+            message: format!("a copy's task failed: {failed}"),
+        })
+    })
+}
+
 /// A table prepared for the merge, with the rows and clocks gathered.
 struct Table {
     schema: TableSchema,
@@ -176,12 +187,7 @@ impl<'a> PgStorage<'a> {
         let Some(task) = self.copying.borrow_mut().take() else {
             return Ok(());
         };
-        self.runtime.block_on(task).unwrap_or_else(|failed| {
-            Err(Error::Postgres {
-                code: None,
-                message: format!("a copy's task failed: {failed}"),
-            })
-        })
+        self.runtime.block_on(copied(task))
     }
 
     /// The last version this transaction took, if it took any.
@@ -282,21 +288,16 @@ impl<'a> PgStorage<'a> {
             let before = self.copying.borrow_mut().take();
             let task = self.runtime.spawn(async move {
                 if let Some(before) = before {
-                    before.await.unwrap_or_else(|failed| {
-                        Err(Error::Postgres {
-                            code: None,
-                            message: format!("a copy's task failed: {failed}"),
-                        })
-                    })?;
+                    copied(before).await?;
                 }
-                let copied = async {
+                let copy_in = async {
                     let prepared = super::prepared(&client, &copy).await?;
                     let sink = client.copy_in(&prepared).await?;
                     let mut sink = std::pin::pin!(sink);
                     sink.send(data).await?;
                     sink.finish().await
                 };
-                copied.await.map(|_| ()).map_err(pg_error)
+                copy_in.await.map(|_| ()).map_err(pg_error)
             });
             *self.copying.borrow_mut() = Some(task);
         }
