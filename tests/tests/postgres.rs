@@ -1549,3 +1549,180 @@ fn a_set_postgresql_refuses_to_copy_in_fails_the_push_whole() {
         assert_eq!(count("\"_synced_clock_1\"").await, 5_000);
     });
 }
+
+/// A table keyed by a blob.
+#[derive(Synced, Debug, Clone, PartialEq)]
+#[synced(table = "blobs")]
+struct Blobbed {
+    #[synced(primary_key)]
+    id: Vec<u8>,
+    v: i64,
+}
+
+/// Blob keys are ranged too (PostgreSQL before 18 has no `min` of
+/// `bytea`): rows written again and new ones, few and many, merge as on
+/// SQLite.
+#[test]
+fn a_table_keyed_by_blobs_merges_as_on_sqlite() {
+    let cluster = Postgres::start().expect("a PostgreSQL cluster starts");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.db");
+        let sqlite = Replica::new(SyncDb::open(&path).await.unwrap());
+        let postgres = PgReplica::open(&cluster.connection_string("postgres"), "blobs")
+            .await
+            .unwrap();
+        let schemas = vec![Blobbed::SCHEMA.clone()];
+        sqlite.publish(schemas.clone()).await.unwrap();
+        postgres.publish(schemas).await.unwrap();
+        let device = SyncDb::open_in_memory().await.unwrap();
+        device.register::<Blobbed>().await.unwrap();
+        for (round, count) in [(0_i64, 3_u16), (1, 3), (2, 100), (3, 300)] {
+            let before = device.db_version().await.unwrap();
+            for i in 0..count {
+                let id = i.to_be_bytes().to_vec();
+                device.upsert(&Blobbed { id, v: round }).await.unwrap();
+            }
+            let payload = device
+                .export_local_changes(Since::Version(before))
+                .await
+                .unwrap();
+            let decoded = wire::decode(&payload).unwrap();
+            let a = sqlite
+                .apply_push(decoded.clone(), device.site_id())
+                .await
+                .unwrap();
+            let b = postgres
+                .apply_push(decoded, device.site_id())
+                .await
+                .unwrap();
+            assert_eq!(a.applied, b.applied, "round {round}");
+        }
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let client = support::connect(&cluster, "postgres").await;
+        let (rows, clock) = dumps("blobs", &["id"], &["v"], "\"_synced_clock.blobs\"");
+        let (pg_rows, pg_clock) =
+            dumps("blobs.blobs", &["id"], &["v"], "blobs.\"_synced_clock_1\"");
+        let rows = sqlite_dump(&conn, &rows);
+        assert_eq!(rows.len(), 300);
+        assert_eq!(rows, pg_dump(&client, &pg_rows).await);
+        assert_eq!(
+            sqlite_dump(&conn, &clock),
+            pg_dump(&client, &pg_clock).await
+        );
+    });
+}
+
+/// Tables keyed by integers, for pushes with many new rows.
+#[derive(Synced, Debug, Clone, PartialEq)]
+#[synced(table = "alpha")]
+struct Alpha {
+    #[synced(primary_key, integer_key)]
+    id: i64,
+    v: i64,
+}
+
+#[derive(Synced, Debug, Clone, PartialEq)]
+#[synced(table = "beta")]
+struct Beta {
+    #[synced(primary_key, integer_key)]
+    id: i64,
+    v: i64,
+}
+
+/// A statement a merge sends while a set is being copied in waits for it:
+/// here the lock a device's push takes before it marks the rows it created
+/// in a table its user may not read whole, which another session holds,
+/// so that the lock fails (`lock_timeout`) right after a copy began. Had it
+/// been sent beside the copy, the copies after it would be bound on a
+/// failed transaction (a COPY refused at its start leaves the connection
+/// answering the wrong requests); pushes after it fail on no connection.
+#[test]
+fn a_lock_that_fails_beside_a_copy_leaves_every_connection_in_step() {
+    let cluster = Postgres::start().expect("a PostgreSQL cluster starts");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let admin = support::connect(&cluster, "postgres").await;
+        admin
+            .batch_execute("ALTER DATABASE postgres SET lock_timeout = '300ms'")
+            .await
+            .unwrap();
+        let postgres = PgReplica::open(&cluster.connection_string("postgres"), "stepped")
+            .await
+            .unwrap();
+        let schemas = vec![Alpha::SCHEMA.clone(), Beta::SCHEMA.clone()];
+        postgres.publish(schemas).await.unwrap();
+        let device = SyncDb::open_in_memory().await.unwrap();
+        device.register::<Alpha>().await.unwrap();
+        device.register::<Beta>().await.unwrap();
+        let write = || RowFilters::new(RowFilter::All);
+        let read = || RowFilters::new(RowFilter::All).table("beta", RowFilter::Nothing);
+        let push = async |from: i64| {
+            // More new rows of `alpha` than a set, then a row of `beta`.
+            let before = device.db_version().await.unwrap();
+            device
+                .transaction(move |tx| -> sync_runtime::Result<()> {
+                    tx.execute_raw(
+                        "WITH RECURSIVE n(x) AS (SELECT ?1 UNION ALL SELECT x + 1 FROM n \
+                         WHERE x < ?2) INSERT INTO alpha (id, v) SELECT x, 0 FROM n",
+                        vec![Value::Integer(from), Value::Integer(from + 4_299)],
+                    )?;
+                    tx.execute_raw("INSERT INTO beta (id, v) VALUES (?, 0)", vec![Value::Integer(from)])?;
+                    Ok(())
+                })
+                .await
+                .unwrap();
+            let payload = device
+                .export_local_changes(Since::Version(before))
+                .await
+                .unwrap();
+            let payload = wire::decode(&payload).unwrap();
+            postgres
+                .apply_push_checked(payload, device.site_id(), write(), read())
+                .await
+        };
+        // The connections' statements prepared, the reader's lock known.
+        push(0).await.unwrap();
+        let space: i32 = admin
+            .query_one(
+                "SELECT space::int FROM _synced.lock_spaces WHERE schema_name = 'stepped'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let site = device.site_id();
+        let ordinal: i64 = admin
+            .query_one(
+                "SELECT ordinal FROM stepped._synced_sites WHERE site_id = $1",
+                &[&site.as_bytes().as_slice()],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let reader = 65_536 + i32::try_from(ordinal).unwrap();
+        for round in 1..=3 {
+            admin
+                .execute("SELECT pg_advisory_lock($1, $2)", &[&space, &reader])
+                .await
+                .unwrap();
+            let blocked = push(round * 100_000).await.unwrap_err();
+            assert!(
+                matches!(&blocked, sync_runtime::Error::Postgres { code: Some(code), .. } if code == "55P03"),
+                "{blocked:?}"
+            );
+            admin
+                .execute("SELECT pg_advisory_unlock($1, $2)", &[&space, &reader])
+                .await
+                .unwrap();
+            push(round * 100_000 + 50_000).await.unwrap();
+        }
+        let log = cluster.log();
+        let lines: Vec<&str> = log.lines().collect();
+        let bound_after_failing = lines.windows(2).any(|pair| {
+            pair[0].contains("current transaction is aborted") && pair[1].contains("STATEMENT:  COPY")
+        });
+        assert!(!bound_after_failing, "a COPY was sent on a failed transaction:\n{log}");
+    });
+}

@@ -513,17 +513,25 @@ impl TableSql {
 /// those already there (time-ordered ids, counters) costs one descent of
 /// the index rather than one per key.
 fn any_in_range(table: &str, first: &ColumnSchema, param: usize) -> String {
-    // The column's order, not the array's: text in bytes' order.
-    let collate = if first.sql_type == SqlType::Text {
-        " COLLATE \"C\""
-    } else {
-        ""
-    };
     let array = format!("${param}::{}", array_type(first.sql_type));
+    let (least, greatest) = match first.sql_type {
+        // The column's order, not the array's: text in bytes' order.
+        SqlType::Text => (
+            format!("SELECT min(v COLLATE \"C\") FROM unnest({array}) AS v"),
+            format!("SELECT max(v COLLATE \"C\") FROM unnest({array}) AS v"),
+        ),
+        // No min() or max() of bytea before PostgreSQL 18: sorted.
+        SqlType::Blob => (
+            format!("SELECT v FROM unnest({array}) AS v ORDER BY v LIMIT 1"),
+            format!("SELECT v FROM unnest({array}) AS v ORDER BY v DESC LIMIT 1"),
+        ),
+        SqlType::Integer | SqlType::Real => (
+            format!("SELECT min(v) FROM unnest({array}) AS v"),
+            format!("SELECT max(v) FROM unnest({array}) AS v"),
+        ),
+    };
     format!(
-        "EXISTS (SELECT 1 FROM {table} r WHERE r.{column} BETWEEN \
-         (SELECT min(v{collate}) FROM unnest({array}) AS v) AND \
-         (SELECT max(v{collate}) FROM unnest({array}) AS v))",
+        "EXISTS (SELECT 1 FROM {table} r WHERE r.{column} BETWEEN ({least}) AND ({greatest}))",
         column = ident(&first.name),
     )
 }

@@ -157,21 +157,26 @@ impl<'a> PgStorage<'a> {
         }
     }
 
-    /// Runs `statement` once the sets being copied in are written (see
-    /// [`settle`](Self::settle)).
+    /// The connection, once the sets being copied in are written (see
+    /// [`settle`](Self::settle)): every statement but a copy goes through
+    /// it.
+    fn connection(&self) -> Result<&'a Connection> {
+        self.settle()?;
+        Ok(self.client)
+    }
+
+    /// Runs `statement` (see [`connection`](Self::connection)).
     fn query(
         &self,
         statement: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>> {
-        self.settle()?;
-        super::query(self.client, self.runtime, statement, params)
+        super::query(self.connection()?, self.runtime, statement, params)
     }
 
     /// [`query`](Self::query) for a statement that returns no rows.
     fn execute(&self, statement: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
-        self.settle()?;
-        super::execute(self.client, self.runtime, statement, params)
+        super::execute(self.connection()?, self.runtime, statement, params)
     }
 
     /// Waits for the sets being copied in: the first error of theirs.
@@ -321,7 +326,7 @@ impl Storage for PgStorage<'_> {
     }
 
     fn tables(&mut self) -> Result<Vec<TableSchema>> {
-        let tables = self.db.tables(self.client, self.runtime)?;
+        let tables = self.db.tables(self.connection()?, self.runtime)?;
         let schemas = tables.iter().map(|(_, schema)| schema.clone()).collect();
         self.numbers = tables
             .into_iter()
@@ -661,7 +666,7 @@ impl Storage for PgStorage<'_> {
         }
         let site = self
             .db
-            .site_of_ordinal(self.client, self.runtime, ordinal)?;
+            .site_of_ordinal(self.connection()?, self.runtime, ordinal)?;
         self.sites.insert(ordinal, site);
         Ok(site)
     }
@@ -714,7 +719,7 @@ impl Storage for PgStorage<'_> {
     fn roll_back_savepoint(&mut self) -> Result<()> {
         self.runtime
             .block_on(
-                self.client.batch_execute(
+                self.connection()?.batch_execute(
                     "ROLLBACK TO SAVEPOINT synced_row; RELEASE SAVEPOINT synced_row",
                 ),
             )
@@ -723,13 +728,16 @@ impl Storage for PgStorage<'_> {
 
     fn release_savepoint(&mut self) -> Result<()> {
         self.runtime
-            .block_on(self.client.batch_execute("RELEASE SAVEPOINT synced_row"))
+            .block_on(
+                self.connection()?
+                    .batch_execute("RELEASE SAVEPOINT synced_row"),
+            )
             .map_err(pg_error)
     }
 
     fn mark_held(&mut self, reader: i64, table: usize, key: &[Value]) -> Result<()> {
         if self.readers_locked.insert(reader) {
-            held::lock_reader(self.client, self.runtime, self.db, reader)?;
+            held::lock_reader(self.connection()?, self.runtime, self.db, reader)?;
         }
         let statement = format!(
             "INSERT INTO {}._synced_held (site, tbl, pk, evicted, at) VALUES ($1, $2, $3, 0, 0) \
