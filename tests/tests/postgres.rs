@@ -1264,6 +1264,51 @@ fn a_column_added_and_its_default_changed_on_postgresql_read_as_on_sqlite() {
     });
 }
 
+/// Pushes the changes of `device` after version `since` to both servers:
+/// each applies as many changes.
+async fn push_to_both(device: &SyncDb, since: Since, sqlite: &Replica, postgres: &PgReplica) {
+    let payload = device.export_local_changes(since).await.unwrap();
+    let decoded = wire::decode(&payload).unwrap();
+    let a = sqlite
+        .apply_push(decoded.clone(), device.site_id())
+        .await
+        .unwrap();
+    let b = postgres
+        .apply_push(decoded, device.site_id())
+        .await
+        .unwrap();
+    assert_eq!(
+        a.applied, b.applied,
+        "changes applied, pushed after {since:?}"
+    );
+}
+
+/// Asserts that `table` (its key and value columns) holds the same rows and
+/// clocks in the SQLite server file `conn` and in the PostgreSQL schema
+/// `schema` (its clock table numbered `number`); the rows.
+async fn stored_alike(
+    conn: &rusqlite::Connection,
+    client: &tokio_postgres::Client,
+    (table, keys, values): (&str, &[&str], &[&str]),
+    (schema, number): (&str, i64),
+) -> Dump {
+    let (rows, clock) = dumps(table, keys, values, &format!("\"_synced_clock.{table}\""));
+    let (pg_rows, pg_clock) = dumps(
+        &format!("{schema}.{table}"),
+        keys,
+        values,
+        &format!("{schema}.\"_synced_clock_{number}\""),
+    );
+    let rows = sqlite_dump(conn, &rows);
+    assert_eq!(rows, pg_dump(client, &pg_rows).await, "rows of {table}");
+    assert_eq!(
+        sqlite_dump(conn, &clock),
+        pg_dump(client, &pg_clock).await,
+        "clocks of {table}"
+    );
+    rows
+}
+
 /// A push of many new rows (copied into PostgreSQL rather than inserted)
 /// leaves the same rows and clocks as on SQLite, every type and NULL
 /// included.
@@ -1300,35 +1345,13 @@ fn many_new_rows_are_copied_in_as_sqlite_stores_them() {
             };
             device.insert(&pair).await.unwrap();
         }
-        let payload = device.export_local_changes(Since::Beginning).await.unwrap();
-        let decoded = wire::decode(&payload).unwrap();
-        let a = sqlite
-            .apply_push(decoded.clone(), device.site_id())
-            .await
-            .unwrap();
-        let b = postgres
-            .apply_push(decoded, device.site_id())
-            .await
-            .unwrap();
-        assert_eq!(a.applied, b.applied);
+        push_to_both(&device, Since::Beginning, &sqlite, &postgres).await;
         let conn = rusqlite::Connection::open(&path).unwrap();
         let client = support::connect(&cluster, "postgres").await;
         for (table, keys, values, number) in TABLES {
-            let (rows, clock) = dumps(table, keys, values, &format!("\"_synced_clock.{table}\""));
-            let (pg_rows, pg_clock) = dumps(
-                &format!("copied.{table}"),
-                keys,
-                values,
-                &format!("copied.\"_synced_clock_{number}\""),
-            );
-            let rows = sqlite_dump(&conn, &rows);
+            let rows =
+                stored_alike(&conn, &client, (table, keys, values), ("copied", number)).await;
             assert_eq!(rows.len(), 300);
-            assert_eq!(rows, pg_dump(&client, &pg_rows).await, "rows of {table}");
-            assert_eq!(
-                sqlite_dump(&conn, &clock),
-                pg_dump(&client, &pg_clock).await,
-                "clocks of {table}"
-            );
         }
     });
 }
@@ -1450,35 +1473,13 @@ fn keys_already_there_are_found_whatever_the_database_collation() {
                     }
                 }
                 let since = Since::Version(before);
-                let payload = device.export_local_changes(since).await.unwrap();
-                let decoded = wire::decode(&payload).unwrap();
-                let a = sqlite
-                    .apply_push(decoded.clone(), device.site_id())
-                    .await
-                    .unwrap();
-                let b = postgres
-                    .apply_push(decoded, device.site_id())
-                    .await
-                    .unwrap();
-                assert_eq!(a.applied, b.applied, "{count} rows, round {round}");
+                push_to_both(&device, since, &sqlite, &postgres).await;
             }
         }
         let conn = rusqlite::Connection::open(&path).unwrap();
         let (table, keys, values, _) = TABLES[1];
-        let (rows, clock) = dumps(table, keys, values, &format!("\"_synced_clock.{table}\""));
-        let (pg_rows, pg_clock) = dumps(
-            &format!("ranged.{table}"),
-            keys,
-            values,
-            "ranged.\"_synced_clock_1\"",
-        );
-        let rows = sqlite_dump(&conn, &rows);
+        let rows = stored_alike(&conn, &worded, (table, keys, values), ("ranged", 1)).await;
         assert_eq!(rows.len(), 2 * (2 + 100));
-        assert_eq!(rows, pg_dump(&worded, &pg_rows).await);
-        assert_eq!(
-            sqlite_dump(&conn, &clock),
-            pg_dump(&worded, &pg_clock).await
-        );
     });
 }
 
@@ -1584,33 +1585,13 @@ fn a_table_keyed_by_blobs_merges_as_on_sqlite() {
                 let id = i.to_be_bytes().to_vec();
                 device.upsert(&Blobbed { id, v: round }).await.unwrap();
             }
-            let payload = device
-                .export_local_changes(Since::Version(before))
-                .await
-                .unwrap();
-            let decoded = wire::decode(&payload).unwrap();
-            let a = sqlite
-                .apply_push(decoded.clone(), device.site_id())
-                .await
-                .unwrap();
-            let b = postgres
-                .apply_push(decoded, device.site_id())
-                .await
-                .unwrap();
-            assert_eq!(a.applied, b.applied, "round {round}");
+            push_to_both(&device, Since::Version(before), &sqlite, &postgres).await;
         }
         let conn = rusqlite::Connection::open(&path).unwrap();
         let client = support::connect(&cluster, "postgres").await;
-        let (rows, clock) = dumps("blobs", &["id"], &["v"], "\"_synced_clock.blobs\"");
-        let (pg_rows, pg_clock) =
-            dumps("blobs.blobs", &["id"], &["v"], "blobs.\"_synced_clock_1\"");
-        let rows = sqlite_dump(&conn, &rows);
+        let table = ("blobs", &["id"][..], &["v"][..]);
+        let rows = stored_alike(&conn, &client, table, ("blobs", 1)).await;
         assert_eq!(rows.len(), 300);
-        assert_eq!(rows, pg_dump(&client, &pg_rows).await);
-        assert_eq!(
-            sqlite_dump(&conn, &clock),
-            pg_dump(&client, &pg_clock).await
-        );
     });
 }
 
